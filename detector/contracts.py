@@ -1,0 +1,284 @@
+"""Types that cross stages: packet batches, closed windows, window scores, incident events.
+
+Every stage may import this module; it imports nothing from the stages. The flow of data is
+one-directional (capture -> model -> alerting) and these are the only shapes that travel
+along it (see DESIGN.md, "Contracts between stages").
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------
+# Addresses: every address is 128 bits held as two uint64 columns (hi, lo). IPv4 addresses
+# are stored IPv4-mapped (::ffff:a.b.c.d), so one comparison covers both families.
+# --------------------------------------------------------------------------------------
+
+V4_MAPPED_HI = np.uint64(0)
+V4_MAPPED_LO_PREFIX = np.uint64(0x0000FFFF00000000)
+
+
+def addr_to_pair(text: str) -> tuple[int, int]:
+    """An address string as its (hi, lo) 64-bit halves (IPv4 is IPv4-mapped)."""
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        value = 0xFFFF00000000 | int(ip)
+    else:
+        value = int(ip)
+    return value >> 64, value & 0xFFFFFFFFFFFFFFFF
+
+
+def pair_to_addr(hi: int, lo: int) -> str:
+    """The (hi, lo) halves back as a printable address (IPv4-mapped ones as IPv4)."""
+    hi, lo = int(hi), int(lo)
+    if hi == 0 and (lo >> 32) == 0xFFFF:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+def pairs_to_addrs(hi: np.ndarray, lo: np.ndarray) -> list[str]:
+    return [pair_to_addr(h, l) for h, l in zip(hi.tolist(), lo.tolist())]
+
+
+# --------------------------------------------------------------------------------------
+# PacketBatch: the capture stage's output. One row per IP packet, columnar.
+# --------------------------------------------------------------------------------------
+
+# values of PacketBatch.frag
+FRAG_NONE = 0  # not a fragment
+FRAG_FIRST = 1  # first fragment: carries the transport header, ports are valid
+FRAG_LATER = 2  # a later fragment: no transport header, ports and flags are 0
+
+PACKET_COLUMNS: dict[str, type] = {
+    "ts_ns": np.int64,  # capture timestamp, ns since the Unix epoch
+    "ip_version": np.uint8,  # 4 or 6
+    "src_hi": np.uint64,  # source address, high 64 bits (0 for IPv4-mapped)
+    "src_lo": np.uint64,  # source address, low 64 bits
+    "dst_hi": np.uint64,
+    "dst_lo": np.uint64,
+    "sport": np.uint16,  # TCP/UDP source port; ICMP type
+    "dport": np.uint16,  # TCP/UDP destination port; ICMP code
+    "proto": np.uint8,  # IP protocol number (after IPv6 extension headers)
+    "ip_len": np.uint32,  # IP total length from the header, bytes (IPv6: payload + 40)
+    "tcp_flags": np.uint8,  # TCP flags byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ...)
+    "vlan": np.uint16,  # outermost 802.1Q VLAN id, 0 when untagged
+    "frag": np.uint8,  # FRAG_NONE / FRAG_FIRST / FRAG_LATER
+}
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
+
+
+@dataclass
+class PacketBatch:
+    """A batch of parsed packets as numpy columns (PACKET_COLUMNS), in capture order.
+
+    `malformed` counts frames in this batch's span that could not be parsed as IP (bad
+    header lengths, truncated headers); `non_ip` counts well-formed frames that are not IP
+    (ARP, LLDP, ...). Neither has a row.
+    """
+
+    ts_ns: np.ndarray
+    ip_version: np.ndarray
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    proto: np.ndarray
+    ip_len: np.ndarray
+    tcp_flags: np.ndarray
+    vlan: np.ndarray
+    frag: np.ndarray
+    malformed: int = 0
+    non_ip: int = 0
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+    @classmethod
+    def empty(cls, malformed: int = 0, non_ip: int = 0) -> PacketBatch:
+        cols = {name: np.zeros(0, dtype=dt) for name, dt in PACKET_COLUMNS.items()}
+        return cls(**cols, malformed=malformed, non_ip=non_ip)
+
+    @classmethod
+    def concat(cls, batches: list[PacketBatch]) -> PacketBatch:
+        if not batches:
+            return cls.empty()
+        cols = {name: np.concatenate([getattr(b, name) for b in batches]) for name in PACKET_COLUMNS}
+        return cls(
+            **cols,
+            malformed=sum(b.malformed for b in batches),
+            non_ip=sum(b.non_ip for b in batches),
+        )
+
+    def take(self, index: np.ndarray | slice) -> PacketBatch:
+        """Rows selected by a slice, boolean mask or index array (counts stay with the first)."""
+        cols = {name: getattr(self, name)[index] for name in PACKET_COLUMNS}
+        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in PACKET_COLUMNS}
+
+
+# --------------------------------------------------------------------------------------
+# Windows: the aggregator's output. All entities whose window closed at the same moment.
+# --------------------------------------------------------------------------------------
+
+EntityClass = Literal["global", "host"]
+ENTITY_GLOBAL = "global"
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """A named, versioned list of per-bin features; saved in every model bundle."""
+
+    name: str
+    version: int
+    features: tuple[str, ...]
+    units: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "features": list(self.features),
+            "units": list(self.units),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSchema:
+        return cls(
+            name=str(data["name"]),
+            version=int(data["version"]),
+            features=tuple(data["features"]),
+            units=tuple(data["units"]),
+        )
+
+
+@dataclass
+class WindowEvidence:
+    """What an analyst pivots on: the entity's busiest peers, ports and flows in the window."""
+
+    top_peers: list[dict[str, Any]] = field(default_factory=list)  # {"ip", "packets", "bytes"}
+    top_ports: list[dict[str, Any]] = field(default_factory=list)  # {"port", "proto", "packets"}
+    top_flows: list[dict[str, Any]] = field(default_factory=list)  # {"community_id", "src", ...}
+
+
+@dataclass
+class WindowBatch:
+    """Closed windows [start, end) of several entities, each a sequence of time bins.
+
+    features[i, t, f] is feature f of entity i in bin t, in the schema's real units.
+    """
+
+    window_start_ns: int
+    window_end_ns: int
+    entities: list[str]
+    entity_classes: list[str]
+    features: np.ndarray  # float32 (n_entities, n_bins, n_features)
+    schema: FeatureSchema
+    evidence: dict[str, WindowEvidence] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+
+# --------------------------------------------------------------------------------------
+# Scores: the model's output, one per entity per window.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureContribution:
+    name: str
+    unit: str
+    share: float  # this feature's share of the window's reconstruction error, 0..1
+    observed: float  # mean per bin over the window, real units
+    expected: float  # the model's reconstruction of it, real units
+
+
+@dataclass
+class WindowScore:
+    window_start_ns: int
+    window_end_ns: int
+    entity: str
+    entity_class: str
+    score: float
+    threshold: float
+    anomalous: bool
+    ready: bool  # False while the entity is warming up: never alerted on
+    top_features: list[FeatureContribution]
+    evidence: WindowEvidence | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        """The window-score JSON line (DESIGN.md: one per entity per window)."""
+        return {
+            "window_start": ns_to_iso(self.window_start_ns),
+            "window_end": ns_to_iso(self.window_end_ns),
+            "entity": self.entity,
+            "entity_class": self.entity_class,
+            "score": round(float(self.score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "anomalous": bool(self.anomalous),
+            "ready": bool(self.ready),
+            "top_features": [
+                {
+                    "name": c.name,
+                    "unit": c.unit,
+                    "share": round(c.share, 4),
+                    "observed": round(c.observed, 3),
+                    "expected": round(c.expected, 3),
+                }
+                for c in self.top_features
+            ],
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Incident events: the alerting stage's output, what sinks format and deliver.
+# --------------------------------------------------------------------------------------
+
+IncidentAction = Literal["opened", "updated", "resolved"]
+
+
+@dataclass
+class IncidentEvent:
+    """One lifecycle transition of an incident. `incident_id` is stable over the incident's
+    life (and across restarts); `event_id` is unique per transition and is what sinks and
+    SIEMs deduplicate on."""
+
+    event_id: str
+    incident_id: str
+    action: IncidentAction
+    entity: str
+    entity_class: str
+    first_seen_ns: int  # start of the first anomalous window
+    last_seen_ns: int  # end of the latest anomalous window
+    emitted_ns: int  # event time of this transition (window end that caused it)
+    severity: str  # low | medium | high | critical
+    severity_score: int  # 0..100, for CEF/ECS numeric severity
+    category: str  # scan-like, flood-like, brute-force-like, volume, ...
+    score: float
+    threshold: float
+    windows: int  # anomalous windows so far
+    top_features: list[FeatureContribution]
+    evidence: WindowEvidence
+    rule_id: str
+    rule_name: str
+    observer: dict[str, str] = field(default_factory=dict)  # hostname, sensor id, interface
+    model_version: str = ""
+
+
+def ns_to_iso(ns: int) -> str:
+    """UTC ISO 8601 with milliseconds and a Z, the form every sink writes."""
+    import datetime as _dt
+
+    seconds, rem = divmod(int(ns), 1_000_000_000)
+    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1_000_000:03d}Z"
