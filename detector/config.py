@@ -1,0 +1,224 @@
+"""The configuration: one YAML file validated against a schema (unknown keys are errors).
+
+Loading never raises a traceback at the user: every problem becomes a ConfigError whose
+message names the file, the line and the key ("configs/x.yaml:12: sinks[1].url: ..."). The
+CLI turns that into exit code 78 (EX_CONFIG). Environment variables override single keys:
+NETAD_MODEL__DEVICE=cpu sets model.device (the value is parsed as a YAML scalar).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from detector.errors import ConfigError
+
+ENV_PREFIX = "NETAD_"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SensorConfig(_Strict):
+    id: str = "netad"  # observer name in every incident
+    hostname: str | None = None  # defaults to the machine's hostname
+
+
+class SourceConfig(_Strict):
+    type: Literal["pcap", "interface"] = "pcap"
+    path: Path | None = None  # pcap/pcapng file for type=pcap
+    speed: float = Field(0.0, ge=0.0)  # replay speed: 0 = as fast as possible, 1 = real time
+    interface: str | None = None  # for type=interface
+    snaplen: int = Field(262144, ge=64)
+    buffer_mb: int = Field(64, ge=1)
+    promisc: bool = True
+    bpf: str = ""
+    batch_packets: int = Field(65536, ge=1)
+
+
+class FlowsConfig(_Strict):
+    tcp_idle_timeout_s: float = Field(300.0, gt=0)
+    udp_idle_timeout_s: float = Field(60.0, gt=0)
+    other_idle_timeout_s: float = Field(30.0, gt=0)
+    active_timeout_s: float = Field(1800.0, gt=0)
+    max_flows: int = Field(1_000_000, ge=16)
+
+
+class WindowsConfig(_Strict):
+    bin_s: float = Field(10.0, gt=0)
+    bins: int = Field(6, ge=1, le=256)
+    lateness_s: float = Field(2.0, ge=0)
+    max_entities: int = Field(50_000, ge=1)
+    entity_idle_s: float = Field(3600.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    path: Path = Path("var/model")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    warmup_windows: int = Field(1, ge=0)
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+
+
+class TrainingConfig(_Strict):
+    hidden_size: int = Field(32, ge=2, le=1024)
+    epochs: int = Field(30, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_streams: int = Field(256, ge=1)
+    seed: int = 7
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9)
+    trim_fraction: float = Field(0.02, ge=0, lt=0.5)
+    threshold_quantile: float = Field(0.999, gt=0.5, lt=1.0)
+    target_false_alarm: float = Field(1e-4, gt=0, lt=0.5)
+
+
+class IncidentsConfig(_Strict):
+    rules: list[Path] = Field(default_factory=lambda: [Path("rules/default.yaml")])
+    min_windows: int = Field(1, ge=1)
+    resolve_after_windows: int = Field(2, ge=1)
+
+
+class SinkConfig(_Strict):
+    url: str
+    name: str | None = None
+
+
+class OutputsConfig(_Strict):
+    scores: Path | None = None  # window-score JSON lines, one per entity per window
+    summary: bool = True  # print a short summary when a replay ends
+
+
+class LoggingConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Strict):
+    sensor: SensorConfig = Field(default_factory=SensorConfig)
+    home_net: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    flows: FlowsConfig = Field(default_factory=FlowsConfig)
+    windows: WindowsConfig = Field(default_factory=WindowsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    incidents: IncidentsConfig = Field(default_factory=IncidentsConfig)
+    sinks: list[SinkConfig] = Field(default_factory=lambda: [SinkConfig(url="stdout://")])
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    state_dir: Path = Path("var/state")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("home_net")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for i, net in enumerate(value):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {net!r} is not a network: {exc}") from None
+        return value
+
+
+# --------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError."""
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        return validate_yaml_data(Config, _apply_env({}, env), None, "<defaults>")
+    data, root = read_yaml(path)
+    return validate_yaml_data(Config, _apply_env(data, env), root, str(path))
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
+    """A YAML mapping and its node tree (for line numbers). Raises ConfigError."""
+    label = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{label}{line}: invalid YAML: {reason}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}:1: the top level must be a mapping")
+    return data, root
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_yaml_data(model: type[M], data: dict[str, Any], root: yaml.Node | None, label: str) -> M:
+    """Validate against a pydantic model; errors name file:line and the key path."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = err["loc"]
+            line = _line_of(root, loc)
+            prefix = f"{label}:{line}" if line else label
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{prefix}: {_format_loc(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    for key, raw in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node the error location reaches."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+            if match is None:
+                key = next((k for k, _ in node.value if getattr(k, "value", None) == part), None)
+                return key.start_mark.line + 1 if key is not None else line
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def dump_default() -> str:
+    return yaml.safe_dump(Config().model_dump(mode="json"), sort_keys=False)

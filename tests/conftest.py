@@ -1,0 +1,54 @@
+"""Shared fixtures: the real captures in ../shared/data and a small packet-batch builder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.contracts import PACKET_COLUMNS, PacketBatch, addr_to_pair
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_file(relative: str) -> Path:
+    """A file from ../shared/data, or skip: a user's fresh clone does not have that folder."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"../shared/data/{relative} not present (fresh clone without the shared captures; CI has them)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data not present (fresh clone without the shared captures; CI has them)")
+    return SHARED_DATA
+
+
+def make_batch(rows: list[dict]) -> PacketBatch:
+    """A PacketBatch from dicts: ts_s, src, dst, sport, dport, proto, flags, ip_len."""
+    cols: dict[str, list] = {name: [] for name in PACKET_COLUMNS}
+    for r in rows:
+        s_hi, s_lo = addr_to_pair(r["src"])
+        d_hi, d_lo = addr_to_pair(r["dst"])
+        values = {
+            "ts_ns": int(round(r["ts_s"] * 1e9)),
+            "ip_version": 6 if ":" in r["src"] else 4,
+            "src_hi": s_hi,
+            "src_lo": s_lo,
+            "dst_hi": d_hi,
+            "dst_lo": d_lo,
+            "sport": r.get("sport", 0),
+            "dport": r.get("dport", 0),
+            "proto": r.get("proto", 6),
+            "ip_len": r.get("ip_len", 60),
+            "tcp_flags": r.get("flags", 0),
+            "vlan": r.get("vlan", 0),
+            "frag": r.get("frag", 0),
+        }
+        for k, v in values.items():
+            cols[k].append(v)
+    return PacketBatch(**{k: np.asarray(v, dtype=PACKET_COLUMNS[k]) for k, v in cols.items()})
