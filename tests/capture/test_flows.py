@@ -1,0 +1,99 @@
+"""The flow table: bidirectional flows, TCP endings, timeouts, bounded state."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.capture.flows import FlowTable, community_id
+from detector.contracts import PACKET_COLUMNS, PacketBatch
+from tests.conftest import make_batch, shared_file
+
+SYN, SYNACK, ACK, RST, FINACK = 0x02, 0x12, 0x10, 0x04, 0x11
+
+
+def test_both_directions_are_one_flow_and_initiator_is_known():
+    """A request and its reply share a flow id; the reply is not from the initiator."""
+    b = make_batch([
+        {"ts_s": 1, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 5000, "dport": 53, "proto": 17},
+        {"ts_s": 2, "src": "8.8.8.8", "dst": "10.0.0.1", "sport": 53, "dport": 5000, "proto": 17},
+        {"ts_s": 3, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 5001, "dport": 53, "proto": 17},
+    ])  # fmt: skip
+    ft = FlowTable()
+    ann = ft.push(b)
+    assert ann.flow_id[0] == ann.flow_id[1] != ann.flow_id[2]
+    assert [True, False, True] == ann.new_flow.tolist()
+    assert [True, False, True] == ann.from_initiator.tolist()
+    assert 2 == len(ft)
+
+
+def test_rst_ends_flow_and_new_syn_opens_another():
+    """After RST, a SYN on the same 5-tuple is a new flow."""
+    t = [
+        {"ts_s": 1, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 443, "flags": SYN},
+        {"ts_s": 1.1, "src": "1.1.1.1", "dst": "10.0.0.1", "sport": 443, "dport": 40000, "flags": SYNACK},
+        {"ts_s": 1.2, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 443, "flags": RST},
+        {"ts_s": 2, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 443, "flags": SYN},
+    ]
+    ann = FlowTable().push(make_batch(t))
+    assert ann.flow_id[0] == ann.flow_id[1] == ann.flow_id[2] != ann.flow_id[3]
+    assert [True, False, False, True] == ann.new_flow.tolist()
+
+
+def test_idle_timeout_per_protocol():
+    """A UDP flow silent longer than udp_idle_timeout_s restarts; the TCP one does not."""
+    t = [
+        {"ts_s": 0, "src": "10.0.0.1", "dst": "9.9.9.9", "sport": 1, "dport": 53, "proto": 17},
+        {"ts_s": 0, "src": "10.0.0.1", "dst": "9.9.9.9", "sport": 2, "dport": 22, "proto": 6, "flags": ACK},
+        {"ts_s": 100, "src": "10.0.0.1", "dst": "9.9.9.9", "sport": 1, "dport": 53, "proto": 17},
+        {"ts_s": 100, "src": "10.0.0.1", "dst": "9.9.9.9", "sport": 2, "dport": 22, "proto": 6, "flags": ACK},
+    ]
+    ft = FlowTable(udp_idle_timeout_s=60, tcp_idle_timeout_s=300)
+    ann = ft.push(make_batch(t))
+    assert [True, True, True, False] == ann.new_flow.tolist()
+
+
+def _flood(n: int, seed: int = 0) -> PacketBatch:
+    rng = np.random.default_rng(seed)
+    cols = {k: np.zeros(n, dtype=d) for k, d in PACKET_COLUMNS.items()}
+    cols["ts_ns"] = np.arange(n, dtype=np.int64) * 10_000
+    cols["src_lo"] = np.uint64(0xFFFF00000000) + rng.integers(0, 2**32, n).astype(np.uint64)
+    cols["dst_lo"][:] = np.uint64(0xFFFF0A000001)
+    cols["sport"] = rng.integers(1024, 65535, n).astype(np.uint16)
+    cols["dport"][:] = 80
+    cols["proto"][:] = 6
+    cols["tcp_flags"][:] = SYN
+    cols["ip_len"][:] = 40
+    return PacketBatch(**cols)
+
+
+def test_spoofed_flood_cannot_grow_state_past_the_cap():
+    """A flood of distinct spoofed sources is bounded by max_flows; evictions are counted."""
+    ft = FlowTable(max_flows=5000)
+    before = ft.state_bytes
+    for seed in range(3):
+        ft.push(_flood(20_000, seed))
+    assert len(ft) <= 5000
+    assert before == ft.state_bytes
+    assert 60_000 - 5000 <= ft.evicted + ft.flows_ended
+    assert 60_000 == ft.flows_created
+    assert ft.state_bytes / ft.max_flows <= 150
+
+
+def test_real_synflood_capture_stays_bounded():
+    """The real spoofed SYN flood (37,624 sources) replayed three times stays within the cap."""
+    from detector.capture.pcap import read_capture
+
+    batch = read_capture(shared_file("attacks/stopddos/pkt.TCP.synflood.spoofed.pcap"))
+    ft = FlowTable(max_flows=4096)
+    span = int(batch.ts_ns.max() - batch.ts_ns.min()) + 1
+    for loop in range(3):
+        shifted = batch.take(slice(None))
+        shifted.ts_ns = batch.ts_ns + loop * span
+        ft.push(shifted)
+        assert len(ft) <= 4096
+    assert ft.evicted > 0
+
+
+def test_community_id_matches_spec_example():
+    """Community ID v1 of the spec's TCP example (corelight/community-id-spec baseline)."""
+    assert "1:LQU9qZlK+B5F3KDmev6m5PMibrg=" == community_id(6, "128.232.110.120", "66.35.250.204", 34855, 80)
