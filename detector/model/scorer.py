@@ -1,0 +1,239 @@
+"""Streaming scorer: closed WindowBatches -> WindowScores, hidden state carried per entity.
+
+The stage after the window aggregator. For each entity class (global, host) a state bank
+holds one (h, c) row per entity slot in one tensor on the model's device; all entities whose
+window closed at the same moment are scored in one batched step: gather their states, run
+the encoder/decoder, scatter the encoder's final states back (detached). The bank is
+bounded: entities idle longer than `entity_idle_s` are dropped, and when `max_entities` is
+reached the least recently scored entity gives up its slot.
+
+A new entity starts from the neutral state and is `ready` only after `warmup_windows`
+windows: before that it is scored (the state must warm up) but never anomalous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from detector.contracts import FeatureContribution, WindowBatch, WindowScore
+from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.lstm import LSTMAutoencoder, State
+from detector.model.scaler import FeatureScaler
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is cuda but no CUDA device is available")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class WindowErrors:
+    """The model's verdict on a batch of windows, before thresholds."""
+
+    scores: np.ndarray  # (batch,) mean squared reconstruction error in scaled units
+    feature_error: np.ndarray  # (batch, features) squared error summed over bins
+    expected: np.ndarray  # (batch, features) reconstruction, real units, mean per bin
+
+
+@torch.no_grad()
+def reconstruct(
+    network: LSTMAutoencoder, scaler: FeatureScaler, features: np.ndarray, state: State
+) -> tuple[WindowErrors, State]:
+    """Score windows (batch, bins, features) in real units from carried `state`.
+    The one code path shared by the daemon, offline scoring and calibration."""
+    x_np = scaler.transform(features)
+    device = state[0].device
+    x = torch.from_numpy(x_np).to(device)
+    recon, new_state = network(x, state)
+    sq = (recon - x).pow(2)
+    feature_error = sq.sum(dim=1)
+    scores = sq.mean(dim=(1, 2))
+    expected = scaler.inverse(recon.float().cpu().numpy()).mean(axis=1)
+    return WindowErrors(scores.float().cpu().numpy(), feature_error.float().cpu().numpy(), expected), new_state
+
+
+class _StateBank:
+    """(h, c) per entity slot of one entity class, bounded, on the model's device."""
+
+    def __init__(self, network: LSTMAutoencoder, device: torch.device, max_entities: int) -> None:
+        self.network = network
+        self.device = device
+        self.max_entities = max_entities
+        self.capacity = min(16, max_entities)
+        self.h, self.c = network.initial_state(self.capacity, device)
+        self.slot_of: dict[str, int] = {}
+        self.seen = np.zeros(self.capacity, dtype=np.int64)  # windows scored per slot
+        self.last_ns = np.zeros(self.capacity, dtype=np.int64)  # end of the last window scored
+        self.free: list[int] = []
+        self.evicted = 0
+
+    def slots(self, entities: list[str], now_ns: int) -> np.ndarray:
+        out = np.empty(len(entities), dtype=np.int64)
+        for i, name in enumerate(entities):
+            slot = self.slot_of.get(name)
+            if slot is None:
+                slot = self._allocate(name, protect=out[:i])
+            out[i] = slot
+        return out
+
+    def _allocate(self, name: str, protect: np.ndarray) -> int:
+        if self.free:
+            slot = self.free.pop()
+        elif len(self.slot_of) < self.capacity:
+            slot = len(self.slot_of)
+        elif self.capacity < self.max_entities:
+            self._grow(min(self.capacity * 2, self.max_entities))
+            slot = len(self.slot_of)
+        else:
+            # full: the least recently scored entity not in this batch gives up its slot
+            candidates = np.setdiff1d(np.arange(self.capacity), protect)
+            slot = int(candidates[np.argmin(self.last_ns[candidates])])
+            victim = next(k for k, v in self.slot_of.items() if v == slot)
+            del self.slot_of[victim]
+            self.evicted += 1
+        h0, c0 = self.network.initial_state(1, self.device)
+        self.h[slot], self.c[slot] = h0[0], c0[0]
+        self.seen[slot] = 0
+        self.slot_of[name] = slot
+        return slot
+
+    def _grow(self, capacity: int) -> None:
+        h, c = self.network.initial_state(capacity, self.device)
+        h[: self.capacity], c[: self.capacity] = self.h, self.c
+        self.h, self.c = h, c
+        self.seen = np.concatenate([self.seen, np.zeros(capacity - self.capacity, dtype=np.int64)])
+        self.last_ns = np.concatenate([self.last_ns, np.zeros(capacity - self.capacity, dtype=np.int64)])
+        self.capacity = capacity
+
+    def expire(self, before_ns: int) -> int:
+        gone = [k for k, s in self.slot_of.items() if self.last_ns[s] < before_ns]
+        for k in gone:
+            self.free.append(self.slot_of.pop(k))
+        return len(gone)
+
+
+class StreamingScorer:
+    """Scores closed windows with state carried per entity: `score(windows)` -> WindowScores."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        device: str = "auto",
+        warmup_windows: int = 1,
+        max_entities: int = 50_000,
+        entity_idle_s: float = 3600.0,
+        top_features: int = 3,
+    ) -> None:
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.warmup_windows = warmup_windows
+        self.max_entities = max_entities
+        self.entity_idle_s = entity_idle_s
+        self.top_features = top_features
+        self.features = bundle.schema.features
+        self.units = bundle.schema.units
+        self._models: dict[str, ClassModel] = {}
+        self._banks: dict[str, _StateBank] = {}
+        for cls, cm in bundle.classes.items():
+            cm.network.to(self.device).eval()
+            self._models[cls] = cm
+            self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
+        self.windows_scored = 0
+
+    @property
+    def entities(self) -> int:
+        return sum(len(b.slot_of) for b in self._banks.values())
+
+    def score(self, windows: WindowBatch) -> list[WindowScore]:
+        classes = np.asarray(windows.entity_classes)
+        results: list[WindowScore | None] = [None] * len(windows)
+        for cls in np.unique(classes).tolist():
+            rows = np.flatnonzero(classes == cls)
+            cm = self._models.get(cls)
+            if cm is None:
+                continue
+            bank = self._banks[cls]
+            names = [windows.entities[i] for i in rows.tolist()]
+            slots = bank.slots(names, windows.window_end_ns)
+            idx = torch.from_numpy(slots).to(self.device)
+            state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
+            feats = windows.features[rows]
+            errors, (h, c) = reconstruct(cm.network, cm.scaler, feats, state)
+            bank.h.index_copy_(0, idx, h)
+            bank.c.index_copy_(0, idx, c)
+            bank.seen[slots] += 1
+            bank.last_ns[slots] = windows.window_end_ns
+            ready = bank.seen[slots] > self.warmup_windows
+            threshold = cm.threshold.value
+            observed = feats.mean(axis=1)
+            totals = errors.feature_error.sum(axis=1)
+            for j, i in enumerate(rows.tolist()):
+                anomalous = bool(ready[j] and errors.scores[j] > threshold)
+                name = windows.entities[i]
+                results[i] = WindowScore(
+                    window_start_ns=windows.window_start_ns,
+                    window_end_ns=windows.window_end_ns,
+                    entity=name,
+                    entity_class=cls,
+                    score=float(errors.scores[j]),
+                    threshold=float(threshold),
+                    anomalous=anomalous,
+                    ready=bool(ready[j]),
+                    top_features=self._explain(errors.feature_error[j], float(totals[j]), observed[j], errors.expected[j]),
+                    evidence=windows.evidence.get(name) if anomalous else None,
+                )
+        self.windows_scored += 1
+        cutoff = windows.window_end_ns - int(self.entity_idle_s * 1e9)
+        for bank in self._banks.values():
+            bank.expire(cutoff)
+        return [r for r in results if r is not None]
+
+    def _explain(self, err: np.ndarray, total: float, observed: np.ndarray, expected: np.ndarray) -> list[FeatureContribution]:
+        order = np.argsort(-err, kind="stable")[: self.top_features]
+        total = total if total > 0 else 1.0
+        return [
+            FeatureContribution(
+                name=self.features[k],
+                unit=self.units[k],
+                share=float(err[k] / total),
+                observed=float(observed[k]),
+                expected=float(expected[k]),
+            )
+            for k in order.tolist()
+        ]
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, dict]:
+        """Hidden states by entity, for checkpoints (restored by load_state_dict)."""
+        out = {}
+        for cls, bank in self._banks.items():
+            names = list(bank.slot_of)
+            slots = np.array([bank.slot_of[n] for n in names], dtype=np.int64)
+            idx = torch.from_numpy(slots).to(self.device)
+            out[cls] = {
+                "entities": names,
+                "h": bank.h.index_select(0, idx).cpu(),
+                "c": bank.c.index_select(0, idx).cpu(),
+                "seen": bank.seen[slots].tolist(),
+                "last_ns": bank.last_ns[slots].tolist(),
+            }
+        return out
+
+    def load_state_dict(self, data: dict[str, dict]) -> None:
+        for cls, entry in data.items():
+            bank = self._banks.get(cls)
+            if bank is None:
+                continue
+            names = entry["entities"]
+            slots = bank.slots(names, 0)
+            idx = torch.from_numpy(slots).to(self.device)
+            bank.h.index_copy_(0, idx, entry["h"].to(self.device, bank.h.dtype))
+            bank.c.index_copy_(0, idx, entry["c"].to(self.device, bank.c.dtype))
+            bank.seen[slots] = np.asarray(entry["seen"], dtype=np.int64)
+            bank.last_ns[slots] = np.asarray(entry["last_ns"], dtype=np.int64)

@@ -1,0 +1,272 @@
+"""Stateful training of the per-class LSTM autoencoders, and threshold calibration.
+
+Input: the sequence of closed WindowBatches of benign traffic (from the very same capture ->
+flows -> windows stages as the daemon) and, optionally, windows to leave out of the loss
+(known attack intervals). Training carries state the way scoring does: each entity's
+windows are cut into lanes of consecutive windows, (h, c) is carried from window to window
+along a lane, and gradients flow back through `tbptt_windows` windows (truncated BPTT).
+Each lane starts `warmup` windows early, without loss, so it does not learn from a cold
+state more than deployment does.
+
+Contamination: per step, the worst `trim_fraction` of window losses are left out (a trimmed
+loss), so a few attack windows hiding in "benign" data do not become normal.
+
+Validation is split in time (the last `validation_fraction` of the span), scored
+sequentially with carried state exactly as the daemon scores; it drives early stopping and
+calibrates the thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+import torch
+
+from detector.contracts import WindowBatch
+from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.lstm import LSTMAutoencoder
+from detector.model.scaler import FeatureScaler
+from detector.model.scorer import reconstruct
+from detector.model.threshold import calibrate
+
+log = structlog.get_logger()
+
+MIN_CLASS_CALIBRATION = 200  # fewer held-out windows than this: calibrate on all classes pooled
+
+
+@dataclass
+class TrainingParams:
+    hidden_size: int = 32
+    epochs: int = 30
+    learning_rate: float = 3e-3
+    batch_streams: int = 256
+    seed: int = 7
+    validation_fraction: float = 0.2
+    trim_fraction: float = 0.02
+    threshold_quantile: float = 0.999
+    target_false_alarm: float = 1e-4
+    lane_windows: int = 48
+    warmup_windows: int = 6
+    tbptt_windows: int = 4
+    patience: int = 6
+    threads: int = 0
+
+
+@dataclass
+class _ClassData:
+    """All windows of one entity class aligned on a common window index."""
+
+    features: np.ndarray  # float32 (entities, windows, bins, features), real units
+    present: np.ndarray  # bool (entities, windows): the entity existed in that window
+    usable: np.ndarray  # bool (entities, windows): may be learned from (benign, not excluded)
+    window_start_ns: np.ndarray  # int64 (windows,)
+    entities: list[str] = field(default_factory=list)
+
+
+def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | None = None) -> tuple[dict[str, _ClassData], object]:
+    """Arrange window batches per entity class as (entity, window) grids."""
+    exclude = exclude or []
+    starts: list[int] = []
+    rows: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    schema = None
+    for wb in windows:
+        schema = wb.schema
+        k = len(starts)
+        starts.append(wb.window_start_ns)
+        for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features):
+            rows.setdefault(cls, {}).setdefault(name, {})[k] = feats
+    starts_arr = np.asarray(starts, dtype=np.int64)
+    if starts_arr.size == 0:
+        return {}, schema
+    window_ns = (starts_arr[1] - starts_arr[0]) if starts_arr.size > 1 else 1
+    excluded = np.zeros(starts_arr.shape[0], dtype=bool)
+    for lo, hi in exclude:
+        excluded |= (starts_arr < hi) & (starts_arr + window_ns > lo)
+    out = {}
+    for cls, ents in rows.items():
+        names = sorted(ents)
+        first = next(iter(next(iter(ents.values())).values()))
+        feats = np.zeros((len(names), starts_arr.shape[0]) + first.shape, dtype=np.float32)
+        present = np.zeros((len(names), starts_arr.shape[0]), dtype=bool)
+        for e, name in enumerate(names):
+            for k, f in ents[name].items():
+                feats[e, k] = f
+                present[e, k] = True
+        out[cls] = _ClassData(feats, present, present & ~excluded[None, :], starts_arr, names)
+    return out, schema
+
+
+def train(
+    windows: Iterable[WindowBatch],
+    params: TrainingParams,
+    bin_s: float,
+    bins: int,
+    exclude: list[tuple[int, int]] | None = None,
+    progress: bool = False,
+) -> ModelBundle:
+    """Train one model per entity class and calibrate its threshold."""
+    torch.manual_seed(params.seed)
+    np.random.seed(params.seed)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    data, schema = collect(windows, exclude)
+    if not data:
+        raise ValueError("no windows to train on: is the capture empty or outside home_net?")
+    started = time.monotonic()
+    classes: dict[str, ClassModel] = {}
+    val_scores: dict[str, np.ndarray] = {}
+    summary: dict[str, dict] = {}
+    for cls, cd in sorted(data.items()):
+        n_w = cd.window_start_ns.shape[0]
+        split = max(1, int(round(n_w * (1.0 - params.validation_fraction))))
+        train_mask = cd.usable.copy()
+        train_mask[:, split:] = False
+        val_mask = cd.usable.copy()
+        val_mask[:, :split] = False
+        if not train_mask.any():
+            raise ValueError(f"class {cls}: no benign training windows")
+        scaler = FeatureScaler.fit(cd.features[train_mask])
+        net = LSTMAutoencoder(cd.features.shape[-1], params.hidden_size, bins)
+        best, history = _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress)
+        net.load_state_dict(best)
+        net.eval()
+        scores = _sequential_scores(net, scaler, cd)
+        val_scores[cls] = scores[val_mask] if val_mask.any() else scores[train_mask]
+        classes[cls] = ClassModel(net, scaler, threshold=None)  # type: ignore[arg-type]
+        summary[cls] = {
+            "entities": len(cd.entities),
+            "windows": int(cd.present.sum()),
+            "train_windows": int(train_mask.sum()),
+            "validation_windows": int(val_mask.sum()),
+            "excluded_windows": int((cd.present & ~cd.usable).sum()),
+            "epochs": len(history),
+            "best_validation_loss": float(min(h["val"] for h in history)),
+            "train_start": int(cd.window_start_ns[0]),
+            "train_end": int(cd.window_start_ns[-1]),
+            "split_ns": int(cd.window_start_ns[min(split, n_w - 1)]),
+        }
+    pooled = np.concatenate(list(val_scores.values()))
+    for cls, cm in classes.items():
+        scores = val_scores[cls]
+        source = "class"
+        if scores.shape[0] < MIN_CLASS_CALIBRATION:
+            scores, source = pooled, "pooled"
+        th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
+        cm.threshold = th
+        summary[cls]["calibration"] = source
+        log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
+                 n=th.n_calibration, source=source, reason=th.reason or None)  # fmt: skip
+    return ModelBundle(
+        schema=schema,  # type: ignore[arg-type]
+        bin_s=bin_s,
+        bins=bins,
+        hidden_size=params.hidden_size,
+        classes=classes,
+        training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
+    )
+
+
+def _lanes(cd: _ClassData, mask: np.ndarray, params: TrainingParams) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each entity's windows into lanes: (lanes, warmup + lane_windows, bins, features)
+    and the loss mask (lanes, warmup + lane_windows)."""
+    L, W = params.lane_windows, params.warmup_windows
+    feats, masks = [], []
+    n_w = cd.window_start_ns.shape[0]
+    for e in range(cd.features.shape[0]):
+        idx = np.flatnonzero(cd.present[e])
+        if idx.size == 0:
+            continue
+        first, last = int(idx[0]), int(idx[-1]) + 1
+        for s in range(first, last, L):
+            lo = max(first, s - W)
+            hi = min(last, s + L, n_w)
+            m = mask[e, lo:hi].copy()
+            m[: s - lo] = False
+            if not m.any():
+                continue
+            pad = (W + L) - (hi - lo)
+            f = cd.features[e, lo:hi]
+            if pad:
+                f = np.concatenate([f, np.zeros((pad,) + f.shape[1:], np.float32)])
+                m = np.concatenate([m, np.zeros(pad, bool)])
+            feats.append(f)
+            masks.append(m)
+    if not feats:
+        return np.zeros((0, W + L) + cd.features.shape[2:], np.float32), np.zeros((0, W + L), bool)
+    return np.stack(feats), np.stack(masks)
+
+
+def _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress) -> tuple[dict, list[dict]]:
+    lanes, lane_mask = _lanes(cd, train_mask, params)
+    x_all = torch.from_numpy(scaler.transform(lanes))
+    m_all = torch.from_numpy(lane_mask)
+    opt = torch.optim.Adam(net.parameters(), lr=params.learning_rate)
+    rng = np.random.default_rng(params.seed)
+    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+    best_val = math.inf
+    history: list[dict] = []
+    bad = 0
+    for epoch in range(params.epochs):
+        net.train()
+        order = rng.permutation(x_all.shape[0])
+        losses = []
+        for b0 in range(0, order.shape[0], params.batch_streams):
+            sel = torch.from_numpy(order[b0 : b0 + params.batch_streams])
+            x, m = x_all[sel], m_all[sel]
+            state = net.initial_state(x.shape[0])
+            for k0 in range(0, x.shape[1], params.tbptt_windows):
+                per_window = []
+                masks = []
+                for k in range(k0, min(k0 + params.tbptt_windows, x.shape[1])):
+                    recon, state = net(x[:, k], state)
+                    per_window.append((recon - x[:, k]).pow(2).mean(dim=(1, 2)))
+                    masks.append(m[:, k])
+                state = (state[0].detach(), state[1].detach())
+                loss_w = torch.stack(per_window, 1)[torch.stack(masks, 1)]
+                if loss_w.numel() == 0:
+                    continue
+                keep = loss_w.numel() - int(loss_w.numel() * params.trim_fraction)
+                loss = torch.topk(loss_w, max(keep, 1), largest=False).values.mean()
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                losses.append(loss.item())
+        net.eval()
+        scores = _sequential_scores(net, scaler, cd)
+        target = val_mask if val_mask.any() else train_mask
+        val = float(np.mean(np.minimum(scores[target], np.quantile(scores[target], 1 - params.trim_fraction)))) if target.any() else float(np.mean(losses))
+        history.append({"epoch": epoch, "train": float(np.mean(losses)) if losses else math.nan, "val": val})
+        if progress:
+            print(f"  [{cls}] epoch {epoch + 1}/{params.epochs} train {history[-1]['train']:.4f} val {val:.4f}", flush=True)
+        if val < best_val - 1e-4:
+            best_val, bad = val, 0
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= params.patience:
+                break
+    log.info("class_trained", entity_class=cls, epochs=len(history), best_validation_loss=round(best_val, 5), lanes=int(x_all.shape[0]))
+    return best_state, history
+
+
+def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData) -> np.ndarray:
+    """Scores of every (entity, window), state carried from each entity's first window: the
+    same computation as StreamingScorer, all entities of the class in one batch."""
+    n_e, n_w = cd.present.shape
+    scores = np.zeros((n_e, n_w), dtype=np.float32)
+    h, c = net.initial_state(n_e)
+    for k in range(n_w):
+        rows = np.flatnonzero(cd.present[:, k])
+        if rows.size == 0:
+            continue
+        idx = torch.from_numpy(rows)
+        errors, (h_new, c_new) = reconstruct(net, scaler, cd.features[rows, k], (h[idx], c[idx]))
+        h[idx], c[idx] = h_new, c_new
+        scores[rows, k] = errors.scores
+    return scores

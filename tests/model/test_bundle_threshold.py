@@ -1,0 +1,88 @@
+"""Model bundles (round trip, schema refusal, corruption) and threshold calibration."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.capture.windows import PACKET_SCHEMA
+from detector.errors import ModelError
+from detector.model.bundle import META, WEIGHTS, ModelBundle
+from detector.model.threshold import calibrate
+from tests.model.test_scorer import _bundle
+
+
+def test_bundle_round_trip(tmp_path: Path):
+    """Weights, scaler and thresholds come back identical; no pickle is written."""
+    b = _bundle()
+    b.save(tmp_path / "m")
+    assert {META, WEIGHTS} == {p.name for p in (tmp_path / "m").iterdir()}
+    back = ModelBundle.load(tmp_path / "m", expected_schema=PACKET_SCHEMA)
+    assert b.version == back.version
+    for cls in ("global", "host"):
+        for (k, v), (k2, v2) in zip(b.classes[cls].network.state_dict().items(), back.classes[cls].network.state_dict().items()):
+            assert k == k2
+            assert torch.equal(v, v2)
+        np.testing.assert_array_equal(b.classes[cls].scaler.scale, back.classes[cls].scaler.scale)
+        assert b.classes[cls].threshold == back.classes[cls].threshold
+
+
+def test_bundle_with_other_schema_is_refused(tmp_path: Path):
+    b = _bundle()
+    b.save(tmp_path / "m")
+    other = replace(PACKET_SCHEMA, version=PACKET_SCHEMA.version + 1)
+    with pytest.raises(ModelError, match="feature schema packet v1"):
+        ModelBundle.load(tmp_path / "m", expected_schema=other)
+
+
+def test_corrupted_weights_are_refused(tmp_path: Path):
+    b = _bundle()
+    b.save(tmp_path / "m")
+    w = tmp_path / "m" / WEIGHTS
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="SHA-256 mismatch"):
+        ModelBundle.load(tmp_path / "m")
+
+
+def test_truncated_metadata_is_refused(tmp_path: Path):
+    b = _bundle()
+    b.save(tmp_path / "m")
+    meta = tmp_path / "m" / META
+    meta.write_text(meta.read_text()[:50])
+    with pytest.raises(ModelError, match="unreadable"):
+        ModelBundle.load(tmp_path / "m")
+
+
+def test_save_replaces_atomically(tmp_path: Path):
+    """Saving over an existing bundle leaves one complete bundle and no temporaries."""
+    _bundle(seed=1).save(tmp_path / "m")
+    second = _bundle(seed=2)
+    second.save(tmp_path / "m")
+    assert ["m"] == sorted(p.name for p in tmp_path.iterdir())
+    assert second.version == json.loads((tmp_path / "m" / META).read_text())["weights_sha256"][:12]
+
+
+@pytest.mark.parametrize("target", [1e-2, 1e-3])
+def test_pot_threshold_realises_the_target_false_alarm_rate(target: float):
+    """On scores from a known heavy-tailed distribution, the realised false-alarm rate of
+    the calibrated threshold is within a factor 2 of the target."""
+    rng = np.random.default_rng(3)
+    calibration = rng.lognormal(0.0, 0.6, 20_000)
+    th = calibrate(calibration, target_false_alarm=target)
+    assert "pot" == th.method
+    fresh = rng.lognormal(0.0, 0.6, 2_000_000)
+    realised = float((fresh > th.value).mean())
+    assert target / 2 <= realised <= target * 2
+
+
+def test_too_few_peaks_falls_back_to_quantile_and_says_why():
+    th = calibrate(np.linspace(0, 1, 100), target_false_alarm=1e-4)
+    assert "quantile" == th.method
+    assert "peaks" in th.reason

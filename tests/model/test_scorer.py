@@ -1,0 +1,135 @@
+"""The streaming scorer: carried state, batching, warm-up, bounds, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.capture.windows import PACKET_SCHEMA
+from detector.contracts import WindowBatch
+from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.lstm import LSTMAutoencoder
+from detector.model.scaler import FeatureScaler
+from detector.model.scorer import StreamingScorer
+from detector.model.threshold import Threshold
+
+BINS = 6
+N_F = len(PACKET_SCHEMA.features)
+
+
+def _bundle(seed: int = 0, hidden: int = 16) -> ModelBundle:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train = rng.gamma(2.0, 20.0, size=(200, BINS, N_F)).astype(np.float32)
+    classes = {}
+    for cls in ("global", "host"):
+        th = Threshold(5.0, "quantile", 1e-4, 1.0, None, None, 100, 0)
+        classes[cls] = ClassModel(LSTMAutoencoder(N_F, hidden, BINS).eval(), FeatureScaler.fit(train), th)
+    return ModelBundle(PACKET_SCHEMA, 10.0, BINS, hidden, classes)
+
+
+def _windows(k: int, entities: list[str], feats: np.ndarray) -> WindowBatch:
+    classes = ["global" if e == "global" else "host" for e in entities]
+    start = 1_700_000_000_000_000_000 + k * 60_000_000_000
+    return WindowBatch(start, start + 60_000_000_000, entities, classes, feats.astype(np.float32), PACKET_SCHEMA)
+
+
+def _sequence(n_windows: int, n_entities: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.gamma(2.0, 20.0, size=(n_windows, n_entities, BINS, N_F)).astype(np.float32)
+
+
+def test_carried_state_equals_one_long_sequence_and_differs_from_reset():
+    """Scoring a host window by window (daemon path) equals running the encoder over the
+    concatenated bins of all its windows with state carried, and differs from resetting
+    the state every window."""
+    bundle = _bundle()
+    seq = _sequence(8, 1)
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    streamed = [scorer.score(_windows(k, ["10.0.0.1"], seq[k]))[0].score for k in range(8)]
+
+    cm = bundle.classes["host"]
+    x = torch.from_numpy(cm.scaler.transform(seq[:, 0].reshape(1, 8 * BINS, N_F)))
+    with torch.no_grad():
+        outputs, _ = cm.network.encoder(x)  # one long sequence from the neutral state
+        long_scores = []
+        for k in range(8):
+            code = outputs[:, (k + 1) * BINS - 1]
+            recon = cm.network.decode(code, BINS)
+            long_scores.append(float((recon - x[:, k * BINS : (k + 1) * BINS]).pow(2).mean()))
+
+    reset = []
+    for k in range(8):
+        fresh = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+        reset.append(fresh.score(_windows(k, ["10.0.0.1"], seq[k]))[0].score)
+
+    np.testing.assert_allclose(long_scores, streamed, rtol=1e-5, atol=1e-6)
+    assert streamed[0] == pytest.approx(reset[0], rel=1e-6)
+    assert np.abs(np.array(streamed[1:]) - np.array(reset[1:])).max() > 1e-4
+
+
+def test_batched_equals_one_at_a_time():
+    """Scoring many entities in one batched step equals scoring each alone."""
+    bundle = _bundle()
+    seq = _sequence(4, 5)
+    names = ["global"] + [f"10.0.0.{i}" for i in range(1, 5)]
+    together = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    alone = {n: StreamingScorer(bundle, device="cpu", warmup_windows=0) for n in names}
+    for k in range(4):
+        batched = {s.entity: s.score for s in together.score(_windows(k, names, seq[k]))}
+        for i, n in enumerate(names):
+            single = alone[n].score(_windows(k, [n], seq[k][i : i + 1]))[0].score
+            assert single == pytest.approx(batched[n], rel=1e-5, abs=1e-6)
+
+
+def test_warmup_windows_are_never_anomalous():
+    """A new entity is scored but not alerted on during its warm-up windows."""
+    bundle = _bundle()
+    for cm in bundle.classes.values():
+        cm.threshold.value = 0.0  # everything would be anomalous
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=2)
+    seq = _sequence(4, 1)
+    flags = [scorer.score(_windows(k, ["10.0.0.9"], seq[k]))[0] for k in range(4)]
+    assert [False, False, True, True] == [s.ready for s in flags]
+    assert [False, False, True, True] == [s.anomalous for s in flags]
+
+
+def test_state_bank_is_bounded_and_evicts_least_recent():
+    """More entities than max_entities: the bank never exceeds the bound."""
+    bundle = _bundle()
+    scorer = StreamingScorer(bundle, device="cpu", max_entities=8)
+    for k in range(5):
+        names = [f"10.1.{k}.{i}" for i in range(6)]
+        scorer.score(_windows(k, names, _sequence(1, 6, seed=k)[0]))
+        assert scorer.entities <= 8
+    assert scorer._banks["host"].capacity <= 8
+
+
+def test_state_round_trips_through_a_checkpoint():
+    """A scorer restored from state_dict continues exactly like the original."""
+    bundle = _bundle()
+    seq = _sequence(6, 3)
+    names = ["global", "10.0.0.1", "10.0.0.2"]
+    a = StreamingScorer(bundle, device="cpu")
+    for k in range(3):
+        a.score(_windows(k, names, seq[k]))
+    b = StreamingScorer(bundle, device="cpu")
+    b.load_state_dict(a.state_dict())
+    for k in range(3, 6):
+        sa = [s.score for s in a.score(_windows(k, names, seq[k]))]
+        sb = [s.score for s in b.score(_windows(k, names, seq[k]))]
+        assert sa == sb
+
+
+def test_explanation_in_real_units():
+    """Top features carry observed and expected values in the schema's units."""
+    bundle = _bundle()
+    seq = _sequence(1, 1)
+    seq[0, 0, :, PACKET_SCHEMA.features.index("ports_out")] = 900.0
+    s = StreamingScorer(bundle, device="cpu").score(_windows(0, ["10.0.0.1"], seq[0]))[0]
+    top = s.top_features[0]
+    assert "ports_out" == top.name
+    assert "ports" == top.unit
+    assert 900.0 == pytest.approx(top.observed)
+    assert 0.0 < top.share <= 1.0
