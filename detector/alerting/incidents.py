@@ -1,0 +1,197 @@
+"""Incident lifecycle: anomalous window scores -> opened / updated / resolved incident events.
+
+The stage after the scorer. One incident per entity per episode: consecutive anomalous
+windows of a host extend one incident instead of opening new ones; `resolve_after_windows`
+quiet windows resolve it. Each transition is an IncidentEvent carrying the incident's stable
+id (derived from sensor, entity and the episode's first window, so it is the same after a
+restart that replays or restores the same episode) and a unique event id (what SIEMs
+deduplicate on).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from detector.alerting.rules import SEVERITY_SCORE, Dropped, RuleSet
+from detector.contracts import FeatureContribution, IncidentEvent, WindowEvidence, WindowScore
+
+_NAMESPACE = uuid.UUID("6f1d6a52-8c7e-4a55-9a39-4d6e7c0f2b11")
+_SEVERITY_ORDER = ["low", "medium", "high", "critical"]
+
+
+@dataclass
+class _Open:
+    incident_id: str
+    entity: str
+    entity_class: str
+    first_seen_ns: int
+    last_seen_ns: int
+    windows: int
+    peak_score: float
+    threshold: float
+    severity: str
+    category: str
+    top_features: list[FeatureContribution]
+    evidence: WindowEvidence
+    quiet: int = 0
+    transitions: int = 0
+
+
+@dataclass
+class _Entity:
+    streak: int = 0  # consecutive anomalous windows not yet an incident
+    streak_start_ns: int = 0
+    incident: _Open | None = None
+
+
+@dataclass
+class IncidentTracker:
+    rules: RuleSet
+    min_windows: int = 1
+    resolve_after_windows: int = 2
+    observer: dict[str, str] = field(default_factory=dict)
+    rule_id: str = "netad-lstm-ae"
+    rule_name: str = "Anomalous traffic for this entity (LSTM autoencoder)"
+    model_version: str = ""
+
+    def __post_init__(self) -> None:
+        self._entities: dict[str, _Entity] = {}
+        self.dropped: Counter[str] = Counter()
+        self.opened = 0
+        self.resolved = 0
+
+    @property
+    def open_incidents(self) -> int:
+        return sum(1 for e in self._entities.values() if e.incident is not None)
+
+    def push(self, scores: list[WindowScore]) -> list[IncidentEvent]:
+        events: list[IncidentEvent] = []
+        for s in scores:
+            anomalous = s.anomalous
+            if anomalous:
+                try:
+                    self.rules.check(s)
+                except Dropped as drop:
+                    self.dropped[drop.rule] += 1
+                    anomalous = False
+            state = self._entities.get(s.entity)
+            if state is None:
+                if not anomalous:
+                    continue
+                state = self._entities[s.entity] = _Entity()
+            event = self._advance(state, s, anomalous)
+            if event is not None:
+                events.append(event)
+            if state.incident is None and state.streak == 0:
+                del self._entities[s.entity]
+        return events
+
+    def _advance(self, state: _Entity, s: WindowScore, anomalous: bool) -> IncidentEvent | None:
+        inc = state.incident
+        if anomalous:
+            if inc is None:
+                if state.streak == 0:
+                    state.streak_start_ns = s.window_start_ns
+                state.streak += 1
+                if state.streak < self.min_windows:
+                    return None
+                inc = state.incident = self._open(s, state.streak_start_ns, state.streak)
+                state.streak = 0
+                self.opened += 1
+                return self._event(inc, "opened", s.window_end_ns)
+            inc.quiet = 0
+            inc.windows += 1
+            inc.last_seen_ns = s.window_end_ns
+            severity = self.rules.severity_of(s.score, s.threshold)
+            if _SEVERITY_ORDER.index(severity) > _SEVERITY_ORDER.index(inc.severity):
+                inc.severity = severity
+            if s.score > inc.peak_score:
+                inc.peak_score = s.score
+                inc.top_features = s.top_features
+                inc.category = self.rules.category_of(s)
+                if s.evidence is not None:
+                    inc.evidence = s.evidence
+            return self._event(inc, "updated", s.window_end_ns)
+        state.streak = 0
+        if inc is None:
+            return None
+        inc.quiet += 1
+        if inc.quiet < self.resolve_after_windows:
+            return None
+        state.incident = None
+        self.resolved += 1
+        return self._event(inc, "resolved", s.window_end_ns)
+
+    def _open(self, s: WindowScore, first_ns: int, windows: int) -> _Open:
+        sensor = self.observer.get("name", "")
+        incident_id = str(uuid.uuid5(_NAMESPACE, f"{sensor}/{s.entity}/{first_ns}"))
+        return _Open(
+            incident_id=incident_id,
+            entity=s.entity,
+            entity_class=s.entity_class,
+            first_seen_ns=first_ns,
+            last_seen_ns=s.window_end_ns,
+            windows=windows,
+            peak_score=s.score,
+            threshold=s.threshold,
+            severity=self.rules.severity_of(s.score, s.threshold),
+            category=self.rules.category_of(s),
+            top_features=s.top_features,
+            evidence=s.evidence or WindowEvidence(),
+        )
+
+    def _event(self, inc: _Open, action: str, emitted_ns: int) -> IncidentEvent:
+        inc.transitions += 1
+        event_id = str(uuid.uuid5(uuid.UUID(inc.incident_id), f"{action}/{inc.transitions}/{emitted_ns}"))
+        return IncidentEvent(
+            event_id=event_id,
+            incident_id=inc.incident_id,
+            action=action,  # type: ignore[arg-type]
+            entity=inc.entity,
+            entity_class=inc.entity_class,
+            first_seen_ns=inc.first_seen_ns,
+            last_seen_ns=inc.last_seen_ns,
+            emitted_ns=emitted_ns,
+            severity=inc.severity,
+            severity_score=SEVERITY_SCORE[inc.severity],
+            category=inc.category,
+            score=inc.peak_score,
+            threshold=inc.threshold,
+            windows=inc.windows,
+            top_features=list(inc.top_features),
+            evidence=inc.evidence,
+            rule_id=self.rule_id,
+            rule_name=self.rule_name,
+            observer=dict(self.observer),
+            model_version=self.model_version,
+        )
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        return {
+            name: {
+                "streak": e.streak,
+                "streak_start_ns": e.streak_start_ns,
+                "incident": None if e.incident is None else _open_to_dict(e.incident),
+            }
+            for name, e in self._entities.items()
+        }
+
+    def load_state_dict(self, data: dict) -> None:
+        self._entities = {}
+        for name, e in data.items():
+            inc = e["incident"]
+            self._entities[name] = _Entity(e["streak"], e["streak_start_ns"], None if inc is None else _open_from_dict(inc))
+
+
+def _open_to_dict(inc: _Open) -> dict:
+    return asdict(inc)
+
+
+def _open_from_dict(d: dict) -> _Open:
+    d = dict(d)
+    d["top_features"] = [FeatureContribution(**c) for c in d["top_features"]]
+    d["evidence"] = WindowEvidence(**d["evidence"])
+    return _Open(**d)

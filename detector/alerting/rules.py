@@ -1,0 +1,176 @@
+"""Rules analysts control: allowlists, suppression windows, severity and category mapping.
+
+Rule files are YAML (rules/*.yaml), validated like the config: unknown keys are errors and
+every error names the file and line. Rules are applied to anomalous window scores before
+they reach the incident lifecycle; a rule that drops a window raises `Dropped` (structlog's
+DropEvent idea) with the rule's name, so the caller can count why windows were dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from detector.config import read_yaml, validate_yaml_data
+from detector.contracts import WindowScore
+from detector.errors import ConfigError
+
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_SCORE = {"low": 25, "medium": 50, "high": 75, "critical": 95}
+
+
+class Dropped(Exception):
+    """An anomalous window was dropped by a rule (allowlist or suppression)."""
+
+    def __init__(self, rule: str) -> None:
+        super().__init__(rule)
+        self.rule = rule
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Match(_Strict):
+    """What a rule applies to. All given fields must match; an empty match matches all."""
+
+    entity: str | None = None  # "global" or a host address
+    cidr: list[str] = Field(default_factory=list)  # host inside any of these networks
+    ports: list[int] = Field(default_factory=list)  # a top port of the window's evidence
+    proto: Literal["tcp", "udp", "icmp", "ipv6-icmp"] | None = None
+    features: list[str] = Field(default_factory=list)  # the top contributing feature is one of these
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    def matches(self, score: WindowScore) -> bool:
+        if self.entity is not None and score.entity != self.entity:
+            return False
+        if self.cidr:
+            try:
+                addr = ipaddress.ip_address(score.entity)
+            except ValueError:
+                return False
+            if not any(addr in ipaddress.ip_network(n, strict=False) for n in self.cidr):
+                return False
+        ev = score.evidence
+        if self.ports or self.proto:
+            top = ev.top_ports if ev is not None else []
+            if self.ports and not any(p["port"] in self.ports for p in top):
+                return False
+            if self.proto and not any(p["proto"] == self.proto for p in top):
+                return False
+        if self.features:
+            if not score.top_features or score.top_features[0].name not in self.features:
+                return False
+        return True
+
+
+class AllowRule(Match):
+    name: str
+
+
+class Schedule(_Strict):
+    """Daily UTC time-of-day window, optionally on some weekdays (0=Monday)."""
+
+    start: dt.time
+    end: dt.time
+    weekdays: list[int] = Field(default_factory=lambda: list(range(7)))
+
+    def active(self, when: dt.datetime) -> bool:
+        if when.weekday() not in self.weekdays:
+            return False
+        t = when.time()
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end  # spans midnight
+
+
+class SuppressRule(Match):
+    name: str
+    start: dt.datetime | None = None  # a one-off maintenance window
+    end: dt.datetime | None = None
+    schedule: Schedule | None = None
+
+    def active(self, when: dt.datetime) -> bool:
+        if self.start is not None and when < _utc(self.start):
+            return False
+        if self.end is not None and when >= _utc(self.end):
+            return False
+        if self.schedule is not None and not self.schedule.active(when):
+            return False
+        return True
+
+
+class SeverityRule(_Strict):
+    """The first rule whose `min_ratio` (score / threshold) is reached sets the severity."""
+
+    min_ratio: float = Field(ge=0)
+    severity: Severity
+
+
+class CategoryRule(_Strict):
+    """The first rule whose features include the window's top feature names the category."""
+
+    features: list[str]
+    category: str
+
+
+class RuleSet(_Strict):
+    allow: list[AllowRule] = Field(default_factory=list)
+    suppress: list[SuppressRule] = Field(default_factory=list)
+    severity: list[SeverityRule] = Field(default_factory=list)
+    categories: list[CategoryRule] = Field(default_factory=list)
+
+    def check(self, score: WindowScore) -> None:
+        """Raise Dropped if an allow or an active suppress rule covers this window."""
+        for rule in self.allow:
+            if rule.matches(score):
+                raise Dropped(f"allow:{rule.name}")
+        if self.suppress:
+            when = dt.datetime.fromtimestamp(score.window_end_ns / 1e9, tz=dt.timezone.utc)
+            for rule in self.suppress:
+                if rule.active(when) and rule.matches(score):
+                    raise Dropped(f"suppress:{rule.name}")
+
+    def severity_of(self, score: float, threshold: float) -> Severity:
+        ratio = score / threshold if threshold > 0 else float("inf")
+        for rule in sorted(self.severity, key=lambda r: -r.min_ratio):
+            if ratio >= rule.min_ratio:
+                return rule.severity
+        return "medium"
+
+    def category_of(self, score: WindowScore) -> str:
+        names = [c.name for c in score.top_features[:2]]
+        for rule in self.categories:
+            if any(n in rule.features for n in names):
+                return rule.category
+        return "volume-anomaly" if names else "anomaly"
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def load_rules(paths: list[str | Path]) -> RuleSet:
+    """Merge rule files in order. Raises ConfigError naming file and line."""
+    merged = RuleSet()
+    for path in paths:
+        data, root = read_yaml(path)
+        part = validate_yaml_data(RuleSet, data, root, str(path))
+        for key in ("allow", "suppress", "severity", "categories"):
+            getattr(merged, key).extend(getattr(part, key))
+    if not merged.severity:
+        merged.severity = [SeverityRule(min_ratio=0, severity="medium")]
+    return merged
+
+
+__all__ = ["ConfigError", "Dropped", "RuleSet", "SEVERITY_SCORE", "load_rules"]
