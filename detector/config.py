@@ -62,7 +62,7 @@ class ModelConfig(_Strict):
     path: Path = Path("var/model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     warmup_windows: int = Field(1, ge=0)
-    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default
 
 
 class TrainingConfig(_Strict):

@@ -52,3 +52,12 @@ def make_batch(rows: list[dict]) -> PacketBatch:
         for k, v in values.items():
             cols[k].append(v)
     return PacketBatch(**{k: np.asarray(v, dtype=PACKET_COLUMNS[k]) for k, v in cols.items()})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tests run small batches on a 2-core machine: one torch thread (as the daemon uses)."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import stats
 
 MIN_PEAKS = 20
+MAX_SHAPE = 0.5
 
 
 @dataclass
@@ -51,6 +52,9 @@ def calibrate(
     if n == 0:
         raise ValueError("no calibration scores")
     quantile = float(np.quantile(s, fallback_quantile))
+    # small calibration sets: lower the initial quantile (not below 0.95, where the body of
+    # the distribution would start to bend the fit) so the tail still has enough peaks
+    initial_quantile = max(min(initial_quantile, 1.0 - MIN_PEAKS / n), 0.95)
     u = float(np.quantile(s, initial_quantile))
     peaks = s[s > u] - u
     base = dict(target_false_alarm=target_false_alarm, initial=u, n_calibration=int(n), n_peaks=int(peaks.shape[0]))
@@ -61,6 +65,10 @@ def calibrate(
     except Exception as exc:  # scipy raises a variety of fit errors
         return Threshold(quantile, "quantile", shape=None, scale=None, reason=f"tail fit failed: {exc}", **base)
     ks = stats.kstest(peaks, "genpareto", args=(xi, 0.0, sigma))
+    if xi > MAX_SHAPE:
+        # a tail this heavy (infinite variance) is contamination or too few samples, not the
+        # benign error distribution; extrapolating it gives absurd thresholds
+        return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason=f"tail too heavy to extrapolate (xi={xi:.2f})", **base)
     if not math.isfinite(xi) or not math.isfinite(sigma) or sigma <= 0 or ks.pvalue < 0.01:
         return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason=f"poor tail fit (KS p={ks.pvalue:.3g})", **base)
     ratio = target_false_alarm * n / peaks.shape[0]

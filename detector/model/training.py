@@ -31,7 +31,7 @@ from detector.contracts import WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder
 from detector.model.scaler import FeatureScaler
-from detector.model.scorer import reconstruct
+from detector.model.scorer import reconstruct, set_torch_threads
 from detector.model.threshold import calibrate
 
 log = structlog.get_logger()
@@ -54,7 +54,7 @@ class TrainingParams:
     warmup_windows: int = 6
     tbptt_windows: int = 4
     patience: int = 6
-    threads: int = 0
+    threads: int = 1
 
 
 @dataclass
@@ -112,8 +112,7 @@ def train(
     """Train one model per entity class and calibrate its threshold."""
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    set_torch_threads(params.threads)
     data, schema = collect(windows, exclude)
     if not data:
         raise ValueError("no windows to train on: is the capture empty or outside home_net?")

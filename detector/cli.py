@@ -1,0 +1,154 @@
+"""The `netad` command line: run, train, score, check-config, synth.
+
+Only this module picks exit codes: 78 (EX_CONFIG) for a bad config, rule file or model
+bundle, 66 (EX_NOINPUT) for an unreadable capture, 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from detector import __version__
+from detector.errors import CaptureError, ConfigError, ModelError
+
+EX_CONFIG = 78
+EX_NOINPUT = 66
+
+
+def _errors_to_exit_codes(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, ModelError) as exc:
+            click.echo(f"netad: {exc}", err=True)
+            sys.exit(EX_CONFIG)
+        except CaptureError as exc:
+            click.echo(f"netad: {exc}", err=True)
+            sys.exit(EX_NOINPUT)
+
+    return wrapper
+
+
+def _load(config: str | None):
+    from detector.config import load_config
+    from detector.logging import configure
+
+    cfg = load_config(config)
+    configure(cfg.logging.level, cfg.logging.format)
+    return cfg
+
+
+config_option = click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
+                             help="YAML config file (default: built-in defaults).")  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netad")
+def main() -> None:
+    """netad: network-traffic anomaly detection with a streaming LSTM autoencoder."""
+
+
+@main.command()
+@config_option
+@click.option("--sink", "sinks", multiple=True, help="Extra incident sink URL (repeatable), e.g. syslog+tcp://127.0.0.1:6514?format=cef")
+@_errors_to_exit_codes
+def run(config: str | None, sinks: tuple[str, ...]) -> None:
+    """Run the daemon: capture, score, and send incidents to the sinks."""
+    from detector.service.daemon import Daemon
+
+    cfg = _load(config)
+    sys.exit(Daemon(config, cfg, list(sinks)).run())
+
+
+@main.command("check-config")
+@config_option
+@_errors_to_exit_codes
+def check_config(config: str | None) -> None:
+    """Validate a config file and the rule files and sinks it names; exit 78 if invalid."""
+    from detector.alerting.rules import load_rules
+    from detector.alerting.sinks import build_sink
+    from detector.config import load_config
+
+    cfg = load_config(config)
+    load_rules(cfg.incidents.rules)
+    for i, sc in enumerate(cfg.sinks):
+        try:
+            build_sink(sc.url, spool_dir=None, name=sc.name).close(timeout_s=0.1)
+        except ConfigError as exc:
+            raise ConfigError(f"{config}: sinks[{i}]: {exc}") from None
+    click.echo(f"{config or '<defaults>'}: ok ({len(cfg.incidents.rules)} rule file(s), {len(cfg.sinks)} sink(s))")
+
+
+@main.command()
+@config_option
+@click.option("--pcap", "pcaps", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Benign training capture (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False), help="Ground-truth CSV: windows overlapping its positive intervals are left out.")
+@click.option("--before-first-attack", is_flag=True, help="With --truth: train only on windows before the first positive interval.")
+@click.option("--start-s", type=float, default=None, help="Use only traffic from this offset (s) after the first packet.")
+@click.option("--end-s", type=float, default=None, help="Use only traffic up to this offset (s) after the first packet.")
+@_errors_to_exit_codes
+def train(config, pcaps, out, truth, before_first_attack, start_s, end_s) -> None:
+    """Train a model bundle on benign captures."""
+    from detector.service.training import train_from_captures
+
+    cfg = _load(config)
+    bundle = train_from_captures(cfg, [Path(p) for p in pcaps], Path(out), truth=truth,
+                                 before_first_attack=before_first_attack, start_s=start_s, end_s=end_s,
+                                 progress=sys.stderr.isatty())  # fmt: skip
+    summary = bundle.training["classes"]
+    click.echo(f"model {bundle.version} written to {out}")
+    for cls, cm in bundle.classes.items():
+        s = summary[cls]
+        click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
+                   f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")  # fmt: skip
+
+
+@main.command()
+@config_option
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path from the config).")
+@click.option("--pcap", "pcaps", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--scores", type=click.Path(dir_okay=False), default=None, help="Write window scores (JSON lines) here.")
+@click.option("--incidents", type=click.Path(dir_okay=False), default=None, help="Write incident events (ECS JSON lines) here.")
+@click.option("--sink", "sinks", multiple=True, help="Extra incident sink URL (repeatable).")
+@_errors_to_exit_codes
+def score(config, model_dir, pcaps, scores, incidents, sinks) -> None:
+    """Replay captures as fast as possible through the daemon's stages."""
+    from detector.service.offline import score_captures
+
+    cfg = _load(config)
+    stats = score_captures(cfg, [Path(p) for p in pcaps], model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks))
+    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="pcap file to write.")
+@click.option("--truth", type=click.Path(dir_okay=False), default=None, help="Ground-truth CSV of the injected attacks.")
+@click.option("--profile", type=click.Choice(["demo", "bench"]), default="demo", show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--benign-s", type=float, default=None, help="Benign prefix duration (demo).")
+@click.option("--attack-s", type=float, default=None, help="Duration of the part with attacks (demo).")
+@click.option("--packets", type=int, default=None, help="Number of packets (bench).")
+@click.option("--hosts", type=int, default=None, help="Number of hosts.")
+@_errors_to_exit_codes
+def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts) -> None:
+    """Generate a capture of a small office network with injected attacks (and their truth)."""
+    from detector.capture.synth import generate
+
+    kwargs = dict(profile=profile, seed=seed, benign_s=benign_s, attack_s=attack_s, hosts=hosts)
+    if packets is not None:
+        kwargs["packets"] = packets
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    res = generate(Path(out), Path(truth) if truth else None, **kwargs)
+    click.echo(f"wrote {res.packets:,} packets to {out} ({res.end_epoch_s - res.start_epoch_s:.0f} s, home net {res.home_net})")
+    for a in res.attacks:
+        click.echo(f"  {a.event:<24} {a.start_epoch_s - res.start_epoch_s:>8.0f}s .. {a.end_epoch_s - res.start_epoch_s:>6.0f}s  attacker={a.attacker} target={a.target}")
+
+
+if __name__ == "__main__":
+    main()

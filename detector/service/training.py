@@ -1,0 +1,92 @@
+"""`netad train` wiring: captures -> the daemon's capture/flow/window stages -> training.
+
+Training sees exactly the windows the daemon will compute, because it builds them with the
+same stages (service.pipeline.window_stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+from detector.config import Config
+from detector.contracts import PacketBatch
+from detector.eval.truth import load_truth
+from detector.model.bundle import ModelBundle
+from detector.model.training import TrainingParams, train
+from detector.service.pipeline import capture_batches, window_stream
+
+log = structlog.get_logger()
+
+
+def training_params(cfg: Config) -> TrainingParams:
+    t = cfg.training
+    return TrainingParams(
+        hidden_size=t.hidden_size,
+        epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        batch_streams=t.batch_streams,
+        seed=t.seed,
+        validation_fraction=t.validation_fraction,
+        trim_fraction=t.trim_fraction,
+        threshold_quantile=t.threshold_quantile,
+        target_false_alarm=t.target_false_alarm,
+        threads=cfg.model.threads,
+    )
+
+
+def _time_slice(batches: Iterator[PacketBatch], start_s: float | None, end_s: float | None, stop_ns: int | None) -> Iterator[PacketBatch]:
+    t0: int | None = None
+    for b in batches:
+        if len(b) == 0:
+            continue
+        if t0 is None:
+            t0 = int(b.ts_ns[0])
+        keep = None
+        if start_s is not None:
+            keep = b.ts_ns >= t0 + int(start_s * 1e9)
+        if end_s is not None:
+            k = b.ts_ns < t0 + int(end_s * 1e9)
+            keep = k if keep is None else keep & k
+        if stop_ns is not None:
+            k = b.ts_ns < stop_ns
+            keep = k if keep is None else keep & k
+        if keep is not None:
+            if not keep.any():
+                if (end_s is not None and b.ts_ns[0] >= t0 + int(end_s * 1e9)) or (stop_ns is not None and b.ts_ns[0] >= stop_ns):
+                    return
+                continue
+            b = b.take(keep)
+        yield b
+
+
+def train_from_captures(
+    cfg: Config,
+    pcaps: list[Path],
+    out: Path,
+    truth: str | Path | None = None,
+    before_first_attack: bool = False,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    progress: bool = False,
+) -> ModelBundle:
+    exclude: list[tuple[int, int]] = []
+    stop_ns = None
+    if truth is not None:
+        positives = [iv for iv in load_truth(truth) if iv.positive]
+        exclude = [(iv.start_ns, iv.end_ns) for iv in positives]
+        if before_first_attack and positives:
+            stop_ns = min(iv.start_ns for iv in positives)
+    batches = _time_slice(capture_batches(pcaps, cfg.source.batch_packets), start_s, end_s, stop_ns)
+    windows = list(window_stream(cfg, batches))
+    if stop_ns is not None:
+        windows = [w for w in windows if w.window_end_ns <= stop_ns]
+    log.info("training_windows_built", windows=len(windows), captures=[str(p) for p in pcaps])
+    bundle = train(windows, training_params(cfg), cfg.windows.bin_s, cfg.windows.bins, exclude=exclude, progress=progress)
+    bundle.training["captures"] = [str(p) for p in pcaps]
+    bundle.training["home_net"] = cfg.home_net
+    bundle.save(out)
+    log.info("model_saved", path=str(out), version=bundle.version)
+    return bundle
