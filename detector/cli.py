@@ -134,17 +134,20 @@ def score(config, model_dir, pcaps, scores, incidents, sinks) -> None:
 @click.option("--benign-s", type=float, default=None, help="Benign prefix duration (demo).")
 @click.option("--attack-s", type=float, default=None, help="Duration of the part with attacks (demo).")
 @click.option("--packets", type=int, default=None, help="Number of packets (bench).")
-@click.option("--hosts", type=int, default=None, help="Number of hosts.")
-@_errors_to_exit_codes
-def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts) -> None:
+@click.option("--hosts", type=int, default=None, help="Number of workstations (demo 20, bench 4000).")
+@click.option("--start-epoch", "start_epoch_s", type=float, default=1_700_000_040.0, show_default=True,
+              help="Timestamp of the first packet (the default is minute-aligned, so windows are whole).")  # fmt: skip
+@click.option("--snaplen", type=int, default=None, help="Cut frames to this many bytes (>= 64).")
+def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_epoch_s, snaplen) -> None:
     """Generate a capture of a small office network with injected attacks (and their truth)."""
     from detector.capture.synth import generate
 
-    kwargs = dict(profile=profile, seed=seed, benign_s=benign_s, attack_s=attack_s, hosts=hosts)
-    if packets is not None:
-        kwargs["packets"] = packets
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    res = generate(Path(out), Path(truth) if truth else None, **kwargs)
+    try:
+        res = generate(Path(out), Path(truth) if truth else None, profile=profile, seed=seed, benign_s=benign_s,
+                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen)  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {res.packets:,} packets to {out} ({res.end_epoch_s - res.start_epoch_s:.0f} s, home net {res.home_net})")
     for a in res.attacks:
         click.echo(f"  {a.event:<24} {a.start_epoch_s - res.start_epoch_s:>8.0f}s .. {a.end_epoch_s - res.start_epoch_s:>6.0f}s  attacker={a.attacker} target={a.target}")
