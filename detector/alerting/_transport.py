@@ -1,0 +1,146 @@
+"""Transports: how a sink's encoded records leave the process (the "writer" half of a sink).
+
+Where it stands: under sinks.py. A transport knows bytes and an endpoint, nothing of
+incidents or formats; the Sink encodes, spools, retries and acknowledges. A transport's
+`send` either returns (the records were accepted: written to a file or socket, or answered
+2xx) or raises one of the three errors below, which tell the Sink what to do next.
+
+This module holds the contract and the two local transports (jsonl file, stdout); network
+transports live in _syslog.py and _http.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+class DeliveryError(Exception):
+    """The records were not accepted, and trying again later may work (connection refused,
+    timeout, HTTP 5xx/429). `retry_after_s` is the endpoint's own hint, when it gave one."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class EndpointError(DeliveryError):
+    """The endpoint refuses every record until someone changes its or our configuration (bad
+    token, wrong path, untrusted certificate): the sink is marked disabled, keeps spooling,
+    and retries slowly so that a fix on the other side is picked up without a restart."""
+
+
+class RejectedError(Exception):
+    """The endpoint refused these records themselves (HTTP 400/413/422, a datagram too big):
+    retrying them can never work. A batch is retried one by one; a single record is moved to
+    the spool's dead-letter directory."""
+
+
+class Transport:
+    """Base class: one endpoint. `send` is called from one thread at a time."""
+
+    #: written to local storage synchronously: no spool, no delivery thread
+    local: bool = False
+    #: most records one `send` takes (a batch is acknowledged as a whole)
+    batch_max: int = 1
+
+    def send(self, records: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release sockets and files; `send` may reopen them."""
+
+
+class JsonlTransport(Transport):
+    """Appends one record per line to a file, with size-based rotation.
+
+    Local, so no spool: the spool would live on the same disk, and an fsync after each
+    write gives the same durability. Rotation renames path -> path.1 -> ... -> path.N (the
+    oldest beyond `backups` is removed: that is the retention the operator asked for). A file
+    moved away by an outside logrotate is noticed (inode check) and a new one is opened.
+    """
+
+    local = True
+
+    def __init__(self, path: Path, *, max_bytes: int | None = None, backups: int = 5, fsync: bool = True) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync = fsync
+        self._fd = -1
+        self._inode = -1
+        self._size = 0
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        stat = os.fstat(self._fd)
+        self._inode, self._size = stat.st_ino, stat.st_size
+
+    def open(self) -> None:
+        """Open (and create) the file now: a path that cannot be written is a configuration
+        error at start-up, not an incident lost at the first write."""
+        self._current()
+
+    def _current(self) -> None:
+        if self._fd >= 0:
+            try:
+                if os.stat(self.path).st_ino == self._inode:
+                    return
+            except FileNotFoundError:
+                pass
+            self.close()
+        self._open()
+
+    def _rotate(self) -> None:
+        self.close()
+        oldest = self.path.with_name(f"{self.path.name}.{self.backups}")
+        oldest.unlink(missing_ok=True)
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def send(self, records: list[bytes]) -> None:
+        try:
+            for record in records:
+                line = record + b"\n"
+                self._current()
+                if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
+                    self._rotate()
+                view = memoryview(line)
+                while view:  # os.write may write less than asked (signals, full pipes)
+                    view = view[os.write(self._fd, view) :]
+                self._size += len(line)
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            self.close()
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StdoutTransport(Transport):
+    """One record per line on standard output, flushed after each event (local, no spool)."""
+
+    local = True
+
+    def send(self, records: list[bytes]) -> None:
+        stream = sys.stdout  # looked up per call: the CLI or a test may have replaced it
+        try:
+            for record in records:
+                text = record.decode("utf-8")
+                try:
+                    stream.write(text + "\n")
+                except UnicodeEncodeError:  # a stdout that is not UTF-8 (LANG=C in old setups)
+                    stream.write(text.encode("ascii", "backslashreplace").decode("ascii") + "\n")
+            stream.flush()
+        except (OSError, ValueError) as exc:  # ValueError: write to a closed stream
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc

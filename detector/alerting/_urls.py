@@ -1,0 +1,283 @@
+"""Sink URLs: from a line of configuration to a transport and an encoder.
+
+Where it stands: under sinks.py (build_sink). The forms:
+
+  jsonl:///abs/path.jsonl  jsonl:relative/path.jsonl   ?max_bytes=&backups=&fsync=
+  stdout://
+  syslog+udp://host[:514]  syslog+tcp://host[:514]     ?facility=&hostname=&max_bytes=
+  syslog+tls://host[:6514]                             ?ca=&cert=&key=&insecure=
+  http(s)://host:8088/services/collector?token=...     ?sourcetype=&index=&source=&channel=&batch=
+  webhook+http(s)://host/path                          ?token= (sent as a Bearer token)
+
+Every URL also takes ?format=ecs|cef|ocsf|rfc5424 and ?timeout_s=&backoff_s=&backoff_max_s=.
+The default format is ecs, except syslog, whose default is rfc5424 (an RFC 5424 message whose
+MSG is the ECS JSON); over syslog, format=cef or ocsf puts that inside RFC 5424. Unknown
+parameters are errors, like unknown keys in the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+import ssl
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+from detector import __version__
+from detector.alerting import formats
+from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
+from detector.alerting._syslog import SyslogStreamTransport, SyslogUdpTransport, tls_context
+from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
+from detector.contracts import IncidentEvent
+from detector.errors import ConfigError
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_BACKOFF_S = 0.5
+DEFAULT_BACKOFF_MAX_S = 60.0
+HEC_BATCH = 50  # events per POST while a backlog drains
+SYSLOG_MAX_BYTES = 8192  # rsyslog's default maxMessageSize: longer messages get cut in half
+
+_COMMON = {"format", "timeout_s", "backoff_s", "backoff_max_s"}
+_TLS = {"ca", "cert", "key", "insecure"}
+_PARAMS: dict[str, set[str]] = {
+    "jsonl": {"max_bytes", "backups", "fsync"},
+    "stdout": set(),
+    "syslog+udp": {"facility", "hostname", "max_bytes"},
+    "syslog+tcp": {"facility", "hostname", "max_bytes"},
+    "syslog+tls": {"facility", "hostname", "max_bytes"} | _TLS,
+    "http": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
+    "https": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
+    "webhook+http": {"token"} | _TLS,
+    "webhook+https": {"token"} | _TLS,
+}
+_DEFAULT_PORTS = {"syslog+udp": 514, "syslog+tcp": 514, "syslog+tls": 6514}
+_SECRET_PARAMS = {"token"}
+
+
+class _BadUrl(Exception):
+    pass
+
+
+@dataclass
+class SinkSpec:
+    name: str
+    transport: Transport
+    encoder: Callable[[IncidentEvent], bytes]
+    backoff_s: float
+    backoff_max_s: float
+
+
+def redact_url(url: str) -> str:
+    """The URL fit for a log line: secrets in the query and userinfo replaced by ***."""
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return "<unparseable url>"
+    if "@" not in parts.netloc and not any(k in _SECRET_PARAMS for k, _ in query):
+        return url
+    redacted = [(k, "***" if k in _SECRET_PARAMS else v) for k, v in query]
+    netloc = "***@" + parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(redacted, safe="*/:"), ""))
+
+
+def _safe_name(text: str) -> str:
+    text = re.sub(r"-{2,}", "-", re.sub(r"[^A-Za-z0-9._+-]+", "-", text))
+    return text.strip("-.")[:100] or "sink"
+
+
+class _Params:
+    """The query parameters of one URL, taken one by one so that leftovers can be refused."""
+
+    def __init__(self, query: str, allowed: set[str]) -> None:
+        self.values: dict[str, str] = {}
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+        except ValueError as exc:
+            raise _BadUrl(f"bad query: {exc}") from None
+        for key, value in pairs:
+            if key in self.values:
+                raise _BadUrl(f"parameter {key!r} given twice")
+            if key not in allowed:
+                raise _BadUrl(f"unknown parameter {key!r} (allowed: {', '.join(sorted(allowed))})")
+            self.values[key] = value
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        return self.values.get(key, default)
+
+    def number(self, key: str, default: float, *, minimum: float, integer: bool = False) -> float:
+        raw = self.values.get(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw)
+        except ValueError:
+            raise _BadUrl(f"{key}={raw!r} is not {'an integer' if integer else 'a number'}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise _BadUrl(f"{key}={raw!r} must be at least {minimum}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        raw = self.values.get(key, "0").lower()
+        if raw not in ("0", "1", "true", "false", "yes", "no"):
+            raise _BadUrl(f"{key}={raw!r} must be 0 or 1")
+        return raw in ("1", "true", "yes")
+
+    def file(self, key: str) -> Path | None:
+        raw = self.values.get(key)
+        if raw is None:
+            return None
+        if not Path(raw).is_file():
+            raise _BadUrl(f"{key}={raw!r}: no such file")
+        return Path(raw)
+
+
+def parse_sink_url(url: str, *, name: str | None = None) -> SinkSpec:
+    """The transport, encoder and settings a URL asks for; ConfigError if it is bad."""
+    try:
+        return _parse(url, name)
+    except _BadUrl as exc:
+        raise ConfigError(f"sinks: {redact_url(url)}: {exc}") from None
+
+
+def _parse(url: str, name: str | None) -> SinkSpec:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _BadUrl(str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in _PARAMS:
+        raise _BadUrl(f"unknown scheme {scheme!r} (known: {', '.join(sorted(_PARAMS))})")
+    if parts.fragment:
+        raise _BadUrl("a sink URL has no #fragment")
+    params = _Params(parts.query, _COMMON | _PARAMS[scheme])
+    fmt = params.text("format", "rfc5424" if scheme.startswith("syslog+") else "ecs")
+    if fmt not in formats.FORMATS:
+        raise _BadUrl(f"format={fmt!r}: expected one of {', '.join(formats.FORMATS)}")
+    timeout_s = params.number("timeout_s", DEFAULT_TIMEOUT_S, minimum=0.001)
+    backoff_s = params.number("backoff_s", DEFAULT_BACKOFF_S, minimum=0.001)
+    backoff_max_s = params.number("backoff_max_s", max(DEFAULT_BACKOFF_MAX_S, backoff_s), minimum=backoff_s)
+    local_host = socket.gethostname()
+
+    if scheme in ("jsonl", "stdout"):
+        transport, default_name = _local(scheme, parts, params)
+        syslog_options = {"hostname": local_host, "procid": str(os.getpid())}
+        encoder = _text_encoder(fmt, syslog_options)
+    else:
+        host = parts.hostname
+        if not host:
+            raise _BadUrl("no host")
+        if scheme.startswith("syslog+"):
+            transport, encoder, default_name = _syslog(scheme, host, port, fmt, params, timeout_s, local_host)
+        else:
+            transport, encoder, default_name = _http(scheme, host, port, parts, fmt, params, timeout_s, local_host)
+    if name is not None and (not name or name in (".", "..") or _safe_name(name) != name):
+        raise _BadUrl(f"name {name!r} must be letters, digits and . _ + - (it names the spool directory)")
+    return SinkSpec(name=name or _safe_name(default_name), transport=transport, encoder=encoder,
+                    backoff_s=backoff_s, backoff_max_s=backoff_max_s)  # fmt: skip
+
+
+def _text_encoder(fmt: str, syslog_options: dict[str, str]) -> Callable[[IncidentEvent], bytes]:
+    def encode(event: IncidentEvent) -> bytes:
+        return formats.encode(event, fmt, **syslog_options).encode("utf-8")
+
+    return encode
+
+
+def _local(scheme: str, parts: SplitResult, params: _Params) -> tuple[Transport, str]:
+    if scheme == "stdout":
+        if parts.netloc or parts.path:
+            raise _BadUrl("stdout takes no host or path: stdout://")
+        return StdoutTransport(), "stdout"
+    if parts.netloc:
+        raise _BadUrl("jsonl takes a path, not a host: jsonl:///abs/path.jsonl or jsonl:relative/path.jsonl")
+    path = unquote(parts.path)
+    if not path or path.endswith("/"):
+        raise _BadUrl("jsonl needs a file path")
+    max_bytes = params.number("max_bytes", 0, minimum=1, integer=True) if "max_bytes" in params.values else None
+    backups = params.number("backups", 5, minimum=1, integer=True)
+    transport = JsonlTransport(Path(path), max_bytes=int(max_bytes) if max_bytes else None,
+                               backups=int(backups), fsync=params.flag("fsync") if "fsync" in params.values else True)  # fmt: skip
+    try:
+        transport.open()
+    except OSError as exc:
+        raise _BadUrl(f"cannot open {path} for appending: {exc.strerror or exc}") from None
+    return transport, "jsonl-" + path
+
+
+def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params, timeout_s: float,
+            local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+    port = port or _DEFAULT_PORTS[scheme]
+    facility = params.text("facility", "local5") or ""
+    if facility not in formats.FACILITIES:
+        raise _BadUrl(f"facility={facility!r}: expected one of {', '.join(formats.FACILITIES)}")
+    hostname = params.text("hostname", local_host) or local_host
+    max_bytes = int(params.number("max_bytes", SYSLOG_MAX_BYTES, minimum=480, integer=True))
+    msg_format = "ecs" if fmt == "rfc5424" else fmt
+    name = f"{scheme}-{host}-{port}"
+    transport: Transport
+    if scheme == "syslog+udp":
+        transport = SyslogUdpTransport(host, port)
+    else:
+        context = _tls(params) if scheme == "syslog+tls" else None
+        transport = SyslogStreamTransport(host, port, timeout_s=timeout_s, ssl_context=context, sink_name=name)
+    pid = str(os.getpid())
+
+    def encode(event: IncidentEvent) -> bytes:
+        text = formats.to_rfc5424(event, msg_format=msg_format, facility=facility, hostname=hostname, procid=pid,
+                                  max_bytes=max_bytes)  # fmt: skip
+        return text.encode("utf-8")
+
+    return transport, encode, name
+
+
+def _tls(params: _Params) -> ssl.SSLContext:
+    key = params.file("key")
+    cert = params.file("cert")
+    if key and not cert:
+        raise _BadUrl("key= without cert=")
+    try:
+        return tls_context(ca_file=params.file("ca"), insecure=params.flag("insecure"), cert_file=cert, key_file=key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise _BadUrl(f"TLS setup: {exc}") from None
+
+
+def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str, params: _Params,
+          timeout_s: float, local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+    webhook = scheme.startswith("webhook+")
+    http_scheme = scheme.removeprefix("webhook+")
+    context = _tls(params) if http_scheme == "https" else None
+    token = params.text("token")
+    path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
+    headers = {"User-Agent": f"netad/{__version__}"}
+    syslog_options = {"hostname": local_host, "procid": str(os.getpid())}
+    if webhook:
+        headers["Content-Type"] = "application/json" if fmt in ("ecs", "ocsf") else "text/plain; charset=utf-8"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
+                                  timeout_s=timeout_s, batch_max=1, ssl_context=context)  # fmt: skip
+        return transport, _text_encoder(fmt, syslog_options), f"webhook-{host}-{port or ''}{parts.path}"
+    if "/services/collector" not in parts.path:
+        raise _BadUrl("an http(s) sink is Splunk HEC (.../services/collector); for other endpoints use webhook+http(s)://")
+    if not token:
+        raise _BadUrl("Splunk HEC needs ?token=")
+    headers["Authorization"] = f"Splunk {token}"
+    headers["Content-Type"] = "application/json"
+    if params.text("channel"):
+        headers["X-Splunk-Request-Channel"] = params.text("channel") or ""
+    batch = int(params.number("batch", HEC_BATCH, minimum=1, integer=True))
+    sourcetype = params.text("sourcetype", HEC_SOURCETYPE) or HEC_SOURCETYPE
+    index, source = params.text("index"), params.text("source")
+
+    def encode(event: IncidentEvent) -> bytes:
+        return hec_record(event, fmt, sourcetype=sourcetype, index=index, source=source, host=local_host,
+                          **syslog_options)  # fmt: skip
+
+    transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
+                              timeout_s=timeout_s, batch_max=batch, ssl_context=context)  # fmt: skip
+    return transport, encode, f"hec-{host}-{port or ''}"
