@@ -32,7 +32,7 @@ $(VAR)/demo.pcap: | $(VENV)/.installed
 	$(NETAD) synth --out $(VAR)/demo.pcap --truth $(VAR)/demo_truth.csv
 
 $(VAR)/model/model.json: | $(VAR)/demo.pcap
-	$(NETAD) train -c $(CONFIG) --pcap $(VAR)/demo.pcap --truth $(VAR)/demo_truth.csv --benign-only --out $(VAR)/model
+	$(NETAD) train -c $(CONFIG) --pcap $(VAR)/demo.pcap --truth $(VAR)/demo_truth.csv --before-first-attack --out $(VAR)/model
 
 demo-data: $(VAR)/demo.pcap
 model: $(VAR)/model/model.json

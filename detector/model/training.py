@@ -54,6 +54,7 @@ class TrainingParams:
     warmup_windows: int = 6
     tbptt_windows: int = 4
     patience: int = 6
+    validation_block_windows: int = 30
     threads: int = 1
 
 
@@ -122,11 +123,9 @@ def train(
     summary: dict[str, dict] = {}
     for cls, cd in sorted(data.items()):
         n_w = cd.window_start_ns.shape[0]
-        split = max(1, int(round(n_w * (1.0 - params.validation_fraction))))
-        train_mask = cd.usable.copy()
-        train_mask[:, split:] = False
-        val_mask = cd.usable.copy()
-        val_mask[:, :split] = False
+        held_out = validation_windows(n_w, params.validation_fraction, params.validation_block_windows)
+        train_mask = cd.usable & ~held_out[None, :]
+        val_mask = cd.usable & held_out[None, :]
         if not train_mask.any():
             raise ValueError(f"class {cls}: no benign training windows")
         scaler = FeatureScaler.fit(cd.features[train_mask])
@@ -147,7 +146,7 @@ def train(
             "best_validation_loss": float(min(h["val"] for h in history)),
             "train_start": int(cd.window_start_ns[0]),
             "train_end": int(cd.window_start_ns[-1]),
-            "split_ns": int(cd.window_start_ns[min(split, n_w - 1)]),
+            "validation": f"every {int(round(1 / params.validation_fraction))}th block of {params.validation_block_windows} windows",
         }
     pooled = np.concatenate(list(val_scores.values()))
     for cls, cm in classes.items():
@@ -168,6 +167,18 @@ def train(
         classes=classes,
         training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
     )
+
+
+def validation_windows(n_windows: int, fraction: float, block: int) -> np.ndarray:
+    """Held-out windows: whole blocks of consecutive windows, every k-th block (k = 1 /
+    fraction), so validation is split in time yet spread over the whole span (a single
+    tail block would calibrate thresholds on one quiet stretch). The last block is always
+    held out."""
+    block = max(1, min(block, n_windows // 5 or 1))
+    every = max(2, int(round(1.0 / fraction)))
+    idx = np.arange(n_windows) // block
+    last = idx[-1] if n_windows else 0
+    return ((idx % every) == (every - 1)) | ((idx == last) & (n_windows > block))
 
 
 def _lanes(cd: _ClassData, mask: np.ndarray, params: TrainingParams) -> tuple[np.ndarray, np.ndarray]:
