@@ -93,6 +93,18 @@ class OutputsConfig(_Strict):
     summary: bool = True  # print a short summary when a replay ends
 
 
+class ServiceConfig(_Strict):
+    """The daemon's own schedule and endpoints (service layer)."""
+
+    checkpoint_interval_s: float = Field(60.0, gt=0)  # hidden states and open incidents to state_dir
+    heartbeat_interval_s: float = Field(300.0, gt=0)  # a `heartbeat` log line with the counters
+    threshold_refresh_interval_s: float = Field(3600.0, gt=0)
+    retrain_interval_s: float = Field(0.0, ge=0)  # 0 = never retrain on recent benign windows
+    metrics_address: str | None = None  # e.g. 127.0.0.1:9108 serves /metrics, /healthz, /readyz
+    stall_after_s: float = Field(60.0, gt=0)  # no progress this long: /healthz fails, no WATCHDOG
+    shutdown_timeout_s: float = Field(20.0, gt=0)  # drain deadline on SIGTERM
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -110,6 +122,7 @@ class Config(_Strict):
     sinks: list[SinkConfig] = Field(default_factory=lambda: [SinkConfig(url="stdout://")])
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     state_dir: Path = Path("var/state")
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("home_net")

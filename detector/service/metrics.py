@@ -1,0 +1,144 @@
+"""Prometheus metrics, /healthz and /readyz for the daemon.
+
+Counters and gauges are read from the stages at scrape time (a custom collector over
+`Pipeline.stats()` and the sinks' stats), so the hot path does no metric bookkeeping; only
+the scoring-latency histogram is observed as windows are scored. Served by a small threaded
+HTTP server on the configured address (off by default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# stat name -> (metric name, help, kind)
+_COUNTERS = {
+    "packets": ("netad_packets", "IP packets processed"),
+    "bytes": ("netad_bytes", "IP bytes processed"),
+    "malformed": ("netad_malformed_packets", "Frames that could not be parsed"),
+    "non_ip": ("netad_non_ip_packets", "Well-formed non-IP frames skipped"),
+    "kernel_drops": ("netad_kernel_drops", "Packets dropped by the kernel before capture"),
+    "interface_drops": ("netad_interface_drops", "Packets dropped by the interface"),
+    "flows_created": ("netad_flows_created", "Flows opened"),
+    "flow_evictions": ("netad_flow_evictions", "Flows evicted because the table was full"),
+    "entities_expired": ("netad_entities_expired", "Host entities expired after being idle"),
+    "entity_overflow_packets": ("netad_entity_overflow_packets", "Packets of hosts that found no entity slot"),
+    "late_packets": ("netad_late_packets", "Packets for windows already closed"),
+    "windows_closed": ("netad_windows_closed", "Windows closed"),
+    "entity_windows": ("netad_windows_scored", "Entity windows scored"),
+    "anomalous_windows": ("netad_anomalous_windows", "Entity windows above threshold"),
+}
+_GAUGES = {
+    "active_flows": ("netad_active_flows", "Flows tracked now"),
+    "entities": ("netad_entities", "Entities tracked now"),
+    "incidents_open": ("netad_incidents_open", "Incidents open now"),
+}
+
+
+class _StatsCollector:
+    def __init__(self, stats: Callable[[], dict]) -> None:
+        self._stats = stats
+
+    def collect(self):
+        snap = self._stats()
+        st = snap.get("pipeline", {})
+        for key, (name, help_text) in _COUNTERS.items():
+            if key in st:
+                c = CounterMetricFamily(name, help_text)
+                c.add_metric([], float(st[key]))
+                yield c
+        for key, (name, help_text) in _GAUGES.items():
+            if key in st:
+                yield GaugeMetricFamily(name, help_text, value=float(st[key]))
+        inc = CounterMetricFamily("netad_incident_events", "Incident events emitted", labels=["action", "severity"])
+        for (action, severity), n in snap.get("incident_events", {}).items():
+            inc.add_metric([action, severity], float(n))
+        yield inc
+        backlog = GaugeMetricFamily("netad_sink_backlog", "Events waiting in a sink's spool", labels=["sink"])
+        delivered = CounterMetricFamily("netad_sink_delivered", "Events a sink delivered", labels=["sink"])
+        failed = CounterMetricFamily("netad_sink_failures", "Failed delivery attempts", labels=["sink"])
+        for sink, s in snap.get("sinks", {}).items():
+            backlog.add_metric([sink], float(s.get("backlog", 0)))
+            delivered.add_metric([sink], float(s.get("delivered", 0)))
+            failed.add_metric([sink], float(s.get("failed", 0)))
+        yield backlog
+        yield delivered
+        yield failed
+        reload = CounterMetricFamily("netad_config_reloads", "Config reloads", labels=["outcome"])
+        for outcome, n in snap.get("reloads", {}).items():
+            reload.add_metric([outcome], float(n))
+        yield reload
+        jobs = GaugeMetricFamily("netad_job_last_run_timestamp_seconds", "Last run of a scheduled job", labels=["job", "outcome"])
+        for job, (ts, outcome) in snap.get("jobs", {}).items():
+            jobs.add_metric([job, outcome], ts)
+        yield jobs
+        info = GaugeMetricFamily("netad_model_info", "The model bundle in use", labels=["version"])
+        info.add_metric([snap.get("model_version", "")], 1.0)
+        yield info
+
+
+class Metrics:
+    """The registry, the latency histogram and the HTTP endpoint."""
+
+    def __init__(self, stats: Callable[[], dict], stall_after_s: float = 60.0) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_StatsCollector(stats))
+        self.scoring_latency = Histogram(
+            "netad_scoring_latency_seconds",
+            "Time to score all entities of one window close",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.stall_after_s = stall_after_s
+        self.ready = False
+        self.last_progress = time.monotonic()
+        self._server: ThreadingHTTPServer | None = None
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    @property
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_progress < self.stall_after_s
+
+    def serve(self, address: str) -> tuple[str, int]:
+        host, _, port = address.rpartition(":")
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                if self.path == "/metrics":
+                    body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
+                elif self.path == "/healthz":
+                    ok = metrics.healthy
+                    body, ctype, code = (b"ok\n" if ok else b"stalled\n"), "text/plain", 200 if ok else 503
+                elif self.path == "/readyz":
+                    ok = metrics.ready
+                    body, ctype, code = (b"ready\n" if ok else b"starting\n"), "text/plain", 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args):  # keep scrapes out of the application log
+                pass
+
+        self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="netad-metrics", daemon=True).start()
+        return self._server.server_address[:2]
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
