@@ -240,6 +240,57 @@ class WindowScore:
         }
 
 
+@dataclass
+class ScoreBatch:
+    """The scores of every entity whose window closed at one moment, columnar (the scorer
+    builds no Python object per entity on its hot path). `batch[i]` and iteration give
+    the per-entity WindowScore view; anomalous rows carry their window's evidence."""
+
+    window_start_ns: int
+    window_end_ns: int
+    entities: list[str]
+    entity_classes: list[str]
+    scores: np.ndarray  # float32 (n,)
+    thresholds: np.ndarray  # float32 (n,)
+    anomalous: np.ndarray  # bool (n,)
+    ready: np.ndarray  # bool (n,)
+    top_index: np.ndarray  # int (n, k): feature indices by error share, largest first
+    top_share: np.ndarray  # float32 (n, k)
+    top_observed: np.ndarray  # float32 (n, k), real units, mean per bin
+    top_expected: np.ndarray  # float32 (n, k)
+    schema: FeatureSchema
+    evidence: Any = field(default_factory=dict)  # Mapping[str, WindowEvidence]
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+    def __getitem__(self, i: int) -> WindowScore:
+        names, units = self.schema.features, self.schema.units
+        top = [
+            FeatureContribution(names[k], units[k], float(sh), float(ob), float(ex))
+            for k, sh, ob, ex in zip(
+                self.top_index[i].tolist(), self.top_share[i].tolist(), self.top_observed[i].tolist(), self.top_expected[i].tolist()
+            )
+        ]
+        anomalous = bool(self.anomalous[i])
+        entity = self.entities[i]
+        return WindowScore(
+            window_start_ns=self.window_start_ns,
+            window_end_ns=self.window_end_ns,
+            entity=entity,
+            entity_class=self.entity_classes[i],
+            score=float(self.scores[i]),
+            threshold=float(self.thresholds[i]),
+            anomalous=anomalous,
+            ready=bool(self.ready[i]),
+            top_features=top,
+            evidence=self.evidence.get(entity) if anomalous else None,
+        )
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 # --------------------------------------------------------------------------------------
 # Incident events: the alerting stage's output, what sinks format and deliver.
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from detector.alerting.rules import SEVERITY_SCORE, Dropped, RuleSet
-from detector.contracts import FeatureContribution, IncidentEvent, WindowEvidence, WindowScore
+import numpy as np
+
+from detector.contracts import FeatureContribution, IncidentEvent, ScoreBatch, WindowEvidence, WindowScore
 
 _NAMESPACE = uuid.UUID("6f1d6a52-8c7e-4a55-9a39-4d6e7c0f2b11")
 _SEVERITY_ORDER = ["low", "medium", "high", "critical"]
@@ -66,7 +68,15 @@ class IncidentTracker:
     def open_incidents(self) -> int:
         return sum(1 for e in self._entities.values() if e.incident is not None)
 
-    def push(self, scores: list[WindowScore]) -> list[IncidentEvent]:
+    def push(self, scores: ScoreBatch | list[WindowScore]) -> list[IncidentEvent]:
+        """Advance every entity with this window's scores. A ScoreBatch is only unpacked for
+        the rows that matter: anomalous ones and entities with a streak or open incident."""
+        if isinstance(scores, ScoreBatch):
+            rows = set(np.flatnonzero(scores.anomalous).tolist())
+            if self._entities:
+                row_of = {name: i for i, name in enumerate(scores.entities)}
+                rows.update(row_of[e] for e in self._entities if e in row_of)
+            scores = [scores[i] for i in sorted(rows)]
         events: list[IncidentEvent] = []
         for s in scores:
             anomalous = s.anomalous

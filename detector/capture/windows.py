@@ -170,12 +170,19 @@ class WindowAggregator:
             return np.zeros(0, dtype=np.int64)
         key = _mix(hi ^ _mix(lo))
         uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        # earliest packet of each address in this batch: a host seen first as a receiver
+        # and later as a sender must get windows from its first packet, whichever it was
+        earliest = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(earliest, inverse, ts_ns)
         slots = np.empty(uniq.shape[0], dtype=np.int64)
         for j, i in enumerate(first.tolist()):
             addr = (int(hi[i]), int(lo[i]))
             slot = self._slot_of.get(addr)
+            t_first = int(earliest[j])
             if slot is None:
-                slot = self._new_slot(addr, int(ts_ns[i]))
+                slot = self._new_slot(addr, t_first)
+            elif t_first < self._slot_first_ns[slot]:
+                self._slot_first_ns[slot] = t_first
             slots[j] = slot
         out = slots[inverse]
         valid = out >= 0

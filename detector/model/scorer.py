@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from detector.contracts import FeatureContribution, WindowBatch, WindowScore
+from detector.contracts import ScoreBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, State
 from detector.model.scaler import FeatureScaler
@@ -152,21 +152,39 @@ class StreamingScorer:
             self._models[cls] = cm
             self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
         self.windows_scored = 0
+        self._next_expiry_ns = 0
 
     @property
     def entities(self) -> int:
         return sum(len(b.slot_of) for b in self._banks.values())
 
-    def score(self, windows: WindowBatch) -> list[WindowScore]:
+    def score(self, windows: WindowBatch) -> ScoreBatch:
+        n = len(windows)
+        k = min(self.top_features, len(self.features))
+        out = ScoreBatch(
+            window_start_ns=windows.window_start_ns,
+            window_end_ns=windows.window_end_ns,
+            entities=windows.entities,
+            entity_classes=windows.entity_classes,
+            scores=np.zeros(n, np.float32),
+            thresholds=np.zeros(n, np.float32),
+            anomalous=np.zeros(n, bool),
+            ready=np.zeros(n, bool),
+            top_index=np.zeros((n, k), np.int64),
+            top_share=np.zeros((n, k), np.float32),
+            top_observed=np.zeros((n, k), np.float32),
+            top_expected=np.zeros((n, k), np.float32),
+            schema=self.bundle.schema,
+            evidence=windows.evidence,
+        )
         classes = np.asarray(windows.entity_classes)
-        results: list[WindowScore | None] = [None] * len(windows)
         for cls in np.unique(classes).tolist():
-            rows = np.flatnonzero(classes == cls)
             cm = self._models.get(cls)
             if cm is None:
                 continue
+            rows = np.flatnonzero(classes == cls)
             bank = self._banks[cls]
-            names = [windows.entities[i] for i in rows.tolist()]
+            names = windows.entities if rows.shape[0] == n else [windows.entities[i] for i in rows.tolist()]
             slots = bank.slots(names, windows.window_end_ns)
             idx = torch.from_numpy(slots).to(self.device)
             state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
@@ -177,43 +195,28 @@ class StreamingScorer:
             bank.seen[slots] += 1
             bank.last_ns[slots] = windows.window_end_ns
             ready = bank.seen[slots] > self.warmup_windows
-            threshold = cm.threshold.value
-            observed = feats.mean(axis=1)
-            totals = errors.feature_error.sum(axis=1)
-            for j, i in enumerate(rows.tolist()):
-                anomalous = bool(ready[j] and errors.scores[j] > threshold)
-                name = windows.entities[i]
-                results[i] = WindowScore(
-                    window_start_ns=windows.window_start_ns,
-                    window_end_ns=windows.window_end_ns,
-                    entity=name,
-                    entity_class=cls,
-                    score=float(errors.scores[j]),
-                    threshold=float(threshold),
-                    anomalous=anomalous,
-                    ready=bool(ready[j]),
-                    top_features=self._explain(errors.feature_error[j], float(totals[j]), observed[j], errors.expected[j]),
-                    evidence=windows.evidence.get(name) if anomalous else None,
-                )
+            threshold = np.float32(cm.threshold.value)
+            # explanation, vectorised: the k features with the largest error share
+            err = errors.feature_error
+            top = np.argsort(-err, axis=1, kind="stable")[:, :k]
+            total = err.sum(axis=1, keepdims=True)
+            total[total <= 0] = 1.0
+            out.scores[rows] = errors.scores
+            out.thresholds[rows] = threshold
+            out.ready[rows] = ready
+            out.anomalous[rows] = ready & (errors.scores > threshold)
+            out.top_index[rows] = top
+            out.top_share[rows] = np.take_along_axis(err, top, axis=1) / total
+            out.top_observed[rows] = np.take_along_axis(feats.mean(axis=1), top, axis=1)
+            out.top_expected[rows] = np.take_along_axis(errors.expected, top, axis=1)
         self.windows_scored += 1
-        cutoff = windows.window_end_ns - int(self.entity_idle_s * 1e9)
-        for bank in self._banks.values():
-            bank.expire(cutoff)
-        return [r for r in results if r is not None]
-
-    def _explain(self, err: np.ndarray, total: float, observed: np.ndarray, expected: np.ndarray) -> list[FeatureContribution]:
-        order = np.argsort(-err, kind="stable")[: self.top_features]
-        total = total if total > 0 else 1.0
-        return [
-            FeatureContribution(
-                name=self.features[k],
-                unit=self.units[k],
-                share=float(err[k] / total),
-                observed=float(observed[k]),
-                expected=float(expected[k]),
-            )
-            for k in order.tolist()
-        ]
+        # expiry walks every entity: do it a few times per idle period, not every window
+        if windows.window_end_ns >= self._next_expiry_ns:
+            idle_ns = int(self.entity_idle_s * 1e9)
+            for bank in self._banks.values():
+                bank.expire(windows.window_end_ns - idle_ns)
+            self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
+        return out
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, dict]:

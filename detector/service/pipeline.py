@@ -21,7 +21,7 @@ from detector.capture.flows import FlowTable
 from detector.capture.pcap import CaptureFile
 from detector.capture.windows import WindowAggregator
 from detector.config import Config
-from detector.contracts import IncidentEvent, PacketBatch, WindowBatch, WindowScore
+from detector.contracts import IncidentEvent, PacketBatch, ScoreBatch, WindowBatch
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
@@ -156,9 +156,9 @@ class Pipeline:
             self.last_window_end_ns = wb.window_end_ns
         return events
 
-    def _record(self, scores: list[WindowScore]) -> None:
+    def _record(self, scores: ScoreBatch) -> None:
         self.entity_windows += len(scores)
-        self.anomalous_windows += sum(1 for s in scores if s.anomalous)
+        self.anomalous_windows += int(scores.anomalous.sum())
         if self.scores_out is not None:
             for s in scores:
                 self.scores_out.write(json.dumps(s.as_record(), separators=(",", ":")) + "\n")
