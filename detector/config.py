@@ -61,6 +61,8 @@ class WindowsConfig(_Strict):
 class ModelConfig(_Strict):
     path: Path = Path("var/model")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on CUDA only
+    adapt_thresholds: bool = False  # refit thresholds on recent non-alerted windows (bounded)
     warmup_windows: int = Field(1, ge=0)
     threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default
 

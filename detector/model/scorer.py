@@ -13,6 +13,7 @@ windows: before that it is scored (the state must warm up) but never anomalous.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from detector.contracts import ScoreBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, State
 from detector.model.scaler import FeatureScaler
+from detector.model.threshold import calibrate
 
 
 def set_torch_threads(threads: int) -> None:
@@ -29,6 +31,14 @@ def set_torch_threads(threads: int) -> None:
     faster than two that spin-wait on each other (measured: 0.4 ms vs 55 ms per LSTM call)."""
     if threads > 0 and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16/fp16 autocast on CUDA when asked; full precision otherwise (CPU LSTMs gain
+    nothing from it)."""
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,6 +146,8 @@ class StreamingScorer:
         max_entities: int = 50_000,
         entity_idle_s: float = 3600.0,
         top_features: int = 3,
+        precision: str = "fp32",
+        adapt_samples: int = 20_000,
     ) -> None:
         self.bundle = bundle
         self.device = resolve_device(device)
@@ -143,6 +155,8 @@ class StreamingScorer:
         self.max_entities = max_entities
         self.entity_idle_s = entity_idle_s
         self.top_features = top_features
+        self.precision = precision
+        self.adapt_samples = adapt_samples
         self.features = bundle.schema.features
         self.units = bundle.schema.units
         self._models: dict[str, ClassModel] = {}
@@ -153,6 +167,11 @@ class StreamingScorer:
             self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
         self.windows_scored = 0
         self._next_expiry_ns = 0
+        # recent scores of ready, non-anomalous windows per class: the sample a slow
+        # threshold refit draws on (bounded ring buffers)
+        self._recent: dict[str, np.ndarray] = {cls: np.zeros(adapt_samples, np.float32) for cls in self._models}
+        self._recent_n: dict[str, int] = {cls: 0 for cls in self._models}
+        self.calibrated: dict[str, float] = {cls: cm.threshold.value for cls, cm in self._models.items()}
 
     @property
     def entities(self) -> int:
@@ -189,9 +208,10 @@ class StreamingScorer:
             idx = torch.from_numpy(slots).to(self.device)
             state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
             feats = windows.features[rows]
-            errors, (h, c) = reconstruct(cm.network, cm.scaler, feats, state)
-            bank.h.index_copy_(0, idx, h)
-            bank.c.index_copy_(0, idx, c)
+            with _autocast(self.device, self.precision):
+                errors, (h, c) = reconstruct(cm.network, cm.scaler, feats, state)
+            bank.h.index_copy_(0, idx, h.to(bank.h.dtype))
+            bank.c.index_copy_(0, idx, c.to(bank.c.dtype))
             bank.seen[slots] += 1
             bank.last_ns[slots] = windows.window_end_ns
             ready = bank.seen[slots] > self.warmup_windows
@@ -205,6 +225,7 @@ class StreamingScorer:
             out.thresholds[rows] = threshold
             out.ready[rows] = ready
             out.anomalous[rows] = ready & (errors.scores > threshold)
+            self._remember(cls, errors.scores[ready & (errors.scores <= threshold)])
             out.top_index[rows] = top
             out.top_share[rows] = np.take_along_axis(err, top, axis=1) / total
             out.top_observed[rows] = np.take_along_axis(feats.mean(axis=1), top, axis=1)
@@ -217,6 +238,36 @@ class StreamingScorer:
                 bank.expire(windows.window_end_ns - idle_ns)
             self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
         return out
+
+    # ------------------------------------------------------------ thresholds
+    def _remember(self, cls: str, scores: np.ndarray) -> None:
+        if scores.size == 0:
+            return
+        buf, n = self._recent[cls], self._recent_n[cls]
+        scores = scores[-buf.shape[0] :]
+        pos = np.arange(n, n + scores.shape[0]) % buf.shape[0]
+        buf[pos] = scores
+        self._recent_n[cls] = n + scores.shape[0]
+
+    def refresh_thresholds(self, target_false_alarm: float, min_samples: int = 2_000,
+                           max_raise: float = 1.5, max_lower: float = 0.8) -> dict[str, float]:  # fmt: skip
+        """Slow adaptation: refit each class's tail on recent windows that were not alerted.
+        Bounded to [max_lower, max_raise] x the calibrated threshold, so traffic an attacker
+        slowly ramps up cannot raise it without limit (and the refit never sees alerted
+        windows)."""
+        out = {}
+        for cls, cm in self._models.items():
+            n = min(self._recent_n[cls], self._recent[cls].shape[0])
+            if n < min_samples:
+                continue
+            fitted = calibrate(self._recent[cls][:n], target_false_alarm).value
+            base = self.calibrated[cls]
+            cm.threshold.value = float(min(max(fitted, base * max_lower), base * max_raise))
+            out[cls] = cm.threshold.value
+        return out
+
+    def thresholds(self) -> dict[str, float]:
+        return {cls: cm.threshold.value for cls, cm in self._models.items()}
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, dict]:

@@ -106,6 +106,7 @@ class Pipeline:
             warmup_windows=cfg.model.warmup_windows,
             max_entities=cfg.windows.max_entities,
             entity_idle_s=cfg.windows.entity_idle_s,
+            precision=cfg.model.precision,
         )
         self.tracker = IncidentTracker(
             rules=self.rules if self.rules is not None else load_rules(cfg.incidents.rules),

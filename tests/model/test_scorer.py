@@ -133,3 +133,29 @@ def test_explanation_in_real_units():
     assert "ports" == top.unit
     assert 900.0 == pytest.approx(top.observed)
     assert 0.0 < top.share <= 1.0
+
+
+def test_threshold_adaptation_is_bounded():
+    """Refitting on ever larger benign scores raises the threshold at most max_raise x the
+    calibrated value; alerted windows never enter the refit sample."""
+    bundle = _bundle()
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    base = scorer.calibrated["host"]
+    scorer._remember("host", np.full(5000, base * 0.99, np.float32) * np.linspace(0.5, 1.0, 5000, dtype=np.float32))
+    new = scorer.refresh_thresholds(1e-3)
+    assert base * 0.8 <= new["host"] <= base * 1.5
+    scorer._remember("host", np.full(20000, base * 100, np.float32))
+    assert base * 1.5 == pytest.approx(scorer.refresh_thresholds(1e-3)["host"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_scores_match_cpu_within_tolerance():
+    """The same windows scored on CUDA and on CPU agree within 1e-4 relative (fp32)."""
+    seq = _sequence(4, 8)
+    names = ["global"] + [f"10.0.0.{i}" for i in range(1, 8)]
+    cpu = StreamingScorer(_bundle(), device="cpu", warmup_windows=0)
+    gpu = StreamingScorer(_bundle(), device="cuda", warmup_windows=0)
+    for k in range(4):
+        a = cpu.score(_windows(k, names, seq[k])).scores
+        b = gpu.score(_windows(k, names, seq[k])).scores
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
