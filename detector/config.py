@@ -83,6 +83,7 @@ class IncidentsConfig(_Strict):
     rules: list[Path] = Field(default_factory=lambda: [Path("rules/default.yaml")])
     min_windows: int = Field(1, ge=1)
     resolve_after_windows: int = Field(2, ge=1)
+    update_every_windows: int = Field(10, ge=1)  # an `updated` event at most this often, unless severity or peak rises
 
 
 class SinkConfig(_Strict):
@@ -102,8 +103,12 @@ class ServiceConfig(_Strict):
     heartbeat_interval_s: float = Field(300.0, gt=0)  # a `heartbeat` log line with the counters
     threshold_refresh_interval_s: float = Field(3600.0, gt=0)
     retrain_interval_s: float = Field(0.0, ge=0)  # 0 = never retrain on recent benign windows
+    retrain_buffer_windows: int = Field(1440, ge=2)  # recent non-alerted windows kept for retraining
+    retrain_buffer_mb: float = Field(256.0, gt=0)  # ... and at most this much memory for them
+    retrain_min_windows: int = Field(60, ge=2)  # fewer buffered windows than this: the retrain is skipped
     metrics_address: str | None = None  # e.g. 127.0.0.1:9108 serves /metrics, /healthz, /readyz
     stall_after_s: float = Field(60.0, gt=0)  # no progress this long: /healthz fails, no WATCHDOG
+    status_interval_s: float = Field(5.0, gt=0)  # systemd STATUS= line (packets/s, entities, incidents)
     shutdown_timeout_s: float = Field(20.0, gt=0)  # drain deadline on SIGTERM
 
 

@@ -39,6 +39,7 @@ class _Open:
     evidence: WindowEvidence
     quiet: int = 0
     transitions: int = 0
+    reported_windows: int = 0  # windows covered by the last event sent
 
 
 @dataclass
@@ -53,6 +54,7 @@ class IncidentTracker:
     rules: RuleSet
     min_windows: int = 1
     resolve_after_windows: int = 2
+    update_every_windows: int = 10
     observer: dict[str, str] = field(default_factory=dict)
     rule_id: str = "netad-lstm-ae"
     rule_name: str = "Anomalous traffic for this entity (LSTM autoencoder)"
@@ -108,21 +110,28 @@ class IncidentTracker:
                 if state.streak < self.min_windows:
                     return None
                 inc = state.incident = self._open(s, state.streak_start_ns, state.streak)
+                inc.reported_windows = inc.windows
                 state.streak = 0
                 self.opened += 1
                 return self._event(inc, "opened", s.window_end_ns)
             inc.quiet = 0
             inc.windows += 1
             inc.last_seen_ns = s.window_end_ns
+            news = inc.windows - inc.reported_windows >= self.update_every_windows
             severity = self.rules.severity_of(s.score, s.threshold)
             if _SEVERITY_ORDER.index(severity) > _SEVERITY_ORDER.index(inc.severity):
                 inc.severity = severity
+                news = True
             if s.score > inc.peak_score:
+                news = news or s.score >= 1.5 * inc.peak_score
                 inc.peak_score = s.score
                 inc.top_features = s.top_features
                 inc.category = self.rules.category_of(s)
                 if s.evidence is not None:
                     inc.evidence = s.evidence
+            if not news:
+                return None  # an update per window would flood the SIEM with the same story
+            inc.reported_windows = inc.windows
             return self._event(inc, "updated", s.window_end_ns)
         state.streak = 0
         if inc is None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -85,6 +86,9 @@ class Pipeline:
     sinks: list[IncidentSink] = field(default_factory=list)
     scores_out: IO[str] | None = None
     rules: RuleSet | None = None
+    # called after each closed window is scored: (window, its scores, seconds the scorer took);
+    # the daemon observes latency and keeps recent windows for retraining through it
+    on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -112,6 +116,7 @@ class Pipeline:
             rules=self.rules if self.rules is not None else load_rules(cfg.incidents.rules),
             min_windows=cfg.incidents.min_windows,
             resolve_after_windows=cfg.incidents.resolve_after_windows,
+            update_every_windows=cfg.incidents.update_every_windows,
             observer=observer_of(cfg),
             model_version=self.bundle.version,
         )
@@ -144,7 +149,10 @@ class Pipeline:
     def _score(self, closed: list[WindowBatch]) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []
         for wb in closed:
+            started = time.perf_counter()
             scores = self.scorer.score(wb)
+            if self.on_scored is not None:
+                self.on_scored(wb, scores, time.perf_counter() - started)
             self._record(scores)
             new = self.tracker.push(scores)
             for ev in new:

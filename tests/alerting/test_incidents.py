@@ -30,7 +30,7 @@ def _rules() -> RuleSet:
 
 def test_consecutive_windows_extend_one_incident_then_resolve():
     """opened -> updated -> resolved with one stable incident id and distinct event ids."""
-    tr = IncidentTracker(_rules(), min_windows=1, resolve_after_windows=2, observer={"name": "s1"})
+    tr = IncidentTracker(_rules(), min_windows=1, resolve_after_windows=2, update_every_windows=1, observer={"name": "s1"})
     events = []
     for k, anomalous in enumerate([True, True, False, False, False]):
         events += tr.push([_score(k, anomalous=anomalous)])
@@ -51,7 +51,7 @@ def test_incident_id_is_stable_across_trackers():
 
 
 def test_min_windows_delays_opening():
-    tr = IncidentTracker(_rules(), min_windows=3)
+    tr = IncidentTracker(_rules(), min_windows=3, update_every_windows=1)
     actions = [[e.action for e in tr.push([_score(k)])] for k in range(4)]
     assert [[], [], ["opened"], ["updated"]] == actions
     assert [] == IncidentTracker(_rules(), min_windows=2).push([_score(0)])
@@ -88,9 +88,20 @@ def test_rule_file_errors_name_file_and_line(tmp_path: Path):
 
 def test_tracker_state_round_trips():
     """An open incident survives a checkpoint: the restored tracker updates the same id."""
-    a = IncidentTracker(_rules())
+    a = IncidentTracker(_rules(), update_every_windows=1)
     opened = a.push([_score(0)])[0]
-    b = IncidentTracker(_rules())
+    b = IncidentTracker(_rules(), update_every_windows=1)
     b.load_state_dict(a.state_dict())
     updated = b.push([_score(1)])[0]
     assert ("updated", opened.incident_id) == (updated.action, updated.incident_id)
+
+
+def test_updates_are_rate_limited_unless_the_story_changes():
+    """A long steady incident sends an update every update_every_windows windows; a jump
+    in severity is reported at once."""
+    tr = IncidentTracker(_rules(), update_every_windows=3)
+    actions = [[e.action for e in tr.push([_score(k, score=3.0)])] for k in range(7)]
+    assert [["opened"], [], [], ["updated"], [], [], ["updated"]] == actions
+    jump = tr.push([_score(7, score=30.0)])
+    assert ["updated"] == [e.action for e in jump]
+    assert "critical" == jump[0].severity
