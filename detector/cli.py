@@ -153,5 +153,13 @@ def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_e
         click.echo(f"  {a.event:<24} {a.start_epoch_s - res.start_epoch_s:>8.0f}s .. {a.end_epoch_s - res.start_epoch_s:>6.0f}s  attacker={a.attacker} target={a.target}")
 
 
+def _register() -> None:
+    from detector.bench.cli import bench
+
+    main.add_command(bench)
+
+
+_register()
+
 if __name__ == "__main__":
     main()

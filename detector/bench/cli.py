@@ -1,0 +1,88 @@
+"""`netad bench`: the benchmark commands (registered by detector.cli with
+`main.add_command(bench)`). They print figures; nothing here asserts on time."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+EX_UNAVAILABLE = 69  # sysexits.h: a tool the live bench needs is missing
+EX_NOPERM = 77  # sysexits.h: the live bench needs root
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: throughput of the capture stages, offline and live."""
+
+
+@bench.command("capture")
+@click.option("--packets", type=click.IntRange(min=1000), default=1_000_000, show_default=True,
+              help="Packets in the generated bench capture.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per figure (median).")
+@click.option("--scapy-packets", type=click.IntRange(min=100), default=20_000, show_default=True,
+              help="scapy reads only this many packets (about 3k pkt/s); its rate is scaled to the file.")
+@click.option("--table-flows", type=click.IntRange(min=1000), default=2_000_000, show_default=True,
+              help="Flows in the large table whose RSS growth is measured.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep the generated capture here (default: a temporary directory, removed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, workdir: str | None, as_json: bool) -> None:  # fmt: skip
+    """Offline capture throughput: bytes read, parse, parse + flows + windows, scapy; memory."""
+    from detector.bench.capture import format_capture_bench, run_capture_bench
+
+    with tempfile.TemporaryDirectory(prefix="netad-bench-") as tmp:
+        result = run_capture_bench(packets, Path(workdir) if workdir else Path(tmp), repeats=repeats,
+                                   scapy_packets=scapy_packets, table_flows=table_flows,
+                                   progress=None if as_json else _progress)  # fmt: skip
+    click.echo(json.dumps(result, indent=2) if as_json else format_capture_bench(result))
+
+
+@bench.command("live")
+@click.option("--packets", type=click.IntRange(min=1000), default=200_000, show_default=True,
+              help="Packets in the generated capture (replayed in a loop for the higher rates).")
+@click.option("--pps", "pps_steps", type=str, default="25000,50000,100000,200000,400000,800000", show_default=True,
+              help="Comma-separated packet rates to offer, in order.")
+@click.option("--topspeed/--no-topspeed", default=True, show_default=True, help="Finish with tcpreplay --topspeed.")
+@click.option("--stages", type=click.Choice(["pipeline", "capture"]), default="pipeline", show_default=True,
+              help="What the receiver runs: capture + parse + flows + windows, or capture + parse only.")
+@click.option("--step-s", type=click.FloatRange(min=1, max=30), default=8.0, show_default=True,
+              help="Longest a step sends for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: float, as_json: bool) -> None:
+    """Live capture: tcpreplay over a veth pair at rising rates; drops per step. Needs root."""
+    from detector.bench.live import LiveBenchUnavailable, format_live_bench, run_live_bench
+
+    try:
+        steps = tuple(int(s.replace("_", "")) for s in pps_steps.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{pps_steps!r}: expected comma-separated integers", param_hint="--pps") from None
+    try:
+        result = run_live_bench(packets, pps_steps=steps, topspeed=topspeed, stages=stages, step_s=step_s,
+                                progress=None if as_json else _progress)  # fmt: skip
+    except LiveBenchUnavailable as exc:
+        click.echo(f"netad: {exc}", err=True)
+        sys.exit(EX_NOPERM if exc.needs_root else EX_UNAVAILABLE)
+    result.pop("worker_log_tail", None)
+    click.echo(json.dumps(result, indent=2) if as_json else format_live_bench(result))
+
+
+@bench.command("model")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch CPU threads.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--hidden", type=click.IntRange(min=2), default=32, show_default=True, help="LSTM state size.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per figure (median).")
+@click.option("--hosts", type=click.IntRange(min=1), default=2000, show_default=True, help="Hosts for the latency figure.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, as_json: bool) -> None:
+    """Scoring throughput with carried state vs re-reading history, latency, training rate."""
+    from detector.bench.model import main as model_main
+
+    click.echo(model_main(json_out=as_json, threads=threads, device=device, hidden=hidden, repeats=repeats, hosts=hosts))
