@@ -53,7 +53,6 @@ from detector.errors import CaptureError
 _INITIAL_BUFFER_BYTES = 16 * 1024 * 1024
 # A batch is cut early when its frames span this much of the file (large packets), so the
 # buffer stays bounded whatever batch_packets is.
-_MAX_BATCH_BYTES = 64 * 1024 * 1024
 # How much of a pcapng file is read at open to learn its interfaces' link types.
 _HEAD_BYTES = 1024 * 1024
 
@@ -353,6 +352,9 @@ def _unsupported(linktype: int) -> str:
     return f"link type {linktype} is not supported; netad reads {supported}"
 
 
+_PARSE_GROUP_FRAMES = 1024
+
+
 class _FileWindow:
     """A growable window onto a file: buf[:valid] holds the file's bytes from file_offset."""
 
@@ -386,8 +388,8 @@ class _FileWindow:
 class CaptureFile:
     """Iterator of PacketBatch over a pcap or pcapng file (format sniffed from the magic).
 
-    Each batch holds the IP rows of `batch_packets` frames (fewer only at the end, or when
-    those frames span more than 64 MiB of file; no rows at all when none of them is IP).
+    Each batch holds the IP rows of `batch_packets` frames (fewer only at the end; no rows
+    at all when none of them is IP).
     `format` is "pcap" or "pcapng". Counters, current while iterating and
     final after: `packets` (frames read), `malformed`, `non_ip`, `bytes_read` (file offset
     just past the last whole record read). `damage` is None, or a message saying where and
@@ -426,29 +428,34 @@ class CaptureFile:
             yield from self._batches(_FileWindow(f), walker)
 
     def _batches(self, window: _FileWindow, walker: _Walker) -> Iterator[PacketBatch]:
-        records = _Records(self.batch_packets)
+        # Frames are parsed in small groups right after the walk found them, while their
+        # bytes are still in the CPU cache (walking a whole 65,536-frame batch first and
+        # parsing it afterwards fetched every header from memory twice: 1.9 vs 4-5 M pkt/s
+        # on 790-byte frames); the groups are joined into batches of batch_packets rows.
+        group = min(_PARSE_GROUP_FRAMES, self.batch_packets)
+        records = _Records(group)
         window.refill(0)
-        pos, pending = walker.data_start, 0
+        pos = walker.data_start
+        parts: list[PacketBatch] = []
+        in_batch = 0
         while True:
-            n, pos, status = walker.step(window.buf, pos, window.valid, self.batch_packets - pending, records, pending)
-            pending += n
+            n, pos, status = walker.step(window.buf, pos, window.valid, min(group, self.batch_packets - in_batch), records, 0)
+            if n:
+                parts.append(self._emit(window, records, n, walker, pos))
+                in_batch += n
+                if in_batch >= self.batch_packets:
+                    yield PacketBatch.concat(parts)
+                    parts, in_batch = [], 0
             if status == WALK_FULL:
-                yield self._emit(window, records, pending, walker, pos)
-                pending = 0
-            elif status == WALK_NEED_MORE and not window.eof:
-                if pending and window.valid - int(records.offsets[0]) > _MAX_BATCH_BYTES:
-                    yield self._emit(window, records, pending, walker, pos)
-                    pending = 0
-                # Keep the pending frames and the partial record; their offsets move with them.
-                shift = window.refill(int(records.offsets[0]) if pending else pos)
-                records.offsets[:pending] -= shift
-                pos -= shift
+                continue
+            if status == WALK_NEED_MORE and not window.eof:
+                pos -= window.refill(pos)  # every frame before pos is parsed: drop its bytes
             else:
                 if status != WALK_NEED_MORE or pos < window.valid:
                     self.damage = walker.damage_message(status, window.buf, pos, window.valid, window.file_offset + pos)
                 break
-        if pending:
-            yield self._emit(window, records, pending, walker, pos)
+        if parts:
+            yield PacketBatch.concat(parts)
         self.bytes_read = window.file_offset + pos
         self.linktypes = tuple(walker.linktypes) or self.linktypes
 
