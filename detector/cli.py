@@ -155,8 +155,11 @@ def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_e
 
 def _register() -> None:
     from detector.bench.cli import bench
+    from detector.eval.cli import eval_command, splice_command
 
     main.add_command(bench)
+    main.add_command(eval_command)
+    main.add_command(splice_command)
 
 
 _register()

@@ -1,0 +1,550 @@
+"""`netad eval`: labelled evaluation, wiring the daemon's very stages offline.
+
+Where it stands: on top of everything, like the daemon. A model is trained (the `netad
+train` path, `service.training.train_from_captures`) or loaded; the test captures are
+replayed through `service.pipeline.Pipeline` (capture -> flows -> windows -> streaming
+scorer with carried state -> incidents), exactly as `netad score` and the daemon do; a
+second pass through the same capture/flow/window stages (`window_stream`) gives the
+windows' features to the baselines (`eval.baselines`). Every (entity, window) is labelled
+from the ground truth, and `eval.metrics` turns scores and labels into numbers;
+`eval.report` draws and writes them.
+
+Labels (DESIGN: window scores are per entity per window):
+
+- `global` windows: positive when they overlap a positive interval (is_attack_or_fault = 1);
+  windows overlapping only normal (0) intervals, or none, are negatives.
+- host windows: positive when they overlap a positive interval AND the host is one of the
+  interval's attackers or targets. Those come from `attacker=IP` / `target=IP` (also
+  `target: IP`) in the description; a description with neither names its hosts by any IP
+  literal in it (e.g. Westermo's "nmap 198.18.134.37"), counted as targets; `--attacker
+  [EVENT=]IP` adds the attacker of intervals whose description names none. When an interval
+  names no host at all, the host windows that overlap it are *unlabelled*: left out of the
+  host metrics (neither positive nor negative) and counted as such.
+- An interval is *visible* when the test captures hold at least `visible_min_packets`
+  packets inside it sent by its attackers (or, when no attacker is known, sent to or by its
+  targets); None when it names no host. Per-class numbers are given over all intervals
+  and over the visible ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from detector import __version__
+from detector.config import Config
+from detector.contracts import IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
+from detector.errors import ConfigError
+from detector.eval import metrics as M
+from detector.eval.baselines import RobustZScore, stateless_scores
+from detector.eval.truth import Interval, load_truth
+from detector.model.bundle import ModelBundle
+from detector.model.scorer import set_torch_threads
+from detector.service.pipeline import Pipeline, capture_batches, window_stream
+from detector.service.training import train_from_captures
+
+log = structlog.get_logger()
+
+DETECTORS = ("lstm", "stateless_ae", "zscore")
+ENTITY_CLASSES = ("global", "host")
+FPR_POINTS = (1e-3, 1e-2)
+
+
+@dataclass
+class EvalPlan:
+    """What `netad eval` was asked to do."""
+
+    pcaps: list[Path]  # test captures; with a time split, the one capture that is split
+    out: Path
+    truth: Path | None = None  # None: all traffic is benign (false alarms only)
+    train_pcaps: list[Path] = field(default_factory=list)
+    train_end_s: float | None = None  # time split: train on [0, S) of pcaps, test on [S, end)
+    train_start_s: float | None = None  # the mirror split: train on [S, end), test on [0, S)
+    model_dir: Path | None = None  # reuse a trained bundle instead of training
+    attackers: list[str] = field(default_factory=list)  # "[EVENT-GLOB=]IP"
+    visible_min_packets: int = 10
+    config_path: str | None = None
+
+    @property
+    def split_s(self) -> float | None:
+        return self.train_end_s if self.train_end_s is not None else self.train_start_s
+
+    def check(self) -> None:
+        if not self.pcaps:
+            raise ConfigError("eval: give the test capture(s)")
+        if sum(x is not None and x != [] for x in (self.train_end_s, self.train_start_s, self.train_pcaps)) > 1:
+            raise ConfigError("eval: use one of --train-end-s, --train-start-s (time splits of one capture) or --train-pcap")
+        if self.split_s is not None and len(self.pcaps) != 1:
+            raise ConfigError("eval: --train-end-s / --train-start-s split exactly one capture in time")
+        if self.split_s is not None and self.split_s <= 0:
+            raise ConfigError("eval: the time split must be after the first packet (S > 0)")
+        if self.split_s is None and not self.train_pcaps and self.model_dir is None:
+            raise ConfigError("eval: say what to train on: --train-end-s S, --train-start-s S, --train-pcap FILE, or give --model DIR")
+
+    def test_range_ns(self, t0_ns: int) -> tuple[int, int]:
+        """[lo, hi) of the test part: a window is a test window when it lies inside it."""
+        far = 1 << 62
+        if self.split_s is None:
+            return -far, far
+        split_ns = t0_ns + int(round(self.split_s * 1e9))
+        return (split_ns, far) if self.train_end_s is not None else (-far, split_ns)
+
+
+@dataclass
+class LabelledInterval:
+    interval: Interval
+    attackers: list[str]
+    targets: list[str]
+    attacker_packets: int | None = None  # packets inside it from its attackers (or to/from targets)
+    visible: bool | None = None
+
+    @property
+    def hosts(self) -> set[str]:
+        return set(self.attackers) | set(self.targets)
+
+
+@dataclass
+class Windows:
+    """Every scored (entity, window) of the test part, one row each, with labels."""
+
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    entity: np.ndarray  # str
+    entity_class: np.ndarray  # str
+    scores: dict[str, np.ndarray]  # detector -> score
+    anomalous: np.ndarray  # the daemon's verdict (ready and above threshold)
+    threshold: np.ndarray  # the threshold the daemon applied to the window (it may adapt)
+    features: np.ndarray  # (rows, bins, features), real units
+    label: np.ndarray | None = None
+    unlabelled: np.ndarray | None = None
+    benign: np.ndarray | None = None  # overlaps no positive interval at all
+
+
+class _Collector:
+    """A sink that keeps the incident events the pipeline emits."""
+
+    def __init__(self) -> None:
+        self.opened: list[IncidentEvent] = []
+
+    def publish(self, event: IncidentEvent) -> None:
+        if event.action == "opened":
+            self.opened.append(event)
+
+
+# --------------------------------------------------------------------------------------
+# Ground truth -> hosts, visibility, labels
+# --------------------------------------------------------------------------------------
+
+_IP_LITERAL = re.compile(r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+
+
+def hosts_of(description: str) -> tuple[list[str], list[str]]:
+    """(attackers, targets) named in a truth description (see the module docstring)."""
+    attackers, targets = [], []
+    for key, value in re.findall(r"\b(attacker|target)\s*[=:]\s*([0-9A-Fa-f:.]+)", description):
+        try:
+            ip = str(ipaddress.ip_address(value.rstrip(".:")))
+        except ValueError:
+            continue
+        (attackers if key == "attacker" else targets).append(ip)
+    if not attackers and not targets:
+        for literal in _IP_LITERAL.findall(description):
+            try:
+                targets.append(str(ipaddress.ip_address(literal)))
+            except ValueError:
+                continue
+    return sorted(set(attackers)), sorted(set(targets))
+
+
+def parse_attacker_hints(hints: list[str]) -> list[tuple[str, str]]:
+    """`[EVENT-GLOB=]IP` -> (glob, ip); a bare IP applies to every event."""
+    out = []
+    for text in hints:
+        pattern, _, ip = text.rpartition("=")
+        try:
+            ip = str(ipaddress.ip_address(ip))
+        except ValueError:
+            raise ConfigError(f"--attacker {text!r}: expected [EVENT=]IP") from None
+        out.append((pattern or "*", ip))
+    return out
+
+
+def label_intervals(intervals: list[Interval], hints: list[tuple[str, str]]) -> list[LabelledInterval]:
+    out = []
+    for iv in intervals:
+        attackers, targets = hosts_of(iv.description)
+        if iv.positive and not attackers:
+            attackers = sorted({ip for pattern, ip in hints if fnmatch.fnmatchcase(iv.event, pattern)})
+        out.append(LabelledInterval(iv, attackers, targets))
+    return out
+
+
+def _addr_keys(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return lo ^ (hi * np.uint64(0x9E3779B97F4A7C15))
+
+
+def _keys_of(ips: Iterable[str]) -> np.ndarray:
+    pairs = [addr_to_pair(ip) for ip in ips]
+    return _addr_keys(np.array([p[0] for p in pairs], np.uint64), np.array([p[1] for p in pairs], np.uint64))
+
+
+def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) -> Iterator[PacketBatch]:
+    """Pass batches through, counting per positive interval the packets of its hosts."""
+    watch = []
+    for li in intervals:
+        if li.interval.positive and li.hosts:
+            li.attacker_packets = 0
+            watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets)))
+    for b in batches:
+        if watch and len(b):
+            lo_ns, hi_ns = int(b.ts_ns.min()), int(b.ts_ns.max())
+            src = dst = None
+            for li, attackers, targets in watch:
+                if li.interval.end_ns <= lo_ns or li.interval.start_ns > hi_ns:
+                    continue
+                inside = (b.ts_ns >= li.interval.start_ns) & (b.ts_ns < li.interval.end_ns)
+                if src is None:
+                    src, dst = _addr_keys(b.src_hi, b.src_lo), _addr_keys(b.dst_hi, b.dst_lo)
+                if attackers is not None:
+                    mine = np.isin(src, attackers)
+                else:
+                    mine = np.isin(src, targets) | np.isin(dst, targets)  # type: ignore[arg-type]
+                li.attacker_packets = (li.attacker_packets or 0) + int((inside & mine).sum())
+        yield b
+
+
+def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
+    n = w.start_ns.shape[0]
+    is_host = w.entity_class == "host"
+    w.label = np.zeros(n, dtype=bool)
+    w.unlabelled = np.zeros(n, dtype=bool)
+    w.benign = np.ones(n, dtype=bool)
+    for li in intervals:
+        if not li.interval.positive:
+            continue
+        hit = M.overlaps(w.start_ns, w.end_ns, li.interval.start_ns, li.interval.end_ns)
+        w.benign &= ~hit
+        w.label |= hit & ~is_host
+        if li.hosts:
+            w.label |= hit & is_host & np.isin(w.entity, list(li.hosts))
+        else:
+            w.unlabelled |= hit & is_host
+    w.unlabelled &= ~w.label
+
+
+def _class_rows(w: Windows, li: LabelledInterval, entity_class: str) -> np.ndarray:
+    """Rows of `entity_class` that are positives because of this interval."""
+    hit = M.overlaps(w.start_ns, w.end_ns, li.interval.start_ns, li.interval.end_ns) & (w.entity_class == entity_class)
+    if entity_class == "host":
+        hit &= np.isin(w.entity, list(li.hosts)) if li.hosts else False
+    return hit
+
+
+# --------------------------------------------------------------------------------------
+# Passes over the captures
+# --------------------------------------------------------------------------------------
+
+
+def first_packet_ns(paths: list[Path], batch_packets: int) -> int:
+    for b in capture_batches(paths, batch_packets):
+        if len(b):
+            return int(b.ts_ns.min())
+    raise ConfigError(f"{', '.join(map(str, paths))}: no IP packets")
+
+
+def _ms(ns: int) -> int:
+    return int(round(ns / 1e6))
+
+
+def _score_pass(
+    cfg: Config, bundle: ModelBundle, pcaps: list[Path], scores_path: Path, test_lo: int, test_hi: int
+) -> tuple[list[dict], list[IncidentEvent]]:
+    """The daemon's stages over the test captures; returns the test windows' score records
+    and the incidents opened in the test part."""
+    collector = _Collector()
+    with open(scores_path, "w", encoding="utf-8") as fh:
+        pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=fh)
+        for batch in capture_batches(pcaps, cfg.source.batch_packets):
+            pipeline.push(batch)
+        pipeline.finish()
+    records = []
+    with open(scores_path, encoding="utf-8") as fh:
+        for line in fh:
+            r = json.loads(line)
+            r["start_ns"] = _iso_ns(r["window_start"])
+            r["end_ns"] = _iso_ns(r["window_end"])
+            if r["start_ns"] >= test_lo and r["end_ns"] <= test_hi:
+                records.append(r)
+    log.info("eval_scored", windows=len(records), stats=pipeline.stats())
+    return records, [e for e in collector.opened if test_lo <= e.first_seen_ns < test_hi]
+
+
+def _iso_ns(text: str) -> int:
+    """A window-score timestamp (ISO 8601, milliseconds, Z) as ns."""
+    stamp = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(round(stamp.timestamp() * 1000)) * 1_000_000
+
+
+def _feature_pass(cfg: Config, batches: Iterable[PacketBatch], on_window: Callable[[WindowBatch], None]) -> None:
+    for wb in window_stream(cfg, batches):
+        on_window(wb)
+
+
+def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval]) -> None:
+    if any(wb.window_start_ns < iv.end_ns and wb.window_end_ns > iv.start_ns for iv in positives):
+        return
+    for cls, feats in zip(wb.entity_classes, wb.features):
+        train.setdefault(cls, []).append(feats)
+
+
+# --------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------
+
+
+def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
+    """Run the evaluation of `plan`; writes scores.jsonl, metrics.json, report.md and
+    report.png under plan.out and returns the metrics."""
+    from detector.eval.report import write_report
+
+    plan.check()
+    set_torch_threads(cfg.model.threads)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    intervals = label_intervals(load_truth(plan.truth) if plan.truth else [], parse_attacker_hints(plan.attackers))
+    positives = [li.interval for li in intervals if li.interval.positive]
+    t0_ns = first_packet_ns(plan.pcaps, cfg.source.batch_packets)
+    test_lo, test_hi = plan.test_range_ns(t0_ns)
+
+    training_s = None
+    if plan.model_dir is not None:
+        model_dir = plan.model_dir
+        bundle = ModelBundle.load(model_dir)
+    else:
+        model_dir = plan.out / "model"
+        started = time.monotonic()
+        train_pcaps = plan.train_pcaps or plan.pcaps
+        bundle = train_from_captures(cfg, train_pcaps, model_dir, truth=plan.truth, start_s=plan.train_start_s,
+                                     end_s=plan.train_end_s, progress=progress)  # fmt: skip
+        training_s = round(time.monotonic() - started, 2)
+        log.info("eval_trained", seconds=training_s, version=bundle.version)
+        bundle = ModelBundle.load(model_dir)  # score what was saved, as the daemon would
+
+    records, incidents = _score_pass(cfg, bundle, plan.pcaps, plan.out / "scores.jsonl", test_lo, test_hi)
+    if not records:
+        raise ConfigError("eval: no test windows (is the split past the end of the capture?)")
+    row_of = {(r["entity"], _ms(r["start_ns"])): i for i, r in enumerate(records)}
+    n_bins, n_feat = bundle.bins, len(bundle.schema.features)
+    features = np.zeros((len(records), n_bins, n_feat), dtype=np.float32)
+    filled = np.zeros(len(records), dtype=bool)
+    train_feats: dict[str, list[np.ndarray]] = {}
+
+    def on_window(wb: WindowBatch) -> None:
+        if plan.split_s is not None and (wb.window_end_ns <= test_lo or wb.window_start_ns >= test_hi):
+            _collect_train(train_feats, wb, positives)
+            return
+        for name, feats in zip(wb.entities, wb.features):
+            row = row_of.get((name, _ms(wb.window_start_ns)))
+            if row is not None:
+                features[row] = feats
+                filled[row] = True
+
+    _feature_pass(cfg, _tally(capture_batches(plan.pcaps, cfg.source.batch_packets), intervals), on_window)
+    if plan.train_pcaps:
+        _feature_pass(cfg, capture_batches(plan.train_pcaps, cfg.source.batch_packets),
+                      lambda wb: _collect_train(train_feats, wb, positives))  # fmt: skip
+    if not filled.all():
+        raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
+    for li in intervals:
+        if li.attacker_packets is not None:
+            li.visible = li.attacker_packets >= plan.visible_min_packets
+
+    w = Windows(
+        start_ns=np.array([r["start_ns"] for r in records], dtype=np.int64),
+        end_ns=np.array([r["end_ns"] for r in records], dtype=np.int64),
+        entity=np.array([r["entity"] for r in records], dtype=object).astype(str),
+        entity_class=np.array([r["entity_class"] for r in records]).astype(str),
+        scores={"lstm": np.array([r["score"] for r in records], dtype=np.float64)},
+        anomalous=np.array([r["anomalous"] for r in records], dtype=bool),
+        threshold=np.array([r["threshold"] for r in records], dtype=np.float64),
+        features=features,
+    )
+    for det in ("stateless_ae", "zscore"):
+        w.scores[det] = np.full(len(records), np.nan)
+    baselines_fitted: dict[str, int] = {}
+    for cls in ENTITY_CLASSES:
+        rows = np.flatnonzero(w.entity_class == cls)
+        if rows.size == 0 or cls not in bundle.classes:
+            continue
+        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], features[rows])
+        if train_feats.get(cls):
+            zs = RobustZScore.fit(np.stack(train_feats[cls]))
+            w.scores["zscore"][rows] = zs.score(features[rows])
+            baselines_fitted[cls] = len(train_feats[cls])
+    label_windows(w, intervals)
+    window_ns = int(round(bundle.bin_s * bundle.bins * 1e9))
+    result = {
+        "netad_version": __version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {
+            "pcaps": [str(p) for p in plan.pcaps],
+            "truth": str(plan.truth) if plan.truth else None,
+            "config": plan.config_path,
+            "attacker_hints": plan.attackers,
+            "visible_min_packets": plan.visible_min_packets,
+        },
+        "split": _split_summary(plan, t0_ns, w),
+        "model": {
+            "dir": str(model_dir),
+            "version": bundle.version,
+            "trained_here": plan.model_dir is None,
+            "training_s": training_s,
+            "bin_s": bundle.bin_s,
+            "bins": bundle.bins,
+            "window_s": window_ns / 1e9,
+            "thresholds": {cls: round(cm.threshold.value, 6) for cls, cm in bundle.classes.items()},
+            "threshold_methods": {cls: cm.threshold.method for cls, cm in bundle.classes.items()},
+            "zscore_training_windows": baselines_fitted,
+        },
+        "intervals": [_interval_record(li) for li in intervals if li.interval.end_ns > test_lo and li.interval.start_ns < test_hi],
+    }
+    test_hours = (int(w.end_ns.max()) - int(w.start_ns.min())) / 3.6e12
+    g = w.entity_class == "global"
+    benign_hours = float(np.sum(w.benign[g])) * window_ns / 3.6e12
+    result["test"] = {
+        "hours": round(test_hours, 4),
+        "benign_hours": round(benign_hours, 4),
+        "hosts": int(len(set(w.entity[w.entity_class == "host"].tolist()))),
+    }
+    test_intervals = [li for li in intervals if li.interval.positive and li.interval.end_ns > test_lo and li.interval.start_ns < test_hi]
+    for cls in ENTITY_CLASSES:
+        result[cls] = _entity_class_metrics(w, cls, test_intervals, incidents, bundle, window_ns, benign_hours)
+    result["most_relevant_host"] = most_relevant_host(w)
+    (plan.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_report(plan.out, result, w, intervals, incidents)
+    return result
+
+
+def _split_summary(plan: EvalPlan, t0_ns: int, w: Windows) -> dict:
+    if plan.train_end_s is not None:
+        kind, text = "time", f"train on [0, {plan.train_end_s:g}) s of the capture (positive intervals left out), test on the rest"
+    elif plan.train_start_s is not None:
+        kind, text = "time", f"train on [{plan.train_start_s:g} s, end) of the capture (positive intervals left out), test on [0, {plan.train_start_s:g}) s"
+    elif plan.train_pcaps:
+        kind, text = "captures", "train on --train-pcap captures, test on --pcap captures"
+    else:
+        kind, text = "model", "model given (--model); all of the test captures are test"
+    return {
+        "kind": kind,
+        "description": text,
+        "train_end_s": plan.train_end_s,
+        "train_start_s": plan.train_start_s,
+        "train_pcaps": [str(p) for p in plan.train_pcaps],
+        "test_start": ns_to_iso(int(w.start_ns.min())),
+        "test_end": ns_to_iso(int(w.end_ns.max())),
+        "capture_start": ns_to_iso(t0_ns),
+    }
+
+
+def _interval_record(li: LabelledInterval) -> dict:
+    return {
+        "event": li.interval.event,
+        "positive": li.interval.positive,
+        "start": ns_to_iso(li.interval.start_ns),
+        "end": ns_to_iso(li.interval.end_ns),
+        "attackers": li.attackers,
+        "targets": li.targets,
+        "host_packets": li.attacker_packets,
+        "visible": li.visible,
+    }
+
+
+def _entity_class_metrics(
+    w: Windows, cls: str, intervals: list[LabelledInterval], incidents: list[IncidentEvent], bundle: ModelBundle,
+    window_ns: int, benign_hours: float,
+) -> dict:  # fmt: skip
+    rows = (w.entity_class == cls) & ~w.unlabelled  # type: ignore[operator]
+    y = w.label[rows]  # type: ignore[index]
+    out: dict = {
+        "windows": int((w.entity_class == cls).sum()),
+        "positives": int(y.sum()),
+        "negatives": int((~y).sum()),
+        "unlabelled": int((w.unlabelled & (w.entity_class == cls)).sum()),  # type: ignore[operator]
+        "threshold": round(bundle.classes[cls].threshold.value, 6) if cls in bundle.classes else None,
+        "detectors": {},
+    }
+    for det in DETECTORS:
+        s = w.scores[det][rows]
+        out["detectors"][det] = M.summary(s, y, FPR_POINTS) if np.all(np.isfinite(s)) and s.size else None
+    flags = w.anomalous[rows]
+    out["at_threshold"] = {
+        "tpr": M._round(M.recall(flags[y])),
+        "fpr": M._round(float(flags[~y].mean()) if (~y).any() else None),
+    }
+    negatives = (w.entity_class == cls) & w.benign  # type: ignore[operator]
+    classes: dict[str, dict] = {}
+    for event in sorted({li.interval.event for li in intervals}):
+        of_event = [li for li in intervals if li.interval.event == event]
+        entry = {}
+        for variant, chosen in (("all", of_event), ("visible", [li for li in of_event if li.visible])):
+            pos = np.zeros(w.start_ns.shape[0], dtype=bool)
+            for li in chosen:
+                pos |= _class_rows(w, li, cls)
+            sel = pos | negatives
+            entry[variant] = {
+                "intervals": len(chosen),
+                "positives": int(pos.sum()),
+                "negatives": int(negatives.sum()),
+                "recall": M._round(M.recall(w.anomalous[pos])),
+                "roc_auc": {
+                    det: (M._round(M.roc_auc(w.scores[det][sel], pos[sel])) if np.all(np.isfinite(w.scores[det][sel])) else None)
+                    for det in DETECTORS
+                },
+            }
+        entry["visible_unknown"] = sum(1 for li in of_event if li.visible is None)
+        classes[event] = entry
+    out["classes"] = classes
+    detections = []
+    for li in intervals:
+        sel = w.entity_class == cls
+        if cls == "host":
+            sel = sel & np.isin(w.entity, list(li.hosts)) if li.hosts else np.zeros_like(sel)
+        d = M.detection_delay(w.start_ns[sel], w.end_ns[sel], w.anomalous[sel], li.interval.start_ns, li.interval.end_ns, window_ns)
+        detections.append({"event": li.interval.event, "start": ns_to_iso(li.interval.start_ns), "visible": li.visible,
+                           "hosts": sorted(li.hosts), **d})  # fmt: skip
+    out["detection"] = detections
+    mine = [e for e in incidents if e.entity_class == cls]
+    benign_inc = [e for e in mine if not any(
+        e.first_seen_ns < li.interval.end_ns and e.first_seen_ns + window_ns > li.interval.start_ns for li in intervals)]  # fmt: skip
+    per_hour = M.rate_per_hour(len(benign_inc), benign_hours)
+    out["incidents"] = {
+        "opened": len(mine),
+        "benign": len(benign_inc),
+        "per_hour": M._round(per_hour),
+        "per_day": M._round(per_hour * 24 if per_hour is not None else None),
+        "benign_list": [{"entity": e.entity, "start": ns_to_iso(e.first_seen_ns), "score": round(e.score, 4),
+                         "category": e.category} for e in benign_inc],  # fmt: skip
+    }
+    return out
+
+
+def most_relevant_host(w: Windows) -> str | None:
+    """The host with the most positive windows; without any, the highest-scoring one."""
+    host = w.entity_class == "host"
+    if not host.any():
+        return None
+    pos = host & w.label  # type: ignore[operator]
+    if pos.any():
+        names, counts = np.unique(w.entity[pos], return_counts=True)
+        return str(names[np.argmax(counts)])
+    rows = np.flatnonzero(host)
+    return str(w.entity[rows[np.argmax(w.scores["lstm"][rows])]])

@@ -1,0 +1,156 @@
+"""Detection-quality metrics over labelled window scores: plain numpy, no model, no I/O.
+
+Where it stands: the last step of `netad eval`. The evaluation wires the daemon's stages
+offline and labels every (entity, window) from the ground truth; these functions turn
+(scores, labels) into the numbers the report shows. Conventions:
+
+- A higher score is more anomalous. Ties are handled exactly: the ROC curve has one point
+  per distinct score, so the ROC AUC equals the Mann-Whitney probability that a positive
+  outscores a negative, ties counting one half.
+- PR AUC is average precision (the step-wise area, as scikit-learn computes it), not the
+  trapezoid, which overstates it.
+- A metric that needs both classes is None when one is missing, never a made-up 0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class RocCurve:
+    fpr: np.ndarray  # false-positive rate at each distinct threshold, from (0, 0) to (1, 1)
+    tpr: np.ndarray
+    thresholds: np.ndarray  # the score at or above which a window is called positive
+    positives: int
+    negatives: int
+
+
+def _checked(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=bool).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must be finite")
+    return s, y
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> RocCurve | None:
+    """The ROC curve, one point per distinct score; None without both classes."""
+    s, y = _checked(scores, labels)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        return None
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_value = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # the last row of each distinct score
+    tp = np.cumsum(y)[last_of_value]
+    fp = np.cumsum(~y)[last_of_value]
+    return RocCurve(
+        fpr=np.r_[0.0, fp / neg],
+        tpr=np.r_[0.0, tp / pos],
+        thresholds=np.r_[np.inf, s[last_of_value]],
+        positives=pos,
+        negatives=neg,
+    )
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    curve = roc_curve(scores, labels)
+    if curve is None:
+        return None
+    return float(np.trapezoid(curve.tpr, curve.fpr))
+
+
+def pr_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Average precision: sum over distinct thresholds of (recall step) x precision."""
+    curve = roc_curve(scores, labels)
+    if curve is None:
+        return None
+    tp = curve.tpr[1:] * curve.positives
+    fp = curve.fpr[1:] * curve.negatives
+    precision = tp / np.maximum(tp + fp, 1e-300)
+    recall_step = np.diff(curve.tpr)
+    return float(np.sum(recall_step * precision))
+
+
+def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float) -> float | None:
+    """The highest true-positive rate of any threshold whose false-positive rate is at most
+    `max_fpr`. With N negatives the resolution is 1/N: below it, no false positive at all."""
+    curve = roc_curve(scores, labels)
+    if curve is None:
+        return None
+    ok = curve.fpr <= max_fpr + 1e-12
+    return float(curve.tpr[ok].max())
+
+
+def rates_at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """TPR and FPR of `score > threshold` (the daemon's rule)."""
+    s, y = _checked(scores, labels)
+    hit = s > threshold
+    return {
+        "tpr": float(hit[y].mean()) if y.any() else None,
+        "fpr": float(hit[~y].mean()) if (~y).any() else None,
+    }
+
+
+def recall(flags: np.ndarray) -> float | None:
+    """Share of positive windows flagged anomalous (None when there are none)."""
+    f = np.asarray(flags, dtype=bool)
+    return float(f.mean()) if f.size else None
+
+
+def overlaps(start_ns: np.ndarray, end_ns: np.ndarray, lo_ns: int, hi_ns: int) -> np.ndarray:
+    """Windows [start, end) that overlap the interval [lo, hi)."""
+    return (start_ns < hi_ns) & (end_ns > lo_ns)
+
+
+def detection_delay(
+    window_start_ns: np.ndarray,
+    window_end_ns: np.ndarray,
+    anomalous: np.ndarray,
+    interval_start_ns: int,
+    interval_end_ns: int,
+    window_ns: int,
+) -> dict[str, float | int | bool | None]:
+    """When an interval was first detected: the first anomalous window that ends after the
+    interval starts and begins before one window past its end. `delay_s` runs from the
+    interval's start to that window's end (when the daemon can say so); `windows_after_start`
+    counts windows from the one holding the start (0: that very window)."""
+    ws, we, an = np.asarray(window_start_ns), np.asarray(window_end_ns), np.asarray(anomalous, dtype=bool)
+    candidates = np.flatnonzero(an & (we > interval_start_ns) & (ws < interval_end_ns + window_ns))
+    if candidates.size == 0:
+        return {"detected": False, "delay_s": None, "windows_after_start": None}
+    first = candidates[np.argmin(ws[candidates])]
+    start_window = interval_start_ns // window_ns
+    return {
+        "detected": True,
+        "delay_s": round((int(we[first]) - interval_start_ns) / 1e9, 3),
+        "windows_after_start": int(int(ws[first]) // window_ns - start_window),
+    }
+
+
+def rate_per_hour(count: int, hours: float) -> float | None:
+    return float(count / hours) if hours > 0 else None
+
+
+def summary(scores: np.ndarray, labels: np.ndarray, fprs: tuple[float, ...] = (1e-3, 1e-2)) -> dict:
+    """The threshold-free numbers of one detector on one set of windows."""
+    s, y = _checked(scores, labels)
+    return {
+        "roc_auc": _round(roc_auc(s, y)),
+        "pr_auc": _round(pr_auc(s, y)),
+        "tpr_at_fpr": {f"{f:g}": _round(tpr_at_fpr(s, y, f)) for f in fprs},
+        "positives": int(y.sum()),
+        "negatives": int((~y).sum()),
+        # the margin a threshold has to work with: above the last, below the first
+        "max_negative_score": _round(float(s[~y].max())) if (~y).any() else None,
+        "min_positive_score": _round(float(s[y].min())) if y.any() else None,
+    }
+
+
+def _round(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(float(x), digits)

@@ -1,0 +1,184 @@
+"""Evaluation metrics, labels and baselines (detector.eval.metrics, .evaluate, .baselines) on
+hand-made scores and windows, where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detector.capture.windows import PACKET_SCHEMA
+from detector.contracts import WindowBatch
+from detector.eval import metrics as M
+from detector.eval.baselines import RobustZScore, stateless_scores
+from detector.eval.evaluate import (
+    LabelledInterval,
+    Windows,
+    hosts_of,
+    label_intervals,
+    label_windows,
+    most_relevant_host,
+    parse_attacker_hints,
+)
+from detector.eval.truth import Interval
+from detector.errors import ConfigError
+from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.lstm import LSTMAutoencoder
+from detector.model.scaler import FeatureScaler
+from detector.model.scorer import StreamingScorer
+from detector.model.threshold import Threshold
+
+
+def _mann_whitney(scores: np.ndarray, labels: np.ndarray) -> float:
+    """P(positive outscores negative), ties one half: the definition the ROC AUC must equal."""
+    pos, neg = scores[labels], scores[~labels]
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+
+
+def test_perfect_separation_has_roc_and_pr_auc_one():
+    """Every positive above every negative: ROC AUC 1, PR AUC 1, TPR 1 at FPR 0."""
+    scores = np.array([9.0, 8.0, 7.5, 1.0, 0.5, 0.1])
+    labels = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    assert 1.0 == M.roc_auc(scores, labels)
+    assert 1.0 == M.pr_auc(scores, labels)
+    assert 1.0 == M.tpr_at_fpr(scores, labels, 0.0)
+
+
+def test_inverted_and_tied_scores():
+    """Every positive below every negative: ROC AUC 0; all scores equal: 0.5."""
+    labels = np.array([1, 1, 0, 0], dtype=bool)
+    assert 0.0 == M.roc_auc(np.array([0.0, 1.0, 2.0, 3.0]), labels)
+    assert 0.5 == M.roc_auc(np.ones(4), labels)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_roc_auc_equals_mann_whitney_with_ties(seed):
+    """On random scores with many ties the ROC AUC is the Mann-Whitney probability."""
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, size=300).astype(float)
+    labels = rng.random(300) < 0.3
+    assert abs(_mann_whitney(scores, labels) - M.roc_auc(scores, labels)) < 1e-12
+
+
+def test_average_precision_matches_the_stepwise_definition():
+    """Ranked P N P N: precision 1 at recall 0.5, 2/3 at recall 1 -> AP = 0.5 + 1/3."""
+    assert abs(M.pr_auc(np.array([4.0, 3, 2, 1]), np.array([1, 0, 1, 0], dtype=bool)) - (0.5 + 1 / 3)) < 1e-12
+
+
+def test_tpr_at_fpr_takes_the_best_threshold_within_the_budget():
+    """Positives at 10, 8, 6; negatives at 9, 1, 1, 1: at FPR 0 only the 10 is caught; at
+    FPR 0.25 (one negative of four) all three are."""
+    scores = np.array([10.0, 8, 6, 9, 1, 1, 1])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    assert abs(1 / 3 - M.tpr_at_fpr(scores, labels, 0.0)) < 1e-12
+    assert 1.0 == M.tpr_at_fpr(scores, labels, 0.25)
+
+
+def test_metrics_without_both_classes_are_none():
+    """No positives (or no negatives): no AUC, rather than an invented 0.5."""
+    assert M.roc_auc(np.array([1.0, 2.0]), np.array([0, 0], dtype=bool)) is None
+    assert M.pr_auc(np.array([1.0, 2.0]), np.array([1, 1], dtype=bool)) is None
+    summary = M.summary(np.array([1.0]), np.array([0], dtype=bool))
+    assert summary["roc_auc"] is None and summary["tpr_at_fpr"] == {"0.001": None, "0.01": None}
+
+
+def test_detection_delay_counts_from_the_interval_start_to_the_window_end():
+    """60 s windows; an interval starting at 130 s is caught by the window [180, 240): delay
+    110 s, one window after the one holding the start."""
+    s = 1_000_000_000
+    starts = np.arange(0, 600, 60) * s
+    anomalous = np.zeros(10, dtype=bool)
+    anomalous[3] = True
+    d = M.detection_delay(starts, starts + 60 * s, anomalous, 130 * s, 150 * s, 60 * s)
+    assert {"detected": True, "delay_s": 110.0, "windows_after_start": 1} == d
+    anomalous[:] = False
+    anomalous[9] = True  # long after the interval: not a detection of it
+    assert not M.detection_delay(starts, starts + 60 * s, anomalous, 130 * s, 150 * s, 60 * s)["detected"]
+
+
+def test_hosts_of_reads_key_values_then_bare_addresses():
+    """attacker=/target= win; without them every IP literal is a target; none: no hosts."""
+    assert (["203.0.113.7"], ["192.168.1.132"]) == hosts_of("attacker=203.0.113.7 target=192.168.1.132 sources=1")
+    assert ([], ["198.18.134.6"]) == hosts_of("SSH 248 times (T=5) target: 198.18.134.6")
+    assert ([], ["198.18.134.1", "198.18.134.43"]) == hosts_of("Port scan several devices nmap 198.18.134.43 198.18.134.1")
+    assert ([], []) == hosts_of("Manual MITM starts")
+    assert ([], ["192.168.1.132"]) == hosts_of("attacker=spoofed target=192.168.1.132")
+
+
+def test_attacker_hints_apply_to_matching_events_without_a_named_attacker():
+    hints = parse_attacker_hints(["BAD-PORTSCAN*=198.18.134.99"])
+    ivs = [Interval("BAD-PORTSCAN1", True, 0, 1, "nmap 198.18.134.5"), Interval("BAD-SSH", True, 0, 1, "target: 198.18.134.6")]
+    labelled = label_intervals(ivs, hints)
+    assert ["198.18.134.99"] == labelled[0].attackers and [] == labelled[1].attackers
+    with pytest.raises(ConfigError):
+        parse_attacker_hints(["BAD-SSH=not-an-ip"])
+
+
+def _windows(rows: list[tuple[int, str, str, float]]) -> Windows:
+    """(start_s, entity, class, score) rows of 10 s windows."""
+    s = 1_000_000_000
+    n = len(rows)
+    return Windows(
+        start_ns=np.array([r[0] * s for r in rows], dtype=np.int64),
+        end_ns=np.array([(r[0] + 10) * s for r in rows], dtype=np.int64),
+        entity=np.array([r[1] for r in rows]),
+        entity_class=np.array([r[2] for r in rows]),
+        scores={"lstm": np.array([r[3] for r in rows])},
+        anomalous=np.zeros(n, dtype=bool),
+        threshold=np.ones(n),
+        features=np.zeros((n, 1, 1), dtype=np.float32),
+    )
+
+
+def test_window_labels_follow_overlap_and_named_hosts():
+    """global: overlap with a positive interval; hosts: overlap AND named; overlap with an
+    interval naming nobody: unlabelled; normal intervals make nothing positive."""
+    s = 1_000_000_000
+    w = _windows([
+        (0, "global", "global", 0.1), (10, "global", "global", 5.0), (20, "global", "global", 0.2), (30, "global", "global", 0.3),
+        (10, "10.0.0.1", "host", 6.0), (10, "10.0.0.2", "host", 0.1), (30, "10.0.0.2", "host", 0.1), (20, "10.0.0.1", "host", 0.1),
+    ])  # fmt: skip
+    ivs = [
+        LabelledInterval(Interval("ATTACK", True, 15 * s, 18 * s, ""), ["10.0.0.1"], []),
+        LabelledInterval(Interval("FAULT", True, 35 * s, 36 * s, ""), [], []),
+        LabelledInterval(Interval("GOOD", False, 20 * s, 25 * s, ""), [], []),
+    ]
+    label_windows(w, ivs)
+    assert [False, True, False, True, True, False, False, False] == w.label.tolist()
+    assert [False, False, False, False, False, False, True, False] == w.unlabelled.tolist()
+    assert [True, False, True, False, False, False, False, True] == w.benign.tolist()
+    assert "10.0.0.1" == most_relevant_host(w)
+
+
+def test_robust_zscore_is_zero_at_the_median_and_large_on_a_spike():
+    rng = np.random.default_rng(1)
+    train = rng.poisson(5.0, size=(200, 6, 3)).astype(np.float32)
+    z = RobustZScore.fit(train)
+    median_window = np.expm1(np.broadcast_to(z.center, (1, 6, 3))).astype(np.float32)
+    spike = median_window.copy()
+    spike[0, 2, 1] = 5000.0
+    scores = z.score(np.concatenate([median_window, spike]))
+    assert scores[0] < 1e-6
+    assert scores[1] > 10.0
+
+
+def test_stateless_baseline_is_the_scorer_from_a_fresh_state():
+    """The stateless autoencoder score of a window equals what the streaming scorer gives a
+    brand-new entity for it (neutral state), whatever that entity's history would be."""
+    torch.manual_seed(3)
+    n_feat, bins = len(PACKET_SCHEMA.features), 6
+    net = LSTMAutoencoder(n_feat, 8, bins).eval()
+    scaler = FeatureScaler(center=np.zeros(n_feat, np.float32), scale=np.ones(n_feat, np.float32))
+    threshold = Threshold(1.0, "quantile", 1e-4, 0.5, None, None, 100, 0)
+    cm = ClassModel(net, scaler, threshold)
+    bundle = ModelBundle(schema=PACKET_SCHEMA, bin_s=10.0, bins=bins, hidden_size=8, classes={"host": cm})
+    rng = np.random.default_rng(0)
+    feats = rng.poisson(3.0, size=(4, bins, n_feat)).astype(np.float32)
+    expected = []
+    for i in range(4):
+        scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+        wb = WindowBatch(0, 60_000_000_000, [f"10.0.0.{i}"], ["host"], feats[i : i + 1], PACKET_SCHEMA)
+        expected.append(float(scorer.score(wb).scores[0]))
+    assert np.allclose(expected, stateless_scores(cm, feats), rtol=1e-5, atol=1e-6)
