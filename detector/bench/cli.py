@@ -86,3 +86,14 @@ def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, as_j
     from detector.bench.model import main as model_main
 
     click.echo(model_main(json_out=as_json, threads=threads, device=device, hidden=hidden, repeats=repeats, hosts=hosts))
+
+
+def _register() -> None:
+    from detector.bench.flows import flows
+    from detector.bench.soak import soak
+
+    bench.add_command(soak)
+    bench.add_command(flows)
+
+
+_register()

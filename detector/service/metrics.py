@@ -70,6 +70,10 @@ class _StatsCollector:
         yield backlog
         yield delivered
         yield failed
+        drops = CounterMetricFamily("netad_rule_drops", "Anomalous windows dropped by an allow or suppress rule", labels=["rule"])
+        for rule, n in snap.get("rule_drops", {}).items():
+            drops.add_metric([rule], float(n))
+        yield drops
         reload = CounterMetricFamily("netad_config_reloads", "Config reloads", labels=["outcome"])
         for outcome, n in snap.get("reloads", {}).items():
             reload.add_metric([outcome], float(n))

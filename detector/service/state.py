@@ -1,13 +1,16 @@
 """Checkpoints: what the daemon must not forget across a restart.
 
-Hidden states of every entity (safetensors), open incidents and counters (JSON), written
-atomically: a temporary directory is filled and fsynced, then renamed over the previous
-checkpoint, so a SIGKILL at any moment leaves either the old or the new checkpoint whole.
-Undelivered incident events need no checkpoint: the sinks' spools are already durable.
+Hidden states of every entity (safetensors), open incidents and the daemon's meta (which
+source, where a replay stands, which model; JSON), written atomically: a temporary directory
+is filled and fsynced, then renamed over the previous checkpoint, so a SIGKILL at any moment
+leaves either the old or the new checkpoint whole. Undelivered incident events need no
+checkpoint: the sinks' spools are already durable. One daemon per state directory, held
+with a lock (`lock_state_dir`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 STATE_JSON = "state.json"
+LOCK_NAME = ".lock"
 STATE_TENSORS = "hidden.safetensors"
 FORMAT = 1
 
@@ -76,6 +80,29 @@ def load_checkpoint(directory: Path) -> tuple[dict[str, dict], dict, dict[str, A
         if f"{cls}.h" in tensors
     }
     return scorer_state, doc["incidents"], doc.get("meta", {})
+
+
+class StateDirBusyError(Exception):
+    """Another process holds this state directory."""
+
+
+def lock_state_dir(directory: Path) -> int:
+    """Hold `directory` for this process: two daemons on one state directory would
+    overwrite each other's checkpoints. flock(2) on directory/.lock, which the kernel drops
+    when the process dies, even by SIGKILL, so a restarted daemon takes over at once. The
+    holder's pid is written into the file for the error message. Returns the fd to keep."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise StateDirBusyError(f"{directory} is in use by another netad (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def _fsync(path: Path) -> None:

@@ -738,7 +738,7 @@ def test_corrupt_pcapng_block_stops_cleanly(tmp_path: Path, corrupt: str, messag
 @pytest.mark.parametrize("name", ["f.pcap", "f.pcapng"])
 def test_batches_tiny_buffers_and_rereads_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """Batch size, a read buffer smaller than one record (so it must grow and compact) and
-    a byte cap on batches change only how rows are cut into batches, never the rows; every
+    small parse groups change only how rows are cut into batches, never the rows; every
     batch but the last holds batch_packets frames; a second pass gives the same again."""
     frames = _mixed_frames(101)
     if name.endswith("ng"):
@@ -753,7 +753,7 @@ def test_batches_tiny_buffers_and_rereads_agree(tmp_path: Path, monkeypatch: pyt
     assert [7] * 14 + [3] == sizes
     assert (101, len(content), None) == (capture.packets, capture.bytes_read, capture.damage)
     assert reference == batch_rows(PacketBatch.concat(list(capture)))
-    monkeypatch.setattr(pcap_module, "_MAX_BATCH_BYTES", 3000)
+    monkeypatch.setattr(pcap_module, "_PARSE_GROUP_FRAMES", 3)
     assert reference == batch_rows(PacketBatch.concat(list(CaptureFile(path, batch_packets=50))))
     assert [t for t, _ in frames] == read_records(path).ts_ns.tolist()
 

@@ -1,0 +1,150 @@
+"""The daemon's packet sources: a capture file replayed (optionally paced), or a live interface.
+
+Where it stands: the head of the flow, for `netad run` only (offline commands read captures
+with service.pipeline.capture_batches). Both sources are iterators of PacketBatch with a
+`stop` attribute that a signal handler may set, and both hand back an EMPTY batch at least
+every `poll_s` while they have nothing, so the run loop keeps its clock: signals, scheduled
+jobs, watchdog pings and (live) windows closed on the wall clock never wait for traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from detector.capture.pcap import CaptureFile
+from detector.config import SourceConfig
+from detector.contracts import PacketBatch
+from detector.errors import ConfigError
+
+POLL_S = 0.2  # the longest the run loop waits for a batch (live idle poll, replay pacing)
+
+
+class Source(Protocol):
+    kind: str  # "replay" or "live"
+    identity: dict[str, str]  # what a checkpoint records to recognise the same source
+    stop: bool
+
+    def __iter__(self) -> Iterator[PacketBatch]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+class ReplaySource:
+    """A capture file replayed as batches: as fast as possible (speed 0) or paced at `speed`
+    times the original rate, so that replay and live follow the same clock rules.
+
+    `resume_from_ns` skips packets older than that (the end of the last window a checkpoint
+    covered), so a restarted replay continues where the previous run stopped instead of
+    replaying what its restored state has already seen.
+    """
+
+    kind = "replay"
+
+    def __init__(self, path: Path, speed: float = 0.0, batch_packets: int = 65536,
+                 resume_from_ns: int | None = None, poll_s: float = POLL_S) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.speed = speed
+        self.batch_packets = batch_packets
+        self.resume_from_ns = resume_from_ns
+        self.poll_s = poll_s
+        self.capture = CaptureFile(self.path, batch_packets=batch_packets)
+        self.identity = {"type": "pcap", "path": str(self.path.resolve())}  # = source_identity()
+        self.stop = False
+        self.skipped_packets = 0  # before resume_from_ns
+        self._wall0: float | None = None  # pacing: wall and event time of the first packet
+        self._event0: int | None = None
+
+    def __iter__(self) -> Iterator[PacketBatch]:
+        for batch in self._resumed(self.capture):
+            if self.stop:
+                return
+            if self.speed <= 0 or len(batch) == 0:
+                yield batch
+                continue
+            yield from self._paced(batch)
+            if self.stop:
+                return
+
+    def _resumed(self, batches: CaptureFile) -> Iterator[PacketBatch]:
+        for batch in batches:
+            if self.resume_from_ns is not None and len(batch) and int(batch.ts_ns.min()) < self.resume_from_ns:
+                keep = batch.ts_ns >= self.resume_from_ns
+                self.skipped_packets += int((~keep).sum())
+                batch = batch.take(keep)  # may be empty: still yielded, the loop stays responsive
+            yield batch
+
+    def _paced(self, batch: PacketBatch) -> Iterator[PacketBatch]:
+        """Slices of about poll_s of wall time each, due at their original (scaled) time;
+        an empty batch every poll_s while waiting for one."""
+        if self._event0 is None:
+            self._event0, self._wall0 = int(batch.ts_ns[0]), time.monotonic()
+        assert self._wall0 is not None
+        ts = batch.ts_ns
+        slice_ns = max(int(self.poll_s * 1e9 * self.speed), 1)
+        edges = (ts - self._event0) // slice_ns
+        cuts = [0, *(np.flatnonzero(edges[1:] != edges[:-1]) + 1).tolist(), len(batch)]
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            due = self._wall0 + (int(ts[a]) - self._event0) / 1e9 / self.speed
+            while not self.stop and (delay_s := due - time.monotonic()) > 0:
+                time.sleep(min(delay_s, self.poll_s))
+                if due - time.monotonic() > 0:
+                    yield PacketBatch.empty()  # waiting by design: the loop may tick
+            if self.stop:
+                return
+            yield batch.take(slice(a, b))
+
+    def stats(self) -> dict[str, int]:
+        return {"replay_skipped_packets": self.skipped_packets}
+
+
+class LiveSource:
+    """A live interface through capture.live.LiveCapture (TPACKET_V3 ring via libpcap)."""
+
+    kind = "live"
+
+    def __init__(self, cfg: SourceConfig, poll_s: float = POLL_S) -> None:
+        from detector.capture.live import LiveCapture  # needs pcapy-ng: only when asked for
+
+        assert cfg.interface is not None
+        self.capture = LiveCapture(cfg.interface, snaplen=cfg.snaplen, buffer_mb=cfg.buffer_mb, promisc=cfg.promisc,
+                                   bpf=cfg.bpf, batch_packets=cfg.batch_packets, poll_s=poll_s)  # fmt: skip
+        self.identity = {"type": "interface", "interface": cfg.interface}
+
+    @property
+    def stop(self) -> bool:
+        return bool(self.capture.stop)
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        self.capture.stop = value
+
+    def __iter__(self) -> Iterator[PacketBatch]:
+        return iter(self.capture)
+
+    def stats(self) -> dict[str, int]:
+        st = self.capture.stats()
+        return {"kernel_drops": st["kernel_drops"], "interface_drops": st["interface_drops"]}
+
+
+def source_identity(cfg: SourceConfig) -> dict[str, str]:
+    """What a checkpoint records to tell whether it was written for the same source."""
+    if cfg.type == "pcap":
+        return {"type": "pcap", "path": str(Path(cfg.path).resolve()) if cfg.path else ""}
+    return {"type": "interface", "interface": cfg.interface or ""}
+
+
+def build_source(cfg: SourceConfig, resume_from_ns: int | None = None) -> ReplaySource | LiveSource:
+    """The configured source, opened (a live capture is up when this returns). Raises
+    ConfigError for an incomplete source section, CaptureError when it cannot be opened."""
+    if cfg.type == "pcap":
+        if cfg.path is None:
+            raise ConfigError("source.path: required when source.type is pcap")
+        return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume_from_ns)
+    if not cfg.interface:
+        raise ConfigError("source.interface: required when source.type is interface")
+    return LiveSource(cfg)

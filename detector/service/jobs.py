@@ -1,0 +1,129 @@
+"""Scheduled jobs of the daemon: checkpoint, heartbeat, threshold refresh, retraining.
+
+Where it stands: beside the run loop. APScheduler 3.x keeps the schedule (interval triggers,
+UTC, coalesced, one instance at a time), but a job that fires on the scheduler's thread does
+nothing but mark itself due: pipeline state (hidden states, open incidents, the model) is
+owned by the run loop's thread and is only ever touched there, between two batches. The run
+loop takes the due jobs (`take_due`), runs them, and records each outcome (`record`), which
+the metrics endpoint shows as the job's last run time and outcome.
+
+Why not let the job run on the scheduler thread under a lock: the pipeline would need a lock
+on its hot path, held across a batch of up to 64k packets; a flag costs the hot path
+nothing, and the run loop reaches the next gap between batches within POLL_S.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+
+import structlog
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from detector.config import ServiceConfig
+from detector.model.scorer import StreamingScorer
+
+log = structlog.get_logger()
+
+CHECKPOINT = "checkpoint"
+HEARTBEAT = "heartbeat"
+THRESHOLD_REFRESH = "threshold_refresh"
+RETRAIN = "retrain"
+
+
+def job_intervals(service: ServiceConfig) -> dict[str, float]:
+    """Job name -> interval in seconds; retraining only when it is switched on."""
+    intervals = {
+        CHECKPOINT: service.checkpoint_interval_s,
+        HEARTBEAT: service.heartbeat_interval_s,
+        THRESHOLD_REFRESH: service.threshold_refresh_interval_s,
+    }
+    if service.retrain_interval_s > 0:
+        intervals[RETRAIN] = service.retrain_interval_s
+    return intervals
+
+
+def refresh_thresholds(scorer: StreamingScorer, adapt: bool, target_false_alarm: float) -> dict[str, float]:
+    """The threshold refresh job: when `model.adapt_thresholds` is on, refit each class's
+    tail on recent non-alerted windows (bounded around the calibrated value, see
+    StreamingScorer.refresh_thresholds); returns the thresholds in force. Runs on the run
+    loop's thread, between batches."""
+    if adapt:
+        scorer.refresh_thresholds(target_false_alarm)
+    return {cls: round(float(v), 6) for cls, v in scorer.thresholds().items()}
+
+
+class _ToStructlog(logging.Handler):
+    """APScheduler logs through the standard library; its warnings (a missed run, a job that
+    raised) become one JSON event per line like every other log line of the daemon."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.warning("scheduler_warned", logger=record.name, message=record.getMessage())
+
+
+def _route_scheduler_logs() -> None:
+    logger = logging.getLogger("apscheduler")
+    if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
+        logger.addHandler(_ToStructlog(level=logging.WARNING))
+    logger.setLevel(logging.WARNING)  # its INFO lines ("Running job ...") would drown the log
+    logger.propagate = False
+
+
+class JobBoard:
+    """The schedule (on APScheduler's thread) and the due list (taken by the run loop)."""
+
+    def __init__(self, intervals: dict[str, float]) -> None:
+        _route_scheduler_logs()
+        self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+        self._lock = threading.Lock()
+        self._due: list[str] = []
+        self.last: dict[str, tuple[float, str]] = {}  # job -> (unix time, outcome), run loop only
+        self.intervals: dict[str, float] = {}
+        self._apply(intervals)
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    def _apply(self, intervals: dict[str, float]) -> None:
+        for name in set(self.intervals) - set(intervals):
+            self._scheduler.remove_job(name)
+        for name, seconds in intervals.items():
+            if self.intervals.get(name) == seconds:
+                continue
+            # coalesce: runs missed while the machine was suspended collapse into one;
+            # max_instances=1 for the record (a job here only sets a flag)
+            self._scheduler.add_job(self._mark_due, IntervalTrigger(seconds=seconds, timezone=dt.timezone.utc),
+                                    args=[name], id=name, name=name, replace_existing=True, coalesce=True,
+                                    max_instances=1, misfire_grace_time=max(1, int(seconds)))  # fmt: skip
+        self.intervals = dict(intervals)
+
+    def reschedule(self, intervals: dict[str, float]) -> list[str]:
+        """Apply new intervals (a config reload); returns the jobs whose schedule changed."""
+        changed = sorted(n for n in set(intervals) | set(self.intervals) if intervals.get(n) != self.intervals.get(n))
+        self._apply(intervals)
+        return changed
+
+    def _mark_due(self, name: str) -> None:  # the scheduler's thread
+        with self._lock:
+            if name not in self._due:  # a job still waiting for the run loop is not queued twice
+                self._due.append(name)
+
+    def request(self, name: str) -> None:
+        """Make a job due now (from any thread)."""
+        self._mark_due(name)
+
+    def take_due(self) -> list[str]:
+        """The jobs due since the last call, oldest first (the run loop's thread)."""
+        with self._lock:
+            due, self._due = self._due, []
+        return due
+
+    def record(self, name: str, outcome: str) -> None:
+        self.last[name] = (time.time(), outcome)
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)

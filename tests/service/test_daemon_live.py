@@ -1,0 +1,75 @@
+"""The daemon on a live interface (lo): READY once the capture is open, windows closing on
+the wall clock while the link is quiet (and WATCHDOG=1 going on because they do), and the
+last, partial window drained at SIGTERM. Needs root (AF_PACKET) and pcapy-ng."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from tests.service._daemon import DaemonProcess, NotifySocket, base_config, netad, write_config
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+WINDOWS = {"bin_s": 1.0, "bins": 2, "lateness_s": 0.5}  # 2 s windows: the test sees several close
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("live capture needs root (AF_PACKET sockets)")
+    try:
+        import pcapy  # noqa: F401
+    except ImportError:
+        pytest.skip("pcapy-ng is not installed")
+    d = tmp_path_factory.mktemp("live-model")
+    pcap = d / "benign.pcap"
+    netad("synth", "--out", str(pcap), "--benign-s", "300", "--attack-s", "0")
+    cfg = base_config(d, pcap, d / "model", windows=WINDOWS)
+    write_config(d / "train.yaml", cfg)
+    netad("train", "-c", str(d / "train.yaml"), "--pcap", str(pcap), "--out", str(d / "model"))
+    return d / "model"
+
+
+def _send_udp(n: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(n):
+            s.sendto(b"netad-test %d" % i, ("127.0.0.1", 9))
+
+
+def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model):
+    cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=["127.0.0.0/8"],
+                      source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None},
+                      service={"heartbeat_interval_s": 0.5})  # fmt: skip
+    config = write_config(tmp_path / "netad.yaml", cfg)
+    notify = NotifySocket(tmp_path / "notify.sock")
+    d = DaemonProcess(config, {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+    try:
+        ready = notify.wait_for("READY", "1", timeout_s=60)
+        _, started = d.wait_log("daemon_started", timeout_s=5)
+        assert {"type": "interface", "interface": "lo"} == started["source"]
+        _send_udp(20)
+        time.sleep(1.0)
+        i, first = d.wait_log("heartbeat", timeout_s=5, start=len(d.log.snapshot()))
+        assert first["packets"] >= 20
+        time.sleep(4.0)  # quiet link: windows must go on closing by the clock
+        _, later = d.wait_log("heartbeat", timeout_s=5, start=len(d.log.snapshot()))
+        assert later["windows_closed"] >= first["windows_closed"] + 1
+        assert later["packets"] == first["packets"]
+        pings = [m for _, m in notify.messages.snapshot()[ready + 1 :] if "WATCHDOG" in m]
+        assert len(pings) >= 4, "no watchdog pings while the quiet link's windows kept closing"
+        _send_udp(5)
+        time.sleep(0.3)
+        d.signal(signal.SIGTERM)
+        assert 0 == d.wait(timeout_s=30)
+        _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+        assert stopped["windows_drained"] >= 1  # the partial window with the last packets
+        assert stopped["packets"] == first["packets"] + 5
+        assert "kernel_drops" in later
+    finally:
+        d.kill()
+        notify.close()

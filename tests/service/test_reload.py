@@ -1,0 +1,67 @@
+"""Reload's sink reconciliation: unchanged sinks are kept as they run, new ones built, gone
+ones retired; a bad URL changes nothing; a sink whose URL changes under the same name takes
+over its spool (two live sinks cannot hold one)."""
+
+from __future__ import annotations
+
+import pytest
+
+from detector.alerting.sinks import SinkSet
+from detector.errors import ConfigError
+from detector.service._reload import build_sinks, reconcile_sinks
+
+
+@pytest.fixture
+def current(tmp_path):
+    sinks = build_sinks([(f"jsonl://{tmp_path / 'a.jsonl'}", "a"),
+                         ("syslog+tcp://127.0.0.1:9?backoff_max_s=0.5", "siem")], tmp_path / "spool")  # fmt: skip
+    yield sinks
+    sinks.close(timeout_s=0.1)
+
+
+def _close(new: SinkSet, retired: list) -> None:
+    for s in retired:
+        s.close(timeout_s=0.1)
+    new.close(timeout_s=0.1)
+
+
+def test_unchanged_sinks_are_kept_as_they_are(tmp_path, current):
+    wanted = [(s.url, s.name) for s in current]
+    new, retired = reconcile_sinks(current, wanted, tmp_path / "spool")
+    assert [id(s) for s in current] == [id(s) for s in new] and [] == retired
+
+
+def test_new_sinks_are_built_and_gone_ones_retired(tmp_path, current):
+    wanted = [(current.sinks[0].url, "a"), (f"jsonl://{tmp_path / 'b.jsonl'}", "b")]
+    new, retired = reconcile_sinks(current, wanted, tmp_path / "spool")
+    try:
+        assert ["a", "b"] == [s.name for s in new] and new.sinks[0] is current.sinks[0]
+        assert ["siem"] == [s.name for s in retired]
+    finally:
+        new.sinks[1].close(timeout_s=0.1)
+        for s in retired:
+            s.close(timeout_s=0.1)
+
+
+def test_a_bad_url_changes_nothing(tmp_path, current):
+    wanted = [(s.url, s.name) for s in current] + [("syslog+tcp://127.0.0.1:9?colour=blue", "c")]
+    with pytest.raises(ConfigError, match=r"sinks\[2\].*colour"):
+        reconcile_sinks(current, wanted, tmp_path / "spool")
+    with pytest.raises(ConfigError, match="two sinks are named"):
+        reconcile_sinks(current, [(current.sinks[0].url, "x"), (f"jsonl://{tmp_path / 'c.jsonl'}", "x")], tmp_path / "spool")
+    assert not any(s.stats["disabled"] for s in current)
+    assert (tmp_path / "spool" / "siem" / ".lock").exists()
+
+
+def test_same_name_new_url_takes_over_the_spool(tmp_path, current):
+    old_siem = current.sinks[1]
+    wanted = [(current.sinks[0].url, "a"), ("syslog+tcp://127.0.0.1:10?backoff_max_s=0.5", "siem")]
+    new, retired = reconcile_sinks(current, wanted, tmp_path / "spool")
+    try:
+        assert new.sinks[1] is not old_siem and "siem" == new.sinks[1].name
+        assert new.sinks[1].url.endswith(":10?backoff_max_s=0.5")
+        assert [] == retired  # the old one was closed to make room, not left for the caller
+        with pytest.raises(RuntimeError, match="closed"):
+            old_siem.publish(None)  # type: ignore[arg-type]
+    finally:
+        new.sinks[1].close(timeout_s=0.1)
