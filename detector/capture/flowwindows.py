@@ -1,0 +1,385 @@
+"""Flow-record window aggregator: FlowRecordBatch -> per-entity feature vectors per time bin.
+
+Where this stands: the flow-record twin of capture.windows.WindowAggregator, between a flow
+source (capture.netflow, capture.zeeklog) and the scorer. It has the same entities (`global`
+and every host inside the home networks), bins, windows, closing rule and WindowBatch
+output; only the features differ (FLOW_SCHEMA, see capture.flowrecords), because a record
+is not a packet:
+
+- a record's packets and bytes are spread uniformly over its [start, end): each bin gets
+  the share of the record's duration that falls in it (a record inside one bin puts
+  everything there; a record with start == end is a point in time);
+- its flow count (and syn-only count) goes to the bin where it starts, its RST to the bin
+  where it ends;
+- distinct peers and ports of a bin are those of the records active in that bin.
+
+Time is event time. The watermark is the newest record END seen: records are exported when
+they end (or hit the exporter's active timeout), so their ends, not their starts, follow
+the clock. A window [start, start + bins * bin_s) closes when the watermark passes its end
+plus `lateness_s`; every window is emitted, empty ones too, from the first one that could
+still take data when the first record came (the one holding its end minus `lateness_s`). The
+part of a record that falls in an already closed window is counted (`late_packets`,
+`late_bytes`; `late_records` for records wholly late, `late_starts` for those whose start,
+and so flow count, was) and dropped, never silently. Lateness
+is judged per record against the watermark of the records BEFORE it, so the result does
+not depend on how the records were cut into batches (replay and live agree). Flow records
+arrive much later than packets do: set `lateness_s` to the exporter's active timeout plus
+its idle timeout and export interval (NetFlow), or to Zeek's longest inactivity timeout
+(conn.log is written when a connection is removed); the default, 90 s, fits an exporter
+with a 60 s active timeout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
+from detector.capture.windows import HomeNet, _LazyEvidence, _mix, _WindowAcc
+from detector.contracts import (
+    ENTITY_GLOBAL,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_RST,
+    TCP_SYN,
+    WindowBatch,
+    pair_to_addr,
+)
+
+_F = {name: i for i, name in enumerate(FLOW_SCHEMA.features)}
+_SUMS = ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "flows_out", "flows_in", "syn_only_out", "syn_only_in",
+         "rst_out", "rst_in", "icmp_err")  # fmt: skip
+_DISTINCT = ("peers_out", "peers_in", "ports_out", "ports_in")
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class FlowWindowAggregator:
+    """Turns flow records into closed WindowBatches: `push(batch)` returns those closed."""
+
+    def __init__(
+        self,
+        home_net: list[str],
+        bin_s: float = 10.0,
+        bins: int = 6,
+        lateness_s: float = 90.0,
+        max_entities: int = 50_000,
+        entity_idle_s: float = 3600.0,
+        evidence_top_k: int = 5,
+    ) -> None:
+        self.home_net = list(home_net)
+        self.bin_s = bin_s
+        self.bins = bins
+        self.lateness_s = lateness_s
+        self.max_entities = max_entities
+        self.entity_idle_s = max(entity_idle_s, bin_s * bins)
+        self.evidence_top_k = evidence_top_k
+        self.schema = FLOW_SCHEMA
+        self._home = HomeNet(home_net)
+        self._bin_ns = int(round(bin_s * 1e9))
+        self._window_ns = self._bin_ns * bins
+        self._lateness_ns = int(round(lateness_s * 1e9))
+        self._idle_ns = int(round(self.entity_idle_s * 1e9))
+        # entity slots: 0 is global; hosts get the others; freed slots are reused
+        self._slot_of: dict[tuple[int, int], int] = {}
+        self._slot_addr: list[tuple[int, int] | None] = [None]
+        self._slot_first_ns: list[int] = [0]
+        self._slot_last_ns = np.zeros(1, dtype=np.int64)
+        self._free: list[int] = []
+        self._open: dict[int, _WindowAcc] = {}
+        self._next_close: int | None = None  # index of the oldest window not yet emitted
+        self.watermark_ns: int | None = None
+        self.records = 0
+        self.late_records = 0  # records wholly inside closed windows
+        self.late_starts = 0  # records counted in part: their start (and flow count) fell in a closed window
+        self.late_packets = 0.0  # packets (and bytes) of the parts of records in closed windows
+        self.late_bytes = 0.0
+        self.entity_overflow = 0  # record contributions of hosts that found no free entity slot
+        self.entities_expired = 0
+        self.windows_closed = 0
+
+    # ---------------------------------------------------------------- entity slots
+    @property
+    def entities(self) -> int:
+        return 1 + len(self._slot_of)
+
+    def _slots_for(self, hi: np.ndarray, lo: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray) -> np.ndarray:
+        """Entity slot of each (home) address; -1 where the entity table is full."""
+        if hi.shape[0] == 0:
+            return np.zeros(0, dtype=np.int64)
+        key = _mix(hi ^ _mix(lo))
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        earliest = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(earliest, inverse, first_ns)
+        slots = np.empty(uniq.shape[0], dtype=np.int64)
+        for j, i in enumerate(first.tolist()):
+            addr = (int(hi[i]), int(lo[i]))
+            slot = self._slot_of.get(addr)
+            t_first = int(earliest[j])
+            if slot is None:
+                slot = self._new_slot(addr, t_first)
+            elif t_first < self._slot_first_ns[slot]:
+                self._slot_first_ns[slot] = t_first
+            slots[j] = slot
+        out = slots[inverse]
+        valid = out >= 0
+        if valid.any():
+            np.maximum.at(self._slot_last_ns, out[valid], last_ns[valid])
+        return out
+
+    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
+        if len(self._slot_of) >= self.max_entities:
+            return -1
+        if self._free:
+            slot = self._free.pop()
+            self._slot_addr[slot] = addr
+            self._slot_first_ns[slot] = ts_ns
+        else:
+            slot = len(self._slot_addr)
+            self._slot_addr.append(addr)
+            self._slot_first_ns.append(ts_ns)
+            if slot >= self._slot_last_ns.shape[0]:
+                grown = np.zeros(max(16, 2 * self._slot_last_ns.shape[0]), dtype=np.int64)
+                grown[: self._slot_last_ns.shape[0]] = self._slot_last_ns
+                self._slot_last_ns = grown
+        self._slot_last_ns[slot] = ts_ns
+        self._slot_of[addr] = slot
+        return slot
+
+    # ---------------------------------------------------------------- ingest
+    def push(self, batch: FlowRecordBatch) -> list[WindowBatch]:
+        n = len(batch)
+        if n == 0:
+            return []
+        self.records += n
+        start = batch.start_ns
+        end = np.maximum(batch.end_ns, start)
+        # the watermark each record finds: that of the records before it (the first record
+        # ever finds its own end, as if the clock had just reached it)
+        wm0 = int(end[0]) if self.watermark_ns is None else self.watermark_ns
+        before = np.empty(n, dtype=np.int64)
+        before[0] = wm0
+        np.maximum(np.maximum.accumulate(end)[:-1], wm0, out=before[1:])
+        cut = ((before - self._lateness_ns) // self._window_ns) * self._window_ns  # open windows start here
+        if self._next_close is None:
+            self._next_close = int(cut[0] // self._window_ns)
+        cut = np.maximum(cut, self._next_close * self._window_ns)
+        point = end == start
+        late = np.where(point, start < cut, end <= cut)
+        lo = np.maximum(start, cut)
+        dur = (end - start).astype(np.float64)
+        late_share = np.where(point, 0.0, (lo - start) / np.where(point, 1.0, dur))
+        pk, by = batch.packets.astype(np.float64), batch.bytes.astype(np.float64)
+        self.late_records += int(late.sum())
+        self.late_starts += int((~late & (start < cut)).sum())
+        self.late_packets += float(pk[late].sum() + (pk * late_share)[~late].sum())
+        self.late_bytes += float(by[late].sum() + (by * late_share)[~late].sum())
+        rows = np.flatnonzero(~late)
+        if rows.shape[0]:
+            self._accumulate(batch, rows, start, end, lo, point)
+        newest = int(end.max())
+        self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
+        return self._close_until(self.watermark_ns - self._lateness_ns)
+
+    def advance(self, now_ns: int) -> list[WindowBatch]:
+        """Close windows by the clock (a quiet exporter): time `now_ns` has passed."""
+        if self._next_close is None:
+            return []
+        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
+        return self._close_until(self.watermark_ns - self._lateness_ns)
+
+    def flush(self) -> list[WindowBatch]:
+        """Close every open window (the end of a replay)."""
+        if not self._open:
+            return []
+        return self._close_until((max(self._open) + 1) * self._window_ns)
+
+    def _accumulate(self, b: FlowRecordBatch, rows: np.ndarray, start, end, lo, point) -> None:
+        bin_ns = self._bin_ns
+        # the record's in-time part [lo, end) in bins: first and last bin, per record
+        b0 = lo // bin_ns
+        b1 = np.where(point, b0, (end - 1) // bin_ns)
+        nb = b1 - b0 + 1
+        src_home = self._home.contains(b.src_hi[rows], b.src_lo[rows])
+        dst_home = self._home.contains(b.dst_hi[rows], b.dst_lo[rows])
+        src_rows, dst_rows = rows[src_home], rows[dst_home]
+        src_slot = self._slots_for(b.src_hi[src_rows], b.src_lo[src_rows], lo[src_rows], end[src_rows])
+        dst_slot = self._slots_for(b.dst_hi[dst_rows], b.dst_lo[dst_rows], lo[dst_rows], end[dst_rows])
+        self.entity_overflow += int((src_slot < 0).sum() + (dst_slot < 0).sum())
+        # contributions: (record, entity slot, direction 0=out 1=in), then one per bin spanned
+        g_in = (dst_home & ~src_home).astype(np.int8)
+        c_rec = np.concatenate([rows, src_rows[src_slot >= 0], dst_rows[dst_slot >= 0]])
+        c_slot = np.concatenate([np.zeros(rows.shape[0], np.int64), src_slot[src_slot >= 0], dst_slot[dst_slot >= 0]])
+        c_in = np.concatenate([g_in, np.zeros(int((src_slot >= 0).sum()), np.int8), np.ones(int((dst_slot >= 0).sum()), np.int8)])
+        reps = nb[c_rec]
+        x = np.repeat(np.arange(c_rec.shape[0]), reps)
+        k = np.arange(x.shape[0]) - np.repeat(np.cumsum(reps) - reps, reps)
+        r = c_rec[x]
+        slot, is_in = c_slot[x], c_in[x] == 1
+        abs_bin = b0[r] + k
+        s_r, e_r = start[r], end[r]
+        overlap = np.minimum((abs_bin + 1) * bin_ns, e_r) - np.maximum(abs_bin * bin_ns, lo[r])
+        share = np.where(point[r], 1.0, overlap / np.where(point[r], 1, e_r - s_r).astype(np.float64))
+        pk = b.packets[r].astype(np.float64) * share
+        by = b.bytes[r].astype(np.float64) * share
+        proto, flags = b.proto[r], b.tcp_flags[r]
+        opens = (k == 0) & (s_r >= lo[r])  # the record starts in this bin (not before the cut)
+        closes = k == nb[r] - 1
+        tcp = proto == PROTO_TCP
+        syn_only = tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        rst = tcp & ((flags & TCP_RST) != 0)
+        icmp_type = b.sport[r]
+        icmp_err = ((proto == PROTO_ICMP) & np.isin(icmp_type, (3, 11, 12))) | (
+            (proto == PROTO_ICMPV6) & np.isin(icmp_type, (1, 2, 3, 4))
+        )
+        out = ~is_in
+        cols = {
+            "pkts_out": np.where(out, pk, 0.0),
+            "pkts_in": np.where(is_in, pk, 0.0),
+            "bytes_out": np.where(out, by, 0.0),
+            "bytes_in": np.where(is_in, by, 0.0),
+            "flows_out": opens & out,
+            "flows_in": opens & is_in,
+            "syn_only_out": opens & syn_only & out,
+            "syn_only_in": opens & syn_only & is_in,
+            "rst_out": closes & rst & out,
+            "rst_in": closes & rst & is_in,
+            "icmp_err": np.where(icmp_err, pk, 0.0),
+        }
+        s_hi, s_lo, d_hi, d_lo = b.src_hi[r], b.src_lo[r], b.dst_hi[r], b.dst_lo[r]
+        peer_hi, peer_lo = np.where(is_in, s_hi, d_hi), np.where(is_in, s_lo, d_lo)
+        ported = (proto == PROTO_TCP) | (proto == PROTO_UDP)
+        port = b.dport[r]
+        # evidence flows are keyed by the direction-free 5-tuple: both directions of a
+        # connection are one flow, as in the packet path's flow table
+        a_first = (s_hi < d_hi) | ((s_hi == d_hi) & (s_lo <= d_lo))
+        fid = _mix(np.where(a_first, s_hi, d_hi) ^ _mix(np.where(a_first, s_lo, d_lo) ^ _GOLDEN))
+        fid = _mix(fid ^ _mix(np.where(a_first, d_hi, s_hi) ^ _mix(np.where(a_first, d_lo, s_lo))))
+        ports = np.where(a_first, (b.sport[r].astype(np.uint64) << np.uint64(16)) | port,
+                         (port.astype(np.uint64) << np.uint64(16)) | b.sport[r])  # fmt: skip
+        fid = _mix(fid ^ (ports << np.uint64(8)) ^ proto.astype(np.uint64))
+        win = abs_bin // self.bins
+        p_bin = abs_bin % self.bins
+        for w in np.unique(win).tolist():
+            sel = win == w
+            acc = self._acc(int(w))
+            s, bn = slot[sel], p_bin[sel]
+            n_slots = acc.sums.shape[0]
+            flat = s * self.bins + bn
+            size = n_slots * self.bins
+            for j, name in enumerate(_SUMS):
+                acc.sums[:, :, j] += np.bincount(flat, weights=cols[name][sel], minlength=size).reshape(n_slots, self.bins)
+            group = flat * 4
+            d_in = is_in[sel]
+            p_hash = _mix(peer_hi[sel] ^ _mix(peer_lo[sel]))
+            for mask, kind, value in (
+                (~d_in, 0, p_hash),
+                (d_in, 1, p_hash),
+                (~d_in & ported[sel], 2, port[sel].astype(np.uint64)),
+                (d_in & ported[sel], 3, port[sel].astype(np.uint64)),
+            ):
+                g = group[mask] + kind
+                key = _mix(g.astype(np.uint64) * _GOLDEN ^ value[mask])
+                key, first = np.unique(key, return_index=True)
+                acc.distinct_keys.append(key)
+                acc.distinct_groups.append(g[first])
+            self._evidence(acc, s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], pk[sel], by[sel], ported[sel],
+                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel])  # fmt: skip
+
+    def _acc(self, w: int) -> _WindowAcc:
+        n_slots = len(self._slot_addr)
+        acc = self._open.get(w)
+        if acc is None:
+            acc = _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(_SUMS))))
+            self._open[w] = acc
+        elif acc.sums.shape[0] < n_slots:
+            grown = np.zeros((max(n_slots, 2 * acc.sums.shape[0]), self.bins, len(_SUMS)))
+            grown[: acc.sums.shape[0]] = acc.sums
+            acc.sums = grown
+        return acc
+
+    @staticmethod
+    def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport) -> None:
+        """Per-window partials of top peers, ports and flows, in the layout _LazyEvidence reduces."""
+        key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        acc.peers.append((slot[first], peer_hi[first], peer_lo[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=by)))
+        pslot, pproto, pport = slot[ported], proto[ported], port[ported]
+        key = (pslot.astype(np.uint64) << np.uint64(24)) | (pproto.astype(np.uint64) << np.uint64(16)) | pport.astype(np.uint64)
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        acc.ports.append((pslot[first], pproto[first], pport[first], np.bincount(inv, weights=pk[ported])))
+        key = _mix(slot.astype(np.uint64) ^ _mix(fid))
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        acc.flows.append((slot[first], fid[first], proto[first], s_hi[first], s_lo[first], d_hi[first], d_lo[first],
+                          sport[first], port[first], np.bincount(inv, weights=pk)))  # fmt: skip
+
+    # ---------------------------------------------------------------- closing
+    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
+        out: list[WindowBatch] = []
+        if limit_ns is None or self._next_close is None:
+            return out
+        while (self._next_close + 1) * self._window_ns <= limit_ns:
+            out.append(self._close(self._next_close))
+            self._next_close += 1
+        return out
+
+    def _close(self, w: int) -> WindowBatch:
+        start_ns = w * self._window_ns
+        end_ns = start_ns + self._window_ns
+        self._expire_entities(end_ns)
+        acc = self._open.pop(w, None)
+        alive = [0] + sorted(
+            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
+        )
+        alive_arr = np.array(alive, dtype=np.int64)
+        feats = np.zeros((len(alive), self.bins, len(FLOW_SCHEMA.features)), dtype=np.float32)
+        if acc is not None:
+            sums = acc.sums[np.minimum(alive_arr, acc.sums.shape[0] - 1)]
+            sums[alive_arr >= acc.sums.shape[0]] = 0
+            for k, name in enumerate(_SUMS):
+                feats[:, :, _F[name]] = sums[:, :, k]
+            if acc.distinct_keys:
+                keys = np.concatenate(acc.distinct_keys)
+                groups = np.concatenate(acc.distinct_groups)
+                _, first = np.unique(keys, return_index=True)
+                counts = np.bincount(groups[first], minlength=len(self._slot_addr) * self.bins * 4)
+                counts = counts[: len(self._slot_addr) * self.bins * 4].reshape(-1, self.bins, 4)
+                for kind, name in enumerate(_DISTINCT):
+                    feats[:, :, _F[name]] = counts[alive_arr, :, kind]
+            pk = feats[:, :, _F["pkts_out"]] + feats[:, :, _F["pkts_in"]]
+            by = feats[:, :, _F["bytes_out"]] + feats[:, :, _F["bytes_in"]]
+            feats[:, :, _F["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
+        names = [ENTITY_GLOBAL] + [pair_to_addr(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
+        classes = ["global"] + ["host"] * (len(alive) - 1)
+        self.windows_closed += 1
+        evidence = _LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
+        return WindowBatch(start_ns, end_ns, names, classes, feats, FLOW_SCHEMA, evidence)  # type: ignore[arg-type]
+
+    def _expire_entities(self, now_ns: int) -> None:
+        n = len(self._slot_addr)
+        idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
+        for s in idle.tolist():
+            addr = self._slot_addr[s]
+            if s == 0 or addr is None:
+                continue
+            # slots with traffic in a still-open window stay until that window closes
+            if any(acc.sums.shape[0] > s and acc.sums[s].any() for acc in self._open.values()):
+                continue
+            del self._slot_of[addr]
+            self._slot_addr[s] = None
+            self._free.append(s)
+            self.entities_expired += 1
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "flow_records": self.records,
+            "entities": self.entities,
+            "entities_expired": self.entities_expired,
+            "entity_overflow_records": self.entity_overflow,
+            "late_records": self.late_records,
+            "late_record_starts": self.late_starts,
+            "late_packets": int(round(self.late_packets)),
+            "late_bytes": int(round(self.late_bytes)),
+            "windows_closed": self.windows_closed,
+        }

@@ -1,0 +1,587 @@
+"""Zeek conn.log reader: a growing (or finished) conn.log -> FlowRecordBatch.
+
+Where this stands: a source at the head of the flow-record path (see capture.flowrecords),
+for sites that already run Zeek::
+
+    conn.log (TSV or JSON) --> ZeekConnLog --> FlowRecordBatch --> FlowWindowAggregator
+
+Both of Zeek's log formats are read: TSV with its `#fields` header (the separator, unset
+and empty markers are taken from the header; extra columns such as IoT-23's labels are
+ignored; a header that appears again, after a rotation or in concatenated logs, replaces the
+old one) and JSON lines (flat "id.orig_h" keys or nested "id" objects, epoch or ISO 8601
+timestamps). A `.gz` file is read whole.
+
+Each connection becomes up to two unidirectional records, so that Zeek and NetFlow give the
+same rows for the same traffic: originator -> responder (orig_pkts, orig_ip_bytes) and, when
+the responder sent anything, responder -> originator (resp_pkts, resp_ip_bytes), both over
+[ts, ts + duration]. The OR-ed TCP flags of each direction come from Zeek's `history`
+(upper case: originator, lower case: responder; S = SYN, H = SYN+ACK, A = ACK, F = FIN,
+R = RST; Q, SYN with FIN or RST, gives SYN): a connection attempt never answered ("S") is a record with
+SYN and no ACK, as an exporter would report it. ICMP: Zeek logs the type as orig_p and its
+counterpart type as resp_p; they become the records' sport (type) as in PacketBatch.
+
+Speed: lines are split for a whole chunk at once and columns converted by numpy; addresses,
+protocols and histories are parsed once per distinct value. Following a live log (`follow`)
+reads what Zeek appends, notices rotation (the path now names another inode: the old file
+is read to its end first) and truncation (the file got shorter: read again from the top),
+and hands on an EMPTY batch every `poll_s` while nothing comes, so the daemon keeps its
+clock; a live record that ends past our clock (plus `max_clock_skew_s`) is dropped and
+counted. Lines that do not parse are counted in `malformed`, never raised.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gzip
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import structlog
+
+from detector.capture.flowrecords import Exporter, FlowRecordBatch
+from detector.contracts import V4_MAPPED_LO_PREFIX, addr_to_pair
+from detector.errors import CaptureError
+
+log = structlog.get_logger()
+
+# conn.log's columns when a file has no header (Zeek with LogAscii::include_meta=F)
+DEFAULT_FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
+                  "conn_state local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts "
+                  "resp_ip_bytes tunnel_parents").split()  # fmt: skip
+_REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
+_PROTO = {b"tcp": 6, b"udp": 17, b"icmp": 1, b"sctp": 132}
+# history letters (upper case: originator) -> TCP flags; Q is SYN with FIN or RST: only SYN is sure
+_ORIG_FLAGS = {"S": 0x02, "H": 0x12, "A": 0x10, "F": 0x01, "R": 0x04, "Q": 0x02}
+_ADDR_CACHE_MAX = 1 << 16
+_MAX_DURATION_S = 10 * 365 * 86400.0  # longer is a damaged line (and would overflow int64 ns)
+
+
+class ConnLogParser:
+    """Complete conn.log lines -> FlowRecordBatch; keeps the TSV header between calls."""
+
+    def __init__(self, exporter: Exporter | None = None) -> None:
+        self.exporter = exporter or Exporter(name="zeek", address=None)
+        self.separator = b"\t"
+        self.unset = b"-"
+        self.fields: list[str] = list(DEFAULT_FIELDS)
+        self.json: bool | None = None  # decided by the first data line
+        self.lines = 0  # data lines read, malformed ones included
+        self.malformed = 0
+        self._addr: dict[bytes, tuple[int, int]] = {}
+        self._history: dict[bytes, tuple[int, int]] = {}
+
+    def reset(self) -> None:
+        """A new file starts (rotation, truncation): its header comes again."""
+        self.separator, self.unset, self.fields, self.json = b"\t", b"-", list(DEFAULT_FIELDS), None
+
+    def feed(self, chunk: bytes) -> FlowRecordBatch:
+        """Parse complete lines (the caller keeps a trailing partial line for later)."""
+        parts: list[FlowRecordBatch] = []
+        malformed_before = self.malformed
+        if chunk.startswith(b"#") or b"\n#" in chunk:
+            run: list[bytes] = []
+            for line in chunk.split(b"\n"):
+                if line.startswith(b"#"):
+                    if run:
+                        parts.append(self._data(b"\n".join(run)))
+                        run = []
+                    self._header(line)
+                elif line:
+                    run.append(line)
+            if run:
+                parts.append(self._data(b"\n".join(run)))
+        else:
+            parts.append(self._data(chunk))
+        batch = FlowRecordBatch.concat([p for p in parts if len(p)]) if parts else FlowRecordBatch.empty()
+        batch.malformed = self.malformed - malformed_before
+        batch.exporters = {0: self.exporter} if len(batch) else {}
+        return batch
+
+    def _header(self, line: bytes) -> None:
+        key, _, value = line.partition(b" " if line.startswith(b"#separator") else self.separator)
+        if key == b"#separator":
+            try:  # written escaped: "\x09"
+                self.separator = value.strip().decode("unicode_escape").encode("latin-1") or b"\t"
+            except (UnicodeDecodeError, UnicodeEncodeError):
+                self.malformed += 1
+        elif key == b"#unset_field":
+            self.unset = value
+        elif key == b"#fields":
+            self.fields = [f.decode("utf-8", "replace") for f in value.split(self.separator)]
+            self.json = False
+
+    # ------------------------------------------------------------------ TSV
+    def _data(self, text: bytes) -> FlowRecordBatch:
+        text = text.strip(b"\n")
+        if not text:
+            return FlowRecordBatch.empty()
+        if self.json is None:
+            self.json = text.lstrip().startswith(b"{")
+        self.lines += text.count(b"\n") + 1
+        if self.json:
+            return self._json(text)
+        index: dict[str, int] = {}
+        for i, f in enumerate(self.fields):  # IoT-23 joins its label columns with spaces
+            for name in f.split():
+                index.setdefault(name, i)
+        if any(name not in index for name in _REQUIRED):
+            self.malformed += text.count(b"\n") + 1
+            return FlowRecordBatch.empty()
+        wanted = {name: i for name, i in index.items() if name in _WANTED}
+        cols = _split_columns(text + b"\n", self.separator, len(self.fields), wanted)
+        if cols is None:  # some lines have the wrong number of fields: keep the others
+            sep, nf = self.separator, len(self.fields)
+            lines = text.split(b"\n")
+            kept = [t for t in (ln.split(sep) for ln in lines) if len(t) == nf]
+            self.malformed += sum(1 for ln in lines if ln) - len(kept)
+            if not kept:
+                return FlowRecordBatch.empty()
+            cols = {name: np.array([t[i] for t in kept], dtype=np.bytes_) for name, i in wanted.items()}
+        return self._records(cols)
+
+    # ------------------------------------------------------------------ JSON
+    def _json(self, text: bytes) -> FlowRecordBatch:
+        lines = [ln for ln in text.split(b"\n") if ln.strip()]
+        try:  # one parse for the whole chunk; line by line only when some line is bad
+            objs = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:
+            objs = []
+            for ln in lines:
+                try:
+                    objs.append(json.loads(ln))
+                except ValueError:
+                    self.malformed += 1
+        good = []
+        for obj in objs:
+            if not isinstance(obj, dict):
+                self.malformed += 1
+                continue
+            nested = obj.get("id")
+            if isinstance(nested, dict):
+                for k, v in nested.items():
+                    obj[f"id.{k}"] = v
+            good.append(obj)
+        if not good:
+            return FlowRecordBatch.empty()
+        cols: dict[str, np.ndarray] = {}
+        for name in _WANTED:
+            values = list(map(dict.get, good, itertools.repeat(name, len(good))))  # no Python step per line
+            if name in _TEXT_FIELDS:
+                cols[name] = _text_array(values)
+            else:
+                try:  # JSON numbers (None becomes NaN: unset)
+                    cols[name] = np.array(values, dtype=np.float64)
+                except (ValueError, TypeError):  # ISO 8601 times, numbers as strings
+                    cols[name] = np.array([_json_value(name, v) for v in values], dtype=np.bytes_)
+        return self._records(cols)
+
+    # ------------------------------------------------------------------ columns -> records
+    def _records(self, cols: dict[str, np.ndarray]) -> FlowRecordBatch:
+        n = cols["ts"].shape[0]
+        bad = np.zeros(n, dtype=bool)
+        ts, b = _numbers(cols["ts"], self.unset, np.float64)
+        bad |= b | (np.isnan(cols["ts"]) if cols["ts"].dtype.kind == "f" else cols["ts"] == self.unset)
+        dur = np.zeros(n)
+        if "duration" in cols:
+            dur, b = _numbers(cols["duration"], self.unset, np.float64)
+            bad |= b
+        start_ns = np.rint(ts * 1e6).astype(np.int64) * 1000  # Zeek writes microseconds
+        end_ns = start_ns + np.rint(np.clip(dur, 0, _MAX_DURATION_S) * 1e6).astype(np.int64) * 1000
+        o_hi, o_lo, b1 = self._addresses(cols["id.orig_h"])
+        r_hi, r_lo, b2 = self._addresses(cols["id.resp_h"])
+        o_port, b3 = _numbers(cols["id.orig_p"], self.unset, np.int64)
+        r_port, b4 = _numbers(cols["id.resp_p"], self.unset, np.int64)
+        bad |= b1 | b2 | b3 | b4
+        proto = np.zeros(n, dtype=np.int64)
+        for value in np.unique(cols["proto"]).tolist():
+            proto[cols["proto"] == value] = _PROTO.get(value.lower(), 0)
+        v6 = (o_hi != 0) | ((o_lo >> np.uint64(32)) != np.uint64(0xFFFF))
+        proto = np.where((proto == 1) & v6, 58, proto)
+        icmp = (proto == 1) | (proto == 58)  # no code in conn.log: 0
+        counts = {}
+        for name in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes"):
+            counts[name] = np.zeros(n, np.int64)
+            if name in cols:
+                counts[name], b = _numbers(cols[name], self.unset, np.int64)
+                bad |= b
+        o_flags = np.zeros(n, dtype=np.int64)
+        r_flags = np.zeros(n, dtype=np.int64)
+        if "history" in cols:
+            for value in np.unique(cols["history"]).tolist():
+                of, rf = self._flags(value)
+                sel = cols["history"] == value
+                o_flags[sel], r_flags[sel] = of, rf
+        tcp = proto == 6
+        o_flags, r_flags = np.where(tcp, o_flags, 0), np.where(tcp, r_flags, 0)
+        self.malformed += int(bad.sum())
+        ok = ~bad
+        rev = ok & ((counts["resp_pkts"] > 0) | (counts["resp_ip_bytes"] > 0))
+        fwd_i, rev_i = np.flatnonzero(ok), np.flatnonzero(rev)
+        # forward then reverse of each connection, in log order
+        order = np.argsort(np.concatenate([fwd_i * 2, rev_i * 2 + 1]), kind="stable")
+
+        def both(a_fwd: np.ndarray, a_rev: np.ndarray) -> np.ndarray:
+            return np.concatenate([a_fwd[fwd_i], a_rev[rev_i]])[order]
+
+        out = {
+            "start_ns": both(start_ns, start_ns),
+            "end_ns": both(end_ns, end_ns),
+            "src_hi": both(o_hi, r_hi),
+            "src_lo": both(o_lo, r_lo),
+            "dst_hi": both(r_hi, o_hi),
+            "dst_lo": both(r_lo, o_lo),
+            "sport": both(o_port, r_port) & 0xFFFF,
+            "dport": both(np.where(icmp, 0, r_port), np.where(icmp, 0, o_port)) & 0xFFFF,
+            "proto": both(proto, proto),
+            "packets": np.maximum(both(counts["orig_pkts"], counts["resp_pkts"]), 0),
+            "bytes": np.maximum(both(counts["orig_ip_bytes"], counts["resp_ip_bytes"]), 0),
+            "tcp_flags": both(o_flags, r_flags),
+        }
+        return FlowRecordBatch.from_columns(out)
+
+    def _addresses(self, col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Address text -> (hi, lo) columns and where it did not parse. Dotted quads are
+        parsed by numpy; anything else (IPv6, odd text) once per distinct value."""
+        hi, lo, ok = _parse_ipv4(col)
+        rest = np.flatnonzero(~ok)
+        bad = np.zeros(col.shape[0], dtype=bool)
+        if rest.shape[0]:
+            uniq, inverse = np.unique(col[rest], return_inverse=True)
+            u_hi = np.zeros(uniq.shape[0], dtype=np.uint64)
+            u_lo = np.zeros(uniq.shape[0], dtype=np.uint64)
+            u_bad = np.zeros(uniq.shape[0], dtype=bool)
+            for j, text in enumerate(uniq.tolist()):
+                pair = self._addr.get(text)
+                if pair is None:
+                    try:
+                        pair = addr_to_pair(text.decode("ascii").split("%")[0])
+                    except (ValueError, UnicodeDecodeError):
+                        u_bad[j] = True
+                        continue
+                    if len(self._addr) >= _ADDR_CACHE_MAX:
+                        self._addr.clear()
+                    self._addr[text] = pair
+                u_hi[j], u_lo[j] = pair
+            hi[rest], lo[rest], bad[rest] = u_hi[inverse], u_lo[inverse], u_bad[inverse]
+        return hi, lo, bad
+
+    def _flags(self, history: bytes) -> tuple[int, int]:
+        cached = self._history.get(history)
+        if cached is None:
+            text = history.decode("latin-1")
+            orig = resp = 0
+            for ch in text:
+                if ch in _ORIG_FLAGS:
+                    orig |= _ORIG_FLAGS[ch]
+                elif ch.upper() in _ORIG_FLAGS:
+                    resp |= _ORIG_FLAGS[ch.upper()]
+            cached = (orig, resp)
+            if len(self._history) < 4096:
+                self._history[history] = cached
+        return cached
+
+
+_WANTED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration", "history",
+           "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")  # fmt: skip
+
+
+_TEXT_FIELDS = ("id.orig_h", "id.resp_h", "proto", "history")
+
+
+def _text_array(values: list[Any]) -> np.ndarray:
+    """JSON values as a bytes array, None as the unset marker."""
+    try:  # the common case (ASCII text) in two numpy calls
+        return np.array(["-" if v is None else v for v in values], dtype=np.str_).astype(np.bytes_)
+    except (UnicodeEncodeError, ValueError, TypeError):
+        return np.array([_as_bytes(v) for v in values], dtype=np.bytes_)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b"-"
+    if isinstance(value, bytes):
+        return value
+    return value.encode("utf-8", "replace") if isinstance(value, str) else str(value).encode()
+
+
+def _json_value(name: str, value: Any) -> bytes:
+    """A JSON field as the TSV text it would be, so both formats share one conversion."""
+    if value is None:
+        return b"-"
+    if name == "ts" and isinstance(value, str) and "T" in value:
+        try:
+            stamp = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value.encode("utf-8", "replace")
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=_dt.timezone.utc)
+        return f"{stamp.timestamp():.6f}".encode()
+    if isinstance(value, float):
+        return f"{value:.6f}".encode()
+    return str(value).encode()
+
+
+def _split_columns(text: bytes, sep: bytes, n_fields: int, wanted: dict[str, int]) -> dict[str, np.ndarray] | None:
+    """TSV lines (each ending in a newline) -> the wanted columns as bytes arrays, by numpy
+    over the raw bytes: separator positions give each field's start and end, and a column is
+    gathered as a (lines, width) byte matrix viewed as fixed-width strings. None when the
+    lines do not all have `n_fields` fields (the caller splits them one by one)."""
+    if len(sep) != 1:
+        return None
+    buf = np.frombuffer(text, dtype=np.uint8)
+    newline = buf == 10
+    n_lines = int(newline.sum())
+    pos = np.flatnonzero(newline | (buf == sep[0]))
+    if n_lines == 0 or pos.shape[0] != n_lines * n_fields or not newline[pos[n_fields - 1 :: n_fields]].all():
+        return None
+    ends = pos.reshape(n_lines, n_fields)
+    starts = np.empty_like(ends)
+    starts[0, 0] = 0
+    starts[1:, 0] = ends[:-1, -1] + 1
+    starts[:, 1:] = ends[:, :-1] + 1
+    out = {}
+    for name, i in wanted.items():
+        s, e = starts[:, i], ends[:, i]
+        width = int((e - s).max())
+        if width == 0:
+            out[name] = np.zeros(n_lines, dtype="S1")
+            continue
+        idx = s[:, None] + np.arange(width)[None, :]
+        chars = buf[np.minimum(idx, buf.shape[0] - 1)]
+        chars[idx >= e[:, None]] = 0
+        out[name] = np.ascontiguousarray(chars).view(f"S{width}").ravel()
+    return out
+
+
+def _parse_ipv4(col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dotted-quad text (a bytes array) -> IPv4-mapped (hi, lo), vectorised over the
+    characters; `ok` is False where the text is not a plain dotted quad."""
+    n = col.shape[0]
+    width = min(col.dtype.itemsize, 15)
+    chars = np.zeros((n, 16), dtype=np.uint8)
+    if n and col.dtype.itemsize:
+        chars[:, :width] = np.frombuffer(col.tobytes(), dtype=np.uint8).reshape(n, -1)[:, :width]
+    long = col.dtype.itemsize > 15
+    ok = np.ones(n, dtype=bool) if not long else np.char.str_len(col) <= 15
+    dot = chars == 46
+    digit = (chars >= 48) & (chars <= 57)
+    ok &= ((digit | dot | (chars == 0)).all(axis=1)) & (dot.sum(axis=1) == 3)
+    octet = np.cumsum(dot, axis=1)
+    value = np.zeros((n, 4), dtype=np.int64)
+    length = np.zeros((n, 4), dtype=np.int64)
+    rows = np.arange(n)
+    for j in range(16):
+        d = digit[:, j]
+        o = np.minimum(octet[:, j], 3)
+        cur = value[rows, o]
+        value[rows, o] = np.where(d, cur * 10 + (chars[:, j].astype(np.int64) - 48), cur)
+        length[rows, o] += d
+    ok &= (length >= 1).all(axis=1) & (length <= 3).all(axis=1) & (value <= 255).all(axis=1)
+    v4 = (value[:, 0] << 24) | (value[:, 1] << 16) | (value[:, 2] << 8) | value[:, 3]
+    lo = np.where(ok, v4.astype(np.uint64) | V4_MAPPED_LO_PREFIX, np.uint64(0))
+    return np.zeros(n, dtype=np.uint64), lo, ok
+
+
+def _numbers(col: np.ndarray, unset: bytes, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """A column of numbers as text (or floats, from JSON) -> values, unset/empty/NaN as 0,
+    and where they did not parse or are out of range (then 0 too)."""
+    if col.dtype.kind == "f":
+        values = np.nan_to_num(col, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        bad = np.zeros(col.shape[0], dtype=bool)
+    else:
+        text = np.where((col == unset) | (col == b"") | (col == b"(empty)"), b"0", col)
+        try:
+            values, bad = text.astype(np.float64), np.zeros(col.shape[0], dtype=bool)
+        except (ValueError, OverflowError):
+            values = np.zeros(col.shape[0], dtype=np.float64)
+            bad = np.zeros(col.shape[0], dtype=bool)
+            for i, v in enumerate(text.tolist()):
+                try:
+                    values[i] = float(v)
+                except (ValueError, OverflowError):
+                    bad[i] = True
+    # times (s) must fit int64 ns (years 1677..2262); counts must fit int64
+    bad |= ~np.isfinite(values) | (np.abs(values) > (9e9 if dtype is np.float64 else 9e18))
+    values = np.where(bad, 0.0, values)
+    if dtype is not np.float64:
+        if col.dtype.kind != "f":  # integers above 2^53 lose nothing that matters here
+            values = np.trunc(values)
+        return values.astype(dtype), bad
+    return values, bad
+
+
+# --------------------------------------------------------------------------------------
+
+
+class ZeekConnLog:
+    """Iterator of FlowRecordBatch from a conn.log; with `follow`, a live one (see above).
+
+    Without `follow` iteration ends at the end of the file. Raises CaptureError when the
+    file cannot be opened. `stop` ends iteration within `poll_s`.
+    """
+
+    def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
+                 read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.follow = follow
+        self.poll_s = poll_s
+        self.batch_records = batch_records
+        self.read_bytes = read_bytes
+        self.from_end = from_end
+        # live only: a record may end at most this far past our clock. One corrupt line
+        # dated years ahead would otherwise carry the watermark there (and every window
+        # in between would close at once)
+        self.max_clock_skew_s = max_clock_skew_s
+        self.kind = "live" if follow else "replay"  # as the daemon's sources say (service._sources.Source)
+        self.identity = {"type": "zeek", "path": str(self.path.resolve())}
+        self.stop = False
+        self.rotations = 0
+        self.truncations = 0
+        self.future_records = 0
+        self.parser = ConnLogParser(Exporter(name=str(self.path), address=None))
+        self._file: IO[bytes] | None = None
+        self._inode: tuple[int, int] | None = None
+        self._pos = 0
+        self._partial = b""
+        self._open(initial=True)
+
+    def _open(self, initial: bool = False) -> None:
+        try:
+            if self.path.suffix == ".gz" and not self.follow:
+                self._file = gzip.open(self.path, "rb")
+                self._inode = None
+            else:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open while following
+                st = os.fstat(self._file.fileno())
+                self._inode = (st.st_dev, st.st_ino)
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot open the Zeek log: {exc.strerror or exc}") from None
+        self._pos = 0
+        self._partial = b""
+        self.parser.reset()
+        if initial and self.from_end and self._inode is not None:
+            self._skip_to_end()
+
+    def _skip_to_end(self) -> None:
+        """Start at the end of a live log, keeping its header (read from the top)."""
+        assert self._file is not None
+        head = self._file.read(65536)
+        header = b"\n".join(ln for ln in head.split(b"\n") if ln.startswith(b"#"))
+        self.parser.feed(header + b"\n")
+        end = self._file.seek(0, os.SEEK_END)
+        if end > 0:
+            self._file.seek(end - 1)
+            if self._file.read(1) != b"\n":  # Zeek is mid-line: skip to the next line
+                self._file.readline()
+        self._pos = self._file.tell()
+
+    def __iter__(self) -> Iterator[FlowRecordBatch]:
+        if self._file is None:
+            raise CaptureError(f"{self.path}: the Zeek log is closed")
+        try:
+            yield from self._batches()
+        finally:
+            self.close()
+
+    def _batches(self) -> Iterator[FlowRecordBatch]:
+        parts: list[FlowRecordBatch] = []
+        pending = 0
+        deadline = time.monotonic() + self.poll_s
+        while not self.stop:
+            data = self._read()
+            if data:
+                batch = self._lines(data)
+                if len(batch) or batch.malformed:
+                    parts.append(batch)
+                    pending += len(batch)
+            elif not self.follow:
+                break
+            else:
+                tail = self._check_rotation()
+                if len(tail) or tail.malformed:
+                    parts.append(tail)
+                    pending += len(tail)
+            now = time.monotonic()
+            if pending >= self.batch_records or (self.follow and now >= deadline):
+                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty()
+                parts, pending = [], 0
+                deadline = now + self.poll_s
+            elif self.follow and not data:
+                time.sleep(min(self.poll_s / 4, max(0.0, deadline - now)))
+        if self._partial and not self.follow:  # the last line had no newline
+            parts.append(self.parser.feed(self._partial + b"\n"))
+            self._partial = b""
+        if parts:
+            yield FlowRecordBatch.concat(parts)
+
+    def _read(self) -> bytes:
+        assert self._file is not None
+        data = self._file.read(self.read_bytes)
+        self._pos += len(data)
+        return data
+
+    def _lines(self, data: bytes) -> FlowRecordBatch:
+        data = self._partial + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._partial = data
+            return FlowRecordBatch.empty()
+        self._partial = data[cut + 1 :]
+        batch = self.parser.feed(data[: cut + 1])
+        if self.follow and len(batch):
+            future = batch.end_ns > time.time_ns() + int(self.max_clock_skew_s * 1e9)
+            if future.any():
+                self.future_records += int(future.sum())
+                log.warning("zeek_records_dropped", path=str(self.path), reason="ending in the future", records=int(future.sum()))
+                kept = batch.take(~future)
+                kept.malformed = batch.malformed
+                batch = kept
+        return batch
+
+    def _check_rotation(self) -> FlowRecordBatch:
+        """At the end of the file: has the path moved on to a new file, or been truncated?
+        Returns the old file's last line when it had no newline (it never will now)."""
+        tail = FlowRecordBatch.empty()
+        if self._inode is None:
+            return tail
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return tail  # rotated away and not created again yet: keep the old file
+        if (st.st_dev, st.st_ino) != self._inode:
+            if self._partial:
+                tail = self.parser.feed(self._partial + b"\n")
+            self.rotations += 1
+            log.info("zeek_log_rotated", path=str(self.path), lines=self.parser.lines)
+            self.close()
+            self._open()
+        elif st.st_size < self._pos:
+            self.truncations += 1
+            log.info("zeek_log_truncated", path=str(self.path), size=st.st_size, position=self._pos)
+            assert self._file is not None
+            self._file.seek(0)
+            self._pos = 0
+            self._partial = b""
+            self.parser.reset()
+        return tail
+
+    def stats(self) -> dict[str, int]:
+        return {"lines": self.parser.lines, "malformed": self.parser.malformed, "rotations": self.rotations,
+                "truncations": self.truncations, "future_records": self.future_records}  # fmt: skip
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ZeekConnLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
