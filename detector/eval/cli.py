@@ -7,31 +7,15 @@ argument or model bundle, 66 (EX_NOINPUT) for an unreadable capture.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
 import click
 
-from detector.errors import CaptureError, ConfigError, ModelError
+from detector._exit import errors_to_exit_codes
+from detector.errors import ConfigError
 
-EX_CONFIG = 78
-EX_NOINPUT = 66
-
-
-def _exit_codes(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (ConfigError, ModelError) as exc:
-            click.echo(f"netad: {exc}", err=True)
-            sys.exit(EX_CONFIG)
-        except CaptureError as exc:
-            click.echo(f"netad: {exc}", err=True)
-            sys.exit(EX_NOINPUT)
-
-    return wrapper
+_exit_codes = errors_to_exit_codes
 
 
 _existing_file = click.Path(exists=True, dir_okay=False)
