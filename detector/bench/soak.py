@@ -16,7 +16,6 @@ a steady climb. It prints figures; it asserts nothing (the verdict line is advic
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +23,8 @@ from typing import Any
 
 import click
 
-from detector.errors import CaptureError, ConfigError, ModelError
-
-EX_NOINPUT = 66
-EX_CONFIG = 78
+from detector._exit import errors_to_exit_codes
+from detector.errors import CaptureError, ConfigError
 FLAT_TOLERANCE_MIB = 16.0  # allocator noise: growth below this (or 2 %) reads as flat
 
 
@@ -133,27 +130,20 @@ def _span(pcaps: list[Path], batch_packets: int) -> tuple[int, int]:
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="How long to run.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="How long to run, in seconds (overrides --minutes).")
 @click.option("--report-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between RSS lines.")
+@errors_to_exit_codes
 def soak(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, minutes: float, seconds: float | None,
          report_s: float) -> None:  # fmt: skip
     """Replay captures in a loop (shifted in time) through the pipeline; print RSS over time."""
     from detector.config import load_config
     from detector.logging import configure
 
-    try:
-        cfg = load_config(config)
-        configure("warning", "auto")  # the RSS lines are the output; stage logs would bury them
-        paths = [Path(p) for p in pcaps] or ([cfg.source.path] if cfg.source.path else [])
-        if not paths:
-            raise ConfigError("no capture: give --pcap or source.path in the config")
-        run_soak(cfg, paths, seconds if seconds is not None else minutes * 60.0, report_s, model_dir,
-                 emit=lambda line: click.echo(line))  # fmt: skip
-    except (ConfigError, ModelError) as exc:
-        click.echo(f"netad: {exc}", err=True)
-        sys.exit(EX_CONFIG)
-    except CaptureError as exc:
-        click.echo(f"netad: {exc}", err=True)
-        sys.exit(EX_NOINPUT)
-
+    cfg = load_config(config)
+    configure("warning", "auto")  # the RSS lines are the output; stage logs would bury them
+    paths = [Path(p) for p in pcaps] or ([cfg.source.path] if cfg.source.path else [])
+    if not paths:
+        raise ConfigError("no capture: give --pcap or source.path in the config")
+    run_soak(cfg, paths, seconds if seconds is not None else minutes * 60.0, report_s, model_dir,
+             emit=lambda line: click.echo(line))  # fmt: skip
 
 if __name__ == "__main__":
     soak()

@@ -34,9 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
-from detector.capture.windows import HomeNet, _LazyEvidence, _mix, _WindowAcc
+from detector.capture.windows import HomeNet, _EntityWindows, _mix, _WindowAcc
 from detector.contracts import (
-    ENTITY_GLOBAL,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -45,7 +44,6 @@ from detector.contracts import (
     TCP_RST,
     TCP_SYN,
     WindowBatch,
-    pair_to_addr,
 )
 
 _F = {name: i for i, name in enumerate(FLOW_SCHEMA.features)}
@@ -55,8 +53,12 @@ _DISTINCT = ("peers_out", "peers_in", "ports_out", "ports_in")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-class FlowWindowAggregator:
+class FlowWindowAggregator(_EntityWindows):
     """Turns flow records into closed WindowBatches: `push(batch)` returns those closed."""
+
+    SCHEMA = FLOW_SCHEMA
+    SUMS = _SUMS
+    DISTINCT = _DISTINCT
 
     def __init__(
         self,
@@ -100,10 +102,6 @@ class FlowWindowAggregator:
         self.windows_closed = 0
 
     # ---------------------------------------------------------------- entity slots
-    @property
-    def entities(self) -> int:
-        return 1 + len(self._slot_of)
-
     def _slots_for(self, hi: np.ndarray, lo: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray) -> np.ndarray:
         """Entity slot of each (home) address; -1 where the entity table is full."""
         if hi.shape[0] == 0:
@@ -127,25 +125,6 @@ class FlowWindowAggregator:
         if valid.any():
             np.maximum.at(self._slot_last_ns, out[valid], last_ns[valid])
         return out
-
-    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
-        if len(self._slot_of) >= self.max_entities:
-            return -1
-        if self._free:
-            slot = self._free.pop()
-            self._slot_addr[slot] = addr
-            self._slot_first_ns[slot] = ts_ns
-        else:
-            slot = len(self._slot_addr)
-            self._slot_addr.append(addr)
-            self._slot_first_ns.append(ts_ns)
-            if slot >= self._slot_last_ns.shape[0]:
-                grown = np.zeros(max(16, 2 * self._slot_last_ns.shape[0]), dtype=np.int64)
-                grown[: self._slot_last_ns.shape[0]] = self._slot_last_ns
-                self._slot_last_ns = grown
-        self._slot_last_ns[slot] = ts_ns
-        self._slot_of[addr] = slot
-        return slot
 
     # ---------------------------------------------------------------- ingest
     def push(self, batch: FlowRecordBatch) -> list[WindowBatch]:
@@ -181,19 +160,6 @@ class FlowWindowAggregator:
         newest = int(end.max())
         self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
         return self._close_until(self.watermark_ns - self._lateness_ns)
-
-    def advance(self, now_ns: int) -> list[WindowBatch]:
-        """Close windows by the clock (a quiet exporter): time `now_ns` has passed."""
-        if self._next_close is None:
-            return []
-        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
-        return self._close_until(self.watermark_ns - self._lateness_ns)
-
-    def flush(self) -> list[WindowBatch]:
-        """Close every open window (the end of a replay)."""
-        if not self._open:
-            return []
-        return self._close_until((max(self._open) + 1) * self._window_ns)
 
     def _accumulate(self, b: FlowRecordBatch, rows: np.ndarray, start, end, lo, point) -> None:
         bin_ns = self._bin_ns
@@ -287,18 +253,6 @@ class FlowWindowAggregator:
             self._evidence(acc, s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], pk[sel], by[sel], ported[sel],
                            fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel])  # fmt: skip
 
-    def _acc(self, w: int) -> _WindowAcc:
-        n_slots = len(self._slot_addr)
-        acc = self._open.get(w)
-        if acc is None:
-            acc = _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(_SUMS))))
-            self._open[w] = acc
-        elif acc.sums.shape[0] < n_slots:
-            grown = np.zeros((max(n_slots, 2 * acc.sums.shape[0]), self.bins, len(_SUMS)))
-            grown[: acc.sums.shape[0]] = acc.sums
-            acc.sums = grown
-        return acc
-
     @staticmethod
     def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport) -> None:
         """Per-window partials of top peers, ports and flows, in the layout _LazyEvidence reduces."""
@@ -315,62 +269,6 @@ class FlowWindowAggregator:
                           sport[first], port[first], np.bincount(inv, weights=pk)))  # fmt: skip
 
     # ---------------------------------------------------------------- closing
-    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
-        out: list[WindowBatch] = []
-        if limit_ns is None or self._next_close is None:
-            return out
-        while (self._next_close + 1) * self._window_ns <= limit_ns:
-            out.append(self._close(self._next_close))
-            self._next_close += 1
-        return out
-
-    def _close(self, w: int) -> WindowBatch:
-        start_ns = w * self._window_ns
-        end_ns = start_ns + self._window_ns
-        self._expire_entities(end_ns)
-        acc = self._open.pop(w, None)
-        alive = [0] + sorted(
-            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
-        )
-        alive_arr = np.array(alive, dtype=np.int64)
-        feats = np.zeros((len(alive), self.bins, len(FLOW_SCHEMA.features)), dtype=np.float32)
-        if acc is not None:
-            sums = acc.sums[np.minimum(alive_arr, acc.sums.shape[0] - 1)]
-            sums[alive_arr >= acc.sums.shape[0]] = 0
-            for k, name in enumerate(_SUMS):
-                feats[:, :, _F[name]] = sums[:, :, k]
-            if acc.distinct_keys:
-                keys = np.concatenate(acc.distinct_keys)
-                groups = np.concatenate(acc.distinct_groups)
-                _, first = np.unique(keys, return_index=True)
-                counts = np.bincount(groups[first], minlength=len(self._slot_addr) * self.bins * 4)
-                counts = counts[: len(self._slot_addr) * self.bins * 4].reshape(-1, self.bins, 4)
-                for kind, name in enumerate(_DISTINCT):
-                    feats[:, :, _F[name]] = counts[alive_arr, :, kind]
-            pk = feats[:, :, _F["pkts_out"]] + feats[:, :, _F["pkts_in"]]
-            by = feats[:, :, _F["bytes_out"]] + feats[:, :, _F["bytes_in"]]
-            feats[:, :, _F["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
-        names = [ENTITY_GLOBAL] + [pair_to_addr(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
-        classes = ["global"] + ["host"] * (len(alive) - 1)
-        self.windows_closed += 1
-        evidence = _LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
-        return WindowBatch(start_ns, end_ns, names, classes, feats, FLOW_SCHEMA, evidence)  # type: ignore[arg-type]
-
-    def _expire_entities(self, now_ns: int) -> None:
-        n = len(self._slot_addr)
-        idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
-        for s in idle.tolist():
-            addr = self._slot_addr[s]
-            if s == 0 or addr is None:
-                continue
-            # slots with traffic in a still-open window stay until that window closes
-            if any(acc.sums.shape[0] > s and acc.sums[s].any() for acc in self._open.values()):
-                continue
-            del self._slot_of[addr]
-            self._slot_addr[s] = None
-            self._free.append(s)
-            self.entities_expired += 1
-
     def stats(self) -> dict[str, int]:
         return {
             "flow_records": self.records,

@@ -119,8 +119,129 @@ class _WindowAcc:
     flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts
 
 
-class WindowAggregator:
+class _EntityWindows:
+    """What both aggregators share: entity slots, open windows, closing and expiry.
+    Subclasses set SCHEMA, SUMS and DISTINCT (the summed and distinct-counted features)
+    and fill `_open` windows from their own input (packets or flow records)."""
+
+    SCHEMA: FeatureSchema
+    SUMS: tuple[str, ...]
+    DISTINCT: tuple[str, ...]
+
+    @property
+    def entities(self) -> int:
+        return 1 + len(self._slot_of)
+
+    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
+        if len(self._slot_of) >= self.max_entities:
+            return -1
+        if self._free:
+            slot = self._free.pop()
+            self._slot_addr[slot] = addr
+            self._slot_first_ns[slot] = ts_ns
+            self._slot_last_ns[slot] = ts_ns
+        else:
+            slot = len(self._slot_addr)
+            self._slot_addr.append(addr)
+            self._slot_first_ns.append(ts_ns)
+            grown = np.zeros(max(16, 2 * self._slot_last_ns.shape[0]), dtype=np.int64)
+            if slot >= self._slot_last_ns.shape[0]:
+                grown[: self._slot_last_ns.shape[0]] = self._slot_last_ns
+                self._slot_last_ns = grown
+            self._slot_last_ns[slot] = ts_ns
+        self._slot_of[addr] = slot
+        return slot
+
+    def advance(self, now_ns: int) -> list[WindowBatch]:
+        """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed."""
+        if self._next_close is None:
+            return []
+        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
+        return self._close_until(self.watermark_ns - self._lateness_ns)
+
+    def flush(self) -> list[WindowBatch]:
+        """Close every open window (the end of a replay)."""
+        if not self._open:
+            return []
+        last = max(self._open)
+        return self._close_until((last + 1) * self._window_ns)
+
+    def _acc(self, w: int) -> _WindowAcc:
+        n_slots = len(self._slot_addr)
+        acc = self._open.get(w)
+        if acc is None:
+            acc = _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(self.SUMS))))
+            self._open[w] = acc
+        elif acc.sums.shape[0] < n_slots:
+            grown = np.zeros((max(n_slots, 2 * acc.sums.shape[0]), self.bins, len(self.SUMS)))
+            grown[: acc.sums.shape[0]] = acc.sums
+            acc.sums = grown
+        return acc
+
+    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
+        out: list[WindowBatch] = []
+        if limit_ns is None or self._next_close is None:
+            return out
+        while (self._next_close + 1) * self._window_ns <= limit_ns:
+            out.append(self._close(self._next_close))
+            self._next_close += 1
+        return out
+
+    def _close(self, w: int) -> WindowBatch:
+        start_ns = w * self._window_ns
+        end_ns = start_ns + self._window_ns
+        self._expire_entities(end_ns)
+        acc = self._open.pop(w, None)
+        alive = [0] + sorted(
+            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
+        )
+        alive_arr = np.array(alive, dtype=np.int64)
+        fidx = {name: i for i, name in enumerate(self.SCHEMA.features)}
+        feats = np.zeros((len(alive), self.bins, len(self.SCHEMA.features)), dtype=np.float32)
+        if acc is not None:
+            sums = acc.sums[np.minimum(alive_arr, acc.sums.shape[0] - 1)]
+            sums[alive_arr >= acc.sums.shape[0]] = 0
+            for k, name in enumerate(self.SUMS):
+                feats[:, :, fidx[name]] = sums[:, :, k]
+            if acc.distinct_keys:
+                keys = np.concatenate(acc.distinct_keys)
+                groups = np.concatenate(acc.distinct_groups)
+                _, first = np.unique(keys, return_index=True)
+                counts = np.bincount(groups[first], minlength=len(self._slot_addr) * self.bins * 4)
+                counts = counts[: len(self._slot_addr) * self.bins * 4].reshape(-1, self.bins, 4)
+                for kind, name in enumerate(self.DISTINCT):
+                    feats[:, :, fidx[name]] = counts[alive_arr, :, kind]
+            pk = feats[:, :, fidx["pkts_out"]] + feats[:, :, fidx["pkts_in"]]
+            by = feats[:, :, fidx["bytes_out"]] + feats[:, :, fidx["bytes_in"]]
+            feats[:, :, fidx["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
+        names = [ENTITY_GLOBAL] + [pair_to_addr(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
+        classes = ["global"] + ["host"] * (len(alive) - 1)
+        self.windows_closed += 1
+        evidence = _LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
+        return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)  # type: ignore[arg-type]
+
+    def _expire_entities(self, now_ns: int) -> None:
+        n = len(self._slot_addr)
+        idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
+        for s in idle.tolist():
+            addr = self._slot_addr[s]
+            if s == 0 or addr is None:
+                continue
+            # slots with traffic in a still-open window stay until that window closes
+            if any(acc.sums.shape[0] > s and acc.sums[s].any() for acc in self._open.values()):
+                continue
+            del self._slot_of[addr]
+            self._slot_addr[s] = None
+            self._free.append(s)
+            self.entities_expired += 1
+
+
+class WindowAggregator(_EntityWindows):
     """Turns packets into closed WindowBatches: `push(batch, flows)` returns those closed."""
+
+    SCHEMA = PACKET_SCHEMA
+    SUMS = _SUMS
+    DISTINCT = _DISTINCT
 
     def __init__(
         self,
@@ -160,10 +281,6 @@ class WindowAggregator:
         self.windows_closed = 0
 
     # ---------------------------------------------------------------- entity slots
-    @property
-    def entities(self) -> int:
-        return 1 + len(self._slot_of)
-
     def _slots_for(self, hi: np.ndarray, lo: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
         """Entity slot of each (home) address; -1 where the entity table is full."""
         if hi.shape[0] == 0:
@@ -190,26 +307,6 @@ class WindowAggregator:
             np.maximum.at(self._slot_last_ns, out[valid], ts_ns[valid])
         return out
 
-    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
-        if len(self._slot_of) >= self.max_entities:
-            return -1
-        if self._free:
-            slot = self._free.pop()
-            self._slot_addr[slot] = addr
-            self._slot_first_ns[slot] = ts_ns
-            self._slot_last_ns[slot] = ts_ns
-        else:
-            slot = len(self._slot_addr)
-            self._slot_addr.append(addr)
-            self._slot_first_ns.append(ts_ns)
-            grown = np.zeros(max(16, 2 * self._slot_last_ns.shape[0]), dtype=np.int64)
-            if slot >= self._slot_last_ns.shape[0]:
-                grown[: self._slot_last_ns.shape[0]] = self._slot_last_ns
-                self._slot_last_ns = grown
-            self._slot_last_ns[slot] = ts_ns
-        self._slot_of[addr] = slot
-        return slot
-
     # ---------------------------------------------------------------- ingest
     def push(self, batch: PacketBatch, flows: FlowAnnotations) -> list[WindowBatch]:
         n = len(batch)
@@ -232,20 +329,6 @@ class WindowAggregator:
             newest = int(batch.ts_ns.max())
             self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
         return self._close_until(self.watermark_ns - self._lateness_ns if self.watermark_ns is not None else None)
-
-    def advance(self, now_ns: int) -> list[WindowBatch]:
-        """Close windows by the clock (a live link gone quiet): time `now_ns` has passed."""
-        if self._next_close is None:
-            return []
-        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
-        return self._close_until(self.watermark_ns - self._lateness_ns)
-
-    def flush(self) -> list[WindowBatch]:
-        """Close every open window (the end of a replay)."""
-        if not self._open:
-            return []
-        last = max(self._open)
-        return self._close_until((last + 1) * self._window_ns)
 
     def _accumulate(self, b: PacketBatch, fl: FlowAnnotations, abs_bin: np.ndarray, win: np.ndarray) -> None:
         n = len(b)
@@ -323,18 +406,6 @@ class WindowAggregator:
                 acc.distinct_groups.append(g[first])
             self._reduce_evidence(acc, b, fl, pkt[sel], s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], ip_len[sel], ported[sel])
 
-    def _acc(self, w: int) -> _WindowAcc:
-        n_slots = len(self._slot_addr)
-        acc = self._open.get(w)
-        if acc is None:
-            acc = _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(_SUMS))))
-            self._open[w] = acc
-        elif acc.sums.shape[0] < n_slots:
-            grown = np.zeros((max(n_slots, 2 * acc.sums.shape[0]), self.bins, len(_SUMS)))
-            grown[: acc.sums.shape[0]] = acc.sums
-            acc.sums = grown
-        return acc
-
     def _reduce_evidence(self, acc, b, fl, rows, slot, peer_hi, peer_lo, proto, port, ip_len, ported) -> None:
         key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
@@ -354,62 +425,6 @@ class WindowAggregator:
         )
 
     # ---------------------------------------------------------------- closing
-    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
-        out: list[WindowBatch] = []
-        if limit_ns is None or self._next_close is None:
-            return out
-        while (self._next_close + 1) * self._window_ns <= limit_ns:
-            out.append(self._close(self._next_close))
-            self._next_close += 1
-        return out
-
-    def _close(self, w: int) -> WindowBatch:
-        start_ns = w * self._window_ns
-        end_ns = start_ns + self._window_ns
-        self._expire_entities(end_ns)
-        acc = self._open.pop(w, None)
-        alive = [0] + sorted(
-            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
-        )
-        alive_arr = np.array(alive, dtype=np.int64)
-        feats = np.zeros((len(alive), self.bins, len(PACKET_SCHEMA.features)), dtype=np.float32)
-        if acc is not None:
-            sums = acc.sums[np.minimum(alive_arr, acc.sums.shape[0] - 1)]
-            sums[alive_arr >= acc.sums.shape[0]] = 0
-            for k, name in enumerate(_SUMS):
-                feats[:, :, _F[name]] = sums[:, :, k]
-            if acc.distinct_keys:
-                keys = np.concatenate(acc.distinct_keys)
-                groups = np.concatenate(acc.distinct_groups)
-                _, first = np.unique(keys, return_index=True)
-                counts = np.bincount(groups[first], minlength=len(self._slot_addr) * self.bins * 4)
-                counts = counts[: len(self._slot_addr) * self.bins * 4].reshape(-1, self.bins, 4)
-                for kind, name in enumerate(_DISTINCT):
-                    feats[:, :, _F[name]] = counts[alive_arr, :, kind]
-            pk = feats[:, :, _F["pkts_out"]] + feats[:, :, _F["pkts_in"]]
-            by = feats[:, :, _F["bytes_out"]] + feats[:, :, _F["bytes_in"]]
-            feats[:, :, _F["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
-        names = [ENTITY_GLOBAL] + [pair_to_addr(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
-        classes = ["global"] + ["host"] * (len(alive) - 1)
-        self.windows_closed += 1
-        evidence = _LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
-        return WindowBatch(start_ns, end_ns, names, classes, feats, PACKET_SCHEMA, evidence)  # type: ignore[arg-type]
-
-    def _expire_entities(self, now_ns: int) -> None:
-        n = len(self._slot_addr)
-        idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
-        for s in idle.tolist():
-            addr = self._slot_addr[s]
-            if s == 0 or addr is None:
-                continue
-            # slots with packets in a still-open window stay until that window closes
-            if any(acc.sums.shape[0] > s and acc.sums[s].any() for acc in self._open.values()):
-                continue
-            del self._slot_of[addr]
-            self._slot_addr[s] = None
-            self._free.append(s)
-            self.entities_expired += 1
-
     def stats(self) -> dict[str, int]:
         return {
             "entities": self.entities,
