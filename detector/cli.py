@@ -43,9 +43,13 @@ def main() -> None:
 @_errors_to_exit_codes
 def run(config: str | None, sinks: tuple[str, ...]) -> None:
     """Run the daemon: capture, score, and send incidents to the sinks."""
+    cfg = _load(config)
+    if cfg.role != "all-in-one":  # sensor or scorer, over Kafka
+        from detector.service.kafka import run_role
+
+        sys.exit(run_role(cfg, list(sinks)))
     from detector.service.daemon import Daemon
 
-    cfg = _load(config)
     sys.exit(Daemon(config, cfg, list(sinks)).run())
 
 

@@ -117,7 +117,25 @@ class LoggingConfig(_Strict):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class KafkaConfig(_Strict):
+    """Scale-out over Kafka (service/kafka.py): used by the `sensor` and `scorer` roles."""
+
+    bootstrap_servers: str = "localhost:9092"
+    # both topics are created by the operator (README: scaling out) with the same partition
+    # count, so an entity's state lives in the partition number its windows do
+    windows_topic: str = "netad.windows"  # entity windows, keyed by sensor/entity
+    state_topic: str = "netad.state"  # cleanup.policy=compact: hidden state and open incident per entity
+    group_id: str = "netad-scorers"
+    batch_windows: int = Field(5000, ge=1)  # most entity windows a scorer takes per cycle
+    # librdkafka settings for every client: security.protocol, sasl.*, ssl.*, session.timeout.ms...
+    client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
 class Config(_Strict):
+    # all-in-one: capture and scoring in this process; sensor: capture -> windows -> Kafka;
+    # scorer: Kafka -> scores -> incidents (a member of kafka.group_id)
+    role: Literal["all-in-one", "sensor", "scorer"] = "all-in-one"
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     sensor: SensorConfig = Field(default_factory=SensorConfig)
     home_net: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
     source: SourceConfig = Field(default_factory=SourceConfig)

@@ -189,20 +189,29 @@ class IncidentTracker:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {
-            name: {
-                "streak": e.streak,
-                "streak_start_ns": e.streak_start_ns,
-                "incident": None if e.incident is None else _open_to_dict(e.incident),
-            }
-            for name, e in self._entities.items()
-        }
+        return self.states_of(list(self._entities))
 
-    def load_state_dict(self, data: dict) -> None:
-        self._entities = {}
+    def states_of(self, names: list[str]) -> dict:
+        """The streaks and open incidents of some entities (those that have one)."""
+        out = {}
+        for name in names:
+            e = self._entities.get(name)
+            if e is not None:
+                inc = None if e.incident is None else _open_to_dict(e.incident)
+                out[name] = {"streak": e.streak, "streak_start_ns": e.streak_start_ns, "incident": inc}
+        return out
+
+    def load_state_dict(self, data: dict, merge: bool = False) -> None:
+        """Put streaks and open incidents back; `merge` keeps the other entities' own."""
+        if not merge:
+            self._entities = {}
         for name, e in data.items():
             inc = e["incident"]
             self._entities[name] = _Entity(e["streak"], e["streak_start_ns"], None if inc is None else _open_from_dict(inc))
+
+    def forget(self, names: list[str]) -> None:
+        for name in names:
+            self._entities.pop(name, None)
 
 
 def _open_to_dict(inc: _Open) -> dict:

@@ -272,21 +272,37 @@ class StreamingScorer:
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, dict]:
         """Hidden states by entity, for checkpoints (restored by load_state_dict)."""
-        out = {}
-        for cls, bank in self._banks.items():
-            names = list(bank.slot_of)
-            slots = np.array([bank.slot_of[n] for n in names], dtype=np.int64)
-            idx = torch.from_numpy(slots).to(self.device)
-            out[cls] = {
-                "entities": names,
-                "h": bank.h.index_select(0, idx).cpu(),
-                "c": bank.c.index_select(0, idx).cpu(),
-                "seen": bank.seen[slots].tolist(),
-                "last_ns": bank.last_ns[slots].tolist(),
-            }
-        return out
+        return {cls: self.states_of(cls, list(bank.slot_of)) for cls, bank in self._banks.items()}
+
+    def states_of(self, cls: str, names: list[str]) -> dict:
+        """The states of some entities of one class (those it holds), in state_dict's form."""
+        bank = self._banks[cls]
+        names = [n for n in names if n in bank.slot_of]
+        slots = np.array([bank.slot_of[n] for n in names], dtype=np.int64)
+        idx = torch.from_numpy(slots).to(self.device)
+        return {
+            "entities": names,
+            "h": bank.h.index_select(0, idx).cpu(),
+            "c": bank.c.index_select(0, idx).cpu(),
+            "seen": bank.seen[slots].tolist(),
+            "last_ns": bank.last_ns[slots].tolist(),
+        }
+
+    def last_scored_ns(self, cls: str, names: list[str]) -> np.ndarray:
+        """End of the last window scored per entity; -1 for an entity it does not hold."""
+        bank = self._banks.get(cls)
+        if bank is None:
+            return np.full(len(names), -1, dtype=np.int64)
+        return np.array([bank.last_ns[s] if (s := bank.slot_of.get(n)) is not None else -1 for n in names], dtype=np.int64)
+
+    def forget(self, cls: str, names: list[str]) -> None:
+        """Let go of some entities' states (their partition moved to another scorer)."""
+        bank = self._banks.get(cls)
+        if bank is not None:
+            bank.free.extend(bank.slot_of.pop(n) for n in names if n in bank.slot_of)
 
     def load_state_dict(self, data: dict[str, dict]) -> None:
+        """Put states back (merged: entities not in `data` keep theirs)."""
         for cls, entry in data.items():
             bank = self._banks.get(cls)
             if bank is None:

@@ -1,0 +1,177 @@
+"""Sensor and scorers over Kafka, as real processes against librdkafka's mock cluster.
+
+The reference is the all-in-one path (`netad score`) on the same capture: windows scored
+over Kafka, by one scorer or by two with one of them SIGKILLed midway, must have the same
+scores and the same incident event ids.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.contracts import WindowEvidence
+from detector.service.wire import WindowRecord, WireError, decode_state, decode_window, encode_window
+from tests.conftest import REPO
+from tests.service._daemon import DaemonProcess, base_config, build_demo, netad, write_config
+
+pytestmark = pytest.mark.slow
+PARTITIONS = 4  # what the mock cluster gives an auto-created topic
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo(tmp_path_factory.mktemp("kafka-demo"))
+
+
+@pytest.fixture
+def cluster():
+    """A 3-broker mock cluster with the windows and state topics; yields bootstrap servers."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests/service/_kafka_mock.py"), "3", "netad.windows", "netad.state"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        bootstrap = proc.stdout.readline().strip()
+        assert bootstrap.count(":") == 3, f"mock cluster did not start: {bootstrap!r}"
+        yield bootstrap
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            pipe.close()  # type: ignore[union-attr]
+
+
+def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: float = 0.0) -> Path:
+    cfg = base_config(directory, demo["pcap"], demo["model"])
+    cfg["role"] = role
+    cfg["source"]["speed"] = speed
+    cfg["kafka"] = {"bootstrap_servers": bootstrap, "batch_windows": 200,
+                    "client": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}}  # fmt: skip
+    cfg["state_dir"] = str(directory / f"state-{name}")
+    cfg["sinks"] = [{"url": f"jsonl://{directory / f'{name}-incidents.jsonl'}"}]
+    cfg["outputs"] = {"scores": str(directory / f"{name}-scores.jsonl"), "summary": False}
+    return write_config(directory / f"{name}.yaml", cfg)
+
+
+def _reference(demo, directory: Path) -> tuple[dict, list[str]]:
+    cfg = write_config(directory / "reference.yaml", base_config(directory, demo["pcap"], demo["model"]))
+    scores, incidents = directory / "reference-scores.jsonl", directory / "reference-incidents.jsonl"
+    netad("score", "-c", str(cfg), "--pcap", str(demo["pcap"]), "--scores", str(scores), "--incidents", str(incidents))
+    return _scores(scores), _event_ids(incidents)
+
+
+def _scores(path: Path) -> dict[tuple[str, str], list[float]]:
+    """(entity, window start) -> every score written for it (more than one = a duplicate)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            out.setdefault((r["entity"], r["window_start"]), []).append(r["score"])
+    return out
+
+
+def _event_ids(path: Path) -> list[str]:
+    return [json.loads(line)["event"]["id"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _merged(*paths: Path) -> dict[tuple[str, str], list[float]]:
+    out: dict[tuple[str, str], list[float]] = {}
+    for p in paths:
+        for k, v in _scores(p).items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
+def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, cluster, tmp_path):
+    reference, ref_events = _reference(demo, tmp_path)
+    sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster))
+    assert sensor.wait(120) == 0, sensor.tail()
+    _, stopped = sensor.wait_log("sensor_stopped")
+    assert stopped["windows_published"] == len(reference) and stopped["not_delivered"] == 0
+
+    scorers = [DaemonProcess(_config(demo, tmp_path, name, "scorer", cluster)) for name in ("a", "b")]
+    try:
+        paths = [tmp_path / "a-scores.jsonl", tmp_path / "b-scores.jsonl"]
+        _wait(lambda: len(_merged(*paths)) == len(reference), 120, "every window scored")
+        for s in scorers:
+            s.signal(signal.SIGTERM)
+            assert s.wait(30) == 0, s.tail()
+    finally:
+        for s in scorers:
+            s.kill()
+    merged = _merged(*paths)
+    assert merged.keys() == reference.keys()
+    assert all(len(v) == 1 for v in merged.values()), "a window was scored twice"
+    # the group split the partitions: both scorers scored entities
+    assert all(_scores(p) for p in paths), "one scorer got no partitions"
+    np.testing.assert_allclose([merged[k][0] for k in reference], [reference[k][0] for k in reference], rtol=1e-5, atol=1e-6)
+    events = _event_ids(tmp_path / "a-incidents.jsonl") + _event_ids(tmp_path / "b-incidents.jsonl")
+    assert ref_events and sorted(events) == sorted(ref_events)
+
+
+def test_killed_scorer_partitions_continue_from_restored_state(demo, cluster, tmp_path):
+    reference, ref_events = _reference(demo, tmp_path)
+    a = DaemonProcess(_config(demo, tmp_path, "a", "scorer", cluster))
+    b = DaemonProcess(_config(demo, tmp_path, "b", "scorer", cluster))
+    sensor = None
+    try:
+        # both members own partitions before any window is published
+        _wait(lambda: {p for s in (a, b) for e in s.events("partitions_assigned") for p in e["partitions"]}
+              == set(range(PARTITIONS)) and all(s.events("partitions_assigned") for s in (a, b)), 60, "two members")  # fmt: skip
+        _wait(lambda: not any(len(s.events("partitions_revoked")) > len(s.events("partitions_assigned")) for s in (a, b)), 30, "settled")
+        sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0))  # ~12 s of windows
+        a_scores = tmp_path / "a-scores.jsonl"
+        _wait(lambda: len(_scores(a_scores)) >= 150, 60, "scorer a scoring")
+        a.kill()  # SIGKILL: no revoke callback, no goodbye to the group
+        scored_by_a = _scores(a_scores)
+        assert len(scored_by_a) < len(reference) // 2, "a finished its share before it was killed: nothing to hand over"
+        _wait(lambda: len(_merged(a_scores, tmp_path / "b-scores.jsonl")) == len(reference), 120, "b to take over")
+        assert sensor.wait(60) == 0, sensor.tail()
+        restored = [e for e in b.events("partitions_assigned") if e["entities_restored"] > 0]
+        assert restored, f"b restored no state:\n{b.tail()}"
+        b.signal(signal.SIGTERM)
+        assert b.wait(30) == 0, b.tail()
+    finally:
+        for p in (a, b, sensor):
+            if p is not None:
+                p.kill()
+    merged = _merged(a_scores, tmp_path / "b-scores.jsonl")
+    assert merged.keys() == reference.keys()
+    # at-least-once: what a scored after its last commit may be scored again by b, with the same result
+    for key, values in merged.items():
+        np.testing.assert_allclose(values, [reference[key][0]] * len(values), rtol=1e-5, atol=1e-6, err_msg=str(key))
+    # b scored windows of entities a had scored before: continued from a's state, equal to the
+    # uninterrupted run (a reset state would differ: tests/model/test_scorer.py)
+    taken_over = {e for (e, _w) in _scores(tmp_path / "b-scores.jsonl")} & {e for (e, _w) in scored_by_a}
+    assert taken_over
+    events = set(_event_ids(tmp_path / "a-incidents.jsonl") + _event_ids(tmp_path / "b-incidents.jsonl"))
+    assert ref_events and events == set(ref_events), "an incident event was lost or invented"
+
+
+def test_window_record_round_trip_and_damage():
+    feats = np.arange(6 * 16, dtype=np.float32).reshape(6, 16)
+    ev = WindowEvidence(top_peers=[{"ip": "10.0.0.1", "packets": 3, "bytes": 180}])
+    rec = WindowRecord("s1", "host-1", "eth0", "10.20.0.5", "host", "packet", 3, 10**18, 10**18 + 60 * 10**9, feats, ev)
+    data = encode_window(rec)
+    back = decode_window(data)
+    assert back.key == b"s1/10.20.0.5" and back.evidence == ev and back.schema_version == 3
+    np.testing.assert_array_equal(back.features, feats)
+    for bad in (data[:-1], data[:20], b"XXXX" + data[4:], data[:4] + b"\x09\x00" + data[6:], data + b"x"):
+        with pytest.raises(WireError):
+            decode_window(bad)
+    with pytest.raises(WireError):
+        decode_state(b"\x00" * 16)
