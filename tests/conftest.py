@@ -61,3 +61,25 @@ def _one_torch_thread():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def kafka_cluster():
+    """A 3-broker librdkafka mock cluster in its own process, with the topics netad.windows,
+    netad.state and netad.incidents (4 partitions each); yields the bootstrap servers."""
+    import subprocess
+    import sys
+
+    topics = ["netad.windows", "netad.state", "netad.incidents"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests/service/_kafka_mock.py"), "3", *topics],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        bootstrap = proc.stdout.readline().strip()
+        assert bootstrap.count(":") == 3, f"mock cluster did not start: {bootstrap!r}"
+        yield bootstrap
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        for pipe in (proc.stdin, proc.stdout):
+            pipe.close()  # type: ignore[union-attr]

@@ -8,6 +8,9 @@ Where it stands: under sinks.py (build_sink). The forms:
   syslog+tls://host[:6514]                             ?ca=&cert=&key=&insecure=
   http(s)://host:8088/services/collector?token=...     ?sourcetype=&index=&source=&channel=&batch=
   webhook+http(s)://host/path                          ?token= (sent as a Bearer token)
+  kafka://broker1:9092[,broker2:9092]/topic            ?<librdkafka setting>= (security.protocol,
+                                                        sasl.mechanism, sasl.username, sasl.password,
+                                                        ssl.ca.location...; default format ecs)
 
 Every URL also takes ?format=ecs|cef|ocsf|rfc5424 and ?timeout_s=&backoff_s=&backoff_max_s=.
 The default format is ecs, except syslog, whose default is rfc5424 (an RFC 5424 message whose
@@ -28,6 +31,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urls
 
 from detector import __version__
 from detector.alerting import formats
+from detector.alerting._kafka import KafkaTransport
 from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
 from detector.alerting._syslog import SyslogStreamTransport, SyslogUdpTransport, tls_context
 from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
@@ -52,9 +56,10 @@ _PARAMS: dict[str, set[str]] = {
     "https": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
     "webhook+http": {"token"} | _TLS,
     "webhook+https": {"token"} | _TLS,
+    "kafka": set(),  # and any librdkafka setting (a key with a dot)
 }
 _DEFAULT_PORTS = {"syslog+udp": 514, "syslog+tcp": 514, "syslog+tls": 6514}
-_SECRET_PARAMS = {"token"}
+_SECRET_PARAMS = {"token", "sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret"}
 
 
 class _BadUrl(Exception):
@@ -92,7 +97,7 @@ def _safe_name(text: str) -> str:
 class _Params:
     """The query parameters of one URL, taken one by one so that leftovers can be refused."""
 
-    def __init__(self, query: str, allowed: set[str]) -> None:
+    def __init__(self, query: str, allowed: set[str], dotted: bool = False) -> None:
         self.values: dict[str, str] = {}
         try:
             pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
@@ -101,7 +106,7 @@ class _Params:
         for key, value in pairs:
             if key in self.values:
                 raise _BadUrl(f"parameter {key!r} given twice")
-            if key not in allowed:
+            if key not in allowed and not (dotted and "." in key):
                 raise _BadUrl(f"unknown parameter {key!r} (allowed: {', '.join(sorted(allowed))})")
             self.values[key] = value
 
@@ -146,15 +151,15 @@ def parse_sink_url(url: str, *, name: str | None = None) -> SinkSpec:
 def _parse(url: str, name: str | None) -> SinkSpec:
     try:
         parts = urlsplit(url)
-        port = parts.port
+        scheme = parts.scheme.lower()
+        port = None if scheme == "kafka" else parts.port  # kafka: a list of host:port
     except ValueError as exc:
         raise _BadUrl(str(exc)) from None
-    scheme = parts.scheme.lower()
     if scheme not in _PARAMS:
         raise _BadUrl(f"unknown scheme {scheme!r} (known: {', '.join(sorted(_PARAMS))})")
     if parts.fragment:
         raise _BadUrl("a sink URL has no #fragment")
-    params = _Params(parts.query, _COMMON | _PARAMS[scheme])
+    params = _Params(parts.query, _COMMON | _PARAMS[scheme], dotted=scheme == "kafka")
     fmt = params.text("format", "rfc5424" if scheme.startswith("syslog+") else "ecs")
     if fmt not in formats.FORMATS:
         raise _BadUrl(f"format={fmt!r}: expected one of {', '.join(formats.FORMATS)}")
@@ -171,7 +176,9 @@ def _parse(url: str, name: str | None) -> SinkSpec:
         host = parts.hostname
         if not host:
             raise _BadUrl("no host")
-        if scheme.startswith("syslog+"):
+        if scheme == "kafka":
+            transport, encoder, default_name = _kafka(parts, fmt, params, timeout_s, local_host)
+        elif scheme.startswith("syslog+"):
             transport, encoder, default_name = _syslog(scheme, host, port, fmt, params, timeout_s, local_host)
         else:
             transport, encoder, default_name = _http(scheme, host, port, parts, fmt, params, timeout_s, local_host)
@@ -233,6 +240,17 @@ def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params,
         return text.encode("utf-8")
 
     return transport, encode, name
+
+
+def _kafka(parts: SplitResult, fmt: str, params: _Params, timeout_s: float,
+           local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+    servers = parts.netloc.rsplit("@", 1)[-1]
+    topic = unquote(parts.path.strip("/"))
+    if not topic or "/" in topic:
+        raise _BadUrl("kafka needs one topic: kafka://broker:9092/topic")
+    client = {k: v for k, v in params.values.items() if "." in k}
+    transport = KafkaTransport(servers=servers, topic=topic, client=client, timeout_s=timeout_s)
+    return transport, _text_encoder(fmt, {"hostname": local_host, "procid": str(os.getpid())}), f"kafka-{topic}"
 
 
 def _tls(params: _Params) -> ssl.SSLContext:

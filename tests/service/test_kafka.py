@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import pytest
 
 from detector.contracts import WindowEvidence
 from detector.service.wire import WindowRecord, WireError, decode_state, decode_window, encode_window
-from tests.conftest import REPO
 from tests.service._daemon import DaemonProcess, base_config, build_demo, netad, write_config
 
 pytestmark = pytest.mark.slow
@@ -29,23 +26,6 @@ PARTITIONS = 4  # what the mock cluster gives an auto-created topic
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     return build_demo(tmp_path_factory.mktemp("kafka-demo"))
-
-
-@pytest.fixture
-def cluster():
-    """A 3-broker mock cluster with the windows and state topics; yields bootstrap servers."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/service/_kafka_mock.py"), "3", "netad.windows", "netad.state"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        bootstrap = proc.stdout.readline().strip()
-        assert bootstrap.count(":") == 3, f"mock cluster did not start: {bootstrap!r}"
-        yield bootstrap
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        for pipe in (proc.stdin, proc.stdout):
-            pipe.close()  # type: ignore[union-attr]
 
 
 def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: float = 0.0) -> Path:
@@ -96,7 +76,8 @@ def _merged(*paths: Path) -> dict[tuple[str, str], list[float]]:
     return out
 
 
-def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, cluster, tmp_path):
+def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, kafka_cluster, tmp_path):
+    cluster = kafka_cluster
     reference, ref_events = _reference(demo, tmp_path)
     sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster))
     assert sensor.wait(120) == 0, sensor.tail()
@@ -123,7 +104,8 @@ def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, clust
     assert ref_events and sorted(events) == sorted(ref_events)
 
 
-def test_killed_scorer_partitions_continue_from_restored_state(demo, cluster, tmp_path):
+def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_cluster, tmp_path):
+    cluster = kafka_cluster
     reference, ref_events = _reference(demo, tmp_path)
     a = DaemonProcess(_config(demo, tmp_path, "a", "scorer", cluster))
     b = DaemonProcess(_config(demo, tmp_path, "b", "scorer", cluster))
