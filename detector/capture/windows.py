@@ -8,31 +8,33 @@ link. Every window from the first packet on is emitted, empty ones too, so that 
 sequence of windows has no holes in time; a packet for an already closed window is counted
 in `late_packets` and dropped.
 
-Per batch the work is vectorised: each packet contributes to up to three entity rows
-(global, its source host, its destination host); sums are bincounts, distinct counts are
-hashed (entity, bin, kind, value) keys deduplicated with np.unique, and evidence (top peers,
-ports, flows) is reduced the same way and only turned into strings when somebody asks.
+Each packet contributes to up to three entity rows (global, its source host, its destination
+host). The packet path runs in numba kernels (capture._windows_kernels), one call per batch
+and window touched, never per packet: entity slots are found through an open-addressing
+index of the home addresses, and every open window keeps its aggregates up to date as
+packets arrive (sums; per entity, tallies of peers, ports and flows for the evidence, whose
+peer and port rows also carry a seen bit per bin and direction for the distinct counts).
+Closing a window therefore costs O(entities), whatever its packet count; evidence is ranked
+and turned into strings only when somebody asks. The flow-record aggregator
+(capture.flowwindows) shares the entity slots, closing, expiry and evidence here; it keeps
+numpy partials per batch (_WindowAcc), deduplicated with np.unique when its window closes.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.capture import _windows_kernels as kernels
 from detector.capture.flows import FlowAnnotations, community_id_of_pairs
 from detector.contracts import (
     ENTITY_GLOBAL,
-    FRAG_LATER,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
-    TCP_ACK,
-    TCP_RST,
-    TCP_SYN,
     FeatureSchema,
     PacketBatch,
     WindowBatch,
@@ -107,16 +109,158 @@ class HomeNet:
         return inside
 
 
+# An entity's name in every window it is in: formatted once while it stays (bounded: spoofed
+# addresses come and go)
+_entity_name = functools.lru_cache(maxsize=1 << 17)(pair_to_addr)
+
+
+def _grown(arr: np.ndarray, rows: int) -> np.ndarray:
+    """`arr` with at least `rows` rows (doubling, new rows zero); `arr` itself if it has them."""
+    if arr.shape[0] >= rows:
+        return arr
+    out = np.zeros((max(rows, 2 * arr.shape[0]),) + arr.shape[1:], dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def _emptied(arr: np.ndarray) -> np.ndarray:
+    """An array like `arr` with no rows (a fresh one: a slice would keep arr's memory)."""
+    return np.zeros((0,) + arr.shape[1:], dtype=arr.dtype)
+
+
+def _rows_of(arr: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """arr[slots], zeros for slots past its rows (made after the array last grew)."""
+    out = np.zeros((slots.shape[0],) + arr.shape[1:], dtype=arr.dtype)
+    inside = slots < arr.shape[0]
+    out[inside] = arr[slots[inside]]
+    return out
+
+
 @dataclass
 class _WindowAcc:
-    """Partial aggregates of one open window."""
+    """Partial aggregates of one open window of the flow-record path (capture.flowwindows):
+    numpy partials per batch, reduced when the window closes and when evidence is asked."""
 
-    sums: np.ndarray  # float64 (slots, bins, len(_SUMS))
+    sums: np.ndarray  # float64 (slots, bins, len(SUMS))
     distinct_keys: list[np.ndarray] = field(default_factory=list)  # uint64 hashed keys
     distinct_groups: list[np.ndarray] = field(default_factory=list)  # int64 (slot*bins+bin)*4+kind
     peers: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, hi, lo, pkts, bytes
     ports: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, proto, port, pkts
     flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts
+
+    def fit(self, n_slots: int) -> None:
+        """Room for `n_slots` entity slots."""
+        self.sums = _grown(self.sums, n_slots)
+
+    def distinct_counts(self, n_slots: int, bins: int) -> np.ndarray:
+        """int64 (slots, bins, 4): distinct peers out/in, ports out/in."""
+        if not self.distinct_keys:
+            return np.zeros((0, bins, 4), dtype=np.int64)
+        keys = np.concatenate(self.distinct_keys)
+        groups = np.concatenate(self.distinct_groups)
+        _, first = np.unique(keys, return_index=True)
+        counts = np.bincount(groups[first], minlength=n_slots * bins * 4)
+        return counts[: n_slots * bins * 4].reshape(-1, bins, 4)
+
+    def finish(self) -> None:
+        """The window closed: drop what its evidence does not need."""
+        self.sums = _emptied(self.sums)
+        self.distinct_keys, self.distinct_groups = [], []
+
+    def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]:
+        """Peers (slot, hi, lo, pkts, bytes), ports (slot, proto, port, pkts) and flows (slot,
+        proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, pkts), one row per key (slot and
+        address, slot, protocol and port, slot and flow id), rows in the order of the hash of
+        their key columns: the tie-break of the ranking."""
+        out = {}
+        for name, parts, key_cols, sum_cols in (
+            ("peers", self.peers, (0, 1, 2), (3, 4)),
+            ("ports", self.ports, (0, 1, 2), (3,)),
+            ("flows", self.flows, (0, 1), (9,)),
+        ):
+            if not parts:
+                out[name] = tuple(np.zeros(0) for _ in range(9))
+                continue
+            cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
+            key = np.zeros(cols[0].shape[0], dtype=np.uint64)
+            for c in key_cols:
+                key = _mix(key ^ cols[c].astype(np.uint64))
+            _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            reduced = [c[first] for c in cols]
+            for c in sum_cols:
+                reduced[c] = np.bincount(inv, weights=cols[c])
+            out[name] = tuple(reduced[:1] + reduced[2:]) if name == "flows" else tuple(reduced)  # no flow_id
+        return out
+
+
+class _PacketWindowAcc:
+    """Running aggregates of one open window of the packet path, updated in place by
+    kernels.accumulate_window: everything closing the window and its evidence need."""
+
+    def __init__(self, n_slots: int, bins: int) -> None:
+        slots, words = max(n_slots, 16), kernels.seen_words(bins)
+        self.sums = np.zeros((slots, bins, len(_SUMS)))  # float64
+        self.distinct = np.zeros((slots, bins, len(_DISTINCT)), dtype=np.int64)
+        # evidence tallies (kernels: row layouts), 512 cells to start with
+        self.peers = np.zeros((512, kernels.PEER_SEEN + words), dtype=np.uint64)
+        self.ports = np.zeros((512, kernels.PORT_SEEN + words), dtype=np.uint64)
+        self.flows = np.zeros((512, kernels.FLOW_COLUMNS), dtype=np.uint64)
+        self.fill = np.zeros(3, dtype=np.int64)  # rows in use per tally (kernels.FILL_*)
+
+    def fit(self, n_slots: int) -> None:
+        """Room for `n_slots` entity slots."""
+        self.sums = _grown(self.sums, n_slots)
+        self.distinct = _grown(self.distinct, n_slots)
+
+    def make_room(self) -> None:
+        """Grow the tallies the kernel stopped for: those half full."""
+        if 2 * self.fill[kernels.FILL_PEERS] >= self.peers.shape[0]:
+            self.peers = kernels.grown_tally(self.peers)
+        if 2 * self.fill[kernels.FILL_PORTS] >= self.ports.shape[0]:
+            self.ports = kernels.grown_tally(self.ports)
+        if 2 * self.fill[kernels.FILL_FLOWS] >= self.flows.shape[0]:
+            self.flows = kernels.grown_tally(self.flows)
+
+    def distinct_counts(self, n_slots: int, bins: int) -> np.ndarray:
+        """int64 (slots, bins, 4): distinct peers out/in, ports out/in, counted as they came."""
+        return self.distinct
+
+    def finish(self) -> None:
+        """The window closed: keep only the tallies' rows, which its evidence needs."""
+        self.sums, self.distinct = _emptied(self.sums), _emptied(self.distinct)
+        self.peers, self.ports, self.flows = (t[t[:, kernels.PACKETS] != 0] for t in (self.peers, self.ports, self.flows))
+
+    def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]:
+        """The tallies in _WindowAcc.evidence_columns' layout and row order."""
+        k = kernels
+        peers = _key_ordered(self.peers)
+        # a port row holds TCP and UDP packets: one evidence row per protocol seen
+        ports = self.ports[self.ports[:, k.PACKETS] != 0]
+        tcp, udp = ports[:, k.PORT_TCP], ports[:, k.PACKETS] - ports[:, k.PORT_TCP]
+        p_rows = np.concatenate([ports[tcp > 0], ports[udp > 0]])
+        p_proto = np.repeat(np.array([PROTO_TCP, PROTO_UDP], dtype=np.uint64), [int((tcp > 0).sum()), int((udp > 0).sum())])
+        p_packets = np.concatenate([tcp[tcp > 0], udp[udp > 0]])
+        p_key = _mix(_mix(_mix(p_rows[:, k.PORT_SLOT]) ^ p_proto) ^ p_rows[:, k.PORT_PORT])
+        p_order = np.argsort(p_key)
+        p_rows, p_proto, p_packets = p_rows[p_order], p_proto[p_order], p_packets[p_order]
+        flows = _key_ordered(self.flows)
+        proto_ports = flows[:, k.FLOW_PROTO_PORTS]
+        as_slot, as_packets = np.int64, np.float64
+        return {
+            "peers": (peers[:, k.PEER_SLOT].astype(as_slot), peers[:, k.PEER_HI], peers[:, k.PEER_LO],
+                      peers[:, k.PACKETS].astype(as_packets), peers[:, k.PEER_BYTES].astype(as_packets)),
+            "ports": (p_rows[:, k.PORT_SLOT].astype(as_slot), p_proto, p_rows[:, k.PORT_PORT], p_packets.astype(as_packets)),
+            "flows": (flows[:, k.FLOW_SLOT].astype(as_slot), proto_ports >> np.uint64(32), flows[:, k.FLOW_SRC_HI],
+                      flows[:, k.FLOW_SRC_LO], flows[:, k.FLOW_DST_HI], flows[:, k.FLOW_DST_LO],
+                      (proto_ports >> np.uint64(16)) & np.uint64(0xFFFF), proto_ports & np.uint64(0xFFFF),
+                      flows[:, k.PACKETS].astype(as_packets)),
+        }  # fmt: skip
+
+
+def _key_ordered(tally: np.ndarray) -> np.ndarray:
+    """A tally's rows in use, in the order of their keys."""
+    rows = tally[tally[:, kernels.PACKETS] != 0]
+    return rows[np.argsort(rows[:, kernels.KEY])]
 
 
 class _EntityWindows:
@@ -144,10 +288,7 @@ class _EntityWindows:
             slot = len(self._slot_addr)
             self._slot_addr.append(addr)
             self._slot_first_ns.append(ts_ns)
-            grown = np.zeros(max(16, 2 * self._slot_last_ns.shape[0]), dtype=np.int64)
-            if slot >= self._slot_last_ns.shape[0]:
-                grown[: self._slot_last_ns.shape[0]] = self._slot_last_ns
-                self._slot_last_ns = grown
+            self._slot_last_ns = _grown(self._slot_last_ns, max(16, slot + 1))
             self._slot_last_ns[slot] = ts_ns
         self._slot_of[addr] = slot
         return slot
@@ -166,16 +307,16 @@ class _EntityWindows:
         last = max(self._open)
         return self._close_until((last + 1) * self._window_ns)
 
-    def _acc(self, w: int) -> _WindowAcc:
+    def _new_acc(self, n_slots: int) -> _WindowAcc | _PacketWindowAcc:
+        return _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(self.SUMS))))
+
+    def _acc(self, w: int) -> _WindowAcc | _PacketWindowAcc:
         n_slots = len(self._slot_addr)
         acc = self._open.get(w)
         if acc is None:
-            acc = _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(self.SUMS))))
-            self._open[w] = acc
-        elif acc.sums.shape[0] < n_slots:
-            grown = np.zeros((max(n_slots, 2 * acc.sums.shape[0]), self.bins, len(self.SUMS)))
-            grown[: acc.sums.shape[0]] = acc.sums
-            acc.sums = grown
+            acc = self._open[w] = self._new_acc(n_slots)
+        else:
+            acc.fit(n_slots)
         return acc
 
     def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
@@ -199,22 +340,17 @@ class _EntityWindows:
         fidx = {name: i for i, name in enumerate(self.SCHEMA.features)}
         feats = np.zeros((len(alive), self.bins, len(self.SCHEMA.features)), dtype=np.float32)
         if acc is not None:
-            sums = acc.sums[np.minimum(alive_arr, acc.sums.shape[0] - 1)]
-            sums[alive_arr >= acc.sums.shape[0]] = 0
+            sums = _rows_of(acc.sums, alive_arr)
             for k, name in enumerate(self.SUMS):
                 feats[:, :, fidx[name]] = sums[:, :, k]
-            if acc.distinct_keys:
-                keys = np.concatenate(acc.distinct_keys)
-                groups = np.concatenate(acc.distinct_groups)
-                _, first = np.unique(keys, return_index=True)
-                counts = np.bincount(groups[first], minlength=len(self._slot_addr) * self.bins * 4)
-                counts = counts[: len(self._slot_addr) * self.bins * 4].reshape(-1, self.bins, 4)
-                for kind, name in enumerate(self.DISTINCT):
-                    feats[:, :, fidx[name]] = counts[alive_arr, :, kind]
+            counts = _rows_of(acc.distinct_counts(len(self._slot_addr), self.bins), alive_arr)
+            for kind, name in enumerate(self.DISTINCT):
+                feats[:, :, fidx[name]] = counts[:, :, kind]
             pk = feats[:, :, fidx["pkts_out"]] + feats[:, :, fidx["pkts_in"]]
             by = feats[:, :, fidx["bytes_out"]] + feats[:, :, fidx["bytes_in"]]
             feats[:, :, fidx["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
-        names = [ENTITY_GLOBAL] + [pair_to_addr(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
+            acc.finish()
+        names = [ENTITY_GLOBAL] + [_entity_name(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
         classes = ["global"] + ["host"] * (len(alive) - 1)
         self.windows_closed += 1
         evidence = _LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
@@ -272,7 +408,14 @@ class WindowAggregator(_EntityWindows):
         self._slot_first_ns: list[int] = [0]
         self._slot_last_ns = np.zeros(1, dtype=np.int64)
         self._free: list[int] = []
-        self._open: dict[int, _WindowAcc] = {}
+        # the same slots as arrays for the kernels: address, first packet time (kept equal
+        # to _slot_first_ns), in use; and an open-addressing index of the addresses in use
+        self._ent_hi = np.zeros(16, dtype=np.uint64)
+        self._ent_lo = np.zeros(16, dtype=np.uint64)
+        self._ent_first_ns = np.zeros(16, dtype=np.int64)
+        self._ent_alive = np.zeros(16, dtype=np.bool_)
+        self._index = np.full(64, -1, dtype=np.int32)
+        self._open: dict[int, _PacketWindowAcc] = {}  # type: ignore[assignment]
         self._next_close: int | None = None  # index of the oldest window not yet emitted
         self.watermark_ns: int | None = None
         self.late_packets = 0
@@ -281,31 +424,70 @@ class WindowAggregator(_EntityWindows):
         self.windows_closed = 0
 
     # ---------------------------------------------------------------- entity slots
-    def _slots_for(self, hi: np.ndarray, lo: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
-        """Entity slot of each (home) address; -1 where the entity table is full."""
-        if hi.shape[0] == 0:
-            return np.zeros(0, dtype=np.int64)
-        key = _mix(hi ^ _mix(lo))
-        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        # earliest packet of each address in this batch: a host seen first as a receiver
-        # and later as a sender must get windows from its first packet, whichever it was
-        earliest = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(earliest, inverse, ts_ns)
-        slots = np.empty(uniq.shape[0], dtype=np.int64)
-        for j, i in enumerate(first.tolist()):
-            addr = (int(hi[i]), int(lo[i]))
-            slot = self._slot_of.get(addr)
-            t_first = int(earliest[j])
-            if slot is None:
-                slot = self._new_slot(addr, t_first)
-            elif t_first < self._slot_first_ns[slot]:
-                self._slot_first_ns[slot] = t_first
-            slots[j] = slot
-        out = slots[inverse]
-        valid = out >= 0
-        if valid.any():
-            np.maximum.at(self._slot_last_ns, out[valid], ts_ns[valid])
+    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
+        slot = super()._new_slot(addr, ts_ns)
+        if slot >= self._ent_alive.shape[0]:
+            self._ent_hi, self._ent_lo, self._ent_first_ns, self._ent_alive = (
+                _grown(a, slot + 1) for a in (self._ent_hi, self._ent_lo, self._ent_first_ns, self._ent_alive)
+            )
+        if slot >= 0:
+            self._ent_hi[slot], self._ent_lo[slot] = addr
+            self._ent_first_ns[slot] = ts_ns
+            self._ent_alive[slot] = True
+        return slot
+
+    def _expire_entities(self, now_ns: int) -> None:
+        freed = len(self._free)
+        super()._expire_entities(now_ns)
+        if len(self._free) > freed:
+            self._ent_alive[self._free[freed:]] = False
+            self._reindex()
+
+    def _reindex(self) -> None:
+        """Rebuild the address index of the slots in use, at most half full."""
+        n = len(self._slot_addr)
+        capacity = 1 << max(6, (2 * n - 1).bit_length())
+        self._index = kernels.entity_index(capacity, self._ent_hi, self._ent_lo, self._ent_alive[:n])
+
+    def _slots_for(self, hi: np.ndarray, lo: np.ndarray, ts_ns: np.ndarray, home: np.ndarray) -> np.ndarray:
+        """Entity slot of each row's address: -1 where it is not home or the entity table is
+        full (those rows are counted in entity_overflow)."""
+        out = np.empty(hi.shape[0], dtype=np.int64)
+        missing, earlier = kernels.find_slots(hi, lo, ts_ns, home, self._index, self._ent_hi, self._ent_lo,
+                                              self._ent_first_ns, self._slot_last_ns, out, False)  # fmt: skip
+        if missing:
+            rows = np.flatnonzero(out == -2)
+            if self._admit(hi, lo, ts_ns, rows):
+                missing, more = kernels.find_slots(hi, lo, ts_ns, home, self._index, self._ent_hi, self._ent_lo,
+                                                   self._ent_first_ns, self._slot_last_ns, out, True)  # fmt: skip
+                earlier += more
+            else:
+                out[rows] = -1
+        if earlier:  # an out-of-order packet moved a host's first time earlier
+            n = len(self._slot_addr)
+            moved = np.flatnonzero(self._ent_first_ns[:n] < np.array(self._slot_first_ns, dtype=np.int64))
+            for s in moved.tolist():
+                self._slot_first_ns[s] = int(self._ent_first_ns[s])
+        self.entity_overflow += missing
         return out
+
+    def _admit(self, hi: np.ndarray, lo: np.ndarray, ts_ns: np.ndarray, rows: np.ndarray) -> bool:
+        """Slots for the new home addresses of `rows`, in the order of their address hash and
+        while the entity table has room; each starts at its earliest packet here. False if
+        the table was already full."""
+        room = self.max_entities - len(self._slot_of)
+        if room <= 0:
+            return False
+        key = _mix(hi[rows] ^ _mix(lo[rows]))
+        uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        # a host seen first as a receiver and later as a sender must get windows from its
+        # first packet, whichever it was (the receiver side widens it on its own lookup)
+        earliest = np.full(uniq.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(earliest, inverse, ts_ns[rows])
+        for j, i in enumerate(rows[first[:room]].tolist()):
+            self._new_slot((int(hi[i]), int(lo[i])), int(earliest[j]))
+        self._reindex()
+        return True
 
     # ---------------------------------------------------------------- ingest
     def push(self, batch: PacketBatch, flows: FlowAnnotations) -> list[WindowBatch]:
@@ -330,99 +512,28 @@ class WindowAggregator(_EntityWindows):
             self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
         return self._close_until(self.watermark_ns - self._lateness_ns if self.watermark_ns is not None else None)
 
+    def _new_acc(self, n_slots: int) -> _PacketWindowAcc:
+        return _PacketWindowAcc(n_slots, self.bins)
+
     def _accumulate(self, b: PacketBatch, fl: FlowAnnotations, abs_bin: np.ndarray, win: np.ndarray) -> None:
-        n = len(b)
         src_home = self._home.contains(b.src_hi, b.src_lo)
         dst_home = self._home.contains(b.dst_hi, b.dst_lo)
-        src_rows = np.flatnonzero(src_home)
-        dst_rows = np.flatnonzero(dst_home)
-        src_slot = self._slots_for(b.src_hi[src_rows], b.src_lo[src_rows], b.ts_ns[src_rows])
-        dst_slot = self._slots_for(b.dst_hi[dst_rows], b.dst_lo[dst_rows], b.ts_ns[dst_rows])
-        self.entity_overflow += int((src_slot < 0).sum() + (dst_slot < 0).sum())
-        all_rows = np.arange(n)
-        # contributions: (packet row, entity slot, direction 0=out 1=in)
-        g_dir = (dst_home & ~src_home).astype(np.int8)
-        pkt = np.concatenate([all_rows, src_rows[src_slot >= 0], dst_rows[dst_slot >= 0]])
-        slot = np.concatenate([np.zeros(n, dtype=np.int64), src_slot[src_slot >= 0], dst_slot[dst_slot >= 0]])
-        direction = np.concatenate(
-            [g_dir, np.zeros(int((src_slot >= 0).sum()), np.int8), np.ones(int((dst_slot >= 0).sum()), np.int8)]
-        )
-        is_in = direction == 1
-        proto = b.proto[pkt]
-        flags = b.tcp_flags[pkt]
-        ip_len = b.ip_len[pkt].astype(np.float64)
-        tcp = proto == PROTO_TCP
-        syn = tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
-        rst = tcp & ((flags & TCP_RST) != 0)
-        icmp_type = b.sport[pkt]
-        icmp_err = ((proto == PROTO_ICMP) & np.isin(icmp_type, (3, 11, 12))) | (
-            (proto == PROTO_ICMPV6) & np.isin(icmp_type, (1, 2, 3, 4))
-        )
-        new_flow = fl.new_flow[pkt]
-        # a flow is "out" for the entity that initiated it: the opening packet's sender
-        cols = {
-            "pkts_out": ~is_in,
-            "pkts_in": is_in,
-            "bytes_out": np.where(is_in, 0.0, ip_len),
-            "bytes_in": np.where(is_in, ip_len, 0.0),
-            "flows_out": new_flow & ~is_in,
-            "flows_in": new_flow & is_in,
-            "syn_out": syn & ~is_in,
-            "syn_in": syn & is_in,
-            "rst_out": rst & ~is_in,
-            "rst_in": rst & is_in,
-            "icmp_err": icmp_err,
-        }
-        peer_hi = np.where(is_in, b.src_hi[pkt], b.dst_hi[pkt])
-        peer_lo = np.where(is_in, b.src_lo[pkt], b.dst_lo[pkt])
-        ported = ((proto == PROTO_TCP) | (proto == PROTO_UDP)) & (b.frag[pkt] != FRAG_LATER)
-        port = b.dport[pkt]
-        p_win = win[pkt]
-        p_bin = (abs_bin[pkt] % self.bins).astype(np.int64)
-        for w in np.unique(p_win).tolist():
-            sel = p_win == w
-            acc = self._acc(int(w))
-            s, bn = slot[sel], p_bin[sel]
-            n_slots = acc.sums.shape[0]
-            flat = s * self.bins + bn
-            size = n_slots * self.bins
-            for k, name in enumerate(_SUMS):
-                acc.sums[:, :, k] += np.bincount(flat, weights=cols[name][sel], minlength=size).reshape(n_slots, self.bins)
-            # distinct peers/ports per (slot, bin)
-            group = flat * 4
-            d_in = is_in[sel]
-            p_hash = _mix(peer_hi[sel] ^ _mix(peer_lo[sel]))
-            kinds = [
-                (~d_in, 0, p_hash),
-                (d_in, 1, p_hash),
-                (~d_in & ported[sel], 2, port[sel].astype(np.uint64)),
-                (d_in & ported[sel], 3, port[sel].astype(np.uint64)),
-            ]
-            for mask, kind, value in kinds:
-                g = group[mask] + kind
-                key = _mix(g.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ value[mask])
-                key, first = np.unique(key, return_index=True)
-                acc.distinct_keys.append(key)
-                acc.distinct_groups.append(g[first])
-            self._reduce_evidence(acc, b, fl, pkt[sel], s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], ip_len[sel], ported[sel])
-
-    def _reduce_evidence(self, acc, b, fl, rows, slot, peer_hi, peer_lo, proto, port, ip_len, ported) -> None:
-        key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        acc.peers.append(
-            (slot[first], peer_hi[first], peer_lo[first], np.bincount(inv).astype(np.float64), np.bincount(inv, weights=ip_len))
-        )
-        pslot, pproto, pport = slot[ported], proto[ported], port[ported]
-        key = (pslot.astype(np.uint64) << np.uint64(24)) | (pproto.astype(np.uint64) << np.uint64(16)) | pport.astype(np.uint64)
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        acc.ports.append((pslot[first], pproto[first], pport[first], np.bincount(inv).astype(np.float64)))
-        fid = fl.flow_id[rows]
-        key = _mix(slot.astype(np.uint64) ^ _mix(fid))
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        r = rows[first]
-        acc.flows.append(
-            (slot[first], fid[first], b.proto[r], b.src_hi[r], b.src_lo[r], b.dst_hi[r], b.dst_lo[r], b.sport[r], b.dport[r], np.bincount(inv).astype(np.float64))
-        )
+        # senders first: a new host's slot number depends on which side found it first
+        src_slot = self._slots_for(b.src_hi, b.src_lo, b.ts_ns, src_home)
+        dst_slot = self._slots_for(b.dst_hi, b.dst_lo, b.ts_ns, dst_home)
+        first, last = int(win.min()), int(win.max())
+        for w in [first] if first == last else np.unique(win).tolist():
+            acc = self._acc(w)
+            part, row = 0, 0
+            while True:
+                part, row = kernels.accumulate_window(
+                    w, self.bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
+                    b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, src_home, dst_home,
+                    src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
+                )  # fmt: skip
+                if part == 3:
+                    break
+                acc.make_room()
 
     # ---------------------------------------------------------------- closing
     def stats(self) -> dict[str, int]:
@@ -436,14 +547,14 @@ class WindowAggregator(_EntityWindows):
 
 
 class _LazyEvidence(Mapping):
-    """entity -> WindowEvidence, reduced from a window's partials only when asked."""
+    """entity -> WindowEvidence, ranked from a window's aggregates only when asked."""
 
-    def __init__(self, acc: _WindowAcc, slots: dict[str, int], top_k: int) -> None:
+    def __init__(self, acc: _WindowAcc | _PacketWindowAcc, slots: dict[str, int], top_k: int) -> None:
         self._acc = acc
         self._slots = slots
         self._top_k = top_k
         self._cache: dict[str, WindowEvidence] = {}
-        self._reduced: dict[str, tuple[np.ndarray, ...]] | None = None
+        self._ranked: dict[str, tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]] | None = None
 
     def __getitem__(self, entity: str) -> WindowEvidence:
         if entity not in self._slots:
@@ -458,66 +569,48 @@ class _LazyEvidence(Mapping):
     def __len__(self) -> int:
         return len(self._slots)
 
-    def _reduce(self) -> dict[str, tuple[np.ndarray, ...]]:
-        if self._reduced is None:
-            acc = self._acc
-            out = {}
-            for name, parts, key_cols, sum_cols in (
-                ("peers", acc.peers, (0, 1, 2), (3, 4)),
-                ("ports", acc.ports, (0, 1, 2), (3,)),
-                ("flows", acc.flows, (0, 1), (9,)),
-            ):
-                if not parts:
-                    out[name] = tuple(np.zeros(0) for _ in range(len(parts[0]) if parts else 10))
-                    continue
-                cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
-                key = np.zeros(cols[0].shape[0], dtype=np.uint64)
-                for c in key_cols:
-                    key = _mix(key ^ cols[c].astype(np.uint64))
-                _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-                reduced = [c[first] for c in cols]
-                for c in sum_cols:
-                    reduced[c] = np.bincount(inv, weights=cols[c])
-                out[name] = tuple(reduced)
-            self._reduced = out
-        return self._reduced
+    def _rank(self) -> dict[str, tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
+        """Per table: its columns, and its rows ordered by slot, then weight (packets)
+        descending, ties in key-hash order (lexsort is stable); with the slots in that order."""
+        if self._ranked is None:
+            columns = self._acc.evidence_columns()
+            self._ranked = {}
+            for name, weight in (("peers", 3), ("ports", 3), ("flows", 8)):
+                cols = columns[name]
+                order = np.lexsort((-cols[weight], cols[0]))
+                self._ranked[name] = (cols, order, cols[0][order])
+        return self._ranked
 
-    def _top(self, cols: tuple[np.ndarray, ...], slot: int, weight_col: int) -> tuple[np.ndarray, np.ndarray]:
-        if cols[0].shape[0] == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        rows = np.flatnonzero(cols[0] == slot)
-        order = rows[np.argsort(-cols[weight_col][rows], kind="stable")][: self._top_k]
-        return order, cols[weight_col][order]
+    def _top(self, name: str, slot: int) -> tuple[tuple[np.ndarray, ...], list[int]]:
+        cols, order, slots = self._rank()[name]
+        start, stop = np.searchsorted(slots, slot, "left"), np.searchsorted(slots, slot, "right")
+        return cols, order[start : min(stop, start + self._top_k)].tolist()
 
     def _build(self, slot: int) -> WindowEvidence:
-        red = self._reduce()
         ev = WindowEvidence()
-        peers = red["peers"]
-        rows, _ = self._top(peers, slot, 3)
-        for r in rows.tolist():
+        peers, rows = self._top("peers", slot)
+        for r in rows:
             ev.top_peers.append(
                 {"ip": pair_to_addr(peers[1][r], peers[2][r]), "packets": int(peers[3][r]), "bytes": int(peers[4][r])}
             )
-        ports = red["ports"]
-        rows, _ = self._top(ports, slot, 3)
-        for r in rows.tolist():
+        ports, rows = self._top("ports", slot)
+        for r in rows:
             ev.top_ports.append({"port": int(ports[2][r]), "proto": _proto_name(int(ports[1][r])), "packets": int(ports[3][r])})
-        flows = red["flows"]
-        rows, _ = self._top(flows, slot, 9)
-        for r in rows.tolist():
-            proto = int(flows[2][r])
-            sport, dport = int(flows[7][r]), int(flows[8][r])
+        flows, rows = self._top("flows", slot)
+        for r in rows:
+            proto = int(flows[1][r])
+            sport, dport = int(flows[6][r]), int(flows[7][r])
             ev.top_flows.append(
                 {
                     "community_id": community_id_of_pairs(
-                        proto, flows[3][r], flows[4][r], flows[5][r], flows[6][r], sport, dport
+                        proto, flows[2][r], flows[3][r], flows[4][r], flows[5][r], sport, dport
                     ),
-                    "src": pair_to_addr(flows[3][r], flows[4][r]),
-                    "dst": pair_to_addr(flows[5][r], flows[6][r]),
+                    "src": pair_to_addr(flows[2][r], flows[3][r]),
+                    "dst": pair_to_addr(flows[4][r], flows[5][r]),
                     "sport": sport,
                     "dport": dport,
                     "proto": _proto_name(proto),
-                    "packets": int(flows[9][r]),
+                    "packets": int(flows[8][r]),
                 }
             )
         return ev
