@@ -126,7 +126,9 @@ class KafkaConfig(_Strict):
     windows_topic: str = "netad.windows"  # entity windows, keyed by sensor/entity
     state_topic: str = "netad.state"  # cleanup.policy=compact: hidden state and open incident per entity
     group_id: str = "netad-scorers"
-    batch_windows: int = Field(5000, ge=1)  # most entity windows a scorer takes per cycle
+    # most entity windows a scorer takes per cycle: each cycle saves the state of every entity
+    # it scored once, however many of its windows it held, then commits
+    batch_windows: int = Field(20_000, ge=1)
     # librdkafka settings for every client: security.protocol, sasl.*, ssl.*, session.timeout.ms...
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

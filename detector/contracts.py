@@ -7,6 +7,8 @@ along it (see DESIGN.md, "Contracts between stages").
 
 from __future__ import annotations
 
+import json
+
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -289,6 +291,24 @@ class ScoreBatch:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+    def jsonl(self, **extra: str) -> str:
+        """Every row as its window-score JSON line (WindowScore.as_record, after the `extra`
+        fields), built column by column: the window's times are formatted once per batch."""
+        names, units = self.schema.features, self.schema.units
+        head = json.dumps({**extra, "window_start": ns_to_iso(self.window_start_ns),
+                           "window_end": ns_to_iso(self.window_end_ns)}, separators=(",", ":"))[:-1]  # fmt: skip
+        columns = zip(self.entities, self.entity_classes, self.scores.tolist(), self.thresholds.tolist(),
+                      self.anomalous.tolist(), self.ready.tolist(), self.top_index.tolist(), self.top_share.tolist(),
+                      self.top_observed.tolist(), self.top_expected.tolist())  # fmt: skip
+        lines = []
+        for entity, cls, score, threshold, anomalous, ready, index, share, observed, expected in columns:
+            top = [{"name": names[k], "unit": units[k], "share": round(sh, 4), "observed": round(ob, 3), "expected": round(ex, 3)}
+                   for k, sh, ob, ex in zip(index, share, observed, expected)]  # fmt: skip
+            body = {"entity": entity, "entity_class": cls, "score": round(score, 6), "threshold": round(threshold, 6),
+                    "anomalous": anomalous, "ready": ready, "top_features": top}  # fmt: skip
+            lines.append(head + "," + json.dumps(body, separators=(",", ":"))[1:] + "\n")
+        return "".join(lines)
 
 
 # --------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def kafka_cluster():
     import sys
 
     topics = ["netad.windows", "netad.state", "netad.incidents"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests/service/_kafka_mock.py"), "3", *topics],
+    proc = subprocess.Popen([sys.executable, "-m", "detector.bench._kafka_mock", "3", *topics], cwd=REPO,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     try:
         assert proc.stdout is not None

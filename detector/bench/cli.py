@@ -90,10 +90,12 @@ def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, as_j
 
 def _register() -> None:
     from detector.bench.flows import flows
+    from detector.bench.kafka import kafka
     from detector.bench.soak import soak
 
     bench.add_command(soak)
     bench.add_command(flows)
+    bench.add_command(kafka)
 
 
 _register()

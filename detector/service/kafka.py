@@ -35,7 +35,6 @@ recognisable). Offsets start at the earliest window for a group that has none.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -126,7 +125,7 @@ class WindowPublisher:
         self.topic = cfg.kafka.windows_topic
         self.observer = observer_of(cfg)
         self.producer = Producer(client_config(cfg.kafka, {"linger.ms": 20, "compression.type": "lz4"},
-                                               {"enable.idempotence": True}))  # fmt: skip
+                                               {"enable.idempotence": True, "on_delivery": self._delivered}))  # fmt: skip
         check_topics(self.producer, cfg.kafka)
         self.published = 0
         self.failed = 0
@@ -149,7 +148,7 @@ class WindowPublisher:
             value = encode_window(rec)
             while True:
                 try:
-                    self.producer.produce(self.topic, value, rec.key, on_delivery=self._delivered)
+                    self.producer.produce(self.topic, value, rec.key)
                     break
                 except BufferError:  # the local queue is full: the broker is the bottleneck, wait for it
                     self.producer.poll(0.1)
@@ -340,8 +339,7 @@ class ScorerRole:
                              {r.entity: r.evidence for _, r in items if r.evidence is not None})  # fmt: skip
             scores = ctx.scorer.score(wb)
             if self.scores_out is not None:
-                for s in scores:
-                    self.scores_out.write(json_line({"sensor": sensor, **s.as_record()}))
+                self.scores_out.write(scores.jsonl(sensor=sensor))
             for event in ctx.tracker.push(scores):
                 self.counts[f"incidents_{event.action}"] += 1
                 self.sinks.publish(event)
@@ -478,10 +476,6 @@ class ScorerRole:
             n += len(entries)
         self.counts["states_restored"] += n
         return n
-
-
-def json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":")) + "\n"
 
 
 def run_role(cfg: Config, extra_sinks: list[str] | None = None) -> int:

@@ -23,12 +23,19 @@ Entity window record, little-endian (the message value; the key is `sensor/entit
 
 A window of 6 bins x 16 features with typical evidence is about 0.8 KiB.
 
-Entity state record (the value on the compacted state topic, key `sensor/entity`): a
-safetensors blob (no pickle) with tensors `h` and `c` (the entity's carried encoder state)
-and string metadata: `format` ("netad-state/1"), `entity_class`, `seen` and `last_ns` (the
-scorer's warm-up count and the end of the last window scored, which is how a re-delivered
-window is recognised as already scored), `tracker` (JSON: the entity's streak and open
-incident, or "null"), `model_version`. An empty value is a tombstone.
+Entity state record (the value on the compacted state topic, key `sensor/entity`; an
+empty value is a tombstone), little-endian:
+
+    0       4     magic b"NSTA"
+    4       2     format version (1)
+    6       2     state rows L (uint16; LSTM layers; 1: the state is a vector)
+    8       2     state width H (uint16; hidden size)
+    10      8     windows scored (int64; the warm-up count)
+    18      8     end of the last window scored, ns (int64): a redelivered window that ends
+                  no later was scored already
+    26      4     metadata length (uint32), then compact JSON: {"entity_class", "model_version",
+                  "tracker": the entity's streak and open incident, or null}
+    ...     4*L*H h, float32; then 4*L*H c, float32 (the carried encoder state)
 """
 
 from __future__ import annotations
@@ -40,18 +47,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from detector.contracts import WindowEvidence
 
 WINDOW_MAGIC = b"NWIN"
 WINDOW_VERSION = 1
-STATE_FORMAT = "netad-state/1"
+STATE_MAGIC = b"NSTA"
+STATE_VERSION = 1
 _HEADER = struct.Struct("<4sHHqqHH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
+_STATE = struct.Struct("<4sHHHqqI")
 
 
 class WireError(ValueError):
@@ -149,21 +155,30 @@ class EntityState:
 
 
 def encode_state(state: EntityState) -> bytes:
-    meta = {"format": STATE_FORMAT, "entity_class": state.entity_class, "seen": str(state.seen),
-            "last_ns": str(state.last_ns), "tracker": json.dumps(state.tracker), "model_version": state.model_version}  # fmt: skip
-    return st_save({"h": state.h.contiguous(), "c": state.c.contiguous()}, metadata=meta)
+    h = state.h.detach().to(torch.float32).contiguous().numpy()
+    c = state.c.detach().to(torch.float32).contiguous().numpy()
+    rows, width = h.reshape(-1, h.shape[-1]).shape
+    meta = json.dumps({"entity_class": state.entity_class, "model_version": state.model_version, "tracker": state.tracker},
+                      separators=(",", ":")).encode()  # fmt: skip
+    return b"".join([_STATE.pack(STATE_MAGIC, STATE_VERSION, rows, width, state.seen, state.last_ns, len(meta)), meta,
+                     h.astype("<f4").tobytes(), c.astype("<f4").tobytes()])  # fmt: skip
 
 
 def decode_state(data: bytes) -> EntityState:
     try:
-        (n,) = struct.unpack_from("<Q", data, 0)
-        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
-        if meta.get("format") != STATE_FORMAT:
-            raise WireError(f"state record format {meta.get('format')!r}; this netad reads {STATE_FORMAT}")
-        tensors = st_load(bytes(data))
-        return EntityState(meta["entity_class"], tensors["h"], tensors["c"], int(meta["seen"]), int(meta["last_ns"]),
-                           json.loads(meta["tracker"]), meta["model_version"])  # fmt: skip
-    except (struct.error, json.JSONDecodeError, KeyError, ValueError, SafetensorError) as exc:
-        if isinstance(exc, WireError):
-            raise
+        magic, version, rows, width, seen, last_ns, n = _STATE.unpack_from(data, 0)
+        if magic != STATE_MAGIC:
+            raise WireError("not a netad state record (bad magic)")
+        if version != STATE_VERSION:
+            raise WireError(f"state record format version {version}; this netad reads {STATE_VERSION}")
+        pos = _STATE.size + n
+        size = 4 * rows * width
+        if pos + 2 * size != len(data):
+            raise WireError("state record has a wrong length")
+        meta = json.loads(data[_STATE.size : pos])
+        shape = (width,) if rows == 1 else (rows, width)  # one layer's state is a vector
+        h = torch.from_numpy(np.frombuffer(data, "<f4", rows * width, pos).astype(np.float32).reshape(shape))
+        c = torch.from_numpy(np.frombuffer(data, "<f4", rows * width, pos + size).astype(np.float32).reshape(shape))
+        return EntityState(meta["entity_class"], h, c, seen, last_ns, meta["tracker"], meta["model_version"])
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise WireError(f"damaged state record: {exc}") from None

@@ -1,8 +1,8 @@
-"""A Kafka cluster for tests: librdkafka's built-in mock cluster, which speaks the real wire
-protocol on loopback ports. Run as a process; it prints the bootstrap servers on one line,
-then keeps the cluster up until killed or its stdin closes.
+"""A Kafka cluster for tests and `netad bench kafka`: librdkafka's built-in mock cluster,
+which speaks the real wire protocol on loopback ports. Run as a process; it prints the
+bootstrap servers on one line, then keeps the cluster up until killed or its stdin closes.
 
-    python tests/service/_kafka_mock.py BROKERS TOPIC [TOPIC ...]
+    python -m detector.bench._kafka_mock BROKERS TOPIC [TOPIC ...]
 
 Topics are created by asking for their metadata (the mock cluster auto-creates a topic with
 4 partitions); its CreateTopics needs a controller the mock cluster does not have.
