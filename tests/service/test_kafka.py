@@ -157,3 +157,18 @@ def test_window_record_round_trip_and_damage():
             decode_window(bad)
     with pytest.raises(WireError):
         decode_state(b"\x00" * 16)
+
+
+def test_missing_topic_is_a_config_error(demo, kafka_cluster, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = _config(demo, tmp_path, "lost", "scorer", kafka_cluster)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["kafka"]["state_topic"] = "netad.no-such-state"
+    path.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run([sys.executable, "-m", "detector.cli", "run", "-c", str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 78, res.stderr[-2000:]
+    assert "kafka.state_topic" in res.stderr and "netad.no-such-state" in res.stderr
