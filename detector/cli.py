@@ -29,6 +29,17 @@ def _load(config: str | None):
 
 config_option = click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
                              help="YAML config file (default: built-in defaults).")  # fmt: skip
+conn_log_option = click.option("--conn-log", "conn_logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                               help="Zeek conn.log (TSV or JSON, .gz too) read as flow records, instead of --pcap (repeatable).")  # fmt: skip
+
+
+def _inputs(pcaps: tuple[str, ...], conn_logs: tuple[str, ...]) -> tuple[list[Path], bool]:
+    """(input files, whether they are flow records): captures or conn.logs, one kind."""
+    if pcaps and conn_logs:
+        raise click.UsageError("give captures (--pcap) or Zeek conn.logs (--conn-log), not both: a model has one feature schema")
+    if not pcaps and not conn_logs:
+        raise click.UsageError("give the input: --pcap CAPTURE or --conn-log CONN_LOG (repeatable)")
+    return [Path(p) for p in conn_logs or pcaps], bool(conn_logs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,23 +85,24 @@ def check_config(config: str | None) -> None:
 
 @main.command()
 @config_option
-@click.option("--pcap", "pcaps", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False), help="Benign training capture (repeatable).")
+@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Benign training capture (repeatable).")
+@conn_log_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False), help="Ground-truth CSV: windows overlapping its positive intervals are left out.")
 @click.option("--before-first-attack", is_flag=True, help="With --truth: train only on windows before the first positive interval.")
-@click.option("--start-s", type=float, default=None, help="Use only traffic from this offset (s) after the first packet.")
-@click.option("--end-s", type=float, default=None, help="Use only traffic up to this offset (s) after the first packet.")
+@click.option("--start-s", type=float, default=None, help="Use only traffic from this offset (s) after the first packet (or record).")
+@click.option("--end-s", type=float, default=None, help="Use only traffic up to this offset (s) after the first packet (or record).")
 @_errors_to_exit_codes
-def train(config, pcaps, out, truth, before_first_attack, start_s, end_s) -> None:
-    """Train a model bundle on benign captures."""
+def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, end_s) -> None:
+    """Train a model bundle on benign captures (packet model) or Zeek conn.logs (flow model)."""
     from detector.service.training import train_from_captures
 
+    inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
-    bundle = train_from_captures(cfg, [Path(p) for p in pcaps], Path(out), truth=truth,
-                                 before_first_attack=before_first_attack, start_s=start_s, end_s=end_s,
-                                 progress=sys.stderr.isatty())  # fmt: skip
+    bundle = train_from_captures(cfg, inputs, Path(out), truth=truth, before_first_attack=before_first_attack,
+                                 start_s=start_s, end_s=end_s, progress=sys.stderr.isatty(), flow_records=flow_records)  # fmt: skip
     summary = bundle.training["classes"]
-    click.echo(f"model {bundle.version} written to {out}")
+    click.echo(f"model {bundle.version} written to {out} (feature schema {bundle.schema.name} v{bundle.schema.version})")
     for cls, cm in bundle.classes.items():
         s = summary[cls]
         click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
@@ -100,17 +112,20 @@ def train(config, pcaps, out, truth, before_first_attack, start_s, end_s) -> Non
 @main.command()
 @config_option
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path from the config).")
-@click.option("--pcap", "pcaps", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Capture to replay (repeatable).")
+@conn_log_option
 @click.option("--scores", type=click.Path(dir_okay=False), default=None, help="Write window scores (JSON lines) here.")
 @click.option("--incidents", type=click.Path(dir_okay=False), default=None, help="Write incident events (ECS JSON lines) here.")
 @click.option("--sink", "sinks", multiple=True, help="Extra incident sink URL (repeatable).")
 @_errors_to_exit_codes
-def score(config, model_dir, pcaps, scores, incidents, sinks) -> None:
-    """Replay captures as fast as possible through the daemon's stages."""
+def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None:
+    """Replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages."""
     from detector.service.offline import score_captures
 
+    inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
-    stats = score_captures(cfg, [Path(p) for p in pcaps], model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks))
+    stats = score_captures(cfg, inputs, model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks),
+                           flow_records=flow_records)  # fmt: skip
     click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from detector.errors import ConfigError
 
@@ -30,16 +30,62 @@ class SensorConfig(_Strict):
     hostname: str | None = None  # defaults to the machine's hostname
 
 
+def _check_networks(value: list[str]) -> list[str]:
+    for i, net in enumerate(value):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"[{i}] {net!r} is not a network: {exc}") from None
+    return value
+
+
+FLOW_RECORD_SOURCES = ("netflow", "zeek")  # source types that give flow records, not packets
+
+
 class SourceConfig(_Strict):
-    type: Literal["pcap", "interface"] = "pcap"
-    path: Path | None = None  # pcap/pcapng file for type=pcap
+    # pcap: replay a capture file; interface: live capture; netflow: a NetFlow v5/v9/IPFIX
+    # collector on UDP; zeek: a Zeek conn.log (TSV or JSON), followed while it grows if `follow`
+    type: Literal["pcap", "interface", "netflow", "zeek"] = "pcap"
+    path: Path | None = None  # pcap/pcapng file (type=pcap) or conn.log (type=zeek)
     speed: float = Field(0.0, ge=0.0)  # replay speed: 0 = as fast as possible, 1 = real time
     interface: str | None = None  # for type=interface
     snaplen: int = Field(262144, ge=64)
-    buffer_mb: int = Field(64, ge=1)
+    buffer_mb: int = Field(64, ge=1)  # kernel ring (interface) or UDP receive buffer (netflow)
     promisc: bool = True
     bpf: str = ""
-    batch_packets: int = Field(65536, ge=1)
+    batch_packets: int = Field(65536, ge=1)  # packets (or flow records) per batch
+    bind_address: str = "0.0.0.0"  # netflow: the address to listen on ("::" for IPv6 and IPv4)
+    port: int = Field(2055, ge=0, le=65535)  # netflow: UDP port; 0 = any free one (logged)
+    allowed_exporters: list[str] = Field(default_factory=list)  # netflow: exporter networks; [] = any
+    default_sampling_rate: int = Field(1, ge=1)  # netflow: for exporters that never announce theirs
+    follow: bool = False  # zeek: keep reading what Zeek appends (and follow rotations)
+    from_end: bool = False  # zeek, with follow: skip what the log already holds at start
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
+    @field_validator("allowed_exporters")
+    @classmethod
+    def _exporters(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+    @field_validator("from_end")
+    @classmethod
+    def _from_end(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("follow"):
+            raise ValueError("needs follow: true (a log that is not followed is read from its start)")
+        return value
+
+    @property
+    def flow_records(self) -> bool:
+        """True when this source gives flow records (FLOW_SCHEMA), not packets."""
+        return self.type in FLOW_RECORD_SOURCES
 
 
 class FlowsConfig(_Strict):
@@ -54,6 +100,10 @@ class WindowsConfig(_Strict):
     bin_s: float = Field(10.0, gt=0)
     bins: int = Field(6, ge=1, le=256)
     lateness_s: float = Field(2.0, ge=0)
+    # flow records (netflow, zeek) come when a flow ends or hits the exporter's active
+    # timeout: set this to active timeout + idle timeout + export interval (NetFlow), or to
+    # Zeek's longest inactivity timeout (TCP: 300 s) plus a margin
+    flow_lateness_s: float = Field(90.0, ge=0)
     max_entities: int = Field(50_000, ge=1)
     entity_idle_s: float = Field(3600.0, gt=0)
 
@@ -155,12 +205,7 @@ class Config(_Strict):
     @field_validator("home_net")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for i, net in enumerate(value):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"[{i}] {net!r} is not a network: {exc}") from None
-        return value
+        return _check_networks(value)
 
 
 # --------------------------------------------------------------------------------------

@@ -42,6 +42,27 @@ def test_every_error_is_reported(tmp_path: Path):
     assert lines[1].startswith(f"{p}:3: model.device:")
 
 
+def test_flow_source_keys_are_validated_with_file_and_line(tmp_path: Path):
+    """netflow and zeek sources: each bad key named with its line; the examples are valid."""
+    p = tmp_path / "c.yaml"
+    p.write_text("source:\n  type: netflow\n  bind_address: collector.local\n  port: 70000\n"
+                 "  allowed_exporters: [10.0.0.0/8, routers]\n  default_sampling_rate: 0\n  from_end: true\n"
+                 "windows:\n  flow_lateness_s: -1\n")  # fmt: skip
+    with pytest.raises(ConfigError) as exc:
+        load_config(p, env={})
+    lines = str(exc.value).splitlines()
+    assert [f"{p}:{n}: {key}:" for n, key in ((3, "source.bind_address"), (4, "source.port"), (5, "source.allowed_exporters"),
+            (6, "source.default_sampling_rate"), (7, "source.from_end"), (9, "windows.flow_lateness_s"))] == [
+        line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in lines
+    ]  # fmt: skip
+    assert "'collector.local' is not an IP address" in lines[0] and "[1] 'routers' is not a network" in lines[2]
+    assert "needs follow: true" in lines[4]
+    netflow = load_config(REPO / "configs" / "netflow.yaml", env={})
+    assert ("netflow", 2055, True) == (netflow.source.type, netflow.source.port, netflow.source.flow_records)
+    zeek = load_config(REPO / "configs" / "zeek.yaml", env={})
+    assert ("zeek", True, 360.0) == (zeek.source.type, zeek.source.follow, zeek.windows.flow_lateness_s)
+
+
 def test_invalid_yaml_reports_line(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text("sinks:\n  - url: [unclosed\n")

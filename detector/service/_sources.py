@@ -1,10 +1,13 @@
-"""The daemon's packet sources: a capture file replayed (optionally paced), or a live interface.
+"""The daemon's sources: a capture file replayed (optionally paced), a live interface, a
+NetFlow v5/v9/IPFIX collector, or a Zeek conn.log (read to its end, or followed).
 
-Where it stands: the head of the flow, for `netad run` only (offline commands read captures
-with service.pipeline.capture_batches). Both sources are iterators of PacketBatch with a
-`stop` attribute that a signal handler may set, and both hand back an EMPTY batch at least
-every `poll_s` while they have nothing, so the run loop keeps its clock: signals, scheduled
-jobs, watchdog pings and (live) windows closed on the wall clock never wait for traffic.
+Where it stands: the head of the flow, for `netad run` only (offline commands read their
+files with service.pipeline.input_batches). Every source is an iterator of PacketBatch (pcap,
+interface) or FlowRecordBatch (netflow, zeek) with a `stop` attribute that a signal handler
+may set, a `kind` ("live" or "replay"), an `identity` and `stats()`. Live ones hand back an
+EMPTY batch at least every `poll_s` while they have nothing (a paced replay too, while it
+waits), so the run loop keeps its clock: signals, scheduled jobs, watchdog pings and (live)
+windows closed on the wall clock never wait for traffic.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
+from detector.capture.flowrecords import FlowRecordBatch
+from detector.capture.netflow import NetflowCollector, NetflowParser
 from detector.capture.pcap import CaptureFile
+from detector.capture.zeeklog import ZeekConnLog
 from detector.config import SourceConfig
 from detector.contracts import PacketBatch
 from detector.errors import ConfigError
@@ -29,7 +35,7 @@ class Source(Protocol):
     identity: dict[str, str]  # what a checkpoint records to recognise the same source
     stop: bool
 
-    def __iter__(self) -> Iterator[PacketBatch]: ...
+    def __iter__(self) -> Iterator[PacketBatch | FlowRecordBatch]: ...
 
     def stats(self) -> dict[str, int]: ...
 
@@ -133,18 +139,37 @@ class LiveSource:
 
 def source_identity(cfg: SourceConfig) -> dict[str, str]:
     """What a checkpoint records to tell whether it was written for the same source."""
-    if cfg.type == "pcap":
-        return {"type": "pcap", "path": str(Path(cfg.path).resolve()) if cfg.path else ""}
+    if cfg.type in ("pcap", "zeek"):
+        return {"type": cfg.type, "path": str(Path(cfg.path).resolve()) if cfg.path else ""}
+    if cfg.type == "netflow":
+        return {"type": "netflow", "address": cfg.bind_address, "port": str(cfg.port)}
     return {"type": "interface", "interface": cfg.interface or ""}
 
 
-def build_source(cfg: SourceConfig, resume_from_ns: int | None = None) -> ReplaySource | LiveSource:
-    """The configured source, opened (a live capture is up when this returns). Raises
-    ConfigError for an incomplete source section, CaptureError when it cannot be opened."""
+def is_live(cfg: SourceConfig) -> bool:
+    """Whether the source follows the present (windows also close on the wall clock) rather
+    than replaying a finished file."""
+    return cfg.type in ("interface", "netflow") or (cfg.type == "zeek" and cfg.follow)
+
+
+def build_source(cfg: SourceConfig, resume_from_ns: int | None = None) -> Source:
+    """The configured source, opened (a live capture or collector is up when this returns).
+    Raises ConfigError for an incomplete source section, CaptureError when it cannot be
+    opened. `resume_from_ns` (where a checkpoint left a replay) is for capture files."""
+    source: Source
+    if cfg.type in ("pcap", "zeek") and cfg.path is None:
+        raise ConfigError(f"source.path: required when source.type is {cfg.type}")
     if cfg.type == "pcap":
-        if cfg.path is None:
-            raise ConfigError("source.path: required when source.type is pcap")
         return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume_from_ns)
-    if not cfg.interface:
+    if cfg.type == "zeek":
+        source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets)
+    elif cfg.type == "netflow":
+        parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters)
+        source = NetflowCollector(cfg.bind_address, cfg.port, buffer_mb=cfg.buffer_mb, batch_records=cfg.batch_packets,
+                                  poll_s=POLL_S, parser=parser)  # fmt: skip
+    elif not cfg.interface:
         raise ConfigError("source.interface: required when source.type is interface")
-    return LiveSource(cfg)
+    else:
+        return LiveSource(cfg)
+    source.identity = source_identity(cfg)  # as configured: a port 0 or a relative path still matches
+    return source

@@ -44,7 +44,7 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer, set_torch_threads
 from detector.service import jobs as J
 from detector.service._reload import ReloadPlan, build_sinks, plan_reload, wanted_sinks
-from detector.service._sources import LiveSource, ReplaySource, build_source, source_identity
+from detector.service._sources import ReplaySource, Source, build_source, is_live, source_identity
 from detector.service.metrics import Metrics
 from detector.service.pipeline import Pipeline
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
@@ -86,7 +86,7 @@ class Daemon:
         self.cfg = cfg
         self.extra_sinks = list(extra_sinks or [])
         self.notifier = Notifier()
-        self.source: ReplaySource | LiveSource | None = None
+        self.source: Source | None = None
         self.metrics: Metrics | None = None
         self.reloads = {"success": 0, "failure": 0}
         self._stop = False
@@ -165,11 +165,12 @@ class Daemon:
         if cfg.outputs.scores is not None:
             cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
             # a replay started over rewrites its scores; one resumed, or a live link, adds to them
-            resuming = checkpoint is not None or cfg.source.type == "interface"
+            resuming = checkpoint is not None or is_live(cfg.source)
             self.scores_out = open(cfg.outputs.scores, "a" if resuming else "w", encoding="utf-8")
         svc = cfg.service
         self.ring = WindowRing(svc.retrain_buffer_windows, int(svc.retrain_buffer_mb * 2**20))
-        self.pipeline = Pipeline(cfg, bundle, sinks=[self.publisher], scores_out=self.scores_out, on_scored=self._on_scored)
+        self.pipeline = Pipeline(cfg, bundle, sinks=[self.publisher], scores_out=self.scores_out, on_scored=self._on_scored,
+                                 flow_records=cfg.source.flow_records)  # fmt: skip
         resume_ns = self._restore(checkpoint) if checkpoint else None
         self.source = build_source(cfg.source, resume_from_ns=resume_ns)
         if self._stop:  # a signal while starting: the source did not exist to be told
@@ -207,6 +208,8 @@ class Daemon:
             self._on_retrain_result(result)
         if now - self._last_snapshot_s >= _SNAPSHOT_INTERVAL_S:
             self._refresh_snapshot()
+            if self.scores_out is not None:
+                self.scores_out.flush()  # window scores of a live source show within a second, not per 8 KiB
         if now - self._last_status_s >= self.cfg.service.status_interval_s:
             self._status(now)
         self._watchdog(now)
@@ -242,7 +245,7 @@ class Daemon:
         log.info("daemon_stopped", reason=reason, seconds=round(elapsed_s, 2), windows_drained=windows,
                  sinks_drained=delivered, left_in_spool=left, rule_drops=dict(self.pipeline.tracker.dropped),
                  **self.pipeline.stats())  # fmt: skip
-        if isinstance(self.source, ReplaySource) and self.cfg.outputs.summary:
+        if self.source is not None and self.source.kind == "replay" and self.cfg.outputs.summary:
             self._print_summary(elapsed_s, self.source)
         self.notifier.close()
         return 0
@@ -254,10 +257,10 @@ class Daemon:
         window's start and so sees that window whole."""
         before = self.pipeline.windows.windows_closed
         watermark_ns = self.pipeline.windows.watermark_ns
-        if reason == "source_ended" or isinstance(self.source, LiveSource):
+        if reason == "source_ended" or (self.source is not None and self.source.kind == "live"):
             self.pipeline.finish()
         elif watermark_ns is not None:
-            self.pipeline.advance(watermark_ns + int(round(self.cfg.windows.lateness_s * 1e9)))
+            self.pipeline.advance(watermark_ns + int(round(self.pipeline.windows.lateness_s * 1e9)))
         return self.pipeline.windows.windows_closed - before
 
     def _hard_exit(self) -> None:  # a timer thread: the run loop is stuck somewhere
@@ -284,13 +287,13 @@ class Daemon:
     def _idle(self, now: float) -> None:
         """An empty batch: the source is alive but had nothing. A live link's windows close
         on the wall clock; that they do is the progress. A paced replay is waiting by design."""
-        if not isinstance(self.source, LiveSource):
+        if self.source is None or self.source.kind != "live":
             self._progressed(now)
             return
         wall_ns = time.time_ns()
         self.pipeline.advance(wall_ns)
         window_ns = int(round(self.cfg.windows.bin_s * 1e9)) * self.cfg.windows.bins
-        due_end_ns = (wall_ns - int(round(self.cfg.windows.lateness_s * 1e9))) // window_ns * window_ns
+        due_end_ns = (wall_ns - int(round(self.pipeline.windows.lateness_s * 1e9))) // window_ns * window_ns
         last = self.pipeline.last_window_end_ns
         if self.pipeline.windows.watermark_ns is None or last is None or last >= due_end_ns:
             self._progressed(now)
@@ -377,7 +380,7 @@ class Daemon:
         log.info("heartbeat", uptime_s=round(time.monotonic() - self.started_s), model_version=self.pipeline.bundle.version,
                  sink_backlog=sum(int(s["backlog"]) for s in sinks.values()), retrain_buffer_windows=len(self.ring),
                  rule_drops=dict(self.pipeline.tracker.dropped),
-                 **self.pipeline.stats(), **(self.source.stats() if self.source else {}))  # fmt: skip
+                 **{**self.pipeline.stats(), **(self.source.stats() if self.source else {})})  # fmt: skip
         return "ok"
 
     def _refresh_thresholds(self) -> str:
@@ -507,6 +510,10 @@ class Daemon:
         if meta.get("replay_complete"):
             log.info("checkpoint_ignored", reason="that replay had ended; it starts over")
             return None
+        if self.cfg.source.type == "zeek" and not self.cfg.source.follow:
+            # a conn.log is in the order connections ended, not started: no position to resume at
+            log.info("checkpoint_ignored", reason="a conn.log read to its end cannot resume midway; it starts over")
+            return None
         return checkpoint
 
     def _choose_model(self, base: ModelBundle, meta: dict) -> tuple[ModelBundle, Path]:
@@ -544,17 +551,23 @@ class Daemon:
         return resume_ns
 
     # ---------------------------------------------------------------- the replay's summary
-    def _print_summary(self, elapsed_s: float, source: ReplaySource) -> None:
+    def _print_summary(self, elapsed_s: float, source: Source) -> None:
         st = self.pipeline.stats()
         out = sys.stdout
         print("", file=out)
         print("netad summary", file=out)
-        print(f"  packets      {st['packets']:,} ({st['malformed']:,} malformed, {st['non_ip']:,} non-IP) in {elapsed_s:.1f} s", file=out)
-        if source.skipped_packets:
-            print(f"  resumed      {source.skipped_packets:,} packets before the checkpoint skipped", file=out)
-        if source.capture.damage:
-            print(f"  capture      stopped at damage: {source.capture.damage}", file=out)
-        print(f"  flows        {st['flows_created']:,} created, {st['flow_evictions']:,} evicted", file=out)
+        if not isinstance(source, ReplaySource):  # flow records (a conn.log)
+            print(f"  records      {st['flow_records']:,} flow records ({st['malformed']:,} malformed lines) "
+                  f"of {st['packets']:,} packets in {elapsed_s:.1f} s", file=out)  # fmt: skip
+            print(f"  late         {st['late_records']:,} records wholly, {st['late_record_starts']:,} in part "
+                  f"({st['late_packets']:,} packets) for windows already closed", file=out)  # fmt: skip
+        else:
+            print(f"  packets      {st['packets']:,} ({st['malformed']:,} malformed, {st['non_ip']:,} non-IP) in {elapsed_s:.1f} s", file=out)
+            if source.skipped_packets:
+                print(f"  resumed      {source.skipped_packets:,} packets before the checkpoint skipped", file=out)
+            if source.capture.damage:
+                print(f"  capture      stopped at damage: {source.capture.damage}", file=out)
+            print(f"  flows        {st['flows_created']:,} created, {st['flow_evictions']:,} evicted", file=out)
         print(f"  windows      {st['windows_closed']:,} closed, {st['entity_windows']:,} entity-windows scored, "
               f"{st['anomalous_windows']:,} anomalous", file=out)  # fmt: skip
         print(f"  entities     {st['entities']:,} tracked", file=out)

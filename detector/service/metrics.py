@@ -33,6 +33,18 @@ _COUNTERS = {
     "windows_closed": ("netad_windows_closed", "Windows closed"),
     "entity_windows": ("netad_windows_scored", "Entity windows scored"),
     "anomalous_windows": ("netad_anomalous_windows", "Entity windows above threshold"),
+    # flow-record sources (netflow, zeek): the windows' and the sources' own counters
+    "flow_records": ("netad_flow_records", "Flow records processed"),
+    "late_records": ("netad_late_flow_records", "Flow records wholly in windows already closed"),
+    "entity_overflow_records": ("netad_entity_overflow_flow_records", "Flow record contributions of hosts that found no entity slot"),
+    "datagrams": ("netad_netflow_datagrams", "NetFlow/IPFIX datagrams received"),
+    "datagrams_malformed": ("netad_netflow_datagrams_malformed", "NetFlow/IPFIX datagrams with damage"),
+    "datagrams_refused": ("netad_netflow_datagrams_refused", "Datagrams from exporters not allowed"),
+    "flowsets_dropped_no_template": ("netad_netflow_flowsets_dropped_no_template", "Flow sets dropped waiting for their template"),
+    "sequence_gaps": ("netad_netflow_sequence_gaps", "Gaps in exporters' sequence numbers (lost datagrams)"),
+    "datagrams_out_of_order": ("netad_netflow_datagrams_out_of_order", "Datagrams that arrived out of order"),
+    "records_bad_time": ("netad_netflow_records_bad_time", "Records dropped for times outside the export's clock window"),
+    "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
 }
 _GAUGES = {
     "active_flows": ("netad_active_flows", "Flows tracked now"),

@@ -1,4 +1,4 @@
-"""`netad score` wiring: replay captures as fast as possible through the daemon's stages."""
+"""`netad score` wiring: replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from detector.alerting.sinks import SinkSet, build_sink
 from detector.config import Config
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
-from detector.service.pipeline import Pipeline, capture_batches
+from detector.service.pipeline import Pipeline, input_batches
 
 
 def score_captures(
@@ -18,7 +18,9 @@ def score_captures(
     scores: str | Path | None = None,
     incidents: str | Path | None = None,
     sinks: list[str] | None = None,
+    flow_records: bool = False,
 ) -> dict[str, int]:
+    """Score `pcaps`: capture files, or Zeek conn.logs when `flow_records`."""
     set_torch_threads(cfg.model.threads)
     bundle = ModelBundle.load(model_dir or cfg.model.path)
     urls = list(sinks or [])
@@ -32,8 +34,8 @@ def score_captures(
         Path(scores).parent.mkdir(parents=True, exist_ok=True)
         scores_out = open(scores, "w", encoding="utf-8")
     try:
-        pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out)
-        for batch in capture_batches(pcaps, cfg.source.batch_packets):
+        pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out, flow_records=flow_records)
+        for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets):
             pipeline.push(batch)
         pipeline.finish()
     finally:

@@ -3,11 +3,17 @@
 Only the service layer knows every stage. The daemon (`netad run`) and the offline commands
 (`netad score`, `netad train`, `netad eval`, `netad bench`) all build their stages here, so
 replaying a capture gives the same windows, scores and incidents as watching it live.
+
+Flow-record sources (NetFlow/IPFIX, Zeek conn.log) give FlowRecordBatch instead of packets;
+for them there is no FlowTable (the exporter already made the flows) and the windows come
+from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is the same::
+
+    PacketBatch ────► FlowTable ─► WindowAggregator ─────┐
+    FlowRecordBatch ─────────────► FlowWindowAggregator ─┴─► StreamingScorer ─► incidents ─► sinks
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from collections import Counter
@@ -16,13 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+import numpy as np
+
 from detector.alerting.incidents import IncidentTracker
 from detector.alerting.rules import RuleSet, load_rules
+from detector.capture.flowrecords import FlowRecordBatch
 from detector.capture.flows import FlowTable
+from detector.capture.flowwindows import FlowWindowAggregator
 from detector.capture.pcap import CaptureFile
-from detector.capture.windows import WindowAggregator
+from detector.capture.windows import HomeNet, WindowAggregator
+from detector.capture.zeeklog import ZeekConnLog
 from detector.config import Config
-from detector.contracts import IncidentEvent, PacketBatch, ScoreBatch, WindowBatch
+from detector.contracts import ENTITY_GLOBAL, FeatureSchema, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
@@ -43,24 +54,41 @@ def build_flow_table(cfg: Config) -> FlowTable:
     )
 
 
-def build_aggregator(cfg: Config) -> WindowAggregator:
+def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregator | FlowWindowAggregator:
+    """The window stage: packet windows, or flow-record windows (FLOW_SCHEMA, with
+    `windows.flow_lateness_s`) when the input is flow records (the daemon: as its source
+    gives, `cfg.source.flow_records`; offline commands: as their input files are)."""
     w = cfg.windows
-    return WindowAggregator(
-        home_net=cfg.home_net,
-        bin_s=w.bin_s,
-        bins=w.bins,
-        lateness_s=w.lateness_s,
-        max_entities=w.max_entities,
-        entity_idle_s=w.entity_idle_s,
-    )
+    common = {"home_net": cfg.home_net, "bin_s": w.bin_s, "bins": w.bins, "max_entities": w.max_entities,
+              "entity_idle_s": w.entity_idle_s}  # fmt: skip
+    if flow_records:
+        return FlowWindowAggregator(lateness_s=w.flow_lateness_s, **common)
+    return WindowAggregator(lateness_s=w.lateness_s, **common)
 
 
-def window_stream(cfg: Config, batches: Iterable[PacketBatch]) -> Iterator[WindowBatch]:
-    """Packets -> closed windows (capture -> flows -> windows), flushed at the end."""
-    flows = build_flow_table(cfg)
-    windows = build_aggregator(cfg)
+def build_windowing(cfg: Config, flow_records: bool = False) -> tuple[FlowTable | None, WindowAggregator | FlowWindowAggregator]:
+    """(flow table, window aggregator); no flow table for flow records (the exporter made the flows)."""
+    windows = build_aggregator(cfg, flow_records)
+    return (None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)), windows
+
+
+def close_windows(flows: FlowTable | None, windows: WindowAggregator | FlowWindowAggregator,
+                  batch: PacketBatch | FlowRecordBatch) -> list[WindowBatch]:  # fmt: skip
+    """One source batch through the window stages; the windows it closed."""
+    if (flows is None) != isinstance(batch, FlowRecordBatch):
+        wanted = "flow records" if flows is None else "packets"
+        raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+    if flows is None:
+        return windows.push(batch)  # type: ignore[arg-type]
+    return windows.push(batch, flows.push(batch))  # type: ignore[call-arg, arg-type]
+
+
+def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
+                  flow_records: bool = False) -> Iterator[WindowBatch]:  # fmt: skip
+    """Source batches -> closed windows (capture -> flows -> windows), flushed at the end."""
+    flows, windows = build_windowing(cfg, flow_records)
     for batch in batches:
-        yield from windows.push(batch, flows.push(batch))
+        yield from close_windows(flows, windows, batch)
     yield from windows.flush()
 
 
@@ -69,12 +97,97 @@ def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536) -> 
         yield from CaptureFile(path, batch_packets=batch_packets)
 
 
+def conn_log_batches(paths: Iterable[str | Path], batch_records: int = 65536) -> Iterator[FlowRecordBatch]:
+    for path in paths:
+        yield from ZeekConnLog(path, batch_records=batch_records)
+
+
+def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: int = 65536) -> Iterator[PacketBatch | FlowRecordBatch]:
+    """An offline command's input files: captures (packets) or Zeek conn.logs (flow records)."""
+    return conn_log_batches(paths, batch_size) if flow_records else capture_batches(paths, batch_size)
+
+
 def observer_of(cfg: Config) -> dict[str, str]:
-    return {
+    src = cfg.source
+    observer = {
         "name": cfg.sensor.id,
         "hostname": cfg.sensor.hostname or platform.node(),
-        "interface": cfg.source.interface or "",
+        "interface": src.interface or "",
     }
+    if src.type == "netflow":  # the exporters themselves are added per incident (ExporterIndex)
+        host = f"[{src.bind_address}]" if ":" in src.bind_address else src.bind_address
+        observer["collector"] = f"{host}:{src.port}"
+    return observer
+
+
+# feature schema name -> (what it is computed from, the source types that give it, how to train on it)
+_INPUTS = {
+    "packet": ("packets", "pcap, interface", "netad train --pcap CAPTURE"),
+    "flow": ("flow records", "netflow, zeek", "netad train --conn-log CONN_LOG"),
+}
+
+
+def schema_mismatch(model: FeatureSchema, ours: FeatureSchema) -> str:
+    """Why a model cannot score these windows, in words an operator can act on."""
+    m, o = _INPUTS.get(model.name), _INPUTS.get(ours.name)
+    if model.name != ours.name and m is not None and o is not None:
+        return (f"the model was trained on {m[0]} (feature schema {model.name} v{model.version}) and cannot score "
+                f"{o[0]} (feature schema {ours.name} v{ours.version}, from sources {o[1]}); "
+                f"use a model trained on {o[0]} ({o[2]})")  # fmt: skip
+    return (f"model trained on feature schema {model.name} v{model.version}, "
+            f"this netad computes {ours.name} v{ours.version}; retrain")
+
+
+class ExporterIndex:
+    """Which exporters (NetFlow/IPFIX exporter and domain, or Zeek log) reported each home
+    host's records, for the `exporter` of an incident's observer: the router or sensor that
+    saw the traffic. Per batch a few numpy calls; a Python step only for a (host, exporter)
+    pair not seen before. Bounded: past `max_hosts` hosts it starts over."""
+
+    MAX_NAMES = 8
+    _K1, _K2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)
+
+    def __init__(self, home_net: list[str], max_hosts: int) -> None:
+        self._home = HomeNet(home_net)
+        self.max_hosts = max_hosts
+        self.names: dict[int, str] = {}
+        self._of_host: dict[tuple[int, int], set[int]] = {}
+        self._known = np.zeros(0, dtype=np.uint64)  # sorted keys of the pairs in _of_host
+
+    def note(self, batch: FlowRecordBatch) -> None:
+        for eid, exporter in batch.exporters.items():
+            self.names[eid] = exporter.name
+        if len(self._of_host) > self.max_hosts:
+            self._of_host.clear()
+            self._known = np.zeros(0, dtype=np.uint64)
+        home_s = self._home.contains(batch.src_hi, batch.src_lo)
+        home_d = self._home.contains(batch.dst_hi, batch.dst_lo)
+        hi = np.concatenate([batch.src_hi[home_s], batch.dst_hi[home_d]])
+        lo = np.concatenate([batch.src_lo[home_s], batch.dst_lo[home_d]])
+        exp = np.concatenate([batch.exporter[home_s], batch.exporter[home_d]]).astype(np.uint64)
+        key = (lo * self._K1) ^ (hi * self._K2) ^ (exp << np.uint64(40))  # wraps: a hash of the pair
+        uniq, first = np.unique(key, return_index=True)
+        new = ~np.isin(uniq, self._known, assume_unique=True)
+        if not new.any():
+            return
+        rows = first[new]
+        for h, low, e in zip(hi[rows].tolist(), lo[rows].tolist(), exp[rows].tolist()):
+            self._of_host.setdefault((h, low), set()).add(e)
+        self._known = np.union1d(self._known, uniq[new])
+
+    def of(self, entity: str) -> str:
+        """The exporters of an entity's records ("a,b"); all seen for `global` or a host not known here."""
+        ids = None if entity == ENTITY_GLOBAL else self._of_host.get(_pair_or_none(entity))  # type: ignore[arg-type]
+        names = sorted({self.names[e] for e in (ids or self.names) if e in self.names})
+        more = len(names) - self.MAX_NAMES
+        return ",".join(names[: self.MAX_NAMES]) + (f",+{more} more" if more > 0 else "")
+
+
+def _pair_or_none(entity: str) -> tuple[int, int] | None:
+    try:
+        return addr_to_pair(entity)
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -89,16 +202,14 @@ class Pipeline:
     # called after each closed window is scored: (window, its scores, seconds the scorer took);
     # the daemon observes latency and keeps recent windows for retraining through it
     on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None
+    # the input is flow records (FlowRecordBatch), not packets (the daemon: cfg.source.flow_records)
+    flow_records: bool = False
 
     def __post_init__(self) -> None:
         cfg = self.cfg
-        self.flows = build_flow_table(cfg)
-        self.windows = build_aggregator(cfg)
+        self.flows, self.windows = build_windowing(cfg, self.flow_records)
         if self.bundle.schema != self.windows.schema:
-            raise ModelError(
-                f"model trained on feature schema {self.bundle.schema.name} v{self.bundle.schema.version}, "
-                f"this netad computes {self.windows.schema.name} v{self.windows.schema.version}; retrain"
-            )
+            raise ModelError(f"model {self.bundle.version}: {schema_mismatch(self.bundle.schema, self.windows.schema)}")
         if (self.bundle.bin_s, self.bundle.bins) != (cfg.windows.bin_s, cfg.windows.bins):
             raise ModelError(
                 f"model trained on windows of {self.bundle.bins} x {self.bundle.bin_s} s bins, "
@@ -120,7 +231,8 @@ class Pipeline:
             observer=observer_of(cfg),
             model_version=self.bundle.version,
         )
-        self.packets = 0
+        self.exporters = ExporterIndex(cfg.home_net, 2 * cfg.windows.max_entities) if self.flows is None else None
+        self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
         self.malformed = 0
         self.non_ip = 0
@@ -130,13 +242,18 @@ class Pipeline:
         self.incidents_by_entity: Counter[str] = Counter()
         self.last_window_end_ns: int | None = None
 
-    def push(self, batch: PacketBatch) -> list[IncidentEvent]:
-        self.packets += len(batch)
-        self.bytes += int(batch.ip_len.sum())
+    def push(self, batch: PacketBatch | FlowRecordBatch) -> list[IncidentEvent]:
+        if isinstance(batch, FlowRecordBatch):
+            self.packets += int(batch.packets.sum())
+            self.bytes += int(batch.bytes.sum())
+            if self.exporters is not None and len(batch):
+                self.exporters.note(batch)
+        else:
+            self.packets += len(batch)
+            self.bytes += int(batch.ip_len.sum())
+            self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        self.non_ip += batch.non_ip
-        closed = self.windows.push(batch, self.flows.push(batch))
-        return self._score(closed)
+        return self._score(close_windows(self.flows, self.windows, batch))
 
     def advance(self, now_ns: int) -> list[IncidentEvent]:
         """The clock moved on without packets (a quiet live link): close what is due."""
@@ -156,6 +273,8 @@ class Pipeline:
             self._record(scores)
             new = self.tracker.push(scores)
             for ev in new:
+                if self.exporters is not None and self.exporters.names:
+                    ev.observer["exporter"] = self.exporters.of(ev.entity)
                 self.incident_events[ev.action] += 1
                 if ev.action == "opened":
                     self.incidents_by_entity[ev.entity] += 1
@@ -169,8 +288,7 @@ class Pipeline:
         self.entity_windows += len(scores)
         self.anomalous_windows += int(scores.anomalous.sum())
         if self.scores_out is not None:
-            for s in scores:
-                self.scores_out.write(json.dumps(s.as_record(), separators=(",", ":")) + "\n")
+            self.scores_out.write(scores.jsonl())
 
     def stats(self) -> dict[str, int]:
         return {
@@ -182,6 +300,6 @@ class Pipeline:
             "anomalous_windows": self.anomalous_windows,
             "incidents_opened": self.incident_events["opened"],
             "incidents_open": self.tracker.open_incidents,
-            **self.flows.stats(),
+            **(self.flows.stats() if self.flows is not None else {}),
             **self.windows.stats(),
         }

@@ -1,7 +1,8 @@
-"""`netad train` wiring: captures -> the daemon's capture/flow/window stages -> training.
+"""`netad train` wiring: captures (or Zeek conn.logs) -> the daemon's window stages -> training.
 
 Training sees exactly the windows the daemon will compute, because it builds them with the
-same stages (service.pipeline.window_stream).
+same stages (service.pipeline.window_stream). A model trained on conn.logs has the flow
+feature schema and scores flow sources (netflow, zeek); one trained on captures, packets.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import structlog
 
+from detector.capture.flowrecords import FlowRecordBatch
 from detector.config import Config
 from detector.contracts import PacketBatch
 from detector.eval.truth import load_truth
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
-from detector.service.pipeline import capture_batches, window_stream
+from detector.service.pipeline import input_batches, window_stream
 
 log = structlog.get_logger()
 
@@ -37,25 +39,32 @@ def training_params(cfg: Config) -> TrainingParams:
     )
 
 
-def _time_slice(batches: Iterator[PacketBatch], start_s: float | None, end_s: float | None, stop_ns: int | None) -> Iterator[PacketBatch]:
+def _time_slice(batches: Iterator[PacketBatch | FlowRecordBatch], start_s: float | None, end_s: float | None,
+                stop_ns: int | None) -> Iterator[PacketBatch | FlowRecordBatch]:  # fmt: skip
+    """Packets (or flow records, by their start) from start_s to end_s after the first one,
+    and before stop_ns."""
     t0: int | None = None
     for b in batches:
         if len(b) == 0:
             continue
+        ts = b.ts_ns if isinstance(b, PacketBatch) else b.start_ns
         if t0 is None:
-            t0 = int(b.ts_ns[0])
+            t0 = int(ts[0])
         keep = None
         if start_s is not None:
-            keep = b.ts_ns >= t0 + int(start_s * 1e9)
+            keep = ts >= t0 + int(start_s * 1e9)
         if end_s is not None:
-            k = b.ts_ns < t0 + int(end_s * 1e9)
+            k = ts < t0 + int(end_s * 1e9)
             keep = k if keep is None else keep & k
         if stop_ns is not None:
-            k = b.ts_ns < stop_ns
+            k = ts < stop_ns
             keep = k if keep is None else keep & k
         if keep is not None:
             if not keep.any():
-                if (end_s is not None and b.ts_ns[0] >= t0 + int(end_s * 1e9)) or (stop_ns is not None and b.ts_ns[0] >= stop_ns):
+                # a capture is in time order: nothing later can be kept. A conn.log is in
+                # the order connections ended, so it is read to its end
+                ended = (end_s is not None and ts[0] >= t0 + int(end_s * 1e9)) or (stop_ns is not None and ts[0] >= stop_ns)
+                if ended and isinstance(b, PacketBatch):
                     return
                 continue
             b = b.take(keep)
@@ -71,7 +80,9 @@ def train_from_captures(
     start_s: float | None = None,
     end_s: float | None = None,
     progress: bool = False,
+    flow_records: bool = False,
 ) -> ModelBundle:
+    """Train on `pcaps`: capture files, or Zeek conn.logs when `flow_records`."""
     exclude: list[tuple[int, int]] = []
     stop_ns = None
     if truth is not None:
@@ -79,13 +90,13 @@ def train_from_captures(
         exclude = [(iv.start_ns, iv.end_ns) for iv in positives]
         if before_first_attack and positives:
             stop_ns = min(iv.start_ns for iv in positives)
-    batches = _time_slice(capture_batches(pcaps, cfg.source.batch_packets), start_s, end_s, stop_ns)
-    windows = list(window_stream(cfg, batches))
+    batches = _time_slice(input_batches(pcaps, flow_records, cfg.source.batch_packets), start_s, end_s, stop_ns)
+    windows = list(window_stream(cfg, batches, flow_records))
     if stop_ns is not None:
         windows = [w for w in windows if w.window_end_ns <= stop_ns]
     log.info("training_windows_built", windows=len(windows), captures=[str(p) for p in pcaps])
     bundle = train(windows, training_params(cfg), cfg.windows.bin_s, cfg.windows.bins, exclude=exclude, progress=progress)
-    bundle.training["captures"] = [str(p) for p in pcaps]
+    bundle.training["conn_logs" if flow_records else "captures"] = [str(p) for p in pcaps]
     bundle.training["home_net"] = cfg.home_net
     bundle.save(out)
     log.info("model_saved", path=str(out), version=bundle.version)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -27,12 +25,11 @@ from detector.capture.netflow import NetflowCollector, NetflowParser
 from detector.capture.pcap import read_capture, read_records
 from detector.contracts import addr_to_pair, pair_to_addr
 from detector.errors import CaptureError
+from tests.capture._softflowd import needs_softflowd, run_softflowd
 from tests.conftest import shared_file
 
 EXPORTER = "192.0.2.254"
 EXPORT_S = 1_700_000_000
-SOFTFLOWD = shutil.which("softflowd")
-needs_softflowd = pytest.mark.skipif(SOFTFLOWD is None, reason="softflowd is not installed (apt-get install softflowd)")
 
 # v9 record layout with times in ms of uptime, as softflowd and routers send it
 V9 = ((8, 4), (12, 4), (22, 4), (21, 4), (1, 4), (2, 4), (7, 2), (11, 2), (4, 1), (6, 1))
@@ -375,20 +372,14 @@ def softflowd_export(capture: Path, args: list[str], tmp_path: Path) -> tuple[Fl
     thread = threading.Thread(target=lambda: got.extend(coll))
     thread.start()
     try:
-        # short relative paths for the pid file and control socket: softflowd 1.1.0 hangs at
-        # exit when its control socket's path is longer than 12 characters
-        done = subprocess.run([SOFTFLOWD, "-r", str(capture), "-n", f"127.0.0.1:{coll.address[1]}", "-a", "-d",
-                               "-p", "pid", "-c", "ctl", *args],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=20)  # fmt: skip
-        assert 0 == done.returncode, done.stderr
-        records = int(re.search(r"Flows exported: \d+ \((\d+) records\)", done.stdout).group(1))
+        report, records = run_softflowd(capture, coll.address[1], args, tmp_path)
         deadline = time.monotonic() + 10
         while sum(len(b) for b in got) < records and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
         coll.stop = True
         thread.join(5)
-    return FlowRecordBatch.concat(got), done.stdout, coll
+    return FlowRecordBatch.concat(got), report, coll
 
 
 def link_payload_lengths(path: Path, batch) -> np.ndarray:

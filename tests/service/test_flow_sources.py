@@ -1,0 +1,344 @@
+"""Flow-record sources wired end to end: a Zeek conn.log through `netad train` and `netad
+score`, and the daemon (`netad run`) on a conn.log and as a NetFlow/IPFIX collector fed by
+softflowd, on the IoT-23 honeypot's real conn.log and capture.
+
+The honeypot is benign by construction (its conn.log labels every connection benign), so it
+holds nothing to detect. What must be detected is added, and said so:
+- conn.log: lines of a Mirai-style telnet scan by the device (300 unanswered SYNs to random
+  public addresses on 23/tcp, one every 2 s: Zeek history "S", state S0, as IoT-23's infected
+  devices show) are inserted, in log order, into the held-out part of the real log. The same
+  part without them is the control: there the device's windows at that time are quiet.
+- NetFlow: the real masscan capture (attacks/esnet, 1,001 ports in 10 s) is spliced into the
+  real honeypot capture (`netad splice`) with the device as its source; a 30-minute slice
+  around it, moved to the recent past, is what softflowd exports to the daemon.
+The flow model is trained once per module on the log's first 13 h (`netad train --conn-log`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detector.capture.flowrecords import FLOW_SCHEMA, Exporter, FlowRecordBatch
+from detector.capture.pcap import read_records
+from detector.capture.pcapwriter import write_pcap
+from detector.config import SourceConfig
+from detector.contracts import addr_to_pair
+from detector.errors import ConfigError
+from detector.eval.splice import AttackSpec, splice
+from detector.model.bundle import ModelBundle
+from detector.service._sources import build_source, source_identity
+from detector.service.pipeline import ExporterIndex
+from tests.capture._softflowd import needs_softflowd, run_softflowd
+from tests.conftest import REPO, shared_file
+from tests.service._daemon import DaemonProcess, base_config, netad, read_events, wait_until, write_config
+
+CONN_LOG = "iot23-honeypot-4-1/conn.log.labeled"
+PCAP = "iot23-honeypot-4-1/honeypot-4-1.pcap"
+MASSCAN = "attacks/esnet/tcp_0_1000_20190821.pcap"
+DEVICE = "192.168.1.132"
+TRAIN_S = 47_000  # the first 13 h of the 21.9 h log train the model; the rest is scored
+SCAN_AT_S = 63_000  # the inserted scan starts this long after the log's first connection
+SCAN_LINES, SCAN_EVERY_S = 300, 2.0
+WINDOW_S = 300  # 5 bins of 60 s
+SCAN_FEATURES = {"syn_only_out", "flows_out", "peers_out", "ports_out"}
+
+
+def _config(directory: Path, model: Path, **overrides) -> Path:
+    """The honeypot's network, 5-minute windows, Zeek's 5-min TCP inactivity in the lateness."""
+    keys = {"home_net": ["192.168.1.0/24"], "windows": {"bin_s": 60, "bins": 5, "flow_lateness_s": 600}, "training": {"epochs": 5},
+            "outputs": {"scores": str(directory / "scores.jsonl"), "summary": False}}  # fmt: skip
+    for key, value in overrides.items():
+        keys[key] = {**keys[key], **value} if isinstance(keys.get(key), dict) else value
+    return write_config(directory / "netad.yaml", base_config(directory, directory / "unused.pcap", model, **keys))
+
+
+def _end_s(fields: list[str]) -> float:
+    return float(fields[0]) + (0.0 if fields[8] == "-" else float(fields[8]))
+
+
+def _scan_lines(start_s: float) -> list[str]:
+    rng = random.Random(23)
+    lines = []
+    for i in range(SCAN_LINES):
+        dst = f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        lines.append("\t".join([f"{start_s + i * SCAN_EVERY_S:.6f}", f"Cscan{i:04d}", DEVICE, str(40000 + i), dst, "23", "tcp",
+                                "-", "3.000000", "0", "0", "S0", "-", "-", "0", "S", "2", "120", "0", "0",
+                                "-   malicious   PartOfAHorizontalPortScan"]))  # fmt: skip
+    return lines
+
+
+@pytest.fixture(scope="module")
+def honeypot(tmp_path_factory) -> dict:
+    """train.log (first 13 h), test.log (the rest), scan.log (the rest with the scan) and the
+    flow model trained on train.log."""
+    d = tmp_path_factory.mktemp("flow-sources")
+    lines = shared_file(CONN_LOG).read_text().splitlines()
+    header = [ln for ln in lines if ln.startswith("#")]
+    data = [ln.split("\t") for ln in lines if ln and not ln.startswith("#")]
+    t0 = min(float(f[0]) for f in data)
+    train = [f for f in data if float(f[0]) < t0 + TRAIN_S]
+    test = [f for f in data if float(f[0]) >= t0 + TRAIN_S]
+    scan_start = t0 + SCAN_AT_S
+    scan_end = scan_start + SCAN_LINES * SCAN_EVERY_S
+    at = max(i for i, f in enumerate(test) if _end_s(f) <= scan_end) + 1  # Zeek writes a connection when it ends
+    paths = {name: d / f"{name}.log" for name in ("train", "test", "scan")}
+    for name, rows in (("train", train), ("test", test)):
+        paths[name].write_text("\n".join(header + ["\t".join(f) for f in rows]) + "\n")
+    scan = ["\t".join(f) for f in test[:at]] + _scan_lines(scan_start) + ["\t".join(f) for f in test[at:]]
+    paths["scan"].write_text("\n".join(header + scan) + "\n")
+    model = d / "flow-model"
+    netad("train", "-c", str(_config(d, model)), "--conn-log", str(paths["train"]), "--out", str(model))
+    return {**paths, "dir": d, "model": model, "scan_ns": (int(scan_start * 1e9), int(scan_end * 1e9))}
+
+
+@pytest.fixture(scope="module")
+def packet_model(tmp_path_factory) -> Path:
+    """A model of the same capture's packets (one epoch: it is only refused)."""
+    d = tmp_path_factory.mktemp("packet-model")
+    netad("train", "-c", str(_config(d, d / "model", training={"epochs": 1})), "--pcap", str(shared_file(PCAP)),
+          "--end-s", "20000", "--out", str(d / "model"))  # fmt: skip
+    return d / "model"
+
+
+def _iso_ns(text: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()) * 1_000_000_000
+
+
+def _scores(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _overlaps(start_ns: int, end_ns: int, span: tuple[int, int]) -> bool:
+    return start_ns < span[1] and span[0] < end_ns
+
+
+def _score_cli(honeypot: dict, conn_log: Path, out: Path) -> dict[str, int]:
+    cfg = _config(out, honeypot["model"])
+    res = netad("score", "-c", str(cfg), "--conn-log", str(conn_log), "--scores", str(out / "scores.jsonl"),
+                "--incidents", str(out / "incidents.jsonl"))  # fmt: skip
+    return {k: int(v) for k, v in (item.split("=") for item in res.stdout.splitlines()[-1].split())}  # after the log lines
+
+
+# ---------------------------------------------------------------------- offline: train and score
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_conn_log_trains_a_flow_model_and_scoring_finds_the_inserted_scan(honeypot, tmp_path):
+    bundle = ModelBundle.load(honeypot["model"], expected_schema=FLOW_SCHEMA)
+    assert [str(honeypot["train"])] == bundle.training["conn_logs"]
+    span = honeypot["scan_ns"]
+    runs = {}
+    for name in ("test", "scan"):
+        (tmp_path / name).mkdir()
+        stats = _score_cli(honeypot, honeypot[name], tmp_path / name)
+        assert 0 == stats["malformed"] and 0 == stats["late_records"]
+        runs[name] = (stats, _scores(tmp_path / name / "scores.jsonl"), read_events(tmp_path / name / "incidents.jsonl"))
+    stats, scores, events = runs["scan"]
+    assert runs["test"][0]["flow_records"] + SCAN_LINES == stats["flow_records"]  # one record per unanswered attempt
+    assert {"global", DEVICE} <= {s["entity"] for s in scores}
+    assert stats["entity_windows"] == len(scores) > 2 * 100  # ~8.8 h of 5-minute windows, 2-3 entities
+    # the device's windows during the scan: above threshold, explained by the scan's features
+    during = [s for s in scores if s["entity"] == DEVICE and _overlaps(_iso_ns(s["window_start"]), _iso_ns(s["window_end"]), span)]
+    assert len(during) >= 2
+    for s in during:
+        assert s["anomalous"], s
+        assert s["top_features"][0]["name"] in SCAN_FEATURES, s
+    # ... while the same windows without the scan are not (the control)
+    clean = {(s["entity"], s["window_start"]): s for s in runs["test"][1]}
+    assert not any(clean[(DEVICE, s["window_start"])]["anomalous"] for s in during)
+    opened = [e for e in events if e["event"]["action"] == "incident-opened" and e["netad"]["entity"] == DEVICE
+              and _overlaps(_iso_ns(e["event"]["start"]), _iso_ns(e["event"]["end"]), span)]  # fmt: skip
+    assert 1 == len(opened), events
+    assert opened[0]["netad"]["top_features"][0]["name"] in SCAN_FEATURES
+    assert str(honeypot["scan"]) == opened[0]["observer"]["labels"]["exporter"]  # the log that reported it
+    # false alarms on the held-out benign part: measured 4 anomalous of 317 entity windows (3 incidents in 8.8 h)
+    clean_stats = runs["test"][0]
+    assert clean_stats["anomalous_windows"] <= 0.02 * clean_stats["entity_windows"]
+
+
+# ---------------------------------------------------------------------- refusals
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_a_model_for_the_other_kind_of_input_is_refused(honeypot, packet_model, tmp_path):
+    """Packet model on flow records and flow model on packets: exit 78 and a message that
+    says which is which and how to train the right one; offline and in the daemon."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    cfg = _config(tmp_path, honeypot["model"])
+    res = run("score", "-c", str(cfg), "--conn-log", str(honeypot["test"]), "--model", str(packet_model))
+    assert 78 == res.returncode, res.stderr
+    assert "trained on packets (feature schema packet v1) and cannot score flow records" in res.stderr
+    assert "netad train --conn-log" in res.stderr
+    res = run("score", "-c", str(cfg), "--pcap", str(shared_file(PCAP)), "--model", str(honeypot["model"]))
+    assert 78 == res.returncode, res.stderr
+    assert "trained on flow records (feature schema flow v1) and cannot score packets" in res.stderr
+    assert "netad train --pcap" in res.stderr
+    daemon_cfg = _config(tmp_path, packet_model, source={"type": "zeek", "path": str(honeypot["test"])})
+    res = run("run", "-c", str(daemon_cfg))
+    assert 78 == res.returncode, res.stderr
+    assert "trained on packets" in res.stderr and "cannot score flow records" in res.stderr
+    res = run("score", "-c", str(cfg), "--conn-log", str(honeypot["test"]), "--pcap", str(shared_file(PCAP)))
+    assert 2 == res.returncode and "not both" in res.stderr
+
+
+# ---------------------------------------------------------------------- the daemon
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_daemon_reads_a_conn_log_to_its_end_as_score_does(honeypot, tmp_path):
+    """source.type zeek without follow: a replay. The daemon reads the log to its end, exits
+    0 by itself, and gives the very windows, scores and incidents that `netad score` gives."""
+    offline = tmp_path / "offline"
+    offline.mkdir()
+    _score_cli(honeypot, honeypot["scan"], offline)
+    cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(honeypot["scan"])},
+                  outputs={"scores": str(tmp_path / "scores.jsonl"), "summary": True})  # fmt: skip
+    d = DaemonProcess(cfg)
+    try:
+        assert 0 == d.wait(120), d.tail()
+    finally:
+        d.kill()
+    _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+    assert "source_ended" == stopped["reason"] and 0 == stopped["late_records"]
+    key = ("window_start", "entity", "score", "anomalous")
+    assert [[s[k] for k in key] for s in _scores(offline / "scores.jsonl")] == [[s[k] for k in key] for s in _scores(tmp_path / "scores.jsonl")]
+    ids = [e["netad"]["incident_id"] for e in read_events(tmp_path / "incidents.jsonl")]
+    assert ids and ids == [e["netad"]["incident_id"] for e in read_events(offline / "incidents.jsonl")]
+    assert any(line.startswith("  records ") for line in d.other_stdout)  # the replay's summary, in flow records
+    meta = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]
+    assert {"type": "zeek", "path": str(honeypot["scan"].resolve())} == meta["source"] and meta["replay_complete"]
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recent_capture_with_a_scan(directory: Path, lateness_s: float) -> tuple[Path, tuple[int, int]]:
+    """The masscan capture spliced into the honeypot capture with the device as scanner; a
+    30-minute slice around it (20 min before, 10 after), moved in time so that it ends
+    `lateness_s` + 2 min before now (a multiple of the window earlier, so windows align as
+    in the original). Returns the slice and the scan's [start, end) ns in it."""
+    spliced = splice(shared_file(PCAP), [AttackSpec(shared_file(MASSCAN), float(SCAN_AT_S), rewrite_src=DEVICE)],
+                     directory / "spliced.pcap", directory / "truth.csv")  # fmt: skip
+    scan = spliced.attacks[0]
+    assert DEVICE == scan.attacker and 1005 == scan.packets
+    rec = read_records(spliced.out)
+    lo, hi = scan.start_ns - 20 * 60 * 10**9, scan.start_ns + 10 * 60 * 10**9
+    sel = np.flatnonzero((rec.ts_ns >= lo) & (rec.ts_ns < hi))
+    shift = time.time_ns() - int((lateness_s + 120) * 1e9) - hi
+    shift -= shift % (WINDOW_S * 10**9)
+    out = directory / "recent.pcap"
+    write_pcap(out, rec.ts_ns[sel] + shift, rec.data, rec.offsets[sel], rec.caplens[sel], wire_lengths=rec.origlens[sel],
+               linktype=rec.linktype)  # fmt: skip
+    return out, (scan.start_ns + shift, scan.end_ns + shift)
+
+
+@needs_softflowd
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, tmp_path):
+    """source.type netflow: softflowd exports the recent capture as IPFIX to the daemon on a
+    loopback port. Every record arrives in one burst (a whole file is read at once; lateness
+    covers its 30 minutes); then, with the exporter silent, the windows close on the wall
+    clock and are scored: the device's scan window is anomalous and an incident names the
+    exporter and the collector. SIGTERM: exit 0, nothing late, a checkpoint for this source."""
+    lateness_s = 35 * 60
+    capture, span = _recent_capture_with_a_scan(tmp_path, lateness_s)
+    newest_ns = int(read_records(capture).ts_ns.max())
+    assert newest_ns < span[0] + lateness_s * 10**9  # the records' own clock cannot close the scan window: only the wall clock
+    port = _free_udp_port()
+    cfg = _config(tmp_path, honeypot["model"], windows={"bin_s": 60, "bins": 5, "flow_lateness_s": lateness_s},
+                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})  # fmt: skip
+    d = DaemonProcess(cfg)
+    try:
+        d.wait_log("netflow_collector_bound", timeout_s=60, port=port)
+        d.wait_log("daemon_started", timeout_s=30)
+        _, records = run_softflowd(capture, port, ["-v", "10", "-m", "1000000"], tmp_path)
+        d.wait_log("netflow_exporter_seen", timeout_s=10, exporter="127.0.0.1")
+
+        def scan_window() -> dict | None:
+            return next((s for s in _scores(tmp_path / "scores.jsonl") if s["entity"] == DEVICE
+                         and _overlaps(_iso_ns(s["window_start"]), _iso_ns(s["window_end"]), span)), None)  # fmt: skip
+
+        window = wait_until(scan_window, 30, "the device's scan window scored (closed on the wall clock)")
+        assert window["anomalous"] and window["top_features"][0]["name"] in SCAN_FEATURES, window
+        assert {"global", DEVICE} <= {s["entity"] for s in _scores(tmp_path / "scores.jsonl")}
+
+        def scan_incident() -> dict | None:
+            return next((e for e in read_events(tmp_path / "incidents.jsonl") if e["netad"]["entity"] == DEVICE
+                         and e["netad"]["top_features"][0]["name"] in SCAN_FEATURES), None)  # fmt: skip
+
+        incident = wait_until(scan_incident, 10, "an incident for the scanning device")
+        assert {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incident["observer"]["labels"]
+        d.signal(signal.SIGTERM)
+        assert 0 == d.wait(30), d.tail()
+    finally:
+        d.kill()
+    _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+    assert "signal:SIGTERM" == stopped["reason"]
+    assert records == stopped["flow_records"] and 0 == stopped["late_records"] and 0 == stopped["malformed"]
+    meta = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]
+    assert {"type": "netflow", "address": "127.0.0.1", "port": str(port)} == meta["source"]
+
+
+# ---------------------------------------------------------------------- the wiring's parts
+
+
+def test_sources_of_each_type_have_their_own_identity(tmp_path):
+    """A checkpoint written for one source is not restored for another: a capture and a
+    conn.log at the same path differ, and a collector is known by its address and port."""
+    log = tmp_path / "conn.log"
+    log.write_text("")
+    pcap = source_identity(SourceConfig(type="pcap", path=log))
+    zeek = source_identity(SourceConfig(type="zeek", path=log))
+    assert pcap != zeek and zeek == {"type": "zeek", "path": str(log.resolve())}
+    assert source_identity(SourceConfig(type="netflow", port=2055)) != source_identity(SourceConfig(type="netflow", port=2056))
+    cfg = SourceConfig(type="netflow", bind_address="127.0.0.1", port=0)
+    collector = build_source(cfg)
+    try:
+        assert ("live", {"type": "netflow", "address": "127.0.0.1", "port": "0"}) == (collector.kind, collector.identity)
+        assert 0 == collector.stats()["datagrams"]
+    finally:
+        collector.close()
+    zeek_source = build_source(SourceConfig(type="zeek", path=log))
+    assert ("replay", zeek) == (zeek_source.kind, zeek_source.identity)
+    assert [] == [b for b in zeek_source if len(b)]
+    with build_source(SourceConfig(type="zeek", path=log, follow=True)) as followed:
+        assert "live" == followed.kind
+    with pytest.raises(ConfigError, match="source.path: required when source.type is zeek"):
+        build_source(SourceConfig(type="zeek"))
+
+
+def test_incidents_name_the_exporter_that_reported_the_host():
+    """With two exporters, each host's exporter is the one whose records carried it;
+    `global` (and a host not seen) gets every exporter."""
+    index = ExporterIndex(["10.0.0.0/8"], max_hosts=100)
+    pairs = [addr_to_pair(a) for a in ("10.0.0.1", "192.0.2.1", "10.0.0.2", "192.0.2.2")]
+    cols = {"start_ns": [1, 2], "end_ns": [1, 2], "src_hi": [pairs[0][0], pairs[2][0]], "src_lo": [pairs[0][1], pairs[2][1]],
+            "dst_hi": [pairs[1][0], pairs[3][0]], "dst_lo": [pairs[1][1], pairs[3][1]], "sport": [1, 1], "dport": [2, 2],
+            "proto": [6, 6], "packets": [1, 1], "bytes": [60, 60], "exporter": [1, 2]}  # fmt: skip
+    exporters = {1: Exporter("192.0.2.254", "192.0.2.254"), 2: Exporter("198.51.100.1/7", "198.51.100.1", 7)}
+    index.note(FlowRecordBatch.from_columns({k: np.asarray(v) for k, v in cols.items()}, exporters=exporters))
+    assert "192.0.2.254" == index.of("10.0.0.1")
+    assert "198.51.100.1/7" == index.of("10.0.0.2")
+    assert "192.0.2.254,198.51.100.1/7" == index.of("global") == index.of("10.9.9.9")
