@@ -54,8 +54,8 @@ from detector.errors import ConfigError, NetadError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer, set_torch_threads
 from detector.service._reload import build_sinks, wanted_sinks
-from detector.service._sources import LiveSource, build_source
-from detector.service.pipeline import build_aggregator, build_flow_table, observer_of
+from detector.service._sources import build_source
+from detector.service.pipeline import build_windowing, close_windows, observer_of
 from detector.service.state import StateDirBusyError, lock_state_dir
 from detector.service.systemd import Notifier
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, encode_window, entity_key
@@ -165,16 +165,17 @@ def run_sensor(cfg: Config) -> int:
     signals = _Signals()
     notifier = Notifier()
     publisher = WindowPublisher(cfg)
-    flows, windows = build_flow_table(cfg), build_aggregator(cfg)
+    flows, windows = build_windowing(cfg, cfg.source.flow_records)
     source = signals.source = build_source(cfg.source)
+    live = source.kind == "live"
     notifier.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
     log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
-    started, packets, last_ping = time.monotonic(), 0, 0.0
+    started, items, last_ping = time.monotonic(), 0, 0.0
     for batch in source:
-        packets += len(batch)
-        for wb in windows.push(batch, flows.push(batch)):
+        items += len(batch)
+        for wb in close_windows(flows, windows, batch):
             publisher.publish(wb)
-        if len(batch) == 0 and isinstance(source, LiveSource):
+        if len(batch) == 0 and live:
             for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
                 publisher.publish(wb)
         now = time.monotonic()
@@ -184,11 +185,12 @@ def run_sensor(cfg: Config) -> int:
         if signals.stop:
             break
     notifier.stopping(status="stopping")
-    if not signals.stop or isinstance(source, LiveSource):
+    if not signals.stop or live:
         for wb in windows.flush():
             publisher.publish(wb)
     left = publisher.flush(cfg.service.shutdown_timeout_s)
-    log.info("sensor_stopped", reason="signal" if signals.stop else "source_ended", packets=packets,
+    log.info("sensor_stopped", reason="signal" if signals.stop else "source_ended",
+             **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
              windows_published=publisher.published, bytes_published=publisher.bytes, not_delivered=publisher.failed + left,
              seconds=round(time.monotonic() - started, 2), **windows.stats())  # fmt: skip
     notifier.close()
