@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
-from detector.capture.windows import HomeNet, _EntityWindows, _mix, _WindowAcc
+from detector.capture.windows import _EntityWindows, _mix, _WindowAcc
 from detector.contracts import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -70,25 +70,7 @@ class FlowWindowAggregator(_EntityWindows):
         entity_idle_s: float = 3600.0,
         evidence_top_k: int = 5,
     ) -> None:
-        self.home_net = list(home_net)
-        self.bin_s = bin_s
-        self.bins = bins
-        self.lateness_s = lateness_s
-        self.max_entities = max_entities
-        self.entity_idle_s = max(entity_idle_s, bin_s * bins)
-        self.evidence_top_k = evidence_top_k
-        self.schema = FLOW_SCHEMA
-        self._home = HomeNet(home_net)
-        self._bin_ns = int(round(bin_s * 1e9))
-        self._window_ns = self._bin_ns * bins
-        self._lateness_ns = int(round(lateness_s * 1e9))
-        self._idle_ns = int(round(self.entity_idle_s * 1e9))
-        # entity slots: 0 is global; hosts get the others; freed slots are reused
-        self._slot_of: dict[tuple[int, int], int] = {}
-        self._slot_addr: list[tuple[int, int] | None] = [None]
-        self._slot_first_ns: list[int] = [0]
-        self._slot_last_ns = np.zeros(1, dtype=np.int64)
-        self._free: list[int] = []
+        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k)
         self._open: dict[int, _WindowAcc] = {}
         self._next_close: int | None = None  # index of the oldest window not yet emitted
         self.watermark_ns: int | None = None

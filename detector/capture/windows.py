@@ -272,6 +272,28 @@ class _EntityWindows:
     SUMS: tuple[str, ...]
     DISTINCT: tuple[str, ...]
 
+    def __init__(self, home_net: list[str], bin_s: float, bins: int, lateness_s: float, max_entities: int,
+                 entity_idle_s: float, evidence_top_k: int) -> None:  # fmt: skip
+        self.home_net = list(home_net)
+        self.bin_s = bin_s
+        self.bins = bins
+        self.lateness_s = lateness_s
+        self.max_entities = max_entities
+        self.entity_idle_s = max(entity_idle_s, bin_s * bins)
+        self.evidence_top_k = evidence_top_k
+        self.schema = self.SCHEMA
+        self._home = HomeNet(home_net)
+        self._bin_ns = int(round(bin_s * 1e9))
+        self._window_ns = self._bin_ns * bins
+        self._lateness_ns = int(round(lateness_s * 1e9))
+        self._idle_ns = int(round(self.entity_idle_s * 1e9))
+        # entity slots: 0 is global; hosts get the others; freed slots are reused
+        self._slot_of: dict[tuple[int, int], int] = {}
+        self._slot_addr: list[tuple[int, int] | None] = [None]
+        self._slot_first_ns: list[int] = [0]
+        self._slot_last_ns = np.zeros(1, dtype=np.int64)
+        self._free: list[int] = []
+
     @property
     def entities(self) -> int:
         return 1 + len(self._slot_of)
@@ -389,25 +411,7 @@ class WindowAggregator(_EntityWindows):
         entity_idle_s: float = 3600.0,
         evidence_top_k: int = 5,
     ) -> None:
-        self.home_net = list(home_net)
-        self.bin_s = bin_s
-        self.bins = bins
-        self.lateness_s = lateness_s
-        self.max_entities = max_entities
-        self.entity_idle_s = max(entity_idle_s, bin_s * bins)
-        self.evidence_top_k = evidence_top_k
-        self.schema = PACKET_SCHEMA
-        self._home = HomeNet(home_net)
-        self._bin_ns = int(round(bin_s * 1e9))
-        self._window_ns = self._bin_ns * bins
-        self._lateness_ns = int(round(lateness_s * 1e9))
-        self._idle_ns = int(round(self.entity_idle_s * 1e9))
-        # entity slots: 0 is global; hosts get the others; freed slots are reused
-        self._slot_of: dict[tuple[int, int], int] = {}
-        self._slot_addr: list[tuple[int, int] | None] = [None]
-        self._slot_first_ns: list[int] = [0]
-        self._slot_last_ns = np.zeros(1, dtype=np.int64)
-        self._free: list[int] = []
+        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k)
         # the same slots as arrays for the kernels: address, first packet time (kept equal
         # to _slot_first_ns), in use; and an open-addressing index of the addresses in use
         self._ent_hi = np.zeros(16, dtype=np.uint64)
