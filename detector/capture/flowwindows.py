@@ -72,16 +72,12 @@ class FlowWindowAggregator(_EntityWindows):
     ) -> None:
         super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k)
         self._open: dict[int, _WindowAcc] = {}
-        self._next_close: int | None = None  # index of the oldest window not yet emitted
-        self.watermark_ns: int | None = None
         self.records = 0
         self.late_records = 0  # records wholly inside closed windows
         self.late_starts = 0  # records counted in part: their start (and flow count) fell in a closed window
         self.late_packets = 0.0  # packets (and bytes) of the parts of records in closed windows
         self.late_bytes = 0.0
         self.entity_overflow = 0  # record contributions of hosts that found no free entity slot
-        self.entities_expired = 0
-        self.windows_closed = 0
 
     # ---------------------------------------------------------------- entity slots
     def _slots_for(self, hi: np.ndarray, lo: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray) -> np.ndarray:

@@ -293,6 +293,10 @@ class _EntityWindows:
         self._slot_first_ns: list[int] = [0]
         self._slot_last_ns = np.zeros(1, dtype=np.int64)
         self._free: list[int] = []
+        self._next_close: int | None = None  # index of the oldest window not yet emitted
+        self.watermark_ns: int | None = None
+        self.entities_expired = 0
+        self.windows_closed = 0
 
     @property
     def entities(self) -> int:
@@ -420,12 +424,8 @@ class WindowAggregator(_EntityWindows):
         self._ent_alive = np.zeros(16, dtype=np.bool_)
         self._index = np.full(64, -1, dtype=np.int32)
         self._open: dict[int, _PacketWindowAcc] = {}  # type: ignore[assignment]
-        self._next_close: int | None = None  # index of the oldest window not yet emitted
-        self.watermark_ns: int | None = None
         self.late_packets = 0
         self.entity_overflow = 0  # packets of hosts that found no free entity slot
-        self.entities_expired = 0
-        self.windows_closed = 0
 
     # ---------------------------------------------------------------- entity slots
     def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
