@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import torch
 
 from detector.model.bundle import ClassModel
+from detector.model.lstm import phase_of
 from detector.model.scaler import MIN_SCALE
 from detector.model.scorer import reconstruct
 
@@ -59,14 +61,16 @@ class RobustZScore:
         return z.max(axis=1) if self.reduce == "max" else z.mean(axis=1)
 
 
-def stateless_scores(model: ClassModel, features: np.ndarray) -> np.ndarray:
+def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: np.ndarray) -> np.ndarray:
     """(windows,) reconstruction errors of the trained network with the neutral initial state
-    for every window: the daemon's computation (`reconstruct`) minus the carried memory."""
+    for every window: the daemon's computation (`reconstruct`, with the windows' phase)
+    minus the carried memory."""
     out = np.zeros(features.shape[0], dtype=np.float64)
     net = model.network
     for lo in range(0, features.shape[0], _CHUNK_WINDOWS):
         chunk = features[lo : lo + _CHUNK_WINDOWS]
         device = next(net.parameters()).device
-        errors, _ = reconstruct(net, model.scaler, chunk, net.initial_state(chunk.shape[0], device))
+        phase = torch.from_numpy(phase_of(window_start_ns[lo : lo + _CHUNK_WINDOWS])).to(device)
+        errors, _ = reconstruct(net, model.scaler, chunk, net.initial_state(chunk.shape[0], device), phase)
         out[lo : lo + chunk.shape[0]] = errors.scores
     return out

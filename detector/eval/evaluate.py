@@ -385,7 +385,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         rows = np.flatnonzero(w.entity_class == cls)
         if rows.size == 0 or cls not in bundle.classes:
             continue
-        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], features[rows])
+        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], features[rows], w.start_ns[rows])
         if train_feats.get(cls):
             zs = RobustZScore.fit(np.stack(train_feats[cls]))
             w.scores["zscore"][rows] = zs.score(features[rows])

@@ -34,7 +34,7 @@ from detector.model.threshold import Threshold
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the decoder's minute-of-hour phase input
 
 
 @dataclass
@@ -116,7 +116,7 @@ class ModelBundle:
         except (OSError, ValueError) as exc:
             raise ModelError(f"{meta_path}: unreadable: {exc}") from None
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}")
+            raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}: retrain with `netad train`")
         digest = _sha256(weights_path)
         if digest != meta.get("weights_sha256"):
             raise ModelError(f"{weights_path}: SHA-256 mismatch (file corrupted or replaced); refusing to load")

@@ -16,6 +16,13 @@ from torch import nn
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (batch, hidden)
 
+PHASE_SLOTS = 60  # minutes of the hour
+
+
+def phase_of(window_start_ns):
+    """The minute of the hour (UTC) a window starts in: the decoder's phase input."""
+    return (window_start_ns // 60_000_000_000) % PHASE_SLOTS
+
 
 class LSTMAutoencoder(nn.Module):
     def __init__(self, n_features: int, hidden_size: int = 32, n_bins: int = 6) -> None:
@@ -29,6 +36,11 @@ class LSTMAutoencoder(nn.Module):
             nn.Tanh(),
             nn.Linear(2 * hidden_size, n_bins * n_features),
         )
+        # the minute of the hour the window starts in, added to the decoder's first layer
+        # (a one-hot input, as a lookup): periodic jobs (a device calling home at hh:02)
+        # become expected at their minute instead of alerting every hour
+        self.phase = nn.Embedding(PHASE_SLOTS, 2 * hidden_size)
+        nn.init.zeros_(self.phase.weight)
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """The neutral state a new entity starts from."""
@@ -37,14 +49,19 @@ class LSTMAutoencoder(nn.Module):
         zeros = torch.zeros(batch, self.hidden_size, device=dev, dtype=weight.dtype)
         return zeros, zeros.clone()
 
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x: (batch, bins, features) scaled; state: carried (h, c). Returns the
+    def forward(self, x: torch.Tensor, state: State, phase: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """x: (batch, bins, features) scaled; state: carried (h, c); phase: (batch,) or
+        scalar long, the windows' minute of the hour (phase_of). Returns the
         reconstruction (same shape as x) and the encoder's final state."""
         h0, c0 = state
         _, (h_n, c_n) = self.encoder(x, (h0.unsqueeze(0), c0.unsqueeze(0)))
-        return self.decode(h_n[0], x.shape[1]), (h_n[0], c_n[0])
+        return self.decode(h_n[0], x.shape[1], phase), (h_n[0], c_n[0])
 
-    def decode(self, code: torch.Tensor, bins: int) -> torch.Tensor:
+    def decode(self, code: torch.Tensor, bins: int, phase: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruct `bins` bins (at most n_bins) from encodings (batch, hidden)."""
-        out = self.decoder(code).view(code.shape[0], self.n_bins, self.n_features)
+        first, act, last = self.decoder
+        hidden = first(code)
+        if phase is not None:
+            hidden = hidden + self.phase(phase)
+        out = last(act(hidden)).view(code.shape[0], self.n_bins, self.n_features)
         return out[:, :bins]

@@ -21,8 +21,8 @@ import torch
 
 from detector.contracts import ScoreBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
-from detector.model.lstm import LSTMAutoencoder, State
-from detector.model.scaler import FeatureScaler
+from detector.model.lstm import PHASE_SLOTS, LSTMAutoencoder, State, phase_of
+from detector.model.scaler import FeatureScaler, TorchScaler
 from detector.model.threshold import calibrate
 
 
@@ -60,19 +60,86 @@ class WindowErrors:
 
 @torch.no_grad()
 def reconstruct(
-    network: LSTMAutoencoder, scaler: FeatureScaler, features: np.ndarray, state: State
+    network: LSTMAutoencoder, scaler: FeatureScaler, features: np.ndarray, state: State, phase: torch.Tensor | None = None
 ) -> tuple[WindowErrors, State]:
-    """Score windows (batch, bins, features) in real units from carried `state`.
-    The one code path shared by the daemon, offline scoring and calibration."""
+    """Score windows (batch, bins, features) in real units from carried `state`; `phase`: the
+    windows' minute of the hour (phase_of), the decoder's phase input. The code path of
+    offline scoring and calibration; the daemon's scorer computes the same scores and
+    explanations in _reconstruct_top."""
     x_np = scaler.transform(features)
     device = state[0].device
     x = torch.from_numpy(x_np).to(device)
-    recon, new_state = network(x, state)
+    recon, new_state = network(x, state, phase)
     sq = (recon - x).pow(2)
     feature_error = sq.sum(dim=1)
     scores = sq.mean(dim=(1, 2))
     expected = scaler.inverse(recon.float().cpu().numpy()).mean(axis=1)
     return WindowErrors(scores.float().cpu().numpy(), feature_error.float().cpu().numpy(), expected), new_state
+
+
+@dataclass
+class _Explained:
+    """The streaming scorer's share of a reconstruction: scores, and the k features with the
+    largest error share with their observed and expected means (real units)."""
+
+    scores: np.ndarray  # (batch,)
+    top_index: np.ndarray  # (batch, k)
+    top_share: np.ndarray  # (batch, k)
+    top_observed: np.ndarray  # (batch, k)
+    top_expected: np.ndarray  # (batch, k)
+
+
+@torch.inference_mode()
+def _reconstruct_top(
+    network: LSTMAutoencoder, scaler: TorchScaler, features: torch.Tensor, state: State, phase: torch.Tensor, k: int
+) -> tuple[_Explained, State]:
+    """reconstruct() for the streaming scorer, equal to it within float32 rounding: features
+    (batch, bins, features) in real units arrive as a tensor on the state's device and stay in
+    torch, intermediate tensors are reused, and only the k explained features go through the
+    inverse. Around an LSTM this small the numpy version's copies and full-width passes took
+    as long as the network itself (batch 1024, one thread)."""
+    bins, width = features.shape[1], features.shape[2]
+    x = scaler.transform(features)
+    recon, new_state = network(x, state, phase)
+    recon = recon.float()  # ours to overwrite below (inverse_), as x is here
+    feature_error = x.sub_(recon).pow_(2).sum(dim=1)
+    total = feature_error.sum(dim=1).cpu().numpy()
+    scores = total / np.float32(bins * width)
+    top, largest = _top_features(feature_error.cpu().numpy(), k)
+    total[total <= 0] = 1.0
+    index = torch.from_numpy(top).to(features.device)
+    observed = features.mean(dim=1).gather(1, index)
+    expected = scaler.inverse_(recon, index).mean(dim=1)
+    explained = _Explained(scores, top, largest / total[:, None], observed.cpu().numpy(), expected.cpu().numpy())
+    return explained, new_state
+
+
+_QUICKSORT_ROWS = 256  # below this the stable sort costs no more than quicksort + the tie check
+
+
+def _top_features(err: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest errors per row (batch, features) and their feature indices, largest first,
+    the lowest feature first among equal errors and NaN last, as np.argsort(-err,
+    kind="stable") orders them: explanations are reproducible. On large batches numpy's (SIMD)
+    quicksort is 2-3x faster than the stable sort, but leaves ties in any order: a batch with a
+    tie (or a NaN) within or at the edge of a row's top k is sorted again, stably. torch.topk
+    leaves ties unordered too, and is slower on CPU."""
+    if err.shape[0] >= _QUICKSORT_ROWS:
+        order = np.argsort(-err, axis=1)[:, : k + 1]
+        values = err[np.arange(err.shape[0])[:, None], order]
+        if not ((values[:, 1:] == values[:, :-1]).any() or np.isnan(values.sum())):
+            return order[:, :k], values[:, :k]
+    top = np.argsort(-err, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(err, top, axis=1)
+
+
+def _features_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Windows' features as a float32 tensor on `device`, sharing memory on CPU (nothing
+    writes to it); a read-only array is copied, torch warns on those."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    if not features.flags.writeable:
+        features = features.copy()
+    return torch.from_numpy(features).to(device)
 
 
 class _StateBank:
@@ -91,6 +158,10 @@ class _StateBank:
         self.evicted = 0
 
     def slots(self, entities: list[str], now_ns: int) -> np.ndarray:
+        try:  # steady state, every entity already holds a slot: one C-level pass over the dict
+            return np.fromiter(map(self.slot_of.__getitem__, entities), dtype=np.int64, count=len(entities))
+        except KeyError:
+            pass
         out = np.empty(len(entities), dtype=np.int64)
         for i, name in enumerate(entities):
             slot = self.slot_of.get(name)
@@ -161,10 +232,14 @@ class StreamingScorer:
         self.units = bundle.schema.units
         self._models: dict[str, ClassModel] = {}
         self._banks: dict[str, _StateBank] = {}
+        self._scalers: dict[str, tuple[FeatureScaler, TorchScaler]] = {}
         for cls, cm in bundle.classes.items():
             cm.network.to(self.device).eval()
             self._models[cls] = cm
+            self._scalers[cls] = (cm.scaler, cm.scaler.to_torch(self.device))
             self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
+        # the decoder's phase inputs (the windows' minute of the hour, as in training), made once
+        self._phases = torch.arange(PHASE_SLOTS, device=self.device).unbind()
         self.windows_scored = 0
         self._next_expiry_ns = 0
         # recent scores of ready, non-anomalous windows per class: the sample a slow
@@ -196,40 +271,40 @@ class StreamingScorer:
             schema=self.bundle.schema,
             evidence=windows.evidence,
         )
-        classes = np.asarray(windows.entity_classes)
-        for cls in np.unique(classes).tolist():
+        phase = self._phases[phase_of(windows.window_start_ns)]
+        kinds = set(windows.entity_classes)
+        classes = np.asarray(windows.entity_classes) if len(kinds) > 1 else None
+        for cls in sorted(kinds):
             cm = self._models.get(cls)
             if cm is None:
                 continue
-            rows = np.flatnonzero(classes == cls)
+            if classes is None:  # one class, the usual case: whole columns, no index arrays
+                rows, names = slice(None), windows.entities
+            else:
+                rows = np.flatnonzero(classes == cls)
+                names = [windows.entities[i] for i in rows.tolist()]
             bank = self._banks[cls]
-            names = windows.entities if rows.shape[0] == n else [windows.entities[i] for i in rows.tolist()]
             slots = bank.slots(names, windows.window_end_ns)
             idx = torch.from_numpy(slots).to(self.device)
             state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
-            feats = windows.features[rows]
+            feats = _features_tensor(windows.features[rows], self.device)
             with _autocast(self.device, self.precision):
-                errors, (h, c) = reconstruct(cm.network, cm.scaler, feats, state)
+                res, (h, c) = _reconstruct_top(cm.network, self._scaler(cls, cm), feats, state, phase, k)
             bank.h.index_copy_(0, idx, h.to(bank.h.dtype))
             bank.c.index_copy_(0, idx, c.to(bank.c.dtype))
             bank.seen[slots] += 1
             bank.last_ns[slots] = windows.window_end_ns
             ready = bank.seen[slots] > self.warmup_windows
             threshold = np.float32(cm.threshold.value)
-            # explanation, vectorised: the k features with the largest error share
-            err = errors.feature_error
-            top = np.argsort(-err, axis=1, kind="stable")[:, :k]
-            total = err.sum(axis=1, keepdims=True)
-            total[total <= 0] = 1.0
-            out.scores[rows] = errors.scores
+            out.scores[rows] = res.scores
             out.thresholds[rows] = threshold
             out.ready[rows] = ready
-            out.anomalous[rows] = ready & (errors.scores > threshold)
-            self._remember(cls, errors.scores[ready & (errors.scores <= threshold)])
-            out.top_index[rows] = top
-            out.top_share[rows] = np.take_along_axis(err, top, axis=1) / total
-            out.top_observed[rows] = np.take_along_axis(feats.mean(axis=1), top, axis=1)
-            out.top_expected[rows] = np.take_along_axis(errors.expected, top, axis=1)
+            out.anomalous[rows] = ready & (res.scores > threshold)
+            self._remember(cls, res.scores[ready & (res.scores <= threshold)])
+            out.top_index[rows] = res.top_index
+            out.top_share[rows] = res.top_share
+            out.top_observed[rows] = res.top_observed
+            out.top_expected[rows] = res.top_expected
         self.windows_scored += 1
         # expiry walks every entity: do it a few times per idle period, not every window
         if windows.window_end_ns >= self._next_expiry_ns:
@@ -238,6 +313,15 @@ class StreamingScorer:
                 bank.expire(windows.window_end_ns - idle_ns)
             self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
         return out
+
+    def _scaler(self, cls: str, cm: ClassModel) -> TorchScaler:
+        """The class's scaler as tensors on the device, rebuilt if the bundle's scaler was
+        replaced since."""
+        source, cached = self._scalers[cls]
+        if source is not cm.scaler:
+            cached = cm.scaler.to_torch(self.device)
+            self._scalers[cls] = (cm.scaler, cached)
+        return cached
 
     # ------------------------------------------------------------ thresholds
     def _remember(self, cls: str, scores: np.ndarray) -> None:

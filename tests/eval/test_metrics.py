@@ -170,15 +170,19 @@ def test_stateless_baseline_is_the_scorer_from_a_fresh_state():
     torch.manual_seed(3)
     n_feat, bins = len(PACKET_SCHEMA.features), 6
     net = LSTMAutoencoder(n_feat, 8, bins).eval()
+    with torch.no_grad():  # a trained decoder's phase input is not zero: windows of different minutes differ
+        net.phase.weight.normal_(0.0, 0.5)
     scaler = FeatureScaler(center=np.zeros(n_feat, np.float32), scale=np.ones(n_feat, np.float32))
     threshold = Threshold(1.0, "quantile", 1e-4, 0.5, None, None, 100, 0)
     cm = ClassModel(net, scaler, threshold)
     bundle = ModelBundle(schema=PACKET_SCHEMA, bin_s=10.0, bins=bins, hidden_size=8, classes={"host": cm})
     rng = np.random.default_rng(0)
     feats = rng.poisson(3.0, size=(4, bins, n_feat)).astype(np.float32)
+    starts = np.arange(4, dtype=np.int64) * 60_000_000_000 * 7  # minutes 0, 7, 14, 21
     expected = []
     for i in range(4):
         scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
-        wb = WindowBatch(0, 60_000_000_000, [f"10.0.0.{i}"], ["host"], feats[i : i + 1], PACKET_SCHEMA)
+        wb = WindowBatch(int(starts[i]), int(starts[i]) + 60_000_000_000, [f"10.0.0.{i}"], ["host"], feats[i : i + 1], PACKET_SCHEMA)
         expected.append(float(scorer.score(wb).scores[0]))
-    assert np.allclose(expected, stateless_scores(cm, feats), rtol=1e-5, atol=1e-6)
+    assert np.allclose(expected, stateless_scores(cm, feats, starts), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, stateless_scores(cm, feats, np.zeros(4, np.int64)), rtol=1e-3)

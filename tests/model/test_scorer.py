@@ -9,9 +9,9 @@ import torch
 from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
-from detector.model.lstm import LSTMAutoencoder
+from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
-from detector.model.scorer import StreamingScorer
+from detector.model.scorer import StreamingScorer, reconstruct
 from detector.model.threshold import Threshold
 
 BINS = 6
@@ -133,6 +133,50 @@ def test_explanation_in_real_units():
     assert "ports" == top.unit
     assert 900.0 == pytest.approx(top.observed)
     assert 0.0 < top.share <= 1.0
+
+
+@pytest.mark.parametrize("n_hosts", [5, 300])  # below and above the scorer's quicksort cut-off
+def test_scores_and_explanations_equal_reconstruct(n_hosts: int):
+    """The daemon's path (torch end to end, only the top features scaled back) gives what
+    reconstruct() and a stable sort over all features give, within float32 rounding; the
+    window's minute of the hour reaches the decoder as in training."""
+    bundle = _bundle()
+    cm = bundle.classes["host"]
+    with torch.no_grad():
+        cm.network.phase.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
+    names = [f"10.0.{i // 256}.{i % 256}" for i in range(n_hosts)]
+    seq = _sequence(3, n_hosts)
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    state = cm.network.initial_state(n_hosts)
+    for k in range(3):
+        wb = _windows(k, names, seq[k])
+        got = scorer.score(wb)
+        errors, state = reconstruct(cm.network, cm.scaler, seq[k], state, torch.tensor(phase_of(wb.window_start_ns)))
+        top = np.argsort(-errors.feature_error, axis=1, kind="stable")[:, :3]
+        share = np.take_along_axis(errors.feature_error, top, axis=1) / errors.feature_error.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(got.scores, errors.scores, rtol=1e-5)
+        np.testing.assert_array_equal(got.top_index, top)
+        np.testing.assert_allclose(got.top_share, share, rtol=1e-5)
+        np.testing.assert_allclose(got.top_observed, np.take_along_axis(seq[k].mean(axis=1), top, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(got.top_expected, np.take_along_axis(errors.expected, top, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_hosts", [5, 300])
+def test_equal_errors_are_explained_lowest_feature_first(n_hosts: int):
+    """Ties in the explanation resolve to the lower feature index, whatever the batch size:
+    the same window always gets the same explanation."""
+    bundle = _bundle()
+    cm = bundle.classes["host"]
+    with torch.no_grad():
+        for p in cm.network.decoder.parameters():
+            p.zero_()  # reconstructs 0 everywhere
+    cm.scaler.center[:] = 0.0
+    cm.scaler.scale[:] = 1.0
+    feats = np.full((n_hosts, BINS, N_F), 7.0, np.float32)  # every feature errs alike ...
+    feats[:, :, 5] = 50.0  # ... but one
+    names = [f"10.0.{i // 256}.{i % 256}" for i in range(n_hosts)]
+    got = StreamingScorer(bundle, device="cpu").score(_windows(0, names, feats))
+    assert (got.top_index == [5, 0, 1]).all()
 
 
 def test_threshold_adaptation_is_bounded():
