@@ -5,7 +5,9 @@ SPOT (Siffer et al., KDD 2017): scores above a high initial quantile `u` are mod
 generalised Pareto distribution, and the threshold is the score whose exceedance
 probability is the configured target (e.g. 1e-4 per window). The fit is checked; when it is
 poor or there are too few peaks the threshold falls back to an empirical quantile and the
-calibration says so (`method`).
+calibration says so (`method`). The fitted shape is kept within [0, MAX_SHAPE]: the
+extrapolation is never lighter than exponential nor heavier than xi = 0.5, and `reason`
+says when it was held there.
 """
 
 from __future__ import annotations
@@ -62,14 +64,25 @@ def calibrate(
         return Threshold(quantile, "quantile", shape=None, scale=None, reason=f"only {peaks.shape[0]} peaks above the {initial_quantile} quantile (need {MIN_PEAKS})", **base)
     try:
         xi, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
+        note = ""
+        if xi < 0.0:
+            # a bounded tail fitted on a few dozen peaks ends right at the largest calibration
+            # score, and the next benign day goes past it (IoT-23 honeypot, trained on 12 h:
+            # the fit ended near 4, the following night's benign windows reached 8-10); the
+            # exponential tail is the lightest one extrapolated
+            xi, sigma, note = 0.0, float(peaks.mean()), f"bounded tail (xi={xi:.2f}) extrapolated as exponential"
+        elif xi > MAX_SHAPE:
+            # a tail this heavy (infinite variance) is contamination or too few samples; its
+            # own extrapolation is absurd, the largest score seen is too low: cap the shape
+            _, _, sigma = stats.genpareto.fit(peaks, f0=MAX_SHAPE, floc=0.0)
+            xi, note = MAX_SHAPE, f"tail too heavy (xi={xi:.2f}), shape capped at {MAX_SHAPE}"
     except Exception as exc:  # scipy raises a variety of fit errors
         return Threshold(quantile, "quantile", shape=None, scale=None, reason=f"tail fit failed: {exc}", **base)
+    if not math.isfinite(xi) or not math.isfinite(sigma) or sigma <= 0:
+        return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason="tail fit gave no finite shape or scale", **base)
+    # the goodness-of-fit check judges the free fit; a held shape is a deliberate departure
     ks = stats.kstest(peaks, "genpareto", args=(xi, 0.0, sigma))
-    if xi > MAX_SHAPE:
-        # a tail this heavy (infinite variance) is contamination or too few samples, not the
-        # benign error distribution; extrapolating it gives absurd thresholds
-        return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason=f"tail too heavy to extrapolate (xi={xi:.2f})", **base)
-    if not math.isfinite(xi) or not math.isfinite(sigma) or sigma <= 0 or ks.pvalue < 0.01:
+    if not note and ks.pvalue < 0.01:
         return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason=f"poor tail fit (KS p={ks.pvalue:.3g})", **base)
     ratio = target_false_alarm * n / peaks.shape[0]
     if ratio >= 1.0:
@@ -80,4 +93,4 @@ def calibrate(
         value = u + (sigma / xi) * (ratio ** (-xi) - 1.0)
     if not math.isfinite(value) or value <= 0:
         return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason="tail fit gave no finite threshold", **base)
-    return Threshold(float(value), "pot", shape=float(xi), scale=float(sigma), **base)
+    return Threshold(float(value), "pot", shape=float(xi), scale=float(sigma), reason=note, **base)

@@ -86,3 +86,28 @@ def test_too_few_peaks_falls_back_to_quantile_and_says_why():
     th = calibrate(np.linspace(0, 1, 100), target_false_alarm=1e-4)
     assert "quantile" == th.method
     assert "peaks" in th.reason
+
+
+def test_bounded_tail_is_extrapolated_as_exponential_not_ended_at_the_largest_score():
+    """A light, bounded tail (uniform scores) fits a negative shape whose end is the largest
+    calibration score; the threshold is extrapolated as an exponential tail instead, so it
+    lies above every calibration score and says why."""
+    rng = np.random.default_rng(5)
+    calibration = rng.uniform(0.0, 1.0, 2_000)
+    free = calibrate(calibration, target_false_alarm=1e-4)
+    assert "pot" == free.method and 0.0 == free.shape
+    assert "exponential" in free.reason
+    assert free.value > calibration.max()
+    # exponential above u = q0.98 with mean excess ~0.01: u + 0.01 * ln(0.02 / 1e-4) ~ 1.03
+    assert free.value < 1.1
+
+
+def test_heavy_tail_shape_is_capped():
+    """A tail heavier than xi = 0.5 (Pareto with alpha 1: xi = 1) is extrapolated with the
+    shape held at 0.5: above the largest score seen (the old fallback), below the free fit."""
+    rng = np.random.default_rng(6)
+    calibration = rng.pareto(1.0, 5_000) + 1.0
+    th = calibrate(calibration, target_false_alarm=1e-4)
+    assert "pot" == th.method and 0.5 == th.shape
+    assert "capped" in th.reason
+    assert th.value > np.quantile(calibration, 0.999)
