@@ -133,11 +133,7 @@ def train(
         val_mask = cd.usable & held_out[None, :]
         if not train_mask.any():
             raise ValueError(f"class {cls}: no benign training windows")
-        scaler = FeatureScaler.fit(cd.features[train_mask])
-        net = LSTMAutoencoder(cd.features.shape[-1], params.hidden_size, bins)
-        best, history = _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress)
-        net.load_state_dict(best)
-        net.eval()
+        net, scaler, history = _trained(cd, train_mask, val_mask, params, bins, cls, progress)
         val_scores[cls] = _out_of_fold_scores(cd, params, bins, cls)
         classes[cls] = ClassModel(net, scaler, threshold=None)  # type: ignore[arg-type]
         summary[cls] = {
@@ -197,21 +193,28 @@ def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: 
         score_mask = cd.usable & (fold == k)[None, :]
         if not train_mask.any() or not score_mask.any():
             continue
-        scaler = FeatureScaler.fit(cd.features[train_mask])
-        net = LSTMAutoencoder(cd.features.shape[-1], params.hidden_size, bins)
-        best, _ = _fit(net, scaler, cd, train_mask, score_mask, params, f"{cls} calibration {k + 1}/2", False)
-        net.load_state_dict(best)
-        net.eval()
+        net, scaler, _ = _trained(cd, train_mask, score_mask, params, bins, f"{cls} calibration {k + 1}/2", False)
         out[score_mask] = _sequential_scores(net, scaler, cd)[score_mask]
     scores = out[cd.usable]
     return scores[np.isfinite(scores)]
 
 
+def _trained(cd: _ClassData, train_mask: np.ndarray, val_mask: np.ndarray, params: TrainingParams, bins: int,
+             label: str, progress: bool) -> tuple[LSTMAutoencoder, FeatureScaler, list[dict]]:  # fmt: skip
+    """A network and scaler fitted on the `train_mask` windows, early-stopped on `val_mask`,
+    at its best epoch, ready to score."""
+    scaler = FeatureScaler.fit(cd.features[train_mask])
+    net = LSTMAutoencoder(cd.features.shape[-1], params.hidden_size, bins)
+    best, history = _fit(net, scaler, cd, train_mask, val_mask, params, label, progress)
+    net.load_state_dict(best)
+    net.eval()
+    return net, scaler, history
+
+
 def validation_windows(n_windows: int, fraction: float, block: int) -> np.ndarray:
     """Held-out windows: whole blocks of consecutive windows, every k-th block (k = 1 /
     fraction), so validation is split in time yet spread over the whole span (a single
-    tail block would calibrate thresholds on one quiet stretch). The last block is always
-    held out."""
+    tail block would early-stop on one quiet stretch). The last block is always held out."""
     block = max(1, min(block, n_windows // 5 or 1))
     every = max(2, int(round(1.0 / fraction)))
     idx = np.arange(n_windows) // block
