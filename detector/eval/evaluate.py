@@ -22,8 +22,12 @@ Labels (DESIGN: window scores are per entity per window):
   host metrics (neither positive nor negative) and counted as such.
 - An interval is *visible* when the test captures hold at least `visible_min_packets`
   packets inside it sent by its attackers (or, when no attacker is known, sent to or by its
-  targets); None when it names no host. Per-class numbers are given over all intervals
-  and over the visible ones.
+  targets); None when it names no host. A named host is visible in it when it has at least
+  as many packets of the attack: an attacker's own, a target's exchanged with the attackers
+  (to or from anybody when no attacker is known). Per-class numbers are given over all
+  intervals and over the visible ones; for hosts, the visible variant's positives are the
+  visible hosts of the visible intervals (Westermo: a scan naming three targets of which
+  this link carries packets to one).
 """
 
 from __future__ import annotations
@@ -107,6 +111,8 @@ class LabelledInterval:
     targets: list[str]
     attacker_packets: int | None = None  # packets inside it from its attackers (or to/from targets)
     visible: bool | None = None
+    host_packets: dict[str, int] = field(default_factory=dict)  # per named host, its packets of the attack
+    visible_hosts: set[str] = field(default_factory=set)
 
     @property
     def hosts(self) -> set[str]:
@@ -204,12 +210,14 @@ def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) ->
     for li in intervals:
         if li.interval.positive and li.hosts:
             li.attacker_packets = 0
-            watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets)))
+            li.host_packets = dict.fromkeys(sorted(li.hosts), 0)
+            named = {ip: _keys_of([ip]) for ip in li.host_packets}
+            watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets), named))
     for b in batches:
         if watch and len(b):
             lo_ns, hi_ns = int(b.ts_ns.min()), int(b.ts_ns.max())
             src = dst = None
-            for li, attackers, targets in watch:
+            for li, attackers, targets, named in watch:
                 if li.interval.end_ns <= lo_ns or li.interval.start_ns > hi_ns:
                     continue
                 inside = (b.ts_ns >= li.interval.start_ns) & (b.ts_ns < li.interval.end_ns)
@@ -217,9 +225,17 @@ def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) ->
                     src, dst = _addr_keys(b.src_hi, b.src_lo), _addr_keys(b.dst_hi, b.dst_lo)
                 if attackers is not None:
                     mine = np.isin(src, attackers)
+                    to_attackers = inside & (mine | np.isin(dst, attackers))
                 else:
                     mine = np.isin(src, targets) | np.isin(dst, targets)  # type: ignore[arg-type]
+                    to_attackers = inside
                 li.attacker_packets = (li.attacker_packets or 0) + int((inside & mine).sum())
+                for ip, key in named.items():
+                    if ip in li.attackers:
+                        n = inside & (src == key[0])
+                    else:
+                        n = to_attackers & ((src == key[0]) | (dst == key[0]))
+                    li.host_packets[ip] += int(n.sum())
         yield b
 
 
@@ -242,11 +258,13 @@ def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
     w.unlabelled &= ~w.label
 
 
-def _class_rows(w: Windows, li: LabelledInterval, entity_class: str) -> np.ndarray:
-    """Rows of `entity_class` that are positives because of this interval."""
+def _class_rows(w: Windows, li: LabelledInterval, entity_class: str, visible_only: bool = False) -> np.ndarray:
+    """Rows of `entity_class` that are positives because of this interval (of its visible
+    hosts only, with `visible_only`)."""
     hit = M.overlaps(w.start_ns, w.end_ns, li.interval.start_ns, li.interval.end_ns) & (w.entity_class == entity_class)
     if entity_class == "host":
-        hit &= np.isin(w.entity, list(li.hosts)) if li.hosts else False
+        hosts = li.visible_hosts if visible_only else li.hosts
+        hit &= np.isin(w.entity, list(hosts)) if hosts else False
     return hit
 
 
@@ -367,6 +385,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     for li in intervals:
         if li.attacker_packets is not None:
             li.visible = li.attacker_packets >= plan.visible_min_packets
+            li.visible_hosts = {ip for ip, n in li.host_packets.items() if n >= plan.visible_min_packets}
 
     w = Windows(
         start_ns=np.array([r["start_ns"] for r in records], dtype=np.int64),
@@ -463,8 +482,10 @@ def _interval_record(li: LabelledInterval) -> dict:
         "end": ns_to_iso(li.interval.end_ns),
         "attackers": li.attackers,
         "targets": li.targets,
-        "host_packets": li.attacker_packets,
+        "attack_packets": li.attacker_packets,
         "visible": li.visible,
+        "host_packets": li.host_packets,
+        "visible_hosts": sorted(li.visible_hosts),
     }
 
 
@@ -498,7 +519,7 @@ def _entity_class_metrics(
         for variant, chosen in (("all", of_event), ("visible", [li for li in of_event if li.visible])):
             pos = np.zeros(w.start_ns.shape[0], dtype=bool)
             for li in chosen:
-                pos |= _class_rows(w, li, cls)
+                pos |= _class_rows(w, li, cls, visible_only=variant == "visible")
             sel = pos | negatives
             entry[variant] = {
                 "intervals": len(chosen),

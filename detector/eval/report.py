@@ -157,7 +157,8 @@ def markdown(result: dict) -> str:
         f"{cls} TPR {_f(result[cls]['at_threshold']['tpr'])}, FPR {_f(result[cls]['at_threshold']['fpr'], 4)}" for cls in ("global", "host")),
         "", "## Per event class", "",
         "Positives: the class's windows (hosts: its attackers and targets); negatives: benign windows."
-        " *visible*: only the intervals in which the capture holds the attack's packets.", "",
+        " *visible*: only the intervals in which the capture holds the attack's packets (hosts: only"
+        " the named hosts that hold them).", "",
         "| entity | class | intervals (visible) | positives all / visible | LSTM recall all / visible | ROC AUC all: LSTM / stateless / z | ROC AUC visible: LSTM / stateless / z |",
         "|---|---|---|---|---|---|---|"]  # fmt: skip
     for cls in ("global", "host"):

@@ -86,6 +86,7 @@ def test_metrics_json_has_the_documented_keys(evaluated):
         assert {"opened", "benign", "per_hour", "per_day", "benign_list"} <= set(m[cls]["incidents"])
     assert ["ATTACK-MASSCAN-TCP"] == [iv["event"] for iv in m["intervals"]]
     assert m["intervals"][0]["visible"] is True
+    assert "192.168.1.132" in m["intervals"][0]["visible_hosts"] and m["intervals"][0]["host_packets"]["192.168.1.132"] >= 10
     assert m["global"]["positives"] >= 1 and m["global"]["negatives"] > 30
     assert "192.168.1.132" == m["most_relevant_host"]
     assert m["split"]["kind"] == "time" and m["model"]["trained_here"]

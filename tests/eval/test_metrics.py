@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from detector.capture.windows import PACKET_SCHEMA
-from detector.contracts import WindowBatch
+from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch, addr_to_pair
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores
 from detector.eval.evaluate import (
     LabelledInterval,
     Windows,
+    _class_rows,
+    _tally,
     hosts_of,
     label_intervals,
     label_windows,
@@ -150,6 +152,37 @@ def test_window_labels_follow_overlap_and_named_hosts():
     assert [False, False, False, False, False, False, True, False] == w.unlabelled.tolist()
     assert [True, False, True, False, False, False, False, True] == w.benign.tolist()
     assert "10.0.0.1" == most_relevant_host(w)
+
+
+def _packets(rows: list[tuple[float, str, str]]) -> PacketBatch:
+    """(ts_s, src, dst) TCP packets."""
+    n = len(rows)
+    cols = {name: np.zeros(n, dtype=dt) for name, dt in PACKET_COLUMNS.items()}
+    cols["ts_ns"] = np.array([int(r[0] * 1e9) for r in rows], dtype=cols["ts_ns"].dtype)
+    for i, (_, src, dst) in enumerate(rows):
+        cols["src_hi"][i], cols["src_lo"][i] = addr_to_pair(src)
+        cols["dst_hi"][i], cols["dst_lo"][i] = addr_to_pair(dst)
+    cols["ip_version"][:] = 4
+    cols["proto"][:] = 6
+    return PacketBatch(**cols)
+
+
+def test_visible_hosts_are_those_with_packets_of_the_attack():
+    """A scan names two targets; the link carries the attacker's packets to one of them. The
+    other target's own traffic with a bystander does not make it visible, packets outside the
+    interval do not count, and only the visible hosts are positives of the visible variant."""
+    s = 1_000_000_000
+    a, t1, t2, other = "10.0.0.99", "10.0.0.1", "10.0.0.2", "10.0.0.50"
+    li = LabelledInterval(Interval("SCAN", True, 10 * s, 20 * s, "nmap 10.0.0.1 10.0.0.2"), [a], [t1, t2])
+    rows = [(11 + 0.1 * i, a, t1) for i in range(8)] + [(12 + 0.1 * i, t1, a) for i in range(4)]
+    rows += [(13 + 0.1 * i, other, t2) for i in range(30)] + [(25, a, t2)] * 20
+    list(_tally([_packets(sorted(rows))], [li]))
+    assert 8 == li.attacker_packets
+    assert {a: 8, t1: 12, t2: 0} == li.host_packets
+    li.visible_hosts = {ip for ip, n in li.host_packets.items() if n >= 10}
+    w = _windows([(10, t1, "host", 5.0), (10, t2, "host", 0.0), (10, a, "host", 3.0), (10, "global", "global", 4.0)])
+    assert [True, True, True, False] == _class_rows(w, li, "host").tolist()
+    assert [True, False, False, False] == _class_rows(w, li, "host", visible_only=True).tolist()
 
 
 def test_robust_zscore_is_zero_at_the_median_and_large_on_a_spike():
