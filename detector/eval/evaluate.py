@@ -211,7 +211,7 @@ def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) ->
         if li.interval.positive and li.hosts:
             li.attacker_packets = 0
             li.host_packets = dict.fromkeys(sorted(li.hosts), 0)
-            named = {ip: _keys_of([ip]) for ip in li.host_packets}
+            named = dict(zip(li.host_packets, _keys_of(li.host_packets)))
             watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets), named))
     for b in batches:
         if watch and len(b):
@@ -231,10 +231,7 @@ def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) ->
                     to_attackers = inside
                 li.attacker_packets = (li.attacker_packets or 0) + int((inside & mine).sum())
                 for ip, key in named.items():
-                    if ip in li.attackers:
-                        n = inside & (src == key[0])
-                    else:
-                        n = to_attackers & ((src == key[0]) | (dst == key[0]))
+                    n = inside & (src == key) if ip in li.attackers else to_attackers & ((src == key) | (dst == key))
                     li.host_packets[ip] += int(n.sum())
         yield b
 
