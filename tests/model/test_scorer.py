@@ -11,7 +11,7 @@ from detector.contracts import WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
-from detector.model.scorer import StreamingScorer, reconstruct
+from detector.model.scorer import StreamingScorer, aligned_error, reconstruct
 from detector.model.threshold import Threshold
 
 BINS = 6
@@ -57,7 +57,7 @@ def test_carried_state_equals_one_long_sequence_and_differs_from_reset():
         for k in range(8):
             code = outputs[:, (k + 1) * BINS - 1]
             recon = cm.network.decode(code, BINS)
-            long_scores.append(float((recon - x[:, k * BINS : (k + 1) * BINS]).pow(2).mean()))
+            long_scores.append(float(aligned_error(x[:, k * BINS : (k + 1) * BINS], recon).sum()) / (BINS * N_F))
 
     reset = []
     for k in range(8):
@@ -67,6 +67,38 @@ def test_carried_state_equals_one_long_sequence_and_differs_from_reset():
     np.testing.assert_allclose(long_scores, streamed, rtol=1e-5, atol=1e-6)
     assert streamed[0] == pytest.approx(reset[0], rel=1e-6)
     assert np.abs(np.array(streamed[1:]) - np.array(reset[1:])).max() > 1e-4
+
+
+def test_aligned_error_forgives_a_one_bin_move_and_nothing_else():
+    """A burst one bin away from where the reconstruction has it costs nothing; two bins
+    away it costs one burst (the plain error counts it twice: missing here, new there); new
+    activity, or expected activity that did not come, costs its squared error in full."""
+    expected = torch.zeros(1, 6, 3)
+    expected[0, 2, 0] = 5.0  # a periodic job in bin 2
+
+    def err(observed):
+        return float(aligned_error(observed, expected.clone()).sum())
+
+    late = torch.zeros(1, 6, 3)
+    late[0, 3, 0] = 5.0
+    assert err(late) == 0.0
+    much_later = torch.zeros(1, 6, 3)
+    much_later[0, 4, 0] = 5.0
+    assert err(much_later) == pytest.approx(25.0)
+    quiet = torch.zeros(1, 6, 3)
+    assert err(quiet) == pytest.approx(25.0)  # the job did not run
+    scan = late.clone()
+    scan[0, 5, 1] = 6.0  # plus a feature never expected (a scan's SYNs) in the last bin
+    assert err(scan) == pytest.approx(36.0)
+    per_feature = aligned_error(scan, expected.clone())[0]
+    assert per_feature.tolist() == pytest.approx([0.0, 36.0, 0.0])  # the explanation names the scan
+    # a single bin, or bins that match where they are: the plain squared error
+    x, r = torch.randn(4, 1, 3), torch.randn(4, 1, 3)
+    torch.testing.assert_close(aligned_error(x, r), (x - r).pow(2).sum(dim=1))
+    torch.testing.assert_close(aligned_error(expected, expected.clone()), torch.zeros(1, 3))
+    # never more than the plain error, per window
+    x, r = torch.randn(64, 6, 16), torch.randn(64, 6, 16)
+    assert (aligned_error(x, r).sum(dim=1) <= (x - r).pow(2).sum(dim=(1, 2)) + 1e-4).all()
 
 
 def test_batched_equals_one_at_a_time():
