@@ -21,6 +21,10 @@ def _progress(message: str) -> None:
 @click.group()
 def bench() -> None:
     """Benchmarks: throughput of the capture stages, offline and live."""
+    from detector.logging import configure
+
+    # stdout is for the figures (--json must parse); what the stages log goes to stderr
+    configure("info", stream=sys.stderr)
 
 
 @bench.command("capture")

@@ -14,6 +14,7 @@ windows: before that it is scored (the state must warm up) but never anomalous.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,22 +69,25 @@ def aligned_error(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     later = (x[:, 1:] - recon[:, :-1]).pow_(2)  # observed bin k+1 vs reconstructed bin k
     earlier = (x[:, :-1] - recon[:, 1:]).pow_(2)  # observed bin k vs reconstructed bin k+1
     s_same, s_later, s_earlier = same.sum(dim=2), later.sum(dim=2), earlier.sum(dim=2)
-    forward, f_total = _closest(same, s_same, later, s_later, earlier, s_earlier)
-    backward, b_total = _closest(same, s_same, earlier, s_earlier, later, s_later)
-    take_forward = f_total.sum(dim=1) >= b_total.sum(dim=1)
-    return torch.where(take_forward[:, None], forward, backward)
-
-
-def _closest(same, s_same, before, s_before, after, s_after) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per bin, the smallest of three squared errors (same bin, the neighbour before, the
-    neighbour after; ties keep the same bin): summed over bins (batch, features), and the
-    per-bin totals (batch, bins)."""
-    best, total = same.clone(), s_same.clone()
-    for here, cand, s in ((slice(1, None), before, s_before), (slice(None, -1), after, s_after)):
-        closer = s < total[:, here]
-        best[:, here] = torch.where(closer.unsqueeze(2), cand, best[:, here])
-        total[:, here] = torch.where(closer, s, total[:, here])
-    return best.sum(dim=1), total
+    # per bin, its two neighbours' errors: seen from the observed bin (o_) and from the
+    # reconstructed bin (r_); the window's edges have no neighbour beyond them
+    edge = torch.full_like(s_same[:, :1], math.inf)
+    o_before, o_after = torch.cat((edge, s_later), 1), torch.cat((s_earlier, edge), 1)
+    r_before, r_after = torch.cat((edge, s_earlier), 1), torch.cat((s_later, edge), 1)
+    o_near, r_near = torch.minimum(o_before, o_after), torch.minimum(r_before, r_after)
+    o_keep, r_keep = ~(o_near < s_same), ~(r_near < s_same)  # ties (and NaN) keep the same bin
+    o_total = torch.where(o_keep, s_same, o_near).sum(dim=1)
+    r_total = torch.where(r_keep, s_same, r_near).sum(dim=1)
+    observed_side = (o_total >= r_total)[:, None]
+    # which bins of same, later and earlier the window counts; ties take the neighbour before
+    o_first, r_first = o_before <= o_after, r_before <= r_after
+    keep = torch.where(observed_side, o_keep, r_keep)
+    use_later = torch.where(observed_side, ~o_keep[:, 1:] & o_first[:, 1:], ~r_keep[:, :-1] & ~r_first[:, :-1])
+    use_earlier = torch.where(observed_side, ~o_keep[:, :-1] & ~o_first[:, :-1], ~r_keep[:, 1:] & r_first[:, 1:])
+    error = (same * keep[..., None]).sum(dim=1)
+    error += (later * use_later[..., None]).sum(dim=1)
+    error += (earlier * use_earlier[..., None]).sum(dim=1)
+    return error
 
 
 @dataclass
