@@ -26,9 +26,9 @@ _existing_file = click.Path(exists=True, dir_okay=False)
 @click.option("--attack", "attacks", multiple=True, metavar="FILE@OFFSET[:OPTS]",
               help="Attack capture and where its first packet goes, in seconds after the benign capture's first packet. "
                    "OPTS (comma-separated): rewrite-src=IP (every attacker address -> IP), rewrite-dst=IP (victim -> IP), "
-                   "event=NAME (default: from the file name). Repeatable.")  # fmt: skip
+                   "event=NAME (default: from the file name), slow=FACTOR (stretch the attack's timeline FACTOR times: low and slow). Repeatable.")  # fmt: skip
 @click.option("--attacks", "attack_list", type=_existing_file, default=None,
-              help="YAML file with `attacks:`, a list of {file, offset_s, rewrite_src, rewrite_dst, event} (added to --attack).")  # fmt: skip
+              help="YAML file with `attacks:`, a list of {file, offset_s, rewrite_src, rewrite_dst, event, slow} (added to --attack).")  # fmt: skip
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="pcap file to write.")
 @click.option("--truth", required=True, type=click.Path(dir_okay=False), help="Ground-truth CSV to write (one row per attack).")
 @click.option("--benign-truth", type=_existing_file, default=None, help="Ground truth of the benign capture, copied first.")
@@ -50,10 +50,13 @@ def splice_command(benign: str, attacks: tuple[str, ...], attack_list: str | Non
 
 @click.command("eval")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), default=None, help="YAML config file (default: built-in defaults).")
-@click.option("--pcap", "--test-pcap", "pcaps", multiple=True, required=True, type=_existing_file,
+@click.option("--pcap", "--test-pcap", "pcaps", multiple=True, type=_existing_file,
               help="Test capture (repeatable); with --train-end-s, the one capture split in time.")  # fmt: skip
+@click.option("--conn-log", "conn_logs", multiple=True, type=_existing_file,
+              help="Zeek conn.log (TSV or JSON, .gz too) scored as flow records, instead of --pcap (repeatable).")  # fmt: skip
 @click.option("--truth", type=_existing_file, default=None, help="Ground-truth CSV (is_attack_or_fault 1 = positive). Without it all traffic is benign.")
 @click.option("--train-pcap", "train_pcaps", multiple=True, type=_existing_file, help="Benign training capture (repeatable): train on these, test on --pcap.")
+@click.option("--train-conn-log", "train_conn_logs", multiple=True, type=_existing_file, help="Benign training conn.log (repeatable), with --conn-log.")
 @click.option("--train-end-s", type=float, default=None, help="Time split: train on the first S seconds of --pcap (positive intervals left out), test on the rest.")
 @click.option("--train-start-s", type=float, default=None, help="The mirror split: train on --pcap from S seconds to its end, test on its first S seconds.")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False, exists=True), default=None, help="Use this model bundle instead of training one.")
@@ -62,20 +65,27 @@ def splice_command(benign: str, attacks: tuple[str, ...], attack_list: str | Non
 @click.option("--visible-min-packets", type=int, default=10, show_default=True, help="An interval is visible with at least this many packets of its attacker inside it.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for metrics.json, report.md, report.png, scores.jsonl and the model.")
 @_exit_codes
-def eval_command(config, pcaps, truth, train_pcaps, train_end_s, train_start_s, model_dir, attackers, visible_min_packets, out) -> None:
+def eval_command(config, pcaps, conn_logs, truth, train_pcaps, train_conn_logs, train_end_s, train_start_s, model_dir, attackers,
+                 visible_min_packets, out) -> None:  # fmt: skip
     """Labelled evaluation: train (or load) a model, score the test part through the daemon's
     stages, compare with two baselines, write metrics.json and a report."""
     from detector.config import load_config
     from detector.eval.evaluate import EvalPlan, evaluate
     from detector.logging import configure
 
+    if (pcaps or train_pcaps) and (conn_logs or train_conn_logs):
+        raise click.UsageError("give captures (--pcap, --train-pcap) or Zeek conn.logs (--conn-log, --train-conn-log), not both: "
+                               "a model has one feature schema")  # fmt: skip
+    if not pcaps and not conn_logs:
+        raise click.UsageError("give the test input: --pcap CAPTURE or --conn-log CONN_LOG (repeatable)")
     cfg = load_config(config)
     configure(cfg.logging.level, cfg.logging.format)
     plan = EvalPlan(
-        pcaps=[Path(p) for p in pcaps],
+        pcaps=[Path(p) for p in conn_logs or pcaps],
         out=Path(out),
         truth=Path(truth) if truth else None,
-        train_pcaps=[Path(p) for p in train_pcaps],
+        train_pcaps=[Path(p) for p in train_conn_logs or train_pcaps],
+        flow_records=bool(conn_logs),
         train_end_s=train_end_s,
         train_start_s=train_start_s,
         model_dir=Path(model_dir) if model_dir else None,

@@ -47,6 +47,7 @@ import structlog
 
 from detector import __version__
 from detector.config import Config
+from detector.capture.flowrecords import FlowRecordBatch
 from detector.contracts import IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
 from detector.errors import ConfigError
 from detector.eval import metrics as M
@@ -54,12 +55,13 @@ from detector.eval.baselines import RobustZScore, stateless_scores
 from detector.eval.truth import Interval, load_truth
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
-from detector.service.pipeline import Pipeline, capture_batches, window_stream
+from detector.service.pipeline import Pipeline, input_batches, window_stream
 from detector.service.training import train_from_captures
 
 log = structlog.get_logger()
 
 DETECTORS = ("lstm", "stateless_ae", "zscore")
+BOOTSTRAP_RESAMPLES = 1000
 ENTITY_CLASSES = ("global", "host")
 FPR_POINTS = (1e-3, 1e-2)
 
@@ -68,7 +70,7 @@ FPR_POINTS = (1e-3, 1e-2)
 class EvalPlan:
     """What `netad eval` was asked to do."""
 
-    pcaps: list[Path]  # test captures; with a time split, the one capture that is split
+    pcaps: list[Path]  # test captures (conn.logs with flow_records); with a time split, the one that is split
     out: Path
     truth: Path | None = None  # None: all traffic is benign (false alarms only)
     train_pcaps: list[Path] = field(default_factory=list)
@@ -78,6 +80,7 @@ class EvalPlan:
     attackers: list[str] = field(default_factory=list)  # "[EVENT-GLOB=]IP"
     visible_min_packets: int = 10
     config_path: str | None = None
+    flow_records: bool = False  # the inputs are Zeek conn.logs, scored as flow records
 
     @property
     def split_s(self) -> float | None:
@@ -113,6 +116,9 @@ class LabelledInterval:
     visible: bool | None = None
     host_packets: dict[str, int] = field(default_factory=dict)  # per named host, its packets of the attack
     visible_hosts: set[str] = field(default_factory=set)
+    # packets of the attack per window start ("" = any of them, else a named host's part);
+    # None when the tally did not run (no host named)
+    window_packets: dict[str, dict[int, int]] | None = None
 
     @property
     def hosts(self) -> set[str]:
@@ -204,23 +210,30 @@ def _keys_of(ips: Iterable[str]) -> np.ndarray:
     return _addr_keys(np.array([p[0] for p in pairs], np.uint64), np.array([p[1] for p in pairs], np.uint64))
 
 
-def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) -> Iterator[PacketBatch]:
-    """Pass batches through, counting per positive interval the packets of its hosts."""
+def _tally(batches: Iterable[PacketBatch | FlowRecordBatch], intervals: list[LabelledInterval],
+           window_ns: int) -> Iterator[PacketBatch | FlowRecordBatch]:  # fmt: skip
+    """Pass batches through, counting per positive interval the packets of its hosts (flow
+    records: the packets of the records that overlap it), in all and per window."""
     watch = []
     for li in intervals:
         if li.interval.positive and li.hosts:
             li.attacker_packets = 0
             li.host_packets = dict.fromkeys(sorted(li.hosts), 0)
+            li.window_packets = {key: {} for key in ("", *li.host_packets)}
             named = dict(zip(li.host_packets, _keys_of(li.host_packets)))
             watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets), named))
     for b in batches:
         if watch and len(b):
-            lo_ns, hi_ns = int(b.ts_ns.min()), int(b.ts_ns.max())
+            if isinstance(b, PacketBatch):
+                first, last, count = b.ts_ns, b.ts_ns, None
+            else:
+                first, last, count = b.start_ns, b.end_ns, b.packets.astype(np.int64)
+            lo_ns, hi_ns = int(first.min()), int(last.max())
             src = dst = None
             for li, attackers, targets, named in watch:
                 if li.interval.end_ns <= lo_ns or li.interval.start_ns > hi_ns:
                     continue
-                inside = (b.ts_ns >= li.interval.start_ns) & (b.ts_ns < li.interval.end_ns)
+                inside = (last >= li.interval.start_ns) & (first < li.interval.end_ns)
                 if src is None:
                     src, dst = _addr_keys(b.src_hi, b.src_lo), _addr_keys(b.dst_hi, b.dst_lo)
                 if attackers is not None:
@@ -229,11 +242,38 @@ def _tally(batches: Iterable[PacketBatch], intervals: list[LabelledInterval]) ->
                 else:
                     mine = np.isin(src, targets) | np.isin(dst, targets)  # type: ignore[arg-type]
                     to_attackers = inside
-                li.attacker_packets = (li.attacker_packets or 0) + int((inside & mine).sum())
+                li.attacker_packets = (li.attacker_packets or 0) + _packets(inside & mine, count)
+                span = (li.interval.start_ns, li.interval.end_ns, window_ns)
+                _per_window(li.window_packets[""], to_attackers if attackers is not None else inside & mine, first, last, count, span)  # type: ignore[index]
                 for ip, key in named.items():
                     n = inside & (src == key) if ip in li.attackers else to_attackers & ((src == key) | (dst == key))
-                    li.host_packets[ip] += int(n.sum())
+                    li.host_packets[ip] += _packets(n, count)
+                    _per_window(li.window_packets[ip], n, first, last, count, span)  # type: ignore[index]
         yield b
+
+
+def _per_window(into: dict[int, int], rows: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray | None,
+                span: tuple[int, int, int]) -> None:  # fmt: skip
+    """Add the selected packets (records: their packets, in every window a record touches
+    inside the interval) to `into`, keyed by the start of the window they fall in. `span`:
+    the interval's [start, end) and the window length."""
+    idx = np.flatnonzero(rows)
+    if idx.size == 0:
+        return
+    lo_ns, hi_ns, window_ns = span
+    w0, w1 = np.maximum(first[idx], lo_ns) // window_ns, np.minimum(last[idx], hi_ns - 1) // window_ns
+    n = np.ones(idx.size, dtype=np.int64) if count is None else count[idx]
+    touched = w1 - w0 + 1  # windows per row
+    starts = (np.repeat(w0, touched) + (np.arange(touched.sum()) - np.repeat(np.cumsum(touched) - touched, touched))) * window_ns
+    keys, inverse = np.unique(starts, return_inverse=True)
+    totals = np.bincount(inverse, weights=np.repeat(n, touched))
+    for start, k in zip(keys.tolist(), totals.tolist()):
+        into[start] = into.get(start, 0) + int(k)
+
+
+def _packets(rows: np.ndarray, count: np.ndarray | None) -> int:
+    """Packets in the selected rows: one per row (a PacketBatch), or the records' counts."""
+    return int(rows.sum()) if count is None else int(count[rows].sum())
 
 
 def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
@@ -256,13 +296,42 @@ def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
 
 
 def _class_rows(w: Windows, li: LabelledInterval, entity_class: str, visible_only: bool = False) -> np.ndarray:
-    """Rows of `entity_class` that are positives because of this interval (of its visible
-    hosts only, with `visible_only`)."""
+    """Rows of `entity_class` that are positives because of this interval; with
+    `visible_only`, only the windows that hold packets of the attack, of its visible hosts
+    (a slow attack's interval has windows with nothing of it in them)."""
     hit = M.overlaps(w.start_ns, w.end_ns, li.interval.start_ns, li.interval.end_ns) & (w.entity_class == entity_class)
     if entity_class == "host":
         hosts = li.visible_hosts if visible_only else li.hosts
         hit &= np.isin(w.entity, list(hosts)) if hosts else False
+    if visible_only and li.window_packets is not None:
+        for row in np.flatnonzero(hit):
+            packets = li.window_packets["" if entity_class == "global" else str(w.entity[row])]
+            hit[row] = packets.get(int(w.start_ns[row]), 0) > 0
     return hit
+
+
+def _clusters(w: Windows, intervals: list[LabelledInterval], entity_class: str, window_ns: int, visible_only: bool = False) -> np.ndarray:
+    """Bootstrap clusters for M.auc_difference: a positive window belongs to the first attack
+    interval that makes it positive; every other window to its moment (all entities of one
+    window together, since one moment's traffic moves every host's score)."""
+    moment = w.start_ns // window_ns
+    clusters = moment - moment.min() + len(intervals)
+    assigned = np.zeros(clusters.shape[0], dtype=bool)
+    for k, li in enumerate(intervals):
+        hit = _class_rows(w, li, entity_class, visible_only) & ~assigned
+        clusters[hit] = k
+        assigned |= hit
+    return clusters
+
+
+def _lstm_minus(w: Windows, sel: np.ndarray, pos: np.ndarray, clusters: np.ndarray) -> dict:
+    """LSTM ROC AUC minus each baseline's on the rows `sel` (labels `pos`), with 95% intervals."""
+    out = {}
+    for det in DETECTORS[1:]:
+        a, b = w.scores["lstm"][sel], w.scores[det][sel]
+        ok = a.size and np.all(np.isfinite(b))
+        out[det] = M.auc_difference(a, b, pos[sel], clusters[sel], resamples=BOOTSTRAP_RESAMPLES) if ok else None
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -270,11 +339,13 @@ def _class_rows(w: Windows, li: LabelledInterval, entity_class: str, visible_onl
 # --------------------------------------------------------------------------------------
 
 
-def first_packet_ns(paths: list[Path], batch_packets: int) -> int:
-    for b in capture_batches(paths, batch_packets):
+def first_packet_ns(paths: list[Path], batch_packets: int, flow_records: bool = False) -> int:
+    """The time the split counts from: the first packet's (or the first flow record's start),
+    as `netad train --start-s/--end-s` counts."""
+    for b in input_batches(paths, flow_records, batch_packets):
         if len(b):
-            return int(b.ts_ns.min())
-    raise ConfigError(f"{', '.join(map(str, paths))}: no IP packets")
+            return int(b.ts_ns[0] if isinstance(b, PacketBatch) else b.start_ns[0])
+    raise ConfigError(f"{', '.join(map(str, paths))}: no {'flow records' if flow_records else 'IP packets'}")
 
 
 def _ms(ns: int) -> int:
@@ -282,14 +353,14 @@ def _ms(ns: int) -> int:
 
 
 def _score_pass(
-    cfg: Config, bundle: ModelBundle, pcaps: list[Path], scores_path: Path, test_lo: int, test_hi: int
+    cfg: Config, bundle: ModelBundle, pcaps: list[Path], scores_path: Path, test_lo: int, test_hi: int, flow_records: bool = False
 ) -> tuple[list[dict], list[IncidentEvent]]:
     """The daemon's stages over the test captures; returns the test windows' score records
     and the incidents opened in the test part."""
     collector = _Collector()
     with open(scores_path, "w", encoding="utf-8") as fh:
-        pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=fh)
-        for batch in capture_batches(pcaps, cfg.source.batch_packets):
+        pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=fh, flow_records=flow_records)
+        for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets):
             pipeline.push(batch)
         pipeline.finish()
     records = []
@@ -310,8 +381,9 @@ def _iso_ns(text: str) -> int:
     return int(round(stamp.timestamp() * 1000)) * 1_000_000
 
 
-def _feature_pass(cfg: Config, batches: Iterable[PacketBatch], on_window: Callable[[WindowBatch], None]) -> None:
-    for wb in window_stream(cfg, batches):
+def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch], on_window: Callable[[WindowBatch], None],
+                  flow_records: bool = False) -> None:  # fmt: skip
+    for wb in window_stream(cfg, batches, flow_records):
         on_window(wb)
 
 
@@ -337,7 +409,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     plan.out.mkdir(parents=True, exist_ok=True)
     intervals = label_intervals(load_truth(plan.truth) if plan.truth else [], parse_attacker_hints(plan.attackers))
     positives = [li.interval for li in intervals if li.interval.positive]
-    t0_ns = first_packet_ns(plan.pcaps, cfg.source.batch_packets)
+    t0_ns = first_packet_ns(plan.pcaps, cfg.source.batch_packets, plan.flow_records)
     test_lo, test_hi = plan.test_range_ns(t0_ns)
 
     training_s = None
@@ -349,12 +421,12 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         started = time.monotonic()
         train_pcaps = plan.train_pcaps or plan.pcaps
         bundle = train_from_captures(cfg, train_pcaps, model_dir, truth=plan.truth, start_s=plan.train_start_s,
-                                     end_s=plan.train_end_s, progress=progress)  # fmt: skip
+                                     end_s=plan.train_end_s, progress=progress, flow_records=plan.flow_records)  # fmt: skip
         training_s = round(time.monotonic() - started, 2)
         log.info("eval_trained", seconds=training_s, version=bundle.version)
         bundle = ModelBundle.load(model_dir)  # score what was saved, as the daemon would
 
-    records, incidents = _score_pass(cfg, bundle, plan.pcaps, plan.out / "scores.jsonl", test_lo, test_hi)
+    records, incidents = _score_pass(cfg, bundle, plan.pcaps, plan.out / "scores.jsonl", test_lo, test_hi, plan.flow_records)
     if not records:
         raise ConfigError("eval: no test windows (is the split past the end of the capture?)")
     row_of = {(r["entity"], _ms(r["start_ns"])): i for i, r in enumerate(records)}
@@ -373,10 +445,12 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
                 features[row] = feats
                 filled[row] = True
 
-    _feature_pass(cfg, _tally(capture_batches(plan.pcaps, cfg.source.batch_packets), intervals), on_window)
+    batch_size, flow_records = cfg.source.batch_packets, plan.flow_records
+    window_ns = int(round(bundle.bin_s * bundle.bins * 1e9))
+    _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records)
     if plan.train_pcaps:
-        _feature_pass(cfg, capture_batches(plan.train_pcaps, cfg.source.batch_packets),
-                      lambda wb: _collect_train(train_feats, wb, positives))  # fmt: skip
+        _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),
+                      lambda wb: _collect_train(train_feats, wb, positives), flow_records)  # fmt: skip
     if not filled.all():
         raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
     for li in intervals:
@@ -407,7 +481,6 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
             w.scores["zscore"][rows] = zs.score(features[rows])
             baselines_fitted[cls] = len(train_feats[cls])
     label_windows(w, intervals)
-    window_ns = int(round(bundle.bin_s * bundle.bins * 1e9))
     result = {
         "netad_version": __version__,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -483,6 +556,8 @@ def _interval_record(li: LabelledInterval) -> dict:
         "visible": li.visible,
         "host_packets": li.host_packets,
         "visible_hosts": sorted(li.visible_hosts),
+        # windows holding packets of it (what the visible variant counts as positives)
+        "windows_with_attack_packets": None if li.window_packets is None else len(li.window_packets[""]),
     }
 
 
@@ -503,6 +578,17 @@ def _entity_class_metrics(
     for det in DETECTORS:
         s = w.scores[det][rows]
         out["detectors"][det] = M.summary(s, y, FPR_POINTS) if np.all(np.isfinite(s)) and s.size else None
+    labelled_positive = np.zeros(rows.shape[0], dtype=bool)
+    labelled_positive[rows] = y
+    out["lstm_minus"] = _lstm_minus(w, rows, labelled_positive, _clusters(w, intervals, cls, window_ns))
+    # the same, pooled over the visible windows of every class (what the per-class visible
+    # variant counts), so that attacks of all kinds give the interval enough clusters
+    visible = [li for li in intervals if li.visible]
+    pos = np.zeros(rows.shape[0], dtype=bool)
+    for li in visible:
+        pos |= _class_rows(w, li, cls, visible_only=True)
+    sel = pos | ((w.entity_class == cls) & w.benign)  # type: ignore[operator]
+    out["lstm_minus_visible"] = _lstm_minus(w, sel, pos, _clusters(w, visible, cls, window_ns, visible_only=True))
     flags = w.anomalous[rows]
     out["at_threshold"] = {
         "tpr": M._round(M.recall(flags[y])),
@@ -527,6 +613,7 @@ def _entity_class_metrics(
                     det: (M._round(M.roc_auc(w.scores[det][sel], pos[sel])) if np.all(np.isfinite(w.scores[det][sel])) else None)
                     for det in DETECTORS
                 },
+                "lstm_minus": _lstm_minus(w, sel, pos, _clusters(w, chosen, cls, window_ns, visible_only=variant == "visible")),
             }
         entry["visible_unknown"] = sum(1 for li in of_event if li.visible is None)
         classes[event] = entry

@@ -23,6 +23,10 @@ What the rewriting does, exactly:
   updated incrementally for the pseudo-header change (RFC 1624), so a checksum that was valid
   stays valid and a UDP checksum of 0 (none) stays 0. Later fragments carry no transport
   header and need nothing. Addresses quoted inside ICMP error messages are not rewritten.
+- `slow=FACTOR` stretches the attack in time: every packet's offset from the attack's first
+  packet is multiplied by FACTOR (> 1), so a 10 s masscan becomes a low-and-slow scan of
+  10 x FACTOR s with the same packets in the same order. Replies stretch with the probes
+  (a 1 ms round trip becomes FACTOR ms), which is what a slower, farther scanner looks like.
 - Link types: frames are kept byte for byte when the attack's link type is the benign one.
   Otherwise the IP packet is cut out and wrapped in the benign capture's link layer
   (Ethernet gets locally administered dummy MACs 02:00:00:00:00:01 -> 02:00:00:00:00:02);
@@ -54,23 +58,25 @@ _MAX_VLAN_TAGS = 4
 _DUMMY_SRC_MAC = bytes.fromhex("020000000001")
 _DUMMY_DST_MAC = bytes.fromhex("020000000002")
 _SPOOFED_SHARE = 0.5  # the dominant source sends less than this share of opening packets: spoofed
+_OPTIONS = ("rewrite-src", "rewrite-dst", "event", "slow")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One `--attack FILE@OFFSET[:rewrite-src=IP,rewrite-dst=IP,event=NAME]` argument."""
+    """One `--attack FILE@OFFSET[:rewrite-src=IP,rewrite-dst=IP,event=NAME,slow=FACTOR]` argument."""
 
     path: Path
     offset_s: float
     rewrite_src: str | None = None
     rewrite_dst: str | None = None
     event: str | None = None
+    slow: float = 1.0
 
     @classmethod
     def parse(cls, text: str) -> AttackSpec:
         at = text.rfind("@")
         if at <= 0:
-            raise ConfigError(f"--attack {text!r}: expected FILE@OFFSET[:rewrite-src=IP,rewrite-dst=IP,event=NAME]")
+            raise ConfigError(f"--attack {text!r}: expected FILE@OFFSET[:rewrite-src=IP,rewrite-dst=IP,event=NAME,slow=FACTOR]")
         path, rest = text[:at], text[at + 1 :]
         offset_text, _, options = rest.partition(":")
         try:
@@ -82,8 +88,8 @@ class AttackSpec:
         values: dict[str, str] = {}
         for item in filter(None, options.split(",")):
             key, eq, value = item.partition("=")
-            if not eq or key not in ("rewrite-src", "rewrite-dst", "event") or not value:
-                raise ConfigError(f"--attack {text!r}: unknown option {item!r} (rewrite-src=IP, rewrite-dst=IP, event=NAME)")
+            if not eq or key not in _OPTIONS or not value:
+                raise ConfigError(f"--attack {text!r}: unknown option {item!r} (rewrite-src=IP, rewrite-dst=IP, event=NAME, slow=FACTOR)")
             values[key] = value
         for key in ("rewrite-src", "rewrite-dst"):
             if key in values:
@@ -91,12 +97,20 @@ class AttackSpec:
                     ipaddress.ip_address(values[key])
                 except ValueError:
                     raise ConfigError(f"--attack {text!r}: {key}={values[key]!r} is not an IP address") from None
-        return cls(Path(path), offset_s, values.get("rewrite-src"), values.get("rewrite-dst"), values.get("event"))
+        slow = 1.0
+        if "slow" in values:
+            try:
+                slow = float(values["slow"])
+            except ValueError:
+                slow = float("nan")
+            if not 1.0 <= slow <= 1e6:  # also NaN
+                raise ConfigError(f"--attack {text!r}: slow={values['slow']!r} is not a factor between 1 and 1e6")
+        return cls(Path(path), offset_s, values.get("rewrite-src"), values.get("rewrite-dst"), values.get("event"), slow)
 
 
 def load_attack_list(path: str | Path) -> list[AttackSpec]:
     """Attack specs from a YAML file: `attacks:` a list of mappings {file, offset_s,
-    rewrite_src, rewrite_dst, event} or of `FILE@OFFSET[:opts]` strings. Relative files are
+    rewrite_src, rewrite_dst, event, slow} or of `FILE@OFFSET[:opts]` strings. Relative files are
     relative to the working directory, as every path in netad's config is."""
     from detector.config import read_yaml
 
@@ -109,9 +123,10 @@ def load_attack_list(path: str | Path) -> list[AttackSpec]:
         if isinstance(item, str):
             specs.append(AttackSpec.parse(item))
             continue
-        if not isinstance(item, dict) or not {"file", "offset_s"} <= set(item) or set(item) - {"file", "offset_s", "rewrite_src", "rewrite_dst", "event"}:
-            raise ConfigError(f"{path}: attacks[{i}]: expected file, offset_s and optionally rewrite_src, rewrite_dst, event")
-        options = ",".join(f"{k.replace('_', '-')}={item[k]}" for k in ("rewrite_src", "rewrite_dst", "event") if item.get(k))
+        keys = [k.replace("-", "_") for k in _OPTIONS]
+        if not isinstance(item, dict) or not {"file", "offset_s"} <= set(item) or set(item) - {"file", "offset_s", *keys}:
+            raise ConfigError(f"{path}: attacks[{i}]: expected file, offset_s and optionally {', '.join(keys)}")
+        options = ",".join(f"{k.replace('_', '-')}={item[k]}" for k in keys if item.get(k))
         try:
             specs.append(AttackSpec.parse(f"{item['file']}@{item['offset_s']}" + (f":{options}" if options else "")))
         except ConfigError as exc:
@@ -134,6 +149,7 @@ class InsertedAttack:
     target: str  # victim as written (after rewriting)
     rewritten_packets: int
     reencapsulated: bool
+    slow: float = 1.0  # the factor its timeline was stretched by
 
 
 @dataclass
@@ -420,8 +436,8 @@ def _prepare(spec: AttackSpec, linktype: int, benign_t0_ns: int, nanosecond: boo
         mapping[_ipv4_int(roles.victim)] = int(ipaddress.ip_address(spec.rewrite_dst))  # type: ignore[index]
         victim_out = spec.rewrite_dst
     rewritten = _rewrite_ipv4(rec, l3, ethertype, mapping)
-    shift = benign_t0_ns + int(round(spec.offset_s * 1e9)) - int(rec.ts_ns.min())
-    ts = rec.ts_ns + shift
+    first = int(rec.ts_ns.min())
+    ts = benign_t0_ns + int(round(spec.offset_s * 1e9)) + np.round((rec.ts_ns - first) * spec.slow).astype(np.int64)
     if not nanosecond:
         ts = (ts + 500) // 1000 * 1000  # what a microsecond pcap will hold: the truth is exact
     rec.ts_ns = ts
@@ -438,6 +454,7 @@ def _prepare(spec: AttackSpec, linktype: int, benign_t0_ns: int, nanosecond: boo
         target=victim_out,
         rewritten_packets=rewritten,
         reencapsulated=reencapsulated,
+        slow=spec.slow,
     )
     return rec, info
 
@@ -491,7 +508,7 @@ def splice(
 
 def description(a: InsertedAttack) -> str:
     return (f"attacker={a.attacker} target={a.target} sources={a.attacker_sources} packets={a.packets} "
-            f"file={a.path.name}")  # fmt: skip
+            f"file={a.path.name}" + (f" slow={a.slow:g}" if a.slow != 1 else ""))  # fmt: skip
 
 
 def write_truth(path: Path, attacks: list[InsertedAttack], t0_ns: int, benign_truth: str | Path | None = None) -> None:

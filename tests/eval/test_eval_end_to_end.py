@@ -39,7 +39,8 @@ logging: {{format: json, level: warning}}
 """
 
 METRICS_KEYS = {"netad_version", "created_at", "inputs", "split", "model", "intervals", "test", "global", "host", "most_relevant_host"}
-CLASS_KEYS = {"windows", "positives", "negatives", "unlabelled", "threshold", "detectors", "at_threshold", "classes", "detection", "incidents"}
+CLASS_KEYS = {"windows", "positives", "negatives", "unlabelled", "threshold", "detectors", "lstm_minus", "lstm_minus_visible", "at_threshold", "classes", "detection",
+              "incidents"}
 DETECTOR_KEYS = {"roc_auc", "pr_auc", "tpr_at_fpr", "positives", "negatives", "max_negative_score", "min_positive_score"}
 
 
@@ -84,8 +85,13 @@ def test_metrics_json_has_the_documented_keys(evaluated):
             assert DETECTOR_KEYS <= set(summary), (cls, det)
             assert {"0.001", "0.01"} == set(summary["tpr_at_fpr"])
         assert {"opened", "benign", "per_hour", "per_day", "benign_list"} <= set(m[cls]["incidents"])
+        for comparison in (m[cls]["lstm_minus"], m[cls]["lstm_minus_visible"], m[cls]["classes"]["ATTACK-MASSCAN-TCP"]["visible"]["lstm_minus"]):
+            assert {"stateless_ae", "zscore"} == set(comparison), cls
+            for d in comparison.values():
+                # one spliced attack: a difference, and no interval drawn from a single attack
+                assert -1 <= d["difference"] <= 1 and d["positive_clusters"] == 1 and d["ci95_low"] is None, (cls, d)
     assert ["ATTACK-MASSCAN-TCP"] == [iv["event"] for iv in m["intervals"]]
-    assert m["intervals"][0]["visible"] is True
+    assert m["intervals"][0]["visible"] is True and m["intervals"][0]["windows_with_attack_packets"] >= 1
     assert "192.168.1.132" in m["intervals"][0]["visible_hosts"] and m["intervals"][0]["host_packets"]["192.168.1.132"] >= 10
     assert m["global"]["positives"] >= 1 and m["global"]["negatives"] > 30
     assert "192.168.1.132" == m["most_relevant_host"]
@@ -99,6 +105,41 @@ def test_report_png_and_markdown_are_written(evaluated):
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert width >= 800 and height >= 500
     md = (evaluated / "report.md").read_text()
-    for heading in ("## Window-level detection", "## Per event class", "## Detection delay", "## False alarms"):
+    for heading in ("## Window-level detection", "## Per event class", "## What the carried state is worth", "## Detection delay",
+                    "## False alarms"):
         assert heading in md
     assert (evaluated / "scores.jsonl").stat().st_size > 0
+
+
+def test_eval_scores_a_zeek_conn_log_as_flow_records(tmp_path):
+    """`netad eval --conn-log`: the honeypot's real conn.log with a Mirai-style telnet scan by
+    the device inserted in its held-out part (tests/service/test_flow_sources.py: 300 unanswered
+    SYNs, one every 2 s), its interval in the truth. Trained on the first 13 h of the log as
+    flow records; the scan's interval is visible from the records' packets and the device's
+    scan windows outrank its benign ones."""
+    from tests.service.test_flow_sources import CONN_LOG, DEVICE, SCAN_AT_S, SCAN_EVERY_S, SCAN_LINES, TRAIN_S, _end_s, _scan_lines
+
+    lines = (SHARED_DATA / CONN_LOG).read_text().splitlines()
+    header = [ln for ln in lines if ln.startswith("#")]
+    data = [ln.split("\t") for ln in lines if ln and not ln.startswith("#")]
+    t0 = float(data[0][0])  # the split counts from the first line's start, as `netad train` does
+    scan_start = min(float(f[0]) for f in data) + SCAN_AT_S
+    scan_end = scan_start + SCAN_LINES * SCAN_EVERY_S
+    at = max(i for i, f in enumerate(data) if _end_s(f) <= scan_end) + 1  # Zeek writes a connection when it ends
+    log = tmp_path / "scan.log"
+    log.write_text("\n".join(header + ["\t".join(f) for f in data[:at]] + _scan_lines(scan_start) + ["\t".join(f) for f in data[at:]]) + "\n")
+    truth = tmp_path / "truth.csv"
+    truth.write_text(",".join(["event", "is_attack_or_fault", "start_offset_s", "end_offset_s", "start_epoch_pcap", "end_epoch_pcap",
+                               "description"]) + "\n"
+                     + f"TELNET-SCAN,1,{scan_start - t0:.3f},{scan_end - t0:.3f},{scan_start:.6f},{scan_end:.6f},attacker={DEVICE}\n")  # fmt: skip
+    cfg = tmp_path / "netad.yaml"
+    cfg.write_text(CONFIG.format(model=tmp_path / "unused-model", rules=REPO / "rules" / "default.yaml")
+                   + "windows: {bin_s: 60, bins: 5, flow_lateness_s: 600}\n")  # fmt: skip
+    netad("eval", "-c", str(cfg), "--conn-log", str(log), "--truth", str(truth), "--train-end-s", str(TRAIN_S), "--out", str(tmp_path / "out"))
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    (interval,) = m["intervals"]
+    assert interval["visible"] and interval["host_packets"][DEVICE] >= 2 * SCAN_LINES  # 2 SYNs per unanswered connection
+    host = m["host"]
+    assert host["positives"] >= 2 and host["detectors"]["lstm"]["roc_auc"] >= 0.9, host["detectors"]
+    assert [d["detected"] for d in host["detection"]] == [True]
+    assert "192.168.1.132" == m["most_relevant_host"]

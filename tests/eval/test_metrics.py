@@ -86,6 +86,46 @@ def test_metrics_without_both_classes_are_none():
     assert summary["roc_auc"] is None and summary["tpr_at_fpr"] == {"0.001": None, "0.01": None}
 
 
+def test_auc_difference_is_the_plain_difference_with_an_interval_that_knows_clusters():
+    """The point estimate is roc_auc(a) - roc_auc(b); identical detectors give exactly 0 with
+    a zero-width interval; a detector that wins on every cluster gets an interval above 0;
+    one that wins on a single attack of several gets an interval that holds 0."""
+    rng = np.random.default_rng(3)
+    n_attacks, per_attack, n_moments = 8, 10, 300
+    y = np.r_[np.ones(n_attacks * per_attack, dtype=bool), np.zeros(n_moments, dtype=bool)]
+    clusters = np.r_[np.repeat(np.arange(n_attacks), per_attack), n_attacks + np.arange(n_moments)]
+    negatives = rng.normal(size=n_moments)
+    b = np.r_[rng.normal(1.0, 1.0, n_attacks * per_attack), negatives].round(1)  # ties within and across classes
+    d = M.auc_difference(b, b, y, clusters, resamples=200)
+    assert (0.0, 0.0, 0.0) == (d["difference"], d["ci95_low"], d["ci95_high"])
+    assert (n_attacks, n_moments) == (d["positive_clusters"], d["negative_clusters"])
+
+    a = b + 1.5 * y  # better on every attack
+    d = M.auc_difference(a, b, y, clusters, resamples=500)
+    assert abs(d["difference"] - (M.roc_auc(a, y) - M.roc_auc(b, y))) < 1e-6
+    assert 0 < d["ci95_low"] < d["difference"] < d["ci95_high"]
+
+    one = b.copy()
+    one[:per_attack] += 3.0  # better on one attack only: the windows are many, the evidence is one attack
+    d = M.auc_difference(one, b, y, clusters, resamples=500)
+    assert d["difference"] > 0 and d["ci95_low"] <= 0 < d["ci95_high"]
+    # the same windows taken one by one would claim a win the data do not hold
+    naive = M.auc_difference(one, b, y, np.arange(y.size), resamples=500)
+    assert naive["ci95_low"] > 0
+    # two attacks are too few to draw an interval from: the difference alone
+    two_attacks = np.where(y, clusters % 2, clusters + 2)
+    two = M.auc_difference(a, b, y, two_attacks, resamples=500)
+    assert 2 == two["positive_clusters"] and two["ci95_low"] is None and two["ci95_high"] is None
+    assert abs(two["difference"] - (M.roc_auc(a, y) - M.roc_auc(b, y))) < 1e-6
+
+
+def test_auc_difference_refuses_mixed_clusters_and_needs_both_classes():
+    y = np.array([1, 1, 0, 0], dtype=bool)
+    with pytest.raises(ValueError, match="both positive and negative"):
+        M.auc_difference(np.arange(4.0), np.arange(4.0), y, np.array([0, 1, 1, 2]))
+    assert M.auc_difference(np.arange(2.0), np.arange(2.0), np.zeros(2, dtype=bool), np.arange(2)) is None
+
+
 def test_detection_delay_counts_from_the_interval_start_to_the_window_end():
     """60 s windows; an interval starting at 130 s is caught by the window [180, 240): delay
     110 s, one window after the one holding the start."""
@@ -176,13 +216,37 @@ def test_visible_hosts_are_those_with_packets_of_the_attack():
     li = LabelledInterval(Interval("SCAN", True, 10 * s, 20 * s, "nmap 10.0.0.1 10.0.0.2"), [a], [t1, t2])
     rows = [(11 + 0.1 * i, a, t1) for i in range(8)] + [(12 + 0.1 * i, t1, a) for i in range(4)]
     rows += [(13 + 0.1 * i, other, t2) for i in range(30)] + [(25, a, t2)] * 20
-    list(_tally([_packets(sorted(rows))], [li]))
+    list(_tally([_packets(sorted(rows))], [li], window_ns=10 * s))
     assert 8 == li.attacker_packets
     assert {a: 8, t1: 12, t2: 0} == li.host_packets
     li.visible_hosts = {ip for ip, n in li.host_packets.items() if n >= 10}
     w = _windows([(10, t1, "host", 5.0), (10, t2, "host", 0.0), (10, a, "host", 3.0), (10, "global", "global", 4.0)])
     assert [True, True, True, False] == _class_rows(w, li, "host").tolist()
     assert [True, False, False, False] == _class_rows(w, li, "host", visible_only=True).tolist()
+
+
+def test_the_visible_variant_counts_only_windows_that_hold_the_attack():
+    """A slow attack: packets at 11-12.5 s and at 26 s of a 10-30 s interval, 5 s windows.
+    The windows in between hold nothing of it: positives of the `all` variant, not of the
+    `visible` one, for the link and for each host (a host's own part of the attack)."""
+    s = 1_000_000_000
+    a, t1 = "10.0.0.99", "10.0.0.1"
+    li = LabelledInterval(Interval("SLOW", True, 10 * s, 30 * s, ""), [a], [t1])
+    rows = [(11, a, t1), (12, a, t1), (12.5, t1, a), (26, a, t1), (17, t1, "10.0.0.50")]
+    list(_tally([_packets(sorted(rows))], [li], window_ns=5 * s))
+    assert {10 * s: 3, 25 * s: 1} == li.window_packets[""] == li.window_packets[t1]
+    assert {10 * s: 2, 25 * s: 1} == li.window_packets[a]
+    li.visible_hosts = {a, t1}
+    starts = [10, 15, 20, 25]
+    n = 3 * len(starts)
+    w = Windows(
+        start_ns=np.array(starts * 3, dtype=np.int64) * s, end_ns=(np.array(starts * 3, dtype=np.int64) + 5) * s,
+        entity=np.array(["global"] * 4 + [t1] * 4 + [a] * 4), entity_class=np.array(["global"] * 4 + ["host"] * 8),
+        scores={"lstm": np.zeros(n)}, anomalous=np.zeros(n, dtype=bool), threshold=np.ones(n), features=np.zeros((n, 1, 1), dtype=np.float32),
+    )  # fmt: skip
+    assert [True] * 4 == _class_rows(w, li, "global").tolist()[:4]
+    assert [True, False, False, True] == _class_rows(w, li, "global", visible_only=True).tolist()[:4]
+    assert [True, False, False, True] * 2 == _class_rows(w, li, "host", visible_only=True).tolist()[4:]
 
 
 def test_robust_zscore_is_zero_at_the_median_and_large_on_a_spike():

@@ -6,6 +6,7 @@ character for character, and re-encapsulation of a raw-IP attack into Ethernet."
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -167,10 +168,38 @@ def test_raw_ip_attack_is_reencapsulated_into_ethernet(tmp_path):
     ]
 
 
+def test_slow_stretches_the_attack_timeline_and_keeps_its_packets(tmp_path):
+    """slow=50: the same frames in the same order, every offset from the attack's first packet
+    50 times longer (to the microsecond the pcap holds), and the truth interval stretched too."""
+    spec = "rewrite-src=203.0.113.9,rewrite-dst=192.168.1.132,event=SSH"
+    plain = splice(HONEYPOT, [AttackSpec.parse(f"{SSH_BRUTE}@100:{spec}")], tmp_path / "p.pcap", tmp_path / "p.csv").attacks[0]
+    slow = splice(HONEYPOT, [AttackSpec.parse(f"{SSH_BRUTE}@100:{spec},slow=50")], tmp_path / "s.pcap", tmp_path / "s.csv").attacks[0]
+    assert plain.start_ns == slow.start_ns and plain.packets == slow.packets
+    original = read_records(SSH_BRUTE)
+    span_ns = int(original.ts_ns.max() - original.ts_ns.min())
+    assert abs((slow.end_ns - slow.start_ns) - 50 * span_ns) <= 1000
+    assert "slow=50" in (tmp_path / "s.csv").read_text() and "slow=" not in (tmp_path / "p.csv").read_text()
+
+    def frames(path, attack):
+        rec = read_records(path)
+        inside = np.flatnonzero((rec.ts_ns >= attack.start_ns) & (rec.ts_ns < attack.end_ns))
+        return rec, Counter(bytes(rec.data[rec.offsets[i] : rec.offsets[i] + rec.caplens[i]]) for i in inside)
+
+    _, benign_in_span = frames(HONEYPOT, slow)
+    rec, in_span = frames(tmp_path / "s.pcap", slow)
+    assert frames(tmp_path / "p.pcap", plain)[1] - frames(HONEYPOT, plain)[1] == in_span - benign_in_span
+    expected = slow.start_ns + (original.ts_ns - original.ts_ns.min()) * 50
+    written = np.sort(rec.ts_ns)
+    nearest = written[np.minimum(np.searchsorted(written, expected), written.size - 1)]
+    assert np.all(np.abs(nearest - expected) <= 1000)
+
+
 def test_attack_spec_syntax():
     spec = AttackSpec.parse("/x/y@z.pcap@12.5:rewrite-src=10.0.0.1,event=E")
     assert (Path("/x/y@z.pcap"), 12.5, "10.0.0.1", None, "E") == (spec.path, spec.offset_s, spec.rewrite_src, spec.rewrite_dst, spec.event)
-    for bad in ("file.pcap", "f.pcap@soon", "f.pcap@1:rewrite-src=nope", "f.pcap@1:colour=red", "f.pcap@-5"):
+    assert 600.0 == AttackSpec.parse("f.pcap@1:slow=600").slow and 1.0 == spec.slow
+    for bad in ("file.pcap", "f.pcap@soon", "f.pcap@1:rewrite-src=nope", "f.pcap@1:colour=red", "f.pcap@-5", "f.pcap@1:slow=0.5",
+                "f.pcap@1:slow=fast", "f.pcap@1:slow=nan"):
         with pytest.raises(ConfigError):
             AttackSpec.parse(bad)
     assert "ATTACK-TCP-SYNFLOOD-SPOOFED" == event_name(SYNFLOOD)
