@@ -59,7 +59,7 @@ class SourceConfig(_Strict):
     allowed_exporters: list[str] = Field(default_factory=list)  # netflow: exporter networks; [] = any
     default_sampling_rate: int = Field(1, ge=1)  # netflow: for exporters that never announce theirs
     follow: bool = False  # zeek: keep reading what Zeek appends (and follow rotations)
-    from_end: bool = False  # zeek, with follow: skip what the log already holds at start
+    from_end: bool = False  # zeek, with follow: skip what the log already holds at the first start (a restart reads on from its checkpoint)
 
     @field_validator("bind_address")
     @classmethod

@@ -25,8 +25,12 @@ protocols and histories are parsed once per distinct value. Following a live log
 reads what Zeek appends, notices rotation (the path now names another inode: the old file
 is read to its end first) and truncation (the file got shorter: read again from the top),
 and hands on an EMPTY batch every `poll_s` while nothing comes, so the daemon keeps its
-clock; a live record that ends past our clock (plus `max_clock_skew_s`) is dropped and
-counted. Lines that do not parse are counted in `malformed`, never raised.
+clock. `position()` is where a restart picks up (the file's device and inode, and the offset
+after the last whole line handed on); `resume_at` takes it back: the same file, at least as
+long, is read on from that offset (what Zeek wrote while netad was down is scored), a file
+rotated or truncated since is read from its top (all of it is newer than the position).
+A live record that ends past our clock (plus `max_clock_skew_s`) is dropped and counted.
+Lines that do not parse are counted in `malformed`, never raised.
 """
 
 from __future__ import annotations
@@ -427,7 +431,8 @@ class ZeekConnLog:
     """
 
     def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
-                 read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0) -> None:  # fmt: skip
+                 read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
+                 resume_at: dict | None = None) -> None:  # fmt: skip
         self.path = Path(path)
         self.follow = follow
         self.poll_s = poll_s
@@ -449,9 +454,9 @@ class ZeekConnLog:
         self._inode: tuple[int, int] | None = None
         self._pos = 0
         self._partial = b""
-        self._open(initial=True)
+        self._open(initial=True, resume_at=resume_at)
 
-    def _open(self, initial: bool = False) -> None:
+    def _open(self, initial: bool = False, resume_at: dict | None = None) -> None:
         try:
             if self.path.suffix == ".gz" and not self.follow:
                 self._file = gzip.open(self.path, "rb")
@@ -465,15 +470,45 @@ class ZeekConnLog:
         self._pos = 0
         self._partial = b""
         self.parser.reset()
-        if initial and self.from_end and self._inode is not None:
+        if not initial or self._inode is None:
+            return
+        if resume_at is not None:
+            self._resume(resume_at)
+        elif self.from_end:
             self._skip_to_end()
+
+    def position(self) -> dict[str, int] | None:
+        """Where a restart picks up (`resume_at`): the file and the offset after the last whole
+        line handed on. None for a gzip file (read whole, never resumed)."""
+        if self._inode is None:
+            return None
+        return {"device": self._inode[0], "inode": self._inode[1], "offset": self._pos - len(self._partial)}
+
+    def _resume(self, at: dict) -> None:
+        assert self._file is not None and self._inode is not None
+        size = os.fstat(self._file.fileno()).st_size
+        offset = at.get("offset")
+        if (at.get("device"), at.get("inode")) != self._inode or not isinstance(offset, int) or not 0 <= offset <= size:
+            log.warning("zeek_log_resumed_from_top", path=str(self.path), size=size,
+                        reason="rotated or truncated since the checkpoint: all of it is newer")  # fmt: skip
+            return
+        self._read_header()
+        self._file.seek(offset)
+        self._pos = offset
+        log.info("zeek_log_resumed", path=str(self.path), offset=offset, backlog_bytes=size - offset)
+
+    def _read_header(self) -> None:
+        """Feed the parser the header lines at the top of the file (TSV; JSON has none)."""
+        assert self._file is not None
+        head = self._file.read(65536)
+        header = b"\n".join(ln for ln in head.split(b"\n") if ln.startswith(b"#"))
+        if header:
+            self.parser.feed(header + b"\n")
 
     def _skip_to_end(self) -> None:
         """Start at the end of a live log, keeping its header (read from the top)."""
         assert self._file is not None
-        head = self._file.read(65536)
-        header = b"\n".join(ln for ln in head.split(b"\n") if ln.startswith(b"#"))
-        self.parser.feed(header + b"\n")
+        self._read_header()
         end = self._file.seek(0, os.SEEK_END)
         if end > 0:
             self._file.seek(end - 1)

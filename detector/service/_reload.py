@@ -28,8 +28,20 @@ from detector.model.bundle import ModelBundle
 log = structlog.get_logger()
 
 # config sections the running pipeline was built from: a change needs a restart
-_RESTART_SECTIONS = ("sensor", "home_net", "source", "flows", "windows", "state_dir", "outputs")
+_RESTART_SECTIONS = ("role", "sensor", "home_net", "source", "flows", "windows", "state_dir", "outputs", "kafka")
 _RESTART_MODEL_KEYS = ("device", "warmup_windows", "threads", "precision")
+
+
+_RETIRE_TIMEOUT_S = 1.0  # a sink dropped by a reload gets this long to deliver, then its spool waits
+
+
+def retire_sinks(sinks: list[Sink]) -> None:
+    """Close the sinks a reload dropped (after the swap): what they could not deliver in
+    time stays in their spools."""
+    for sink in sinks:
+        backlog = sink.stats["backlog"]
+        sink.close(timeout_s=_RETIRE_TIMEOUT_S)
+        log.info("sink_retired", sink=sink.name, backlog=backlog)
 
 
 def wanted_sinks(cfg: Config, extra_urls: list[str]) -> list[tuple[str, str | None]]:

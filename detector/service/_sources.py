@@ -152,17 +152,19 @@ def is_live(cfg: SourceConfig) -> bool:
     return cfg.type in ("interface", "netflow") or (cfg.type == "zeek" and cfg.follow)
 
 
-def build_source(cfg: SourceConfig, resume_from_ns: int | None = None) -> Source:
+def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at: dict | None = None) -> Source:
     """The configured source, opened (a live capture or collector is up when this returns).
     Raises ConfigError for an incomplete source section, CaptureError when it cannot be
-    opened. `resume_from_ns` (where a checkpoint left a replay) is for capture files."""
+    opened. Where a checkpoint left off: `resume_from_ns` for capture files, `resume_at`
+    (ZeekConnLog.position) for a followed conn.log."""
     source: Source
     if cfg.type in ("pcap", "zeek") and cfg.path is None:
         raise ConfigError(f"source.path: required when source.type is {cfg.type}")
     if cfg.type == "pcap":
         return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume_from_ns)
     if cfg.type == "zeek":
-        source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets)
+        source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets,
+                             resume_at=resume_at)  # fmt: skip
     elif cfg.type == "netflow":
         parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters)
         source = NetflowCollector(cfg.bind_address, cfg.port, buffer_mb=cfg.buffer_mb, batch_records=cfg.batch_packets,

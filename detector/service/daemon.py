@@ -36,6 +36,7 @@ import structlog
 from safetensors import SafetensorError
 
 from detector.alerting.sinks import SinkSet
+from detector.capture.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import ConfigError, ModelError, NetadError
@@ -43,7 +44,7 @@ from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer, set_torch_threads
 from detector.service import jobs as J
-from detector.service._reload import ReloadPlan, build_sinks, plan_reload, wanted_sinks
+from detector.service._reload import ReloadPlan, build_sinks, plan_reload, retire_sinks, wanted_sinks
 from detector.service._sources import ReplaySource, Source, build_source, is_live, source_identity
 from detector.service.metrics import Metrics
 from detector.service.pipeline import Pipeline
@@ -57,7 +58,6 @@ log = structlog.get_logger()
 CHECKPOINT_DIR = "checkpoint"
 _HARD_EXIT_GRACE_S = 5.0  # past shutdown_timeout_s, a shutdown that still hangs is cut short
 _SNAPSHOT_INTERVAL_S = 1.0  # how stale the metrics endpoint's view of the counters may be
-_RETIRE_TIMEOUT_S = 1.0  # a sink dropped by a reload gets this long to deliver, then its spool waits
 
 
 class _Publisher:
@@ -172,7 +172,8 @@ class Daemon:
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.publisher], scores_out=self.scores_out, on_scored=self._on_scored,
                                  flow_records=cfg.source.flow_records)  # fmt: skip
         resume_ns = self._restore(checkpoint) if checkpoint else None
-        self.source = build_source(cfg.source, resume_from_ns=resume_ns)
+        resume_at = checkpoint[2].get("position") if checkpoint and cfg.source.type == "zeek" else None
+        self.source = build_source(cfg.source, resume_from_ns=resume_ns, resume_at=resume_at)
         if self._stop:  # a signal while starting: the source did not exist to be told
             self.source.stop = True
         if svc.metrics_address:
@@ -365,6 +366,8 @@ class Daemon:
         meta = {
             "source": self.source.identity if self.source is not None else {},
             "resume_ns": self.pipeline.last_window_end_ns,
+            # a followed conn.log: the file and offset after the last line read (a restart reads on from there)
+            "position": self.source.position() if isinstance(self.source, ZeekConnLog) else None,
             "replay_complete": replay_complete,
             "model": {"path": str(self.model_path), "version": self.pipeline.bundle.version, "base_version": self.base_version},
         }
@@ -480,10 +483,7 @@ class Daemon:
         if cfg.logging != self.cfg.logging:
             configure(cfg.logging.level, cfg.logging.format)
         self.cfg = cfg
-        for sink in plan.retired:
-            backlog = sink.stats["backlog"]
-            sink.close(timeout_s=_RETIRE_TIMEOUT_S)
-            log.info("sink_retired", sink=sink.name, backlog=backlog)
+        retire_sinks(plan.retired)
         last = self.pipeline.last_window_end_ns
         log.info("config_reloaded", config=self.config_path, rules=[str(p) for p in cfg.incidents.rules],
                  sinks=[s.name for s in plan.sinks], jobs_rescheduled=rescheduled, model_version=self.pipeline.bundle.version,

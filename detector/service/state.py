@@ -1,7 +1,7 @@
 """Checkpoints: what the daemon must not forget across a restart.
 
 Hidden states of every entity (safetensors), open incidents and the daemon's meta (which
-source, where a replay stands, which model; JSON), written atomically: a temporary directory
+source, where a replay stands or where a followed conn.log was read to, which model; JSON), written atomically: a temporary directory
 is filled and fsynced, then renamed over the previous checkpoint, so a SIGKILL at any moment
 leaves either the old or the new checkpoint whole. Undelivered incident events need no
 checkpoint: the sinks' spools are already durable. One daemon per state directory, held

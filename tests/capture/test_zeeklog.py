@@ -241,6 +241,43 @@ def test_from_end_skips_what_was_already_there(tmp_path: Path):
     assert [7, 7] == [int(s // 10**9) for b in got for s in b.start_ns.tolist()]
 
 
+def test_a_restart_resumes_at_the_position_of_the_last_reader(tmp_path: Path):
+    """position() is the offset after the last whole line handed on (not the half line Zeek
+    is writing); a reader given it reads on from there, with the header from the top. A
+    file rotated or truncated since is read from its top, from_end or not."""
+    path = tmp_path / "conn.log"
+    path.write_bytes(HEADER + line(ts=1) + line(ts=2) + line(ts=3)[:12])
+    first = ZeekConnLog(path, follow=True, poll_s=0.05)
+    got: list[FlowRecordBatch] = []
+    thread = threading.Thread(target=lambda: got.extend(first))
+    thread.start()
+    try:
+        wait_for(lambda: sum(len(b) for b in got) == 4)
+    finally:
+        first.stop = True
+        thread.join(5)
+    at = first.position()
+    assert len(HEADER + line(ts=1) + line(ts=2)) == at["offset"]
+    with open(path, "ab") as f:  # what Zeek writes while nobody reads
+        f.write(line(ts=3)[12:] + line(ts=4))
+
+    def starts(batch: FlowRecordBatch) -> list[int]:
+        return [int(s // 10**9) for s in batch.start_ns[::2].tolist()]
+
+    resumed, log = read_all(path, from_end=True, resume_at=at)
+    assert [3, 4] == starts(resumed) and 0 == log.parser.malformed
+    assert path.stat().st_size == log.position()["offset"]
+
+    path.rename(tmp_path / "conn.old.log")  # rotated while stopped: the new file is all news
+    path.write_bytes(HEADER + line(ts=5))
+    assert [5] == starts(read_all(path, from_end=True, resume_at=at)[0])
+    path.write_bytes(HEADER)  # truncated below the position (same inode)
+    with open(path, "ab") as f:
+        f.write(line(ts=6))
+    at_now = {**at, "inode": path.stat().st_ino, "device": path.stat().st_dev}
+    assert [6] == starts(read_all(path, from_end=True, resume_at=at_now)[0])
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_iot23_conn_log_trains_and_scores_end_to_end(tmp_path: Path):

@@ -23,10 +23,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from detector.capture.flowrecords import FLOW_SCHEMA, Exporter, FlowRecordBatch
 from detector.capture.pcap import read_records
@@ -230,6 +232,61 @@ def test_daemon_reads_a_conn_log_to_its_end_as_score_does(honeypot, tmp_path):
     assert any(line.startswith("  records ") for line in d.other_stdout)  # the replay's summary, in flow records
     meta = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]
     assert {"type": "zeek", "path": str(honeypot["scan"].resolve())} == meta["source"] and meta["replay_complete"]
+
+
+def _recent_lines(n: int, first: int) -> str:
+    """n finished connections of the device to a web server, ended half a minute ago (a live
+    log's freshest lines): each is two flow records."""
+    ts = time.time() - 30.0
+    return "".join("\t".join([f"{ts + 0.01 * i:.6f}", f"Cweb{first + i:05d}", DEVICE, str(50000 + first + i), "93.184.216.34", "443",
+                               "tcp", "ssl", "1.000000", "500", "4000", "SF", "-", "-", "0", "ShADadFf", "8", "820", "7",
+                               "4300", "-   benign   -"]) + "\n" for i in range(n))  # fmt: skip
+
+
+def _flow_records(port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    families = {f.name: f.samples for f in text_string_to_metric_families(body)}
+    return families["netad_flow_records"][0].value if "netad_flow_records" in families else 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path):
+    """source zeek, follow, from_end: the first start skips what the log already held; a stop
+    checkpoints where the reading stood; what Zeek writes while netad is down is read at the
+    next start (from_end no longer applies), and nothing is read twice."""
+    log = tmp_path / "conn.log"
+    header = [ln for ln in honeypot["train"].read_text(errors="replace").splitlines()[:20] if ln.startswith("#")]
+    log.write_text("\n".join(header) + "\n" + _recent_lines(3, 0))  # there before netad's first start: skipped
+    cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True, "from_end": True},
+                  service={"metrics_address": "127.0.0.1:0"})  # fmt: skip
+
+    def run(lines_while_running: int, first: int, records_at_stop: int) -> DaemonProcess:
+        d = DaemonProcess(cfg)
+        try:
+            _, started = d.wait_log("metrics_started", timeout_s=60)
+            port = int(started["address"].rsplit(":", 1)[1])
+            d.wait_log("daemon_started", timeout_s=60)
+            with open(log, "a") as fh:
+                fh.write(_recent_lines(lines_while_running, first))
+            wait_until(lambda: _flow_records(port) >= records_at_stop, 30, f"{records_at_stop} flow records")
+            d.signal(signal.SIGTERM)
+            assert 0 == d.wait(60), d.tail()
+        finally:
+            d.kill()
+        _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+        assert records_at_stop == stopped["flow_records"], d.tail()
+        return d
+
+    first = run(4, 100, records_at_stop=8)
+    assert not first.events("zeek_log_resumed")
+    position = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]["position"]
+    assert log.stat().st_size == position["offset"] and log.stat().st_ino == position["inode"]
+    with open(log, "a") as fh:  # netad is down
+        fh.write(_recent_lines(5, 200))
+    second = run(2, 300, records_at_stop=2 * (5 + 2))
+    _, resumed = second.wait_log("zeek_log_resumed", timeout_s=1)
+    assert position["offset"] == resumed["offset"] and resumed["backlog_bytes"] > 0
 
 
 def _free_udp_port() -> int:
