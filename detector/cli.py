@@ -58,7 +58,7 @@ def run(config: str | None, sinks: tuple[str, ...]) -> None:
     if cfg.role != "all-in-one":  # sensor or scorer, over Kafka
         from detector.service.kafka import run_role
 
-        sys.exit(run_role(cfg, list(sinks)))
+        sys.exit(run_role(cfg, list(sinks), config))
     from detector.service.daemon import Daemon
 
     sys.exit(Daemon(config, cfg, list(sinks)).run())

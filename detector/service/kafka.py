@@ -31,14 +31,22 @@ recognised (their end is not after the entity's last window scored) and skipped;
 redelivered after a crash between steps 2 and 3 are scored again from the same state, so
 their scores and incident events repeat with the same ids (at-least-once, duplicates
 recognisable). Offsets start at the earliest window for a group that has none.
+
+SIGHUP (systemctl reload): a scorer reloads as the daemon does (service._reload): rules,
+incident settings, sinks and logging from the new file, validated before anything is
+swapped; a new model path is refused with config_restart_required, since the members of a
+group must score with one model (roll them). A sensor has nothing it can change while
+running (its capture and windows need a restart): it says so and goes on.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -53,8 +61,10 @@ from detector.contracts import WindowBatch
 from detector.errors import ConfigError, NetadError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer, set_torch_threads
-from detector.service._reload import build_sinks, wanted_sinks
+from detector.logging import configure
+from detector.service._reload import build_sinks, plan_reload, retire_sinks, wanted_sinks
 from detector.service._sources import build_source
+from detector.service.metrics import Metrics
 from detector.service.pipeline import build_windowing, close_windows, observer_of
 from detector.service.state import StateDirBusyError, lock_state_dir
 from detector.service.systemd import Notifier
@@ -98,13 +108,19 @@ def check_topics(client: Any, kafka: KafkaConfig) -> int:
 
 
 class _Signals:
-    """SIGTERM/SIGINT set a flag (and stop the source); the loops look at it between batches."""
+    """SIGTERM/SIGINT set a flag (and stop the source), SIGHUP another (without a handler it
+    would end the process); the loops look at them between batches."""
 
     def __init__(self) -> None:
         self.stop = False
+        self.reload = False
         self.source: Any = None
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_reload(self, _signum: int, _frame: object) -> None:
+        self.reload = True
 
     def _on_stop(self, _signum: int, _frame: object) -> None:
         self.stop = True
@@ -168,9 +184,19 @@ def run_sensor(cfg: Config) -> int:
     flows, windows = build_windowing(cfg, cfg.source.flow_records)
     source = signals.source = build_source(cfg.source)
     live = source.kind == "live"
-    notifier.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
-    log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
+    metrics = RoleMetrics(cfg)
     started, items, last_ping = time.monotonic(), 0, 0.0
+
+    def stats() -> dict:
+        counters = {**windows.stats(), **(flows.stats() if flows is not None else {}), **source.stats(),
+                    "windows_published": publisher.published, "bytes_published": publisher.bytes, "publish_failures": publisher.failed}  # fmt: skip
+        if flows is not None:
+            counters["packets"] = items
+        return {"pipeline": counters}
+
+    notifier.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
+    metrics.ready()
+    log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
     for batch in source:
         items += len(batch)
         for wb in close_windows(flows, windows, batch):
@@ -178,6 +204,10 @@ def run_sensor(cfg: Config) -> int:
         if len(batch) == 0 and live:
             for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
                 publisher.publish(wb)
+        metrics.update(stats)
+        if signals.reload:
+            signals.reload = False
+            log.info("config_reload_ignored", reason="a sensor's capture and windows change only with a restart")
         now = time.monotonic()
         if notifier.watchdog_interval_s is not None and now - last_ping >= notifier.watchdog_interval_s:
             notifier.watchdog()
@@ -193,8 +223,47 @@ def run_sensor(cfg: Config) -> int:
              **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
              windows_published=publisher.published, bytes_published=publisher.bytes, not_delivered=publisher.failed + left,
              seconds=round(time.monotonic() - started, 2), **windows.stats())  # fmt: skip
+    metrics.close()
     notifier.close()
     return 0 if publisher.failed + left == 0 else 1
+
+
+class RoleMetrics:
+    """`service.metrics_address` for a Kafka role: the daemon's /metrics, /healthz and
+    /readyz (service.metrics), over a snapshot of the role's counters that the role's own
+    loop refreshes (twice a second at most): the HTTP thread never reads live state. Off
+    without an address."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.metrics: Metrics | None = None
+        self.snapshot: dict = {}
+        self._next_s = 0.0
+        address = cfg.service.metrics_address
+        if address:
+            self.metrics = Metrics(lambda: self.snapshot, stall_after_s=cfg.service.stall_after_s)
+            try:
+                host, port = self.metrics.serve(address)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"service.metrics_address: cannot serve on {address!r}: {exc}") from None
+            log.info("metrics_started", address=f"{host}:{port}")
+
+    def ready(self) -> None:
+        if self.metrics is not None:
+            self.metrics.ready = True
+
+    def update(self, stats: Callable[[], dict]) -> None:
+        """The loop went round (health), and the counters if they are due."""
+        if self.metrics is None:
+            return
+        self.metrics.progressed()
+        now = time.monotonic()
+        if now >= self._next_s:
+            self.snapshot = stats()
+            self._next_s = now + 0.5
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 # ====================================================================================== scorer
@@ -208,13 +277,24 @@ class _SensorScoring:
     tracker: IncidentTracker
 
 
+_SCORER_COUNTERS = ("windows_scored", "anomalous_windows", "duplicates_skipped", "malformed_records", "schema_mismatch",
+                    "consume_errors", "commit_failures", "states_saved", "states_restored", "states_discarded", "malformed_states")
+
+
 class ScorerRole:
-    def __init__(self, cfg: Config, extra_sinks: list[str] | None = None) -> None:
+    def __init__(self, cfg: Config, extra_sinks: list[str] | None = None, config_path: str | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.extra_sinks = list(extra_sinks or [])
+        self.reloads = {"success": 0, "failure": 0}
         self.sensors: dict[str, _SensorScoring] = {}
         self.owner: dict[tuple[str, str], tuple[int, str]] = {}  # (sensor, entity) -> (partition, class)
-        self.counts: dict[str, int] = defaultdict(int)
+        # every counter from 0, so that /metrics shows each from the start
+        self.counts: dict[str, int] = defaultdict(int, dict.fromkeys(_SCORER_COUNTERS, 0))
+        self.incident_events: Counter[tuple[str, str]] = Counter()  # (action, severity)
+        self.assigned: set[int] = set()
+        self.commit_pending = False  # the last offset commit failed: retried when the topic is quiet
+        self.lag: int | None = None  # windows behind, summed over the assigned partitions (librdkafka statistics)
         self.scores_out: IO[str] | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -223,7 +303,7 @@ class ScorerRole:
 
         cfg, kafka = self.cfg, self.cfg.kafka
         signals = _Signals()
-        notifier = Notifier()
+        notifier = self.notifier = Notifier()
         try:
             self._lock = lock_state_dir(cfg.state_dir)
         except StateDirBusyError as exc:
@@ -232,6 +312,7 @@ class ScorerRole:
         self.bundle = ModelBundle.load(cfg.model.path)
         self.rules: RuleSet = load_rules(cfg.incidents.rules)
         self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
+        self.metrics = RoleMetrics(cfg)
         if cfg.outputs.scores is not None:
             cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
             self.scores_out = open(cfg.outputs.scores, "a", encoding="utf-8")
@@ -239,16 +320,22 @@ class ScorerRole:
         self.partitions = check_topics(self.state_producer, kafka)
         self.state_reader = Consumer(client_config(kafka, {}, {"group.id": f"{kafka.group_id}.state-restore",
                                                                "enable.auto.commit": False, "enable.partition.eof": True}))  # fmt: skip
-        self.consumer = Consumer(client_config(kafka, {"auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky"},
-                                               {"group.id": kafka.group_id, "enable.auto.commit": False}))  # fmt: skip
+        statistics = {"statistics.interval.ms": 5000, "stats_cb": self._on_statistics} if self.metrics.metrics is not None else {}
+        self.consumer = Consumer(client_config(kafka, {"auto.offset.reset": "earliest", "partition.assignment.strategy": "cooperative-sticky",
+                                                       **statistics}, {"group.id": kafka.group_id, "enable.auto.commit": False}))  # fmt: skip
         self.consumer.subscribe([kafka.windows_topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         notifier.ready(status=f"scorer in group {kafka.group_id}, model {self.bundle.version}")
+        self.metrics.ready()
         log.info("scorer_started", group=kafka.group_id, topic=kafka.windows_topic, partitions=self.partitions,
                  model_version=self.bundle.version, sinks=[s.name for s in self.sinks], pid=os.getpid())  # fmt: skip
         started, last_ping, last_status = time.monotonic(), 0.0, time.monotonic()
         try:
             while not signals.stop:
                 self._cycle()
+                if signals.reload:
+                    signals.reload = False
+                    self._reload()
+                self.metrics.update(self._stats)
                 now = time.monotonic()
                 if notifier.watchdog_interval_s is not None and now - last_ping >= notifier.watchdog_interval_s:
                     notifier.watchdog()
@@ -258,22 +345,81 @@ class ScorerRole:
                     last_status = now
         finally:
             notifier.stopping(status="stopping")
+            cfg = self.cfg  # as reloaded
             self.consumer.close()  # leaves the group: its partitions move now, not after the session timeout
             self.sinks.flush(timeout_s=cfg.service.shutdown_timeout_s)
             self.sinks.close(timeout_s=1.0)
             if self.scores_out is not None:
                 self.scores_out.close()
             self.state_reader.close()
+            self.metrics.close()
             log.info("scorer_stopped", seconds=round(time.monotonic() - started, 2), **self.counts)
             notifier.close()
         return 0
 
+    def _stats(self) -> dict:
+        """What /metrics shows (RoleMetrics): the scorer's counters, the sinks', the lag."""
+        counters: dict[str, int] = {**self.counts, "entity_windows": self.counts["windows_scored"], "entities": len(self.owner),
+                                    "incidents_open": sum(ctx.tracker.open_incidents for ctx in self.sensors.values()),
+                                    "partitions_assigned": len(self.assigned)}  # fmt: skip
+        if self.lag is not None:
+            counters["consumer_lag"] = self.lag
+        return {"pipeline": counters, "sinks": self.sinks.stats(), "incident_events": dict(self.incident_events),
+                "reloads": dict(self.reloads), "model_version": self.bundle.version}  # fmt: skip
+
+    def _reload(self) -> None:
+        """SIGHUP, between two cycles: everything the new config needs is built and validated
+        (plan_reload) before anything is swapped; on any error the scorer goes on as it was."""
+        self.notifier.reloading()
+        try:
+            plan = plan_reload(self.config_path, self.cfg, self.sinks, self.extra_sinks, self.bundle.schema)
+        except (NetadError, OSError, ValueError) as exc:
+            self.reloads["failure"] += 1
+            log.error("config_reload_failed", reason=str(exc), config=self.config_path)
+            self.notifier.ready(status=f"reload failed, running the previous config; model {self.bundle.version}")
+            return
+        cfg, restart = plan.cfg, list(plan.restart_required)
+        if plan.bundle is not None:  # one group, one model: a new one is rolled out by restarting the members
+            restart.append("model.path")
+            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": self.cfg.model.path})})
+        self.sinks = plan.sinks
+        for ctx in self.sensors.values():
+            ctx.tracker.rules = plan.rules
+            ctx.tracker.min_windows = cfg.incidents.min_windows
+            ctx.tracker.resolve_after_windows = cfg.incidents.resolve_after_windows
+            ctx.tracker.update_every_windows = cfg.incidents.update_every_windows
+        self.rules = plan.rules
+        if self.metrics.metrics is not None:
+            self.metrics.metrics.stall_after_s = cfg.service.stall_after_s
+        if cfg.logging != self.cfg.logging:
+            configure(cfg.logging.level, cfg.logging.format)
+        self.cfg = cfg
+        retire_sinks(plan.retired)
+        self.reloads["success"] += 1
+        log.info("config_reloaded", config=self.config_path, rules=[str(p) for p in cfg.incidents.rules],
+                 sinks=[s.name for s in self.sinks], restart_required=restart)  # fmt: skip
+        if restart:
+            log.warning("config_restart_required", keys=restart)
+        self.notifier.ready(status=f"reloaded; model {self.bundle.version}")
+
+    def _on_statistics(self, text: str) -> None:
+        """librdkafka's statistics (on the consumer's poll, this thread): the consumer lag of
+        the partitions this scorer owns, summed over those whose lag librdkafka knows (-1: not
+        yet)."""
+        try:
+            partitions = json.loads(text)["topics"][self.cfg.kafka.windows_topic]["partitions"]
+        except (ValueError, KeyError, TypeError):
+            return
+        known = [p["consumer_lag"] for key, p in partitions.items()
+                 if key.isdigit() and int(key) in self.assigned and isinstance(p.get("consumer_lag"), int) and p["consumer_lag"] >= 0]  # fmt: skip
+        self.lag = sum(known) if known else None
+
     # ---------------------------------------------------------------- one cycle
     def _cycle(self) -> None:
-        from confluent_kafka import KafkaException
-
         messages = self.consumer.consume(num_messages=self.cfg.kafka.batch_windows, timeout=POLL_S)
         if not messages:
+            if self.commit_pending:  # the last commit failed and nothing newer came to carry it
+                self._commit()
             return
         records: list[tuple[int, WindowRecord]] = []
         for msg in messages:
@@ -291,14 +437,32 @@ class ScorerRole:
             self.scores_out.flush()
             os.fsync(self.scores_out.fileno())
         self._save_states(touched)
+        self._commit()
+
+    def _commit(self) -> None:
+        """Commit the positions of the partitions this scorer owns: everything consumed up to
+        them is scored and its states saved. A failed commit is retried on the next idle cycle,
+        so that a quiet topic does not leave the group's offsets (and the lag) behind."""
+        from confluent_kafka import KafkaError, KafkaException
+
         try:
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
+            error = exc.args[0] if exc.args else exc
+            if getattr(error, "code", lambda: None)() == KafkaError._NO_OFFSET:  # nothing consumed since the last commit
+                self.commit_pending = False
+                return
             # a rebalance got in between (the group moved on to a new generation): the next
             # owner of these partitions is redelivered these windows and, from the states
             # saved above, recognises them as scored
             self.counts["commit_failures"] += 1
-            log.warning("kafka_commit_failed", reason=str(exc.args[0] if exc.args else exc))
+            if not self.commit_pending:
+                log.warning("kafka_commit_failed", reason=str(error))
+            self.commit_pending = True
+        else:
+            if self.commit_pending:
+                log.info("kafka_commit_recovered")
+            self.commit_pending = False
 
     def _context(self, rec: WindowRecord | str) -> _SensorScoring:
         sensor = rec if isinstance(rec, str) else rec.sensor
@@ -344,11 +508,13 @@ class ScorerRole:
                 self.scores_out.write(scores.jsonl(sensor=sensor))
             for event in ctx.tracker.push(scores):
                 self.counts[f"incidents_{event.action}"] += 1
+                self.incident_events[(event.action, event.severity)] += 1
                 self.sinks.publish(event)
             for part, r in items:
                 self.owner[(sensor, r.entity)] = (part, r.entity_class)
                 touched[(sensor, r.entity)] = part
             self.counts["windows_scored"] += len(items)
+            self.counts["anomalous_windows"] += int(np.count_nonzero(scores.anomalous))
         return touched
 
     def _not_yet_scored(self, ctx: _SensorScoring, items: list, end_ns: int) -> list:
@@ -401,12 +567,14 @@ class ScorerRole:
     def _on_assign(self, _consumer: Any, partitions: list) -> None:
         started = time.monotonic()
         restored = sum(self._restore_partition(tp.partition) for tp in partitions)
+        self.assigned |= {tp.partition for tp in partitions}
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in partitions), entities_restored=restored,
                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
 
     def _on_revoke(self, _consumer: Any, partitions: list) -> None:
         gone = {tp.partition for tp in partitions}
         self._forget(gone)
+        self.assigned -= gone
         log.info("partitions_revoked", partitions=sorted(gone))
 
     def _forget(self, partitions: set[int]) -> None:
@@ -480,8 +648,8 @@ class ScorerRole:
         return n
 
 
-def run_role(cfg: Config, extra_sinks: list[str] | None = None) -> int:
+def run_role(cfg: Config, extra_sinks: list[str] | None = None, config_path: str | None = None) -> int:
     if cfg.role == "sensor":
         return run_sensor(cfg)
-    return ScorerRole(cfg, extra_sinks).run()
+    return ScorerRole(cfg, extra_sinks, config_path).run()
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics, /healthz and /readyz for the daemon.
+"""Prometheus metrics, /healthz and /readyz for the daemon and the Kafka roles.
 
 Counters and gauges are read from the stages at scrape time (a custom collector over
 `Pipeline.stats()` and the sinks' stats), so the hot path does no metric bookkeeping; only
@@ -45,11 +45,24 @@ _COUNTERS = {
     "datagrams_out_of_order": ("netad_netflow_datagrams_out_of_order", "Datagrams that arrived out of order"),
     "records_bad_time": ("netad_netflow_records_bad_time", "Records dropped for times outside the export's clock window"),
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
+    # Kafka roles (service.kafka): the sensor's publishing, the scorer's consuming
+    "windows_published": ("netad_kafka_windows_published", "Entity windows handed to the Kafka producer"),
+    "bytes_published": ("netad_kafka_bytes_published", "Bytes of entity windows handed to the Kafka producer"),
+    "publish_failures": ("netad_kafka_publish_failures", "Entity windows the broker never acknowledged"),
+    "duplicates_skipped": ("netad_kafka_duplicate_windows", "Redelivered entity windows recognised as scored"),
+    "malformed_records": ("netad_kafka_malformed_windows", "Window records that could not be decoded"),
+    "schema_mismatch": ("netad_kafka_schema_mismatch_windows", "Window records of another feature schema than the model's"),
+    "consume_errors": ("netad_kafka_consume_errors", "Errors while consuming"),
+    "commit_failures": ("netad_kafka_commit_failures", "Offset commits that failed (a rebalance got in between)"),
+    "states_saved": ("netad_kafka_states_saved", "Entity states written to the state topic"),
+    "states_restored": ("netad_kafka_states_restored", "Entity states restored from the state topic"),
 }
 _GAUGES = {
     "active_flows": ("netad_active_flows", "Flows tracked now"),
     "entities": ("netad_entities", "Entities tracked now"),
     "incidents_open": ("netad_incidents_open", "Incidents open now"),
+    "partitions_assigned": ("netad_kafka_partitions_assigned", "Partitions of the windows topic this scorer owns"),
+    "consumer_lag": ("netad_kafka_consumer_lag", "Window records not yet consumed on this scorer's partitions"),
 }
 
 

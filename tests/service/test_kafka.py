@@ -8,12 +8,16 @@ scores and the same incident event ids.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from detector.contracts import WindowEvidence
 from detector.service.wire import WindowRecord, WireError, decode_state, decode_window, encode_window
@@ -28,12 +32,16 @@ def demo(tmp_path_factory):
     return build_demo(tmp_path_factory.mktemp("kafka-demo"))
 
 
-def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: float = 0.0) -> Path:
+def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: float = 0.0, metrics: bool = False) -> Path:
     cfg = base_config(directory, demo["pcap"], demo["model"])
     cfg["role"] = role
     cfg["source"]["speed"] = speed
-    cfg["kafka"] = {"bootstrap_servers": bootstrap, "batch_windows": 200,
-                    "client": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}}  # fmt: skip
+    client = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}
+    if metrics:
+        cfg["service"] = {"metrics_address": "127.0.0.1:0"}
+        if role == "scorer":
+            client["statistics.interval.ms"] = 500  # the consumer lag, twice a second
+    cfg["kafka"] = {"bootstrap_servers": bootstrap, "batch_windows": 200, "client": client}
     cfg["state_dir"] = str(directory / f"state-{name}")
     cfg["sinks"] = [{"url": f"jsonl://{directory / f'{name}-incidents.jsonl'}"}]
     cfg["outputs"] = {"scores": str(directory / f"{name}-scores.jsonl"), "summary": False}
@@ -68,6 +76,20 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _families(d: DaemonProcess) -> dict[str, list]:
+    """A role's /metrics, parsed: family name -> samples; /readyz must say ready."""
+    _, started = d.wait_log("metrics_started", timeout_s=30)
+    base = f"http://{started['address']}"
+    assert 200 == urllib.request.urlopen(base + "/readyz", timeout=5).status
+    body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+    return {f.name: f.samples for f in text_string_to_metric_families(body)}
+
+
+def _metrics(d: DaemonProcess) -> dict[str, float]:
+    """metric name -> its value, of the unlabelled ones."""
+    return {s.name: s.value for samples in _families(d).values() for s in samples if not s.labels}
+
+
 def _merged(*paths: Path) -> dict[tuple[str, str], list[float]]:
     out: dict[tuple[str, str], list[float]] = {}
     for p in paths:
@@ -84,10 +106,28 @@ def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, kafka
     _, stopped = sensor.wait_log("sensor_stopped")
     assert stopped["windows_published"] == len(reference) and stopped["not_delivered"] == 0
 
-    scorers = [DaemonProcess(_config(demo, tmp_path, name, "scorer", cluster)) for name in ("a", "b")]
+    scorers = [DaemonProcess(_config(demo, tmp_path, name, "scorer", cluster, metrics=True)) for name in ("a", "b")]
     try:
         paths = [tmp_path / "a-scores.jsonl", tmp_path / "b-scores.jsonl"]
         _wait(lambda: len(_merged(*paths)) == len(reference), 120, "every window scored")
+        # each scorer's /metrics: between them every window and every partition, and nothing left to consume
+        # (a commit that a rebalance made fail is retried once the topic is quiet, so the lag
+        # still reaches 0; a window redelivered to the partition's next owner is skipped as a
+        # duplicate, not scored again)
+        seen: list[dict] = []
+        wanted = ("netad_windows_scored_total", "netad_kafka_consumer_lag", "netad_kafka_partitions_assigned")
+
+        def caught_up() -> bool:
+            seen[:] = [_metrics(s) for s in scorers]
+            return [sum(m.get(k, -1) for m in seen) for k in wanted] == [len(reference), 0, PARTITIONS]
+
+        try:
+            _wait(caught_up, 60, "the scorers' metrics to catch up")
+        except AssertionError as exc:
+            shown = [{k: m.get(k) for k in (*wanted, "netad_kafka_duplicate_windows_total")} for m in seen]
+            raise AssertionError(f"{exc}: {shown}\n" + "\n".join(s.tail() for s in scorers)) from None
+        assert all(m["netad_kafka_partitions_assigned"] >= 1 and m["netad_entities"] >= 1 for m in seen)
+        assert 0 == sum(m["netad_kafka_malformed_windows_total"] for m in seen)
         for s in scorers:
             s.signal(signal.SIGTERM)
             assert s.wait(30) == 0, s.tail()
@@ -115,7 +155,9 @@ def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_clust
         _wait(lambda: {p for s in (a, b) for e in s.events("partitions_assigned") for p in e["partitions"]}
               == set(range(PARTITIONS)) and all(s.events("partitions_assigned") for s in (a, b)), 60, "two members")  # fmt: skip
         _wait(lambda: not any(len(s.events("partitions_revoked")) > len(s.events("partitions_assigned")) for s in (a, b)), 30, "settled")
-        sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0))  # ~12 s of windows
+        sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0, metrics=True))  # ~12 s of windows
+        _wait(lambda: _metrics(sensor).get("netad_kafka_windows_published_total", 0) > 0, 30, "the sensor's metrics to count windows")
+        assert _metrics(sensor)["netad_packets_total"] > 0
         a_scores = tmp_path / "a-scores.jsonl"
         _wait(lambda: len(_scores(a_scores)) >= 150, 60, "scorer a scoring")
         a.kill()  # SIGKILL: no revoke callback, no goodbye to the group
@@ -142,6 +184,49 @@ def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_clust
     assert taken_over
     events = set(_event_ids(tmp_path / "a-incidents.jsonl") + _event_ids(tmp_path / "b-incidents.jsonl"))
     assert ref_events and events == set(ref_events), "an incident event was lost or invented"
+
+
+def test_sighup_reloads_a_scorer_and_leaves_a_sensor_running(demo, kafka_cluster, tmp_path):
+    """A scorer reloads on SIGHUP as the daemon does: a bad file is refused and it goes on;
+    a good one adds a sink, which then gets every incident event, and keeps the model, whose
+    new path needs a restart (one group, one model). A sensor, which can change
+    nothing while it runs, says so and finishes its capture (SIGHUP's default would end it)."""
+    cluster = kafka_cluster
+    reference, ref_events = _reference(demo, tmp_path)
+    config = _config(demo, tmp_path, "a", "scorer", cluster, metrics=True)
+    good = config.read_text()
+    scorer = DaemonProcess(config)
+    sensor = None
+    try:
+        scorer.wait_log("scorer_started", timeout_s=60)
+        config.write_text(good + "\nincidents_typo: {}\n")
+        scorer.signal(signal.SIGHUP)
+        _, failed = scorer.wait_log("config_reload_failed", timeout_s=30)
+        assert "incidents_typo" in failed["reason"]
+        cfg = yaml.safe_load(good)
+        cfg["sinks"].append({"url": f"jsonl://{tmp_path / 'added-incidents.jsonl'}", "name": "added"})
+        shutil.copytree(demo["model"], tmp_path / "other-model")  # a valid bundle, but not the group's
+        cfg["model"]["path"] = str(tmp_path / "other-model")
+        config.write_text(yaml.safe_dump(cfg))
+        scorer.signal(signal.SIGHUP)
+        _, reloaded = scorer.wait_log("config_reloaded", timeout_s=30)
+        assert "added" in reloaded["sinks"] and ["model.path"] == reloaded["restart_required"]
+        sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0))
+        sensor.wait_log("sensor_started", timeout_s=60)
+        sensor.signal(signal.SIGHUP)
+        sensor.wait_log("config_reload_ignored", timeout_s=30)
+        assert sensor.wait(120) == 0, sensor.tail()
+        _wait(lambda: len(_scores(tmp_path / "a-scores.jsonl")) == len(reference), 120, "every window scored")
+        reloads = {s.labels["outcome"]: s.value for s in _families(scorer)["netad_config_reloads"] if s.name.endswith("_total")}
+        assert {"success": 1.0, "failure": 1.0} == reloads
+        scorer.signal(signal.SIGTERM)
+        assert scorer.wait(30) == 0, scorer.tail()
+    finally:
+        for p in (scorer, sensor):
+            if p is not None:
+                p.kill()
+    added = _event_ids(tmp_path / "added-incidents.jsonl")
+    assert ref_events and sorted(added) == sorted(_event_ids(tmp_path / "a-incidents.jsonl")) == sorted(ref_events)
 
 
 def test_window_record_round_trip_and_damage():
@@ -172,3 +257,43 @@ def test_missing_topic_is_a_config_error(demo, kafka_cluster, tmp_path):
     res = subprocess.run([sys.executable, "-m", "detector.cli", "run", "-c", str(path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 78, res.stderr[-2000:]
     assert "kafka.state_topic" in res.stderr and "netad.no-such-state" in res.stderr
+
+
+class _Consumer:
+    """A consumer whose commits answer as told (a rebalance cannot be timed on the mock cluster)."""
+
+    def __init__(self, *answers):
+        self.answers, self.commits = list(answers), 0
+
+    def consume(self, num_messages: int, timeout: float) -> list:
+        return []
+
+    def commit(self, asynchronous: bool) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.commits += 1
+        code = self.answers.pop(0) if self.answers else None
+        if code is not None:
+            raise KafkaException(KafkaError(code))
+
+
+def test_a_failed_commit_is_retried_when_the_topic_goes_quiet():
+    from confluent_kafka import KafkaError
+
+    from detector.config import load_config
+    from detector.service.kafka import ScorerRole
+
+    role = ScorerRole(load_config(None))
+    role.consumer = _Consumer(KafkaError.REBALANCE_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS, None)
+    role._commit()  # after a batch: the group is rebalancing
+    assert role.commit_pending and role.counts["commit_failures"] == 1
+    role._cycle()  # nothing new: the commit is tried again, and fails again
+    assert role.commit_pending and role.counts["commit_failures"] == 2
+    role._cycle()
+    assert not role.commit_pending and role.consumer.commits == 3
+    role._cycle()  # nothing pending, nothing to commit
+    assert role.consumer.commits == 3
+    # nothing consumed since the last commit is not a failure
+    role.consumer = _Consumer(KafkaError._NO_OFFSET)
+    role._commit()
+    assert not role.commit_pending and role.counts["commit_failures"] == 2
