@@ -88,17 +88,23 @@ class JobBoard:
         self._scheduler.start()
 
     def _apply(self, intervals: dict[str, float]) -> None:
-        for name in set(self.intervals) - set(intervals):
+        # the new schedule holds before any job is removed: a firing of a removed job that is
+        # already on its way (the scheduler hands runs to its executor's thread) finds its
+        # name gone and marks nothing, and one already due is not run
+        with self._lock:
+            before, self.intervals = self.intervals, dict(intervals)
+            removed = set(before) - set(intervals)
+            self._due = [name for name in self._due if name not in removed]
+        for name in removed:
             self._scheduler.remove_job(name)
         for name, seconds in intervals.items():
-            if self.intervals.get(name) == seconds:
+            if before.get(name) == seconds:
                 continue
             # coalesce: runs missed while the machine was suspended collapse into one;
             # max_instances=1 for the record (a job here only sets a flag)
-            self._scheduler.add_job(self._mark_due, IntervalTrigger(seconds=seconds, timezone=dt.timezone.utc),
+            self._scheduler.add_job(self._fired, IntervalTrigger(seconds=seconds, timezone=dt.timezone.utc),
                                     args=[name], id=name, name=name, replace_existing=True, coalesce=True,
                                     max_instances=1, misfire_grace_time=max(1, int(seconds)))  # fmt: skip
-        self.intervals = dict(intervals)
 
     def reschedule(self, intervals: dict[str, float]) -> list[str]:
         """Apply new intervals (a config reload); returns the jobs whose schedule changed."""
@@ -106,14 +112,19 @@ class JobBoard:
         self._apply(intervals)
         return changed
 
-    def _mark_due(self, name: str) -> None:  # the scheduler's thread
+    def _fired(self, name: str) -> None:  # the scheduler's thread
         with self._lock:
-            if name not in self._due:  # a job still waiting for the run loop is not queued twice
-                self._due.append(name)
+            if name in self.intervals:  # not a job a reschedule has just removed
+                self._mark_due_locked(name)
+
+    def _mark_due_locked(self, name: str) -> None:
+        if name not in self._due:  # a job still waiting for the run loop is not queued twice
+            self._due.append(name)
 
     def request(self, name: str) -> None:
         """Make a job due now (from any thread)."""
-        self._mark_due(name)
+        with self._lock:
+            self._mark_due_locked(name)
 
     def take_due(self) -> list[str]:
         """The jobs due since the last call, oldest first (the run loop's thread)."""

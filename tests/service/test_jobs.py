@@ -47,10 +47,14 @@ def test_reschedule_adds_changes_and_removes_jobs():
         changed = board.reschedule({CHECKPOINT: 3600, HEARTBEAT: 0.05, RETRAIN: 0.05})
         assert [HEARTBEAT, RETRAIN] == changed
         assert {HEARTBEAT, RETRAIN} <= set(_wait_due(board, {HEARTBEAT, RETRAIN}))
+        board._fired(RETRAIN)  # due, not yet taken by the run loop
         assert [RETRAIN] == board.reschedule({CHECKPOINT: 3600, HEARTBEAT: 0.05})
-        board.take_due()
+        assert RETRAIN not in board.take_due()  # a removed job is not run
+        board._fired(RETRAIN)  # a firing already handed to the executor when the job was removed
         time.sleep(0.3)
         assert RETRAIN not in board.take_due()
+        board.request(RETRAIN)  # asked for explicitly, it is still due
+        assert RETRAIN in board.take_due()
     finally:
         board.shutdown()
 
