@@ -449,7 +449,7 @@ class ScorerRole:
             self.consumer.commit(asynchronous=False)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else exc
-            if getattr(error, "code", lambda: None)() == KafkaError._NO_OFFSET:  # nothing consumed since the last commit
+            if isinstance(error, KafkaError) and error.code() == KafkaError._NO_OFFSET:  # nothing consumed since the last commit
                 self.commit_pending = False
                 return
             # a rebalance got in between (the group moved on to a new generation): the next

@@ -128,6 +128,9 @@ def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, kafka
             raise AssertionError(f"{exc}: {shown}\n" + "\n".join(s.tail() for s in scorers)) from None
         assert all(m["netad_kafka_partitions_assigned"] >= 1 and m["netad_entities"] >= 1 for m in seen)
         assert 0 == sum(m["netad_kafka_malformed_windows_total"] for m in seen)
+        # windows are skipped as already scored only after a commit failed (their redelivery)
+        duplicates, commit_failures = (sum(m[k] for m in seen) for k in ("netad_kafka_duplicate_windows_total", "netad_kafka_commit_failures_total"))
+        assert duplicates == 0 or commit_failures > 0, (duplicates, commit_failures)
         for s in scorers:
             s.signal(signal.SIGTERM)
             assert s.wait(30) == 0, s.tail()
