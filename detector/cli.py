@@ -143,7 +143,7 @@ def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None
 @click.option("--snaplen", type=int, default=None, help="Cut frames to this many bytes (>= 64).")
 def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_epoch_s, snaplen) -> None:
     """Generate a capture of a small office network with injected attacks (and their truth)."""
-    from detector.capture.synth import generate
+    from detector.synth.generate import generate
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:

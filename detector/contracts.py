@@ -353,3 +353,108 @@ def ns_to_iso(ns: int) -> str:
     seconds, rem = divmod(int(ns), 1_000_000_000)
     stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1_000_000:03d}Z"
+
+
+# --------------------------------------------------------------------------------------
+# Flow records: the flow-record twin of PacketBatch. A network watched through flow exports
+# (NetFlow v5/v9, IPFIX, Zeek's conn.log) has no packets to parse; its sources
+# (capture.flowrecords) yield FlowRecordBatch, and capture.windows.flow turns them into the
+# same WindowBatch shape under FLOW_SCHEMA. One row is one UNIDIRECTIONAL flow record: the
+# packets that `src` sent to `dst` between `start_ns` and `end_ns`; readers split biflows
+# (Zeek orig/resp, IPFIX RFC 5103) into two rows. Counters are the exporter's estimate of the
+# real traffic: a sampled exporter's counts are multiplied by its sampling rate.
+# --------------------------------------------------------------------------------------
+
+FLOW_RECORD_COLUMNS: dict[str, type] = {
+    "start_ns": np.int64,  # first packet of the record, ns since the Unix epoch
+    "end_ns": np.int64,  # last packet of the record (>= start_ns)
+    "src_hi": np.uint64,  # sender address, high 64 bits (IPv4 is IPv4-mapped, as in PacketBatch)
+    "src_lo": np.uint64,
+    "dst_hi": np.uint64,
+    "dst_lo": np.uint64,
+    "sport": np.uint16,  # TCP/UDP source port; ICMP type
+    "dport": np.uint16,  # TCP/UDP destination port; ICMP code
+    "proto": np.uint8,  # IP protocol number
+    "packets": np.uint64,  # packets src sent to dst, scaled by the sampling rate
+    "bytes": np.uint64,  # IP bytes (headers included) src sent to dst, scaled likewise
+    "tcp_flags": np.uint8,  # OR of the TCP flags of those packets (0 when not TCP or unknown)
+    "exporter": np.uint32,  # key into FlowRecordBatch.exporters
+    "sampling": np.uint32,  # the sampling rate applied to packets/bytes (1 = unsampled)
+}
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """Who reported a record: a NetFlow/IPFIX exporter's address and observation domain
+    (v9: source id), or a Zeek log file (address None). For incidents' observer metadata."""
+
+    name: str  # "192.0.2.1" (domain 0), "192.0.2.1/7", or the log's path
+    address: str | None
+    domain: int = 0
+
+
+@dataclass
+class FlowRecordBatch:
+    """A batch of unidirectional flow records as numpy columns (FLOW_RECORD_COLUMNS), in
+    arrival order. `malformed` counts input in this batch's span that could not be turned
+    into records (a datagram, a flow set or a log line); it has no row."""
+
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    proto: np.ndarray
+    packets: np.ndarray
+    bytes: np.ndarray
+    tcp_flags: np.ndarray
+    exporter: np.ndarray
+    sampling: np.ndarray
+    malformed: int = 0
+    exporters: dict[int, Exporter] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.start_ns.shape[0])
+
+    @classmethod
+    def empty(cls, malformed: int = 0) -> FlowRecordBatch:
+        cols = {name: np.zeros(0, dtype=dt) for name, dt in FLOW_RECORD_COLUMNS.items()}
+        return cls(**cols, malformed=malformed)
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray], malformed: int = 0,
+                     exporters: dict[int, Exporter] | None = None) -> FlowRecordBatch:  # fmt: skip
+        """A batch from arrays of any integer dtype (cast to the column types); a missing
+        `sampling` is 1, a missing `exporter` 0."""
+        n = int(np.asarray(columns["start_ns"]).shape[0])
+        defaults = {"sampling": 1, "exporter": 0, "tcp_flags": 0}
+        cols = {}
+        for name, dt in FLOW_RECORD_COLUMNS.items():
+            if name in columns:
+                cols[name] = np.asarray(columns[name]).astype(dt, copy=False)
+            elif name in defaults:
+                cols[name] = np.full(n, defaults[name], dtype=dt)
+            else:
+                raise KeyError(f"flow record column {name!r} is missing")
+        return cls(**cols, malformed=malformed, exporters=dict(exporters or {}))
+
+    @classmethod
+    def concat(cls, batches: list[FlowRecordBatch]) -> FlowRecordBatch:
+        if not batches:
+            return cls.empty()
+        cols = {name: np.concatenate([getattr(b, name) for b in batches]) for name in FLOW_RECORD_COLUMNS}
+        exporters: dict[int, Exporter] = {}
+        for b in batches:
+            exporters.update(b.exporters)
+        return cls(**cols, malformed=sum(b.malformed for b in batches), exporters=exporters)
+
+    def take(self, index: np.ndarray | slice) -> FlowRecordBatch:
+        """Rows selected by a slice, boolean mask or index array (counts stay with the first)."""
+        cols = {name: getattr(self, name)[index] for name in FLOW_RECORD_COLUMNS}
+        return FlowRecordBatch(**cols, malformed=self.malformed, exporters=self.exporters)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in FLOW_RECORD_COLUMNS}

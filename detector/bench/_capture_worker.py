@@ -60,7 +60,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
 
-    from detector.capture.live import LiveCapture
+    from detector.capture.packets.live import LiveCapture
     from detector.contracts import PacketBatch
     from detector.errors import CaptureError
 

@@ -46,7 +46,7 @@ def generate_capture(path: Path, packets: int, seed: int = 7) -> dict[str, Any]:
     """Write a "bench" profile capture of `packets` frames in a child process; returns
     {"packets", "home_net", "span_s", "seconds"} (seconds: generation wall time)."""
     code = (
-        "import json, sys\nfrom pathlib import Path\nfrom detector.capture.synth import generate\n"
+        "import json, sys\nfrom pathlib import Path\nfrom detector.synth.generate import generate\n"
         f"r = generate(Path({str(path)!r}), profile='bench', packets={int(packets)}, seed={int(seed)})\n"
         "print(json.dumps({'packets': r.packets, 'home_net': r.home_net, 'span_s': r.end_epoch_s - r.start_epoch_s}))\n"
     )
@@ -104,7 +104,7 @@ def _read_bytes(path: Path) -> dict[str, float]:
 
 
 def _parse(path: Path) -> dict[str, float]:
-    from detector.capture.pcap import CaptureFile
+    from detector.capture.packets.pcap import CaptureFile
 
     capture = CaptureFile(path)
     rows = 0
@@ -117,7 +117,7 @@ def _parse(path: Path) -> dict[str, float]:
 
 def _pipeline(path: Path, home_net: str) -> dict[str, float]:
     """window_stream's loop (service.pipeline), with a clock around each stage."""
-    from detector.capture.pcap import CaptureFile
+    from detector.capture.packets.pcap import CaptureFile
     from detector.config import Config
     from detector.service.pipeline import build_aggregator, build_flow_table
 

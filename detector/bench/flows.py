@@ -46,7 +46,7 @@ Progress = Callable[[str], None]
 def build_datagrams(records: int, ipfix: bool, seed: int = 7) -> list[bytes]:
     """Export datagrams holding `records` synthetic records; the template is repeated every
     20 datagrams (a refresh, as exporters do)."""
-    from detector.capture import _netflow_encode as enc
+    from detector.synth import netflow as enc
 
     cols = enc.synthetic_columns(records, _START_MS, seed=seed)
     export_s = (_START_MS + 700_000) // 1000
@@ -108,7 +108,7 @@ def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> dict[str
 
 
 def _parse_all(datagrams: list[bytes]) -> tuple[int, float]:
-    from detector.capture.netflow import NetflowParser
+    from detector.capture.flowrecords.netflow import NetflowParser
 
     parser = NetflowParser()
     senders = ["192.0.2.1"] * 1024
@@ -134,7 +134,7 @@ def _udp_collect(datagrams: list[bytes], offered_records: int, workdir: Path, cp
     """Blast the datagrams over loopback from a child process into a NetflowCollector."""
     import pickle
 
-    from detector.capture.netflow import NetflowCollector
+    from detector.capture.flowrecords.netflow import NetflowCollector
 
     blob = workdir / "datagrams.pickle"
     blob.write_bytes(pickle.dumps(datagrams))
@@ -161,7 +161,7 @@ def _udp_collect(datagrams: list[bytes], offered_records: int, workdir: Path, cp
 
 
 def _read_log(path: Path) -> tuple[int, float]:
-    from detector.capture.zeeklog import ZeekConnLog
+    from detector.capture.flowrecords.zeeklog import ZeekConnLog
 
     started = time.perf_counter()
     n = sum(len(b) for b in ZeekConnLog(path))
@@ -169,7 +169,7 @@ def _read_log(path: Path) -> tuple[int, float]:
 
 
 def _aggregate(batch) -> tuple[int, float]:
-    from detector.capture.flowwindows import FlowWindowAggregator
+    from detector.capture.windows.flow import FlowWindowAggregator
 
     agg = FlowWindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=90)
     started = time.perf_counter()
@@ -182,9 +182,9 @@ def _aggregate(batch) -> tuple[int, float]:
 def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = True,
                     progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
     from detector.bench.capture import pinned_to_one_cpu
-    from detector.capture.netflow import NetflowParser
-    from detector.capture.zeeklog import ZeekConnLog
-    from detector.capture.flowrecords import FlowRecordBatch
+    from detector.capture.flowrecords.netflow import NetflowParser
+    from detector.capture.flowrecords.zeeklog import ZeekConnLog
+    from detector.contracts import FlowRecordBatch
 
     say = progress or (lambda _m: None)
     say(f"building {records:,} records as v9 and IPFIX datagrams ...")

@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from communityid import CommunityID, FlowTuple
 
+from detector.capture._hash import mix_jit as _mix
 from detector.contracts import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -46,16 +47,6 @@ class FlowAnnotations:
     flow_id: np.ndarray  # uint64, unique per flow over the table's life
     new_flow: np.ndarray  # bool: this packet opened its flow
     from_initiator: np.ndarray  # bool: sent by the flow's initiator
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(x: np.uint64) -> np.uint64:
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
 
 
 @numba.njit(cache=True, inline="always")

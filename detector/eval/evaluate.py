@@ -47,12 +47,13 @@ import structlog
 
 from detector import __version__
 from detector.config import Config
-from detector.capture.flowrecords import FlowRecordBatch
+from detector.contracts import FlowRecordBatch
 from detector.contracts import IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
 from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores
-from detector.eval.truth import Interval, load_truth
+from detector.eval.samples import LabelledInterval, Windows
+from detector.truth import Interval, load_truth
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service.pipeline import Pipeline, input_batches, window_stream
@@ -105,41 +106,6 @@ class EvalPlan:
             return -far, far
         split_ns = t0_ns + int(round(self.split_s * 1e9))
         return (split_ns, far) if self.train_end_s is not None else (-far, split_ns)
-
-
-@dataclass
-class LabelledInterval:
-    interval: Interval
-    attackers: list[str]
-    targets: list[str]
-    attacker_packets: int | None = None  # packets inside it from its attackers (or to/from targets)
-    visible: bool | None = None
-    host_packets: dict[str, int] = field(default_factory=dict)  # per named host, its packets of the attack
-    visible_hosts: set[str] = field(default_factory=set)
-    # packets of the attack per window start ("" = any of them, else a named host's part);
-    # None when the tally did not run (no host named)
-    window_packets: dict[str, dict[int, int]] | None = None
-
-    @property
-    def hosts(self) -> set[str]:
-        return set(self.attackers) | set(self.targets)
-
-
-@dataclass
-class Windows:
-    """Every scored (entity, window) of the test part, one row each, with labels."""
-
-    start_ns: np.ndarray
-    end_ns: np.ndarray
-    entity: np.ndarray  # str
-    entity_class: np.ndarray  # str
-    scores: dict[str, np.ndarray]  # detector -> score
-    anomalous: np.ndarray  # the daemon's verdict (ready and above threshold)
-    threshold: np.ndarray  # the threshold the daemon applied to the window (it may adapt)
-    features: np.ndarray  # (rows, bins, features), real units
-    label: np.ndarray | None = None
-    unlabelled: np.ndarray | None = None
-    benign: np.ndarray | None = None  # overlaps no positive interval at all
 
 
 class _Collector:

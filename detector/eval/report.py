@@ -17,7 +17,7 @@ from detector.eval import metrics as M
 
 if TYPE_CHECKING:
     from detector.contracts import IncidentEvent
-    from detector.eval.evaluate import LabelledInterval, Windows
+    from detector.eval.samples import LabelledInterval, Windows
 
 _COLORS = {"lstm": "#1f77b4", "stateless_ae": "#ff7f0e", "zscore": "#2ca02c"}
 _NAMES = {"lstm": "LSTM-AE, carried state", "stateless_ae": "same AE, state reset per window", "zscore": "robust z-score (max |z|)"}

@@ -4,7 +4,7 @@ Where it stands: beside the pipeline, before it. `netad splice` makes labelled t
 for `netad eval` out of real captures: each attack capture is shifted in time to an offset
 inside the benign capture, its attacker and victim optionally rewritten into the benign
 network's addresses, re-encapsulated when its link type differs, and merged in time order.
-The inserted span is the ground truth, written in the CSV format `detector.eval.truth` reads
+The inserted span is the ground truth, written in the CSV format `detector.truth` reads
 (one row per inserted attack; `description` says `attacker=... target=...`).
 
 All byte handling is vectorised numpy over the raw records (`read_records`), written with
@@ -44,11 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.capture.pcap import RawRecords, read_records
-from detector.capture.pcapwriter import write_pcap
+from detector.capture.packets.pcap import RawRecords, read_records
+from detector.capture.packets.pcapwriter import write_pcap
 from detector.contracts import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, pair_to_addr
 from detector.errors import CaptureError, ConfigError
-from detector.eval.truth import COLUMNS, load_truth
+from detector.truth import COLUMNS, load_truth
 
 # link types (https://www.tcpdump.org/linktypes.html)
 _NULL, _ETHERNET, _RAW12, _RAW14, _RAW, _LOOP, _SLL, _IPV4, _IPV6, _SLL2 = 0, 1, 12, 14, 101, 108, 113, 228, 229, 276

@@ -19,10 +19,10 @@ from typing import Protocol
 
 import numpy as np
 
-from detector.capture.flowrecords import FlowRecordBatch
-from detector.capture.netflow import NetflowCollector, NetflowParser
-from detector.capture.pcap import CaptureFile
-from detector.capture.zeeklog import ZeekConnLog
+from detector.contracts import FlowRecordBatch
+from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
+from detector.capture.packets.pcap import CaptureFile
+from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import SourceConfig
 from detector.contracts import PacketBatch
 from detector.errors import ConfigError
@@ -114,7 +114,7 @@ class LiveSource:
     kind = "live"
 
     def __init__(self, cfg: SourceConfig, poll_s: float = POLL_S) -> None:
-        from detector.capture.live import LiveCapture  # needs pcapy-ng: only when asked for
+        from detector.capture.packets.live import LiveCapture  # needs pcapy-ng: only when asked for
 
         assert cfg.interface is not None
         self.capture = LiveCapture(cfg.interface, snaplen=cfg.snaplen, buffer_mb=cfg.buffer_mb, promisc=cfg.promisc,

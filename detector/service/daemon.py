@@ -36,7 +36,7 @@ import structlog
 from safetensors import SafetensorError
 
 from detector.alerting.sinks import SinkSet
-from detector.capture.zeeklog import ZeekConnLog
+from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import ConfigError, ModelError, NetadError

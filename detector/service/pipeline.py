@@ -26,12 +26,12 @@ import numpy as np
 
 from detector.alerting.incidents import IncidentTracker
 from detector.alerting.rules import RuleSet, load_rules
-from detector.capture.flowrecords import FlowRecordBatch
+from detector.contracts import FlowRecordBatch
 from detector.capture.flows import FlowTable
-from detector.capture.flowwindows import FlowWindowAggregator
-from detector.capture.pcap import CaptureFile
+from detector.capture.windows.flow import FlowWindowAggregator
+from detector.capture.packets.pcap import CaptureFile
 from detector.capture.windows import HomeNet, WindowAggregator
-from detector.capture.zeeklog import ZeekConnLog
+from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import ENTITY_GLOBAL, FeatureSchema, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
 from detector.errors import ModelError

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import structlog
 
-from detector.capture.flowrecords import FlowRecordBatch
+from detector.contracts import FlowRecordBatch
 from detector.config import Config
 from detector.contracts import PacketBatch
-from detector.eval.truth import load_truth
+from detector.truth import load_truth
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
 from detector.service.pipeline import input_batches, window_stream

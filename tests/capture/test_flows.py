@@ -81,7 +81,7 @@ def test_spoofed_flood_cannot_grow_state_past_the_cap():
 
 def test_real_synflood_capture_stays_bounded():
     """The real spoofed SYN flood (37,624 sources) replayed three times stays within the cap."""
-    from detector.capture.pcap import read_capture
+    from detector.capture.packets.pcap import read_capture
 
     batch = read_capture(shared_file("attacks/stopddos/pkt.TCP.synflood.spoofed.pcap"))
     ft = FlowTable(max_flows=4096)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.capture.pcap import read_records
-from detector.capture.pcapwriter import write_pcap
+from detector.capture.packets.pcap import read_records
+from detector.capture.packets.pcapwriter import write_pcap
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -22,7 +22,7 @@ from detector.eval.evaluate import (
     most_relevant_host,
     parse_attacker_hints,
 )
-from detector.eval.truth import Interval
+from detector.truth import Interval
 from detector.errors import ConfigError
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder

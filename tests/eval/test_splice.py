@@ -14,12 +14,12 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from detector.capture.pcap import read_capture, read_records
-from detector.capture.pcapwriter import write_pcap
+from detector.capture.packets.pcap import read_capture, read_records
+from detector.capture.packets.pcapwriter import write_pcap
 from detector.contracts import addr_to_pair
 from detector.errors import ConfigError
 from detector.eval.splice import AttackSpec, event_name, splice
-from detector.eval.truth import COLUMNS, load_truth
+from detector.truth import COLUMNS, load_truth
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HONEYPOT = SHARED_DATA / "iot23-honeypot-4-1" / "honeypot-4-1.pcap"

@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.capture.flowrecords import FLOW_SCHEMA, Exporter, FlowRecordBatch
-from detector.capture.pcap import read_records
-from detector.capture.pcapwriter import write_pcap
+from detector.contracts import Exporter, FlowRecordBatch
+from detector.capture.windows import FLOW_SCHEMA
+from detector.capture.packets.pcap import read_records
+from detector.capture.packets.pcapwriter import write_pcap
 from detector.config import SourceConfig
 from detector.contracts import addr_to_pair
 from detector.errors import ConfigError
@@ -40,7 +41,7 @@ from detector.eval.splice import AttackSpec, splice
 from detector.model.bundle import ModelBundle
 from detector.service._sources import build_source, source_identity
 from detector.service.pipeline import ExporterIndex
-from tests.capture._softflowd import needs_softflowd, run_softflowd
+from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd
 from tests.conftest import REPO, shared_file
 from tests.service._daemon import DaemonProcess, base_config, netad, read_events, wait_until, write_config
 

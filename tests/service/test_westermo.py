@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.capture.pcap import read_capture
+from detector.capture.packets.pcap import read_capture
 from detector.config import load_config
 from detector.contracts import addr_to_pair
-from detector.eval.truth import load_truth
+from detector.truth import load_truth
 from detector.service.offline import score_captures
 from detector.service.training import train_from_captures
 from tests.conftest import REPO, shared_file

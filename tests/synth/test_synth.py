@@ -1,4 +1,4 @@
-"""The synthetic traffic generator (detector.capture.synth) and the pcap writer it uses.
+"""The synthetic traffic generator (detector.synth.generate) and the pcap writer it uses.
 
 The generated capture is read back with scapy (its raw reader for every record, full
 dissection where checksums are checked) and its ground truth is checked against the
@@ -23,8 +23,8 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 from scapy.utils import RawPcapReader, rdpcap
 
-from detector.capture.pcapwriter import write_pcap
-from detector.capture.synth import TRUTH_HEADER, SynthResult, generate
+from detector.capture.packets.pcapwriter import write_pcap
+from detector.synth.generate import TRUTH_HEADER, SynthResult, generate
 
 SYN, RST, ACK = 0x02, 0x04, 0x10
 HOME = ipaddress.IPv4Network("10.20.0.0/16")

@@ -1,7 +1,7 @@
 """A vectorised writer of classic pcap files, for captures that netad makes itself.
 
 Where it stands: beside the pipeline, not on it. The synthetic traffic generator
-(`detector.capture.synth`) and tests that splice or trim captures use it; the daemon only
+(`detector.synth.generate`) and tests that splice or trim captures use it; the daemon only
 ever reads captures. Frames are given as one flat byte array plus per-frame offsets and
 lengths, and the file is assembled with numpy in chunks of packets (record headers and frame
 bytes scattered in one call each), so writing a million frames costs well under a second

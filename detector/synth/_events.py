@@ -1,7 +1,7 @@
 """Injected events for the synthetic generator: three attacks and two benign-but-unusual
 events, their schedule, and the traffic of each.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). `plan_events` places the events in the attack part; each event's
 packets are drawn inside its planned slot [start_ns, start_ns + duration_ns) and tagged,
 so the ground truth is read off the packets and the spacing of the plan holds for them.
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.capture._synth_benign import CLOSE_CLIENT, MS, US, exchange_bursts, tcp_table
-from detector.capture._synth_frames import PacketTable
-from detector.capture._synth_network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, ip_str, lognormal_int
-from detector.capture._synth_sessions import tcp_sessions
-from detector.capture._synth_ssh import ssh_sessions
+from detector.synth._benign import CLOSE_CLIENT, MS, US, exchange_bursts, tcp_table
+from detector.synth._frames import PacketTable
+from detector.synth._network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, ip_str, lognormal_int
+from detector.synth._sessions import tcp_sessions
+from detector.synth._ssh import ssh_sessions
 from detector.contracts import PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN
 
 ATTACK_LEAD_S = 300  # no attack in the attack part's first 5 minutes

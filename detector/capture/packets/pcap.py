@@ -31,7 +31,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from detector.capture._parse import (
+from detector.capture.packets._parse import (
     MAX_BLOCK_BYTES,
     MAX_CAPLEN_BYTES,
     SUPPORTED_LINKTYPES,

@@ -48,7 +48,7 @@ from typing import IO, Any
 import numpy as np
 import structlog
 
-from detector.capture.flowrecords import Exporter, FlowRecordBatch
+from detector.contracts import Exporter, FlowRecordBatch
 from detector.contracts import V4_MAPPED_LO_PREFIX, addr_to_pair
 from detector.errors import CaptureError
 

@@ -18,14 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.bench.flows import flows
-from detector.capture import _netflow_encode as enc
-from detector.capture.flowrecords import Exporter, FlowRecordBatch
+from detector.synth import netflow as enc
+from detector.contracts import Exporter, FlowRecordBatch
 from detector.capture.flows import FlowTable
-from detector.capture.netflow import NetflowCollector, NetflowParser
-from detector.capture.pcap import read_capture, read_records
+from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
+from detector.capture.packets.pcap import read_capture, read_records
 from detector.contracts import addr_to_pair, pair_to_addr
 from detector.errors import CaptureError
-from tests.capture._softflowd import needs_softflowd, run_softflowd
+from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd
 from tests.conftest import shared_file
 
 EXPORTER = "192.0.2.254"

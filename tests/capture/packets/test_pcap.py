@@ -1,4 +1,4 @@
-"""The capture-file reader (detector.capture.pcap) and its frame parser (detector.capture._parse).
+"""The capture-file reader (detector.capture.packets.pcap) and its frame parser (detector.capture.packets._parse).
 
 The fast parser has a slow, obviously-correct twin: `scapy_twin` dissects a frame with
 scapy's own layers and applies the rules of _parse's module docstring one field at a time.
@@ -46,13 +46,13 @@ from scapy.layers.l2 import (
 from scapy.packet import Packet, Raw
 from scapy.utils import PcapNgWriter, RawPcapReader, wrpcap
 
-from detector.capture import pcap as pcap_module
-from detector.capture._parse import SUPPORTED_LINKTYPES, parse_frames
-from detector.capture.pcap import CaptureFile, read_capture, read_records
+from detector.capture.packets import pcap as pcap_module
+from detector.capture.packets._parse import SUPPORTED_LINKTYPES, parse_frames
+from detector.capture.packets.pcap import CaptureFile, read_capture, read_records
 from detector.contracts import FRAG_FIRST, FRAG_LATER, FRAG_NONE, PACKET_COLUMNS, PacketBatch, pair_to_addr
 from detector.errors import CaptureError
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 REAL_CAPTURES = sorted(str(p.relative_to(DATA)) for p in DATA.glob("**/*.pcap")) if DATA.is_dir() else []
 T0_NS = 1_700_000_000 * 1_000_000_000
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}

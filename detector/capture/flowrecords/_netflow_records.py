@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.capture._netflow_templates import Compiled, address6, column, ntp_to_ns
+from detector.capture.flowrecords._netflow_templates import Compiled, address6, column, ntp_to_ns
 from detector.contracts import V4_MAPPED_LO_PREFIX
 
 _U32 = np.int64(1 << 32)

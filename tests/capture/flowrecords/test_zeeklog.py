@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
-from detector.capture.flowwindows import FlowWindowAggregator
+from detector.contracts import FlowRecordBatch
+from detector.capture.windows import FLOW_SCHEMA
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.windows import PACKET_SCHEMA
-from detector.capture.zeeklog import DEFAULT_FIELDS, ZeekConnLog
+from detector.capture.flowrecords.zeeklog import DEFAULT_FIELDS, ZeekConnLog
 from detector.contracts import addr_to_pair, pair_to_addr
 from detector.errors import CaptureError, ModelError
 from tests.conftest import shared_file

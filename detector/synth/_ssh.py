@@ -1,7 +1,7 @@
 """SSH connections for the synthetic generator: admins at work, and the raw material of the
 brute-force attack and the remote-login event.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). An SSH connection here is a script of bursts, as OpenSSH sends them:
 version strings, key exchange, authentication (refused passwords wait out PAM's delay),
 then, after a login, typing: keystrokes echoed back, now and then a command's output.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.capture._synth_benign import CLOSE_CLIENT, MS, US, Span, round_index, tcp_table
-from detector.capture._synth_frames import PacketTable
-from detector.capture._synth_network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, lognormal_int
-from detector.capture._synth_sessions import Bursts, tcp_sessions
+from detector.synth._benign import CLOSE_CLIENT, MS, US, Span, round_index, tcp_table
+from detector.synth._frames import PacketTable
+from detector.synth._network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, lognormal_int
+from detector.synth._sessions import Bursts, tcp_sessions
 
 # (sent by the server?, min bytes, max bytes, think ms): what an OpenSSH connection sends
 # before the user is in, one burst per message group

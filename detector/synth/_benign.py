@@ -1,6 +1,6 @@
 """Benign user traffic for the synthetic generator, and the helpers every traffic model uses.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). Each traffic function draws one kind of traffic for all hosts at once
 and has `_synth_sessions` expand it into packets. Here: what users do, at rates that follow
 each workstation's `Activity` (so hosts differ and vary over time):
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.capture._synth_frames import PacketTable
-from detector.capture._synth_network import (
+from detector.synth._frames import PacketTable
+from detector.synth._network import (
     NS_PER_S,
     TTL_LINUX,
     TTL_WINDOWS,
@@ -32,7 +32,7 @@ from detector.capture._synth_network import (
     lognormal_int,
     poisson_arrivals,
 )
-from detector.capture._synth_sessions import Bursts, TcpSessions, tcp_sessions, udp_exchange
+from detector.synth._sessions import Bursts, TcpSessions, tcp_sessions, udp_exchange
 
 MS = 1_000_000
 US = 1_000

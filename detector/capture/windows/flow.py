@@ -31,11 +31,15 @@ with a 60 s active timeout.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
-from detector.capture.windows import _EntityWindows, _mix, _WindowAcc
+from detector.capture._hash import mix as _mix
+from detector.capture.windows._base import EntityWindows, emptied, grown
 from detector.contracts import (
+    FeatureSchema,
+    FlowRecordBatch,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -46,6 +50,54 @@ from detector.contracts import (
     WindowBatch,
 )
 
+# --------------------------------------------------------------------------------------
+# FLOW_SCHEMA: what one time bin of one entity looks like when all we have are flow records.
+#
+# It is deliberately NOT the packet schema: a flow record only says how many packets and
+# bytes went one way between two times, and which TCP flags appeared at least once. So:
+# - packets and bytes are spread uniformly over the record's [start, end] (an estimate of
+#   when they happened, exact when a record fits in one bin);
+# - a "flow" is a unidirectional flow record, counted in the bin where it starts: a TCP
+#   connection that got an answer is two flows (one each way), an unanswered probe is one;
+# - "syn_only" replaces the packet schema's per-packet SYN-without-ACK count: a TCP record
+#   whose OR-ed flags have SYN and never ACK is a connection attempt that its sender never
+#   completed (SYN scans, SYN floods, connects to dead or filtering hosts): flows, not packets;
+# - "rst" is TCP records with a RST among their flags (counted in the bin where they end);
+# - ICMP error packets come from the record's ICMP type (its flow key), all of them errors;
+# - the mean packet size is the ratio of the bin's bytes to its packets: a ratio of sums is
+#   exact from flow totals, while a spread, minimum or maximum of packet sizes is not, so
+#   none is here.
+# Distinct peers and ports of a bin come from the records active in it. "out" is what the
+# entity sends, "in" what it receives; for `global`, "in" enters the home networks from
+# outside and "out" is everything else (as in the packet schema).
+# A model trained on one schema is refused on the other (bundle loading compares them).
+# --------------------------------------------------------------------------------------
+
+_FLOW_FEATURES: tuple[tuple[str, str], ...] = (
+    ("pkts_out", "packets"),
+    ("pkts_in", "packets"),
+    ("bytes_out", "bytes"),
+    ("bytes_in", "bytes"),
+    ("flows_out", "flows"),  # unidirectional flow records the entity sent, by start bin
+    ("flows_in", "flows"),  # ... that the entity received
+    ("peers_out", "hosts"),  # distinct destinations of the entity's records active in the bin
+    ("peers_in", "hosts"),  # distinct sources of records towards the entity
+    ("ports_out", "ports"),  # distinct destination ports the entity sent to (TCP/UDP)
+    ("ports_in", "ports"),  # distinct local ports that received traffic (TCP/UDP)
+    ("syn_only_out", "flows"),  # TCP records sent with SYN and no ACK ever: failed attempts
+    ("syn_only_in", "flows"),  # ... received
+    ("rst_out", "flows"),  # TCP records sent with a RST, by end bin
+    ("rst_in", "flows"),
+    ("icmp_err", "packets"),  # ICMP/ICMPv6 unreachable, time exceeded, parameter problem
+    ("mean_pkt_bytes", "bytes"),  # bytes / packets over both directions
+)
+FLOW_SCHEMA = FeatureSchema(
+    name="flow",
+    version=1,
+    features=tuple(n for n, _ in _FLOW_FEATURES),
+    units=tuple(u for _, u in _FLOW_FEATURES),
+)
+
 _F = {name: i for i, name in enumerate(FLOW_SCHEMA.features)}
 _SUMS = ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "flows_out", "flows_in", "syn_only_out", "syn_only_in",
          "rst_out", "rst_in", "icmp_err")  # fmt: skip
@@ -53,7 +105,65 @@ _DISTINCT = ("peers_out", "peers_in", "ports_out", "ports_in")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-class FlowWindowAggregator(_EntityWindows):
+@dataclass
+class _WindowAcc:
+    """Partial aggregates of one open window of the flow-record path (capture.flowwindows):
+    numpy partials per batch, reduced when the window closes and when evidence is asked."""
+
+    sums: np.ndarray  # float64 (slots, bins, len(SUMS))
+    distinct_keys: list[np.ndarray] = field(default_factory=list)  # uint64 hashed keys
+    distinct_groups: list[np.ndarray] = field(default_factory=list)  # int64 (slot*bins+bin)*4+kind
+    peers: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, hi, lo, pkts, bytes
+    ports: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, proto, port, pkts
+    flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts
+
+    def fit(self, n_slots: int) -> None:
+        """Room for `n_slots` entity slots."""
+        self.sums = grown(self.sums, n_slots)
+
+    def distinct_counts(self, n_slots: int, bins: int) -> np.ndarray:
+        """int64 (slots, bins, 4): distinct peers out/in, ports out/in."""
+        if not self.distinct_keys:
+            return np.zeros((0, bins, 4), dtype=np.int64)
+        keys = np.concatenate(self.distinct_keys)
+        groups = np.concatenate(self.distinct_groups)
+        _, first = np.unique(keys, return_index=True)
+        counts = np.bincount(groups[first], minlength=n_slots * bins * 4)
+        return counts[: n_slots * bins * 4].reshape(-1, bins, 4)
+
+    def finish(self) -> None:
+        """The window closed: drop what its evidence does not need."""
+        self.sums = emptied(self.sums)
+        self.distinct_keys, self.distinct_groups = [], []
+
+    def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]:
+        """Peers (slot, hi, lo, pkts, bytes), ports (slot, proto, port, pkts) and flows (slot,
+        proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, pkts), one row per key (slot and
+        address, slot, protocol and port, slot and flow id), rows in the order of the hash of
+        their key columns: the tie-break of the ranking."""
+        out = {}
+        for name, parts, key_cols, sum_cols in (
+            ("peers", self.peers, (0, 1, 2), (3, 4)),
+            ("ports", self.ports, (0, 1, 2), (3,)),
+            ("flows", self.flows, (0, 1), (9,)),
+        ):
+            if not parts:
+                out[name] = tuple(np.zeros(0) for _ in range(9))
+                continue
+            cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
+            key = np.zeros(cols[0].shape[0], dtype=np.uint64)
+            for c in key_cols:
+                key = _mix(key ^ cols[c].astype(np.uint64))
+            _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            reduced = [c[first] for c in cols]
+            for c in sum_cols:
+                reduced[c] = np.bincount(inv, weights=cols[c])
+            out[name] = tuple(reduced[:1] + reduced[2:]) if name == "flows" else tuple(reduced)  # no flow_id
+        return out
+
+
+
+class FlowWindowAggregator(EntityWindows):
     """Turns flow records into closed WindowBatches: `push(batch)` returns those closed."""
 
     SCHEMA = FLOW_SCHEMA
@@ -80,6 +190,10 @@ class FlowWindowAggregator(_EntityWindows):
         self.entity_overflow = 0  # record contributions of hosts that found no free entity slot
 
     # ---------------------------------------------------------------- entity slots
+
+    def _new_acc(self, n_slots: int) -> _WindowAcc:
+        return _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(self.SUMS))))
+
     def _slots_for(self, hi: np.ndarray, lo: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray) -> np.ndarray:
         """Entity slot of each (home) address; -1 where the entity table is full."""
         if hi.shape[0] == 0:
@@ -233,7 +347,7 @@ class FlowWindowAggregator(_EntityWindows):
 
     @staticmethod
     def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport) -> None:
-        """Per-window partials of top peers, ports and flows, in the layout _LazyEvidence reduces."""
+        """Per-window partials of top peers, ports and flows, in the layout LazyEvidence reduces."""
         key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         acc.peers.append((slot[first], peer_hi[first], peer_lo[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=by)))

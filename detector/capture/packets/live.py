@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from detector.capture._parse import SUPPORTED_LINKTYPES, parse_frames
+from detector.capture.packets._parse import SUPPORTED_LINKTYPES, parse_frames
 from detector.contracts import PacketBatch
 from detector.errors import CaptureError
 

@@ -1,6 +1,6 @@
 """Packet tables and frame assembly for the synthetic traffic generator.
 
-Where it stands: a private part of `detector.capture.synth` (a source of test and demo
+Where it stands: a private part of `detector.synth.generate` (a source of test and demo
 traffic, not on the daemon's path). Traffic models describe packets as columns of a
 `PacketTable` (one row per IPv4 packet); this module turns the columns into frame header
 bytes with numpy: Ethernet + IPv4 + TCP/UDP/ICMP headers with correct IPv4 and transport

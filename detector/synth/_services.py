@@ -1,6 +1,6 @@
 """The periodic backbone of the synthetic office's traffic: machines talking on schedules.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). Users' traffic (`_synth_benign`) is bursty and follows their activity;
 this traffic runs on timers, as it does on real networks, and gives the detector periodic
 structure to learn:
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.capture._synth_benign import (
+from detector.synth._benign import (
     CLOSE_CLIENT,
     CLOSE_NEVER,
     MS,
@@ -28,9 +28,9 @@ from detector.capture._synth_benign import (
     round_index,
     tcp_table,
 )
-from detector.capture._synth_frames import TCP_MSS_BYTES, PacketTable
-from detector.capture._synth_network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, lognormal_int
-from detector.capture._synth_sessions import icmp_echo, tcp_sessions, udp_exchange
+from detector.synth._frames import TCP_MSS_BYTES, PacketTable
+from detector.synth._network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, lognormal_int
+from detector.synth._sessions import icmp_echo, tcp_sessions, udp_exchange
 
 PING_INTERVAL_S = 60
 SCRAPE_INTERVAL_S = 30

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.capture.flowrecords import FLOW_SCHEMA, FlowRecordBatch
+from detector.contracts import FlowRecordBatch
+from detector.capture.windows import FLOW_SCHEMA
 from detector.capture.flows import FlowTable
-from detector.capture.flowwindows import FlowWindowAggregator
-from detector.capture.pcap import read_capture
+from detector.capture.windows.flow import FlowWindowAggregator
+from detector.capture.packets.pcap import read_capture
 from detector.capture.windows import PACKET_SCHEMA, WindowAggregator
 from detector.contracts import addr_to_pair
 from tests.conftest import make_batch, shared_file

@@ -1,7 +1,7 @@
 """Session expanders for the synthetic traffic generator: TCP connections, UDP request and
 response pairs, ICMP echoes, all vectorised over many sessions at once.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). A traffic model describes *sessions* (who, when, how much) and these
 functions expand them into packets in a `PacketTable`.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.capture._synth_frames import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_MSS_BYTES, PacketTable
+from detector.synth._frames import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_MSS_BYTES, PacketTable
 from detector.contracts import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 
 # How a session ends (TcpSessions.close).

@@ -1,6 +1,6 @@
 """The synthetic office network: addresses and roles, and how busy each host is over time.
 
-Where it stands: a private part of `detector.capture.synth` (test and demo traffic, not on
+Where it stands: a private part of `detector.synth.generate` (test and demo traffic, not on
 the daemon's path). `Network` says who is who (servers, workstations, admins, external
 peers with their round-trip times and TTLs); `Activity` says how active each workstation is
 in each minute (an on/off working rhythm, bursts, a slow drift, hosts that arrive late or

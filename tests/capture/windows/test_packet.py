@@ -227,7 +227,7 @@ def _reference(batch, flows, bin_s: int, bins: int) -> dict:
 
 def _ranked(tally: dict, slot: int, key_of, top_k: int = 5) -> list:
     """Top entries by packets, ties in the order of the aggregator's key hash."""
-    from detector.capture.windows import _mix
+    from detector.capture._hash import mix as _mix
 
     def key(k):
         h = _mix(np.array([slot], dtype=np.uint64))

@@ -26,7 +26,7 @@ import pytest
 
 from detector.bench._capture_worker import CaptureWorker
 from detector.bench._netns import VethNamespace, missing_requirements
-from detector.capture.pcap import CaptureFile, read_capture
+from detector.capture.packets.pcap import CaptureFile, read_capture
 from detector.config import load_config
 from detector.contracts import PACKET_COLUMNS, PacketBatch
 from detector.errors import CaptureError
@@ -57,7 +57,7 @@ def idle_lo_capture():
     """A capture on lo whose filter only passes UDP to port 9 (discard), which nothing here
     sends unless the test does."""
     _skip_unless_capture_possible()
-    from detector.capture.live import LiveCapture
+    from detector.capture.packets.live import LiveCapture
 
     capture = LiveCapture("lo", bpf="udp dst port 9 and dst host 127.0.0.1", poll_s=0.1, buffer_mb=4)
     yield capture
@@ -113,7 +113,7 @@ def test_kernel_drops_are_counted_and_logged_when_they_change():
     from structlog.testing import capture_logs
 
     _skip_unless_capture_possible()
-    from detector.capture.live import LiveCapture
+    from detector.capture.packets.live import LiveCapture
 
     sent = 3000
     capture = LiveCapture("lo", bpf="udp dst port 9 and dst host 127.0.0.1", poll_s=0.05, buffer_mb=1)
@@ -137,7 +137,7 @@ def test_kernel_drops_are_counted_and_logged_when_they_change():
 
 def test_missing_interface_is_a_capture_error_naming_it():
     _skip_unless_capture_possible()
-    from detector.capture.live import LiveCapture
+    from detector.capture.packets.live import LiveCapture
 
     with pytest.raises(CaptureError, match=r"interface 'netad-nosuch0' does not exist \(interfaces here: .*lo"):
         LiveCapture("netad-nosuch0")
@@ -145,7 +145,7 @@ def test_missing_interface_is_a_capture_error_naming_it():
 
 def test_bad_bpf_filter_is_a_capture_error_naming_it():
     _skip_unless_capture_possible()
-    from detector.capture.live import LiveCapture
+    from detector.capture.packets.live import LiveCapture
 
     with pytest.raises(CaptureError, match=r"BPF filter 'udp port banana'"):
         LiveCapture("lo", bpf="udp port banana", buffer_mb=1)
@@ -157,7 +157,7 @@ def test_permission_denied_is_a_capture_error_saying_what_to_grant():
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux) to drop CAP_NET_RAW")
     code = (
-        "from detector.capture.live import LiveCapture\n"
+        "from detector.capture.packets.live import LiveCapture\n"
         "from detector.errors import CaptureError\n"
         "try:\n    LiveCapture('lo', buffer_mb=1)\n"
         "except CaptureError as exc:\n    print(exc)\n"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from detector.capture.flows import _mix
+from detector.capture._hash import mix_jit as _mix
 from detector.contracts import FRAG_LATER, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_RST, TCP_SYN
 
 # A tally is an open-addressing table (linear probing, at most half full) of uint64 rows:

@@ -44,8 +44,8 @@ from types import TracebackType
 import numpy as np
 import structlog
 
-from detector.capture._netflow_records import DatagramFacts, gather, own_rate, record_columns, reverse_columns
-from detector.capture._netflow_templates import (
+from detector.capture.flowrecords._netflow_records import DatagramFacts, gather, own_rate, record_columns, reverse_columns
+from detector.capture.flowrecords._netflow_templates import (
     Compiled,
     TemplateField,
     column,
@@ -53,7 +53,7 @@ from detector.capture._netflow_templates import (
     fixed_records,
     template_records,
 )
-from detector.capture.flowrecords import Exporter, FlowRecordBatch
+from detector.contracts import Exporter, FlowRecordBatch
 from detector.errors import CaptureError
 
 log = structlog.get_logger()

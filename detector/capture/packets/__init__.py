@@ -1,0 +1,1 @@
+"""Packet sources: pcap/pcapng files and live interfaces -> PacketBatch (and the pcap writer)."""

@@ -1,0 +1,296 @@
+"""What both window aggregators share: home-net membership, entity slots, open windows,
+closing and expiry, and evidence ranked on demand.
+
+Where this stands: the window stage (capture.windows), below its two aggregators:
+`packet.WindowAggregator` (PacketBatch + flow annotations, PACKET_SCHEMA) and
+`flow.FlowWindowAggregator` (FlowRecordBatch, FLOW_SCHEMA). A subclass sets SCHEMA, SUMS and
+DISTINCT and fills its open windows from its own input; everything after that is here.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+import numpy as np
+
+from detector.capture.flows import community_id_of_pairs
+from detector.contracts import (
+    ENTITY_GLOBAL,
+    FeatureSchema,
+    WindowBatch,
+    WindowEvidence,
+    addr_to_pair,
+    pair_to_addr,
+)
+
+
+class HomeNet:
+    """Membership in the configured home networks, vectorised over (hi, lo) address columns."""
+
+    def __init__(self, networks: list[str]) -> None:
+        self.networks = list(networks)
+        self._nets: list[tuple[np.uint64, np.uint64, np.uint64, np.uint64]] = []
+        for text in networks:
+            net = ipaddress.ip_network(text, strict=False)
+            plen = net.prefixlen + (96 if net.version == 4 else 0)
+            hi, lo = addr_to_pair(str(net.network_address))
+            mask = ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)
+            mhi, mlo = mask >> 64, mask & 0xFFFFFFFFFFFFFFFF
+            self._nets.append((np.uint64(hi & mhi), np.uint64(lo & mlo), np.uint64(mhi), np.uint64(mlo)))
+
+    def contains(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        inside = np.zeros(hi.shape[0], dtype=bool)
+        for nhi, nlo, mhi, mlo in self._nets:
+            inside |= ((hi & mhi) == nhi) & ((lo & mlo) == nlo)
+        return inside
+
+
+# An entity's name in every window it is in: formatted once while it stays (bounded: spoofed
+# addresses come and go)
+entity_name = functools.lru_cache(maxsize=1 << 17)(pair_to_addr)
+
+
+def grown(arr: np.ndarray, rows: int) -> np.ndarray:
+    """`arr` with at least `rows` rows (doubling, new rows zero); `arr` itself if it has them."""
+    if arr.shape[0] >= rows:
+        return arr
+    out = np.zeros((max(rows, 2 * arr.shape[0]),) + arr.shape[1:], dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def emptied(arr: np.ndarray) -> np.ndarray:
+    """An array like `arr` with no rows (a fresh one: a slice would keep arr's memory)."""
+    return np.zeros((0,) + arr.shape[1:], dtype=arr.dtype)
+
+
+def rows_of(arr: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """arr[slots], zeros for slots past its rows (made after the array last grew)."""
+    out = np.zeros((slots.shape[0],) + arr.shape[1:], dtype=arr.dtype)
+    inside = slots < arr.shape[0]
+    out[inside] = arr[slots[inside]]
+    return out
+
+
+
+class WindowAcc(Protocol):
+    """One open window's aggregates, as the base class closes it (each aggregator has its own)."""
+
+    sums: np.ndarray  # (slots, bins, len(SUMS))
+
+    def fit(self, n_slots: int) -> None: ...
+    def distinct_counts(self, n_slots: int, bins: int) -> np.ndarray: ...
+    def finish(self) -> None: ...
+    def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]: ...
+
+
+class EntityWindows:
+    """What both aggregators share: entity slots, open windows, closing and expiry.
+    Subclasses set SCHEMA, SUMS and DISTINCT (the summed and distinct-counted features)
+    and fill `_open` windows from their own input (packets or flow records)."""
+
+    SCHEMA: FeatureSchema
+    SUMS: tuple[str, ...]
+    DISTINCT: tuple[str, ...]
+
+    def __init__(self, home_net: list[str], bin_s: float, bins: int, lateness_s: float, max_entities: int,
+                 entity_idle_s: float, evidence_top_k: int) -> None:  # fmt: skip
+        self.home_net = list(home_net)
+        self.bin_s = bin_s
+        self.bins = bins
+        self.lateness_s = lateness_s
+        self.max_entities = max_entities
+        self.entity_idle_s = max(entity_idle_s, bin_s * bins)
+        self.evidence_top_k = evidence_top_k
+        self.schema = self.SCHEMA
+        self._home = HomeNet(home_net)
+        self._bin_ns = int(round(bin_s * 1e9))
+        self._window_ns = self._bin_ns * bins
+        self._lateness_ns = int(round(lateness_s * 1e9))
+        self._idle_ns = int(round(self.entity_idle_s * 1e9))
+        # entity slots: 0 is global; hosts get the others; freed slots are reused
+        self._slot_of: dict[tuple[int, int], int] = {}
+        self._slot_addr: list[tuple[int, int] | None] = [None]
+        self._slot_first_ns: list[int] = [0]
+        self._slot_last_ns = np.zeros(1, dtype=np.int64)
+        self._free: list[int] = []
+        self._next_close: int | None = None  # index of the oldest window not yet emitted
+        self.watermark_ns: int | None = None
+        self.entities_expired = 0
+        self.windows_closed = 0
+
+    @property
+    def entities(self) -> int:
+        return 1 + len(self._slot_of)
+
+    def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
+        if len(self._slot_of) >= self.max_entities:
+            return -1
+        if self._free:
+            slot = self._free.pop()
+            self._slot_addr[slot] = addr
+            self._slot_first_ns[slot] = ts_ns
+            self._slot_last_ns[slot] = ts_ns
+        else:
+            slot = len(self._slot_addr)
+            self._slot_addr.append(addr)
+            self._slot_first_ns.append(ts_ns)
+            self._slot_last_ns = grown(self._slot_last_ns, max(16, slot + 1))
+            self._slot_last_ns[slot] = ts_ns
+        self._slot_of[addr] = slot
+        return slot
+
+    def advance(self, now_ns: int) -> list[WindowBatch]:
+        """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed."""
+        if self._next_close is None:
+            return []
+        self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
+        return self._close_until(self.watermark_ns - self._lateness_ns)
+
+    def flush(self) -> list[WindowBatch]:
+        """Close every open window (the end of a replay)."""
+        if not self._open:
+            return []
+        last = max(self._open)
+        return self._close_until((last + 1) * self._window_ns)
+
+    def _new_acc(self, n_slots: int) -> WindowAcc:
+        raise NotImplementedError
+
+    def _acc(self, w: int) -> WindowAcc:
+        n_slots = len(self._slot_addr)
+        acc = self._open.get(w)
+        if acc is None:
+            acc = self._open[w] = self._new_acc(n_slots)
+        else:
+            acc.fit(n_slots)
+        return acc
+
+    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
+        out: list[WindowBatch] = []
+        if limit_ns is None or self._next_close is None:
+            return out
+        while (self._next_close + 1) * self._window_ns <= limit_ns:
+            out.append(self._close(self._next_close))
+            self._next_close += 1
+        return out
+
+    def _close(self, w: int) -> WindowBatch:
+        start_ns = w * self._window_ns
+        end_ns = start_ns + self._window_ns
+        self._expire_entities(end_ns)
+        acc = self._open.pop(w, None)
+        alive = [0] + sorted(
+            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
+        )
+        alive_arr = np.array(alive, dtype=np.int64)
+        fidx = {name: i for i, name in enumerate(self.SCHEMA.features)}
+        feats = np.zeros((len(alive), self.bins, len(self.SCHEMA.features)), dtype=np.float32)
+        if acc is not None:
+            sums = rows_of(acc.sums, alive_arr)
+            for k, name in enumerate(self.SUMS):
+                feats[:, :, fidx[name]] = sums[:, :, k]
+            counts = rows_of(acc.distinct_counts(len(self._slot_addr), self.bins), alive_arr)
+            for kind, name in enumerate(self.DISTINCT):
+                feats[:, :, fidx[name]] = counts[:, :, kind]
+            pk = feats[:, :, fidx["pkts_out"]] + feats[:, :, fidx["pkts_in"]]
+            by = feats[:, :, fidx["bytes_out"]] + feats[:, :, fidx["bytes_in"]]
+            feats[:, :, fidx["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
+            acc.finish()
+        names = [ENTITY_GLOBAL] + [entity_name(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
+        classes = ["global"] + ["host"] * (len(alive) - 1)
+        self.windows_closed += 1
+        evidence = LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
+        return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)  # type: ignore[arg-type]
+
+    def _expire_entities(self, now_ns: int) -> None:
+        n = len(self._slot_addr)
+        idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
+        for s in idle.tolist():
+            addr = self._slot_addr[s]
+            if s == 0 or addr is None:
+                continue
+            # slots with traffic in a still-open window stay until that window closes
+            if any(acc.sums.shape[0] > s and acc.sums[s].any() for acc in self._open.values()):
+                continue
+            del self._slot_of[addr]
+            self._slot_addr[s] = None
+            self._free.append(s)
+            self.entities_expired += 1
+
+
+class LazyEvidence(Mapping):
+    """entity -> WindowEvidence, ranked from a window's aggregates only when asked."""
+
+    def __init__(self, acc: WindowAcc, slots: dict[str, int], top_k: int) -> None:
+        self._acc = acc
+        self._slots = slots
+        self._top_k = top_k
+        self._cache: dict[str, WindowEvidence] = {}
+        self._ranked: dict[str, tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]] | None = None
+
+    def __getitem__(self, entity: str) -> WindowEvidence:
+        if entity not in self._slots:
+            raise KeyError(entity)
+        if entity not in self._cache:
+            self._cache[entity] = self._build(self._slots[entity])
+        return self._cache[entity]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._slots)
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def _rank(self) -> dict[str, tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]]:
+        """Per table: its columns, and its rows ordered by slot, then weight (packets)
+        descending, ties in key-hash order (lexsort is stable); with the slots in that order."""
+        if self._ranked is None:
+            columns = self._acc.evidence_columns()
+            self._ranked = {}
+            for name, weight in (("peers", 3), ("ports", 3), ("flows", 8)):
+                cols = columns[name]
+                order = np.lexsort((-cols[weight], cols[0]))
+                self._ranked[name] = (cols, order, cols[0][order])
+        return self._ranked
+
+    def _top(self, name: str, slot: int) -> tuple[tuple[np.ndarray, ...], list[int]]:
+        cols, order, slots = self._rank()[name]
+        start, stop = np.searchsorted(slots, slot, "left"), np.searchsorted(slots, slot, "right")
+        return cols, order[start : min(stop, start + self._top_k)].tolist()
+
+    def _build(self, slot: int) -> WindowEvidence:
+        ev = WindowEvidence()
+        peers, rows = self._top("peers", slot)
+        for r in rows:
+            ev.top_peers.append(
+                {"ip": pair_to_addr(peers[1][r], peers[2][r]), "packets": int(peers[3][r]), "bytes": int(peers[4][r])}
+            )
+        ports, rows = self._top("ports", slot)
+        for r in rows:
+            ev.top_ports.append({"port": int(ports[2][r]), "proto": _proto_name(int(ports[1][r])), "packets": int(ports[3][r])})
+        flows, rows = self._top("flows", slot)
+        for r in rows:
+            proto = int(flows[1][r])
+            sport, dport = int(flows[6][r]), int(flows[7][r])
+            ev.top_flows.append(
+                {
+                    "community_id": community_id_of_pairs(
+                        proto, flows[2][r], flows[3][r], flows[4][r], flows[5][r], sport, dport
+                    ),
+                    "src": pair_to_addr(flows[2][r], flows[3][r]),
+                    "dst": pair_to_addr(flows[4][r], flows[5][r]),
+                    "sport": sport,
+                    "dport": dport,
+                    "proto": _proto_name(proto),
+                    "packets": int(flows[8][r]),
+                }
+            )
+        return ev
+
+
+def _proto_name(proto: int) -> str:
+    return {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}.get(proto, str(proto))
