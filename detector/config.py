@@ -3,13 +3,15 @@
 Loading never raises a traceback at the user: every problem becomes a ConfigError whose
 message names the file, the line and the key ("configs/x.yaml:12: sinks[1].url: ..."). The
 CLI turns that into exit code 78 (EX_CONFIG). Environment variables override single keys:
-NETAD_MODEL__DEVICE=cpu sets model.device (the value is parsed as a YAML scalar).
+NETAD_MODEL__DEVICE=cpu sets model.device, NETAD_HOME_NET=10.0.0.0/8,fd00::/8 the top-level
+home_net (values are parsed as YAML); a NETAD_ variable that names no key is refused.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -189,7 +191,8 @@ class Config(_Strict):
     role: Literal["all-in-one", "sensor", "scorer"] = "all-in-one"
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     sensor: SensorConfig = Field(default_factory=SensorConfig)
-    home_net: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    # like Suricata's HOME_NET: the private ranges (RFC 1918 and IPv6 unique local), so a first run sees hosts
+    home_net: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"])
     source: SourceConfig = Field(default_factory=SourceConfig)
     flows: FlowsConfig = Field(default_factory=FlowsConfig)
     windows: WindowsConfig = Field(default_factory=WindowsConfig)
@@ -261,10 +264,24 @@ def validate_yaml_data(model: type[M], data: dict[str, Any], root: yaml.Node | N
 
 
 def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """NETAD_KEY (top-level keys: NETAD_HOME_NET, NETAD_STATE_DIR) and NETAD_SECTION__KEY
+    override the file; values are YAML (`NETAD_HOME_NET='[10.0.0.0/8, fd00::/8]'`; a list key
+    also takes a comma-separated string). A NETAD_ variable that names no config key is a
+    ConfigError, not silently ignored (a typo must not leave the file's value in force).
+    NETAD_TEST_* is left to the test suite."""
     for key, raw in sorted(env.items()):
-        if not key.startswith(ENV_PREFIX) or "__" not in key:
+        if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
+        kind = _key_kind(path)
+        if kind is None:
+            raise ConfigError(f"environment: {key}: no config key {'.'.join(path)} (NETAD_KEY or NETAD_SECTION__KEY)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment: {key}: invalid YAML value: {exc}") from None
+        if kind == "list" and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -272,8 +289,31 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
                 child = {}
                 node[part] = child
             node = child
-        node[path[-1]] = yaml.safe_load(raw)
+        node[path[-1]] = value
     return data
+
+
+def _key_kind(path: list[str]) -> str | None:
+    """What a key path of Config holds ("model", "list", "map", "value"); None if no such key.
+    Any subkey of a free-form mapping (kafka.client) is a key."""
+    model: type[BaseModel] | None = Config
+    kind = "model"
+    for part in path:
+        if kind == "map":
+            return "value"
+        if model is None or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model, kind = annotation, "model"
+        elif origin is list:
+            model, kind = None, "list"
+        elif origin is dict:
+            model, kind = None, "map"
+        else:
+            model, kind = None, "value"
+    return kind
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -303,7 +343,3 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             break
         line = node.start_mark.line + 1
     return line
-
-
-def dump_default() -> str:
-    return yaml.safe_dump(Config().model_dump(mode="json"), sort_keys=False)

@@ -47,14 +47,14 @@ def test_flow_source_keys_are_validated_with_file_and_line(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text("source:\n  type: netflow\n  bind_address: collector.local\n  port: 70000\n"
                  "  allowed_exporters: [10.0.0.0/8, routers]\n  default_sampling_rate: 0\n  from_end: true\n"
-                 "windows:\n  flow_lateness_s: -1\n")  # fmt: skip
+                 "windows:\n  flow_lateness_s: -1\n")
     with pytest.raises(ConfigError) as exc:
         load_config(p, env={})
     lines = str(exc.value).splitlines()
     assert [f"{p}:{n}: {key}:" for n, key in ((3, "source.bind_address"), (4, "source.port"), (5, "source.allowed_exporters"),
             (6, "source.default_sampling_rate"), (7, "source.from_end"), (9, "windows.flow_lateness_s"))] == [
         line.split(" ", 2)[0] + " " + line.split(" ", 2)[1] for line in lines
-    ]  # fmt: skip
+    ]
     assert "'collector.local' is not an IP address" in lines[0] and "[1] 'routers' is not a network" in lines[2]
     assert "needs follow: true" in lines[4]
     netflow = load_config(REPO / "configs" / "netflow.yaml", env={})
@@ -79,10 +79,35 @@ def test_environment_overrides_a_key(tmp_path: Path):
     assert 4 == cfg.windows.bins
 
 
+
+def test_environment_overrides_top_level_keys_and_lists(tmp_path: Path):
+    """NETAD_KEY overrides a top-level key; a list key takes YAML or a comma-separated string."""
+    p = tmp_path / "c.yaml"
+    p.write_text("home_net: [10.20.0.0/16]\n")
+    cfg = load_config(p, env={"NETAD_HOME_NET": "192.168.0.0/16, fd00::/8", "NETAD_STATE_DIR": str(tmp_path / "s"),
+                              "NETAD_KAFKA__CLIENT__SASL.MECHANISM": "PLAIN"})
+    assert ["192.168.0.0/16", "fd00::/8"] == cfg.home_net
+    assert tmp_path / "s" == cfg.state_dir
+    assert {"sasl.mechanism": "PLAIN"} == cfg.kafka.client
+    assert ["10.0.0.0/8"] == load_config(p, env={"NETAD_HOME_NET": "[10.0.0.0/8]"}).home_net
+
+
+@pytest.mark.parametrize("name", ["NETAD_HOME_NETS", "NETAD_MODEL__DEVIC", "NETAD_MODEL__DEVICE__X", "NETAD_NOPE__KEY"])
+def test_an_environment_override_of_no_key_is_refused(tmp_path: Path, name: str):
+    """A NETAD_ variable that names no config key is a ConfigError naming it, not silently ignored."""
+    with pytest.raises(ConfigError, match=f"environment: {name}: no config key"):
+        load_config(None, env={name: "1"})
+
+
+def test_default_home_net_is_the_private_ranges():
+    """Without home_net a first run sees the hosts of any private network, IPv6 unique local too."""
+    assert ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"] == load_config(None, env={}).home_net
+
 def _netad(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
+@pytest.mark.slow
 def test_check_config_exit_codes(tmp_path: Path):
     """check-config: 0 on the default config, 78 with file:line on a bad one (rules too)."""
     ok = _netad("check-config", "-c", "configs/default.yaml")
