@@ -45,7 +45,7 @@ _STALL_S = 30.0
 
 def _start_cluster(topics: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "detector.bench._kafka_mock", "1", *topics], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
 
@@ -56,7 +56,7 @@ def _scorer_config(work: Path, name: str, run: int, bootstrap: str, model: Path)
         "model": {"path": str(model), "device": "cpu", "threads": 1},
         "kafka": {"bootstrap_servers": bootstrap, "windows_topic": WINDOWS_TOPIC.format(run=run),
                   "state_topic": STATE_TOPIC.format(run=run), "group_id": f"bench-{run}",
-                  "client": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}},  # fmt: skip
+                  "client": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}},
         "sinks": [{"url": f"jsonl:{work / f'{name}-incidents.jsonl'}"}],
         "outputs": {"scores": str(work / f"{name}-scores.jsonl"), "summary": False},
         "state_dir": str(work / f"state-{name}"),
@@ -89,7 +89,7 @@ def _assigned(log: Path) -> set[int]:
 
 
 def _run(work: Path, run: int, scorers: int, bootstrap: str, model: Path, batches: list, timeout_s: float) -> dict[str, float]:
-    from detector.service.kafka import WindowPublisher
+    from detector.service.kafka.sensor import WindowPublisher
 
     names = [f"run{run}-scorer{i}" for i in range(scorers)]
     procs, logs = [], []
@@ -98,7 +98,7 @@ def _run(work: Path, run: int, scorers: int, bootstrap: str, model: Path, batche
         with open(log, "w") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "detector.cli", "run", "-c",
                                            str(_scorer_config(work, name, run, bootstrap, model))],
-                                          stdout=out, stderr=subprocess.STDOUT))  # fmt: skip
+                                          stdout=out, stderr=subprocess.STDOUT))
         logs.append(log)
     try:
         deadline = time.monotonic() + timeout_s
@@ -108,7 +108,7 @@ def _run(work: Path, run: int, scorers: int, bootstrap: str, model: Path, batche
             time.sleep(0.2)
         time.sleep(1.0)  # let a late rebalance settle
         cfg = Config.model_validate({"kafka": {"bootstrap_servers": bootstrap, "windows_topic": WINDOWS_TOPIC.format(run=run),
-                                               "state_topic": STATE_TOPIC.format(run=run)}})  # fmt: skip
+                                               "state_topic": STATE_TOPIC.format(run=run)}})
         publisher = WindowPublisher(cfg)
         total = sum(len(b) for b in batches)
         t0 = time.perf_counter()
@@ -124,7 +124,7 @@ def _run(work: Path, run: int, scorers: int, bootstrap: str, model: Path, batche
                 last, last_change = done, now
             if now - last_change > _STALL_S or now > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"{done} of {total} windows scored, none for {now - last_change:.0f} s (the mock cluster "
-                                   f"keeps about 5 MB per partition: use fewer --hosts x --windows); see {work}")  # fmt: skip
+                                   f"keeps about 5 MB per partition: use fewer --hosts x --windows); see {work}")
             time.sleep(0.05)
         t_scored = time.perf_counter() - t0
         return {"entity_windows": total, "publish_s": t_published, "end_to_end_s": t_scored, "not_acknowledged": left}
@@ -140,7 +140,7 @@ def _run(work: Path, run: int, scorers: int, bootstrap: str, model: Path, batche
 
 
 def run_kafka_bench(hosts: int = 2000, windows: int = 15, repeats: int = 1, hidden: int = 32,
-                    progress: Callable[[str], None] | None = None, workdir: Path | None = None) -> dict[str, Any]:  # fmt: skip
+                    progress: Callable[[str], None] | None = None, workdir: Path | None = None) -> dict[str, Any]:
     setup = _setup(hidden, 6, hosts, windows)
     batches = _batches(setup, hosts)
     plan = [(scorers, rep) for rep in range(repeats) for scorers in (1, 2)]
@@ -160,7 +160,7 @@ def run_kafka_bench(hosts: int = 2000, windows: int = 15, repeats: int = 1, hidd
             cluster.kill()
             cluster.wait()
     out: dict[str, Any] = {"hosts": hosts, "windows": windows, "entity_windows": hosts * windows, "repeats": repeats,
-                           "cpu_count": os.cpu_count(), "hidden": hidden}  # fmt: skip
+                           "cpu_count": os.cpu_count(), "hidden": hidden}
     for scorers, runs in results.items():
         out[f"scorers_{scorers}"] = {
             "end_to_end_windows_per_s": statistics.median(r["entity_windows"] / r["end_to_end_s"] for r in runs),
@@ -173,11 +173,11 @@ def run_kafka_bench(hosts: int = 2000, windows: int = 15, repeats: int = 1, hidd
 
 def format_kafka_bench(r: dict[str, Any]) -> str:
     lines = [f"netad bench kafka: {r['entity_windows']:,} entity windows ({r['hosts']:,} hosts x {r['windows']} windows), "
-             f"mock cluster, {r['cpu_count']} cores, median of {r['repeats']}"]  # fmt: skip
+             f"mock cluster, {r['cpu_count']} cores, median of {r['repeats']}"]
     for n in (1, 2):
         s = r[f"scorers_{n}"]
         lines.append(f"  {n} scorer{'s' if n > 1 else ' '}  end to end {s['end_to_end_windows_per_s']:>10,.0f} entity windows/s   "
-                     f"(sensor publishing alone {s['publish_windows_per_s']:,.0f}/s)")  # fmt: skip
+                     f"(sensor publishing alone {s['publish_windows_per_s']:,.0f}/s)")
     lines.append(f"  2 vs 1 scorers: x{r['ratio_2_vs_1']:.2f}")
     return "\n".join(lines)
 
@@ -193,5 +193,5 @@ def format_kafka_bench(r: dict[str, Any]) -> str:
 def kafka(hosts: int, windows: int, repeats: int, workdir: str | None, as_json: bool) -> None:
     """Entity windows/s end to end through Kafka (mock cluster) with 1 and 2 scorer processes."""
     result = run_kafka_bench(hosts, windows, repeats, progress=None if as_json else lambda m: click.echo(m, err=True),
-                             workdir=Path(workdir) if workdir else None)  # fmt: skip
+                             workdir=Path(workdir) if workdir else None)
     click.echo(json.dumps(result, indent=2) if as_json else format_kafka_bench(result))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import structlog
 
-from detector.alerting._urls import parse_sink_url
 from detector.alerting.rules import RuleSet, load_rules
-from detector.alerting.sinks import Sink, SinkSet, build_sink
+from detector.alerting.sinks import Sink, SinkSet, build_sink, parse_sink_url
 from detector.config import Config, load_config
+from detector.contracts import FeatureSchema
 from detector.errors import ConfigError, ModelError
 from detector.model.bundle import ModelBundle
 
@@ -83,17 +83,17 @@ def reconcile_sinks(current: SinkSet, wanted: list[tuple[str, str | None]], spoo
         dup = next(n for n in names if names.count(n) > 1)
         raise ConfigError(f"sinks: two sinks are named {dup!r}; give one a different name")
     have = {s.name: s for s in current}
-    keep = {n for n, (url, _) in zip(names, wanted) if n in have and have[n].url == url}
+    keep = {n for n, (url, _) in zip(names, wanted, strict=True) if n in have and have[n].url == url}
     retire = [s for s in current if s.name not in keep]
     clashing = {s.name for s in retire} & set(names)  # same name, new URL: same spool directory
     built: dict[str, Sink] = {}
     closed: list[Sink] = []
     try:
-        for i, (n, (url, name)) in enumerate(zip(names, wanted)):
+        for i, (n, (url, name)) in enumerate(zip(names, wanted, strict=True)):
             if n in keep or n in clashing:
                 continue
             built[n] = _build(url, name, spool_dir, i)
-        for i, (n, (url, name)) in enumerate(zip(names, wanted)):
+        for i, (n, (url, name)) in enumerate(zip(names, wanted, strict=True)):
             if n in clashing:
                 have[n].close(timeout_s=1.0)
                 closed.append(have[n])
@@ -129,21 +129,21 @@ class ReloadPlan:
 
 
 def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet, extra_urls: list[str],
-                running_schema: object) -> ReloadPlan:  # fmt: skip
+                running_schema: FeatureSchema) -> ReloadPlan:
     """Build everything a reload needs; raise ConfigError/ModelError and change nothing."""
     new = load_config(config_path) if config_path else running
     rules = load_rules(new.incidents.rules)
     restart = [k for k in _RESTART_SECTIONS if getattr(new, k) != getattr(running, k)]
     restart += [f"model.{k}" for k in _RESTART_MODEL_KEYS
-                if hasattr(new.model, k) and getattr(new.model, k) != getattr(running.model, k)]  # fmt: skip
+                if hasattr(new.model, k) and getattr(new.model, k) != getattr(running.model, k)]
     if new.service.metrics_address != running.service.metrics_address:
         restart.append("service.metrics_address")
     bundle = None
     if new.model.path != running.model.path:
-        bundle = ModelBundle.load(new.model.path, expected_schema=running_schema)  # type: ignore[arg-type]
+        bundle = ModelBundle.load(new.model.path, expected_schema=running_schema)
         if (bundle.bin_s, bundle.bins) != (running.windows.bin_s, running.windows.bins):
             raise ModelError(f"{new.model.path}: trained on windows of {bundle.bins} x {bundle.bin_s} s bins, "
-                             f"the daemon runs {running.windows.bins} x {running.windows.bin_s} s")  # fmt: skip
+                             f"the daemon runs {running.windows.bins} x {running.windows.bin_s} s")
     # what needs a restart keeps running as it is until then
     keep_model = {k: getattr(running.model, k) for k in _RESTART_MODEL_KEYS if hasattr(running.model, k)}
     effective = new.model_copy(

@@ -12,6 +12,7 @@ windows closed on the wall clock never wait for traffic.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,11 @@ from typing import Protocol
 
 import numpy as np
 
-from detector.contracts import FlowRecordBatch
 from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
-from detector.capture.packets.pcap import CaptureFile
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
+from detector.capture.packets.pcap import CaptureFile
 from detector.config import SourceConfig
-from detector.contracts import PacketBatch
+from detector.contracts import FlowRecordBatch, PacketBatch
 from detector.errors import ConfigError
 
 POLL_S = 0.2  # the longest the run loop waits for a batch (live idle poll, replay pacing)
@@ -52,7 +52,7 @@ class ReplaySource:
     kind = "replay"
 
     def __init__(self, path: Path, speed: float = 0.0, batch_packets: int = 65536,
-                 resume_from_ns: int | None = None, poll_s: float = POLL_S) -> None:  # fmt: skip
+                 resume_from_ns: int | None = None, poll_s: float = POLL_S) -> None:
         self.path = Path(path)
         self.speed = speed
         self.batch_packets = batch_packets
@@ -94,7 +94,7 @@ class ReplaySource:
         slice_ns = max(int(self.poll_s * 1e9 * self.speed), 1)
         edges = (ts - self._event0) // slice_ns
         cuts = [0, *(np.flatnonzero(edges[1:] != edges[:-1]) + 1).tolist(), len(batch)]
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             due = self._wall0 + (int(ts[a]) - self._event0) / 1e9 / self.speed
             while not self.stop and (delay_s := due - time.monotonic()) > 0:
                 time.sleep(min(delay_s, self.poll_s))
@@ -118,7 +118,7 @@ class LiveSource:
 
         assert cfg.interface is not None
         self.capture = LiveCapture(cfg.interface, snaplen=cfg.snaplen, buffer_mb=cfg.buffer_mb, promisc=cfg.promisc,
-                                   bpf=cfg.bpf, batch_packets=cfg.batch_packets, poll_s=poll_s)  # fmt: skip
+                                   bpf=cfg.bpf, batch_packets=cfg.batch_packets, poll_s=poll_s)
         self.identity = {"type": "interface", "interface": cfg.interface}
 
     @property
@@ -164,11 +164,11 @@ def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at
         return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume_from_ns)
     if cfg.type == "zeek":
         source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets,
-                             resume_at=resume_at)  # fmt: skip
+                             resume_at=resume_at)
     elif cfg.type == "netflow":
         parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters)
         source = NetflowCollector(cfg.bind_address, cfg.port, buffer_mb=cfg.buffer_mb, batch_records=cfg.batch_packets,
-                                  poll_s=POLL_S, parser=parser)  # fmt: skip
+                                  poll_s=POLL_S, parser=parser)
     elif not cfg.interface:
         raise ConfigError("source.interface: required when source.type is interface")
     else:

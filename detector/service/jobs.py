@@ -77,7 +77,7 @@ class JobBoard:
 
     def __init__(self, intervals: dict[str, float]) -> None:
         _route_scheduler_logs()
-        self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
+        self._scheduler = BackgroundScheduler(timezone=dt.UTC)
         self._lock = threading.Lock()
         self._due: list[str] = []
         self.last: dict[str, tuple[float, str]] = {}  # job -> (unix time, outcome), run loop only
@@ -102,9 +102,9 @@ class JobBoard:
                 continue
             # coalesce: runs missed while the machine was suspended collapse into one;
             # max_instances=1 for the record (a job here only sets a flag)
-            self._scheduler.add_job(self._fired, IntervalTrigger(seconds=seconds, timezone=dt.timezone.utc),
+            self._scheduler.add_job(self._fired, IntervalTrigger(seconds=seconds, timezone=dt.UTC),
                                     args=[name], id=name, name=name, replace_existing=True, coalesce=True,
-                                    max_instances=1, misfire_grace_time=max(1, int(seconds)))  # fmt: skip
+                                    max_instances=1, misfire_grace_time=max(1, int(seconds)))
 
     def reschedule(self, intervals: dict[str, float]) -> list[str]:
         """Apply new intervals (a config reload); returns the jobs whose schedule changed."""

@@ -1,7 +1,8 @@
 """Prometheus metrics, /healthz and /readyz for the daemon and the Kafka roles.
 
-Counters and gauges are read from the stages at scrape time (a custom collector over
-`Pipeline.stats()` and the sinks' stats), so the hot path does no metric bookkeeping; only
+Counters and gauges are read at scrape time by a custom collector over a snapshot of the
+counters (`Pipeline.stats()`, a Kafka role's counters) that the process's run loop copies
+(service.lifecycle), plus the sinks' stats, so the hot path does no metric bookkeeping; only
 the scoring-latency histogram is observed as windows are scored. Served by a small threaded
 HTTP server on the configured address (off by default).
 """

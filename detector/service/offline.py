@@ -9,6 +9,7 @@ from detector.config import Config
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service.pipeline import Pipeline, input_batches
+from detector.service.scoring import check_device
 
 
 def score_captures(
@@ -21,6 +22,7 @@ def score_captures(
     flow_records: bool = False,
 ) -> dict[str, int]:
     """Score `pcaps`: capture files, or Zeek conn.logs when `flow_records`."""
+    check_device(cfg.model.device)  # before a sink opens its file
     set_torch_threads(cfg.model.threads)
     bundle = ModelBundle.load(model_dir or cfg.model.path)
     urls = list(sinks or [])

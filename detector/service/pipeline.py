@@ -1,4 +1,4 @@
-"""The wiring: source -> FlowTable -> WindowAggregator -> StreamingScorer -> incidents -> sinks.
+"""The wiring: source -> FlowTable -> WindowAggregator -> Scoring (scorer, incidents) -> sinks.
 
 Only the service layer knows every stage. The daemon (`netad run`) and the offline commands
 (`netad score`, `netad train`, `netad eval`, `netad bench`) all build their stages here, so
@@ -9,38 +9,30 @@ for them there is no FlowTable (the exporter already made the flows) and the win
 from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is the same::
 
     PacketBatch ────► FlowTable ─► WindowAggregator ─────┐
-    FlowRecordBatch ─────────────► FlowWindowAggregator ─┴─► StreamingScorer ─► incidents ─► sinks
+    FlowRecordBatch ─────────────► FlowWindowAggregator ─┴─► Scoring (service.scoring) ─► sinks
 """
 
 from __future__ import annotations
 
 import platform
-import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 import numpy as np
 
-from detector.alerting.incidents import IncidentTracker
-from detector.alerting.rules import RuleSet, load_rules
-from detector.contracts import FlowRecordBatch
+from detector.alerting.rules import RuleSet
+from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.capture.flows import FlowTable
-from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.packets.pcap import CaptureFile
 from detector.capture.windows import HomeNet, WindowAggregator
-from detector.capture.flowrecords.zeeklog import ZeekConnLog
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import Config
-from detector.contracts import ENTITY_GLOBAL, FeatureSchema, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
+from detector.contracts import ENTITY_GLOBAL, FeatureSchema, FlowRecordBatch, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
-from detector.model.scorer import StreamingScorer
-
-
-class IncidentSink(Protocol):
-    def publish(self, event: IncidentEvent) -> None: ...
+from detector.service.scoring import IncidentSink, Scoring
 
 
 def build_flow_table(cfg: Config) -> FlowTable:
@@ -60,7 +52,7 @@ def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregato
     gives, `cfg.source.flow_records`; offline commands: as their input files are)."""
     w = cfg.windows
     common = {"home_net": cfg.home_net, "bin_s": w.bin_s, "bins": w.bins, "max_entities": w.max_entities,
-              "entity_idle_s": w.entity_idle_s}  # fmt: skip
+              "entity_idle_s": w.entity_idle_s}
     if flow_records:
         return FlowWindowAggregator(lateness_s=w.flow_lateness_s, **common)
     return WindowAggregator(lateness_s=w.lateness_s, **common)
@@ -73,18 +65,18 @@ def build_windowing(cfg: Config, flow_records: bool = False) -> tuple[FlowTable 
 
 
 def close_windows(flows: FlowTable | None, windows: WindowAggregator | FlowWindowAggregator,
-                  batch: PacketBatch | FlowRecordBatch) -> list[WindowBatch]:  # fmt: skip
+                  batch: PacketBatch | FlowRecordBatch) -> list[WindowBatch]:
     """One source batch through the window stages; the windows it closed."""
-    if (flows is None) != isinstance(batch, FlowRecordBatch):
-        wanted = "flow records" if flows is None else "packets"
-        raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
-    if flows is None:
-        return windows.push(batch)  # type: ignore[arg-type]
-    return windows.push(batch, flows.push(batch))  # type: ignore[call-arg, arg-type]
+    if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
+        return windows.push(batch)
+    if isinstance(windows, WindowAggregator) and flows is not None and isinstance(batch, PacketBatch):
+        return windows.push(batch, flows.push(batch))
+    wanted = "flow records" if flows is None else "packets"
+    raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
 
 
 def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
-                  flow_records: bool = False) -> Iterator[WindowBatch]:  # fmt: skip
+                  flow_records: bool = False) -> Iterator[WindowBatch]:
     """Source batches -> closed windows (capture -> flows -> windows), flushed at the end."""
     flows, windows = build_windowing(cfg, flow_records)
     for batch in batches:
@@ -133,7 +125,7 @@ def schema_mismatch(model: FeatureSchema, ours: FeatureSchema) -> str:
     if model.name != ours.name and m is not None and o is not None:
         return (f"the model was trained on {m[0]} (feature schema {model.name} v{model.version}) and cannot score "
                 f"{o[0]} (feature schema {ours.name} v{ours.version}, from sources {o[1]}); "
-                f"use a model trained on {o[0]} ({o[2]})")  # fmt: skip
+                f"use a model trained on {o[0]} ({o[2]})")
     return (f"model trained on feature schema {model.name} v{model.version}, "
             f"this netad computes {ours.name} v{ours.version}; retrain")
 
@@ -171,13 +163,14 @@ class ExporterIndex:
         if not new.any():
             return
         rows = first[new]
-        for h, low, e in zip(hi[rows].tolist(), lo[rows].tolist(), exp[rows].tolist()):
+        for h, low, e in zip(hi[rows].tolist(), lo[rows].tolist(), exp[rows].tolist(), strict=True):
             self._of_host.setdefault((h, low), set()).add(e)
         self._known = np.union1d(self._known, uniq[new])
 
     def of(self, entity: str) -> str:
         """The exporters of an entity's records ("a,b"); all seen for `global` or a host not known here."""
-        ids = None if entity == ENTITY_GLOBAL else self._of_host.get(_pair_or_none(entity))  # type: ignore[arg-type]
+        pair = None if entity == ENTITY_GLOBAL else _pair_or_none(entity)
+        ids = self._of_host.get(pair) if pair is not None else None
         names = sorted({self.names[e] for e in (ids or self.names) if e in self.names})
         more = len(names) - self.MAX_NAMES
         return ",".join(names[: self.MAX_NAMES]) + (f",+{more} more" if more > 0 else "")
@@ -192,15 +185,15 @@ def _pair_or_none(entity: str) -> tuple[int, int] | None:
 
 @dataclass
 class Pipeline:
-    """The stages after the source, wired. `push(batch)` runs a batch through all of them."""
+    """The stages after the source, wired. `push(batch)` runs a batch through all of them;
+    everything after the windows is the Scoring stage (`self.scoring`)."""
 
     cfg: Config
     bundle: ModelBundle
     sinks: list[IncidentSink] = field(default_factory=list)
     scores_out: IO[str] | None = None
     rules: RuleSet | None = None
-    # called after each closed window is scored: (window, its scores, seconds the scorer took);
-    # the daemon observes latency and keeps recent windows for retraining through it
+    # called after each closed window is scored: (window, its scores, seconds the scorer took)
     on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None
     # the input is flow records (FlowRecordBatch), not packets (the daemon: cfg.source.flow_records)
     flow_records: bool = False
@@ -215,32 +208,21 @@ class Pipeline:
                 f"model trained on windows of {self.bundle.bins} x {self.bundle.bin_s} s bins, "
                 f"config has {cfg.windows.bins} x {cfg.windows.bin_s} s; retrain or fix windows.*"
             )
-        self.scorer = StreamingScorer(
-            self.bundle,
-            device=cfg.model.device,
-            warmup_windows=cfg.model.warmup_windows,
-            max_entities=cfg.windows.max_entities,
-            entity_idle_s=cfg.windows.entity_idle_s,
-            precision=cfg.model.precision,
-        )
-        self.tracker = IncidentTracker(
-            rules=self.rules if self.rules is not None else load_rules(cfg.incidents.rules),
-            min_windows=cfg.incidents.min_windows,
-            resolve_after_windows=cfg.incidents.resolve_after_windows,
-            update_every_windows=cfg.incidents.update_every_windows,
-            observer=observer_of(cfg),
-            model_version=self.bundle.version,
-        )
         self.exporters = ExporterIndex(cfg.home_net, 2 * cfg.windows.max_entities) if self.flows is None else None
+        self.scoring = Scoring(cfg, self.bundle, observer_of(cfg), rules=self.rules, sinks=self.sinks, scores_out=self.scores_out,
+                               on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
         self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
         self.malformed = 0
         self.non_ip = 0
-        self.entity_windows = 0
-        self.anomalous_windows = 0
-        self.incident_events: Counter[str] = Counter()
-        self.incidents_by_entity: Counter[str] = Counter()
-        self.last_window_end_ns: int | None = None
+
+    def _add_exporter(self, event: IncidentEvent) -> None:
+        if self.exporters is not None and self.exporters.names:
+            event.observer["exporter"] = self.exporters.of(event.entity)
+
+    @property
+    def last_window_end_ns(self) -> int | None:
+        return self.scoring.last_window_end_ns
 
     def push(self, batch: PacketBatch | FlowRecordBatch) -> list[IncidentEvent]:
         if isinstance(batch, FlowRecordBatch):
@@ -265,30 +247,9 @@ class Pipeline:
 
     def _score(self, closed: list[WindowBatch]) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []
-        for wb in closed:
-            started = time.perf_counter()
-            scores = self.scorer.score(wb)
-            if self.on_scored is not None:
-                self.on_scored(wb, scores, time.perf_counter() - started)
-            self._record(scores)
-            new = self.tracker.push(scores)
-            for ev in new:
-                if self.exporters is not None and self.exporters.names:
-                    ev.observer["exporter"] = self.exporters.of(ev.entity)
-                self.incident_events[ev.action] += 1
-                if ev.action == "opened":
-                    self.incidents_by_entity[ev.entity] += 1
-                for sink in self.sinks:
-                    sink.publish(ev)
-            events.extend(new)
-            self.last_window_end_ns = wb.window_end_ns
+        for window in closed:
+            events.extend(self.scoring.process(window)[1])
         return events
-
-    def _record(self, scores: ScoreBatch) -> None:
-        self.entity_windows += len(scores)
-        self.anomalous_windows += int(scores.anomalous.sum())
-        if self.scores_out is not None:
-            self.scores_out.write(scores.jsonl())
 
     def stats(self) -> dict[str, int]:
         return {
@@ -296,10 +257,10 @@ class Pipeline:
             "bytes": self.bytes,
             "malformed": self.malformed,
             "non_ip": self.non_ip,
-            "entity_windows": self.entity_windows,
-            "anomalous_windows": self.anomalous_windows,
-            "incidents_opened": self.incident_events["opened"],
-            "incidents_open": self.tracker.open_incidents,
+            "entity_windows": self.scoring.entity_windows,
+            "anomalous_windows": self.scoring.anomalous_windows,
+            "incidents_opened": self.scoring.count("opened"),
+            "incidents_open": self.scoring.tracker.open_incidents,
             **(self.flows.stats() if self.flows is not None else {}),
             **self.windows.stats(),
         }

@@ -242,7 +242,7 @@ def verdict(result: RetrainResult) -> tuple[bool, str]:
     if result.far_candidate <= result.far_current + FAR_SLACK:
         return True, "not worse on held-out windows"
     return False, (f"false-alarm rate on held-out windows {result.far_candidate:.4f} vs "
-                   f"{result.far_current:.4f} for the running model")  # fmt: skip
+                   f"{result.far_current:.4f} for the running model")
 
 
 class Retrainer:
@@ -270,7 +270,7 @@ class Retrainer:
         windows_path = self.work_dir / "windows.npz"
         n = ring.save(windows_path)
         request = dict(request, windows_path=str(windows_path), models_dir=str(self.models_dir),
-                       result_path=str(self._result_path))  # fmt: skip
+                       result_path=str(self._result_path))
         ctx = multiprocessing.get_context("spawn")
         self._process = ctx.Process(target=_child_main, args=(request,), name="netad-retrain", daemon=True)
         self._process.start()

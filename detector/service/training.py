@@ -12,13 +12,12 @@ from pathlib import Path
 
 import structlog
 
-from detector.contracts import FlowRecordBatch
 from detector.config import Config
-from detector.contracts import PacketBatch
-from detector.truth import load_truth
+from detector.contracts import FlowRecordBatch, PacketBatch
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
 from detector.service.pipeline import input_batches, window_stream
+from detector.truth import load_truth
 
 log = structlog.get_logger()
 
@@ -40,7 +39,7 @@ def training_params(cfg: Config) -> TrainingParams:
 
 
 def _time_slice(batches: Iterator[PacketBatch | FlowRecordBatch], start_s: float | None, end_s: float | None,
-                stop_ns: int | None) -> Iterator[PacketBatch | FlowRecordBatch]:  # fmt: skip
+                stop_ns: int | None) -> Iterator[PacketBatch | FlowRecordBatch]:
     """Packets (or flow records, by their start) from start_s to end_s after the first one,
     and before stop_ns."""
     t0: int | None = None

@@ -97,7 +97,7 @@ def encode_window(rec: WindowRecord) -> bytes:
     feats = np.ascontiguousarray(rec.features, dtype="<f4")
     bins, n_features = feats.shape
     parts = [_HEADER.pack(WINDOW_MAGIC, WINDOW_VERSION, rec.schema_version, rec.window_start_ns, rec.window_end_ns,
-                          bins, n_features)]  # fmt: skip
+                          bins, n_features)]
     for text in (rec.sensor, rec.hostname, rec.interface, rec.entity, rec.entity_class, rec.schema_name):
         raw = text.encode()
         if len(raw) > 0xFFFF:
@@ -140,7 +140,7 @@ def decode_window(data: bytes) -> WindowRecord:
         raise WireError(f"damaged window record: {exc}") from None
     sensor, hostname, interface, entity, entity_class, schema_name = texts
     return WindowRecord(sensor, hostname, interface, entity, entity_class, schema_name, schema_version, start_ns, end_ns,
-                        features, evidence)  # fmt: skip
+                        features, evidence)
 
 
 @dataclass
@@ -159,9 +159,9 @@ def encode_state(state: EntityState) -> bytes:
     c = state.c.detach().to(torch.float32).contiguous().numpy()
     rows, width = h.reshape(-1, h.shape[-1]).shape
     meta = json.dumps({"entity_class": state.entity_class, "model_version": state.model_version, "tracker": state.tracker},
-                      separators=(",", ":")).encode()  # fmt: skip
+                      separators=(",", ":")).encode()
     return b"".join([_STATE.pack(STATE_MAGIC, STATE_VERSION, rows, width, state.seen, state.last_ns, len(meta)), meta,
-                     h.astype("<f4").tobytes(), c.astype("<f4").tobytes()])  # fmt: skip
+                     h.astype("<f4").tobytes(), c.astype("<f4").tobytes()])
 
 
 def decode_state(data: bytes) -> EntityState:

@@ -33,13 +33,13 @@ SPEED = 120.0
 
 def netad(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
     res = subprocess.run([sys.executable, "-m", "detector.cli", *args], capture_output=True, text=True,
-                         timeout=timeout_s, cwd=REPO)  # fmt: skip
+                         timeout=timeout_s, cwd=REPO)
     assert 0 == res.returncode, f"netad {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return res
 
 
 def build_demo(directory: Path) -> dict[str, Path]:
-    """synth + train, once per test module (about 10 s)."""
+    """synth + train (about 10 s): the session fixture `demo` in tests/conftest.py builds it once."""
     pcap, truth, model = directory / "demo.pcap", directory / "truth.csv", directory / "model"
     netad("synth", "--out", str(pcap), "--truth", str(truth), "--benign-s", str(BENIGN_S), "--attack-s", str(ATTACK_S))
     cfg = directory / "train.yaml"
@@ -117,12 +117,12 @@ class DaemonProcess:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "NETAD_"))}
         full_env.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", "-c", str(config)], cwd=REPO,
-                                     env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                     env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.log = _Collector()
         self.other_stdout: list[str] = []
         self.stderr: list[str] = []
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
-                         threading.Thread(target=self._read_stderr, daemon=True)]  # fmt: skip
+                         threading.Thread(target=self._read_stderr, daemon=True)]
         for t in self._threads:
             t.start()
 
@@ -211,7 +211,7 @@ class NotifySocket:
 
     def wait_for(self, var: str, value: str | None = None, timeout_s: float = 30.0, start: int = 0) -> int:
         index, _ = self.messages.wait_for(lambda m: var in m[1] and (value is None or m[1][var] == value), timeout_s,
-                                          start, what=f"notify {var}={value}")  # fmt: skip
+                                          start, what=f"notify {var}={value}")
         return index
 
     def close(self) -> None:

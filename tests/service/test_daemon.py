@@ -18,14 +18,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.service._daemon import DaemonProcess, NotifySocket, base_config, build_demo, read_events, write_config
+from tests.service._daemon import DaemonProcess, NotifySocket, base_config, read_events, write_config
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    return build_demo(tmp_path_factory.mktemp("daemon-demo"))
+pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
 
 
 @pytest.fixture
@@ -100,7 +95,7 @@ def test_sigterm_drains_checkpoints_and_exits_within_the_deadline(tmp_path, demo
     dead_port = 9  # discard: nothing listens there
     config = _config(tmp_path, demo, service={"shutdown_timeout_s": 3},
                      sinks=[{"url": f"jsonl://{tmp_path / 'incidents.jsonl'}"},
-                            {"url": f"syslog+tcp://127.0.0.1:{dead_port}?backoff_s=0.2&backoff_max_s=0.5", "name": "siem"}])  # fmt: skip
+                            {"url": f"syslog+tcp://127.0.0.1:{dead_port}?backoff_s=0.2&backoff_max_s=0.5", "name": "siem"}])
     d = start(config)
     d.wait_log("daemon_started", timeout_s=60)
     _wait_for_events(tmp_path / "incidents.jsonl", 1, timeout_s=40)
@@ -191,7 +186,7 @@ def test_metrics_health_and_readiness_endpoints(tmp_path, demo, start):
     """/metrics parses with prometheus_client's parser and carries the pipeline counters, the
     scoring latency, the sinks, the jobs' last runs and the model; /healthz and /readyz 200."""
     config = _config(tmp_path, demo, service={"metrics_address": "127.0.0.1:0", "heartbeat_interval_s": 0.5,
-                                              "checkpoint_interval_s": 0.5})  # fmt: skip
+                                              "checkpoint_interval_s": 0.5})
     d = start(config)
     port = _metrics_port(d)
     d.wait_log("daemon_started", timeout_s=60)

@@ -44,7 +44,7 @@ def _send_udp(n: int) -> None:
 def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model):
     cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=["127.0.0.0/8"],
                       source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None},
-                      service={"heartbeat_interval_s": 0.5})  # fmt: skip
+                      service={"heartbeat_interval_s": 0.5})
     config = write_config(tmp_path / "netad.yaml", cfg)
     notify = NotifySocket(tmp_path / "notify.sock")
     d = DaemonProcess(config, {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})

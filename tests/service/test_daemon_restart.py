@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,19 +21,13 @@ from tests.service._daemon import (
     DaemonProcess,
     SyslogReceiver,
     base_config,
-    build_demo,
     free_port,
     read_events,
     wait_until,
     write_config,
 )
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    return build_demo(tmp_path_factory.mktemp("restart-demo"))
+pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
 
 
 def _opened(events: list[dict]) -> dict[str, dict]:
@@ -52,7 +45,7 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         service={"checkpoint_interval_s": 0.5},
         sinks=[{"url": f"jsonl://{jsonl}", "name": "record"},
                {"url": f"syslog+tcp://127.0.0.1:{port}?backoff_s=0.1&backoff_max_s=0.5", "name": "siem"}],
-    )  # fmt: skip
+    )
     config = write_config(tmp_path / "netad.yaml", cfg)
     first = DaemonProcess(config)
     receiver = None
@@ -62,11 +55,11 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         # an incident of the link as a whole: it opens with the port scan, and the SSH brute
         # force and the SYN flood later make `global` anomalous again
         opened = wait_until(lambda: [e for e in _opened(read_events(jsonl)).values() if e["netad"]["entity"] == "global"],
-                            timeout_s=60, what="an incident of `global` to open")[0]  # fmt: skip
+                            timeout_s=60, what="an incident of `global` to open")[0]
         opened_window_end = opened["event"]["end"]
         # a checkpoint that covers the window the incident opened in
         first.log.wait_for(lambda r: r.get("event") == "checkpoint_saved" and r["open_incidents"] >= 1
-                           and (r["window_end"] or "") >= opened_window_end, timeout_s=10, what="a checkpoint")  # fmt: skip
+                           and (r["window_end"] or "") >= opened_window_end, timeout_s=10, what="a checkpoint")
         first.kill()  # SIGKILL: no drain, no final checkpoint, sinks cut off
         before = read_events(jsonl)
         opened_before = _opened(before)
@@ -81,7 +74,7 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         # every event of the first run reaches the receiver (at least once, same event ids)
         wanted = {e["event"]["id"] for e in before}
         wait_until(lambda: wanted <= set(receiver.event_ids.snapshot()), timeout_s=30,
-                   what="the first run's spooled events at the receiver")  # fmt: skip
+                   what="the first run's spooled events at the receiver")
 
         def updated_after_restart() -> list[dict]:
             after = read_events(jsonl)[len(before):]

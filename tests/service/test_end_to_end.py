@@ -12,11 +12,12 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 CONFIG = """
 sensor: {{id: e2e}}
@@ -96,7 +97,8 @@ def test_every_attack_opens_an_incident_in_its_interval(demo):
 
 def test_few_incidents_outside_attack_intervals(demo):
     """Benign traffic: at most a handful of incidents outside the attack intervals."""
-    attacks = [(int(float(r["start_epoch_pcap"]) * 1e9), int(float(r["end_epoch_pcap"]) * 1e9)) for r in demo["truth"] if r["is_attack_or_fault"] == "1"]
+    attacks = [(int(float(r["start_epoch_pcap"]) * 1e9), int(float(r["end_epoch_pcap"]) * 1e9))
+               for r in demo["truth"] if r["is_attack_or_fault"] == "1"]
     opened = [i for i in demo["incidents"] if i["event"]["action"] == "incident-opened"]
     outside = [i for i in opened if not any(a - 60e9 <= _ns(i["event"]["start"]) <= b for a, b in attacks)]
     assert len(outside) <= 5, [(i["netad"]["entity"], i["event"]["start"]) for i in outside]

@@ -30,12 +30,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.contracts import Exporter, FlowRecordBatch
-from detector.capture.windows import FLOW_SCHEMA
 from detector.capture.packets.pcap import read_records
 from detector.capture.packets.pcapwriter import write_pcap
+from detector.capture.windows import FLOW_SCHEMA
 from detector.config import SourceConfig
-from detector.contracts import addr_to_pair
+from detector.contracts import Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import ConfigError
 from detector.eval.splice import AttackSpec, splice
 from detector.model.bundle import ModelBundle
@@ -59,7 +58,7 @@ SCAN_FEATURES = {"syn_only_out", "flows_out", "peers_out", "ports_out"}
 def _config(directory: Path, model: Path, **overrides) -> Path:
     """The honeypot's network, 5-minute windows, Zeek's 5-min TCP inactivity in the lateness."""
     keys = {"home_net": ["192.168.1.0/24"], "windows": {"bin_s": 60, "bins": 5, "flow_lateness_s": 600}, "training": {"epochs": 5},
-            "outputs": {"scores": str(directory / "scores.jsonl"), "summary": False}}  # fmt: skip
+            "outputs": {"scores": str(directory / "scores.jsonl"), "summary": False}}
     for key, value in overrides.items():
         keys[key] = {**keys[key], **value} if isinstance(keys.get(key), dict) else value
     return write_config(directory / "netad.yaml", base_config(directory, directory / "unused.pcap", model, **keys))
@@ -76,7 +75,7 @@ def _scan_lines(start_s: float) -> list[str]:
         dst = f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         lines.append("\t".join([f"{start_s + i * SCAN_EVERY_S:.6f}", f"Cscan{i:04d}", DEVICE, str(40000 + i), dst, "23", "tcp",
                                 "-", "3.000000", "0", "0", "S0", "-", "-", "0", "S", "2", "120", "0", "0",
-                                "-   malicious   PartOfAHorizontalPortScan"]))  # fmt: skip
+                                "-   malicious   PartOfAHorizontalPortScan"]))
     return lines
 
 
@@ -109,7 +108,7 @@ def packet_model(tmp_path_factory) -> Path:
     """A model of the same capture's packets (one epoch: it is only refused)."""
     d = tmp_path_factory.mktemp("packet-model")
     netad("train", "-c", str(_config(d, d / "model", training={"epochs": 1})), "--pcap", str(shared_file(PCAP)),
-          "--end-s", "20000", "--out", str(d / "model"))  # fmt: skip
+          "--end-s", "20000", "--out", str(d / "model"))
     return d / "model"
 
 
@@ -130,7 +129,7 @@ def _overlaps(start_ns: int, end_ns: int, span: tuple[int, int]) -> bool:
 def _score_cli(honeypot: dict, conn_log: Path, out: Path) -> dict[str, int]:
     cfg = _config(out, honeypot["model"])
     res = netad("score", "-c", str(cfg), "--conn-log", str(conn_log), "--scores", str(out / "scores.jsonl"),
-                "--incidents", str(out / "incidents.jsonl"))  # fmt: skip
+                "--incidents", str(out / "incidents.jsonl"))
     return {k: int(v) for k, v in (item.split("=") for item in res.stdout.splitlines()[-1].split())}  # after the log lines
 
 
@@ -167,7 +166,7 @@ def test_conn_log_trains_a_flow_model_and_scoring_finds_the_inserted_scan(honeyp
     assert any(s["anomalous"] for s in during)
     assert not any(clean[(DEVICE, s["window_start"])]["anomalous"] for s in during)
     opened = [e for e in events if e["event"]["action"] == "incident-opened" and e["netad"]["entity"] == DEVICE
-              and _overlaps(_iso_ns(e["event"]["start"]), _iso_ns(e["event"]["end"]), span)]  # fmt: skip
+              and _overlaps(_iso_ns(e["event"]["start"]), _iso_ns(e["event"]["end"]), span)]
     assert 1 == len(opened), events
     assert opened[0]["netad"]["top_features"][0]["name"] in SCAN_FEATURES
     assert str(honeypot["scan"]) == opened[0]["observer"]["labels"]["exporter"]  # the log that reported it
@@ -218,7 +217,7 @@ def test_daemon_reads_a_conn_log_to_its_end_as_score_does(honeypot, tmp_path):
     offline.mkdir()
     _score_cli(honeypot, honeypot["scan"], offline)
     cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(honeypot["scan"])},
-                  outputs={"scores": str(tmp_path / "scores.jsonl"), "summary": True})  # fmt: skip
+                  outputs={"scores": str(tmp_path / "scores.jsonl"), "summary": True})
     d = DaemonProcess(cfg)
     try:
         assert 0 == d.wait(120), d.tail()
@@ -241,7 +240,7 @@ def _recent_lines(n: int, first: int) -> str:
     ts = time.time() - 30.0
     return "".join("\t".join([f"{ts + 0.01 * i:.6f}", f"Cweb{first + i:05d}", DEVICE, str(50000 + first + i), "93.184.216.34", "443",
                                "tcp", "ssl", "1.000000", "500", "4000", "SF", "-", "-", "0", "ShADadFf", "8", "820", "7",
-                               "4300", "-   benign   -"]) + "\n" for i in range(n))  # fmt: skip
+                               "4300", "-   benign   -"]) + "\n" for i in range(n))
 
 
 def _flow_records(port: int) -> float:
@@ -260,7 +259,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     header = [ln for ln in honeypot["train"].read_text(errors="replace").splitlines()[:20] if ln.startswith("#")]
     log.write_text("\n".join(header) + "\n" + _recent_lines(3, 0))  # there before netad's first start: skipped
     cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True, "from_end": True},
-                  service={"metrics_address": "127.0.0.1:0"})  # fmt: skip
+                  service={"metrics_address": "127.0.0.1:0"})
 
     def run(lines_while_running: int, first: int, records_at_stop: int) -> DaemonProcess:
         d = DaemonProcess(cfg)
@@ -302,7 +301,7 @@ def _recent_capture_with_a_scan(directory: Path, lateness_s: float) -> tuple[Pat
     `lateness_s` + 2 min before now (a multiple of the window earlier, so windows align as
     in the original). Returns the slice and the scan's [start, end) ns in it."""
     spliced = splice(shared_file(PCAP), [AttackSpec(shared_file(MASSCAN), float(SCAN_AT_S), rewrite_src=DEVICE)],
-                     directory / "spliced.pcap", directory / "truth.csv")  # fmt: skip
+                     directory / "spliced.pcap", directory / "truth.csv")
     scan = spliced.attacks[0]
     assert DEVICE == scan.attacker and 1005 == scan.packets
     rec = read_records(spliced.out)
@@ -312,7 +311,7 @@ def _recent_capture_with_a_scan(directory: Path, lateness_s: float) -> tuple[Pat
     shift -= shift % (WINDOW_S * 10**9)
     out = directory / "recent.pcap"
     write_pcap(out, rec.ts_ns[sel] + shift, rec.data, rec.offsets[sel], rec.caplens[sel], wire_lengths=rec.origlens[sel],
-               linktype=rec.linktype)  # fmt: skip
+               linktype=rec.linktype)
     return out, (scan.start_ns + shift, scan.end_ns + shift)
 
 
@@ -331,7 +330,7 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
     assert newest_ns < span[0] + lateness_s * 10**9  # the records' own clock cannot close the scan window: only the wall clock
     port = _free_udp_port()
     cfg = _config(tmp_path, honeypot["model"], windows={"bin_s": 60, "bins": 5, "flow_lateness_s": lateness_s},
-                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})  # fmt: skip
+                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
     d = DaemonProcess(cfg)
     try:
         d.wait_log("netflow_collector_bound", timeout_s=60, port=port)
@@ -341,7 +340,7 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
 
         def scan_window() -> dict | None:
             return next((s for s in _scores(tmp_path / "scores.jsonl") if s["entity"] == DEVICE
-                         and _overlaps(_iso_ns(s["window_start"]), _iso_ns(s["window_end"]), span)), None)  # fmt: skip
+                         and _overlaps(_iso_ns(s["window_start"]), _iso_ns(s["window_end"]), span)), None)
 
         window = wait_until(scan_window, 30, "the device's scan window scored (closed on the wall clock)")
         assert window["anomalous"] and window["top_features"][0]["name"] in SCAN_FEATURES, window
@@ -349,7 +348,7 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
 
         def scan_incident() -> dict | None:
             return next((e for e in read_events(tmp_path / "incidents.jsonl") if e["netad"]["entity"] == DEVICE
-                         and e["netad"]["top_features"][0]["name"] in SCAN_FEATURES), None)  # fmt: skip
+                         and e["netad"]["top_features"][0]["name"] in SCAN_FEATURES), None)
 
         incident = wait_until(scan_incident, 10, "an incident for the scanning device")
         assert {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incident["observer"]["labels"]
@@ -399,7 +398,7 @@ def test_incidents_name_the_exporter_that_reported_the_host():
     pairs = [addr_to_pair(a) for a in ("10.0.0.1", "192.0.2.1", "10.0.0.2", "192.0.2.2")]
     cols = {"start_ns": [1, 2], "end_ns": [1, 2], "src_hi": [pairs[0][0], pairs[2][0]], "src_lo": [pairs[0][1], pairs[2][1]],
             "dst_hi": [pairs[1][0], pairs[3][0]], "dst_lo": [pairs[1][1], pairs[3][1]], "sport": [1, 1], "dport": [2, 2],
-            "proto": [6, 6], "packets": [1, 1], "bytes": [60, 60], "exporter": [1, 2]}  # fmt: skip
+            "proto": [6, 6], "packets": [1, 1], "bytes": [60, 60], "exporter": [1, 2]}
     exporters = {1: Exporter("192.0.2.254", "192.0.2.254"), 2: Exporter("198.51.100.1/7", "198.51.100.1", 7)}
     index.note(FlowRecordBatch.from_columns({k: np.asarray(v) for k, v in cols.items()}, exporters=exporters))
     assert "192.0.2.254" == index.of("10.0.0.1")

@@ -21,15 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.contracts import WindowEvidence
 from detector.service.wire import WindowRecord, WireError, decode_state, decode_window, encode_window
-from tests.service._daemon import DaemonProcess, base_config, build_demo, netad, write_config
+from tests.service._daemon import DaemonProcess, base_config, netad, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
 PARTITIONS = 4  # what the mock cluster gives an auto-created topic
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo(tmp_path_factory.mktemp("kafka-demo"))
 
 
 def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: float = 0.0, metrics: bool = False) -> Path:
@@ -156,7 +151,7 @@ def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_clust
     try:
         # both members own partitions before any window is published
         _wait(lambda: {p for s in (a, b) for e in s.events("partitions_assigned") for p in e["partitions"]}
-              == set(range(PARTITIONS)) and all(s.events("partitions_assigned") for s in (a, b)), 60, "two members")  # fmt: skip
+              == set(range(PARTITIONS)) and all(s.events("partitions_assigned") for s in (a, b)), 60, "two members")
         _wait(lambda: not any(len(s.events("partitions_revoked")) > len(s.events("partitions_assigned")) for s in (a, b)), 30, "settled")
         sensor = DaemonProcess(_config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0, metrics=True))  # ~12 s of windows
         _wait(lambda: _metrics(sensor).get("netad_kafka_windows_published_total", 0) > 0, 30, "the sensor's metrics to count windows")
@@ -284,7 +279,7 @@ def test_a_failed_commit_is_retried_when_the_topic_goes_quiet():
     from confluent_kafka import KafkaError
 
     from detector.config import load_config
-    from detector.service.kafka import ScorerRole
+    from detector.service.kafka.scorer import ScorerRole
 
     role = ScorerRole(load_config(None))
     role.consumer = _Consumer(KafkaError.REBALANCE_IN_PROGRESS, KafkaError.REBALANCE_IN_PROGRESS, None)

@@ -14,7 +14,7 @@ from detector.service._reload import build_sinks, reconcile_sinks
 @pytest.fixture
 def current(tmp_path):
     sinks = build_sinks([(f"jsonl://{tmp_path / 'a.jsonl'}", "a"),
-                         ("syslog+tcp://127.0.0.1:9?backoff_max_s=0.5", "siem")], tmp_path / "spool")  # fmt: skip
+                         ("syslog+tcp://127.0.0.1:9?backoff_max_s=0.5", "siem")], tmp_path / "spool")
     yield sinks
     sinks.close(timeout_s=0.1)
 

@@ -12,7 +12,7 @@ import pytest
 from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import ScoreBatch, WindowBatch
 from detector.service.retrain import RetrainResult, WindowRing, load_windows, verdict
-from tests.service._daemon import DaemonProcess, base_config, build_demo, write_config
+from tests.service._daemon import DaemonProcess, base_config, write_config
 
 WINDOW_NS = 60_000_000_000
 
@@ -29,7 +29,7 @@ def _scores(wb: WindowBatch, anomalous: list[bool]) -> ScoreBatch:
     z = np.zeros(n, np.float32)
     top = np.zeros((n, 1))
     return ScoreBatch(wb.window_start_ns, wb.window_end_ns, wb.entities, wb.entity_classes, z, z, np.asarray(anomalous),
-                      np.ones(n, bool), top.astype(np.int64), top, top, top, PACKET_SCHEMA)  # fmt: skip
+                      np.ones(n, bool), top.astype(np.int64), top, top, top, PACKET_SCHEMA)
 
 
 def test_ring_keeps_only_non_anomalous_rows_and_round_trips(tmp_path):
@@ -68,13 +68,12 @@ def test_verdict_swaps_only_a_candidate_that_is_not_worse():
 
 
 @pytest.mark.slow
-def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(tmp_path_factory, tmp_path):
+def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
     """retrain_interval_s > 0: a child process at nice 10 trains on the buffered windows,
     writes a bundle to state_dir/models/<version>, and the daemon swaps it in (or rejects it)
     between batches; with a swap, a restart comes back with the retrained model."""
-    demo = build_demo(tmp_path_factory.mktemp("retrain-demo"))
     cfg = base_config(tmp_path, demo["pcap"], demo["model"],
-                      service={"retrain_interval_s": 3, "retrain_min_windows": 8})  # fmt: skip
+                      service={"retrain_interval_s": 3, "retrain_min_windows": 8})
     config = write_config(tmp_path / "netad.yaml", cfg)
     d = DaemonProcess(config)
     try:
@@ -84,7 +83,7 @@ def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(tmp_path_factory, 
         assert nice in (None, 10), f"the retraining child runs at nice {nice}"
         assert "retrain" == started["process"]
         i, outcome = d.log.wait_for(lambda r: r.get("event") in ("model_swapped", "model_rejected"), timeout_s=120,
-                                    what="the retrain outcome")  # fmt: skip
+                                    what="the retrain outcome")
         assert outcome["held_out_rows"] > 0
         if outcome["event"] == "model_swapped":
             assert (tmp_path / "state" / "models" / outcome["new_version"] / "model.json").is_file()

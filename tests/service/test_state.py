@@ -7,28 +7,28 @@ import os
 import pytest
 import torch
 
-from detector.service.state import StateDirBusyError, load_checkpoint, lock_state_dir, save_checkpoint
+from detector.service.state import Checkpoint, CheckpointMeta, EntityStates, StateDirBusyError, load_checkpoint, lock_state_dir, save_checkpoint
 
 
-def _scorer_state(n: int) -> dict:
-    return {"host": {"entities": [f"10.0.0.{i}" for i in range(n)], "h": torch.rand(n, 4), "c": torch.rand(n, 4),
-                     "seen": list(range(n)), "last_ns": [i * 60_000_000_000 for i in range(n)]}}  # fmt: skip
+def _scorer_state(n: int) -> dict[str, EntityStates]:
+    return {"host": EntityStates([f"10.0.0.{i}" for i in range(n)], torch.rand(n, 4), torch.rand(n, 4),
+                                 list(range(n)), [i * 60_000_000_000 for i in range(n)])}
 
 
 def test_checkpoint_round_trips_states_incidents_and_meta(tmp_path):
     states = _scorer_state(3)
     incidents = {"10.0.0.1": {"streak": 0, "streak_start_ns": 0, "incident": None}}
-    save_checkpoint(tmp_path / "checkpoint", states, incidents, {"resume_ns": 42})
-    back_states, back_incidents, meta = load_checkpoint(tmp_path / "checkpoint")
-    assert states["host"]["entities"] == back_states["host"]["entities"]
-    assert torch.equal(states["host"]["h"], back_states["host"]["h"])
-    assert incidents == back_incidents and 42 == meta["resume_ns"]
+    save_checkpoint(tmp_path / "checkpoint", Checkpoint(states, incidents, CheckpointMeta(resume_ns=42)))
+    back = load_checkpoint(tmp_path / "checkpoint")
+    assert states["host"].entities == back.states["host"].entities
+    assert torch.equal(states["host"].h, back.states["host"].h)
+    assert incidents == back.incidents and 42 == back.meta.resume_ns
 
 
 def test_a_crash_between_the_two_renames_leaves_the_old_checkpoint_usable(tmp_path):
-    save_checkpoint(tmp_path / "checkpoint", _scorer_state(2), {}, {"n": 1})
+    save_checkpoint(tmp_path / "checkpoint", Checkpoint(_scorer_state(2), {}, CheckpointMeta(resume_ns=1)))
     os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")  # as if killed right after it
-    assert 1 == load_checkpoint(tmp_path / "checkpoint")[2]["n"]
+    assert 1 == load_checkpoint(tmp_path / "checkpoint").meta.resume_ns
     assert load_checkpoint(tmp_path / "elsewhere") is None
 
 

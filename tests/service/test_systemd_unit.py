@@ -49,7 +49,7 @@ def _checkable_copy(unit: str, tmp_path: Path) -> Path:
 def test_unit_verifies_without_a_word(unit, tmp_path):
     path = _checkable_copy(unit, tmp_path)
     res = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path)  # fmt: skip
+                         timeout=60, cwd=tmp_path)
     assert "" == res.stderr
     assert 0 == res.returncode
 
@@ -58,7 +58,7 @@ def test_unit_verifies_without_a_word(unit, tmp_path):
 def test_unit_exposure_is_at_most_2_5(unit, tmp_path):
     path = _checkable_copy(unit, tmp_path)
     res = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(path)], capture_output=True,
-                         text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+                         text=True, timeout=60, cwd=tmp_path)
     if res.returncode != 0 and "offline" in res.stderr:
         pytest.skip(f"this systemd-analyze has no --offline mode: {res.stderr.strip()[:200]}")
     found = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", res.stdout)

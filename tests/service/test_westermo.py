@@ -9,7 +9,6 @@ of it here), so the assertion is about the windows in which it actually sends.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +16,12 @@ import pytest
 from detector.capture.packets.pcap import read_capture
 from detector.config import load_config
 from detector.contracts import addr_to_pair
-from detector.truth import load_truth
 from detector.service.offline import score_captures
 from detector.service.training import train_from_captures
+from detector.truth import load_truth
 from tests.conftest import REPO, shared_file
+
+pytestmark = pytest.mark.slow  # the module fixture trains a model
 
 ATTACKER = "198.18.134.99"
 
@@ -58,7 +59,7 @@ def test_portscan_windows_of_the_attacker_score_above_threshold(westermo):
             continue
         in_iv = sent[(sent >= iv.start_ns) & (sent < iv.end_ns)]
         starts, counts = np.unique(in_iv // window_ns * window_ns, return_counts=True)
-        for start, n in zip(starts.tolist(), counts.tolist()):
+        for start, n in zip(starts.tolist(), counts.tolist(), strict=True):
             if n < 50:
                 continue
             s = by_start[start]
@@ -78,6 +79,6 @@ def test_benign_windows_of_the_attacker_are_mostly_quiet(westermo):
         s for s in westermo["scores"]
         if s["entity"] == ATTACKER and s["ready"]
         and not any(ns(s["window_start"]) < iv.end_ns and ns(s["window_end"]) > iv.start_ns for iv in westermo["truth"])
-    ]  # fmt: skip
+    ]
     assert quiet
     assert sum(s["anomalous"] for s in quiet) / len(quiet) <= 0.05

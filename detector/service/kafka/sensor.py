@@ -1,0 +1,127 @@
+"""The Kafka sensor role: capture -> flows -> windows -> one record per entity window on the windows topic.
+
+Where it stands: the capture half of the pipeline (service.pipeline's window stages) with
+the Kafka producer where the scorer would be; the scorer role (kafka.scorer) takes it from
+there. It runs under the same process lifecycle as the daemon (service.lifecycle): signals,
+a second SIGINT's exit, the hard-exit timer, metrics and systemd notify. A sensor has nothing
+it can change while running: SIGHUP is answered with `config_reload_ignored`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from detector.config import Config
+from detector.contracts import WindowBatch
+from detector.service._sources import build_source
+from detector.service.kafka import check_topics, client_config
+from detector.service.lifecycle import Lifecycle
+from detector.service.pipeline import build_windowing, close_windows, observer_of
+from detector.service.wire import WindowRecord, encode_window
+
+log = structlog.get_logger()
+
+
+class WindowPublisher:
+    """Closed WindowBatches -> one record per entity on the windows topic."""
+
+    def __init__(self, cfg: Config) -> None:
+        from confluent_kafka import Producer
+
+        self.cfg = cfg
+        self.topic = cfg.kafka.windows_topic
+        self.observer = observer_of(cfg)
+        self.producer = Producer(client_config(cfg.kafka, {"linger.ms": 20, "compression.type": "lz4"},
+                                               {"enable.idempotence": True, "on_delivery": self._delivered}))
+        check_topics(self.producer, cfg.kafka)
+        self.published = 0
+        self.failed = 0
+        self.bytes = 0
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            log.error("kafka_window_not_delivered", error=str(err))
+
+    def publish(self, wb: WindowBatch) -> None:
+        schema = wb.schema
+        for i, entity in enumerate(wb.entities):
+            evidence = wb.evidence.get(entity)
+            if evidence is not None and not (evidence.top_peers or evidence.top_ports or evidence.top_flows):
+                evidence = None
+            rec = WindowRecord(self.observer["name"], self.observer["hostname"], self.observer["interface"], entity,
+                               wb.entity_classes[i], schema.name, schema.version, wb.window_start_ns, wb.window_end_ns,
+                               wb.features[i], evidence)
+            value = encode_window(rec)
+            while True:
+                try:
+                    self.producer.produce(self.topic, value, rec.key)
+                    break
+                except BufferError:  # the local queue is full: the broker is the bottleneck, wait for it
+                    self.producer.poll(0.1)
+            self.published += 1
+            self.bytes += len(value)
+        self.producer.poll(0)
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait for the broker's acknowledgements; returns how many are still unacknowledged."""
+        return self.producer.flush(timeout_s)
+
+
+def run_sensor(cfg: Config) -> int:
+    lc = Lifecycle(cfg.service, "sensor")
+    lc.install_signals()
+    publisher = WindowPublisher(cfg)
+    flows, windows = build_windowing(cfg, cfg.source.flow_records)
+    source = build_source(cfg.source)
+
+    def stop_source() -> None:  # a signal handler
+        source.stop = True
+
+    lc.on_stop = stop_source
+    if lc.stop:  # a signal while starting
+        source.stop = True
+    live = source.kind == "live"
+    items = 0
+
+    def stats() -> dict:
+        counters = {**windows.stats(), **(flows.stats() if flows is not None else {}), **source.stats(),
+                    "windows_published": publisher.published, "bytes_published": publisher.bytes, "publish_failures": publisher.failed}
+        if flows is not None:
+            counters["packets"] = items
+        return {"pipeline": counters}
+
+    def status(_interval_s: float) -> str:
+        return f"{publisher.published:,} entity windows published"
+
+    lc.serve_metrics(stats)
+    lc.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
+    log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
+    for batch in source:
+        items += len(batch)
+        for wb in close_windows(flows, windows, batch):
+            publisher.publish(wb)
+        if len(batch) == 0 and live:
+            for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
+                publisher.publish(wb)
+        now = time.monotonic()
+        lc.progressed(now)
+        if lc.take_reload():
+            log.info("config_reload_ignored", reason="a sensor's capture and windows change only with a restart")
+        lc.tick(now, status)
+        if lc.stop:
+            break
+    lc.stopping("signal" if lc.stop else "source_ended")
+    if not lc.stop or live:
+        for wb in windows.flush():
+            publisher.publish(wb)
+    left = publisher.flush(cfg.service.shutdown_timeout_s)
+    log.info("sensor_stopped", reason="signal" if lc.stop else "source_ended",
+             **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
+             windows_published=publisher.published, bytes_published=publisher.bytes, not_delivered=publisher.failed + left,
+             seconds=round(lc.uptime_s, 2), **windows.stats())
+    lc.close()
+    return 0 if publisher.failed + left == 0 else 1

@@ -1,0 +1,173 @@
+"""The Scoring stage: closed windows -> StreamingScorer -> window scores -> IncidentTracker -> sinks.
+
+Where it stands: after the window stages (capture), before the sinks (alerting). This is the
+one place a closed window is scored and turned into incident events, built once from the
+config and a model bundle: the daemon and the offline commands (`netad score`, `netad eval`,
+`netad bench`) reach it through service.pipeline.Pipeline, the Kafka scorer
+(service.kafka.scorer) holds one per sensor. So live, replayed and scaled-out runs give the
+same scores and the same incident ids.
+
+It owns the scorer (hidden state per entity) and the tracker (streaks, open incidents), and
+counts what it scored and emitted. `apply` puts a reloaded config's incident settings in
+force, every field of `incidents.*` (rules included), so a setting added to the config is
+applied on SIGHUP without another line here; `swap_model` changes the model between windows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any, Protocol
+
+import numpy as np
+import torch
+
+from detector.alerting.incidents import IncidentTracker
+from detector.alerting.rules import RuleSet, load_rules
+from detector.config import Config, IncidentsConfig
+from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch
+from detector.errors import ConfigError
+from detector.model.bundle import ModelBundle
+from detector.model.scorer import StreamingScorer
+from detector.service.state import EntityStates
+
+
+class IncidentSink(Protocol):
+    def publish(self, event: IncidentEvent) -> None: ...
+
+
+def check_device(device: str) -> None:
+    """A device the config asks for that this host lacks is a config error, said before
+    anything is built (not a traceback from the first tensor moved there)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device: cuda requested but no CUDA device is available on this host "
+                          "(use auto to take CUDA when there is one, or cpu)")
+
+
+def build_scorer(cfg: Config, bundle: ModelBundle) -> StreamingScorer:
+    check_device(cfg.model.device)
+    return StreamingScorer(bundle, device=cfg.model.device, warmup_windows=cfg.model.warmup_windows,
+                           max_entities=cfg.windows.max_entities, entity_idle_s=cfg.windows.entity_idle_s,
+                           precision=cfg.model.precision)
+
+
+def incident_settings(incidents: IncidentsConfig) -> dict[str, Any]:
+    """The tracker's settings from `incidents.*`, every field but the rule files (loaded into a RuleSet)."""
+    return {name: getattr(incidents, name) for name in type(incidents).model_fields if name != "rules"}
+
+
+def incident_settings_of(incidents: IncidentsConfig) -> dict[str, Any]:
+    """Every `incidents.*` setting, as `Scoring.settings()` reports them (rule files as strings)."""
+    return {"rules": [str(p) for p in incidents.rules], **incident_settings(incidents)}
+
+
+class Scoring:
+    """`process(window)` -> (its scores, the incident events they caused), published to `sinks`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        bundle: ModelBundle,
+        observer: dict[str, str],
+        rules: RuleSet | None = None,
+        sinks: Iterable[IncidentSink] = (),
+        scores_out: IO[str] | None = None,
+        score_fields: Mapping[str, str] | None = None,
+        on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None,
+        annotate: Callable[[IncidentEvent], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.bundle = bundle
+        self.scorer = build_scorer(cfg, bundle)
+        self.rule_files = [str(p) for p in cfg.incidents.rules]
+        self.tracker = IncidentTracker(rules=rules if rules is not None else load_rules(cfg.incidents.rules),
+                                       observer=dict(observer), model_version=bundle.version,
+                                       **incident_settings(cfg.incidents))
+        self.sinks = list(sinks)
+        self.scores_out = scores_out
+        self.score_fields = dict(score_fields or {})  # fields put first in each score line (the Kafka scorer: sensor)
+        # called after each window is scored: (window, its scores, seconds the scorer took);
+        # the daemon observes latency and keeps recent windows for retraining through it
+        self.on_scored = on_scored
+        self.annotate = annotate  # adds to an event before it is published (flow records: the exporter)
+        self.entity_windows = 0
+        self.anomalous_windows = 0
+        self.events: Counter[tuple[str, str]] = Counter()  # (action, severity)
+        self.opened_by_entity: Counter[str] = Counter()
+        self.last_window_end_ns: int | None = None
+
+    # ---------------------------------------------------------------- the stage
+    def process(self, window: WindowBatch) -> tuple[ScoreBatch, list[IncidentEvent]]:
+        started = time.perf_counter()
+        scores = self.scorer.score(window)
+        if self.on_scored is not None:
+            self.on_scored(window, scores, time.perf_counter() - started)
+        self.entity_windows += len(scores)
+        self.anomalous_windows += int(np.count_nonzero(scores.anomalous))
+        if self.scores_out is not None:
+            self.scores_out.write(scores.jsonl(**self.score_fields))
+        events = self.tracker.push(scores)
+        for event in events:
+            if self.annotate is not None:
+                self.annotate(event)
+            self.events[(event.action, event.severity)] += 1
+            if event.action == "opened":
+                self.opened_by_entity[event.entity] += 1
+            for sink in self.sinks:
+                sink.publish(event)
+        self.last_window_end_ns = window.window_end_ns
+        return scores, events
+
+    def count(self, action: str) -> int:
+        """Incident events emitted with this action (opened, updated, resolved)."""
+        return sum(n for (a, _severity), n in self.events.items() if a == action)
+
+    @property
+    def observer(self) -> dict[str, str]:
+        return self.tracker.observer
+
+    @observer.setter
+    def observer(self, observer: dict[str, str]) -> None:
+        self.tracker.observer = observer
+
+    # ---------------------------------------------------------------- changes while running
+    def apply(self, incidents: IncidentsConfig, rules: RuleSet) -> dict[str, Any]:
+        """Put every incident setting of a reloaded config in force from the next window;
+        returns the settings now in force (as `settings()`)."""
+        self.tracker.rules, self.rule_files = rules, [str(p) for p in incidents.rules]
+        for name, value in incident_settings(incidents).items():
+            setattr(self.tracker, name, value)
+        return self.settings()
+
+    def settings(self) -> dict[str, Any]:
+        """The incident settings in force, read back from the tracker, under their config names."""
+        return {"rules": list(self.rule_files), **{name: getattr(self.tracker, name) for name in incident_settings(self.cfg.incidents)}}
+
+    def swap_model(self, bundle: ModelBundle) -> bool:
+        """Score with `bundle` from the next window on; True if hidden states were kept
+        (same feature schema and state size: the entities' memory carries over)."""
+        old = self.scorer
+        scorer = build_scorer(self.cfg, bundle)
+        kept = bundle.schema == old.bundle.schema and bundle.hidden_size == old.bundle.hidden_size
+        if kept:
+            scorer.load_state_dict(old.state_dict())
+        self.scorer, self.bundle = scorer, bundle
+        self.tracker.model_version = bundle.version
+        return kept
+
+    # ---------------------------------------------------------------- state
+    def entity_states(self) -> dict[str, EntityStates]:
+        return {cls: EntityStates.of(entry) for cls, entry in self.scorer.state_dict().items()}
+
+    def entity_states_of(self, entity_class: str, entities: list[str]) -> EntityStates:
+        return EntityStates.of(self.scorer.states_of(entity_class, entities))
+
+    def load_entity_states(self, states: Mapping[str, EntityStates]) -> None:
+        """Put states back, merged: entities not in `states` keep theirs."""
+        self.scorer.load_state_dict({cls: s.as_scorer_dict() for cls, s in states.items()})
+
+    def forget(self, entity_class: str, entities: list[str]) -> None:
+        """Let go of some entities (their Kafka partition moved to another scorer)."""
+        self.scorer.forget(entity_class, entities)
+        self.tracker.forget(entities)
