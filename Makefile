@@ -1,4 +1,4 @@
-# netad: `make run` (demo end to end) and `make test` (the whole suite).
+# netad: `make run` (demo end to end), `make test` (the whole suite) and `make test-fast`.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
@@ -7,7 +7,7 @@ NETAD  := $(BIN)/netad
 CONFIG ?= configs/default.yaml
 VAR    ?= var
 
-.PHONY: run test install install-test demo-data model clean
+.PHONY: run test test-fast install install-test demo-data model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,24 @@ run: $(VENV)/.installed $(VAR)/model/model.json
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The quick loop while editing: everything but the tests marked slow (they start netad or
+# train a model) or root; a few minutes on 2 cores. CI runs `make test`.
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow and not root" $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VAR) .pytest_cache
+
+# ruff, mypy and import-linter, pinned in pyproject's `lint` extra; configured in pyproject.
+.PHONY: lint install-lint
+$(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[lint]" "$(TORCH)"
+	touch $@ $(VENV)/.installed
+
+install-lint: $(VENV)/.installed-lint
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check detector tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports

@@ -13,6 +13,7 @@ import click
 
 from detector import __version__
 from detector._exit import errors_to_exit_codes
+from detector._lazy import LazyGroup
 from detector.errors import ConfigError
 
 _errors_to_exit_codes = errors_to_exit_codes
@@ -28,9 +29,9 @@ def _load(config: str | None):
 
 
 config_option = click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
-                             help="YAML config file (default: built-in defaults).")  # fmt: skip
+                             help="YAML config file (default: built-in defaults).")
 conn_log_option = click.option("--conn-log", "conn_logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
-                               help="Zeek conn.log (TSV or JSON, .gz too) read as flow records, instead of --pcap (repeatable).")  # fmt: skip
+                               help="Zeek conn.log (TSV or JSON, .gz too) read as flow records, instead of --pcap (repeatable).")
 
 
 def _inputs(pcaps: tuple[str, ...], conn_logs: tuple[str, ...]) -> tuple[list[Path], bool]:
@@ -42,7 +43,22 @@ def _inputs(pcaps: tuple[str, ...], conn_logs: tuple[str, ...]) -> tuple[list[Pa
     return [Path(p) for p in conn_logs or pcaps], bool(conn_logs)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands in their own modules, imported only when used: (module:attribute, short help for `netad --help`).
+LAZY_COMMANDS = {
+    "bench": ("detector.bench.cli:bench", "Benchmarks: throughput of the capture stages, offline and live."),
+    "eval": (
+        "detector.eval.cli:eval_command",
+        "Labelled evaluation: train (or load) a model, score the test part through the "
+        "daemon's stages, compare with two baselines, write metrics.json and a report.",
+    ),
+    "splice": (
+        "detector.eval.cli:splice_command",
+        "Insert real attack captures (and generated behaviours) into a benign capture, with exact ground truth.",
+    ),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="netad")
 def main() -> None:
     """netad: network-traffic anomaly detection with a streaming LSTM autoencoder."""
@@ -88,7 +104,8 @@ def check_config(config: str | None) -> None:
 @click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Benign training capture (repeatable).")
 @conn_log_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
-@click.option("--truth", type=click.Path(exists=True, dir_okay=False), help="Ground-truth CSV: windows overlapping its positive intervals are left out.")
+@click.option("--truth", type=click.Path(exists=True, dir_okay=False),
+              help="Ground-truth CSV: windows overlapping its positive intervals are left out.")
 @click.option("--before-first-attack", is_flag=True, help="With --truth: train only on windows before the first positive interval.")
 @click.option("--start-s", type=float, default=None, help="Use only traffic from this offset (s) after the first packet (or record).")
 @click.option("--end-s", type=float, default=None, help="Use only traffic up to this offset (s) after the first packet (or record).")
@@ -100,13 +117,13 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
     inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
     bundle = train_from_captures(cfg, inputs, Path(out), truth=truth, before_first_attack=before_first_attack,
-                                 start_s=start_s, end_s=end_s, progress=sys.stderr.isatty(), flow_records=flow_records)  # fmt: skip
+                                 start_s=start_s, end_s=end_s, progress=sys.stderr.isatty(), flow_records=flow_records)
     summary = bundle.training["classes"]
     click.echo(f"model {bundle.version} written to {out} (feature schema {bundle.schema.name} v{bundle.schema.version})")
     for cls, cm in bundle.classes.items():
         s = summary[cls]
         click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
-                   f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")  # fmt: skip
+                   f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
 
 
 @main.command()
@@ -125,7 +142,7 @@ def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None
     inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
     stats = score_captures(cfg, inputs, model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks),
-                           flow_records=flow_records)  # fmt: skip
+                           flow_records=flow_records)
     click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
 
 
@@ -139,7 +156,7 @@ def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None
 @click.option("--packets", type=int, default=None, help="Number of packets (bench).")
 @click.option("--hosts", type=int, default=None, help="Number of workstations (demo 20, bench 4000).")
 @click.option("--start-epoch", "start_epoch_s", type=float, default=1_700_000_040.0, show_default=True,
-              help="Timestamp of the first packet (the default is minute-aligned, so windows are whole).")  # fmt: skip
+              help="Timestamp of the first packet (the default is minute-aligned, so windows are whole).")
 @click.option("--snaplen", type=int, default=None, help="Cut frames to this many bytes (>= 64).")
 def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_epoch_s, snaplen) -> None:
     """Generate a capture of a small office network with injected attacks (and their truth)."""
@@ -148,24 +165,14 @@ def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_e
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         res = generate(Path(out), Path(truth) if truth else None, profile=profile, seed=seed, benign_s=benign_s,
-                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen)  # fmt: skip
+                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {res.packets:,} packets to {out} ({res.end_epoch_s - res.start_epoch_s:.0f} s, home net {res.home_net})")
     for a in res.attacks:
-        click.echo(f"  {a.event:<24} {a.start_epoch_s - res.start_epoch_s:>8.0f}s .. {a.end_epoch_s - res.start_epoch_s:>6.0f}s  attacker={a.attacker} target={a.target}")
+        start_s, end_s = a.start_epoch_s - res.start_epoch_s, a.end_epoch_s - res.start_epoch_s
+        click.echo(f"  {a.event:<24} {start_s:>8.0f}s .. {end_s:>6.0f}s  attacker={a.attacker} target={a.target}")
 
-
-def _register() -> None:
-    from detector.bench.cli import bench
-    from detector.eval.cli import eval_command, splice_command
-
-    main.add_command(bench)
-    main.add_command(eval_command)
-    main.add_command(splice_command)
-
-
-_register()
 
 if __name__ == "__main__":
     main()

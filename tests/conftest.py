@@ -63,6 +63,17 @@ def _one_torch_thread():
     yield
 
 
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo capture and the model trained on its benign part (tests/service/_daemon.py:
+    `netad synth` + `netad train`), built once per test session and shared, read-only, by
+    every test that replays it ({"pcap", "truth", "model", "dir"}). Only slow tests use it.
+    tests/service/test_end_to_end.py keeps its own, longer demo."""
+    from tests.service._daemon import build_demo
+
+    return build_demo(tmp_path_factory.mktemp("demo"))
+
+
 @pytest.fixture
 def kafka_cluster():
     """A 3-broker librdkafka mock cluster in its own process, with the topics netad.windows,
@@ -72,7 +83,7 @@ def kafka_cluster():
 
     topics = ["netad.windows", "netad.state", "netad.incidents"]
     proc = subprocess.Popen([sys.executable, "-m", "detector.bench._kafka_mock", "3", *topics], cwd=REPO,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         bootstrap = proc.stdout.readline().strip()

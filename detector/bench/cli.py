@@ -1,5 +1,5 @@
-"""`netad bench`: the benchmark commands (registered by detector.cli with
-`main.add_command(bench)`). They print figures; nothing here asserts on time."""
+"""`netad bench`: the benchmark commands (loaded lazily by detector.cli, like soak, flows and
+kafka here). They print figures; nothing here asserts on time."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from detector._lazy import LazyGroup
+
 EX_UNAVAILABLE = 69  # sysexits.h: a tool the live bench needs is missing
 EX_NOPERM = 77  # sysexits.h: the live bench needs root
 
@@ -18,7 +20,15 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-@click.group()
+# Commands in their own modules, imported only when used: (module:attribute, short help).
+LAZY_COMMANDS = {
+    "flows": ("detector.bench.flows:flows", "Flow-record throughput: NetFlow v9/IPFIX parser and collector, Zeek conn.log reader, aggregator."),
+    "kafka": ("detector.bench.kafka:kafka", "Entity windows/s end to end through Kafka (mock cluster) with 1 and 2 scorer processes."),
+    "soak": ("detector.bench.soak:soak", "Replay captures in a loop (shifted in time) through the pipeline; print RSS over time."),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS)
 def bench() -> None:
     """Benchmarks: throughput of the capture stages, offline and live."""
     from detector.logging import configure
@@ -38,14 +48,14 @@ def bench() -> None:
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the generated capture here (default: a temporary directory, removed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, workdir: str | None, as_json: bool) -> None:  # fmt: skip
+def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, workdir: str | None, as_json: bool) -> None:
     """Offline capture throughput: bytes read, parse, parse + flows + windows, scapy; memory."""
     from detector.bench.capture import format_capture_bench, run_capture_bench
 
     with tempfile.TemporaryDirectory(prefix="netad-bench-") as tmp:
         result = run_capture_bench(packets, Path(workdir) if workdir else Path(tmp), repeats=repeats,
                                    scapy_packets=scapy_packets, table_flows=table_flows,
-                                   progress=None if as_json else _progress)  # fmt: skip
+                                   progress=None if as_json else _progress)
     click.echo(json.dumps(result, indent=2) if as_json else format_capture_bench(result))
 
 
@@ -70,7 +80,7 @@ def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: floa
         raise click.BadParameter(f"{pps_steps!r}: expected comma-separated integers", param_hint="--pps") from None
     try:
         result = run_live_bench(packets, pps_steps=steps, topspeed=topspeed, stages=stages, step_s=step_s,
-                                progress=None if as_json else _progress)  # fmt: skip
+                                progress=None if as_json else _progress)
     except LiveBenchUnavailable as exc:
         click.echo(f"netad: {exc}", err=True)
         sys.exit(EX_NOPERM if exc.needs_root else EX_UNAVAILABLE)
@@ -90,16 +100,3 @@ def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, as_j
     from detector.bench.model import main as model_main
 
     click.echo(model_main(json_out=as_json, threads=threads, device=device, hidden=hidden, repeats=repeats, hosts=hosts))
-
-
-def _register() -> None:
-    from detector.bench.flows import flows
-    from detector.bench.kafka import kafka
-    from detector.bench.soak import soak
-
-    bench.add_command(soak)
-    bench.add_command(flows)
-    bench.add_command(kafka)
-
-
-_register()

@@ -39,17 +39,19 @@ logging: {{format: json, level: warning}}
 """
 
 METRICS_KEYS = {"netad_version", "created_at", "inputs", "split", "model", "intervals", "test", "global", "host", "most_relevant_host"}
-CLASS_KEYS = {"windows", "positives", "negatives", "unlabelled", "threshold", "detectors", "lstm_minus", "lstm_minus_visible", "at_threshold", "classes", "detection",
-              "incidents"}
+CLASS_KEYS = {"windows", "positives", "negatives", "unlabelled", "threshold", "detectors", "lstm_minus", "lstm_minus_visible", "at_threshold",
+              "classes", "detection", "incidents"}
 DETECTOR_KEYS = {"roc_auc", "pr_auc", "tpr_at_fpr", "positives", "negatives", "max_negative_score", "min_positive_score"}
 
 
 def netad(*args: str) -> subprocess.CompletedProcess:
     """`netad ARGS` in a real process (the eval commands straight from their module when the
     main group does not carry them yet)."""
+    import click
+
     from detector.cli import main
 
-    if "eval" in main.commands and "splice" in main.commands:
+    if {"eval", "splice"} <= set(main.list_commands(click.Context(main))):  # loaded lazily: not in main.commands yet
         cmd = [sys.executable, "-m", "detector.cli", *args]
     else:
         command = {"eval": "eval_command", "splice": "splice_command"}[args[0]]
@@ -67,9 +69,9 @@ def evaluated(tmp_path_factory) -> Path:
     write_pcap(d / "benign.pcap", rec.ts_ns[keep], rec.data, rec.offsets[keep], rec.caplens[keep], wire_lengths=rec.origlens[keep])
     (d / "netad.yaml").write_text(CONFIG.format(model=d / "unused-model", rules=REPO / "rules" / "default.yaml"))
     netad("splice", "--benign", str(d / "benign.pcap"), "--out", str(d / "spliced.pcap"), "--truth", str(d / "truth.csv"),
-          "--attack", f"{MASSCAN_TCP}@5432.1:rewrite-src=203.0.113.7,rewrite-dst=192.168.1.132,event=ATTACK-MASSCAN-TCP")  # fmt: skip
+          "--attack", f"{MASSCAN_TCP}@5432.1:rewrite-src=203.0.113.7,rewrite-dst=192.168.1.132,event=ATTACK-MASSCAN-TCP")
     netad("eval", "-c", str(d / "netad.yaml"), "--pcap", str(d / "spliced.pcap"), "--truth", str(d / "truth.csv"),
-          "--train-end-s", "3600", "--out", str(d / "out"))  # fmt: skip
+          "--train-end-s", "3600", "--out", str(d / "out"))
     return d / "out"
 
 
@@ -131,10 +133,10 @@ def test_eval_scores_a_zeek_conn_log_as_flow_records(tmp_path):
     truth = tmp_path / "truth.csv"
     truth.write_text(",".join(["event", "is_attack_or_fault", "start_offset_s", "end_offset_s", "start_epoch_pcap", "end_epoch_pcap",
                                "description"]) + "\n"
-                     + f"TELNET-SCAN,1,{scan_start - t0:.3f},{scan_end - t0:.3f},{scan_start:.6f},{scan_end:.6f},attacker={DEVICE}\n")  # fmt: skip
+                     + f"TELNET-SCAN,1,{scan_start - t0:.3f},{scan_end - t0:.3f},{scan_start:.6f},{scan_end:.6f},attacker={DEVICE}\n")
     cfg = tmp_path / "netad.yaml"
     cfg.write_text(CONFIG.format(model=tmp_path / "unused-model", rules=REPO / "rules" / "default.yaml")
-                   + "windows: {bin_s: 60, bins: 5, flow_lateness_s: 600}\n")  # fmt: skip
+                   + "windows: {bin_s: 60, bins: 5, flow_lateness_s: 600}\n")
     netad("eval", "-c", str(cfg), "--conn-log", str(log), "--truth", str(truth), "--train-end-s", str(TRAIN_S), "--out", str(tmp_path / "out"))
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     (interval,) = m["intervals"]
