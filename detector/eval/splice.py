@@ -7,6 +7,9 @@ network's addresses, re-encapsulated when its link type differs, and merged in t
 The inserted span is the ground truth, written in the CSV format `detector.truth` reads
 (one row per inserted attack; `description` says `attacker=... target=...`).
 
+`netad splice --scenarios LIST.yaml` adds generated behaviours that only a host's history
+reveals (beacons, a bot's onset, bulk uploads, role changes): `detector.eval.scenarios`.
+
 All byte handling is vectorised numpy over the raw records (`read_records`), written with
 `write_pcap`: never a Python call (nor a scapy object) per packet.
 
@@ -41,6 +44,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -49,6 +53,9 @@ from detector.capture.packets.pcapwriter import write_pcap
 from detector.contracts import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, pair_to_addr
 from detector.errors import CaptureError, ConfigError
 from detector.truth import COLUMNS, load_truth
+
+if TYPE_CHECKING:
+    from detector.eval.scenarios import InsertedBehaviour, ScenarioList
 
 # link types (https://www.tcpdump.org/linktypes.html)
 _NULL, _ETHERNET, _RAW12, _RAW14, _RAW, _LOOP, _SLL, _IPV4, _IPV6, _SLL2 = 0, 1, 12, 14, 101, 108, 113, 228, 229, 276
@@ -118,6 +125,13 @@ def load_attack_list(path: str | Path) -> list[AttackSpec]:
     items = data.get("attacks")
     if not isinstance(items, list) or not items or set(data) != {"attacks"}:
         raise ConfigError(f"{path}: expected one key, `attacks:`, holding a non-empty list")
+    return parse_attack_items(path, items)
+
+
+def parse_attack_items(path: str | Path, items: list) -> list[AttackSpec]:
+    """The entries of an `attacks:` list (also used by scenario lists, `eval.scenarios`)."""
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: attacks: expected a list")
     specs = []
     for i, item in enumerate(items):
         if isinstance(item, str):
@@ -161,6 +175,7 @@ class SpliceResult:
     start_ns: int  # first packet of the benign capture (offsets count from here)
     linktype: int
     attacks: list[InsertedAttack] = field(default_factory=list)
+    behaviours: list[InsertedBehaviour] = field(default_factory=list)  # from a scenario list
 
 
 def event_name(path: Path) -> str:
@@ -314,10 +329,10 @@ def _roles(rec: RawRecords, path: Path) -> _Roles:
     opening = (b.proto == PROTO_TCP) & ((b.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
     if not opening.any():
         opening = np.ones(len(b), dtype=bool)
-    dst = Counter(zip(b.dst_hi[opening].tolist(), b.dst_lo[opening].tolist()))
+    dst = Counter(zip(b.dst_hi[opening].tolist(), b.dst_lo[opening].tolist(), strict=True))
     victim = dst.most_common(1)[0][0]
     to_victim = opening & (b.dst_hi == np.uint64(victim[0])) & (b.dst_lo == np.uint64(victim[1]))
-    src = Counter(zip(b.src_hi[to_victim].tolist(), b.src_lo[to_victim].tolist()))
+    src = Counter(zip(b.src_hi[to_victim].tolist(), b.src_lo[to_victim].tolist(), strict=True))
     src.pop(victim, None)
     if not src:
         raise CaptureError(f"{path}: cannot tell the attacker: every opening packet to {pair_to_addr(*victim)} comes from itself")
@@ -471,9 +486,12 @@ def splice(
     out: str | Path,
     truth: str | Path,
     benign_truth: str | Path | None = None,
+    scenarios: ScenarioList | None = None,
 ) -> SpliceResult:
     """Write `out` (classic pcap, the benign capture's link type) with every attack inserted,
-    and `truth` (ground-truth CSV: the benign truth's rows, if given, then one per attack)."""
+    and `truth` (ground-truth CSV: the benign truth's rows, if given, then one per attack).
+    `scenarios` (eval.scenarios) adds its attacks, then its generated behaviours, each with
+    its own truth row after the attacks'."""
     benign, out, truth = Path(benign), Path(out), Path(truth)
     base = read_records(benign)
     if base.damage:
@@ -486,35 +504,43 @@ def splice(
     t0 = int(base.ts_ns.min())
     parts: list[RawRecords] = [base]
     inserted: list[InsertedAttack] = []
-    for spec in attacks:
+    for spec in [*attacks, *(scenarios.attacks if scenarios else [])]:
         rec, info = _prepare(spec, base.linktype, t0, nanosecond)
         parts.append(rec)
         inserted.append(info)
+    behaviours: list[InsertedBehaviour] = []
+    if scenarios is not None:
+        from detector.eval.scenarios import build_all  # it builds on this module
+
+        for rec, behaviour in build_all(scenarios, base, t0, nanosecond):
+            parts.append(rec)
+            behaviours.append(behaviour)
     data_base = np.cumsum([0] + [p.data.shape[0] for p in parts[:-1]])
     data = np.concatenate([p.data for p in parts])
-    offsets = np.concatenate([p.offsets + b for p, b in zip(parts, data_base.tolist())])
+    offsets = np.concatenate([p.offsets + b for p, b in zip(parts, data_base.tolist(), strict=True)])
     caplens = np.concatenate([p.caplens for p in parts])
     origlens = np.concatenate([p.origlens for p in parts])
     ts = np.concatenate([p.ts_ns for p in parts])
     order = np.argsort(ts, kind="stable")  # benign first on equal timestamps
     out.parent.mkdir(parents=True, exist_ok=True)
     write_pcap(out, ts[order], data, offsets[order], caplens[order], wire_lengths=np.maximum(origlens, caplens)[order],
-               linktype=base.linktype, nanosecond=nanosecond)  # fmt: skip
+               linktype=base.linktype, nanosecond=nanosecond)
     if benign_truth is not None:
         load_truth(benign_truth)  # refuse a malformed file before copying it
-    write_truth(truth, inserted, t0, benign_truth)
-    return SpliceResult(out, truth, len(base), int(ts.shape[0]), t0, base.linktype, inserted)
+    write_truth(truth, inserted, t0, benign_truth, behaviours)
+    return SpliceResult(out, truth, len(base), int(ts.shape[0]), t0, base.linktype, inserted, behaviours)
 
 
 def description(a: InsertedAttack) -> str:
     return (f"attacker={a.attacker} target={a.target} sources={a.attacker_sources} packets={a.packets} "
-            f"file={a.path.name}" + (f" slow={a.slow:g}" if a.slow != 1 else ""))  # fmt: skip
+            f"file={a.path.name}" + (f" slow={a.slow:g}" if a.slow != 1 else ""))
 
 
-def write_truth(path: Path, attacks: list[InsertedAttack], t0_ns: int, benign_truth: str | Path | None = None) -> None:
+def write_truth(path: Path, attacks: list[InsertedAttack], t0_ns: int, benign_truth: str | Path | None = None,
+                behaviours: list[InsertedBehaviour] | None = None) -> None:
     """The ground-truth CSV: the benign truth's rows copied verbatim (when given), then one
-    row per inserted attack with exact times (offsets from the benign capture's first
-    packet, and epoch seconds)."""
+    row per inserted attack, then one per inserted behaviour, with exact times (offsets from
+    the benign capture's first packet, and epoch seconds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -524,13 +550,13 @@ def write_truth(path: Path, attacks: list[InsertedAttack], t0_ns: int, benign_tr
                 reader = csv.DictReader(src)
                 for row in reader:
                     w.writerow([row[c] for c in COLUMNS])
-        for a in attacks:
+        for a in [*attacks, *(behaviours or [])]:
             w.writerow([
                 a.event, 1,
                 seconds_text(a.start_ns - t0_ns), seconds_text(a.end_ns - t0_ns),
                 seconds_text(a.start_ns), seconds_text(a.end_ns),
-                description(a),
-            ])  # fmt: skip
+                description(a) if isinstance(a, InsertedAttack) else a.description,
+            ])
 
 
 def seconds_text(ns: int) -> str:
