@@ -7,9 +7,9 @@ along it (see DESIGN.md, "Contracts between stages").
 
 from __future__ import annotations
 
-import json
-
 import ipaddress
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,7 +20,6 @@ import numpy as np
 # are stored IPv4-mapped (::ffff:a.b.c.d), so one comparison covers both families.
 # --------------------------------------------------------------------------------------
 
-V4_MAPPED_HI = np.uint64(0)
 V4_MAPPED_LO_PREFIX = np.uint64(0x0000FFFF00000000)
 
 
@@ -40,10 +39,6 @@ def pair_to_addr(hi: int, lo: int) -> str:
     if hi == 0 and (lo >> 32) == 0xFFFF:
         return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
     return str(ipaddress.IPv6Address((hi << 64) | lo))
-
-
-def pairs_to_addrs(hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    return [pair_to_addr(h, l) for h, l in zip(hi.tolist(), lo.tolist())]
 
 
 # --------------------------------------------------------------------------------------
@@ -105,7 +100,7 @@ class PacketBatch:
 
     @classmethod
     def empty(cls, malformed: int = 0, non_ip: int = 0) -> PacketBatch:
-        cols = {name: np.zeros(0, dtype=dt) for name, dt in PACKET_COLUMNS.items()}
+        cols: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in PACKET_COLUMNS.items()}
         return cls(**cols, malformed=malformed, non_ip=non_ip)
 
     @classmethod
@@ -132,7 +127,6 @@ class PacketBatch:
 # Windows: the aggregator's output. All entities whose window closed at the same moment.
 # --------------------------------------------------------------------------------------
 
-EntityClass = Literal["global", "host"]
 ENTITY_GLOBAL = "global"
 
 
@@ -185,7 +179,7 @@ class WindowBatch:
     entity_classes: list[str]
     features: np.ndarray  # float32 (n_entities, n_bins, n_features)
     schema: FeatureSchema
-    evidence: dict[str, WindowEvidence] = field(default_factory=dict)
+    evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -218,29 +212,6 @@ class WindowScore:
     top_features: list[FeatureContribution]
     evidence: WindowEvidence | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        """The window-score JSON line (DESIGN.md: one per entity per window)."""
-        return {
-            "window_start": ns_to_iso(self.window_start_ns),
-            "window_end": ns_to_iso(self.window_end_ns),
-            "entity": self.entity,
-            "entity_class": self.entity_class,
-            "score": round(float(self.score), 6),
-            "threshold": round(float(self.threshold), 6),
-            "anomalous": bool(self.anomalous),
-            "ready": bool(self.ready),
-            "top_features": [
-                {
-                    "name": c.name,
-                    "unit": c.unit,
-                    "share": round(c.share, 4),
-                    "observed": round(c.observed, 3),
-                    "expected": round(c.expected, 3),
-                }
-                for c in self.top_features
-            ],
-        }
-
 
 @dataclass
 class ScoreBatch:
@@ -261,7 +232,7 @@ class ScoreBatch:
     top_observed: np.ndarray  # float32 (n, k), real units, mean per bin
     top_expected: np.ndarray  # float32 (n, k)
     schema: FeatureSchema
-    evidence: Any = field(default_factory=dict)  # Mapping[str, WindowEvidence]
+    evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -271,7 +242,8 @@ class ScoreBatch:
         top = [
             FeatureContribution(names[k], units[k], float(sh), float(ob), float(ex))
             for k, sh, ob, ex in zip(
-                self.top_index[i].tolist(), self.top_share[i].tolist(), self.top_observed[i].tolist(), self.top_expected[i].tolist()
+                self.top_index[i].tolist(), self.top_share[i].tolist(), self.top_observed[i].tolist(), self.top_expected[i].tolist(),
+                strict=True,
             )
         ]
         anomalous = bool(self.anomalous[i])
@@ -289,24 +261,24 @@ class ScoreBatch:
             evidence=self.evidence.get(entity) if anomalous else None,
         )
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[WindowScore]:
         return (self[i] for i in range(len(self)))
 
     def jsonl(self, **extra: str) -> str:
-        """Every row as its window-score JSON line (WindowScore.as_record, after the `extra`
-        fields), built column by column: the window's times are formatted once per batch."""
+        """Every row as its window-score JSON line (DESIGN.md: one per entity per window; after
+        the `extra` fields), built column by column: the window's times are formatted once per batch."""
         names, units = self.schema.features, self.schema.units
         head = json.dumps({**extra, "window_start": ns_to_iso(self.window_start_ns),
-                           "window_end": ns_to_iso(self.window_end_ns)}, separators=(",", ":"))[:-1]  # fmt: skip
+                           "window_end": ns_to_iso(self.window_end_ns)}, separators=(",", ":"))[:-1]
         columns = zip(self.entities, self.entity_classes, self.scores.tolist(), self.thresholds.tolist(),
                       self.anomalous.tolist(), self.ready.tolist(), self.top_index.tolist(), self.top_share.tolist(),
-                      self.top_observed.tolist(), self.top_expected.tolist())  # fmt: skip
+                      self.top_observed.tolist(), self.top_expected.tolist(), strict=True)
         lines = []
         for entity, cls, score, threshold, anomalous, ready, index, share, observed, expected in columns:
             top = [{"name": names[k], "unit": units[k], "share": round(sh, 4), "observed": round(ob, 3), "expected": round(ex, 3)}
-                   for k, sh, ob, ex in zip(index, share, observed, expected)]  # fmt: skip
+                   for k, sh, ob, ex in zip(index, share, observed, expected, strict=True)]
             body = {"entity": entity, "entity_class": cls, "score": round(score, 6), "threshold": round(threshold, 6),
-                    "anomalous": anomalous, "ready": ready, "top_features": top}  # fmt: skip
+                    "anomalous": anomalous, "ready": ready, "top_features": top}
             lines.append(head + "," + json.dumps(body, separators=(",", ":"))[1:] + "\n")
         return "".join(lines)
 
@@ -351,7 +323,7 @@ def ns_to_iso(ns: int) -> str:
     import datetime as _dt
 
     seconds, rem = divmod(int(ns), 1_000_000_000)
-    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.timezone.utc)
+    stamp = _dt.datetime.fromtimestamp(seconds, tz=_dt.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1_000_000:03d}Z"
 
 
@@ -421,17 +393,17 @@ class FlowRecordBatch:
 
     @classmethod
     def empty(cls, malformed: int = 0) -> FlowRecordBatch:
-        cols = {name: np.zeros(0, dtype=dt) for name, dt in FLOW_RECORD_COLUMNS.items()}
-        return cls(**cols, malformed=malformed)
+        cols: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in FLOW_RECORD_COLUMNS.items()}
+        return cls(**cols, malformed=malformed, exporters={})
 
     @classmethod
     def from_columns(cls, columns: dict[str, np.ndarray], malformed: int = 0,
-                     exporters: dict[int, Exporter] | None = None) -> FlowRecordBatch:  # fmt: skip
+                     exporters: dict[int, Exporter] | None = None) -> FlowRecordBatch:
         """A batch from arrays of any integer dtype (cast to the column types); a missing
         `sampling` is 1, a missing `exporter` 0."""
         n = int(np.asarray(columns["start_ns"]).shape[0])
         defaults = {"sampling": 1, "exporter": 0, "tcp_flags": 0}
-        cols = {}
+        cols: dict[str, np.ndarray] = {}
         for name, dt in FLOW_RECORD_COLUMNS.items():
             if name in columns:
                 cols[name] = np.asarray(columns[name]).astype(dt, copy=False)

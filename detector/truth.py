@@ -23,10 +23,6 @@ class Interval:
     end_ns: int
     description: str
 
-    @property
-    def event_class(self) -> str:
-        return self.event
-
 
 def load_truth(path: str | Path) -> list[Interval]:
     path = Path(path)

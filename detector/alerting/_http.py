@@ -33,7 +33,7 @@ _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def hec_record(event: IncidentEvent, fmt: str, *, sourcetype: str = HEC_SOURCETYPE, index: str | None = None,
-               source: str | None = None, host: str | None = None, **syslog_options: Any) -> bytes:  # fmt: skip
+               source: str | None = None, host: str | None = None, **syslog_options: Any) -> bytes:
     """One HEC event envelope: {"time", "host", "source", "sourcetype", "index", "event"}.
 
     JSON formats go in as objects (Splunk indexes their fields); CEF and RFC 5424 as strings.
@@ -62,7 +62,7 @@ class HttpTransport(Transport):
     a webhook gets one record per request (batch_max = 1)."""
 
     def __init__(self, *, scheme: str, host: str, port: int | None, path: str, headers: dict[str, str],
-                 timeout_s: float, batch_max: int = 1, ssl_context: ssl.SSLContext | None = None) -> None:  # fmt: skip
+                 timeout_s: float, batch_max: int = 1, ssl_context: ssl.SSLContext | None = None) -> None:
         self.scheme, self.host, self.port, self.path = scheme, host, port, path or "/"
         self.headers = dict(headers)
         self.timeout_s = timeout_s

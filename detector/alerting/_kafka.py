@@ -33,7 +33,7 @@ class KafkaTransport(Transport):
             from confluent_kafka import Producer
 
             self._producer = Producer({"linger.ms": 5, **self.client, "bootstrap.servers": self.servers,
-                                       "enable.idempotence": True, "message.timeout.ms": max(int(self.timeout_s * 1000), 1000)})  # fmt: skip
+                                       "enable.idempotence": True, "message.timeout.ms": max(int(self.timeout_s * 1000), 1000)})
         return self._producer
 
     def send(self, records: list[bytes]) -> None:
@@ -57,7 +57,7 @@ class KafkaTransport(Transport):
         if errors:
             err = errors[0]
             if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                              KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION):  # fmt: skip
+                              KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._AUTHENTICATION):
                 raise EndpointError(f"kafka {self.topic}: {err.str()}")
             raise DeliveryError(f"kafka {self.topic}: {len(errors)} of {len(records)} records not delivered: {err.str()}")
         if left:

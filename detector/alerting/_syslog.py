@@ -32,7 +32,7 @@ def frame(record: bytes) -> bytes:
 
 
 def tls_context(*, ca_file: Path | None, insecure: bool, cert_file: Path | None = None,
-                key_file: Path | None = None) -> ssl.SSLContext:  # fmt: skip
+                key_file: Path | None = None) -> ssl.SSLContext:
     """Client context: the system trust store, or `ca_file` (e.g. a self-signed receiver's
     certificate); `insecure` skips verification (tests, labs). A client certificate is sent
     when given, for receivers that authenticate senders (rsyslog's x509/name)."""
@@ -81,7 +81,7 @@ class SyslogStreamTransport(Transport):
     batch_max = 100
 
     def __init__(self, host: str, port: int, *, timeout_s: float, ssl_context: ssl.SSLContext | None = None,
-                 sink_name: str = "") -> None:  # fmt: skip
+                 sink_name: str = "") -> None:
         self.host, self.port = host, port
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context

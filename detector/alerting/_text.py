@@ -44,20 +44,21 @@ def one_line(value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
     return _NEWLINES.sub(" ", clean_text(value, max_chars))
 
 
-def finite(value: object, ndigits: int) -> float | None:
-    """A finite rounded float, or None (JSON has no NaN or infinity)."""
+def finite(value: Any, ndigits: int) -> float | None:
+    """A finite rounded float, or None (JSON has no NaN or infinity; nor has anything float()
+    refuses)."""
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
     return round(number, ndigits) if math.isfinite(number) else None
 
 
-def integer(value: object) -> int | None:
+def integer(value: Any) -> int | None:
     if isinstance(value, bool):
         return int(value)
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError, OverflowError):
         return None
     return int(number) if math.isfinite(number) else None

@@ -23,16 +23,16 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-import ssl
 from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from detector import __version__
 from detector.alerting import formats
-from detector.alerting._kafka import KafkaTransport
 from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
+from detector.alerting._kafka import KafkaTransport
 from detector.alerting._syslog import SyslogStreamTransport, SyslogUdpTransport, tls_context
 from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
 from detector.contracts import IncidentEvent
@@ -185,7 +185,7 @@ def _parse(url: str, name: str | None) -> SinkSpec:
     if name is not None and (not name or name in (".", "..") or _safe_name(name) != name):
         raise _BadUrl(f"name {name!r} must be letters, digits and . _ + - (it names the spool directory)")
     return SinkSpec(name=name or _safe_name(default_name), transport=transport, encoder=encoder,
-                    backoff_s=backoff_s, backoff_max_s=backoff_max_s)  # fmt: skip
+                    backoff_s=backoff_s, backoff_max_s=backoff_max_s)
 
 
 def _text_encoder(fmt: str, syslog_options: dict[str, str]) -> Callable[[IncidentEvent], bytes]:
@@ -208,7 +208,7 @@ def _local(scheme: str, parts: SplitResult, params: _Params) -> tuple[Transport,
     max_bytes = params.number("max_bytes", 0, minimum=1, integer=True) if "max_bytes" in params.values else None
     backups = params.number("backups", 5, minimum=1, integer=True)
     transport = JsonlTransport(Path(path), max_bytes=int(max_bytes) if max_bytes else None,
-                               backups=int(backups), fsync=params.flag("fsync") if "fsync" in params.values else True)  # fmt: skip
+                               backups=int(backups), fsync=params.flag("fsync") if "fsync" in params.values else True)
     try:
         transport.open()
     except OSError as exc:
@@ -217,7 +217,7 @@ def _local(scheme: str, parts: SplitResult, params: _Params) -> tuple[Transport,
 
 
 def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params, timeout_s: float,
-            local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+            local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:
     port = port or _DEFAULT_PORTS[scheme]
     facility = params.text("facility", "local5") or ""
     if facility not in formats.FACILITIES:
@@ -236,14 +236,14 @@ def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params,
 
     def encode(event: IncidentEvent) -> bytes:
         text = formats.to_rfc5424(event, msg_format=msg_format, facility=facility, hostname=hostname, procid=pid,
-                                  max_bytes=max_bytes)  # fmt: skip
+                                  max_bytes=max_bytes)
         return text.encode("utf-8")
 
     return transport, encode, name
 
 
 def _kafka(parts: SplitResult, fmt: str, params: _Params, timeout_s: float,
-           local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+           local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:
     servers = parts.netloc.rsplit("@", 1)[-1]
     topic = unquote(parts.path.strip("/"))
     if not topic or "/" in topic:
@@ -265,7 +265,7 @@ def _tls(params: _Params) -> ssl.SSLContext:
 
 
 def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str, params: _Params,
-          timeout_s: float, local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:  # fmt: skip
+          timeout_s: float, local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:
     webhook = scheme.startswith("webhook+")
     http_scheme = scheme.removeprefix("webhook+")
     context = _tls(params) if http_scheme == "https" else None
@@ -278,7 +278,7 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
         if token:
             headers["Authorization"] = f"Bearer {token}"
         transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                                  timeout_s=timeout_s, batch_max=1, ssl_context=context)  # fmt: skip
+                                  timeout_s=timeout_s, batch_max=1, ssl_context=context)
         return transport, _text_encoder(fmt, syslog_options), f"webhook-{host}-{port or ''}{parts.path}"
     if "/services/collector" not in parts.path:
         raise _BadUrl("an http(s) sink is Splunk HEC (.../services/collector); for other endpoints use webhook+http(s)://")
@@ -294,8 +294,8 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
 
     def encode(event: IncidentEvent) -> bytes:
         return hec_record(event, fmt, sourcetype=sourcetype, index=index, source=source, host=local_host,
-                          **syslog_options)  # fmt: skip
+                          **syslog_options)
 
     transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                              timeout_s=timeout_s, batch_max=batch, ssl_context=context)  # fmt: skip
+                              timeout_s=timeout_s, batch_max=batch, ssl_context=context)
     return transport, encode, f"hec-{host}-{port or ''}"

@@ -64,13 +64,13 @@ FACILITIES: dict[str, int] = {
     "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12, "security": 13,
     "console": 14, "solaris-cron": 15, "local0": 16, "local1": 17, "local2": 18,
     "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
-}  # fmt: skip
+}
 # RFC 5424 severities: critical=2 error=3 warning=4 notice=5. A resolution is news, not an
 # alarm, so it is a notice whatever the incident's severity was.
 _SYSLOG_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5}
 _SYSLOG_RESOLVED = 5
 _OCSF_SEVERITY = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"),
-                  "critical": (5, "Critical")}  # fmt: skip
+                  "critical": (5, "Critical")}
 _OCSF_ACTIVITY = {"opened": (1, "Create"), "updated": (2, "Update"), "resolved": (3, "Close")}
 _OCSF_STATUS = {"opened": (1, "New"), "updated": (2, "In Progress"), "resolved": (4, "Resolved")}
 

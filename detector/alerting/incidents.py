@@ -14,10 +14,10 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from detector.alerting.rules import SEVERITY_SCORE, Dropped, RuleSet
 import numpy as np
 
-from detector.contracts import FeatureContribution, IncidentEvent, ScoreBatch, WindowEvidence, WindowScore
+from detector.alerting.rules import SEVERITY_SCORE, Dropped, RuleSet
+from detector.contracts import FeatureContribution, IncidentAction, IncidentEvent, ScoreBatch, WindowEvidence, WindowScore
 
 _NAMESPACE = uuid.UUID("6f1d6a52-8c7e-4a55-9a39-4d6e7c0f2b11")
 _SEVERITY_ORDER = ["low", "medium", "high", "critical"]
@@ -63,8 +63,6 @@ class IncidentTracker:
     def __post_init__(self) -> None:
         self._entities: dict[str, _Entity] = {}
         self.dropped: Counter[str] = Counter()
-        self.opened = 0
-        self.resolved = 0
 
     @property
     def open_incidents(self) -> int:
@@ -112,7 +110,6 @@ class IncidentTracker:
                 inc = state.incident = self._open(s, state.streak_start_ns, state.streak)
                 inc.reported_windows = inc.windows
                 state.streak = 0
-                self.opened += 1
                 return self._event(inc, "opened", s.window_end_ns)
             inc.quiet = 0
             inc.windows += 1
@@ -140,7 +137,6 @@ class IncidentTracker:
         if inc.quiet < self.resolve_after_windows:
             return None
         state.incident = None
-        self.resolved += 1
         return self._event(inc, "resolved", s.window_end_ns)
 
     def _open(self, s: WindowScore, first_ns: int, windows: int) -> _Open:
@@ -161,13 +157,13 @@ class IncidentTracker:
             evidence=s.evidence or WindowEvidence(),
         )
 
-    def _event(self, inc: _Open, action: str, emitted_ns: int) -> IncidentEvent:
+    def _event(self, inc: _Open, action: IncidentAction, emitted_ns: int) -> IncidentEvent:
         inc.transitions += 1
         event_id = str(uuid.uuid5(uuid.UUID(inc.incident_id), f"{action}/{inc.transitions}/{emitted_ns}"))
         return IncidentEvent(
             event_id=event_id,
             incident_id=inc.incident_id,
-            action=action,  # type: ignore[arg-type]
+            action=action,
             entity=inc.entity,
             entity_class=inc.entity_class,
             first_seen_ns=inc.first_seen_ns,

@@ -136,10 +136,10 @@ class RuleSet(_Strict):
             if rule.matches(score):
                 raise Dropped(f"allow:{rule.name}")
         if self.suppress:
-            when = dt.datetime.fromtimestamp(score.window_end_ns / 1e9, tz=dt.timezone.utc)
-            for rule in self.suppress:
-                if rule.active(when) and rule.matches(score):
-                    raise Dropped(f"suppress:{rule.name}")
+            when = dt.datetime.fromtimestamp(score.window_end_ns / 1e9, tz=dt.UTC)
+            for suppress in self.suppress:
+                if suppress.active(when) and suppress.matches(score):
+                    raise Dropped(f"suppress:{suppress.name}")
 
     def severity_of(self, score: float, threshold: float) -> Severity:
         ratio = score / threshold if threshold > 0 else float("inf")
@@ -157,7 +157,7 @@ class RuleSet(_Strict):
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def load_rules(paths: list[str | Path]) -> RuleSet:

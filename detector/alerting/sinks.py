@@ -59,7 +59,7 @@ class Sink:
     """One format + one transport. publish() never blocks on the endpoint when spooled."""
 
     def __init__(self, *, name: str, url: str, transport: Transport, encoder: Encoder, spool: Spool | None,
-                 backoff_s: float, backoff_max_s: float) -> None:  # fmt: skip
+                 backoff_s: float, backoff_max_s: float) -> None:
         self.name = name
         self.url = url  # may hold a token: log display_url instead
         self.display_url = redact_url(url)
@@ -85,7 +85,7 @@ class Sink:
             self._thread = threading.Thread(target=self._run, name=f"netad-sink-{name}", daemon=True)
             self._thread.start()
         log.info("sink_started", sink=name, url=self.display_url, spooled=spool is not None,
-                 backlog=len(self._pending))  # fmt: skip
+                 backlog=len(self._pending))
 
     # ---------------------------------------------------------------- the pipeline's side
 
@@ -156,7 +156,7 @@ class Sink:
         if self._thread.is_alive():
             log.warning("sink_close_timed_out", sink=self.name, backlog=len(self._pending))
         log.info("sink_closed", sink=self.name, delivered=self._delivered, failed=self._failed,
-                 backlog=len(self._pending))  # fmt: skip
+                 backlog=len(self._pending))
 
     # ---------------------------------------------------------------- without a spool
 
@@ -303,11 +303,11 @@ class Sink:
             self._failing_since = self._last_failure_log = now
             if not newly_disabled:
                 log.warning("sink_delivery_failed", sink=self.name, error=str(exc), retry_in_s=round(wait_s, 3),
-                            backlog=backlog)  # fmt: skip
+                            backlog=backlog)
         elif now - self._last_failure_log >= _STILL_FAILING_LOG_S:
             self._last_failure_log = now
             log.warning("sink_delivery_still_failing", sink=self.name, error=str(exc), backlog=backlog,
-                        failed_attempts=self._failed_attempts, outage_s=round(now - self._failing_since, 3))  # fmt: skip
+                        failed_attempts=self._failed_attempts, outage_s=round(now - self._failing_since, 3))
         return wait_s
 
     def _wait(self, delay_s: float) -> None:
@@ -346,19 +346,6 @@ class SinkSet:
                 raise ConfigError(f"sinks: two sinks are named {sink.name!r}; give one a different name")
             seen.add(sink.name)
         self.sinks = list(sinks)
-
-    @classmethod
-    def from_urls(cls, urls: list[str], *, spool_dir: Path | None = None) -> SinkSet:
-        """Build every sink or none: if one URL is bad, those already built are closed."""
-        built: list[Sink] = []
-        try:
-            for url in urls:
-                built.append(build_sink(url, spool_dir=spool_dir))
-            return cls(built)
-        except ConfigError:
-            for sink in built:
-                sink.close(timeout_s=0.0)
-            raise
 
     def __iter__(self) -> Iterator[Sink]:
         return iter(self.sinks)
@@ -403,4 +390,4 @@ def build_sink(url: str, *, spool_dir: Path | None = None, name: str | None = No
         except OSError as exc:
             raise ConfigError(f"sinks: {redact_url(url)}: cannot use spool {directory}: {exc}") from None
     return Sink(name=spec.name, url=url, transport=spec.transport, encoder=spec.encoder, spool=spool,
-                backoff_s=spec.backoff_s, backoff_max_s=spec.backoff_max_s)  # fmt: skip
+                backoff_s=spec.backoff_s, backoff_max_s=spec.backoff_max_s)

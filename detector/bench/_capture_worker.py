@@ -104,7 +104,7 @@ def _main(argv: list[str] | None = None) -> int:
                 longest_stage_s = max(longest_stage_s, took)
         elif last_packet_s is not None and now - last_packet_s >= args.idle_s:
             _emit("idle", rows=rows, windows=windows_closed, stages_s=round(stages_s, 3),
-                  longest_stage_ms=round(longest_stage_s * 1000, 1), **capture.stats())  # fmt: skip
+                  longest_stage_ms=round(longest_stage_s * 1000, 1), **capture.stats())
             last_packet_s = None
             stages_s = longest_stage_s = 0.0
         elif flows is not None and windows is not None:
@@ -129,9 +129,9 @@ class CaptureWorker:
 
     def __init__(self, prefix_argv: list[str], interface: str, *, stages: str = "capture",
                  home_net: list[str] | None = None, out: Path | None = None, idle_s: float = 1.0,
-                 max_s: float = 600.0, cpu: int | None = None, buffer_mb: int = 64) -> None:  # fmt: skip
+                 max_s: float = 600.0, cpu: int | None = None, buffer_mb: int = 64) -> None:
         argv = [*prefix_argv, sys.executable, "-m", "detector.bench._capture_worker", "--interface", interface,
-                "--stages", stages, "--idle-s", str(idle_s), "--max-s", str(max_s), "--buffer-mb", str(buffer_mb)]  # fmt: skip
+                "--stages", stages, "--idle-s", str(idle_s), "--max-s", str(max_s), "--buffer-mb", str(buffer_mb)]
         for net in home_net or []:
             argv += ["--home-net", net]
         if out is not None:

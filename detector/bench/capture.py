@@ -112,7 +112,7 @@ def _parse(path: Path) -> dict[str, float]:
     for batch in capture:
         rows += len(batch)
     return {"seconds": time.perf_counter() - started, "frames": float(capture.packets), "rows": float(rows),
-            "non_ip": float(capture.non_ip), "malformed": float(capture.malformed)}  # fmt: skip
+            "non_ip": float(capture.non_ip), "malformed": float(capture.malformed)}
 
 
 def _pipeline(path: Path, home_net: str) -> dict[str, float]:
@@ -139,7 +139,7 @@ def _pipeline(path: Path, home_net: str) -> dict[str, float]:
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "flows_s": flows_s, "windows_s": windows_s, "parse_s": seconds - flows_s - windows_s,
             "windows_closed": float(closed), "flows_created": float(flows.flows_created),
-            "entities": float(windows.entities)}  # fmt: skip
+            "entities": float(windows.entities)}
 
 
 def _scapy(path: Path, limit: int) -> dict[str, float]:
@@ -190,7 +190,7 @@ def _flow_memory(flows: int) -> dict[str, float]:
                 src_lo=np.uint64(lo_base) + i // np.uint64(50_000), dst_lo=np.full(flows, dst_lo, np.uint64),
                 sport=(1024 + i % np.uint64(50_000)).astype(np.uint16), dport=np.full(flows, 443, np.uint16),
                 proto=np.full(flows, 6, np.uint8), ip_len=np.full(flows, 60, np.uint32),
-                tcp_flags=np.full(flows, 2, np.uint8))  # fmt: skip
+                tcp_flags=np.full(flows, 2, np.uint8))
     batch = PacketBatch(**cols)
     parts = [batch.take(slice(a, a + 65536)) for a in range(0, flows, 65536)]
     FlowTable(max_flows=16).push(parts[0])  # load the numba kernels (and their memory) first
@@ -227,9 +227,9 @@ def run_capture_bench(
 
     # Import everything before the baseline: torch (via service.pipeline) and scapy are
     # the bulk of the process's memory, not the capture stages.
-    import detector.service.pipeline  # noqa: F401
     import scapy.layers.l2  # noqa: F401
 
+    import detector.service.pipeline  # noqa: F401
     from detector.capture.flows import FlowTable
     from detector.config import Config
 
@@ -264,27 +264,27 @@ def run_capture_bench(
         "repeats": repeats,
         "capture": {"packets": int(n), "bytes": path.stat().st_size, "home_net": gen["home_net"],
                     "span_s": gen["span_s"], "generate_s": round(gen["seconds"], 2),
-                    "mean_frame_bytes": round((path.stat().st_size - 24) / n - 16, 1)},  # fmt: skip
+                    "mean_frame_bytes": round((path.stat().st_size - 24) / n - 16, 1)},
         "bytes_read": {"pps": read_pps, "gb_per_s": read["bytes"] / read["seconds"] / 1e9, "seconds": read["all_seconds"]},
         "parse": {"pps": parse_pps, "seconds": parse["all_seconds"], "rows": int(parse["rows"]),
-                  "non_ip": int(parse["non_ip"]), "malformed": int(parse["malformed"])},  # fmt: skip
+                  "non_ip": int(parse["non_ip"]), "malformed": int(parse["malformed"])},
         "pipeline": {"pps": pipe_pps, "seconds": pipe["all_seconds"], "parse_s": pipe["parse_s"], "flows_s": pipe["flows_s"],
                      "windows_s": pipe["windows_s"], "windows_closed": int(pipe["windows_closed"]),
-                     "flows_created": int(pipe["flows_created"]), "entities": int(pipe["entities"])},  # fmt: skip
+                     "flows_created": int(pipe["flows_created"]), "entities": int(pipe["entities"])},
         "scapy": {"pps": scapy_pps, "packets_measured": int(scapy["packets"]), "seconds": scapy["all_seconds"],
-                  "scaled_seconds": n / scapy_pps},  # fmt: skip
+                  "scaled_seconds": n / scapy_pps},
         "flow_memory": {"max_flows": default_flows, "state_bytes_per_flow": state_per_flow,
                         "measured_flows": int(memory["flows"]), "measured_state_bytes_per_flow": memory["state_bytes_per_flow"],
-                        "rss_bytes_per_flow": memory["rss_bytes_per_flow"]},  # fmt: skip
+                        "rss_bytes_per_flow": memory["rss_bytes_per_flow"]},
         "rss": {"baseline_mb": rss_baseline / 2**20, "peak_mb": _peak_rss_bytes() / 2**20,
-                "peak_after_mb": {k: v / 2**20 for k, v in peak_after.items()}},  # fmt: skip
+                "peak_after_mb": {k: v / 2**20 for k, v in peak_after.items()}},
         "ratios": {"parse_over_bytes_read": parse_pps / read_pps, "parse_over_scapy": parse_pps / scapy_pps,
-                   "pipeline_over_scapy": pipe_pps / scapy_pps},  # fmt: skip
+                   "pipeline_over_scapy": pipe_pps / scapy_pps},
         "targets": {
             "parse_pps": {"target": TARGET_PARSE_PPS, "met": parse_pps >= TARGET_PARSE_PPS},
             "pipeline_pps": {"target": TARGET_PIPELINE_PPS, "met": pipe_pps >= TARGET_PIPELINE_PPS},
             "bytes_per_flow": {"target": TARGET_BYTES_PER_FLOW,
-                               "met": max(state_per_flow, memory["rss_bytes_per_flow"]) <= TARGET_BYTES_PER_FLOW},  # fmt: skip
+                               "met": max(state_per_flow, memory["rss_bytes_per_flow"]) <= TARGET_BYTES_PER_FLOW},
         },
     }
 

@@ -77,7 +77,7 @@ def write_conn_log(path: Path, connections: int, as_json: bool, seed: int = 7) -
     op, rp = rng.integers(1, 20, connections), rng.integers(0, 20, connections)
     rp[np.isin(hist, ["S", "Sr"])] = 0
     fields = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes conn_state "
-              "local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts resp_ip_bytes tunnel_parents").split()  # fmt: skip
+              "local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts resp_ip_bytes tunnel_parents").split()
     with open(path, "w", encoding="ascii") as f:
         if not as_json:
             f.write("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n")
@@ -86,9 +86,9 @@ def write_conn_log(path: Path, connections: int, as_json: bool, seed: int = 7) -
             row = (f"{ts[i]:.6f}", f"C{i:017d}", f"10.0.{(i >> 8) & 15}.{i & 255}", str(1024 + i % 60000),
                    f"198.51.{(i * 7) & 255}.{(i * 13) & 255}", str(443 if i % 3 else 53), str(proto[i]), "-",
                    f"{dur[i]:.6f}", "0", "0", "SF", "-", "-", "0", str(hist[i]), str(op[i]), str(op[i] * 60),
-                   str(rp[i]), str(rp[i] * 500), "-")  # fmt: skip
+                   str(rp[i]), str(rp[i] * 500), "-")
             if as_json:
-                obj: dict[str, Any] = dict(zip(fields, row))
+                obj: dict[str, Any] = dict(zip(fields, row, strict=True))
                 for k in ("ts", "duration"):
                     obj[k] = float(obj[k])
                 for k in ("id.orig_p", "id.resp_p", "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes"):
@@ -157,7 +157,7 @@ def _udp_collect(datagrams: list[bytes], offered_records: int, workdir: Path, cp
         stats = coll.stats()
     seconds = (last - first) if first is not None and last is not None and last > first else float("nan")
     return {"records": got, "offered": expected, "records_per_s": got / seconds, "kernel_drops": stats["kernel_drops"],
-            "lost_records_pct": 100.0 * (1 - got / expected)}  # fmt: skip
+            "lost_records_pct": 100.0 * (1 - got / expected)}
 
 
 def _read_log(path: Path) -> tuple[int, float]:
@@ -180,7 +180,7 @@ def _aggregate(batch) -> tuple[int, float]:
 
 
 def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = True,
-                    progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+                    progress: Progress | None = None) -> dict[str, Any]:
     from detector.bench.capture import pinned_to_one_cpu
     from detector.capture.flowrecords.netflow import NetflowParser
     from detector.capture.flowrecords.zeeklog import ZeekConnLog
@@ -197,7 +197,7 @@ def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = T
     _parse_all(v9[:2048])  # warm-up: imports, numpy paths
     allowed = sorted(os.sched_getaffinity(0))
     result: dict[str, Any] = {"records": records, "repeats": repeats, "target_records_per_s": TARGET_RECORDS_PER_S,
-                              "records_per_datagram": _RECORDS_PER_DATAGRAM}  # fmt: skip
+                              "records_per_datagram": _RECORDS_PER_DATAGRAM}
     with pinned_to_one_cpu() as cpu:
         result["cpu"] = cpu
         say("parser, NetFlow v9 ...")
@@ -242,10 +242,10 @@ def format_flows_bench(r: dict[str, Any]) -> str:
     if "udp_ipfix" in r:
         u = r["udp_ipfix"]
         how = ("no loss: it kept up with the sender, so this is a lower bound" if u["records"] >= u["offered"]
-               else f"{u['lost_records_pct']:.1f}% lost, {u['kernel_drops']:,.0f} datagrams dropped: the sender outran it")  # fmt: skip
+               else f"{u['lost_records_pct']:.1f}% lost, {u['kernel_drops']:,.0f} datagrams dropped: the sender outran it")
         lines.append(f"  {'collector, IPFIX over loopback UDP':<44} {u['records_per_s']:>13,.0f} rec/s  "
                      f"{u['records_per_s'] / target:5.1f}x target  (received {u['records']:,.0f} of {u['offered']:,}; "
-                     f"sender on cpu {u['sender_cpu']}; {how})")  # fmt: skip
+                     f"sender on cpu {u['sender_cpu']}; {how})")
     return "\n".join(lines)
 
 
@@ -266,7 +266,7 @@ def flows(records: int, repeats: int, udp: bool, as_json: bool) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="netad-bench-flows-") as tmp:
             result = run_flows_bench(records, Path(tmp), repeats=repeats, udp=udp,
-                                     progress=None if as_json else lambda m: click.echo(m, err=True))  # fmt: skip
+                                     progress=None if as_json else lambda m: click.echo(m, err=True))
     finally:
         structlog.configure(**previous)
     click.echo(json.dumps(result, indent=2) if as_json else format_flows_bench(result))

@@ -64,7 +64,7 @@ def _cpus() -> tuple[int | None, int | None]:
 
 
 def _tcpreplay(ns: VethNamespace, pcap: Path, file_packets: int, pps: int | None, step_s: float,
-               cpu: int | None) -> dict[str, Any]:  # fmt: skip
+               cpu: int | None) -> dict[str, Any]:
     """One replay step: at `pps` (None: --topspeed) for at most `step_s` seconds."""
     if pps is None:
         rate = ["--topspeed"]
@@ -74,7 +74,7 @@ def _tcpreplay(ns: VethNamespace, pcap: Path, file_packets: int, pps: int | None
         limit = max(1, int(pps * step_s))
     loops = max(1, math.ceil(limit / file_packets))
     argv = ns.exec_argv(["tcpreplay", "-i", ns.send_iface, "--preload-pcap", "--no-flow-stats", *rate,
-                         "--limit", str(limit), "--loop", str(loops), "--duration", str(max(1, int(step_s))), str(pcap)])  # fmt: skip
+                         "--limit", str(limit), "--loop", str(loops), "--duration", str(max(1, int(step_s))), str(pcap)])
     preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     done = subprocess.run(argv, capture_output=True, text=True, timeout=step_s + 120, preexec_fn=preexec)
     actual, rated, failed = _ACTUAL.search(done.stdout), _RATED.search(done.stdout), _FAILED.search(done.stdout)
@@ -119,7 +119,7 @@ def run_live_bench(
         steps: list[dict[str, Any]] = []
         with VethNamespace("netad-bench") as ns:
             with CaptureWorker(ns.exec_argv([]), ns.capture_iface, stages=stages, home_net=[gen["home_net"]],
-                               idle_s=1.0, cpu=capture_cpu) as worker:  # fmt: skip
+                               idle_s=1.0, cpu=capture_cpu) as worker:
                 worker.wait_for("ready", timeout_s=120)
                 last = {"packets": 0, "kernel_drops": 0, "interface_drops": 0}
                 for pps in [*pps_steps, *([None] if topspeed else [])]:

@@ -131,7 +131,7 @@ def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: 
 
 
 def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bins: int = 6, repeats: int = 3,
-                    min_s: float = 1.0, history_windows: int = 10, hosts: int = 2000) -> dict:  # fmt: skip
+                    min_s: float = 1.0, history_windows: int = 10, hosts: int = 2000) -> dict:
     torch.set_num_threads(threads)
     setup = _setup(hidden, bins, 1024, 12)
     result: dict = {"threads": threads, "device": device, "hidden_size": hidden, "bins": bins, "repeats": repeats}
@@ -150,7 +150,7 @@ def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bin
     result["stateless_history_windows"] = history_windows
     result["carried_over_stateless"] = {str(k): round(carried[k] / stateless[k], 2) for k in carried}
     lat_setup = _setup(hidden, bins, hosts, 8, seed=2)
-    p50s, p99s = zip(*(_latency_ms(lat_setup, hosts, device, 100) for _ in range(repeats)))
+    p50s, p99s = zip(*(_latency_ms(lat_setup, hosts, device, 100) for _ in range(repeats)), strict=True)
     result["latency_ms_at_hosts"] = {"hosts": hosts, "p50": round(statistics.median(p50s), 3), "p99": round(statistics.median(p99s), 3)}
     result["training_windows_per_s"] = round(statistics.median(_training_rate(hidden, bins, 64, 200, 2) for _ in range(repeats)))
     result["targets"] = {"carried_1024": TARGET_BATCH_1024, "p99_ms": TARGET_P99_MS}
@@ -166,7 +166,7 @@ def format_model_bench(r: dict) -> str:
     ]
     for k in ("1", "64", "1024"):
         lines.append(f"{k:>8} {r['carried_windows_per_s'][k]:>16,} {r['carried_windows_per_s_1_thread'][k]:>18,} "
-                     f"{r['stateless_windows_per_s'][k]:>36,} {r['carried_over_stateless'][k]:>7.2f}")  # fmt: skip
+                     f"{r['stateless_windows_per_s'][k]:>36,} {r['carried_over_stateless'][k]:>7.2f}")
     lat = r["latency_ms_at_hosts"]
     target = r["targets"]["carried_1024"]
     c1024, c1024_1 = r["carried_windows_per_s"]["1024"], r["carried_windows_per_s_1_thread"]["1024"]

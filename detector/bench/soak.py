@@ -25,6 +25,7 @@ import click
 
 from detector._exit import errors_to_exit_codes
 from detector.errors import CaptureError, ConfigError
+
 FLAT_TOLERANCE_MIB = 16.0  # allocator noise: growth below this (or 2 %) reads as flat
 
 
@@ -48,7 +49,7 @@ class _CountingSink:
 
 
 def run_soak(cfg: Any, pcaps: list[Path], duration_s: float, report_every_s: float = 10.0,
-             model_dir: str | Path | None = None, emit: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+             model_dir: str | Path | None = None, emit: Callable[[str], None] = print) -> dict[str, Any]:
     """Replay `pcaps` in a loop through the daemon's stages for `duration_s`; one RSS line per
     `report_every_s` through `emit`. Returns the samples and the RSS growth."""
     from detector.model.bundle import ModelBundle
@@ -75,11 +76,11 @@ def run_soak(cfg: Any, pcaps: list[Path], duration_s: float, report_every_s: flo
         st = pipeline.stats()
         row = {"t_s": now - started, "rss_mib": rss_mib(), "packets": st["packets"], "windows": st["windows_closed"],
                "entities": st["entities"], "flows": st["active_flows"], "open_incidents": st["incidents_open"],
-               "events": sink.events, "pass": passes}  # fmt: skip
+               "events": sink.events, "pass": passes}
         samples.append(row)
         emit(f"t={row['t_s']:7.1f} s  rss_mib={row['rss_mib']:8.1f}  pass={passes:<4d} packets={st['packets']:<12,d} "
              f"windows={st['windows_closed']:<7,d} entities={st['entities']:<6,d} flows={st['active_flows']:<8,d} "
-             f"open_incidents={st['incidents_open']:<4d} events={sink.events:,d}")  # fmt: skip
+             f"open_incidents={st['incidents_open']:<4d} events={sink.events:,d}")
 
     sample(started)
     done = False
@@ -103,7 +104,7 @@ def run_soak(cfg: Any, pcaps: list[Path], duration_s: float, report_every_s: flo
     growth = samples[-1]["rss_mib"] - baseline
     flat = growth <= max(FLAT_TOLERANCE_MIB, 0.02 * baseline)
     emit(f"rss after the first pass {baseline:.1f} MiB, at the end {samples[-1]['rss_mib']:.1f} MiB: "
-         f"growth {growth:+.1f} MiB over {passes} pass(es) -> {'flat' if flat else 'GROWING'}")  # fmt: skip
+         f"growth {growth:+.1f} MiB over {passes} pass(es) -> {'flat' if flat else 'GROWING'}")
     return {"samples": samples, "passes": passes, "rss_growth_mib": growth, "flat": flat}
 
 
@@ -125,14 +126,14 @@ def _span(pcaps: list[Path], batch_packets: int) -> tuple[int, int]:
 @click.command("soak")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), default=None, help="YAML config (stages, model path).")
 @click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Capture to replay in a loop (repeatable; default: source.path of the config).")  # fmt: skip
+              help="Capture to replay in a loop (repeatable; default: source.path of the config).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True, help="How long to run.")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None, help="How long to run, in seconds (overrides --minutes).")
 @click.option("--report-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds between RSS lines.")
 @errors_to_exit_codes
 def soak(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, minutes: float, seconds: float | None,
-         report_s: float) -> None:  # fmt: skip
+         report_s: float) -> None:
     """Replay captures in a loop (shifted in time) through the pipeline; print RSS over time."""
     from detector.config import load_config
     from detector.logging import configure
@@ -143,7 +144,7 @@ def soak(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, minu
     if not paths:
         raise ConfigError("no capture: give --pcap or source.path in the config")
     run_soak(cfg, paths, seconds if seconds is not None else minutes * 60.0, report_s, model_dir,
-             emit=lambda line: click.echo(line))  # fmt: skip
+             emit=lambda line: click.echo(line))
 
 if __name__ == "__main__":
     soak()

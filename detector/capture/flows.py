@@ -103,7 +103,7 @@ def _push(
     start, index, mask, hashes, keys_u64, keys_u16, keys_u8, vals_i64, vals_u64, state,
     n_flows, next_id, idle_ns, active_ns,
     out_id, out_new, out_init,
-):  # fmt: skip
+):
     """Assign packets [start, n) to flows. Returns (stop, n_flows, next_id, ended): stop < n
     means the table is full and the caller must evict before continuing at `stop`."""
     max_flows = hashes.shape[0]
@@ -291,7 +291,7 @@ class FlowTable:
                 self._index, self._mask, self._hashes, self._keys_u64, self._keys_u16, self._keys_u8,
                 self._vals_i64, self._vals_u64, self._state, self._n_flows, self._next_id,
                 self._idle_ns, self._active_ns, out_id, out_new, out_init,
-            )  # fmt: skip
+            )
             self.flows_ended += ended
             if stop < n:
                 self._make_room(int(batch.ts_ns[stop]))
@@ -310,7 +310,7 @@ class FlowTable:
             np.int64(now_ns), self._idle_ns, self._index, self._mask, self._hashes, self._keys_u64,
             self._keys_u16, self._keys_u8, self._vals_i64, self._vals_u64, self._state,
             self._n_flows, np.int64(before),
-        )  # fmt: skip
+        )
         self.flows_ended += expired
         self.evicted += evicted
         self._last_sweep_ns = now_ns

@@ -47,17 +47,16 @@ import structlog
 
 from detector import __version__
 from detector.config import Config
-from detector.contracts import FlowRecordBatch
-from detector.contracts import IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
+from detector.contracts import FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
 from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores
 from detector.eval.samples import LabelledInterval, Windows
-from detector.truth import Interval, load_truth
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service.pipeline import Pipeline, input_batches, window_stream
 from detector.service.training import train_from_captures
+from detector.truth import Interval, load_truth
 
 log = structlog.get_logger()
 
@@ -177,7 +176,7 @@ def _keys_of(ips: Iterable[str]) -> np.ndarray:
 
 
 def _tally(batches: Iterable[PacketBatch | FlowRecordBatch], intervals: list[LabelledInterval],
-           window_ns: int) -> Iterator[PacketBatch | FlowRecordBatch]:  # fmt: skip
+           window_ns: int) -> Iterator[PacketBatch | FlowRecordBatch]:
     """Pass batches through, counting per positive interval the packets of its hosts (flow
     records: the packets of the records that overlap it), in all and per window."""
     watch = []
@@ -186,7 +185,7 @@ def _tally(batches: Iterable[PacketBatch | FlowRecordBatch], intervals: list[Lab
             li.attacker_packets = 0
             li.host_packets = dict.fromkeys(sorted(li.hosts), 0)
             li.window_packets = {key: {} for key in ("", *li.host_packets)}
-            named = dict(zip(li.host_packets, _keys_of(li.host_packets)))
+            named = dict(zip(li.host_packets, _keys_of(li.host_packets), strict=True))
             watch.append((li, _keys_of(li.attackers) if li.attackers else None, _keys_of(li.targets), named))
     for b in batches:
         if watch and len(b):
@@ -219,7 +218,7 @@ def _tally(batches: Iterable[PacketBatch | FlowRecordBatch], intervals: list[Lab
 
 
 def _per_window(into: dict[int, int], rows: np.ndarray, first: np.ndarray, last: np.ndarray, count: np.ndarray | None,
-                span: tuple[int, int, int]) -> None:  # fmt: skip
+                span: tuple[int, int, int]) -> None:
     """Add the selected packets (records: their packets, in every window a record touches
     inside the interval) to `into`, keyed by the start of the window they fall in. `span`:
     the interval's [start, end) and the window length."""
@@ -233,7 +232,7 @@ def _per_window(into: dict[int, int], rows: np.ndarray, first: np.ndarray, last:
     starts = (np.repeat(w0, touched) + (np.arange(touched.sum()) - np.repeat(np.cumsum(touched) - touched, touched))) * window_ns
     keys, inverse = np.unique(starts, return_inverse=True)
     totals = np.bincount(inverse, weights=np.repeat(n, touched))
-    for start, k in zip(keys.tolist(), totals.tolist()):
+    for start, k in zip(keys.tolist(), totals.tolist(), strict=True):
         into[start] = into.get(start, 0) + int(k)
 
 
@@ -348,7 +347,7 @@ def _iso_ns(text: str) -> int:
 
 
 def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch], on_window: Callable[[WindowBatch], None],
-                  flow_records: bool = False) -> None:  # fmt: skip
+                  flow_records: bool = False) -> None:
     for wb in window_stream(cfg, batches, flow_records):
         on_window(wb)
 
@@ -356,7 +355,7 @@ def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
 def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval]) -> None:
     if any(wb.window_start_ns < iv.end_ns and wb.window_end_ns > iv.start_ns for iv in positives):
         return
-    for cls, feats in zip(wb.entity_classes, wb.features):
+    for cls, feats in zip(wb.entity_classes, wb.features, strict=True):
         train.setdefault(cls, []).append(feats)
 
 
@@ -387,7 +386,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         started = time.monotonic()
         train_pcaps = plan.train_pcaps or plan.pcaps
         bundle = train_from_captures(cfg, train_pcaps, model_dir, truth=plan.truth, start_s=plan.train_start_s,
-                                     end_s=plan.train_end_s, progress=progress, flow_records=plan.flow_records)  # fmt: skip
+                                     end_s=plan.train_end_s, progress=progress, flow_records=plan.flow_records)
         training_s = round(time.monotonic() - started, 2)
         log.info("eval_trained", seconds=training_s, version=bundle.version)
         bundle = ModelBundle.load(model_dir)  # score what was saved, as the daemon would
@@ -405,7 +404,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         if plan.split_s is not None and (wb.window_end_ns <= test_lo or wb.window_start_ns >= test_hi):
             _collect_train(train_feats, wb, positives)
             return
-        for name, feats in zip(wb.entities, wb.features):
+        for name, feats in zip(wb.entities, wb.features, strict=True):
             row = row_of.get((name, _ms(wb.window_start_ns)))
             if row is not None:
                 features[row] = feats
@@ -416,7 +415,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records)
     if plan.train_pcaps:
         _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),
-                      lambda wb: _collect_train(train_feats, wb, positives), flow_records)  # fmt: skip
+                      lambda wb: _collect_train(train_feats, wb, positives), flow_records)
     if not filled.all():
         raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
     for li in intervals:
@@ -449,7 +448,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     label_windows(w, intervals)
     result = {
         "netad_version": __version__,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "inputs": {
             "pcaps": [str(p) for p in plan.pcaps],
             "truth": str(plan.truth) if plan.truth else None,
@@ -493,7 +492,8 @@ def _split_summary(plan: EvalPlan, t0_ns: int, w: Windows) -> dict:
     if plan.train_end_s is not None:
         kind, text = "time", f"train on [0, {plan.train_end_s:g}) s of the capture (positive intervals left out), test on the rest"
     elif plan.train_start_s is not None:
-        kind, text = "time", f"train on [{plan.train_start_s:g} s, end) of the capture (positive intervals left out), test on [0, {plan.train_start_s:g}) s"
+        kind, text = "time", (f"train on [{plan.train_start_s:g} s, end) of the capture (positive intervals left out),"
+                              f" test on [0, {plan.train_start_s:g}) s")
     elif plan.train_pcaps:
         kind, text = "captures", "train on --train-pcap captures, test on --pcap captures"
     else:
@@ -530,7 +530,7 @@ def _interval_record(li: LabelledInterval) -> dict:
 def _entity_class_metrics(
     w: Windows, cls: str, intervals: list[LabelledInterval], incidents: list[IncidentEvent], bundle: ModelBundle,
     window_ns: int, benign_hours: float,
-) -> dict:  # fmt: skip
+) -> dict:
     rows = (w.entity_class == cls) & ~w.unlabelled  # type: ignore[operator]
     y = w.label[rows]  # type: ignore[index]
     out: dict = {
@@ -591,11 +591,11 @@ def _entity_class_metrics(
             sel = sel & np.isin(w.entity, list(li.hosts)) if li.hosts else np.zeros_like(sel)
         d = M.detection_delay(w.start_ns[sel], w.end_ns[sel], w.anomalous[sel], li.interval.start_ns, li.interval.end_ns, window_ns)
         detections.append({"event": li.interval.event, "start": ns_to_iso(li.interval.start_ns), "visible": li.visible,
-                           "hosts": sorted(li.hosts), **d})  # fmt: skip
+                           "hosts": sorted(li.hosts), **d})
     out["detection"] = detections
     mine = [e for e in incidents if e.entity_class == cls]
     benign_inc = [e for e in mine if not any(
-        e.first_seen_ns < li.interval.end_ns and e.first_seen_ns + window_ns > li.interval.start_ns for li in intervals)]  # fmt: skip
+        e.first_seen_ns < li.interval.end_ns and e.first_seen_ns + window_ns > li.interval.start_ns for li in intervals)]
     per_hour = M.rate_per_hour(len(benign_inc), benign_hours)
     out["incidents"] = {
         "opened": len(mine),
@@ -603,7 +603,7 @@ def _entity_class_metrics(
         "per_hour": M._round(per_hour),
         "per_day": M._round(per_hour * 24 if per_hour is not None else None),
         "benign_list": [{"entity": e.entity, "start": ns_to_iso(e.first_seen_ns), "score": round(e.score, 4),
-                         "category": e.category} for e in benign_inc],  # fmt: skip
+                         "category": e.category} for e in benign_inc],
     }
     return out
 

@@ -87,16 +87,6 @@ def tpr_at_fpr(scores: np.ndarray, labels: np.ndarray, max_fpr: float) -> float 
     return float(curve.tpr[ok].max())
 
 
-def rates_at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """TPR and FPR of `score > threshold` (the daemon's rule)."""
-    s, y = _checked(scores, labels)
-    hit = s > threshold
-    return {
-        "tpr": float(hit[y].mean()) if y.any() else None,
-        "fpr": float(hit[~y].mean()) if (~y).any() else None,
-    }
-
-
 def recall(flags: np.ndarray) -> float | None:
     """Share of positive windows flagged anomalous (None when there are none)."""
     f = np.asarray(flags, dtype=bool)
@@ -175,7 +165,7 @@ def auc_difference(
     diff = difference(np.ones(y.shape[0]))
     out: dict[str, float | int | None] = {"difference": _round(diff), "ci95_low": None, "ci95_high": None,
                                           "positive_clusters": int(pos_c.size), "negative_clusters": int(neg_c.size),
-                                          "resamples": 0}  # fmt: skip
+                                          "resamples": 0}
     if min(pos_c.size, neg_c.size) < min_clusters:
         return out
     rng = np.random.default_rng(seed)

@@ -50,7 +50,7 @@ def _plot(path: Path, result: dict, w: Windows, intervals: list[LabelledInterval
     for ax, cls in ((axes[0, 1], "global"), (axes[1, 1], "host")):
         _roc(ax, w, cls, result[cls])
     fig.suptitle(f"netad eval: {', '.join(Path(p).name for p in result['inputs']['pcaps'])} - {result['split']['description']}",
-                 fontsize=10)  # fmt: skip
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -81,7 +81,7 @@ def _timeline(ax, w: Windows, entity: str, cls: str, intervals, incidents, t0: i
     if mine:  # markers along the top edge: x in hours, y in axes coordinates
         xs = hours([e.first_seen_ns for e in mine])
         ax.plot(xs, np.full(xs.shape, 0.97), "v", color="crimson", ms=6, transform=ax.get_xaxis_transform(),
-                label=f"incident opened ({len(mine)})")  # fmt: skip
+                label=f"incident opened ({len(mine)})")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_xlabel("hours since the start of the test part")
@@ -146,7 +146,8 @@ def markdown(result: dict) -> str:
         f"- truth: {result['inputs']['truth'] or 'none (all benign)'}",
         f"- split: {result['split']['description']}; test {result['split']['test_start']} .. {result['split']['test_end']}"
         f" ({result['test']['hours']:.2f} h, {result['test']['benign_hours']:.2f} h benign)",
-        f"- model: {result['model']['version']} ({'trained here in ' + str(result['model']['training_s']) + ' s' if result['model']['trained_here'] else 'given'}),"
+        f"- model: {result['model']['version']}"
+        f" ({'trained here in ' + str(result['model']['training_s']) + ' s' if result['model']['trained_here'] else 'given'}),"
         f" windows {result['model']['bins']} x {result['model']['bin_s']:g} s, thresholds "
         + ", ".join(f"{k} {v:.4g} ({result['model']['threshold_methods'][k]})" for k, v in result["model"]["thresholds"].items()),
         "",
@@ -161,26 +162,28 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {cls} | {det} | n/a | n/a | n/a | n/a | | |")
                 continue
             t = m["tpr_at_fpr"]
-            lines.append(f"| {cls} | {det} | {_f(m['roc_auc'])} | {_f(m['pr_auc'])} | {_f(t['0.001'])} | {_f(t['0.01'])} | {m['positives']} | {m['negatives']} |")
+            lines.append(f"| {cls} | {det} | {_f(m['roc_auc'])} | {_f(m['pr_auc'])} | {_f(t['0.001'])} | {_f(t['0.01'])}"
+                         f" | {m['positives']} | {m['negatives']} |")
     lines += ["", "At the calibrated threshold (LSTM): " + "; ".join(
         f"{cls} TPR {_f(result[cls]['at_threshold']['tpr'])}, FPR {_f(result[cls]['at_threshold']['fpr'], 4)}" for cls in ("global", "host")),
         "", "## Per event class", "",
         "Positives: the class's windows (hosts: its attackers and targets); negatives: benign windows."
         " *visible*: only the intervals in which the capture holds the attack's packets (hosts: only"
         " the named hosts that hold them).", "",
-        "| entity | class | intervals (visible) | positives all / visible | LSTM recall all / visible | ROC AUC all: LSTM / stateless / z | ROC AUC visible: LSTM / stateless / z |",
-        "|---|---|---|---|---|---|---|"]  # fmt: skip
+        "| entity | class | intervals (visible) | positives all / visible | LSTM recall all / visible"
+        " | ROC AUC all: LSTM / stateless / z | ROC AUC visible: LSTM / stateless / z |",
+        "|---|---|---|---|---|---|---|"]
     for cls in ("global", "host"):
         for event, c in result[cls]["classes"].items():
             a, v = c["all"], c["visible"]
             aucs = lambda d: " / ".join(_f(d["roc_auc"][k]) for k in ("lstm", "stateless_ae", "zscore"))  # noqa: E731
             lines.append(f"| {cls} | {event} | {a['intervals']} ({v['intervals']}) | {a['positives']} / {v['positives']} | "
-                         f"{_f(a['recall'])} / {_f(v['recall'])} | {aucs(a)} | {aucs(v)} |")  # fmt: skip
+                         f"{_f(a['recall'])} / {_f(v['recall'])} | {aucs(a)} | {aucs(v)} |")
     lines += ["", "## What the carried state is worth", "",
               "LSTM ROC AUC minus each baseline's on the same windows, with a 95% interval from a paired"
               " cluster bootstrap (attack intervals and moments drawn whole): an interval that holds 0 is a tie;"
               " fewer than 5 attack intervals give no interval.", "",
-              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - z-score |", "|---|---|---|---|---|"]  # fmt: skip
+              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - z-score |", "|---|---|---|---|---|"]
     for cls in ("global", "host"):
         rows = [("all attack windows", result[cls]["lstm_minus"]), ("visible windows, all classes", result[cls]["lstm_minus_visible"])]
         rows += [(f"{event}, visible", c["visible"]["lstm_minus"]) for event, c in result[cls]["classes"].items()]
@@ -189,14 +192,15 @@ def markdown(result: dict) -> str:
             if first is None:
                 continue
             lines.append(f"| {cls} | {name} | {first['positive_clusters']} / {first['negative_clusters']} | "
-                         f"{_difference(d['stateless_ae'])} | {_difference(d['zscore'])} |")  # fmt: skip
+                         f"{_difference(d['stateless_ae'])} | {_difference(d['zscore'])} |")
     lines += ["", "## Detection delay per interval (LSTM, first anomalous window)", "",
               "| event | start | visible | global: delay s (windows after start) | hosts: delay s (windows after start) |",
-              "|---|---|---|---|---|"]  # fmt: skip
-    for g, h in zip(result["global"]["detection"], result["host"]["detection"]):
+              "|---|---|---|---|---|"]
+    for g, h in zip(result["global"]["detection"], result["host"]["detection"], strict=True):
         cell = lambda d: f"{d['delay_s']:.1f} ({d['windows_after_start']})" if d["detected"] else "missed"  # noqa: E731
         lines.append(f"| {g['event']} | {g['start']} | {g['visible']} | {cell(g)} | {cell(h) if h['hosts'] else 'no hosts named'} |")
-    lines += ["", "## False alarms on benign test spans", "", "| entity | incidents opened | on benign spans | per hour | per day |", "|---|---|---|---|---|"]
+    lines += ["", "## False alarms on benign test spans", "",
+              "| entity | incidents opened | on benign spans | per hour | per day |", "|---|---|---|---|---|"]
     for cls in ("global", "host"):
         i = result[cls]["incidents"]
         lines.append(f"| {cls} | {i['opened']} | {i['benign']} | {_f(i['per_hour'], 4)} | {_f(i['per_day'], 2)} |")

@@ -74,7 +74,7 @@ class ModelBundle:
                 "netad_version": __version__,
                 "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "weights_sha256": digest,
                 "schema": self.schema.as_dict(),
                 "window": {"bin_s": self.bin_s, "bins": self.bins},
@@ -116,7 +116,8 @@ class ModelBundle:
         except (OSError, ValueError) as exc:
             raise ModelError(f"{meta_path}: unreadable: {exc}") from None
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}: retrain with `netad train`")
+            raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}:"
+                             " retrain with `netad train`")
         digest = _sha256(weights_path)
         if digest != meta.get("weights_sha256"):
             raise ModelError(f"{weights_path}: SHA-256 mismatch (file corrupted or replaced); refusing to load")

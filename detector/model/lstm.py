@@ -11,6 +11,9 @@ from the carried state, "normal" is judged in the context of the entity's recent
 
 from __future__ import annotations
 
+from typing import TypeVar, cast
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,8 +21,10 @@ State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (batch, hidden)
 
 PHASE_SLOTS = 60  # minutes of the hour
 
+_Times = TypeVar("_Times", int, np.ndarray)
 
-def phase_of(window_start_ns):
+
+def phase_of(window_start_ns: _Times) -> _Times:
     """The minute of the hour (UTC) a window starts in: the decoder's phase input."""
     return (window_start_ns // 60_000_000_000) % PHASE_SLOTS
 
@@ -44,7 +49,7 @@ class LSTMAutoencoder(nn.Module):
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """The neutral state a new entity starts from."""
-        weight = self.decoder[0].weight
+        weight = cast(nn.Linear, self.decoder[0]).weight
         dev = device if device is not None else weight.device
         zeros = torch.zeros(batch, self.hidden_size, device=dev, dtype=weight.dtype)
         return zeros, zeros.clone()

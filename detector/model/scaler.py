@@ -42,7 +42,7 @@ class FeatureScaler:
 
     def to_torch(self, device: torch.device | str) -> TorchScaler:
         return TorchScaler(torch.from_numpy(self.center).to(device, torch.float32),
-                           torch.from_numpy(self.scale).to(device, torch.float32))  # fmt: skip
+                           torch.from_numpy(self.scale).to(device, torch.float32))
 
     def as_dict(self) -> dict[str, list[float]]:
         return {"center": self.center.tolist(), "scale": self.scale.tolist()}

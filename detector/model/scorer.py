@@ -34,7 +34,7 @@ def set_torch_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
     """bf16/fp16 autocast on CUDA when asked; full precision otherwise (CPU LSTMs gain
     nothing from it)."""
     if precision == "fp32" or device.type != "cuda":
@@ -280,7 +280,6 @@ class StreamingScorer:
             self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
         # the decoder's phase inputs (the windows' minute of the hour, as in training), made once
         self._phases = torch.arange(PHASE_SLOTS, device=self.device).unbind()
-        self.windows_scored = 0
         self._next_expiry_ns = 0
         # recent scores of ready, non-anomalous windows per class: the sample a slow
         # threshold refit draws on (bounded ring buffers)
@@ -318,11 +317,12 @@ class StreamingScorer:
             cm = self._models.get(cls)
             if cm is None:
                 continue
+            rows: slice | np.ndarray
             if classes is None:  # one class, the usual case: whole columns, no index arrays
                 rows, names = slice(None), windows.entities
             else:
-                rows = np.flatnonzero(classes == cls)
-                names = [windows.entities[i] for i in rows.tolist()]
+                index = np.flatnonzero(classes == cls)
+                rows, names = index, [windows.entities[i] for i in index.tolist()]
             bank = self._banks[cls]
             slots = bank.slots(names, windows.window_end_ns)
             idx = torch.from_numpy(slots).to(self.device)
@@ -345,7 +345,6 @@ class StreamingScorer:
             out.top_share[rows] = res.top_share
             out.top_observed[rows] = res.top_observed
             out.top_expected[rows] = res.top_expected
-        self.windows_scored += 1
         # expiry walks every entity: do it a few times per idle period, not every window
         if windows.window_end_ns >= self._next_expiry_ns:
             idle_ns = int(self.entity_idle_s * 1e9)
@@ -374,7 +373,7 @@ class StreamingScorer:
         self._recent_n[cls] = n + scores.shape[0]
 
     def refresh_thresholds(self, target_false_alarm: float, min_samples: int = 2_000,
-                           max_raise: float = 1.5, max_lower: float = 0.8) -> dict[str, float]:  # fmt: skip
+                           max_raise: float = 1.5, max_lower: float = 0.8) -> dict[str, float]:
         """Slow adaptation: refit each class's tail on recent windows that were not alerted.
         Bounded to [max_lower, max_raise] x the calibrated threshold, so traffic an attacker
         slowly ramps up cannot raise it without limit (and the refit never sees alerted

@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 import numpy as np
 from scipy import stats
 
 MIN_PEAKS = 20
 MAX_SHAPE = 0.5
+
+
+class _Calibration(TypedDict):
+    """What every Threshold of one calibration shares, whichever method wins."""
+
+    target_false_alarm: float
+    initial: float
+    n_calibration: int
+    n_peaks: int
 
 
 @dataclass
@@ -59,9 +69,10 @@ def calibrate(
     initial_quantile = max(min(initial_quantile, 1.0 - MIN_PEAKS / n), 0.95)
     u = float(np.quantile(s, initial_quantile))
     peaks = s[s > u] - u
-    base = dict(target_false_alarm=target_false_alarm, initial=u, n_calibration=int(n), n_peaks=int(peaks.shape[0]))
+    base = _Calibration(target_false_alarm=target_false_alarm, initial=u, n_calibration=int(n), n_peaks=int(peaks.shape[0]))
     if peaks.shape[0] < MIN_PEAKS:
-        return Threshold(quantile, "quantile", shape=None, scale=None, reason=f"only {peaks.shape[0]} peaks above the {initial_quantile} quantile (need {MIN_PEAKS})", **base)
+        reason = f"only {peaks.shape[0]} peaks above the {initial_quantile} quantile (need {MIN_PEAKS})"
+        return Threshold(quantile, "quantile", shape=None, scale=None, reason=reason, **base)
     try:
         xi, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
         note = ""

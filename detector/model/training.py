@@ -31,7 +31,7 @@ import numpy as np
 import structlog
 import torch
 
-from detector.contracts import WindowBatch
+from detector.contracts import FeatureSchema, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
@@ -74,17 +74,17 @@ class _ClassData:
     entities: list[str] = field(default_factory=list)
 
 
-def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | None = None) -> tuple[dict[str, _ClassData], object]:
+def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | None = None) -> tuple[dict[str, _ClassData], FeatureSchema | None]:
     """Arrange window batches per entity class as (entity, window) grids."""
     exclude = exclude or []
     starts: list[int] = []
     rows: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    schema = None
+    schema: FeatureSchema | None = None
     for wb in windows:
         schema = wb.schema
         k = len(starts)
         starts.append(wb.window_start_ns)
-        for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features):
+        for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features, strict=True):
             rows.setdefault(cls, {}).setdefault(name, {})[k] = feats
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.size == 0:
@@ -93,7 +93,7 @@ def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | Non
     excluded = np.zeros(starts_arr.shape[0], dtype=bool)
     for lo, hi in exclude:
         excluded |= (starts_arr < hi) & (starts_arr + window_ns > lo)
-    out = {}
+    out: dict[str, _ClassData] = {}
     for cls, ents in rows.items():
         names = sorted(ents)
         first = next(iter(next(iter(ents.values())).values()))
@@ -120,10 +120,10 @@ def train(
     np.random.seed(params.seed)
     set_torch_threads(params.threads)
     data, schema = collect(windows, exclude)
-    if not data:
+    if not data or schema is None:
         raise ValueError("no windows to train on: is the capture empty or outside home_net?")
     started = time.monotonic()
-    classes: dict[str, ClassModel] = {}
+    trained: dict[str, tuple[LSTMAutoencoder, FeatureScaler]] = {}
     val_scores: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
     for cls, cd in sorted(data.items()):
@@ -135,7 +135,7 @@ def train(
             raise ValueError(f"class {cls}: no benign training windows")
         net, scaler, history = _trained(cd, train_mask, val_mask, params, bins, cls, progress)
         val_scores[cls] = _out_of_fold_scores(cd, params, bins, cls)
-        classes[cls] = ClassModel(net, scaler, threshold=None)  # type: ignore[arg-type]
+        trained[cls] = (net, scaler)
         summary[cls] = {
             "entities": len(cd.entities),
             "windows": int(cd.present.sum()),
@@ -149,18 +149,19 @@ def train(
             "validation": f"every {int(round(1 / params.validation_fraction))}th block of {params.validation_block_windows} windows",
         }
     pooled = np.concatenate(list(val_scores.values()))
-    for cls, cm in classes.items():
+    classes: dict[str, ClassModel] = {}
+    for cls, (net, scaler) in trained.items():
         scores = val_scores[cls]
         source = "class"
         if scores.shape[0] < MIN_CLASS_CALIBRATION:
             scores, source = pooled, "pooled"
         th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
-        cm.threshold = th
+        classes[cls] = ClassModel(net, scaler, th)
         summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
-                 n=th.n_calibration, source=source, reason=th.reason or None)  # fmt: skip
+                 n=th.n_calibration, source=source, reason=th.reason or None)
     return ModelBundle(
-        schema=schema,  # type: ignore[arg-type]
+        schema=schema,
         bin_s=bin_s,
         bins=bins,
         hidden_size=params.hidden_size,
@@ -200,7 +201,7 @@ def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: 
 
 
 def _trained(cd: _ClassData, train_mask: np.ndarray, val_mask: np.ndarray, params: TrainingParams, bins: int,
-             label: str, progress: bool) -> tuple[LSTMAutoencoder, FeatureScaler, list[dict]]:  # fmt: skip
+             label: str, progress: bool) -> tuple[LSTMAutoencoder, FeatureScaler, list[dict]]:
     """A network and scaler fitted on the `train_mask` windows, early-stopped on `val_mask`,
     at its best epoch, ready to score."""
     scaler = FeatureScaler.fit(cd.features[train_mask])
@@ -256,7 +257,8 @@ def _lanes(cd: _ClassData, mask: np.ndarray, params: TrainingParams) -> tuple[np
     return np.stack(feats), np.stack(masks), np.stack(phases)
 
 
-def _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress) -> tuple[dict, list[dict]]:
+def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask: np.ndarray, val_mask: np.ndarray,
+         params: TrainingParams, cls: str, progress: bool) -> tuple[dict[str, torch.Tensor], list[dict[str, float]]]:
     if cd.window_start_ns[-1] - cd.window_start_ns[0] < PHASE_MIN_HOURS * 3_600_000_000_000:
         # each minute of the hour seen once or twice: its phase weights would memorise noise
         # (Westermo, 45 min of training: link-level port-scan AUC fell from 0.96 to 0.92)
@@ -269,7 +271,7 @@ def _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress) -> tuple[
     rng = np.random.default_rng(params.seed)
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
     best_val = math.inf
-    history: list[dict] = []
+    history: list[dict[str, float]] = []
     bad = 0
     for epoch in range(params.epochs):
         net.train()
@@ -300,7 +302,10 @@ def _fit(net, scaler, cd, train_mask, val_mask, params, cls, progress) -> tuple[
         net.eval()
         scores = _sequential_scores(net, scaler, cd)
         target = val_mask if val_mask.any() else train_mask
-        val = float(np.mean(np.minimum(scores[target], np.quantile(scores[target], 1 - params.trim_fraction)))) if target.any() else float(np.mean(losses))
+        if target.any():
+            val = float(np.mean(np.minimum(scores[target], np.quantile(scores[target], 1 - params.trim_fraction))))
+        else:
+            val = float(np.mean(losses))
         history.append({"epoch": epoch, "train": float(np.mean(losses)) if losses else math.nan, "val": val})
         if progress:
             print(f"  [{cls}] epoch {epoch + 1}/{params.epochs} train {history[-1]['train']:.4f} val {val:.4f}", flush=True)

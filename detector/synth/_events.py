@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detector.contracts import PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN
 from detector.synth._benign import CLOSE_CLIENT, MS, US, exchange_bursts, tcp_table
 from detector.synth._frames import PacketTable
 from detector.synth._network import NS_PER_S, TTL_LINUX, TTL_WINDOWS, Activity, Network, ip_str, lognormal_int
 from detector.synth._sessions import tcp_sessions
 from detector.synth._ssh import ssh_sessions
-from detector.contracts import PROTO_TCP, TCP_ACK, TCP_RST, TCP_SYN
 
 ATTACK_LEAD_S = 300  # no attack in the attack part's first 5 minutes
 ATTACK_GAP_S = 600  # at least 10 minutes between attacks
@@ -91,7 +91,7 @@ def plan_events(
     def slot(offset_s: float, length_s: float) -> tuple[int, int]:
         return attack_start_ns + int(offset_s * NS_PER_S), int(length_s * NS_PER_S)
 
-    scan, brute, flood = (slot(o, d) for o, d in zip(offsets_s, duration_s))
+    scan, brute, flood = (slot(o, d) for o, d in zip(offsets_s, duration_s, strict=True))
     gap_centres = (offsets_s[:-1] + duration_s[:-1] + offsets_s[1:]) / 2 + rng.uniform(-30, 30, 2)
     login, copy = slot(gap_centres[0] - 75, 150), slot(gap_centres[1] - 60, 120)
 

@@ -68,9 +68,6 @@ class Network:
     def servers(self) -> np.ndarray:
         return np.array([self.dns, self.file_server, self.web_server, self.ssh_jump, self.monitor], dtype=np.uint32)
 
-    def is_home(self, ip: np.ndarray) -> np.ndarray:
-        return (ip.astype(np.int64) & self.net_mask) == self.net_addr
-
 
 def make_network(profile: str, n_workstations: int, rng: np.random.Generator) -> Network:
     """The demo office (10.20.0.0/16, TEST-NET peers) or the benchmark site (10.30.0.0/16,

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detector.synth._frames import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_MSS_BYTES, PacketTable
 from detector.contracts import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
+from detector.synth._frames import ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, TCP_MSS_BYTES, PacketTable
 
 # How a session ends (TcpSessions.close).
 CLOSE_CLIENT_FIN = 0

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.capture.packets.pcapwriter import write_pcap
 from detector.synth import _benign as benign
 from detector.synth import _events as events
 from detector.synth import _services as services
 from detector.synth import _ssh as ssh
 from detector.synth._frames import PacketTable, arp_rows, ipv4_rows, mdns6_rows
 from detector.synth._network import NS_PER_S, Activity, Network, make_activity, make_network, rng_for
-from detector.capture.packets.pcapwriter import write_pcap
 
 PROFILES = ("demo", "bench")
 TRUTH_HEADER = (

@@ -16,9 +16,9 @@ Field = tuple[int, int] | tuple[int, int, int]  # (IE, length) or (IE, length, e
 
 # softflowd's IPv4 template (v9 and IPFIX), with absolute millisecond times for IPFIX
 V9_FIELDS: tuple[Field, ...] = ((8, 4), (12, 4), (22, 4), (21, 4), (1, 4), (2, 4), (10, 4), (14, 4), (61, 1),
-                                (136, 1), (7, 2), (11, 2), (4, 1), (6, 1), (60, 1), (5, 1))  # fmt: skip
+                                (136, 1), (7, 2), (11, 2), (4, 1), (6, 1), (60, 1), (5, 1))
 IPFIX_FIELDS: tuple[Field, ...] = ((8, 4), (12, 4), (152, 8), (153, 8), (1, 8), (2, 8), (10, 4), (14, 4),
-                                   (7, 2), (11, 2), (4, 1), (6, 2), (60, 1), (5, 1))  # fmt: skip
+                                   (7, 2), (11, 2), (4, 1), (6, 2), (60, 1), (5, 1))
 
 
 def _pad4(body: bytes) -> bytes:
@@ -91,14 +91,14 @@ V5_DTYPE = np.dtype([
     ("bytes", ">u4"), ("first", ">u4"), ("last", ">u4"), ("sport", ">u2"), ("dport", ">u2"), ("pad1", "u1"),
     ("flags", "u1"), ("proto", "u1"), ("tos", "u1"), ("src_as", ">u2"), ("dst_as", ">u2"), ("src_mask", "u1"),
     ("dst_mask", "u1"), ("pad2", ">u2"),
-])  # fmt: skip
+])
 
 
 def v5_datagram(records: np.ndarray, unix_s: int, unix_ns: int, uptime_ms: int, sequence: int,
-                sampling_interval: int = 0, engine: tuple[int, int] = (0, 0)) -> bytes:  # fmt: skip
+                sampling_interval: int = 0, engine: tuple[int, int] = (0, 0)) -> bytes:
     """A v5 datagram from a V5_DTYPE array (at most 30 records by the protocol)."""
     header = struct.pack("!HHIIIIBBH", 5, records.shape[0], uptime_ms, unix_s, unix_ns, sequence, engine[0], engine[1],
-                         sampling_interval)  # fmt: skip
+                         sampling_interval)
     return header + records.astype(V5_DTYPE).tobytes()
 
 

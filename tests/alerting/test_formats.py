@@ -1,7 +1,7 @@
 """Formats: golden files per input and format, the shapes SIEMs rely on, and hostile input.
 
 Golden files live in tests/alerting/golden/, named <input>.<format>; regenerate them with
-NETAD_UPDATE_GOLDEN=1 after a deliberate change, and review the diff.
+NETAD_TEST_UPDATE_GOLDEN=1 after a deliberate change, and review the diff.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from detector.alerting import formats
 from detector.contracts import FeatureContribution, IncidentEvent, WindowEvidence
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("NETAD_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("NETAD_TEST_UPDATE_GOLDEN") == "1"
 
 # ---------------------------------------------------------------- parsers used by the tests
 
@@ -171,7 +171,7 @@ def test_golden(input_name: str, suffix: str, make_event: Factory) -> None:
     if UPDATE:
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(actual, encoding="utf-8")
-    assert path.exists(), f"{path} missing: run with NETAD_UPDATE_GOLDEN=1 and review it"
+    assert path.exists(), f"{path} missing: run with NETAD_TEST_UPDATE_GOLDEN=1 and review it"
     assert path.read_text(encoding="utf-8") == actual
 
 
@@ -200,7 +200,7 @@ def test_ecs_shape(make_event: Factory) -> None:
     assert netad["incident_id"] == "inc-20240601-10.20.1.33-7f3a"
     assert netad["top_features"][0] == {
         "name": "distinct_dst_ports", "unit": "ports", "share": 0.7112, "observed": 812.0, "expected": 3.04,
-    }  # fmt: skip
+    }
     assert set(netad["evidence"]) == {"top_peers", "top_ports", "top_flows"}
 
 
@@ -243,7 +243,7 @@ def test_cef_fields(make_event: Factory) -> None:
     ("severity", "action", "facility", "pri"),
     [("critical", "opened", "local5", 170), ("high", "updated", "local5", 171), ("medium", "opened", "local0", 132),
      ("low", "opened", "local5", 173), ("critical", "resolved", "local5", 173)],
-)  # fmt: skip
+)
 def test_rfc5424_pri(severity: str, action: str, facility: str, pri: int, make_event: Factory) -> None:
     """PRI is facility*8 + severity; a resolution is a notice whatever the incident was."""
     line = formats.to_rfc5424(make_event(0, severity=severity, action=action), facility=facility)  # type: ignore[arg-type]
@@ -262,7 +262,7 @@ def test_rfc5424_unknown_facility_is_refused(make_event: Factory) -> None:
 # ---------------------------------------------------------------- hostile input
 
 _SPECIALS = ["\n", "\r", "\r\n", "|", "=", "\\", "]", "[", '"', " ", "\t", "\x00", "\x1b[31m", "\u2028", "\x85",
-             "\u202e", "CEF:0|", " act=x", "\\n", "é", "🛰"]  # fmt: skip
+             "\u202e", "CEF:0|", " act=x", "\\n", "é", "🛰"]
 
 
 def _hostile_text() -> st.SearchStrategy[str]:
@@ -314,7 +314,7 @@ def _cef_expected(value: str, max_chars: int = formats.MAX_VALUE_CHARS) -> str:
 
 # the only fixture these tests take is a pure factory, so sharing it between examples is fine
 _HYPOTHESIS = settings(
-    max_examples=int(os.environ.get("NETAD_HYPOTHESIS_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("NETAD_TEST_HYPOTHESIS_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -343,7 +343,7 @@ def test_hostile_values_stay_inside_their_fields(make_event: Factory, fields: di
     assert header[5] == formats.one_line(event.rule_name or event.category or "netad incident")
     assert 0 <= int(header[6]) <= 10
     for key, value in [("externalId", event.event_id), ("cs1", event.incident_id), ("cs2", event.entity),
-                       ("cat", event.category), ("cs6", event.model_version)]:  # fmt: skip
+                       ("cat", event.category), ("cs6", event.model_version)]:
         expected = _cef_expected(value)
         assert ext.get(key, "") == expected
 
@@ -403,7 +403,7 @@ def test_rfc5424_fits_the_receivers_limit(make_event: Factory) -> None:
     """An event with maximal evidence is shortened to fit max_bytes (rsyslog's default 8 KiB
     would cut the JSON in half); ids, summary and the first feature are kept."""
     flows = [{"community_id": f"1:{'x' * 200}{i}", "src": "10.0.0.1", "dst": f"10.0.1.{i}", "note": "n" * 250}
-             for i in range(10)]  # fmt: skip
+             for i in range(10)]
     peers = [{"ip": f"10.0.1.{i}", "name": "p" * 250} for i in range(10)]
     event = make_event(0, evidence=WindowEvidence(top_peers=peers, top_flows=flows))
     assert len(formats.to_rfc5424(event).encode()) > 8192

@@ -21,7 +21,7 @@ def _score(k: int, entity: str = "10.0.0.5", anomalous: bool = True, score: floa
         T0 + k * W, T0 + (k + 1) * W, entity, "host", score, 1.0, anomalous, True,
         [FeatureContribution(top, "ports", 0.9, 800.0, 3.0)],
         WindowEvidence(top_ports=[{"port": 22, "proto": "tcp", "packets": 5}]),
-    )  # fmt: skip
+    )
 
 
 def _rules() -> RuleSet:

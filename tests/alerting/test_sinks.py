@@ -175,7 +175,7 @@ def test_url_forms_build(url: str, name: str, tmp_path: Path, monkeypatch: pytes
     try:
         assert sink.name == name
         assert sink.stats == {"delivered": 0, "failed": 0, "backlog": 0, "disabled": False, "retries": 0,
-                              "dead_lettered": 0}  # fmt: skip
+                              "dead_lettered": 0}
     finally:
         sink.close(0)
 
@@ -254,7 +254,7 @@ def test_jsonl_keeps_only_the_backups_asked_for(tmp_path: Path, make_event: Fact
 
 
 def test_jsonl_relative_path_and_outside_rotation(tmp_path: Path, make_event: Factory,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """jsonl:relative/path is relative to the working directory; a file moved away by an
     outside logrotate is noticed and a new one started."""
     monkeypatch.chdir(tmp_path)
@@ -321,14 +321,14 @@ def test_tcp_outage_delays_but_never_loses(tmp_path: Path, make_event: Factory, 
 
 
 def test_restart_delivers_backlog_first_in_order(tmp_path: Path, make_event: Factory,
-                                                 tcp_receiver: TcpReceiver) -> None:  # fmt: skip
+                                                 tcp_receiver: TcpReceiver) -> None:
     """A SinkSet closed during an outage leaves its backlog spooled; the next one (same
     spool_dir, as after a daemon restart) delivers it before anything new, in order. The
     healthy jsonl sink beside it never waited."""
     port = _free_port()
     jsonl = tmp_path / "incidents.jsonl"
     first = SinkSet([build_sink(f"syslog+tcp://127.0.0.1:{port}?{FAST}", spool_dir=tmp_path / "spool", name="siem"),
-                     build_sink(f"jsonl:{jsonl}", spool_dir=tmp_path / "spool", name="file")])  # fmt: skip
+                     build_sink(f"jsonl:{jsonl}", spool_dir=tmp_path / "spool", name="file")])
     events = [make_event(i) for i in range(15)]
     for event in events[:10]:
         first.publish(event)
@@ -339,7 +339,7 @@ def test_restart_delivers_backlog_first_in_order(tmp_path: Path, make_event: Fac
     first.close(0.2)
 
     second = SinkSet([build_sink(f"syslog+tcp://127.0.0.1:{tcp_receiver.port}?{FAST}",
-                                 spool_dir=tmp_path / "spool", name="siem")])  # fmt: skip
+                                 spool_dir=tmp_path / "spool", name="siem")])
     for event in events[10:]:
         second.publish(event)
     assert second.flush(10.0)
@@ -438,7 +438,7 @@ def _sender(args: list[str], log_path: Path) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     with open(log_path, "w") as log_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-c", _SENDER, *args], stdout=subprocess.PIPE, stderr=log_file,
-                                text=True, cwd=REPO, env=env)  # fmt: skip
+                                text=True, cwd=REPO, env=env)
 
 
 def _progress(proc: subprocess.Popen[str]) -> queue.Queue[str]:
@@ -494,7 +494,7 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, make_event: Factory, t
     tcp_receiver.start()
     second = subprocess.run([sys.executable, "-c", _SENDER, url, str(spool), str(events_path), str(last + 1), "0"],
                             capture_output=True, text=True, timeout=30, cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))  # fmt: skip
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.splitlines()[-1] == "flushed True"
 

@@ -101,7 +101,7 @@ def collector() -> Iterator[FakeCollector]:
 
 
 def test_hec_retries_through_503_and_delivers_everything(tmp_path: Path, make_event: Factory,
-                                                          collector: FakeCollector) -> None:  # fmt: skip
+                                                          collector: FakeCollector) -> None:
     """The collector answers 503 to the first 4 requests: with backoff, every event arrives
     once it recovers, in HEC's envelope, authenticated with the token."""
     collector.policy = lambda n, body: 503 if n < 4 else 200
@@ -127,7 +127,7 @@ def test_hec_retries_through_503_and_delivers_everything(tmp_path: Path, make_ev
 
 
 def test_hec_batch_rejected_is_split_and_the_culprit_dead_lettered(tmp_path: Path, make_event: Factory,
-                                                                  collector: FakeCollector) -> None:  # fmt: skip
+                                                                  collector: FakeCollector) -> None:
     """A 400 refuses the records themselves: the batch is retried one by one, the refused
     event is kept in dead/, and the others are delivered in order."""
     poison = make_event(3).event_id.encode()
@@ -173,7 +173,7 @@ def test_http_timeout_is_retried(tmp_path: Path, make_event: Factory, collector:
     """A collector that hangs past timeout_s counts as a failed attempt, not a stuck sink."""
     collector.delay_s = lambda n: 1.0 if n == 0 else 0.0
     sink = build_sink(f"{collector.url}/services/collector?token=t&timeout_s=0.2&backoff_s=0.05",
-                      spool_dir=tmp_path)  # fmt: skip
+                      spool_dir=tmp_path)
     sink.publish(make_event(0))
     assert sink.flush(5.0)
     sink.close()
@@ -184,7 +184,7 @@ def test_http_timeout_is_retried(tmp_path: Path, make_event: Factory, collector:
 
 @pytest.mark.parametrize(("fmt", "content_type"), [("ecs", "application/json"), ("cef", "text/plain; charset=utf-8")])
 def test_webhook_posts_one_event_per_request(tmp_path: Path, make_event: Factory, collector: FakeCollector,
-                                             fmt: str, content_type: str) -> None:  # fmt: skip
+                                             fmt: str, content_type: str) -> None:
     sink = build_sink(f"webhook+{collector.url}/hooks/netad?token=tok&format={fmt}&{FAST}", spool_dir=tmp_path)
     for i in range(3):
         sink.publish(make_event(i))

@@ -117,14 +117,14 @@ def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
          "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
+    )
     server = Rsyslog(_free_port(), _free_port(), cert, root / "out.jsonl", root / "rsyslogd.log")
     conf = root / "rsyslog.conf"
     conf.write_text(_CONF.format(work=work, cert=cert, key=key, out=server.out, tcp_port=server.tcp_port,
-                                 tls_port=server.tls_port))  # fmt: skip
+                                 tls_port=server.tls_port))
     with open(server.log, "w") as log_file:
         proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(root / "rsyslogd.pid")],
-                                stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+                                stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 10
         while not (_listening(server.tcp_port) and _listening(server.tls_port)):
@@ -144,7 +144,7 @@ def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
 @pytest.mark.parametrize("transport", ["tcp", "tls"])
 @pytest.mark.parametrize("fmt", ["rfc5424", "cef"])
 def test_rsyslog_receives_and_parses_every_incident(rsyslog: Rsyslog, tmp_path: Path, make_event: Factory,
-                                                    transport: str, fmt: str) -> None:  # fmt: skip
+                                                    transport: str, fmt: str) -> None:
     """rsyslog parses every message netad sends: header, structured data, MSG intact."""
     port = rsyslog.tcp_port if transport == "tcp" else rsyslog.tls_port
     tls = f"&ca={rsyslog.cert}" if transport == "tls" else ""
@@ -153,7 +153,7 @@ def test_rsyslog_receives_and_parses_every_incident(rsyslog: Rsyslog, tmp_path: 
         make_event(i, event_id=f"{transport}-{fmt}-{i:03d}", rule_name=HOSTILE_RULE,
                    entity="10.20.1.33" if i % 2 else 'weird "host"] \\ name')
         for i in range(25)
-    ]  # fmt: skip
+    ]
     for event in events:
         sink.publish(event)
     assert sink.flush(10.0)
@@ -178,7 +178,7 @@ def test_rsyslog_receives_and_parses_every_incident(rsyslog: Rsyslog, tmp_path: 
 
 
 def test_tls_refuses_an_untrusted_receiver_then_delivers_after_the_fix(rsyslog: Rsyslog, tmp_path: Path,
-                                                                      make_event: Factory) -> None:  # fmt: skip
+                                                                      make_event: Factory) -> None:
     """Without ?ca= the self-signed receiver is not trusted: nothing is sent, the sink is
     disabled and the event stays spooled. With ca= (same sink name, so same spool) the
     backlog goes out; insecure=1 also works, for labs."""

@@ -21,7 +21,7 @@ PACKETS = 3000
 def capture_result(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("bench")
     args = ["capture", "--packets", str(PACKETS), "--repeats", "1", "--scapy-packets", "200",
-            "--table-flows", "5000", "--workdir", str(workdir), "--json"]  # fmt: skip
+            "--table-flows", "5000", "--workdir", str(workdir), "--json"]
     result = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.output)

@@ -24,7 +24,7 @@ def test_soak_prints_rss_lines_over_several_passes(tmp_path):
     config.write_text(yaml.safe_dump(base_config(tmp_path, pcap, model)))
     netad("train", "-c", str(config), "--pcap", str(pcap), "--out", str(model))
     res = subprocess.run([sys.executable, "-m", "detector.bench.soak", "-c", str(config), "--seconds", "4",
-                          "--report-s", "1"], capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+                          "--report-s", "1"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert 0 == res.returncode, res.stderr
     lines = [line for line in res.stdout.splitlines() if line.startswith("t=")]
     assert len(lines) >= 4, res.stdout

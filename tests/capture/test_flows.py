@@ -8,7 +8,7 @@ from detector.capture.flows import FlowTable, community_id
 from detector.contracts import PACKET_COLUMNS, PacketBatch
 from tests.conftest import make_batch, shared_file
 
-SYN, SYNACK, ACK, RST, FINACK = 0x02, 0x12, 0x10, 0x04, 0x11
+SYN, SYNACK, ACK, RST = 0x02, 0x12, 0x10, 0x04
 
 
 def test_both_directions_are_one_flow_and_initiator_is_known():
@@ -17,7 +17,7 @@ def test_both_directions_are_one_flow_and_initiator_is_known():
         {"ts_s": 1, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 5000, "dport": 53, "proto": 17},
         {"ts_s": 2, "src": "8.8.8.8", "dst": "10.0.0.1", "sport": 53, "dport": 5000, "proto": 17},
         {"ts_s": 3, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 5001, "dport": 53, "proto": 17},
-    ])  # fmt: skip
+    ])
     ft = FlowTable()
     ann = ft.push(b)
     assert ann.flow_id[0] == ann.flow_id[1] != ann.flow_id[2]

@@ -9,6 +9,7 @@ import torch
 
 from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch, addr_to_pair
+from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores
 from detector.eval.evaluate import (
@@ -22,13 +23,12 @@ from detector.eval.evaluate import (
     most_relevant_host,
     parse_attacker_hints,
 )
-from detector.truth import Interval
-from detector.errors import ConfigError
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import StreamingScorer
 from detector.model.threshold import Threshold
+from detector.truth import Interval
 
 
 def _mann_whitney(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -181,7 +181,7 @@ def test_window_labels_follow_overlap_and_named_hosts():
     w = _windows([
         (0, "global", "global", 0.1), (10, "global", "global", 5.0), (20, "global", "global", 0.2), (30, "global", "global", 0.3),
         (10, "10.0.0.1", "host", 6.0), (10, "10.0.0.2", "host", 0.1), (30, "10.0.0.2", "host", 0.1), (20, "10.0.0.1", "host", 0.1),
-    ])  # fmt: skip
+    ])
     ivs = [
         LabelledInterval(Interval("ATTACK", True, 15 * s, 18 * s, ""), ["10.0.0.1"], []),
         LabelledInterval(Interval("FAULT", True, 35 * s, 36 * s, ""), [], []),
@@ -243,7 +243,7 @@ def test_the_visible_variant_counts_only_windows_that_hold_the_attack():
         start_ns=np.array(starts * 3, dtype=np.int64) * s, end_ns=(np.array(starts * 3, dtype=np.int64) + 5) * s,
         entity=np.array(["global"] * 4 + [t1] * 4 + [a] * 4), entity_class=np.array(["global"] * 4 + ["host"] * 8),
         scores={"lstm": np.zeros(n)}, anomalous=np.zeros(n, dtype=bool), threshold=np.ones(n), features=np.zeros((n, 1, 1), dtype=np.float32),
-    )  # fmt: skip
+    )
     assert [True] * 4 == _class_rows(w, li, "global").tolist()[:4]
     assert [True, False, False, True] == _class_rows(w, li, "global", visible_only=True).tolist()[:4]
     assert [True, False, False, True] * 2 == _class_rows(w, li, "host", visible_only=True).tolist()[4:]

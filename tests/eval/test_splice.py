@@ -63,7 +63,7 @@ def test_every_attack_packet_lies_inside_its_declared_interval(spliced):
     """Inside each truth interval the output holds exactly the benign packets there plus all
     of the attack's packets."""
     benign = read_records(HONEYPOT)
-    for iv, path in zip(load_truth(spliced["truth_path"]), (SYNFLOOD, MASSCAN_TCP, SSH_BRUTE)):
+    for iv, path in zip(load_truth(spliced["truth_path"]), (SYNFLOOD, MASSCAN_TCP, SSH_BRUTE), strict=True):
         added = _in(spliced["out"], iv.start_ns, iv.end_ns) - _in(benign, iv.start_ns, iv.end_ns)
         assert len(read_records(path)) == added, iv.event
 
@@ -88,7 +88,7 @@ def test_truth_csv_is_exact(spliced):
         end = start + span + 1000
         sources = {SYNFLOOD: 37623, MASSCAN_TCP: 1, SSH_BRUTE: 1}[path]
         expected.append([event, "1", text(start - benign_t0), text(end - benign_t0), text(start), text(end),
-                         f"attacker={attacker} target={VICTIM} sources={sources} packets={len(rec)} file={path.name}"])  # fmt: skip
+                         f"attacker={attacker} target={VICTIM} sources={sources} packets={len(rec)} file={path.name}"])
     with open(spliced["truth_path"], newline="") as fh:
         assert expected == list(csv.reader(fh))
 

@@ -25,7 +25,7 @@ def test_bundle_round_trip(tmp_path: Path):
     back = ModelBundle.load(tmp_path / "m", expected_schema=PACKET_SCHEMA)
     assert b.version == back.version
     for cls in ("global", "host"):
-        for (k, v), (k2, v2) in zip(b.classes[cls].network.state_dict().items(), back.classes[cls].network.state_dict().items()):
+        for (k, v), (k2, v2) in zip(b.classes[cls].network.state_dict().items(), back.classes[cls].network.state_dict().items(), strict=True):
             assert k == k2
             assert torch.equal(v, v2)
         np.testing.assert_array_equal(b.classes[cls].scaler.scale, back.classes[cls].scaler.scale)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import ipaddress
+import itertools
 import struct
 from dataclasses import dataclass
 from decimal import Decimal
@@ -190,7 +191,7 @@ def test_tcp_sequence_and_ack_numbers_follow_the_bytes_sent(capture: Capture) ->
     next_seq: dict[tuple[int, int, int, int], int] = {}
     checked = 0
     columns = (capture.src[tcp], capture.sport[tcp], capture.dst[tcp], capture.dport[tcp], capture.flags[tcp])
-    for i, (src, sport, dst, dport, flags) in enumerate(zip(*(c.tolist() for c in columns))):
+    for i, (src, sport, dst, dport, flags) in enumerate(zip(*(c.tolist() for c in columns), strict=True)):
         key, back = (src, sport, dst, dport), (dst, dport, src, sport)
         seq, ack = int(capture.seq[tcp[i]]), int(capture.ack[tcp[i]])
         if flags & SYN:
@@ -273,7 +274,7 @@ def test_attacks_are_in_the_attack_part_and_ten_minutes_apart(run: SynthResult) 
     """None in the benign prefix or the attack part's first 5 minutes; gaps >= 10 minutes."""
     spans = [(a.start_epoch_s, a.end_epoch_s) for a in run.attacks]
     assert spans[0][0] >= run.benign_until_epoch_s + 300
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start - end >= 600
     assert spans[-1][1] < run.end_epoch_s
     for event in run.events:
@@ -389,7 +390,7 @@ def test_default_demo_has_the_documented_size_and_schedule(tmp_path: Path) -> No
     starts = [a.start_epoch_s for a in result.attacks]
     ends = [a.end_epoch_s for a in result.attacks]
     assert starts[0] >= result.benign_until_epoch_s + 300
-    assert all(b - a >= 600 for a, b in zip(ends, starts[1:]))
+    assert all(b - a >= 600 for a, b in zip(ends, starts[1:], strict=False))
 
 
 # ---- the pcap writer ---------------------------------------------------------------------

@@ -47,7 +47,7 @@ def gather(c: Compiled, runs: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def record_columns(c: Compiled, arr: np.ndarray, meta: np.ndarray, facts: DatagramFacts,
-                   sampler_rate: dict[tuple[int, int], float], default_rate: float) -> tuple[dict[str, np.ndarray], int]:  # fmt: skip
+                   sampler_rate: dict[tuple[int, int], float], default_rate: float) -> tuple[dict[str, np.ndarray], int]:
     """The batch columns of one template's records (plus `export_ns` and `rate`, which the
     parser uses and drops), and how many records had no time of their own."""
     n = arr.shape[0]
@@ -82,7 +82,7 @@ def record_columns(c: Compiled, arr: np.ndarray, meta: np.ndarray, facts: Datagr
     sampler = column(arr, c, "sampler_id")
     if sampler is not None:
         exps = cols["exporter"]
-        found = np.array([sampler_rate.get((int(e), int(s)), 0.0) for e, s in zip(exps, sampler)], dtype=np.float64)
+        found = np.array([sampler_rate.get((int(e), int(s)), 0.0) for e, s in zip(exps, sampler, strict=True)], dtype=np.float64)
         rate = np.where(found > 0, found, rate)
     own = own_rate(c, arr)
     if own is not None:
@@ -107,7 +107,7 @@ def reverse_columns(c: Compiled, arr: np.ndarray, fwd: dict[str, np.ndarray]) ->
         sport=fwd["dport"], dport=fwd["sport"], packets=packets,
         bytes=scaled(_or(column(arr, c, "rev_bytes"), zeros), rate),
         tcp_flags=_or(column(arr, c, "rev_flags"), zeros) & np.uint64(0xFF), order=fwd["order"] + 1,
-    )  # fmt: skip
+    )
     keep = packets > 0
     return {k: v[keep] for k, v in out.items()}
 

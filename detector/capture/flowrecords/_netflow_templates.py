@@ -64,7 +64,6 @@ REVERSE_SEMANTICS: dict[str, tuple[int, ...]] = {
     "rev_packets": (2, 86),
     "rev_flags": (6,),
 }
-SAMPLING_KEYS = ("samp_interval", "samp_random", "samp_pkt_interval", "samp_pkt_space", "samp_size", "samp_population")
 
 _NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
 
@@ -117,7 +116,7 @@ def compile_template(fields: tuple[TemplateField, ...], options: bool, v9_scope:
         for ie in ies:
             idx = next((i for i, f in enumerate(fields)
                         if f.ie == ie and f.enterprise == want_pen and f.length not in (0, VARLEN)
-                        and not (f.scope and v9_scope)), None)  # fmt: skip
+                        and not (f.scope and v9_scope)), None)
             if idx is None:
                 continue
             f, off = fields[idx], fixed_offsets[idx]
@@ -147,7 +146,7 @@ def compile_template(fields: tuple[TemplateField, ...], options: bool, v9_scope:
             break
     dtype = np.dtype({"names": names, "formats": formats, "offsets": offs, "itemsize": max(itemsize, 1)})
     return Compiled(fields=fields, options=options, record_len=record_len, fixed_len=itemsize, dtype=dtype,
-                    names=out_names, odd=odd)  # fmt: skip
+                    names=out_names, odd=odd)
 
 
 def template_records(body: memoryview, version: int, options: bool) -> tuple[list[tuple[int, tuple[TemplateField, ...] | None]], bool]:

@@ -63,7 +63,7 @@ _V5_HEADER, _V5_RECORD, _V9_HEADER, _IPFIX_HEADER = 24, 48, 20, 16
 _V5_FIELDS = tuple(TemplateField(ie, ln) for ie, ln in (
     (8, 4), (12, 4), (15, 4), (10, 2), (14, 2), (2, 4), (1, 4), (22, 4), (21, 4), (7, 2), (11, 2),
     (210, 1), (6, 1), (4, 1), (5, 1), (16, 2), (17, 2), (9, 1), (13, 1), (210, 2),
-))  # fmt: skip
+))
 _V5 = compile_template(_V5_FIELDS, options=False, v9_scope=False)
 _PENDING_OVERHEAD = 64  # bytes a buffered flow set costs beyond its body: empty ones are not free
 _MAX_SAMPLERS = 65536  # sampler ids remembered over all exporters
@@ -157,12 +157,12 @@ class NetflowParser:
             "flowsets_dropped_no_template", "records_bad_time", "records_time_from_export",
             "records_without_addresses", "records_variable_length", "sequence_gaps",
             "datagrams_out_of_order",
-        ), 0)  # fmt: skip
+        ), 0)
 
     # ------------------------------------------------------------------ entry point
     def parse(self, datagrams: Sequence[bytes], addresses: Sequence[str]) -> FlowRecordBatch:
         work = _Work()
-        for data, address in zip(datagrams, addresses):
+        for data, address in zip(datagrams, addresses, strict=False):
             self.counters["datagrams"] += 1
             work.damaged = False
             try:
@@ -223,7 +223,7 @@ class NetflowParser:
         held = self._throttle(f"refused:{address}")
         if held is not None:
             log.warning("netflow_datagram_refused", exporter=address, reason="not an allowed exporter or too many exporters",
-                        max_exporters=self.max_exporters, similar_not_logged=held)  # fmt: skip
+                        max_exporters=self.max_exporters, similar_not_logged=held)
 
     def _v5(self, data: memoryview, address: str, work: _Work) -> None:
         if len(data) < _V5_HEADER:
@@ -314,7 +314,7 @@ class NetflowParser:
             if self._throttle(f"template:{key}") is not None:
                 log.info("netflow_template_changed" if old is not None else "netflow_template_added",
                          exporter=self.exporters[key[0]].name, version=key[1], template_id=key[2], fields=len(fields),
-                         options=options, record_bytes=c.record_len)  # fmt: skip
+                         options=options, record_bytes=c.record_len)
             while len(self._templates) > self.max_templates:
                 self._templates.popitem(last=False)
                 self.counters["templates_evicted"] += 1
@@ -361,7 +361,7 @@ class NetflowParser:
         if held is not None:
             log.warning("netflow_template_unknown", exporter=self.exporters[key[0]].name, version=key[1], template_id=key[2],
                         action="buffered until the template arrives", pending_bytes=self._pending_bytes,
-                        similar_not_logged=held)  # fmt: skip
+                        similar_not_logged=held)
 
     def _release_pending(self, key: tuple[int, int, int], work: _Work) -> None:
         keep: deque = deque()
@@ -391,7 +391,7 @@ class NetflowParser:
                 held = self._throttle(f"order:{exp}")
                 if held is not None:
                     log.warning("netflow_datagram_out_of_order", exporter=self.exporters[exp].name, sequence=seq,
-                                previous=last_seq, similar_not_logged=held)  # fmt: skip
+                                previous=last_seq, similar_not_logged=held)
                 return
             if diff > max(expected):
                 self.counters["sequence_gaps"] += 1
@@ -399,7 +399,7 @@ class NetflowParser:
                 if held is not None:
                     log.warning("netflow_sequence_gap", exporter=self.exporters[exp].name, sequence=seq, previous=last_seq,
                                 missing=diff - max(expected), unit="datagrams" if version == 9 else "records",
-                                similar_not_logged=held)  # fmt: skip
+                                similar_not_logged=held)
         self._sequence[key] = (seq, n_records)
 
     # ------------------------------------------------------------------ extraction
@@ -478,12 +478,12 @@ class NetflowParser:
             if held is not None:
                 log.warning("netflow_records_dropped", reason="record times outside the export's clock window",
                             records=int(bad.sum()), max_clock_skew_s=self.max_clock_skew_s,
-                            max_record_age_s=self.max_record_age_s, similar_not_logged=held)  # fmt: skip
+                            max_record_age_s=self.max_record_age_s, similar_not_logged=held)
         return ~(no_addr | bad_time)
 
     def stats(self) -> dict[str, int]:
         return {**self.counters, "templates": len(self._templates), "exporters": len(self.exporters),
-                "pending_bytes": self._pending_bytes}  # fmt: skip
+                "pending_bytes": self._pending_bytes}
 
 
 # --------------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ class NetflowCollector:
     """
 
     def __init__(self, bind_address: str = "0.0.0.0", port: int = 2055, buffer_mb: int = 16,
-                 batch_records: int = 65536, poll_s: float = 0.2, parser: NetflowParser | None = None) -> None:  # fmt: skip
+                 batch_records: int = 65536, poll_s: float = 0.2, parser: NetflowParser | None = None) -> None:
         self.bind_address = bind_address
         self.port = port
         self.buffer_mb = buffer_mb

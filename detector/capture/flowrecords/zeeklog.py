@@ -48,8 +48,7 @@ from typing import IO, Any
 import numpy as np
 import structlog
 
-from detector.contracts import Exporter, FlowRecordBatch
-from detector.contracts import V4_MAPPED_LO_PREFIX, addr_to_pair
+from detector.contracts import V4_MAPPED_LO_PREFIX, Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import CaptureError
 
 log = structlog.get_logger()
@@ -57,7 +56,7 @@ log = structlog.get_logger()
 # conn.log's columns when a file has no header (Zeek with LogAscii::include_meta=F)
 DEFAULT_FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
                   "conn_state local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts "
-                  "resp_ip_bytes tunnel_parents").split()  # fmt: skip
+                  "resp_ip_bytes tunnel_parents").split()
 _REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
 _PROTO = {b"tcp": 6, b"udp": 17, b"icmp": 1, b"sctp": 132}
 # history letters (upper case: originator) -> TCP flags; Q is SYN with FIN or RST: only SYN is sure
@@ -292,7 +291,7 @@ class ConnLogParser:
 
 
 _WANTED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration", "history",
-           "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")  # fmt: skip
+           "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")
 
 
 _TEXT_FIELDS = ("id.orig_h", "id.resp_h", "proto", "history")
@@ -324,7 +323,7 @@ def _json_value(name: str, value: Any) -> bytes:
         except ValueError:
             return value.encode("utf-8", "replace")
         if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=_dt.timezone.utc)
+            stamp = stamp.replace(tzinfo=_dt.UTC)
         return f"{stamp.timestamp():.6f}".encode()
     if isinstance(value, float):
         return f"{value:.6f}".encode()
@@ -432,7 +431,7 @@ class ZeekConnLog:
 
     def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
                  read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
-                 resume_at: dict | None = None) -> None:  # fmt: skip
+                 resume_at: dict | None = None) -> None:
         self.path = Path(path)
         self.follow = follow
         self.poll_s = poll_s
@@ -490,7 +489,7 @@ class ZeekConnLog:
         offset = at.get("offset")
         if (at.get("device"), at.get("inode")) != self._inode or not isinstance(offset, int) or not 0 <= offset <= size:
             log.warning("zeek_log_resumed_from_top", path=str(self.path), size=size,
-                        reason="rotated or truncated since the checkpoint: all of it is newer")  # fmt: skip
+                        reason="rotated or truncated since the checkpoint: all of it is newer")
             return
         self._read_header()
         self._file.seek(offset)
@@ -608,7 +607,7 @@ class ZeekConnLog:
 
     def stats(self) -> dict[str, int]:
         return {"lines": self.parser.lines, "malformed": self.parser.malformed, "rotations": self.rotations,
-                "truncations": self.truncations, "future_records": self.future_records}  # fmt: skip
+                "truncations": self.truncations, "future_records": self.future_records}
 
     def close(self) -> None:
         if self._file is not None:

@@ -25,9 +25,10 @@ never kills the daemon").
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -132,7 +133,7 @@ class _PcapWalker:
         n, pos, status, self._detail = walk_pcap(
             buf, pos, valid, self.big_endian, self.frac_ns, max_records,
             out.offsets, out.caplens, out.origlens, out.ts_ns, base,
-        )  # fmt: skip
+        )
         return int(n), int(pos), int(status)
 
     def frame_linktypes(self, iface: np.ndarray) -> int | np.ndarray:
@@ -179,7 +180,7 @@ class _PcapngWalker:
                 buf, pos, valid, self.big_endian, *self._arrays, self._section_base,
                 self._last_ts_ns, max_records - total,
                 out.offsets, out.caplens, out.origlens, out.ts_ns, out.iface, base + total,
-            )  # fmt: skip
+            )
             total += int(n)
             pos = int(pos)
             if status != WALK_BLOCK:
@@ -239,7 +240,7 @@ class _PcapngWalker:
         return WALK_FULL, pos + block_len
 
     def _interface_arrays(self) -> tuple[np.ndarray, ...]:
-        columns = list(zip(*self._interfaces)) or [(), (), (), (), ()]
+        columns = list(zip(*self._interfaces, strict=True)) or [(), (), (), (), ()]
         return tuple(np.array(column, dtype=np.int64) for column in columns)
 
     def frame_linktypes(self, iface: np.ndarray) -> int | np.ndarray:

@@ -14,6 +14,7 @@ of each frame and let the payload be zeros.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 from typing import BinaryIO
@@ -24,7 +25,6 @@ LINKTYPE_ETHERNET = 1
 MAGIC_MICROSECOND = 0xA1B2C3D4
 MAGIC_NANOSECOND = 0xA1B23C4D
 RECORD_HEADER_BYTES = 16
-GLOBAL_HEADER_BYTES = 24
 
 # Bytes of frame data per written chunk: bounds the temporary index arrays (8 bytes per
 # frame byte) to a few tens of MB whatever the capture's size.
@@ -104,7 +104,7 @@ def _chunks(caplen: np.ndarray) -> list[tuple[int, int]]:
     ends = np.cumsum(caplen + RECORD_HEADER_BYTES)
     cuts = np.searchsorted(ends, np.arange(_CHUNK_FRAME_BYTES, int(ends[-1]), _CHUNK_FRAME_BYTES), side="right")
     bounds = np.unique(np.concatenate([[0], cuts, [caplen.shape[0]]]))
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _chunk_bytes(

@@ -97,7 +97,7 @@ class EntityWindows:
     DISTINCT: tuple[str, ...]
 
     def __init__(self, home_net: list[str], bin_s: float, bins: int, lateness_s: float, max_entities: int,
-                 entity_idle_s: float, evidence_top_k: int) -> None:  # fmt: skip
+                 entity_idle_s: float, evidence_top_k: int) -> None:
         self.home_net = list(home_net)
         self.bin_s = bin_s
         self.bins = bins
@@ -203,8 +203,8 @@ class EntityWindows:
         names = [ENTITY_GLOBAL] + [entity_name(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
         classes = ["global"] + ["host"] * (len(alive) - 1)
         self.windows_closed += 1
-        evidence = LazyEvidence(acc, dict(zip(names, alive)), self.evidence_top_k) if acc is not None else {}
-        return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)  # type: ignore[arg-type]
+        evidence = LazyEvidence(acc, dict(zip(names, alive, strict=True)), self.evidence_top_k) if acc is not None else {}
+        return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)
 
     def _expire_entities(self, now_ns: int) -> None:
         n = len(self._slot_addr)

@@ -94,12 +94,12 @@ def find_slots(hi, lo, ts_ns, home, index, ent_hi, ent_lo, first_ns, last_ns, ou
         elif not home[i]:
             out[i] = -1
             continue
-        h, l = hi[i], lo[i]
-        at = np.int64(_address_hash(h, l) & np.uint64(mask))
+        h, low = hi[i], lo[i]
+        at = np.int64(_address_hash(h, low) & np.uint64(mask))
         slot = -1
         while index[at] >= 0:
             cand = index[at]
-            if ent_hi[cand] == h and ent_lo[cand] == l:
+            if ent_hi[cand] == h and ent_lo[cand] == low:
                 slot = cand
                 break
             at = (at + 1) & mask
@@ -163,7 +163,7 @@ def accumulate_window(
     win, abs_bin, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ip_len, tcp_flags, frag,
     flow_id, new_flow, src_home, dst_home, src_slot, dst_slot,
     sums, distinct, peers, ports, flows, fill,
-):  # fmt: skip
+):
     """Add the batch rows of window `w` to its aggregates, from contribution (start_part,
     start_row) on; part 0 is `global`, 1 the sending host, 2 the receiving host. Returns
     (3, 0) when done, or where it stopped because a tally must grow first (more than half

@@ -38,8 +38,6 @@ import numpy as np
 from detector.capture._hash import mix as _mix
 from detector.capture.windows._base import EntityWindows, emptied, grown
 from detector.contracts import (
-    FeatureSchema,
-    FlowRecordBatch,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -47,6 +45,8 @@ from detector.contracts import (
     TCP_ACK,
     TCP_RST,
     TCP_SYN,
+    FeatureSchema,
+    FlowRecordBatch,
     WindowBatch,
 )
 
@@ -100,7 +100,7 @@ FLOW_SCHEMA = FeatureSchema(
 
 _F = {name: i for i, name in enumerate(FLOW_SCHEMA.features)}
 _SUMS = ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "flows_out", "flows_in", "syn_only_out", "syn_only_in",
-         "rst_out", "rst_in", "icmp_err")  # fmt: skip
+         "rst_out", "rst_in", "icmp_err")
 _DISTINCT = ("peers_out", "peers_in", "ports_out", "ports_in")
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -315,7 +315,7 @@ class FlowWindowAggregator(EntityWindows):
         fid = _mix(np.where(a_first, s_hi, d_hi) ^ _mix(np.where(a_first, s_lo, d_lo) ^ _GOLDEN))
         fid = _mix(fid ^ _mix(np.where(a_first, d_hi, s_hi) ^ _mix(np.where(a_first, d_lo, s_lo))))
         ports = np.where(a_first, (b.sport[r].astype(np.uint64) << np.uint64(16)) | port,
-                         (port.astype(np.uint64) << np.uint64(16)) | b.sport[r])  # fmt: skip
+                         (port.astype(np.uint64) << np.uint64(16)) | b.sport[r])
         fid = _mix(fid ^ (ports << np.uint64(8)) ^ proto.astype(np.uint64))
         win = abs_bin // self.bins
         p_bin = abs_bin % self.bins
@@ -343,7 +343,7 @@ class FlowWindowAggregator(EntityWindows):
                 acc.distinct_keys.append(key)
                 acc.distinct_groups.append(g[first])
             self._evidence(acc, s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], pk[sel], by[sel], ported[sel],
-                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel])  # fmt: skip
+                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel])
 
     @staticmethod
     def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport) -> None:
@@ -358,7 +358,7 @@ class FlowWindowAggregator(EntityWindows):
         key = _mix(slot.astype(np.uint64) ^ _mix(fid))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         acc.flows.append((slot[first], fid[first], proto[first], s_hi[first], s_lo[first], d_hi[first], d_lo[first],
-                          sport[first], port[first], np.bincount(inv, weights=pk)))  # fmt: skip
+                          sport[first], port[first], np.bincount(inv, weights=pk)))
 
     # ---------------------------------------------------------------- closing
     def stats(self) -> dict[str, int]:

@@ -36,7 +36,6 @@ from detector.contracts import (
     WindowBatch,
 )
 
-
 # The feature schema: what one time bin of one entity looks like. "out" is traffic the
 # entity sends, "in" what it receives; for `global`, "in" is traffic entering the home
 # networks from outside and "out" is everything else. Changing this list means a new
@@ -132,7 +131,7 @@ class _PacketWindowAcc:
                       flows[:, k.FLOW_SRC_LO], flows[:, k.FLOW_DST_HI], flows[:, k.FLOW_DST_LO],
                       (proto_ports >> np.uint64(16)) & np.uint64(0xFFFF), proto_ports & np.uint64(0xFFFF),
                       flows[:, k.PACKETS].astype(as_packets)),
-        }  # fmt: skip
+        }
 
 
 def _key_ordered(tally: np.ndarray) -> np.ndarray:
@@ -166,7 +165,7 @@ class WindowAggregator(EntityWindows):
         self._ent_first_ns = np.zeros(16, dtype=np.int64)
         self._ent_alive = np.zeros(16, dtype=np.bool_)
         self._index = np.full(64, -1, dtype=np.int32)
-        self._open: dict[int, _PacketWindowAcc] = {}  # type: ignore[assignment]
+        self._open: dict[int, _PacketWindowAcc] = {}
         self.late_packets = 0
         self.entity_overflow = 0  # packets of hosts that found no free entity slot
 
@@ -201,12 +200,12 @@ class WindowAggregator(EntityWindows):
         full (those rows are counted in entity_overflow)."""
         out = np.empty(hi.shape[0], dtype=np.int64)
         missing, earlier = kernels.find_slots(hi, lo, ts_ns, home, self._index, self._ent_hi, self._ent_lo,
-                                              self._ent_first_ns, self._slot_last_ns, out, False)  # fmt: skip
+                                              self._ent_first_ns, self._slot_last_ns, out, False)
         if missing:
             rows = np.flatnonzero(out == -2)
             if self._admit(hi, lo, ts_ns, rows):
                 missing, more = kernels.find_slots(hi, lo, ts_ns, home, self._index, self._ent_hi, self._ent_lo,
-                                                   self._ent_first_ns, self._slot_last_ns, out, True)  # fmt: skip
+                                                   self._ent_first_ns, self._slot_last_ns, out, True)
                 earlier += more
             else:
                 out[rows] = -1
@@ -277,7 +276,7 @@ class WindowAggregator(EntityWindows):
                     w, self.bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
                     b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, src_home, dst_home,
                     src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
-                )  # fmt: skip
+                )
                 if part == 3:
                     break
                 acc.make_room()

@@ -21,7 +21,7 @@ def run_softflowd(capture: Path, port: int, args: list[str], cwd: Path, timeout_
     # short relative paths for the pid file and control socket: softflowd 1.1.0 hangs at
     # exit when its control socket's path is longer than 12 characters
     done = subprocess.run([SOFTFLOWD, "-r", str(capture), "-n", f"127.0.0.1:{port}", "-a", "-d", "-p", "pid", "-c", "ctl", *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
     assert 0 == done.returncode, done.stderr
     found = re.search(r"Flows exported: \d+ \((\d+) records\)", done.stdout)
     assert found is not None, done.stdout

@@ -18,13 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.bench.flows import flows
-from detector.synth import netflow as enc
-from detector.contracts import Exporter, FlowRecordBatch
-from detector.capture.flows import FlowTable
 from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
+from detector.capture.flows import FlowTable
 from detector.capture.packets.pcap import read_capture, read_records
-from detector.contracts import addr_to_pair, pair_to_addr
+from detector.contracts import Exporter, FlowRecordBatch, addr_to_pair, pair_to_addr
 from detector.errors import CaptureError
+from detector.synth import netflow as enc
 from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd
 from tests.conftest import shared_file
 
@@ -42,7 +41,7 @@ def ip(text: str) -> int:
 def v9_records(n: int = 3, uptime_ms: int = 100_000, over: dict | None = None) -> bytes:
     cols = {8: np.full(n, ip("10.0.0.5")), 12: np.array([ip(f"192.0.2.{i + 1}") for i in range(n)]),
             22: np.full(n, uptime_ms - 4000), 21: np.full(n, uptime_ms - 1000), 1: np.arange(1, n + 1) * 1000,
-            2: np.arange(1, n + 1) * 10, 7: np.full(n, 40000), 11: np.full(n, 443), 4: np.full(n, 6), 6: np.full(n, 0x1B)}  # fmt: skip
+            2: np.arange(1, n + 1) * 10, 7: np.full(n, 40000), 11: np.full(n, 443), 4: np.full(n, 6), 6: np.full(n, 0x1B)}
     cols.update(over or {})
     return enc.pack_records(V9, {k: np.asarray(v, dtype=np.uint64) for k, v in cols.items()}, n)
 
@@ -68,7 +67,7 @@ def test_v5_records_times_icmp_and_header_sampling():
     export_ns = EXPORT_S * 10**9 + 500_000_000
     assert [export_ns - 5 * 10**9, export_ns - 10**9] == b.start_ns.tolist()
     assert [export_ns - 2 * 10**9, export_ns - 10**9] == b.end_ns.tolist()
-    assert ["10.0.0.5", "10.0.0.6"] == [pair_to_addr(h, lo) for h, lo in zip(b.src_hi, b.src_lo)]
+    assert ["10.0.0.5", "10.0.0.6"] == [pair_to_addr(h, lo) for h, lo in zip(b.src_hi, b.src_lo, strict=True)]
     assert [30, 10] == b.packets.tolist()
     assert [3000, 560] == b.bytes.tolist()
     assert [10, 10] == b.sampling.tolist()
@@ -85,7 +84,8 @@ def test_v9_template_then_data_and_uptime_wrap():
     assert 3 == len(b)
     assert [10, 20, 30] == b.packets.tolist()
     assert [EXPORT_S * 10**9 - 4 * 10**9] * 3 == b.start_ns.tolist()
-    wrapped = v9([enc.data_set(256, v9_records(1, uptime_ms=500, over={22: [(500 - 4000) % 2**32], 21: [(500 - 1000) % 2**32]}))], seq=1, uptime_ms=500)  # fmt: skip
+    over = {22: [(500 - 4000) % 2**32], 21: [(500 - 1000) % 2**32]}
+    wrapped = v9([enc.data_set(256, v9_records(1, uptime_ms=500, over=over))], seq=1, uptime_ms=500)
     b = parse(parser, wrapped)
     assert [EXPORT_S * 10**9 - 4 * 10**9] == b.start_ns.tolist()
     assert 0 == parser.counters["datagrams_malformed"]
@@ -96,7 +96,7 @@ def test_ipv6_records_and_icmpv6_type_code():
     fields = ((27, 16), (28, 16), (4, 1), (139, 2), (2, 4), (1, 4))
     src, dst = addr_to_pair("2001:db8::1"), addr_to_pair("2001:db8:ffff::2")
     cols = {27: np.array([src]), 28: np.array([dst]), 4: np.array([58]), 139: np.array([(1 << 8) | 4]),
-            2: np.array([2]), 1: np.array([160])}  # fmt: skip
+            2: np.array([2]), 1: np.array([160])}
     b = parse(NetflowParser(), v9([enc.template_set(2048, fields, ipfix=False), enc.data_set(2048, enc.pack_records(fields, cols, 1))]))
     assert ["2001:db8::1"] == addrs(b.src_hi, b.src_lo)
     assert ["2001:db8:ffff::2"] == addrs(b.dst_hi, b.dst_lo)
@@ -104,7 +104,7 @@ def test_ipv6_records_and_icmpv6_type_code():
 
 
 def addrs(hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    return [pair_to_addr(h, lo_) for h, lo_ in zip(hi, lo)]
+    return [pair_to_addr(h, lo_) for h, lo_ in zip(hi, lo, strict=True)]
 
 
 def test_data_before_its_template_is_buffered_and_parsed_when_it_comes():
@@ -179,9 +179,9 @@ def test_ipfix_sampling_per_selector_and_absolute_times():
     start_ms = EXPORT_S * 1000 - 30_000
     recs = enc.pack_records(fields, {8: np.full(3, ip("10.0.0.1")), 12: np.full(3, ip("10.0.0.2")), 152: np.full(3, start_ms),
                                      153: np.full(3, start_ms + 1500), 2: np.array([1, 2, 3]), 1: np.array([100, 200, 300]),
-                                     4: np.full(3, 17), 302: np.array([1, 2, 9])}, 3)  # fmt: skip
+                                     4: np.full(3, 17), 302: np.array([1, 2, 9])}, 3)
     msg = enc.ipfix_message([options, enc.data_set(500, opt_recs), enc.template_set(501, fields, ipfix=True),
-                             enc.data_set(501, recs)], EXPORT_S, sequence=0)  # fmt: skip
+                             enc.data_set(501, recs)], EXPORT_S, sequence=0)
     b = parse(parser, msg)
     assert [4, 10, 1] == b.sampling.tolist()  # selector 9 was never announced: unsampled
     assert [4, 20, 3] == b.packets.tolist()
@@ -195,12 +195,12 @@ def test_ipfix_biflows_become_two_records():
     cols = {8: np.array([ip("10.0.0.1"), ip("10.0.0.3")]), 12: np.array([ip("192.0.2.7"), ip("192.0.2.8")]),
             7: np.array([40000, 40001]), 11: np.array([443, 80]), 4: np.array([6, 6]), 2: np.array([5, 1]),
             1: np.array([500, 60]), 6: np.array([0x1B, 0x02]), -2: np.array([4, 0]), -1: np.array([4000, 0]),
-            -6: np.array([0x1B, 0])}  # fmt: skip
+            -6: np.array([0x1B, 0])}
     msg = enc.ipfix_message([enc.template_set(600, fields, ipfix=True), enc.data_set(600, enc.pack_records(fields, cols, 2))],
-                            EXPORT_S, sequence=0)  # fmt: skip
+                            EXPORT_S, sequence=0)
     b = parse(NetflowParser(), msg)
     assert 3 == len(b)  # the unanswered SYN has no reverse record
-    assert ["10.0.0.1", "192.0.2.7", "10.0.0.3"] == [pair_to_addr(h, lo) for h, lo in zip(b.src_hi, b.src_lo)]
+    assert ["10.0.0.1", "192.0.2.7", "10.0.0.3"] == [pair_to_addr(h, lo) for h, lo in zip(b.src_hi, b.src_lo, strict=True)]
     assert [40000, 443, 40001] == b.sport.tolist()
     assert [5, 4, 1] == b.packets.tolist()
     assert [0x1B, 0x1B, 0x02] == b.tcp_flags.tolist()
@@ -209,11 +209,11 @@ def test_ipfix_biflows_become_two_records():
 def test_ipfix_variable_length_fields_and_withdrawal():
     fields = ((8, 4), (82, 65535), (12, 4), (2, 4))
     rec = b"".join(struct_rec(a, name, d, p) for a, name, d, p in (("10.0.0.1", b"eth0", "10.0.0.2", 7),
-                                                                    ("10.0.0.3", b"x" * 300, "10.0.0.4", 9)))  # fmt: skip
+                                                                    ("10.0.0.3", b"x" * 300, "10.0.0.4", 9)))
     parser = NetflowParser()
     b = parse(parser, enc.ipfix_message([enc.template_set(700, fields, ipfix=True), enc.data_set(700, rec)], EXPORT_S, 0))
     assert [7, 9] == b.packets.tolist()
-    assert ["10.0.0.2", "10.0.0.4"] == [pair_to_addr(h, lo) for h, lo in zip(b.dst_hi, b.dst_lo)]
+    assert ["10.0.0.2", "10.0.0.4"] == [pair_to_addr(h, lo) for h, lo in zip(b.dst_hi, b.dst_lo, strict=True)]
     parse(parser, enc.ipfix_message([enc.withdrawal_set(700)], EXPORT_S, 2))
     assert 1 == parser.counters["templates_withdrawn"]
     assert 0 == len(parse(parser, enc.ipfix_message([enc.data_set(700, rec)], EXPORT_S, 2)))
@@ -255,10 +255,10 @@ def test_exporters_outside_the_allowed_networks_are_refused():
 VALID = [
     v9([enc.template_set(256, V9, ipfix=False), enc.data_set(256, v9_records())], seq=1),
     v9([enc.options_template_set(257, [(1, 4)], [(34, 4)], ipfix=False),
-        enc.data_set(257, enc.pack_records(((1, 4), (34, 4)), {34: np.array([8])}, 1))], seq=2),  # fmt: skip
+        enc.data_set(257, enc.pack_records(((1, 4), (34, 4)), {34: np.array([8])}, 1))], seq=2),
     enc.ipfix_message([enc.template_set(300, enc.IPFIX_FIELDS, ipfix=True),
                        enc.data_set(300, enc.pack_records(enc.IPFIX_FIELDS, enc.synthetic_columns(5, EXPORT_S * 1000 - 700_000), 5))],
-                      EXPORT_S, 0),  # fmt: skip
+                      EXPORT_S, 0),
     enc.v5_datagram(np.zeros(3, enc.V5_DTYPE), EXPORT_S, 0, 1000, 0),
 ]
 
@@ -276,7 +276,7 @@ def test_random_bytes_are_counted_never_raised(data: bytes, version: bytes):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(range(len(VALID))), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
-       st.integers(0, 2000))  # fmt: skip
+       st.integers(0, 2000))
 def test_damaged_datagrams_are_counted_never_raised(which: int, flips: list[tuple[int, int]], cut: int):
     """Fuzz: valid datagrams with bytes changed and tails cut, to a parser that knows the
     templates (so damaged data sets, not only headers, are exercised)."""
@@ -294,7 +294,7 @@ def test_damaged_datagrams_are_counted_never_raised(which: int, flips: list[tupl
 @given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 6, 7, 8, 11, 12, 21, 22, 27, 28, 32, 34, 48, 82, 152, 153, 156, 160, 302, 305, 306]),
                           st.sampled_from([1, 2, 3, 4, 5, 7, 8, 16, 65535]), st.sampled_from([0, 0, 29305, 9])),
                 min_size=1, max_size=12),
-       st.booleans(), st.booleans(), st.binary(min_size=0, max_size=400))  # fmt: skip
+       st.booleans(), st.booleans(), st.binary(min_size=0, max_size=400))
 def test_any_template_with_any_data_is_read_or_counted(fields, ipfix: bool, options: bool, data: bytes):
     """Fuzz: arbitrary templates (odd lengths, variable-length fields, reverse elements,
     options) followed by arbitrary data never make the parser raise."""
@@ -361,7 +361,7 @@ def test_collector_bind_failure_is_a_clear_error():
 # --------------------------------------------------------------------------------------
 
 NO_TIMEOUTS = ["-t", "tcp=1w", "-t", "udp=1w", "-t", "icmp=1w", "-t", "general=1w", "-t", "tcp.rst=1w",
-               "-t", "tcp.fin=1w", "-t", "maxlife=0", "-m", "1000000", "-T", "full"]  # fmt: skip
+               "-t", "tcp.fin=1w", "-t", "maxlife=0", "-m", "1000000", "-T", "full"]
 
 
 def softflowd_export(capture: Path, args: list[str], tmp_path: Path) -> tuple[FlowRecordBatch, str, NetflowCollector]:
@@ -399,8 +399,8 @@ def directional_totals(batch, link_bytes: np.ndarray) -> dict[tuple, list]:
     out: dict[tuple, list] = {}
     span: dict[tuple, list] = {}
     keys = zip(batch.src_hi.tolist(), batch.src_lo.tolist(), batch.dst_hi.tolist(), batch.dst_lo.tolist(),
-               batch.sport.tolist(), batch.dport.tolist(), batch.proto.tolist())  # fmt: skip
-    for key, ln, link, ts in zip(keys, batch.ip_len.tolist(), link_bytes.tolist(), batch.ts_ns.tolist()):
+               batch.sport.tolist(), batch.dport.tolist(), batch.proto.tolist(), strict=True)
+    for key, ln, link, ts in zip(keys, batch.ip_len.tolist(), link_bytes.tolist(), batch.ts_ns.tolist(), strict=True):
         t = out.setdefault(key, [0, 0, 0])
         t[0] += 1
         t[1] += ln
@@ -424,7 +424,7 @@ def reopen_bound(batch) -> int:
     ports = np.minimum(batch.sport[tcp], batch.dport[tcp]).astype(np.uint64) << np.uint64(16) | np.maximum(batch.sport[tcp], batch.dport[tcp])
     seen: set[tuple] = set()
     count = 0
-    for key, flags in zip(zip(a.tolist(), b.tolist(), ports.tolist()), batch.tcp_flags[tcp].tolist()):
+    for key, flags in zip(zip(a.tolist(), b.tolist(), ports.tolist(), strict=True), batch.tcp_flags[tcp].tolist(), strict=True):
         if key in seen:
             count += 1
         if flags & 0x05:
@@ -458,8 +458,9 @@ def test_softflowd_export_matches_the_packet_path(capture: str, version: list[st
     assert 0 == coll.stats()["datagrams_malformed"] and 0 == coll.stats()["kernel_drops"]
     seen = set()
     keys = zip(got.src_hi.tolist(), got.src_lo.tolist(), got.dst_hi.tolist(), got.dst_lo.tolist(), got.sport.tolist(),
-               got.dport.tolist(), got.proto.tolist())  # fmt: skip
-    for key, packets, nbytes, start, end in zip(keys, got.packets.tolist(), got.bytes.tolist(), got.start_ns.tolist(), got.end_ns.tolist()):
+               got.dport.tolist(), got.proto.tolist(), strict=True)
+    columns = zip(keys, got.packets.tolist(), got.bytes.tolist(), got.start_ns.tolist(), got.end_ns.tolist(), strict=True)
+    for key, packets, nbytes, start, end in columns:
         assert key not in seen
         seen.add(key)
         r = ref[key]

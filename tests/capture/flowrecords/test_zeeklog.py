@@ -16,25 +16,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector.contracts import FlowRecordBatch
-from detector.capture.windows import FLOW_SCHEMA
-from detector.capture.windows.flow import FlowWindowAggregator
-from detector.capture.windows import PACKET_SCHEMA
 from detector.capture.flowrecords.zeeklog import DEFAULT_FIELDS, ZeekConnLog
-from detector.contracts import addr_to_pair, pair_to_addr
+from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
+from detector.capture.windows.flow import FlowWindowAggregator
+from detector.contracts import FlowRecordBatch, addr_to_pair, pair_to_addr
 from detector.errors import CaptureError, ModelError
 from tests.conftest import shared_file
 
 HEADER = ("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n#open\t2024-01-01-00-00-00\n"
-          "#fields\t" + "\t".join(DEFAULT_FIELDS) + "\n#types\t" + "\t".join(["string"] * len(DEFAULT_FIELDS)) + "\n").encode()  # fmt: skip
+          "#fields\t" + "\t".join(DEFAULT_FIELDS) + "\n#types\t" + "\t".join(["string"] * len(DEFAULT_FIELDS)) + "\n").encode()
 IOT23 = "iot23-honeypot-4-1/conn.log.labeled"
 
 
 def line(ts: float = 1700000000.5, orig: str = "10.0.0.5", resp: str = "192.0.2.9", oport: int = 40000, rport: int = 443,
          proto: str = "tcp", duration: str = "2.000000", history: str = "ShADadFf", opkts: int = 6, obytes: int = 400,
-         rpkts: int = 5, rbytes: int = 3000) -> bytes:  # fmt: skip
+         rpkts: int = 5, rbytes: int = 3000) -> bytes:
     fields = [f"{ts:.6f}", "Cabc", orig, str(oport), resp, str(rport), proto, "-", duration, "0", "0", "SF", "-", "-", "0",
-              history, str(opkts), str(obytes), str(rpkts), str(rbytes), "-"]  # fmt: skip
+              history, str(opkts), str(obytes), str(rpkts), str(rbytes), "-"]
     return ("\t".join(fields) + "\n").encode()
 
 
@@ -45,7 +43,7 @@ def read_all(path: Path, **kw) -> tuple[FlowRecordBatch, ZeekConnLog]:
 
 
 def addrs(hi: np.ndarray, lo: np.ndarray) -> list[str]:
-    return [pair_to_addr(h, lo_) for h, lo_ in zip(hi, lo)]
+    return [pair_to_addr(h, lo_) for h, lo_ in zip(hi, lo, strict=True)]
 
 
 def test_a_connection_becomes_one_record_per_direction(tmp_path: Path):
@@ -66,7 +64,7 @@ def test_a_connection_becomes_one_record_per_direction(tmp_path: Path):
 
 @pytest.mark.parametrize(("history", "orig", "resp"), [
     ("S", 0x02, 0), ("Sr", 0x02, 0x04), ("ShR", 0x06, 0x12), ("ShAdDaFf", 0x13, 0x13), ("Dd", 0, 0), ("^hA", 0x10, 0x12),
-])  # fmt: skip
+])
 def test_history_gives_each_directions_tcp_flags(tmp_path: Path, history: str, orig: int, resp: int):
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(history=history, rpkts=1))
@@ -78,7 +76,7 @@ def test_udp_and_icmp(tmp_path: Path):
     """No flags outside TCP; ICMP's type is the record's sport (its counterpart for the reply)."""
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(proto="udp", history="Dd", rport=53) + line(proto="icmp", oport=8, rport=0, history="-")
-                     + line(proto="icmp", orig="2001:db8::1", resp="2001:db8::2", oport=128, rport=129, rpkts=0, rbytes=0))  # fmt: skip
+                     + line(proto="icmp", orig="2001:db8::1", resp="2001:db8::2", oport=128, rport=129, rpkts=0, rbytes=0))
     b, _ = read_all(path)
     assert [17, 17, 1, 1, 58] == b.proto.tolist()
     assert [0] * 5 == b.tcp_flags.tolist()
@@ -124,7 +122,7 @@ def plain_reading(path: Path) -> list[tuple]:
             continue
         if raw.startswith("#") or not raw:
             continue
-        v = dict(zip(fields, raw.split("\t")))
+        v = dict(zip(fields, raw.split("\t"), strict=True))
         start = round(float(v["ts"]) * 1e6) * 1000
         end = start + round(float(0 if v["duration"] == "-" else v["duration"]) * 1e6) * 1000
         o, r = v["id.orig_h"], v["id.resp_h"]
@@ -139,7 +137,7 @@ def as_tuples(b: FlowRecordBatch) -> list[tuple]:
     names = {6: "tcp", 17: "udp", 1: "icmp"}
     return [(s, e, src, dst, sp, dp, names[p], pk, by) for s, e, src, dst, sp, dp, p, pk, by in zip(
         b.start_ns.tolist(), b.end_ns.tolist(), addrs(b.src_hi, b.src_lo), addrs(b.dst_hi, b.dst_lo), b.sport.tolist(),
-        b.dport.tolist(), b.proto.tolist(), b.packets.tolist(), b.bytes.tolist())]  # fmt: skip
+        b.dport.tolist(), b.proto.tolist(), b.packets.tolist(), b.bytes.tolist(), strict=True)]
 
 
 @pytest.mark.shared_data
@@ -167,7 +165,7 @@ def test_json_logs_give_the_same_records_as_tsv(tmp_path: Path):
                 fields = [n for f in raw.split("\t")[1:] for n in f.split()[:1]]
             if raw.startswith("#") or not raw:
                 continue
-            v = {k: x for k, x in zip(fields, raw.split("\t")) if x != "-"}
+            v = {k: x for k, x in zip(fields, raw.split("\t"), strict=True) if x != "-"}
             obj = {k: (float(x) if k in ("ts", "duration") else int(x) if x.isdigit() else x) for k, x in v.items()}
             f_flat.write(json.dumps(obj) + "\n")
             obj["id"] = {k[3:]: obj.pop(k) for k in list(obj) if k.startswith("id.")}
@@ -323,14 +321,14 @@ def test_addresses_of_every_form(tmp_path: Path):
     b, log = read_all(path)
     assert 0 == log.stats()["malformed"]
     expected = [addr_to_pair(a.split("%")[0]) for a in forms]
-    assert expected == list(zip(b.src_hi.tolist(), b.src_lo.tolist()))
+    assert expected == list(zip(b.src_hi.tolist(), b.src_lo.tolist(), strict=True))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.sampled_from(["-", "", "1e400", "nan", "-5", "1.5", "99999999999999999999", "10.0.0.1", "::1",
                                           "tcp", "udp", "icmp", "ShAF", "\\x09", "{}", "#fields", "é"]),
                          min_size=0, max_size=24).map("\t".join), max_size=8),
-       st.booleans())  # fmt: skip
+       st.booleans())
 def test_any_line_is_read_or_counted(tmp_path: Path, lines: list[str], with_header: bool):
     """Fuzz: lines of odd values (unset, empty, overflowing, non-finite, misplaced) after a
     header or none, TSV or JSON-looking: records or malformed counts, never an exception."""

@@ -15,6 +15,7 @@ tcpreplay sends ../shared/data/westermo/right.pcap (35,067 frames) on the other,
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -165,7 +166,7 @@ def test_permission_denied_is_a_capture_error_saying_what_to_grant():
     done = subprocess.run(
         ["setpriv", "--bounding-set", "-net_raw,-net_admin", "--inh-caps", "-net_raw,-net_admin", sys.executable, "-c", code],
         capture_output=True, text=True, timeout=60, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "permission denied capturing on interface 'lo'" in done.stdout
     assert "CAP_NET_RAW" in done.stdout
@@ -184,7 +185,7 @@ def replayed(tmp_path_factory) -> dict:
             sent = subprocess.run(
                 ns.exec_argv(["tcpreplay", "-i", ns.send_iface, "--topspeed", "--preload-pcap", str(pcap)]),
                 capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+            )
             assert sent.returncode == 0, sent.stderr
             worker.wait_for("idle", timeout_s=60)
             after_ns = time.time_ns()
@@ -203,7 +204,7 @@ def test_every_frame_of_the_capture_arrives_without_drops(replayed):
     st = replayed["stats"]
     assert 35_067 == offline.packets
     assert {"packets": offline.packets, "kernel_drops": 0, "interface_drops": 0, "malformed": offline.malformed,
-            "non_ip": offline.non_ip} == {k: st[k] for k in ("packets", "kernel_drops", "interface_drops", "malformed", "non_ip")}  # fmt: skip
+            "non_ip": offline.non_ip} == {k: st[k] for k in ("packets", "kernel_drops", "interface_drops", "malformed", "non_ip")}
     assert rows == len(replayed["live"]) == st["rows"]
 
 
@@ -245,14 +246,14 @@ def test_windows_from_live_rows_equal_offline_windows_after_retiming(replayed):
     cfg = load_config(REPO / "configs" / "westermo.yaml", env={})  # home net 198.18.134.0/24, 5 x 2 s bins
     retimed = _retimed_live_rows(replayed)
     cuts = np.cumsum([0] + [len(b) for b in CaptureFile(replayed["pcap"])])
-    live_batches = [retimed.take(slice(a, b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    live_batches = [retimed.take(slice(a, b)) for a, b in itertools.pairwise(cuts)]
     expected = list(window_stream(cfg, CaptureFile(replayed["pcap"])))
     actual = list(window_stream(cfg, live_batches))
     assert len(expected) > 500  # 5,444 s of traffic in 10 s windows
     assert [(w.window_start_ns, w.window_end_ns, w.entities) for w in expected] == [
         (w.window_start_ns, w.window_end_ns, w.entities) for w in actual
     ]
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=True):
         assert np.array_equal(e.features, a.features), (e.window_start_ns, e.entities)
 
 

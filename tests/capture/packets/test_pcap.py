@@ -72,7 +72,7 @@ def real_capture(name: str) -> Path:
 _LINK_TYPE_FIELD = {
     Ether: "type", Dot1Q: "type", Dot1AD: "type", CookedLinux: "proto", CookedLinuxV2: "proto",
     SNAP: "code", Loopback: "type", LoopbackOpenBSD: "type",
-}  # fmt: skip
+}
 _IP_OR_VLAN = {0x0800, 0x86DD, 0x8100, 0x88A8}
 
 
@@ -349,7 +349,7 @@ def test_vlan_column_is_the_outermost_tag() -> None:
     ]
     batch = parse_list(frames_of(pkts), 1)
     assert [100, 200, 300, 0] == batch.vlan.tolist()
-    assert [(1, 2)] * 4 == list(zip(batch.sport.tolist(), batch.dport.tolist()))
+    assert [(1, 2)] * 4 == list(zip(batch.sport.tolist(), batch.dport.tolist(), strict=True))
 
 
 def test_ipv6_extension_headers_lead_to_the_upper_layer_protocol() -> None:
@@ -361,10 +361,10 @@ def test_ipv6_extension_headers_lead_to_the_upper_layer_protocol() -> None:
     frag = [FRAG_NONE, FRAG_FIRST, FRAG_LATER, FRAG_NONE, FRAG_NONE, FRAG_NONE, FRAG_NONE, FRAG_NONE]
     assert frag == batch.frag.tolist()
     ports = [(443, 50000), (1000, 2000), (0, 0), (3, 4), (5, 6), (0, 0), (0, 0), (128, 0)]
-    assert ports == list(zip(batch.sport.tolist(), batch.dport.tolist()))
+    assert ports == list(zip(batch.sport.tolist(), batch.dport.tolist(), strict=True))
     assert [0x11, 0, 0, 0, 0x02, 0, 0, 0] == batch.tcp_flags.tolist()
     assert [len(p[IPv6]) for p in pkts] == batch.ip_len.tolist()
-    assert ["2001:db8::1"] * 7 + ["fe80::1"] == [pair_to_addr(h, lo) for h, lo in zip(batch.src_hi, batch.src_lo)]
+    assert ["2001:db8::1"] * 7 + ["fe80::1"] == [pair_to_addr(h, lo) for h, lo in zip(batch.src_hi, batch.src_lo, strict=True)]
 
 
 def test_ipv6_extension_chain_cut_by_snaplen() -> None:
@@ -393,10 +393,10 @@ def test_ipv4_addresses_are_v4_mapped_and_options_are_skipped() -> None:
     batch = parse_list(frames_of(CRAFTED["ipv4_options"]), 1)
     assert ([0], [0x0000FFFF01020304], [0x0000FFFF05060708]) == (
         batch.src_hi.tolist(), batch.src_lo.tolist(), batch.dst_lo.tolist(),
-    )  # fmt: skip
+    )
     assert ([22], [2222], [0x18], [4]) == (
         batch.sport.tolist(), batch.dport.tolist(), batch.tcp_flags.tolist(), batch.ip_version.tolist(),
-    )  # fmt: skip
+    )
 
 
 def test_malformed_frames_are_counted_without_rows() -> None:
@@ -410,7 +410,7 @@ def test_non_ip_frames_are_counted_without_rows() -> None:
     """ARP, LLDP and 802.3/LLC (STP) frames count as non_ip; IP behind LLC/SNAP is parsed."""
     batch = parse_list(frames_of(CRAFTED["non_ip"] + CRAFTED["snap"]), 1)
     assert (1, 0, 3) == (len(batch), batch.malformed, batch.non_ip)
-    assert ["9.9.9.9"] == [pair_to_addr(h, lo) for h, lo in zip(batch.src_hi, batch.src_lo)]
+    assert ["9.9.9.9"] == [pair_to_addr(h, lo) for h, lo in zip(batch.src_hi, batch.src_lo, strict=True)]
 
 
 def test_transport_header_cut_by_snaplen_keeps_the_row() -> None:
@@ -461,7 +461,7 @@ def test_link_types_give_the_same_rows_as_ethernet(tmp_path: Path, linktype: int
     """IPv4 and IPv6 packets framed by SLL, SLL2, raw IP (101 and DLT 12), NULL and LOOP give
     the rows the same packets give under Ethernet (written with scapy's wrpcap)."""
     ips = [IP(src="10.1.1.1", dst="10.2.2.2") / TCP(sport=80, dport=9999, flags="A"),
-           IPv6(src="2001:db8::a", dst="2001:db8::b") / UDP(sport=53, dport=4444)]  # fmt: skip
+           IPv6(src="2001:db8::a", dst="2001:db8::b") / UDP(sport=53, dport=4444)]
     pkts = [LINK_FRAMING[linktype](ip) for ip in ips]
     for i, p in enumerate(pkts):
         p.time = 1_700_000_000 + i
@@ -519,7 +519,7 @@ def test_pcapng_timestamp_resolutions(tmp_path: Path) -> None:
         ng_epb(1, 1_700_000_000_123_456_789, tcp_frame(2)),
         ng_epb(2, (1_700_000_000 << 20) + (1 << 19), tcp_frame(3)),  # +0.5 s
         ng_epb(3, 1_700_000_000_007, tcp_frame(4)),
-    ])  # fmt: skip
+    ])
     capture = CaptureFile(write(tmp_path, "res.pcapng", content))
     batch = PacketBatch.concat(list(capture))
     expected = [T0_NS + 123_456_000, T0_NS + 123_456_789, T0_NS + 500_000_000, T0_NS + 100_007_000_000]
@@ -538,7 +538,7 @@ def test_pcapng_packet_block_kinds_and_unknown_blocks(tmp_path: Path) -> None:
         ng_pb(0, 1_700_000_000_000_002, tcp_frame(2)),
         ng_spb(tcp_frame(3)),
         ng_block(5, b"\0" * 12),  # interface statistics
-    ])  # fmt: skip
+    ])
     batch = read_capture(write(tmp_path, "kinds.pcapng", content))
     assert [1, 2, 3] == batch.sport.tolist()
     assert [T0_NS + 1000, T0_NS + 2000, T0_NS + 2000] == batch.ts_ns.tolist()
@@ -550,7 +550,7 @@ def test_pcapng_sections_of_both_byte_orders(tmp_path: Path) -> None:
     content = b"".join([
         ng_shb(">"), ng_idb(1, tsresol=9, endian=">"), ng_epb(0, T0_NS + 5, tcp_frame(1), ">"),
         ng_shb("<"), ng_idb(101), ng_epb(0, 1_700_000_000_000_006, bytes(IP() / UDP(sport=2))),
-    ])  # fmt: skip
+    ])
     capture = CaptureFile(write(tmp_path, "sections.pcapng", content))
     batch = PacketBatch.concat(list(capture))
     assert ([T0_NS + 5, T0_NS + 6000], [1, 2]) == (batch.ts_ns.tolist(), batch.sport.tolist())
@@ -568,7 +568,7 @@ def test_pcapng_interfaces_of_different_link_types_keep_capture_order(tmp_path: 
         ng_epb(1, 1_700_000_000_000_004, raw_ip),
         ng_epb(0, 1_700_000_000_000_001, tcp_frame(3)),
         ng_epb(2, 1_700_000_000_000_005, b"\x08\x00" + b"\0" * 30),
-    ])  # fmt: skip
+    ])
     capture = CaptureFile(write(tmp_path, "mixed.pcapng", content), batch_packets=3)
     batch = PacketBatch.concat(list(capture))
     assert ([1, 7, 3], [T0_NS + 3000, T0_NS + 4000, T0_NS + 1000]) == (batch.sport.tolist(), batch.ts_ns.tolist())
@@ -642,7 +642,7 @@ def test_directory_is_a_capture_error(tmp_path: Path) -> None:
 def _mixed_frames(n: int) -> list[tuple[int, bytes]]:
     """n frames of assorted kinds and sizes (some larger than a tiny read buffer)."""
     kinds = [tcp_frame(), bytes(Ether(**MAC) / ARP()), bytes(Ether(**MAC) / IP() / UDP() / (b"p" * 1400)),
-             bytes(CRAFTED["malformed"][0]), bytes(CRAFTED["ipv6_ext"][0])]  # fmt: skip
+             bytes(CRAFTED["malformed"][0]), bytes(CRAFTED["ipv6_ext"][0])]
     return [(T0_NS + i * 1_000, kinds[i % len(kinds)]) for i in range(n)]
 
 
@@ -763,9 +763,9 @@ def test_batches_tiny_buffers_and_rereads_agree(tmp_path: Path, monkeypatch: pyt
 # --------------------------------------------------------------------------------------
 
 _SEED_FRAMES = [bytes(p) for case in sorted(CRAFTED) for p in CRAFTED[case]]
-# NETAD_FUZZ_EXAMPLES raises the count for a long hunt (they passed 10,000 while written).
+# NETAD_TEST_FUZZ_EXAMPLES raises the count for a long hunt (they passed 10,000 while written).
 _FUZZ = settings(
-    max_examples=int(os.environ.get("NETAD_FUZZ_EXAMPLES", "300")),
+    max_examples=int(os.environ.get("NETAD_TEST_FUZZ_EXAMPLES", "300")),
     deadline=None,  # the first example may include numba's compile or cache load
     suppress_health_check=[HealthCheck.too_slow],
 )

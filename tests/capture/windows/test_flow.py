@@ -6,13 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.contracts import FlowRecordBatch
-from detector.capture.windows import FLOW_SCHEMA
 from detector.capture.flows import FlowTable
-from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.packets.pcap import read_capture
-from detector.capture.windows import PACKET_SCHEMA, WindowAggregator
-from detector.contracts import addr_to_pair
+from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA, WindowAggregator
+from detector.capture.windows.flow import FlowWindowAggregator
+from detector.contracts import FlowRecordBatch, addr_to_pair
 from tests.conftest import make_batch, shared_file
 
 F = {n: i for i, n in enumerate(FLOW_SCHEMA.features)}
@@ -23,14 +21,14 @@ SYN, ACK, RST = 0x02, 0x10, 0x04
 def records(rows: list[dict]) -> FlowRecordBatch:
     """A FlowRecordBatch from dicts: start_s, end_s, src, dst, sport, dport, proto, packets, bytes, flags."""
     cols: dict[str, list] = {k: [] for k in ("start_ns", "end_ns", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport",
-                                             "dport", "proto", "packets", "bytes", "tcp_flags")}  # fmt: skip
+                                             "dport", "proto", "packets", "bytes", "tcp_flags")}
     for r in rows:
         s_hi, s_lo = addr_to_pair(r["src"])
         d_hi, d_lo = addr_to_pair(r["dst"])
         for k, v in (("start_ns", int(round(r["start_s"] * 1e9))), ("end_ns", int(round(r.get("end_s", r["start_s"]) * 1e9))),
                      ("src_hi", s_hi), ("src_lo", s_lo), ("dst_hi", d_hi), ("dst_lo", d_lo), ("sport", r.get("sport", 40000)),
                      ("dport", r.get("dport", 53)), ("proto", r.get("proto", 17)), ("packets", r.get("packets", 1)),
-                     ("bytes", r.get("bytes", 100)), ("tcp_flags", r.get("flags", 0))):  # fmt: skip
+                     ("bytes", r.get("bytes", 100)), ("tcp_flags", r.get("flags", 0))):
             cols[k].append(v)
     return FlowRecordBatch.from_columns({k: np.asarray(v) for k, v in cols.items()})
 
@@ -84,7 +82,7 @@ def test_syn_only_records_are_failed_attempts_and_rst_counts_at_the_end():
     """A SYN scan (SYN, never ACK) counts syn_only for both ends; an answered connection
     (SYN|ACK) does not; a record with RST counts in the bin where it ends."""
     scan = [{"start_s": 1 + i * 0.01, "src": "10.0.0.5", "dst": "10.0.0.9", "proto": 6, "dport": 1 + i, "flags": SYN}
-            for i in range(100)]  # fmt: skip
+            for i in range(100)]
     answered = {"start_s": 2, "end_s": 3, "src": "10.0.0.5", "dst": "10.0.0.7", "proto": 6, "dport": 443, "flags": SYN | ACK}
     reset = {"start_s": 4, "end_s": 25, "src": "10.0.0.7", "dst": "10.0.0.5", "proto": 6, "dport": 40000, "flags": ACK | RST}
     _, windows = run(scan + [answered, reset])
@@ -101,7 +99,7 @@ def test_syn_only_records_are_failed_attempts_and_rst_counts_at_the_end():
 
 def test_icmp_errors_come_from_the_records_type():
     _, windows = run([{"start_s": 3, "src": "10.0.0.5", "dst": "10.0.0.6", "proto": 1, "sport": 3, "dport": 1, "packets": 4},
-                      {"start_s": 3, "src": "10.0.0.5", "dst": "10.0.0.6", "proto": 1, "sport": 8, "dport": 0, "packets": 9}])  # fmt: skip
+                      {"start_s": 3, "src": "10.0.0.5", "dst": "10.0.0.6", "proto": 1, "sport": 8, "dport": 0, "packets": 9}])
     assert 4 == host(windows[0], "10.0.0.5")[0, F["icmp_err"]]
 
 
@@ -116,7 +114,7 @@ def test_windows_close_as_the_packet_aggregators_do():
     _, flow_windows = run([{"start_s": t, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 1, "bytes": 80} for t in ts])
     assert [w.window_start_ns for w in pkt_windows] == [w.window_start_ns for w in flow_windows]
     assert [w.entities for w in pkt_windows] == [w.entities for w in flow_windows]
-    for pw, fw in zip(pkt_windows, flow_windows):
+    for pw, fw in zip(pkt_windows, flow_windows, strict=True):
         for name in ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "peers_out", "ports_out", "mean_pkt_bytes"):
             assert pw.features[:, :, P[name]].tolist() == fw.features[:, :, F[name]].tolist(), name
 
@@ -131,7 +129,7 @@ def test_parts_in_closed_windows_are_counted_not_lost_silently():
     closed = agg.push(records([
         {"start_s": 100, "end_s": 130, "src": "10.0.0.1", "dst": "8.8.8.8", "packets": 10, "bytes": 1000},
         {"start_s": 330, "end_s": 390, "src": "10.0.0.1", "dst": "8.8.8.8", "packets": 60, "bytes": 6000},
-    ]))  # fmt: skip
+    ]))
     assert 1 == agg.late_records
     assert 1 == agg.late_starts  # the second one's flow count was lost with its first half
     assert 10 + 30 == pytest.approx(agg.late_packets)
@@ -150,14 +148,14 @@ def test_batching_does_not_change_the_windows():
         end = 1000 + i * 0.7 + rng.random() * 5 - (150 if i % 50 == 25 else 0)  # some arrive very late
         start = end - rng.exponential(40)
         rows.append({"start_s": start, "end_s": end, "src": f"10.0.0.{1 + i % 20}", "dst": f"192.0.2.{i % 7}",
-                     "proto": 6, "dport": int(rng.integers(1, 100)), "packets": int(rng.integers(1, 50)), "flags": SYN})  # fmt: skip
+                     "proto": 6, "dport": int(rng.integers(1, 100)), "packets": int(rng.integers(1, 50)), "flags": SYN})
     batch = records(rows)
     whole = FlowWindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=30)
     one = FlowWindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=30)
     a = whole.push(batch) + whole.flush()
     b = [w for i in range(len(batch)) for w in one.push(batch.take(slice(i, i + 1)))] + one.flush()
     assert [w.window_start_ns for w in a] == [w.window_start_ns for w in b]
-    for wa, wb in zip(a, b):  # entity slots may be handed out in another order: compare by name
+    for wa, wb in zip(a, b, strict=True):  # entity slots may be handed out in another order: compare by name
         assert sorted(wa.entities) == sorted(wb.entities)
         for name in wa.entities:
             np.testing.assert_allclose(host(wa, name), host(wb, name), rtol=1e-5, err_msg=name)
@@ -184,7 +182,7 @@ def test_entity_table_is_bounded():
 def test_evidence_names_peers_ports_and_flows():
     rows = [{"start_s": 1, "src": "10.0.0.5", "dst": "192.0.2.9", "proto": 6, "sport": 50000, "dport": 443, "packets": 40},
             {"start_s": 2, "src": "192.0.2.9", "dst": "10.0.0.5", "proto": 6, "sport": 443, "dport": 50000, "packets": 30},
-            {"start_s": 3, "src": "10.0.0.5", "dst": "192.0.2.8", "proto": 17, "dport": 53, "packets": 2}]  # fmt: skip
+            {"start_s": 3, "src": "10.0.0.5", "dst": "192.0.2.8", "proto": 17, "dport": 53, "packets": 2}]
     _, windows = run(rows)
     ev = windows[0].evidence["10.0.0.5"]
     assert {"ip": "192.0.2.9", "packets": 70, "bytes": 200} == ev.top_peers[0]
@@ -199,7 +197,7 @@ def directional_records(batch) -> FlowRecordBatch:
     """What an exporter without timeouts reports for a capture: one record per direction of
     each 5-tuple, from its first to its last packet, flags OR-ed."""
     key = np.stack([batch.src_hi, batch.src_lo, batch.dst_hi, batch.dst_lo, batch.sport.astype(np.uint64),
-                    batch.dport.astype(np.uint64), batch.proto.astype(np.uint64)], axis=1)  # fmt: skip
+                    batch.dport.astype(np.uint64), batch.proto.astype(np.uint64)], axis=1)
     _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
     inv = inv.ravel()
     n = first.shape[0]
@@ -211,7 +209,7 @@ def directional_records(batch) -> FlowRecordBatch:
     np.bitwise_or.at(flags, inv, batch.tcp_flags)
     cols = {name: getattr(batch, name)[first] for name in ("src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto")}
     cols.update(start_ns=start, end_ns=end, tcp_flags=flags, packets=np.bincount(inv, minlength=n),
-                bytes=np.bincount(inv, weights=batch.ip_len, minlength=n).astype(np.int64))  # fmt: skip
+                bytes=np.bincount(inv, weights=batch.ip_len, minlength=n).astype(np.int64))
     out = FlowRecordBatch.from_columns(cols)
     return out.take(np.argsort(out.end_ns, kind="stable"))  # exported as they end
 
@@ -232,7 +230,7 @@ def test_packet_and_byte_totals_match_the_packet_path_on_a_real_capture():
     def totals(windows, index) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for w in windows:
-            for name, f in zip(w.entities, w.features):
+            for name, f in zip(w.entities, w.features, strict=True):
                 sums = f[:, [index["pkts_out"], index["pkts_in"], index["bytes_out"], index["bytes_in"]]].sum(axis=0)
                 out[name] = out.get(name, 0) + sums.astype(np.float64)
         return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ def _run(rows, **kw):
 def test_scan_features_for_the_scanner_and_the_link():
     """A SYN scan of 100 ports: ports_out/syn_out for the scanner host, per bin."""
     rows = [{"ts_s": 1.0 + i * 0.01, "src": "10.0.0.5", "dst": "10.0.0.9", "sport": 40000, "dport": 1 + i, "flags": SYN}
-            for i in range(100)]  # fmt: skip
+            for i in range(100)]
     _, windows = _run(rows)
     assert 1 == len(windows)
     w = windows[0]
@@ -109,7 +111,7 @@ def test_idle_entities_expire():
 def test_evidence_names_top_peers_ports_and_flows():
     """Evidence for an entity: its busiest peer, port and flow with a Community ID."""
     rows = [{"ts_s": 1 + i * 0.1, "src": "10.0.0.5", "dst": "198.51.100.1", "sport": 40000, "dport": 22, "flags": 0x18}
-            for i in range(20)]  # fmt: skip
+            for i in range(20)]
     rows.append({"ts_s": 2, "src": "10.0.0.5", "dst": "198.51.100.2", "sport": 40001, "dport": 80, "flags": 0x18})
     _, windows = _run(rows)
     ev = windows[0].evidence["10.0.0.5"]
@@ -164,7 +166,7 @@ def _random_rows(seed: int, n: int = 3000) -> list[dict]:
                 sport = dport = 0
         rows.append({"ts_s": float(ts), "src": str(src), "dst": str(dst), "proto": proto, "sport": sport, "dport": dport,
                      "flags": int(rng.choice([0x02, 0x12, 0x10, 0x18, 0x04, 0x14, 0x01, 0x11])),
-                     "ip_len": int(rng.integers(40, 1500)), "frag": int(rng.choice([0, 0, 0, 0, 1, 2]))})  # fmt: skip
+                     "ip_len": int(rng.integers(40, 1500)), "frag": int(rng.choice([0, 0, 0, 0, 1, 2]))})
     return rows
 
 
@@ -244,9 +246,8 @@ def test_features_and_evidence_follow_the_definitions_on_random_traffic(seed, bi
     flows with their counts, ties broken by key hash, a flow's 5-tuple), equal a packet-at-a-
     time computation from the definitions; more than 64 (bin, direction) pairs (bins=40)
     take a second word of seen bits."""
-    from detector.contracts import addr_to_pair, pair_to_addr
-
     from detector.capture.flows import community_id_of_pairs
+    from detector.contracts import addr_to_pair, pair_to_addr
 
     rows = _random_rows(seed)
     b = make_batch(rows)
@@ -282,7 +283,7 @@ def test_features_and_evidence_follow_the_definitions_on_random_traffic(seed, bi
             ]
             assert all(f["community_id"] == community_id_of_pairs(e["flows"][k][1][0], *e["flows"][k][1][1], *e["flows"][k][1][2],
                                                                    e["flows"][k][1][3], e["flows"][k][1][4])
-                       for k, f in zip(top, ev.top_flows))  # fmt: skip
+                       for k, f in zip(top, ev.top_flows, strict=True))
             checked += 1
     assert checked > 40
 
@@ -298,7 +299,7 @@ def test_windows_do_not_depend_on_how_packets_are_cut_into_batches(seed):
         agg = WindowAggregator(home_net=[HOME], bin_s=10, bins=6, lateness_s=0)
         ft = FlowTable()
         out = []
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
+        for lo, hi in itertools.pairwise(cuts):
             part = b.take(slice(lo, hi))
             out += agg.push(part, ft.push(part))
         out += agg.flush()
