@@ -124,6 +124,10 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
         s = summary[cls]
         click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
+        if "margin" in s:
+            click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
+        for warning in s.get("warnings", []):
+            click.echo(f"          warning: {warning}")
 
 
 @main.command()

@@ -42,6 +42,8 @@ log = structlog.get_logger()
 
 MIN_CLASS_CALIBRATION = 200  # fewer held-out windows than this: calibrate on all classes pooled
 PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much traffic on
+MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
+THIN_MARGIN = 0.10  # a threshold less than 10 % above the largest held-out benign window: warned
 
 
 @dataclass
@@ -158,6 +160,7 @@ def train(
         th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
         classes[cls] = ClassModel(net, scaler, th)
         summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
+        summary[cls].update(_margin_and_warnings(cls, th.value, val_scores[cls], summary[cls], params))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  n=th.n_calibration, source=source, reason=th.reason or None)
     return ModelBundle(
@@ -168,6 +171,28 @@ def train(
         classes=classes,
         training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
     )
+
+
+def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summary: dict, params: TrainingParams) -> dict:
+    """What an operator must know before trusting a class's threshold: the largest held-out
+    benign window (out-of-fold score) and the margin the threshold leaves above it, and
+    warnings for a short training span, a thin margin and training that hit its epoch cap.
+    Each warning is also logged."""
+    largest = float(held_out.max()) if held_out.size else float("nan")
+    margin = (threshold - largest) / threshold if held_out.size and threshold > 0 else float("nan")
+    span_h = (summary["train_end"] - summary["train_start"]) / 3.6e12
+    warnings = []
+    if span_h < MIN_SPAN_HOURS:
+        warnings.append(f"trained on {span_h:.1f} h of traffic (< {MIN_SPAN_HOURS:.0f} h): traffic of other hours "
+                        f"(the night, daily jobs) is unseen and may alarm; train on at least a full day")
+    if not margin >= THIN_MARGIN:
+        warnings.append(f"thin margin: the threshold {threshold:.4g} is {margin:.1%} above the largest held-out benign "
+                        f"window ({largest:.4g}); a benign burst like it may alarm")
+    if summary["epochs"] >= params.epochs:
+        warnings.append(f"training ran to its cap of {params.epochs} epochs without early stopping (training.epochs)")
+    for w in warnings:
+        log.warning("training_warning", entity_class=cls, warning=w)
+    return {"largest_held_out": largest, "margin": margin, "warnings": warnings}
 
 
 def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:

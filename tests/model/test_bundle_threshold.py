@@ -111,3 +111,19 @@ def test_heavy_tail_shape_is_capped():
     assert "pot" == th.method and 0.5 == th.shape
     assert "capped" in th.reason
     assert th.value > np.quantile(calibration, 0.999)
+
+
+def test_training_reports_margin_and_warns_of_short_span_thin_margin_and_epoch_cap():
+    """The margin is the threshold's distance above the largest held-out benign window; a span
+    under a day, a margin under 10 % and training that hit its epoch cap each give a warning."""
+    from detector.model.training import TrainingParams, _margin_and_warnings
+
+    hour_ns = 3_600_000_000_000
+    day = {"train_start": 0, "train_end": 30 * hour_ns, "epochs": 12}
+    quiet = _margin_and_warnings("host", 2.0, np.array([0.5, 1.0, 1.5]), day, TrainingParams(epochs=30))
+    assert (1.5, 0.25, []) == (quiet["largest_held_out"], quiet["margin"], quiet["warnings"])
+    short = {"train_start": 0, "train_end": 6 * hour_ns, "epochs": 30}
+    loud = _margin_and_warnings("host", 2.0, np.array([1.9]), short, TrainingParams(epochs=30))
+    assert 3 == len(loud["warnings"])
+    assert ["trained on 6.0 h", "thin margin", "training ran to its cap"] == [w[: len(p)] for w, p in zip(
+        loud["warnings"], ["trained on 6.0 h", "thin margin", "training ran to its cap"], strict=True)]
