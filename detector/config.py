@@ -170,7 +170,7 @@ class LoggingConfig(_Strict):
 
 
 class KafkaConfig(_Strict):
-    """Scale-out over Kafka (service/kafka.py): used by the `sensor` and `scorer` roles."""
+    """Scale-out over Kafka (service/kafka/): used by the `sensor` and `scorer` roles."""
 
     bootstrap_servers: str = "localhost:9092"
     # both topics are created by the operator (README: scaling out) with the same partition

@@ -109,7 +109,7 @@ class ReplaySource:
 
 
 class LiveSource:
-    """A live interface through capture.live.LiveCapture (TPACKET_V3 ring via libpcap)."""
+    """A live interface through capture.packets.live.LiveCapture (TPACKET_V3 ring via libpcap)."""
 
     kind = "live"
 

@@ -1,4 +1,4 @@
-"""NetFlow v5/v9 and IPFIX data records -> FlowRecordBatch columns (for capture.netflow).
+"""NetFlow v5/v9 and IPFIX data records -> FlowRecordBatch columns (for capture.flowrecords.netflow).
 
 The parser gathers the records of one template from many datagrams into one structured
 array (`gather`); here they become the batch's columns in a few numpy operations per

@@ -1,5 +1,5 @@
 """NetFlow v9 / IPFIX templates: parsed from template sets, compiled into numpy record
-layouts (for capture.netflow).
+layouts (for capture.flowrecords.netflow).
 
 A data set's records all have the template's fixed length, so a run of them is one numpy
 structured array (`np.frombuffer` with a dtype whose fields sit at the template's offsets,

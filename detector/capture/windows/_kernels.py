@@ -5,7 +5,7 @@ Where this stands in the pipeline::
     PacketBatch + FlowAnnotations --find_slots--> entity slot of each packet's two ends
                                   --accumulate_window--> sums, distinct counts, evidence tallies
 
-capture.windows.WindowAggregator calls these once per batch (and window the batch touches),
+capture.windows.packet.WindowAggregator calls these once per batch (and window the batch touches),
 never once per packet. Everything a closing window needs is kept up to date while packets
 arrive, so that closing it costs O(entities), not O(packets):
 

@@ -1,9 +1,9 @@
 """Flow-record window aggregator: FlowRecordBatch -> per-entity feature vectors per time bin.
 
-Where this stands: the flow-record twin of capture.windows.WindowAggregator, between a flow
-source (capture.netflow, capture.zeeklog) and the scorer. It has the same entities (`global`
+Where this stands: the flow-record twin of capture.windows.packet.WindowAggregator, between a flow
+source (capture.flowrecords: netflow, zeeklog) and the scorer. It has the same entities (`global`
 and every host inside the home networks), bins, windows, closing rule and WindowBatch
-output; only the features differ (FLOW_SCHEMA, see capture.flowrecords), because a record
+output; only the features differ (FLOW_SCHEMA, below), because a record
 is not a packet:
 
 - a record's packets and bytes are spread uniformly over its [start, end): each bin gets
@@ -107,7 +107,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 @dataclass
 class _WindowAcc:
-    """Partial aggregates of one open window of the flow-record path (capture.flowwindows):
+    """Partial aggregates of one open window of the flow-record path (this module):
     numpy partials per batch, reduced when the window closes and when evidence is asked."""
 
     sums: np.ndarray  # float64 (slots, bins, len(SUMS))
