@@ -124,3 +124,9 @@ def test_check_config_exit_codes(tmp_path: Path):
     res = _netad("check-config", "-c", str(cfg))
     assert 78 == res.returncode
     assert f"{rules}:3: allow[0].cidr" in res.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_file_under_configs_is_a_valid_config(path: Path):
+    """configs/ holds netad configs only (splice and scenario lists live in docs/eval/)."""
+    assert load_config(path, env={}).model.path is not None
