@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 NETAD  := $(BIN)/netad
 CONFIG ?= configs/default.yaml
 VAR    ?= var
+# pytest-xdist: two workers (this project's machines have 2 cores), each test file on one
+# worker so module fixtures are built once; PYTEST_JOBS= runs serially
+PYTEST_JOBS ?= -n 2 --dist loadfile
 
 .PHONY: run test test-fast install install-test demo-data model clean
 
@@ -41,12 +44,12 @@ run: $(VENV)/.installed $(VAR)/model/model.json
 	$(NETAD) run -c $(CONFIG)
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) $(PYTEST_ARGS)
 
 # The quick loop while editing: everything but the tests marked slow (they start netad or
 # train a model) or root; a few minutes on 2 cores. CI runs `make test`.
 test-fast: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -m "not slow and not root" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_JOBS) -m "not slow and not root" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VAR) .pytest_cache
