@@ -186,7 +186,7 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
         warnings.append(f"trained on {span_h:.1f} h of traffic (< {MIN_SPAN_HOURS:.0f} h): traffic of other hours "
                         f"(the night, daily jobs) is unseen and may alarm; train on at least a full day")
     if not margin >= THIN_MARGIN:
-        warnings.append(f"thin margin: the threshold {threshold:.4g} is {margin:.1%} above the largest held-out benign "
+        warnings.append(f"thin margin: the threshold {threshold:.4g} leaves {margin:+.1%} over the largest held-out benign "
                         f"window ({largest:.4g}); a benign burst like it may alarm")
     if summary["epochs"] >= params.epochs:
         warnings.append(f"training ran to its cap of {params.epochs} epochs without early stopping (training.epochs)")
