@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -71,11 +72,19 @@ def _wait(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _ready(base: str) -> bool:
+    try:
+        return urllib.request.urlopen(base + "/readyz", timeout=5).status == 200
+    except urllib.error.HTTPError as e:
+        assert e.code == 503, e
+        return False
+
+
 def _families(d: DaemonProcess) -> dict[str, list]:
-    """A role's /metrics, parsed: family name -> samples; /readyz must say ready."""
+    """A role's /metrics, parsed: family name -> samples; /readyz must come to say ready (503 while it starts)."""
     _, started = d.wait_log("metrics_started", timeout_s=30)
     base = f"http://{started['address']}"
-    assert 200 == urllib.request.urlopen(base + "/readyz", timeout=5).status
+    _wait(lambda: _ready(base), 30, "/readyz to say ready")
     body = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
     return {f.name: f.samples for f in text_string_to_metric_families(body)}
 
