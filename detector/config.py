@@ -108,6 +108,11 @@ class WindowsConfig(_Strict):
     flow_lateness_s: float = Field(90.0, ge=0)
     max_entities: int = Field(50_000, ge=1)
     entity_idle_s: float = Field(3600.0, gt=0)
+    # each entity's memory of its peers and ports (the novelty features): forgotten after
+    # history_s without contact; nothing counts as new before an entity's history is
+    # history_warmup_s old (at start-up every peer would be)
+    history_s: float = Field(21600.0, gt=0)
+    history_warmup_s: float = Field(3600.0, ge=0)
 
 
 class ModelConfig(_Strict):

@@ -52,7 +52,7 @@ def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregato
     gives, `cfg.source.flow_records`; offline commands: as their input files are)."""
     w = cfg.windows
     common = {"home_net": cfg.home_net, "bin_s": w.bin_s, "bins": w.bins, "max_entities": w.max_entities,
-              "entity_idle_s": w.entity_idle_s}
+              "entity_idle_s": w.entity_idle_s, "history_s": w.history_s, "history_warmup_s": w.history_warmup_s}
     if flow_records:
         return FlowWindowAggregator(lateness_s=w.flow_lateness_s, **common)
     return WindowAggregator(lateness_s=w.lateness_s, **common)

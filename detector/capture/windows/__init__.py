@@ -3,11 +3,15 @@
     PacketBatch + FlowAnnotations ─► packet.WindowAggregator      (PACKET_SCHEMA) ─┐
     FlowRecordBatch ───────────────► flow.FlowWindowAggregator    (FLOW_SCHEMA)   ─┴─► WindowBatch
 
-Both share entity slots, closing, expiry and evidence (_base).
+Both share entity slots, closing, expiry and evidence (_base), and each entity's peer and port
+history, whose novelty features end both schemas (_history).
 """
 
 from detector.capture.windows._base import HomeNet
+from detector.capture.windows._history import HISTORY_FEATURES
 from detector.capture.windows.flow import FLOW_SCHEMA, FlowWindowAggregator
 from detector.capture.windows.packet import PACKET_SCHEMA, WindowAggregator
 
-__all__ = ["FLOW_SCHEMA", "PACKET_SCHEMA", "FlowWindowAggregator", "HomeNet", "WindowAggregator"]
+HISTORY_FEATURE_NAMES = frozenset(name for name, _ in HISTORY_FEATURES)
+
+__all__ = ["FLOW_SCHEMA", "HISTORY_FEATURE_NAMES", "PACKET_SCHEMA", "FlowWindowAggregator", "HomeNet", "WindowAggregator"]

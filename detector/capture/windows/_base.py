@@ -16,9 +16,13 @@ from typing import Protocol
 
 import numpy as np
 
+from detector.capture._hash import mix
 from detector.capture.flows import community_id_of_pairs
+from detector.capture.windows._history import HISTORY_FEATURES, PeerHistory
 from detector.contracts import (
     ENTITY_GLOBAL,
+    PROTO_TCP,
+    PROTO_UDP,
     FeatureSchema,
     WindowBatch,
     WindowEvidence,
@@ -97,7 +101,7 @@ class EntityWindows:
     DISTINCT: tuple[str, ...]
 
     def __init__(self, home_net: list[str], bin_s: float, bins: int, lateness_s: float, max_entities: int,
-                 entity_idle_s: float, evidence_top_k: int) -> None:
+                 entity_idle_s: float, evidence_top_k: int, history_s: float, history_warmup_s: float) -> None:
         self.home_net = list(home_net)
         self.bin_s = bin_s
         self.bins = bins
@@ -121,6 +125,7 @@ class EntityWindows:
         self.watermark_ns: int | None = None
         self.entities_expired = 0
         self.windows_closed = 0
+        self.history = PeerHistory(history_s, history_warmup_s)
 
     @property
     def entities(self) -> int:
@@ -200,11 +205,44 @@ class EntityWindows:
             by = feats[:, :, fidx["bytes_out"]] + feats[:, :, fidx["bytes_in"]]
             feats[:, :, fidx["mean_pkt_bytes"]] = np.divide(by, pk, out=np.zeros_like(by), where=pk > 0)
             acc.finish()
+            columns = acc.evidence_columns()
+        else:
+            columns = None
+        self._remember(alive_arr, columns, end_ns, feats, fidx)
         names = [ENTITY_GLOBAL] + [entity_name(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
         classes = ["global"] + ["host"] * (len(alive) - 1)
         self.windows_closed += 1
-        evidence = LazyEvidence(acc, dict(zip(names, alive, strict=True)), self.evidence_top_k) if acc is not None else {}
+        evidence = LazyEvidence(columns, dict(zip(names, alive, strict=True)), self.evidence_top_k) if columns is not None else {}
         return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)
+
+    def _remember(self, alive: np.ndarray, columns: dict[str, tuple[np.ndarray, ...]] | None, end_ns: int,
+                  feats: np.ndarray, fidx: dict[str, int]) -> None:
+        """The window's peers and ports into each entity's history; its novelty features out."""
+        row_of = np.full(len(self._slot_addr), -1, np.int64)
+        row_of[alive] = np.arange(alive.shape[0])
+        keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address: slots are reused, addresses not
+        if alive.shape[0] > 1:
+            pairs = np.array([self._slot_addr[s] for s in alive[1:].tolist()], dtype=np.uint64)
+            keys[1:] = mix(mix(pairs[:, 0]) ^ pairs[:, 1]) | np.uint64(1)  # 0 is global's
+        empty = np.zeros(0, np.int64)
+        peers, services = (empty, empty, empty), (empty, empty, empty)
+        if columns is not None:
+            peers, flows = columns["peers"], columns["flows"]
+            # a flow's service port is the lower of its two: the local port of a reply is an
+            # ephemeral one, new for every connection the entity opens, and no news
+            tcp_udp = np.isin(np.asarray(flows[1], np.uint64), (PROTO_TCP, PROTO_UDP))
+            sport, dport = (np.asarray(c, np.uint64)[tcp_udp] for c in flows[6:8])
+            services = (np.asarray(flows[0])[tcp_udp], np.asarray(flows[1], np.uint64)[tcp_udp], np.minimum(sport, dport))
+
+        def rows(slot_col: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
+            r = row_of[np.asarray(slot_col, np.int64)] if len(slot_col) else empty
+            keep = r >= 0
+            return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
+
+        novelty = self.history.observe(keys, rows(peers[0], peers[1], peers[2]), rows(*services), end_ns)
+        for k, (name, _) in enumerate(HISTORY_FEATURES):
+            if name in fidx:
+                feats[:, :, fidx[name]] = novelty[:, k : k + 1]
 
     def _expire_entities(self, now_ns: int) -> None:
         n = len(self._slot_addr)
@@ -225,8 +263,8 @@ class EntityWindows:
 class LazyEvidence(Mapping):
     """entity -> WindowEvidence, ranked from a window's aggregates only when asked."""
 
-    def __init__(self, acc: WindowAcc, slots: dict[str, int], top_k: int) -> None:
-        self._acc = acc
+    def __init__(self, columns: dict[str, tuple[np.ndarray, ...]], slots: dict[str, int], top_k: int) -> None:
+        self._columns = columns
         self._slots = slots
         self._top_k = top_k
         self._cache: dict[str, WindowEvidence] = {}
@@ -249,7 +287,7 @@ class LazyEvidence(Mapping):
         """Per table: its columns, and its rows ordered by slot, then weight (packets)
         descending, ties in key-hash order (lexsort is stable); with the slots in that order."""
         if self._ranked is None:
-            columns = self._acc.evidence_columns()
+            columns = self._columns
             self._ranked = {}
             for name, weight in (("peers", 3), ("ports", 3), ("flows", 8)):
                 cols = columns[name]

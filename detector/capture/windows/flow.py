@@ -37,6 +37,7 @@ import numpy as np
 
 from detector.capture._hash import mix as _mix
 from detector.capture.windows._base import EntityWindows, emptied, grown
+from detector.capture.windows._history import HISTORY_FEATURES
 from detector.contracts import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -90,10 +91,11 @@ _FLOW_FEATURES: tuple[tuple[str, str], ...] = (
     ("rst_in", "flows"),
     ("icmp_err", "packets"),  # ICMP/ICMPv6 unreachable, time exceeded, parameter problem
     ("mean_pkt_bytes", "bytes"),  # bytes / packets over both directions
+    *HISTORY_FEATURES,  # the entity's long-horizon novelty: capture.windows._history
 )
 FLOW_SCHEMA = FeatureSchema(
     name="flow",
-    version=1,
+    version=2,
     features=tuple(n for n, _ in _FLOW_FEATURES),
     units=tuple(u for _, u in _FLOW_FEATURES),
 )
@@ -179,8 +181,11 @@ class FlowWindowAggregator(EntityWindows):
         max_entities: int = 50_000,
         entity_idle_s: float = 3600.0,
         evidence_top_k: int = 5,
+        history_s: float = 21600.0,
+        history_warmup_s: float = 3600.0,
     ) -> None:
-        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k)
+        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k, history_s,
+                         history_warmup_s)
         self._open: dict[int, _WindowAcc] = {}
         self.records = 0
         self.late_records = 0  # records wholly inside closed windows

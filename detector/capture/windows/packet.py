@@ -28,6 +28,7 @@ from detector.capture._hash import mix as _mix
 from detector.capture.flows import FlowAnnotations
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows._base import EntityWindows, emptied, grown
+from detector.capture.windows._history import HISTORY_FEATURES
 from detector.contracts import (
     PROTO_TCP,
     PROTO_UDP,
@@ -57,10 +58,11 @@ _FEATURES: tuple[tuple[str, str], ...] = (
     ("rst_in", "packets"),
     ("icmp_err", "packets"),  # ICMP/ICMPv6 unreachable, time exceeded, parameter problem
     ("mean_pkt_bytes", "bytes"),  # mean IP length over both directions
+    *HISTORY_FEATURES,  # the entity's long-horizon novelty: capture.windows._history
 )
 PACKET_SCHEMA = FeatureSchema(
     name="packet",
-    version=1,
+    version=2,
     features=tuple(n for n, _ in _FEATURES),
     units=tuple(u for _, u in _FEATURES),
 )
@@ -156,8 +158,11 @@ class WindowAggregator(EntityWindows):
         max_entities: int = 50_000,
         entity_idle_s: float = 3600.0,
         evidence_top_k: int = 5,
+        history_s: float = 21600.0,
+        history_warmup_s: float = 3600.0,
     ) -> None:
-        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k)
+        super().__init__(home_net, bin_s, bins, lateness_s, max_entities, entity_idle_s, evidence_top_k, history_s,
+                         history_warmup_s)
         # the same slots as arrays for the kernels: address, first packet time (kept equal
         # to _slot_first_ns), in use; and an open-addressing index of the addresses in use
         self._ent_hi = np.zeros(16, dtype=np.uint64)

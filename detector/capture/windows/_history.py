@@ -1,0 +1,149 @@
+"""Each entity's long-horizon memory of whom it talks to: the novelty features of a window.
+
+Where this stands: inside the window stage (capture.windows), called by EntityWindows once per
+closed window with the window's peer and port tallies (the rows its evidence is ranked from).
+The LSTM carries an entity's recent past in 32 numbers; that cannot hold *which* of hundreds
+of addresses and ports a host has used over the last hours, and that set is what reveals a
+bot's first minutes (tens of peers and ports it never used), a host that starts serving (a
+local port no one ever reached), or a beacon (one new peer that keeps coming back). So the
+set lives here, bounded, and the model reads three numbers derived from it per window:
+
+- `new_peers`: addresses the entity exchanged packets with in this window and not in the
+  `history_s` before it;
+- `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
+  two (the remote port of a connection it opened, the local port of one it accepted: a new
+  destination port and a new service both count, a new ephemeral port does not);
+- `young_peer_windows`: of the peers it exchanged packets with in this window that it first
+  met less than `history_s` ago (after its own warm-up), the most windows any of them has
+  been seen in so far. A beacon's new peer climbs one per contact; a one-off new peer stays
+  at 1; a peer known since the warm-up is not young.
+
+They are window-level counts, the same value in every bin of the window (an explanation reads
+"new_peers 20 observed, 0.1 expected"). Nothing is counted for an entity until its own history
+is `warmup_s` old: at start-up every peer would otherwise be new. A peer or port not seen for
+`history_s` is forgotten; the tables hold at most `max_rows` rows each (the least recently
+seen go first), so a spoofed flood costs bounded memory and is forgotten like the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from detector.capture._hash import mix
+
+HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
+    ("new_peers", "hosts"),  # peers not seen in the last history_s
+    ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s
+    ("young_peer_windows", "windows"),  # most windows seen of this window's peers first met within history_s
+)
+# an entity's key is hashed with its table's salt before it meets the peer's or port's hash:
+# a plain XOR of two address hashes would give (a, b) and (b, a) one key
+_PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
+_PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
+
+
+class _Table:
+    """uint64 keys, sorted, with first seen, last seen (ns) and windows seen per key."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.uint64)
+        self.first = np.zeros(0, np.int64)
+        self.last = np.zeros(0, np.int64)
+        self.windows = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def touch(self, keys: np.ndarray, now_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record one window's sighting of unique `keys`: (was new, first seen, windows seen
+        including this one), aligned with `keys`."""
+        pos = np.searchsorted(self.keys, keys)
+        inside = pos < self.keys.shape[0]
+        found = np.zeros(keys.shape[0], bool)
+        found[inside] = self.keys[pos[inside]] == keys[inside]
+        at = pos[found]
+        self.last[at] = now_ns
+        self.windows[at] += 1
+        first = np.full(keys.shape[0], now_ns, np.int64)
+        first[found] = self.first[at]
+        seen = np.ones(keys.shape[0], np.int64)
+        seen[found] = self.windows[at]
+        new = ~found
+        if new.any():
+            new_keys = keys[new]
+            order = np.argsort(new_keys)
+            new_keys, where = new_keys[order], pos[new][order]
+            self.keys = np.insert(self.keys, where, new_keys)
+            n = new_keys.shape[0]
+            self.first = np.insert(self.first, where, np.full(n, now_ns, np.int64))
+            self.last = np.insert(self.last, where, np.full(n, now_ns, np.int64))
+            self.windows = np.insert(self.windows, where, np.ones(n, np.int64))
+        return new, first, seen
+
+    def forget(self, before_ns: int, max_rows: int) -> None:
+        """Drop keys last seen before `before_ns`, then the least recently seen beyond max_rows."""
+        keep = self.last >= before_ns
+        if int(keep.sum()) > max_rows:
+            cut = np.partition(self.last[keep], -max_rows)[-max_rows]
+            keep &= self.last >= cut
+            if int(keep.sum()) > max_rows:  # ties at the cut: drop among them by key order
+                extra = np.flatnonzero(keep & (self.last == cut))[: int(keep.sum()) - max_rows]
+                keep[extra] = False
+        if not keep.all():
+            self.keys, self.first, self.last, self.windows = (a[keep] for a in (self.keys, self.first, self.last, self.windows))
+
+
+class PeerHistory:
+    """The per-entity peer and port sets behind HISTORY_FEATURES (see the module's text)."""
+
+    def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000) -> None:
+        self.history_ns = int(round(history_s * 1e9))
+        self.warmup_ns = int(round(warmup_s * 1e9))
+        self.max_rows = max_rows
+        self._entities = _Table()
+        self._peers = _Table()
+        self._ports = _Table()
+
+    @property
+    def rows(self) -> int:
+        return len(self._entities) + len(self._peers) + len(self._ports)
+
+    def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], ports: Sequence[np.ndarray],
+                end_ns: int) -> np.ndarray:
+        """One closed window: `entity_keys` (uint64 per entity row of the window, any unique
+        key per entity), `peers` (row, addr_hi, addr_lo) and `ports` (row, proto, port)
+        columns, rows indexing entity_keys. Returns float32 (entities, 3): HISTORY_FEATURES."""
+        n = entity_keys.shape[0]
+        out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
+        before = end_ns - self.history_ns
+        self._entities.forget(before, self.max_rows)
+        self._peers.forget(before, self.max_rows)
+        self._ports.forget(before, self.max_rows)
+        p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
+        q_row, q_proto, q_port = (np.asarray(c) for c in ports[:3])
+        p_row, q_row = p_row.astype(np.int64), q_row.astype(np.int64)
+        active = np.unique(np.concatenate([p_row, q_row]))
+        if active.size == 0:
+            return out
+        _, since, _ = self._entities.touch(entity_keys[active], end_ns)
+        started = np.full(n, end_ns, np.int64)
+        started[active] = since
+        warm = end_ns - started >= self.warmup_ns
+        if p_row.size:
+            key = mix(mix(entity_keys[p_row] ^ _PEER_SALT) ^ mix(mix(p_hi.astype(np.uint64)) ^ p_lo.astype(np.uint64)))
+            key, first_row = np.unique(key, return_index=True)
+            rows = p_row[first_row]
+            new, first, seen = self._peers.touch(key, end_ns)
+            counted = warm[rows]
+            out[:, 0] = np.bincount(rows[new & counted], minlength=n)
+            young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
+            np.maximum.at(out[:, 2], rows[young], seen[young].astype(np.float32))
+        if q_row.size:
+            key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((q_proto.astype(np.uint64) << np.uint64(16)) | q_port.astype(np.uint64)))
+            key, first_row = np.unique(key, return_index=True)
+            rows = q_row[first_row]
+            new, _, _ = self._ports.touch(key, end_ns)
+            out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
+        return out

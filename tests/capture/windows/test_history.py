@@ -1,0 +1,104 @@
+"""Each entity's peer and port history: the novelty features of a window (capture.windows._history)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detector.capture.flows import FlowTable
+from detector.capture.windows import WindowAggregator
+from detector.capture.windows._history import HISTORY_FEATURES, PeerHistory
+from detector.contracts import PROTO_TCP, PROTO_UDP
+from tests.conftest import make_batch
+
+S = 1_000_000_000
+NEW_PEERS, NEW_PORTS, YOUNG = range(3)
+
+
+def _window(history: PeerHistory, end_s: float, contacts: dict[int, list[tuple[int, int]]], n: int = 3) -> np.ndarray:
+    """One window: contacts[entity row] = [(peer, port), ...]; entity keys are row + 1."""
+    keys = np.arange(1, n + 1, dtype=np.uint64)
+    p_row = [r for r, cs in contacts.items() for _ in cs]
+    peers = (np.array(p_row, np.int64), np.zeros(len(p_row), np.uint64),
+             np.array([p for cs in contacts.values() for p, _ in cs], np.uint64))
+    ports = (np.array(p_row, np.int64), np.full(len(p_row), PROTO_TCP, np.uint64),
+             np.array([q for cs in contacts.values() for _, q in cs], np.uint64))
+    return history.observe(keys, peers, ports, int(end_s * S))
+
+
+def test_nothing_is_new_before_the_entity_is_warm_then_new_peers_and_ports_count():
+    h = PeerHistory(history_s=3600, warmup_s=600)
+    for t in range(60, 660, 60):  # 10 minutes of the same two peers
+        out = _window(h, t, {0: [(10, 443), (11, 53)]})
+    assert out[0, NEW_PEERS] == 0 and out[0, NEW_PORTS] == 0
+    out = _window(h, 660, {0: [(10, 443)] + [(100 + i, 23) for i in range(20)] + [(200, 2323)]})
+    assert out[0, NEW_PEERS] == 21 and out[0, NEW_PORTS] == 2
+    assert out[1:].sum() == 0  # silent entities: nothing
+    # a fresh entity: all new, not counted until its own history is warm
+    out = _window(h, 720, {1: [(300 + i, 80) for i in range(5)]})
+    assert out[1, NEW_PEERS] == 0
+
+
+def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_does_not():
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)]})
+    climbs = []
+    for k, t in enumerate(range(660, 660 + 12 * 300, 60)):
+        contacts = [(10, 443)] + ([(99, 443)] if k % 5 == 0 else [])  # a beacon every 5 windows
+        climbs.append(_window(h, t, {0: contacts})[0, YOUNG])
+    assert climbs[0] == 0  # its first contact is a new peer, not a young one
+    assert [c for c in climbs if c] == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # one more per contact; peer 10 is not young
+
+
+def test_forgotten_after_history_s_and_bounded():
+    h = PeerHistory(history_s=600, warmup_s=0)
+    _window(h, 60, {0: [(10, 443)]})
+    assert _window(h, 120, {0: [(10, 443)]})[0, NEW_PEERS] == 0
+    assert _window(h, 120 + 601, {0: [(10, 443)]})[0, NEW_PEERS] == 1  # not seen for longer than history_s
+    small = PeerHistory(history_s=3600, warmup_s=0, max_rows=50)
+    for t in range(1, 20):
+        _window(small, 60 * t, {0: [(1000 * t + i, 1000 * t + i) for i in range(40)]})
+        assert len(small._peers) <= 50 + 40 and len(small._ports) <= 50 + 40  # trimmed before each window's rows join
+
+
+def test_the_order_of_rows_and_whose_peer_is_whose_do_not_matter():
+    """Features depend on the set of (entity, peer) pairs, not on row order; and entity a
+    talking to b is not entity b talking to a (their keys once collided: XOR is symmetric)."""
+    rng = np.random.default_rng(3)
+    a, b = PeerHistory(3600, 0), PeerHistory(3600, 0)
+    for t in range(1, 30):
+        rows = rng.integers(0, 3, 30)
+        peers = rng.integers(0, 8, 30).astype(np.uint64)
+        ports = rng.integers(0, 5, 30).astype(np.uint64)
+        keys = np.array([11, 22, 33], np.uint64)
+        cols_p, cols_q = (rows, np.zeros(30, np.uint64), peers), (rows, np.full(30, PROTO_UDP, np.uint64), ports)
+        perm = rng.permutation(30)
+        out_a = a.observe(keys, cols_p, cols_q, t * 60 * S)
+        out_b = b.observe(keys, tuple(c[perm] for c in cols_p), tuple(c[perm] for c in cols_q), t * 60 * S)
+        assert np.array_equal(out_a, out_b)
+    h = PeerHistory(3600, 0)
+    keys = np.array([5, 7], np.uint64)
+    h.observe(keys, (np.array([0]), np.zeros(1, np.uint64), np.array([7], np.uint64)), (np.zeros(0, np.int64),) * 3, S)
+    out = h.observe(keys, (np.array([1]), np.zeros(1, np.uint64), np.array([5], np.uint64)), (np.zeros(0, np.int64),) * 3, 2 * S)
+    assert out[1, NEW_PEERS] == 1
+
+
+@pytest.mark.parametrize("warmup_s", [0.0, 120.0])
+def test_the_window_stage_fills_the_schema_columns(warmup_s):
+    """Through the aggregator: a host's window carries the counts in every bin, after its warm-up."""
+    agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=3600, history_warmup_s=warmup_s)
+    rows = [{"ts_s": t + 1.0, "src": "10.0.0.5", "dst": "203.0.113.1", "sport": 40000, "dport": 443, "flags": 0x02}
+            for t in range(0, 600, 60)]  # one peer, every window
+    rows += [{"ts_s": 601.0 + i, "src": "10.0.0.5", "dst": f"198.51.100.{i}", "sport": 40000, "dport": 23 + i, "flags": 0x02}
+             for i in range(8)]  # then eight new peers and ports
+    batch = make_batch(rows)
+    out = agg.push(batch, FlowTable().push(batch)) + agg.flush()
+    names = list(out[0].schema.features)
+    assert names[-3:] == [n for n, _ in HISTORY_FEATURES]
+    last = out[-1]
+    host = last.features[last.entities.index("10.0.0.5")]
+    new_peers, new_ports = host[:, names.index("new_peers")], host[:, names.index("new_ports")]
+    assert (new_peers == 8).all() and (new_ports == 8).all()
+    first = out[0].features[out[0].entities.index("10.0.0.5")]
+    assert first[:, names.index("new_peers")].max() == (0 if warmup_s else 1)
