@@ -87,9 +87,8 @@ def check_config(config: str | None) -> None:
     """Validate a config file and the rule files and sinks it names; exit 78 if invalid."""
     from detector.alerting.rules import load_rules
     from detector.alerting.sinks import build_sink
-    from detector.config import load_config
 
-    cfg = load_config(config)
+    cfg = _load(config)  # its logs (the sinks it opens) on stderr, in logging.format
     load_rules(cfg.incidents.rules)
     for i, sc in enumerate(cfg.sinks):
         try:
@@ -135,19 +134,26 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path from the config).")
 @click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Capture to replay (repeatable).")
 @conn_log_option
-@click.option("--scores", type=click.Path(dir_okay=False), default=None, help="Write window scores (JSON lines) here.")
-@click.option("--incidents", type=click.Path(dir_okay=False), default=None, help="Write incident events (ECS JSON lines) here.")
+@click.option("--scores", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write window scores (JSON lines) here; - for standard output.")
+@click.option("--incidents", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="Write incident events (ECS JSON lines) here; - for standard output (then the summary goes to stderr).")
 @click.option("--sink", "sinks", multiple=True, help="Extra incident sink URL (repeatable).")
 @_errors_to_exit_codes
 def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None:
-    """Replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages."""
-    from detector.service.offline import score_captures
+    """Replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages.
+
+    Data goes to stdout, logs to stderr: with `--incidents -` (or `--scores -`) stdout holds
+    only those JSON lines, and the summary line moves to stderr."""
+    from detector.service.offline import STDOUT, score_captures
 
     inputs, flow_records = _inputs(pcaps, conn_logs)
+    if scores == STDOUT and incidents == STDOUT:
+        raise click.UsageError("only one of --scores and --incidents can be - (standard output)")
     cfg = _load(config)
     stats = score_captures(cfg, inputs, model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks),
                            flow_records=flow_records)
-    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()))
+    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=STDOUT in (scores, incidents))
 
 
 @main.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -266,21 +267,33 @@ class ScoreBatch:
 
     def jsonl(self, **extra: str) -> str:
         """Every row as its window-score JSON line (DESIGN.md: one per entity per window; after
-        the `extra` fields), built column by column: the window's times are formatted once per batch."""
+        the `extra` fields), built column by column: the window's times are formatted once per batch.
+        Strict JSON: a number that is not finite (a NaN score) is written as null, never as a
+        bare NaN or Infinity that JSON parsers refuse."""
         names, units = self.schema.features, self.schema.units
         head = json.dumps({**extra, "window_start": ns_to_iso(self.window_start_ns),
                            "window_end": ns_to_iso(self.window_end_ns)}, separators=(",", ":"))[:-1]
+        numbers = (self.scores, self.thresholds, self.top_share, self.top_observed, self.top_expected)
+        num = _round if all(bool(np.isfinite(a).all()) for a in numbers) else _round_or_null  # the usual case: all finite
         columns = zip(self.entities, self.entity_classes, self.scores.tolist(), self.thresholds.tolist(),
                       self.anomalous.tolist(), self.ready.tolist(), self.top_index.tolist(), self.top_share.tolist(),
                       self.top_observed.tolist(), self.top_expected.tolist(), strict=True)
         lines = []
         for entity, cls, score, threshold, anomalous, ready, index, share, observed, expected in columns:
-            top = [{"name": names[k], "unit": units[k], "share": round(sh, 4), "observed": round(ob, 3), "expected": round(ex, 3)}
+            top = [{"name": names[k], "unit": units[k], "share": num(sh, 4), "observed": num(ob, 3), "expected": num(ex, 3)}
                    for k, sh, ob, ex in zip(index, share, observed, expected, strict=True)]
-            body = {"entity": entity, "entity_class": cls, "score": round(score, 6), "threshold": round(threshold, 6),
+            body = {"entity": entity, "entity_class": cls, "score": num(score, 6), "threshold": num(threshold, 6),
                     "anomalous": anomalous, "ready": ready, "top_features": top}
-            lines.append(head + "," + json.dumps(body, separators=(",", ":"))[1:] + "\n")
+            lines.append(head + "," + json.dumps(body, separators=(",", ":"), allow_nan=False)[1:] + "\n")
         return "".join(lines)
+
+
+def _round(value: float, digits: int) -> float:
+    return round(value, digits)
+
+
+def _round_or_null(value: float, digits: int) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
 
 
 # --------------------------------------------------------------------------------------
@@ -306,7 +319,7 @@ class IncidentEvent:
     emitted_ns: int  # event time of this transition (window end that caused it)
     severity: str  # low | medium | high | critical
     severity_score: int  # 0..100, for CEF/ECS numeric severity
-    category: str  # scan-like, flood-like, brute-force-like, volume, ...
+    category: str  # scan, sweep, brute-force, flood, ... (alerting.classify.CATEGORIES) or an operator's own
     score: float
     threshold: float
     windows: int  # anomalous windows so far
@@ -316,6 +329,15 @@ class IncidentEvent:
     rule_name: str
     observer: dict[str, str] = field(default_factory=dict)  # hostname, sensor id, interface
     model_version: str = ""
+    # Who did what to whom: the entity's role in the anomaly ("originator" | "target"; "" in an
+    # event from before roles) and the addresses on each side: the originator sends the
+    # anomalous traffic (ECS source), the target receives it (ECS destination). One of them is
+    # the entity, the other its dominant counterpart, "" when there is no single one; for the
+    # link, the dominant hosts.
+    role: str = ""
+    originator: str = ""
+    target: str = ""
+    techniques: list[str] = field(default_factory=list)  # MITRE ATT&CK ids, e.g. T1046, T1498.002
 
 
 def ns_to_iso(ns: int) -> str:

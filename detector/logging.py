@@ -1,8 +1,11 @@
 """Application logging: structlog, one event per line, UTC ISO timestamps.
 
-JSON to stdout when not on a terminal (journald, containers), a readable console renderer
-on a terminal. Log events are snake_case facts in the past tense with key-value fields;
-incidents never go here, they go through sinks.
+Logs go to stderr, always: stdout is for data (incident lines, window scores, a replay's
+summary), so `netad score ... --incidents - | jq -c .` reads only incidents, as `suricata`
+or `zeek-cut` users expect of a Unix tool. journald takes stderr as it takes stdout. JSON
+when not on a terminal (journald, containers) or with `logging.format: json`, a readable
+console renderer on a terminal or with `console`. Log events are snake_case facts in the
+past tense with key-value fields; incidents never go here, they go through sinks.
 """
 
 from __future__ import annotations
@@ -19,9 +22,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     if stream is None:
-        # console logs go to stderr so that stdout stays for incidents on a terminal;
-        # JSON logs go to stdout, which systemd hands to journald
-        stream = sys.stderr if fmt == "console" else sys.stdout
+        stream = sys.stderr
     renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty()) if fmt == "console" else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[

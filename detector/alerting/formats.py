@@ -31,6 +31,7 @@ import re
 from typing import Any
 
 from detector import __version__
+from detector.alerting import attack
 from detector.alerting._text import (
     MAX_LIST_ITEMS,
     MAX_VALUE_CHARS,
@@ -41,6 +42,7 @@ from detector.alerting._text import (
     integer,
     one_line,
 )
+from detector.alerting.classify import CATEGORIES, ORIGINATOR, TARGET
 from detector.contracts import IncidentEvent, WindowEvidence, ns_to_iso
 
 FORMATS = ("ecs", "cef", "ocsf", "rfc5424", "console")
@@ -78,6 +80,28 @@ def _entity_ip(event: IncidentEvent) -> str | None:
     return as_ip(event.entity) if event.entity_class == "host" else None
 
 
+def sides(event: IncidentEvent) -> tuple[str | None, str | None]:
+    """(originator, target) addresses: who sent the anomalous traffic (ECS source, CEF src,
+    OCSF evidence src_endpoint) and who received it (destination, dst, dst_endpoint). An event
+    from before roles has its host entity as the source, as netad wrote it then."""
+    if event.role not in (ORIGINATOR, TARGET):
+        return _entity_ip(event), None
+    return as_ip(event.originator), as_ip(event.target)
+
+
+def _affected_ip(event: IncidentEvent) -> str | None:
+    """The host the finding is about: the entity, or for the link the dominant host on the
+    side of its role (an inbound flood's victim, an outbound transfer's sender)."""
+    if event.entity_class != "global":
+        return _entity_ip(event)
+    originator, target = sides(event)
+    return originator if event.role == ORIGINATOR else target
+
+
+def _techniques(event: IncidentEvent) -> list[attack.Technique]:
+    return [attack.technique(i) for i in attack.valid_ids(event.techniques)[:MAX_LIST_ITEMS]]
+
+
 def _peer_ips(event: IncidentEvent) -> list[str]:
     peers = [p.get("ip") for p in event.evidence.top_peers[:MAX_LIST_ITEMS] if isinstance(p, dict)]
     return [ip for ip in (as_ip(p) for p in peers) if ip is not None]
@@ -111,7 +135,7 @@ def _fmt_number(value: object) -> str:
 def summary(event: IncidentEvent) -> str:
     """One line for a human: who, what kind, and the feature that stood out most."""
     who = "link" if event.entity_class == "global" else f"{event.entity_class} {event.entity}"
-    category = event.category or "anomaly"
+    category = (event.category or "anomaly") + _story(event)
     detail = ""
     if event.top_features:
         top = event.top_features[0]
@@ -123,6 +147,18 @@ def summary(event: IncidentEvent) -> str:
     else:
         text = f"netad: {who} anomalous ({category}){detail}"
     return one_line(text, MAX_MESSAGE_CHARS)
+
+
+def _story(event: IncidentEvent) -> str:
+    """The role and the other side, for the summary: ' target, from 203.0.113.66'."""
+    originator, target = sides(event)
+    if event.entity_class == "global":
+        return f", {originator or '?'} -> {target or '?'}" if originator or target else ""
+    if event.role == ORIGINATOR:
+        return f" originator, towards {target}" if target else " originator"
+    if event.role == TARGET:
+        return f" target, from {originator}" if originator else " target"
+    return ""
 
 
 def to_console(event: IncidentEvent) -> str:
@@ -153,6 +189,7 @@ def _netad_block(event: IncidentEvent) -> dict[str, Any]:
         "windows": integer(event.windows),
         "severity": clean_text(event.severity),
         "category": clean_text(event.category),
+        "role": clean_text(event.role) or None,
         "model_version": clean_text(event.model_version),
         "top_features": [
             {
@@ -184,9 +221,12 @@ def _dumps(document: dict[str, Any]) -> str:
 
 
 def to_ecs(event: IncidentEvent) -> dict[str, Any]:
-    """The event as an ECS document (DESIGN.md, "Incidents")."""
+    """The event as an ECS document (DESIGN.md, "Incidents"): the originator of the anomalous
+    traffic as `source`, its target as `destination`, whichever of them the entity is."""
     entity_ip = _entity_ip(event)
-    related = list(dict.fromkeys(([entity_ip] if entity_ip else []) + _peer_ips(event)))
+    source_ip, destination_ip = sides(event)
+    ends = [ip for ip in (entity_ip, source_ip, destination_ip) if ip]
+    related = list(dict.fromkeys(ends + _peer_ips(event)))
     doc: dict[str, Any] = {
         "@timestamp": ns_to_iso(event.emitted_ns),
         "ecs": {"version": ECS_VERSION},
@@ -213,15 +253,47 @@ def to_ecs(event: IncidentEvent) -> dict[str, Any]:
         },
         "observer": _ecs_observer(event.observer),
     }
-    if entity_ip:
-        doc["source"] = {"ip": entity_ip}
+    if source_ip:
+        doc["source"] = {"ip": source_ip}
+    if destination_ip:
+        doc["destination"] = {"ip": destination_ip}
     if related:
         doc["related"] = {"ip": related}
+    threat = _ecs_threat(event)
+    if threat:
+        doc["threat"] = threat
     community_ids = _community_ids(event)
     if community_ids:
         doc["network"] = {"community_id": community_ids}
     doc["netad"] = _netad_block(event)
     return doc
+
+
+def _ecs_threat(event: IncidentEvent) -> dict[str, Any] | None:
+    """ECS `threat.*`: the category's ATT&CK techniques (sub-techniques under
+    `technique.subtechnique`) and their tactics. Names are written only when every id has one,
+    so that the id and name arrays pair up."""
+    techniques = _techniques(event)
+    if not techniques:
+        return None
+    parents = [attack.technique(i) for i in dict.fromkeys(t.parent_id for t in techniques)]
+    subs = [t for t in techniques if t.is_sub]
+    tactics = list(dict.fromkeys(tactic for t in techniques for tactic in t.tactics))
+    threat: dict[str, Any] = {"framework": attack.FRAMEWORK, "technique": _ecs_ids(parents)}
+    if subs:
+        threat["technique"]["subtechnique"] = _ecs_ids(subs)
+    if tactics:
+        threat["tactic"] = {"id": tactics, "name": [attack.TACTICS.get(t, "") for t in tactics]}
+        if not all(threat["tactic"]["name"]):
+            del threat["tactic"]["name"]
+    return threat
+
+
+def _ecs_ids(techniques: list[attack.Technique]) -> dict[str, list[str]]:
+    out = {"id": [t.id for t in techniques]}
+    if all(t.name for t in techniques):
+        out["name"] = [t.name for t in techniques]
+    return out
 
 
 def _ecs_observer(observer: dict[str, str]) -> dict[str, Any]:
@@ -274,18 +346,31 @@ def cef_severity(event: IncidentEvent) -> int:
     return max(0, min(10, round(score / 10)))
 
 
+def cef_class_id(event: IncidentEvent) -> str:
+    """The Device Event Class ID: one per category (netad:scan, netad:brute-force, ...), what
+    ArcSight and QRadar map event types on."""
+    return f"{PRODUCT}:{one_line(event.category, 64) or 'anomaly'}"
+
+
+def cef_name(event: IncidentEvent) -> str:
+    """The CEF Name: what happened (the category's title), else the rule's name."""
+    category = CATEGORIES.get(event.category)
+    return category.title if category is not None else (event.rule_name or event.category or "netad incident")
+
+
 def to_cef(event: IncidentEvent) -> str:
-    """The event as one CEF:0 line (header + key=value extension)."""
+    """The event as one CEF:0 line (header + key=value extension): the originator as src, the
+    target as dst."""
     header = [
         "CEF:0",
         cef_header_escape(PRODUCT),
         cef_header_escape(PRODUCT),
         cef_header_escape(__version__),
-        cef_header_escape(event.rule_id or "anomaly"),
-        cef_header_escape(event.rule_name or event.category or "netad incident"),
+        cef_header_escape(cef_class_id(event)),
+        cef_header_escape(cef_name(event)),
         str(cef_severity(event)),
     ]
-    entity_ip = _entity_ip(event)
+    source_ip, destination_ip = sides(event)
     features = "; ".join(
         f"{one_line(c.name)} {_fmt_number(c.observed)} vs {_fmt_number(c.expected)}"
         for c in event.top_features[:MAX_LIST_ITEMS]
@@ -303,10 +388,13 @@ def to_cef(event: IncidentEvent) -> str:
         ("cat", None, event.category, MAX_VALUE_CHARS),
         ("externalId", None, event.event_id, MAX_VALUE_CHARS),
     ]
-    if entity_ip and ipaddress.ip_address(entity_ip).version == 4:
-        pairs.append(("src", None, entity_ip, 64))
-    elif entity_ip:  # CEF's src is IPv4 only; c6a2 is the conventional source IPv6 field
-        pairs.append(("c6a2", "Source IPv6 Address", entity_ip, 64))
+    # CEF's src and dst are IPv4 only; c6a2 and c6a3 are the conventional IPv6 fields
+    for ip, v4_key, v6_key, v6_label in ((source_ip, "src", "c6a2", "Source IPv6 Address"),
+                                         (destination_ip, "dst", "c6a3", "Destination IPv6 Address")):
+        if ip and ipaddress.ip_address(ip).version == 4:
+            pairs.append((v4_key, None, ip, 64))
+        elif ip:
+            pairs.append((v6_key, v6_label, ip, 64))
     pairs += [
         ("cs1", "incidentId", event.incident_id, MAX_VALUE_CHARS),
         ("cs2", "entity", event.entity, MAX_VALUE_CHARS),
@@ -318,6 +406,8 @@ def to_cef(event: IncidentEvent) -> str:
         ("cn2", "severityScore", integer(event.severity_score), 32),
         ("cfp1", "score", finite(event.score, 6), 32),
         ("cfp2", "threshold", finite(event.threshold, 6), 32),
+        ("flexString1", "attackTechniques", ",".join(t.id for t in _techniques(event)), 1023),
+        ("flexString2", "role", event.role, 32),
         ("dvchost", None, event.observer.get("hostname", ""), MAX_VALUE_CHARS),
         ("msg", None, summary(event), MAX_MESSAGE_CHARS),
     ]
@@ -337,11 +427,17 @@ def to_cef(event: IncidentEvent) -> str:
 
 
 def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
-    """The event as an OCSF 1.1 Detection Finding (class 2004, category Findings)."""
+    """The event as an OCSF 1.1 Detection Finding (class 2004, category Findings).
+
+    `device` is the affected host (the Finding's definition), `resources` the target of the
+    activity (Detection Finding's "Affected Resources"), and the first evidence artifact the
+    originator -> target pair; the sensor is not the affected device: it is the logger
+    (`metadata.loggers`), as it is ECS's `observer`."""
     activity_id, activity = _OCSF_ACTIVITY.get(event.action, (99, "Other"))
     status_id, status = _OCSF_STATUS.get(event.action, (99, "Other"))
     severity_id, severity = _OCSF_SEVERITY[severity_level(event)]
     entity_ip = _entity_ip(event)
+    originator, target = sides(event)
     observables = []
     if entity_ip:
         observables.append({"name": "entity", "type_id": 2, "type": "IP Address", "value": entity_ip})
@@ -350,6 +446,33 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
         for ip in _peer_ips(event)
     ]
     message = summary(event)
+    metadata: dict[str, Any] = {
+        "uid": clean_text(event.event_id),
+        "correlation_uid": clean_text(event.incident_id),
+        "version": OCSF_VERSION,
+        "product": {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__},
+    }
+    logger = _ocsf_logger(event.observer)
+    if logger:
+        metadata["loggers"] = [logger]
+    finding_info: dict[str, Any] = {
+        "uid": clean_text(event.incident_id),
+        "title": clean_text(event.rule_name or event.category),
+        "desc": message,
+        "types": [clean_text(event.category)],
+        "first_seen_time": event.first_seen_ns // 1_000_000,
+        "last_seen_time": event.last_seen_ns // 1_000_000,
+        "analytic": {
+            "uid": clean_text(event.rule_id),
+            "name": clean_text(event.rule_name),
+            "type_id": 4,
+            "type": "Learning (ML/DL)",
+            "version": clean_text(event.model_version),
+        },
+    }
+    attacks = _ocsf_attacks(event)
+    if attacks:
+        finding_info["attacks"] = attacks
     doc: dict[str, Any] = {
         "class_uid": 2004,
         "class_name": "Detection Finding",
@@ -369,37 +492,70 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
         "status": status,
         "risk_score": integer(event.severity_score),
         "message": message,
-        "metadata": {
-            "uid": clean_text(event.event_id),
-            "correlation_uid": clean_text(event.incident_id),
-            "version": OCSF_VERSION,
-            "product": {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__},
-        },
-        "finding_info": {
-            "uid": clean_text(event.incident_id),
-            "title": clean_text(event.rule_name or event.category),
-            "desc": message,
-            "types": [clean_text(event.category)],
-            "first_seen_time": event.first_seen_ns // 1_000_000,
-            "last_seen_time": event.last_seen_ns // 1_000_000,
-            "analytic": {
-                "uid": clean_text(event.rule_id),
-                "name": clean_text(event.rule_name),
-                "type_id": 4,
-                "type": "Learning (ML/DL)",
-                "version": clean_text(event.model_version),
-            },
-        },
+        "metadata": metadata,
+        "finding_info": finding_info,
     }
+    affected = _affected_ip(event)
+    if affected:
+        doc["device"] = {"ip": affected, "type_id": 0, "type": "Unknown"}
+    if target:
+        doc["resources"] = [{"uid": target, "type": "IP Address"}]
     if observables:
         doc["observables"] = observables
-    evidences = [e for e in (_ocsf_evidence(f) for f in event.evidence.top_flows[:MAX_LIST_ITEMS]) if e]
+    pair = _ocsf_endpoints(originator, target)
+    flows = [e for e in (_ocsf_evidence(f) for f in event.evidence.top_flows[:MAX_LIST_ITEMS]) if e]
+    evidences = ([pair] if pair else []) + flows
     if evidences:
         doc["evidences"] = evidences
-    if event.observer.get("hostname"):
-        doc["device"] = {"hostname": clean_text(event.observer["hostname"]), "type_id": 0}
     doc["unmapped"] = {"netad": _netad_block(event)}
     return doc
+
+
+def _ocsf_logger(observer: dict[str, str]) -> dict[str, Any] | None:
+    """The sensor as an OCSF logger: the netad instance and the host it runs on."""
+    logger: dict[str, Any] = {}
+    name = observer.get("name") or observer.get("sensor") or observer.get("sensor_id")
+    if name:
+        logger["name"] = clean_text(name)
+    device: dict[str, Any] = {}
+    if observer.get("hostname"):
+        device["hostname"] = clean_text(observer["hostname"])
+    if observer.get("interface"):
+        device["interface_name"] = clean_text(observer["interface"])
+    if device:
+        logger["device"] = {**device, "type_id": 0, "type": "Unknown"}
+    if logger:
+        logger["product"] = {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__}
+    return logger or None
+
+
+def _ocsf_attacks(event: IncidentEvent) -> list[dict[str, Any]]:
+    """OCSF 1.1 `attack` objects: one per technique and tactic (the object has one tactic)."""
+    out = []
+    for t in _techniques(event):
+        parent = attack.technique(t.parent_id)
+        item: dict[str, Any] = {"technique": _ocsf_named(parent.id, parent.name), "version": attack.ATTACK_VERSION}
+        if t.is_sub:
+            item["sub_technique"] = _ocsf_named(t.id, t.name)
+        if not t.tactics:  # an id the catalogue does not know: the technique alone
+            out.append(item)
+        for tactic in t.tactics:
+            out.append({**item, "tactic": _ocsf_named(tactic, attack.TACTICS.get(tactic, ""))})
+    return out
+
+
+def _ocsf_named(uid: str, name: str) -> dict[str, str]:
+    return {"uid": uid, "name": name} if name else {"uid": uid}
+
+
+def _ocsf_endpoints(originator: str | None, target: str | None) -> dict[str, Any] | None:
+    """The originator -> target pair as an evidence artifact: the remote side is the other."""
+    out: dict[str, Any] = {}
+    if originator:
+        out["src_endpoint"] = {"ip": originator}
+    if target:
+        out["dst_endpoint"] = {"ip": target}
+    return out or None
 
 
 def _ocsf_evidence(flow: object) -> dict[str, Any] | None:
@@ -422,13 +578,25 @@ def _ocsf_evidence(flow: object) -> dict[str, Any] | None:
             out[side] = endpoint
     connection: dict[str, Any] = {}
     if flow.get("community_id"):
-        connection["community_uid"] = one_line(flow["community_id"])
-    proto = integer(flow.get("proto")) if "proto" in flow else None
-    if proto is not None and 0 <= proto <= 255:
+        connection["uid"] = one_line(flow["community_id"])  # 1.1 has no community_uid (1.4 does)
+    proto = _protocol_num(flow.get("proto")) if "proto" in flow else None
+    if proto is not None:
         connection["protocol_num"] = proto
     if connection:
-        out["connection_info"] = connection
+        # required; the evidence does not say whether the peer is inside the home networks
+        out["connection_info"] = {**connection, "direction_id": 0, "direction": "Unknown"}
     return out or None
+
+
+_PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "sctp": 132}
+
+
+def _protocol_num(value: object) -> int | None:
+    """An IP protocol number from the evidence's name ('tcp') or number."""
+    if isinstance(value, str) and value.lower() in _PROTOCOL_NUMBERS:
+        return _PROTOCOL_NUMBERS[value.lower()]
+    number = integer(value)
+    return number if number is not None and 0 <= number <= 255 else None
 
 
 def ocsf_json(event: IncidentEvent) -> str:

@@ -6,6 +6,11 @@ quiet windows resolve it. Each transition is an IncidentEvent carrying the incid
 id (derived from sensor, entity and the episode's first window, so it is the same after a
 restart that replays or restores the same episode) and a unique event id (what SIEMs
 deduplicate on).
+
+What an incident says happened (category, the entity's role, the hosts on each side, ATT&CK
+techniques) is the reading (classify.py, through the rules) of its peak window. A link-wide
+(`global`) incident takes it from the hosts that are anomalous in the same window, the most
+anomalous first, so it names the dominant hosts instead of the link.
 """
 
 from __future__ import annotations
@@ -16,8 +21,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from detector.alerting.classify import Classification
 from detector.alerting.rules import SEVERITY_SCORE, Dropped, RuleSet
-from detector.contracts import FeatureContribution, IncidentAction, IncidentEvent, ScoreBatch, WindowEvidence, WindowScore
+from detector.contracts import (
+    ENTITY_GLOBAL,
+    FeatureContribution,
+    IncidentAction,
+    IncidentEvent,
+    ScoreBatch,
+    WindowEvidence,
+    WindowScore,
+)
 
 _NAMESPACE = uuid.UUID("6f1d6a52-8c7e-4a55-9a39-4d6e7c0f2b11")
 _SEVERITY_ORDER = ["low", "medium", "high", "critical"]
@@ -40,6 +54,14 @@ class _Open:
     quiet: int = 0
     transitions: int = 0
     reported_windows: int = 0  # windows covered by the last event sent
+    role: str = ""  # the entity's role: originator | target ("" in a checkpoint from before roles)
+    originator: str = ""
+    target: str = ""
+    techniques: list[str] = field(default_factory=list)
+
+    def read(self, reading: Classification) -> None:
+        self.category, self.role = reading.category, reading.role
+        self.originator, self.target, self.techniques = reading.originator, reading.target, list(reading.techniques)
 
 
 @dataclass
@@ -77,7 +99,8 @@ class IncidentTracker:
                 row_of = {name: i for i, name in enumerate(scores.entities)}
                 rows.update(row_of[e] for e in self._entities if e in row_of)
             scores = [scores[i] for i in sorted(rows)]
-        events: list[IncidentEvent] = []
+        checked: list[tuple[WindowScore, bool]] = []
+        hosts: dict[int, list[WindowScore]] = {}  # window end -> its anomalous hosts, for the link
         for s in scores:
             anomalous = s.anomalous
             if anomalous:
@@ -86,19 +109,24 @@ class IncidentTracker:
                 except Dropped as drop:
                     self.dropped[drop.rule] += 1
                     anomalous = False
+            checked.append((s, anomalous))
+            if anomalous and s.entity_class != ENTITY_GLOBAL:
+                hosts.setdefault(s.window_end_ns, []).append(s)
+        events: list[IncidentEvent] = []
+        for s, anomalous in checked:
             state = self._entities.get(s.entity)
             if state is None:
                 if not anomalous:
                     continue
                 state = self._entities[s.entity] = _Entity()
-            event = self._advance(state, s, anomalous)
+            event = self._advance(state, s, anomalous, hosts.get(s.window_end_ns, []))
             if event is not None:
                 events.append(event)
             if state.incident is None and state.streak == 0:
                 del self._entities[s.entity]
         return events
 
-    def _advance(self, state: _Entity, s: WindowScore, anomalous: bool) -> IncidentEvent | None:
+    def _advance(self, state: _Entity, s: WindowScore, anomalous: bool, hosts: list[WindowScore]) -> IncidentEvent | None:
         inc = state.incident
         if anomalous:
             if inc is None:
@@ -107,7 +135,7 @@ class IncidentTracker:
                 state.streak += 1
                 if state.streak < self.min_windows:
                     return None
-                inc = state.incident = self._open(s, state.streak_start_ns, state.streak)
+                inc = state.incident = self._open(s, state.streak_start_ns, state.streak, hosts)
                 inc.reported_windows = inc.windows
                 state.streak = 0
                 return self._event(inc, "opened", s.window_end_ns)
@@ -123,7 +151,7 @@ class IncidentTracker:
                 news = news or s.score >= 1.5 * inc.peak_score
                 inc.peak_score = s.score
                 inc.top_features = s.top_features
-                inc.category = self.rules.category_of(s)
+                inc.read(self._read(s, hosts))
                 if s.evidence is not None:
                     inc.evidence = s.evidence
             if not news:
@@ -139,10 +167,24 @@ class IncidentTracker:
         state.incident = None
         return self._event(inc, "resolved", s.window_end_ns)
 
-    def _open(self, s: WindowScore, first_ns: int, windows: int) -> _Open:
+    def _read(self, s: WindowScore, hosts: list[WindowScore]) -> Classification:
+        """The window's reading; the link's from its most anomalous hosts when there are some."""
+        reading = self.rules.classify(s)
+        if s.entity_class != ENTITY_GLOBAL or not hosts:
+            return reading
+        ranked = [self.rules.classify(h) for h in sorted(hosts, key=_ratio, reverse=True)]
+        return Classification(
+            category=ranked[0].category,
+            role=reading.role,
+            originator=next((r.originator for r in ranked if r.originator), ""),
+            target=next((r.target for r in ranked if r.target), ""),
+            techniques=ranked[0].techniques,
+        )
+
+    def _open(self, s: WindowScore, first_ns: int, windows: int, hosts: list[WindowScore]) -> _Open:
         sensor = self.observer.get("name", "")
         incident_id = str(uuid.uuid5(_NAMESPACE, f"{sensor}/{s.entity}/{first_ns}"))
-        return _Open(
+        inc = _Open(
             incident_id=incident_id,
             entity=s.entity,
             entity_class=s.entity_class,
@@ -152,10 +194,12 @@ class IncidentTracker:
             peak_score=s.score,
             threshold=s.threshold,
             severity=self.rules.severity_of(s.score, s.threshold),
-            category=self.rules.category_of(s),
+            category="",
             top_features=s.top_features,
             evidence=s.evidence or WindowEvidence(),
         )
+        inc.read(self._read(s, hosts))
+        return inc
 
     def _event(self, inc: _Open, action: IncidentAction, emitted_ns: int) -> IncidentEvent:
         inc.transitions += 1
@@ -181,6 +225,10 @@ class IncidentTracker:
             rule_name=self.rule_name,
             observer=dict(self.observer),
             model_version=self.model_version,
+            role=inc.role,
+            originator=inc.originator,
+            target=inc.target,
+            techniques=list(inc.techniques),
         )
 
     # ------------------------------------------------------------ checkpoints
@@ -208,6 +256,10 @@ class IncidentTracker:
     def forget(self, names: list[str]) -> None:
         for name in names:
             self._entities.pop(name, None)
+
+
+def _ratio(s: WindowScore) -> float:
+    return s.score / s.threshold if s.threshold > 0 else float("inf")
 
 
 def _open_to_dict(inc: _Open) -> dict:

@@ -1,4 +1,4 @@
-"""Rules analysts control: allowlists, suppression windows, severity and category mapping.
+"""Rules analysts control: allowlists, suppression windows, severity, categories and ATT&CK.
 
 Rule files are YAML (rules/*.yaml), validated like the config: unknown keys are errors and
 every error names the file and line. Rules are applied to anomalous window scores before
@@ -8,6 +8,7 @@ DropEvent idea) with the rule's name, so the caller can count why windows were d
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from detector.alerting import attack
+from detector.alerting.classify import CATEGORIES, Classification, Role, classify
 from detector.config import read_yaml, validate_yaml_data
 from detector.contracts import WindowScore
 from detector.errors import ConfigError
@@ -118,10 +121,25 @@ class SeverityRule(_Strict):
 
 
 class CategoryRule(_Strict):
-    """The first rule whose features include the window's top feature names the category."""
+    """Overrides the built-in category (classify.py): the first rule whose features include
+    one of the window's top two, and whose role (when given) is the entity's, names it."""
 
     features: list[str]
     category: str
+    role: Role | None = None  # originator | target: the entity's role in the anomaly
+    techniques: list[str] | None = None  # ATT&CK ids; default: those of `attack` / the built-in category
+
+    @field_validator("techniques")
+    @classmethod
+    def _technique_ids(cls, value: list[str] | None) -> list[str] | None:
+        return _check_technique_ids(value) if value is not None else None
+
+
+def _check_technique_ids(ids: list[str]) -> list[str]:
+    for technique_id in ids:
+        if not attack.TECHNIQUE_ID.fullmatch(technique_id):
+            raise ValueError(f"{technique_id!r} is not an ATT&CK technique id (T1046, T1498.002)")
+    return ids
 
 
 class RuleSet(_Strict):
@@ -129,6 +147,14 @@ class RuleSet(_Strict):
     suppress: list[SuppressRule] = Field(default_factory=list)
     severity: list[SeverityRule] = Field(default_factory=list)
     categories: list[CategoryRule] = Field(default_factory=list)
+    attack: dict[str, list[str]] = Field(default_factory=dict)  # category -> ATT&CK technique ids
+
+    @field_validator("attack")
+    @classmethod
+    def _attack_ids(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for ids in value.values():
+            _check_technique_ids(ids)
+        return value
 
     def check(self, score: WindowScore) -> None:
         """Raise Dropped if an allow or an active suppress rule covers this window."""
@@ -148,12 +174,26 @@ class RuleSet(_Strict):
                 return rule.severity
         return "medium"
 
-    def category_of(self, score: WindowScore) -> str:
+    def classify(self, score: WindowScore) -> Classification:
+        """The built-in reading of an anomalous window, with the operator's category rules
+        and ATT&CK mapping applied over it."""
+        found = classify(score)
         names = [c.name for c in score.top_features[:2]]
         for rule in self.categories:
-            if any(n in rule.features for n in names):
-                return rule.category
-        return "volume-anomaly" if names else "anomaly"
+            if any(n in rule.features for n in names) and rule.role in (None, found.role):
+                techniques = rule.techniques if rule.techniques is not None else self.techniques_of(rule.category)
+                return dataclasses.replace(found, category=rule.category, techniques=tuple(techniques))
+        return dataclasses.replace(found, techniques=tuple(self.techniques_of(found.category)))
+
+    def category_of(self, score: WindowScore) -> str:
+        return self.classify(score).category
+
+    def techniques_of(self, category: str) -> list[str]:
+        """The ATT&CK ids of a category: the rules' `attack` mapping, else the built-in one."""
+        if category in self.attack:
+            return list(self.attack[category])
+        builtin = CATEGORIES.get(category)
+        return list(builtin.techniques) if builtin is not None else []
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -168,6 +208,7 @@ def load_rules(paths: list[str | Path]) -> RuleSet:
         part = validate_yaml_data(RuleSet, data, root, str(path))
         for key in ("allow", "suppress", "severity", "categories"):
             getattr(merged, key).extend(getattr(part, key))
+        merged.attack.update(part.attack)  # a later file's mapping of a category wins
     if not merged.severity:
         merged.severity = [SeverityRule(min_ratio=0, severity="medium")]
     return merged

@@ -1,7 +1,12 @@
-"""`netad score` wiring: replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages."""
+"""`netad score` wiring: replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages.
+
+`-` for the incidents or the scores means standard output (ECS or window-score JSON lines),
+so that a replay pipes into jq; the logs are on stderr (detector.logging).
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from detector.alerting.sinks import SinkSet, build_sink
@@ -10,6 +15,8 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service.pipeline import Pipeline, input_batches
 from detector.service.scoring import check_device
+
+STDOUT = "-"  # an output path that means standard output
 
 
 def score_captures(
@@ -26,13 +33,17 @@ def score_captures(
     set_torch_threads(cfg.model.threads)
     bundle = ModelBundle.load(model_dir or cfg.model.path)
     urls = list(sinks or [])
-    if incidents is not None:
+    if incidents is not None and str(incidents) == STDOUT:
+        urls.insert(0, "stdout://?format=ecs")
+    elif incidents is not None:
         Path(incidents).parent.mkdir(parents=True, exist_ok=True)
         Path(incidents).unlink(missing_ok=True)
         urls.insert(0, f"jsonl://{Path(incidents).resolve()}")
     sink_set = SinkSet([build_sink(u, spool_dir=None) for u in urls])
     scores_out = None
-    if scores is not None:
+    if scores is not None and str(scores) == STDOUT:
+        scores_out = sys.stdout
+    elif scores is not None:
         Path(scores).parent.mkdir(parents=True, exist_ok=True)
         scores_out = open(scores, "w", encoding="utf-8")
     try:
@@ -43,6 +54,8 @@ def score_captures(
     finally:
         sink_set.flush(timeout_s=30.0)
         sink_set.close(timeout_s=5.0)
-        if scores_out is not None:
+        if scores_out is sys.stdout:
+            scores_out.flush()
+        elif scores_out is not None:
             scores_out.close()
     return pipeline.stats()

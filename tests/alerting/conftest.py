@@ -14,7 +14,8 @@ T0_NS = 1_717_243_200_000_000_000  # 2024-06-01T12:00:00Z
 
 
 def _make_event(i: int = 0, **overrides: Any) -> IncidentEvent:
-    """A port-scan incident as the lifecycle would emit it; `i` varies the ids and times."""
+    """A port-scan incident as the lifecycle would emit it: 10.20.1.33 scans 10.20.1.1 (the
+    scanner is the entity, so the originator); `i` varies the ids and times."""
     event = IncidentEvent(
         event_id=f"evt-{i:05d}-0b6f2c",
         incident_id="inc-20240601-10.20.1.33-7f3a",
@@ -26,7 +27,7 @@ def _make_event(i: int = 0, **overrides: Any) -> IncidentEvent:
         emitted_ns=T0_NS + 60_000_000_000 + i * 1_000_000,
         severity="high",
         severity_score=80,
-        category="scan-like",
+        category="scan",
         score=14.237519,
         threshold=3.1,
         windows=1,
@@ -50,6 +51,10 @@ def _make_event(i: int = 0, **overrides: Any) -> IncidentEvent:
         rule_name="Anomalous host behaviour",
         observer={"hostname": "sensor-1", "interface": "eth1"},
         model_version="host-lstmae-2024.06.01-3f9c",
+        role="originator",
+        originator="10.20.1.33",
+        target="10.20.1.1",
+        techniques=["T1046"],
     )
     return dataclasses.replace(event, **overrides)
 

@@ -39,7 +39,7 @@ def test_consecutive_windows_extend_one_incident_then_resolve():
     assert 3 == len({e.event_id for e in events})
     assert T0 == events[0].first_seen_ns
     assert 2 == events[-1].windows
-    assert "scan-like" == events[0].category
+    assert ("scan", "originator", ["T1046"]) == (events[0].category, events[0].role, events[0].techniques)
 
 
 def test_incident_id_is_stable_across_trackers():
@@ -105,3 +105,75 @@ def test_updates_are_rate_limited_unless_the_story_changes():
     jump = tr.push([_score(7, score=30.0)])
     assert ["updated"] == [e.action for e in jump]
     assert "critical" == jump[0].severity
+
+
+def _host(k: int, entity: str, features: list[tuple[str, str, float, float]], peers: list[tuple[str, int]],
+          score: float = 10.0, flows: list[dict] | None = None) -> WindowScore:
+    return WindowScore(
+        T0 + k * W, T0 + (k + 1) * W, entity, "global" if entity == "global" else "host", score, 1.0, True, True,
+        [FeatureContribution(name, unit, share, observed, 0.1) for name, unit, share, observed in features],
+        WindowEvidence(top_peers=[{"ip": ip, "packets": n, "bytes": 200 * n} for ip, n in peers], top_flows=flows or []),
+    )
+
+
+def _brute_force_victim(k: int) -> WindowScore:
+    flows = [{"src": "10.0.0.22", "dst": "203.0.113.66", "sport": 22, "dport": 60000 + i, "proto": "tcp", "packets": 30}
+             for i in range(3)]
+    return _host(k, "10.0.0.22", [("syn_in", "packets", 0.4, 18.5), ("flows_in", "flows", 0.3, 18.7)],
+                 [("203.0.113.66", 2500), ("10.0.0.10", 70)], score=13.0, flows=flows)
+
+
+def test_incident_knows_roles_and_attack_techniques():
+    """A brute-force victim's incident says it is the target, names the attacker as the
+    originator, and carries the category's ATT&CK technique."""
+    event = IncidentTracker(_rules()).push([_brute_force_victim(0)])[0]
+    assert ("brute-force", "target", "203.0.113.66", "10.0.0.22", ["T1110"]) == (
+        event.category, event.role, event.originator, event.target, event.techniques)
+
+
+def test_link_incident_names_the_dominant_hosts():
+    """The link's incident reads its story from the most anomalous hosts of the same window:
+    their category, the attacker as originator and the victim as target."""
+    link = _host(0, "global", [("syn_in", "packets", 0.4, 18.0), ("flows_in", "flows", 0.4, 18.0)], [("10.0.0.9", 5)], 4.0)
+    bystander = _host(0, "10.0.0.30", [("bytes_out", "bytes", 0.9, 5e4)], [("198.51.100.1", 10)], score=2.0)
+    events = {e.entity: e for e in IncidentTracker(_rules()).push([link, bystander, _brute_force_victim(0)])}
+    assert ("brute-force", "203.0.113.66", "10.0.0.22", ["T1110"]) == (
+        events["global"].category, events["global"].originator, events["global"].target, events["global"].techniques)
+    assert "target" == events["global"].role  # the link's own features: traffic coming in
+    alone = IncidentTracker(_rules()).push([_host(5, "global", [("syn_in", "packets", 0.9, 20_000.0)], [])])[0]
+    assert ("flood", "", "") == (alone.category, alone.originator, alone.target)
+
+
+def test_category_rules_override_the_builtin_reading(tmp_path: Path):
+    """An operator's category rule (optionally only for one role) names the category and its
+    techniques; `attack:` remaps a category's techniques; bad technique ids are config errors."""
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "categories:\n"
+        "  - {features: [syn_in], role: originator, category: never-used}\n"
+        "  - {features: [syn_in], role: target, category: ssh-guessing, techniques: [T1110.001]}\n"
+        "attack:\n  scan: [T1595.001, T1046]\n"
+    )
+    rules = load_rules([f])
+    event = IncidentTracker(rules).push([_brute_force_victim(0)])[0]
+    assert ("ssh-guessing", ["T1110.001"], "203.0.113.66") == (event.category, event.techniques, event.originator)
+    scan = IncidentTracker(rules).push([_score(0)])[0]
+    assert ("scan", ["T1595.001", "T1046"]) == (scan.category, scan.techniques)
+    f.write_text("attack:\n  scan: [T1046, t1046]\n")
+    with pytest.raises(ConfigError, match=rf"{f}:2: attack"):
+        load_rules([f])
+
+
+def test_checkpoint_from_before_roles_restores():
+    """An open incident checkpointed by a netad without roles resumes; its next peak reads them."""
+    a = IncidentTracker(_rules(), update_every_windows=1)
+    a.push([_brute_force_victim(0)])
+    state = a.state_dict()
+    for key in ("role", "originator", "target", "techniques"):
+        del state["10.0.0.22"]["incident"][key]
+    b = IncidentTracker(_rules(), update_every_windows=1)
+    b.load_state_dict(state)
+    stronger = _brute_force_victim(1)
+    stronger.score = 30.0
+    updated = b.push([stronger])[0]
+    assert ("updated", "target", "203.0.113.66") == (updated.action, updated.role, updated.originator)

@@ -111,7 +111,8 @@ class _Collector:
 
 
 class DaemonProcess:
-    """`python -m detector.cli run -c CONFIG`, its JSON log lines parsed as they come."""
+    """`python -m detector.cli run -c CONFIG`, its JSON log lines (stderr) parsed as they come;
+    what it writes to stdout (a replay's summary, a stdout sink) is kept apart."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "NETAD_"))}
@@ -129,20 +130,18 @@ class DaemonProcess:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                self.other_stdout.append(line)
-                continue
-            if isinstance(record, dict) and "event" in record:
-                self.log.add(record)
-            else:
-                self.other_stdout.append(line)
+            self.other_stdout.append(line)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "event" in record:
+                self.log.add(record)
 
     def wait_log(self, event: str, timeout_s: float = 30.0, start: int = 0, **fields: Any) -> tuple[int, dict]:
         def match(r: dict) -> bool:
@@ -157,8 +156,7 @@ class DaemonProcess:
         return [r for r in self.log.snapshot() if r.get("event") == name]
 
     def tail(self, n: int = 30) -> str:
-        lines = [json.dumps(r) for r in self.log.snapshot()[-n:]]
-        return "\n".join(lines + ["--- stderr:"] + self.stderr[-n:])
+        return "".join(["--- stderr (logs):\n"] + self.stderr[-n:] + ["--- stdout:\n"] + self.other_stdout[-n:])
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
