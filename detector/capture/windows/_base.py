@@ -18,7 +18,7 @@ import numpy as np
 
 from detector.capture._hash import mix
 from detector.capture.flows import community_id_of_pairs
-from detector.capture.windows._history import HISTORY_FEATURES, PeerHistory
+from detector.capture.windows._history import HISTORY_FEATURES, HISTORY_LEVELS, PeerHistory
 from detector.contracts import (
     ENTITY_GLOBAL,
     PROTO_TCP,
@@ -125,7 +125,7 @@ class EntityWindows:
         self.watermark_ns: int | None = None
         self.entities_expired = 0
         self.windows_closed = 0
-        self.history = PeerHistory(history_s, history_warmup_s)
+        self.history = PeerHistory(history_s, history_warmup_s, bin_s * bins)
 
     @property
     def entities(self) -> int:
@@ -242,7 +242,7 @@ class EntityWindows:
         novelty = self.history.observe(keys, rows(peers[0], peers[1], peers[2]), rows(*services), end_ns)
         for k, (name, _) in enumerate(HISTORY_FEATURES):
             if name in fidx:
-                feats[:, :, fidx[name]] = novelty[:, k : k + 1]
+                feats[:, :, fidx[name]] = novelty[:, k : k + 1] / (1 if name in HISTORY_LEVELS else self.bins)
 
     def _expire_entities(self, now_ns: int) -> None:
         n = len(self._slot_addr)

@@ -9,17 +9,19 @@ local port no one ever reached), or a beacon (one new peer that keeps coming bac
 set lives here, bounded, and the model reads three numbers derived from it per window:
 
 - `new_peers`: addresses the entity exchanged packets with in this window and not in the
-  `history_s` before it;
+  `history_s` before it, spread evenly over the window's bins like any count of the schema
+  (a window-level count written into every bin would weigh as many times as there are bins);
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
-- `young_peer_windows`: of the peers it exchanged packets with in this window that it first
-  met less than `history_s` ago (after its own warm-up), the most windows any of them has
-  been seen in so far. A beacon's new peer climbs one per contact; a one-off new peer stays
-  at 1; a peer known since the warm-up is not young.
+- `young_peer_returns`: of the peers it exchanged packets with in this window that it first
+  met less than `history_s` ago (after its own warm-up), the most times any of them has come
+  back after at least one window without it. A beacon's new peer climbs one per contact; a
+  one-off new peer, or a new one in one long session, stays at 0; a peer known since the
+  warm-up is not young. A level, not a count: the same value in every bin (the evidence of
+  the returns so far, which is what grows while a beacon goes on).
 
-They are window-level counts, the same value in every bin of the window (an explanation reads
-"new_peers 20 observed, 0.1 expected"). Nothing is counted for an entity until its own history
+Nothing is counted for an entity until its own history
 is `warmup_s` old: at start-up every peer would otherwise be new. A peer or port not seen for
 `history_s` is forgotten; the tables hold at most `max_rows` rows each (the least recently
 seen go first), so a spoofed flood costs bounded memory and is forgotten like the rest.
@@ -34,10 +36,11 @@ import numpy as np
 from detector.capture._hash import mix
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
-    ("new_peers", "hosts"),  # peers not seen in the last history_s
-    ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s
-    ("young_peer_windows", "windows"),  # most windows seen of this window's peers first met within history_s
+    ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
+    ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s, per bin
+    ("young_peer_returns", "returns"),  # most returns of this window's peers first met within history_s
 )
+HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the others spread over them
 # an entity's key is hashed with its table's salt before it meets the peer's or port's hash:
 # a plain XOR of two address hashes would give (a, b) and (b, a) one key
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
@@ -45,31 +48,32 @@ _PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
 
 
 class _Table:
-    """uint64 keys, sorted, with first seen, last seen (ns) and windows seen per key."""
+    """uint64 keys, sorted, with first seen, last seen (window ends, ns) and returns per key."""
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)
         self.first = np.zeros(0, np.int64)
         self.last = np.zeros(0, np.int64)
-        self.windows = np.zeros(0, np.int64)
+        self.returns = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def touch(self, keys: np.ndarray, now_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Record one window's sighting of unique `keys`: (was new, first seen, windows seen
-        including this one), aligned with `keys`."""
+    def touch(self, keys: np.ndarray, now_ns: int, window_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record the sighting of unique `keys` in the window ending at `now_ns`: (was new, first
+        seen, returns so far: this one counts if the window before lacked the key), aligned
+        with `keys`."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
         found[inside] = self.keys[pos[inside]] == keys[inside]
         at = pos[found]
+        self.returns[at] += self.last[at] < now_ns - window_ns
         self.last[at] = now_ns
-        self.windows[at] += 1
         first = np.full(keys.shape[0], now_ns, np.int64)
         first[found] = self.first[at]
-        seen = np.ones(keys.shape[0], np.int64)
-        seen[found] = self.windows[at]
+        returns = np.zeros(keys.shape[0], np.int64)
+        returns[found] = self.returns[at]
         new = ~found
         if new.any():
             new_keys = keys[new]
@@ -79,8 +83,8 @@ class _Table:
             n = new_keys.shape[0]
             self.first = np.insert(self.first, where, np.full(n, now_ns, np.int64))
             self.last = np.insert(self.last, where, np.full(n, now_ns, np.int64))
-            self.windows = np.insert(self.windows, where, np.ones(n, np.int64))
-        return new, first, seen
+            self.returns = np.insert(self.returns, where, np.zeros(n, np.int64))
+        return new, first, returns
 
     def forget(self, before_ns: int, max_rows: int) -> None:
         """Drop keys last seen before `before_ns`, then the least recently seen beyond max_rows."""
@@ -92,15 +96,16 @@ class _Table:
                 extra = np.flatnonzero(keep & (self.last == cut))[: int(keep.sum()) - max_rows]
                 keep[extra] = False
         if not keep.all():
-            self.keys, self.first, self.last, self.windows = (a[keep] for a in (self.keys, self.first, self.last, self.windows))
+            self.keys, self.first, self.last, self.returns = (a[keep] for a in (self.keys, self.first, self.last, self.returns))
 
 
 class PeerHistory:
     """The per-entity peer and port sets behind HISTORY_FEATURES (see the module's text)."""
 
-    def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000) -> None:
+    def __init__(self, history_s: float, warmup_s: float, window_s: float, max_rows: int = 1_000_000) -> None:
         self.history_ns = int(round(history_s * 1e9))
         self.warmup_ns = int(round(warmup_s * 1e9))
+        self.window_ns = int(round(window_s * 1e9))
         self.max_rows = max_rows
         self._entities = _Table()
         self._peers = _Table()
@@ -110,11 +115,29 @@ class PeerHistory:
     def rows(self) -> int:
         return len(self._entities) + len(self._peers) + len(self._ports)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
+        return {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
+                for name in ("entities", "peers", "ports") for col in ("keys", "first", "last", "returns")}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys."""
+        for name in ("entities", "peers", "ports"):
+            table = _Table()
+            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in ("keys", "first", "last", "returns")}
+            n = cols["keys"].shape[0]
+            if any(c.ndim != 1 or c.shape[0] != n for c in cols.values()) or (n > 1 and not (cols["keys"][1:] > cols["keys"][:-1]).all()):
+                raise ValueError(f"peer history table {name}: columns of unequal length or keys not sorted")
+            table.keys = cols["keys"].astype(np.uint64)
+            table.first, table.last, table.returns = (cols[c].astype(np.int64) for c in ("first", "last", "returns"))
+            setattr(self, f"_{name}", table)
+
     def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], ports: Sequence[np.ndarray],
                 end_ns: int) -> np.ndarray:
         """One closed window: `entity_keys` (uint64 per entity row of the window, any unique
         key per entity), `peers` (row, addr_hi, addr_lo) and `ports` (row, proto, port)
-        columns, rows indexing entity_keys. Returns float32 (entities, 3): HISTORY_FEATURES."""
+        columns, rows indexing entity_keys. Returns float32 (entities, 3): HISTORY_FEATURES,
+        per window (the caller spreads the counts over the bins)."""
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         before = end_ns - self.history_ns
@@ -127,7 +150,7 @@ class PeerHistory:
         active = np.unique(np.concatenate([p_row, q_row]))
         if active.size == 0:
             return out
-        _, since, _ = self._entities.touch(entity_keys[active], end_ns)
+        _, since, _ = self._entities.touch(entity_keys[active], end_ns, self.window_ns)
         started = np.full(n, end_ns, np.int64)
         started[active] = since
         warm = end_ns - started >= self.warmup_ns
@@ -135,15 +158,15 @@ class PeerHistory:
             key = mix(mix(entity_keys[p_row] ^ _PEER_SALT) ^ mix(mix(p_hi.astype(np.uint64)) ^ p_lo.astype(np.uint64)))
             key, first_row = np.unique(key, return_index=True)
             rows = p_row[first_row]
-            new, first, seen = self._peers.touch(key, end_ns)
+            new, first, returns = self._peers.touch(key, end_ns, self.window_ns)
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
-            np.maximum.at(out[:, 2], rows[young], seen[young].astype(np.float32))
+            np.maximum.at(out[:, 2], rows[young], returns[young].astype(np.float32))
         if q_row.size:
             key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((q_proto.astype(np.uint64) << np.uint64(16)) | q_port.astype(np.uint64)))
             key, first_row = np.unique(key, return_index=True)
             rows = q_row[first_row]
-            new, _, _ = self._ports.touch(key, end_ns)
+            new, _, _ = self._ports.touch(key, end_ns, self.window_ns)
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out

@@ -27,7 +27,7 @@ def _window(history: PeerHistory, end_s: float, contacts: dict[int, list[tuple[i
 
 
 def test_nothing_is_new_before_the_entity_is_warm_then_new_peers_and_ports_count():
-    h = PeerHistory(history_s=3600, warmup_s=600)
+    h = PeerHistory(history_s=3600, warmup_s=600, window_s=60)
     for t in range(60, 660, 60):  # 10 minutes of the same two peers
         out = _window(h, t, {0: [(10, 443), (11, 53)]})
     assert out[0, NEW_PEERS] == 0 and out[0, NEW_PORTS] == 0
@@ -39,24 +39,28 @@ def test_nothing_is_new_before_the_entity_is_warm_then_new_peers_and_ports_count
     assert out[1, NEW_PEERS] == 0
 
 
-def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_does_not():
-    h = PeerHistory(history_s=7200, warmup_s=600)
+def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_or_a_long_session_does_not():
+    h = PeerHistory(history_s=7200, warmup_s=600, window_s=60)
     for t in range(60, 660, 60):
         _window(h, t, {0: [(10, 443)]})
     climbs = []
     for k, t in enumerate(range(660, 660 + 12 * 300, 60)):
         contacts = [(10, 443)] + ([(99, 443)] if k % 5 == 0 else [])  # a beacon every 5 windows
+        contacts += [(50, 443)] if 20 <= k < 40 else []  # a new peer in one 20-window session
         climbs.append(_window(h, t, {0: contacts})[0, YOUNG])
-    assert climbs[0] == 0  # its first contact is a new peer, not a young one
-    assert [c for c in climbs if c] == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # one more per contact; peer 10 is not young
+    assert climbs[0] == 0  # its first contact is a new peer, not a return
+    # one more per return of the beacon's peer, in the windows it is in; peer 10 is not
+    # young, and peer 50, new in one long session, never left: it has no returns
+    assert [k for k, c in enumerate(climbs) if c] == list(range(5, 60, 5))
+    assert [climbs[k] for k in range(5, 60, 5)] == list(range(1, 12))
 
 
 def test_forgotten_after_history_s_and_bounded():
-    h = PeerHistory(history_s=600, warmup_s=0)
+    h = PeerHistory(history_s=600, warmup_s=0, window_s=60)
     _window(h, 60, {0: [(10, 443)]})
     assert _window(h, 120, {0: [(10, 443)]})[0, NEW_PEERS] == 0
     assert _window(h, 120 + 601, {0: [(10, 443)]})[0, NEW_PEERS] == 1  # not seen for longer than history_s
-    small = PeerHistory(history_s=3600, warmup_s=0, max_rows=50)
+    small = PeerHistory(history_s=3600, warmup_s=0, window_s=60, max_rows=50)
     for t in range(1, 20):
         _window(small, 60 * t, {0: [(1000 * t + i, 1000 * t + i) for i in range(40)]})
         assert len(small._peers) <= 50 + 40 and len(small._ports) <= 50 + 40  # trimmed before each window's rows join
@@ -66,7 +70,7 @@ def test_the_order_of_rows_and_whose_peer_is_whose_do_not_matter():
     """Features depend on the set of (entity, peer) pairs, not on row order; and entity a
     talking to b is not entity b talking to a (their keys once collided: XOR is symmetric)."""
     rng = np.random.default_rng(3)
-    a, b = PeerHistory(3600, 0), PeerHistory(3600, 0)
+    a, b = PeerHistory(3600, 0, 60), PeerHistory(3600, 0, 60)
     for t in range(1, 30):
         rows = rng.integers(0, 3, 30)
         peers = rng.integers(0, 8, 30).astype(np.uint64)
@@ -77,7 +81,7 @@ def test_the_order_of_rows_and_whose_peer_is_whose_do_not_matter():
         out_a = a.observe(keys, cols_p, cols_q, t * 60 * S)
         out_b = b.observe(keys, tuple(c[perm] for c in cols_p), tuple(c[perm] for c in cols_q), t * 60 * S)
         assert np.array_equal(out_a, out_b)
-    h = PeerHistory(3600, 0)
+    h = PeerHistory(3600, 0, 60)
     keys = np.array([5, 7], np.uint64)
     h.observe(keys, (np.array([0]), np.zeros(1, np.uint64), np.array([7], np.uint64)), (np.zeros(0, np.int64),) * 3, S)
     out = h.observe(keys, (np.array([1]), np.zeros(1, np.uint64), np.array([5], np.uint64)), (np.zeros(0, np.int64),) * 3, 2 * S)
@@ -86,7 +90,7 @@ def test_the_order_of_rows_and_whose_peer_is_whose_do_not_matter():
 
 @pytest.mark.parametrize("warmup_s", [0.0, 120.0])
 def test_the_window_stage_fills_the_schema_columns(warmup_s):
-    """Through the aggregator: a host's window carries the counts in every bin, after its warm-up."""
+    """Through the aggregator: a host's window carries the counts spread over its bins, after its warm-up."""
     agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=3600, history_warmup_s=warmup_s)
     rows = [{"ts_s": t + 1.0, "src": "10.0.0.5", "dst": "203.0.113.1", "sport": 40000, "dport": 443, "flags": 0x02}
             for t in range(0, 600, 60)]  # one peer, every window
@@ -99,6 +103,25 @@ def test_the_window_stage_fills_the_schema_columns(warmup_s):
     last = out[-1]
     host = last.features[last.entities.index("10.0.0.5")]
     new_peers, new_ports = host[:, names.index("new_peers")], host[:, names.index("new_ports")]
-    assert (new_peers == 8).all() and (new_ports == 8).all()
+    assert np.allclose(new_peers, 8 / 6) and np.allclose(new_ports, 8 / 6)
     first = out[0].features[out[0].entities.index("10.0.0.5")]
-    assert first[:, names.index("new_peers")].max() == (0 if warmup_s else 1)
+    assert first[:, names.index("new_peers")].sum() == (0 if warmup_s else 1)
+
+
+def test_state_round_trips_and_bad_state_is_refused():
+    """What a checkpoint saves and restores: the restored history counts exactly as the one
+    that kept running; unsorted or ragged tables are refused (a damaged checkpoint)."""
+    a = PeerHistory(3600, 0, 60)
+    for t in range(1, 6):
+        _window(a, 60 * t, {0: [(t, 80 + t), (100, 443)], 2: [(7, 53)]})
+    b = PeerHistory(3600, 0, 60)
+    b.load_state_dict({k: v.copy() for k, v in a.state_dict().items()})
+    assert np.array_equal(_window(a, 360, {0: [(1, 81), (100, 443), (9, 9)]}), _window(b, 360, {0: [(1, 81), (100, 443), (9, 9)]}))
+    bad = a.state_dict()
+    bad["peers.keys"] = bad["peers.keys"][::-1].copy()
+    with pytest.raises(ValueError, match="not sorted"):
+        PeerHistory(3600, 0, 60).load_state_dict(bad)
+    bad = a.state_dict()
+    bad["ports.first"] = bad["ports.first"][:-1]
+    with pytest.raises(ValueError, match="unequal length"):
+        PeerHistory(3600, 0, 60).load_state_dict(bad)
