@@ -19,9 +19,10 @@ arrive, so that closing it costs O(entities), not O(packets):
   per (bin, direction); setting one for the first time adds one to that count. One table
   probe per contribution serves both the evidence and the distinct count.
 
-A flow's row keeps the 5-tuple of its first contribution, so the order contributions are
-made in matters: all packets for `global`, then every packet for its sending host, then
-every packet for its receiving host (the order the numpy version concatenated them in).
+A flow's row keeps the 5-tuple of its first contribution, turned round when that was a
+reply (the flow table says which packets its initiator sent), so evidence names who opened
+each flow; contributions are made in a fixed order: all packets for `global`, then every
+packet for its sending host, then every packet for its receiving host.
 
 Tables never fill up inside a kernel: `accumulate_window` stops before a contribution when a
 tally is half full and returns where it stopped; the caller grows it (`grown_tally`) and
@@ -42,7 +43,7 @@ KEY, PACKETS = 0, 1
 PEER_SLOT, PEER_HI, PEER_LO, PEER_BYTES, PEER_SEEN = 2, 3, 4, 5, 6
 # ports of an entity (TCP and UDP): key hash(slot, port); TCP packets (the rest are UDP); seen bits
 PORT_SLOT, PORT_PORT, PORT_TCP, PORT_SEEN = 2, 3, 4, 5
-# flows of an entity: key hash(slot, flow_id); the 5-tuple of the flow's first contribution
+# flows of an entity: key hash(slot, flow_id); the flow's 5-tuple as its initiator sent it
 FLOW_SLOT, FLOW_SRC_HI, FLOW_SRC_LO, FLOW_DST_HI, FLOW_DST_LO, FLOW_PROTO_PORTS = 2, 3, 4, 5, 6, 7
 FLOW_COLUMNS = 8
 # Cells of a window's `fill` array: rows in use per tally.
@@ -161,7 +162,7 @@ def _first_in_bin(table, r, first_word, bit) -> bool:
 def accumulate_window(
     w, bins, start_part, start_row,
     win, abs_bin, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ip_len, tcp_flags, frag,
-    flow_id, new_flow, src_home, dst_home, src_slot, dst_slot,
+    flow_id, new_flow, from_initiator, src_home, dst_home, src_slot, dst_slot,
     sums, distinct, peers, ports, flows, fill,
 ):
     """Add the batch rows of window `w` to its aggregates, from contribution (start_part,
@@ -238,16 +239,20 @@ def accumulate_window(
                     ports[r, PORT_TCP] += np.uint64(1)
                 if _first_in_bin(ports, r, PORT_SEEN, bit):
                     distinct[slot, b, 2 + d] += 1
-            # flows: evidence; a row keeps the 5-tuple of its first contribution
+            # flows: evidence; a row keeps the flow's 5-tuple as its initiator sent it (from the
+            # first contribution, turned round when that was a reply), so a scan's victim is
+            # never the src of the flows it answered
             r = _row(flows, fill, FILL_FLOWS, _mix(slot_key ^ flow_id[i]))
             if flows[r, PACKETS] == 0:
+                forward = from_initiator[i]
                 flows[r, FLOW_SLOT] = np.uint64(slot)
-                flows[r, FLOW_SRC_HI] = src_hi[i]
-                flows[r, FLOW_SRC_LO] = src_lo[i]
-                flows[r, FLOW_DST_HI] = dst_hi[i]
-                flows[r, FLOW_DST_LO] = dst_lo[i]
+                flows[r, FLOW_SRC_HI] = src_hi[i] if forward else dst_hi[i]
+                flows[r, FLOW_SRC_LO] = src_lo[i] if forward else dst_lo[i]
+                flows[r, FLOW_DST_HI] = dst_hi[i] if forward else src_hi[i]
+                flows[r, FLOW_DST_LO] = dst_lo[i] if forward else src_lo[i]
+                a_port, b_port = (sport[i], dport[i]) if forward else (dport[i], sport[i])
                 flows[r, FLOW_PROTO_PORTS] = (
-                    (np.uint64(p) << np.uint64(32)) | (np.uint64(sport[i]) << np.uint64(16)) | np.uint64(dport[i])
+                    (np.uint64(p) << np.uint64(32)) | (np.uint64(a_port) << np.uint64(16)) | np.uint64(b_port)
                 )
             flows[r, PACKETS] += np.uint64(1)
     return 3, 0

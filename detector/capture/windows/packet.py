@@ -279,7 +279,7 @@ class WindowAggregator(EntityWindows):
             while True:
                 part, row = kernels.accumulate_window(
                     w, self.bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
-                    b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, src_home, dst_home,
+                    b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, fl.from_initiator, src_home, dst_home,
                     src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
                 )
                 if part == 3:

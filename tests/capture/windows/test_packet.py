@@ -173,8 +173,8 @@ def _random_rows(seed: int, n: int = 3000) -> list[dict]:
 def _reference(batch, flows, bin_s: int, bins: int) -> dict:
     """Per window start: {entity: (features, peers, ports, flows)} from the definitions, one
     packet at a time. Evidence is {key: packets} (peers also bytes); a flow's 5-tuple is that
-    of its first contribution in the aggregator's order: every packet for `global`, then each
-    packet for its sender, then for its receiver."""
+    of its first contribution in the aggregator's order (every packet for `global`, then each
+    packet for its sender, then for its receiver), turned round when that was a reply."""
     from detector.capture.windows import HomeNet
 
     home = HomeNet([HOME])
@@ -215,7 +215,10 @@ def _reference(batch, flows, bin_s: int, bins: int) -> dict:
                 e["sets"].setdefault((b, f"ports_{dr}"), set()).add(int(batch.dport[i]))
                 e["ports"][(proto, int(batch.dport[i]))] = e["ports"].get((proto, int(batch.dport[i])), 0) + 1
             fid = int(flows.flow_id[i])
-            five = e["flows"].get(fid, (0, (proto, s, d, int(batch.sport[i]), int(batch.dport[i]))))
+            ends = (s, d, int(batch.sport[i]), int(batch.dport[i]))
+            if not flows.from_initiator[i]:  # a reply: the flow as its initiator sent it
+                ends = (d, s, int(batch.dport[i]), int(batch.sport[i]))
+            five = e["flows"].get(fid, (0, (proto, *ends)))
             e["flows"][fid] = (five[0] + 1, five[1])
     for entities in out.values():
         for e in entities.values():
