@@ -21,8 +21,6 @@ from detector.capture.flows import community_id_of_pairs
 from detector.capture.windows._history import HISTORY_FEATURES, HISTORY_LEVELS, PeerHistory
 from detector.contracts import (
     ENTITY_GLOBAL,
-    PROTO_TCP,
-    PROTO_UDP,
     FeatureSchema,
     WindowBatch,
     WindowEvidence,
@@ -125,7 +123,7 @@ class EntityWindows:
         self.watermark_ns: int | None = None
         self.entities_expired = 0
         self.windows_closed = 0
-        self.history = PeerHistory(history_s, history_warmup_s, bin_s * bins)
+        self.history = PeerHistory(history_s, history_warmup_s)
 
     @property
     def entities(self) -> int:
@@ -225,21 +223,14 @@ class EntityWindows:
             pairs = np.array([self._slot_addr[s] for s in alive[1:].tolist()], dtype=np.uint64)
             keys[1:] = mix(mix(pairs[:, 0]) ^ pairs[:, 1]) | np.uint64(1)  # 0 is global's
         empty = np.zeros(0, np.int64)
-        peers, services = (empty, empty, empty), (empty, empty, empty)
-        if columns is not None:
-            peers, flows = columns["peers"], columns["flows"]
-            # a flow's service port is the lower of its two: the local port of a reply is an
-            # ephemeral one, new for every connection the entity opens, and no news
-            tcp_udp = np.isin(np.asarray(flows[1], np.uint64), (PROTO_TCP, PROTO_UDP))
-            sport, dport = (np.asarray(c, np.uint64)[tcp_udp] for c in flows[6:8])
-            services = (np.asarray(flows[0])[tcp_udp], np.asarray(flows[1], np.uint64)[tcp_udp], np.minimum(sport, dport))
+        peers, flows = ((empty,) * 3, (empty,) * 8) if columns is None else (columns["peers"], columns["flows"])
 
         def rows(slot_col: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
             r = row_of[np.asarray(slot_col, np.int64)] if len(slot_col) else empty
             keep = r >= 0
             return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
 
-        novelty = self.history.observe(keys, rows(peers[0], peers[1], peers[2]), rows(*services), end_ns)
+        novelty = self.history.observe(keys, rows(*peers[:3]), rows(*flows[:8]), end_ns)
         for k, (name, _) in enumerate(HISTORY_FEATURES):
             if name in fidx:
                 feats[:, :, fidx[name]] = novelty[:, k : k + 1] / (1 if name in HISTORY_LEVELS else self.bins)

@@ -15,10 +15,11 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
 - `young_peer_returns`: of the peers it exchanged packets with in this window that it first
-  met less than `history_s` ago (after its own warm-up), the most times any of them has come
-  back after at least one window without it. A beacon's new peer climbs one per contact; a
-  one-off new peer, or a new one in one long session, stays at 0; a peer known since the
-  warm-up is not young. A level, not a count: the same value in every bin (the evidence of
+  met less than `history_s` ago (after its own warm-up), the most windows, after the first,
+  in which any of them had a fresh flow with it (one the entity's previous window did not
+  hold: a new connection, or one back after a silence). A beacon's new peer climbs one per
+  contact (or per window, for a beacon faster than the window); a one-off new peer, or a new
+  one in one long session, stays at 0; a peer known since the warm-up is not young. A level, not a count: the same value in every bin (the evidence of
   the returns so far, which is what grows while a beacon goes on).
 
 Nothing is counted for an entity until its own history
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from detector.capture._hash import mix
+from detector.contracts import PROTO_TCP, PROTO_UDP
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
     ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
@@ -45,6 +47,7 @@ HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the
 # a plain XOR of two address hashes would give (a, b) and (b, a) one key
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
 _PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
+_FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
 
 
 class _Table:
@@ -59,16 +62,16 @@ class _Table:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def touch(self, keys: np.ndarray, now_ns: int, window_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def touch(self, keys: np.ndarray, now_ns: int, returned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` in the window ending at `now_ns`: (was new, first
-        seen, returns so far: this one counts if the window before lacked the key), aligned
-        with `keys`."""
+        seen, returns so far: this sighting counts where `returned` says so), aligned with `keys`."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
         found[inside] = self.keys[pos[inside]] == keys[inside]
         at = pos[found]
-        self.returns[at] += self.last[at] < now_ns - window_ns
+        if returned is not None:
+            self.returns[at] += returned[found]
         self.last[at] = now_ns
         first = np.full(keys.shape[0], now_ns, np.int64)
         first[found] = self.first[at]
@@ -102,14 +105,14 @@ class _Table:
 class PeerHistory:
     """The per-entity peer and port sets behind HISTORY_FEATURES (see the module's text)."""
 
-    def __init__(self, history_s: float, warmup_s: float, window_s: float, max_rows: int = 1_000_000) -> None:
+    def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000) -> None:
         self.history_ns = int(round(history_s * 1e9))
         self.warmup_ns = int(round(warmup_s * 1e9))
-        self.window_ns = int(round(window_s * 1e9))
         self.max_rows = max_rows
         self._entities = _Table()
         self._peers = _Table()
         self._ports = _Table()
+        self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
 
     @property
     def rows(self) -> int:
@@ -117,8 +120,9 @@ class PeerHistory:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
-        return {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
-                for name in ("entities", "peers", "ports") for col in ("keys", "first", "last", "returns")}
+        out = {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
+               for name in ("entities", "peers", "ports") for col in ("keys", "first", "last", "returns")}
+        return {**out, "last_flows": self._last_flows}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys."""
@@ -131,42 +135,62 @@ class PeerHistory:
             table.keys = cols["keys"].astype(np.uint64)
             table.first, table.last, table.returns = (cols[c].astype(np.int64) for c in ("first", "last", "returns"))
             setattr(self, f"_{name}", table)
+        self._last_flows = np.asarray(state["last_flows"]).astype(np.uint64)
 
-    def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], ports: Sequence[np.ndarray],
+    def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], flows: Sequence[np.ndarray],
                 end_ns: int) -> np.ndarray:
-        """One closed window: `entity_keys` (uint64 per entity row of the window, any unique
-        key per entity), `peers` (row, addr_hi, addr_lo) and `ports` (row, proto, port)
-        columns, rows indexing entity_keys. Returns float32 (entities, 3): HISTORY_FEATURES,
-        per window (the caller spreads the counts over the bins)."""
+        """One closed window (every window, in order, empty ones too): `entity_keys` (uint64
+        per entity row of the window, any unique key per entity), `peers` (row, addr_hi,
+        addr_lo) and `flows` (row, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, as
+        the initiator sent them) columns, rows indexing entity_keys. Returns float32
+        (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins)."""
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         before = end_ns - self.history_ns
-        self._entities.forget(before, self.max_rows)
-        self._peers.forget(before, self.max_rows)
-        self._ports.forget(before, self.max_rows)
+        for table in (self._entities, self._peers, self._ports):
+            table.forget(before, self.max_rows)
         p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
-        q_row, q_proto, q_port = (np.asarray(c) for c in ports[:3])
-        p_row, q_row = p_row.astype(np.int64), q_row.astype(np.int64)
-        active = np.unique(np.concatenate([p_row, q_row]))
+        f_row, f_proto, s_hi, s_lo, d_hi, d_lo, f_sport, f_dport = (np.asarray(c) for c in flows[:8])
+        p_row, f_row = p_row.astype(np.int64), f_row.astype(np.int64)
+        # a flow is fresh when the entity's previous window did not hold it: a new connection,
+        # or one that came back after a silence (not the next window of a long session)
+        u64 = np.uint64
+        f_key = mix(mix(mix(mix(mix(mix(entity_keys[f_row] ^ _FLOW_SALT) ^ s_hi.astype(u64)) ^ s_lo.astype(u64))
+                                ^ d_hi.astype(u64)) ^ d_lo.astype(u64))
+                    ^ ((f_proto.astype(u64) << u64(32)) | (f_sport.astype(u64) << u64(16)) | f_dport.astype(u64)))
+        fresh = ~np.isin(f_key, self._last_flows)
+        self._last_flows = np.unique(f_key)
+        active = np.unique(np.concatenate([p_row, f_row]))
         if active.size == 0:
             return out
-        _, since, _ = self._entities.touch(entity_keys[active], end_ns, self.window_ns)
+        _, since, _ = self._entities.touch(entity_keys[active], end_ns)
         started = np.full(n, end_ns, np.int64)
         started[active] = since
         warm = end_ns - started >= self.warmup_ns
         if p_row.size:
-            key = mix(mix(entity_keys[p_row] ^ _PEER_SALT) ^ mix(mix(p_hi.astype(np.uint64)) ^ p_lo.astype(np.uint64)))
+            key = _peer_key(entity_keys[p_row], p_hi, p_lo)
             key, first_row = np.unique(key, return_index=True)
             rows = p_row[first_row]
-            new, first, returns = self._peers.touch(key, end_ns, self.window_ns)
+            both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
+                                        _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
+            new, first, returns = self._peers.touch(key, end_ns, returned=np.isin(key, both_ends))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
             np.maximum.at(out[:, 2], rows[young], returns[young].astype(np.float32))
-        if q_row.size:
-            key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((q_proto.astype(np.uint64) << np.uint64(16)) | q_port.astype(np.uint64)))
+        tcp_udp = np.isin(f_proto.astype(u64), (PROTO_TCP, PROTO_UDP))
+        if tcp_udp.any():
+            # a flow's service port is the lower of its two: the local port of a reply is an
+            # ephemeral one, new for every connection the entity opens, and no news
+            q_row = f_row[tcp_udp]
+            service = np.minimum(f_sport[tcp_udp].astype(u64), f_dport[tcp_udp].astype(u64))
+            key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((f_proto[tcp_udp].astype(u64) << u64(16)) | service))
             key, first_row = np.unique(key, return_index=True)
             rows = q_row[first_row]
-            new, _, _ = self._ports.touch(key, end_ns, self.window_ns)
+            new, _, _ = self._ports.touch(key, end_ns)
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
+
+
+def _peer_key(entity_keys: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return mix(mix(entity_keys ^ _PEER_SALT) ^ mix(mix(hi.astype(np.uint64)) ^ lo.astype(np.uint64)))

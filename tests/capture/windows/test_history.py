@@ -15,19 +15,24 @@ S = 1_000_000_000
 NEW_PEERS, NEW_PORTS, YOUNG = range(3)
 
 
-def _window(history: PeerHistory, end_s: float, contacts: dict[int, list[tuple[int, int]]], n: int = 3) -> np.ndarray:
-    """One window: contacts[entity row] = [(peer, port), ...]; entity keys are row + 1."""
+def _window(history: PeerHistory, end_s: float, contacts: dict[int, list[tuple[int, ...]]], n: int = 3) -> np.ndarray:
+    """One window: contacts[entity row] = [(peer, port[, connection]), ...], each a TCP flow
+    from the entity (address row + 1000) to the peer, from source port 40000 + connection (a
+    flow the previous window held too is the same connection: give it the same number)."""
     keys = np.arange(1, n + 1, dtype=np.uint64)
-    p_row = [r for r, cs in contacts.items() for _ in cs]
-    peers = (np.array(p_row, np.int64), np.zeros(len(p_row), np.uint64),
-             np.array([p for cs in contacts.values() for p, _ in cs], np.uint64))
-    ports = (np.array(p_row, np.int64), np.full(len(p_row), PROTO_TCP, np.uint64),
-             np.array([q for cs in contacts.values() for _, q in cs], np.uint64))
-    return history.observe(keys, peers, ports, int(end_s * S))
+    rows = np.array([r for r, cs in contacts.items() for _ in cs], np.int64)
+    peer = np.array([c[0] for cs in contacts.values() for c in cs], np.uint64)
+    port = np.array([c[1] for cs in contacts.values() for c in cs], np.uint64)
+    conn = np.array([c[2] if len(c) > 2 else 0 for cs in contacts.values() for c in cs], np.uint64)
+    zero = np.zeros(rows.shape[0], np.uint64)
+    peers = (rows, zero, peer)
+    flows = (rows, np.full(rows.shape[0], PROTO_TCP, np.uint64), zero, rows.astype(np.uint64) + 1000, zero, peer,
+             conn + 40000, port)
+    return history.observe(keys, peers, flows, int(end_s * S))
 
 
 def test_nothing_is_new_before_the_entity_is_warm_then_new_peers_and_ports_count():
-    h = PeerHistory(history_s=3600, warmup_s=600, window_s=60)
+    h = PeerHistory(history_s=3600, warmup_s=600)
     for t in range(60, 660, 60):  # 10 minutes of the same two peers
         out = _window(h, t, {0: [(10, 443), (11, 53)]})
     assert out[0, NEW_PEERS] == 0 and out[0, NEW_PORTS] == 0
@@ -40,51 +45,62 @@ def test_nothing_is_new_before_the_entity_is_warm_then_new_peers_and_ports_count
 
 
 def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_or_a_long_session_does_not():
-    h = PeerHistory(history_s=7200, warmup_s=600, window_s=60)
+    """Returns are windows with a fresh flow (a new connection, or one back after a silence)
+    to a peer first met after the warm-up: a beacon slower than the window climbs one per
+    contact, one faster than the window one per window; a known peer and a new peer in one
+    long session do not climb."""
+    h = PeerHistory(history_s=7200, warmup_s=600)
     for t in range(60, 660, 60):
-        _window(h, t, {0: [(10, 443)]})
-    climbs = []
+        _window(h, t, {0: [(10, 443)], 1: [(11, 443)]})
+    climbs, fast = [], []
     for k, t in enumerate(range(660, 660 + 12 * 300, 60)):
-        contacts = [(10, 443)] + ([(99, 443)] if k % 5 == 0 else [])  # a beacon every 5 windows
-        contacts += [(50, 443)] if 20 <= k < 40 else []  # a new peer in one 20-window session
-        climbs.append(_window(h, t, {0: contacts})[0, YOUNG])
+        contacts = [(10, 443)] + ([(99, 443, k)] if k % 5 == 0 else [])  # a beacon every 5 windows, a new connection each
+        contacts += [(50, 443, 7)] if 20 <= k < 40 else []  # a new peer in one 20-window session
+        out = _window(h, t, {0: contacts, 1: [(77, 8443, k)]})  # row 1: a new connection every window
+        climbs.append(out[0, YOUNG])
+        fast.append(out[1, YOUNG])
     assert climbs[0] == 0  # its first contact is a new peer, not a return
-    # one more per return of the beacon's peer, in the windows it is in; peer 10 is not
-    # young, and peer 50, new in one long session, never left: it has no returns
     assert [k for k, c in enumerate(climbs) if c] == list(range(5, 60, 5))
     assert [climbs[k] for k in range(5, 60, 5)] == list(range(1, 12))
+    assert fast == list(range(60))
+    # a session that pauses and comes back is fresh again: one more return
+    assert _window(h, 660 + 12 * 300 + 60, {0: [(50, 443, 7)]})[0, YOUNG] == 1
 
 
 def test_forgotten_after_history_s_and_bounded():
-    h = PeerHistory(history_s=600, warmup_s=0, window_s=60)
+    h = PeerHistory(history_s=600, warmup_s=0)
     _window(h, 60, {0: [(10, 443)]})
     assert _window(h, 120, {0: [(10, 443)]})[0, NEW_PEERS] == 0
     assert _window(h, 120 + 601, {0: [(10, 443)]})[0, NEW_PEERS] == 1  # not seen for longer than history_s
-    small = PeerHistory(history_s=3600, warmup_s=0, window_s=60, max_rows=50)
+    small = PeerHistory(history_s=3600, warmup_s=0, max_rows=50)
     for t in range(1, 20):
         _window(small, 60 * t, {0: [(1000 * t + i, 1000 * t + i) for i in range(40)]})
         assert len(small._peers) <= 50 + 40 and len(small._ports) <= 50 + 40  # trimmed before each window's rows join
 
 
 def test_the_order_of_rows_and_whose_peer_is_whose_do_not_matter():
-    """Features depend on the set of (entity, peer) pairs, not on row order; and entity a
-    talking to b is not entity b talking to a (their keys once collided: XOR is symmetric)."""
+    """Features depend on the set of (entity, peer) pairs and flows, not on row order; and
+    entity a talking to b is not entity b talking to a (their keys once collided: XOR is
+    symmetric)."""
     rng = np.random.default_rng(3)
-    a, b = PeerHistory(3600, 0, 60), PeerHistory(3600, 0, 60)
+    a, b = PeerHistory(3600, 0), PeerHistory(3600, 0)
+    keys = np.array([11, 22, 33], np.uint64)
     for t in range(1, 30):
         rows = rng.integers(0, 3, 30)
         peers = rng.integers(0, 8, 30).astype(np.uint64)
         ports = rng.integers(0, 5, 30).astype(np.uint64)
-        keys = np.array([11, 22, 33], np.uint64)
-        cols_p, cols_q = (rows, np.zeros(30, np.uint64), peers), (rows, np.full(30, PROTO_UDP, np.uint64), ports)
+        zero = np.zeros(30, np.uint64)
+        cols_p = (rows, zero, peers)
+        cols_f = (rows, np.full(30, PROTO_UDP, np.uint64), zero, rows.astype(np.uint64), zero, peers, ports + 50000, ports)
         perm = rng.permutation(30)
-        out_a = a.observe(keys, cols_p, cols_q, t * 60 * S)
-        out_b = b.observe(keys, tuple(c[perm] for c in cols_p), tuple(c[perm] for c in cols_q), t * 60 * S)
+        out_a = a.observe(keys, cols_p, cols_f, t * 60 * S)
+        out_b = b.observe(keys, tuple(c[perm] for c in cols_p), tuple(c[perm] for c in cols_f), t * 60 * S)
         assert np.array_equal(out_a, out_b)
-    h = PeerHistory(3600, 0, 60)
+    h = PeerHistory(3600, 0)
     keys = np.array([5, 7], np.uint64)
-    h.observe(keys, (np.array([0]), np.zeros(1, np.uint64), np.array([7], np.uint64)), (np.zeros(0, np.int64),) * 3, S)
-    out = h.observe(keys, (np.array([1]), np.zeros(1, np.uint64), np.array([5], np.uint64)), (np.zeros(0, np.int64),) * 3, 2 * S)
+    no_flows = (np.zeros(0, np.int64),) * 8
+    h.observe(keys, (np.array([0]), np.zeros(1, np.uint64), np.array([7], np.uint64)), no_flows, S)
+    out = h.observe(keys, (np.array([1]), np.zeros(1, np.uint64), np.array([5], np.uint64)), no_flows, 2 * S)
     assert out[1, NEW_PEERS] == 1
 
 
@@ -111,17 +127,17 @@ def test_the_window_stage_fills_the_schema_columns(warmup_s):
 def test_state_round_trips_and_bad_state_is_refused():
     """What a checkpoint saves and restores: the restored history counts exactly as the one
     that kept running; unsorted or ragged tables are refused (a damaged checkpoint)."""
-    a = PeerHistory(3600, 0, 60)
+    a = PeerHistory(3600, 0)
     for t in range(1, 6):
-        _window(a, 60 * t, {0: [(t, 80 + t), (100, 443)], 2: [(7, 53)]})
-    b = PeerHistory(3600, 0, 60)
+        _window(a, 60 * t, {0: [(t, 80 + t, t), (100, 443)], 2: [(7, 53, t)]})
+    b = PeerHistory(3600, 0)
     b.load_state_dict({k: v.copy() for k, v in a.state_dict().items()})
     assert np.array_equal(_window(a, 360, {0: [(1, 81), (100, 443), (9, 9)]}), _window(b, 360, {0: [(1, 81), (100, 443), (9, 9)]}))
     bad = a.state_dict()
     bad["peers.keys"] = bad["peers.keys"][::-1].copy()
     with pytest.raises(ValueError, match="not sorted"):
-        PeerHistory(3600, 0, 60).load_state_dict(bad)
+        PeerHistory(3600, 0).load_state_dict(bad)
     bad = a.state_dict()
     bad["ports.first"] = bad["ports.first"][:-1]
     with pytest.raises(ValueError, match="unequal length"):
-        PeerHistory(3600, 0, 60).load_state_dict(bad)
+        PeerHistory(3600, 0).load_state_dict(bad)
