@@ -4,10 +4,14 @@ Calibrated on held-out benign windows with a peaks-over-threshold tail fit in th
 SPOT (Siffer et al., KDD 2017): scores above a high initial quantile `u` are modelled by a
 generalised Pareto distribution, and the threshold is the score whose exceedance
 probability is the configured target (e.g. 1e-4 per window). The fit is checked; when it is
-poor or there are too few peaks the threshold falls back to an empirical quantile and the
-calibration says so (`method`). The fitted shape is kept within [0, MAX_SHAPE]: the
-extrapolation is never lighter than exponential nor heavier than xi = 0.5, and `reason`
-says when it was held there.
+poor the threshold falls back to an empirical quantile and the calibration says so
+(`method`). The fitted shape is kept within [0, MAX_SHAPE]: the extrapolation is never
+lighter than exponential nor heavier than xi = 0.5, and `reason` says when it was held there.
+A few hours of training give a few hundred calibration windows: the initial quantile is
+lowered (to 0.90 at the lowest) until the tail holds MIN_PEAKS, and with fewer peaks than that
+(but MIN_EXP_PEAKS at least) the tail is fitted as an exponential, its one parameter being
+the mean excess. A bare quantile of a few hundred windows is about their maximum, which the
+next day's benign windows pass (22 h honeypot, 6 h of training: 3 false incidents a day).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from typing import TypedDict
 import numpy as np
 from scipy import stats
 
-MIN_PEAKS = 20
+MIN_PEAKS = 20  # peaks for a free tail fit (shape and scale)
+MIN_EXP_PEAKS = 8  # peaks for an exponential tail (scale only)
+MIN_INITIAL_QUANTILE = 0.90
 MAX_SHAPE = 0.5
 
 
@@ -64,15 +70,18 @@ def calibrate(
     if n == 0:
         raise ValueError("no calibration scores")
     quantile = float(np.quantile(s, fallback_quantile))
-    # small calibration sets: lower the initial quantile (not below 0.95, where the body of
-    # the distribution would start to bend the fit) so the tail still has enough peaks
-    initial_quantile = max(min(initial_quantile, 1.0 - MIN_PEAKS / n), 0.95)
+    # small calibration sets: lower the initial quantile (not below MIN_INITIAL_QUANTILE, where
+    # the body of the distribution would start to bend the fit) so the tail still has enough peaks
+    initial_quantile = max(min(initial_quantile, 1.0 - MIN_PEAKS / n), MIN_INITIAL_QUANTILE)
     u = float(np.quantile(s, initial_quantile))
     peaks = s[s > u] - u
     base = _Calibration(target_false_alarm=target_false_alarm, initial=u, n_calibration=int(n), n_peaks=int(peaks.shape[0]))
-    if peaks.shape[0] < MIN_PEAKS:
-        reason = f"only {peaks.shape[0]} peaks above the {initial_quantile} quantile (need {MIN_PEAKS})"
+    if peaks.shape[0] < MIN_EXP_PEAKS:
+        reason = f"only {peaks.shape[0]} peaks above the {initial_quantile} quantile (need {MIN_EXP_PEAKS})"
         return Threshold(quantile, "quantile", shape=None, scale=None, reason=reason, **base)
+    if peaks.shape[0] < MIN_PEAKS:
+        note = f"{peaks.shape[0]} peaks (< {MIN_PEAKS}): exponential tail"
+        return _threshold(0.0, float(peaks.mean()), u, n, peaks.shape[0], target_false_alarm, quantile, note, base)
     try:
         xi, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
         note = ""
@@ -95,7 +104,13 @@ def calibrate(
     ks = stats.kstest(peaks, "genpareto", args=(xi, 0.0, sigma))
     if not note and ks.pvalue < 0.01:
         return Threshold(quantile, "quantile", shape=float(xi), scale=float(sigma), reason=f"poor tail fit (KS p={ks.pvalue:.3g})", **base)
-    ratio = target_false_alarm * n / peaks.shape[0]
+    return _threshold(float(xi), float(sigma), u, n, peaks.shape[0], target_false_alarm, quantile, note, base)
+
+
+def _threshold(xi: float, sigma: float, u: float, n: int, n_peaks: int, target_false_alarm: float, quantile: float,
+               note: str, base: _Calibration) -> Threshold:
+    """The score the fitted tail exceeds with probability `target_false_alarm`."""
+    ratio = target_false_alarm * n / n_peaks
     if ratio >= 1.0:
         value = u
     elif abs(xi) < 1e-6:

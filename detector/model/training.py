@@ -44,6 +44,9 @@ MIN_CLASS_CALIBRATION = 200  # fewer held-out windows than this: calibrate on al
 PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much traffic on
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
 THIN_MARGIN = 0.10  # a threshold less than 10 % above the largest held-out benign window: warned
+# an epoch improves on the best only by this share of its validation loss: an absolute step
+# (it was 1e-4) is always met by a loss still creeping down, and training ran to its cap
+MIN_IMPROVEMENT = 0.01
 
 
 @dataclass
@@ -334,7 +337,7 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
         history.append({"epoch": epoch, "train": float(np.mean(losses)) if losses else math.nan, "val": val})
         if progress:
             print(f"  [{cls}] epoch {epoch + 1}/{params.epochs} train {history[-1]['train']:.4f} val {val:.4f}", flush=True)
-        if val < best_val - 1e-4:
+        if val < best_val * (1.0 - MIN_IMPROVEMENT):
             best_val, bad = val, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         else:
