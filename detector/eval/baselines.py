@@ -9,8 +9,11 @@ same test windows as the LSTM autoencoder with carried state:
   mean) |z| over its features and bins. No model, no memory: what a careful analyst would
   script first.
 - `stateless_scores`: the SAME trained network, but every window starts from the neutral
-  state instead of the entity's carried (h, c), i.e. a plain windowed autoencoder. The gap
-  between it and the daemon's scores is the value of carried state.
+  state instead of the entity's carried (h, c), i.e. a plain windowed autoencoder; with
+  `forget_history`, also without the entity's peer and port history (the novelty features,
+  capture.windows._history, read as an empty history gives them: 0). The gap between the
+  daemon's scores and the twin without either is the value of all the memory netad carries;
+  the twin with its history kept isolates the (h, c).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from detector.capture.windows import HISTORY_FEATURE_NAMES
+from detector.contracts import FeatureSchema
 from detector.model.bundle import ClassModel
 from detector.model.lstm import phase_of
 from detector.model.scaler import MIN_SCALE
@@ -61,10 +66,19 @@ class RobustZScore:
         return z.max(axis=1) if self.reduce == "max" else z.mean(axis=1)
 
 
+def without_history(features: np.ndarray, schema: FeatureSchema) -> np.ndarray:
+    """The windows as an entity with no history sees them: every novelty feature 0 (an empty
+    history is never warm, so it counts nothing as new)."""
+    history = [i for i, name in enumerate(schema.features) if name in HISTORY_FEATURE_NAMES]
+    out = features.copy()
+    out[..., history] = 0.0
+    return out
+
+
 def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: np.ndarray) -> np.ndarray:
     """(windows,) reconstruction errors of the trained network with the neutral initial state
     for every window: the daemon's computation (`reconstruct`, with the windows' phase)
-    minus the carried memory."""
+    minus the carried (h, c); `without_history(features)` takes the peer history too."""
     out = np.zeros(features.shape[0], dtype=np.float64)
     net = model.network
     for lo in range(0, features.shape[0], _CHUNK_WINDOWS):

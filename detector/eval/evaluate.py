@@ -50,7 +50,7 @@ from detector.config import Config
 from detector.contracts import FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
 from detector.errors import ConfigError
 from detector.eval import metrics as M
-from detector.eval.baselines import RobustZScore, stateless_scores
+from detector.eval.baselines import RobustZScore, stateless_scores, without_history
 from detector.eval.samples import LabelledInterval, Windows
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -60,7 +60,7 @@ from detector.truth import Interval, load_truth
 
 log = structlog.get_logger()
 
-DETECTORS = ("lstm", "stateless_ae", "zscore")
+DETECTORS = ("lstm", "stateless_ae", "reset_hc", "zscore")
 BOOTSTRAP_RESAMPLES = 1000
 ENTITY_CLASSES = ("global", "host")
 FPR_POINTS = (1e-3, 1e-2)
@@ -433,14 +433,16 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         threshold=np.array([r["threshold"] for r in records], dtype=np.float64),
         features=features,
     )
-    for det in ("stateless_ae", "zscore"):
+    for det in DETECTORS[1:]:
         w.scores[det] = np.full(len(records), np.nan)
     baselines_fitted: dict[str, int] = {}
     for cls in ENTITY_CLASSES:
         rows = np.flatnonzero(w.entity_class == cls)
         if rows.size == 0 or cls not in bundle.classes:
             continue
-        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], features[rows], w.start_ns[rows])
+        no_history = without_history(features[rows], bundle.schema)
+        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], no_history, w.start_ns[rows])
+        w.scores["reset_hc"][rows] = stateless_scores(bundle.classes[cls], features[rows], w.start_ns[rows])
         if train_feats.get(cls):
             zs = RobustZScore.fit(np.stack(train_feats[cls]))
             w.scores["zscore"][rows] = zs.score(features[rows])

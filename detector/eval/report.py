@@ -19,8 +19,9 @@ if TYPE_CHECKING:
     from detector.contracts import IncidentEvent
     from detector.eval.samples import LabelledInterval, Windows
 
-_COLORS = {"lstm": "#1f77b4", "stateless_ae": "#ff7f0e", "zscore": "#2ca02c"}
-_NAMES = {"lstm": "LSTM-AE, carried state", "stateless_ae": "same AE, state reset per window", "zscore": "robust z-score (max |z|)"}
+_COLORS = {"lstm": "#1f77b4", "stateless_ae": "#ff7f0e", "reset_hc": "#9467bd", "zscore": "#2ca02c"}
+_NAMES = {"lstm": "LSTM-AE, carried state", "stateless_ae": "same AE, no memory (state reset, no peer history)",
+          "reset_hc": "same AE, (h, c) reset, peer history kept", "zscore": "robust z-score (max |z|)"}
 
 
 def write_report(out: Path, result: dict, w: Windows, intervals: list[LabelledInterval], incidents: list[IncidentEvent]) -> None:
@@ -94,7 +95,7 @@ def _roc(ax, w: Windows, cls: str, m: dict) -> None:
     rows = (w.entity_class == cls) & ~w.unlabelled
     y = w.label[rows]
     drawn = False
-    for det in ("zscore", "stateless_ae", "lstm"):  # the LSTM last: on top where curves coincide
+    for det in ("zscore", "reset_hc", "stateless_ae", "lstm"):  # the LSTM last: on top where curves coincide
         s = w.scores[det][rows]
         if not s.size or not np.all(np.isfinite(s)):
             continue
@@ -171,19 +172,22 @@ def markdown(result: dict) -> str:
         " *visible*: only the intervals in which the capture holds the attack's packets (hosts: only"
         " the named hosts that hold them).", "",
         "| entity | class | intervals (visible) | positives all / visible | LSTM recall all / visible"
-        " | ROC AUC all: LSTM / stateless / z | ROC AUC visible: LSTM / stateless / z |",
+        " | ROC AUC all: LSTM / stateless / (h, c) reset / z | ROC AUC visible: LSTM / stateless / (h, c) reset / z |",
         "|---|---|---|---|---|---|---|"]
     for cls in ("global", "host"):
         for event, c in result[cls]["classes"].items():
             a, v = c["all"], c["visible"]
-            aucs = lambda d: " / ".join(_f(d["roc_auc"][k]) for k in ("lstm", "stateless_ae", "zscore"))  # noqa: E731
+            aucs = lambda d: " / ".join(_f(d["roc_auc"][k]) for k in ("lstm", "stateless_ae", "reset_hc", "zscore"))  # noqa: E731
             lines.append(f"| {cls} | {event} | {a['intervals']} ({v['intervals']}) | {a['positives']} / {v['positives']} | "
                          f"{_f(a['recall'])} / {_f(v['recall'])} | {aucs(a)} | {aucs(v)} |")
     lines += ["", "## What the carried state is worth", "",
               "LSTM ROC AUC minus each baseline's on the same windows, with a 95% interval from a paired"
               " cluster bootstrap (attack intervals and moments drawn whole): an interval that holds 0 is a tie;"
               " fewer than 5 attack intervals give no interval.", "",
-              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - z-score |", "|---|---|---|---|---|"]
+              "*stateless*: the same network with no memory at all (neutral (h, c) every window, no peer history);"
+              " *(h, c) reset*: the neutral (h, c) every window, the peer history kept.", "",
+              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - (h, c) reset | LSTM - z-score |",
+              "|---|---|---|---|---|---|"]
     for cls in ("global", "host"):
         rows = [("all attack windows", result[cls]["lstm_minus"]), ("visible windows, all classes", result[cls]["lstm_minus_visible"])]
         rows += [(f"{event}, visible", c["visible"]["lstm_minus"]) for event, c in result[cls]["classes"].items()]
@@ -192,7 +196,7 @@ def markdown(result: dict) -> str:
             if first is None:
                 continue
             lines.append(f"| {cls} | {name} | {first['positive_clusters']} / {first['negative_clusters']} | "
-                         f"{_difference(d['stateless_ae'])} | {_difference(d['zscore'])} |")
+                         f"{_difference(d['stateless_ae'])} | {_difference(d.get('reset_hc'))} | {_difference(d['zscore'])} |")
     lines += ["", "## Detection delay per interval (LSTM, first anomalous window)", "",
               "| event | start | visible | global: delay s (windows after start) | hosts: delay s (windows after start) |",
               "|---|---|---|---|---|"]

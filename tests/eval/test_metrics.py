@@ -11,7 +11,7 @@ from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch, addr_to_pair
 from detector.errors import ConfigError
 from detector.eval import metrics as M
-from detector.eval.baselines import RobustZScore, stateless_scores
+from detector.eval.baselines import RobustZScore, stateless_scores, without_history
 from detector.eval.evaluate import (
     LabelledInterval,
     Windows,
@@ -283,3 +283,15 @@ def test_stateless_baseline_is_the_scorer_from_a_fresh_state():
         expected.append(float(scorer.score(wb).scores[0]))
     assert np.allclose(expected, stateless_scores(cm, feats, starts), rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, stateless_scores(cm, feats, np.zeros(4, np.int64)), rtol=1e-3)
+
+
+def test_without_history_zeroes_the_novelty_features_and_nothing_else():
+    """The memoryless twin sees a window as an entity with an empty (never warm) history
+    would: new peers, new ports and young peers' returns 0, every other feature as observed."""
+    rng = np.random.default_rng(1)
+    feats = rng.poisson(3.0, size=(5, 6, len(PACKET_SCHEMA.features))).astype(np.float32)
+    out = without_history(feats, PACKET_SCHEMA)
+    novelty = [PACKET_SCHEMA.features.index(n) for n in ("new_peers", "new_ports", "young_peer_returns")]
+    others = [i for i in range(len(PACKET_SCHEMA.features)) if i not in novelty]
+    assert (out[..., novelty] == 0).all() and (feats[..., novelty] > 0).any()
+    assert np.array_equal(out[..., others], feats[..., others])
