@@ -1,6 +1,7 @@
 """Exit codes of the command line, in one place: only CLI entry points use this module.
-78 (EX_CONFIG) for a bad config, rule file, truth file or model bundle; 66 (EX_NOINPUT)
-for an unreadable capture."""
+78 (EX_CONFIG) for a bad config, rule file, truth file, model bundle or state directory;
+66 (EX_NOINPUT) for an unreadable capture; 65 (EX_DATAERR) for training input that cannot
+make a model (too short a capture)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import sys
 
 import click
 
-from detector.errors import CaptureError, ConfigError, ModelError
+from detector.errors import CaptureError, ConfigError, ModelError, TrainingDataError
 
 EX_CONFIG = 78
 EX_NOINPUT = 66
+EX_DATAERR = 65
 
 
 def errors_to_exit_codes(fn):
@@ -28,5 +30,8 @@ def errors_to_exit_codes(fn):
         except CaptureError as exc:
             click.echo(f"netad: {exc}", err=True)
             sys.exit(EX_NOINPUT)
+        except TrainingDataError as exc:
+            click.echo(f"netad: {exc}", err=True)
+            sys.exit(EX_DATAERR)
 
     return wrapper

@@ -14,5 +14,15 @@ class ModelError(NetadError):
     """A model bundle cannot be used: missing, corrupt, or trained on another feature schema."""
 
 
+class CheckpointError(NetadError):
+    """A checkpoint is there but cannot be used (unreadable, or its structure is wrong): the
+    daemon moves it aside and starts fresh."""
+
+
+class TrainingDataError(NetadError):
+    """The training input cannot make a model (too short, no benign windows of a class): the
+    CLI exits 65 (EX_DATAERR)."""
+
+
 class CaptureError(NetadError):
     """A source cannot be opened or read (missing file, unknown link type, no permission)."""

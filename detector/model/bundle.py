@@ -2,11 +2,17 @@
 
     <dir>/model.safetensors   one LSTMAutoencoder per entity class, keys "<class>.<param>"
     <dir>/model.json          feature schema, window geometry, scalers, thresholds, training
-                              summary, versions, and the SHA-256 of the weights file
+                              summary, versions, the SHA-256 of the weights file and the
+                              SHA-256 of this JSON itself (`meta_sha256`, see meta_digest)
 
 Written atomically (a sibling temporary directory, fsynced, then renamed over the old one), so
-a crash never leaves half a bundle. Loading verifies the hash (a corrupted file is refused,
-not loaded) and refuses a bundle whose feature schema differs from the running code's.
+a crash never leaves half a bundle. Loading verifies both hashes (a corrupted or edited file is
+refused, not loaded), then every value the scorer relies on (finite positive thresholds,
+scalers of the schema's width with finite centers and scales of at least MIN_SCALE, weights
+that fit the model and are finite, the entity classes the caller needs), and refuses a bundle
+whose feature schema differs from the running code's. Every problem is a ModelError naming
+the file and the reason, never a traceback: a hash is no defence against someone who can
+rewrite the bundle, so the values are checked even when the hashes match.
 """
 
 from __future__ import annotations
@@ -14,27 +20,36 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detector import __version__
 from detector.contracts import FeatureSchema
 from detector.errors import ModelError
 from detector.model.lstm import LSTMAutoencoder
-from detector.model.scaler import FeatureScaler
+from detector.model.scaler import MIN_SCALE, FeatureScaler
 from detector.model.threshold import Threshold
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
-FORMAT_VERSION = 2  # 2: the decoder's minute-of-hour phase input
+# 2: the decoder's minute-of-hour phase input; 3: model.json carries its own SHA-256. A
+# format-2 bundle (written before) still loads: its values are checked, its JSON cannot be
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)
+META_DIGEST_KEY = "meta_sha256"
+MAX_HIDDEN_SIZE = 1024  # training.hidden_size's bound
+MAX_BINS = 256  # windows.bins' bound
 
 
 @dataclass
@@ -85,6 +100,7 @@ class ModelBundle:
                 },
                 "training": self.training,
             }
+            meta[META_DIGEST_KEY] = meta_digest(meta)
             with open(tmp / META, "w", encoding="utf-8") as fh:
                 json.dump(meta, fh, indent=2)
                 fh.flush()
@@ -106,56 +122,156 @@ class ModelBundle:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, expected_schema: FeatureSchema | None = None) -> ModelBundle:
+    def load(cls, path: str | Path, expected_schema: FeatureSchema | None = None,
+             classes: Iterable[str] = ()) -> ModelBundle:
+        """The bundle at `path`, verified (see the module docstring); `classes`: the entity
+        classes the caller will score, each of which must have its model. Raises ModelError."""
         path = Path(path)
         meta_path, weights_path = path / META, path / WEIGHTS
         if not meta_path.is_file() or not weights_path.is_file():
             raise ModelError(f"{path}: not a model bundle (needs {META} and {WEIGHTS}); train one with `netad train`")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{meta_path}: unreadable: {exc}") from None
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}:"
-                             " retrain with `netad train`")
+        meta = _read_meta(meta_path)
         digest = _sha256(weights_path)
         if digest != meta.get("weights_sha256"):
             raise ModelError(f"{weights_path}: SHA-256 mismatch (file corrupted or replaced); refusing to load")
         try:
-            schema = FeatureSchema.from_dict(meta["schema"])
-            if expected_schema is not None and schema != expected_schema:
-                raise ModelError(
-                    f"{path}: trained on feature schema {schema.name} v{schema.version} "
-                    f"({len(schema.features)} features), this netad computes {expected_schema.name} "
-                    f"v{expected_schema.version} ({len(expected_schema.features)}); retrain with `netad train`"
-                )
+            described_schema = _field(meta, "schema", dict)
+        except ValueError as exc:
+            raise ModelError(f"{meta_path}: invalid bundle: {exc}") from None
+        try:
+            schema = FeatureSchema.from_dict(described_schema)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{meta_path}: invalid bundle: schema: {exc!r}") from None
+        if expected_schema is not None and schema != expected_schema:
+            raise ModelError(
+                f"{path}: trained on feature schema {schema.name} v{schema.version} "
+                f"({len(schema.features)} features), this netad computes {expected_schema.name} "
+                f"v{expected_schema.version} ({len(expected_schema.features)}); retrain with `netad train`"
+            )
+        try:
+            window = _field(meta, "window", dict)
+            bin_s = _number(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)
+            bins = _integer(window, "bins", "window.bins", 1, MAX_BINS)
+            hidden = _integer(meta, "hidden_size", "hidden_size", 2, MAX_HIDDEN_SIZE)
+            training = _field(meta, "training", dict) if "training" in meta else {}
+            described = _field(meta, "classes", dict)
+            if not described:
+                raise ValueError("classes: none (a bundle holds at least one entity class's model)")
+            missing = [c for c in classes if c not in described]
+            if missing:
+                raise ValueError(f"classes: no model for {', '.join(missing)} (it has {', '.join(sorted(described))});"
+                                 " the config scores these entities: retrain with this config")
+            parts = {name: _class_parts(name, info, len(schema.features)) for name, info in described.items()}
+        except ValueError as exc:
+            raise ModelError(f"{meta_path}: invalid bundle: {exc}") from None
+        try:
             tensors = load_file(str(weights_path))
-            hidden = int(meta["hidden_size"])
-            bins = int(meta["window"]["bins"])
-            classes = {}
-            for name, info in meta["classes"].items():
-                net = LSTMAutoencoder(len(schema.features), hidden, bins)
-                prefix = f"{name}."
-                net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-                net.eval()
-                classes[name] = ClassModel(
-                    network=net,
-                    scaler=FeatureScaler.from_dict(info["scaler"]),
-                    threshold=Threshold.from_dict(info["threshold"]),
-                )
-        except ModelError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: invalid bundle: {exc}") from None
-        return cls(
-            schema=schema,
-            bin_s=float(meta["window"]["bin_s"]),
-            bins=bins,
-            hidden_size=hidden,
-            classes=classes,
-            training=meta.get("training", {}),
-            version=digest[:12],
-        )
+        except (OSError, SafetensorError) as exc:
+            raise ModelError(f"{weights_path}: unreadable weights: {exc}") from None
+        models = {}
+        for name, (scaler, threshold) in parts.items():
+            net = LSTMAutoencoder(len(schema.features), hidden, bins)
+            prefix = f"{name}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:  # torch: "Error(s) in loading state_dict for ...:" then what does not fit
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                reason = lines[1] if len(lines) > 1 else (lines[0] if lines else repr(exc))
+                raise ModelError(f"{weights_path}: class {name}: the weights do not fit a {hidden}-unit model of "
+                                 f"{len(schema.features)} features over {bins} bins: {reason}") from None
+            bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            if bad:
+                more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+                raise ModelError(f"{weights_path}: class {name}: weights {', '.join(sorted(bad)[:3])}{more} are not finite")
+            net.eval()
+            models[name] = ClassModel(network=net, scaler=scaler, threshold=threshold)
+        return cls(schema=schema, bin_s=bin_s, bins=bins, hidden_size=hidden, classes=models, training=training,
+                   version=digest[:12])
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of model.json's content without its own digest: canonical JSON (sorted keys,
+    no spaces), which a float survives exactly (json writes repr), so the digest read back
+    is the digest written."""
+    body = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """model.json, parsed, of a format this netad reads, its own digest verified."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: unreadable: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path}: not a model description: a JSON {type(meta).__name__}, not an object")
+    if meta.get("format_version") not in READABLE_FORMATS:
+        raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}:"
+                         " retrain with `netad train`")
+    if meta["format_version"] >= 3 and meta.get(META_DIGEST_KEY) != meta_digest(meta):
+        raise ModelError(f"{meta_path}: SHA-256 mismatch (edited or corrupted); refusing to load")
+    return meta
+
+
+def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in doc:
+        raise ValueError(f"{key}: missing")
+    value = doc[key]
+    if not isinstance(value, kind):
+        raise ValueError(f"{key}: {type(value).__name__}, not a JSON {'object' if kind is dict else kind.__name__}")
+    return value
+
+
+def _number(doc: dict[str, Any], key: str, where: str, low: float, high: float) -> float:
+    """A finite number in (low, high]."""
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where}: {value!r} is not a number")
+    if not (math.isfinite(value) and low < value <= high):
+        bounds = f"above {low:g}" if math.isinf(high) else f"in ({low:g}, {high:g}]"
+        raise ValueError(f"{where}: {value!r} is not a finite number {bounds}")
+    return float(value)
+
+
+def _integer(doc: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{where}: {value!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+def _vector(values: Any, where: str, width: int) -> list[float]:
+    if not isinstance(values, list) or len(values) != width:
+        got = f"{len(values)} values" if isinstance(values, list) else repr(values)
+        raise ValueError(f"{where}: {got}, the feature schema has {width} features")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(f"{where}: not all finite numbers")
+    return [float(v) for v in values]
+
+
+def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Threshold]:
+    """One class's scaler and threshold, checked; ValueError says what is wrong."""
+    where = f"classes.{name}"
+    if not isinstance(info, dict):
+        raise ValueError(f"{where}: not an object")
+    scaler = info.get("scaler")
+    if not isinstance(scaler, dict):
+        raise ValueError(f"{where}.scaler: missing or not an object")
+    center = _vector(scaler.get("center"), f"{where}.scaler.center", width)
+    scale = _vector(scaler.get("scale"), f"{where}.scaler.scale", width)
+    # every fitted scale is floored at MIN_SCALE: below it one count's change reads as an anomaly, and 0 divides by zero
+    if min(scale) < MIN_SCALE:
+        raise ValueError(f"{where}.scaler.scale: {min(scale)!r} is below {MIN_SCALE} (degenerate)")
+    threshold = info.get("threshold")
+    if not isinstance(threshold, dict):
+        raise ValueError(f"{where}.threshold: missing or not an object")
+    value = _number(threshold, "value", f"{where}.threshold.value", low=0.0, high=math.inf)
+    try:
+        th = Threshold.from_dict({**threshold, "value": value})
+    except TypeError as exc:
+        raise ValueError(f"{where}.threshold: {exc}") from None
+    return FeatureScaler.from_dict({"center": center, "scale": scale}), th
 
 
 def _sha256(path: Path) -> str:

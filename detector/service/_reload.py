@@ -1,6 +1,9 @@
 """SIGHUP: build the new config, rules, sinks (and model, if its path changed) completely,
 before anything is swapped. Any problem raises ConfigError/ModelError and the daemon keeps
-what it runs (uvicorn's and nginx's rule: validate, then swap).
+what it runs (uvicorn's and nginx's rule: validate, then swap). The new config is validated
+as strictly as at start-up (every value finite and within the schema's bounds, no key given
+twice); a new model is verified as at start-up (ModelBundle.load: hashes, values, the entity
+classes the running config scores).
 
 Sinks are reconciled rather than rebuilt: a sink whose URL and name did not change is kept
 as it is (its delivery thread, connection and backlog go on undisturbed); new sinks are
@@ -138,9 +141,11 @@ def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet
                 if hasattr(new.model, k) and getattr(new.model, k) != getattr(running.model, k)]
     if new.service.metrics_address != running.service.metrics_address:
         restart.append("service.metrics_address")
+    if new.service.incident_page != running.service.incident_page:
+        restart.append("service.incident_page")
     bundle = None
     if new.model.path != running.model.path:
-        bundle = ModelBundle.load(new.model.path, expected_schema=running_schema)
+        bundle = ModelBundle.load(new.model.path, expected_schema=running_schema, classes=running.entity_classes)
         if (bundle.bin_s, bundle.bins) != (running.windows.bin_s, running.windows.bins):
             raise ModelError(f"{new.model.path}: trained on windows of {bundle.bins} x {bundle.bin_s} s bins, "
                              f"the daemon runs {running.windows.bins} x {running.windows.bin_s} s")
@@ -150,7 +155,8 @@ def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet
         update={
             **{k: getattr(running, k) for k in _RESTART_SECTIONS},
             "model": new.model.model_copy(update=keep_model),
-            "service": new.service.model_copy(update={"metrics_address": running.service.metrics_address}),
+            "service": new.service.model_copy(update={"metrics_address": running.service.metrics_address,
+                                                      "incident_page": running.service.incident_page}),
         }
     )
     spool_dir = running.state_dir / "spool"

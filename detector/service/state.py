@@ -4,16 +4,22 @@ Where it stands: beside the Scoring stage (service.scoring), whose entity states
 incidents it writes and reads back as typed records (EntityStates, Checkpoint); the Kafka
 scorer keeps the same EntityStates in its state topic instead (service.wire).
 
-Hidden states of every entity (safetensors), open incidents and the daemon's meta (which
+Hidden states of every entity (safetensors), each entity's peer history (the window stage's,
+safetensors), open incidents and the daemon's meta (which
 source, where a replay stands or where a followed conn.log was read to, which model; JSON), written atomically: a temporary directory
-is filled and fsynced, then renamed over the previous checkpoint, so a SIGKILL at any moment
-leaves either the old or the new checkpoint whole. Undelivered incident events need no
-checkpoint: the sinks' spools are already durable. One daemon per state directory, held
-with a lock (`lock_state_dir`).
+is filled, every file in it and the directory fsynced, then renamed over the previous
+checkpoint, so a SIGKILL or a power cut at any moment leaves either the old or the new
+checkpoint whole. Undelivered incident events need no checkpoint: the sinks' spools are
+already durable. One daemon per state directory, held with a lock (`lock_state_dir`).
+
+Reading one back checks its structure (CheckpointError says what is wrong): a checkpoint the
+daemon cannot use is moved aside (`move_aside`), kept for a post-mortem, and the daemon
+starts fresh rather than refusing to start.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import json
 import os
@@ -24,12 +30,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_arrays
+from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
+
+from detector.errors import CheckpointError, ConfigError
 
 STATE_JSON = "state.json"
 LOCK_NAME = ".lock"
 STATE_TENSORS = "hidden.safetensors"
+HISTORY_ARRAYS = "history.safetensors"  # the window stage's peer history (capture.windows._history)
 FORMAT = 1
 
 
@@ -100,6 +113,8 @@ class Checkpoint:
     states: dict[str, EntityStates]
     incidents: dict[str, Any]
     meta: CheckpointMeta = field(default_factory=CheckpointMeta)
+    history: dict[str, np.ndarray] | None = None  # PeerHistory.state_dict(); None in one written before it
+    path: Path | None = field(default=None, compare=False)  # the directory it was read from
 
     @property
     def entities(self) -> int:
@@ -123,6 +138,10 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
             banks[cls] = {"entities": entry.entities, "seen": entry.seen, "last_ns": entry.last_ns}
         if tensors:
             save_file(tensors, str(tmp / STATE_TENSORS))
+            _fsync(tmp / STATE_TENSORS)  # safetensors closes the file unsynced: on disk before the rename
+        if checkpoint.history is not None:
+            save_arrays({k: np.ascontiguousarray(v) for k, v in checkpoint.history.items()}, str(tmp / HISTORY_ARRAYS))
+            _fsync(tmp / HISTORY_ARRAYS)
         doc = {"format": FORMAT, "written_at": time.time(), "meta": checkpoint.meta.as_json(), "banks": banks,
                "incidents": checkpoint.incidents}
         with open(tmp / STATE_JSON, "w", encoding="utf-8") as fh:
@@ -144,25 +163,116 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     return directory
 
 
-def load_checkpoint(directory: Path) -> Checkpoint | None:
-    """The checkpoint, or None when there is no usable one."""
+def checkpoint_in_use(directory: Path) -> Path | None:
+    """The directory a restart reads: the checkpoint, or the previous one when a crash came
+    between save_checkpoint's two renames; None when there is neither."""
     directory = Path(directory)
-    if not (directory / STATE_JSON).is_file():
-        old = directory.with_name(f".{directory.name}.old")  # crashed between the two renames
-        if (old / STATE_JSON).is_file():
-            directory = old
-        else:
-            return None
-    doc = json.loads((directory / STATE_JSON).read_text(encoding="utf-8"))
+    if (directory / STATE_JSON).is_file():
+        return directory
+    old = directory.with_name(f".{directory.name}.old")
+    return old if (old / STATE_JSON).is_file() else None
+
+
+def load_checkpoint(directory: Path) -> Checkpoint | None:
+    """The checkpoint, None when there is none (or one of another format), or CheckpointError
+    when one is there but cannot be used: unreadable, not JSON, missing tensors, tensors whose
+    shapes do not match the entities they are for, values that are not finite."""
+    found = checkpoint_in_use(directory)
+    if found is None:
+        return None
+    try:
+        doc = json.loads((found / STATE_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{found / STATE_JSON}: unreadable: {exc}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{found / STATE_JSON}: a JSON {type(doc).__name__}, not an object")
     if doc.get("format") != FORMAT:
         return None
-    tensors = load_file(str(directory / STATE_TENSORS)) if (directory / STATE_TENSORS).is_file() else {}
-    states = {
-        cls: EntityStates.of({**bank, "h": tensors[f"{cls}.h"], "c": tensors[f"{cls}.c"]})
-        for cls, bank in doc["banks"].items()
-        if f"{cls}.h" in tensors
-    }
-    return Checkpoint(states, doc["incidents"], CheckpointMeta.from_json(doc.get("meta", {})))
+    try:
+        tensors = load_file(str(found / STATE_TENSORS)) if (found / STATE_TENSORS).is_file() else {}
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{found / STATE_TENSORS}: unreadable: {exc}") from None
+    try:
+        history = load_arrays(str(found / HISTORY_ARRAYS)) if (found / HISTORY_ARRAYS).is_file() else None
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{found / HISTORY_ARRAYS}: unreadable: {exc}") from None
+    try:
+        banks, incidents = _dict(doc, "banks"), _dict(doc, "incidents")
+        states = {cls: _entity_states(cls, bank, tensors) for cls, bank in banks.items()}
+        for name, entry in incidents.items():
+            if not isinstance(entry, dict) or not {"streak", "streak_start_ns", "incident"} <= set(entry):
+                raise ValueError(f"incidents[{name!r}]: not an incident tracker entry")
+        meta = _checked_meta(_dict(doc, "meta") if "meta" in doc else {})
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{found}: {exc}") from None
+    return Checkpoint(states, incidents, meta, history=history, path=found)
+
+
+def _dict(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: {'missing' if value is None else type(value).__name__ + ', not an object'}")
+    return value
+
+
+def _checked_meta(doc: dict[str, Any]) -> CheckpointMeta:
+    """The meta, its types checked: each of its values steers the restart (where a replay
+    resumes, which file offset a conn.log is read from, which model is used)."""
+    def _int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(doc.get("source", {}), dict):
+        raise ValueError("meta.source: not an object")
+    if doc.get("resume_ns") is not None and not _int(doc["resume_ns"]):
+        raise ValueError(f"meta.resume_ns: {doc['resume_ns']!r} is not a time in ns")
+    if not isinstance(doc.get("replay_complete", False), bool):
+        raise ValueError("meta.replay_complete: not true or false")
+    position = doc.get("position")
+    if position is not None and not (isinstance(position, dict) and all(_int(position.get(k)) for k in ("device", "inode", "offset"))):
+        raise ValueError(f"meta.position: {position!r} is not a file position (device, inode, offset)")
+    model = doc.get("model") or {}
+    if not isinstance(model, dict) or not all(v is None or isinstance(v, str) for v in model.values()):
+        raise ValueError("meta.model: not an object of strings")
+    return CheckpointMeta.from_json(doc)
+
+
+def _entity_states(cls: str, bank: Any, tensors: dict[str, torch.Tensor]) -> EntityStates:
+    """One class's states, their structure checked: n entities, n rows of h and c of one
+    hidden size, n counters, every value finite."""
+    if not isinstance(bank, dict):
+        raise ValueError(f"banks.{cls}: not an object")
+    entities, seen, last_ns = bank.get("entities"), bank.get("seen"), bank.get("last_ns")
+    for name, values, kind in (("entities", entities, str), ("seen", seen, int), ("last_ns", last_ns, int)):
+        if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"banks.{cls}.{name}: not a list of {kind.__name__}")
+    n = len(entities)
+    if len(seen) != n or len(last_ns) != n or len(set(entities)) != n:
+        raise ValueError(f"banks.{cls}: {n} entities ({len(set(entities))} distinct), {len(seen)} warm-up counts, "
+                         f"{len(last_ns)} window ends")
+    h, c = tensors.get(f"{cls}.h"), tensors.get(f"{cls}.c")
+    if h is None or c is None:
+        raise ValueError(f"{STATE_TENSORS}: no {cls}.h or {cls}.c for the {n} entities of banks.{cls}")
+    if h.ndim != 2 or h.shape != c.shape or h.shape[0] != n or h.shape[1] < 1 or not h.is_floating_point():
+        raise ValueError(f"{STATE_TENSORS}: {cls}.h {tuple(h.shape)} and {cls}.c {tuple(c.shape)} "
+                         f"are not ({n} entities, hidden size) float tensors")
+    if not (bool(torch.isfinite(h).all()) and bool(torch.isfinite(c).all())):
+        raise ValueError(f"{STATE_TENSORS}: {cls}: hidden states that are not finite")
+    return EntityStates(list(entities), h, c, list(seen), list(last_ns))
+
+
+def move_aside(directory: Path, now: dt.datetime | None = None) -> Path:
+    """Rename an unusable checkpoint to `<name>.bad-<UTC time>` beside it (kept for a
+    post-mortem, out of a restart's way); returns the new path."""
+    directory = Path(directory)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
+    target = directory.with_name(f"{directory.name.lstrip('.')}.bad-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = directory.with_name(f"{directory.name.lstrip('.')}.bad-{stamp}-{n}")
+    os.rename(directory, target)
+    _fsync(directory.parent)
+    return target
 
 
 class StateDirBusyError(Exception):
@@ -175,8 +285,11 @@ def lock_state_dir(directory: Path) -> int:
     when the process dies, even by SIGKILL, so a restarted daemon takes over at once. The
     holder's pid is written into the file for the error message. Returns the fd to keep."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a file in the way, no permission, a read-only file system
+        raise ConfigError(f"state_dir: {directory}: cannot use it: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -14,6 +14,7 @@ import structlog
 
 from detector.config import Config
 from detector.contracts import FlowRecordBatch, PacketBatch
+from detector.errors import TrainingDataError
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
 from detector.service.pipeline import input_batches, window_stream
@@ -94,7 +95,13 @@ def train_from_captures(
     if stop_ns is not None:
         windows = [w for w in windows if w.window_end_ns <= stop_ns]
     log.info("training_windows_built", windows=len(windows), captures=[str(p) for p in pcaps])
-    bundle = train(windows, training_params(cfg), cfg.windows.bin_s, cfg.windows.bins, exclude=exclude, progress=progress)
+    try:
+        bundle = train(windows, training_params(cfg), cfg.windows.bin_s, cfg.windows.bins, exclude=exclude, progress=progress)
+    except ValueError as exc:  # the model layer's word for "these windows cannot make a model"
+        span_s = len(windows) * cfg.windows.bin_s * cfg.windows.bins
+        raise TrainingDataError(f"cannot train on {', '.join(str(p) for p in pcaps)}: {exc} ({len(windows)} window(s) of "
+                                f"{cfg.windows.bins} x {cfg.windows.bin_s:g} s, {span_s / 3600:.2f} h; train on at least "
+                                "a few hours of benign traffic)") from None
     bundle.training["conn_logs" if flow_records else "captures"] = [str(p) for p in pcaps]
     bundle.training["home_net"] = cfg.home_net
     bundle.save(out)

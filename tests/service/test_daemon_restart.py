@@ -71,6 +71,7 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         second = DaemonProcess(config)
         _, restored = second.wait_log("checkpoint_restored", timeout_s=60)
         assert restored["open_incidents"] >= 1 and restored["resume_at"] is not None
+        assert restored["history_rows"] > 0  # each entity's peers and ports came back with it
         # every event of the first run reaches the receiver (at least once, same event ids)
         wanted = {e["event"]["id"] for e in before}
         wait_until(lambda: wanted <= set(receiver.event_ids.snapshot()), timeout_s=30,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +24,25 @@ def test_checkpoint_round_trips_states_incidents_and_meta(tmp_path):
     assert states["host"].entities == back.states["host"].entities
     assert torch.equal(states["host"].h, back.states["host"].h)
     assert incidents == back.incidents and 42 == back.meta.resume_ns
+
+
+def test_checkpoint_round_trips_the_peer_history(tmp_path):
+    """The window stage's peer history (uint64 keys) comes back exactly; a checkpoint written
+    without one reads as None (the daemon then warms its history up again)."""
+    from detector.capture.windows._history import PeerHistory
+
+    history = PeerHistory(3600, 0)
+    u = np.uint64
+    for t in range(1, 4):
+        history.observe(np.array([1, 2], u), (np.array([0, 1]), np.zeros(2, u), np.array([7, 8 + t], u)),
+                        (np.array([0]), np.array([6], u), np.zeros(1, u), np.ones(1, u), np.zeros(1, u), np.array([7], u),
+                         np.array([40000 + t], u), np.array([443], u)), t * 60_000_000_000)
+    save_checkpoint(tmp_path / "checkpoint", Checkpoint(_scorer_state(1), {}, CheckpointMeta(), history=history.state_dict()))
+    back = load_checkpoint(tmp_path / "checkpoint").history
+    assert back.keys() == history.state_dict().keys()
+    assert all(np.array_equal(v, back[k]) and v.dtype == back[k].dtype for k, v in history.state_dict().items())
+    save_checkpoint(tmp_path / "old", Checkpoint(_scorer_state(1), {}, CheckpointMeta()))
+    assert load_checkpoint(tmp_path / "old").history is None
 
 
 def test_a_crash_between_the_two_renames_leaves_the_old_checkpoint_usable(tmp_path):

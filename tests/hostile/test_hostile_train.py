@@ -1,0 +1,39 @@
+"""`netad train` on input that cannot make a model (a capture too short, nothing left after
+the time slice) ends in one clear line and exit 65 (EX_DATAERR), never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.hostile._hostile import assert_no_traceback, netad_cli
+from tests.service._daemon import write_config
+
+EX_DATAERR = 65
+
+pytestmark = pytest.mark.slow  # each case runs netad (and trains what it can)
+
+
+@pytest.fixture(scope="module")
+def short_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 s of the demo office: one window, too few to hold any back for the threshold."""
+    pcap = tmp_path_factory.mktemp("short") / "short.pcap"
+    res = netad_cli("synth", "--out", str(pcap), "--benign-s", "30", "--attack-s", "0")
+    assert 0 == res.returncode, res.stderr
+    return pcap
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ((), "no calibration scores (1 window(s) of 6 x 10 s"),
+    (("--start-s", "3600"), "no windows to train on"),
+], ids=["too short", "sliced to nothing"])
+def test_train_on_too_little_traffic_exits_65_with_the_reason(tmp_path: Path, short_capture: Path, extra: tuple, reason: str):
+    config = write_config(tmp_path / "train.yaml", {"home_net": ["10.20.0.0/16"], "model": {"device": "cpu"},
+                                                    "training": {"epochs": 1}, "logging": {"format": "json"}})
+    out = tmp_path / "model"
+    res = netad_cli("train", "-c", str(config), "--pcap", str(short_capture), "--out", str(out), *extra)
+    assert EX_DATAERR == res.returncode, res.stderr
+    assert_no_traceback(res.stdout, res.stderr)
+    assert f"netad: cannot train on {short_capture}: " in res.stderr and reason in res.stderr
+    assert not out.exists()  # no half bundle
