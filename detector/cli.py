@@ -55,6 +55,10 @@ LAZY_COMMANDS = {
         "detector.eval.cli:splice_command",
         "Insert real attack captures (and generated behaviours) into a benign capture, with exact ground truth.",
     ),
+    "explain": (
+        "detector.service.explain.cli:explain",
+        "Explain an incident: what its entity did, how unusual that is for it, and the flows behind it; writes its timeline PNG.",
+    ),
 }
 
 

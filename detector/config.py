@@ -18,13 +18,21 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from detector.contracts import ENTITY_GLOBAL
 from detector.errors import ConfigError
 
 ENV_PREFIX = "NETAD_"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # every number finite (`.inf`, `.nan` are errors) and, below, bounded: a value no deployment
+    # needs (1e300 s) would otherwise overflow later, in a timer, a ns conversion or a tensor
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+_DAY_S = 86_400.0
+_MAX_INTERVAL_S = 30 * _DAY_S  # a schedule, an idle expiry or a lateness beyond a month is a typo
+_MAX_COUNT = 100_000_000  # counts of windows, entities, flows: well past what one process can hold
 
 
 class SensorConfig(_Strict):
@@ -49,17 +57,17 @@ class SourceConfig(_Strict):
     # collector on UDP; zeek: a Zeek conn.log (TSV or JSON), followed while it grows if `follow`
     type: Literal["pcap", "interface", "netflow", "zeek"] = "pcap"
     path: Path | None = None  # pcap/pcapng file (type=pcap) or conn.log (type=zeek)
-    speed: float = Field(0.0, ge=0.0)  # replay speed: 0 = as fast as possible, 1 = real time
+    speed: float = Field(0.0, ge=0.0, le=1e6)  # replay speed: 0 = as fast as possible, 1 = real time
     interface: str | None = None  # for type=interface
-    snaplen: int = Field(262144, ge=64)
-    buffer_mb: int = Field(64, ge=1)  # kernel ring (interface) or UDP receive buffer (netflow)
+    snaplen: int = Field(262144, ge=64, le=262144)
+    buffer_mb: int = Field(64, ge=1, le=65536)  # kernel ring (interface) or UDP receive buffer (netflow)
     promisc: bool = True
     bpf: str = ""
-    batch_packets: int = Field(65536, ge=1)  # packets (or flow records) per batch
+    batch_packets: int = Field(65536, ge=1, le=16_777_216)  # packets (or flow records) per batch
     bind_address: str = "0.0.0.0"  # netflow: the address to listen on ("::" for IPv6 and IPv4)
     port: int = Field(2055, ge=0, le=65535)  # netflow: UDP port; 0 = any free one (logged)
     allowed_exporters: list[str] = Field(default_factory=list)  # netflow: exporter networks; [] = any
-    default_sampling_rate: int = Field(1, ge=1)  # netflow: for exporters that never announce theirs
+    default_sampling_rate: int = Field(1, ge=1, le=2**32 - 1)  # netflow: for exporters that never announce theirs
     follow: bool = False  # zeek: keep reading what Zeek appends (and follow rotations)
     from_end: bool = False  # zeek, with follow: skip what the log already holds at the first start (a restart reads on from its checkpoint)
 
@@ -91,28 +99,28 @@ class SourceConfig(_Strict):
 
 
 class FlowsConfig(_Strict):
-    tcp_idle_timeout_s: float = Field(300.0, gt=0)
-    udp_idle_timeout_s: float = Field(60.0, gt=0)
-    other_idle_timeout_s: float = Field(30.0, gt=0)
-    active_timeout_s: float = Field(1800.0, gt=0)
-    max_flows: int = Field(1_000_000, ge=16)
+    tcp_idle_timeout_s: float = Field(300.0, gt=0, le=_MAX_INTERVAL_S)
+    udp_idle_timeout_s: float = Field(60.0, gt=0, le=_MAX_INTERVAL_S)
+    other_idle_timeout_s: float = Field(30.0, gt=0, le=_MAX_INTERVAL_S)
+    active_timeout_s: float = Field(1800.0, gt=0, le=_MAX_INTERVAL_S)
+    max_flows: int = Field(1_000_000, ge=16, le=_MAX_COUNT)
 
 
 class WindowsConfig(_Strict):
-    bin_s: float = Field(10.0, gt=0)
+    bin_s: float = Field(10.0, gt=0, le=_DAY_S)
     bins: int = Field(6, ge=1, le=256)
-    lateness_s: float = Field(2.0, ge=0)
+    lateness_s: float = Field(2.0, ge=0, le=_DAY_S)
     # flow records (netflow, zeek) come when a flow ends or hits the exporter's active
     # timeout: set this to active timeout + idle timeout + export interval (NetFlow), or to
     # Zeek's longest inactivity timeout (TCP: 300 s) plus a margin
-    flow_lateness_s: float = Field(90.0, ge=0)
-    max_entities: int = Field(50_000, ge=1)
-    entity_idle_s: float = Field(3600.0, gt=0)
+    flow_lateness_s: float = Field(90.0, ge=0, le=_DAY_S)
+    max_entities: int = Field(50_000, ge=1, le=_MAX_COUNT)
+    entity_idle_s: float = Field(3600.0, gt=0, le=_MAX_INTERVAL_S)
     # each entity's memory of its peers and ports (the novelty features): forgotten after
     # history_s without contact; nothing counts as new before an entity's history is
     # history_warmup_s old (at start-up every peer would be)
-    history_s: float = Field(21600.0, gt=0)
-    history_warmup_s: float = Field(3600.0, ge=0)
+    history_s: float = Field(21600.0, gt=0, le=_MAX_INTERVAL_S)
+    history_warmup_s: float = Field(3600.0, ge=0, le=_MAX_INTERVAL_S)
 
 
 class ModelConfig(_Strict):
@@ -120,16 +128,16 @@ class ModelConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast on CUDA only
     adapt_thresholds: bool = False  # refit thresholds on recent non-alerted windows (bounded)
-    warmup_windows: int = Field(1, ge=0)
-    threads: int = Field(1, ge=0)  # torch intra-op threads; 0 = torch's default
+    warmup_windows: int = Field(1, ge=0, le=_MAX_COUNT)
+    threads: int = Field(1, ge=0, le=1024)  # torch intra-op threads; 0 = torch's default
 
 
 class TrainingConfig(_Strict):
     hidden_size: int = Field(32, ge=2, le=1024)
-    epochs: int = Field(30, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    batch_streams: int = Field(256, ge=1)
-    seed: int = 7
+    epochs: int = Field(30, ge=1, le=100_000)
+    learning_rate: float = Field(3e-3, gt=0, le=10.0)
+    batch_streams: int = Field(256, ge=1, le=_MAX_COUNT)
+    seed: int = Field(7, ge=0, le=2**32 - 1)  # numpy's seed range
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     trim_fraction: float = Field(0.02, ge=0, lt=0.5)
     threshold_quantile: float = Field(0.999, gt=0.5, lt=1.0)
@@ -138,9 +146,9 @@ class TrainingConfig(_Strict):
 
 class IncidentsConfig(_Strict):
     rules: list[Path] = Field(default_factory=lambda: [Path("rules/default.yaml")])
-    min_windows: int = Field(1, ge=1)
-    resolve_after_windows: int = Field(2, ge=1)
-    update_every_windows: int = Field(10, ge=1)  # an `updated` event at most this often, unless severity or peak rises
+    min_windows: int = Field(1, ge=1, le=_MAX_COUNT)
+    resolve_after_windows: int = Field(2, ge=1, le=_MAX_COUNT)
+    update_every_windows: int = Field(10, ge=1, le=_MAX_COUNT)  # an `updated` event at most this often, unless severity or peak rises
 
 
 class SinkConfig(_Strict):
@@ -153,20 +161,30 @@ class OutputsConfig(_Strict):
     summary: bool = True  # print a short summary when a replay ends
 
 
+class IncidentPageConfig(_Strict):
+    """The incident page (/incidents beside /metrics) and the history it and `netad explain` read (service.explain)."""
+
+    enabled: bool = False  # serve /incidents on metrics_address: to loopback clients, to others with the token
+    token_file: Path | None = None  # holds the bearer token a client from another address must send
+    history_s: float = Field(21600.0, gt=0, le=_MAX_INTERVAL_S)  # each entity's window scores kept this long ...
+    history_mb: float = Field(128.0, ge=0, le=1_048_576)  # ... in at most this much memory (oldest first); 0 = none
+
+
 class ServiceConfig(_Strict):
     """The daemon's own schedule and endpoints (service layer)."""
 
-    checkpoint_interval_s: float = Field(60.0, gt=0)  # hidden states and open incidents to state_dir
-    heartbeat_interval_s: float = Field(300.0, gt=0)  # a `heartbeat` log line with the counters
-    threshold_refresh_interval_s: float = Field(3600.0, gt=0)
-    retrain_interval_s: float = Field(0.0, ge=0)  # 0 = never retrain on recent benign windows
-    retrain_buffer_windows: int = Field(1440, ge=2)  # recent non-alerted windows kept for retraining
-    retrain_buffer_mb: float = Field(256.0, gt=0)  # ... and at most this much memory for them
-    retrain_min_windows: int = Field(60, ge=2)  # fewer buffered windows than this: the retrain is skipped
+    checkpoint_interval_s: float = Field(60.0, gt=0, le=_MAX_INTERVAL_S)  # hidden states and open incidents to state_dir
+    heartbeat_interval_s: float = Field(300.0, gt=0, le=_MAX_INTERVAL_S)  # a `heartbeat` log line with the counters
+    threshold_refresh_interval_s: float = Field(3600.0, gt=0, le=_MAX_INTERVAL_S)
+    retrain_interval_s: float = Field(0.0, ge=0, le=_MAX_INTERVAL_S)  # 0 = never retrain on recent benign windows
+    retrain_buffer_windows: int = Field(1440, ge=2, le=_MAX_COUNT)  # recent non-alerted windows kept for retraining
+    retrain_buffer_mb: float = Field(256.0, gt=0, le=1_048_576)  # ... and at most this much memory for them
+    retrain_min_windows: int = Field(60, ge=2, le=_MAX_COUNT)  # fewer buffered windows than this: the retrain is skipped
     metrics_address: str | None = None  # e.g. 127.0.0.1:9108 serves /metrics, /healthz, /readyz
-    stall_after_s: float = Field(60.0, gt=0)  # no progress this long: /healthz fails, no WATCHDOG
-    status_interval_s: float = Field(5.0, gt=0)  # systemd STATUS= line (packets/s, entities, incidents)
-    shutdown_timeout_s: float = Field(20.0, gt=0)  # drain deadline on SIGTERM
+    stall_after_s: float = Field(60.0, gt=0, le=_DAY_S)  # no progress this long: /healthz fails, no WATCHDOG
+    status_interval_s: float = Field(5.0, gt=0, le=_DAY_S)  # systemd STATUS= line (packets/s, entities, incidents)
+    shutdown_timeout_s: float = Field(20.0, gt=0, le=_DAY_S)  # drain deadline on SIGTERM
+    incident_page: IncidentPageConfig = Field(default_factory=IncidentPageConfig)
 
 
 class LoggingConfig(_Strict):
@@ -185,7 +203,7 @@ class KafkaConfig(_Strict):
     group_id: str = "netad-scorers"
     # most entity windows a scorer takes per cycle: each cycle saves the state of every entity
     # it scored once, however many of its windows it held, then commits
-    batch_windows: int = Field(20_000, ge=1)
+    batch_windows: int = Field(20_000, ge=1, le=_MAX_COUNT)
     # librdkafka settings for every client: security.protocol, sasl.*, ssl.*, session.timeout.ms...
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -215,6 +233,23 @@ class Config(_Strict):
     def _networks(cls, value: list[str]) -> list[str]:
         return _check_networks(value)
 
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path) -> Path:
+        try:
+            a_file = value.exists() and not value.is_dir()
+        except OSError:  # not ours to look at: taking the directory at start-up says why (exit 78)
+            return value
+        if a_file:
+            raise ValueError(f"{str(value)!r} exists and is not a directory")
+        return value
+
+    @property
+    def entity_classes(self) -> tuple[str, ...]:
+        """The entity classes this config scores, each needing its model in the bundle: the
+        link (always) and, with home networks, their hosts."""
+        return (ENTITY_GLOBAL, "host") if self.home_net else (ENTITY_GLOBAL,)
+
 
 # --------------------------------------------------------------------------------------
 
@@ -228,16 +263,46 @@ def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> C
     return validate_yaml_data(Config, _apply_env(data, env), root, str(path))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a key given twice in one mapping is an error: PyYAML
+    would keep the last one, and the operator would not know which of the two is in force.
+    Keys a merge (`<<: *base`) brings in may still be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first.start_mark.line + 1})", key_node.start_mark)
+                seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+
+
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
-    """A YAML mapping and its node tree (for line numbers). Raises ConfigError."""
+    """A YAML mapping and its node tree (for line numbers). Raises ConfigError, also for a
+    key given twice in one mapping."""
     label = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # not UTF-8
+        raise ConfigError(f"{label}: cannot read: {exc}") from None
     try:
         root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -282,7 +347,7 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         if kind is None:
             raise ConfigError(f"environment: {key}: no config key {'.'.join(path)} (NETAD_KEY or NETAD_SECTION__KEY)")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"environment: {key}: invalid YAML value: {exc}") from None
         if kind == "list" and isinstance(value, str):

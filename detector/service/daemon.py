@@ -1,9 +1,11 @@
 """The daemon (`netad run`): startup -> run loop -> bounded shutdown, for months on end.
 
 Startup builds everything from the config (model, stages, sinks, source) and fails with a
-clear error before reading a packet; it restores the last checkpoint (hidden states, open
-incidents; for a replay, where it stopped), serves metrics, starts the schedule, and only
-then tells systemd READY=1.
+clear error before reading a packet (a ConfigError or ModelError: exit 78, never a traceback);
+it restores the last checkpoint (hidden states, open incidents; for a replay, where it
+stopped), serves metrics, starts the schedule, and only then tells systemd READY=1. A
+checkpoint it cannot use is moved aside with a warning and the daemon starts fresh: a
+damaged checkpoint must not keep a sensor down.
 
 The run loop pulls batches from the source and pushes them through the pipeline. Everything
 else happens in the gaps between two batches, on this one thread: config reloads, scheduled
@@ -16,7 +18,8 @@ time, or a quiet live link's windows keep closing on the wall clock.
 Signals, the state directory's lock, metrics and systemd are the process lifecycle the
 Kafka roles share (service.lifecycle); scoring and incidents are the Scoring stage they share
 (service.scoring, inside service.pipeline.Pipeline). SIGHUP: reload (_reload.py: build, then
-swap). SIGTERM/SIGINT: the source stops, in-flight windows are drained, a checkpoint is
+swap; a reload that fails, for whatever reason, leaves the running config, rules, sinks and
+model in force and logs why). SIGTERM/SIGINT: the source stops, in-flight windows are drained, a checkpoint is
 written, sinks deliver what they can before `service.shutdown_timeout_s` (the rest stays in
 their durable spools), exit 0. A second SIGINT forces an immediate exit (130); a shutdown that
 overruns its deadline is cut short.
@@ -32,23 +35,31 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from safetensors import SafetensorError
 
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import ScoreBatch, WindowBatch, ns_to_iso
-from detector.errors import ModelError, NetadError
+from detector.errors import CheckpointError, ModelError, NetadError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service import jobs as J
 from detector.service._reload import ReloadPlan, build_sinks, plan_reload, retire_sinks, wanted_sinks
 from detector.service._sources import ReplaySource, Source, build_source, is_live, source_identity
+from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import Pipeline
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
 from detector.service.scoring import Scoring, check_device
-from detector.service.state import Checkpoint, CheckpointMeta, ModelRef, load_checkpoint, save_checkpoint
+from detector.service.state import (
+    Checkpoint,
+    CheckpointMeta,
+    ModelRef,
+    checkpoint_in_use,
+    load_checkpoint,
+    move_aside,
+    save_checkpoint,
+)
 from detector.service.training import training_params
 
 log = structlog.get_logger()
@@ -90,7 +101,7 @@ class Daemon:
         check_device(cfg.model.device)
         lc.lock_state_dir(cfg.state_dir)
         checkpoint = self._read_checkpoint()
-        base = ModelBundle.load(cfg.model.path)
+        base = ModelBundle.load(cfg.model.path, classes=cfg.entity_classes)
         self.base_version = base.version
         bundle, self.model_path = self._choose_model(base, checkpoint.meta if checkpoint else CheckpointMeta())
         self.previous_model_path: Path | None = None
@@ -120,21 +131,37 @@ class Daemon:
 
     def _build(self, cfg: Config, bundle: ModelBundle, checkpoint: Checkpoint | None) -> None:
         self.scores_out = None
-        if cfg.outputs.scores is not None:
-            cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
-            # a replay started over rewrites its scores; one resumed, or a live link, adds to them
-            resuming = checkpoint is not None or is_live(cfg.source)
-            self.scores_out = open(cfg.outputs.scores, "a" if resuming else "w", encoding="utf-8")
         svc = cfg.service
         self.ring = WindowRing(svc.retrain_buffer_windows, int(svc.retrain_buffer_mb * 2**20))
-        self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
-                                 flow_records=cfg.source.flow_records)
-        resume_ns = self._restore(checkpoint) if checkpoint else None
+        self._new_pipeline(cfg, bundle, resuming=checkpoint is not None)
+        resume_ns = None
+        if checkpoint is not None:
+            try:
+                resume_ns = self._restore(checkpoint)
+            except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+                # half of it may be in place already: the stages are built again, empty
+                self._set_aside(checkpoint.path, f"cannot be restored: {exc!r}")
+                checkpoint = None
+                self._new_pipeline(cfg, bundle, resuming=False)
         resume_at = checkpoint.meta.position if checkpoint and cfg.source.type == "zeek" else None
         self.source = build_source(cfg.source, resume_from_ns=resume_ns, resume_at=resume_at)
         if self.lifecycle.stop:  # a signal while starting: the source did not exist to be told
             self.source.stop = True
+        self.board = attach_board(cfg, self.pipeline.scoring, self.lifecycle, live=is_live(cfg.source))  # the incident page's records
         self.lifecycle.serve_metrics(self._snapshot, live=lambda: {"sinks": self.sinks.stats()})  # the sinks' stats are thread-safe
+
+    def _new_pipeline(self, cfg: Config, bundle: ModelBundle, resuming: bool) -> None:
+        """The stages after the source, and the window-scores file they write to."""
+        if self.scores_out is not None:
+            self.scores_out.close()
+            self.scores_out = None
+        if cfg.outputs.scores is not None:
+            cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
+            # a replay started over rewrites its scores; one resumed, or a live link, adds to them
+            appending = resuming or is_live(cfg.source)
+            self.scores_out = open(cfg.outputs.scores, "a" if appending else "w", encoding="utf-8")
+        self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
+                                 flow_records=cfg.source.flow_records)
 
     def _loop(self) -> str:
         """Batches until the source ends or a signal stops it; returns why it ended."""
@@ -280,7 +307,8 @@ class Daemon:
             replay_complete=replay_complete,
             model=ModelRef(str(self.model_path), self.scoring.bundle.version, self.base_version),
         )
-        checkpoint = Checkpoint(self.scoring.entity_states(), self.scoring.tracker.state_dict(), meta)
+        checkpoint = Checkpoint(self.scoring.entity_states(), self.scoring.tracker.state_dict(), meta,
+                                history=self.pipeline.windows.history.state_dict())
         save_checkpoint(self.cfg.state_dir / CHECKPOINT_DIR, checkpoint)
         log.info("checkpoint_saved", reason=why, entities=checkpoint.entities, open_incidents=checkpoint.open_incidents,
                  window_end=ns_to_iso(meta.resume_ns) if meta.resume_ns else None,
@@ -326,7 +354,7 @@ class Daemon:
             accept, why = False, "the candidate has the running model's weights"
         if accept:
             try:
-                bundle = ModelBundle.load(result.path, expected_schema=self.pipeline.windows.schema)
+                bundle = ModelBundle.load(result.path, expected_schema=self.pipeline.windows.schema, classes=self.cfg.entity_classes)
             except ModelError as exc:
                 log.error("retrain_failed", error=str(exc))
                 self.jobs.record(J.RETRAIN, "failed")
@@ -352,26 +380,52 @@ class Daemon:
     # ---------------------------------------------------------------- reload (SIGHUP)
     def _do_reload(self) -> None:
         self.lifecycle.reloading()
+        status = "reload failed, running the previous config"
         try:
             plan = plan_reload(self.config_path, self.cfg, self.sinks, self.extra_sinks, self.pipeline.windows.schema)
         except (NetadError, OSError, ValueError) as exc:  # ValueError: e.g. a rule file's odd value
-            self.reloads["failure"] += 1
-            log.error("config_reload_failed", reason=str(exc), config=self.config_path)
-            status = "reload failed, running the previous config"
+            self._reload_failed(str(exc))
+        except Exception as exc:  # a reload must never take the daemon down: it goes on as it ran, and says why
+            self._reload_failed(f"unexpected {type(exc).__name__}: {exc}", exc_info=True)
         else:
-            self._apply_reload(plan)
-            self.reloads["success"] += 1
-            status = "reloaded"
+            try:
+                self._apply_reload(plan)
+            except NetadError as exc:  # the model swap, the first step: nothing else has changed
+                self._discard(plan)
+                self._reload_failed(str(exc))
+            except Exception as exc:  # a bug past the swap: the daemon goes on, with what was put in force so far
+                self._reload_failed(f"unexpected {type(exc).__name__} while applying it: {exc}", exc_info=True)
+            else:
+                self.reloads["success"] += 1
+                status = "reloaded"
         self.lifecycle.ready(status=f"{status}; model {self.scoring.bundle.version}")
 
+    def _reload_failed(self, reason: str, exc_info: bool = False) -> None:
+        self.reloads["failure"] += 1
+        log.error("config_reload_failed", reason=reason, config=self.config_path, model_version=self.scoring.bundle.version,
+                  exc_info=exc_info)
+
+    def _discard(self, plan: ReloadPlan) -> None:
+        """A plan that could not be put in force: the sinks it built for it are closed (those
+        it kept are the running ones)."""
+        running = set(map(id, self.sinks))
+        for sink in plan.sinks:
+            if id(sink) not in running:
+                sink.close(timeout_s=0.0)
+
     def _apply_reload(self, plan: ReloadPlan) -> None:
+        """Put a plan in force. The model goes first: it is the one step that could still
+        fail (ModelError), and then nothing else has changed."""
         cfg = plan.cfg
+        if plan.bundle is not None:
+            try:
+                self._swap_model(plan.bundle, cfg.model.path)
+            except (RuntimeError, ValueError) as exc:
+                raise ModelError(f"{cfg.model.path}: cannot score with it: {exc!r}") from None
+            self.base_version = plan.bundle.version
         self.sinks = plan.sinks
         self.scoring.sinks = [plan.sinks]
         incidents = self.scoring.apply(cfg.incidents, plan.rules)
-        if plan.bundle is not None:
-            self._swap_model(plan.bundle, cfg.model.path)
-            self.base_version = plan.bundle.version
         rescheduled = self.jobs.reschedule(J.job_intervals(cfg.service))
         self.ring.resize(cfg.service.retrain_buffer_windows, int(cfg.service.retrain_buffer_mb * 2**20))
         if cfg.service.retrain_interval_s == 0:
@@ -391,12 +445,13 @@ class Daemon:
 
     # ---------------------------------------------------------------- checkpoint restore
     def _read_checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, if it belongs to this source and is worth resuming."""
+        """The last checkpoint, if it belongs to this source and is worth resuming; one that
+        cannot be read is moved aside (the daemon starts fresh)."""
         directory = self.cfg.state_dir / CHECKPOINT_DIR
         try:
             checkpoint = load_checkpoint(directory)
-        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
-            log.error("checkpoint_load_failed", path=str(directory), reason=repr(exc))
+        except CheckpointError as exc:
+            self._set_aside(checkpoint_in_use(directory), str(exc))
             return None
         if checkpoint is None:
             return None
@@ -413,6 +468,18 @@ class Daemon:
             return None
         return checkpoint
 
+    def _set_aside(self, path: Path | None, reason: str) -> None:
+        """An unusable checkpoint out of the way, kept for a post-mortem; the daemon starts fresh."""
+        if path is None:
+            return
+        try:
+            moved = move_aside(path)
+        except OSError as exc:  # the next checkpoint replaces it all the same
+            log.warning("checkpoint_unusable", path=str(path), reason=reason, moved_aside=False, error=str(exc))
+            return
+        log.warning("checkpoint_moved_aside", path=str(path), moved_to=str(moved), reason=reason,
+                    consequence="starting fresh: no hidden states, open incidents or replay position restored")
+
     def _choose_model(self, base: ModelBundle, meta: CheckpointMeta) -> tuple[ModelBundle, Path]:
         """The configured model, or the retrained one the checkpoint names, as long as it
         was retrained from the configured one (a newly deployed model.path wins)."""
@@ -420,7 +487,7 @@ class Daemon:
         models_dir = (self.cfg.state_dir / "models").resolve()
         if path is not None and meta.model.base_version == base.version and path.resolve().parent == models_dir:
             try:
-                bundle = ModelBundle.load(path, expected_schema=base.schema)
+                bundle = ModelBundle.load(path, expected_schema=base.schema, classes=self.cfg.entity_classes)
             except ModelError as exc:
                 log.warning("retrained_model_refused", path=str(path), reason=str(exc))
             else:
@@ -431,17 +498,24 @@ class Daemon:
     def _restore(self, checkpoint: Checkpoint) -> int | None:
         """Hidden states and open incidents back in place; the replay position to resume at."""
         scoring, meta = self.scoring, checkpoint.meta
-        if all(s.hidden_size == scoring.bundle.hidden_size for s in checkpoint.states.values()):
+        sizes = {s.hidden_size for s in checkpoint.states.values()}
+        if meta.model.version == scoring.bundle.version and sizes - {scoring.bundle.hidden_size}:
+            raise CheckpointError(f"hidden states of size {sorted(sizes)}, but the model {meta.model.version} "
+                                  f"they were written with has {scoring.bundle.hidden_size}")
+        if sizes <= {scoring.bundle.hidden_size}:
             scoring.load_entity_states(checkpoint.states)
             entities = checkpoint.entities
         else:
             log.warning("checkpoint_states_discarded", reason="another model's state size")
             entities = 0
         scoring.tracker.load_state_dict(checkpoint.incidents)
+        history = self.pipeline.windows.history
+        if checkpoint.history is not None:
+            history.load_state_dict(checkpoint.history)  # what each entity knows of its peers: not 1 h of warm-up again
         resume_ns = meta.resume_ns if self.cfg.source.type == "pcap" else None
         if resume_ns is not None:
             scoring.last_window_end_ns = resume_ns
-        log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents,
+        log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents, history_rows=history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, written_for_model=meta.model.version)
         return resume_ns
 

@@ -12,7 +12,9 @@ pipeline made progress. This object holds what the loop must not do itself:
   `service.shutdown_timeout_s` by _HARD_EXIT_GRACE_S is cut short (exit 1).
 - the state directory's lock (one process per state directory).
 - the metrics endpoint (service.metrics) over a snapshot of the counters that the run loop
-  refreshes: the HTTP thread never reads state the loop is changing.
+  refreshes: the HTTP thread never reads state the loop is changing; and the pages mounted
+  on it (`mount`: the incident page, which locks what it reads), and what must happen when the
+  process closes (`on_close`: the incident page's history is saved).
 - systemd notify: READY, RELOADING, STOPPING, STATUS every `service.status_interval_s`, and
   WATCHDOG=1 only while the pipeline makes progress (a stall shows as `pipeline_stalled`).
 """
@@ -31,7 +33,7 @@ import structlog
 
 from detector.config import ServiceConfig
 from detector.errors import ConfigError
-from detector.service.metrics import Metrics
+from detector.service.metrics import Metrics, PageHandler
 from detector.service.state import StateDirBusyError, lock_state_dir
 from detector.service.systemd import Notifier
 
@@ -62,6 +64,8 @@ class Lifecycle:
         self._live_of: Callable[[], dict[str, Any]] | None = None
         self._snapshot: dict[str, Any] = {}
         self._snapshot_lock = threading.Lock()
+        self._pages: dict[str, PageHandler] = {}
+        self.on_close: list[Callable[[], None]] = []  # called once when the process closes (after a shutdown)
         now = time.monotonic()
         self.stalled = False
         self._last_progress_s = self._last_ping_s = self._last_status_s = now
@@ -100,6 +104,10 @@ class Lifecycle:
         except StateDirBusyError as exc:
             raise ConfigError(f"state_dir: {exc}; give each {self.role} its own") from None
 
+    def mount(self, prefix: str, handler: PageHandler) -> None:
+        """A page to serve beside the metrics (before serve_metrics)."""
+        self._pages[prefix] = handler
+
     def serve_metrics(self, snapshot: Callable[[], dict[str, Any]], live: Callable[[], dict[str, Any]] | None = None) -> None:
         """/metrics, /healthz, /readyz on `service.metrics_address` (off without one).
         `snapshot` is called on the run loop's thread (refresh); `live` on the HTTP thread,
@@ -109,6 +117,8 @@ class Lifecycle:
         if not address:
             return
         self.metrics = Metrics(self._scrape, stall_after_s=self.service.stall_after_s)
+        for prefix, handler in self._pages.items():
+            self.metrics.mount(prefix, handler)
         try:
             host, port = self.metrics.serve(address)
         except (OSError, ValueError) as exc:
@@ -198,6 +208,12 @@ class Lifecycle:
         """The shutdown finished: the timer is disarmed, the endpoint and the notify socket closed."""
         if self._hard_stop is not None:
             self._hard_stop.cancel()
+        hooks, self.on_close = self.on_close, []
+        for call in hooks:
+            try:
+                call()
+            except Exception:  # a failing hook must not keep the rest of the shutdown from happening
+                log.exception("close_hook_failed")
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()

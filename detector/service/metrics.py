@@ -4,16 +4,19 @@ Counters and gauges are read at scrape time by a custom collector over a snapsho
 counters (`Pipeline.stats()`, a Kafka role's counters) that the process's run loop copies
 (service.lifecycle), plus the sinks' stats, so the hot path does no metric bookkeeping; only
 the scoring-latency histogram is observed as windows are scored. Served by a small threaded
-HTTP server on the configured address (off by default).
+HTTP server on the configured address (off by default), which also serves the pages mounted
+on it (`mount`: the incident page, service.explain.board) from their own handlers.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import structlog
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -65,6 +68,22 @@ _GAUGES = {
     "partitions_assigned": ("netad_kafka_partitions_assigned", "Partitions of the windows topic this scorer owns"),
     "consumer_lag": ("netad_kafka_consumer_lag", "Window records not yet consumed on this scorer's partitions"),
 }
+
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Response:
+    """What a mounted page answers: status, body and its headers (Content-Type among them)."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "text/plain; charset=utf-8"})
+
+
+# a mounted page: (the request's path with its query, its headers, the client's address) -> Response
+PageHandler = Callable[[str, Mapping[str, str], str], Response]
 
 
 class _StatsCollector:
@@ -129,6 +148,17 @@ class Metrics:
         self.ready = False
         self.last_progress = time.monotonic()
         self._server: ThreadingHTTPServer | None = None
+        self._pages: dict[str, PageHandler] = {}
+
+    def mount(self, prefix: str, handler: PageHandler) -> None:
+        """Serve `prefix` and everything under it (`prefix/...`, `prefix?...`) from `handler`."""
+        self._pages[prefix.rstrip("/")] = handler
+
+    def _page(self, path: str) -> PageHandler | None:
+        for prefix, handler in self._pages.items():
+            if path == prefix or path.startswith((prefix + "/", prefix + "?")):
+                return handler
+        return None
 
     def progressed(self) -> None:
         self.last_progress = time.monotonic()
@@ -143,6 +173,10 @@ class Metrics:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
+                page = metrics._page(self.path)
+                if page is not None:
+                    self._answer_page(page)
+                    return
                 if self.path == "/metrics":
                     body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
                 elif self.path == "/healthz":
@@ -158,6 +192,19 @@ class Metrics:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def _answer_page(self, page: PageHandler) -> None:
+                try:
+                    response = page(self.path, dict(self.headers.items()), self.client_address[0])
+                except Exception:  # a page's bug answers 500; the server and the daemon go on
+                    log.exception("page_failed", path=self.path[:200])
+                    response = Response(500, b"internal error\n")
+                self.send_response(response.status)
+                for name, value in response.headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(response.body)))
+                self.end_headers()
+                self.wfile.write(response.body)
 
             def log_message(self, *_args):  # keep scrapes out of the application log
                 pass

@@ -8,7 +8,8 @@ config and a model bundle: the daemon and the offline commands (`netad score`, `
 same scores and the same incident ids.
 
 It owns the scorer (hidden state per entity) and the tracker (streaks, open incidents), and
-counts what it scored and emitted. `apply` puts a reloaded config's incident settings in
+counts what it scored and emitted. The events' evidence is ranked by cause before they are
+published (service.explain.evidence: the flows behind the top features, not the busiest). `apply` puts a reloaded config's incident settings in
 force, every field of `incidents.*` (rules included), so a setting added to the config is
 applied on SIGHUP without another line here; `swap_model` changes the model between windows.
 """
@@ -30,11 +31,17 @@ from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch
 from detector.errors import ConfigError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
+from detector.service.explain.evidence import CauseRanker
 from detector.service.state import EntityStates
 
 
 class IncidentSink(Protocol):
     def publish(self, event: IncidentEvent) -> None: ...
+
+
+# told of every scored window after its events were published: (window, its scores, the
+# events); the incident page keeps its history through one (service.explain.board)
+ScoringWatcher = Callable[[WindowBatch, ScoreBatch, list[IncidentEvent]], None]
 
 
 def check_device(device: str) -> None:
@@ -91,6 +98,8 @@ class Scoring:
         # the daemon observes latency and keeps recent windows for retraining through it
         self.on_scored = on_scored
         self.annotate = annotate  # adds to an event before it is published (flow records: the exporter)
+        self.causes = CauseRanker()  # events' evidence: the flows, peers and ports behind their top features
+        self.watchers: list[ScoringWatcher] = []
         self.entity_windows = 0
         self.anomalous_windows = 0
         self.events: Counter[tuple[str, str]] = Counter()  # (action, severity)
@@ -108,6 +117,7 @@ class Scoring:
         if self.scores_out is not None:
             self.scores_out.write(scores.jsonl(**self.score_fields))
         events = self.tracker.push(scores)
+        self.causes.explain(window, scores, events)
         for event in events:
             if self.annotate is not None:
                 self.annotate(event)
@@ -117,6 +127,8 @@ class Scoring:
             for sink in self.sinks:
                 sink.publish(event)
         self.last_window_end_ns = window.window_end_ns
+        for watch in self.watchers:
+            watch(window, scores, events)
         return scores, events
 
     def count(self, action: str) -> int:
@@ -171,3 +183,4 @@ class Scoring:
         """Let go of some entities (their Kafka partition moved to another scorer)."""
         self.scorer.forget(entity_class, entities)
         self.tracker.forget(entities)
+        self.causes.forget(entities)

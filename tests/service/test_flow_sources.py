@@ -52,7 +52,7 @@ TRAIN_S = 47_000  # the first 13 h of the 21.9 h log train the model; the rest i
 SCAN_AT_S = 63_000  # the inserted scan starts this long after the log's first connection
 SCAN_LINES, SCAN_EVERY_S = 300, 2.0
 WINDOW_S = 300  # 5 bins of 60 s
-SCAN_FEATURES = {"syn_only_out", "flows_out", "peers_out", "ports_out"}
+SCAN_FEATURES = {"syn_only_out", "flows_out", "peers_out", "ports_out", "new_peers", "new_ports"}  # a scan reaches peers and ports it never used
 
 
 def _config(directory: Path, model: Path, **overrides) -> Path:
@@ -191,11 +191,11 @@ def test_a_model_for_the_other_kind_of_input_is_refused(honeypot, packet_model, 
     cfg = _config(tmp_path, honeypot["model"])
     res = run("score", "-c", str(cfg), "--conn-log", str(honeypot["test"]), "--model", str(packet_model))
     assert 78 == res.returncode, res.stderr
-    assert "trained on packets (feature schema packet v1) and cannot score flow records" in res.stderr
+    assert "trained on packets (feature schema packet v2) and cannot score flow records" in res.stderr
     assert "netad train --conn-log" in res.stderr
     res = run("score", "-c", str(cfg), "--pcap", str(shared_file(PCAP)), "--model", str(honeypot["model"]))
     assert 78 == res.returncode, res.stderr
-    assert "trained on flow records (feature schema flow v1) and cannot score packets" in res.stderr
+    assert "trained on flow records (feature schema flow v2) and cannot score packets" in res.stderr
     assert "netad train --pcap" in res.stderr
     daemon_cfg = _config(tmp_path, packet_model, source={"type": "zeek", "path": str(honeypot["test"])})
     res = run("run", "-c", str(daemon_cfg))

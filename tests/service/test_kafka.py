@@ -34,7 +34,7 @@ def _config(demo, directory: Path, name: str, role: str, bootstrap: str, speed: 
     cfg["source"]["speed"] = speed
     client = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 300}
     if metrics:
-        cfg["service"] = {"metrics_address": "127.0.0.1:0"}
+        cfg["service"] = {"metrics_address": "127.0.0.1:0", "incident_page": {"enabled": True}}
         if role == "scorer":
             client["statistics.interval.ms"] = 500  # the consumer lag, twice a second
     cfg["kafka"] = {"bootstrap_servers": bootstrap, "batch_windows": 200, "client": client}
@@ -131,6 +131,12 @@ def test_two_scorers_score_every_window_exactly_once_like_all_in_one(demo, kafka
             shown = [{k: m.get(k) for k in (*wanted, "netad_kafka_duplicate_windows_total")} for m in seen]
             raise AssertionError(f"{exc}: {shown}\n" + "\n".join(s.tail() for s in scorers)) from None
         assert all(m["netad_kafka_partitions_assigned"] >= 1 and m["netad_entities"] >= 1 for m in seen)
+        # each scorer's incident page lists the incidents it opened (service.explain)
+        for name, s in zip("ab", scorers, strict=True):
+            _, started = s.wait_log("metrics_started", timeout_s=5)
+            page = urllib.request.urlopen(f"http://{started['address']}/incidents", timeout=10).read().decode()
+            opened = {json.loads(line)["netad"]["incident_id"] for line in (tmp_path / f"{name}-incidents.jsonl").read_text().splitlines()}
+            assert all(f"/incidents/{incident_id}" in page for incident_id in opened), name
         assert 0 == sum(m["netad_kafka_malformed_windows_total"] for m in seen)
         # windows are skipped as already scored only after a commit failed (their redelivery)
         duplicates, commit_failures = (sum(m[k] for m in seen) for k in ("netad_kafka_duplicate_windows_total", "netad_kafka_commit_failures_total"))

@@ -4,7 +4,8 @@ Where it stands: the scoring half of the pipeline for windows that sensors (kafk
 published; the cycle, the state topic and the offsets are described in service.kafka. Scoring
 and incidents are the Scoring stage the daemon uses (service.scoring), one per sensor (each
 sensor's entities have their own states and incidents); the process lifecycle is the
-daemon's too (service.lifecycle). SIGHUP reloads rules, every incident setting, sinks and
+daemon's too (service.lifecycle), and so is the incident page (service.explain.board), over
+the windows this scorer scored. SIGHUP reloads rules, every incident setting, sinks and
 logging; a new model path needs a restart (one group, one model).
 """
 
@@ -28,6 +29,7 @@ from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service._reload import build_sinks, plan_reload, retire_sinks, wanted_sinks
+from detector.service.explain.board import IncidentBoard
 from detector.service.kafka import POLL_S, KafkaDeliveryError, check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.scoring import Scoring, check_device, incident_settings_of
@@ -58,6 +60,7 @@ class ScorerRole:
         self.commit_pending = False  # the last offset commit failed: retried when the topic is quiet
         self.lag: int | None = None  # windows behind, summed over the assigned partitions (librdkafka statistics)
         self.scores_out: IO[str] | None = None
+        self.board: IncidentBoard | None = None  # the incident page's records, of every sensor's entities
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> int:
@@ -71,6 +74,7 @@ class ScorerRole:
         self.bundle = ModelBundle.load(cfg.model.path)
         self.rules: RuleSet = load_rules(cfg.incidents.rules)
         self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
+        self.board = IncidentBoard.start(cfg, lc, self.bundle.schema, live=True, resume_ns=None, scope="")
         lc.serve_metrics(self._stats)
         if cfg.outputs.scores is not None:
             cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +243,8 @@ class ScorerRole:
         if scoring is None:
             scoring = self.sensors[sensor] = Scoring(self.cfg, self.bundle, {"name": sensor}, rules=self.rules, sinks=[self.sinks],
                                                      scores_out=self.scores_out, score_fields={"sensor": sensor})
+            if self.board is not None:
+                self.board.watch(scoring, sensor)
         return scoring
 
     def _score(self, records: list[tuple[int, WindowRecord]]) -> dict[tuple[str, str], int]:
