@@ -55,6 +55,8 @@ _COUNTERS = {
     "publish_failures": ("netad_kafka_publish_failures", "Entity windows the broker never acknowledged"),
     "duplicates_skipped": ("netad_kafka_duplicate_windows", "Redelivered entity windows recognised as scored"),
     "malformed_records": ("netad_kafka_malformed_windows", "Window records that could not be decoded"),
+    "invalid_records": ("netad_kafka_invalid_windows",
+                        "Window records decoded but refused: unknown entity class, wrong window length, bad features, dated ahead of the clock"),
     "schema_mismatch": ("netad_kafka_schema_mismatch_windows", "Window records of another feature schema than the model's"),
     "consume_errors": ("netad_kafka_consume_errors", "Errors while consuming"),
     "commit_failures": ("netad_kafka_commit_failures", "Offset commits that failed (a rebalance got in between)"),

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -310,3 +311,46 @@ def test_a_failed_commit_is_retried_when_the_topic_goes_quiet():
     role.consumer = _Consumer(KafkaError._NO_OFFSET)
     role._commit()
     assert not role.commit_pending and role.counts["commit_failures"] == 2
+
+
+def test_poison_and_future_dated_windows_are_refused_and_genuine_ones_scored(demo):
+    """A window record of an entity class the model has not, of another window length, with
+    NaN features, or dated 10 years ahead is counted and skipped (it used to crash the scorer
+    before its commit, on every restart, or blind the entity: every later genuine window a
+    'duplicate'); the genuine windows around them are scored, and a saved state dated in the
+    future is not restored."""
+    from detector.config import load_config
+    from detector.model.bundle import ModelBundle
+    from detector.service.kafka.scorer import ScorerRole
+    from detector.service.wire import EntityState, encode_state
+
+    role = ScorerRole(load_config(None))
+    role.bundle = ModelBundle.load(demo["model"])
+    role.rules, role.sinks = None, None
+    width, bins = len(role.bundle.schema.features), role.bundle.bins
+    window = int(role.bundle.bin_s * 1e9) * bins
+    start = 1_700_000_000 * 10**9 // window * window
+
+    def rec(entity: str, k: int, cls: str = "host", feats: np.ndarray | None = None, length: int = window) -> WindowRecord:
+        f = np.ones((bins, width), np.float32) if feats is None else feats
+        s = start + k * window
+        return WindowRecord("s1", "h", "eth0", entity, cls, role.bundle.schema.name, role.bundle.schema.version, s, s + length, f, None)
+
+    ten_years = 10 * 365 * 86400 * 10**9 // window
+    nan = np.full((bins, width), np.nan, np.float32)
+    records = [(0, rec("10.20.0.5", 0)), (0, rec("10.20.0.5", 1, cls="printer")), (0, rec("10.20.0.7", 1, length=window // 2)),
+               (0, rec("10.20.0.8", 1, feats=nan)), (0, rec("10.20.0.5", ten_years)), (0, rec("10.20.0.5", 2))]
+    touched = role._score(records)
+    assert role.counts["invalid_records"] == 4 and role.counts["duplicates_skipped"] == 0
+    assert set(touched) == {("s1", "10.20.0.5")}
+    scoring = role.sensors["s1"]
+    assert scoring.scorer.last_scored_ns("host", ["10.20.0.5"])[0] == start + 3 * window  # the genuine window 2, not the future one
+    role._score([(0, rec("10.20.0.5", 3))])
+    assert scoring.scorer.last_scored_ns("host", ["10.20.0.5"])[0] == start + 4 * window and role.counts["duplicates_skipped"] == 0
+    # a state saved after a far-future window (by a scorer before this check) is not restored
+    hidden = role.bundle.hidden_size
+    poisoned = EntityState("host", torch.zeros(hidden), torch.zeros(hidden), 5, start + ten_years * window, None, role.bundle.version)
+    genuine = EntityState("host", torch.zeros(hidden), torch.zeros(hidden), 5, start, None, role.bundle.version)
+    assert 1 == role._load_states(0, {b"s2/10.20.0.9": encode_state(poisoned), b"s2/10.20.0.10": encode_state(genuine)})
+    assert role.counts["states_discarded"] == 1
+    assert role.sensors["s2"].scorer.last_scored_ns("host", ["10.20.0.9", "10.20.0.10"]).tolist() == [-1, start]

@@ -41,7 +41,12 @@ log = structlog.get_logger()
 _RESTORE_TIMEOUT_S = 60.0  # reading one partition of the state topic must finish within this
 
 
-_SCORER_COUNTERS = ("duplicates_skipped", "malformed_records", "schema_mismatch",
+# a window record dated further ahead of the scorer's clock is refused: clocks of sensors and
+# scorers disagree by seconds, not hours, and one far-future window would make every genuine
+# later window of its entity look already scored
+MAX_FUTURE_S = 3600.0
+
+_SCORER_COUNTERS = ("duplicates_skipped", "malformed_records", "invalid_records", "schema_mismatch",
                     "consume_errors", "commit_failures", "states_saved", "states_restored", "states_discarded", "malformed_states")
 
 
@@ -252,6 +257,7 @@ class ScorerRole:
         scored, with their partitions."""
         schema = self.bundle.schema
         groups: dict[tuple[int, str, int], list[tuple[int, WindowRecord]]] = defaultdict(list)
+        latest_ns = time.time_ns() + int(MAX_FUTURE_S * 1e9)
         for part, rec in records:
             shape = (self.bundle.bins, len(schema.features))
             if (rec.schema_name, rec.schema_version) != (schema.name, schema.version) or rec.features.shape != shape:
@@ -259,6 +265,17 @@ class ScorerRole:
                 if self.counts["schema_mismatch"] == 1 or self.counts["schema_mismatch"] % 10_000 == 0:
                     log.error("kafka_window_schema_mismatch", sensor=rec.sensor, window_schema=f"{rec.schema_name} v{rec.schema_version}",
                               model_schema=f"{schema.name} v{schema.version}", bins=rec.features.shape[0], count=self.counts["schema_mismatch"])
+                continue
+            why = self._invalid(rec, latest_ns)
+            if why is not None:
+                # a record no window stage could have made, or one dated ahead of the clock: scored,
+                # it would crash this scorer before the commit (again on every restart), or leave
+                # the entity's last-scored time in the future and every genuine window after it
+                # a "duplicate"; counted and skipped, its offset committed with the rest
+                self.counts["invalid_records"] += 1
+                if self.counts["invalid_records"] == 1 or self.counts["invalid_records"] % 10_000 == 0:
+                    log.error("kafka_window_invalid", sensor=rec.sensor, entity=rec.entity, partition=part, reason=why,
+                              count=self.counts["invalid_records"])
                 continue
             groups[(rec.window_end_ns, rec.sensor, rec.window_start_ns)].append((part, rec))
         touched: dict[tuple[str, str], int] = {}
@@ -276,6 +293,21 @@ class ScorerRole:
                 self.owner[(sensor, r.entity)] = (part, r.entity_class)
                 touched[(sensor, r.entity)] = part
         return touched
+
+    def _invalid(self, rec: WindowRecord, latest_ns: int) -> str | None:
+        """Why a decoded window cannot be scored, or None: an entity class the model has no
+        network for, a window of another length than the model's, features that are negative
+        or not finite, a window ending more than MAX_FUTURE_S past this scorer's clock."""
+        window_ns = int(round(self.bundle.bin_s * 1e9)) * self.bundle.bins
+        if rec.entity_class not in self.bundle.classes:
+            return f"entity class {rec.entity_class!r} (the model has {sorted(self.bundle.classes)})"
+        if rec.window_end_ns - rec.window_start_ns != window_ns:
+            return f"a window of {(rec.window_end_ns - rec.window_start_ns) / 1e9:g} s (the model's: {window_ns / 1e9:g} s)"
+        if not np.isfinite(rec.features).all() or (rec.features < 0).any():
+            return "features that are negative or not finite"
+        if rec.window_end_ns > latest_ns:
+            return f"dated {(rec.window_end_ns - latest_ns) / 1e9 + MAX_FUTURE_S:.0f} s ahead of this scorer's clock"
+        return None
 
     def _not_yet_scored(self, scoring: Scoring, items: list, end_ns: int) -> list:
         """Drop windows this scorer (or the state it restored) has already scored: a
@@ -377,6 +409,7 @@ class ScorerRole:
 
     def _load_states(self, partition: int, latest: dict[bytes, bytes | None]) -> int:
         hidden = self.bundle.hidden_size
+        latest_ns = time.time_ns() + int(MAX_FUTURE_S * 1e9)
         grouped: dict[tuple[str, str], list[tuple[str, EntityState]]] = defaultdict(list)
         for key, value in latest.items():
             if not value:
@@ -388,9 +421,15 @@ class ScorerRole:
                 self.counts["malformed_states"] += 1
                 log.warning("kafka_state_malformed", partition=partition, reason=str(exc))
                 continue
-            if state.h.shape[-1] != hidden:
+            if state.h.shape[-1] != hidden or state.entity_class not in self.bundle.classes:
                 self.counts["states_discarded"] += 1
-                continue  # another model's state size: the entity starts afresh
+                continue  # another model's state size or classes: the entity starts afresh
+            if state.last_ns > latest_ns:
+                # saved after a far-future window (before such windows were refused): restored,
+                # every genuine later window of the entity would be skipped as already scored
+                self.counts["states_discarded"] += 1
+                log.warning("kafka_state_future_dated", partition=partition, entity=entity, last_window_end_ns=state.last_ns)
+                continue
             grouped[(sensor, state.entity_class)].append((entity, state))
         n = 0
         for (sensor, cls), entries in grouped.items():
