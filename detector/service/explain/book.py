@@ -16,14 +16,15 @@ directory (atomically), so a page after a restart still lists them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_INCIDENTS = 500
 MAX_FLOWS = 50
@@ -270,7 +271,8 @@ class IncidentBook:
         return {"format": FORMAT, "incidents": [e.to_json() for e in self.entries.values()]}
 
     def save(self, path: Path) -> None:
-        write_atomically(path, json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False).encode("utf-8"))
+        with atomic_file(path) as f:
+            f.write(json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
     @classmethod
     def load(cls, path: Path) -> IncidentBook:
@@ -307,16 +309,24 @@ def _desc(iso: str) -> str:
     return "".join(chr(0x10FFFF - ord(c)) if ord(c) < 0x10FFFF else c for c in iso)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """`data` to `path`: a temporary file beside it, fsynced, renamed over it."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` whole or not at all: written beside it, fsynced,
+    renamed over it, the directory fsynced (the page's records survive a power cut as
+    they were or as they are)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

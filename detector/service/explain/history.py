@@ -22,14 +22,14 @@ the history: a temporary file beside the target, fsynced, renamed over it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from detector.service.explain.book import atomic_file
 
 # column -> dtype: a row is 26 bytes
 COLUMNS: dict[str, Any] = {
@@ -279,28 +279,18 @@ class ScoreHistory:
         remap = np.zeros(max(len(self._names), 1), np.uint32)
         remap[used] = np.arange(used.shape[0], dtype=np.uint32)
         rows = sum(int(keep.sum()) for *_, keep in kept)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as raw:
-                with zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                    _put_array(zf, "meta", np.array(json.dumps(self.meta())))
-                    names = [self._names[i] for i in used.tolist()]
-                    _put_array(zf, "scopes", np.array([scope for scope, _ in names], dtype=np.str_))
-                    _put_array(zf, "entities", np.array([entity for _, entity in names], dtype=np.str_))
-                    for name, dtype in COLUMNS.items():
-                        with zf.open(f"col_{name}.npy", "w", force_zip64=True) as f:
-                            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                                                     "fortran_order": False, "shape": (rows,)})
-                            for c, lo, hi, keep in kept:
-                                part = self._chunks[c][name][lo:hi][keep]
-                                f.write((remap[part] if name == "entity" else part).tobytes())
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            _put_array(zf, "meta", np.array(json.dumps(self.meta())))
+            names = [self._names[i] for i in used.tolist()]
+            _put_array(zf, "scopes", np.array([scope for scope, _ in names], dtype=np.str_))
+            _put_array(zf, "entities", np.array([entity for _, entity in names], dtype=np.str_))
+            for name, dtype in COLUMNS.items():
+                with zf.open(f"col_{name}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                             "fortran_order": False, "shape": (rows,)})
+                    for c, lo, hi, keep in kept:
+                        part = self._chunks[c][name][lo:hi][keep]
+                        f.write((remap[part] if name == "entity" else part).tobytes())
         return rows
 
     @classmethod
