@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from detector import __version__
-from detector._exit import errors_to_exit_codes
+from detector._exit import EX_DATAERR, errors_to_exit_codes
 from detector._lazy import LazyGroup
 from detector.errors import ConfigError
 
@@ -119,8 +119,10 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
 
     inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
+    damage: dict[str, str] = {}
     bundle = train_from_captures(cfg, inputs, Path(out), truth=truth, before_first_attack=before_first_attack,
-                                 start_s=start_s, end_s=end_s, progress=sys.stderr.isatty(), flow_records=flow_records)
+                                 start_s=start_s, end_s=end_s, progress=sys.stderr.isatty(), flow_records=flow_records,
+                                 damage=damage)
     summary = bundle.training["classes"]
     click.echo(f"model {bundle.version} written to {out} (feature schema {bundle.schema.name} v{bundle.schema.version})")
     for cls, cm in bundle.classes.items():
@@ -131,6 +133,7 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
         for warning in s.get("warnings", []):
             click.echo(f"          warning: {warning}")
+    _exit_if_damaged(damage, "trained on")
 
 
 @main.command()
@@ -155,9 +158,21 @@ def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None
     if scores == STDOUT and incidents == STDOUT:
         raise click.UsageError("only one of --scores and --incidents can be - (standard output)")
     cfg = _load(config)
+    damage: dict[str, str] = {}
     stats = score_captures(cfg, inputs, model_dir=model_dir, scores=scores, incidents=incidents, sinks=list(sinks),
-                           flow_records=flow_records)
-    click.echo(" ".join(f"{k}={v}" for k, v in stats.items()), err=STDOUT in (scores, incidents))
+                           flow_records=flow_records, damage=damage)
+    click.echo(" ".join(f"{k}={v}" for k, v in {**stats, "damaged_inputs": len(damage)}.items()), err=STDOUT in (scores, incidents))
+    _exit_if_damaged(damage, "scored")
+
+
+def _exit_if_damaged(damage: dict[str, str], done: str) -> None:
+    """Input cut short by damage: the work is done on what came before it, and said so, on
+    stderr and in the exit status (65, EX_DATAERR), so that a script does not take a half
+    capture for a whole one."""
+    for path, what in damage.items():
+        click.echo(f"netad: {path}: {what}; {done} what came before it", err=True)
+    if damage:
+        sys.exit(EX_DATAERR)
 
 
 @main.command()

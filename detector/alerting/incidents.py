@@ -271,3 +271,31 @@ def _open_from_dict(d: dict) -> _Open:
     d["top_features"] = [FeatureContribution(**c) for c in d["top_features"]]
     d["evidence"] = WindowEvidence(**d["evidence"])
     return _Open(**d)
+
+
+# ------------------------------------------------------------ records out of time
+TIME_CATEGORIES = {"ahead": "future-dated-records", "behind": "clock-jump"}
+TIME_RULE_ID = "netad-event-clock"
+
+
+def time_bounds_event(action: IncidentAction, kind: str, origin: str, records: int, first_ns: int, last_ns: int,
+                      emitted_ns: int, observer: dict[str, str], model_version: str = "") -> IncidentEvent:
+    """An incident about the input itself, not a host: a burst of records from `origin` (an
+    exporter, a capture file, an interface) dated too far `kind` ("ahead" of the clock, or
+    "behind" the watermark) to be believed (capture.clock). The link's (`global`) incident,
+    category future-dated-records or clock-jump, the origin as the observer's exporter, the
+    records refused as its score; its id comes from the sensor, origin and the burst's start,
+    so its opened and resolved events share it."""
+    sensor = observer.get("name", "")
+    category = TIME_CATEGORIES[kind]
+    incident_id = str(uuid.uuid5(_NAMESPACE, f"{sensor}/{category}/{origin}/{first_ns}"))
+    where = "ahead of the clock" if kind == "ahead" else "behind the newest believed time"
+    return IncidentEvent(
+        event_id=str(uuid.uuid5(uuid.UUID(incident_id), f"{action}/{records}/{emitted_ns}")),
+        incident_id=incident_id, action=action, entity=ENTITY_GLOBAL, entity_class=ENTITY_GLOBAL,
+        first_seen_ns=first_ns, last_seen_ns=last_ns, emitted_ns=emitted_ns, severity="medium",
+        severity_score=SEVERITY_SCORE["medium"], category=category, score=float(records), threshold=0.0, windows=0,
+        top_features=[], evidence=WindowEvidence(), rule_id=TIME_RULE_ID,
+        rule_name=f"Records dated too far {where}, refused (their origin's clock jumped, or they were forged)",
+        observer={**observer, "exporter": origin}, model_version=model_version,
+    )

@@ -310,6 +310,14 @@ class StreamingScorer:
             schema=self.bundle.schema,
             evidence=windows.evidence,
         )
+        # expiry walks every entity: do it a few times per idle period, not every window;
+        # before scoring, so that an entity back after a silence longer than the idle time
+        # (a quiet capture's gap) starts afresh, as the window stage has restarted it
+        if windows.window_end_ns >= self._next_expiry_ns:
+            idle_ns = int(self.entity_idle_s * 1e9)
+            for bank in self._banks.values():
+                bank.expire(windows.window_end_ns - idle_ns)
+            self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
         phase = self._phases[phase_of(windows.window_start_ns)]
         kinds = set(windows.entity_classes)
         classes = np.asarray(windows.entity_classes) if len(kinds) > 1 else None
@@ -345,12 +353,6 @@ class StreamingScorer:
             out.top_share[rows] = res.top_share
             out.top_observed[rows] = res.top_observed
             out.top_expected[rows] = res.top_expected
-        # expiry walks every entity: do it a few times per idle period, not every window
-        if windows.window_end_ns >= self._next_expiry_ns:
-            idle_ns = int(self.entity_idle_s * 1e9)
-            for bank in self._banks.values():
-                bank.expire(windows.window_end_ns - idle_ns)
-            self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
         return out
 
     def _scaler(self, cls: str, cm: ClassModel) -> TorchScaler:

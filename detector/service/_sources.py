@@ -166,7 +166,8 @@ def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at
         source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets,
                              resume_at=resume_at)
     elif cfg.type == "netflow":
-        parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters)
+        parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters,
+                               export_window_s=(cfg.max_ahead_s, cfg.max_jump_s))
         source = NetflowCollector(cfg.bind_address, cfg.port, buffer_mb=cfg.buffer_mb, batch_records=cfg.batch_packets,
                                   poll_s=POLL_S, parser=parser)
     elif not cfg.interface:

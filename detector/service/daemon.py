@@ -48,7 +48,7 @@ from detector.service._reload import ReloadPlan, build_sinks, plan_reload, retir
 from detector.service._sources import ReplaySource, Source, build_source, is_live, source_identity
 from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
-from detector.service.pipeline import Pipeline
+from detector.service.pipeline import Pipeline, time_lines
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
 from detector.service.scoring import Scoring, check_device
 from detector.service.state import (
@@ -161,7 +161,7 @@ class Daemon:
             appending = resuming or is_live(cfg.source)
             self.scores_out = open(cfg.outputs.scores, "a" if appending else "w", encoding="utf-8")
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
-                                 flow_records=cfg.source.flow_records)
+                                 flow_records=cfg.source.flow_records, live=is_live(cfg.source))
 
     def _loop(self) -> str:
         """Batches until the source ends or a signal stops it; returns why it ended."""
@@ -539,6 +539,8 @@ class Daemon:
             print(f"  flows        {st['flows_created']:,} created, {st['flow_evictions']:,} evicted", file=out)
         print(f"  windows      {st['windows_closed']:,} closed, {st['entity_windows']:,} entity-windows scored, "
               f"{st['anomalous_windows']:,} anomalous", file=out)
+        for line in time_lines(st):
+            print(f"  {line}", file=out)
         print(f"  entities     {st['entities']:,} tracked", file=out)
         print(f"  incidents    {st['incidents_opened']:,} opened, {st['incidents_open']:,} still open", file=out)
         for entity, n in self.scoring.opened_by_entity.most_common(20):

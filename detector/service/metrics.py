@@ -48,6 +48,12 @@ _COUNTERS = {
     "sequence_gaps": ("netad_netflow_sequence_gaps", "Gaps in exporters' sequence numbers (lost datagrams)"),
     "datagrams_out_of_order": ("netad_netflow_datagrams_out_of_order", "Datagrams that arrived out of order"),
     "records_bad_time": ("netad_netflow_records_bad_time", "Records dropped for times outside the export's clock window"),
+    "datagrams_bad_export_time": ("netad_netflow_datagrams_bad_export_time", "Datagrams refused: export time off the wall clock"),
+    # the event clock (capture.clock): records whose time was not believed, gaps skipped
+    "records_ahead_of_time": ("netad_records_ahead_of_time", "Records dated too far ahead (of the wall clock, or of the watermark unconfirmed)"),
+    "records_behind_time": ("netad_records_behind_time", "Records dated too far behind the watermark"),
+    "time_jumps": ("netad_time_jumps", "Jumps ahead in event time believed (a replay's quiet gaps)"),
+    "windows_skipped": ("netad_windows_skipped", "Empty windows of a long silence skipped"),
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
     # Kafka roles (service.kafka): the sensor's publishing, the scorer's consuming
     "windows_published": ("netad_kafka_windows_published", "Entity windows handed to the Kafka producer"),

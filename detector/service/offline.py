@@ -27,8 +27,10 @@ def score_captures(
     incidents: str | Path | None = None,
     sinks: list[str] | None = None,
     flow_records: bool = False,
+    damage: dict[str, str] | None = None,
 ) -> dict[str, int]:
-    """Score `pcaps`: capture files, or Zeek conn.logs when `flow_records`."""
+    """Score `pcaps`: capture files, or Zeek conn.logs when `flow_records`; captures cut
+    short by damage are scored up to it and named in `damage` (path -> what and where)."""
     check_device(cfg.model.device)  # before a sink opens its file
     set_torch_threads(cfg.model.threads)
     bundle = ModelBundle.load(model_dir or cfg.model.path)
@@ -47,8 +49,9 @@ def score_captures(
         Path(scores).parent.mkdir(parents=True, exist_ok=True)
         scores_out = open(scores, "w", encoding="utf-8")
     try:
-        pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out, flow_records=flow_records)
-        for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets):
+        pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out, flow_records=flow_records,
+                            origin=", ".join(str(p) for p in pcaps))
+        for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets, damage):
             pipeline.push(batch)
         pipeline.finish()
     finally:

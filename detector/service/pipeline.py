@@ -15,14 +15,17 @@ from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is t
 from __future__ import annotations
 
 import platform
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+import structlog
 
 from detector.alerting.rules import RuleSet
+from detector.capture.clock import EventClock
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.capture.flows import FlowTable
 from detector.capture.packets.pcap import CaptureFile
@@ -32,7 +35,10 @@ from detector.config import Config
 from detector.contracts import ENTITY_GLOBAL, FeatureSchema, FlowRecordBatch, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
+from detector.service._timebounds import TimeBounds
 from detector.service.scoring import IncidentSink, Scoring
+
+log = structlog.get_logger()
 
 
 def build_flow_table(cfg: Config) -> FlowTable:
@@ -58,35 +64,72 @@ def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregato
     return WindowAggregator(lateness_s=w.lateness_s, **common)
 
 
-def build_windowing(cfg: Config, flow_records: bool = False) -> tuple[FlowTable | None, WindowAggregator | FlowWindowAggregator]:
-    """(flow table, window aggregator); no flow table for flow records (the exporter made the flows)."""
+@dataclass
+class WindowStages:
+    """The capture stages after a source, wired: the event clock (which records' times are
+    believed), the flow table (packets only: the exporter made the flows of flow records)
+    and the window aggregator. `push(batch)` returns the windows it closed."""
+
+    clock: EventClock
+    flows: FlowTable | None
+    windows: WindowAggregator | FlowWindowAggregator
+
+    def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> list[WindowBatch]:
+        """One source batch through the stages; `now_ns`: the wall clock, for a live source."""
+        windows = self.windows
+        if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
+            return windows.push(self.clock.admit(batch, now_ns))
+        if isinstance(windows, WindowAggregator) and self.flows is not None and isinstance(batch, PacketBatch):
+            batch = self.clock.admit(batch, now_ns)
+            return windows.push(batch, self.flows.push(batch))
+        wanted = "flow records" if self.flows is None else "packets"
+        raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+
+    def flush(self) -> list[WindowBatch]:
+        """The input ended: close every open window (records still held as a jump were never confirmed)."""
+        self.clock.finish()
+        return self.windows.flush()
+
+    def stats(self) -> dict[str, int]:
+        return {**self.clock.stats(), **(self.flows.stats() if self.flows is not None else {}), **self.windows.stats()}
+
+
+def build_clock(cfg: Config, flow_records: bool = False) -> EventClock:
+    """The event clock of a source: `source.max_ahead_s`, `source.max_jump_s` (at least the
+    window stage's lateness: a record it would still take is never out of bounds)."""
+    lateness_s = cfg.windows.flow_lateness_s if flow_records else cfg.windows.lateness_s
+    return EventClock(max_ahead_s=cfg.source.max_ahead_s, max_jump_s=max(cfg.source.max_jump_s, lateness_s))
+
+
+def build_windowing(cfg: Config, flow_records: bool = False) -> WindowStages:
+    """The clock, flow table (none for flow records) and window aggregator of a source."""
     windows = build_aggregator(cfg, flow_records)
-    return (None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)), windows
-
-
-def close_windows(flows: FlowTable | None, windows: WindowAggregator | FlowWindowAggregator,
-                  batch: PacketBatch | FlowRecordBatch) -> list[WindowBatch]:
-    """One source batch through the window stages; the windows it closed."""
-    if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
-        return windows.push(batch)
-    if isinstance(windows, WindowAggregator) and flows is not None and isinstance(batch, PacketBatch):
-        return windows.push(batch, flows.push(batch))
-    wanted = "flow records" if flows is None else "packets"
-    raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+    flows = None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)
+    return WindowStages(build_clock(cfg, flow_records), flows, windows)
 
 
 def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
                   flow_records: bool = False) -> Iterator[WindowBatch]:
     """Source batches -> closed windows (capture -> flows -> windows), flushed at the end."""
-    flows, windows = build_windowing(cfg, flow_records)
+    stages = build_windowing(cfg, flow_records)
     for batch in batches:
-        yield from close_windows(flows, windows, batch)
-    yield from windows.flush()
+        yield from stages.push(batch)
+    yield from stages.flush()
 
 
-def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536) -> Iterator[PacketBatch]:
+def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536,
+                    damage: dict[str, str] | None = None) -> Iterator[PacketBatch]:
+    """The packets of capture files, one after the other. A file cut mid-record (or
+    corrupt) is read up to the damage, which is logged (`capture_damaged`) and, when
+    `damage` is given, put there (path -> what and where): offline commands report it in
+    their summary and exit status."""
     for path in paths:
-        yield from CaptureFile(path, batch_packets=batch_packets)
+        capture = CaptureFile(path, batch_packets=batch_packets)
+        yield from capture
+        if capture.damage:
+            log.warning("capture_damaged", path=str(path), damage=capture.damage, packets_read=capture.packets)
+            if damage is not None:
+                damage[str(path)] = capture.damage
 
 
 def conn_log_batches(paths: Iterable[str | Path], batch_records: int = 65536) -> Iterator[FlowRecordBatch]:
@@ -94,9 +137,24 @@ def conn_log_batches(paths: Iterable[str | Path], batch_records: int = 65536) ->
         yield from ZeekConnLog(path, batch_records=batch_records)
 
 
-def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: int = 65536) -> Iterator[PacketBatch | FlowRecordBatch]:
-    """An offline command's input files: captures (packets) or Zeek conn.logs (flow records)."""
-    return conn_log_batches(paths, batch_size) if flow_records else capture_batches(paths, batch_size)
+def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: int = 65536,
+                  damage: dict[str, str] | None = None) -> Iterator[PacketBatch | FlowRecordBatch]:
+    """An offline command's input files: captures (packets) or Zeek conn.logs (flow records);
+    damaged captures into `damage` (capture_batches)."""
+    return conn_log_batches(paths, batch_size) if flow_records else capture_batches(paths, batch_size, damage)
+
+
+def time_lines(stats: dict[str, int]) -> list[str]:
+    """A run summary's lines on time (none when it held no surprise): records refused by the
+    event clock, jumps believed, quiet windows skipped."""
+    out = []
+    ahead, behind = stats.get("records_ahead_of_time", 0), stats.get("records_behind_time", 0)
+    if ahead or behind:
+        out.append(f"time         {ahead:,} records dated too far ahead, {behind:,} too far behind: refused")
+    if stats.get("time_jumps", 0) or stats.get("windows_skipped", 0):
+        out.append(f"gaps         {stats.get('time_jumps', 0):,} jumps ahead believed, "
+                   f"{stats.get('windows_skipped', 0):,} windows of silence skipped")
+    return out
 
 
 def observer_of(cfg: Config) -> dict[str, str]:
@@ -197,10 +255,15 @@ class Pipeline:
     on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None
     # the input is flow records (FlowRecordBatch), not packets (the daemon: cfg.source.flow_records)
     flow_records: bool = False
+    # the source follows the present: its records' times are also judged by the wall clock
+    live: bool = False
+    # what the packets come from (a capture file, an interface), named in records-out-of-time incidents
+    origin: str = ""
 
     def __post_init__(self) -> None:
         cfg = self.cfg
-        self.flows, self.windows = build_windowing(cfg, self.flow_records)
+        self.stages = build_windowing(cfg, self.flow_records)
+        self.flows, self.windows = self.stages.flows, self.stages.windows
         if self.bundle.schema != self.windows.schema:
             raise ModelError(f"model {self.bundle.version}: {schema_mismatch(self.bundle.schema, self.windows.schema)}")
         if (self.bundle.bin_s, self.bundle.bins) != (cfg.windows.bin_s, cfg.windows.bins):
@@ -211,10 +274,18 @@ class Pipeline:
         self.exporters = ExporterIndex(cfg.home_net, 2 * cfg.windows.max_entities) if self.flows is None else None
         self.scoring = Scoring(cfg, self.bundle, observer_of(cfg), rules=self.rules, sinks=self.sinks, scores_out=self.scores_out,
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
+        self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self.scoring.publish,
+                                      lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
         self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
         self.malformed = 0
         self.non_ip = 0
+
+    def _origin_name(self, origin: int) -> str:
+        """An exporter's name (flow records: origin is its id), else the packets' origin."""
+        if self.exporters is not None and origin in self.exporters.names:
+            return self.exporters.names[origin]
+        return self.origin or self.cfg.source.interface or str(self.cfg.source.path or "") or "input"
 
     def _add_exporter(self, event: IncidentEvent) -> None:
         if self.exporters is not None and self.exporters.names:
@@ -235,7 +306,9 @@ class Pipeline:
             self.bytes += int(batch.ip_len.sum())
             self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        return self._score(close_windows(self.flows, self.windows, batch))
+        events = self._score(self.stages.push(batch, time.time_ns() if self.live else None))
+        self.time_bounds.check()
+        return events
 
     def advance(self, now_ns: int) -> list[IncidentEvent]:
         """The clock moved on without packets (a quiet live link): close what is due."""
@@ -243,7 +316,9 @@ class Pipeline:
 
     def finish(self) -> list[IncidentEvent]:
         """The source ended: close every open window."""
-        return self._score(self.windows.flush())
+        events = self._score(self.stages.flush())
+        self.time_bounds.finish()
+        return events
 
     def _score(self, closed: list[WindowBatch]) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []
@@ -261,6 +336,5 @@ class Pipeline:
             "anomalous_windows": self.scoring.anomalous_windows,
             "incidents_opened": self.scoring.count("opened"),
             "incidents_open": self.scoring.tracker.open_incidents,
-            **(self.flows.stats() if self.flows is not None else {}),
-            **self.windows.stats(),
+            **self.stages.stats(),
         }

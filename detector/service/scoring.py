@@ -121,15 +121,19 @@ class Scoring:
         for event in events:
             if self.annotate is not None:
                 self.annotate(event)
-            self.events[(event.action, event.severity)] += 1
-            if event.action == "opened":
-                self.opened_by_entity[event.entity] += 1
-            for sink in self.sinks:
-                sink.publish(event)
+            self.publish(event)
         self.last_window_end_ns = window.window_end_ns
         for watch in self.watchers:
             watch(window, scores, events)
         return scores, events
+
+    def publish(self, event: IncidentEvent) -> None:
+        """An event to every sink, counted (the scored windows' and the event clock's)."""
+        self.events[(event.action, event.severity)] += 1
+        if event.action == "opened":
+            self.opened_by_entity[event.entity] += 1
+        for sink in self.sinks:
+            sink.publish(event)
 
     def count(self, action: str) -> int:
         """Incident events emitted with this action (opened, updated, resolved)."""

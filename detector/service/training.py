@@ -81,8 +81,10 @@ def train_from_captures(
     end_s: float | None = None,
     progress: bool = False,
     flow_records: bool = False,
+    damage: dict[str, str] | None = None,
 ) -> ModelBundle:
-    """Train on `pcaps`: capture files, or Zeek conn.logs when `flow_records`."""
+    """Train on `pcaps`: capture files, or Zeek conn.logs when `flow_records`; captures cut
+    short by damage are used up to it and named in `damage` (path -> what and where)."""
     exclude: list[tuple[int, int]] = []
     stop_ns = None
     if truth is not None:
@@ -90,7 +92,7 @@ def train_from_captures(
         exclude = [(iv.start_ns, iv.end_ns) for iv in positives]
         if before_first_attack and positives:
             stop_ns = min(iv.start_ns for iv in positives)
-    batches = _time_slice(input_batches(pcaps, flow_records, cfg.source.batch_packets), start_s, end_s, stop_ns)
+    batches = _time_slice(input_batches(pcaps, flow_records, cfg.source.batch_packets, damage), start_s, end_s, stop_ns)
     windows = list(window_stream(cfg, batches, flow_records))
     if stop_ns is not None:
         windows = [w for w in windows if w.window_end_ns <= stop_ns]

@@ -125,6 +125,7 @@ class NetflowParser:
         max_clock_skew_s: float = 60.0,
         max_record_age_s: float = 8 * 86400.0,
         log_interval_s: float = 10.0,
+        export_window_s: tuple[float, float] | None = None,
     ) -> None:
         if default_sampling_rate < 1:
             raise ValueError(f"default_sampling_rate must be at least 1, not {default_sampling_rate}")
@@ -136,6 +137,9 @@ class NetflowParser:
         self.max_clock_skew_s = max_clock_skew_s  # a record may end at most this long after its export
         self.max_record_age_s = max_record_age_s  # ... and start at most this long before it
         self.log_interval_s = log_interval_s
+        # live: (ahead, behind) seconds a datagram's export time may be off the wall clock;
+        # None for datagrams that were recorded (their export time is in the past)
+        self.export_window_s = export_window_s
         self._allowed = [ipaddress.ip_network(n, strict=False) for n in self.allowed_exporters or []]
         self._allowed_cache: dict[str, bool] = {}
         self._templates: OrderedDict[tuple[int, int, int], Compiled] = OrderedDict()
@@ -156,7 +160,7 @@ class NetflowParser:
             "templates_evicted", "templates_malformed", "flowsets_waiting_template",
             "flowsets_dropped_no_template", "records_bad_time", "records_time_from_export",
             "records_without_addresses", "records_variable_length", "sequence_gaps",
-            "datagrams_out_of_order",
+            "datagrams_out_of_order", "datagrams_bad_export_time",
         ), 0)
 
     # ------------------------------------------------------------------ entry point
@@ -225,6 +229,23 @@ class NetflowParser:
             log.warning("netflow_datagram_refused", exporter=address, reason="not an allowed exporter or too many exporters",
                         max_exporters=self.max_exporters, similar_not_logged=held)
 
+    def _export_time_off(self, secs: int, address: str) -> bool:
+        """True (the datagram is refused, counted and logged) when its export time is
+        further from the wall clock than export_window_s allows: a forged or broken clock
+        must not date its records, nor its templates' use, a month or ten years ahead."""
+        if self.export_window_s is None:
+            return False
+        ahead_s, behind_s = self.export_window_s
+        off_s = secs - time.time()
+        if -behind_s <= off_s <= ahead_s:
+            return False
+        self.counters["datagrams_bad_export_time"] += 1
+        held = self._throttle(f"export_time:{address}")
+        if held is not None:
+            log.warning("netflow_datagram_refused", exporter=address, reason="export time off the wall clock",
+                        off_s=round(off_s, 1), max_ahead_s=ahead_s, max_behind_s=behind_s, similar_not_logged=held)
+        return True
+
     def _v5(self, data: memoryview, address: str, work: _Work) -> None:
         if len(data) < _V5_HEADER:
             return self._malformed(work, address, "v5 header truncated")
@@ -234,6 +255,8 @@ class NetflowParser:
         exp = self._exporter(address, (engine_type << 8) | engine_id)
         if exp is None:
             return self._refused(address)
+        if self._export_time_off(secs, address):
+            return None
         rate = sampling & 0x3FFF  # the top two bits are the sampling mode
         meta = work.add_meta(5, secs * 1_000_000_000 + min(nsecs, 999_999_999), uptime, exp, rate if rate > 1 else 0)
         self._add_records(work, _V5, data[_V5_HEADER : _V5_HEADER + count * _V5_RECORD], count, meta)
@@ -246,6 +269,8 @@ class NetflowParser:
         exp = self._exporter(address, source_id)
         if exp is None:
             return self._refused(address)
+        if self._export_time_off(secs, address):
+            return None
         meta = work.add_meta(9, secs * 1_000_000_000, uptime, exp, 0)
         self._sets(data, _V9_HEADER, exp, 9, meta, work, address)
         self._check_sequence(exp, 9, seq, 1)
@@ -259,6 +284,8 @@ class NetflowParser:
         exp = self._exporter(address, domain)
         if exp is None:
             return self._refused(address)
+        if self._export_time_off(secs, address):
+            return None
         meta = work.add_meta(10, secs * 1_000_000_000, 0, exp, 0)
         n_data = self._sets(data[:length], _IPFIX_HEADER, exp, 10, meta, work, address)
         self._check_sequence(exp, 10, seq, n_data)

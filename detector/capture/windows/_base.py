@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
@@ -121,8 +122,10 @@ class EntityWindows:
         self._free: list[int] = []
         self._next_close: int | None = None  # index of the oldest window not yet emitted
         self.watermark_ns: int | None = None
+        self._last_data_ns = 0  # the newest record time taken into a window
         self.entities_expired = 0
         self.windows_closed = 0
+        self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
         self.history = PeerHistory(history_s, history_warmup_s)
 
     @property
@@ -147,18 +150,56 @@ class EntityWindows:
         return slot
 
     def advance(self, now_ns: int) -> list[WindowBatch]:
-        """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed."""
+        """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed.
+        Every window is closed, the empty ones of a long silence too: a live daemon shows
+        that it keeps time by them (the watchdog)."""
+        return self._advance(now_ns, skip_quiet=False)
+
+    def _advance(self, now_ns: int, skip_quiet: bool) -> list[WindowBatch]:
         if self._next_close is None:
             return []
         self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
-        return self._close_until(self.watermark_ns - self._lateness_ns)
+        return self._close_until(self.watermark_ns - self._lateness_ns, skip_quiet)
 
     def flush(self) -> list[WindowBatch]:
         """Close every open window (the end of a replay)."""
         if not self._open:
             return []
         last = max(self._open)
-        return self._close_until((last + 1) * self._window_ns)
+        return self._close_until((last + 1) * self._window_ns, skip_quiet=True)
+
+    def _parts(self, times: np.ndarray) -> Iterator[tuple[int, int, list[WindowBatch]]]:
+        """A batch cut where its records' time passes a window's closing point: (start,
+        stop, the windows closed before that part) per part. So windows close, and entities
+        expire, as the records' time passes, not at the end of the batch: a batch of a quiet
+        capture can span days, and one holding both sides of a month-long gap must not keep
+        every host alive across it."""
+        # the watermark each record finds: that of the records before it (as lateness is judged)
+        wm = np.empty_like(times)
+        wm[0] = times[0] if self.watermark_ns is None else self.watermark_ns
+        np.maximum(np.maximum.accumulate(times)[:-1], wm[0], out=wm[1:])
+        step = (wm - self._lateness_ns) // self._window_ns
+        # ... except a record after a silence longer than the idle time: it finds the clock
+        # at its own time, so that the silence closes (and hosts expire) before it counts
+        silence = times - wm > self._idle_ns
+        cut = np.zeros(times.shape[0], bool)
+        cut[1:] = step[1:] != step[:-1]
+        cut |= silence
+        cuts = [0, *np.flatnonzero(cut[1:]).__add__(1).tolist(), int(times.shape[0])]
+        for a, b in itertools.pairwise(cuts):
+            closed = self._advance(int(times[a] if silence[a] else wm[a]), skip_quiet=True)
+            if self._next_close is not None and self._quiet(self._next_close):
+                # after a silence, windows start again where the records do, as in a replay
+                # that began here: not with an empty window before them
+                resume = self._first_window(times[a:b])
+                if resume > self._next_close:
+                    self.windows_skipped += resume - self._next_close
+                    self._next_close = resume
+            yield a, b, closed
+
+    def _first_window(self, times: np.ndarray) -> int:
+        """The first window records at these times open when nothing is open before them."""
+        raise NotImplementedError
 
     def _new_acc(self, n_slots: int) -> WindowAcc:
         raise NotImplementedError
@@ -172,19 +213,36 @@ class EntityWindows:
             acc.fit(n_slots)
         return acc
 
-    def _close_until(self, limit_ns: int | None) -> list[WindowBatch]:
+    def _close_until(self, limit_ns: int | None, skip_quiet: bool = False) -> list[WindowBatch]:
+        """Close the windows that end by `limit_ns`. `skip_quiet`: once a silence has lasted
+        the entities' idle time (every host expired, nothing open), the rest of it is skipped
+        in one step to the next window with data: a month-long gap in a capture costs the
+        windows of one idle period, not 43,200 empty ones."""
         out: list[WindowBatch] = []
         if limit_ns is None or self._next_close is None:
             return out
         while (self._next_close + 1) * self._window_ns <= limit_ns:
+            if skip_quiet and self._quiet(self._next_close):
+                last = limit_ns // self._window_ns  # the window that limit_ns falls in, not closed
+                target = min([w for w in self._open if w > self._next_close] + [last])
+                if target > self._next_close:
+                    self.windows_skipped += target - self._next_close
+                    self._next_close = target
+                    continue
             out.append(self._close(self._next_close))
             self._next_close += 1
         return out
+
+    def _quiet(self, w: int) -> bool:
+        """Window w holds nothing and starts an idle period after the last record: no host
+        is left to emit it for (all expired), and `global` would only count the silence."""
+        return w not in self._open and not self._slot_of and w * self._window_ns >= self._last_data_ns + self._idle_ns
 
     def _close(self, w: int) -> WindowBatch:
         start_ns = w * self._window_ns
         end_ns = start_ns + self._window_ns
         self._expire_entities(end_ns)
+        self._shrink()
         acc = self._open.pop(w, None)
         alive = [0] + sorted(
             s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
@@ -249,6 +307,50 @@ class EntityWindows:
             self._slot_addr[s] = None
             self._free.append(s)
             self.entities_expired += 1
+
+
+    # ---------------------------------------------------------------- shrinking back
+    def _shrink(self) -> None:
+        """Give the slots of expired entities back: after a flood of spoofed home addresses
+        the slot table (and every array sized by it: the open windows' aggregates, the
+        kernels' address arrays, the walk over slots at each close) returns to the size of
+        what is alive. Living entities in high slots move down to free low ones; only those
+        without data in an open window move (an open window's tallies are keyed by slot);
+        then the free tail is cut off."""
+        n = len(self._slot_addr)
+        keep = max(64, 2 * (len(self._slot_of) + 1))
+        if n <= 2 * keep:
+            return
+        busy = np.zeros(n, bool)
+        for acc in self._open.values():
+            m = min(acc.sums.shape[0], n)
+            busy[:m] |= acc.sums[:m].reshape(m, -1).any(axis=1)
+        low_free = sorted(s for s in self._free if s < keep)
+        for src in range(n - 1, keep - 1, -1):
+            if not low_free:
+                break
+            addr = self._slot_addr[src]
+            if addr is None or busy[src]:
+                continue
+            dst = low_free.pop(0)
+            self._slot_addr[dst], self._slot_addr[src] = addr, None
+            self._slot_first_ns[dst] = self._slot_first_ns[src]
+            self._slot_last_ns[dst] = self._slot_last_ns[src]
+            self._slot_of[addr] = dst
+            self._moved(src, dst)
+        while len(self._slot_addr) > 1 and self._slot_addr[-1] is None:
+            self._slot_addr.pop()
+        n = len(self._slot_addr)
+        del self._slot_first_ns[n:]
+        self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
+        self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
+        self._resized(n)
+
+    def _moved(self, src: int, dst: int) -> None:
+        """An entity moved from slot src to dst (a subclass moves its own per-slot arrays)."""
+
+    def _resized(self, n_slots: int) -> None:
+        """The slot table now has n_slots slots (a subclass cuts its own per-slot arrays)."""
 
 
 class LazyEvidence(Mapping):

@@ -196,6 +196,9 @@ class FlowWindowAggregator(EntityWindows):
 
     # ---------------------------------------------------------------- entity slots
 
+    def _first_window(self, times: np.ndarray) -> int:
+        return (int(times[0]) - self._lateness_ns) // self._window_ns  # as push() starts: from the first record's cut
+
     def _new_acc(self, n_slots: int) -> _WindowAcc:
         return _WindowAcc(sums=np.zeros((max(n_slots, 16), self.bins, len(self.SUMS))))
 
@@ -228,6 +231,14 @@ class FlowWindowAggregator(EntityWindows):
         n = len(batch)
         if n == 0:
             return []
+        out: list[WindowBatch] = []
+        for a, b, closed in self._parts(np.maximum(batch.end_ns, batch.start_ns)):
+            out += closed
+            out += self._push_part(batch if (a, b) == (0, n) else batch.take(slice(a, b)))
+        return out
+
+    def _push_part(self, batch: FlowRecordBatch) -> list[WindowBatch]:
+        n = len(batch)
         self.records += n
         start = batch.start_ns
         end = np.maximum(batch.end_ns, start)
@@ -255,8 +266,10 @@ class FlowWindowAggregator(EntityWindows):
         if rows.shape[0]:
             self._accumulate(batch, rows, start, end, lo, point)
         newest = int(end.max())
+        if rows.shape[0]:
+            self._last_data_ns = max(self._last_data_ns, int(end[rows].max()))
         self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
-        return self._close_until(self.watermark_ns - self._lateness_ns)
+        return self._close_until(self.watermark_ns - self._lateness_ns, skip_quiet=True)
 
     def _accumulate(self, b: FlowRecordBatch, rows: np.ndarray, start, end, lo, point) -> None:
         bin_ns = self._bin_ns
@@ -377,4 +390,5 @@ class FlowWindowAggregator(EntityWindows):
             "late_packets": int(round(self.late_packets)),
             "late_bytes": int(round(self.late_bytes)),
             "windows_closed": self.windows_closed,
+            "windows_skipped": self.windows_skipped,
         }

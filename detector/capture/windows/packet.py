@@ -194,6 +194,17 @@ class WindowAggregator(EntityWindows):
             self._ent_alive[self._free[freed:]] = False
             self._reindex()
 
+    def _moved(self, src: int, dst: int) -> None:
+        for a in (self._ent_hi, self._ent_lo, self._ent_first_ns, self._ent_alive):
+            a[dst] = a[src]
+        self._ent_alive[src] = False
+
+    def _resized(self, n_slots: int) -> None:
+        self._ent_hi, self._ent_lo, self._ent_first_ns, self._ent_alive = (
+            a[: max(16, n_slots)].copy() for a in (self._ent_hi, self._ent_lo, self._ent_first_ns, self._ent_alive)
+        )
+        self._reindex()
+
     def _reindex(self) -> None:
         """Rebuild the address index of the slots in use, at most half full."""
         n = len(self._slot_addr)
@@ -245,6 +256,18 @@ class WindowAggregator(EntityWindows):
         n = len(batch)
         if n == 0:
             return []
+        out: list[WindowBatch] = []
+        for a, b, closed in self._parts(batch.ts_ns):
+            out += closed
+            if (a, b) != (0, n):
+                part = slice(a, b)
+                out += self._push_part(batch.take(part), FlowAnnotations(flows.flow_id[part], flows.new_flow[part],
+                                                                           flows.from_initiator[part]))
+            else:
+                out += self._push_part(batch, flows)
+        return out
+
+    def _push_part(self, batch: PacketBatch, flows: FlowAnnotations) -> list[WindowBatch]:
         ts = batch.ts_ns
         abs_bin = ts // self._bin_ns
         win = abs_bin // self.bins
@@ -260,8 +283,12 @@ class WindowAggregator(EntityWindows):
         if len(batch):
             self._accumulate(batch, flows, abs_bin, win)
             newest = int(batch.ts_ns.max())
+            self._last_data_ns = max(self._last_data_ns, newest)
             self.watermark_ns = newest if self.watermark_ns is None else max(self.watermark_ns, newest)
-        return self._close_until(self.watermark_ns - self._lateness_ns if self.watermark_ns is not None else None)
+        return self._close_until(self.watermark_ns - self._lateness_ns if self.watermark_ns is not None else None, skip_quiet=True)
+
+    def _first_window(self, times: np.ndarray) -> int:
+        return int(times.min()) // self._window_ns
 
     def _new_acc(self, n_slots: int) -> _PacketWindowAcc:
         return _PacketWindowAcc(n_slots, self.bins)
@@ -294,6 +321,7 @@ class WindowAggregator(EntityWindows):
             "entity_overflow_packets": self.entity_overflow,
             "late_packets": self.late_packets,
             "windows_closed": self.windows_closed,
+            "windows_skipped": self.windows_skipped,
         }
 
 

@@ -19,7 +19,7 @@ from detector.contracts import WindowBatch
 from detector.service._sources import build_source
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
-from detector.service.pipeline import build_windowing, close_windows, observer_of
+from detector.service.pipeline import build_windowing, observer_of
 from detector.service.wire import WindowRecord, encode_window
 
 log = structlog.get_logger()
@@ -75,7 +75,8 @@ def run_sensor(cfg: Config) -> int:
     lc = Lifecycle(cfg.service, "sensor")
     lc.install_signals()
     publisher = WindowPublisher(cfg)
-    flows, windows = build_windowing(cfg, cfg.source.flow_records)
+    stages = build_windowing(cfg, cfg.source.flow_records)
+    flows, windows = stages.flows, stages.windows
     source = build_source(cfg.source)
 
     def stop_source() -> None:  # a signal handler
@@ -88,7 +89,7 @@ def run_sensor(cfg: Config) -> int:
     items = 0
 
     def stats() -> dict:
-        counters = {**windows.stats(), **(flows.stats() if flows is not None else {}), **source.stats(),
+        counters = {**stages.stats(), **source.stats(),
                     "windows_published": publisher.published, "bytes_published": publisher.bytes, "publish_failures": publisher.failed}
         if flows is not None:
             counters["packets"] = items
@@ -102,7 +103,7 @@ def run_sensor(cfg: Config) -> int:
     log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
     for batch in source:
         items += len(batch)
-        for wb in close_windows(flows, windows, batch):
+        for wb in stages.push(batch, time.time_ns() if live else None):
             publisher.publish(wb)
         if len(batch) == 0 and live:
             for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
@@ -116,12 +117,12 @@ def run_sensor(cfg: Config) -> int:
             break
     lc.stopping("signal" if lc.stop else "source_ended")
     if not lc.stop or live:
-        for wb in windows.flush():
+        for wb in stages.flush():
             publisher.publish(wb)
     left = publisher.flush(cfg.service.shutdown_timeout_s)
     log.info("sensor_stopped", reason="signal" if lc.stop else "source_ended",
              **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
              windows_published=publisher.published, bytes_published=publisher.bytes, not_delivered=publisher.failed + left,
-             seconds=round(lc.uptime_s, 2), **windows.stats())
+             seconds=round(lc.uptime_s, 2), **stages.stats())
     lc.close()
     return 0 if publisher.failed + left == 0 else 1

@@ -324,3 +324,49 @@ def test_windows_do_not_depend_on_how_packets_are_cut_into_batches(seed):
     for n_cuts in (3, 40, 400):
         cuts = [0, *sorted(rng.choice(np.arange(1, len(b)), n_cuts, replace=False).tolist()), len(b)]
         assert whole == run(cuts)
+
+
+def _windows_of(batches, **kw):
+    agg = WindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=0, entity_idle_s=3600, **kw)
+    ft = FlowTable()
+    out = []
+    for b in batches:
+        out += agg.push(b, ft.push(b))
+    return agg, out + agg.flush()
+
+
+def _sparse_rows():
+    """A quiet capture: a host talks, falls silent for 43 h, then another host and it again."""
+    day2 = 43 * 3600.0
+    return ([{"ts_s": 5.0 + i, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 1000, "dport": 53, "proto": 17} for i in range(3)]
+            + [{"ts_s": day2 + i, "src": "10.0.0.2", "dst": "8.8.8.8", "sport": 1000, "dport": 53, "proto": 17} for i in range(3)]
+            + [{"ts_s": day2 + 10, "src": "10.0.0.1", "dst": "8.8.8.8", "sport": 1001, "dport": 53, "proto": 17}])
+
+
+def test_a_batch_spanning_days_closes_windows_and_expires_hosts_as_its_time_passes():
+    """Batches do not decide time: one batch holding both sides of a 43-hour silence gives the
+    windows packet by packet batches give, the silent host expires after its idle hour (and
+    comes back as a new entity), and the silence costs an idle period of windows, not 2,580."""
+    one_batch, together = _windows_of([make_batch(_sparse_rows())])
+    _, apart = _windows_of([make_batch([r]) for r in _sparse_rows()])
+    assert [(w.window_start_ns, w.entities) for w in apart] == [(w.window_start_ns, w.entities) for w in together]
+    assert all(np.array_equal(a.features, b.features) for a, b in zip(apart, together, strict=True))
+    assert 1 == one_batch.entities_expired
+    assert len(together) <= 62 and one_batch.windows_skipped > 2500
+    back = next(w for w in together if "10.0.0.1" in w.entities and w.window_start_ns > 3600 * 10**9)
+    assert 43 * 3600 * 10**9 == back.window_start_ns  # its windows start again with its return, no empty ones before
+
+
+def test_entity_slots_shrink_back_after_a_flood_of_home_addresses():
+    """5,000 spoofed home sources for a minute, then an hour later two real hosts: the slot
+    table and the kernels' per-slot arrays are back to a few dozen slots."""
+    agg = WindowAggregator(home_net=["10.0.0.0/16"], bin_s=10, bins=6, lateness_s=0, entity_idle_s=600)
+    ft = FlowTable()
+    flood = make_batch([{"ts_s": 100 + i * 0.01, "src": f"10.0.{i // 250}.{i % 250}", "dst": "10.0.200.1", "sport": 1, "dport": 80}
+                        for i in range(5000)])
+    agg.push(flood, ft.push(flood))
+    assert 5002 == agg.entities
+    later = make_batch([{"ts_s": 2000 + i, "src": "10.0.200.1", "dst": "10.0.200.2", "sport": 1, "dport": 80} for i in range(120)])
+    agg.push(later, ft.push(later))
+    assert 3 == agg.entities
+    assert len(agg._slot_addr) <= 64 and agg._ent_hi.shape[0] <= 64 and agg._slot_last_ns.shape[0] <= 64

@@ -1,0 +1,92 @@
+"""The event clock: records dated too far ahead or behind are refused and counted and never
+move the watermark; a genuine jump (a quiet capture's gap) is believed once 8 records agree;
+a live source's records are judged by the wall clock too."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.capture.clock import JUMP_CONFIRM_RECORDS, EventClock
+from detector.contracts import FlowRecordBatch
+from tests.conftest import make_batch
+
+T0 = 1_700_000_000.0
+DAY = 86400.0
+
+
+def _packets(times_s: list[float]):
+    return make_batch([{"ts_s": t, "src": "10.0.0.1", "dst": "10.0.0.2", "sport": 1000 + i, "dport": 80}
+                       for i, t in enumerate(times_s)])
+
+
+def _seconds(batch) -> list[float]:
+    return (batch.ts_ns / 1e9).tolist()
+
+
+def _clock() -> EventClock:
+    return EventClock(max_ahead_s=300, max_jump_s=3600)
+
+
+def test_a_lone_far_off_timestamp_is_refused_and_does_not_move_the_clock():
+    clock = _clock()
+    times = [T0 + i for i in range(20)]
+    times[10] = T0 + 30 * DAY
+    times[15] = 0.0
+    admitted = clock.admit(_packets(times))
+    assert [t for i, t in enumerate(times) if i not in (10, 15)] == _seconds(admitted)
+    assert (1, 1) == (clock.ahead, clock.behind)
+    assert int((T0 + 19) * 1e9) == clock.watermark_ns
+    assert {("ahead", 0): 1, ("behind", 0): 1} == clock.refused_by
+
+
+def test_a_first_record_at_zero_does_not_decide_where_time_starts():
+    clock = _clock()
+    admitted = clock.admit(_packets([0.0] + [T0 + i for i in range(10)]))
+    assert 10 == len(admitted) and 1 == clock.behind
+
+
+def test_a_genuine_gap_is_believed_once_enough_records_agree_even_across_batches():
+    """A month of silence, then the capture goes on: the held records arrive in two batches
+    and are all admitted, in order, with the watermark moved to them."""
+    clock = _clock()
+    before = [T0 + i for i in range(10)]
+    after = [T0 + 30 * DAY + i for i in range(12)]
+    first = clock.admit(_packets(before + after[:3]))
+    assert before == _seconds(first)  # three agreeing records are not enough yet: held
+    second = clock.admit(_packets(after[3:]))
+    assert after == _seconds(second)
+    assert (0, 0, 1) == (clock.ahead, clock.behind, clock.jumps)
+    assert int(after[-1] * 1e9) == clock.watermark_ns
+
+
+def test_held_records_are_refused_when_time_goes_on_where_it_was():
+    clock = _clock()
+    far = [T0 + 3650 * DAY + i for i in range(JUMP_CONFIRM_RECORDS - 1)]
+    assert 5 == len(clock.admit(_packets([T0 + i for i in range(5)] + far)))
+    back = clock.admit(_packets([T0 + 10.0]))
+    assert [T0 + 10.0] == _seconds(back)
+    assert (JUMP_CONFIRM_RECORDS - 1, 0) == (clock.ahead, clock.jumps)
+
+
+def test_records_still_held_at_the_end_are_counted_as_ahead():
+    clock = _clock()
+    clock.admit(_packets([T0, T0 + 1, T0 + 30 * DAY]))
+    clock.finish()
+    assert 1 == clock.ahead
+
+
+def test_live_records_ahead_of_the_wall_clock_are_refused_per_exporter():
+    """A forged NetFlow datagram dated +30 days (exporter 2) is refused whatever came before;
+    the genuine exporter's records are admitted."""
+    clock = _clock()
+    now_ns = int(T0 * 1e9)
+    ends = np.array([now_ns - 10**9, now_ns + 30 * int(DAY) * 10**9, now_ns + 3650 * int(DAY) * 10**9, now_ns], np.int64)
+    batch = FlowRecordBatch.from_columns({"start_ns": ends - 10**9, "end_ns": ends, "src_hi": [0] * 4, "src_lo": [1] * 4,
+                                          "dst_hi": [0] * 4, "dst_lo": [2] * 4, "sport": [1] * 4, "dport": [2] * 4,
+                                          "proto": [6] * 4, "packets": [1] * 4, "bytes": [60] * 4,
+                                          "exporter": [1, 2, 2, 1]})
+    admitted = clock.admit(batch, now_ns=now_ns)
+    assert [1, 1] == admitted.exporter.tolist() and now_ns == clock.watermark_ns
+    assert {("ahead", 2): 2} == clock.refused_by
+    assert 0 == len(clock.admit(_packets([T0 - 2 * 3600.0]), now_ns=now_ns))  # behind the watermark by more than max_jump_s
+    assert 1 == clock.behind
