@@ -61,6 +61,7 @@ _PCAP_MAGIC_USEC = 0xA1B2C3D4
 _PCAP_MAGIC_NSEC = 0xA1B23C4D
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _WALK_SECTION_DAMAGE = 20  # a section header or interface block Python could not accept
+_MAX_TSOFFSET_S = 1 << 32  # an interface's if_tsoffset beyond 136 years is damage (and would overflow ns)
 
 _LINKTYPE_NAMES = {
     0: "NULL",
@@ -164,9 +165,13 @@ class _PcapngWalker:
         self.big_endian = False
         self.linktypes: list[int] = []  # every interface of every section, in file order
         self._section_base = 0  # index in linktypes of the current section's interface 0
-        self._interfaces: list[tuple[int, int, int, int, int]] = []  # mul, div, shift, offset_ns, snaplen
+        # the current section's interfaces: rows mul, div, shift, offset_ns, snaplen; columns
+        # grown by doubling, so that a file of thousands of interfaces reads in linear time
+        self._if_columns = np.zeros((5, 16), dtype=np.int64)
+        self._n_interfaces = 0
         self._arrays = self._interface_arrays()
-        self._linktype_table = np.zeros(0, dtype=np.int64)
+        self._linktype_column = np.zeros(16, dtype=np.int64)  # every interface's, as linktypes
+        self._distinct_linktypes: set[int] = set()
         self._last_ts_ns = 0
         self._detail = 0
         self._message = ""
@@ -222,7 +227,7 @@ class _PcapngWalker:
             # A new section: new byte order, and its interfaces are numbered from 0 again.
             self.big_endian = big_endian
             self._section_base = len(self.linktypes)
-            self._interfaces = []
+            self._n_interfaces = 0
         else:  # an interface description; the kernel has checked its length and trailer
             endian = ">" if self.big_endian else "<"
             (block_len,) = struct.unpack(endian + "I", head[4:8])
@@ -232,22 +237,34 @@ class _PcapngWalker:
                 return _WALK_SECTION_DAMAGE, pos
             linktype, _reserved, snaplen = struct.unpack(endian + "HHI", block[8:16])
             tsresol, offset_s = _interface_options(block[16:-4], endian)
+            if abs(offset_s) > _MAX_TSOFFSET_S:
+                self._message = (f"bad interface description at byte {{pos}}: if_tsoffset {offset_s} s "
+                                 f"(more than {_MAX_TSOFFSET_S} s from the epoch: no clock is that far off)")
+                return _WALK_SECTION_DAMAGE, pos
             mul, div, shift = tsresol_units(tsresol)
-            self._interfaces.append((mul, div, shift, offset_s * 1_000_000_000, snaplen))
-            self.linktypes.append(linktype)
-            self._linktype_table = np.array(self.linktypes, dtype=np.int64)
+            self._add_interface((mul, div, shift, offset_s * 1_000_000_000, snaplen), linktype)
         self._arrays = self._interface_arrays()
         return WALK_FULL, pos + block_len
 
+    def _add_interface(self, columns: tuple[int, int, int, int, int], linktype: int) -> None:
+        n, total = self._n_interfaces, len(self.linktypes)
+        if n == self._if_columns.shape[1]:
+            self._if_columns = np.concatenate([self._if_columns, np.zeros_like(self._if_columns)], axis=1)
+        if total == self._linktype_column.shape[0]:
+            self._linktype_column = np.concatenate([self._linktype_column, np.zeros_like(self._linktype_column)])
+        self._if_columns[:, n] = columns
+        self._n_interfaces = n + 1
+        self._linktype_column[total] = linktype
+        self.linktypes.append(linktype)
+        self._distinct_linktypes.add(linktype)
+
     def _interface_arrays(self) -> tuple[np.ndarray, ...]:
-        columns = list(zip(*self._interfaces, strict=True)) or [(), (), (), (), ()]
-        return tuple(np.array(column, dtype=np.int64) for column in columns)
+        return tuple(self._if_columns[k, : self._n_interfaces] for k in range(5))
 
     def frame_linktypes(self, iface: np.ndarray) -> int | np.ndarray:
-        distinct = set(self.linktypes)
-        if len(distinct) == 1 and self.linktypes[0] in SUPPORTED_LINKTYPES:
+        if len(self._distinct_linktypes) == 1 and self.linktypes[0] in SUPPORTED_LINKTYPES:
             return self.linktypes[0]  # the common case: no per-frame lookup
-        return self._linktype_table[iface]
+        return self._linktype_column[: len(self.linktypes)][iface]
 
     def damage_message(self, status: int, buf: np.ndarray, pos: int, valid: int, file_pos: int) -> str:
         if status == _WALK_SECTION_DAMAGE:
@@ -265,7 +282,7 @@ class _PcapngWalker:
         if status == WALK_BAD_INTERFACE:
             return (
                 f"corrupt pcapng packet block at byte {file_pos}: interface {self._detail}, but its "
-                f"section defines {len(self._interfaces)}"
+                f"section defines {self._n_interfaces}"
             )
         if status == WALK_BAD_CAPLEN:
             return (

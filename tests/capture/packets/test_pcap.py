@@ -848,3 +848,25 @@ def test_any_file_is_read_or_refused_at_open(
     assert (capture.damage is None) == (capture.bytes_read == len(content))
     records = read_records(path)
     assert (capture.packets, capture.damage) == (len(records), records.damage)
+
+
+def test_pcapng_with_thousands_of_interfaces_reads_every_one(tmp_path: Path) -> None:
+    """5,000 interface blocks (the walk keeps their columns in arrays grown by doubling: 8,000
+    took 80 s when each block rebuilt them all) and a packet on the last one, with its own
+    timestamp resolution."""
+    content = b"".join([ng_shb(), *[ng_idb(1) for _ in range(4999)], ng_idb(1, tsresol=9),
+                        ng_epb(4999, 1_700_000_000_123_456_789, tcp_frame(1))])
+    capture = CaptureFile(write(tmp_path, "many.pcapng", content))
+    batch = PacketBatch.concat(list(capture))
+    assert [T0_NS + 123_456_789] == batch.ts_ns.tolist()
+    assert (5000, None) == (len(capture.linktypes), capture.damage)
+
+
+def test_pcapng_huge_if_tsoffset_is_damage_not_an_overflow(tmp_path: Path) -> None:
+    """An if_tsoffset of 2**62 s would overflow nanoseconds: the interface block is damage,
+    the packets before it are read, iteration ends cleanly."""
+    content = b"".join([ng_shb(), ng_idb(1), ng_epb(0, 1_700_000_000_000_001, tcp_frame(1)),
+                        ng_idb(1, tsoffset_s=1 << 62), ng_epb(1, 1_700_000_000_000_002, tcp_frame(2))])
+    capture = CaptureFile(write(tmp_path, "offset.pcapng", content))
+    assert 1 == sum(len(b) for b in capture)
+    assert capture.damage is not None and "if_tsoffset 4611686018427387904 s" in capture.damage
