@@ -23,6 +23,7 @@ def _progress(message: str) -> None:
 # Commands in their own modules, imported only when used: (module:attribute, short help).
 LAZY_COMMANDS = {
     "flows": ("detector.bench.flows:flows", "Flow-record throughput: NetFlow v9/IPFIX parser and collector, Zeek conn.log reader, aggregator."),
+    "flood": ("detector.bench.flood:flood", "RSS and packets/s before, during and after a flood of spoofed home_net sources."),
     "kafka": ("detector.bench.kafka:kafka", "Entity windows/s end to end through Kafka (mock cluster) with 1 and 2 scorer processes."),
     "soak": ("detector.bench.soak:soak", "Replay captures in a loop (shifted in time) through the pipeline; print RSS over time."),
 }

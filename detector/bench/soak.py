@@ -16,6 +16,7 @@ a steady climb. It prints figures; it asserts nothing (the verdict line is advic
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,17 +96,32 @@ def run_soak(cfg: Any, pcaps: list[Path], duration_s: float, report_every_s: flo
             if now - started >= duration_s:
                 done = True
                 break
+        if done:  # a pass cut short is not a pass: its tables may still be filling
+            break
         passes += 1
         if first_pass_rss is None:
             first_pass_rss = rss_mib()
     pipeline.finish()
     sample(time.monotonic())
-    baseline = first_pass_rss if first_pass_rss is not None else samples[0]["rss_mib"]
-    growth = samples[-1]["rss_mib"] - baseline
-    flat = growth <= max(FLAT_TOLERANCE_MIB, 0.02 * baseline)
-    emit(f"rss after the first pass {baseline:.1f} MiB, at the end {samples[-1]['rss_mib']:.1f} MiB: "
-         f"growth {growth:+.1f} MiB over {passes} pass(es) -> {'flat' if flat else 'GROWING'}")
+    verdict, growth, flat = soak_verdict(samples, first_pass_rss, passes)
+    emit(verdict)
     return {"samples": samples, "passes": passes, "rss_growth_mib": growth, "flat": flat}
+
+
+def soak_verdict(samples: list[dict[str, float]], first_pass_rss: float | None, passes: int) -> tuple[str, float, bool | None]:
+    """(the verdict line, RSS growth in MiB, flat?). Growth is from the end of the first
+    pass (every table at its working size) to the median of the last three samples (one
+    sample is allocator noise), and `flat` is None when the first pass never ended: the
+    tables were still filling, and calling that GROWING would blame a warm-up."""
+    end = statistics.median(s["rss_mib"] for s in samples[-3:])
+    if first_pass_rss is None or passes < 2:
+        growth = end - samples[0]["rss_mib"]
+        return (f"rss at the start {samples[0]['rss_mib']:.1f} MiB, at the end {end:.1f} MiB: growth {growth:+.1f} MiB "
+                f"over {passes} pass(es) -> too short to judge (run at least two passes)"), growth, None
+    growth = end - first_pass_rss
+    flat = growth <= max(FLAT_TOLERANCE_MIB, 0.02 * first_pass_rss)
+    return (f"rss after the first pass {first_pass_rss:.1f} MiB, at the end {end:.1f} MiB: "
+            f"growth {growth:+.1f} MiB over {passes} pass(es) -> {'flat' if flat else 'GROWING'}"), growth, flat
 
 
 def _span(pcaps: list[Path], batch_packets: int) -> tuple[int, int]:

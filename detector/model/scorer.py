@@ -243,7 +243,26 @@ class _StateBank:
         gone = [k for k, s in self.slot_of.items() if self.last_ns[s] < before_ns]
         for k in gone:
             self.free.append(self.slot_of.pop(k))
+        if self.capacity > 64 and 4 * len(self.slot_of) <= self.capacity:
+            self._compact()
         return len(gone)
+
+    def _compact(self) -> None:
+        """After a flood has expired: the living entities into the first slots of a bank
+        sized for them again (twice their number, at least 16)."""
+        names = list(self.slot_of)
+        keep = torch.as_tensor([self.slot_of[n] for n in names], dtype=torch.int64, device=self.device)
+        capacity = min(self.max_entities, max(16, 1 << (2 * len(names)).bit_length()))
+        h, c = self.network.initial_state(capacity, self.device)
+        h[: len(names)], c[: len(names)] = self.h.index_select(0, keep), self.c.index_select(0, keep)
+        rows = keep.cpu().numpy()
+        for array in ("seen", "last_ns"):
+            fresh = np.zeros(capacity, dtype=np.int64)
+            fresh[: len(names)] = getattr(self, array)[rows]
+            setattr(self, array, fresh)
+        self.h, self.c, self.capacity = h, c, capacity
+        self.slot_of = dict(zip(names, range(len(names)), strict=True))
+        self.free = []
 
 
 class StreamingScorer:

@@ -14,6 +14,8 @@ from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is t
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -142,6 +144,19 @@ def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: i
     """An offline command's input files: captures (packets) or Zeek conn.logs (flow records);
     damaged captures into `damage` (capture_batches)."""
     return conn_log_batches(paths, batch_size) if flow_records else capture_batches(paths, batch_size, damage)
+
+
+_TRIM_AFTER_SLOTS = 4096  # entity slots a table must have reached before its shrinking is worth a trim
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's malloc_trim; elsewhere nothing)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    gc.collect()
+    trim(0)
 
 
 def time_lines(stats: dict[str, int]) -> list[str]:
@@ -276,6 +291,7 @@ class Pipeline:
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
         self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self.scoring.publish,
                                       lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
+        self._slots_high = 0  # the most entity slots since memory was last handed back
         self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
         self.malformed = 0
@@ -308,11 +324,24 @@ class Pipeline:
         self.malformed += batch.malformed
         events = self._score(self.stages.push(batch, time.time_ns() if self.live else None))
         self.time_bounds.check()
+        self._release_after_flood()
         return events
 
     def advance(self, now_ns: int) -> list[IncidentEvent]:
         """The clock moved on without packets (a quiet live link): close what is due."""
-        return self._score(self.windows.advance(now_ns))
+        events = self._score(self.windows.advance(now_ns))
+        self._release_after_flood()
+        return events
+
+    def _release_after_flood(self) -> None:
+        """When the entity tables shrank back (a flood's entities expired), hand the freed
+        memory back to the system: glibc keeps freed heap for reuse, and after a flood of
+        spoofed home addresses that was a GiB resident for good."""
+        slots = self.windows.slots
+        self._slots_high = max(self._slots_high, slots)
+        if self._slots_high >= _TRIM_AFTER_SLOTS and 4 * slots <= self._slots_high:
+            self._slots_high = slots
+            release_free_memory()
 
     def finish(self) -> list[IncidentEvent]:
         """The source ended: close every open window."""
@@ -336,5 +365,6 @@ class Pipeline:
             "anomalous_windows": self.scoring.anomalous_windows,
             "incidents_opened": self.scoring.count("opened"),
             "incidents_open": self.scoring.tracker.open_incidents,
+            "entity_slots": self.windows.slots,
             **self.stages.stats(),
         }

@@ -35,3 +35,19 @@ def test_soak_prints_rss_lines_over_several_passes(tmp_path):
     passes = int(re.search(r"pass=(\d+)", lines[-1]).group(1))
     assert passes >= 2, res.stdout
     assert re.search(r"growth [+-][\d.]+ MiB over \d+ pass", res.stdout)
+
+
+def test_the_verdict_reads_a_flat_series_as_flat():
+    """The verdict compares the end of the first pass with the median of the last three
+    samples: a flat series whose last sample (taken after the final flush) jumps is flat, a
+    steady climb is GROWING, and a run that never finished a pass is too short to judge."""
+    from detector.bench.soak import soak_verdict
+
+    def rows(*rss: float) -> list[dict[str, float]]:
+        return [{"rss_mib": r} for r in rss]
+
+    line, growth, flat = soak_verdict(rows(300, 450, 452, 451, 453, 452, 490), 451.0, 5)
+    assert flat is True and 2.0 == growth and line.endswith("-> flat")
+    assert soak_verdict(rows(300, 450, 500, 550, 600, 650), 450.0, 5)[2] is False
+    line, _, flat = soak_verdict(rows(300, 420, 440), None, 0)
+    assert flat is None and "too short to judge" in line

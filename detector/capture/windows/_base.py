@@ -132,6 +132,11 @@ class EntityWindows:
     def entities(self) -> int:
         return 1 + len(self._slot_of)
 
+    @property
+    def slots(self) -> int:
+        """Entity slots the tables are sized for (shrinks back after a flood expires)."""
+        return len(self._slot_addr)
+
     def _new_slot(self, addr: tuple[int, int], ts_ns: int) -> int:
         if len(self._slot_of) >= self.max_entities:
             return -1
@@ -325,6 +330,7 @@ class EntityWindows:
         for acc in self._open.values():
             m = min(acc.sums.shape[0], n)
             busy[:m] |= acc.sums[:m].reshape(m, -1).any(axis=1)
+        shrunk_from = n
         low_free = sorted(s for s in self._free if s < keep)
         for src in range(n - 1, keep - 1, -1):
             if not low_free:
@@ -345,6 +351,8 @@ class EntityWindows:
         self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
         self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
         self._resized(n)
+        if 4 * n <= shrunk_from:
+            entity_name.cache_clear()  # the names of a flood's addresses, not those of what is alive
 
     def _moved(self, src: int, dst: int) -> None:
         """An entity moved from slot src to dst (a subclass moves its own per-slot arrays)."""

@@ -1,0 +1,160 @@
+"""`netad bench flood`: does the pipeline come back to its size and speed after a flood of
+spoofed home_net sources?
+
+Where this stands: a command beside the pipeline, like `bench soak`. It builds the daemon's
+stages (service.pipeline.Pipeline) and replays a benign capture through them as one
+continuous stream of passes, each shifted in time past the previous one: `--passes` passes
+BEFORE, as many DURING which a flood is mixed in (SYNs from `--hosts` random addresses
+inside the first home network, each a new entity, to one home host), then a silence as long
+as the entities' idle time and the peer history (`windows.entity_idle_s`,
+`windows.history_s`: the window stage skips it in one step), one RECOVERY pass (it pays for
+the flood's entities' last windows, one idle period of them, before they expire) and as many
+AFTER. Per phase it prints the medians of the passes' packets/s and of the resident set size
+at each pass's end, side by side, and how far AFTER is from BEFORE. A small flood through a
+throwaway pipeline first lets numba compile what only a flood's paths use (a one-time cost
+of the process, not state the flood left). Bounded state that shrinks back reads
+within 10 %; it prints figures and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from detector._exit import errors_to_exit_codes
+from detector.bench.soak import _CountingSink, _span, rss_mib
+from detector.contracts import PACKET_COLUMNS, TCP_SYN, PacketBatch, addr_to_pair
+from detector.errors import ConfigError
+
+WITHIN = 0.10  # after vs before: what "back to normal" means here
+
+
+def spoofed_flood(home_net: str, hosts: int, start_ns: int, span_ns: int, target: str, packets_per_host: int = 4,
+                  seed: int = 7) -> PacketBatch:
+    """SYNs to `target` from `hosts` distinct random addresses of the `home_net` network (a
+    spoofed flood that looks like it comes from inside: each source is an entity), spread
+    evenly over [start_ns, start_ns + span_ns), in time order."""
+    net = ipaddress.ip_network(home_net, strict=False)
+    room = net.num_addresses - 2
+    if hosts > room:
+        raise ConfigError(f"home_net {home_net}: room for {room} flood sources, not {hosts}")
+    rng = np.random.default_rng(seed)
+    base_hi, base_lo = addr_to_pair(str(net.network_address))
+    offsets = rng.choice(room, size=hosts, replace=False).astype(np.uint64) + np.uint64(1)
+    n = hosts * packets_per_host
+    t_hi, t_lo = addr_to_pair(target)
+    cols: dict[str, np.ndarray] = {
+        "ts_ns": start_ns + np.arange(n, dtype=np.int64) * max(span_ns // max(n, 1), 1),
+        "ip_version": np.full(n, 6 if net.version == 6 else 4),
+        "src_hi": np.full(n, base_hi), "src_lo": np.uint64(base_lo) + np.tile(offsets, packets_per_host),
+        "dst_hi": np.full(n, t_hi), "dst_lo": np.full(n, t_lo),
+        "sport": rng.integers(1024, 65535, n), "dport": np.full(n, 80), "proto": np.full(n, 6),
+        "ip_len": np.full(n, 60), "tcp_flags": np.full(n, TCP_SYN), "vlan": np.zeros(n), "frag": np.zeros(n),
+    }
+    return PacketBatch(**{k: np.asarray(v).astype(dt) for k, v in cols.items() for dt in [PACKET_COLUMNS[k]]})
+
+
+def run_flood(cfg: Any, pcaps: list[Path], passes: int = 3, hosts: int | None = None, model_dir: str | Path | None = None,
+              emit: Callable[[str], None] = print) -> dict[str, Any]:
+    """BEFORE, DURING and AFTER passes of `pcaps` (see the module's text); returns per phase
+    the passes' figures and their medians."""
+    from detector.model.bundle import ModelBundle
+    from detector.model.scorer import set_torch_threads
+    from detector.service.pipeline import Pipeline, capture_batches
+
+    set_torch_threads(cfg.model.threads)
+    bundle = ModelBundle.load(model_dir or cfg.model.path)
+    pipeline = Pipeline(cfg, bundle, sinks=[_CountingSink()])
+    hosts = hosts if hosts is not None else min(cfg.windows.max_entities - 1_000, 40_000)
+    first_ns, last_ns = _span(pcaps, cfg.source.batch_packets)
+    w = cfg.windows
+    window_ns = int(round(w.bin_s * 1e9)) * w.bins
+    shift_ns = -(-(last_ns - first_ns + window_ns + int(round(w.lateness_s * 1e9))) // window_ns) * window_ns
+    silence_ns = -(-int((max(w.entity_idle_s, w.bin_s * w.bins) + w.history_s) * 1e9) // window_ns + 2) * window_ns
+    target = ipaddress.ip_network(cfg.home_net[0], strict=False).network_address + 1
+    _warm_up(Pipeline(cfg, bundle, sinks=[_CountingSink()]), cfg, first_ns, silence_ns, str(target))
+    phases: dict[str, list[dict[str, float]]] = {"before": [], "during": [], "recovery": [], "after": []}
+    offset_ns = 0
+    for phase in phases:
+        if phase == "recovery":
+            offset_ns += silence_ns
+        for _ in range(1 if phase == "recovery" else passes):
+            flood = None
+            if phase == "during":
+                flood = spoofed_flood(cfg.home_net[0], hosts, first_ns + offset_ns, last_ns - first_ns, str(target))
+            packets, started = 0, time.perf_counter()
+            for batch in capture_batches(pcaps, cfg.source.batch_packets):
+                batch = dataclasses.replace(batch, ts_ns=batch.ts_ns + offset_ns) if offset_ns else batch
+                if flood is not None and len(batch):
+                    due = flood.ts_ns <= batch.ts_ns.max()
+                    mixed = PacketBatch.concat([batch, flood.take(due)])
+                    batch, flood = mixed.take(np.argsort(mixed.ts_ns, kind="stable")), flood.take(~due)
+                pipeline.push(batch)
+                packets += len(batch)
+            elapsed = time.perf_counter() - started
+            st = pipeline.stats()
+            row = {"pkt_s": packets / elapsed, "rss_mib": rss_mib(), "packets": packets,
+                   "entities": st["entities"], "slots": len(pipeline.windows._slot_addr), "flows": st["active_flows"]}
+            phases[phase].append(row)
+            emit(f"{phase:<7} pass {len(phases[phase])}: {row['pkt_s']:>12,.0f} pkt/s  rss {row['rss_mib']:8.1f} MiB  "
+                 f"entities {row['entities']:>7,d}  slots {row['slots']:>7,d}  flows {row['flows']:>9,d}")
+            offset_ns += shift_ns
+    pipeline.finish()
+    medians = {p: {k: statistics.median(r[k] for r in rows) for k in ("pkt_s", "rss_mib")} for p, rows in phases.items()
+               if p != "recovery"}
+    emit("")
+    emit(f"{'':<7} {'pkt/s (median)':>16} {'RSS MiB (median)':>18}   ({passes} passes each; flood: {hosts:,d} spoofed "
+         f"{cfg.home_net[0]} sources)")
+    for p, m in medians.items():
+        emit(f"{p:<7} {m['pkt_s']:>16,.0f} {m['rss_mib']:>18.1f}")
+    speed = medians["after"]["pkt_s"] / medians["before"]["pkt_s"] - 1
+    memory = medians["after"]["rss_mib"] / medians["before"]["rss_mib"] - 1
+    back = speed >= -WITHIN and memory <= WITHIN  # slower or bigger by more than 10 % is not back
+    emit(f"after vs before: pkt/s {speed:+.1%}, RSS {memory:+.1%} -> "
+         f"{'back within 10 %' if back else 'NOT back within 10 %'}")
+    return {"phases": phases, "medians": medians, "after_vs_before": {"pkt_s": speed, "rss": memory}, "back": back,
+            "flood_hosts": hosts}
+
+
+def _warm_up(pipeline: Any, cfg: Any, first_ns: int, silence_ns: int, target: str) -> None:
+    """A small flood and a silence through a throwaway pipeline first: numba compiles the
+    kernels only the flood's paths use (the event clock's walk, a flow-table specialisation)
+    once per process, and that memory is not the flood's to answer for."""
+    small = spoofed_flood(cfg.home_net[0], 256, first_ns, 10**9, target)
+    pipeline.push(small)
+    pipeline.push(dataclasses.replace(small, ts_ns=small.ts_ns + silence_ns))
+    pipeline.finish()
+
+
+@click.command("flood")
+@click.option("-c", "--config", type=click.Path(dir_okay=False), default=None, help="YAML config (stages, home_net, model path).")
+@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Benign capture replayed in every pass (repeatable; default: source.path of the config).")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path).")
+@click.option("--passes", type=click.IntRange(min=1), default=3, show_default=True, help="Passes per phase (medians over them).")
+@click.option("--hosts", type=click.IntRange(min=1), default=None,
+              help="Spoofed flood sources (default: windows.max_entities - 1000, at most 40,000).")
+@errors_to_exit_codes
+def flood(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, passes: int, hosts: int | None) -> None:
+    """RSS and packets/s before, during and after a flood of spoofed home_net sources."""
+    from detector.config import load_config
+    from detector.logging import configure
+
+    cfg = load_config(config)
+    configure("warning", "auto")  # the figures are the output
+    paths = [Path(p) for p in pcaps] or ([cfg.source.path] if cfg.source.path else [])
+    if not paths:
+        raise ConfigError("no capture: give --pcap or source.path in the config")
+    run_flood(cfg, paths, passes, hosts, model_dir, emit=lambda line: click.echo(line))
+
+
+if __name__ == "__main__":
+    flood()
