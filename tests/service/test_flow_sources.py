@@ -243,10 +243,10 @@ def _recent_lines(n: int, first: int) -> str:
                                "4300", "-   benign   -"]) + "\n" for i in range(n))
 
 
-def _flow_records(port: int) -> float:
+def _flow_records(port: int, metric: str = "netad_flow_records") -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     families = {f.name: f.samples for f in text_string_to_metric_families(body)}
-    return families["netad_flow_records"][0].value if "netad_flow_records" in families else 0.0
+    return families[metric][0].value if metric in families else 0.0
 
 
 @pytest.mark.slow
@@ -404,3 +404,90 @@ def test_incidents_name_the_exporter_that_reported_the_host():
     assert "192.0.2.254" == index.of("10.0.0.1")
     assert "198.51.100.1/7" == index.of("10.0.0.2")
     assert "192.0.2.254,198.51.100.1/7" == index.of("global") == index.of("10.9.9.9")
+
+
+def _v5(records: list[tuple[str, str, int, int]], export_s: int, end_ago_s: list[float], sequence: int) -> bytes:
+    """A v5 datagram exported at `export_s`: records (src, dst, dport, packets) ending
+    `end_ago_s` before the export, each lasting 2 s (times in the exporter's uptime)."""
+    from detector.synth import netflow as enc
+
+    uptime_ms = 1_000_000_000  # 11.6 days up: room for records two days old
+    recs = np.zeros(len(records), enc.V5_DTYPE)
+    recs["src"] = [addr_to_pair(r[0])[1] & 0xFFFFFFFF for r in records]
+    recs["dst"] = [addr_to_pair(r[1])[1] & 0xFFFFFFFF for r in records]
+    recs["dport"], recs["packets"] = [r[2] for r in records], [r[3] for r in records]
+    recs["bytes"], recs["sport"], recs["proto"], recs["flags"] = [r[3] * 120 for r in records], 40000, 6, 0x1B
+    recs["last"] = [uptime_ms - int(a * 1000) for a in end_ago_s]
+    recs["first"] = recs["last"] - 2000
+    return enc.v5_datagram(recs, export_s, 0, uptime_ms=uptime_ms, sequence=sequence)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_netflow_datagrams_dated_a_month_or_ten_years_ahead_change_nothing(honeypot, tmp_path):
+    """Issue 19: a spoofed datagram dated +30 days stalled the daemon and made every genuine
+    record late; one dated +10 years grew it by 2 GB and SIGTERM went unheard. Between two
+    bursts of genuine records the collector gets datagrams exported +30 days and +10 years
+    ahead (refused by their export time) and one of records two days old (refused by the
+    event clock as behind, reported as a clock-jump incident from that exporter). The daemon
+    keeps running at the same size, nothing genuine is late, the genuine windows score
+    exactly as the same records scored offline without the hostile ones, SIGTERM: exit 0."""
+    import io
+
+    from detector.capture.flowrecords.netflow import NetflowParser
+    from detector.config import load_config
+    from detector.service.pipeline import Pipeline
+
+    port = _free_udp_port()
+    cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
+                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
+    now = int(time.time())
+    peers = [f"93.184.216.{i}" for i in range(1, 9)]
+    genuine = [_v5([(DEVICE, peers[(i + j) % 8], 443, 10 + j) for j in range(6)], now, [1500 - 40 * i] * 6, i) for i in range(12)]
+    hostile = [_v5([(DEVICE, "203.0.113.9", 23, 1)] * 30, now + 30 * 86400, [1.0] * 30, 100),
+               _v5([(DEVICE, "203.0.113.9", 23, 1)] * 30, now + 3650 * 86400, [1.0] * 30, 101),
+               _v5([(DEVICE, "203.0.113.9", 23, 1)] * 30, now, [2 * 86400.0] * 30, 102)]
+    d = DaemonProcess(cfg)
+    try:
+        _, started = d.wait_log("metrics_started", timeout_s=60)
+        metrics_port = int(started["address"].rsplit(":", 1)[1])
+        d.wait_log("daemon_started", timeout_s=30)
+        rss_before = _rss_mib(d.proc.pid)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in genuine[:6] + hostile + genuine[6:]:
+                sock.sendto(datagram, ("127.0.0.1", port))
+        wait_until(lambda: _flow_records(metrics_port) >= 72, 30, "the genuine records")
+        scored = wait_until(lambda: [s for s in _scores(tmp_path / "scores.jsonl") if s["entity"] == DEVICE], 30,
+                            "the device's windows closed on the wall clock")
+        _, refused = d.wait_log("netflow_datagram_refused", timeout_s=5, reason="export time off the wall clock")
+        _, warned = d.wait_log("records_out_of_time_bounds", timeout_s=5)
+        time.sleep(1.0)
+        rss_after = _rss_mib(d.proc.pid)
+        assert d.proc.poll() is None
+        assert 2 == _flow_records(metrics_port, "netad_netflow_datagrams_bad_export_time")
+        assert 30 == _flow_records(metrics_port, "netad_records_behind_time")
+        d.signal(signal.SIGTERM)
+        assert 0 == d.wait(30), d.tail()
+    finally:
+        d.kill()
+    _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+    assert (72, 0, 30) == (stopped["flow_records"], stopped["late_records"], stopped["records_behind_time"])
+    assert ("behind", "127.0.0.1", 30) == (warned["kind"], warned["origin"], warned["records"])
+    assert refused["exporter"] == "127.0.0.1" and rss_after - rss_before < 100, (rss_before, rss_after)
+    incidents = [e for e in read_events(tmp_path / "incidents.jsonl") if e["netad"]["category"] == "clock-jump"]
+    assert incidents and {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incidents[0]["observer"]["labels"]
+    # the same genuine records, offline and without the hostile ones: the same scores
+    offline = io.StringIO()
+    pipeline = Pipeline(load_config(cfg), ModelBundle.load(honeypot["model"]), scores_out=offline, flow_records=True)
+    pipeline.push(NetflowParser().parse(genuine, ["127.0.0.1"] * len(genuine)))
+    pipeline.finish()
+    expected = {(s["window_start"], s["entity"]): s["score"] for s in map(json.loads, offline.getvalue().splitlines())}
+    daemon = {(s["window_start"], s["entity"]): s["score"] for s in _scores(tmp_path / "scores.jsonl")}
+    assert scored and expected == {k: daemon.get(k) for k in expected}
