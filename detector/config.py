@@ -49,6 +49,30 @@ def _check_networks(value: list[str]) -> list[str]:
     return value
 
 
+CREDENTIAL = "credential:"  # a value `credential:NAME` is the file NAME of systemd's $CREDENTIALS_DIRECTORY
+_CREDENTIAL_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def resolve_credential(value: str) -> str:
+    """`credential:NAME` -> the content of $CREDENTIALS_DIRECTORY/NAME (a unit's LoadCredential=),
+    without its final newline; any other value as it is. Secrets (a sink URL with its token,
+    Kafka's SASL password) then need not be in a config file the dynamic user must read."""
+    if not value.startswith(CREDENTIAL):
+        return value
+    name = value[len(CREDENTIAL):]
+    if not name or name in (".", "..") or not set(name) <= _CREDENTIAL_NAME:
+        raise ValueError(f"{value!r}: a credential name is letters, digits, '_', '.' and '-'")
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ValueError(f"{value!r}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for a unit with "
+                         f"LoadCredential={name}:/path/to/secret)")
+    try:
+        return (Path(directory) / name).read_text(encoding="utf-8").removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{value!r}: cannot read credential {name} in {directory}: "
+                         f"{getattr(exc, 'strerror', None) or exc} (is LoadCredential={name}:... in the unit?)") from None
+
+
 FLOW_RECORD_SOURCES = ("netflow", "zeek")  # source types that give flow records, not packets
 
 
@@ -70,6 +94,12 @@ class SourceConfig(_Strict):
     default_sampling_rate: int = Field(1, ge=1, le=2**32 - 1)  # netflow: for exporters that never announce theirs
     follow: bool = False  # zeek: keep reading what Zeek appends (and follow rotations)
     from_end: bool = False  # zeek, with follow: skip what the log already holds at the first start (a restart reads on from its checkpoint)
+    # Time is an input (capture.clock): a live source's records may end at most max_ahead_s
+    # past the wall clock; any source's may fall at most max_jump_s behind the newest record
+    # believed, and (replays) jump at most that far ahead of it unless 8 records agree on
+    # the new time. Records outside are counted, reported and dropped, never move the clock.
+    max_ahead_s: float = Field(300.0, gt=0, le=_DAY_S)
+    max_jump_s: float = Field(3600.0, gt=0, le=_MAX_INTERVAL_S)
 
     @field_validator("bind_address")
     @classmethod
@@ -152,8 +182,13 @@ class IncidentsConfig(_Strict):
 
 
 class SinkConfig(_Strict):
-    url: str
+    url: str  # or credential:NAME (resolve_credential)
     name: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return resolve_credential(value)
 
 
 class OutputsConfig(_Strict):
@@ -205,7 +240,13 @@ class KafkaConfig(_Strict):
     # it scored once, however many of its windows it held, then commits
     batch_windows: int = Field(20_000, ge=1, le=_MAX_COUNT)
     # librdkafka settings for every client: security.protocol, sasl.*, ssl.*, session.timeout.ms...
+    # (a secret as credential:NAME: `sasl.password: credential:kafka-password`)
     client: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, value: dict[str, str | int | float | bool]) -> dict[str, str | int | float | bool]:
+        return {k: resolve_credential(v) if isinstance(v, str) else v for k, v in value.items()}
 
 
 class Config(_Strict):

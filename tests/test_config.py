@@ -130,3 +130,27 @@ def test_check_config_exit_codes(tmp_path: Path):
 def test_every_file_under_configs_is_a_valid_config(path: Path):
     """configs/ holds netad configs only (splice and scenario lists live in docs/eval/)."""
     assert load_config(path, env={}).model.path is not None
+
+
+def test_secrets_come_from_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A sink URL or a Kafka client setting written credential:NAME is the file NAME of
+    $CREDENTIALS_DIRECTORY (LoadCredential=), without its final newline; without that
+    directory, or without the file, `netad run` exits 78 naming the line and the credential."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "siem-url").write_text(f"jsonl://{tmp_path / 'incidents.jsonl'}\n")
+    (creds / "kafka-password").write_text("hunter2")
+    p = tmp_path / "c.yaml"
+    p.write_text("sinks:\n  - url: credential:siem-url\nkafka:\n  client: {sasl.password: 'credential:kafka-password'}\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = load_config(p)
+    assert (f"jsonl://{tmp_path / 'incidents.jsonl'}", "hunter2") == (cfg.sinks[0].url, cfg.kafka.client["sasl.password"])
+    (creds / "kafka-password").unlink()
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    assert str(exc.value).startswith(f"{p}:4: kafka.client: ") and "cannot read credential kafka-password" in str(exc.value)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    res = subprocess.run([sys.executable, "-m", "detector.cli", "run", "-c", str(p)], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert 78 == res.returncode and "Traceback" not in res.stderr
+    assert f"{p}:2: sinks[0].url: " in res.stderr and "$CREDENTIALS_DIRECTORY is not set" in res.stderr

@@ -80,3 +80,5 @@ def test_unit_says_what_the_daemon_relies_on(unit):
     assert "MemoryDenyWriteExecute" not in d  # PyTorch and numba's JIT need W+X memory
     assert any(v.startswith("NUMBA_CACHE_DIR=/var/lib/netad/") for v in d["Environment"])
     assert d["ExecStart"][0].startswith("/usr/local/bin/netad run -c /etc/netad/netad.yaml")
+    assert ["3G"] == d["MemoryMax"]  # sized in README, "Memory"
+    assert {"netad-sink-url", "netad-kafka-password"} == set(d["LoadCredential"])  # the config's credential:NAME
