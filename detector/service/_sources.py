@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import structlog
 
 from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
@@ -26,6 +27,8 @@ from detector.capture.packets.pcap import CaptureFile
 from detector.config import SourceConfig
 from detector.contracts import FlowRecordBatch, PacketBatch
 from detector.errors import ConfigError
+
+log = structlog.get_logger()
 
 POLL_S = 0.2  # the longest the run loop waits for a batch (live idle poll, replay pacing)
 
@@ -75,6 +78,8 @@ class ReplaySource:
             yield from self._paced(batch)
             if self.stop:
                 return
+        if self.capture.damage:  # the summary says it too; the journal is where an operator looks
+            log.warning("capture_damaged", path=str(self.path), damage=self.capture.damage, packets_read=self.capture.packets)
 
     def _resumed(self, batches: CaptureFile) -> Iterator[PacketBatch]:
         for batch in batches:
