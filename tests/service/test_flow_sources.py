@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.capture.packets.pcap import read_records
 from detector.capture.packets.pcapwriter import write_pcap
-from detector.capture.windows import FLOW_SCHEMA
+from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
 from detector.config import SourceConfig
 from detector.contracts import Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import ConfigError
@@ -191,11 +191,11 @@ def test_a_model_for_the_other_kind_of_input_is_refused(honeypot, packet_model, 
     cfg = _config(tmp_path, honeypot["model"])
     res = run("score", "-c", str(cfg), "--conn-log", str(honeypot["test"]), "--model", str(packet_model))
     assert 78 == res.returncode, res.stderr
-    assert "trained on packets (feature schema packet v2) and cannot score flow records" in res.stderr
+    assert f"trained on packets (feature schema packet v{PACKET_SCHEMA.version}) and cannot score flow records" in res.stderr
     assert "netad train --conn-log" in res.stderr
     res = run("score", "-c", str(cfg), "--pcap", str(shared_file(PCAP)), "--model", str(honeypot["model"]))
     assert 78 == res.returncode, res.stderr
-    assert "trained on flow records (feature schema flow v2) and cannot score packets" in res.stderr
+    assert f"trained on flow records (feature schema flow v{FLOW_SCHEMA.version}) and cannot score packets" in res.stderr
     assert "netad train --pcap" in res.stderr
     daemon_cfg = _config(tmp_path, packet_model, source={"type": "zeek", "path": str(honeypot["test"])})
     res = run("run", "-c", str(daemon_cfg))

@@ -123,7 +123,7 @@ class EntityWindows:
         self.watermark_ns: int | None = None
         self.entities_expired = 0
         self.windows_closed = 0
-        self.history = PeerHistory(history_s, history_warmup_s)
+        self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains)
 
     @property
     def entities(self) -> int:
