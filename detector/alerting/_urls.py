@@ -4,7 +4,8 @@ Where it stands: under sinks.py (build_sink). The forms:
 
   jsonl:///abs/path.jsonl  jsonl:relative/path.jsonl   ?max_bytes=&backups=&fsync=
   stdout://
-  syslog+udp://host[:514]  syslog+tcp://host[:514]     ?facility=&hostname=&max_bytes=
+  syslog+udp://host[:514]  syslog+tcp://host[:514]     ?facility=&hostname=&max_bytes= (UDP: at most 2048,
+                                                        the default there; format=ocsf does not fit)
   syslog+tls://host[:6514]                             ?ca=&cert=&key=&insecure=
   http(s)://host:8088/services/collector?token=...     ?sourcetype=&index=&source=&channel=&batch=
   webhook+http(s)://host/path                          ?token= (sent as a Bearer token)
@@ -33,7 +34,7 @@ from detector import __version__
 from detector.alerting import formats
 from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
 from detector.alerting._kafka import KafkaTransport
-from detector.alerting._syslog import SyslogStreamTransport, SyslogUdpTransport, tls_context
+from detector.alerting._syslog import UDP_MAX_BYTES, SyslogStreamTransport, SyslogUdpTransport, tls_context
 from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
@@ -223,12 +224,19 @@ def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params,
     if facility not in formats.FACILITIES:
         raise _BadUrl(f"facility={facility!r}: expected one of {', '.join(formats.FACILITIES)}")
     hostname = params.text("hostname", local_host) or local_host
-    max_bytes = int(params.number("max_bytes", SYSLOG_MAX_BYTES, minimum=480, integer=True))
+    udp = scheme == "syslog+udp"
+    max_bytes = int(params.number("max_bytes", UDP_MAX_BYTES if udp else SYSLOG_MAX_BYTES, minimum=480, integer=True))
     msg_format = "ecs" if fmt == "rfc5424" else fmt
+    if udp and max_bytes > UDP_MAX_BYTES:
+        raise _BadUrl(f"max_bytes={max_bytes}: a UDP datagram carries at most {UDP_MAX_BYTES} bytes (RFC 5426); "
+                      "for longer messages use syslog+tcp:// or syslog+tls://")
+    if udp and msg_format == "ocsf":
+        raise _BadUrl(f"format=ocsf: an OCSF finding (2.2-3.3 KB) does not fit a {UDP_MAX_BYTES}-byte UDP datagram "
+                      "(RFC 5426); use syslog+tcp:// or syslog+tls://, or format=rfc5424 (ECS inside) or format=cef")
     name = f"{scheme}-{host}-{port}"
     transport: Transport
-    if scheme == "syslog+udp":
-        transport = SyslogUdpTransport(host, port)
+    if udp:
+        transport = SyslogUdpTransport(host, port, max_bytes)
     else:
         context = _tls(params) if scheme == "syslog+tls" else None
         transport = SyslogStreamTransport(host, port, timeout_s=timeout_s, ssl_context=context, sink_name=name)
