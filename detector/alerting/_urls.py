@@ -8,6 +8,7 @@ Where it stands: under sinks.py (build_sink). The forms:
                                                         the default there; format=ocsf does not fit)
   syslog+tls://host[:6514]                             ?ca=&cert=&key=&insecure=
   http(s)://host:8088/services/collector?token=...     ?sourcetype=&index=&source=&channel=&batch=
+                                                        &ack=true&ack_timeout_s= (indexer acknowledgement)
   webhook+http(s)://host/path                          ?token= (sent as a Bearer token)
   kafka://broker1:9092[,broker2:9092]/topic            ?<librdkafka setting>= (security.protocol,
                                                         sasl.mechanism, sasl.username, sasl.password,
@@ -25,6 +26,7 @@ import os
 import re
 import socket
 import ssl
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +55,8 @@ _PARAMS: dict[str, set[str]] = {
     "syslog+udp": {"facility", "hostname", "max_bytes"},
     "syslog+tcp": {"facility", "hostname", "max_bytes"},
     "syslog+tls": {"facility", "hostname", "max_bytes"} | _TLS,
-    "http": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
-    "https": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
+    "http": {"token", "sourcetype", "index", "source", "channel", "batch", "ack", "ack_timeout_s"} | _TLS,
+    "https": {"token", "sourcetype", "index", "source", "channel", "batch", "ack", "ack_timeout_s"} | _TLS,
     "webhook+http": {"token"} | _TLS,
     "webhook+https": {"token"} | _TLS,
     "kafka": set(),  # and any librdkafka setting (a key with a dot)
@@ -294,8 +296,12 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
         raise _BadUrl("Splunk HEC needs ?token=")
     headers["Authorization"] = f"Splunk {token}"
     headers["Content-Type"] = "application/json"
-    if params.text("channel"):
-        headers["X-Splunk-Request-Channel"] = params.text("channel") or ""
+    ack = params.flag("ack")
+    ack_timeout_s = params.number("ack_timeout_s", 60.0, minimum=0.1)
+    channel = params.text("channel") or (str(uuid.uuid4()) if ack else None)  # acks are per channel
+    if channel:
+        headers["X-Splunk-Request-Channel"] = channel
+    ack_path = path[: path.index("/services/collector")] + "/services/collector/ack" if ack else None
     batch = int(params.number("batch", HEC_BATCH, minimum=1, integer=True))
     sourcetype = params.text("sourcetype", HEC_SOURCETYPE) or HEC_SOURCETYPE
     index, source = params.text("index"), params.text("source")
@@ -305,5 +311,6 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
                           **syslog_options)
 
     transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                              timeout_s=timeout_s, batch_max=batch, ssl_context=context)
+                              timeout_s=timeout_s, batch_max=batch, ssl_context=context,
+                              ack_path=ack_path, ack_timeout_s=ack_timeout_s)
     return transport, encode, f"hec-{host}-{port or ''}"

@@ -122,12 +122,17 @@ class Sink:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Ask for an immediate delivery attempt and wait until nothing is pending; False if
-        events are still pending when timeout_s runs out (they stay spooled)."""
+        events are still pending when timeout_s runs out (they stay spooled), or as soon as
+        that attempt fails on a disabled sink: an endpoint that refuses everything (bad token,
+        wrong path) will not change its mind within a shutdown's timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._kick = True
+            failures_before = self._retries
             self._cond.notify_all()
             while self._pending and (self._thread is not None and self._thread.is_alive()):
+                if self._disabled and self._retries > failures_before:
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -291,6 +296,7 @@ class Sink:
             backlog = len(self._pending)
             newly_disabled = endpoint_broken and not self._disabled
             self._disabled = self._disabled or endpoint_broken
+            self._cond.notify_all()  # a flush() waiting on a disabled sink stops waiting
         self._failed_attempts += 1
         if endpoint_broken:  # retrying soon cannot help; slowly, in case someone fixes it
             wait_s = self._backoff_max_s
