@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from detector.alerting import formats
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
 from detector.contracts import IncidentEvent
 
 HEC_SOURCETYPE = "netad:incident"
@@ -84,6 +84,9 @@ class HttpTransport(Transport):
         self.ack_path = ack_path  # HEC's /services/collector/ack: set when indexer acknowledgement is on
         self.ack_timeout_s = ack_timeout_s
         self._conn: http.client.HTTPConnection | None = None
+
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

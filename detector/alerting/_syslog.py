@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
 
 log = structlog.get_logger()
 
@@ -58,6 +58,9 @@ class SyslogUdpTransport(Transport):
         self.max_bytes = max_bytes
         self._sock: socket.socket | None = None
 
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
+
     def send(self, records: list[bytes]) -> None:
         for record in records:
             if len(record) > self.max_bytes:
@@ -92,6 +95,9 @@ class SyslogStreamTransport(Transport):
         self.sink_name = sink_name
         self._sock: socket.socket | None = None
         self._connections = 0
+
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
 
     def _connect(self) -> socket.socket:
         try:

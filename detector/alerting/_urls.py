@@ -144,7 +144,8 @@ class _Params:
 
 
 def parse_sink_url(url: str, *, name: str | None = None) -> SinkSpec:
-    """The transport, encoder and settings a URL asks for; ConfigError if it is bad."""
+    """The transport, encoder and settings a URL asks for; ConfigError if it is bad. Nothing
+    is opened, created or sent: the transport is opened when its sink starts (build_sink)."""
     try:
         return _parse(url, name)
     except _BadUrl as exc:
@@ -212,11 +213,7 @@ def _local(scheme: str, parts: SplitResult, params: _Params) -> tuple[Transport,
     backups = params.number("backups", 5, minimum=1, integer=True)
     transport = JsonlTransport(Path(path), max_bytes=int(max_bytes) if max_bytes else None,
                                backups=int(backups), fsync=params.flag("fsync") if "fsync" in params.values else True)
-    try:
-        transport.open()
-    except OSError as exc:
-        raise _BadUrl(f"cannot open {path} for appending: {exc.strerror or exc}") from None
-    return transport, "jsonl-" + path
+    return transport, "jsonl-" + path  # opened (created) when the sink starts: build_sink
 
 
 def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params, timeout_s: float,

@@ -31,6 +31,7 @@ import structlog
 
 from detector.alerting._spool import Spool, SpoolBusyError, SpoolRecordError
 from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import unwritable as unwritable  # check-config's, with the sinks' own check
 from detector.alerting._urls import SinkSpec, parse_sink_url, redact_url
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
@@ -386,6 +387,10 @@ def build_sink(url: str, *, spool_dir: Path | None = None, name: str | None = No
     spool to spool_dir/<name>/ and deliver in the background; the name defaults to one
     derived from the URL, stable across restarts. ConfigError("sinks: <url>: <reason>")."""
     spec: SinkSpec = parse_sink_url(url, name=name)
+    try:
+        spec.transport.open()
+    except OSError as exc:
+        raise ConfigError(f"sinks: {redact_url(url)}: cannot open for writing: {exc.strerror or exc}") from None
     spool = None
     if spool_dir is not None and not spec.transport.local:
         directory = Path(spool_dir) / spec.name
