@@ -181,7 +181,8 @@ def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_e
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         res = generate(Path(out), Path(truth) if truth else None, profile=profile, seed=seed, benign_s=benign_s,
-                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen)
+                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen,
+                       progress=sys.stderr.isatty())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {res.packets:,} packets to {out} ({res.end_epoch_s - res.start_epoch_s:.0f} s, home net {res.home_net})")
