@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from detector.alerting import attack, formats
 from detector.alerting.classify import CATEGORIES
 from detector.contracts import FeatureContribution, IncidentEvent, WindowEvidence
+from tests.alerting._schemas import validate_ecs, validate_ocsf
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("NETAD_TEST_UPDATE_GOLDEN") == "1"
@@ -493,11 +494,14 @@ _HYPOTHESIS = settings(
 @given(hostile_fields())
 def test_hostile_values_stay_inside_their_fields(make_event: Factory, fields: dict[str, Any]) -> None:
     """Whatever the network puts in an entity, peer or name: every format stays one valid
-    line, and the value reads back (cleaned) from the field it was put in."""
+    line, the value reads back (cleaned) from the field it was put in, and the ECS and OCSF
+    documents stay valid against the published schemas (tests/alerting/_schemas.py)."""
     event = make_event(0, **fields)
     ecs = formats.ecs_json(event)
     _assert_one_clean_line(ecs)
     doc = json.loads(ecs)
+    assert [] == validate_ecs(doc)
+    assert [] == validate_ocsf(json.loads(formats.ocsf_json(event)))
     assert doc["event"].get("id", "") == formats.clean_text(event.event_id)  # ECS: an empty value is left out
     assert doc["netad"]["entity"] == formats.clean_text(event.entity)
 

@@ -44,37 +44,35 @@ def _source_constraints(source: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def trim(compiled: dict[str, Any], source: Path, class_name: str) -> dict[str, Any]:
-    constraints = _source_constraints(source)
-    objects: dict[str, Any] = {}
-    pending = [class_name]
-    cls = compiled["classes"][class_name]
-    entries = {class_name: cls}
-    while pending:
-        name = pending.pop()
-        entry = entries[name] if name == class_name else compiled["objects"][name]
-        for attr in entry["attributes"].values():
-            kind = attr["type"]
-            if kind in compiled["objects"] and kind not in objects and kind != class_name:
-                objects[kind] = None
-                entries[kind] = compiled["objects"][kind]
-                pending.append(kind)
-    def _entry(name: str, entry: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"attributes": {k: _attribute(v) for k, v in sorted(entry["attributes"].items())}}
-        if name in constraints:
-            out["constraints"] = constraints[name]
-        return out
+def _entry(entry: dict[str, Any], constraints: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"attributes": {k: _attribute(v) for k, v in sorted(entry["attributes"].items())}}
+    if constraints:
+        out["constraints"] = constraints
+    return out
 
+
+def trim(compiled: dict[str, Any], source: Path, class_name: str) -> dict[str, Any]:
+    """The class, every object its attributes reach (transitively), the types, the categories."""
+    constraints = _source_constraints(source)
+    cls = compiled["classes"][class_name]
+    reached: set[str] = set()
+    pending = [cls]
+    while pending:
+        for attr in pending.pop()["attributes"].values():
+            kind = attr["type"]
+            if kind in compiled["objects"] and kind not in reached:
+                reached.add(kind)
+                pending.append(compiled["objects"][kind])
     types = {
         name: {k: v for k, v in t.items() if k in ("type", "regex", "range", "max_len", "values") and v is not None}
         for name, t in compiled["types"].items()
     }
-    klass = _entry(class_name, cls)
+    klass = _entry(cls, constraints.get(class_name))
     klass.update(uid=cls["uid"], category=cls["category"], profiles=cls.get("profiles", []))
     return {
         "version": compiled["version"],
         "class": {class_name: klass},
-        "objects": {name: _entry(name, compiled["objects"][name]) for name in sorted(objects)},
+        "objects": {name: _entry(compiled["objects"][name], constraints.get(name)) for name in sorted(reached)},
         "types": types,
         "categories": {k: {"uid": v["uid"], "caption": v["caption"]} for k, v in compiled["categories"].items()},
     }
