@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.capture.packets.pcapwriter import write_pcap
+from detector.progress import Progress
 from detector.synth import _benign as benign
 from detector.synth import _events as events
 from detector.synth import _services as services
@@ -104,11 +105,13 @@ def generate(
     hosts: int | None = None,
     packets: int | None = None,
     snaplen: int | None = None,
+    progress: bool = False,
 ) -> SynthResult:
     """Write a synthetic capture to `out` (classic pcap, Ethernet, µs timestamps) and, when
     `truth` is given, its ground-truth CSV (header TRUTH_HEADER; offsets are from
     `start_epoch_s`). `hosts` is the number of workstations; `packets` (bench only) the
-    exact number of frames; `snaplen` cuts frames to that many bytes, as tcpdump -s does
+    exact number of frames; `snaplen` cuts frames to that many bytes, as tcpdump -s does;
+    `progress` shows its steps on stderr (a terminal only)
     (the default keeps whole frames). Raises ValueError for impossible settings."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
@@ -134,6 +137,8 @@ def generate(
     net = make_network(profile, n_hosts, rng_for(seed, "network"))
     act = make_activity(rng_for(seed, "activity"), n_hosts, span.begin_ns, span.end_ns, churn=profile == "demo")
 
+    bar = Progress("synth", total=4, unit="steps", enabled=progress)
+    bar.update(1, note="network and activity planned")
     fixed, arp, mdns = _fixed_traffic(net, act, span, seed)
     planned = events.plan_events(rng_for(seed, "schedule"), net, act, benign_until_ns, end_ns) if attack_s > 0 else []
     injected = [p.draw(rng_for(seed, p.name + str(i)), i + 1) for i, p in enumerate(planned)]
@@ -145,8 +150,10 @@ def generate(
     else:
         variable = _variable_traffic(net, act, seed, 1.0)
     ipv4 = PacketTable.concat([fixed, variable, *injected])
+    bar.update(1, note=f"{ipv4.ts_ns.shape[0]:,} IPv4 packets made")
 
     ts, rows, wire, kept = _assemble(net, ipv4, arp, mdns, seed, span, limit)
+    bar.update(1, note=f"{ts.shape[0]:,} frames assembled")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     width = rows.shape[1]
@@ -154,6 +161,8 @@ def generate(
         out, ts, rows.reshape(-1), np.arange(ts.shape[0], dtype=np.int64) * width, np.minimum(wire, width),
         wire_lengths=wire, snaplen=65535 if snaplen is None else snaplen,
     )
+    bar.update(1, note=f"written to {out}")
+    bar.close()
 
     labelled = _intervals(planned, kept)
     if truth is not None:
