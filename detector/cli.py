@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from detector import __version__
-from detector._exit import EX_DATAERR, errors_to_exit_codes
+from detector._exit import EX_DATAERR, InputFile, errors_to_exit_codes
 from detector._lazy import LazyGroup
 from detector.errors import ConfigError
 
@@ -30,7 +30,7 @@ def _load(config: str | None):
 
 config_option = click.option("-c", "--config", type=click.Path(dir_okay=False), default=None,
                              help="YAML config file (default: built-in defaults).")
-conn_log_option = click.option("--conn-log", "conn_logs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+conn_log_option = click.option("--conn-log", "conn_logs", multiple=True, type=InputFile(),
                                help="Zeek conn.log (TSV or JSON, .gz too) read as flow records, instead of --pcap (repeatable).")
 
 
@@ -88,23 +88,22 @@ def run(config: str | None, sinks: tuple[str, ...]) -> None:
 @config_option
 @_errors_to_exit_codes
 def check_config(config: str | None) -> None:
-    """Validate a config file and the rule files and sinks it names; exit 78 if invalid."""
-    from detector.alerting.rules import load_rules
-    from detector.alerting.sinks import build_sink
+    """Check that `netad run -c CONFIG` would start, as `suricata -T` does, without side
+    effects: the config, its rule files, the source, the model bundle, the sinks and the
+    state directory; every problem on stderr as `file:line: key: reason`, exit 78."""
+    from detector.service.preflight import check
 
-    cfg = _load(config)  # its logs (the sinks it opens) on stderr, in logging.format
-    load_rules(cfg.incidents.rules)
-    for i, sc in enumerate(cfg.sinks):
-        try:
-            build_sink(sc.url, spool_dir=None, name=sc.name).close(timeout_s=0.1)
-        except ConfigError as exc:
-            raise ConfigError(f"{config}: sinks[{i}]: {exc}") from None
-    click.echo(f"{config or '<defaults>'}: ok ({len(cfg.incidents.rules)} rule file(s), {len(cfg.sinks)} sink(s))")
+    cfg = _load(config)
+    problems = check(cfg, config)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    click.echo(f"{config or '<defaults>'}: ok ({len(cfg.incidents.rules)} rule file(s), {len(cfg.sinks)} sink(s), "
+               f"model {cfg.model.path if cfg.role != 'sensor' else '(none: sensor)'})")
 
 
 @main.command()
 @config_option
-@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Benign training capture (repeatable).")
+@click.option("--pcap", "pcaps", multiple=True, type=InputFile(), help="Benign training capture (repeatable).")
 @conn_log_option
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model bundle directory to write.")
 @click.option("--truth", type=click.Path(exists=True, dir_okay=False),
@@ -116,6 +115,9 @@ def check_config(config: str | None) -> None:
 def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, end_s) -> None:
     """Train a model bundle on benign captures (packet model) or Zeek conn.logs (flow model)."""
     from detector.service.training import train_from_captures
+
+    if before_first_attack and not truth:  # without the truth it would train on the attacks, silently
+        raise click.UsageError("--before-first-attack needs --truth (the CSV that says when the first attack starts)")
 
     inputs, flow_records = _inputs(pcaps, conn_logs)
     cfg = _load(config)
@@ -139,7 +141,7 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
 @main.command()
 @config_option
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path from the config).")
-@click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Capture to replay (repeatable).")
+@click.option("--pcap", "pcaps", multiple=True, type=InputFile(), help="Capture to replay (repeatable).")
 @conn_log_option
 @click.option("--scores", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write window scores (JSON lines) here; - for standard output.")
@@ -194,7 +196,8 @@ def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_e
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     try:
         res = generate(Path(out), Path(truth) if truth else None, profile=profile, seed=seed, benign_s=benign_s,
-                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen)
+                       attack_s=attack_s, hosts=hosts, packets=packets, start_epoch_s=start_epoch_s, snaplen=snaplen,
+                       progress=sys.stderr.isatty())
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {res.packets:,} packets to {out} ({res.end_epoch_s - res.start_epoch_s:.0f} s, home net {res.home_net})")

@@ -454,3 +454,19 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
             break
         line = node.start_mark.line + 1
     return line
+
+
+def key_location(path: str | Path | None, loc: tuple[Any, ...]) -> str:
+    """`file:line: key` of a key of a config file, for messages about a valid config's values
+    (check-config: a model or capture that is not there); the line of the nearest enclosing
+    key the file has, or just `file: key` for a value left to its default."""
+    label = str(path) if path is not None else "<defaults>"
+    root = None
+    if path is not None:
+        try:
+            root = yaml.compose(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            root = None
+    present = isinstance(root, yaml.MappingNode) and any(getattr(k, "value", None) == loc[0] for k, _ in root.value)
+    line = _line_of(root, loc) if present else None
+    return f"{label}:{line}: {_format_loc(loc)}" if line else f"{label}: {_format_loc(loc)}"

@@ -25,9 +25,15 @@ def test_lazy_commands_list_the_short_help_their_command_has(group: click.Group)
         assert command.help.split("\n\n")[0].split() == stored.split(), name
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["check-config", "-c", "configs/default.yaml"], ["bench", "--help"]])
-def test_light_commands_import_no_torch_scipy_or_numba(args: list[str]):
-    """--help, --version, check-config and a group's help run without the heavy libraries."""
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["check-config"], ["bench", "--help"]])
+def test_light_commands_import_no_torch_scipy_or_numba(args: list[str], tmp_path_factory: pytest.TempPathFactory):
+    """--help, --version, check-config and a group's help run without the heavy libraries;
+    check-config on a config that passes, so with a model bundle checked (model.json and the
+    weights' header: tests/service/test_preflight.py)."""
+    if args == ["check-config"]:
+        from tests.service.test_preflight import passing_config
+
+        args = ["check-config", "-c", str(passing_config(tmp_path_factory.mktemp("light")))]
     probe = (
         "import sys\n"
         "from detector.cli import main\n"
@@ -38,3 +44,32 @@ def test_light_commands_import_no_torch_scipy_or_numba(args: list[str]):
     )
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert "exit 0 heavy []" == res.stdout.strip().splitlines()[-1], res.stderr
+
+
+def test_a_missing_capture_exits_66_and_touches_no_output(tmp_path):
+    """`netad score --pcap MISSING` exits 66 (EX_NOINPUT, as documented), naming the file,
+    before anything is opened: an incidents file from an earlier run is left as it was."""
+    from click.testing import CliRunner
+
+    earlier = tmp_path / "incidents.jsonl"
+    earlier.write_text('{"earlier": true}\n')
+    for args in (["score", "--pcap", str(tmp_path / "nope.pcap"), "--incidents", str(earlier)],
+                 ["train", "--conn-log", str(tmp_path / "nope.log"), "--out", str(tmp_path / "model")]):
+        result = CliRunner().invoke(cli.main, args)
+        assert 66 == result.exit_code, result.output
+        assert "does not exist" in result.stderr and "nope." in result.stderr
+    assert '{"earlier": true}\n' == earlier.read_text()
+    assert not (tmp_path / "model").exists()
+
+
+def test_before_first_attack_without_the_truth_is_an_error(tmp_path):
+    """`train --before-first-attack` without --truth would train on the attacks (thresholds
+    4-8x higher): a usage error saying what is missing."""
+    from click.testing import CliRunner
+
+    capture = tmp_path / "c.pcap"
+    capture.write_bytes(b"\xd4\xc3\xb2\xa1" + bytes(20))
+    result = CliRunner().invoke(cli.main, ["train", "--pcap", str(capture), "--out", str(tmp_path / "m"), "--before-first-attack"])
+    assert 2 == result.exit_code
+    assert "--before-first-attack needs --truth" in result.stderr
+    assert not (tmp_path / "m").exists()

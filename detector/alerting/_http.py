@@ -10,6 +10,16 @@ the endpoint answers 2xx. Everything else is sorted by what retrying can achieve
 - 3xx, 401, 403, 404 and other 4xx: the endpoint or our configuration is wrong (bad token,
   wrong path); the sink is marked disabled and retries slowly until someone fixes it.
 
+An error is logged with Splunk's own reason: HEC answers {"text": "Invalid token", "code": 4}.
+
+Indexer acknowledgement (`ack=true` in a HEC URL; Splunk's "About HTTP Event Collector
+Indexer Acknowledgment"): a 200 only says HEC took the request, not that an indexer wrote
+it. With ack, every request goes on a channel (X-Splunk-Request-Channel, `channel=` or a
+random UUID per sink) and HEC answers {"ackId": N}; the batch counts as delivered only once
+POST /services/collector/ack {"acks": [N]} answers {"acks": {"N": true}}. Until then it stays
+spooled; not acknowledged within `ack_timeout_s` it is sent again (at least once, same
+event ids, which SIEMs deduplicate on).
+
 The standard library's http.client is enough here: one persistent connection per sink, one
 request at a time, from the sink's delivery thread.
 """
@@ -19,10 +29,11 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 from typing import Any
 
 from detector.alerting import formats
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
 from detector.contracts import IncidentEvent
 
 HEC_SOURCETYPE = "netad:incident"
@@ -30,6 +41,7 @@ _RETRY_STATUSES = {408, 425, 429}
 _REJECT_STATUSES = {400, 413, 422}
 # what a kept-alive connection that the server closed while idle fails with
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_MAX_REPLY_BYTES = 64 * 1024  # an answer is a short JSON; a longer one is not read to its end
 
 
 def hec_record(event: IncidentEvent, fmt: str, *, sourcetype: str = HEC_SOURCETYPE, index: str | None = None,
@@ -62,13 +74,19 @@ class HttpTransport(Transport):
     a webhook gets one record per request (batch_max = 1)."""
 
     def __init__(self, *, scheme: str, host: str, port: int | None, path: str, headers: dict[str, str],
-                 timeout_s: float, batch_max: int = 1, ssl_context: ssl.SSLContext | None = None) -> None:
+                 timeout_s: float, batch_max: int = 1, ssl_context: ssl.SSLContext | None = None,
+                 ack_path: str | None = None, ack_timeout_s: float = 60.0) -> None:
         self.scheme, self.host, self.port, self.path = scheme, host, port, path or "/"
         self.headers = dict(headers)
         self.timeout_s = timeout_s
         self.batch_max = batch_max
         self.ssl_context = ssl_context
+        self.ack_path = ack_path  # HEC's /services/collector/ack: set when indexer acknowledgement is on
+        self.ack_timeout_s = ack_timeout_s
         self._conn: http.client.HTTPConnection | None = None
+
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -81,33 +99,62 @@ class HttpTransport(Transport):
         return self._conn
 
     def send(self, records: list[bytes]) -> None:
-        body = b"\n".join(records)
+        status, retry_after, reply = self._request(self.path, b"\n".join(records))
+        if 200 <= status < 300:
+            if self.ack_path is not None:
+                self._await_ack(reply)
+            return
+        reason = f"POST {self.host}: HTTP {status}{_splunk_reason(reply)}"
+        if status in _RETRY_STATUSES or status >= 500:
+            raise DeliveryError(reason, retry_after_s=_seconds(retry_after))
+        if status in _REJECT_STATUSES:
+            raise RejectedError(reason)
+        raise EndpointError(reason)
+
+    def _request(self, path: str, body: bytes) -> tuple[int, str | None, bytes]:
         # A kept-alive connection may have been closed by the server while idle; that first
         # failure says nothing about the endpoint, so it gets one immediate retry on a new one.
         for attempt in (1, 2):
             reused = self._conn is not None
             try:
-                status, retry_after = self._post(body)
-                break
+                return self._post(path, body)
             except _STALE as exc:
                 if not (reused and attempt == 1):
                     raise DeliveryError(f"POST {self.host}: {type(exc).__name__}: {exc}") from exc
-        if 200 <= status < 300:
-            return
-        if status in _RETRY_STATUSES or status >= 500:
-            raise DeliveryError(f"POST {self.host}: HTTP {status}", retry_after_s=_seconds(retry_after))
-        if status in _REJECT_STATUSES:
-            raise RejectedError(f"POST {self.host}: HTTP {status}")
-        raise EndpointError(f"POST {self.host}: HTTP {status}")
+        raise AssertionError("unreachable")
 
-    def _post(self, body: bytes) -> tuple[int, str | None]:
-        """One request: (status, Retry-After). Stale-connection errors propagate as they are
-        for `send` to decide; every other failure is a DeliveryError or EndpointError."""
+    def _await_ack(self, reply: bytes) -> None:
+        """Poll HEC's ack endpoint until the indexers have the request (DeliveryError when
+        they do not say so within ack_timeout_s: the batch is sent again later)."""
+        ack_id = _json(reply).get("ackId")
+        if not isinstance(ack_id, int) or isinstance(ack_id, bool):
+            raise EndpointError(f"POST {self.host}: ack=true, but HEC answered without an ackId: indexer "
+                                f"acknowledgement is off for this token (enable it, or drop ack=true)")
+        assert self.ack_path is not None
+        body = json.dumps({"acks": [ack_id]}).encode()
+        deadline = time.monotonic() + self.ack_timeout_s
+        wait_s = 0.1
+        while True:
+            status, _, answer = self._request(self.ack_path, body)
+            if not 200 <= status < 300:
+                raise DeliveryError(f"POST {self.host}{self.ack_path}: HTTP {status}{_splunk_reason(answer)}; "
+                                    f"ackId {ack_id} unconfirmed, will send again")
+            if _json(answer).get("acks", {}).get(str(ack_id)) is True:
+                return
+            if time.monotonic() + wait_s > deadline:
+                raise DeliveryError(f"POST {self.host}: ackId {ack_id} not acknowledged by the indexers within "
+                                    f"{self.ack_timeout_s:g} s; will send again")
+            time.sleep(wait_s)
+            wait_s = min(wait_s * 2, 2.0)
+
+    def _post(self, path: str, body: bytes) -> tuple[int, str | None, bytes]:
+        """One request: (status, Retry-After, body). Stale-connection errors propagate as they
+        are for `_request` to decide; every other failure is a DeliveryError or EndpointError."""
         conn = self._connection()
         try:
-            conn.request("POST", self.path, body=body, headers=self.headers)
+            conn.request("POST", path, body=body, headers=self.headers)
             response = conn.getresponse()
-            response.read()  # drain, so that the connection can be reused
+            reply = response.read(_MAX_REPLY_BYTES + 1)  # drain, so that the connection can be reused
         except ssl.SSLCertVerificationError as exc:
             self.close()
             raise EndpointError(f"TLS certificate of {self.host} not trusted: {exc.verify_message}") from exc
@@ -117,14 +164,32 @@ class HttpTransport(Transport):
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise DeliveryError(f"POST {self.host}: {type(exc).__name__}: {exc}") from exc
-        if response.will_close:
+        if response.will_close or len(reply) > _MAX_REPLY_BYTES:
             self.close()
-        return response.status, response.getheader("Retry-After")
+        return response.status, response.getheader("Retry-After"), reply[:_MAX_REPLY_BYTES]
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _json(reply: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(reply)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _splunk_reason(reply: bytes) -> str:
+    """HEC's own words for an answer ({"text": "Invalid token", "code": 4}), or a webhook's
+    short plain-text reply, for the log line."""
+    doc = _json(reply)
+    if "text" in doc or "code" in doc:
+        return f": {formats.one_line(doc.get('text', ''), 200)} (code {formats.one_line(doc.get('code', '?'), 16)})"
+    text = formats.one_line(reply.decode("utf-8", "replace"), 200).strip()
+    return f": {text}" if text else ""
 
 
 def _seconds(header: str | None) -> float | None:

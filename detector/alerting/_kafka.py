@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.alerting._transport import DeliveryError, EndpointError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, Transport, unresolvable
 
 BATCH_MAX = 500
 
@@ -27,6 +27,15 @@ class KafkaTransport(Transport):
         self.client = dict(client)
         self.timeout_s = timeout_s
         self._producer: Any = None
+
+    def check(self) -> str | None:
+        """Every bootstrap server resolves (librdkafka connects lazily, so nothing is sent)."""
+        for server in self.servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            problem = unresolvable(host.strip("[]") or server, int(port) if port.isdigit() else None)
+            if problem:
+                return problem
+        return None
 
     def _connect(self) -> Any:
         if self._producer is None:

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import structlog
 
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
 
 log = structlog.get_logger()
 
-_MAX_DATAGRAM_BYTES = 65_507  # IPv4 UDP payload limit
+# RFC 5426 §3.2: receivers SHOULD take 2048 octets, and senders SHOULD keep to what the
+# path carries; larger datagrams are fragmented, dropped by firewalls or cut by receivers.
+UDP_MAX_BYTES = 2048
 
 
 def frame(record: bytes) -> bytes:
@@ -46,18 +48,23 @@ def tls_context(*, ca_file: Path | None, insecure: bool, cert_file: Path | None 
 
 
 class SyslogUdpTransport(Transport):
-    """One datagram per message."""
+    """One datagram per message, none longer than `max_bytes` (a longer message is refused,
+    and dead-lettered by the sink: the encoder shortens what it can first)."""
 
     batch_max = 100
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, max_bytes: int = UDP_MAX_BYTES) -> None:
         self.host, self.port = host, port
+        self.max_bytes = max_bytes
         self._sock: socket.socket | None = None
+
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
 
     def send(self, records: list[bytes]) -> None:
         for record in records:
-            if len(record) > _MAX_DATAGRAM_BYTES:
-                raise RejectedError(f"message of {len(record)} bytes does not fit a UDP datagram")
+            if len(record) > self.max_bytes:
+                raise RejectedError(f"message of {len(record)} bytes does not fit a {self.max_bytes}-byte UDP datagram")
         try:
             if self._sock is None:
                 family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
@@ -88,6 +95,9 @@ class SyslogStreamTransport(Transport):
         self.sink_name = sink_name
         self._sock: socket.socket | None = None
         self._connections = 0
+
+    def check(self) -> str | None:
+        return unresolvable(self.host, self.port)
 
     def _connect(self) -> socket.socket:
         try:

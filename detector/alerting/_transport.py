@@ -12,6 +12,7 @@ transports live in _syslog.py and _http.py.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -48,8 +49,44 @@ class Transport:
     def send(self, records: list[bytes]) -> None:
         raise NotImplementedError
 
+    def open(self) -> None:
+        """Take what sending needs now (a file), when the sink starts: what cannot be had is a
+        configuration error at start-up (OSError), not an incident lost at the first send."""
+
+    def check(self) -> str | None:
+        """What would keep this transport from working, found without side effects (nothing
+        created, nothing sent): `netad check-config`. None when nothing is wrong."""
+        return None
+
     def close(self) -> None:
         """Release sockets and files; `send` may reopen them."""
+
+
+def unresolvable(host: str, port: int | None) -> str | None:
+    """Why `host` cannot be resolved (a network transport's check), or None."""
+    try:
+        socket.getaddrinfo(host, port)
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve {host}: {exc.args[-1] if exc.args else exc}"
+    return None
+
+
+def unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written or created by this process, found without creating
+    anything: the file itself if it exists, else the nearest existing directory above it.
+    (access(2) also answers for root: a read-only filesystem is refused to root too.)"""
+    if path.exists():
+        if path.is_dir():
+            return None if os.access(path, os.W_OK | os.X_OK) else f"{path}: directory not writable"
+        return None if os.access(path, os.W_OK) else f"{path}: not writable"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{path}: {parent} is not a directory"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"{path}: cannot be created: {parent} is not writable"
+            return None
+    return None
 
 
 class JsonlTransport(Transport):
@@ -82,6 +119,9 @@ class JsonlTransport(Transport):
         """Open (and create) the file now: a path that cannot be written is a configuration
         error at start-up, not an incident lost at the first write."""
         self._current()
+
+    def check(self) -> str | None:
+        return unwritable(self.path)
 
     def _current(self) -> None:
         if self._fd >= 0:

@@ -4,9 +4,11 @@ Where it stands: under sinks.py (build_sink). The forms:
 
   jsonl:///abs/path.jsonl  jsonl:relative/path.jsonl   ?max_bytes=&backups=&fsync=
   stdout://
-  syslog+udp://host[:514]  syslog+tcp://host[:514]     ?facility=&hostname=&max_bytes=
+  syslog+udp://host[:514]  syslog+tcp://host[:514]     ?facility=&hostname=&max_bytes= (UDP: at most 2048,
+                                                        the default there; format=ocsf does not fit)
   syslog+tls://host[:6514]                             ?ca=&cert=&key=&insecure=
   http(s)://host:8088/services/collector?token=...     ?sourcetype=&index=&source=&channel=&batch=
+                                                        &ack=true&ack_timeout_s= (indexer acknowledgement)
   webhook+http(s)://host/path                          ?token= (sent as a Bearer token)
   kafka://broker1:9092[,broker2:9092]/topic            ?<librdkafka setting>= (security.protocol,
                                                         sasl.mechanism, sasl.username, sasl.password,
@@ -24,6 +26,7 @@ import os
 import re
 import socket
 import ssl
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ from detector import __version__
 from detector.alerting import formats
 from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
 from detector.alerting._kafka import KafkaTransport
-from detector.alerting._syslog import SyslogStreamTransport, SyslogUdpTransport, tls_context
+from detector.alerting._syslog import UDP_MAX_BYTES, SyslogStreamTransport, SyslogUdpTransport, tls_context
 from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
@@ -52,8 +55,8 @@ _PARAMS: dict[str, set[str]] = {
     "syslog+udp": {"facility", "hostname", "max_bytes"},
     "syslog+tcp": {"facility", "hostname", "max_bytes"},
     "syslog+tls": {"facility", "hostname", "max_bytes"} | _TLS,
-    "http": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
-    "https": {"token", "sourcetype", "index", "source", "channel", "batch"} | _TLS,
+    "http": {"token", "sourcetype", "index", "source", "channel", "batch", "ack", "ack_timeout_s"} | _TLS,
+    "https": {"token", "sourcetype", "index", "source", "channel", "batch", "ack", "ack_timeout_s"} | _TLS,
     "webhook+http": {"token"} | _TLS,
     "webhook+https": {"token"} | _TLS,
     "kafka": set(),  # and any librdkafka setting (a key with a dot)
@@ -141,7 +144,8 @@ class _Params:
 
 
 def parse_sink_url(url: str, *, name: str | None = None) -> SinkSpec:
-    """The transport, encoder and settings a URL asks for; ConfigError if it is bad."""
+    """The transport, encoder and settings a URL asks for; ConfigError if it is bad. Nothing
+    is opened, created or sent: the transport is opened when its sink starts (build_sink)."""
     try:
         return _parse(url, name)
     except _BadUrl as exc:
@@ -209,11 +213,7 @@ def _local(scheme: str, parts: SplitResult, params: _Params) -> tuple[Transport,
     backups = params.number("backups", 5, minimum=1, integer=True)
     transport = JsonlTransport(Path(path), max_bytes=int(max_bytes) if max_bytes else None,
                                backups=int(backups), fsync=params.flag("fsync") if "fsync" in params.values else True)
-    try:
-        transport.open()
-    except OSError as exc:
-        raise _BadUrl(f"cannot open {path} for appending: {exc.strerror or exc}") from None
-    return transport, "jsonl-" + path
+    return transport, "jsonl-" + path  # opened (created) when the sink starts: build_sink
 
 
 def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params, timeout_s: float,
@@ -223,12 +223,19 @@ def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params,
     if facility not in formats.FACILITIES:
         raise _BadUrl(f"facility={facility!r}: expected one of {', '.join(formats.FACILITIES)}")
     hostname = params.text("hostname", local_host) or local_host
-    max_bytes = int(params.number("max_bytes", SYSLOG_MAX_BYTES, minimum=480, integer=True))
+    udp = scheme == "syslog+udp"
+    max_bytes = int(params.number("max_bytes", UDP_MAX_BYTES if udp else SYSLOG_MAX_BYTES, minimum=480, integer=True))
     msg_format = "ecs" if fmt == "rfc5424" else fmt
+    if udp and max_bytes > UDP_MAX_BYTES:
+        raise _BadUrl(f"max_bytes={max_bytes}: a UDP datagram carries at most {UDP_MAX_BYTES} bytes (RFC 5426); "
+                      "for longer messages use syslog+tcp:// or syslog+tls://")
+    if udp and msg_format == "ocsf":
+        raise _BadUrl(f"format=ocsf: an OCSF finding (2.2-3.3 KB) does not fit a {UDP_MAX_BYTES}-byte UDP datagram "
+                      "(RFC 5426); use syslog+tcp:// or syslog+tls://, or format=rfc5424 (ECS inside) or format=cef")
     name = f"{scheme}-{host}-{port}"
     transport: Transport
-    if scheme == "syslog+udp":
-        transport = SyslogUdpTransport(host, port)
+    if udp:
+        transport = SyslogUdpTransport(host, port, max_bytes)
     else:
         context = _tls(params) if scheme == "syslog+tls" else None
         transport = SyslogStreamTransport(host, port, timeout_s=timeout_s, ssl_context=context, sink_name=name)
@@ -286,8 +293,12 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
         raise _BadUrl("Splunk HEC needs ?token=")
     headers["Authorization"] = f"Splunk {token}"
     headers["Content-Type"] = "application/json"
-    if params.text("channel"):
-        headers["X-Splunk-Request-Channel"] = params.text("channel") or ""
+    ack = params.flag("ack")
+    ack_timeout_s = params.number("ack_timeout_s", 60.0, minimum=0.1)
+    channel = params.text("channel") or (str(uuid.uuid4()) if ack else None)  # acks are per channel
+    if channel:
+        headers["X-Splunk-Request-Channel"] = channel
+    ack_path = path[: path.index("/services/collector")] + "/services/collector/ack" if ack else None
     batch = int(params.number("batch", HEC_BATCH, minimum=1, integer=True))
     sourcetype = params.text("sourcetype", HEC_SOURCETYPE) or HEC_SOURCETYPE
     index, source = params.text("index"), params.text("source")
@@ -297,5 +308,6 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
                           **syslog_options)
 
     transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                              timeout_s=timeout_s, batch_max=batch, ssl_context=context)
+                              timeout_s=timeout_s, batch_max=batch, ssl_context=context,
+                              ack_path=ack_path, ack_timeout_s=ack_timeout_s)
     return transport, encode, f"hec-{host}-{port or ''}"

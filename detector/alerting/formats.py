@@ -74,6 +74,8 @@ _SYSLOG_RESOLVED = 5
 _OCSF_SEVERITY = {"low": (2, "Low"), "medium": (3, "Medium"), "high": (4, "High"),
                   "critical": (5, "Critical")}
 _OCSF_ACTIVITY = {"opened": (1, "Create"), "updated": (2, "Update"), "resolved": (3, "Close")}
+# OCSF hostname_t: DNS labels of letters, digits and inner hyphens, joined by dots
+_HOSTNAME = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?")
 _OCSF_STATUS = {"opened": (1, "New"), "updated": (2, "In Progress"), "resolved": (4, "Resolved")}
 
 def _entity_ip(event: IncidentEvent) -> str | None:
@@ -251,8 +253,10 @@ def to_ecs(event: IncidentEvent) -> dict[str, Any]:
             "name": clean_text(event.rule_name),
             "category": clean_text(event.category),
         },
-        "observer": _ecs_observer(event.observer),
     }
+    doc["observer"], labels = _ecs_observer(event.observer)
+    if labels:
+        doc["labels"] = labels
     if source_ip:
         doc["source"] = {"ip": source_ip}
     if destination_ip:
@@ -263,10 +267,22 @@ def to_ecs(event: IncidentEvent) -> dict[str, Any]:
     if threat:
         doc["threat"] = threat
     community_ids = _community_ids(event)
-    if community_ids:
-        doc["network"] = {"community_id": community_ids}
+    if community_ids:  # ECS has one value: the top flow's; all of them are in netad.evidence
+        doc["network"] = {"community_id": community_ids[0]}
     doc["netad"] = _netad_block(event)
-    return doc
+    return _pruned(doc)
+
+
+def _pruned(doc: dict[str, Any]) -> dict[str, Any]:
+    """The ECS document without empty strings, empty lists and dicts and None (ECS: leave a
+    field out rather than write it empty), except under `netad`, whose shape is fixed."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict) and key != "netad":
+            value = _pruned(value)
+        if value not in ("", None, [], {}):
+            out[key] = value
+    return out
 
 
 def _ecs_threat(event: IncidentEvent) -> dict[str, Any] | None:
@@ -296,21 +312,25 @@ def _ecs_ids(techniques: list[attack.Technique]) -> dict[str, list[str]]:
     return out
 
 
-def _ecs_observer(observer: dict[str, str]) -> dict[str, Any]:
+def _ecs_observer(observer: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """ECS `observer` (netad itself, on its host and interface) and the rest of the observer
+    dict as ECS top-level `labels` (flat keyword pairs: a flow record's exporter, netad's
+    collector address). ECS has no `observer.labels`; an empty value is left out."""
     out: dict[str, Any] = {"type": "ids", "vendor": PRODUCT, "product": PRODUCT, "version": __version__}
     labels: dict[str, str] = {}
     for key, value in list(observer.items())[:MAX_LIST_ITEMS]:
+        text = clean_text(value)
+        if not text:
+            continue
         if key == "hostname":
-            out["hostname"] = clean_text(value)
+            out["hostname"] = text
         elif key in ("name", "sensor", "sensor_id"):
-            out["name"] = clean_text(value)
+            out["name"] = text
         elif key == "interface":
-            out["ingress"] = {"interface": {"name": clean_text(value)}}
-        else:  # kept, not dropped: ECS labels are flat keyword pairs
-            labels[re.sub(r"[^A-Za-z0-9_]", "_", clean_text(key, 64))] = clean_text(value)
-    if labels:
-        out["labels"] = labels
-    return out
+            out["ingress"] = {"interface": {"name": text}}
+        else:  # kept, not dropped
+            labels[re.sub(r"[^A-Za-z0-9_]", "_", clean_text(key, 64))] = text
+    return out, labels
 
 
 def ecs_json(event: IncidentEvent) -> str:
@@ -438,11 +458,12 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
     severity_id, severity = _OCSF_SEVERITY[severity_level(event)]
     entity_ip = _entity_ip(event)
     originator, target = sides(event)
+    # an observable's name points at the attribute in this event that holds it
     observables = []
     if entity_ip:
-        observables.append({"name": "entity", "type_id": 2, "type": "IP Address", "value": entity_ip})
+        observables.append({"name": "device.ip", "type_id": 2, "type": "IP Address", "value": entity_ip})
     observables += [
-        {"name": "evidence.top_peers.ip", "type_id": 2, "type": "IP Address", "value": ip}
+        {"name": "unmapped.netad.evidence.top_peers.ip", "type_id": 2, "type": "IP Address", "value": ip}
         for ip in _peer_ips(event)
     ]
     message = summary(event)
@@ -496,8 +517,9 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
         "finding_info": finding_info,
     }
     affected = _affected_ip(event)
-    if affected:
+    if affected:  # `device` is the host profile's attribute: the profile is declared
         doc["device"] = {"ip": affected, "type_id": 0, "type": "Unknown"}
+        metadata["profiles"] = ["host"]
     if target:
         doc["resources"] = [{"uid": target, "type": "IP Address"}]
     if observables:
@@ -514,12 +536,16 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
 def _ocsf_logger(observer: dict[str, str]) -> dict[str, Any] | None:
     """The sensor as an OCSF logger: the netad instance and the host it runs on."""
     logger: dict[str, Any] = {}
-    name = observer.get("name") or observer.get("sensor") or observer.get("sensor_id")
+    # a logger needs a name or uid: the sensor's id, else the host it runs on
+    name = observer.get("name") or observer.get("sensor") or observer.get("sensor_id") or observer.get("hostname")
     if name:
         logger["name"] = clean_text(name)
     device: dict[str, Any] = {}
-    if observer.get("hostname"):
-        device["hostname"] = clean_text(observer["hostname"])
+    hostname = clean_text(observer.get("hostname", ""))
+    if _HOSTNAME.fullmatch(hostname):
+        device["hostname"] = hostname
+    elif hostname.strip():  # not a DNS name (OCSF hostname_t): the device's name
+        device["name"] = hostname
     if observer.get("interface"):
         device["interface_name"] = clean_text(observer["interface"])
     if device:

@@ -31,6 +31,7 @@ import structlog
 
 from detector.alerting._spool import Spool, SpoolBusyError, SpoolRecordError
 from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import unwritable as unwritable  # check-config's, with the sinks' own check
 from detector.alerting._urls import SinkSpec, parse_sink_url, redact_url
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
@@ -122,12 +123,17 @@ class Sink:
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Ask for an immediate delivery attempt and wait until nothing is pending; False if
-        events are still pending when timeout_s runs out (they stay spooled)."""
+        events are still pending when timeout_s runs out (they stay spooled), or as soon as
+        that attempt fails on a disabled sink: an endpoint that refuses everything (bad token,
+        wrong path) will not change its mind within a shutdown's timeout."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._kick = True
+            failures_before = self._retries
             self._cond.notify_all()
             while self._pending and (self._thread is not None and self._thread.is_alive()):
+                if self._disabled and self._retries > failures_before:
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -291,6 +297,7 @@ class Sink:
             backlog = len(self._pending)
             newly_disabled = endpoint_broken and not self._disabled
             self._disabled = self._disabled or endpoint_broken
+            self._cond.notify_all()  # a flush() waiting on a disabled sink stops waiting
         self._failed_attempts += 1
         if endpoint_broken:  # retrying soon cannot help; slowly, in case someone fixes it
             wait_s = self._backoff_max_s
@@ -380,6 +387,10 @@ def build_sink(url: str, *, spool_dir: Path | None = None, name: str | None = No
     spool to spool_dir/<name>/ and deliver in the background; the name defaults to one
     derived from the URL, stable across restarts. ConfigError("sinks: <url>: <reason>")."""
     spec: SinkSpec = parse_sink_url(url, name=name)
+    try:
+        spec.transport.open()
+    except OSError as exc:
+        raise ConfigError(f"sinks: {redact_url(url)}: cannot open for writing: {exc.strerror or exc}") from None
     spool = None
     if spool_dir is not None and not spec.transport.local:
         directory = Path(spool_dir) / spec.name

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from detector._exit import errors_to_exit_codes
+from detector._exit import InputFile, errors_to_exit_codes
 from detector.errors import ConfigError
 
 _exit_codes = errors_to_exit_codes
@@ -22,7 +22,7 @@ _existing_file = click.Path(exists=True, dir_okay=False)
 
 
 @click.command("splice")
-@click.option("--benign", required=True, type=_existing_file, help="Benign capture the attacks are inserted into.")
+@click.option("--benign", required=True, type=InputFile(), help="Benign capture the attacks are inserted into.")
 @click.option("--attack", "attacks", multiple=True, metavar="FILE@OFFSET[:OPTS]",
               help="Attack capture and where its first packet goes, in seconds after the benign capture's first packet. "
                    "OPTS (comma-separated): rewrite-src=IP (every attacker address -> IP), rewrite-dst=IP (victim -> IP), "
@@ -60,15 +60,15 @@ def splice_command(benign: str, attacks: tuple[str, ...], attack_list: str | Non
 
 @click.command("eval")
 @click.option("-c", "--config", type=click.Path(dir_okay=False), default=None, help="YAML config file (default: built-in defaults).")
-@click.option("--pcap", "--test-pcap", "pcaps", multiple=True, type=_existing_file,
+@click.option("--pcap", "--test-pcap", "pcaps", multiple=True, type=InputFile(),
               help="Test capture (repeatable); with --train-end-s, the one capture split in time.")
-@click.option("--conn-log", "conn_logs", multiple=True, type=_existing_file,
+@click.option("--conn-log", "conn_logs", multiple=True, type=InputFile(),
               help="Zeek conn.log (TSV or JSON, .gz too) scored as flow records, instead of --pcap (repeatable).")
 @click.option("--truth", type=_existing_file, default=None,
               help="Ground-truth CSV (is_attack_or_fault 1 = positive). Without it all traffic is benign.")
-@click.option("--train-pcap", "train_pcaps", multiple=True, type=_existing_file,
+@click.option("--train-pcap", "train_pcaps", multiple=True, type=InputFile(),
               help="Benign training capture (repeatable): train on these, test on --pcap.")
-@click.option("--train-conn-log", "train_conn_logs", multiple=True, type=_existing_file,
+@click.option("--train-conn-log", "train_conn_logs", multiple=True, type=InputFile(),
               help="Benign training conn.log (repeatable), with --conn-log.")
 @click.option("--train-end-s", type=float, default=None,
               help="Time split: train on the first S seconds of --pcap (positive intervals left out), test on the rest.")

@@ -54,6 +54,7 @@ from detector.eval.baselines import RobustZScore, stateless_scores, without_hist
 from detector.eval.samples import LabelledInterval, Windows
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
+from detector.progress import Progress, tracked
 from detector.service.pipeline import Pipeline, input_batches, window_stream
 from detector.service.training import train_from_captures
 from detector.truth import Interval, load_truth
@@ -318,14 +319,16 @@ def _ms(ns: int) -> int:
 
 
 def _score_pass(
-    cfg: Config, bundle: ModelBundle, pcaps: list[Path], scores_path: Path, test_lo: int, test_hi: int, flow_records: bool = False
+    cfg: Config, bundle: ModelBundle, pcaps: list[Path], scores_path: Path, test_lo: int, test_hi: int, flow_records: bool = False,
+    progress: bool = False,
 ) -> tuple[list[dict], list[IncidentEvent]]:
     """The daemon's stages over the test captures; returns the test windows' score records
     and the incidents opened in the test part."""
     collector = _Collector()
     with open(scores_path, "w", encoding="utf-8") as fh:
         pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=fh, flow_records=flow_records)
-        for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets):
+        bar = Progress("eval: score", unit="flow records" if flow_records else "packets", enabled=progress)
+        for batch in tracked(input_batches(pcaps, flow_records, cfg.source.batch_packets), bar):
             pipeline.push(batch)
         pipeline.finish()
     records = []
@@ -347,8 +350,9 @@ def _iso_ns(text: str) -> int:
 
 
 def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch], on_window: Callable[[WindowBatch], None],
-                  flow_records: bool = False) -> None:
-    for wb in window_stream(cfg, batches, flow_records):
+                  flow_records: bool = False, progress: bool = False) -> None:
+    bar = Progress("eval: baselines", unit="flow records" if flow_records else "packets", enabled=progress)
+    for wb in window_stream(cfg, tracked(batches, bar), flow_records):
         on_window(wb)
 
 
@@ -391,7 +395,8 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         log.info("eval_trained", seconds=training_s, version=bundle.version)
         bundle = ModelBundle.load(model_dir)  # score what was saved, as the daemon would
 
-    records, incidents = _score_pass(cfg, bundle, plan.pcaps, plan.out / "scores.jsonl", test_lo, test_hi, plan.flow_records)
+    records, incidents = _score_pass(cfg, bundle, plan.pcaps, plan.out / "scores.jsonl", test_lo, test_hi, plan.flow_records,
+                                     progress)
     if not records:
         raise ConfigError("eval: no test windows (is the split past the end of the capture?)")
     row_of = {(r["entity"], _ms(r["start_ns"])): i for i, r in enumerate(records)}
@@ -412,10 +417,11 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
 
     batch_size, flow_records = cfg.source.batch_packets, plan.flow_records
     window_ns = int(round(bundle.bin_s * bundle.bins * 1e9))
-    _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records)
+    _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records,
+                  progress)
     if plan.train_pcaps:
         _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),
-                      lambda wb: _collect_train(train_feats, wb, positives), flow_records)
+                      lambda wb: _collect_train(train_feats, wb, positives), flow_records, progress)
     if not filled.all():
         raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
     for li in intervals:

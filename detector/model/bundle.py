@@ -18,7 +18,6 @@ rewrite the bundle, so the values are checked even when the hashes match.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -38,18 +37,23 @@ from detector import __version__
 from detector.contracts import FeatureSchema
 from detector.errors import ModelError
 from detector.model.lstm import LSTMAutoencoder
+from detector.model.meta import (
+    FORMAT_VERSION,
+    MAX_BINS,
+    MAX_HIDDEN_SIZE,
+    META,
+    META_DIGEST_KEY,
+    WEIGHTS,
+    integer_in,
+    meta_digest,
+    number_in,
+    read_meta,
+    require_field,
+    sha256_of,
+    vector_of,
+)
 from detector.model.scaler import MIN_SCALE, FeatureScaler
 from detector.model.threshold import Threshold
-
-WEIGHTS = "model.safetensors"
-META = "model.json"
-# 2: the decoder's minute-of-hour phase input; 3: model.json carries its own SHA-256. A
-# format-2 bundle (written before) still loads: its values are checked, its JSON cannot be
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)
-META_DIGEST_KEY = "meta_sha256"
-MAX_HIDDEN_SIZE = 1024  # training.hidden_size's bound
-MAX_BINS = 256  # windows.bins' bound
 
 
 @dataclass
@@ -82,7 +86,7 @@ class ModelBundle:
                 for name, t in cm.network.state_dict().items()
             }
             save_file(tensors, str(tmp / WEIGHTS))
-            digest = _sha256(tmp / WEIGHTS)
+            digest = sha256_of(tmp / WEIGHTS)
             self.version = digest[:12]
             meta = {
                 "format_version": FORMAT_VERSION,
@@ -130,12 +134,12 @@ class ModelBundle:
         meta_path, weights_path = path / META, path / WEIGHTS
         if not meta_path.is_file() or not weights_path.is_file():
             raise ModelError(f"{path}: not a model bundle (needs {META} and {WEIGHTS}); train one with `netad train`")
-        meta = _read_meta(meta_path)
-        digest = _sha256(weights_path)
+        meta = read_meta(meta_path)
+        digest = sha256_of(weights_path)
         if digest != meta.get("weights_sha256"):
             raise ModelError(f"{weights_path}: SHA-256 mismatch (file corrupted or replaced); refusing to load")
         try:
-            described_schema = _field(meta, "schema", dict)
+            described_schema = require_field(meta, "schema", dict)
         except ValueError as exc:
             raise ModelError(f"{meta_path}: invalid bundle: {exc}") from None
         try:
@@ -149,12 +153,12 @@ class ModelBundle:
                 f"v{expected_schema.version} ({len(expected_schema.features)}); retrain with `netad train`"
             )
         try:
-            window = _field(meta, "window", dict)
-            bin_s = _number(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)
-            bins = _integer(window, "bins", "window.bins", 1, MAX_BINS)
-            hidden = _integer(meta, "hidden_size", "hidden_size", 2, MAX_HIDDEN_SIZE)
-            training = _field(meta, "training", dict) if "training" in meta else {}
-            described = _field(meta, "classes", dict)
+            window = require_field(meta, "window", dict)
+            bin_s = number_in(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)
+            bins = integer_in(window, "bins", "window.bins", 1, MAX_BINS)
+            hidden = integer_in(meta, "hidden_size", "hidden_size", 2, MAX_HIDDEN_SIZE)
+            training = require_field(meta, "training", dict) if "training" in meta else {}
+            described = require_field(meta, "classes", dict)
             if not described:
                 raise ValueError("classes: none (a bundle holds at least one entity class's model)")
             missing = [c for c in classes if c not in described]
@@ -190,66 +194,6 @@ class ModelBundle:
                    version=digest[:12])
 
 
-def meta_digest(meta: dict[str, Any]) -> str:
-    """SHA-256 of model.json's content without its own digest: canonical JSON (sorted keys,
-    no spaces), which a float survives exactly (json writes repr), so the digest read back
-    is the digest written."""
-    body = {k: v for k, v in meta.items() if k != META_DIGEST_KEY}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
-
-
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    """model.json, parsed, of a format this netad reads, its own digest verified."""
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{meta_path}: unreadable: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ModelError(f"{meta_path}: not a model description: a JSON {type(meta).__name__}, not an object")
-    if meta.get("format_version") not in READABLE_FORMATS:
-        raise ModelError(f"{meta_path}: bundle format {meta.get('format_version')!r}, this netad reads {FORMAT_VERSION}:"
-                         " retrain with `netad train`")
-    if meta["format_version"] >= 3 and meta.get(META_DIGEST_KEY) != meta_digest(meta):
-        raise ModelError(f"{meta_path}: SHA-256 mismatch (edited or corrupted); refusing to load")
-    return meta
-
-
-def _field(doc: dict[str, Any], key: str, kind: type) -> Any:
-    if key not in doc:
-        raise ValueError(f"{key}: missing")
-    value = doc[key]
-    if not isinstance(value, kind):
-        raise ValueError(f"{key}: {type(value).__name__}, not a JSON {'object' if kind is dict else kind.__name__}")
-    return value
-
-
-def _number(doc: dict[str, Any], key: str, where: str, low: float, high: float) -> float:
-    """A finite number in (low, high]."""
-    value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{where}: {value!r} is not a number")
-    if not (math.isfinite(value) and low < value <= high):
-        bounds = f"above {low:g}" if math.isinf(high) else f"in ({low:g}, {high:g}]"
-        raise ValueError(f"{where}: {value!r} is not a finite number {bounds}")
-    return float(value)
-
-
-def _integer(doc: dict[str, Any], key: str, where: str, low: int, high: int) -> int:
-    value = doc.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{where}: {value!r} is not an integer in [{low}, {high}]")
-    return value
-
-
-def _vector(values: Any, where: str, width: int) -> list[float]:
-    if not isinstance(values, list) or len(values) != width:
-        got = f"{len(values)} values" if isinstance(values, list) else repr(values)
-        raise ValueError(f"{where}: {got}, the feature schema has {width} features")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise ValueError(f"{where}: not all finite numbers")
-    return [float(v) for v in values]
-
-
 def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Threshold]:
     """One class's scaler and threshold, checked; ValueError says what is wrong."""
     where = f"classes.{name}"
@@ -258,28 +202,20 @@ def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Thres
     scaler = info.get("scaler")
     if not isinstance(scaler, dict):
         raise ValueError(f"{where}.scaler: missing or not an object")
-    center = _vector(scaler.get("center"), f"{where}.scaler.center", width)
-    scale = _vector(scaler.get("scale"), f"{where}.scaler.scale", width)
+    center = vector_of(scaler.get("center"), f"{where}.scaler.center", width)
+    scale = vector_of(scaler.get("scale"), f"{where}.scaler.scale", width)
     # every fitted scale is floored at MIN_SCALE: below it one count's change reads as an anomaly, and 0 divides by zero
     if min(scale) < MIN_SCALE:
         raise ValueError(f"{where}.scaler.scale: {min(scale)!r} is below {MIN_SCALE} (degenerate)")
     threshold = info.get("threshold")
     if not isinstance(threshold, dict):
         raise ValueError(f"{where}.threshold: missing or not an object")
-    value = _number(threshold, "value", f"{where}.threshold.value", low=0.0, high=math.inf)
+    value = number_in(threshold, "value", f"{where}.threshold.value", low=0.0, high=math.inf)
     try:
         th = Threshold.from_dict({**threshold, "value": value})
     except TypeError as exc:
         raise ValueError(f"{where}.threshold: {exc}") from None
     return FeatureScaler.from_dict({"center": center, "scale": scale}), th
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

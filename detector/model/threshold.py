@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import TypedDict
 
 import numpy as np
-from scipy import stats
 
 MIN_PEAKS = 20  # peaks for a free tail fit (shape and scale)
 MIN_EXP_PEAKS = 8  # peaks for an exponential tail (scale only)
@@ -65,6 +64,9 @@ def calibrate(
     initial_quantile: float = 0.98,
 ) -> Threshold:
     """The threshold for benign calibration `scores` at the target false-alarm probability."""
+    # imported here, not at the top: scipy.stats takes 1.3 s to import, and scoring (netad
+    # score, run, the Kafka scorer) loads this module without calibrating anything
+    from scipy import stats
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     n = s.shape[0]
     if n == 0:

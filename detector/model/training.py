@@ -37,6 +37,7 @@ from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import reconstruct, set_torch_threads
 from detector.model.threshold import calibrate
+from detector.progress import Progress
 
 log = structlog.get_logger()
 
@@ -301,6 +302,8 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
     best_val = math.inf
     history: list[dict[str, float]] = []
     bad = 0
+    # a bar on a terminal (stderr), up to the epoch cap: early stopping may end it sooner
+    bar = Progress(f"train {cls}", total=params.epochs, unit="epochs", enabled=progress)
     for epoch in range(params.epochs):
         net.train()
         order = rng.permutation(x_all.shape[0])
@@ -335,8 +338,7 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
         else:
             val = float(np.mean(losses))
         history.append({"epoch": epoch, "train": float(np.mean(losses)) if losses else math.nan, "val": val})
-        if progress:
-            print(f"  [{cls}] epoch {epoch + 1}/{params.epochs} train {history[-1]['train']:.4f} val {val:.4f}", flush=True)
+        bar.update(1, note=f"train loss {history[-1]['train']:.4f}, validation {val:.4f}")
         if val < best_val * (1.0 - MIN_IMPROVEMENT):
             best_val, bad = val, 0
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -344,6 +346,7 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
             bad += 1
             if bad >= params.patience:
                 break
+    bar.close()
     log.info("class_trained", entity_class=cls, epochs=len(history), best_validation_loss=round(best_val, 5), lanes=int(x_all.shape[0]))
     return best_state, history
 

@@ -12,6 +12,7 @@ windows closed on the wall clock never wait for traffic.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Iterator
@@ -107,7 +108,10 @@ class ReplaySource:
                     yield PacketBatch.empty()  # waiting by design: the loop may tick
             if self.stop:
                 return
-            yield batch.take(slice(a, b))
+            piece = batch.take(slice(a, b))
+            if a > 0:  # the batch's malformed and non-IP frames are counted once, with its first slice
+                piece = dataclasses.replace(piece, malformed=0, non_ip=0)
+            yield piece
 
     def stats(self) -> dict[str, int]:
         return {"replay_skipped_packets": self.skipped_packets}

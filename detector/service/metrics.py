@@ -10,6 +10,8 @@ on it (`mount`: the incident page, service.explain.board) from their own handler
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, Info, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -140,12 +142,28 @@ class _StatsCollector:
         yield info
 
 
+def build_info() -> dict[str, str]:
+    """netad_build_info's labels: netad's, Python's and torch's versions (torch's from its
+    package metadata: a Kafka sensor never imports torch)."""
+    from detector import __version__
+
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = "none"
+    return {"version": __version__, "python": platform.python_version(), "torch": torch}
+
+
 class Metrics:
     """The registry, the latency histogram and the HTTP endpoint."""
 
     def __init__(self, stats: Callable[[], dict], stall_after_s: float = 60.0) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(stats))
+        # what every exporter has: process_* (CPU, memory, fds, start time) and python_info
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("netad_build", "netad's version and what it runs on", registry=self.registry).info(build_info())
         self.scoring_latency = Histogram(
             "netad_scoring_latency_seconds",
             "Time to score all entities of one window close",

@@ -13,6 +13,7 @@ from detector.alerting.sinks import SinkSet, build_sink
 from detector.config import Config
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
+from detector.progress import Progress
 from detector.service.pipeline import Pipeline, input_batches
 from detector.service.scoring import check_device
 
@@ -48,13 +49,16 @@ def score_captures(
     elif scores is not None:
         Path(scores).parent.mkdir(parents=True, exist_ok=True)
         scores_out = open(scores, "w", encoding="utf-8")
+    bar = Progress("score", unit="flow records" if flow_records else "packets")  # on a terminal only (stderr)
     try:
         pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out, flow_records=flow_records,
                             origin=", ".join(str(p) for p in pcaps))
         for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets, damage):
             pipeline.push(batch)
+            bar.update(len(batch))
         pipeline.finish()
     finally:
+        bar.close()
         sink_set.flush(timeout_s=30.0)
         sink_set.close(timeout_s=5.0)
         if scores_out is sys.stdout:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from detector.alerting import attack, formats
 from detector.alerting.classify import CATEGORIES
 from detector.contracts import FeatureContribution, IncidentEvent, WindowEvidence
+from tests.alerting._schemas import validate_ecs, validate_ocsf
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("NETAD_TEST_UPDATE_GOLDEN") == "1"
@@ -261,7 +262,7 @@ def test_ecs_shape(make_event: Factory) -> None:
     assert doc["source"]["ip"] == "10.20.1.33"  # the scanner: the entity, originator
     assert doc["destination"]["ip"] == "10.20.1.1"  # the scanned host: its counterpart
     assert doc["related"]["ip"] == ["10.20.1.33", "10.20.1.1", "10.20.1.7"]
-    assert doc["network"]["community_id"] == ["1:LQU9qZlK+B5F3KDmev6m5PMibrg="]
+    assert doc["network"]["community_id"] == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="  # ECS: one value, the top flow's
     assert doc["rule"] == {"id": "netad.host.anomaly", "name": "Anomalous host behaviour", "category": "scan"}
     assert doc["threat"] == {"framework": "MITRE ATT&CK",
                              "technique": {"id": ["T1046"], "name": ["Network Service Discovery"]},
@@ -315,7 +316,7 @@ def test_the_sensor_is_the_observer_not_the_affected_device(make_event: Factory)
     event = make_event(0)
     ocsf = formats.to_ocsf(event)
     assert "10.20.1.33" == ocsf["device"]["ip"] and "hostname" not in ocsf["device"]
-    assert [{"device": {"hostname": "sensor-1", "interface_name": "eth1", "type_id": 0, "type": "Unknown"},
+    assert [{"name": "sensor-1", "device": {"hostname": "sensor-1", "interface_name": "eth1", "type_id": 0, "type": "Unknown"},
              "product": {"name": "netad", "vendor_name": "netad", "version": formats.__version__}}] == ocsf["metadata"]["loggers"]
     assert "sensor-1" == formats.to_ecs(event)["observer"]["hostname"]
 
@@ -493,12 +494,15 @@ _HYPOTHESIS = settings(
 @given(hostile_fields())
 def test_hostile_values_stay_inside_their_fields(make_event: Factory, fields: dict[str, Any]) -> None:
     """Whatever the network puts in an entity, peer or name: every format stays one valid
-    line, and the value reads back (cleaned) from the field it was put in."""
+    line, the value reads back (cleaned) from the field it was put in, and the ECS and OCSF
+    documents stay valid against the published schemas (tests/alerting/_schemas.py)."""
     event = make_event(0, **fields)
     ecs = formats.ecs_json(event)
     _assert_one_clean_line(ecs)
     doc = json.loads(ecs)
-    assert doc["event"]["id"] == formats.clean_text(event.event_id)
+    assert [] == validate_ecs(doc)
+    assert [] == validate_ocsf(json.loads(formats.ocsf_json(event)))
+    assert doc["event"].get("id", "") == formats.clean_text(event.event_id)  # ECS: an empty value is left out
     assert doc["netad"]["entity"] == formats.clean_text(event.entity)
 
     ocsf = formats.ocsf_json(event)

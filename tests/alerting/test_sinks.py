@@ -196,7 +196,7 @@ def test_url_forms_build(url: str, name: str, tmp_path: Path, monkeypatch: pytes
         ("jsonl://host/path.jsonl", "takes a path, not a host"),
         ("jsonl:out.jsonl?max_bytes=10&backups=0", "backups='0'"),
         ("jsonl:out.jsonl?max_bytes=ten", "not an integer"),
-        ("jsonl:///proc/netad/out.jsonl", "cannot open /proc/netad/out.jsonl"),
+        ("jsonl:///proc/netad/out.jsonl", "jsonl:///proc/netad/out.jsonl: cannot open for writing"),
         ("syslog+tcp://h?backoff_s=2&backoff_max_s=1", "backoff_max_s"),
         ("syslog+tcp://h?format=cef&format=ecs", "given twice"),
     ],

@@ -2,6 +2,10 @@
 
 The server is the standard library's threaded http.server on loopback; a policy function
 decides each response, so outages (503), refusals (400) and bad tokens (403) are scripted.
+It answers as HEC documents: {"text", "code"} bodies (4 Invalid token, 6 Invalid data
+format, 9 Server is busy, 10 Data channel is missing), and with indexer acknowledgement on,
+an ackId per request on a channel and POST /services/collector/ack {"acks": [ids]} ->
+{"acks": {"id": bool}}; `indexed(ack_id, poll)` says when the indexers have a request.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ class FakeCollector(ThreadingHTTPServer):
         self.policy: Callable[[int, bytes], int] = lambda n, body: 200
         self.delay_s: Callable[[int], float] = lambda n: 0.0
         self.lock = threading.Lock()
+        self.ack = False  # the token has indexer acknowledgement on
+        self.indexed: Callable[[int, int], bool] = lambda ack_id, poll: True
+        self.ack_bodies: dict[int, bytes] = {}  # ackId -> the request it acknowledges
+        self.ack_polls: dict[int, int] = {}
+        self.acked: list[bytes] = []  # the requests the indexers confirmed, in order
+        self.acked_ids: set[int] = set()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
@@ -47,10 +57,11 @@ class FakeCollector(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
 
-    def accepted_events(self) -> list[Any]:
-        """The HEC envelopes (or webhook bodies) of every 2xx request, in arrival order."""
+    def accepted_events(self, acked: bool = False) -> list[Any]:
+        """The HEC envelopes (or webhook bodies) of every 2xx request, in arrival order (with
+        `acked`: of every request the indexers confirmed)."""
         with self.lock:
-            bodies = list(self.accepted)
+            bodies = list(self.acked if acked else self.accepted)
         decoder = json.JSONDecoder()
         out = []
         for body in bodies:
@@ -64,21 +75,52 @@ class FakeCollector(ThreadingHTTPServer):
         return out
 
 
+_HEC_ERRORS = {403: {"text": "Invalid token", "code": 4}, 400: {"text": "Invalid data format", "code": 6}}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as HEC does
     server: FakeCollector
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path.startswith("/services/collector/ack"):
+            self._reply(200, self._acks(body))
+            return
         with self.server.lock:
             n = len(self.server.requests)
             self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
         time.sleep(self.server.delay_s(n))
         status = self.server.policy(n, body)
+        channel = self.headers.get("X-Splunk-Request-Channel")
+        if 200 <= status < 300 and self.server.ack and not channel:
+            status = 400
+        reply: dict[str, Any] = _HEC_ERRORS.get(status, {"text": "Server is busy", "code": 9})
         if 200 <= status < 300:
+            reply = {"text": "Success", "code": 0}
             with self.server.lock:
                 self.server.accepted.append(body)
-        reply = b'{"text":"Success","code":0}' if status == 200 else b'{"text":"nope","code":9}'
+                if self.server.ack:
+                    reply["ackId"] = len(self.server.ack_bodies)
+                    self.server.ack_bodies[reply["ackId"]] = body
+        elif status == 400 and self.server.ack and not channel:
+            reply = {"text": "Data channel is missing", "code": 10}
+        self._reply(status, reply)
+
+    def _acks(self, body: bytes) -> dict[str, Any]:
+        answer = {}
+        with self.server.lock:
+            for ack_id in json.loads(body)["acks"]:
+                poll = self.server.ack_polls[ack_id] = self.server.ack_polls.get(ack_id, 0) + 1
+                done = ack_id in self.server.acked_ids or (ack_id in self.server.ack_bodies and self.server.indexed(ack_id, poll))
+                if done and ack_id not in self.server.acked_ids:
+                    self.server.acked_ids.add(ack_id)
+                    self.server.acked.append(self.server.ack_bodies[ack_id])
+                answer[str(ack_id)] = done
+        return {"acks": answer}
+
+    def _reply(self, status: int, doc: dict[str, Any]) -> None:
+        reply = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -166,7 +208,68 @@ def test_hec_bad_token_disables_until_fixed(tmp_path: Path, make_event: Factory,
     assert len(collector.accepted_events()) == 3
     events = [entry["event"] for entry in logs]
     assert "sink_disabled" in events and "sink_enabled" in events
+    disabled = next(entry for entry in logs if entry["event"] == "sink_disabled")
+    assert "HTTP 403: Invalid token (code 4)" in disabled["reason"]  # Splunk's reason, not just the status
     assert all("wrong" not in json.dumps(entry, default=str) for entry in logs), "the token must not be logged"
+
+
+def test_a_disabled_sink_does_not_hold_up_close(tmp_path: Path, make_event: Factory, collector: FakeCollector) -> None:
+    """A sink disabled by a 403 makes one more attempt when closed, then gives up at once
+    instead of waiting out the close timeout (the daemon's 20 s shutdown); its events stay
+    spooled for the next run."""
+    collector.policy = lambda n, body: 403
+    sink = build_sink(f"{collector.url}/services/collector?token=wrong&backoff_s=0.05&backoff_max_s=3600", spool_dir=tmp_path)
+    sink.publish(make_event(0))
+    deadline = time.monotonic() + 5
+    while not sink.stats["disabled"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.stats["disabled"]
+    attempts = len(collector.requests)
+    closing = threading.Thread(target=sink.close, kwargs={"timeout_s": 240.0})
+    closing.start()
+    closing.join(30)  # liveness only: before, close() waited its whole timeout
+    assert not closing.is_alive()
+    assert attempts + 1 == len(collector.requests)  # the one last try close() asks for
+    assert 1 == sink.stats["backlog"] and 1 == len(list((tmp_path / sink.name).glob("*.json")))
+
+
+def test_hec_indexer_acknowledgement(tmp_path: Path, make_event: Factory, collector: FakeCollector) -> None:
+    """With ack=true every request goes on one channel, and a batch is delivered (and leaves
+    the spool) only once HEC's ack endpoint confirms its ackId; an ackId the indexers never
+    confirm is sent again after ack_timeout_s. Every event ends up indexed."""
+    collector.ack = True
+    release = threading.Event()
+    collector.indexed = lambda ack_id, poll: ack_id != 0 and release.is_set() and poll >= 2  # request 0 is lost
+    sink = build_sink(f"{collector.url}/services/collector/event?token=t&ack=true&ack_timeout_s=0.5&batch=5&{FAST}",
+                      spool_dir=tmp_path)
+    events = [make_event(i) for i in range(8)]
+    for event in events:
+        sink.publish(event)
+    assert not sink.flush(1.0)  # accepted by HEC, not yet by the indexers
+    assert (0, 8) == (sink.stats["delivered"], sink.stats["backlog"])
+    assert len(collector.accepted) >= 1
+    release.set()
+    assert sink.flush(10.0)
+    sink.close()
+    assert (8, 0) == (sink.stats["delivered"], sink.stats["backlog"])
+    assert [e.event_id for e in events] == [e["event"]["event"]["id"] for e in collector.accepted_events(acked=True)]
+    channels = {r["headers"].get("X-Splunk-Request-Channel") for r in collector.requests}
+    assert 1 == len(channels) and None not in channels
+    assert collector.ack_polls[0] >= 2 and 0 not in collector.acked_ids  # polled, never confirmed, sent again
+    assert not list((tmp_path / sink.name).glob("*.json"))
+
+
+def test_hec_ack_on_a_token_without_it_is_named(tmp_path: Path, make_event: Factory, collector: FakeCollector) -> None:
+    """ack=true against a token with acknowledgement off (no ackId in the answer) disables the
+    sink with the reason, and keeps the event spooled."""
+    sink = build_sink(f"{collector.url}/services/collector?token=t&ack=true&{FAST}", spool_dir=tmp_path)
+    with structlog.testing.capture_logs() as logs:
+        sink.publish(make_event(0))
+        assert not sink.flush(5.0)
+        sink.close(0.5)
+    disabled = next(entry for entry in logs if entry["event"] == "sink_disabled")
+    assert "indexer acknowledgement is off for this token" in disabled["reason"]
+    assert 1 == sink.stats["backlog"]
 
 
 def test_http_timeout_is_retried(tmp_path: Path, make_event: Factory, collector: FakeCollector) -> None:

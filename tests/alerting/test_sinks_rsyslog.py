@@ -1,14 +1,15 @@
-"""Syslog sinks against a real rsyslogd: RFC 5424 (ECS and CEF inside) over TCP and TLS.
+"""Syslog sinks against a real rsyslogd: RFC 5424 (ECS and CEF inside) over UDP, TCP and TLS.
 
-The test writes an rsyslog configuration into a private directory: imtcp on two free
-loopback ports (plain, and TLS with the gtls driver and a self-signed certificate made with
-openssl), mmpstrucdata to parse the structured data, and omfile writing one JSON line per
+The test writes an rsyslog configuration into a private directory: imudp and imtcp on free
+loopback ports (imtcp plain, and TLS with the gtls driver and a self-signed certificate made
+with openssl), mmpstrucdata to parse the structured data, and omfile writing one JSON line per
 message with the fields rsyslog parsed. Then it checks that every event arrived, parsed.
 No root needed: rsyslogd runs in the foreground (-n) with its own pid file and work dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -24,6 +25,8 @@ import pytest
 from detector.alerting import formats
 from detector.alerting.sinks import build_sink
 from detector.contracts import IncidentEvent
+from detector.errors import ConfigError
+from tests.alerting.test_formats import _inputs, parse_cef
 
 Factory = Callable[..., IncidentEvent]
 FAST = "backoff_s=0.05&backoff_max_s=0.3&timeout_s=2"
@@ -43,6 +46,7 @@ global(workDirectory="{work}" maxMessageSize="64k"
        defaultNetstreamDriverCAFile="{cert}" defaultNetstreamDriverCertFile="{cert}"
        defaultNetstreamDriverKeyFile="{key}")
 module(load="imtcp")
+module(load="imudp")
 module(load="mmpstrucdata")
 template(name="parsed" type="list" option.jsonf="on") {{
   property(outname="pri" name="pri" format="jsonf")
@@ -51,12 +55,14 @@ template(name="parsed" type="list" option.jsonf="on") {{
   property(outname="msgid" name="msgid" format="jsonf")
   property(outname="sd" name="$!rfc5424-sd" format="jsonf")
   property(outname="msg" name="msg" format="jsonf")
+  property(outname="raw" name="rawmsg" format="jsonf")
 }}
 ruleset(name="netad") {{
   action(type="mmpstrucdata")
   action(type="omfile" file="{out}" template="parsed")
 }}
 input(type="imtcp" port="{tcp_port}" ruleset="netad")
+input(type="imudp" address="127.0.0.1" port="{udp_port}" ruleset="netad")
 input(type="imtcp" port="{tls_port}" ruleset="netad"
       streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="anon")
 """
@@ -66,6 +72,7 @@ input(type="imtcp" port="{tls_port}" ruleset="netad"
 class Rsyslog:
     tcp_port: int
     tls_port: int
+    udp_port: int
     cert: Path
     out: Path
     log: Path
@@ -97,6 +104,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -118,10 +131,10 @@ def rsyslog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rsyslog]:
          "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
         check=True, capture_output=True, timeout=30,
     )
-    server = Rsyslog(_free_port(), _free_port(), cert, root / "out.jsonl", root / "rsyslogd.log")
+    server = Rsyslog(_free_port(), _free_port(), _free_udp_port(), cert, root / "out.jsonl", root / "rsyslogd.log")
     conf = root / "rsyslog.conf"
     conf.write_text(_CONF.format(work=work, cert=cert, key=key, out=server.out, tcp_port=server.tcp_port,
-                                 tls_port=server.tls_port))
+                                 tls_port=server.tls_port, udp_port=server.udp_port))
     with open(server.log, "w") as log_file:
         proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(root / "rsyslogd.pid")],
                                 stdout=log_file, stderr=subprocess.STDOUT)
@@ -175,6 +188,47 @@ def test_rsyslog_receives_and_parses_every_incident(rsyslog: Rsyslog, tmp_path: 
                 event.event_id, HOSTILE_RULE, event.entity)
         else:
             assert msg == formats.to_cef(event)
+
+
+@pytest.mark.parametrize("fmt", ["rfc5424", "cef"])
+def test_rsyslog_receives_every_udp_message_intact_within_2048_bytes(rsyslog: Rsyslog, tmp_path: Path,
+                                                                    make_event: Factory, fmt: str) -> None:
+    """Over UDP every message of every category (hostile rule names, long evidence) arrives
+    whole and parses, and no datagram is longer than 2048 bytes (RFC 5426): the evidence
+    lists are shortened to fit, ids, scores and the summary are kept."""
+    events = [dataclasses.replace(event, event_id=f"udp-{fmt}-{name}", rule_name=HOSTILE_RULE)
+              for name, event in _inputs(make_event).items()]
+    sink = build_sink(f"syslog+udp://127.0.0.1:{rsyslog.udp_port}?format={fmt}&{FAST}", spool_dir=tmp_path)
+    for event in events:
+        sink.publish(event)
+    assert sink.flush(10.0)
+    sink.close()
+    assert (len(events), 0) == (sink.stats["delivered"], sink.stats["dead_lettered"])
+
+    found = rsyslog.wait_for({e.event_id for e in events})
+    assert sorted(found) == sorted(e.event_id for e in events), rsyslog.log.read_text()[-2000:]
+    sizes = {event_id: len(record["raw"].encode("utf-8")) for event_id, record in found.items()}
+    assert max(sizes.values()) <= 2048, sizes
+    if fmt == "rfc5424":  # some are longer in full (up to 2.3 KB with ECS inside): shortened to fit, not cut
+        assert any(len(formats.to_rfc5424(e, msg_format="ecs").encode("utf-8")) > 2048 for e in events)
+    for event in events:
+        msg = found[event.event_id]["msg"]
+        if fmt == "rfc5424":
+            doc = json.loads(msg)
+            assert (doc["event"]["id"], doc["rule"]["name"], doc["message"]) == (event.event_id, HOSTILE_RULE, formats.summary(event))
+        else:
+            assert parse_cef(msg)[1]["externalId"] == event.event_id
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("format=ocsf", "format=ocsf: an OCSF finding"),
+    ("max_bytes=4096", "max_bytes=4096: a UDP datagram carries at most 2048 bytes"),
+])
+def test_udp_refuses_what_cannot_fit_a_datagram(query: str, expected: str) -> None:
+    """An OCSF finding or a larger max_bytes over UDP is a config error, named, not a stream
+    of dead letters."""
+    with pytest.raises(ConfigError, match=expected):
+        build_sink(f"syslog+udp://127.0.0.1:514?{query}")
 
 
 def test_tls_refuses_an_untrusted_receiver_then_delivers_after_the_fix(rsyslog: Rsyslog, tmp_path: Path,

@@ -36,7 +36,7 @@ def test_bundle_with_other_schema_is_refused(tmp_path: Path):
     b = _bundle()
     b.save(tmp_path / "m")
     other = replace(PACKET_SCHEMA, version=PACKET_SCHEMA.version + 1)
-    with pytest.raises(ModelError, match="feature schema packet v2"):
+    with pytest.raises(ModelError, match=f"feature schema packet v{PACKET_SCHEMA.version}"):
         ModelBundle.load(tmp_path / "m", expected_schema=other)
 
 

@@ -9,6 +9,7 @@ end of its test.
 from __future__ import annotations
 
 import json
+import platform
 import signal
 import time
 import urllib.request
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from detector import __version__
 from tests.service._daemon import DaemonProcess, NotifySocket, base_config, read_events, write_config
 
 pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
@@ -211,6 +213,13 @@ def test_metrics_health_and_readiness_endpoints(tmp_path, demo, start):
     assert abs(time.time() - jobs["heartbeat"][1]) < 60
     assert 1 == len(m["netad_model_info"]) and m["netad_model_info"][0].labels["version"]
     assert value("netad_entities", "") > 0
+    # the process's own (prometheus_client's process and platform collectors) and the build
+    assert value("process_resident_memory_bytes", "") > 0 and value("process_cpu_seconds", "_total") > 0
+    assert value("process_open_fds", "") > 0 and 1 == len(m["python_info"])
+    import torch
+
+    assert [{"version": __version__, "python": platform.python_version(), "torch": torch.__version__}] == [
+        s.labels for s in m["netad_build_info"]]
     d.signal(signal.SIGTERM)
     assert 0 == d.wait(timeout_s=30)
 

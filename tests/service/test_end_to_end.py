@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from tests.alerting._schemas import validate_ecs, validate_ocsf
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,15 @@ def demo(tmp_path_factory) -> dict:
     cfg.write_text(CONFIG.format(pcap=pcap, model=model, rules=REPO / "rules" / "default.yaml", state=d / "state"))
     netad("synth", "--out", str(pcap), "--truth", str(truth), "--benign-s", "5400", "--attack-s", "3000")
     netad("train", "-c", str(cfg), "--pcap", str(pcap), "--truth", str(truth), "--before-first-attack", "--out", str(model))
-    scores, incidents = d / "scores.jsonl", d / "incidents.jsonl"
-    netad("score", "-c", str(cfg), "--pcap", str(pcap), "--scores", str(scores), "--incidents", str(incidents))
+    scores, incidents, findings = d / "scores.jsonl", d / "incidents.jsonl", d / "findings.ocsf.jsonl"
+    netad("score", "-c", str(cfg), "--pcap", str(pcap), "--scores", str(scores), "--incidents", str(incidents),
+          "--sink", f"jsonl://{findings}?format=ocsf")
     with open(truth, newline="") as fh:
         intervals = list(csv.DictReader(fh))
     return {
         "scores": [json.loads(line) for line in scores.read_text().splitlines()],
         "incidents": [json.loads(line) for line in incidents.read_text().splitlines()],
+        "findings": [json.loads(line) for line in findings.read_text().splitlines()],
         "truth": intervals,
         "model": model,
     }
@@ -115,6 +118,19 @@ def test_scores_and_incidents_have_the_documented_shape(demo):
     assert {"name", "unit", "share", "observed", "expected"} <= set(top)
     assert inc["netad"]["incident_id"]
     assert inc["event"]["id"]
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+def test_every_event_of_the_replay_is_schema_valid(demo, fmt):
+    """Every incident event of the replay (a port scan, an SSH brute force, a SYN flood and
+    what the benign part raises) is valid against the published ECS 8.11.0 / OCSF 1.1.0
+    schemas, vendored in tests/alerting/schemas/: zero errors."""
+    events, validate = {"ecs": (demo["incidents"], validate_ecs), "ocsf": (demo["findings"], validate_ocsf)}[fmt]
+    assert len(demo["incidents"]) == len(demo["findings"])
+    categories = {e["netad"]["category"] if fmt == "ecs" else e["unmapped"]["netad"]["category"] for e in events}
+    assert {"scan", "brute-force", "flood"} <= categories, categories
+    errors = {f"{i}: {error}" for i, event in enumerate(events) for error in validate(event)}
+    assert set() == errors
 
 
 def test_daemon_replays_the_capture_and_prints_a_summary(demo, tmp_path):

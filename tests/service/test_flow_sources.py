@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.capture.packets.pcap import read_records
 from detector.capture.packets.pcapwriter import write_pcap
-from detector.capture.windows import FLOW_SCHEMA
+from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
 from detector.config import SourceConfig
 from detector.contracts import Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import ConfigError
@@ -40,6 +40,7 @@ from detector.eval.splice import AttackSpec, splice
 from detector.model.bundle import ModelBundle
 from detector.service._sources import build_source, source_identity
 from detector.service.pipeline import ExporterIndex
+from tests.alerting._schemas import validate_ecs
 from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd
 from tests.conftest import REPO, shared_file
 from tests.service._daemon import DaemonProcess, base_config, netad, read_events, wait_until, write_config
@@ -169,7 +170,8 @@ def test_conn_log_trains_a_flow_model_and_scoring_finds_the_inserted_scan(honeyp
               and _overlaps(_iso_ns(e["event"]["start"]), _iso_ns(e["event"]["end"]), span)]
     assert 1 == len(opened), events
     assert opened[0]["netad"]["top_features"][0]["name"] in SCAN_FEATURES
-    assert str(honeypot["scan"]) == opened[0]["observer"]["labels"]["exporter"]  # the log that reported it
+    assert str(honeypot["scan"]) == opened[0]["labels"]["exporter"]  # the log that reported it (ECS has no observer.labels)
+    assert [] == validate_ecs(opened[0])
     # false alarms on the held-out benign part: measured 0 anomalous of 317 entity windows (4 before the
     # thresholds were fitted on out-of-fold scores)
     clean_stats = runs["test"][0]
@@ -191,11 +193,11 @@ def test_a_model_for_the_other_kind_of_input_is_refused(honeypot, packet_model, 
     cfg = _config(tmp_path, honeypot["model"])
     res = run("score", "-c", str(cfg), "--conn-log", str(honeypot["test"]), "--model", str(packet_model))
     assert 78 == res.returncode, res.stderr
-    assert "trained on packets (feature schema packet v2) and cannot score flow records" in res.stderr
+    assert f"trained on packets (feature schema packet v{PACKET_SCHEMA.version}) and cannot score flow records" in res.stderr
     assert "netad train --conn-log" in res.stderr
     res = run("score", "-c", str(cfg), "--pcap", str(shared_file(PCAP)), "--model", str(honeypot["model"]))
     assert 78 == res.returncode, res.stderr
-    assert "trained on flow records (feature schema flow v2) and cannot score packets" in res.stderr
+    assert f"trained on flow records (feature schema flow v{FLOW_SCHEMA.version}) and cannot score packets" in res.stderr
     assert "netad train --pcap" in res.stderr
     daemon_cfg = _config(tmp_path, packet_model, source={"type": "zeek", "path": str(honeypot["test"])})
     res = run("run", "-c", str(daemon_cfg))
@@ -351,7 +353,8 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
                          and e["netad"]["top_features"][0]["name"] in SCAN_FEATURES), None)
 
         incident = wait_until(scan_incident, 10, "an incident for the scanning device")
-        assert {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incident["observer"]["labels"]
+        assert {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incident["labels"]
+        assert [] == validate_ecs(incident)
         d.signal(signal.SIGTERM)
         assert 0 == d.wait(30), d.tail()
     finally:

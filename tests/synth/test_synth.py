@@ -382,11 +382,11 @@ def test_impossible_settings_are_refused(tmp_path: Path, settings: dict, message
 
 @pytest.mark.slow
 def test_default_demo_has_the_documented_size_and_schedule(tmp_path: Path) -> None:
-    """The default demo (2 h benign, 1 h attacks, 20 workstations): some 300k-800k packets,
+    """The default demo (4 h benign, 1 h attacks, 20 workstations): some 500k-1.2M packets,
     attacks at least 10 minutes apart after the first 5 minutes of the attack hour."""
     result = generate(tmp_path / "demo.pcap", tmp_path / "demo.csv")
-    assert 300_000 < result.packets < 800_000
-    assert result.end_epoch_s - result.start_epoch_s == 3 * 3600
+    assert 500_000 < result.packets < 1_200_000
+    assert result.end_epoch_s - result.start_epoch_s == 5 * 3600
     starts = [a.start_epoch_s for a in result.attacks]
     ends = [a.end_epoch_s for a in result.attacks]
     assert starts[0] >= result.benign_until_epoch_s + 300

@@ -126,7 +126,7 @@ class EntityWindows:
         self.entities_expired = 0
         self.windows_closed = 0
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
-        self.history = PeerHistory(history_s, history_warmup_s)
+        self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains)
 
     @property
     def entities(self) -> int:

@@ -14,13 +14,19 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
-- `young_peer_returns`: of the peers it exchanged packets with in this window that it first
-  met less than `history_s` ago (after its own warm-up), the most windows, after the first,
-  in which any of them had a fresh flow with it (one the entity's previous window did not
-  hold: a new connection, or one back after a silence). A beacon's new peer climbs one per
-  contact (or per window, for a beacon faster than the window); a one-off new peer, or a new
-  one in one long session, stays at 0; a peer known since the warm-up is not young. A level, not a count: the same value in every bin (the evidence of
-  the returns so far, which is what grows while a beacon goes on).
+- `young_peer_returns`: of the peers outside home_net it exchanged packets with in this
+  window that it first met less than `history_s` ago (after its own warm-up), the most
+  windows, after the first two, in which any of them had a fresh flow with it (one the
+  entity's previous window did not hold: a new connection, or one back after a silence). A
+  beacon's new peer climbs one per contact (or per window, for a beacon faster than the
+  window); a one-off new peer, or a new one in one long session, stays at 0; a peer known
+  since the warm-up is not young. A level, not a count: the same value in every bin (the
+  evidence of the returns so far, which is what grows while a beacon goes on). Two limits
+  keep it to what a beacon is (a host calling one new outside peer back, again and again):
+  a peer inside home_net is never young (a file server's new clients, a workstation's first
+  use of a local server or resolver: 4 false `beaconing` incidents on the synthetic demo), and
+  a peer's first return is not counted (a site visited twice; on the benign honeypot the
+  only returns in 22 h were single ones, and one alone crossed the link's threshold).
 
 Nothing is counted for an entity until its own history
 is `warmup_s` old: at start-up every peer would otherwise be new. A peer or port not seen for
@@ -30,7 +36,7 @@ seen go first), so a spoofed flood costs bounded memory and is forgotten like th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -40,7 +46,7 @@ from detector.contracts import PROTO_TCP, PROTO_UDP
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
     ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
     ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s, per bin
-    ("young_peer_returns", "returns"),  # most returns of this window's peers first met within history_s
+    ("young_peer_returns", "returns"),  # most returns (after the first) of this window's outside peers first met within history_s
 )
 HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the others spread over them
 # an entity's key is hashed with its table's salt before it meets the peer's or port's hash:
@@ -105,7 +111,9 @@ class _Table:
 class PeerHistory:
     """The per-entity peer and port sets behind HISTORY_FEATURES (see the module's text)."""
 
-    def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000) -> None:
+    def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000,
+                 is_home: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+        self.is_home = is_home  # (addr_hi, addr_lo) -> inside home_net; None: no peer is
         self.history_ns = int(round(history_s * 1e9))
         self.warmup_ns = int(round(warmup_s * 1e9))
         self.max_rows = max_rows
@@ -177,7 +185,9 @@ class PeerHistory:
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
-            np.maximum.at(out[:, 2], rows[young], returns[young].astype(np.float32))
+            if self.is_home is not None:
+                young &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
+            np.maximum.at(out[:, 2], rows[young], np.maximum(returns[young] - 1, 0).astype(np.float32))
         tcp_udp = np.isin(f_proto.astype(u64), (PROTO_TCP, PROTO_UDP))
         if tcp_udp.any():
             # a flow's service port is the lower of its two: the local port of a reply is an

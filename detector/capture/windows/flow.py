@@ -95,7 +95,7 @@ _FLOW_FEATURES: tuple[tuple[str, str], ...] = (
 )
 FLOW_SCHEMA = FeatureSchema(
     name="flow",
-    version=2,
+    version=3,
     features=tuple(n for n, _ in _FLOW_FEATURES),
     units=tuple(u for _, u in _FLOW_FEATURES),
 )

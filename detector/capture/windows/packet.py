@@ -62,7 +62,7 @@ _FEATURES: tuple[tuple[str, str], ...] = (
 )
 PACKET_SCHEMA = FeatureSchema(
     name="packet",
-    version=2,
+    version=3,
     features=tuple(n for n, _ in _FEATURES),
     units=tuple(u for _, u in _FEATURES),
 )

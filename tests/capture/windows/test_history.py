@@ -60,11 +60,27 @@ def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_or_a_long_sessio
         climbs.append(out[0, YOUNG])
         fast.append(out[1, YOUNG])
     assert climbs[0] == 0  # its first contact is a new peer, not a return
-    assert [k for k, c in enumerate(climbs) if c] == list(range(5, 60, 5))
-    assert [climbs[k] for k in range(5, 60, 5)] == list(range(1, 12))
-    assert fast == list(range(60))
-    # a session that pauses and comes back is fresh again: one more return
-    assert _window(h, 660 + 12 * 300 + 60, {0: [(50, 443, 7)]})[0, YOUNG] == 1
+    # its first return is not counted (a site visited twice): from the second on, one per contact
+    assert [k for k, c in enumerate(climbs) if c] == list(range(10, 60, 5))
+    assert [climbs[k] for k in range(10, 60, 5)] == list(range(1, 11))
+    assert fast == [0, 0] + list(range(1, 59))
+    # a session that pauses and comes back is fresh again: a return, its first (not counted)...
+    assert _window(h, 660 + 12 * 300 + 60, {0: [(50, 443, 7)]})[0, YOUNG] == 0
+    # ...and, after another silent window, its second is
+    _window(h, 660 + 12 * 300 + 120, {0: [(10, 443)]})
+    assert _window(h, 660 + 12 * 300 + 180, {0: [(50, 443, 7)]})[0, YOUNG] == 1
+
+
+def test_a_peer_inside_home_net_is_never_young():
+    """A file server's new client, a workstation's first use of a local server: they come back
+    all day, and they are not a beacon. The same contacts to a peer outside climb."""
+    inside = np.uint64(99)
+    h = PeerHistory(history_s=7200, warmup_s=600, is_home=lambda hi, lo: lo == inside)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)], 1: [(10, 443)]})
+    for k, t in enumerate(range(660, 660 + 10 * 60, 60)):
+        out = _window(h, t, {0: [(99, 445, k)], 1: [(98, 443, k)]})
+    assert out[0, YOUNG] == 0 and out[1, YOUNG] == 8
 
 
 def test_forgotten_after_history_s_and_bounded():

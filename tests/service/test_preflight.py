@@ -1,0 +1,133 @@
+"""`netad check-config` (service/preflight.py): what `netad run` would refuse, found without
+starting it and without creating anything. In process (click's runner): each case is a real
+config file, a real model bundle (written by ModelBundle.save, no training) and real paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from detector.capture.packets.pcapwriter import global_header
+from detector.cli import main
+from tests.conftest import REPO
+from tests.model.test_scorer import _bundle
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A packet model of both entity classes, 6 x 10 s bins (the default windows)."""
+    return _bundle().save(tmp_path_factory.mktemp("preflight") / "model")
+
+
+def passing_config(directory: Path) -> Path:
+    """A config `netad run` would start with: a capture, a model bundle, a jsonl sink and a
+    state directory still to be made (tests/test_cli.py runs check-config on it, torch-free)."""
+    (directory / "capture.pcap").write_bytes(global_header())
+    _bundle().save(directory / "model")
+    config = directory / "netad.yaml"
+    config.write_text(yaml.safe_dump({
+        "source": {"type": "pcap", "path": str(directory / "capture.pcap")},
+        "model": {"path": str(directory / "model")},
+        "incidents": {"rules": [str(REPO / "rules" / "default.yaml")]},
+        "sinks": [{"url": f"jsonl://{directory}/out/incidents.jsonl"}],
+        "state_dir": str(directory / "state"),
+    }, sort_keys=False))
+    return config
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def _check(config: Path) -> tuple[int, list[str], str]:
+    """(exit code, the problem lines, stdout)."""
+    result = CliRunner().invoke(main, ["check-config", "-c", str(config)])
+    problems = [line.removeprefix("netad: ") for line in result.stderr.splitlines() if ": " in line and "[" not in line[:30]]
+    return result.exit_code, problems, result.stdout
+
+
+def test_the_default_config_on_a_fresh_clone_names_the_capture_and_model_to_make(tmp_path: Path, model: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/default.yaml in a fresh clone: the demo capture and model are not made yet
+    (`make run` makes them), and check-config says so (78, file:line per key); once they are
+    there it passes. Either way it creates nothing (no var/, no state directory)."""
+    (tmp_path / "rules").symlink_to(REPO / "rules")
+    config = shutil.copy(REPO / "configs" / "default.yaml", tmp_path / "default.yaml")
+    monkeypatch.chdir(tmp_path)
+    before = _tree(tmp_path)
+    code, problems, _ = _check(config)
+    assert 78 == code
+    assert [f"{config}:21: source.path: var/demo.pcap: no such file",
+            f"{config}:57: model.path: no model bundle at var/model: train one (netad train -c CONFIG --pcap CAPTURE "
+            "--out var/model; `make model` makes the demo's)"] == problems
+    assert before == _tree(tmp_path)
+
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "demo.pcap").write_bytes(global_header())
+    shutil.copytree(model, tmp_path / "var" / "model")
+    before = _tree(tmp_path)
+    code, problems, out = _check(config)
+    assert (0, []) == (code, problems), problems
+    assert f"{config}: ok" in out
+    assert before == _tree(tmp_path)
+
+
+def test_a_missing_interface_model_and_unwritable_paths_exit_78_naming_each_key(tmp_path: Path) -> None:
+    """An interface that does not exist, a model directory that does not, a state directory
+    under a file and a jsonl sink under it: each named by key and line; nothing created
+    (the jsonl sink's directory was created by check-config before)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    config = tmp_path / "netad.yaml"
+    config.write_text(yaml.safe_dump({
+        "source": {"type": "interface", "interface": "netad-nope0"},
+        "model": {"path": str(tmp_path / "no-model")},
+        "incidents": {"rules": [str(REPO / "rules" / "default.yaml")]},
+        "sinks": [{"url": f"jsonl://{tmp_path}/new/dir/incidents.jsonl"}, {"url": f"jsonl://{blocker}/incidents.jsonl"}],
+        "state_dir": str(blocker / "state"),
+    }, sort_keys=False))
+    before = _tree(tmp_path)
+    code, problems, _ = _check(config)
+    assert 78 == code
+    keys = [line.split(": ")[1] for line in problems]  # file:line: key: reason
+    assert ["source.interface", "model.path", "sinks[1].url", "state_dir"] == keys, problems
+    assert problems[0].startswith(f"{config}:3: source.interface: no network interface 'netad-nope0' on this machine")
+    assert f"{blocker}/incidents.jsonl: {blocker} is not a directory" in problems[2]
+    assert before == _tree(tmp_path)
+
+
+def test_a_model_for_other_windows_or_another_kind_of_input_is_named(tmp_path: Path, model: Path) -> None:
+    """A packet model under a Zeek source, or with other windows than the config's, is what
+    `run` refuses: check-config says it first, with what to do."""
+    conn_log = tmp_path / "conn.log"
+    conn_log.write_text("#separator \\x09\n")
+    config = tmp_path / "netad.yaml"
+    config.write_text(yaml.safe_dump({
+        "source": {"type": "zeek", "path": str(conn_log)},
+        "windows": {"bins": 12},
+        "model": {"path": str(model)},
+        "incidents": {"rules": [str(REPO / "rules" / "default.yaml")]},
+        "sinks": [],
+        "state_dir": str(tmp_path / "state"),
+    }, sort_keys=False))
+    code, problems, _ = _check(config)
+    assert 78 == code
+    assert [f"{config}:7: model.path", f"{config}:5: windows.bins"] == [": ".join(line.split(": ")[:2]) for line in problems]
+    assert "trained on packet features" in problems[0] and "--conn-log CONN_LOG" in problems[0]
+    assert "6 x 10 s bins, this config has 12 x 10 s" in problems[1]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write where the mode says it may not")
+def test_an_unwritable_state_directory_exits_78(tmp_path: Path) -> None:
+    """A state directory in a directory this user cannot write: named, not created."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    config = tmp_path / "netad.yaml"
+    config.write_text(yaml.safe_dump({"source": {"type": "netflow"}, "role": "sensor", "state_dir": str(locked / "state")}))
+    code, problems, _ = _check(config)
+    assert 78 == code and [f"{config}:3: state_dir"] == [": ".join(line.split(": ")[:2]) for line in problems]
