@@ -485,7 +485,7 @@ def test_netflow_datagrams_dated_a_month_or_ten_years_ahead_change_nothing(honey
     assert ("behind", "127.0.0.1", 30) == (warned["kind"], warned["origin"], warned["records"])
     assert refused["exporter"] == "127.0.0.1" and rss_after - rss_before < 100, (rss_before, rss_after)
     incidents = [e for e in read_events(tmp_path / "incidents.jsonl") if e["netad"]["category"] == "clock-jump"]
-    assert incidents and {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incidents[0]["observer"]["labels"]
+    assert incidents and {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incidents[0]["labels"]
     # the same genuine records, offline and without the hostile ones: the same scores
     offline = io.StringIO()
     pipeline = Pipeline(load_config(cfg), ModelBundle.load(honeypot["model"]), scores_out=offline, flow_records=True)
