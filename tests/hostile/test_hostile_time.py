@@ -169,3 +169,21 @@ def test_score_on_a_capture_cut_mid_record_says_so_and_exits_65(slice10, demo):
     assert "1" == summary["damaged_inputs"] and index.shape[0] - 1 == int(summary["packets"]) + int(summary["non_ip"])
     assert f"netad: {cut}: truncated: the record at byte" in res.stderr and "scored what came before it" in res.stderr
     assert "capture_damaged" in res.stderr
+
+
+@pytest.mark.parametrize("kind", ["ahead", "behind"])
+def test_the_event_clocks_incidents_are_valid_ecs_and_ocsf(kind: str):
+    """A future-dated-records or clock-jump incident is the IncidentEvent every format takes:
+    valid ECS and OCSF (the published schemas), opened and resolved under one id."""
+    from detector.alerting import formats
+    from detector.alerting.incidents import time_bounds_event
+    from tests.alerting._schemas import validate_ecs, validate_ocsf
+
+    events = [time_bounds_event(action, kind, "192.0.2.1", 30, 1_700_000_000 * 10**9, 1_700_000_001 * 10**9,
+                                1_700_000_060 * 10**9, {"name": "s1", "hostname": "h1", "interface": ""}, "m1")
+              for action in ("opened", "resolved")]
+    assert events[0].incident_id == events[1].incident_id != "" and events[0].event_id != events[1].event_id
+    for event in events:
+        assert [] == validate_ecs(json.loads(formats.ecs_json(event)))
+        assert [] == validate_ocsf(json.loads(formats.ocsf_json(event)))
+        assert "192.0.2.1" == json.loads(formats.ecs_json(event))["labels"]["exporter"]
