@@ -483,7 +483,8 @@ def test_netflow_datagrams_dated_a_month_or_ten_years_ahead_change_nothing(honey
     _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
     assert (72, 0, 30) == (stopped["flow_records"], stopped["late_records"], stopped["records_behind_time"])
     assert ("behind", "127.0.0.1", 30) == (warned["kind"], warned["origin"], warned["records"])
-    assert refused["exporter"] == "127.0.0.1" and rss_after - rss_before < 100, (rss_before, rss_after)
+    # +69 MiB here: the first windows scored and kernels compiled; the old daemon grew 1.9 GB in 47 s
+    assert refused["exporter"] == "127.0.0.1" and rss_after - rss_before < 200, (rss_before, rss_after)
     incidents = [e for e in read_events(tmp_path / "incidents.jsonl") if e["netad"]["category"] == "clock-jump"]
     assert incidents and {"exporter": "127.0.0.1", "collector": f"127.0.0.1:{port}"} == incidents[0]["labels"]
     # the same genuine records, offline and without the hostile ones: the same scores
