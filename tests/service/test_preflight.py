@@ -62,8 +62,11 @@ def test_the_default_config_on_a_fresh_clone_names_the_capture_and_model_to_make
     before = _tree(tmp_path)
     code, problems, _ = _check(config)
     assert 78 == code
-    assert [f"{config}:21: source.path: var/demo.pcap: no such file",
-            f"{config}:57: model.path: no model bundle at var/model: train one (netad train -c CONFIG --pcap CAPTURE "
+    lines = Path(config).read_text().splitlines()
+    source_path = next(i for i, line in enumerate(lines, 1) if line.startswith("  path: var/demo.pcap "))
+    model_path = lines.index("model:") + 2  # `path:` is the section's first key
+    assert [f"{config}:{source_path}: source.path: var/demo.pcap: no such file",
+            f"{config}:{model_path}: model.path: no model bundle at var/model: train one (netad train -c CONFIG --pcap CAPTURE "
             "--out var/model; `make model` makes the demo's)"] == problems
     assert before == _tree(tmp_path)
 
