@@ -52,8 +52,13 @@ from detector.contracts import PacketBatch
 from detector.errors import CaptureError
 
 _INITIAL_BUFFER_BYTES = 16 * 1024 * 1024
-# A batch is cut early when its frames span this much of the file (large packets), so the
-# buffer stays bounded whatever batch_packets is.
+# The most one read brings into the buffer: the record walk and the frame parse then find
+# the bytes still in the CPU's cache (L2 is 1 MiB a core here), where the copy from the page
+# cache left them. Reads filling the whole 16 MiB buffer left them in main memory, and the
+# walk, a chain of dependent loads one record apart, waited on memory at every record (on a
+# 790-byte-frame capture: walk + parse 490 ms per million frames with 16 MiB reads, 213 ms
+# with 1 MiB reads and the bytes kept at the front of the buffer).
+_READ_BYTES = 1024 * 1024
 # How much of a pcapng file is read at open to learn its interfaces' link types.
 _HEAD_BYTES = 1024 * 1024
 
@@ -384,20 +389,25 @@ class _FileWindow:
         self.eof = False
 
     def refill(self, keep_from: int) -> int:
-        """Drop the bytes before keep_from (when that frees enough), read more; returns how
-        far the kept bytes moved towards the start."""
+        """Drop the bytes before keep_from, read at most _READ_BYTES more after the rest;
+        returns how far the kept bytes moved towards the start.
+
+        The kept bytes (the start of a record not yet whole in the buffer) always move to the
+        front, so reads land in the same few MiB at the buffer's start, which stay in the CPU's
+        cache. They are less than one record: the move costs little, and a record larger
+        than one read moves once, then stays at the front while the rest of it is read."""
         keep_from = min(keep_from, self.valid)
         shift = 0
-        if keep_from > 0 and (keep_from >= self.buf.shape[0] // 2 or self.valid == self.buf.shape[0]):
+        if keep_from > 0:
             kept = self.valid - keep_from
             self.buf[:kept] = self.buf[keep_from : self.valid]
             shift, self.valid = keep_from, kept
             self.file_offset += shift
-        if self.valid == self.buf.shape[0]:  # one record or batch bigger than the buffer
+        if self.valid == self.buf.shape[0]:  # one record bigger than the buffer
             bigger = np.empty(2 * self.buf.shape[0], dtype=np.uint8)
             bigger[: self.valid] = self.buf[: self.valid]
             self.buf = bigger
-        got = self._file.readinto(memoryview(self.buf)[self.valid :])
+        got = self._file.readinto(memoryview(self.buf)[self.valid : self.valid + _READ_BYTES])
         self.eof = not got
         self.valid += got or 0
         return shift
