@@ -395,6 +395,35 @@ def parse_frames(
     `malformed` (see the module docstring); nothing in the bytes can make this raise.
     Raises CaptureError for a single link type this parser does not decode.
     """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    columns = new_columns(offsets.shape[0])
+    rows, malformed, non_ip = parse_into(data, offsets, caplens, ts_ns, linktype, columns)
+    return PacketBatch(
+        **{name: column[:rows] for name, column in zip(PACKET_COLUMNS, columns, strict=True)},
+        malformed=malformed,
+        non_ip=non_ip,
+    )
+
+
+def new_columns(capacity: int) -> list[np.ndarray]:
+    """Empty output columns for parse_into, in PACKET_COLUMNS order, room for `capacity` rows."""
+    return [np.empty(capacity, dtype=dtype) for dtype in PACKET_COLUMNS.values()]
+
+
+def parse_into(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    caplens: np.ndarray,
+    ts_ns: np.ndarray,
+    linktype: int | np.ndarray,
+    columns: list[np.ndarray],
+) -> tuple[int, int, int]:
+    """parse_frames, writing the rows into `columns` (PACKET_COLUMNS order, each with room
+    for one row per frame) from their index 0; returns (rows, malformed, non_ip).
+
+    A reader fills a batch's columns group by group through views (column[rows:]), so no
+    group needs arrays, a PacketBatch or a concatenation of its own.
+    """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
     data = np.ascontiguousarray(data, dtype=np.uint8)
@@ -404,6 +433,8 @@ def parse_frames(
     n = offsets.shape[0]
     if caplens.shape != (n,) or ts_ns.shape != (n,):
         raise ValueError(f"offsets, caplens and ts_ns differ in length: {n}, {caplens.shape}, {ts_ns.shape}")
+    if len(columns) != len(PACKET_COLUMNS) or min(c.shape[0] for c in columns) < n:  # the kernel does not bounds-check
+        raise ValueError(f"columns must be {len(PACKET_COLUMNS)} arrays (PACKET_COLUMNS) with room for {n} rows")
     if np.ndim(linktype) == 0:
         if int(linktype) not in SUPPORTED_LINKTYPES:
             raise CaptureError(f"unsupported link type {int(linktype)}; supported: {sorted(SUPPORTED_LINKTYPES)}")
@@ -417,15 +448,8 @@ def parse_frames(
         if n == 0:
             linktypes = np.array([LINKTYPE_ETHERNET], dtype=np.int64)
     # The kernel's output arguments follow PACKET_COLUMNS' order.
-    columns = {name: np.empty(n, dtype=dtype) for name, dtype in PACKET_COLUMNS.items()}
-    rows, malformed, non_ip = _parse_kernel(
-        data, offsets, caplens, ts_ns, linktypes, per_frame, *columns.values()
-    )
-    return PacketBatch(
-        **{name: column[:rows] for name, column in columns.items()},
-        malformed=int(malformed),
-        non_ip=int(non_ip),
-    )
+    rows, malformed, non_ip = _parse_kernel(data, offsets, caplens, ts_ns, linktypes, per_frame, *columns)
+    return int(rows), int(malformed), int(non_ip)
 
 
 # --------------------------------------------------------------------------------------

@@ -43,12 +43,14 @@ from detector.capture.packets._parse import (
     WALK_BLOCK,
     WALK_FULL,
     WALK_NEED_MORE,
+    new_columns,
     parse_frames,
+    parse_into,
     tsresol_units,
     walk_pcap,
     walk_pcapng,
 )
-from detector.contracts import PacketBatch
+from detector.contracts import PACKET_COLUMNS, PacketBatch
 from detector.errors import CaptureError
 
 _INITIAL_BUFFER_BYTES = 16 * 1024 * 1024
@@ -459,21 +461,19 @@ class CaptureFile:
         # Frames are parsed in small groups right after the walk found them, while their
         # bytes are still in the CPU cache (walking a whole 65,536-frame batch first and
         # parsing it afterwards fetched every header from memory twice: 1.9 vs 4-5 M pkt/s
-        # on 790-byte frames); the groups are joined into batches of batch_packets rows.
+        # on 790-byte frames). Each group's rows go straight into the batch's columns.
         group = min(_PARSE_GROUP_FRAMES, self.batch_packets)
         records = _Records(group)
         window.refill(0)
         pos = walker.data_start
-        parts: list[PacketBatch] = []
-        in_batch = 0
+        batch = _BatchBuilder(self.batch_packets)
         while True:
-            n, pos, status = walker.step(window.buf, pos, window.valid, min(group, self.batch_packets - in_batch), records, 0)
+            n, pos, status = walker.step(window.buf, pos, window.valid, min(group, self.batch_packets - batch.frames), records, 0)
             if n:
-                parts.append(self._emit(window, records, n, walker, pos))
-                in_batch += n
-                if in_batch >= self.batch_packets:
-                    yield PacketBatch.concat(parts)
-                    parts, in_batch = [], 0
+                self._emit(window, records, n, walker, pos, batch)
+                if batch.frames >= self.batch_packets:
+                    yield batch.take()
+                    batch = _BatchBuilder(self.batch_packets)
             if status == WALK_FULL:
                 continue
             if status == WALK_NEED_MORE and not window.eof:
@@ -482,20 +482,46 @@ class CaptureFile:
                 if status != WALK_NEED_MORE or pos < window.valid:
                     self.damage = walker.damage_message(status, window.buf, pos, window.valid, window.file_offset + pos)
                 break
-        if parts:
-            yield PacketBatch.concat(parts)
+        if batch.frames:
+            yield batch.take()
         self.bytes_read = window.file_offset + pos
         self.linktypes = tuple(walker.linktypes) or self.linktypes
 
-    def _emit(self, window: _FileWindow, records: _Records, n: int, walker: _Walker, pos: int) -> PacketBatch:
+    def _emit(self, window: _FileWindow, records: _Records, n: int, walker: _Walker, pos: int, batch: _BatchBuilder) -> None:
         linktype = walker.frame_linktypes(records.iface[:n])
-        batch = parse_frames(window.buf, records.offsets[:n], records.caplens[:n], records.ts_ns[:n], linktype)
+        rows, malformed, non_ip = parse_into(window.buf, records.offsets[:n], records.caplens[:n], records.ts_ns[:n],
+                                             linktype, batch.free())
+        batch.add(n, rows, malformed, non_ip)
         self.packets += n
-        self.malformed += batch.malformed
-        self.non_ip += batch.non_ip
+        self.malformed += malformed
+        self.non_ip += non_ip
         self.bytes_read = window.file_offset + pos
         self.linktypes = tuple(walker.linktypes) or self.linktypes  # pcapng: interfaces seen so far
-        return batch
+
+
+class _BatchBuilder:
+    """The columns of one batch, filled group by group (at most one row per frame)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.columns = new_columns(capacity)
+        self.frames = self.rows = self.malformed = self.non_ip = 0
+
+    def free(self) -> list[np.ndarray]:
+        return [column[self.rows :] for column in self.columns]
+
+    def add(self, frames: int, rows: int, malformed: int, non_ip: int) -> None:
+        self.frames += frames
+        self.rows += rows
+        self.malformed += malformed
+        self.non_ip += non_ip
+
+    def take(self) -> PacketBatch:
+        """The batch; its columns are views of the builder's unless most of them is unused
+        (the last batch of a file, mostly non-IP frames): then copies, not to hold the rest."""
+        capacity = self.columns[0].shape[0]
+        view = 2 * self.rows >= capacity
+        cols = {name: column[: self.rows] if view else column[: self.rows].copy() for name, column in zip(PACKET_COLUMNS, self.columns, strict=True)}
+        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip)
 
 
 def read_capture(path: str | Path, batch_packets: int = 65536) -> PacketBatch:
