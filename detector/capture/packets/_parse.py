@@ -100,7 +100,7 @@ _V4 = 4
 _V6 = 6
 
 
-def _jit(func: Callable[..., Any]) -> Any:
+def _jit(func: Callable[..., Any], inline: str = "never") -> Any:
     """numba.njit with an on-disk cache, so only the first run ever pays the compile time.
 
     numba refuses to decorate at all when it finds no writable cache directory (a hardened
@@ -108,9 +108,18 @@ def _jit(func: Callable[..., Any]) -> Any:
     failing at import. NUMBA_CACHE_DIR (e.g. the service's state directory) restores it.
     """
     try:
-        return numba.njit(cache=True, nogil=True)(func)
+        return numba.njit(cache=True, nogil=True, inline=inline)(func)
     except RuntimeError:
-        return numba.njit(cache=False, nogil=True)(func)
+        return numba.njit(cache=False, nogil=True, inline=inline)(func)
+
+
+def _inline(func: Callable[..., Any]) -> Any:
+    """_jit for the per-frame helpers, inlined into their callers by numba itself. Compiled
+    apart, each stayed a call through a function pointer (a tuple returned through memory,
+    numba's error status checked after it): the frame parse took 48 ns a frame even for
+    one frame parsed over and over from L1, 15 ns inlined. The price is the first compile,
+    once per install (the cache keeps it): 7.1 s instead of 4.3 s for the reader's kernels."""
+    return _jit(func, inline="always")
 
 
 # --------------------------------------------------------------------------------------
@@ -119,12 +128,12 @@ def _jit(func: Callable[..., Any]) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-@_jit
+@_inline
 def _be16(data: np.ndarray, i: int) -> int:
     return (np.int64(data[i]) << 8) | np.int64(data[i + 1])
 
 
-@_jit
+@_inline
 def _be32(data: np.ndarray, i: int) -> int:
     return (
         (np.int64(data[i]) << 24)
@@ -134,19 +143,19 @@ def _be32(data: np.ndarray, i: int) -> int:
     )
 
 
-@_jit
+@_inline
 def _be64u(data: np.ndarray, i: int) -> np.uint64:
     return (np.uint64(_be32(data, i)) << np.uint64(32)) | np.uint64(_be32(data, i + 4))
 
 
-@_jit
+@_inline
 def _u16(data: np.ndarray, i: int, big_endian: bool) -> int:
     if big_endian:
         return _be16(data, i)
     return np.int64(data[i]) | (np.int64(data[i + 1]) << 8)
 
 
-@_jit
+@_inline
 def _u32(data: np.ndarray, i: int, big_endian: bool) -> int:
     if big_endian:
         return _be32(data, i)
@@ -163,7 +172,7 @@ def _u32(data: np.ndarray, i: int, big_endian: bool) -> int:
 # --------------------------------------------------------------------------------------
 
 
-@_jit
+@_inline
 def _ethertype_kind(data: np.ndarray, p: int, end: int, ethertype: int) -> tuple[int, int, int, int]:
     """(kind, offset of the IP header, end of the frame, outermost VLAN id) after an
     EtherType at data[p-2]."""
@@ -193,7 +202,7 @@ def _ethertype_kind(data: np.ndarray, p: int, end: int, ethertype: int) -> tuple
     return _NON_IP, p, end, vlan
 
 
-@_jit
+@_inline
 def _link_layer(data: np.ndarray, start: int, end: int, linktype: int) -> tuple[int, int, int, int]:
     """(kind, offset of the IP header, end of the frame, VLAN id) of one frame, by link type."""
     if linktype == LINKTYPE_ETHERNET:
@@ -232,7 +241,7 @@ def _link_layer(data: np.ndarray, start: int, end: int, linktype: int) -> tuple[
     return _NON_IP, start, end, 0  # a link type we do not decode: not known to be IP
 
 
-@_jit
+@_inline
 def _transport(data: np.ndarray, l4: int, l4_end: int, proto: int, is_v6: bool) -> tuple[int, int, int]:
     """(sport, dport, tcp_flags) when the transport's fixed header is wholly present."""
     avail = l4_end - l4
@@ -245,7 +254,7 @@ def _transport(data: np.ndarray, l4: int, l4_end: int, proto: int, is_v6: bool) 
     return 0, 0, 0
 
 
-@_jit
+@_inline
 def _ipv4(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int, int, int, int]:
     """(ok, src, dst, proto, ip_len, frag, l4 offset or -1, l4 end) of an IPv4 header."""
     if end - p < 20 or (data[p] >> 4) != 4:
@@ -266,7 +275,7 @@ def _ipv4(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int,
     return True, _be32(data, p + 12), _be32(data, p + 16), np.int64(data[p + 9]), total_len, frag, l4, l4_end
 
 
-@_jit
+@_inline
 def _ipv6(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int, int, int]:
     """(ok, proto, ip_len, frag, l4 offset or -1, l4 end) of an IPv6 header and its
     extension-header chain (the addresses are read by the caller)."""
@@ -495,7 +504,7 @@ def walk_pcap(
     return n, pos, WALK_FULL, 0
 
 
-@_jit
+@_inline
 def _units_to_ns(raw: np.uint64, mul: int, div: int, shift: int) -> int:
     """A pcapng timestamp in interface units as ns: raw * mul // div (if_tsresol a power
     of 10) or raw / 2**shift seconds (a power of 2)."""
