@@ -377,7 +377,11 @@ def _unsupported(linktype: int) -> str:
     return f"link type {linktype} is not supported; netad reads {supported}"
 
 
-_PARSE_GROUP_FRAMES = 1024
+# Frames walked, then parsed, per step. A group never spans more than the buffer holds after
+# one read (_READ_BYTES), so its bytes are still in the cache whatever this is; larger groups
+# only mean fewer Python steps: 4096 instead of 1024 took 150 instead of 171 ms per million
+# 790-byte frames (111 instead of 124 ms on a demo capture's 835,000 frames).
+_PARSE_GROUP_FRAMES = 4096
 
 
 class _FileWindow:
@@ -458,10 +462,10 @@ class CaptureFile:
             yield from self._batches(_FileWindow(f), walker)
 
     def _batches(self, window: _FileWindow, walker: _Walker) -> Iterator[PacketBatch]:
-        # Frames are parsed in small groups right after the walk found them, while their
-        # bytes are still in the CPU cache (walking a whole 65,536-frame batch first and
-        # parsing it afterwards fetched every header from memory twice: 1.9 vs 4-5 M pkt/s
-        # on 790-byte frames). Each group's rows go straight into the batch's columns.
+        # Frames are parsed in groups right after the walk found them, while their bytes
+        # are still in the CPU cache (walking a whole 65,536-frame batch first and parsing
+        # it afterwards fetched every header from memory twice: 1.9 vs 4-5 M pkt/s on
+        # 790-byte frames). Each group's rows go straight into the batch's columns.
         group = min(_PARSE_GROUP_FRAMES, self.batch_packets)
         records = _Records(group)
         window.refill(0)
