@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from detector import __version__
-from detector._exit import EX_DATAERR, InputFile, errors_to_exit_codes
+from detector._exit import EX_DATAERR, InputFile, errors_to_exit_codes, without_teardown
 from detector._lazy import LazyGroup
 from detector.errors import ConfigError
 
@@ -148,6 +148,7 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
 @click.option("--incidents", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Write incident events (ECS JSON lines) here; - for standard output (then the summary goes to stderr).")
 @click.option("--sink", "sinks", multiple=True, help="Extra incident sink URL (repeatable).")
+@without_teardown
 @_errors_to_exit_codes
 def score(config, model_dir, pcaps, conn_logs, scores, incidents, sinks) -> None:
     """Replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages.

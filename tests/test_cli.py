@@ -73,3 +73,45 @@ def test_before_first_attack_without_the_truth_is_an_error(tmp_path):
     assert 2 == result.exit_code
     assert "--before-first-attack needs --truth" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+_FAST_EXIT = """
+import atexit, sys
+import click
+from detector._exit import without_teardown
+
+MARKER = sys.argv[1] if __name__ == "__main__" else None
+
+class Teardown:
+    def __del__(self):
+        sys.__stderr__.write("torn down\\n")
+
+keep = Teardown()  # freed only by the interpreter's teardown
+
+@click.command()
+@without_teardown
+def command():
+    if MARKER:
+        atexit.register(lambda: open(MARKER, "w").write("atexit ran"))
+    sys.stdout.write("no newline, still buffered")
+    sys.exit(65)
+
+if __name__ == "__main__":
+    command([])
+"""
+
+
+def test_a_command_without_teardown_loses_nothing_and_keeps_its_exit_status(tmp_path):
+    """`without_teardown` (netad score) ends the process without the interpreter's teardown,
+    yet runs the atexit handlers, flushes stdout and keeps the exit status; run inside
+    another program (click's CliRunner) it exits normally, leaving that program running."""
+    from click.testing import CliRunner
+
+    marker = tmp_path / "atexit.txt"
+    res = subprocess.run([sys.executable, "-c", _FAST_EXIT, str(marker)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert (65, "no newline, still buffered", "", "atexit ran") == (res.returncode, res.stdout, res.stderr, marker.read_text())
+    namespace: dict = {"__name__": "probe"}
+    exec(_FAST_EXIT, namespace)
+    namespace["Teardown"].__del__ = lambda self: None  # this process's teardown is pytest's business
+    result = CliRunner().invoke(namespace["command"], [])
+    assert (65, "no newline, still buffered") == (result.exit_code, result.output)

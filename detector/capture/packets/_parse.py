@@ -100,7 +100,7 @@ _V4 = 4
 _V6 = 6
 
 
-def _jit(func: Callable[..., Any]) -> Any:
+def _jit(func: Callable[..., Any], inline: str = "never") -> Any:
     """numba.njit with an on-disk cache, so only the first run ever pays the compile time.
 
     numba refuses to decorate at all when it finds no writable cache directory (a hardened
@@ -108,9 +108,18 @@ def _jit(func: Callable[..., Any]) -> Any:
     failing at import. NUMBA_CACHE_DIR (e.g. the service's state directory) restores it.
     """
     try:
-        return numba.njit(cache=True, nogil=True)(func)
+        return numba.njit(cache=True, nogil=True, inline=inline)(func)
     except RuntimeError:
-        return numba.njit(cache=False, nogil=True)(func)
+        return numba.njit(cache=False, nogil=True, inline=inline)(func)
+
+
+def _inline(func: Callable[..., Any]) -> Any:
+    """_jit for the per-frame helpers, inlined into their callers by numba itself. Compiled
+    apart, each stayed a call through a function pointer (a tuple returned through memory,
+    numba's error status checked after it): the frame parse took 48 ns a frame even for
+    one frame parsed over and over from L1, 15 ns inlined. The price is the first compile,
+    once per install (the cache keeps it): 7.1 s instead of 4.3 s for the reader's kernels."""
+    return _jit(func, inline="always")
 
 
 # --------------------------------------------------------------------------------------
@@ -119,12 +128,12 @@ def _jit(func: Callable[..., Any]) -> Any:
 # --------------------------------------------------------------------------------------
 
 
-@_jit
+@_inline
 def _be16(data: np.ndarray, i: int) -> int:
     return (np.int64(data[i]) << 8) | np.int64(data[i + 1])
 
 
-@_jit
+@_inline
 def _be32(data: np.ndarray, i: int) -> int:
     return (
         (np.int64(data[i]) << 24)
@@ -134,19 +143,19 @@ def _be32(data: np.ndarray, i: int) -> int:
     )
 
 
-@_jit
+@_inline
 def _be64u(data: np.ndarray, i: int) -> np.uint64:
     return (np.uint64(_be32(data, i)) << np.uint64(32)) | np.uint64(_be32(data, i + 4))
 
 
-@_jit
+@_inline
 def _u16(data: np.ndarray, i: int, big_endian: bool) -> int:
     if big_endian:
         return _be16(data, i)
     return np.int64(data[i]) | (np.int64(data[i + 1]) << 8)
 
 
-@_jit
+@_inline
 def _u32(data: np.ndarray, i: int, big_endian: bool) -> int:
     if big_endian:
         return _be32(data, i)
@@ -163,7 +172,7 @@ def _u32(data: np.ndarray, i: int, big_endian: bool) -> int:
 # --------------------------------------------------------------------------------------
 
 
-@_jit
+@_inline
 def _ethertype_kind(data: np.ndarray, p: int, end: int, ethertype: int) -> tuple[int, int, int, int]:
     """(kind, offset of the IP header, end of the frame, outermost VLAN id) after an
     EtherType at data[p-2]."""
@@ -193,7 +202,7 @@ def _ethertype_kind(data: np.ndarray, p: int, end: int, ethertype: int) -> tuple
     return _NON_IP, p, end, vlan
 
 
-@_jit
+@_inline
 def _link_layer(data: np.ndarray, start: int, end: int, linktype: int) -> tuple[int, int, int, int]:
     """(kind, offset of the IP header, end of the frame, VLAN id) of one frame, by link type."""
     if linktype == LINKTYPE_ETHERNET:
@@ -232,7 +241,7 @@ def _link_layer(data: np.ndarray, start: int, end: int, linktype: int) -> tuple[
     return _NON_IP, start, end, 0  # a link type we do not decode: not known to be IP
 
 
-@_jit
+@_inline
 def _transport(data: np.ndarray, l4: int, l4_end: int, proto: int, is_v6: bool) -> tuple[int, int, int]:
     """(sport, dport, tcp_flags) when the transport's fixed header is wholly present."""
     avail = l4_end - l4
@@ -245,7 +254,7 @@ def _transport(data: np.ndarray, l4: int, l4_end: int, proto: int, is_v6: bool) 
     return 0, 0, 0
 
 
-@_jit
+@_inline
 def _ipv4(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int, int, int, int]:
     """(ok, src, dst, proto, ip_len, frag, l4 offset or -1, l4 end) of an IPv4 header."""
     if end - p < 20 or (data[p] >> 4) != 4:
@@ -266,7 +275,7 @@ def _ipv4(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int,
     return True, _be32(data, p + 12), _be32(data, p + 16), np.int64(data[p + 9]), total_len, frag, l4, l4_end
 
 
-@_jit
+@_inline
 def _ipv6(data: np.ndarray, p: int, end: int) -> tuple[bool, int, int, int, int, int, int]:
     """(ok, proto, ip_len, frag, l4 offset or -1, l4 end) of an IPv6 header and its
     extension-header chain (the addresses are read by the caller)."""
@@ -395,6 +404,35 @@ def parse_frames(
     `malformed` (see the module docstring); nothing in the bytes can make this raise.
     Raises CaptureError for a single link type this parser does not decode.
     """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    columns = new_columns(offsets.shape[0])
+    rows, malformed, non_ip = parse_into(data, offsets, caplens, ts_ns, linktype, columns)
+    return PacketBatch(
+        **{name: column[:rows] for name, column in zip(PACKET_COLUMNS, columns, strict=True)},
+        malformed=malformed,
+        non_ip=non_ip,
+    )
+
+
+def new_columns(capacity: int) -> list[np.ndarray]:
+    """Empty output columns for parse_into, in PACKET_COLUMNS order, room for `capacity` rows."""
+    return [np.empty(capacity, dtype=dtype) for dtype in PACKET_COLUMNS.values()]
+
+
+def parse_into(
+    data: np.ndarray,
+    offsets: np.ndarray,
+    caplens: np.ndarray,
+    ts_ns: np.ndarray,
+    linktype: int | np.ndarray,
+    columns: list[np.ndarray],
+) -> tuple[int, int, int]:
+    """parse_frames, writing the rows into `columns` (PACKET_COLUMNS order, each with room
+    for one row per frame) from their index 0; returns (rows, malformed, non_ip).
+
+    A reader fills a batch's columns group by group through views (column[rows:]), so no
+    group needs arrays, a PacketBatch or a concatenation of its own.
+    """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
     data = np.ascontiguousarray(data, dtype=np.uint8)
@@ -404,6 +442,8 @@ def parse_frames(
     n = offsets.shape[0]
     if caplens.shape != (n,) or ts_ns.shape != (n,):
         raise ValueError(f"offsets, caplens and ts_ns differ in length: {n}, {caplens.shape}, {ts_ns.shape}")
+    if len(columns) != len(PACKET_COLUMNS) or min(c.shape[0] for c in columns) < n:  # the kernel does not bounds-check
+        raise ValueError(f"columns must be {len(PACKET_COLUMNS)} arrays (PACKET_COLUMNS) with room for {n} rows")
     if np.ndim(linktype) == 0:
         if int(linktype) not in SUPPORTED_LINKTYPES:
             raise CaptureError(f"unsupported link type {int(linktype)}; supported: {sorted(SUPPORTED_LINKTYPES)}")
@@ -417,15 +457,8 @@ def parse_frames(
         if n == 0:
             linktypes = np.array([LINKTYPE_ETHERNET], dtype=np.int64)
     # The kernel's output arguments follow PACKET_COLUMNS' order.
-    columns = {name: np.empty(n, dtype=dtype) for name, dtype in PACKET_COLUMNS.items()}
-    rows, malformed, non_ip = _parse_kernel(
-        data, offsets, caplens, ts_ns, linktypes, per_frame, *columns.values()
-    )
-    return PacketBatch(
-        **{name: column[:rows] for name, column in columns.items()},
-        malformed=int(malformed),
-        non_ip=int(non_ip),
-    )
+    rows, malformed, non_ip = _parse_kernel(data, offsets, caplens, ts_ns, linktypes, per_frame, *columns)
+    return int(rows), int(malformed), int(non_ip)
 
 
 # --------------------------------------------------------------------------------------
@@ -471,7 +504,7 @@ def walk_pcap(
     return n, pos, WALK_FULL, 0
 
 
-@_jit
+@_inline
 def _units_to_ns(raw: np.uint64, mul: int, div: int, shift: int) -> int:
     """A pcapng timestamp in interface units as ns: raw * mul // div (if_tsresol a power
     of 10) or raw / 2**shift seconds (a power of 2)."""

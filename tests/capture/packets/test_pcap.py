@@ -758,6 +758,24 @@ def test_batches_tiny_buffers_and_rereads_agree(tmp_path: Path, monkeypatch: pyt
     assert [t for t, _ in frames] == read_records(path).ts_ns.tolist()
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["iot23-honeypot-4-1/honeypot-4-1.pcap", "westermo/right.pcap"])
+def test_read_sizes_change_no_row_of_a_real_capture(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """How much of the file one read brings in (reads end inside records; the part of a
+    record already read moves to the buffer's front) changes no row and no count: a real
+    capture read in small pieces gives every column exactly as the whole file parsed at
+    once (read_records)."""
+    path = real_capture(name)
+    whole = read_records(path).parse()
+    for read_bytes in (1 << 20, 4096, 1500):
+        monkeypatch.setattr(pcap_module, "_READ_BYTES", read_bytes)
+        capture = CaptureFile(path, batch_packets=5000)
+        batch = PacketBatch.concat(list(capture))
+        assert {k: v.tolist() for k, v in whole.columns().items()} == {k: v.tolist() for k, v in batch.columns().items()}
+        assert (whole.malformed, whole.non_ip, path.stat().st_size, None) == (
+            capture.malformed, capture.non_ip, capture.bytes_read, capture.damage)
+
+
 # --------------------------------------------------------------------------------------
 # Property tests: nothing in the bytes raises, and every frame is accounted for
 # --------------------------------------------------------------------------------------
