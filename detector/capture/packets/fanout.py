@@ -103,7 +103,8 @@ class FanoutCapture:
             parent, child = socket.socketpair()
             self._procs.append(subprocess.Popen(
                 [sys.executable, "-m", "detector.capture.packets.fanout", str(child.fileno()), json.dumps(spec)],
-                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL))
+                pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL))
             child.close()
             self._conns.append(Connection(parent.detach()))
         deadline = time.monotonic() + start_timeout_s
@@ -194,6 +195,9 @@ class FanoutCapture:
 
 
 if __name__ == "__main__":  # a worker: python -m detector.capture.packets.fanout FD SPEC
+    from detector.logging import configure
+
+    configure("info", "json", stream=sys.stderr)  # stdout is not ours
     _code = worker_main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))
     sys.stdout.flush()
     os._exit(_code)

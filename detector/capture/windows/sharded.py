@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
@@ -137,6 +139,36 @@ def worker_main(conn: Connection, flow_kwargs: dict[str, Any], bins: int, bin_ns
 # ---------------------------------------------------------------------------- parent side
 
 
+class _Channel:
+    """A worker's connection, its sends made by a thread of their own: the parent queues a
+    batch and goes on parsing the next while the worker is still busy with the last (a
+    socket buffer holds far less than a batch). Replies are read by the caller."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._send_all, name="netad-capture-sender", daemon=True)
+        self._thread.start()
+
+    def _send_all(self) -> None:
+        while (msg := self._queue.get()) is not None:
+            try:
+                self.conn.send(msg)
+            except OSError:  # the worker is gone: what it was sent is lost with it
+                return
+
+    def send(self, msg: Any) -> None:
+        self._queue.put(msg)
+
+    def recv(self) -> Any:
+        return self.conn.recv()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self.conn.close()
+
+
 class FlowShards:
     """N worker processes, each with its own flow table; the flow stage of a sharded run.
 
@@ -150,7 +182,7 @@ class FlowShards:
         if workers < 2:
             raise ValueError("FlowShards needs at least 2 workers")
         self.workers = workers
-        self._conns: list[Connection] = []
+        self._conns: list[_Channel] = []
         self._procs: list[subprocess.Popen] = []
         # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
         # torch's threads) nor its spawn (which imports the parent's __main__ again)
@@ -159,16 +191,17 @@ class FlowShards:
         for _ in range(workers):
             parent, child = socket.socketpair()
             proc = subprocess.Popen([sys.executable, "-m", "detector.capture.windows.sharded", str(child.fileno()), spec],
-                                    pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                                    pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL)
             child.close()
-            self._conns.append(Connection(parent.detach()))
+            self._conns.append(_Channel(Connection(parent.detach())))
             self._procs.append(proc)
         self.shard = np.zeros(0, dtype=np.int64)  # per row of the last batch: its worker
         self.position = np.zeros(0, dtype=np.int64)  # ... and its row in that worker's slice
         self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs)
 
     @property
-    def conns(self) -> list[Connection]:
+    def conns(self) -> list[_Channel]:
         return self._conns
 
     def push(self, batch: PacketBatch) -> FlowAnnotations:
@@ -202,12 +235,9 @@ class FlowShards:
         self._finalizer()
 
 
-def _stop(conns: list[Connection], procs: list[subprocess.Popen]) -> None:
+def _stop(conns: list[_Channel], procs: list[subprocess.Popen]) -> None:
     for conn in conns:
-        try:
-            conn.send(("stop",))
-        except OSError:
-            pass
+        conn.send(("stop",))
     for proc in procs:
         try:
             proc.wait(timeout=5)
@@ -318,6 +348,9 @@ def _count_seen(distinct: np.ndarray, rows: np.ndarray, slot_col: int, seen: int
 
 
 if __name__ == "__main__":  # a worker: python -m detector.capture.windows.sharded FD SPEC
+    from detector.logging import configure
+
+    configure("info", "json", stream=sys.stderr)  # stdout is not ours
     _spec = json.loads(sys.argv[2])
     worker_main(Connection(int(sys.argv[1])), _spec["flow_kwargs"], _spec["bins"], _spec["bin_ns"])
     sys.stdout.flush()
