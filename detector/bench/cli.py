@@ -95,8 +95,10 @@ def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, wo
               help="What the receiver runs: capture + parse + flows + windows, or capture + parse only.")
 @click.option("--step-s", type=click.FloatRange(min=1, max=30), default=8.0, show_default=True,
               help="Longest a step sends for.")
+@click.option("--workers", "workers", type=str, default="1", show_default=True,
+              help="Comma-separated counts of capture workers (fanout group) to run the steps with, in turn.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: float, as_json: bool) -> None:
+def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: float, workers: str, as_json: bool) -> None:
     """Live capture: tcpreplay over a veth pair at rising rates; drops per step. Needs root."""
     from detector.bench.live import LiveBenchUnavailable, format_live_bench, run_live_bench
 
@@ -105,12 +107,20 @@ def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: floa
     except ValueError:
         raise click.BadParameter(f"{pps_steps!r}: expected comma-separated integers", param_hint="--pps") from None
     try:
+        counts = tuple(int(n) for n in workers.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{workers!r}: expected comma-separated integers", param_hint="--workers") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("counts of workers are 1 or more", param_hint="--workers")
+    try:
         result = run_live_bench(packets, pps_steps=steps, topspeed=topspeed, stages=stages, step_s=step_s,
-                                progress=None if as_json else _progress)
+                                workers=counts, progress=None if as_json else _progress)
     except LiveBenchUnavailable as exc:
         click.echo(f"netad: {exc}", err=True)
         sys.exit(EX_NOPERM if exc.needs_root else EX_UNAVAILABLE)
     result.pop("worker_log_tail", None)
+    for run in result.get("runs", []):
+        run.pop("worker_log_tail", None)
     click.echo(json.dumps(result, indent=2) if as_json else format_live_bench(result))
 
 
