@@ -105,7 +105,7 @@ def _main(argv: list[str] | None = None) -> int:
                 "capture_workers": capture.worker_stats() if isinstance(capture, FanoutCapture) else [],
                 "flow_workers": stages.worker_stats() if stages is not None else []}
 
-    _emit("ready", pid=os.getpid())
+    _emit("ready", pid=os.getpid(), **workers())  # the baseline of the first step's CPU and busy seconds
     for batch in capture:
         now = time.monotonic()
         if len(batch) or batch.malformed or batch.non_ip:

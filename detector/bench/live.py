@@ -147,7 +147,8 @@ def _worker_deltas(now: dict[str, Any], last: dict[str, Any], received: int, cpu
         before = last.get(key) or [{} for _ in now.get(key) or []]
         for k, (w, b) in enumerate(zip(now.get(key) or [], before, strict=False)):
             packets = int(w.get("packets", 0) - b.get("packets", 0))
-            busy = float(w.get("busy_s", 0.0) - b.get("busy_s", 0.0))
+            busy_key = "cpu_s" if "cpu_s" in w else "busy_s"  # flow workers: CPU seconds too, not wall time on messages
+            busy = float(w.get(busy_key, 0.0) - b.get(busy_key, 0.0))
             out.append({"role": role, "worker": k, "packets": packets, "busy_s": round(busy, 3),
                         "kernel_drops": int(w.get("kernel_drops", 0) - b.get("kernel_drops", 0)),
                         "pps_per_busy_s": round(packets / busy) if busy > 0 else None})
@@ -163,7 +164,7 @@ def _run_steps(ns: VethNamespace, pcap: Path, gen: dict[str, Any], workers: int,
     with CaptureWorker(ns.exec_argv([]), ns.capture_iface, stages=stages, home_net=[gen["home_net"]],
                        idle_s=1.0, cpu=capture_cpu, workers=workers) as worker:
         last = worker.wait_for("ready", timeout_s=120)
-        last.update(packets=0, kernel_drops=0, interface_drops=0, cpu_s=0.0)
+        last.update(packets=0, kernel_drops=0, interface_drops=0)
         for pps in [*pps_steps, *([None] if topspeed else [])]:
             say(f"  step {'topspeed' if pps is None else f'{pps:,} pkt/s'} ...")
             started = time.monotonic()

@@ -58,11 +58,12 @@ def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
 def run_workers_bench(path: Path, home_net: str, counts: list[int], repeats: int = 3) -> dict[str, Any]:
     """packets/s of parse + flows + windows for each count of workers; ratios to the first."""
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+    load_before = round(os.getloadavg()[0], 2)
     _run(path, home_net, 1)  # load this process's kernels and the file into the page cache
     for _ in range(repeats):
         for n in counts:
             runs[n].append(_run(path, home_net, n))
-    out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_avg_1m": round(os.getloadavg()[0], 2),
+    out: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0)), "load_avg_1m": load_before,
                            "repeats": repeats, "per_workers": {}}
     for n, rs in runs.items():
         seconds = statistics.median(r["seconds"] for r in rs)
