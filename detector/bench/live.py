@@ -233,6 +233,6 @@ def format_live_bench(r: dict[str, Any]) -> str:
         lines += ["", f"{run['workers']} worker(s):" if r["runs"] else "", *_steps_lines(run, r["stages"])]
     if r["stages"] == "pipeline":
         lines.append("  (stages s: time in flows + windows during the step; longest batch: the longest single push,")
-        lines.append("   a stall the kernel ring must absorb; busy: CPU seconds of a capture worker or of the one process,")
-        lines.append("   seconds on messages of a flow worker; per busy second: what one such worker could take)")
+        lines.append("   a stall the kernel ring must absorb; busy: CPU seconds of the worker, or of the one process;")
+        lines.append("   per busy second: what one such worker could take)")
     return "\n".join(lines)
