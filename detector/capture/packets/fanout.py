@@ -11,7 +11,8 @@ capture and parse, the part of a live pipeline that must keep up with the wire, 
 cores. The kernel sends both directions of a flow to one socket (capture.packets.live), so
 every flow's packets stay in their order. The parent takes what the workers have parsed,
 orders it by capture time (what one socket would have handed over) and yields it as one
-stream; the flow tables and accumulators after it are split again by flow
+stream (a worker hands a batch over at least every `poll_s`, so the stream may step back
+that much between batches: far less than the window stage's lateness); the flow tables and accumulators after it are split again by flow
 (capture.windows.sharded), so windows equal those of one capture.
 
 Drops and balance are counted per worker: frames received, kernel and interface drops (from
