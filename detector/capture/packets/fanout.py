@@ -36,16 +36,21 @@ from typing import Any
 
 import numpy as np
 
+from detector.capture._channel import Channel
 from detector.contracts import PacketBatch
 from detector.errors import CaptureError
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
+# Batches a capture worker may hold for a busy parent before it stops reading its ring
+# (each at most batch_packets rows, about 50 bytes a row: 64 x 3.3 MB at the default)
+_MAX_QUEUED_BATCHES = 64
 
 
 # ---------------------------------------------------------------------------- worker side
-def worker_main(conn: Connection, spec: dict[str, Any]) -> int:
+def worker_main(conn: Channel, spec: dict[str, Any]) -> int:
     """One capture worker: LiveCapture on the fanout group, each batch sent to the parent
-    with the counters; stops on "stop" (or EOF)."""
+    with the counters; stops on "stop" (or EOF). Sends are queued (Channel): the worker goes
+    on draining its ring while the parent is busy, up to _MAX_QUEUED_BATCHES batches."""
     from detector.capture.packets.live import LiveCapture
 
     try:
@@ -199,6 +204,8 @@ if __name__ == "__main__":  # a worker: python -m detector.capture.packets.fanou
     from detector.logging import configure
 
     configure("info", "json", stream=sys.stderr)  # stdout is not ours
-    _code = worker_main(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))
+    _channel = Channel(Connection(int(sys.argv[1])), max_queued=_MAX_QUEUED_BATCHES)
+    _code = worker_main(_channel, json.loads(sys.argv[2]))
+    _channel.close()
     sys.stdout.flush()
     os._exit(_code)

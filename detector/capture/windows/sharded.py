@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from multiprocessing.connection import Connection
@@ -52,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.capture._channel import Channel
 from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc
@@ -101,6 +100,7 @@ def _warm_up(bins: int, bin_ns: int) -> None:
 def worker_main(conn: Connection, flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
     """One capture worker: messages from the parent, in order, until "stop" or EOF."""
     _warm_up(bins, bin_ns)
+    conn.send(("ready",))
     table = FlowTable(**flow_kwargs)
     accs: dict[int, _PacketWindowAcc] = {}
     batch: PacketBatch | None = None
@@ -139,36 +139,6 @@ def worker_main(conn: Connection, flow_kwargs: dict[str, Any], bins: int, bin_ns
 # ---------------------------------------------------------------------------- parent side
 
 
-class _Channel:
-    """A worker's connection, its sends made by a thread of their own: the parent queues a
-    batch and goes on parsing the next while the worker is still busy with the last (a
-    socket buffer holds far less than a batch). Replies are read by the caller."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._send_all, name="netad-capture-sender", daemon=True)
-        self._thread.start()
-
-    def _send_all(self) -> None:
-        while (msg := self._queue.get()) is not None:
-            try:
-                self.conn.send(msg)
-            except OSError:  # the worker is gone: what it was sent is lost with it
-                return
-
-    def send(self, msg: Any) -> None:
-        self._queue.put(msg)
-
-    def recv(self) -> Any:
-        return self.conn.recv()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-        self.conn.close()
-
-
 class FlowShards:
     """N worker processes, each with its own flow table; the flow stage of a sharded run.
 
@@ -178,11 +148,12 @@ class FlowShards:
     aggregator's cuts and late-packet filter carry each row's number to the worker holding
     its flow. `stats()` sums the workers' flow tables; `worker_stats()` gives each one's."""
 
-    def __init__(self, workers: int, flow_kwargs: dict[str, Any], bins: int, bin_s: float) -> None:
+    def __init__(self, workers: int, flow_kwargs: dict[str, Any], bins: int, bin_s: float,
+                 start_timeout_s: float = 120.0) -> None:
         if workers < 2:
             raise ValueError("FlowShards needs at least 2 workers")
         self.workers = workers
-        self._conns: list[_Channel] = []
+        self._conns: list[Channel] = []
         self._procs: list[subprocess.Popen] = []
         # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
         # torch's threads) nor its spawn (which imports the parent's __main__ again)
@@ -194,14 +165,24 @@ class FlowShards:
                                     pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL)
             child.close()
-            self._conns.append(_Channel(Connection(parent.detach())))
+            self._conns.append(Channel(Connection(parent.detach())))
             self._procs.append(proc)
+        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs)
+        deadline = time.monotonic() + start_timeout_s
+        for conn, proc in zip(self._conns, self._procs, strict=True):  # up, kernels loaded: then the first batch
+            if not conn.poll(max(deadline - time.monotonic(), 0.001)):
+                self.close()
+                raise RuntimeError(f"a capture worker did not start within {start_timeout_s:.0f} s")
+            try:
+                conn.recv()
+            except EOFError:
+                self.close()
+                raise RuntimeError(f"a capture worker exited at start (status {proc.wait(timeout=10)})") from None
         self.shard = np.zeros(0, dtype=np.int64)  # per row of the last batch: its worker
         self.position = np.zeros(0, dtype=np.int64)  # ... and its row in that worker's slice
-        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs)
 
     @property
-    def conns(self) -> list[_Channel]:
+    def conns(self) -> list[Channel]:
         return self._conns
 
     def push(self, batch: PacketBatch) -> FlowAnnotations:
@@ -235,7 +216,7 @@ class FlowShards:
         self._finalizer()
 
 
-def _stop(conns: list[_Channel], procs: list[subprocess.Popen]) -> None:
+def _stop(conns: list[Channel], procs: list[subprocess.Popen]) -> None:
     for conn in conns:
         conn.send(("stop",))
     for proc in procs:
