@@ -96,3 +96,52 @@ def test_two_workers_give_the_scores_of_one():
         lines.append(out.getvalue().splitlines())
     assert len(lines[0]) > 100
     assert lines[0] == lines[1]
+
+
+def _flood_then_few() -> list[PacketBatch]:
+    """3,000 spoofed home hosts for 4 s; then 8 hosts until 7.9 s, silent after; one more
+    host from 7.95 s to 14 s keeps the clock going. When the window [6, 8) closes, the
+    flood's entities expire, and the 8 hosts (in slots above the flood's) are alive but
+    have nothing in an open window: they move down and the slot table shrinks back."""
+    rng = np.random.default_rng(7)
+    t0 = 1_700_000_000 * 10**9
+
+    def rows(n: int, start_s: float, span_s: float, hosts: int, base: str) -> list[dict]:
+        ts = np.sort(rng.uniform(start_s, start_s + span_s, n))
+        return [{"ts_s": t0 / 1e9 + float(t), "src": f"{base}.{(i % hosts) // 250}.{(i % hosts) % 250 + 1}",
+                 "dst": f"198.51.100.{int(rng.integers(1, 40))}", "sport": int(rng.integers(1024, 65535)),
+                 "dport": int(rng.choice([53, 80, 443])), "proto": 6 if i % 3 else 17, "flags": 2}
+                for i, t in enumerate(ts)]
+
+    both = make_batch(rows(6000, 0.0, 4.0, 3000, "10.9") + rows(400, 4.0, 3.9, 8, "10.1") + rows(300, 7.95, 6.0, 1, "10.2"))
+    return [both.take(slice(i, i + 100)) for i in range(0, len(both), 100)]
+
+
+def test_two_workers_give_one_workers_windows_through_a_flood_and_its_expiry():
+    """Entities of a flood expire and the slot table shrinks while windows are open: the
+    windows with 2 workers still equal those of one, entity by entity."""
+    cfg = load_config(None, env={})
+    cfg = cfg.model_copy(update={"home_net": ["10.0.0.0/8"], "windows": cfg.windows.model_copy(
+        update={"bin_s": 1.0, "bins": 2, "lateness_s": 0.5, "entity_idle_s": 2.0})})
+    batches = _flood_then_few()
+    slots = []
+    for workers in (1, 2):
+        stages = build_windowing(cfg, workers=workers)
+        try:
+            windows, most = [], 0
+            for b in batches:
+                windows += stages.push(b)
+                most = max(most, stages.windows.slots)
+            slots.append((most, stages.windows.slots))
+            windows += stages.flush()
+            if workers == 1:
+                one, one_stats = windows, stages.stats()
+            else:
+                two, two_stats = windows, stages.stats()
+        finally:
+            stages.close()
+    assert slots[0] == slots[1] and slots[0][0] > 3000 > 100 > slots[0][1]  # it shrank back
+    assert one_stats["entities_expired"] >= 3000 and one_stats == two_stats
+    by_entity = [[(w.window_start_ns, {e: w.features[i].tobytes() for i, e in enumerate(w.entities)}) for w in ws]
+                 for ws in (one, two)]
+    assert by_entity[0] == by_entity[1]
