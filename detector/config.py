@@ -88,6 +88,9 @@ class SourceConfig(_Strict):
     promisc: bool = True
     bpf: str = ""
     batch_packets: int = Field(65536, ge=1, le=16_777_216)  # packets (or flow records) per batch
+    # capture workers (pcap, interface): the flow table and per-bin accumulators split by
+    # flow over this many processes, merged per window (capture.windows.sharded)
+    workers: int = Field(1, ge=1, le=64)
     bind_address: str = "0.0.0.0"  # netflow: the address to listen on ("::" for IPv6 and IPv4)
     port: int = Field(2055, ge=0, le=65535)  # netflow: UDP port; 0 = any free one (logged)
     allowed_exporters: list[str] = Field(default_factory=list)  # netflow: exporter networks; [] = any
@@ -114,6 +117,14 @@ class SourceConfig(_Strict):
     @classmethod
     def _exporters(cls, value: list[str]) -> list[str]:
         return _check_networks(value)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("type") in FLOW_RECORD_SOURCES:
+            raise ValueError(f"capture workers split packets by flow; a {info.data.get('type')} source gives flow "
+                             "records (use 1)")
+        return value
 
     @field_validator("from_end")
     @classmethod

@@ -63,6 +63,20 @@ def test_flow_source_keys_are_validated_with_file_and_line(tmp_path: Path):
     assert ("zeek", True, 360.0) == (zeek.source.type, zeek.source.follow, zeek.windows.flow_lateness_s)
 
 
+def test_source_workers_are_validated_with_file_and_line(tmp_path: Path):
+    """source.workers: a whole number from 1; more than 1 only for packet sources (pcap,
+    interface), whose flows the workers split."""
+    p = tmp_path / "c.yaml"
+    for text, line, why in (("source:\n  workers: 0\n", 2, "greater than or equal to 1"),
+                            ("source:\n  type: zeek\n  path: conn.log\n  workers: 2\n", 4, "gives flow records")):
+        p.write_text(text)
+        with pytest.raises(ConfigError) as exc:
+            load_config(p, env={})
+        assert str(exc.value).startswith(f"{p}:{line}: source.workers:") and why in str(exc.value)
+    p.write_text("source:\n  type: interface\n  interface: eth0\n  workers: 4\n")
+    assert 4 == load_config(p, env={}).source.workers
+
+
 def test_invalid_yaml_reports_line(tmp_path: Path):
     p = tmp_path / "c.yaml"
     p.write_text("sinks:\n  - url: [unclosed\n")

@@ -2,8 +2,10 @@
 wire in `netad bench live` and in the live-capture test.
 
 Child side (`python -m detector.bench._capture_worker --interface IF ...`, started inside
-the namespace with `ip netns exec`): opens a LiveCapture and, with `--stages pipeline`,
-pushes every batch through FlowTable + WindowAggregator as the daemon wires them. It writes
+the namespace with `ip netns exec`): opens a LiveCapture (with `--workers N > 1`: a
+FanoutCapture of N capture workers) and, with `--stages pipeline`, pushes every batch
+through the clock, flow table(s) and window aggregator as service.pipeline wires them
+(`build_windowing`, N flow workers too). It writes
 one JSON object per line on stdout:
 
 - `{"event": "ready"}` once the handle is active (start replaying after this, not before);
@@ -52,6 +54,8 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     parser.add_argument("--buffer-mb", type=int, default=64)
     parser.add_argument("--batch-packets", type=int, default=65536)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="capture workers on one fanout group, and as many flow workers (source.workers)")
     args = parser.parse_args(argv)
 
     from detector.logging import configure
@@ -60,19 +64,25 @@ def _main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
 
+    from detector.capture.packets.fanout import FanoutCapture
     from detector.capture.packets.live import LiveCapture
     from detector.contracts import PacketBatch
     from detector.errors import CaptureError
 
-    flows = windows = None
+    stages = None
     if args.stages == "pipeline":
         from detector.config import Config
-        from detector.service.pipeline import build_aggregator, build_flow_table
+        from detector.service.pipeline import build_windowing
 
         cfg = Config(home_net=args.home_net) if args.home_net else Config()
-        flows, windows = build_flow_table(cfg), build_aggregator(cfg)
+        stages = build_windowing(cfg, workers=args.workers)
+        stages.worker_stats()  # the flow workers are up
+    capture: LiveCapture | FanoutCapture
     try:
-        capture = LiveCapture(args.interface, buffer_mb=args.buffer_mb, batch_packets=args.batch_packets)
+        if args.workers > 1:
+            capture = FanoutCapture(args.interface, args.workers, buffer_mb=args.buffer_mb, batch_packets=args.batch_packets)
+        else:
+            capture = LiveCapture(args.interface, buffer_mb=args.buffer_mb, batch_packets=args.batch_packets)
     except CaptureError as exc:
         _emit("failed", error=str(exc))
         return 66
@@ -89,7 +99,13 @@ def _main(argv: list[str] | None = None) -> int:
     stages_s = longest_stage_s = 0.0
     started = time.monotonic()
     last_packet_s: float | None = None  # monotonic time of the last non-empty read
-    _emit("ready", pid=os.getpid())
+    def workers() -> dict[str, Any]:
+        """CPU seconds of this process; per capture worker and flow worker, their counters."""
+        return {"cpu_s": round(time.process_time(), 3),
+                "capture_workers": capture.worker_stats() if isinstance(capture, FanoutCapture) else [],
+                "flow_workers": stages.worker_stats() if stages is not None else []}
+
+    _emit("ready", pid=os.getpid(), **workers())  # the baseline of the first step's CPU and busy seconds
     for batch in capture:
         now = time.monotonic()
         if len(batch) or batch.malformed or batch.non_ip:
@@ -97,18 +113,18 @@ def _main(argv: list[str] | None = None) -> int:
             rows += len(batch)
             if args.out is not None:
                 kept.append(batch)
-            if flows is not None and windows is not None:
-                windows_closed += len(windows.push(batch, flows.push(batch)))
+            if stages is not None:
+                windows_closed += len(stages.push(batch))
                 took = time.monotonic() - now
                 stages_s += took
                 longest_stage_s = max(longest_stage_s, took)
         elif last_packet_s is not None and now - last_packet_s >= args.idle_s:
             _emit("idle", rows=rows, windows=windows_closed, stages_s=round(stages_s, 3),
-                  longest_stage_ms=round(longest_stage_s * 1000, 1), **capture.stats())
+                  longest_stage_ms=round(longest_stage_s * 1000, 1), **capture.stats(), **workers())
             last_packet_s = None
             stages_s = longest_stage_s = 0.0
-        elif flows is not None and windows is not None:
-            windows_closed += len(windows.advance(time.time_ns()))  # a quiet link: close on the clock
+        elif stages is not None:
+            windows_closed += len(stages.windows.advance(time.time_ns()))  # a quiet link: close on the clock
             took = time.monotonic() - now
             stages_s += took
             longest_stage_s = max(longest_stage_s, took)
@@ -119,7 +135,10 @@ def _main(argv: list[str] | None = None) -> int:
 
         everything = PacketBatch.concat(kept)
         np.savez(args.out, malformed=everything.malformed, non_ip=everything.non_ip, **everything.columns())
-    _emit("finished", rows=rows, windows=windows_closed, seconds=round(time.monotonic() - started, 3), **capture.stats())
+    _emit("finished", rows=rows, windows=windows_closed, seconds=round(time.monotonic() - started, 3), **capture.stats(),
+          **workers())
+    if stages is not None:
+        stages.close()
     return 0
 
 
@@ -129,9 +148,10 @@ class CaptureWorker:
 
     def __init__(self, prefix_argv: list[str], interface: str, *, stages: str = "capture",
                  home_net: list[str] | None = None, out: Path | None = None, idle_s: float = 1.0,
-                 max_s: float = 600.0, cpu: int | None = None, buffer_mb: int = 64) -> None:
+                 max_s: float = 600.0, cpu: int | None = None, buffer_mb: int = 64, workers: int = 1) -> None:
         argv = [*prefix_argv, sys.executable, "-m", "detector.bench._capture_worker", "--interface", interface,
-                "--stages", stages, "--idle-s", str(idle_s), "--max-s", str(max_s), "--buffer-mb", str(buffer_mb)]
+                "--stages", stages, "--idle-s", str(idle_s), "--max-s", str(max_s), "--buffer-mb", str(buffer_mb),
+                "--workers", str(workers)]
         for net in home_net or []:
             argv += ["--home-net", net]
         if out is not None:

@@ -48,11 +48,36 @@ def bench() -> None:
               help="Flows in the large table whose RSS growth is measured.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the generated capture here (default: a temporary directory, removed).")
+@click.option("--workers", "workers", type=str, default=None,
+              help="Comma-separated counts of capture workers (e.g. 1,2): measure only parse + flows + windows "
+                   "with each, in one run, and the ratios to the first.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, workdir: str | None, as_json: bool) -> None:
+def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, workdir: str | None, workers: str | None,
+            as_json: bool) -> None:
     """Offline capture throughput: bytes read, parse, parse + flows + windows, scapy; memory."""
-    from detector.bench.capture import format_capture_bench, run_capture_bench
+    from detector.bench.capture import format_capture_bench, generate_capture, run_capture_bench
 
+    if workers is not None:
+        from detector.bench.workers import format_workers_bench, run_workers_bench
+
+        try:
+            counts = [int(n) for n in workers.split(",")]
+        except ValueError:
+            raise click.BadParameter(f"{workers!r}: comma-separated whole numbers", param_hint="--workers") from None
+        if not counts or min(counts) < 1:
+            raise click.BadParameter("counts of workers are 1 or more", param_hint="--workers")
+        with tempfile.TemporaryDirectory(prefix="netad-bench-") as tmp:
+            path = Path(workdir or tmp) / f"bench-{packets}.pcap"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not as_json:
+                _progress(f"generating {packets:,} packets ...")
+            gen = generate_capture(path, packets)
+            if not as_json:
+                _progress(f"parse + flows + windows with {workers} workers, {repeats} runs each ...")
+            result = run_workers_bench(path, gen["home_net"], counts, repeats)
+        result["capture"] = {"packets": gen["packets"], "home_net": gen["home_net"], "span_s": gen["span_s"]}
+        click.echo(json.dumps(result, indent=2) if as_json else format_workers_bench(result, result["capture"]))
+        return
     with tempfile.TemporaryDirectory(prefix="netad-bench-") as tmp:
         result = run_capture_bench(packets, Path(workdir) if workdir else Path(tmp), repeats=repeats,
                                    scapy_packets=scapy_packets, table_flows=table_flows,
@@ -70,8 +95,10 @@ def capture(packets: int, repeats: int, scapy_packets: int, table_flows: int, wo
               help="What the receiver runs: capture + parse + flows + windows, or capture + parse only.")
 @click.option("--step-s", type=click.FloatRange(min=1, max=30), default=8.0, show_default=True,
               help="Longest a step sends for.")
+@click.option("--workers", "workers", type=str, default="1", show_default=True,
+              help="Comma-separated counts of capture workers (fanout group) to run the steps with, in turn.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: float, as_json: bool) -> None:
+def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: float, workers: str, as_json: bool) -> None:
     """Live capture: tcpreplay over a veth pair at rising rates; drops per step. Needs root."""
     from detector.bench.live import LiveBenchUnavailable, format_live_bench, run_live_bench
 
@@ -80,12 +107,20 @@ def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: floa
     except ValueError:
         raise click.BadParameter(f"{pps_steps!r}: expected comma-separated integers", param_hint="--pps") from None
     try:
+        counts = tuple(int(n) for n in workers.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{workers!r}: expected comma-separated integers", param_hint="--workers") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("counts of workers are 1 or more", param_hint="--workers")
+    try:
         result = run_live_bench(packets, pps_steps=steps, topspeed=topspeed, stages=stages, step_s=step_s,
-                                progress=None if as_json else _progress)
+                                workers=counts, progress=None if as_json else _progress)
     except LiveBenchUnavailable as exc:
         click.echo(f"netad: {exc}", err=True)
         sys.exit(EX_NOPERM if exc.needs_root else EX_UNAVAILABLE)
     result.pop("worker_log_tail", None)
+    for run in result.get("runs", []):
+        run.pop("worker_log_tail", None)
     click.echo(json.dumps(result, indent=2) if as_json else format_live_bench(result))
 
 

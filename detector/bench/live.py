@@ -99,6 +99,7 @@ def run_live_bench(
     topspeed: bool = True,
     stages: str = "pipeline",
     step_s: float = 8.0,
+    workers: tuple[int, ...] = (1,),
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Replay a generated `packets`-frame capture into the live source at each rate of
@@ -116,44 +117,104 @@ def run_live_bench(
         gen = generate_capture(pcap, packets)
         gen["bytes"] = pcap.stat().st_size
         capture_cpu, sender_cpu = _cpus()
-        steps: list[dict[str, Any]] = []
+        runs = []
         with VethNamespace("netad-bench") as ns:
-            with CaptureWorker(ns.exec_argv([]), ns.capture_iface, stages=stages, home_net=[gen["home_net"]],
-                               idle_s=1.0, cpu=capture_cpu) as worker:
-                worker.wait_for("ready", timeout_s=120)
-                last = {"packets": 0, "kernel_drops": 0, "interface_drops": 0}
-                for pps in [*pps_steps, *([None] if topspeed else [])]:
-                    say(f"step {'topspeed' if pps is None else f'{pps:,} pkt/s'} ...")
-                    started = time.monotonic()
-                    step = _tcpreplay(ns, pcap, gen["packets"], pps, step_s, sender_cpu)
-                    now = worker.wait_for("idle", timeout_s=step_s + 120) if step["sent"] else last
-                    step.update(
-                        received=now["packets"] - last["packets"],
-                        kernel_drops=now["kernel_drops"] - last["kernel_drops"],
-                        interface_drops=now["interface_drops"] - last["interface_drops"],
-                        stages_s=now.get("stages_s", 0.0),
-                        longest_stage_ms=now.get("longest_stage_ms", 0.0),
-                        step_s=round(time.monotonic() - started, 2),
-                    )
-                    step["lost"] = step["sent"] - step["received"]
-                    steps.append(step)
-                    last = now
-                final = worker.finish(timeout_s=60)
-                log_tail = worker.stderr_tail()
-    clean = [s for s in steps if s["lost"] == 0 and s["kernel_drops"] == 0 and s["interface_drops"] == 0]
-    best = max(clean, key=lambda s: s["offered_pps"]) if clean else None
+            for n in workers:
+                say(f"{n} worker(s) ...")
+                runs.append(_run_steps(ns, pcap, gen, n, stages, pps_steps, topspeed, step_s,
+                                       capture_cpu if n == 1 else None, sender_cpu, say))
+    first = runs[0]
     return {
         "capture": {"packets": gen["packets"], "home_net": gen["home_net"], "bytes": gen["bytes"]},
         "stages": stages,
         "capture_cpu": capture_cpu,
         "sender_cpu": sender_cpu,
         "step_s": step_s,
-        "steps": steps,
-        "best_zero_drop_pps": best["offered_pps"] if best else None,
-        "best_step": best["requested_pps"] if best else None,
-        "worker": final,
-        "worker_log_tail": log_tail,
+        **{k: first[k] for k in ("steps", "best_zero_drop_pps", "best_step", "worker", "worker_log_tail")},
+        "runs": runs if len(runs) > 1 or workers != (1,) else [],
     }
+
+
+def _worker_deltas(now: dict[str, Any], last: dict[str, Any], received: int, cpu_s: float) -> list[dict[str, Any]]:
+    """Per worker during one step: what it handled, dropped and how busy it was; `pps_per_busy_s`
+    is what it handled per second of work: the rate one such worker could take."""
+    out = []
+    capture = now.get("capture_workers") or []
+    if not capture:  # one process: capture, parse and the stages in it
+        return [{"role": "capture+stages", "worker": 0, "packets": received, "busy_s": round(cpu_s, 3),
+                 "pps_per_busy_s": round(received / cpu_s) if cpu_s > 0 else None}]
+    for role, key in (("capture", "capture_workers"), ("flows", "flow_workers")):
+        before = last.get(key) or [{} for _ in now.get(key) or []]
+        for k, (w, b) in enumerate(zip(now.get(key) or [], before, strict=False)):
+            packets = int(w.get("packets", 0) - b.get("packets", 0))
+            busy_key = "cpu_s" if "cpu_s" in w else "busy_s"  # flow workers: CPU seconds too, not wall time on messages
+            busy = float(w.get(busy_key, 0.0) - b.get(busy_key, 0.0))
+            out.append({"role": role, "worker": k, "packets": packets, "busy_s": round(busy, 3),
+                        "kernel_drops": int(w.get("kernel_drops", 0) - b.get("kernel_drops", 0)),
+                        "pps_per_busy_s": round(packets / busy) if busy > 0 else None})
+    out.append({"role": "parent", "worker": 0, "packets": received, "busy_s": round(cpu_s, 3),
+                "pps_per_busy_s": round(received / cpu_s) if cpu_s > 0 else None})
+    return out
+
+
+def _run_steps(ns: VethNamespace, pcap: Path, gen: dict[str, Any], workers: int, stages: str, pps_steps: tuple[int, ...],
+               topspeed: bool, step_s: float, capture_cpu: int | None, sender_cpu: int | None,
+               say: Progress) -> dict[str, Any]:
+    steps: list[dict[str, Any]] = []
+    with CaptureWorker(ns.exec_argv([]), ns.capture_iface, stages=stages, home_net=[gen["home_net"]],
+                       idle_s=1.0, cpu=capture_cpu, workers=workers) as worker:
+        last = worker.wait_for("ready", timeout_s=120)
+        last.update(packets=0, kernel_drops=0, interface_drops=0)
+        for pps in [*pps_steps, *([None] if topspeed else [])]:
+            say(f"  step {'topspeed' if pps is None else f'{pps:,} pkt/s'} ...")
+            started = time.monotonic()
+            step = _tcpreplay(ns, pcap, gen["packets"], pps, step_s, sender_cpu)
+            now = worker.wait_for("idle", timeout_s=step_s + 120) if step["sent"] else last
+            step.update(
+                received=now["packets"] - last["packets"],
+                kernel_drops=now["kernel_drops"] - last["kernel_drops"],
+                interface_drops=now["interface_drops"] - last["interface_drops"],
+                stages_s=now.get("stages_s", 0.0),
+                longest_stage_ms=now.get("longest_stage_ms", 0.0),
+                step_s=round(time.monotonic() - started, 2),
+            )
+            step["lost"] = step["sent"] - step["received"]
+            step["workers"] = _worker_deltas(now, last, step["received"], now.get("cpu_s", 0.0) - last.get("cpu_s", 0.0))
+            steps.append(step)
+            last = now
+        final = worker.finish(timeout_s=60)
+        log_tail = worker.stderr_tail()
+    clean = [s for s in steps if s["lost"] == 0 and s["kernel_drops"] == 0 and s["interface_drops"] == 0]
+    best = max(clean, key=lambda s: s["offered_pps"]) if clean else None
+    return {"workers": workers, "steps": steps, "best_zero_drop_pps": best["offered_pps"] if best else None,
+            "best_step": best["requested_pps"] if best else None, "worker": final, "worker_log_tail": log_tail}
+
+
+def _steps_lines(run: dict[str, Any], stages: str) -> list[str]:
+    lines = [
+        f"  {'step':>10} {'offered pkt/s':>14} {'Mbit/s':>7} {'sent':>10} {'received':>10} {'kernel drops':>13} "
+        f"{'if drops':>9} {'lost':>8} {'stages s':>9} {'longest batch':>14}",
+    ]
+    for s in run["steps"]:
+        name = "topspeed" if s["requested_pps"] is None else f"{s['requested_pps']:,}"
+        longest = f"{s['longest_stage_ms']:,.0f} ms" if stages == "pipeline" else "-"
+        stages_s = f"{s['stages_s']:.2f}" if stages == "pipeline" else "-"
+        lines.append(
+            f"  {name:>10} {s['offered_pps']:>14,.0f} {s['offered_mbps']:>7,.0f} {s['sent']:>10,} {s['received']:>10,} "
+            f"{s['kernel_drops']:>13,} {s['interface_drops']:>9,} {s['lost']:>8,} {stages_s:>9} {longest:>14}"
+        )
+        for w in s.get("workers", []):
+            rate = f"{w['pps_per_busy_s']:,} pkt/s per busy second" if w["pps_per_busy_s"] else "-"
+            drops = f", {w['kernel_drops']:,} kernel drops" if "kernel_drops" in w and w["role"] == "capture" else ""
+            lines.append(f"  {'':>10}   {w['role']} {w['worker']}: {w['packets']:,} packets, busy {w['busy_s']:.2f} s{drops}; {rate}")
+    if run["best_zero_drop_pps"] is None:
+        lines.append("  no step without drops")
+    else:
+        lines.append(f"  highest rate with zero drops: {run['best_zero_drop_pps']:,.0f} pkt/s")
+    top = [s for s in run["steps"] if s["requested_pps"] is None]
+    if top and top[0]["lost"] == 0 and top[0]["kernel_drops"] == 0:
+        lines.append("  (no drops even at tcpreplay's top speed: the sender, not the capture, set the limit here)")
+    return lines
 
 
 def format_live_bench(r: dict[str, Any]) -> str:
@@ -166,28 +227,12 @@ def format_live_bench(r: dict[str, Any]) -> str:
     lines = [
         f"netad bench live: {r['capture']['packets']:,}-packet bench capture replayed by tcpreplay over a veth pair "
         f"(private netns) into LiveCapture; receiver runs {stages}",
-        f"{pinning}; each step sends for at most {r['step_s']:.0f} s",
-        "",
-        f"  {'step':>10} {'offered pkt/s':>14} {'Mbit/s':>7} {'sent':>10} {'received':>10} {'kernel drops':>13} "
-        f"{'if drops':>9} {'lost':>8} {'stages s':>9} {'longest batch':>14}",
+        f"{pinning} (with more than 1 worker nothing is pinned); each step sends for at most {r['step_s']:.0f} s",
     ]
-    for s in r["steps"]:
-        name = "topspeed" if s["requested_pps"] is None else f"{s['requested_pps']:,}"
-        longest = f"{s['longest_stage_ms']:,.0f} ms" if r["stages"] == "pipeline" else "-"
-        stages_s = f"{s['stages_s']:.2f}" if r["stages"] == "pipeline" else "-"
-        lines.append(
-            f"  {name:>10} {s['offered_pps']:>14,.0f} {s['offered_mbps']:>7,.0f} {s['sent']:>10,} {s['received']:>10,} "
-            f"{s['kernel_drops']:>13,} {s['interface_drops']:>9,} {s['lost']:>8,} {stages_s:>9} {longest:>14}"
-        )
+    for run in r["runs"] or [{**r, "workers": 1}]:
+        lines += ["", f"{run['workers']} worker(s):" if r["runs"] else "", *_steps_lines(run, r["stages"])]
     if r["stages"] == "pipeline":
         lines.append("  (stages s: time in flows + windows during the step; longest batch: the longest single push,")
-        lines.append("   a stall the kernel ring must absorb)")
-    lines.append("")
-    if r["best_zero_drop_pps"] is None:
-        lines.append("  no step without drops")
-    else:
-        lines.append(f"  highest rate with zero drops: {r['best_zero_drop_pps']:,.0f} pkt/s")
-    top = [s for s in r["steps"] if s["requested_pps"] is None]
-    if top and top[0]["lost"] == 0 and top[0]["kernel_drops"] == 0:
-        lines.append("  (no drops even at tcpreplay's top speed: the sender, not the capture, set the limit here)")
+        lines.append("   a stall the kernel ring must absorb; busy: CPU seconds of the worker, or of the one process;")
+        lines.append("   per busy second: what one such worker could take)")
     return "\n".join(lines)

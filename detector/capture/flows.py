@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from communityid import CommunityID, FlowTuple
 
+from detector.capture._hash import mix as _mix_np
 from detector.capture._hash import mix_jit as _mix
 from detector.contracts import (
     PROTO_ICMP,
@@ -44,7 +45,7 @@ _CLOSE_LINGER_NS = 5_000_000_000  # finished TCP flows linger (late ACKs) before
 class FlowAnnotations:
     """Per-packet flow facts, aligned with the PacketBatch rows they describe."""
 
-    flow_id: np.ndarray  # uint64, unique per flow over the table's life
+    flow_id: np.ndarray  # uint64: a hash of the flow's key and first packet time (flow_id_of)
     new_flow: np.ndarray  # bool: this packet opened its flow
     from_initiator: np.ndarray  # bool: sent by the flow's initiator
 
@@ -181,7 +182,10 @@ def _push(
             keys_u8[pos, 0] = p
             vals_i64[pos, 0] = t
             vals_i64[pos, 1] = t
-            vals_u64[pos, 0] = next_id
+            # the id is the flow's key hash and first packet time, mixed: the same flow gets
+            # the same id whichever table (capture worker) holds it and whatever else that
+            # table holds, so evidence ranked by it is the same with 1 or N workers
+            vals_u64[pos, 0] = _mix(h ^ _mix(np.uint64(t)))
             vals_u64[pos, 1] = np.uint64(0)
             vals_u64[pos, 2] = np.uint64(0)
             state[pos] = _INIT_IS_A if src_is_a else np.uint8(0)
@@ -278,7 +282,11 @@ class FlowTable:
         arrays = (self._index, self._hashes, self._keys_u64, self._keys_u16, self._keys_u8, self._vals_i64, self._vals_u64, self._state)
         return int(sum(a.nbytes for a in arrays))
 
-    def push(self, batch: PacketBatch) -> FlowAnnotations:
+    def push(self, batch: PacketBatch, watermark_ns: int | None = None) -> FlowAnnotations:
+        """Assign the batch's packets to flows. `watermark_ns`: the newest time of the whole
+        source batch when this table holds a slice of the flows (a capture worker): the
+        sweeps then happen at the same moments, and end the same flows, as in one table
+        that saw the whole batch."""
         n = len(batch)
         out_id = np.zeros(n, dtype=np.uint64)
         out_new = np.zeros(n, dtype=np.bool_)
@@ -297,8 +305,10 @@ class FlowTable:
                 self._make_room(int(batch.ts_ns[stop]))
             start = stop
         self.flows_created += int(out_new.sum())
-        if n:
-            self.watermark_ns = max(self.watermark_ns, int(batch.ts_ns.max()))
+        if watermark_ns is None and n:
+            watermark_ns = int(batch.ts_ns.max())
+        if watermark_ns is not None:
+            self.watermark_ns = max(self.watermark_ns, watermark_ns)
             if self.watermark_ns - self._last_sweep_ns >= self.sweep_interval_s * 1e9:
                 self.sweep(self.watermark_ns)
         return FlowAnnotations(flow_id=out_id, new_flow=out_new, from_initiator=out_init)
@@ -332,6 +342,28 @@ class FlowTable:
             "flows_ended": self.flows_ended,
             "flow_evictions": self.evicted,
         }
+
+
+_SHARD_SALT = np.uint64(0xD6E8FEB86659FD93)
+
+
+def flow_shards(batch: PacketBatch, shards: int) -> np.ndarray:
+    """int64 per packet: which of `shards` capture workers owns its flow. The key is the flow
+    table's own (addresses, ports, protocol, VLAN; ICMP without ports), hashed so that both
+    directions give the same number: each endpoint is hashed on its own and the two hashes
+    are added (a sum does not care which end sent). Every packet of a flow, either way,
+    lands in one worker, which therefore ends and starts flows as one table would."""
+    if shards <= 1:
+        return np.zeros(len(batch), dtype=np.int64)
+    proto = batch.proto.astype(np.uint64)
+    icmp = (batch.proto == PROTO_ICMP) | (batch.proto == PROTO_ICMPV6)
+    sport = np.where(icmp, 0, batch.sport).astype(np.uint64)
+    dport = np.where(icmp, 0, batch.dport).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        ends = _mix_np(_mix_np(batch.src_hi) ^ batch.src_lo ^ (sport << np.uint64(48))) + _mix_np(
+            _mix_np(batch.dst_hi) ^ batch.dst_lo ^ (dport << np.uint64(48)))
+        key = _mix_np(ends ^ _SHARD_SALT ^ (proto << np.uint64(16)) ^ batch.vlan.astype(np.uint64))
+    return (key % np.uint64(shards)).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------

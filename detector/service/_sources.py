@@ -118,16 +118,21 @@ class ReplaySource:
 
 
 class LiveSource:
-    """A live interface through capture.packets.live.LiveCapture (TPACKET_V3 ring via libpcap)."""
+    """A live interface through capture.packets.live.LiveCapture (TPACKET_V3 ring via libpcap);
+    with `workers` > 1, through that many capture workers on one fanout group
+    (capture.packets.fanout.FanoutCapture), each with a ring of `buffer_mb`."""
 
     kind = "live"
 
     def __init__(self, cfg: SourceConfig, poll_s: float = POLL_S) -> None:
+        from detector.capture.packets.fanout import FanoutCapture
         from detector.capture.packets.live import LiveCapture  # needs pcapy-ng: only when asked for
 
         assert cfg.interface is not None
-        self.capture = LiveCapture(cfg.interface, snaplen=cfg.snaplen, buffer_mb=cfg.buffer_mb, promisc=cfg.promisc,
-                                   bpf=cfg.bpf, batch_packets=cfg.batch_packets, poll_s=poll_s)
+        options = {"snaplen": cfg.snaplen, "buffer_mb": cfg.buffer_mb, "promisc": cfg.promisc, "bpf": cfg.bpf,
+                   "batch_packets": cfg.batch_packets, "poll_s": poll_s}
+        self.capture: LiveCapture | FanoutCapture = (
+            FanoutCapture(cfg.interface, cfg.workers, **options) if cfg.workers > 1 else LiveCapture(cfg.interface, **options))
         self.identity = {"type": "interface", "interface": cfg.interface}
 
     @property
@@ -144,6 +149,10 @@ class LiveSource:
     def stats(self) -> dict[str, int]:
         st = self.capture.stats()
         return {"kernel_drops": st["kernel_drops"], "interface_drops": st["interface_drops"]}
+
+    def worker_stats(self) -> list[dict[str, float]]:
+        """Per capture worker: frames, kernel and interface drops, busy (CPU) seconds; [] for one."""
+        return self.capture.worker_stats() if hasattr(self.capture, "worker_stats") else []
 
 
 def source_identity(cfg: SourceConfig) -> dict[str, str]:

@@ -278,6 +278,8 @@ class Daemon:
             st.update(self.source.stats())
         return {
             "pipeline": st,
+            "workers": {"capture": self.source.worker_stats() if hasattr(self.source, "worker_stats") else [],
+                        "flows": self.pipeline.stages.worker_stats()},
             "incident_events": dict(self.scoring.events),
             "reloads": dict(self.reloads),
             "jobs": dict(self.jobs.last),

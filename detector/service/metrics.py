@@ -137,9 +137,30 @@ class _StatsCollector:
         for job, (ts, outcome) in snap.get("jobs", {}).items():
             jobs.add_metric([job, outcome], ts)
         yield jobs
+        yield from _worker_metrics(snap.get("workers", {}))
         info = GaugeMetricFamily("netad_model_info", "The model bundle in use", labels=["version"])
         info.add_metric([snap.get("model_version", "")], 1.0)
         yield info
+
+
+# per worker (source.workers > 1): stat name -> (metric, help); role "capture" is a fanout
+# reader (capture.packets.fanout), role "flows" a flow/accumulator worker (capture.windows.sharded)
+_WORKER_COUNTERS = {
+    "packets": ("netad_worker_packets", "Packets (capture: frames) a worker handled"),
+    "kernel_drops": ("netad_worker_kernel_drops", "Packets the kernel dropped from a capture worker's ring"),
+    "interface_drops": ("netad_worker_interface_drops", "Packets the interface dropped, as a capture worker's ring saw it"),
+    "busy_s": ("netad_worker_busy_seconds", "Seconds a worker spent working (capture: CPU; flows: on messages)"),
+}
+
+
+def _worker_metrics(workers: Mapping[str, list[Mapping[str, float]]]):
+    for key, (name, help_text) in _WORKER_COUNTERS.items():
+        family = CounterMetricFamily(name, help_text, labels=["role", "worker"])
+        for role, per in workers.items():
+            for k, st in enumerate(per):
+                if key in st:
+                    family.add_metric([role, str(k)], float(st[key]))
+        yield family
 
 
 def build_info() -> dict[str, str]:

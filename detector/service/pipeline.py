@@ -33,6 +33,7 @@ from detector.capture.flows import FlowTable
 from detector.capture.packets.pcap import CaptureFile
 from detector.capture.windows import HomeNet, WindowAggregator
 from detector.capture.windows.flow import FlowWindowAggregator
+from detector.capture.windows.sharded import FlowShards, ShardedWindowAggregator
 from detector.config import Config
 from detector.contracts import ENTITY_GLOBAL, FeatureSchema, FlowRecordBatch, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
 from detector.errors import ModelError
@@ -43,27 +44,31 @@ from detector.service.scoring import IncidentSink, Scoring
 log = structlog.get_logger()
 
 
-def build_flow_table(cfg: Config) -> FlowTable:
+def _flow_table_kwargs(cfg: Config) -> dict[str, float | int]:
     f = cfg.flows
-    return FlowTable(
-        tcp_idle_timeout_s=f.tcp_idle_timeout_s,
-        udp_idle_timeout_s=f.udp_idle_timeout_s,
-        other_idle_timeout_s=f.other_idle_timeout_s,
-        active_timeout_s=f.active_timeout_s,
-        max_flows=f.max_flows,
-    )
+    return {"tcp_idle_timeout_s": f.tcp_idle_timeout_s, "udp_idle_timeout_s": f.udp_idle_timeout_s,
+            "other_idle_timeout_s": f.other_idle_timeout_s, "active_timeout_s": f.active_timeout_s,
+            "max_flows": f.max_flows}
+
+
+def build_flow_table(cfg: Config) -> FlowTable:
+    return FlowTable(**_flow_table_kwargs(cfg))  # type: ignore[arg-type]
+
+
+def _window_kwargs(cfg: Config) -> dict:
+    w = cfg.windows
+    return {"home_net": cfg.home_net, "bin_s": w.bin_s, "bins": w.bins, "max_entities": w.max_entities,
+            "entity_idle_s": w.entity_idle_s, "history_s": w.history_s, "history_warmup_s": w.history_warmup_s}
 
 
 def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregator | FlowWindowAggregator:
     """The window stage: packet windows, or flow-record windows (FLOW_SCHEMA, with
     `windows.flow_lateness_s`) when the input is flow records (the daemon: as its source
     gives, `cfg.source.flow_records`; offline commands: as their input files are)."""
-    w = cfg.windows
-    common = {"home_net": cfg.home_net, "bin_s": w.bin_s, "bins": w.bins, "max_entities": w.max_entities,
-              "entity_idle_s": w.entity_idle_s, "history_s": w.history_s, "history_warmup_s": w.history_warmup_s}
+    common = _window_kwargs(cfg)
     if flow_records:
-        return FlowWindowAggregator(lateness_s=w.flow_lateness_s, **common)
-    return WindowAggregator(lateness_s=w.lateness_s, **common)
+        return FlowWindowAggregator(lateness_s=cfg.windows.flow_lateness_s, **common)
+    return WindowAggregator(lateness_s=cfg.windows.lateness_s, **common)
 
 
 @dataclass
@@ -73,7 +78,7 @@ class WindowStages:
     and the window aggregator. `push(batch)` returns the windows it closed."""
 
     clock: EventClock
-    flows: FlowTable | None
+    flows: FlowTable | FlowShards | None
     windows: WindowAggregator | FlowWindowAggregator
 
     def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> list[WindowBatch]:
@@ -95,6 +100,16 @@ class WindowStages:
     def stats(self) -> dict[str, int]:
         return {**self.clock.stats(), **(self.flows.stats() if self.flows is not None else {}), **self.windows.stats()}
 
+    def worker_stats(self) -> list[dict[str, float]]:
+        """Per capture worker (source.workers > 1): packets, busy seconds, its flow table's
+        counters; [] for one process."""
+        return self.flows.worker_stats() if isinstance(self.flows, FlowShards) else []
+
+    def close(self) -> None:
+        """Stop the capture workers, if any (also done at exit)."""
+        if isinstance(self.flows, FlowShards):
+            self.flows.close()
+
 
 def build_clock(cfg: Config, flow_records: bool = False) -> EventClock:
     """The event clock of a source: `source.max_ahead_s`, `source.max_jump_s` (at least the
@@ -103,8 +118,16 @@ def build_clock(cfg: Config, flow_records: bool = False) -> EventClock:
     return EventClock(max_ahead_s=cfg.source.max_ahead_s, max_jump_s=max(cfg.source.max_jump_s, lateness_s))
 
 
-def build_windowing(cfg: Config, flow_records: bool = False) -> WindowStages:
-    """The clock, flow table (none for flow records) and window aggregator of a source."""
+def build_windowing(cfg: Config, flow_records: bool = False, workers: int | None = None) -> WindowStages:
+    """The clock, flow table (none for flow records) and window aggregator of a source.
+    Packets with `source.workers` (or `workers`) > 1: the flow table and the per-bin
+    accumulators in that many capture worker processes (capture.windows.sharded), merged
+    per window: the same windows as one process."""
+    workers = cfg.source.workers if workers is None else workers
+    if workers > 1 and not flow_records:
+        shards = FlowShards(workers, _flow_table_kwargs(cfg), cfg.windows.bins, cfg.windows.bin_s)
+        sharded = ShardedWindowAggregator(shards, lateness_s=cfg.windows.lateness_s, **_window_kwargs(cfg))
+        return WindowStages(build_clock(cfg, flow_records), shards, sharded)
     windows = build_aggregator(cfg, flow_records)
     flows = None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)
     return WindowStages(build_clock(cfg, flow_records), flows, windows)
@@ -114,9 +137,12 @@ def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
                   flow_records: bool = False) -> Iterator[WindowBatch]:
     """Source batches -> closed windows (capture -> flows -> windows), flushed at the end."""
     stages = build_windowing(cfg, flow_records)
-    for batch in batches:
-        yield from stages.push(batch)
-    yield from stages.flush()
+    try:
+        for batch in batches:
+            yield from stages.push(batch)
+        yield from stages.flush()
+    finally:
+        stages.close()
 
 
 def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536,

@@ -56,6 +56,20 @@ def test_bench_capture_text_names_the_pinning_the_scaling_and_the_targets(captur
     assert "target >= 2.5 M" in text and "target >= 1.0 M" in text and "target <= 150 B" in text
 
 
+def test_bench_capture_workers_measures_each_count_in_one_run(tmp_path):
+    """--workers 1,2: both counts read every packet into the same windows; each worker's
+    packets add up; the ratio is the quotient of the two rates, the target beside it."""
+    args = ["capture", "--packets", str(PACKETS), "--repeats", "1", "--workers", "1,2", "--workdir", str(tmp_path), "--json"]
+    result = CliRunner().invoke(bench, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    one, two = r["per_workers"]["1"], r["per_workers"]["2"]
+    assert one["packets"] == two["packets"] == sum(two["worker_packets"]) > 0
+    assert one["windows"] == two["windows"]
+    assert r["ratios"]["2_over_1"] == pytest.approx(two["pps"] / one["pps"])
+    assert r["target"]["met"] == (r["ratios"]["2_over_1"] >= 1.7)
+
+
 def test_bench_live_without_root_says_so_and_exits_77(monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     result = CliRunner().invoke(bench, ["live", "--packets", "1000"])

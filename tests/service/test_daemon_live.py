@@ -41,9 +41,12 @@ def _send_udp(n: int) -> None:
             s.sendto(b"netad-test %d" % i, ("127.0.0.1", 9))
 
 
-def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model, workers):
+    """Also with 2 capture workers on a fanout group and 2 flow workers (source.workers)."""
     cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=["127.0.0.0/8"],
-                      source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None},
+                      source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None,
+                              "workers": workers},
                       service={"heartbeat_interval_s": 0.5})
     config = write_config(tmp_path / "netad.yaml", cfg)
     notify = NotifySocket(tmp_path / "notify.sock")

@@ -34,6 +34,14 @@ How packets travel, and why:
 - Kernel drops (ring full: the reader is too slow) and interface drops are polled from
   pcap_stats about once a second; a change is logged as `capture_drops_changed`.
 
+- With `fanout_group`, the socket joins that AF_PACKET fanout group in PACKET_FANOUT_HASH
+  mode (capture.packets.fanout: N capture workers on one interface). Since Linux 4.7
+  (commit eb70db87, "packet: Use symmetric hash for PACKET_FANOUT_HASH") the kernel hashes
+  the protocol, addresses and ports symmetrically, so both directions of a flow reach one
+  socket, in the order they arrived; IP fragments without ports hash apart from their
+  first fragment (no PACKET_FANOUT_FLAG_DEFRAG: a reassembled packet is not what one
+  socket sees). Suricata's `cluster_flow` and Zeek's AF_Packet `FANOUT_HASH` are this mode.
+
 Opening errors (no such interface, no permission, bad BPF filter, unsupported link type)
 raise CaptureError at construction, with what to do about them.
 """
@@ -43,6 +51,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import select
+import socket
 import time
 from collections.abc import Iterator
 from types import TracebackType
@@ -72,6 +81,11 @@ _PCAP_ERROR_NO_SUCH_DEVICE = -5
 _PCAP_ERROR_PERM_DENIED = -8
 _PCAP_ERROR_IFACE_NOT_UP = -9
 _PCAP_ERROR_PROMISC_PERM_DENIED = -11
+
+# linux/if_packet.h
+_SOL_PACKET = 263
+_PACKET_FANOUT = 18
+_PACKET_FANOUT_HASH = 0
 
 
 def _pcapy() -> Any:
@@ -161,6 +175,7 @@ class LiveCapture:
         bpf: str = "",
         batch_packets: int = 65536,
         poll_s: float = 0.2,
+        fanout_group: int | None = None,
     ) -> None:
         if batch_packets < 1:
             raise ValueError(f"batch_packets must be positive, not {batch_packets}")
@@ -173,6 +188,7 @@ class LiveCapture:
         self.bpf = bpf
         self.batch_packets = int(batch_packets)
         self.poll_s = float(poll_s)
+        self.fanout_group = fanout_group
         self.stop = False
         self.packets = 0  # frames received from the ring (IP, non-IP and malformed)
         self.malformed = 0
@@ -204,8 +220,12 @@ class LiveCapture:
             if self.bpf:
                 handle.setfilter(self.bpf)
             handle.setnonblock(1)
-        except pcapy.PcapError as exc:
+            if self.fanout_group is not None:
+                self._join_fanout(handle.getfd(), self.fanout_group)
+        except (pcapy.PcapError, CaptureError) as exc:
             handle.close()
+            if isinstance(exc, CaptureError):
+                raise
             what = f"BPF filter {self.bpf!r}" if self.bpf else "setup"
             raise CaptureError(f"interface {name!r}: {what}: {exc}") from None
         # On Linux the DLT numbers of the link types the parser decodes are their LINKTYPE
@@ -219,6 +239,16 @@ class LiveCapture:
         if status > 0:  # a warning, e.g. promiscuous mode not supported: capture works
             log.warning("capture_opened_with_warning", interface=name, pcap_status=status)
         return handle
+
+    def _join_fanout(self, fd: int, group: int) -> None:
+        """Join AF_PACKET fanout group `group` (0-65535), flows hashed (module docstring)."""
+        sock = socket.fromfd(fd, socket.AF_PACKET, socket.SOCK_RAW)  # a dup of libpcap's socket
+        try:
+            sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, (group & 0xFFFF) | (_PACKET_FANOUT_HASH << 16))
+        except OSError as exc:
+            raise CaptureError(f"interface {self.interface!r}: cannot join fanout group {group}: {exc}") from None
+        finally:
+            sock.close()
 
     @staticmethod
     def _activate_error(name: str, status: int) -> str:

@@ -1,0 +1,338 @@
+"""Capture workers: the flow table and the per-bin accumulators split over N processes by
+flow, merged per entity when a window closes, so that N workers give the windows of one.
+
+Where this stands: inside the window stage, for `source.workers: N > 1`
+(service.pipeline.build_windowing wires it; everything before and after is unchanged)::
+
+                     ┌─► worker 0: FlowTable + accumulators of its flows ─┐
+    PacketBatch ─► split by flow hash (flows.flow_shards)                 ├─► merged per window ─► WindowBatch
+                     └─► worker 1: FlowTable + accumulators of its flows ─┘     (ShardedWindowAggregator)
+
+The parent (ShardedWindowAggregator, a WindowAggregator) keeps what must be one: the event
+clock's cut of each batch into parts, late packets, entity slots (which host is which row),
+expiry, closing and each entity's history. It sends each worker the rows of its flows
+(FlowShards.push: the whole batch's slice first, for its flow table, then per part the rows
+to accumulate with their entity slots). A worker runs the same numba kernels as the
+one-process path (FlowTable._push, kernels.accumulate_window) on its rows only.
+
+Why the merge is exact, feature for feature and bit for bit:
+- a flow lives in one worker (both directions hash alike), and its table sweeps at the
+  whole batch's newest time (FlowTable.push's `watermark_ns`), so every packet gets the
+  flow facts (new flow, direction) it gets from one table; flow ids are a hash of the
+  flow's key and first time, the same in any worker;
+- sums are float64 additions of whole numbers below 2**53: exact in any order;
+- distinct peers and ports are not added (a peer can be reached through flows of both
+  workers) but recounted from the union of the workers' tally rows: a row per (entity,
+  peer) or (entity, port) holds a seen bit per (bin, direction); rows of one key are merged
+  by OR-ing those bits, and a distinct count is the number of merged rows with its bit set.
+  Sets, not sketches: no error bound to state;
+- evidence tallies are merged by key (packets and bytes added), then ranked as before.
+What is not exact: a worker's flow table evicts (when it holds `flows.max_flows` flows)
+by its own least recently seen flows, which are not those one table would evict; each
+worker has the full `max_flows`, so this happens only past N times the flows of one table.
+
+Processes, not threads: the numba kernels hold the GIL (they are compiled without
+`nogil`), and the numpy glue around them would too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detector.capture._channel import Channel
+from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
+from detector.capture.windows import _kernels as kernels
+from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc
+from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch
+
+_REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# ---------------------------------------------------------------------------- worker side
+
+
+def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: PacketBatch, fl: FlowAnnotations,
+                src_slot: np.ndarray, dst_slot: np.ndarray, src_home: np.ndarray, dst_home: np.ndarray,
+                n_slots: int) -> None:
+    """WindowAggregator._accumulate's kernel loop, on a worker's rows (slots found by the parent)."""
+    abs_bin = b.ts_ns // bin_ns
+    win = abs_bin // bins
+    for w in np.unique(win).tolist():
+        acc = accs.get(w)
+        if acc is None:
+            acc = accs[w] = _PacketWindowAcc(n_slots, bins)
+        acc.fit(n_slots)
+        part, row = 0, 0
+        while True:
+            part, row = kernels.accumulate_window(
+                w, bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
+                b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, fl.from_initiator, src_home, dst_home,
+                src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
+            )
+            if part == 3:
+                break
+            acc.make_room()
+
+
+def _in_use(tally: np.ndarray) -> np.ndarray:
+    return tally[tally[:, kernels.PACKETS] != 0]
+
+
+def _warm_up(bins: int, bin_ns: int) -> None:
+    """Load the numba kernels now (from numba's cache, or compiled), not on the first batch."""
+    one = PacketBatch(**{name: np.zeros(1, dtype=dtype) for name, dtype in PACKET_COLUMNS.items()})
+    flows = FlowTable(max_flows=16).push(one)
+    slot = np.zeros(1, dtype=np.int64)
+    home = np.ones(1, dtype=np.bool_)
+    _accumulate({}, bins, bin_ns, one, flows, slot, slot, home, home, 16)
+
+
+def worker_main(conn: Connection, flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
+    """One capture worker: messages from the parent, in order, until "stop" or EOF."""
+    _warm_up(bins, bin_ns)
+    conn.send(("ready",))
+    table = FlowTable(**flow_kwargs)
+    accs: dict[int, _PacketWindowAcc] = {}
+    batch: PacketBatch | None = None
+    flows: FlowAnnotations | None = None
+    packets = 0
+    busy_s = 0.0  # wall time spent on messages (not waiting for them)
+    cpu0 = time.process_time()  # after the warm-up: CPU time on messages
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        started = time.perf_counter()
+        kind = msg[0]
+        if kind == "flows":
+            batch = PacketBatch(**msg[1])
+            flows = table.push(batch, msg[2])
+            packets += len(batch)
+        elif kind == "acc":
+            assert batch is not None and flows is not None
+            rows, src_slot, dst_slot, src_home, dst_home, n_slots = msg[1:]
+            fl = FlowAnnotations(flows.flow_id[rows], flows.new_flow[rows], flows.from_initiator[rows])
+            _accumulate(accs, bins, bin_ns, batch.take(rows), fl, src_slot, dst_slot, src_home, dst_home, n_slots)
+        elif kind == "close":
+            acc = accs.pop(msg[1], None)
+            conn.send(None if acc is None else (acc.sums, _in_use(acc.peers), _in_use(acc.ports), _in_use(acc.flows)))
+        elif kind == "stats":
+            conn.send({**table.stats(), "packets": packets, "busy_s": busy_s + time.perf_counter() - started,
+                       "cpu_s": time.process_time() - cpu0})
+        elif kind == "stop":
+            conn.close()
+            return
+        busy_s += time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+class FlowShards:
+    """N worker processes, each with its own flow table; the flow stage of a sharded run.
+
+    `push(batch)` sends each worker the packets of its flows. The flow facts stay in the
+    workers (they are used there, by the accumulators); what it returns only numbers the
+    batch's rows (`flow_id` = row number; `new_flow`, `from_initiator` unset), so that the
+    aggregator's cuts and late-packet filter carry each row's number to the worker holding
+    its flow. `stats()` sums the workers' flow tables; `worker_stats()` gives each one's."""
+
+    def __init__(self, workers: int, flow_kwargs: dict[str, Any], bins: int, bin_s: float,
+                 start_timeout_s: float = 120.0) -> None:
+        if workers < 2:
+            raise ValueError("FlowShards needs at least 2 workers")
+        self.workers = workers
+        self._conns: list[Channel] = []
+        self._procs: list[subprocess.Popen] = []
+        # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
+        # torch's threads) nor its spawn (which imports the parent's __main__ again)
+        spec = json.dumps({"flow_kwargs": flow_kwargs, "bins": bins, "bin_ns": int(round(bin_s * 1e9))})
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
+        for _ in range(workers):
+            parent, child = socket.socketpair()
+            proc = subprocess.Popen([sys.executable, "-m", "detector.capture.windows.sharded", str(child.fileno()), spec],
+                                    pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL)
+            child.close()
+            self._conns.append(Channel(Connection(parent.detach())))
+            self._procs.append(proc)
+        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs)
+        deadline = time.monotonic() + start_timeout_s
+        for conn, proc in zip(self._conns, self._procs, strict=True):  # up, kernels loaded: then the first batch
+            if not conn.poll(max(deadline - time.monotonic(), 0.001)):
+                self.close()
+                raise RuntimeError(f"a capture worker did not start within {start_timeout_s:.0f} s")
+            try:
+                conn.recv()
+            except EOFError:
+                self.close()
+                raise RuntimeError(f"a capture worker exited at start (status {proc.wait(timeout=10)})") from None
+        self.shard = np.zeros(0, dtype=np.int64)  # per row of the last batch: its worker
+        self.position = np.zeros(0, dtype=np.int64)  # ... and its row in that worker's slice
+
+    @property
+    def conns(self) -> list[Channel]:
+        return self._conns
+
+    def push(self, batch: PacketBatch) -> FlowAnnotations:
+        n = len(batch)
+        shard = flow_shards(batch, self.workers)
+        order = np.argsort(shard, kind="stable")
+        counts = np.bincount(shard, minlength=self.workers)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n) - np.repeat(starts[:-1], counts)
+        watermark = int(batch.ts_ns.max()) if n else None
+        cols = batch.columns()
+        for k, conn in enumerate(self._conns):
+            rows = order[starts[k] : starts[k + 1]]
+            conn.send(("flows", {name: c[rows] for name, c in cols.items()}, watermark))
+        self.shard, self.position = shard, position
+        return FlowAnnotations(np.arange(n, dtype=np.uint64), np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_))
+
+    def worker_stats(self) -> list[dict[str, float]]:
+        for conn in self._conns:
+            conn.send(("stats",))
+        return [conn.recv() for conn in self._conns]
+
+    def stats(self) -> dict[str, int]:
+        per = self.worker_stats()
+        keys = ("active_flows", "flows_created", "flows_ended", "flow_evictions")
+        return {k: int(sum(s[k] for s in per)) for k in keys}
+
+    def close(self) -> None:
+        """Stop the workers (also done when this object is collected or at exit)."""
+        self._finalizer()
+
+
+def _stop(conns: list[Channel], procs: list[subprocess.Popen]) -> None:
+    for conn in conns:
+        conn.send(("stop",))
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    for conn in conns:
+        conn.close()
+
+
+class _Touched:
+    """The parent's stand-in for an open window's aggregates (the workers hold them): which
+    entity slots have data in it, in `sums` as the base class reads it (expiry, shrinking)."""
+
+    def __init__(self, n_slots: int) -> None:
+        self.sums = np.zeros((max(n_slots, 16), 1, 1), dtype=np.uint8)
+
+    def fit(self, n_slots: int) -> None:
+        if self.sums.shape[0] < n_slots:
+            grown = np.zeros((max(n_slots, 2 * self.sums.shape[0]), 1, 1), dtype=np.uint8)
+            grown[: self.sums.shape[0]] = self.sums
+            self.sums = grown
+
+
+class ShardedWindowAggregator(WindowAggregator):
+    """A WindowAggregator whose flows and accumulators are in capture workers (FlowShards):
+    `push(batch, shards.push(batch))` as the one-process path, same windows."""
+
+    def __init__(self, shards: FlowShards, home_net: list[str], **kwargs: Any) -> None:
+        super().__init__(home_net, **kwargs)
+        self.shards = shards
+
+    def _new_acc(self, n_slots: int) -> Any:
+        return _Touched(n_slots)
+
+    def _accumulate(self, b: PacketBatch, fl: FlowAnnotations, abs_bin: np.ndarray, win: np.ndarray) -> None:
+        src_home = self._home.contains(b.src_hi, b.src_lo)
+        dst_home = self._home.contains(b.dst_hi, b.dst_lo)
+        src_slot = self._slots_for(b.src_hi, b.src_lo, b.ts_ns, src_home)
+        dst_slot = self._slots_for(b.dst_hi, b.dst_lo, b.ts_ns, dst_home)
+        n_slots = len(self._slot_addr)
+        for w in np.unique(win).tolist():
+            touched = self._acc(w).sums
+            here = win == w
+            touched[0] = 1
+            touched[src_slot[here & (src_slot >= 0)]] = 1
+            touched[dst_slot[here & (dst_slot >= 0)]] = 1
+        rows = fl.flow_id.astype(np.int64)  # row numbers in the batch FlowShards split
+        shard = self.shards.shard[rows]
+        position = self.shards.position[rows]
+        for k, conn in enumerate(self.shards.conns):
+            mine = shard == k
+            if mine.any():
+                conn.send(("acc", position[mine], src_slot[mine], dst_slot[mine], src_home[mine], dst_home[mine], n_slots))
+
+    def _close(self, w: int) -> WindowBatch:
+        if w in self._open:
+            self._open[w] = self._merged(w)
+        return super()._close(w)
+
+    def _merged(self, w: int) -> _PacketWindowAcc:
+        """Window w's aggregates from every worker, merged (see the module docstring)."""
+        for conn in self.shards.conns:
+            conn.send(("close", w))
+        parts = [p for p in (conn.recv() for conn in self.shards.conns) if p is not None]
+        n_slots = max([len(self._slot_addr)] + [p[0].shape[0] for p in parts])
+        acc = _PacketWindowAcc(n_slots, self.bins)
+        acc.sums = np.zeros((n_slots, self.bins, len(self.SUMS)))
+        for p in parts:
+            acc.sums[: p[0].shape[0]] += p[0]
+        words = kernels.seen_words(self.bins)
+        acc.peers = _merge_rows([p[1] for p in parts], (kernels.PACKETS, kernels.PEER_BYTES), kernels.PEER_SEEN, words)
+        acc.ports = _merge_rows([p[2] for p in parts], (kernels.PACKETS, kernels.PORT_TCP), kernels.PORT_SEEN, words)
+        acc.flows = np.concatenate([p[3] for p in parts]) if parts else acc.flows  # a flow is in one worker only
+        acc.distinct = np.zeros((n_slots, self.bins, len(self.DISTINCT)), dtype=np.int64)
+        _count_seen(acc.distinct, acc.peers, kernels.PEER_SLOT, kernels.PEER_SEEN, 0, self.bins)
+        _count_seen(acc.distinct, acc.ports, kernels.PORT_SLOT, kernels.PORT_SEEN, 2, self.bins)
+        return acc
+
+
+def _merge_rows(tables: list[np.ndarray], added: tuple[int, ...], seen: int, words: int) -> np.ndarray:
+    """Tally rows of several workers as one tally's rows: one row per key, `added` columns
+    summed, the seen-bit words OR-ed, the other columns (the key's parts) kept."""
+    if not tables:
+        return np.zeros((0, seen + words), dtype=np.uint64)
+    rows = np.concatenate(tables)
+    if len(tables) == 1 or rows.shape[0] == 0:
+        return rows
+    rows = rows[np.argsort(rows[:, kernels.KEY], kind="stable")]
+    starts = np.flatnonzero(np.concatenate([[True], rows[1:, kernels.KEY] != rows[:-1, kernels.KEY]]))
+    out = rows[starts].copy()
+    for col in added:
+        out[:, col] = np.add.reduceat(rows[:, col], starts)
+    for col in range(seen, seen + words):
+        out[:, col] = np.bitwise_or.reduceat(rows[:, col], starts)
+    return out
+
+
+def _count_seen(distinct: np.ndarray, rows: np.ndarray, slot_col: int, seen: int, first_kind: int, bins: int) -> None:
+    """distinct[slot, bin, first_kind + direction] = rows of that slot with that seen bit."""
+    if rows.shape[0] == 0:
+        return
+    slot = rows[:, slot_col].astype(np.int64)
+    n_slots = distinct.shape[0]
+    for bit in range(2 * bins):
+        has = ((rows[:, seen + (bit >> 6)] >> np.uint64(bit & 63)) & np.uint64(1)).astype(bool)
+        distinct[:, bit >> 1, first_kind + (bit & 1)] = np.bincount(slot[has], minlength=n_slots)[:n_slots]
+
+
+if __name__ == "__main__":  # a worker: python -m detector.capture.windows.sharded FD SPEC
+    from detector.logging import configure
+
+    configure("info", "json", stream=sys.stderr)  # stdout is not ours
+    _spec = json.loads(sys.argv[2])
+    worker_main(Connection(int(sys.argv[1])), _spec["flow_kwargs"], _spec["bins"], _spec["bin_ns"])
+    sys.stdout.flush()
+    os._exit(0)  # nothing left to tidy: skip the interpreter's teardown (a second, on a loaded machine)
