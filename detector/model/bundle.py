@@ -49,6 +49,7 @@ from detector.model.meta import (
     number_in,
     read_meta,
     require_field,
+    schema_mismatch,
     sha256_of,
     vector_of,
 )
@@ -146,12 +147,9 @@ class ModelBundle:
             schema = FeatureSchema.from_dict(described_schema)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{meta_path}: invalid bundle: schema: {exc!r}") from None
-        if expected_schema is not None and schema != expected_schema:
-            raise ModelError(
-                f"{path}: trained on feature schema {schema.name} v{schema.version} "
-                f"({len(schema.features)} features), this netad computes {expected_schema.name} "
-                f"v{expected_schema.version} ({len(expected_schema.features)}); retrain with `netad train`"
-            )
+        mismatch = None if expected_schema is None else schema_mismatch(path, schema, expected_schema)
+        if mismatch:
+            raise ModelError(mismatch)
         try:
             window = require_field(meta, "window", dict)
             bin_s = number_in(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)

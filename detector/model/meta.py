@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from detector.contracts import FeatureSchema
 from detector.errors import ModelError
 
 WEIGHTS = "model.safetensors"
@@ -36,9 +37,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on its JSON head
 class BundleDescription:
     """What a bundle says it is, verified against its files (not its weights' values)."""
 
-    schema_name: str
-    schema_version: int
-    features: int
+    schema: FeatureSchema
     bin_s: float
     bins: int
     classes: tuple[str, ...]
@@ -59,6 +58,10 @@ def describe(path: str | Path) -> BundleDescription:
         name, version, features = schema.get("name"), schema.get("version"), schema.get("features")
         if not isinstance(name, str) or not isinstance(version, int) or not isinstance(features, list) or not features:
             raise ValueError("schema: needs a name, an integer version and a list of features")
+        try:
+            described = FeatureSchema.from_dict(schema)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"schema: {exc!r}") from None
         window = require_field(meta, "window", dict)
         bin_s = number_in(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)
         bins = integer_in(window, "bins", "window.bins", 1, MAX_BINS)
@@ -71,7 +74,16 @@ def describe(path: str | Path) -> BundleDescription:
     missing = [c for c in classes if not any(t.startswith(f"{c}.") for t in tensors)]
     if missing:
         raise ModelError(f"{weights_path}: no weights for class {', '.join(missing)}")
-    return BundleDescription(name, version, len(features), bin_s, bins, classes)
+    return BundleDescription(described, bin_s, bins, classes)
+
+
+def schema_mismatch(path: str | Path, schema: FeatureSchema, expected: FeatureSchema) -> str | None:
+    """Why a bundle trained on `schema` cannot score the windows this netad computes
+    (`expected`), or None when it can: the one message of `run` and `check-config`."""
+    if schema == expected:
+        return None
+    return (f"{path}: trained on feature schema {schema.name} v{schema.version} ({len(schema.features)} features), "
+            f"this netad computes {expected.name} v{expected.version} ({len(expected.features)}); retrain with `netad train`")
 
 
 def _tensor_names(weights_path: Path) -> list[str]:

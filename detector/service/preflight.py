@@ -6,10 +6,9 @@ resolve, a jsonl file can be written) and the state directory (the spools, check
 models go there: writable).
 
 Where it stands: in service, the one layer that sees every stage. It creates nothing (no
-file, no directory, no socket), sends nothing, and imports no torch, scipy or numba, so it
-answers at once: the bundle is judged by model.json and the weights' header (model.meta).
-The feature schema's exact version is the one thing left to `run`: knowing the running
-code's would mean importing the window stage (numba); check-config checks its kind.
+file, no directory, no socket), sends nothing, and imports no torch or scipy, so it answers
+at once: the bundle is judged by model.json and the weights' header (model.meta), its
+feature schema against the window stage's (which imports numba: about 0.2 s).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from detector.alerting.rules import load_rules
 from detector.alerting.sinks import parse_sink_url, unwritable
 from detector.config import FLOW_RECORD_SOURCES, Config, key_location
 from detector.errors import ConfigError, ModelError
-from detector.model.meta import describe
+from detector.model.meta import describe, schema_mismatch
 
 # the feature schema a source's windows have (capture.windows: PACKET_SCHEMA, FLOW_SCHEMA)
 _SCHEMA_OF_SOURCE = {"pcap": "packet", "interface": "packet", "netflow": "flow", "zeek": "flow"}
@@ -83,10 +82,17 @@ def _model(cfg: Config) -> list[Problem]:
     except ModelError as exc:
         return [(key, str(exc))]
     problems: list[Problem] = []
-    if cfg.role == "all-in-one" and bundle.schema_name != _SCHEMA_OF_SOURCE[cfg.source.type]:
-        problems.append((key, f"the model was trained on {bundle.schema_name} features (feature schema {bundle.schema_name} "
-                              f"v{bundle.schema_version}) and source.type {cfg.source.type} gives {wanted} features: "
+    schema = bundle.schema
+    if cfg.role == "all-in-one" and schema.name != _SCHEMA_OF_SOURCE[cfg.source.type]:
+        problems.append((key, f"the model was trained on {schema.name} features (feature schema {schema.name} "
+                              f"v{schema.version}) and source.type {cfg.source.type} gives {wanted} features: "
                               f"use a model trained on them ({_TRAIN_HINT[wanted]})"))
+    elif schema.name in ("packet", "flow"):
+        from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
+
+        mismatch = schema_mismatch(cfg.model.path, schema, PACKET_SCHEMA if schema.name == "packet" else FLOW_SCHEMA)
+        if mismatch:
+            problems.append((key, mismatch.removeprefix(f"{cfg.model.path}: ")))
     missing = [c for c in cfg.entity_classes if c not in bundle.classes]
     if missing:
         problems.append((key, f"no model for entity class {', '.join(missing)} (it has {', '.join(bundle.classes)}); "

@@ -4,6 +4,7 @@ config file, a real model bundle (written by ModelBundle.save, no training) and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from detector.capture.packets.pcapwriter import global_header
+from detector.capture.windows import PACKET_SCHEMA
 from detector.cli import main
 from tests.conftest import REPO
 from tests.model.test_scorer import _bundle
@@ -123,6 +125,21 @@ def test_a_model_for_other_windows_or_another_kind_of_input_is_named(tmp_path: P
     assert [f"{config}:7: model.path", f"{config}:5: windows.bins"] == [": ".join(line.split(": ")[:2]) for line in problems]
     assert "trained on packet features" in problems[0] and "--conn-log CONN_LOG" in problems[0]
     assert "6 x 10 s bins, this config has 12 x 10 s" in problems[1]
+
+
+def test_a_model_of_an_older_feature_schema_is_named_with_what_to_do(tmp_path: Path) -> None:
+    """After an upgrade that changed the features (schema v2 -> v3), a bundle trained before it
+    is what `run` refuses: check-config names the versions, as `run` does, and says retrain."""
+    config = passing_config(tmp_path)
+    old = _bundle()
+    old.schema = dataclasses.replace(PACKET_SCHEMA, version=PACKET_SCHEMA.version - 1)
+    shutil.rmtree(tmp_path / "model")
+    old.save(tmp_path / "model")
+    code, problems, _ = _check(config)
+    assert 78 == code and 1 == len(problems), problems
+    line = config.read_text().splitlines().index("model:") + 2  # model.path, the line after `model:`
+    assert problems[0].startswith(f"{config}:{line}: model.path: trained on feature schema packet v{PACKET_SCHEMA.version - 1}")
+    assert f"this netad computes packet v{PACKET_SCHEMA.version}" in problems[0] and "retrain" in problems[0]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write where the mode says it may not")
