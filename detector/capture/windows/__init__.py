@@ -7,10 +7,10 @@ Both share entity slots, closing, expiry and evidence (_base), and each entity's
 history, whose novelty features end both schemas (_history).
 """
 
+from detector.capture.schemas import FLOW_SCHEMA, HISTORY_FEATURES, PACKET_SCHEMA
 from detector.capture.windows._base import HomeNet
-from detector.capture.windows._history import HISTORY_FEATURES
-from detector.capture.windows.flow import FLOW_SCHEMA, FlowWindowAggregator
-from detector.capture.windows.packet import PACKET_SCHEMA, WindowAggregator
+from detector.capture.windows.flow import FlowWindowAggregator
+from detector.capture.windows.packet import WindowAggregator
 
 HISTORY_FEATURE_NAMES = frozenset(name for name, _ in HISTORY_FEATURES)
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from detector.capture._hash import mix
 from detector.capture.flows import community_id_of_pairs
-from detector.capture.windows._history import HISTORY_FEATURES, HISTORY_LEVELS, PeerHistory
+from detector.capture.schemas import HISTORY_FEATURES, HISTORY_LEVELS
+from detector.capture.windows._history import PeerHistory
 from detector.contracts import (
     ENTITY_GLOBAL,
     FeatureSchema,

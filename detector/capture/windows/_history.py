@@ -41,14 +41,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from detector.capture._hash import mix
+from detector.capture.schemas import HISTORY_FEATURES
 from detector.contracts import PROTO_TCP, PROTO_UDP
 
-HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
-    ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
-    ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s, per bin
-    ("young_peer_returns", "returns"),  # most returns (after the first) of this window's outside peers first met within history_s
-)
-HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the others spread over them
 # an entity's key is hashed with its table's salt before it meets the peer's or port's hash:
 # a plain XOR of two address hashes would give (a, b) and (b, a) one key
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)

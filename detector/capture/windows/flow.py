@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detector.capture._hash import mix as _mix
+from detector.capture.schemas import FLOW_SCHEMA
 from detector.capture.windows._base import EntityWindows, emptied, grown
-from detector.capture.windows._history import HISTORY_FEATURES
 from detector.contracts import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -46,58 +46,8 @@ from detector.contracts import (
     TCP_ACK,
     TCP_RST,
     TCP_SYN,
-    FeatureSchema,
     FlowRecordBatch,
     WindowBatch,
-)
-
-# --------------------------------------------------------------------------------------
-# FLOW_SCHEMA: what one time bin of one entity looks like when all we have are flow records.
-#
-# It is deliberately NOT the packet schema: a flow record only says how many packets and
-# bytes went one way between two times, and which TCP flags appeared at least once. So:
-# - packets and bytes are spread uniformly over the record's [start, end] (an estimate of
-#   when they happened, exact when a record fits in one bin);
-# - a "flow" is a unidirectional flow record, counted in the bin where it starts: a TCP
-#   connection that got an answer is two flows (one each way), an unanswered probe is one;
-# - "syn_only" replaces the packet schema's per-packet SYN-without-ACK count: a TCP record
-#   whose OR-ed flags have SYN and never ACK is a connection attempt that its sender never
-#   completed (SYN scans, SYN floods, connects to dead or filtering hosts): flows, not packets;
-# - "rst" is TCP records with a RST among their flags (counted in the bin where they end);
-# - ICMP error packets come from the record's ICMP type (its flow key), all of them errors;
-# - the mean packet size is the ratio of the bin's bytes to its packets: a ratio of sums is
-#   exact from flow totals, while a spread, minimum or maximum of packet sizes is not, so
-#   none is here.
-# Distinct peers and ports of a bin come from the records active in it. "out" is what the
-# entity sends, "in" what it receives; for `global`, "in" enters the home networks from
-# outside and "out" is everything else (as in the packet schema).
-# A model trained on one schema is refused on the other (bundle loading compares them).
-# --------------------------------------------------------------------------------------
-
-_FLOW_FEATURES: tuple[tuple[str, str], ...] = (
-    ("pkts_out", "packets"),
-    ("pkts_in", "packets"),
-    ("bytes_out", "bytes"),
-    ("bytes_in", "bytes"),
-    ("flows_out", "flows"),  # unidirectional flow records the entity sent, by start bin
-    ("flows_in", "flows"),  # ... that the entity received
-    ("peers_out", "hosts"),  # distinct destinations of the entity's records active in the bin
-    ("peers_in", "hosts"),  # distinct sources of records towards the entity
-    ("ports_out", "ports"),  # distinct destination ports the entity sent to (TCP/UDP)
-    ("ports_in", "ports"),  # distinct local ports that received traffic (TCP/UDP)
-    ("syn_only_out", "flows"),  # TCP records sent with SYN and no ACK ever: failed attempts
-    ("syn_only_in", "flows"),  # ... received
-    ("rst_out", "flows"),  # TCP records sent with a RST, by end bin
-    ("rst_in", "flows"),
-    ("icmp_err", "packets"),  # ICMP/ICMPv6 unreachable, time exceeded, parameter problem
-    ("mean_pkt_bytes", "bytes"),  # bytes / packets over both directions
-    *HISTORY_FEATURES,  # the entity's long-horizon novelty: capture.windows._history
-)
-FLOW_SCHEMA = FeatureSchema(
-    name="flow",
-    version=3,
-    features=tuple(n for n, _ in _FLOW_FEATURES),
-    units=tuple(u for _, u in _FLOW_FEATURES),
 )
 
 _F = {name: i for i, name in enumerate(FLOW_SCHEMA.features)}

@@ -26,46 +26,16 @@ import numpy as np
 
 from detector.capture._hash import mix as _mix
 from detector.capture.flows import FlowAnnotations
+from detector.capture.schemas import PACKET_SCHEMA
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows._base import EntityWindows, emptied, grown
-from detector.capture.windows._history import HISTORY_FEATURES
 from detector.contracts import (
     PROTO_TCP,
     PROTO_UDP,
-    FeatureSchema,
     PacketBatch,
     WindowBatch,
 )
 
-# The feature schema: what one time bin of one entity looks like. "out" is traffic the
-# entity sends, "in" what it receives; for `global`, "in" is traffic entering the home
-# networks from outside and "out" is everything else. Changing this list means a new
-# version: bundles trained on another schema are refused.
-_FEATURES: tuple[tuple[str, str], ...] = (
-    ("pkts_out", "packets"),
-    ("pkts_in", "packets"),
-    ("bytes_out", "bytes"),
-    ("bytes_in", "bytes"),
-    ("flows_out", "flows"),  # new flows the entity initiated
-    ("flows_in", "flows"),  # new flows initiated towards the entity
-    ("peers_out", "hosts"),  # distinct destinations the entity sent to
-    ("peers_in", "hosts"),  # distinct sources the entity received from
-    ("ports_out", "ports"),  # distinct destination ports the entity sent to (TCP/UDP)
-    ("ports_in", "ports"),  # distinct local ports that received traffic (TCP/UDP)
-    ("syn_out", "packets"),  # TCP SYN without ACK sent
-    ("syn_in", "packets"),  # TCP SYN without ACK received
-    ("rst_out", "packets"),
-    ("rst_in", "packets"),
-    ("icmp_err", "packets"),  # ICMP/ICMPv6 unreachable, time exceeded, parameter problem
-    ("mean_pkt_bytes", "bytes"),  # mean IP length over both directions
-    *HISTORY_FEATURES,  # the entity's long-horizon novelty: capture.windows._history
-)
-PACKET_SCHEMA = FeatureSchema(
-    name="packet",
-    version=3,
-    features=tuple(n for n, _ in _FEATURES),
-    units=tuple(u for _, u in _FEATURES),
-)
 _F = {name: i for i, name in enumerate(PACKET_SCHEMA.features)}
 _SUMS = ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "flows_out", "flows_in", "syn_out", "syn_in", "rst_out", "rst_in", "icmp_err")
 _DISTINCT = ("peers_out", "peers_in", "ports_out", "ports_in")

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from detector.capture.flows import FlowTable
+from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import WindowAggregator
-from detector.capture.windows._history import HISTORY_FEATURES, PeerHistory
+from detector.capture.windows._history import PeerHistory
 from detector.contracts import PROTO_TCP, PROTO_UDP
 from tests.conftest import make_batch
 
