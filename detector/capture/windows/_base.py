@@ -361,6 +361,8 @@ class EntityWindows:
         self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
         self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
         self._resized(n)
+        if n < shrunk_from:  # a dict keeps its table at its largest (1.3 MB at 40,000 keys) until copied
+            self._slot_of = dict(self._slot_of)
         if 4 * n <= shrunk_from:
             entity_name.cache_clear()  # the names of a flood's addresses, not those of what is alive
 
