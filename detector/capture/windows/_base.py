@@ -290,7 +290,7 @@ class EntityWindows:
         row_of[alive] = np.arange(alive.shape[0])
         keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address: slots are reused, addresses not
         if alive.shape[0] > 1:
-            keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:].tolist()])  # type: ignore[misc]
+            keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:].tolist()])
         empty = np.zeros(0, np.int64)
         peers, flows = ((empty,) * 3, (empty,) * 8) if columns is None else (columns["peers"], columns["flows"])
 
