@@ -3,17 +3,31 @@ spoofed home_net sources?
 
 Where this stands: a command beside the pipeline, like `bench soak`. It builds the daemon's
 stages (service.pipeline.Pipeline) and replays a benign capture through them as one
-continuous stream of passes, each shifted in time past the previous one: `--passes` passes
-BEFORE, as many DURING which a flood is mixed in (SYNs from `--hosts` random addresses
-inside the first home network, each a new entity, to one home host), then a silence as long
-as the entities' idle time and the peer history (`windows.entity_idle_s`,
-`windows.history_s`: the window stage skips it in one step), one RECOVERY pass (it pays for
-the flood's entities' last windows, one idle period of them, before they expire) and as many
-AFTER. Per phase it prints the medians of the passes' packets/s and of the resident set size
-at each pass's end, side by side, and how far AFTER is from BEFORE. A small flood through a
-throwaway pipeline first lets numba compile what only a flood's paths use (a one-time cost
-of the process, not state the flood left). Bounded state that shrinks back reads
-within 10 %; it prints figures and asserts nothing.
+continuous stream of passes, each shifted in time past the previous one. BEFORE and AFTER
+must be the same workload, so both follow the same history: a PRIME pass, a silence, a
+SETTLE pass, then `--passes` passes BEFORE (each `--laps` replays of the capture in a row:
+a replay of a short capture takes a tenth of a second, too short to time); as many DURING
+which a flood is mixed in (SYNs from `--hosts` random addresses inside the first home
+network, each a new entity, to one home host); the same silence, a RECOVERY pass, then as many AFTER. The silence is as long as
+the entities' idle time and the peer history (`windows.entity_idle_s`, `windows.history_s`:
+the window stage skips it in one step): it empties the peer history and expires every
+entity, and the pass after it pays for one idle period of the windows of what expires (the
+flood's 40,000 entities for RECOVERY, the capture's few for SETTLE). Without SETTLE, BEFORE
+ran on a fresh pipeline and AFTER on one that had been through a silence: not the same work.
+
+Every replay goes through a TWIN pipeline too, in the same process, lap by lap, without
+the flood. The twin meets the same machine: on one shared with other work, wall time measured
+the neighbours (beside a test suite on 2 cores a pass took up to 4x its CPU time) and even
+CPU time drifted by 20 % between phases, both pipelines alike. Per phase it prints the
+medians of the passes' packets/s (by CPU time, and by wall time), the twin's, the ratio of
+the two, and the resident set size at each pass's end (the twin's few MiB included in both
+phases), side by side; the verdict reads the ratio to the twin, AFTER against BEFORE, and
+RSS. What the flood left in the pipeline shows there; what it left in the process (the
+allocator's state) slows the twin too, and shows in RSS and in the plain packets/s printed
+beside it (with BEFORE's spread, to read it by). A small flood through a throwaway pipeline
+first lets numba compile what only a flood's paths use (a one-time cost of the process, not
+state the flood left). Bounded state that shrinks back reads within 10 %;
+it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -62,17 +76,18 @@ def spoofed_flood(home_net: str, hosts: int, start_ns: int, span_ns: int, target
     return PacketBatch(**{k: np.asarray(v).astype(dt) for k, v in cols.items() for dt in [PACKET_COLUMNS[k]]})
 
 
-def run_flood(cfg: Any, pcaps: list[Path], passes: int = 3, hosts: int | None = None, model_dir: str | Path | None = None,
-              emit: Callable[[str], None] = print) -> dict[str, Any]:
-    """BEFORE, DURING and AFTER passes of `pcaps` (see the module's text); returns per phase
-    the passes' figures and their medians."""
+def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = None, model_dir: str | Path | None = None,
+              emit: Callable[[str], None] = print, laps: int = 10) -> dict[str, Any]:
+    """PRIME, SETTLE, BEFORE, DURING, RECOVERY and AFTER passes of `pcaps` through a pipeline
+    and its twin (see the module's text); returns per phase the passes' figures, and the
+    medians of BEFORE, DURING and AFTER."""
     from detector.model.bundle import ModelBundle
     from detector.model.scorer import set_torch_threads
     from detector.service.pipeline import Pipeline, capture_batches
 
     set_torch_threads(cfg.model.threads)
     bundle = ModelBundle.load(model_dir or cfg.model.path)
-    pipeline = Pipeline(cfg, bundle, sinks=[_CountingSink()])
+    pipeline, twin = (Pipeline(cfg, bundle, sinks=[_CountingSink()]) for _ in range(2))
     hosts = hosts if hosts is not None else min(cfg.windows.max_entities - 1_000, 40_000)
     first_ns, last_ns = _span(pcaps, cfg.source.batch_packets)
     w = cfg.windows
@@ -81,47 +96,66 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 3, hosts: int | None = 
     silence_ns = -(-int((max(w.entity_idle_s, w.bin_s * w.bins) + w.history_s) * 1e9) // window_ns + 2) * window_ns
     target = ipaddress.ip_network(cfg.home_net[0], strict=False).network_address + 1
     _warm_up(Pipeline(cfg, bundle, sinks=[_CountingSink()]), cfg, first_ns, silence_ns, str(target))
-    phases: dict[str, list[dict[str, float]]] = {"before": [], "during": [], "recovery": [], "after": []}
+
+    def replay(pipe: Any, offset_ns: int, flood: PacketBatch | None = None) -> tuple[int, float, float]:
+        """One replay of the capture (the flood mixed in): packets, CPU and wall seconds."""
+        packets, started, cpu_started = 0, time.perf_counter(), time.process_time()
+        for batch in capture_batches(pcaps, cfg.source.batch_packets):
+            batch = dataclasses.replace(batch, ts_ns=batch.ts_ns + offset_ns) if offset_ns else batch
+            if flood is not None and len(batch):
+                due = flood.ts_ns <= batch.ts_ns.max()
+                mixed = PacketBatch.concat([batch, flood.take(due)])
+                batch, flood = mixed.take(np.argsort(mixed.ts_ns, kind="stable")), flood.take(~due)
+            pipe.push(batch)
+            packets += len(batch)
+        return packets, time.process_time() - cpu_started, time.perf_counter() - started
+
+    phases: dict[str, list[dict[str, float]]] = {p: [] for p in ("prime", "settle", "before", "during", "recovery", "after")}
+    once = {"prime", "settle", "recovery"}
     offset_ns = 0
     for phase in phases:
-        if phase == "recovery":
+        if phase in ("settle", "recovery"):
             offset_ns += silence_ns
-        for _ in range(1 if phase == "recovery" else passes):
-            flood = None
-            if phase == "during":
-                flood = spoofed_flood(cfg.home_net[0], hosts, first_ns + offset_ns, last_ns - first_ns, str(target))
-            packets, started = 0, time.perf_counter()
-            for batch in capture_batches(pcaps, cfg.source.batch_packets):
-                batch = dataclasses.replace(batch, ts_ns=batch.ts_ns + offset_ns) if offset_ns else batch
-                if flood is not None and len(batch):
-                    due = flood.ts_ns <= batch.ts_ns.max()
-                    mixed = PacketBatch.concat([batch, flood.take(due)])
-                    batch, flood = mixed.take(np.argsort(mixed.ts_ns, kind="stable")), flood.take(~due)
-                pipeline.push(batch)
-                packets += len(batch)
-            elapsed = time.perf_counter() - started
+        for _ in range(1 if phase in once else passes):
+            totals = np.zeros(5)  # packets, CPU s, wall s; the twin's packets, CPU s
+            for _ in range(laps if phase in ("before", "after") else 1):
+                flood = None
+                if phase == "during":
+                    flood = spoofed_flood(cfg.home_net[0], hosts, first_ns + offset_ns, last_ns - first_ns, str(target))
+                totals[:3] += replay(pipeline, offset_ns, flood)
+                totals[3:] += replay(twin, offset_ns)[:2]  # lap by lap, so that both meet the same machine
+                offset_ns += shift_ns
+            packets, cpu_s, wall_s, twin_packets, twin_cpu_s = totals.tolist()
             st = pipeline.stats()
-            row = {"pkt_s": packets / elapsed, "rss_mib": rss_mib(), "packets": packets,
-                   "entities": st["entities"], "slots": len(pipeline.windows._slot_addr), "flows": st["active_flows"]}
+            row = {"cpu_pkt_s": packets / max(cpu_s, 1e-9), "pkt_s": packets / wall_s,
+                   "twin_cpu_pkt_s": twin_packets / max(twin_cpu_s, 1e-9), "rss_mib": rss_mib(), "packets": packets,
+                   "entities": st["entities"], "slots": pipeline.windows.slots, "flows": st["active_flows"]}
+            row["vs_twin"] = row["cpu_pkt_s"] / row["twin_cpu_pkt_s"]
             phases[phase].append(row)
-            emit(f"{phase:<7} pass {len(phases[phase])}: {row['pkt_s']:>12,.0f} pkt/s  rss {row['rss_mib']:8.1f} MiB  "
-                 f"entities {row['entities']:>7,d}  slots {row['slots']:>7,d}  flows {row['flows']:>9,d}")
-            offset_ns += shift_ns
+            emit(f"{phase:<8} pass {len(phases[phase])}: {row['cpu_pkt_s']:>10,.0f} pkt/CPU-s {row['pkt_s']:>10,.0f} pkt/s  "
+                 f"twin {row['twin_cpu_pkt_s']:>10,.0f} pkt/CPU-s  rss {row['rss_mib']:7.1f} MiB  "
+                 f"entities {row['entities']:>6,d}  slots {row['slots']:>6,d}  flows {row['flows']:>7,d}")
     pipeline.finish()
-    medians = {p: {k: statistics.median(r[k] for r in rows) for k in ("pkt_s", "rss_mib")} for p, rows in phases.items()
-               if p != "recovery"}
+    twin.finish()
+    keys = ("cpu_pkt_s", "pkt_s", "twin_cpu_pkt_s", "vs_twin", "rss_mib")
+    medians = {p: {k: statistics.median(r[k] for r in phases[p]) for k in keys} for p in ("before", "during", "after")}
+    before = [r["cpu_pkt_s"] for r in phases["before"]]
+    spread = (max(before) - min(before)) / medians["before"]["cpu_pkt_s"]
     emit("")
-    emit(f"{'':<7} {'pkt/s (median)':>16} {'RSS MiB (median)':>18}   ({passes} passes each; flood: {hosts:,d} spoofed "
-         f"{cfg.home_net[0]} sources)")
+    emit(f"{'':<8} {'pkt/CPU-s':>11} {'pkt/s (wall)':>13} {'twin pkt/CPU-s':>15} {'vs twin':>8} {'RSS MiB':>8}   "
+         f"(medians of {passes} passes, {laps} laps each before and after; flood: {hosts:,d} spoofed {cfg.home_net[0]} sources)")
     for p, m in medians.items():
-        emit(f"{p:<7} {m['pkt_s']:>16,.0f} {m['rss_mib']:>18.1f}")
-    speed = medians["after"]["pkt_s"] / medians["before"]["pkt_s"] - 1
+        emit(f"{p:<8} {m['cpu_pkt_s']:>11,.0f} {m['pkt_s']:>13,.0f} {m['twin_cpu_pkt_s']:>15,.0f} {m['vs_twin']:>8.3f} "
+             f"{m['rss_mib']:>8.1f}")
+    speed = medians["after"]["vs_twin"] / medians["before"]["vs_twin"] - 1
+    plain = medians["after"]["cpu_pkt_s"] / medians["before"]["cpu_pkt_s"] - 1
     memory = medians["after"]["rss_mib"] / medians["before"]["rss_mib"] - 1
     back = speed >= -WITHIN and memory <= WITHIN  # slower or bigger by more than 10 % is not back
-    emit(f"after vs before: pkt/s {speed:+.1%}, RSS {memory:+.1%} -> "
+    emit(f"after vs before: pkt/CPU-s against the twin {speed:+.1%}, RSS {memory:+.1%} -> "
          f"{'back within 10 %' if back else 'NOT back within 10 %'}")
-    return {"phases": phases, "medians": medians, "after_vs_before": {"pkt_s": speed, "rss": memory}, "back": back,
-            "flood_hosts": hosts}
+    emit(f"(pkt/CPU-s alone {plain:+.1%}: the machine's own drift included; before's passes spread {spread:.0%})")
+    return {"phases": phases, "medians": medians, "after_vs_before": {"vs_twin": speed, "cpu_pkt_s": plain, "rss": memory},
+            "back": back, "before_spread": spread, "flood_hosts": hosts}
 
 
 def _warm_up(pipeline: Any, cfg: Any, first_ns: int, silence_ns: int, target: str) -> None:
@@ -139,11 +173,13 @@ def _warm_up(pipeline: Any, cfg: Any, first_ns: int, silence_ns: int, target: st
 @click.option("--pcap", "pcaps", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Benign capture replayed in every pass (repeatable; default: source.path of the config).")
 @click.option("--model", "model_dir", type=click.Path(file_okay=False), default=None, help="Model bundle (default: model.path).")
-@click.option("--passes", type=click.IntRange(min=1), default=3, show_default=True, help="Passes per phase (medians over them).")
+@click.option("--passes", type=click.IntRange(min=1), default=5, show_default=True, help="Passes per phase (medians over them).")
+@click.option("--laps", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Replays of the capture in one BEFORE or AFTER pass (a pass of a short capture is too short to time).")
 @click.option("--hosts", type=click.IntRange(min=1), default=None,
               help="Spoofed flood sources (default: windows.max_entities - 1000, at most 40,000).")
 @errors_to_exit_codes
-def flood(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, passes: int, hosts: int | None) -> None:
+def flood(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, passes: int, laps: int, hosts: int | None) -> None:
     """RSS and packets/s before, during and after a flood of spoofed home_net sources."""
     from detector.config import load_config
     from detector.logging import configure
@@ -153,7 +189,7 @@ def flood(config: str | None, pcaps: tuple[str, ...], model_dir: str | None, pas
     paths = [Path(p) for p in pcaps] or ([cfg.source.path] if cfg.source.path else [])
     if not paths:
         raise ConfigError("no capture: give --pcap or source.path in the config")
-    run_flood(cfg, paths, passes, hosts, model_dir, emit=lambda line: click.echo(line))
+    run_flood(cfg, paths, passes, hosts, model_dir, emit=lambda line: click.echo(line), laps=laps)
 
 
 if __name__ == "__main__":

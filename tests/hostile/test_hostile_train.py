@@ -37,3 +37,21 @@ def test_train_on_too_little_traffic_exits_65_with_the_reason(tmp_path: Path, sh
     assert_no_traceback(res.stdout, res.stderr)
     assert f"netad: cannot train on {short_capture}: " in res.stderr and reason in res.stderr
     assert not out.exists()  # no half bundle
+
+
+def test_train_on_a_capture_cut_mid_record_writes_the_model_says_so_and_exits_65(tmp_path: Path, demo):
+    """`netad train` trains on what comes before the damage (score's code), writes the bundle
+    and says where the damage is, on stderr and with exit status 65: a script must not take a
+    model of half a capture for one of the whole."""
+    whole = demo["pcap"].read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(whole[: len(whole) // 5])  # mid-record, in the benign part
+    config = write_config(tmp_path / "train.yaml", {"home_net": ["10.20.0.0/16"], "model": {"device": "cpu"},
+                                                    "training": {"epochs": 1}, "logging": {"format": "json"}})
+    out = tmp_path / "model"
+    res = netad_cli("train", "-c", str(config), "--pcap", str(cut), "--out", str(out))
+    assert EX_DATAERR == res.returncode, res.stderr
+    assert_no_traceback(res.stdout, res.stderr)
+    assert f"netad: {cut}: truncated: the record at byte" in res.stderr and "trained on what came before it" in res.stderr
+    assert "capture_damaged" in res.stderr
+    assert (out / "model.json").is_file() and f"written to {out}" in res.stdout

@@ -71,6 +71,13 @@ def emptied(arr: np.ndarray) -> np.ndarray:
     return np.zeros((0,) + arr.shape[1:], dtype=arr.dtype)
 
 
+def history_keys(pairs: list[tuple[int, int]]) -> np.ndarray:
+    """Host entities' keys in the peer history: their addresses hashed (slots are reused,
+    addresses not); never 0, which is `global`'s."""
+    arr = np.array(pairs, dtype=np.uint64).reshape(-1, 2)
+    return mix(mix(arr[:, 0]) ^ arr[:, 1]) | np.uint64(1)
+
+
 def rows_of(arr: np.ndarray, slots: np.ndarray) -> np.ndarray:
     """arr[slots], zeros for slots past its rows (made after the array last grew)."""
     out = np.zeros((slots.shape[0],) + arr.shape[1:], dtype=arr.dtype)
@@ -284,8 +291,7 @@ class EntityWindows:
         row_of[alive] = np.arange(alive.shape[0])
         keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address: slots are reused, addresses not
         if alive.shape[0] > 1:
-            pairs = np.array([self._slot_addr[s] for s in alive[1:].tolist()], dtype=np.uint64)
-            keys[1:] = mix(mix(pairs[:, 0]) ^ pairs[:, 1]) | np.uint64(1)  # 0 is global's
+            keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:].tolist()])
         empty = np.zeros(0, np.int64)
         peers, flows = ((empty,) * 3, (empty,) * 8) if columns is None else (columns["peers"], columns["flows"])
 
@@ -302,6 +308,7 @@ class EntityWindows:
     def _expire_entities(self, now_ns: int) -> None:
         n = len(self._slot_addr)
         idle = np.flatnonzero(self._slot_last_ns[:n] < now_ns - self._idle_ns)
+        gone: list[tuple[int, int]] = []
         for s in idle.tolist():
             addr = self._slot_addr[s]
             if s == 0 or addr is None:
@@ -313,6 +320,9 @@ class EntityWindows:
             self._slot_addr[s] = None
             self._free.append(s)
             self.entities_expired += 1
+            gone.append(addr)
+        if gone:
+            self.history.expire(history_keys(gone), now_ns)
 
 
     # ---------------------------------------------------------------- shrinking back
@@ -352,6 +362,8 @@ class EntityWindows:
         self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
         self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
         self._resized(n)
+        if n < shrunk_from:  # a dict keeps its table at its largest (1.3 MB at 40,000 keys) until copied
+            self._slot_of = dict(self._slot_of)
         if 4 * n <= shrunk_from:
             entity_name.cache_clear()  # the names of a flood's addresses, not those of what is alive
 

@@ -31,7 +31,13 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 Nothing is counted for an entity until its own history
 is `warmup_s` old: at start-up every peer would otherwise be new. A peer or port not seen for
 `history_s` is forgotten; the tables hold at most `max_rows` rows each (the least recently
-seen go first), so a spoofed flood costs bounded memory and is forgotten like the rest.
+seen go first), so a spoofed flood costs bounded memory. And a flood is forgotten when its
+entities expire (`expire`, called by the window stage): an entity that expires before its
+history is warm loses its rows then, not `history_s` later. Such a history has counted
+nothing yet, and every spoofed source of a flood is one (seen for a window or two). A warm
+entity's history outlives its idle time, as it must: a workstation back after two quiet
+hours still knows its peers and does not start an hour of warm-up again (with `warmup_s` 0
+every history is warm, and only `history_s` and `max_rows` bound them).
 """
 
 from __future__ import annotations
@@ -52,20 +58,26 @@ _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
 
 
 class _Table:
-    """uint64 keys, sorted, with first seen, last seen (window ends, ns) and returns per key."""
+    """uint64 keys, sorted, with first seen, last seen (window ends, ns), returns and owner (the
+    entity's key; 0: not known, a row restored from a checkpoint written before owners) per key."""
+
+    COLUMNS = ("keys", "first", "last", "returns", "owner")
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)
         self.first = np.zeros(0, np.int64)
         self.last = np.zeros(0, np.int64)
         self.returns = np.zeros(0, np.int64)
+        self.owner = np.zeros(0, np.uint64)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def touch(self, keys: np.ndarray, now_ns: int, returned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Record the sighting of unique `keys` in the window ending at `now_ns`: (was new, first
-        seen, returns so far: this sighting counts where `returned` says so), aligned with `keys`."""
+    def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray, returned: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
+        `now_ns`: (was new, first seen, returns so far: this sighting counts where `returned`
+        says so), aligned with `keys`."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
@@ -88,6 +100,7 @@ class _Table:
             self.first = np.insert(self.first, where, np.full(n, now_ns, np.int64))
             self.last = np.insert(self.last, where, np.full(n, now_ns, np.int64))
             self.returns = np.insert(self.returns, where, np.zeros(n, np.int64))
+            self.owner = np.insert(self.owner, where, owners[new][order])
         return new, first, returns
 
     def forget(self, before_ns: int, max_rows: int) -> None:
@@ -99,8 +112,17 @@ class _Table:
             if int(keep.sum()) > max_rows:  # ties at the cut: drop among them by key order
                 extra = np.flatnonzero(keep & (self.last == cut))[: int(keep.sum()) - max_rows]
                 keep[extra] = False
+        self._keep(keep)
+
+    def drop_owners(self, owners: np.ndarray) -> None:
+        """Drop the rows of these entities."""
+        if owners.size and self.keys.size:
+            self._keep(~np.isin(self.owner, owners))
+
+    def _keep(self, keep: np.ndarray) -> None:
         if not keep.all():
-            self.keys, self.first, self.last, self.returns = (a[keep] for a in (self.keys, self.first, self.last, self.returns))
+            for col in self.COLUMNS:
+                setattr(self, col, getattr(self, col)[keep])
 
 
 class PeerHistory:
@@ -124,21 +146,40 @@ class PeerHistory:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
         out = {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
-               for name in ("entities", "peers", "ports") for col in ("keys", "first", "last", "returns")}
+               for name in ("entities", "peers", "ports") for col in _Table.COLUMNS}
         return {**out, "last_flows": self._last_flows}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys."""
+        """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys. A
+        checkpoint written before rows had owners gives them none (0): those rows are
+        forgotten after history_s, not when their entity expires."""
         for name in ("entities", "peers", "ports"):
             table = _Table()
-            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in ("keys", "first", "last", "returns")}
+            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in _Table.COLUMNS if f"{name}.{col}" in state or col != "owner"}
             n = cols["keys"].shape[0]
             if any(c.ndim != 1 or c.shape[0] != n for c in cols.values()) or (n > 1 and not (cols["keys"][1:] > cols["keys"][:-1]).all()):
                 raise ValueError(f"peer history table {name}: columns of unequal length or keys not sorted")
             table.keys = cols["keys"].astype(np.uint64)
             table.first, table.last, table.returns = (cols[c].astype(np.int64) for c in ("first", "last", "returns"))
+            if "owner" in cols:
+                table.owner = cols["owner"].astype(np.uint64)
+            else:  # an entity owns its own row
+                table.owner = table.keys.copy() if name == "entities" else np.zeros(n, np.uint64)
             setattr(self, f"_{name}", table)
         self._last_flows = np.asarray(state["last_flows"]).astype(np.uint64)
+
+    def expire(self, entity_keys: np.ndarray, now_ns: int) -> None:
+        """These entities expired at `now_ns` (the window stage gave their slots back): the rows
+        of those whose history is not yet warm go now (see the module's text)."""
+        keys = np.asarray(entity_keys, np.uint64)
+        if not keys.size or not len(self._entities):
+            return
+        table = self._entities
+        pos = np.minimum(np.searchsorted(table.keys, keys), len(table) - 1)
+        known = table.keys[pos] == keys
+        cold = keys[known][now_ns - table.first[pos[known]] < self.warmup_ns]
+        for t in (self._entities, self._peers, self._ports):
+            t.drop_owners(cold)
 
     def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], flows: Sequence[np.ndarray],
                 end_ns: int) -> np.ndarray:
@@ -166,7 +207,7 @@ class PeerHistory:
         active = np.unique(np.concatenate([p_row, f_row]))
         if active.size == 0:
             return out
-        _, since, _ = self._entities.touch(entity_keys[active], end_ns)
+        _, since, _ = self._entities.touch(entity_keys[active], end_ns, entity_keys[active])
         started = np.full(n, end_ns, np.int64)
         started[active] = since
         warm = end_ns - started >= self.warmup_ns
@@ -176,7 +217,7 @@ class PeerHistory:
             rows = p_row[first_row]
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
-            new, first, returns = self._peers.touch(key, end_ns, returned=np.isin(key, both_ends))
+            new, first, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=np.isin(key, both_ends))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
@@ -192,7 +233,7 @@ class PeerHistory:
             key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((f_proto[tcp_udp].astype(u64) << u64(16)) | service))
             key, first_row = np.unique(key, return_index=True)
             rows = q_row[first_row]
-            new, _, _ = self._ports.touch(key, end_ns)
+            new, _, _ = self._ports.touch(key, end_ns, entity_keys[rows])
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
 

@@ -158,3 +158,38 @@ def test_state_round_trips_and_bad_state_is_refused():
     bad["ports.first"] = bad["ports.first"][:-1]
     with pytest.raises(ValueError, match="unequal length"):
         PeerHistory(3600, 0).load_state_dict(bad)
+
+
+def test_a_flood_s_rows_go_when_its_entities_expire_a_warm_host_s_stay():
+    """Spoofed home sources, one packet each, are entities whose history never got warm: their
+    rows go when they expire (not history_s later). A host with a warm history keeps it
+    through its own expiry (back after a nap, it still knows its peers)."""
+    agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, entity_idle_s=120, history_s=3600,
+                           history_warmup_s=300)
+    host = [{"ts_s": t + 1.0, "src": "10.0.0.5", "dst": "203.0.113.1", "sport": 40000, "dport": 443, "flags": 0x02}
+            for t in range(0, 600, 60)]
+    flood = [{"ts_s": 400.0 + i / 1000, "src": f"10.1.{i // 250}.{i % 250 + 1}", "dst": "203.0.113.9", "sport": 1024 + i,
+              "dport": 80, "flags": 0x02} for i in range(300)]
+    rows = sorted(host + flood, key=lambda r: r["ts_s"])
+    later = [{"ts_s": 3000.0, "src": "10.0.0.6", "dst": "203.0.113.1", "sport": 40000, "dport": 443, "flags": 0x02}]
+    flows = FlowTable()
+    # the hosts whose rows the tables hold (0 is global's, which never expires)
+    owners = lambda: (set(agg.history._peers.owner.tolist()) | set(agg.history._ports.owner.tolist())) - {0}  # noqa: E731
+    for k, part in enumerate((rows[:-2], rows[-2:] + later)):  # up to t=481 (the flood's window closed), then t=3000
+        batch = make_batch(part)
+        agg.push(batch, flows.push(batch))
+        if k == 0:
+            assert 301 == len(owners()) and 302 == len(agg.history._entities) and 0 == agg.entities_expired
+    assert 301 == agg.entities_expired  # the flood and the host (idle since t=541), before history_s is out
+    assert {int(agg.history._entities.keys[1])} == owners() and 2 == len(agg.history._entities)  # global's, the host's
+
+
+def test_a_checkpoint_written_before_owners_loads_its_rows_kept_until_history_s():
+    h = PeerHistory(3600, 600)
+    _window(h, 60, {0: [(10, 443)]})
+    old = {k: v for k, v in h.state_dict().items() if not k.endswith(".owner")}
+    b = PeerHistory(3600, 600)
+    b.load_state_dict(old)
+    assert not b._peers.owner.any()
+    b.expire(np.array([1], np.uint64), 120 * S)  # entity 1 expires cold: its own row goes, the unowned ones stay
+    assert 0 == len(b._entities) and 1 == len(b._peers) and 1 == len(b._ports)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -370,3 +371,4 @@ def test_entity_slots_shrink_back_after_a_flood_of_home_addresses():
     agg.push(later, ft.push(later))
     assert 3 == agg.entities
     assert len(agg._slot_addr) <= 64 and agg._ent_hi.shape[0] <= 64 and agg._slot_last_ns.shape[0] <= 64
+    assert sys.getsizeof(agg._slot_of) < 4096  # the address -> slot dict too (a dict does not shrink as keys go)
