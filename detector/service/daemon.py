@@ -66,6 +66,7 @@ log = structlog.get_logger()
 
 CHECKPOINT_DIR = "checkpoint"
 _SCORES_FLUSH_S = 1.0
+_SOURCE_DRAIN_S = 2.0  # after a stop signal, the longest a source may go on handing over batches
 
 
 class Daemon:
@@ -164,8 +165,14 @@ class Daemon:
                                  flow_records=cfg.source.flow_records, live=is_live(cfg.source))
 
     def _loop(self) -> str:
-        """Batches until the source ends or a signal stops it; returns why it ended."""
+        """Batches until the source ends or a signal stops it; returns why it ended.
+
+        A stopped source ends its iteration within its poll interval (every source honours
+        `stop`), handing over what it still holds first: capture workers' last batches (the
+        packets of the last 0.2 s or more) would be lost by leaving at once. A source that
+        does not end within _SOURCE_DRAIN_S of the signal is left."""
         assert self.source is not None
+        stopped_at: float | None = None
         for batch in self.source:
             self.pipeline.push(batch)
             now = time.monotonic()
@@ -175,7 +182,9 @@ class Daemon:
                 self._idle(now)
             self._between_batches(now)
             if self.lifecycle.stop:
-                break
+                stopped_at = now if stopped_at is None else stopped_at
+                if now - stopped_at > _SOURCE_DRAIN_S:
+                    break
         return f"signal:{self.lifecycle.stop_signal}" if self.lifecycle.stop else "source_ended"
 
     def _between_batches(self, now: float) -> None:

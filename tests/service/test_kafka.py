@@ -56,7 +56,8 @@ def _scores(path: Path) -> dict[tuple[str, str], list[float]]:
     """(entity, window start) -> every score written for it (more than one = a duplicate)."""
     out: dict[tuple[str, str], list[float]] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
+        # a running scorer may be writing its last line: only whole lines count
+        for line in path.read_text().split("\n")[:-1]:
             r = json.loads(line)
             out.setdefault((r["entity"], r["window_start"]), []).append(r["score"])
     return out
