@@ -61,6 +61,21 @@ class _PacketWindowAcc:
         self.sums = grown(self.sums, n_slots)
         self.distinct = grown(self.distinct, n_slots)
 
+    def add(self, w: int, bins: int, win: np.ndarray, abs_bin: np.ndarray, b: PacketBatch, fl: FlowAnnotations,
+            src_home: np.ndarray, dst_home: np.ndarray, src_slot: np.ndarray, dst_slot: np.ndarray) -> None:
+        """The rows of window `w` (entity slots already found) into these aggregates: the
+        kernel, called again after each growth of a tally it filled."""
+        part, row = 0, 0
+        while True:
+            part, row = kernels.accumulate_window(
+                w, bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
+                b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, fl.from_initiator, src_home, dst_home,
+                src_slot, dst_slot, self.sums, self.distinct, self.peers, self.ports, self.flows, self.fill,
+            )
+            if part == 3:
+                return
+            self.make_room()
+
     def make_room(self) -> None:
         """Grow the tallies the kernel stopped for: those half full."""
         if 2 * self.fill[kernels.FILL_PEERS] >= self.peers.shape[0]:
@@ -271,17 +286,7 @@ class WindowAggregator(EntityWindows):
         dst_slot = self._slots_for(b.dst_hi, b.dst_lo, b.ts_ns, dst_home)
         first, last = int(win.min()), int(win.max())
         for w in [first] if first == last else np.unique(win).tolist():
-            acc = self._acc(w)
-            part, row = 0, 0
-            while True:
-                part, row = kernels.accumulate_window(
-                    w, self.bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
-                    b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, fl.from_initiator, src_home, dst_home,
-                    src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
-                )
-                if part == 3:
-                    break
-                acc.make_room()
+            self._acc(w).add(w, self.bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
     # ---------------------------------------------------------------- closing
     def stats(self) -> dict[str, int]:

@@ -64,7 +64,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: PacketBatch, fl: FlowAnnotations,
                 src_slot: np.ndarray, dst_slot: np.ndarray, src_home: np.ndarray, dst_home: np.ndarray,
                 n_slots: int) -> None:
-    """WindowAggregator._accumulate's kernel loop, on a worker's rows (slots found by the parent)."""
+    """WindowAggregator._accumulate, on a worker's rows (slots found by the parent)."""
     abs_bin = b.ts_ns // bin_ns
     win = abs_bin // bins
     for w in np.unique(win).tolist():
@@ -72,16 +72,7 @@ def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: Pa
         if acc is None:
             acc = accs[w] = _PacketWindowAcc(n_slots, bins)
         acc.fit(n_slots)
-        part, row = 0, 0
-        while True:
-            part, row = kernels.accumulate_window(
-                w, bins, part, row, win, abs_bin, b.src_hi, b.src_lo, b.dst_hi, b.dst_lo, b.sport, b.dport,
-                b.proto, b.ip_len, b.tcp_flags, b.frag, fl.flow_id, fl.new_flow, fl.from_initiator, src_home, dst_home,
-                src_slot, dst_slot, acc.sums, acc.distinct, acc.peers, acc.ports, acc.flows, acc.fill,
-            )
-            if part == 3:
-                break
-            acc.make_room()
+        acc.add(w, bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
 
 def _in_use(tally: np.ndarray) -> np.ndarray:
