@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.config import conf
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR, fragment
@@ -76,6 +76,26 @@ _LINK_TYPE_FIELD = {
 _IP_OR_VLAN = {0x0800, 0x86DD, 0x8100, 0x88A8}
 
 
+# scapy's own IP or IPv6 dissector raised on a whole header (it then hands back the bytes as
+# Raw): the twin cannot say what the frame is. Seen on a mutated IPv6 frame with a routing
+# header (IndexError inside scapy); the fuzz test leaves such frames out.
+SCAPY_FAILED = "scapy failed"
+
+
+def _ip_dissector_failed(ethertype: int, raw: bytes) -> bool:
+    layer = {0x0800: IP, 0x86DD: IPv6}.get(ethertype)
+    if layer is None or len(raw) < (20 if layer is IP else 40):
+        return False
+    before, conf.debug_dissector = conf.debug_dissector, True  # raise instead of falling back to Raw
+    try:
+        layer(raw)
+    except Exception:
+        return True
+    finally:
+        conf.debug_dissector = before
+    return False
+
+
 def scapy_twin(frame: bytes, linktype: int, ts_ns: int) -> dict[str, Any] | str:
     """One frame dissected by scapy: a row (dict of PACKET_COLUMNS, addresses as text),
     "non_ip" or "malformed". Plain Python, one field at a time: scapy's layers for the link
@@ -91,6 +111,8 @@ def scapy_twin(frame: bytes, linktype: int, ts_ns: int) -> dict[str, Any] | str:
             previous = link_layers[-1] if link_layers else None
             field = _LINK_TYPE_FIELD.get(type(previous)) if previous is not None else None
             if previous is None or (field and getattr(previous, field) in _IP_OR_VLAN):
+                if field and _ip_dissector_failed(getattr(previous, field), bytes(layer)):
+                    return SCAPY_FAILED
                 return "malformed"  # the link layer promised IP (or a tag) but scapy found none
             if isinstance(previous, (Loopback, LoopbackOpenBSD)) and previous.type in (2, 24, 28, 30):
                 return "malformed"
@@ -821,7 +843,9 @@ def test_any_frames_are_accounted_for(frames: list[bytes], linktypes: list[int])
 @_FUZZ
 @given(frame=mutated_frame())
 def test_mutated_ethernet_frames_match_scapy_twin(frame: bytes) -> None:
-    """Cut and mutated Ethernet frames parse as the scapy twin dissects them."""
+    """Cut and mutated Ethernet frames parse as the scapy twin dissects them (where scapy
+    itself can dissect them)."""
+    assume(scapy_twin(frame, 1, T0_NS) != SCAPY_FAILED)
     rows, malformed, non_ip = twin_batch([(T0_NS, frame)], 1)
     batch = parse_list([(T0_NS, frame)], 1)
     assert (rows, malformed, non_ip) == (batch_rows(batch), batch.malformed, batch.non_ip)
