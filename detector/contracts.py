@@ -181,7 +181,6 @@ class WindowBatch:
     features: np.ndarray  # float32 (n_entities, n_bins, n_features)
     schema: FeatureSchema
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
-
     def __len__(self) -> int:
         return len(self.entities)
 
@@ -212,6 +211,9 @@ class WindowScore:
     ready: bool  # False while the entity is warming up: never alerted on
     top_features: list[FeatureContribution]
     evidence: WindowEvidence | None = None
+    # the score plus what the entity's previous window carried in (model.scorer): what is
+    # compared with the threshold; None: the score itself
+    accumulated: float | None = None
 
 
 @dataclass
@@ -234,6 +236,12 @@ class ScoreBatch:
     top_expected: np.ndarray  # float32 (n, k)
     schema: FeatureSchema
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
+    accumulated: np.ndarray | None = None  # float32 (n,): WindowScore.accumulated; None: the scores
+
+    @property
+    def compared(self) -> np.ndarray:
+        """What each row's threshold was compared with: accumulated, or the scores without it."""
+        return self.scores if self.accumulated is None else self.accumulated
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -260,6 +268,7 @@ class ScoreBatch:
             ready=bool(self.ready[i]),
             top_features=top,
             evidence=self.evidence.get(entity) if anomalous else None,
+            accumulated=float(self.compared[i]),
         )
 
     def __iter__(self) -> Iterator[WindowScore]:
@@ -273,16 +282,17 @@ class ScoreBatch:
         names, units = self.schema.features, self.schema.units
         head = json.dumps({**extra, "window_start": ns_to_iso(self.window_start_ns),
                            "window_end": ns_to_iso(self.window_end_ns)}, separators=(",", ":"))[:-1]
-        numbers = (self.scores, self.thresholds, self.top_share, self.top_observed, self.top_expected)
+        numbers = (self.scores, self.compared, self.thresholds, self.top_share, self.top_observed, self.top_expected)
         num = _round if all(bool(np.isfinite(a).all()) for a in numbers) else _round_or_null  # the usual case: all finite
-        columns = zip(self.entities, self.entity_classes, self.scores.tolist(), self.thresholds.tolist(),
+        columns = zip(self.entities, self.entity_classes, self.scores.tolist(), self.compared.tolist(), self.thresholds.tolist(),
                       self.anomalous.tolist(), self.ready.tolist(), self.top_index.tolist(), self.top_share.tolist(),
                       self.top_observed.tolist(), self.top_expected.tolist(), strict=True)
         lines = []
-        for entity, cls, score, threshold, anomalous, ready, index, share, observed, expected in columns:
+        for entity, cls, score, accumulated, threshold, anomalous, ready, index, share, observed, expected in columns:
             top = [{"name": names[k], "unit": units[k], "share": num(sh, 4), "observed": num(ob, 3), "expected": num(ex, 3)}
                    for k, sh, ob, ex in zip(index, share, observed, expected, strict=True)]
-            body = {"entity": entity, "entity_class": cls, "score": num(score, 6), "threshold": num(threshold, 6),
+            body = {"entity": entity, "entity_class": cls, "score": num(score, 6), "accumulated": num(accumulated, 6),
+                    "threshold": num(threshold, 6),
                     "anomalous": anomalous, "ready": ready, "top_features": top}
             lines.append(head + "," + json.dumps(body, separators=(",", ":"), allow_nan=False)[1:] + "\n")
         return "".join(lines)

@@ -61,7 +61,10 @@ from detector.truth import Interval, load_truth
 
 log = structlog.get_logger()
 
-DETECTORS = ("lstm", "stateless_ae", "reset_hc", "zscore")
+# lstm: the daemon's accumulated score (what its threshold is compared with); lstm_window: the
+# same network's score of the window alone, without what the entity's previous window carried in
+DETECTORS = ("lstm", "stateless_ae", "reset_hc", "zscore", "lstm_window")
+_FROM_RECORDS = ("lstm", "lstm_window")
 BOOTSTRAP_RESAMPLES = 1000
 ENTITY_CLASSES = ("global", "host")
 FPR_POINTS = (1e-3, 1e-2)
@@ -434,13 +437,15 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         end_ns=np.array([r["end_ns"] for r in records], dtype=np.int64),
         entity=np.array([r["entity"] for r in records], dtype=object).astype(str),
         entity_class=np.array([r["entity_class"] for r in records]).astype(str),
-        scores={"lstm": np.array([r["score"] for r in records], dtype=np.float64)},
+        scores={"lstm": np.array([r.get("accumulated", r["score"]) for r in records], dtype=np.float64),
+                "lstm_window": np.array([r["score"] for r in records], dtype=np.float64)},
         anomalous=np.array([r["anomalous"] for r in records], dtype=bool),
         threshold=np.array([r["threshold"] for r in records], dtype=np.float64),
         features=features,
     )
-    for det in DETECTORS[1:]:
-        w.scores[det] = np.full(len(records), np.nan)
+    for det in DETECTORS:
+        if det not in _FROM_RECORDS:
+            w.scores[det] = np.full(len(records), np.nan)
     baselines_fitted: dict[str, int] = {}
     for cls in ENTITY_CLASSES:
         rows = np.flatnonzero(w.entity_class == cls)

@@ -19,9 +19,10 @@ if TYPE_CHECKING:
     from detector.contracts import IncidentEvent
     from detector.eval.samples import LabelledInterval, Windows
 
-_COLORS = {"lstm": "#1f77b4", "stateless_ae": "#ff7f0e", "reset_hc": "#9467bd", "zscore": "#2ca02c"}
-_NAMES = {"lstm": "LSTM-AE, carried state", "stateless_ae": "same AE, no memory (state reset, no peer history)",
-          "reset_hc": "same AE, (h, c) reset, peer history kept", "zscore": "robust z-score (max |z|)"}
+_COLORS = {"lstm": "#1f77b4", "stateless_ae": "#ff7f0e", "reset_hc": "#9467bd", "zscore": "#2ca02c", "lstm_window": "#8c564b"}
+_NAMES = {"lstm": "LSTM-AE, carried state, accumulated", "stateless_ae": "same AE, no memory (state reset, no peer history)",
+          "reset_hc": "same AE, (h, c) reset, peer history kept", "zscore": "robust z-score (max |z|)",
+          "lstm_window": "LSTM-AE, the window's own score (nothing accumulated)"}
 
 
 def write_report(out: Path, result: dict, w: Windows, intervals: list[LabelledInterval], incidents: list[IncidentEvent]) -> None:
@@ -95,7 +96,7 @@ def _roc(ax, w: Windows, cls: str, m: dict) -> None:
     rows = (w.entity_class == cls) & ~w.unlabelled
     y = w.label[rows]
     drawn = False
-    for det in ("zscore", "reset_hc", "stateless_ae", "lstm"):  # the LSTM last: on top where curves coincide
+    for det in ("zscore", "reset_hc", "stateless_ae", "lstm_window", "lstm"):  # the LSTM last: on top where curves coincide
         s = w.scores[det][rows]
         if not s.size or not np.all(np.isfinite(s)):
             continue
@@ -172,12 +173,12 @@ def markdown(result: dict) -> str:
         " *visible*: only the intervals in which the capture holds the attack's packets (hosts: only"
         " the named hosts that hold them).", "",
         "| entity | class | intervals (visible) | positives all / visible | LSTM recall all / visible"
-        " | ROC AUC all: LSTM / stateless / (h, c) reset / z | ROC AUC visible: LSTM / stateless / (h, c) reset / z |",
+        " | ROC AUC all: LSTM / stateless / (h, c) reset / z / window alone | ROC AUC visible: LSTM / stateless / (h, c) reset / z / window alone |",
         "|---|---|---|---|---|---|---|"]
     for cls in ("global", "host"):
         for event, c in result[cls]["classes"].items():
             a, v = c["all"], c["visible"]
-            aucs = lambda d: " / ".join(_f(d["roc_auc"][k]) for k in ("lstm", "stateless_ae", "reset_hc", "zscore"))  # noqa: E731
+            aucs = lambda d: " / ".join(_f(d["roc_auc"].get(k)) for k in ("lstm", "stateless_ae", "reset_hc", "zscore", "lstm_window"))  # noqa: E731
             lines.append(f"| {cls} | {event} | {a['intervals']} ({v['intervals']}) | {a['positives']} / {v['positives']} | "
                          f"{_f(a['recall'])} / {_f(v['recall'])} | {aucs(a)} | {aucs(v)} |")
     lines += ["", "## What the carried state is worth", "",
@@ -185,9 +186,11 @@ def markdown(result: dict) -> str:
               " cluster bootstrap (attack intervals and moments drawn whole): an interval that holds 0 is a tie;"
               " fewer than 5 attack intervals give no interval.", "",
               "*stateless*: the same network with no memory at all (neutral (h, c) every window, no peer history);"
-              " *(h, c) reset*: the neutral (h, c) every window, the peer history kept.", "",
-              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - (h, c) reset | LSTM - z-score |",
-              "|---|---|---|---|---|---|"]
+              " *(h, c) reset*: the neutral (h, c) every window, the peer history kept;"
+              " *window alone*: the LSTM's score of the window without what the entity's previous window carried in.", "",
+              "| entity | positives | clusters (attack / benign) | LSTM - stateless | LSTM - (h, c) reset | LSTM - z-score"
+              " | LSTM - window alone |",
+              "|---|---|---|---|---|---|---|"]
     for cls in ("global", "host"):
         rows = [("all attack windows", result[cls]["lstm_minus"]), ("visible windows, all classes", result[cls]["lstm_minus_visible"])]
         rows += [(f"{event}, visible", c["visible"]["lstm_minus"]) for event, c in result[cls]["classes"].items()]
@@ -196,7 +199,8 @@ def markdown(result: dict) -> str:
             if first is None:
                 continue
             lines.append(f"| {cls} | {name} | {first['positive_clusters']} / {first['negative_clusters']} | "
-                         f"{_difference(d['stateless_ae'])} | {_difference(d.get('reset_hc'))} | {_difference(d['zscore'])} |")
+                         f"{_difference(d['stateless_ae'])} | {_difference(d.get('reset_hc'))} | {_difference(d['zscore'])} | "
+                         f"{_difference(d.get('lstm_window'))} |")
     lines += ["", "## Detection delay per interval (LSTM, first anomalous window)", "",
               "| event | start | visible | global: delay s (windows after start) | hosts: delay s (windows after start) |",
               "|---|---|---|---|---|"]

@@ -57,6 +57,7 @@ class EntityStates:
     c: torch.Tensor
     seen: list[int]
     last_ns: list[int]
+    carried: list[float] | None = None  # into each entity's next window, in thresholds (model.scorer); None: nothing
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -64,11 +65,13 @@ class EntityStates:
     @classmethod
     def of(cls, entry: dict[str, Any]) -> EntityStates:
         """From the scorer's dict form."""
+        carried = entry.get("carried")
         return cls(list(entry["entities"]), entry["h"], entry["c"], [int(v) for v in entry["seen"]],
-                   [int(v) for v in entry["last_ns"]])
+                   [int(v) for v in entry["last_ns"]], None if carried is None else [float(v) for v in carried])
 
     def as_scorer_dict(self) -> dict[str, Any]:
-        return {"entities": self.entities, "h": self.h, "c": self.c, "seen": self.seen, "last_ns": self.last_ns}
+        return {"entities": self.entities, "h": self.h, "c": self.c, "seen": self.seen, "last_ns": self.last_ns,
+                "carried": self.carried}
 
     @property
     def hidden_size(self) -> int:
@@ -135,7 +138,7 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
         for cls, entry in checkpoint.states.items():
             tensors[f"{cls}.h"] = entry.h.contiguous()
             tensors[f"{cls}.c"] = entry.c.contiguous()
-            banks[cls] = {"entities": entry.entities, "seen": entry.seen, "last_ns": entry.last_ns}
+            banks[cls] = {"entities": entry.entities, "seen": entry.seen, "last_ns": entry.last_ns, "carried": entry.carried}
         if tensors:
             save_file(tensors, str(tmp / STATE_TENSORS))
             _fsync(tmp / STATE_TENSORS)  # safetensors closes the file unsynced: on disk before the rename
@@ -249,6 +252,10 @@ def _entity_states(cls: str, bank: Any, tensors: dict[str, torch.Tensor]) -> Ent
     if len(seen) != n or len(last_ns) != n or len(set(entities)) != n:
         raise ValueError(f"banks.{cls}: {n} entities ({len(set(entities))} distinct), {len(seen)} warm-up counts, "
                          f"{len(last_ns)} window ends")
+    carried = bank.get("carried")  # absent (None) in a checkpoint from before accumulation
+    if carried is not None and not (isinstance(carried, list) and len(carried) == n and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in carried)):
+        raise ValueError(f"banks.{cls}.carried: not a list of {n} numbers in [0, 1]")
     h, c = tensors.get(f"{cls}.h"), tensors.get(f"{cls}.c")
     if h is None or c is None:
         raise ValueError(f"{STATE_TENSORS}: no {cls}.h or {cls}.c for the {n} entities of banks.{cls}")
@@ -257,7 +264,7 @@ def _entity_states(cls: str, bank: Any, tensors: dict[str, torch.Tensor]) -> Ent
                          f"are not ({n} entities, hidden size) float tensors")
     if not (bool(torch.isfinite(h).all()) and bool(torch.isfinite(c).all())):
         raise ValueError(f"{STATE_TENSORS}: {cls}: hidden states that are not finite")
-    return EntityStates(list(entities), h, c, list(seen), list(last_ns))
+    return EntityStates(list(entities), h, c, list(seen), list(last_ns), None if carried is None else [float(v) for v in carried])
 
 
 def move_aside(directory: Path, now: dt.datetime | None = None) -> Path:

@@ -152,13 +152,15 @@ class EntityState:
     last_ns: int
     tracker: dict[str, Any] | None  # IncidentTracker.states_of()[entity], or None
     model_version: str
+    carried: float = 0.0  # into the entity's next window, in thresholds (model.scorer)
 
 
 def encode_state(state: EntityState) -> bytes:
     h = state.h.detach().to(torch.float32).contiguous().numpy()
     c = state.c.detach().to(torch.float32).contiguous().numpy()
     rows, width = h.reshape(-1, h.shape[-1]).shape
-    meta = json.dumps({"entity_class": state.entity_class, "model_version": state.model_version, "tracker": state.tracker},
+    meta = json.dumps({"entity_class": state.entity_class, "model_version": state.model_version, "tracker": state.tracker,
+                       "carried": state.carried},
                       separators=(",", ":")).encode()
     return b"".join([_STATE.pack(STATE_MAGIC, STATE_VERSION, rows, width, state.seen, state.last_ns, len(meta)), meta,
                      h.astype("<f4").tobytes(), c.astype("<f4").tobytes()])
@@ -179,6 +181,9 @@ def decode_state(data: bytes) -> EntityState:
         shape = (width,) if rows == 1 else (rows, width)  # one layer's state is a vector
         h = torch.from_numpy(np.frombuffer(data, "<f4", rows * width, pos).astype(np.float32).reshape(shape))
         c = torch.from_numpy(np.frombuffer(data, "<f4", rows * width, pos + size).astype(np.float32).reshape(shape))
-        return EntityState(meta["entity_class"], h, c, seen, last_ns, meta["tracker"], meta["model_version"])
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        carried = meta.get("carried", 0.0)  # absent in a record from before accumulation
+        if isinstance(carried, bool) or not isinstance(carried, (int, float)) or not 0.0 <= carried <= 1.0:
+            raise WireError(f"damaged state record: carried {carried!r} is not a number in [0, 1]")
+        return EntityState(meta["entity_class"], h, c, seen, last_ns, meta["tracker"], meta["model_version"], float(carried))
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise WireError(f"damaged state record: {exc}") from None

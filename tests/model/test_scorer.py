@@ -127,6 +127,59 @@ def test_warmup_windows_are_never_anomalous():
     assert [False, False, True, True] == [s.anomalous for s in flags]
 
 
+def _raw_scores(bundle: ModelBundle, seq: np.ndarray, ks: list[int]) -> list[float]:
+    """The windows' own scores (no threshold is involved in them)."""
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    return [scorer.score(_windows(k, ["10.0.0.9"], seq[i]))[0].score for i, k in enumerate(ks)]
+
+
+def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
+    """A window's accumulated score is its score plus what its entity's previous window
+    carried in: what that window's accumulated score had above half the threshold, at most
+    half a threshold. Windows each under the threshold alarm together; with a threshold no
+    window comes near, nothing is carried and accumulated equals the score."""
+    bundle = _bundle()
+    seq = np.repeat(_sequence(1, 1), 8, axis=0)  # the same window 8 times: similar scores
+    raw = _raw_scores(bundle, seq, list(range(8)))
+    limit = 1.01 * max(raw)  # no window alone passes it
+    for cm in bundle.classes.values():
+        cm.threshold.value = limit
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    got = [scorer.score(_windows(k, ["10.0.0.9"], seq[k]))[0] for k in range(8)]
+
+    carried, expected = 0.0, []
+    for s in raw:  # the recurrence, written out
+        accumulated = s + carried * np.float32(limit)
+        expected.append(accumulated)
+        carried = min(max(accumulated / np.float32(limit) - 0.5, 0.0), 0.5)
+    assert [g.score for g in got] == pytest.approx(raw, rel=1e-6)
+    assert [g.accumulated for g in got] == pytest.approx(expected, rel=1e-5)
+    assert [g.anomalous for g in got] == [a > np.float32(limit) for a in expected]
+    assert not any(g.score > g.threshold for g in got) and any(g.anomalous for g in got)
+
+    for cm in bundle.classes.values():
+        cm.threshold.value = 4 * max(raw)  # every window under a quarter of it: nothing to carry
+    quiet = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    for k in range(8):
+        s = quiet.score(_windows(k, ["10.0.0.9"], seq[k]))[0]
+        assert s.accumulated == s.score and not s.anomalous
+
+
+def test_nothing_is_carried_over_a_window_the_entity_did_not_have():
+    """Accumulation joins consecutive windows only: after a window the entity was absent
+    from, its accumulated score is its own score again."""
+    bundle = _bundle()
+    seq = np.repeat(_sequence(1, 1), 4, axis=0)
+    raw = _raw_scores(bundle, seq, [0, 1, 3])
+    for cm in bundle.classes.values():
+        cm.threshold.value = 1.01 * max(raw)
+    scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    first, second = (scorer.score(_windows(k, ["10.0.0.9"], seq[k]))[0] for k in (0, 1))
+    assert second.accumulated > second.score  # carried in from window 0
+    after_gap = scorer.score(_windows(3, ["10.0.0.9"], seq[3]))[0]
+    assert after_gap.accumulated == after_gap.score == pytest.approx(raw[2], rel=1e-6)
+
+
 def test_state_bank_is_bounded_and_evicts_least_recent():
     """More entities than max_entities: the bank never exceeds the bound."""
     bundle = _bundle()
@@ -139,8 +192,11 @@ def test_state_bank_is_bounded_and_evicts_least_recent():
 
 
 def test_state_round_trips_through_a_checkpoint():
-    """A scorer restored from state_dict continues exactly like the original."""
+    """A scorer restored from state_dict continues exactly like the original, accumulation
+    included."""
     bundle = _bundle()
+    for cm in bundle.classes.values():
+        cm.threshold.value = 1.5  # these windows score 0.7-1.4: each carries something into the next
     seq = _sequence(6, 3)
     names = ["global", "10.0.0.1", "10.0.0.2"]
     a = StreamingScorer(bundle, device="cpu")
@@ -149,9 +205,10 @@ def test_state_round_trips_through_a_checkpoint():
     b = StreamingScorer(bundle, device="cpu")
     b.load_state_dict(a.state_dict())
     for k in range(3, 6):
-        sa = [s.score for s in a.score(_windows(k, names, seq[k]))]
-        sb = [s.score for s in b.score(_windows(k, names, seq[k]))]
+        sa = [(s.score, s.accumulated) for s in a.score(_windows(k, names, seq[k]))]
+        sb = [(s.score, s.accumulated) for s in b.score(_windows(k, names, seq[k]))]
         assert sa == sb
+        assert all(accumulated > score for score, accumulated in sb)
 
 
 def test_explanation_in_real_units():

@@ -7,6 +7,7 @@ scores and the same incident event ids.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -22,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from detector.contracts import WindowEvidence
-from detector.service.wire import WindowRecord, WireError, decode_state, decode_window, encode_window
+from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, encode_window
 from tests.service._daemon import DaemonProcess, base_config, netad, write_config
 
 pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
@@ -257,6 +258,11 @@ def test_window_record_round_trip_and_damage():
             decode_window(bad)
     with pytest.raises(WireError):
         decode_state(b"\x00" * 16)
+    state = EntityState("host", torch.rand(8), torch.rand(8), 5, 10**18, None, "v1", carried=0.25)
+    back_state = decode_state(encode_state(state))
+    assert back_state.carried == 0.25 and torch.equal(back_state.h, state.h) and back_state.last_ns == 10**18
+    with pytest.raises(WireError, match="carried"):
+        decode_state(encode_state(dataclasses.replace(state, carried=3.0)))
 
 
 def test_missing_topic_is_a_config_error(demo, kafka_cluster, tmp_path):

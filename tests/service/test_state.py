@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from detector.service.state import Checkpoint, CheckpointMeta, EntityStates, StateDirBusyError, load_checkpoint, lock_state_dir, save_checkpoint
+from detector.service.state import (
+    STATE_JSON,
+    Checkpoint,
+    CheckpointMeta,
+    EntityStates,
+    StateDirBusyError,
+    load_checkpoint,
+    lock_state_dir,
+    save_checkpoint,
+)
 
 
 def _scorer_state(n: int) -> dict[str, EntityStates]:
@@ -24,6 +34,20 @@ def test_checkpoint_round_trips_states_incidents_and_meta(tmp_path):
     assert states["host"].entities == back.states["host"].entities
     assert torch.equal(states["host"].h, back.states["host"].h)
     assert incidents == back.incidents and 42 == back.meta.resume_ns
+
+
+def test_checkpoint_round_trips_carried_evidence_and_loads_one_from_before_it(tmp_path):
+    """What each entity carries into its next window (model.scorer) comes back; a checkpoint
+    written before there was any loads with nothing carried."""
+    states = _scorer_state(3)
+    states["host"].carried = [0.0, 0.25, 0.5]
+    save_checkpoint(tmp_path / "checkpoint", Checkpoint(states, {}, CheckpointMeta()))
+    assert [0.0, 0.25, 0.5] == load_checkpoint(tmp_path / "checkpoint").states["host"].carried
+    doc = json.loads((tmp_path / "checkpoint" / STATE_JSON).read_text())
+    del doc["banks"]["host"]["carried"]
+    (tmp_path / "checkpoint" / STATE_JSON).write_text(json.dumps(doc))
+    old = load_checkpoint(tmp_path / "checkpoint").states["host"]
+    assert old.carried is None and old.entities == states["host"].entities
 
 
 def test_checkpoint_round_trips_the_peer_history(tmp_path):

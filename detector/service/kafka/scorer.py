@@ -341,8 +341,9 @@ class ScorerRole:
             states = scoring.entity_states_of(cls, entities)
             trackers = scoring.tracker.states_of(states.entities)
             for i, entity in enumerate(states.entities):
+                carried = states.carried[i] if states.carried is not None else 0.0
                 value = encode_state(EntityState(cls, states.h[i], states.c[i], states.seen[i], states.last_ns[i],
-                                                 trackers.get(entity), self.bundle.version))
+                                                 trackers.get(entity), self.bundle.version, carried))
                 key = entity_key(sensor, entity)
                 while True:
                     try:
@@ -436,7 +437,8 @@ class ScorerRole:
             scoring = self._scoring(sensor)
             names = [e for e, _ in entries]
             scoring.load_entity_states({cls: EntityStates(names, torch.stack([s.h for _, s in entries]), torch.stack([s.c for _, s in entries]),
-                                                          [s.seen for _, s in entries], [s.last_ns for _, s in entries])})
+                                                          [s.seen for _, s in entries], [s.last_ns for _, s in entries],
+                                                          [s.carried for _, s in entries])})
             scoring.tracker.load_state_dict({e: s.tracker for e, s in entries if s.tracker is not None}, merge=True)
             for entity in names:
                 self.owner[(sensor, entity)] = (partition, cls)
