@@ -143,13 +143,13 @@ class IncidentTracker:
             inc.windows += 1
             inc.last_seen_ns = s.window_end_ns
             news = inc.windows - inc.reported_windows >= self.update_every_windows
-            severity = self.rules.severity_of(s.score, s.threshold)
+            severity = self.rules.severity_of(_compared(s), s.threshold)
             if _SEVERITY_ORDER.index(severity) > _SEVERITY_ORDER.index(inc.severity):
                 inc.severity = severity
                 news = True
-            if s.score > inc.peak_score:
-                news = news or s.score >= 1.5 * inc.peak_score
-                inc.peak_score = s.score
+            if _compared(s) > inc.peak_score:
+                news = news or _compared(s) >= 1.5 * inc.peak_score
+                inc.peak_score = _compared(s)
                 inc.top_features = s.top_features
                 inc.read(self._read(s, hosts))
                 if s.evidence is not None:
@@ -191,9 +191,9 @@ class IncidentTracker:
             first_seen_ns=first_ns,
             last_seen_ns=s.window_end_ns,
             windows=windows,
-            peak_score=s.score,
+            peak_score=_compared(s),
             threshold=s.threshold,
-            severity=self.rules.severity_of(s.score, s.threshold),
+            severity=self.rules.severity_of(_compared(s), s.threshold),
             category="",
             top_features=s.top_features,
             evidence=s.evidence or WindowEvidence(),
@@ -258,8 +258,14 @@ class IncidentTracker:
             self._entities.pop(name, None)
 
 
+def _compared(s: WindowScore) -> float:
+    """What the window's threshold was compared with (model.scorer): an incident's score is
+    what alarmed, so that it never reads as under its threshold."""
+    return s.score if s.accumulated is None else s.accumulated
+
+
 def _ratio(s: WindowScore) -> float:
-    return s.score / s.threshold if s.threshold > 0 else float("inf")
+    return _compared(s) / s.threshold if s.threshold > 0 else float("inf")
 
 
 def _open_to_dict(inc: _Open) -> dict:

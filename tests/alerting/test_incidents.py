@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,15 @@ def test_min_windows_delays_opening():
     actions = [[e.action for e in tr.push([_score(k)])] for k in range(4)]
     assert [[], [], ["opened"], ["updated"]] == actions
     assert [] == IncidentTracker(_rules(), min_windows=2).push([_score(0)])
+
+
+def test_an_incident_opened_by_accumulation_reports_what_alarmed():
+    """A window under its threshold alone that alarmed with what its previous window carried
+    in (model.scorer): the incident's score is the accumulated one, never under the threshold."""
+    window = dataclasses.replace(_score(0, score=0.8), accumulated=1.15)
+    opened = IncidentTracker(_rules()).push([window])
+    assert ["opened"] == [e.action for e in opened]
+    assert opened[0].score == 1.15 and opened[0].score > opened[0].threshold
 
 
 def test_severity_from_score_ratio():
