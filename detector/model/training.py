@@ -35,8 +35,8 @@ from detector.contracts import FeatureSchema, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
-from detector.model.scorer import reconstruct, set_torch_threads
-from detector.model.threshold import calibrate
+from detector.model.scorer import accumulate, reconstruct, set_torch_threads
+from detector.model.threshold import Threshold, calibrate
 from detector.progress import Progress
 
 log = structlog.get_logger()
@@ -154,17 +154,16 @@ def train(
             "train_end": int(cd.window_start_ns[-1]),
             "validation": f"every {int(round(1 / params.validation_fraction))}th block of {params.validation_block_windows} windows",
         }
-    pooled = np.concatenate(list(val_scores.values()))
     classes: dict[str, ClassModel] = {}
     for cls, (net, scaler) in trained.items():
-        scores = val_scores[cls]
-        source = "class"
-        if scores.shape[0] < MIN_CLASS_CALIBRATION:
-            scores, source = pooled, "pooled"
-        th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
+        sample, source = [val_scores[cls]], "class"
+        if np.isfinite(val_scores[cls]).sum() < MIN_CLASS_CALIBRATION:
+            sample, source = list(val_scores.values()), "pooled"
+        th = calibrate_accumulated(sample, params.target_false_alarm, params.threshold_quantile)
         classes[cls] = ClassModel(net, scaler, th)
-        summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
-        summary[cls].update(_margin_and_warnings(cls, th.value, val_scores[cls], summary[cls], params))
+        summary[cls]["calibration"] = f"{source}: accumulated out-of-fold scores of {th.n_calibration} windows"
+        held_out = _accumulated(val_scores[cls], th.value)
+        summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  n=th.n_calibration, source=source, reason=th.reason or None)
     return ModelBundle(
@@ -199,6 +198,41 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
     return {"largest_held_out": largest, "margin": margin, "warnings": warnings}
 
 
+def _accumulated(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Accumulated scores (model.scorer.accumulate) of a (entity, window) matrix of scores, NaN
+    where an entity had no scored window: nothing is carried over such a gap, as in the daemon."""
+    out = np.full(scores.shape, np.nan)
+    carried = np.zeros(scores.shape[0])
+    for k in range(scores.shape[1]):
+        here = np.isfinite(scores[:, k])
+        out[here, k], carry = accumulate(scores[here, k], carried[here], threshold)
+        carried[:] = 0.0
+        carried[here] = carry
+    return out
+
+
+def calibrate_accumulated(samples: list[np.ndarray], target_false_alarm: float, fallback_quantile: float) -> Threshold:
+    """The threshold whose false-alarm probability is the target for what the daemon compares
+    with it: the accumulated score, which depends on the threshold itself (what a window
+    carries is relative to it). A fixed point: calibrate on the windows' own scores, then
+    again on their accumulated scores at that threshold, and raise it until calibrating at it
+    asks for no more than 0.1 % above it (a few rounds: a higher threshold carries less). `samples`: (entity,
+    window) matrices of held-out benign scores, NaN where there is none."""
+
+    def sample(threshold: float | None) -> np.ndarray:
+        flat = [m if threshold is None else _accumulated(m, threshold) for m in samples]
+        values = np.concatenate([m[np.isfinite(m)] for m in flat])
+        return values
+
+    th = calibrate(sample(None), target_false_alarm, fallback_quantile)
+    for _ in range(10):
+        again = calibrate(sample(th.value), target_false_alarm, fallback_quantile)
+        if again.value <= th.value * (1 + 1e-3):
+            break  # th covers what its own accumulation needs (within 0.1 %)
+        th = again
+    return th
+
+
 def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:
     """Calibration scores: every benign window of the class, each scored by a model that did
     not learn from it (cross-fitting). The windows are cut into blocks of
@@ -225,8 +259,7 @@ def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: 
             continue
         net, scaler, _ = _trained(cd, train_mask, score_mask, params, bins, f"{cls} calibration {k + 1}/2", False)
         out[score_mask] = _sequential_scores(net, scaler, cd)[score_mask]
-    scores = out[cd.usable]
-    return scores[np.isfinite(scores)]
+    return out  # (entity, window), NaN where not a usable window
 
 
 def _trained(cd: _ClassData, train_mask: np.ndarray, val_mask: np.ndarray, params: TrainingParams, bins: int,
