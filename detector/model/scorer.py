@@ -330,7 +330,7 @@ class StreamingScorer:
         # the decoder's phase inputs (the windows' minute of the hour, as in training), made once
         self._phases = torch.arange(PHASE_SLOTS, device=self.device).unbind()
         self._next_expiry_ns = 0
-        # recent scores of ready, non-anomalous windows per class: the sample a slow
+        # recent accumulated scores of ready, non-anomalous windows per class: the sample a slow
         # threshold refit draws on (bounded ring buffers)
         self._recent: dict[str, np.ndarray] = {cls: np.zeros(adapt_samples, np.float32) for cls in self._models}
         self._recent_n: dict[str, int] = {cls: 0 for cls in self._models}
@@ -403,7 +403,7 @@ class StreamingScorer:
             out.thresholds[rows] = threshold
             out.ready[rows] = ready
             out.anomalous[rows] = anomalous
-            self._remember(cls, res.scores[ready & ~anomalous])
+            self._remember(cls, accumulated[ready & ~anomalous])  # what the threshold is compared with, as training calibrates
             out.top_index[rows] = res.top_index
             out.top_share[rows] = res.top_share
             out.top_observed[rows] = res.top_observed
