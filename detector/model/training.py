@@ -36,7 +36,7 @@ from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
-from detector.model.threshold import Threshold, calibrate
+from detector.model.threshold import calibrate
 from detector.progress import Progress
 
 log = structlog.get_logger()
@@ -156,12 +156,15 @@ def train(
         }
     classes: dict[str, ClassModel] = {}
     for cls, (net, scaler) in trained.items():
-        sample, source = [val_scores[cls]], "class"
-        if np.isfinite(val_scores[cls]).sum() < MIN_CLASS_CALIBRATION:
-            sample, source = list(val_scores.values()), "pooled"
-        th = calibrate_accumulated(sample, params.target_false_alarm, params.threshold_quantile)
+        scores = val_scores[cls][np.isfinite(val_scores[cls])]
+        source = "class"
+        if scores.shape[0] < MIN_CLASS_CALIBRATION:
+            scores, source = np.concatenate([v[np.isfinite(v)] for v in val_scores.values()]), "pooled"
+        th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
         classes[cls] = ClassModel(net, scaler, th)
-        summary[cls]["calibration"] = f"{source}: accumulated out-of-fold scores of {th.n_calibration} windows"
+        summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
+        # the margin is read on what the threshold will be compared with: the held-out windows'
+        # accumulated scores (model.scorer.accumulate) at this threshold
         held_out = _accumulated(val_scores[cls], th.value)
         summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
@@ -209,28 +212,6 @@ def _accumulated(scores: np.ndarray, threshold: float) -> np.ndarray:
         carried[:] = 0.0
         carried[here] = carry
     return out
-
-
-def calibrate_accumulated(samples: list[np.ndarray], target_false_alarm: float, fallback_quantile: float) -> Threshold:
-    """The threshold whose false-alarm probability is the target for what the daemon compares
-    with it: the accumulated score, which depends on the threshold itself (what a window
-    carries is relative to it). A fixed point: calibrate on the windows' own scores, then
-    again on their accumulated scores at that threshold, and raise it until calibrating at it
-    asks for no more than 0.1 % above it (a few rounds: a higher threshold carries less). `samples`: (entity,
-    window) matrices of held-out benign scores, NaN where there is none."""
-
-    def sample(threshold: float | None) -> np.ndarray:
-        flat = [m if threshold is None else _accumulated(m, threshold) for m in samples]
-        values = np.concatenate([m[np.isfinite(m)] for m in flat])
-        return values
-
-    th = calibrate(sample(None), target_false_alarm, fallback_quantile)
-    for _ in range(10):
-        again = calibrate(sample(th.value), target_false_alarm, fallback_quantile)
-        if again.value <= th.value * (1 + 1e-3):
-            break  # th covers what its own accumulation needs (within 0.1 %)
-        th = again
-    return th
 
 
 def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:

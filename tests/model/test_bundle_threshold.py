@@ -157,22 +157,3 @@ def test_accumulated_scores_carry_only_between_consecutive_windows():
     got = _accumulated(scores, 1.0)
     np.testing.assert_allclose(got[0], [0.8, 1.1, 0.6, np.nan, 0.9])  # 0.8 + 0.3; 0.1 + 0.5 (capped); gap
     np.testing.assert_allclose(got[1], scores[1])  # never above half: nothing carried
-
-
-def test_the_threshold_is_calibrated_on_what_it_is_compared_with():
-    """Benign windows that come in pairs just under the threshold of their own scores would
-    alarm together: the calibrated threshold rises until the accumulated scores at it ask for
-    no more, and stays where it was on windows that never come near it twice in a row."""
-    from detector.model.training import _accumulated, calibrate_accumulated
-
-    rng = np.random.default_rng(3)
-    scores = rng.exponential(1.0, size=(4, 5000))
-    pairs = scores.copy()
-    pairs[:, 1::2] = pairs[:, 0::2]  # every window followed by its twin: bursts last two windows
-    single = calibrate(pairs.ravel(), 1e-3, 0.999).value
-    th = calibrate_accumulated([pairs], 1e-3, 0.999).value
-    assert th > single * 1.05
-    assert calibrate(_accumulated(pairs, th).ravel(), 1e-3, 0.999).value <= th * 1.001
-    isolated = np.full((1, 4000), 0.05)
-    isolated[0, ::40] = rng.exponential(1.0, size=100) + 1.0  # peaks never two in a row
-    assert calibrate_accumulated([isolated], 1e-2, 0.999).value == pytest.approx(calibrate(isolated.ravel(), 1e-2, 0.999).value)
