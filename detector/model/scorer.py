@@ -11,15 +11,17 @@ A new entity starts from the neutral state and is `ready` only after `warmup_win
 windows: before that it is scored (the state must warm up) but never anomalous.
 
 A window is anomalous when its accumulated score passes the threshold: its own score plus
-what the entity's previous window carried in. A window carries forward what its accumulated
-score had above half the threshold, at most half a threshold, and only into the entity's
-next window. So one window alarms at the threshold, as ever; two in a row at three quarters
-of it alarm too, and a run at just over half of it alarms after a few windows; one quiet
-window (or a window the entity did not have) and nothing is carried. This is a CUSUM on the
-score in threshold units, with allowance and alarm level both half a threshold and the carry
-capped at the alarm level, so that a long attack leaves nothing behind once it ends.
-Why: a host that changes role or starts talking to new peers shows it over consecutive
-windows each of which stays just under the threshold (docs/EVALUATION.md, section vi).
+what the entity's previous window carried in. A window that does not alarm carries forward
+what its accumulated score had above half the threshold (so at most half a threshold), into
+the entity's next window only; a window that alarms carries nothing. So one window alarms at
+the threshold, as ever; two in a row at three quarters of it alarm too, and a run at just
+over half of it alarms after a few windows; after an alarm, one quiet window (or a window the
+entity did not have), the entity starts from nothing. This is a CUSUM on the score in
+threshold units with allowance and alarm level both half a threshold, restarted after each
+alarm as a CUSUM is: what alarmed is spent, so the benign windows after an attack are not
+held up by it. Why: a host that changes role or starts talking to new peers shows it over
+consecutive windows each of which stays just under the threshold (docs/EVALUATION.md,
+section vii).
 """
 
 from __future__ import annotations
@@ -37,20 +39,19 @@ from detector.model.lstm import PHASE_SLOTS, LSTMAutoencoder, State, phase_of
 from detector.model.scaler import FeatureScaler, TorchScaler
 from detector.model.threshold import calibrate
 
-CARRY_ABOVE = 0.5  # a window carries what its accumulated score has above this many thresholds ...
-CARRY_MAX = 0.5  # ... and at most this many into the entity's next window
+CARRY_ABOVE = 0.5  # a window that does not alarm carries what its accumulated score has above this many thresholds
 
 
 def accumulate(scores: np.ndarray, carried: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Windows' accumulated scores (float64, compared with `threshold`) and what each carries
-    into its entity's next window (in thresholds), from their own `scores` and what their
-    entities' previous windows carried in (`carried`, 0 where there was none). The one
-    definition the streaming scorer alarms with and training calibrates the threshold on."""
+    into its entity's next window (in thresholds, 0 after an alarm), from their own `scores`
+    and what their entities' previous windows carried in (`carried`, 0 where there was none).
+    The one definition the streaming scorer alarms with and training reads margins with."""
     limit = np.float64(threshold)
     accumulated = np.asarray(scores, dtype=np.float64) + carried * limit
     if limit > 0:
-        carry = np.clip(accumulated / limit - CARRY_ABOVE, 0.0, CARRY_MAX)
-        return accumulated, np.where(np.isfinite(carry), carry, 0.0)
+        carry = np.maximum(accumulated / limit - CARRY_ABOVE, 0.0)
+        return accumulated, np.where((accumulated <= limit) & np.isfinite(carry), carry, 0.0)
     return accumulated, np.zeros_like(accumulated)
 
 

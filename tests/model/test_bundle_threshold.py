@@ -148,12 +148,12 @@ def test_training_reports_margin_and_warns_of_short_span_thin_margin_and_epoch_c
 
 def test_accumulated_scores_carry_only_between_consecutive_windows():
     """training._accumulated is the scorer's recurrence over an (entity, window) matrix: a
-    window carries what its accumulated score has above half the threshold (at most half)
-    into the next, and nothing over a window the entity did not have (NaN)."""
+    window carries what its accumulated score has above half the threshold into the next,
+    nothing after an alarm and nothing over a window the entity did not have (NaN)."""
     from detector.model.training import _accumulated
 
-    scores = np.array([[0.8, 0.8, 0.1, np.nan, 0.9],
-                       [0.2, 0.3, 0.2, 0.2, 0.2]])
+    scores = np.array([[0.8, 0.8, 0.1, 0.9, 0.9, np.nan, 0.9],
+                       [0.2, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2]])
     got = _accumulated(scores, 1.0)
-    np.testing.assert_allclose(got[0], [0.8, 1.1, 0.6, np.nan, 0.9])  # 0.8 + 0.3; 0.1 + 0.5 (capped); gap
+    np.testing.assert_allclose(got[0], [0.8, 1.1, 0.1, 0.9, 1.3, np.nan, 0.9])  # 0.8 + 0.3 alarms: spent; gap
     np.testing.assert_allclose(got[1], scores[1])  # never above half: nothing carried

@@ -135,9 +135,9 @@ def _raw_scores(bundle: ModelBundle, seq: np.ndarray, ks: list[int]) -> list[flo
 
 def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
     """A window's accumulated score is its score plus what its entity's previous window
-    carried in: what that window's accumulated score had above half the threshold, at most
-    half a threshold. Windows each under the threshold alarm together; with a threshold no
-    window comes near, nothing is carried and accumulated equals the score."""
+    carried in: what that window's accumulated score had above half the threshold, nothing if
+    it alarmed. Windows each under the threshold alarm together; with a threshold no window
+    comes near, nothing is carried and accumulated equals the score."""
     bundle = _bundle()
     seq = np.repeat(_sequence(1, 1), 8, axis=0)  # the same window 8 times: similar scores
     raw = _raw_scores(bundle, seq, list(range(8)))
@@ -151,7 +151,7 @@ def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
     for s in raw:  # the recurrence, written out
         accumulated = s + carried * np.float32(limit)
         expected.append(accumulated)
-        carried = min(max(accumulated / np.float32(limit) - 0.5, 0.0), 0.5)
+        carried = 0.0 if accumulated > np.float32(limit) else max(accumulated / np.float32(limit) - 0.5, 0.0)
     assert [g.score for g in got] == pytest.approx(raw, rel=1e-6)
     assert [g.accumulated for g in got] == pytest.approx(expected, rel=1e-5)
     assert [g.anomalous for g in got] == [a > np.float32(limit) for a in expected]
@@ -196,7 +196,7 @@ def test_state_round_trips_through_a_checkpoint():
     included."""
     bundle = _bundle()
     for cm in bundle.classes.values():
-        cm.threshold.value = 1.5  # these windows score 0.7-1.4: each carries something into the next
+        cm.threshold.value = 2.0  # these windows score 0.7-1.4: those over 1.0 carry something into the next
     seq = _sequence(6, 3)
     names = ["global", "10.0.0.1", "10.0.0.2"]
     a = StreamingScorer(bundle, device="cpu")
@@ -204,11 +204,13 @@ def test_state_round_trips_through_a_checkpoint():
         a.score(_windows(k, names, seq[k]))
     b = StreamingScorer(bundle, device="cpu")
     b.load_state_dict(a.state_dict())
+    carried_in = []
     for k in range(3, 6):
         sa = [(s.score, s.accumulated) for s in a.score(_windows(k, names, seq[k]))]
         sb = [(s.score, s.accumulated) for s in b.score(_windows(k, names, seq[k]))]
         assert sa == sb
-        assert all(accumulated > score for score, accumulated in sb)
+        carried_in += [accumulated > score for score, accumulated in sb]
+    assert carried_in[0] or carried_in[1] or carried_in[2]  # the first windows after the restore carried something in
 
 
 def test_explanation_in_real_units():
