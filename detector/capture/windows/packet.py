@@ -121,6 +121,12 @@ class _PacketWindowAcc:
         }
 
 
+def windows_of(win: np.ndarray) -> list[int]:
+    """The windows that rows fall in (most batches' parts fall in one: no np.unique then)."""
+    first, last = int(win.min()), int(win.max())
+    return [first] if first == last else np.unique(win).tolist()
+
+
 def _key_ordered(tally: np.ndarray) -> np.ndarray:
     """A tally's rows in use, in the order of their keys."""
     rows = tally[tally[:, kernels.PACKETS] != 0]
@@ -284,8 +290,7 @@ class WindowAggregator(EntityWindows):
         # senders first: a new host's slot number depends on which side found it first
         src_slot = self._slots_for(b.src_hi, b.src_lo, b.ts_ns, src_home)
         dst_slot = self._slots_for(b.dst_hi, b.dst_lo, b.ts_ns, dst_home)
-        first, last = int(win.min()), int(win.max())
-        for w in [first] if first == last else np.unique(win).tolist():
+        for w in windows_of(win):
             self._acc(w).add(w, self.bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
     # ---------------------------------------------------------------- closing
