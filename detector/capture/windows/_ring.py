@@ -81,3 +81,42 @@ def new_slot_fd() -> int:
     fd = os.memfd_create("netad-batches", 0)
     os.set_inheritable(fd, True)
     return fd
+
+
+class SharedArrays:
+    """A memfd that two processes map: one writes a few arrays into it (`put`, growing it
+    when they do not fit), the other reads them as views (`get`) until the next `put`. A
+    capture worker's answer to "close": its window's aggregates, several MB, which pickling
+    copied four times (into the message, the socket, out of it, out of the message)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._size = 0
+        self._map: mmap.mmap | None = None
+        self._remap(max(os.fstat(fd).st_size, 64))
+
+    def _remap(self, size: int) -> None:
+        if os.fstat(self.fd).st_size < size:
+            os.ftruncate(self.fd, size)
+        self._map = mmap.mmap(self.fd, size)  # an earlier map lives on while views of it do
+        self._size = size
+
+    def put(self, arrays: list[np.ndarray]) -> tuple[int, list[tuple[int, str, tuple[int, ...]]]]:
+        """Write the arrays; returns what `get` needs: the bytes used, and per array its
+        offset, dtype and shape."""
+        specs, at = [], 0
+        for a in arrays:
+            specs.append((at, a.dtype.str, a.shape))
+            at += -(-a.nbytes // 64) * 64
+        if at > self._size:
+            self._remap(max(at, 2 * self._size))
+        for a, (offset, _, _) in zip(arrays, specs, strict=True):
+            np.frombuffer(self._map, dtype=a.dtype, count=a.size, offset=offset).reshape(a.shape)[...] = a  # type: ignore[arg-type]
+        return at, specs
+
+    def get(self, used: int, specs: list[tuple[int, str, tuple[int, ...]]]) -> list[np.ndarray]:
+        """Views of the arrays a `put` on the other side wrote (valid until its next put)."""
+        if used > self._size:
+            self._remap(os.fstat(self.fd).st_size)
+        return [np.frombuffer(self._map, dtype=np.dtype(dt), count=int(np.prod(shape)), offset=offset).reshape(shape)  # type: ignore[arg-type]
+                for offset, dt, shape in specs]

@@ -54,7 +54,7 @@ import numpy as np
 from detector.capture._channel import Channel
 from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
-from detector.capture.windows._ring import RingSlot, new_slot_fd
+from detector.capture.windows._ring import RingSlot, SharedArrays, new_slot_fd
 from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc, windows_of
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch
 
@@ -141,13 +141,14 @@ class _Worker:
                     n_slots)
 
 
-def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int], done_fd: int,
+def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int], done_fd: int, reply_fd: int,
                 flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
     """One capture worker: messages from the parent, in order, until "stop" or EOF."""
     _warm_up(bins, bin_ns)
     ring = [RingSlot(fd, 0, create=False) for fd in ring_fds]
     done = np.frombuffer(mmap.mmap(done_fd, 8 * workers), dtype=np.int64)
     me = _Worker(index, workers, ring, done, flow_kwargs, bins, bin_ns)
+    reply = SharedArrays(reply_fd)  # a window's aggregates, for the parent to merge
     conn.send(("ready",))
     busy_s = 0.0  # wall time spent on messages (not waiting for them)
     cpu0 = time.process_time()  # after the warm-up: CPU time on messages
@@ -164,7 +165,7 @@ def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int],
             me.accumulate(*msg[1:])
         elif kind == "close":
             acc = me.accs.pop(msg[1], None)
-            conn.send(None if acc is None else (acc.sums, _in_use(acc.peers), _in_use(acc.ports), _in_use(acc.flows)))
+            conn.send(None if acc is None else reply.put([acc.sums, _in_use(acc.peers), _in_use(acc.ports), _in_use(acc.flows)]))
         elif kind == "sync":
             conn.send(None)
         elif kind == "stats":
@@ -200,6 +201,8 @@ class FlowShards:
         self._conns: list[Channel] = []
         self._procs: list[subprocess.Popen] = []
         fds = [new_slot_fd() for _ in range(_RING_SLOTS + 1)]
+        reply_fds = [new_slot_fd() for _ in range(workers)]
+        self.replies = [SharedArrays(fd) for fd in reply_fds]
         self.ring = [RingSlot(fd, _RING_ROWS, create=True) for fd in fds[:-1]]
         os.ftruncate(fds[-1], 8 * workers)
         self._done = np.frombuffer(mmap.mmap(fds[-1], 8 * workers), dtype=np.int64)
@@ -207,7 +210,7 @@ class FlowShards:
         self._seq = -1  # the last batch written
         # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
         # torch's threads) nor its spawn (which imports the parent's __main__ again)
-        spec = {"workers": workers, "ring_fds": fds[:-1], "done_fd": fds[-1], "flow_kwargs": flow_kwargs,
+        spec = {"workers": workers, "ring_fds": fds[:-1], "done_fd": fds[-1], "reply_fds": reply_fds, "flow_kwargs": flow_kwargs,
                 "bins": bins, "bin_ns": int(round(bin_s * 1e9))}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
         try:
@@ -215,14 +218,14 @@ class FlowShards:
                 parent, child = socket.socketpair()
                 proc = subprocess.Popen([sys.executable, "-m", "detector.capture.windows.sharded", str(child.fileno()),
                                          json.dumps({**spec, "index": k})],
-                                        pass_fds=(child.fileno(), *fds), env=env, stdin=subprocess.DEVNULL,
+                                        pass_fds=(child.fileno(), *fds, *reply_fds), env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL)
                 child.close()
                 self._conns.append(Channel(Connection(parent.detach())))
                 self._procs.append(proc)
         finally:
             os.close(fds[-1])  # its map holds the memory; the workers have their own descriptors
-        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs, fds[:-1])
+        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs, fds[:-1] + reply_fds)
         deadline = time.monotonic() + start_timeout_s
         for conn, proc in zip(self._conns, self._procs, strict=True):  # up, kernels loaded: then the first batch
             if not conn.poll(max(deadline - time.monotonic(), 0.001)):
@@ -348,7 +351,8 @@ class ShardedWindowAggregator(WindowAggregator):
         """Window w's aggregates from every worker, merged (see the module docstring)."""
         for conn in self.shards.conns:
             conn.send(("close", w))
-        parts = [p for p in (conn.recv() for conn in self.shards.conns) if p is not None]
+        answers = [conn.recv() for conn in self.shards.conns]
+        parts = [reply.get(*a) for reply, a in zip(self.shards.replies, answers, strict=True) if a is not None]
         n_slots = max([len(self._slot_addr)] + [p[0].shape[0] for p in parts])
         acc = _PacketWindowAcc(n_slots, self.bins)
         acc.sums = np.zeros((n_slots, self.bins, len(self.SUMS)))
@@ -399,6 +403,6 @@ if __name__ == "__main__":  # a worker: python -m detector.capture.windows.shard
     configure("info", "json", stream=sys.stderr)  # stdout is not ours
     _spec = json.loads(sys.argv[2])
     worker_main(Connection(int(sys.argv[1])), _spec["index"], _spec["workers"], _spec["ring_fds"], _spec["done_fd"],
-                _spec["flow_kwargs"], _spec["bins"], _spec["bin_ns"])
+                _spec["reply_fds"][_spec["index"]], _spec["flow_kwargs"], _spec["bins"], _spec["bin_ns"])
     sys.stdout.flush()
     os._exit(0)  # nothing left to tidy: skip the interpreter's teardown (a second, on a loaded machine)
