@@ -55,7 +55,7 @@ from detector.capture._channel import Channel
 from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows._ring import RingSlot, SharedArrays, new_slot_fd
-from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc, windows_of
+from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc, tally_rows, windows_of
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -72,7 +72,7 @@ def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: Pa
     for w in windows_of(win):
         acc = accs.get(w)
         if acc is None:
-            acc = accs[w] = _PacketWindowAcc(n_slots, bins)
+            acc = accs[w] = _PacketWindowAcc(n_slots, bins, tally_rows(accs.values()))
         acc.fit(n_slots)
         acc.add(w, bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
