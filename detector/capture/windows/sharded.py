@@ -51,7 +51,6 @@ from typing import Any
 
 import numpy as np
 
-from detector.capture._channel import Channel
 from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows._ring import RingSlot, SharedArrays, new_slot_fd
@@ -198,7 +197,7 @@ class FlowShards:
         if workers < 2:
             raise ValueError("FlowShards needs at least 2 workers")
         self.workers = workers
-        self._conns: list[Channel] = []
+        self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
         fds = [new_slot_fd() for _ in range(_RING_SLOTS + 1)]
         reply_fds = [new_slot_fd() for _ in range(workers)]
@@ -221,7 +220,7 @@ class FlowShards:
                                         pass_fds=(child.fileno(), *fds, *reply_fds), env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL)
                 child.close()
-                self._conns.append(Channel(Connection(parent.detach())))
+                self._conns.append(Connection(parent.detach()))
                 self._procs.append(proc)
         finally:
             os.close(fds[-1])  # its map holds the memory; the workers have their own descriptors
@@ -238,7 +237,7 @@ class FlowShards:
                 raise RuntimeError(f"a capture worker exited at start (status {proc.wait(timeout=10)})") from None
 
     @property
-    def conns(self) -> list[Channel]:
+    def conns(self) -> list[Connection]:
         return self._conns
 
     @property
@@ -277,9 +276,12 @@ class FlowShards:
         self._finalizer()
 
 
-def _stop(conns: list[Channel], procs: list[subprocess.Popen], fds: list[int]) -> None:
+def _stop(conns: list[Connection], procs: list[subprocess.Popen], fds: list[int]) -> None:
     for conn in conns:
-        conn.send(("stop",))
+        try:
+            conn.send(("stop",))
+        except OSError:  # that worker is gone already
+            pass
     for proc in procs:
         try:
             proc.wait(timeout=5)
