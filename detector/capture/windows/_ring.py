@@ -77,10 +77,8 @@ class RingSlot:
 
 
 def new_slot_fd() -> int:
-    """A memfd for a ring slot, inheritable (the workers get it at start)."""
-    fd = os.memfd_create("netad-batches", 0)
-    os.set_inheritable(fd, True)
-    return fd
+    """A memfd for a ring slot (the workers get it at start: subprocess's pass_fds)."""
+    return os.memfd_create("netad-batches")  # close-on-exec: only the workers' pass_fds hand it on
 
 
 class SharedArrays:
