@@ -20,8 +20,8 @@ aggregates into a shared memory of its own (_ring.SharedArrays) and the parent m
 
 What this costs and where (bench capture, CPU seconds per million packets; the README's
 workers section has the runs): the parent still parses, finds entity slots per packet and
-closes every window (merge, peer history, evidence): 0.41 to 0.54 s, against 0.61 to 0.85 s
-for one process doing the whole job; each worker 0.24 to 0.32 s. On 2 cores that is more CPU
+closes every window (merge, peer history, evidence): 0.41 to 0.56 s, against 0.61 to 0.85 s
+for one process doing the whole job; each worker 0.24 to 0.33 s. On 2 cores that is more CPU
 in all than one process spends, and 2 workers are slower than one there. With cores to
 spare the parent is the limit, about 1.4x one process with any number of workers. To go
 further the parse and the closing must leave the parent (see the README).
