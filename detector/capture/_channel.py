@@ -1,10 +1,9 @@
-"""A connection to or from a capture worker whose sends are made by a thread of their own.
+"""A connection from a capture worker to the parent whose sends are made by a thread of their own.
 
-Used by both kinds of worker process: the parent's connections to the flow workers
-(capture.windows.sharded: it queues a batch and parses the next while the worker is busy
-with the last; a socket buffer holds far less than a batch), and a capture worker's
-connection to the parent (capture.packets.fanout: it goes on draining its kernel ring while
-the parent is busy, scoring a window for instance). Replies are read by the caller.
+Used by a capture worker (capture.packets.fanout): it goes on draining its kernel ring while
+the parent is busy, scoring a window for instance; a socket buffer holds far less than a
+batch. (The flow workers of capture.windows.sharded need none: their batches travel in
+shared memory, and their messages are a few hundred bytes.) Replies are read by the caller.
 """
 
 from __future__ import annotations

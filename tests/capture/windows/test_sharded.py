@@ -10,7 +10,7 @@ import torch
 
 from detector.capture.flows import flow_shards
 from detector.capture.packets.pcap import CaptureFile
-from detector.capture.windows import PACKET_SCHEMA
+from detector.capture.windows import PACKET_SCHEMA, sharded
 from detector.config import load_config
 from detector.contracts import PacketBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
@@ -66,6 +66,20 @@ def test_two_workers_give_the_windows_and_evidence_of_one():
     assert one_stats == two_stats
     assert sum(w["packets"] for w in per_worker) == sum(len(b) for b in batches)
     assert all(w["flows_created"] > 0 for w in per_worker)
+
+
+def test_a_batch_larger_than_the_ring_and_a_worker_behind_it(monkeypatch):
+    """The shared-memory ring's slots grow for a batch larger than they are (the workers map
+    them again), and with one slot the parent waits for the workers before it writes the
+    next batch: the windows are still those of one process."""
+    monkeypatch.setattr(sharded, "_RING_ROWS", 1000)
+    monkeypatch.setattr(sharded, "_RING_SLOTS", 1)
+    cfg, batches = _westermo(), _batches()[:3]
+    one, one_stats, _ = _windows(cfg, batches, 1)
+    two, two_stats, _ = _windows(cfg, batches, 2)
+    assert [(w.window_start_ns, w.entities, w.features.tobytes()) for w in one] == \
+        [(w.window_start_ns, w.entities, w.features.tobytes()) for w in two]
+    assert one_stats == two_stats
 
 
 def _bundle(cfg, windows: list[WindowBatch]) -> ModelBundle:
