@@ -79,6 +79,33 @@ def test_spoofed_flood_cannot_grow_state_past_the_cap():
     assert ft.state_bytes / ft.max_flows <= 150
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+def test_an_ended_flood_hands_its_rows_pages_back():
+    """Once a flood's flows have ended, the pages of the dense rows it wrote are handed back
+    (they read as zeros and take no memory, as in a fresh table), and the table then
+    annotates packets exactly as a fresh one does."""
+    ft = FlowTable(max_flows=200_000)
+    ft.push(_flood(100_000))
+    held = _rss_bytes()
+    ft.sweep(3600 * 10**9)  # an hour later: every SYN-only flow has timed out
+    assert 0 == len(ft)
+    assert held - _rss_bytes() >= 100_000 * 80  # the rows' pages (88 bytes a row, a few pages kept)
+    assert not ft._keys_u64[1024:100_000].any() and not ft._vals_u64[1024:100_000].any()
+    later = make_batch([
+        {"ts_s": 3700, "src": "10.0.0.1", "dst": "9.9.9.9", "sport": 1, "dport": 53, "proto": 17},
+        {"ts_s": 3700, "src": "10.0.0.2", "dst": "9.9.9.9", "sport": 5, "dport": 80, "proto": 6, "flags": SYN},
+        {"ts_s": 3701, "src": "9.9.9.9", "dst": "10.0.0.2", "sport": 80, "dport": 5, "proto": 6, "flags": SYNACK},
+    ])
+    got, fresh = ft.push(later), FlowTable(max_flows=200_000).push(later)
+    assert fresh.flow_id.tolist() == got.flow_id.tolist()
+    assert fresh.new_flow.tolist() == got.new_flow.tolist()
+    assert fresh.from_initiator.tolist() == got.from_initiator.tolist()
+
+
 def test_real_synflood_capture_stays_bounded():
     """The real spoofed SYN flood (37,624 sources) replayed three times stays within the cap."""
     from detector.capture.packets.pcap import read_capture

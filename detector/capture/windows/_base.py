@@ -9,7 +9,6 @@ DISTINCT and fills its open windows from its own input; everything after that is
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import itertools
 from collections.abc import Iterator, Mapping
@@ -50,11 +49,6 @@ class HomeNet:
         for nhi, nlo, mhi, mlo in self._nets:
             inside |= ((hi & mhi) == nhi) & ((lo & mlo) == nlo)
         return inside
-
-
-# An entity's name in every window it is in: formatted once while it stays (bounded: spoofed
-# addresses come and go)
-entity_name = functools.lru_cache(maxsize=1 << 17)(pair_to_addr)
 
 
 def grown(arr: np.ndarray, rows: int) -> np.ndarray:
@@ -125,6 +119,11 @@ class EntityWindows:
         # entity slots: 0 is global; hosts get the others; freed slots are reused
         self._slot_of: dict[tuple[int, int], int] = {}
         self._slot_addr: list[tuple[int, int] | None] = [None]
+        # each slot's name in its windows, formatted at its first close and dropped with the
+        # slot: a cache beside the slots (an lru_cache held a key and a link per name, 190 B
+        # more per entity than the name) kept a flood's 40,000 names in small objects that
+        # outlived it, scattered through the allocator's arenas
+        self._slot_name: list[str | None] = [ENTITY_GLOBAL]
         self._slot_first_ns: list[int] = [0]
         self._slot_last_ns = np.zeros(1, dtype=np.int64)
         self._free: list[int] = []
@@ -151,11 +150,13 @@ class EntityWindows:
         if self._free:
             slot = self._free.pop()
             self._slot_addr[slot] = addr
+            self._slot_name[slot] = None
             self._slot_first_ns[slot] = ts_ns
             self._slot_last_ns[slot] = ts_ns
         else:
             slot = len(self._slot_addr)
             self._slot_addr.append(addr)
+            self._slot_name.append(None)
             self._slot_first_ns.append(ts_ns)
             self._slot_last_ns = grown(self._slot_last_ns, max(16, slot + 1))
             self._slot_last_ns[slot] = ts_ns
@@ -278,11 +279,18 @@ class EntityWindows:
         else:
             columns = None
         self._remember(alive_arr, columns, end_ns, feats, fidx)
-        names = [ENTITY_GLOBAL] + [entity_name(*self._slot_addr[s]) for s in alive[1:]]  # type: ignore[misc]
+        names = [ENTITY_GLOBAL] + [self._name(s) for s in alive[1:]]
         classes = ["global"] + ["host"] * (len(alive) - 1)
         self.windows_closed += 1
         evidence = LazyEvidence(columns, dict(zip(names, alive, strict=True)), self.evidence_top_k) if columns is not None else {}
         return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)
+
+    def _name(self, slot: int) -> str:
+        """The slot's entity name (its address), formatted once while the entity stays."""
+        name = self._slot_name[slot]
+        if name is None:
+            name = self._slot_name[slot] = pair_to_addr(*self._slot_addr[slot])  # type: ignore[misc]
+        return name
 
     def _remember(self, alive: np.ndarray, columns: dict[str, tuple[np.ndarray, ...]] | None, end_ns: int,
                   feats: np.ndarray, fidx: dict[str, int]) -> None:
@@ -318,6 +326,7 @@ class EntityWindows:
                 continue
             del self._slot_of[addr]
             self._slot_addr[s] = None
+            self._slot_name[s] = None
             self._free.append(s)
             self.entities_expired += 1
             gone.append(addr)
@@ -351,6 +360,7 @@ class EntityWindows:
                 continue
             dst = low_free.pop(0)
             self._slot_addr[dst], self._slot_addr[src] = addr, None
+            self._slot_name[dst], self._slot_name[src] = self._slot_name[src], None
             self._slot_first_ns[dst] = self._slot_first_ns[src]
             self._slot_last_ns[dst] = self._slot_last_ns[src]
             self._slot_of[addr] = dst
@@ -359,13 +369,12 @@ class EntityWindows:
             self._slot_addr.pop()
         n = len(self._slot_addr)
         del self._slot_first_ns[n:]
+        del self._slot_name[n:]
         self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
         self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
         self._resized(n)
         if n < shrunk_from:  # a dict keeps its table at its largest (1.3 MB at 40,000 keys) until copied
             self._slot_of = dict(self._slot_of)
-        if 4 * n <= shrunk_from:
-            entity_name.cache_clear()  # the names of a flood's addresses, not those of what is alive
 
     def _moved(self, src: int, dst: int) -> None:
         """An entity moved from slot src to dst (a subclass moves its own per-slot arrays)."""

@@ -1,0 +1,62 @@
+"""`netad bench flood`: RSS and packets/s before, during and after a spoofed home_net flood."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.service._daemon import base_config, netad
+
+pytestmark = pytest.mark.slow
+
+PHASES = ("prime", "settle", "before", "during", "recovery", "after")
+_PASS = re.compile(r"^(\w+)\s+pass (\d+):\s+([\d,]+) pkt/CPU-s\s+([\d,]+) pkt/s\s+twin\s+([\d,]+) pkt/CPU-s\s+"
+                   r"rss\s+([\d.]+) MiB\s+entities\s+([\d,]+)\s+slots\s+([\d,]+)\s+flows\s+([\d,]+)$")
+_MEDIAN = re.compile(r"^(before|during|after)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)$")
+
+
+def _num(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_flood_bench_prints_every_phase_and_a_verdict(demo, tmp_path):
+    """A tiny flood (40 spoofed sources, one pass of one lap per phase): a line per pass of
+    every phase in order, the flood's entities present DURING and gone again AFTER, a median
+    table whose figures are those of the passes (one pass: the median is the pass), and the
+    after-vs-before line, whichever way its verdict goes (that depends on the machine)."""
+    pcap = tmp_path / "benign.pcap"  # five minutes: each phase replays it twice (the pipeline and its twin)
+    netad("synth", "--out", str(pcap), "--benign-s", "300", "--attack-s", "0")
+    config = tmp_path / "netad.yaml"
+    config.write_text(yaml.safe_dump(base_config(tmp_path, pcap, demo["model"])))
+    hosts = 40
+    res = subprocess.run([sys.executable, "-m", "detector.bench.flood", "-c", str(config), "--pcap", str(pcap),
+                          "--model", str(demo["model"]), "--passes", "1", "--laps", "1", "--hosts", str(hosts)],
+                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert 0 == res.returncode, res.stderr
+    lines = res.stdout.splitlines()
+    passes = [m.groups() for line in lines if (m := _PASS.match(line))]
+    assert list(PHASES) == [p[0] for p in passes], res.stdout
+    rows = {p[0]: [_num(v) for v in p[2:]] for p in passes}  # pkt/CPU-s, pkt/s, twin pkt/CPU-s, rss, entities, slots, flows
+    assert all(r[0] > 0 and r[1] > 0 and r[2] > 0 and r[3] > 0 for r in rows.values()), res.stdout
+    benign = rows["before"][4]
+    assert rows["during"][4] >= benign + hosts, "the flood's sources are entities while it lasts"
+    assert benign == rows["after"][4] and rows["after"][5] <= rows["during"][5], "they expire, and the slots shrink back"
+    medians = {m.group(1): [_num(v) for v in m.groups()[1:]] for line in lines if (m := _MEDIAN.match(line))}
+    assert ["before", "during", "after"] == list(medians), res.stdout
+    for phase, (cpu, wall, twin, vs_twin, rss) in medians.items():
+        assert (cpu, wall, twin, rss) == (rows[phase][0], rows[phase][1], rows[phase][2], rows[phase][3])
+        assert vs_twin == pytest.approx(cpu / twin, abs=0.002)
+    verdict = re.search(r"^after vs before: pkt/CPU-s against the twin ([+-][\d.]+)%, RSS ([+-][\d.]+)% -> "
+                        r"(back within 10 %|NOT back within 10 %)$", res.stdout, re.M)
+    assert verdict is not None, res.stdout
+    rss_change = float(verdict.group(2)) / 100
+    assert rss_change == pytest.approx(medians["after"][4] / medians["before"][4] - 1, abs=0.002)
+    speed_change = float(verdict.group(1)) / 100
+    assert speed_change == pytest.approx(medians["after"][3] / medians["before"][3] - 1, abs=0.005)
+    if abs(rss_change - 0.10) > 0.001 and abs(speed_change + 0.10) > 0.001:  # not rounded onto the line
+        assert (verdict.group(3) == "back within 10 %") == (speed_change >= -0.10 and rss_change <= 0.10)
