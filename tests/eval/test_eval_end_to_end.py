@@ -77,18 +77,18 @@ def evaluated(tmp_path_factory) -> Path:
 
 def test_metrics_json_has_the_documented_keys(evaluated):
     """metrics.json carries every key docs/EVALUATION.md documents, for both entity classes
-    and all four detectors, and the spliced attack is one positive test interval."""
+    and all five detectors, and the spliced attack is one positive test interval."""
     m = json.loads((evaluated / "metrics.json").read_text())
     assert METRICS_KEYS <= set(m)
     for cls in ("global", "host"):
         assert CLASS_KEYS <= set(m[cls]), cls
-        assert {"lstm", "stateless_ae", "reset_hc", "zscore"} == set(m[cls]["detectors"])
+        assert {"lstm", "stateless_ae", "reset_hc", "zscore", "lstm_window"} == set(m[cls]["detectors"])
         for det, summary in m[cls]["detectors"].items():
             assert DETECTOR_KEYS <= set(summary), (cls, det)
             assert {"0.001", "0.01"} == set(summary["tpr_at_fpr"])
         assert {"opened", "benign", "per_hour", "per_day", "benign_list"} <= set(m[cls]["incidents"])
         for comparison in (m[cls]["lstm_minus"], m[cls]["lstm_minus_visible"], m[cls]["classes"]["ATTACK-MASSCAN-TCP"]["visible"]["lstm_minus"]):
-            assert {"stateless_ae", "reset_hc", "zscore"} == set(comparison), cls
+            assert {"stateless_ae", "reset_hc", "zscore", "lstm_window"} == set(comparison), cls
             for d in comparison.values():
                 # one spliced attack: a difference, and no interval drawn from a single attack
                 assert -1 <= d["difference"] <= 1 and d["positive_clusters"] == 1 and d["ci95_low"] is None, (cls, d)
