@@ -181,6 +181,7 @@ class WindowBatch:
     features: np.ndarray  # float32 (n_entities, n_bins, n_features)
     schema: FeatureSchema
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
+
     def __len__(self) -> int:
         return len(self.entities)
 

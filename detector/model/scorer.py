@@ -344,13 +344,14 @@ class StreamingScorer:
     def score(self, windows: WindowBatch) -> ScoreBatch:
         n = len(windows)
         k = min(self.top_features, len(self.features))
+        compared = np.zeros(n, np.float32)  # accumulated scores: what each threshold is compared with
         out = ScoreBatch(
             window_start_ns=windows.window_start_ns,
             window_end_ns=windows.window_end_ns,
             entities=windows.entities,
             entity_classes=windows.entity_classes,
             scores=np.zeros(n, np.float32),
-            accumulated=np.zeros(n, np.float32),
+            accumulated=compared,
             thresholds=np.zeros(n, np.float32),
             anomalous=np.zeros(n, bool),
             ready=np.zeros(n, bool),
@@ -400,7 +401,7 @@ class StreamingScorer:
             anomalous = ready & (accumulated > np.float64(threshold))  # with nothing carried: score > threshold, exactly
             bank.carried[slots] = np.where(ready, carry, 0.0)
             out.scores[rows] = res.scores
-            out.compared[rows] = accumulated
+            compared[rows] = accumulated
             out.thresholds[rows] = threshold
             out.ready[rows] = ready
             out.anomalous[rows] = anomalous
