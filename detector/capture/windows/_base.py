@@ -124,7 +124,9 @@ class EntityWindows:
         # more per entity than the name) kept a flood's 40,000 names in small objects that
         # outlived it, scattered through the allocator's arenas
         self._slot_name: list[str | None] = [ENTITY_GLOBAL]
-        self._slot_first_ns: list[int] = [0]
+        # per-slot times in arrays, not lists of ints: an int per entity was one more small
+        # object per flood source left to pin the allocator's arenas after it
+        self._slot_first_ns = np.zeros(1, dtype=np.int64)
         self._slot_last_ns = np.zeros(1, dtype=np.int64)
         self._free: list[int] = []
         self._next_close: int | None = None  # index of the oldest window not yet emitted
@@ -157,7 +159,8 @@ class EntityWindows:
             slot = len(self._slot_addr)
             self._slot_addr.append(addr)
             self._slot_name.append(None)
-            self._slot_first_ns.append(ts_ns)
+            self._slot_first_ns = grown(self._slot_first_ns, max(16, slot + 1))
+            self._slot_first_ns[slot] = ts_ns
             self._slot_last_ns = grown(self._slot_last_ns, max(16, slot + 1))
             self._slot_last_ns[slot] = ts_ns
         self._slot_of[addr] = slot
@@ -258,9 +261,8 @@ class EntityWindows:
         self._expire_entities(end_ns)
         self._shrink()
         acc = self._open.pop(w, None)
-        alive = [0] + sorted(
-            s for s, a in enumerate(self._slot_addr) if s and a is not None and self._slot_first_ns[s] < end_ns
-        )
+        began = (self._slot_first_ns[: len(self._slot_addr)] < end_ns).tolist()
+        alive = [0] + sorted(s for s, a in enumerate(self._slot_addr) if s and a is not None and began[s])
         alive_arr = np.array(alive, dtype=np.int64)
         fidx = {name: i for i, name in enumerate(self.SCHEMA.features)}
         feats = np.zeros((len(alive), self.bins, len(self.SCHEMA.features)), dtype=np.float32)
@@ -368,8 +370,8 @@ class EntityWindows:
         while len(self._slot_addr) > 1 and self._slot_addr[-1] is None:
             self._slot_addr.pop()
         n = len(self._slot_addr)
-        del self._slot_first_ns[n:]
         del self._slot_name[n:]
+        self._slot_first_ns = self._slot_first_ns[: max(16, n)].copy()
         self._slot_last_ns = self._slot_last_ns[: max(16, n)].copy()
         self._free = sorted((s for s in range(1, n) if self._slot_addr[s] is None), reverse=True)  # lowest reused first
         self._resized(n)

@@ -230,9 +230,8 @@ class WindowAggregator(EntityWindows):
                 out[rows] = -1
         if earlier:  # an out-of-order packet moved a host's first time earlier
             n = len(self._slot_addr)
-            moved = np.flatnonzero(self._ent_first_ns[:n] < np.array(self._slot_first_ns, dtype=np.int64))
-            for s in moved.tolist():
-                self._slot_first_ns[s] = int(self._ent_first_ns[s])
+            moved = np.flatnonzero(self._ent_first_ns[:n] < self._slot_first_ns[:n])
+            self._slot_first_ns[moved] = self._ent_first_ns[moved]
         self.entity_overflow += missing
         return out
 
