@@ -133,6 +133,9 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
         if "margin" in s:
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
+        if "threshold_interval" in s:
+            low, high = s["threshold_interval"]
+            click.echo(f"          threshold resampled over the held-out windows: {low:.4f} .. {high:.4f} (90 %)")
         for warning in s.get("warnings", []):
             click.echo(f"          warning: {warning}")
     _exit_if_damaged(damage, "trained on")

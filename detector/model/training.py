@@ -31,12 +31,12 @@ import numpy as np
 import structlog
 import torch
 
-from detector.contracts import FeatureSchema, WindowBatch
+from detector.contracts import FeatureSchema, WindowBatch, ns_to_iso
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
-from detector.model.threshold import calibrate
+from detector.model.threshold import Threshold, calibrate
 from detector.progress import Progress
 
 log = structlog.get_logger()
@@ -45,6 +45,8 @@ MIN_CLASS_CALIBRATION = 200  # fewer held-out windows than this: calibrate on al
 PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much traffic on
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
 THIN_MARGIN = 0.10  # a threshold less than 10 % above the largest held-out benign window: warned
+BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
+UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
 # an epoch improves on the best only by this share of its validation loss: an absolute step
 # (it was 1e-4) is always met by a loss still creeping down, and training ran to its cap
 MIN_IMPROVEMENT = 0.01
@@ -163,12 +165,18 @@ def train(
         th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
         classes[cls] = ClassModel(net, scaler, th)
         summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
+        pooled = [cls] if source == "class" else sorted(val_scores)
+        summary[cls]["threshold_interval"] = threshold_interval([val_scores[c] for c in pooled], params)
+        summary[cls]["outliers"] = _outlier_windows(th, {c: (data[c], val_scores[c]) for c in pooled})
         # the margin is read on what the threshold will be compared with: the held-out windows'
         # accumulated scores (model.scorer.accumulate) at this threshold
         held_out = _accumulated(val_scores[cls], th.value)
+        if th.n_outliers and th.outliers_from is not None:
+            held_out[val_scores[cls] >= th.outliers_from] = np.nan  # not benign: their own warning says so
         summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
-                 n=th.n_calibration, source=source, reason=th.reason or None)
+                 n=th.n_calibration, source=source, reason=th.reason or None,
+                 interval=[round(v, 4) for v in summary[cls]["threshold_interval"]], outliers=th.n_outliers)
     return ModelBundle(
         schema=schema,
         bin_s=bin_s,
@@ -194,11 +202,60 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
     if not margin >= THIN_MARGIN:
         warnings.append(f"thin margin: the threshold {threshold:.4g} leaves {margin:+.1%} over the largest held-out benign "
                         f"window ({largest:.4g}); a benign burst like it may alarm")
+    outliers = summary.get("outliers", [])
+    if outliers:
+        seen = ", ".join(f"{o['entity']} at {o['window_start']} ({o['score']:.4g})" for o in outliers[:3])
+        warnings.append(f"{len(outliers)} held-out window(s) far beyond the tail of the others, left out of the calibration: "
+                        f"{seen}{', ...' if len(outliers) > 3 else ''}; an attack or a fault in the training span? "
+                        f"Check them, and retrain with them in --truth if they are")
+    low, high = summary.get("threshold_interval", (threshold, threshold))
+    if high > UNCERTAIN_RATIO * low:
+        warnings.append(f"uncertain threshold: resampling the held-out windows puts it anywhere from {low:.4g} to {high:.4g} "
+                        f"(90 %), the tail it is read from rests on a few dozen windows; a longer training span narrows it")
     if summary["epochs"] >= params.epochs:
         warnings.append(f"training ran to its cap of {params.epochs} epochs without early stopping (training.epochs)")
     for w in warnings:
         log.warning("training_warning", entity_class=cls, warning=w)
     return {"largest_held_out": largest, "margin": margin, "warnings": warnings}
+
+
+def threshold_interval(matrices: list[np.ndarray], params: TrainingParams, resamples: int = BOOTSTRAP_RESAMPLES,
+                       ) -> tuple[float, float]:
+    """How much a class's threshold owes to which benign windows happened to be held out: the
+    5 % and 95 % points of the thresholds calibrated, by the same rule, on `resamples` block
+    bootstraps of the out-of-fold `matrices` ((entity, window) scores, NaN where none). Blocks
+    of `validation_block_windows` consecutive windows are drawn with replacement (all entities
+    of a block together), so that a burst of benign peaks stays one draw: its windows are not
+    independent. It measures the calibration's sampling spread, not the training's: a network
+    trained with another seed scores differently again (docs/EVALUATION.md, section viii)."""
+    n_w = matrices[0].shape[1]
+    size = max(1, min(params.validation_block_windows, n_w // 4 or 1))
+    starts = np.arange(0, n_w, size)
+    rng = np.random.default_rng(params.seed)
+    values = []
+    for _ in range(resamples):
+        picked = rng.choice(starts.shape[0], starts.shape[0])
+        columns = np.concatenate([np.arange(starts[b], min(starts[b] + size, n_w)) for b in picked])
+        drawn = np.concatenate([m[:, columns][np.isfinite(m[:, columns])] for m in matrices])
+        if drawn.size:
+            values.append(calibrate(drawn, params.target_false_alarm, params.threshold_quantile).value)
+    if not values:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [0.05, 0.95])
+    return float(low), float(high)
+
+
+def _outlier_windows(th: Threshold, pooled: dict[str, tuple[_ClassData, np.ndarray]]) -> list[dict]:
+    """The held-out windows the calibration left out as outliers (threshold.calibrate's
+    screen: scores from `th.outliers_from` up), largest first: entity, window start, score."""
+    if not th.n_outliers or th.outliers_from is None:
+        return []
+    found = []
+    for cd, scores in pooled.values():
+        for e, w in zip(*np.nonzero(np.isfinite(scores) & (scores >= th.outliers_from)), strict=True):
+            found.append({"entity": cd.entities[e], "window_start": ns_to_iso(int(cd.window_start_ns[w])),
+                          "score": round(float(scores[e, w]), 4)})
+    return sorted(found, key=lambda o: -o["score"])
 
 
 def _accumulated(scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -146,6 +146,73 @@ def test_training_reports_margin_and_warns_of_short_span_thin_margin_and_epoch_c
         loud["warnings"], ["trained on 6.0 h", "thin margin", "training ran to its cap"], strict=True)]
 
 
+@pytest.mark.parametrize("attacks", [2, 10])
+def test_attack_windows_in_the_calibration_are_screened_out_and_reported(attacks: int):
+    """Windows of an attack in the training span (here a hundred times the largest benign
+    score) would be most of the tail's peaks: the screen leaves exactly them out, so the
+    threshold is the clean one, and says from which score up it left windows out."""
+    rng = np.random.default_rng(8)
+    benign = rng.lognormal(0.0, 0.6, 720)
+    clean = calibrate(benign)
+    assert 0 == clean.n_outliers and clean.outliers_from is None
+    attack = benign.max() * 100.0 * rng.uniform(0.5, 1.5, attacks)
+    screened = calibrate(np.concatenate([benign, attack]))
+    assert (attacks, attack.min()) == (screened.n_outliers, screened.outliers_from)
+    assert clean.value == screened.value
+    from detector.model import threshold
+
+    unscreened = threshold._calibrate_sorted(np.sort(np.concatenate([benign, attack])), 1e-4, 0.999, 0.98)
+    assert unscreened.value > 2 * clean.value  # what the screen prevents
+
+
+def test_the_screen_leaves_heavy_benign_tails_alone():
+    """A heavy benign tail (Pareto, shape 0.5, the heaviest the fit extrapolates) is not cut
+    for being heavy: in 60 calibrations of 720 windows at most 3 lose a window to the screen."""
+    rng = np.random.default_rng(9)
+    screened = [calibrate(rng.pareto(2.0, 720) + 1.0).n_outliers for _ in range(60)]
+    assert sum(n > 0 for n in screened) <= 3
+
+
+def test_outlier_windows_are_named_and_warned_and_kept_out_of_the_margin():
+    from detector.model.threshold import Threshold
+    from detector.model.training import TrainingParams, _ClassData, _margin_and_warnings, _outlier_windows
+
+    minute = 60_000_000_000
+    scores = np.array([[0.1, 0.2, 50.0, np.nan], [0.3, 80.0, 0.2, 0.1]], dtype=np.float32)
+    cd = _ClassData(features=np.zeros((2, 4, 6, 1), np.float32), present=np.ones((2, 4), bool),
+                    usable=np.ones((2, 4), bool), window_start_ns=np.arange(4) * minute, entities=["10.0.0.1", "10.0.0.2"])
+    th = Threshold(2.0, "pot", 1e-4, 0.5, 0.0, 0.1, 8, 3, n_outliers=2, outliers_from=50.0)
+    found = _outlier_windows(th, {"host": (cd, scores)})
+    assert [("10.0.0.2", "1970-01-01T00:01:00.000Z", 80.0), ("10.0.0.1", "1970-01-01T00:02:00.000Z", 50.0)] == [
+        (o["entity"], o["window_start"], o["score"]) for o in found]
+    summary = {"train_start": 0, "train_end": 30 * 60 * minute, "epochs": 12, "outliers": found}
+    warned = _margin_and_warnings("host", 2.0, np.array([0.3]), summary, TrainingParams())
+    assert 1 == len(warned["warnings"]) and warned["warnings"][0].startswith("2 held-out window(s) far beyond")
+    assert "10.0.0.2 at 1970-01-01T00:01:00.000Z (80)" in warned["warnings"][0]
+
+
+def test_threshold_interval_covers_the_threshold_and_narrows_with_more_held_out_windows():
+    """The block bootstrap of the held-out windows brackets the threshold calibrated on all of
+    them, and a hundred times more windows narrow it (to within 30 %); a wide one is warned."""
+    from detector.model.training import TrainingParams, _margin_and_warnings, threshold_interval
+
+    rng = np.random.default_rng(4)
+    ratios = []
+    for n_windows in (200, 20_000):
+        scores = rng.lognormal(0.0, 0.6, (2, n_windows))  # two entities' out-of-fold scores
+        scores[0, ::7] = np.nan  # windows an entity did not have
+        low, high = threshold_interval([scores], TrainingParams())
+        assert low <= calibrate(scores[np.isfinite(scores)]).value <= high
+        ratios.append(high / low)
+    assert ratios[1] < 1.3 < ratios[0]
+    hour_ns = 3_600_000_000_000
+    summary = {"train_start": 0, "train_end": 30 * hour_ns, "epochs": 12}
+    steady = _margin_and_warnings("host", 4.0, np.array([1.0]), {**summary, "threshold_interval": (3.0, 5.0)}, TrainingParams())
+    assert [] == steady["warnings"]
+    wide = _margin_and_warnings("host", 4.0, np.array([1.0]), {**summary, "threshold_interval": (2.0, 9.0)}, TrainingParams())
+    assert ["uncertain threshold"] == [w[:19] for w in wide["warnings"]]
+
+
 def test_accumulated_scores_carry_only_between_consecutive_windows():
     """training._accumulated is the scorer's recurrence over an (entity, window) matrix: a
     window carries what its accumulated score has above half the threshold into the next,
