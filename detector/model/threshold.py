@@ -36,7 +36,7 @@ MIN_EXP_PEAKS = 8  # peaks for an exponential tail (scale only)
 MIN_INITIAL_QUANTILE = 0.90
 MAX_SHAPE = 0.5
 MAX_OUTLIER_SHARE = 0.05  # at most this share of the scores is screened (fewer where the tail holds few peaks)
-OUTLIER_ALPHA = 0.01  # expected count of benign windows at least this high, under which a score is an outlier
+OUTLIER_ALPHA = 0.01  # each test's level: the gap's probability, or benign windows expected at least that high
 SCREEN_QUANTILE = 0.90  # the screen's tail starts here
 
 
@@ -107,8 +107,8 @@ def _above_a_gap(s: np.ndarray, n_all: int) -> int:
     representation; Hill's estimator is their mean), so the spacing under the k0-th largest,
     against the mean of the spacings below it, has an exact tail probability. The largest k0
     whose probability, times the number of k0 tried (Bonferroni), is under OUTLIER_ALPHA is
-    the count, k0 at most MIN_PEAKS (cf. Bhattacharya, Kallitsis and Stoev 2019, outliers in the extremes of
-    heavy-tailed data)."""
+    the count, k0 at most MIN_PEAKS (cf. Bhattacharya, Kallitsis and Stoev 2019, outliers in
+    the extremes of heavy-tailed data)."""
     n = s.shape[0]
     k = int(math.ceil((1.0 - SCREEN_QUANTILE) * n))
     # at most MIN_PEAKS at a time (calibrate asks again without them): a wide gap under the
