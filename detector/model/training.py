@@ -229,7 +229,7 @@ def threshold_interval(matrices: list[np.ndarray], params: TrainingParams, resam
     independent. It measures the calibration's sampling spread, not the training's: a network
     trained with another seed scores differently again (docs/EVALUATION.md, section viii)."""
     n_w = matrices[0].shape[1]
-    size = max(1, min(params.validation_block_windows, n_w // 4 or 1))
+    size = _block_windows(n_w, params)
     starts = np.arange(0, n_w, size)
     rng = np.random.default_rng(params.seed)
     values = []
@@ -271,6 +271,12 @@ def _accumulated(scores: np.ndarray, threshold: float) -> np.ndarray:
     return out
 
 
+def _block_windows(n_w: int, params: TrainingParams) -> int:
+    """Consecutive windows dealt together (cross-fitting's halves, the threshold's bootstrap):
+    `validation_block_windows`, but at least four blocks."""
+    return max(1, min(params.validation_block_windows, n_w // 4 or 1))
+
+
 def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:
     """Calibration scores: every benign window of the class, each scored by a model that did
     not learn from it (cross-fitting). The windows are cut into blocks of
@@ -286,7 +292,7 @@ def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: 
     half-model learned from about half the data, so its errors run a little higher than the
     deployed model's: the threshold errs on the quiet side."""
     n_w = cd.window_start_ns.shape[0]
-    block = np.arange(n_w) // max(1, min(params.validation_block_windows, n_w // 4 or 1))
+    block = np.arange(n_w) // _block_windows(n_w, params)
     half = np.random.default_rng(params.seed).permutation(block[-1] + 1) % 2
     fold = half[block]
     out = np.full(cd.present.shape, np.nan, dtype=np.float32)
