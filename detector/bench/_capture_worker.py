@@ -114,7 +114,7 @@ def _main(argv: list[str] | None = None) -> int:
             if args.out is not None:
                 kept.append(batch)
             if stages is not None:
-                windows_closed += len(stages.push(batch))
+                windows_closed += sum(1 for _ in stages.push(batch))
                 took = time.monotonic() - now
                 stages_s += took
                 longest_stage_s = max(longest_stage_s, took)

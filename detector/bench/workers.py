@@ -41,7 +41,7 @@ def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
         started = time.perf_counter()
         for batch in CaptureFile(path):
             packets += len(batch)
-            windows += len(stages.push(batch))
+            windows += sum(1 for _ in stages.push(batch))
         windows += len(stages.flush())
         seconds = time.perf_counter() - started
         parent_cpu_s = time.process_time() - cpu0

@@ -75,20 +75,23 @@ def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregato
 class WindowStages:
     """The capture stages after a source, wired: the event clock (which records' times are
     believed), the flow table (packets only: the exporter made the flows of flow records)
-    and the window aggregator. `push(batch)` returns the windows it closed."""
+    and the window aggregator. `push(batch)` hands on the windows it closes."""
 
     clock: EventClock
     flows: FlowTable | FlowShards | None
     windows: WindowAggregator | FlowWindowAggregator
 
-    def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> list[WindowBatch]:
-        """One source batch through the stages; `now_ns`: the wall clock, for a live source."""
+    def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> Iterator[WindowBatch]:
+        """One source batch through the stages, handing on each window it closes as it
+        closes (consume it whole: the window stage takes the batch in as it goes); `now_ns`:
+        the wall clock, for a live source. A window is scored before the next is built: a
+        batch of a sparse capture can close dozens of windows, each holding every entity."""
         windows = self.windows
         if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
-            return windows.push(self.clock.admit(batch, now_ns))
+            return windows.stream(self.clock.admit(batch, now_ns))
         if isinstance(windows, WindowAggregator) and self.flows is not None and isinstance(batch, PacketBatch):
             batch = self.clock.admit(batch, now_ns)
-            return windows.push(batch, self.flows.push(batch))
+            return windows.stream(batch, self.flows.push(batch))
         wanted = "flow records" if self.flows is None else "packets"
         raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
 
@@ -375,7 +378,7 @@ class Pipeline:
         self.time_bounds.finish()
         return events
 
-    def _score(self, closed: list[WindowBatch]) -> list[IncidentEvent]:
+    def _score(self, closed: Iterable[WindowBatch]) -> list[IncidentEvent]:
         events: list[IncidentEvent] = []
         for window in closed:
             events.extend(self.scoring.process(window)[1])

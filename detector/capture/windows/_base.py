@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -170,27 +170,31 @@ class EntityWindows:
         """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed.
         Every window is closed, the empty ones of a long silence too: a live daemon shows
         that it keeps time by them (the watchdog)."""
-        return self._advance(now_ns, skip_quiet=False)
+        return list(self._advance(now_ns, skip_quiet=False))
 
-    def _advance(self, now_ns: int, skip_quiet: bool) -> list[WindowBatch]:
+    def _advance(self, now_ns: int, skip_quiet: bool) -> Iterator[WindowBatch]:
         if self._next_close is None:
-            return []
+            return
         self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
-        return self._close_until(self.watermark_ns - self._lateness_ns, skip_quiet)
+        yield from self._close_until(self.watermark_ns - self._lateness_ns, skip_quiet)
 
     def flush(self) -> list[WindowBatch]:
         """Close every open window (the end of a replay)."""
         if not self._open:
             return []
         last = max(self._open)
-        return self._close_until((last + 1) * self._window_ns, skip_quiet=True)
+        return list(self._close_until((last + 1) * self._window_ns, skip_quiet=True))
 
-    def _parts(self, times: np.ndarray) -> Iterator[tuple[int, int, list[WindowBatch]]]:
-        """A batch cut where its records' time passes a window's closing point: (start,
-        stop, the windows closed before that part) per part. So windows close, and entities
-        expire, as the records' time passes, not at the end of the batch: a batch of a quiet
-        capture can span days, and one holding both sides of a month-long gap must not keep
-        every host alive across it."""
+    def _ingest(self, times: np.ndarray, push_part: Callable[[int, int], Iterator[WindowBatch]]) -> Iterator[WindowBatch]:
+        """A batch's records at `times`, cut where their time passes a window's closing point:
+        the windows due before each part close, then `push_part(start, stop)` takes the part
+        in (and closes what it makes due). So windows close, and entities expire, as the
+        records' time passes, not at the end of the batch: a batch of a quiet capture can
+        span days, and one holding both sides of a month-long gap must not keep every host
+        alive across it. Each window is handed on as it closes, before the next is built:
+        a batch of a sparse capture can close dozens of windows, each with every entity of
+        a flood, and held together they were a transient half a GiB that left glibc's heap
+        fragmented for good (issue 19's flood bench on the 5 h demo)."""
         # the watermark each record finds: that of the records before it (as lateness is judged)
         wm = np.empty_like(times)
         wm[0] = times[0] if self.watermark_ns is None else self.watermark_ns
@@ -204,7 +208,7 @@ class EntityWindows:
         cut |= silence
         cuts = [0, *np.flatnonzero(cut[1:]).__add__(1).tolist(), int(times.shape[0])]
         for a, b in itertools.pairwise(cuts):
-            closed = self._advance(int(times[a] if silence[a] else wm[a]), skip_quiet=True)
+            yield from self._advance(int(times[a] if silence[a] else wm[a]), skip_quiet=True)
             if self._next_close is not None and self._quiet(self._next_close):
                 # after a silence, windows start again where the records do, as in a replay
                 # that began here: not with an empty window before them
@@ -212,7 +216,7 @@ class EntityWindows:
                 if resume > self._next_close:
                     self.windows_skipped += resume - self._next_close
                     self._next_close = resume
-            yield a, b, closed
+            yield from push_part(a, b)
 
     def _first_window(self, times: np.ndarray) -> int:
         """The first window records at these times open when nothing is open before them."""
@@ -230,14 +234,14 @@ class EntityWindows:
             acc.fit(n_slots)
         return acc
 
-    def _close_until(self, limit_ns: int | None, skip_quiet: bool = False) -> list[WindowBatch]:
-        """Close the windows that end by `limit_ns`. `skip_quiet`: once a silence has lasted
+    def _close_until(self, limit_ns: int | None, skip_quiet: bool = False) -> Iterator[WindowBatch]:
+        """Close the windows that end by `limit_ns`, each handed on as it closes (the stage's
+        state is whole at every window handed on). `skip_quiet`: once a silence has lasted
         the entities' idle time (every host expired, nothing open), the rest of it is skipped
         in one step to the next window with data: a month-long gap in a capture costs the
         windows of one idle period, not 43,200 empty ones."""
-        out: list[WindowBatch] = []
         if limit_ns is None or self._next_close is None:
-            return out
+            return
         while (self._next_close + 1) * self._window_ns <= limit_ns:
             if skip_quiet and self._quiet(self._next_close):
                 last = limit_ns // self._window_ns  # the window that limit_ns falls in, not closed
@@ -246,9 +250,9 @@ class EntityWindows:
                     self.windows_skipped += target - self._next_close
                     self._next_close = target
                     continue
-            out.append(self._close(self._next_close))
+            closed = self._close(self._next_close)
             self._next_close += 1
-        return out
+            yield closed
 
     def _quiet(self, w: int) -> bool:
         """Window w holds nothing and starts an idle period after the last record: no host

@@ -31,6 +31,7 @@ with a 60 s active timeout.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -178,16 +179,21 @@ class FlowWindowAggregator(EntityWindows):
 
     # ---------------------------------------------------------------- ingest
     def push(self, batch: FlowRecordBatch) -> list[WindowBatch]:
-        n = len(batch)
-        if n == 0:
-            return []
-        out: list[WindowBatch] = []
-        for a, b, closed in self._parts(np.maximum(batch.end_ns, batch.start_ns)):
-            out += closed
-            out += self._push_part(batch if (a, b) == (0, n) else batch.take(slice(a, b)))
-        return out
+        """The windows a batch closes, all at once (stream() hands each on as it closes)."""
+        return list(self.stream(batch))
 
-    def _push_part(self, batch: FlowRecordBatch) -> list[WindowBatch]:
+    def stream(self, batch: FlowRecordBatch) -> Iterator[WindowBatch]:
+        """Take a batch in, handing on each window it closes as it closes: consume it whole,
+        the batch is taken in as it is."""
+        n = len(batch)
+
+        def part(a: int, b: int) -> Iterator[WindowBatch]:
+            return self._push_part(batch if (a, b) == (0, n) else batch.take(slice(a, b)))
+
+        if n:
+            yield from self._ingest(np.maximum(batch.end_ns, batch.start_ns), part)
+
+    def _push_part(self, batch: FlowRecordBatch) -> Iterator[WindowBatch]:
         n = len(batch)
         self.records += n
         start = batch.start_ns

@@ -22,7 +22,7 @@ numpy partials per batch (flow._WindowAcc), deduplicated with np.unique when its
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -255,21 +255,25 @@ class WindowAggregator(EntityWindows):
 
     # ---------------------------------------------------------------- ingest
     def push(self, batch: PacketBatch, flows: FlowAnnotations) -> list[WindowBatch]:
-        n = len(batch)
-        if n == 0:
-            return []
-        out: list[WindowBatch] = []
-        for a, b, closed in self._parts(batch.ts_ns):
-            out += closed
-            if (a, b) != (0, n):
-                part = slice(a, b)
-                out += self._push_part(batch.take(part), FlowAnnotations(flows.flow_id[part], flows.new_flow[part],
-                                                                           flows.from_initiator[part]))
-            else:
-                out += self._push_part(batch, flows)
-        return out
+        """The windows a batch closes, all at once (stream() hands each on as it closes)."""
+        return list(self.stream(batch, flows))
 
-    def _push_part(self, batch: PacketBatch, flows: FlowAnnotations) -> list[WindowBatch]:
+    def stream(self, batch: PacketBatch, flows: FlowAnnotations) -> Iterator[WindowBatch]:
+        """Take a batch (and its flows) in, handing on each window it closes as it closes:
+        consume it whole, the batch is taken in as it is."""
+        n = len(batch)
+
+        def part(a: int, b: int) -> Iterator[WindowBatch]:
+            if (a, b) == (0, n):
+                return self._push_part(batch, flows)
+            cut = slice(a, b)
+            return self._push_part(batch.take(cut), FlowAnnotations(flows.flow_id[cut], flows.new_flow[cut],
+                                                                    flows.from_initiator[cut]))
+
+        if n:
+            yield from self._ingest(batch.ts_ns, part)
+
+    def _push_part(self, batch: PacketBatch, flows: FlowAnnotations) -> Iterator[WindowBatch]:
         ts = batch.ts_ns
         abs_bin = ts // self._bin_ns
         win = abs_bin // self.bins

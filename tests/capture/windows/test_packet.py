@@ -358,6 +358,29 @@ def test_a_batch_spanning_days_closes_windows_and_expires_hosts_as_its_time_pass
     assert 43 * 3600 * 10**9 == back.window_start_ns  # its windows start again with its return, no empty ones before
 
 
+def test_a_batch_hands_on_each_window_before_it_takes_in_the_records_after_it():
+    """A batch of a quiet capture closes many windows; each is handed on as it closes, before
+    the records after it are taken in (and before the next window is built): what the
+    scorer holds at once is one window, however long the batch's span. The windows are
+    those of push(), which takes them all at once."""
+    rows = [{"ts_s": 1.0 + 60.0 * k, "src": "10.0.0.5", "dst": "8.8.8.8", "sport": 40000 + k, "dport": 53, "proto": 17}
+            for k in range(12)]
+    agg, ft = WindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=0), FlowTable()
+    b = make_batch(rows)
+    stream = agg.stream(b, ft.push(b))
+    first = next(stream)
+    assert 0 == first.window_start_ns
+    assert 61 * 10**9 == agg.watermark_ns  # the record that closed it; those after it: not taken in yet
+    streamed = [first, *stream]
+    assert 661 * 10**9 == agg.watermark_ns
+    _, at_once = _run(rows)
+    every = streamed + agg.flush()
+    assert 12 == len(every)
+    assert [(w.window_start_ns, w.entities) for w in at_once] == [(w.window_start_ns, w.entities) for w in every]
+    for a, b_ in zip(at_once, every, strict=True):
+        np.testing.assert_array_equal(a.features, b_.features)
+
+
 def test_entity_slots_shrink_back_after_a_flood_of_home_addresses():
     """5,000 spoofed home sources for a minute, then an hour later two real hosts: the slot
     table and the kernels' per-slot arrays are back to a few dozen slots."""
