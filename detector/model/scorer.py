@@ -193,10 +193,11 @@ def _reconstruct_in_steps(
     at once). What one step allocates is bounded however many entities a flood makes: the
     32,000 windows of a flood's closed window at once were a stack of 15-100 MB tensors, and
     glibc left its heap at that high-water mark with its free pages scattered, which the
-    traffic after the flood touched again (issue 19's flood bench on the 5 h demo: the heap
-    0.7 GiB during the flood, RSS after +50 %; in steps, 0.4 GiB and +1.6 %). A flood's
-    windows also score faster in steps that fit the caches (21,400 against 14,600 pkt/CPU-s
-    during that flood, one pass each)."""
+    traffic after the flood touched again (issue 19's flood bench on the 5 h demo, one-pass
+    probes: the heap 0.7 GiB during the flood at once, 0.4 GiB in steps; the bench's RSS
+    after the flood is still well over its 10 % line: README, Flood). A flood's windows
+    also score faster in steps that fit the caches (21,400 against 14,600 pkt/CPU-s during
+    that flood, one pass each)."""
     n = features.shape[0]
     if n <= SCORING_STEP:
         return _reconstruct_top(network, scaler, features, state, phase, k)
