@@ -83,6 +83,7 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
     medians of BEFORE, DURING and AFTER."""
     from detector.model.bundle import ModelBundle
     from detector.model.scorer import set_torch_threads
+    from detector.service.heap import HEAP
     from detector.service.pipeline import Pipeline, capture_batches
 
     set_torch_threads(cfg.model.threads)
@@ -112,7 +113,7 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
 
     phases: dict[str, list[dict[str, float]]] = {p: [] for p in ("prime", "settle", "before", "during", "recovery", "after")}
     once = {"prime", "settle", "recovery"}
-    offset_ns = 0
+    offset_ns, trims, trim_s = 0, HEAP.trims, HEAP.trim_s
     for phase in phases:
         if phase in ("settle", "recovery"):
             offset_ns += silence_ns
@@ -129,12 +130,15 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
             st = pipeline.stats()
             row = {"cpu_pkt_s": packets / max(cpu_s, 1e-9), "pkt_s": packets / wall_s,
                    "twin_cpu_pkt_s": twin_packets / max(twin_cpu_s, 1e-9), "rss_mib": rss_mib(), "packets": packets,
-                   "entities": st["entities"], "slots": pipeline.windows.slots, "flows": st["active_flows"]}
+                   "entities": st["entities"], "slots": pipeline.windows.slots, "flows": st["active_flows"],
+                   "heap_trims": HEAP.trims - trims, "trim_s": HEAP.trim_s - trim_s}
+            trims, trim_s = HEAP.trims, HEAP.trim_s
             row["vs_twin"] = row["cpu_pkt_s"] / row["twin_cpu_pkt_s"]
             phases[phase].append(row)
             emit(f"{phase:<8} pass {len(phases[phase])}: {row['cpu_pkt_s']:>10,.0f} pkt/CPU-s {row['pkt_s']:>10,.0f} pkt/s  "
                  f"twin {row['twin_cpu_pkt_s']:>10,.0f} pkt/CPU-s  rss {row['rss_mib']:7.1f} MiB  "
-                 f"entities {row['entities']:>6,d}  slots {row['slots']:>6,d}  flows {row['flows']:>7,d}")
+                 f"entities {row['entities']:>6,d}  slots {row['slots']:>6,d}  flows {row['flows']:>7,d}  "
+                 f"heap trims {row['heap_trims']} ({row['trim_s']:.2f} s)")
     pipeline.finish()
     twin.finish()
     keys = ("cpu_pkt_s", "pkt_s", "twin_cpu_pkt_s", "vs_twin", "rss_mib")

@@ -14,8 +14,6 @@ from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is t
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +37,7 @@ from detector.contracts import ENTITY_GLOBAL, FeatureSchema, FlowRecordBatch, In
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.service._timebounds import TimeBounds
+from detector.service.heap import HEAP
 from detector.service.scoring import IncidentSink, Scoring
 
 log = structlog.get_logger()
@@ -71,6 +70,9 @@ def build_aggregator(cfg: Config, flow_records: bool = False) -> WindowAggregato
     return WindowAggregator(lateness_s=cfg.windows.lateness_s, **common)
 
 
+_TRIM_AFTER_SLOTS = 4096  # entity slots a table must have reached before its shrinking is worth a trim
+
+
 @dataclass
 class WindowStages:
     """The capture stages after a source, wired: the event clock (which records' times are
@@ -80,6 +82,7 @@ class WindowStages:
     clock: EventClock
     flows: FlowTable | FlowShards | None
     windows: WindowAggregator | FlowWindowAggregator
+    slots_high: int = 0  # the most entity slots since memory was last handed back
 
     def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> Iterator[WindowBatch]:
         """One source batch through the stages, handing on each window it closes as it
@@ -94,6 +97,19 @@ class WindowStages:
             return windows.stream(batch, self.flows.push(batch))
         wanted = "flow records" if self.flows is None else "packets"
         raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+
+    def hand_back_memory(self) -> None:
+        """After each batch (its windows consumed): when the entity tables shrank back to a
+        quarter (a flood's entities expired), collect and hand the freed memory back to the
+        system; else as the process's growth asks (HEAP). glibc keeps freed heap for reuse:
+        after a flood of spoofed home addresses that was a GiB resident for good."""
+        slots = self.windows.slots
+        self.slots_high = max(self.slots_high, slots)
+        if self.slots_high >= _TRIM_AFTER_SLOTS and 4 * slots <= self.slots_high:
+            self.slots_high = slots
+            HEAP.release()
+        else:
+            HEAP.check()
 
     def flush(self) -> list[WindowBatch]:
         """The input ended: close every open window (records still held as a jump were never confirmed)."""
@@ -173,19 +189,6 @@ def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: i
     """An offline command's input files: captures (packets) or Zeek conn.logs (flow records);
     damaged captures into `damage` (capture_batches)."""
     return conn_log_batches(paths, batch_size) if flow_records else capture_batches(paths, batch_size, damage)
-
-
-_TRIM_AFTER_SLOTS = 4096  # entity slots a table must have reached before its shrinking is worth a trim
-
-
-def release_free_memory() -> None:
-    """Return the C heap's free memory to the system (glibc's malloc_trim; elsewhere nothing)."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    gc.collect()
-    trim(0)
 
 
 def time_lines(stats: dict[str, int]) -> list[str]:
@@ -320,7 +323,6 @@ class Pipeline:
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
         self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self.scoring.publish,
                                       lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
-        self._slots_high = 0  # the most entity slots since memory was last handed back
         self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
         self.malformed = 0
@@ -353,24 +355,14 @@ class Pipeline:
         self.malformed += batch.malformed
         events = self._score(self.stages.push(batch, time.time_ns() if self.live else None))
         self.time_bounds.check()
-        self._release_after_flood()
+        self.stages.hand_back_memory()
         return events
 
     def advance(self, now_ns: int) -> list[IncidentEvent]:
         """The clock moved on without packets (a quiet live link): close what is due."""
         events = self._score(self.windows.advance(now_ns))
-        self._release_after_flood()
+        self.stages.hand_back_memory()
         return events
-
-    def _release_after_flood(self) -> None:
-        """When the entity tables shrank back (a flood's entities expired), hand the freed
-        memory back to the system: glibc keeps freed heap for reuse, and after a flood of
-        spoofed home addresses that was a GiB resident for good."""
-        slots = self.windows.slots
-        self._slots_high = max(self._slots_high, slots)
-        if self._slots_high >= _TRIM_AFTER_SLOTS and 4 * slots <= self._slots_high:
-            self._slots_high = slots
-            release_free_memory()
 
     def finish(self) -> list[IncidentEvent]:
         """The source ended: close every open window."""

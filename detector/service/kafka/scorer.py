@@ -30,6 +30,7 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service._reload import build_sinks, plan_reload, retire_sinks, wanted_sinks
 from detector.service.explain.board import IncidentBoard
+from detector.service.heap import HEAP
 from detector.service.kafka import POLL_S, KafkaDeliveryError, check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.scoring import Scoring, check_device, incident_settings_of
@@ -99,6 +100,7 @@ class ScorerRole:
         try:
             while not lc.stop:
                 self._cycle()
+                HEAP.check()
                 if lc.take_reload():
                     self._reload()
                 now = time.monotonic()

@@ -108,6 +108,7 @@ def run_sensor(cfg: Config) -> int:
         if len(batch) == 0 and live:
             for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
                 publisher.publish(wb)
+        stages.hand_back_memory()
         now = time.monotonic()
         lc.progressed(now)
         if lc.take_reload():
