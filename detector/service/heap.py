@@ -30,16 +30,18 @@ def _resident_bytes() -> int:
 
 class FreedHeap:
     """Hands the C heap's free pages back to the system (glibc's malloc_trim) once the
-    process has grown by a sixteenth (and 16 MiB) since it last did, and when told to (the
-    entity tables shrank back after a flood). glibc keeps freed heap resident for reuse and
-    gives back only its top by itself: once a flood has spread the heap wide, every later
-    batch's arrays land on free pages scattered through it, and those pages stay resident
-    after the arrays are freed. On the 5 h demo's flood bench, with a trim only when the
-    tables shrank: live data back to the byte after the flood (tracemalloc), RSS +45 % for
-    good. A sixteenth, because the process's size after a flood is meant to come back within
-    10 % of before: what the heap may hold free on top of what it needs must be less. A
-    trim took 3-6 ms there (20 to 80 per pass of ten 5 h replays: 0.07-0.34 s of 250 s),
-    and no replay of the demo measured slower for it; a process that grows for real (more
+    process has grown by a sixteenth (and 16 MiB) over the least it has been since it last
+    did, and when told to (the entity tables shrank back after a flood). glibc keeps freed
+    heap resident for reuse and gives back only its top by itself: once a flood has spread
+    the heap wide, every later batch's arrays land on free pages scattered through it, and
+    those pages stay resident after the arrays are freed. On the 5 h demo's flood bench,
+    with a trim only when the tables shrank: live data back to the byte after the flood
+    (tracemalloc), RSS +45 % for good. A sixteenth, because the process's size after a flood
+    is meant to come back within 10 % of before: what the heap may hold free on top of what
+    it needs must be less. That bound holds for what the trim can give back; it was not
+    enough for the 5 h bench (-2.0 % to +20.6 % in four runs, README "Flood"). A trim took
+    3-6 ms there (20 to 80 per pass of twenty 5 h replays: 0.07-0.40 s of 250 s), and no
+    replay of the demo measured slower for it; a process that grows for real (more
     entities) meets it a few times, at sizes in geometric steps.
     Process-wide, as the heap is (`HEAP`)."""
 
@@ -48,7 +50,7 @@ class FreedHeap:
 
     def __init__(self) -> None:
         self._trim = _malloc_trim()
-        self.floor = _resident_bytes()  # resident bytes just after the last hand-back
+        self.floor = _resident_bytes()  # the least resident bytes since the last hand-back
         self.trims = 0
         self.trim_s = 0.0  # spent handing back, in all
 
@@ -59,6 +61,8 @@ class FreedHeap:
         rss = _resident_bytes()
         if rss > self.floor + max(self.floor * self.GROWTH, self.AT_LEAST):
             self.release(collect=False)
+        else:  # measured from the least it has been since: a trim amid a batch's arrays set it high
+            self.floor = min(self.floor, rss)
 
     def release(self, collect: bool = True) -> None:
         """Hand back now (`collect`: after a garbage collection, for a burst of freed objects)."""

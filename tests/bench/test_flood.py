@@ -41,7 +41,7 @@ def test_flood_bench_prints_every_phase_and_a_verdict(demo, tmp_path):
     lines = res.stdout.splitlines()
     passes = [m.groups() for line in lines if (m := _PASS.match(line))]
     assert list(PHASES) == [p[0] for p in passes], res.stdout
-    rows = {p[0]: [_num(v) for v in p[2:]] for p in passes}  # pkt/CPU-s, pkt/s, twin pkt/CPU-s, rss, entities, slots, flows, trims
+    rows = {p[0]: [_num(v) for v in p[2:]] for p in passes}  # pkt/CPU-s, pkt/s, twin pkt/CPU-s, rss, entities, slots, flows, trims, trim s
     assert all(r[0] > 0 and r[1] > 0 and r[2] > 0 and r[3] > 0 for r in rows.values()), res.stdout
     benign = rows["before"][4]
     assert rows["during"][4] >= benign + hosts, "the flood's sources are entities while it lasts"
