@@ -118,6 +118,38 @@ def aligned_error(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return error
 
 
+def padded_rows(n: int) -> int:
+    """The batch size `n` windows go through the network at: 8 at least, the next power of
+    two up to 64, then in quarters of an octave (80, 96, 112, 128, 160, ...: at most a
+    quarter more rows than asked past 64). oneDNN, which runs torch's LSTM on CPU, keeps a primitive of about
+    160 KiB in its cache (1,024 of them by default) for every batch size it has run: 1,000
+    sizes held 160 MiB of heap for good (`mallinfo2`, torch 2.13), and how many windows close
+    at once varies with the traffic, so a daemon's memory grew with every new size it met and
+    a flood's thousands of entities brought hundreds (issue 19's flood bench). With these
+    sizes there are 24 up to SCORING_STEP. And from 4 rows on, each row's result is
+    the same bit for bit whatever the batch size (1 to 3 rows take another kernel, 3e-8 apart):
+    from 8 on, a window's score no longer depends on how many others closed with it."""
+    if n <= 64:
+        return max(8, 1 << (n - 1).bit_length())
+    step = (1 << (n - 1).bit_length()) // 8
+    return -(-n // step) * step
+
+
+def _network(network: LSTMAutoencoder, x: torch.Tensor, state: State, phase: torch.Tensor | None) -> tuple[torch.Tensor, State]:
+    """network(x, state, phase) run at padded_rows(batch) rows (zeros past the windows'),
+    the padding cut off again."""
+    n = x.shape[0]
+    size = padded_rows(n)
+    if size != n:
+        x = torch.cat((x, x.new_zeros((size - n, *x.shape[1:]))))
+        neutral = state[0].new_zeros((size - n, state[0].shape[1]))
+        state = (torch.cat((state[0], neutral)), torch.cat((state[1], neutral)))
+        if phase is not None and phase.dim() > 0:
+            phase = torch.cat((phase, phase.new_zeros(size - n)))
+    recon, (h, c) = network(x, state, phase)
+    return recon[:n], (h[:n], c[:n])
+
+
 @dataclass
 class WindowErrors:
     """The model's verdict on a batch of windows, before thresholds."""
@@ -138,7 +170,7 @@ def reconstruct(
     x_np = scaler.transform(features)
     device = state[0].device
     x = torch.from_numpy(x_np).to(device)
-    recon, new_state = network(x, state, phase)
+    recon, new_state = _network(network, x, state, phase)
     feature_error = aligned_error(x, recon)
     scores = feature_error.sum(dim=1) / (x.shape[1] * x.shape[2])
     expected = scaler.inverse(recon.float().cpu().numpy()).mean(axis=1)
@@ -168,7 +200,7 @@ def _reconstruct_top(
     as long as the network itself (batch 1024, one thread)."""
     bins, width = features.shape[1], features.shape[2]
     x = scaler.transform(features)
-    recon, new_state = network(x, state, phase)
+    recon, new_state = _network(network, x, state, phase)
     recon = recon.float()  # ours to overwrite below (inverse_)
     feature_error = aligned_error(x, recon)
     total = feature_error.sum(dim=1).cpu().numpy()
