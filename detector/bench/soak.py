@@ -26,17 +26,14 @@ import click
 
 from detector._exit import errors_to_exit_codes
 from detector.errors import CaptureError, ConfigError
+from detector.service.heap import resident_bytes
 
 FLAT_TOLERANCE_MIB = 16.0  # allocator noise: growth below this (or 2 %) reads as flat
 
 
 def rss_mib() -> float:
-    """Resident set size of this process now, from /proc (MiB)."""
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    """Resident set size of this process now (MiB): what the heap's hand-back reads."""
+    return resident_bytes() / 2**20
 
 
 class _CountingSink:

@@ -19,7 +19,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
-def _resident_bytes() -> int:
+def resident_bytes() -> int:
     """This process's resident set size now (Linux; 0 elsewhere)."""
     try:
         with open("/proc/self/statm", "rb") as fh:
@@ -50,7 +50,7 @@ class FreedHeap:
 
     def __init__(self) -> None:
         self._trim = _malloc_trim()
-        self.floor = _resident_bytes()  # the least resident bytes since the last hand-back
+        self.floor = resident_bytes()  # the least resident bytes since the last hand-back
         self.trims = 0
         self.trim_s = 0.0  # spent handing back, in all
 
@@ -58,7 +58,7 @@ class FreedHeap:
         """Hand back if the process has grown enough since the last time (per batch)."""
         if self._trim is None:
             return
-        rss = _resident_bytes()
+        rss = resident_bytes()
         if rss > self.floor + max(self.floor * self.GROWTH, self.AT_LEAST):
             self.release(collect=False)
         else:  # measured from the least it has been since: a trim amid a batch's arrays set it high
@@ -74,7 +74,7 @@ class FreedHeap:
         self._trim(0)
         self.trims += 1
         self.trim_s += time.perf_counter() - started
-        self.floor = _resident_bytes()
+        self.floor = resident_bytes()
 
 
 HEAP = FreedHeap()

@@ -15,20 +15,20 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import json
-    from detector.service.heap import FreedHeap, _malloc_trim, _resident_bytes
+    from detector.service.heap import FreedHeap, _malloc_trim, resident_bytes
 
     MiB = 1 << 20
     heap = FreedHeap()
-    out = {"glibc": _malloc_trim() is not None, "start": _resident_bytes() / MiB}
+    out = {"glibc": _malloc_trim() is not None, "start": resident_bytes() / MiB}
     heap.check()
     out["trims_at_rest"] = heap.trims
     blocks = [bytearray(64 * 1024) for _ in range(6 * 1024)]  # 384 MiB of heap blocks, each touched
     kept = blocks[::64]  # one in 64 stays: the heap cannot shrink from its top
     del blocks
-    out["freed"] = _resident_bytes() / MiB
+    out["freed"] = resident_bytes() / MiB
     heap.check()
     out["trims_after_growth"] = heap.trims
-    out["handed_back"] = _resident_bytes() / MiB
+    out["handed_back"] = resident_bytes() / MiB
     heap.check()
     out["trims_again"] = heap.trims
     print(json.dumps(out))
