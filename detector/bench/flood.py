@@ -20,8 +20,12 @@ the flood. The twin meets the same machine: on one shared with other work, wall 
 the neighbours (beside a test suite on 2 cores a pass took up to 4x its CPU time) and even
 CPU time drifted by 20 % between phases, both pipelines alike. Per phase it prints the
 medians of the passes' packets/s (by CPU time, and by wall time), the twin's, the ratio of
-the two, and the resident set size at each pass's end (the twin's few MiB included in both
-phases), side by side; the verdict reads the ratio to the twin, AFTER against BEFORE, and
+the two, and the resident set size (the twin's few MiB included in both phases) side by
+side: its mean over the pass, read after every batch of both pipelines, its peak and its
+value at the pass's end. The mean, because the heap's hand-back (service.heap) makes RSS a
+sawtooth between trims, a sixteenth of the process high, and one reading at a pass's end
+fell anywhere on it: in one probe on the 5 h demo, BEFORE's passes ended at 602-630 MiB and a
+trim at their end took them to 427-445; the verdict reads the ratio to the twin, AFTER against BEFORE, and
 RSS. What the flood left in the pipeline shows there; what it left in the process (the
 allocator's state) slows the twin too, and shows in RSS and in the plain packets/s printed
 beside it (with BEFORE's spread, to read it by). A small flood through a throwaway pipeline
@@ -98,6 +102,8 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
     target = ipaddress.ip_network(cfg.home_net[0], strict=False).network_address + 1
     _warm_up(Pipeline(cfg, bundle, sinks=[_CountingSink()]), cfg, first_ns, silence_ns, str(target))
 
+    resident: list[float] = []  # RSS after each batch of the pass (MiB)
+
     def replay(pipe: Any, offset_ns: int, flood: PacketBatch | None = None) -> tuple[int, float, float]:
         """One replay of the capture (the flood mixed in): packets, CPU and wall seconds."""
         packets, started, cpu_started = 0, time.perf_counter(), time.process_time()
@@ -108,6 +114,7 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
                 mixed = PacketBatch.concat([batch, flood.take(due)])
                 batch, flood = mixed.take(np.argsort(mixed.ts_ns, kind="stable")), flood.take(~due)
             pipe.push(batch)
+            resident.append(rss_mib())
             packets += len(batch)
         return packets, time.process_time() - cpu_started, time.perf_counter() - started
 
@@ -119,6 +126,7 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
             offset_ns += silence_ns
         for _ in range(1 if phase in once else passes):
             totals = np.zeros(5)  # packets, CPU s, wall s; the twin's packets, CPU s
+            resident.clear()
             for _ in range(laps if phase in ("before", "after") else 1):
                 flood = None
                 if phase == "during":
@@ -129,36 +137,42 @@ def run_flood(cfg: Any, pcaps: list[Path], passes: int = 5, hosts: int | None = 
             packets, cpu_s, wall_s, twin_packets, twin_cpu_s = totals.tolist()
             st = pipeline.stats()
             row = {"cpu_pkt_s": packets / max(cpu_s, 1e-9), "pkt_s": packets / wall_s,
-                   "twin_cpu_pkt_s": twin_packets / max(twin_cpu_s, 1e-9), "rss_mib": rss_mib(), "packets": packets,
+                   "twin_cpu_pkt_s": twin_packets / max(twin_cpu_s, 1e-9), "rss_mib": statistics.fmean(resident),
+                   "rss_peak_mib": max(resident), "rss_end_mib": rss_mib(), "packets": packets,
                    "entities": st["entities"], "slots": pipeline.windows.slots, "flows": st["active_flows"],
                    "heap_trims": HEAP.trims - trims, "trim_s": HEAP.trim_s - trim_s}
             trims, trim_s = HEAP.trims, HEAP.trim_s
             row["vs_twin"] = row["cpu_pkt_s"] / row["twin_cpu_pkt_s"]
             phases[phase].append(row)
             emit(f"{phase:<8} pass {len(phases[phase])}: {row['cpu_pkt_s']:>10,.0f} pkt/CPU-s {row['pkt_s']:>10,.0f} pkt/s  "
-                 f"twin {row['twin_cpu_pkt_s']:>10,.0f} pkt/CPU-s  rss {row['rss_mib']:7.1f} MiB  "
+                 f"twin {row['twin_cpu_pkt_s']:>10,.0f} pkt/CPU-s  rss {row['rss_mib']:7.1f} MiB "
+                 f"(peak {row['rss_peak_mib']:.1f}, end {row['rss_end_mib']:.1f})  "
                  f"entities {row['entities']:>6,d}  slots {row['slots']:>6,d}  flows {row['flows']:>7,d}  "
                  f"heap trims {row['heap_trims']} ({row['trim_s']:.2f} s)")
     pipeline.finish()
     twin.finish()
-    keys = ("cpu_pkt_s", "pkt_s", "twin_cpu_pkt_s", "vs_twin", "rss_mib")
+    keys = ("cpu_pkt_s", "pkt_s", "twin_cpu_pkt_s", "vs_twin", "rss_mib", "rss_peak_mib", "rss_end_mib")
     medians = {p: {k: statistics.median(r[k] for r in phases[p]) for k in keys} for p in ("before", "during", "after")}
     before = [r["cpu_pkt_s"] for r in phases["before"]]
     spread = (max(before) - min(before)) / medians["before"]["cpu_pkt_s"]
     emit("")
-    emit(f"{'':<8} {'pkt/CPU-s':>11} {'pkt/s (wall)':>13} {'twin pkt/CPU-s':>15} {'vs twin':>8} {'RSS MiB':>8}   "
-         f"(medians of {passes} passes, {laps} laps each before and after; flood: {hosts:,d} spoofed {cfg.home_net[0]} sources)")
+    emit(f"{'':<8} {'pkt/CPU-s':>11} {'pkt/s (wall)':>13} {'twin pkt/CPU-s':>15} {'vs twin':>8} {'RSS MiB':>8} "
+         f"{'peak':>7} {'at end':>7}   (medians of {passes} passes, {laps} laps each before and after; "
+         f"flood: {hosts:,d} spoofed {cfg.home_net[0]} sources; RSS: mean over a pass's batches)")
     for p, m in medians.items():
         emit(f"{p:<8} {m['cpu_pkt_s']:>11,.0f} {m['pkt_s']:>13,.0f} {m['twin_cpu_pkt_s']:>15,.0f} {m['vs_twin']:>8.3f} "
-             f"{m['rss_mib']:>8.1f}")
+             f"{m['rss_mib']:>8.1f} {m['rss_peak_mib']:>7.1f} {m['rss_end_mib']:>7.1f}")
     speed = medians["after"]["vs_twin"] / medians["before"]["vs_twin"] - 1
     plain = medians["after"]["cpu_pkt_s"] / medians["before"]["cpu_pkt_s"] - 1
     memory = medians["after"]["rss_mib"] / medians["before"]["rss_mib"] - 1
     back = speed >= -WITHIN and memory <= WITHIN  # slower or bigger by more than 10 % is not back
+    at_end = medians["after"]["rss_end_mib"] / medians["before"]["rss_end_mib"] - 1
     emit(f"after vs before: pkt/CPU-s against the twin {speed:+.1%}, RSS {memory:+.1%} -> "
          f"{'back within 10 %' if back else 'NOT back within 10 %'}")
+    emit(f"(RSS at the passes' ends alone {at_end:+.1%}, one reading each, wherever the sawtooth was)")
     emit(f"(pkt/CPU-s alone {plain:+.1%}: the machine's own drift included; before's passes spread {spread:.0%})")
-    return {"phases": phases, "medians": medians, "after_vs_before": {"vs_twin": speed, "cpu_pkt_s": plain, "rss": memory},
+    return {"phases": phases, "medians": medians,
+            "after_vs_before": {"vs_twin": speed, "cpu_pkt_s": plain, "rss": memory, "rss_at_end": at_end},
             "back": back, "before_spread": spread, "flood_hosts": hosts}
 
 

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 PHASES = ("prime", "settle", "before", "during", "recovery", "after")
 _PASS = re.compile(r"^(\w+)\s+pass (\d+):\s+([\d,]+) pkt/CPU-s\s+([\d,]+) pkt/s\s+twin\s+([\d,]+) pkt/CPU-s\s+"
-                   r"rss\s+([\d.]+) MiB\s+entities\s+([\d,]+)\s+slots\s+([\d,]+)\s+flows\s+([\d,]+)\s+heap trims (\d+) \(([\d.]+) s\)$")
-_MEDIAN = re.compile(r"^(before|during|after)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)$")
+                   r"rss\s+([\d.]+) MiB \(peak ([\d.]+), end ([\d.]+)\)\s+"
+                   r"entities\s+([\d,]+)\s+slots\s+([\d,]+)\s+flows\s+([\d,]+)\s+heap trims (\d+) \(([\d.]+) s\)$")
+_MEDIAN = re.compile(r"^(before|during|after)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
 
 
 def _num(text: str) -> float:
@@ -41,19 +42,22 @@ def test_flood_bench_prints_every_phase_and_a_verdict(demo, tmp_path):
     lines = res.stdout.splitlines()
     passes = [m.groups() for line in lines if (m := _PASS.match(line))]
     assert list(PHASES) == [p[0] for p in passes], res.stdout
-    rows = {p[0]: [_num(v) for v in p[2:]] for p in passes}  # pkt/CPU-s, pkt/s, twin pkt/CPU-s, rss, entities, slots, flows, trims, trim s
-    assert all(r[0] > 0 and r[1] > 0 and r[2] > 0 and r[3] > 0 for r in rows.values()), res.stdout
-    benign = rows["before"][4]
-    assert rows["during"][4] >= benign + hosts, "the flood's sources are entities while it lasts"
-    assert benign == rows["after"][4] and rows["after"][5] <= rows["during"][5], "they expire, and the slots shrink back"
+    # pkt/CPU-s, pkt/s, twin pkt/CPU-s, rss (mean over the pass), its peak, at the end, entities, slots, flows, trims, trim s
+    rows = {p[0]: [_num(v) for v in p[2:]] for p in passes}
+    assert all(r[0] > 0 and r[1] > 0 and r[2] > 0 and 0 < r[3] <= r[4] for r in rows.values()), res.stdout
+    assert all(r[5] > 0 for r in rows.values()), res.stdout
+    benign = rows["before"][6]
+    assert rows["during"][6] >= benign + hosts, "the flood's sources are entities while it lasts"
+    assert benign == rows["after"][6] and rows["after"][7] <= rows["during"][7], "they expire, and the slots shrink back"
     medians = {m.group(1): [_num(v) for v in m.groups()[1:]] for line in lines if (m := _MEDIAN.match(line))}
     assert ["before", "during", "after"] == list(medians), res.stdout
-    for phase, (cpu, wall, twin, vs_twin, rss) in medians.items():
-        assert (cpu, wall, twin, rss) == (rows[phase][0], rows[phase][1], rows[phase][2], rows[phase][3])
+    for phase, (cpu, wall, twin, vs_twin, rss, peak, end) in medians.items():
+        assert (cpu, wall, twin, rss, peak, end) == tuple(rows[phase][:3] + rows[phase][3:6])
         assert vs_twin == pytest.approx(cpu / twin, abs=0.002)
     verdict = re.search(r"^after vs before: pkt/CPU-s against the twin ([+-][\d.]+)%, RSS ([+-][\d.]+)% -> "
                         r"(back within 10 %|NOT back within 10 %)$", res.stdout, re.M)
     assert verdict is not None, res.stdout
+    assert re.search(r"^\(RSS at the passes' ends alone [+-][\d.]+%", res.stdout, re.M), res.stdout
     rss_change = float(verdict.group(2)) / 100
     assert rss_change == pytest.approx(medians["after"][4] / medians["before"][4] - 1, abs=0.002)
     speed_change = float(verdict.group(1)) / 100
