@@ -226,8 +226,7 @@ def _reconstruct_in_steps(
     32,000 windows of a flood's closed window at once were a stack of 15-100 MB tensors, and
     glibc left its heap at that high-water mark with its free pages scattered, which the
     traffic after the flood touched again (issue 19's flood bench on the 5 h demo, one-pass
-    probes: the heap 0.7 GiB during the flood at once, 0.4 GiB in steps; the bench's RSS
-    after the flood is still well over its 10 % line: README, Flood). A flood's windows
+    probes: the heap 0.7 GiB during the flood at once, 0.4 GiB in steps; README, Flood). A flood's windows
     also score faster in steps that fit the caches (21,400 against 14,600 pkt/CPU-s during
     that flood, one pass each)."""
     n = features.shape[0]

@@ -38,8 +38,10 @@ class FreedHeap:
     with a trim only when the tables shrank: live data back to the byte after the flood
     (tracemalloc), RSS +45 % for good. A sixteenth, because the process's size after a flood
     is meant to come back within 10 % of before: what the heap may hold free on top of what
-    it needs must be less. That bound holds for what the trim can give back; it was not
-    enough for the 5 h bench (-2.0 % to +20.6 % in four runs, README "Flood"). A trim took
+    it needs must be less. That bound holds for what the trim can give back: on the 5 h bench
+    it was not enough while oneDNN kept a primitive for every batch size the flood brought
+    (-2.0 % to +20.6 % in four runs); with the scorer's batch sizes bounded, -6.1 % to +8.0 % in
+    three (README "Flood"). A trim took
     3-6 ms there (20 to 80 per pass of twenty 5 h replays: 0.07-0.40 s of 250 s), and no
     replay of the demo measured slower for it; a process that grows for real (more
     entities) meets it a few times, at sizes in geometric steps.
