@@ -25,8 +25,8 @@ side: its mean over the pass, read after every batch of both pipelines, its peak
 value at the pass's end. The mean, because the heap's hand-back (service.heap) makes RSS a
 sawtooth between trims, a sixteenth of the process high, and one reading at a pass's end
 fell anywhere on it: in one probe on the 5 h demo, BEFORE's passes ended at 602-630 MiB and a
-trim at their end took them to 427-445; the verdict reads the ratio to the twin, AFTER against BEFORE, and
-RSS. What the flood left in the pipeline shows there; what it left in the process (the
+trim at their end took them to 427-445. The verdict reads the ratio to the twin, AFTER
+against BEFORE, and the mean RSS. What the flood left in the pipeline shows there; what it left in the process (the
 allocator's state) slows the twin too, and shows in RSS and in the plain packets/s printed
 beside it (with BEFORE's spread, to read it by). A small flood through a throwaway pipeline
 first lets numba compile what only a flood's paths use (a one-time cost of the process, not
