@@ -40,8 +40,8 @@ class FreedHeap:
     is meant to come back within 10 % of before: what the heap may hold free on top of what
     it needs must be less. That bound holds for what the trim can give back: on the 5 h bench
     it was not enough while oneDNN kept a primitive for every batch size the flood brought
-    (-2.0 % to +20.6 % in four runs); with the scorer's batch sizes bounded, -6.1 % to +8.0 % in
-    three (README "Flood"). A trim took
+    (-2.0 % to +20.6 % in four runs); with the scorer's batch sizes bounded, -6.1 % to +12.6 %
+    in four (README "Flood"). A trim took
     3-6 ms there (20 to 80 per pass of twenty 5 h replays: 0.07-0.40 s of 250 s), and no
     replay of the demo measured slower for it; a process that grows for real (more
     entities) meets it a few times, at sizes in geometric steps.
