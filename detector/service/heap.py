@@ -19,6 +19,21 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _heap_live() -> Callable[[], int] | None:
+    """The C heap's bytes in use, all arenas (glibc's mallinfo2, 2.33 on), or None."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return lambda: int(mallinfo2().uordblks)
+
+
 def resident_bytes() -> int:
     """This process's resident set size now (Linux; 0 elsewhere)."""
     try:
@@ -29,22 +44,31 @@ def resident_bytes() -> int:
 
 
 class FreedHeap:
-    """Hands the C heap's free pages back to the system (glibc's malloc_trim) once the
-    process has grown by a sixteenth (and 16 MiB) over the least it has been since it last
-    did, and when told to (the entity tables shrank back after a flood). glibc keeps freed
-    heap resident for reuse and gives back only its top by itself: once a flood has spread
-    the heap wide, every later batch's arrays land on free pages scattered through it, and
-    those pages stay resident after the arrays are freed. On the 5 h demo's flood bench,
-    with a trim only when the tables shrank: live data back to the byte after the flood
+    """Hands the C heap's free pages back to the system (glibc's malloc_trim) after each
+    batch when either
+    - the process has grown by a sixteenth (and 16 MiB) over the least it has been since it
+      last did, or
+    - the heap's live bytes have fallen by a sixteenth of the process (and 16 MiB) from the
+      most they have been since it last did (glibc's mallinfo2): what was freed is still
+      resident,
+    and when told to (the entity tables shrank back after a flood). glibc keeps freed heap
+    resident for reuse and gives back only its top by itself: once a flood has spread the
+    heap wide, every later batch's arrays land on free pages scattered through it, and those
+    pages stay resident after the arrays are freed. On the 5 h demo's flood bench, with a
+    trim only when the tables shrank: live data back to the byte after the flood
     (tracemalloc), RSS +45 % for good. A sixteenth, because the process's size after a flood
     is meant to come back within 10 % of before: what the heap may hold free on top of what
-    it needs must be less. That bound holds for what the trim can give back: on the 5 h bench
-    it was not enough while oneDNN kept a primitive for every batch size the flood brought
-    (-2.0 % to +20.6 % in four runs); with the scorer's batch sizes bounded, -6.1 % to +12.6 %
-    in four (README "Flood"). A trim took
-    3-6 ms there (20 to 80 per pass of twenty 5 h replays: 0.07-0.40 s of 250 s), and no
-    replay of the demo measured slower for it; a process that grows for real (more
-    entities) meets it a few times, at sizes in geometric steps.
+    it needs must be less.
+
+    The second rule: a window closing after a burst of the capture frees its tallies (on the
+    5 h demo, the heap's live bytes 252 MiB -> 156 MiB). Growth alone missed that: the trim
+    that the burst's growth asked for ran amid the burst, so the least size since was the
+    burst's, and the 96 MiB it freed stayed resident, below the line, until the next burst
+    (RSS 600-620 MiB where 510-550 was the need; per batch, `mallinfo2`). Which heap pages a
+    burst's frees leave below the top is the allocator's layout, so it decided by chance
+    whether a replay held them: the flood bench's BEFORE read 498 to 608 MiB for the same
+    work. A trim took 3-6 ms there (20 to 80 per pass of twenty 5 h replays); mallinfo2,
+    which walks the free lists, well under one (README "Flood").
     Process-wide, as the heap is (`HEAP`)."""
 
     GROWTH = 1 / 16
@@ -52,16 +76,21 @@ class FreedHeap:
 
     def __init__(self) -> None:
         self._trim = _malloc_trim()
+        self._live = _heap_live()
         self.floor = resident_bytes()  # the least resident bytes since the last hand-back
+        self.live_high = self._live() if self._live is not None else 0  # the most live heap bytes since
         self.trims = 0
         self.trim_s = 0.0  # spent handing back, in all
 
     def check(self) -> None:
-        """Hand back if the process has grown enough since the last time (per batch)."""
+        """Hand back if the process has grown, or its heap has freed, enough since the last time (per batch)."""
         if self._trim is None:
             return
         rss = resident_bytes()
-        if rss > self.floor + max(self.floor * self.GROWTH, self.AT_LEAST):
+        live = self._live() if self._live is not None else 0
+        self.live_high = max(self.live_high, live)
+        if rss > self.floor + max(self.floor * self.GROWTH, self.AT_LEAST) or \
+                self.live_high - live > max(rss * self.GROWTH, self.AT_LEAST):
             self.release(collect=False)
         else:  # measured from the least it has been since: a trim amid a batch's arrays set it high
             self.floor = min(self.floor, rss)
@@ -77,6 +106,7 @@ class FreedHeap:
         self.trims += 1
         self.trim_s += time.perf_counter() - started
         self.floor = resident_bytes()
+        self.live_high = self._live() if self._live is not None else 0
 
 
 HEAP = FreedHeap()
