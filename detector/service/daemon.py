@@ -188,15 +188,18 @@ class Daemon:
         return f"signal:{self.lifecycle.stop_signal}" if self.lifecycle.stop else "source_ended"
 
     def _between_batches(self, now: float) -> None:
-        if self.lifecycle.take_reload():
+        reload, due, result = self.lifecycle.take_reload(), self.jobs.take_due(), self.retrainer.poll()
+        if reload or due or result is not None:
+            self.pipeline.settle()  # what follows reads or changes the Scoring stage's state
+        if reload:
             self._do_reload()
-        for name in self.jobs.take_due():
+        for name in due:
             self._run_job(name)
-        result = self.retrainer.poll()
         if result is not None:
             self._on_retrain_result(result)
         if self.scores_out is not None and now >= self._next_flush_s:
-            self.scores_out.flush()  # window scores of a live source show within a second, not per 8 KiB
+            # window scores of a live source show within a second, not per 8 KiB
+            self.pipeline.after_scored(self.scores_out.flush)
             self._next_flush_s = now + _SCORES_FLUSH_S
         self.lifecycle.tick(now, self._status)
 
@@ -239,6 +242,7 @@ class Daemon:
             self.pipeline.finish()
         elif watermark_ns is not None:
             self.pipeline.advance(watermark_ns + int(round(self.pipeline.windows.lateness_s * 1e9)))
+        self.pipeline.settle()
         return self.pipeline.windows.windows_closed - before
 
     def _abort(self) -> None:

@@ -38,7 +38,7 @@ from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.service._timebounds import TimeBounds
 from detector.service.heap import HEAP
-from detector.service.scoring import IncidentSink, Scoring
+from detector.service.scoring import IncidentSink, Scoring, ScoringThread
 
 log = structlog.get_logger()
 
@@ -291,7 +291,10 @@ def _pair_or_none(entity: str) -> tuple[int, int] | None:
 @dataclass
 class Pipeline:
     """The stages after the source, wired. `push(batch)` runs a batch through all of them;
-    everything after the windows is the Scoring stage (`self.scoring`)."""
+    everything after the windows is the Scoring stage (`self.scoring`). With capture workers
+    (`source.workers` > 1, packets) the Scoring stage runs on its own thread (ScoringThread),
+    fed the closed windows in order: call `settle()` before reading or changing its state
+    (`finish()` settles)."""
 
     cfg: Config
     bundle: ModelBundle
@@ -321,7 +324,9 @@ class Pipeline:
         self.exporters = ExporterIndex(cfg.home_net, 2 * cfg.windows.max_entities) if self.flows is None else None
         self.scoring = Scoring(cfg, self.bundle, observer_of(cfg), rules=self.rules, sinks=self.sinks, scores_out=self.scores_out,
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
-        self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self.scoring.publish,
+        sharded = isinstance(self.windows, ShardedWindowAggregator)
+        self.scoring_thread = ScoringThread() if sharded else None
+        self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self._publish,
                                       lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
         self.packets = 0  # for flow records: the packets they report
         self.bytes = 0
@@ -342,7 +347,7 @@ class Pipeline:
     def last_window_end_ns(self) -> int | None:
         return self.scoring.last_window_end_ns
 
-    def push(self, batch: PacketBatch | FlowRecordBatch) -> list[IncidentEvent]:
+    def push(self, batch: PacketBatch | FlowRecordBatch) -> None:
         if isinstance(batch, FlowRecordBatch):
             self.packets += int(batch.packets.sum())
             self.bytes += int(batch.bytes.sum())
@@ -353,28 +358,42 @@ class Pipeline:
             self.bytes += int(batch.ip_len.sum())
             self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        events = self._score(self.stages.push(batch, time.time_ns() if self.live else None))
+        self._score(self.stages.push(batch, time.time_ns() if self.live else None))
         self.time_bounds.check()
         self.stages.hand_back_memory()
-        return events
 
-    def advance(self, now_ns: int) -> list[IncidentEvent]:
+    def advance(self, now_ns: int) -> None:
         """The clock moved on without packets (a quiet live link): close what is due."""
-        events = self._score(self.windows.advance(now_ns))
+        self._score(self.windows.advance(now_ns))
         self.stages.hand_back_memory()
-        return events
 
-    def finish(self) -> list[IncidentEvent]:
-        """The source ended: close every open window."""
-        events = self._score(self.stages.flush())
+    def finish(self) -> None:
+        """The source ended: close every open window, and see them scored."""
+        self._score(self.stages.flush())
         self.time_bounds.finish()
-        return events
+        self.settle()
 
-    def _score(self, closed: Iterable[WindowBatch]) -> list[IncidentEvent]:
-        events: list[IncidentEvent] = []
+    def settle(self) -> None:
+        """Wait until every window closed so far is scored and its events published (at once
+        without a scoring thread); a scoring error raises here."""
+        if self.scoring_thread is not None:
+            self.scoring_thread.settle()
+
+    def _score(self, closed: Iterable[WindowBatch]) -> None:
         for window in closed:
-            events.extend(self.scoring.process(window)[1])
-        return events
+            self.after_scored(self.scoring.process, window)
+
+    def after_scored(self, fn: Callable[..., object], *args: object) -> None:
+        """`fn(*args)` once every window closed so far is scored, on the scoring thread if
+        there is one (in order with its work, without waiting for it), else now."""
+        if self.scoring_thread is not None:
+            self.scoring_thread.submit(fn, *args)
+        else:
+            fn(*args)
+
+    def _publish(self, event: IncidentEvent) -> None:
+        """An event of the event clock's (records out of time), in order with the windows' events."""
+        self.after_scored(self.scoring.publish, event)
 
     def stats(self) -> dict[str, int]:
         return {

@@ -16,6 +16,8 @@ applied on SIGHUP without another line here; `swap_model` changes the model betw
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -188,3 +190,50 @@ class Scoring:
         self.scorer.forget(entity_class, entities)
         self.tracker.forget(entities)
         self.causes.forget(entities)
+
+
+class ScoringThread:
+    """The Scoring stage's work on a thread of its own, in the order it was handed over: with
+    capture workers (`source.workers` > 1) the parent merges their tallies and closes windows
+    while the windows before are scored, so capture does not wait on the LSTM (torch lets go
+    of the GIL while it runs the network; the numba kernels of the window stage do not, hence
+    a thread here and processes for the workers).
+
+    `submit(fn, *args)` queues a call (it waits while `depth` calls are queued: a scorer
+    slower than capture holds capture back rather than windows piling up); `settle()` waits
+    until every call queued has run. Whoever reads or changes the stage's state (a checkpoint,
+    a reload, a model swap, the end of the input) settles first. A call that raises stops the
+    thread's work: the calls queued after it are dropped, and `submit` or `settle` raises the
+    error in the caller's thread, as if the call had run there."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self._calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="netad-scoring", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._raise()
+        self._calls.put((fn, args))
+
+    def settle(self) -> None:
+        self._calls.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            call = self._calls.get()
+            try:
+                if call is None:
+                    return
+                if self._error is None:
+                    call[0](*call[1])
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+            finally:
+                self._calls.task_done()

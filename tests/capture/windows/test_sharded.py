@@ -4,8 +4,10 @@ per-bin partials merged per window, give the windows, evidence and scores of one
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
+import pytest
 import torch
 
 from detector.capture.flows import flow_shards
@@ -98,18 +100,40 @@ def test_two_workers_give_the_scores_of_one():
     score lines with source.workers 1 and 2 (the capture's first 8,000 packets)."""
     cfg, batches = _westermo(), _batches()[:2]
     bundle = _bundle(cfg, _windows(cfg, batches, 1)[0])
-    lines = []
+    lines, threads = [], []
     for workers in (1, 2):
         run_cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"workers": workers})})
-        out = io.StringIO()
-        pipeline = Pipeline(run_cfg, bundle, scores_out=out)
+        out, scored_on = io.StringIO(), set()
+        pipeline = Pipeline(run_cfg, bundle, scores_out=out, on_scored=lambda *_, seen=scored_on: seen.add(threading.current_thread().name))
         for b in batches:
             pipeline.push(b)
         pipeline.finish()
         pipeline.stages.close()
         lines.append(out.getvalue().splitlines())
+        threads.append(scored_on)
     assert len(lines[0]) > 100
     assert lines[0] == lines[1]
+    assert threads == [{"MainThread"}, {"netad-scoring"}]  # with workers, scored on the Scoring stage's thread
+
+
+def test_a_scoring_error_with_workers_is_raised_in_the_pipelines_caller():
+    """On the scoring thread an error would end the thread and leave the daemon capturing
+    blind; it is raised where the windows are pushed, as it is without workers."""
+    cfg, batches = _westermo(), _batches()[:2]
+    bundle = _bundle(cfg, _windows(cfg, batches, 1)[0])
+    run_cfg = cfg.model_copy(update={"source": cfg.source.model_copy(update={"workers": 2})})
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("scorer broke")
+
+    pipeline = Pipeline(run_cfg, bundle, on_scored=broken)
+    try:
+        with pytest.raises(RuntimeError, match="scorer broke"):
+            for b in batches:
+                pipeline.push(b)
+            pipeline.finish()
+    finally:
+        pipeline.stages.close()
 
 
 def _flood_then_few() -> list[PacketBatch]:
