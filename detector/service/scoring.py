@@ -207,7 +207,7 @@ class ScoringThread:
     error in the caller's thread, as if the call had run there."""
 
     def __init__(self, depth: int = 4) -> None:
-        self._calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(maxsize=depth)
+        self._calls: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="netad-scoring", daemon=True)
         self._thread.start()
@@ -227,12 +227,10 @@ class ScoringThread:
 
     def _run(self) -> None:
         while True:
-            call = self._calls.get()
+            fn, args = self._calls.get()
             try:
-                if call is None:
-                    return
                 if self._error is None:
-                    call[0](*call[1])
+                    fn(*args)
             except BaseException as exc:  # handed to the caller's thread
                 self._error = exc
             finally:
