@@ -74,6 +74,9 @@ def main() -> None:
 @_errors_to_exit_codes
 def run(config: str | None, sinks: tuple[str, ...]) -> None:
     """Run the daemon: capture, score, and send incidents to the sinks."""
+    from detector.service import _held_reload
+
+    _held_reload.hold()
     cfg = _load(config)
     if cfg.role != "all-in-one":  # sensor or scorer, over Kafka
         from detector.service.kafka import run_role

@@ -33,6 +33,7 @@ import structlog
 
 from detector.config import ServiceConfig
 from detector.errors import ConfigError
+from detector.service import _held_reload as held_reload
 from detector.service.metrics import Metrics, PageHandler
 from detector.service.state import StateDirBusyError, lock_state_dir
 from detector.service.systemd import Notifier
@@ -76,6 +77,7 @@ class Lifecycle:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
+        self.reload = self.reload or held_reload.take()  # a SIGHUP while starting: reloaded between the first batches
 
     def _on_stop(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGINT:
@@ -217,6 +219,10 @@ class Lifecycle:
         if self.metrics is not None:
             self.metrics.close()
         self.notifier.close()
+        if threading.current_thread() is threading.main_thread():
+            # nothing is left to reload, and Python's exit gives SIGHUP back its default
+            # action, which would end a process that stopped cleanly by a signal
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     @property
     def uptime_s(self) -> float:
