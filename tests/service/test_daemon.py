@@ -245,7 +245,8 @@ def test_sighups_from_start_to_exit_never_kill_the_daemon(tmp_path, demo, start)
     process. Sent every 20 ms from the process's first moments until it exits, through its
     start (seconds: torch's import) and past its clean stop, to a full-speed replay of the
     demo's first 5,000 packets: the daemon reloads and exits 0, three times over. Before,
-    it was ended by the signal in every start and in half of the exits."""
+    it was ended by the signal in every start and in half of the exits. The signals begin
+    once the process catches SIGHUP at all (`netad run`'s first step), before torch loads."""
     short = tmp_path / "short.pcap"
     with open(demo["pcap"], "rb") as src, open(short, "wb") as out:
         out.write(src.read(24))
@@ -256,10 +257,21 @@ def test_sighups_from_start_to_exit_never_kill_the_daemon(tmp_path, demo, start)
         state = tmp_path / f"state{run}"
         config = _config(tmp_path, demo, source={"path": str(short), "speed": 0}, state_dir=str(state))
         d = start(config)
-        time.sleep(0.2)  # the interpreter itself starting: no Python code can answer yet
+        _wait_until_sighup_is_caught(d)  # the interpreter's own start (no Python code can answer yet) is not netad's
         while d.proc.poll() is None:
             d.signal(signal.SIGHUP)
             time.sleep(0.02)
         assert 0 == d.wait(timeout_s=30), d.tail()
         assert d.events("config_reloaded"), d.tail()
         assert d.events("daemon_stopped")[0]["reason"] == "source_ended"
+
+
+def _wait_until_sighup_is_caught(d: DaemonProcess, timeout_s: float = 30.0) -> None:
+    """Until the process has a handler for SIGHUP (its SigCgt mask in /proc)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and d.proc.poll() is None:
+        for line in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:") and int(line.split()[1], 16) & (1 << (signal.SIGHUP - 1)):
+                return
+        time.sleep(0.005)
+    raise AssertionError(f"SIGHUP not caught after {timeout_s} s\n{d.tail()}")
