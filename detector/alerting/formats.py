@@ -600,7 +600,7 @@ def _ocsf_evidence(flow: object) -> dict[str, Any] | None:
             endpoint["ip"] = ip
         if port is not None and 0 <= port <= 65535:
             endpoint["port"] = port
-        if endpoint:
+        if ip:  # OCSF's network endpoint needs an address (or a name): a port alone is not one
             out[side] = endpoint
     connection: dict[str, Any] = {}
     if flow.get("community_id"):
