@@ -139,6 +139,9 @@ class FeatureSchema:
     version: int
     features: tuple[str, ...]
     units: tuple[str, ...]
+    # features that are a level the entity carries from window to window (its history), the
+    # same in every bin, where the others count what happened in the bin
+    levels: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +149,7 @@ class FeatureSchema:
             "version": self.version,
             "features": list(self.features),
             "units": list(self.units),
+            "levels": list(self.levels),
         }
 
     @classmethod
@@ -155,6 +159,7 @@ class FeatureSchema:
             version=int(data["version"]),
             features=tuple(data["features"]),
             units=tuple(data["units"]),
+            levels=tuple(data.get("levels", ())),
         )
 
 

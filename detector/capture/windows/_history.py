@@ -14,19 +14,33 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
-- `young_peer_returns`: of the peers outside home_net it exchanged packets with in this
-  window that it first met less than `history_s` ago (after its own warm-up), the most
-  windows, after the first two, in which any of them had a fresh flow with it (one the
-  entity's previous window did not hold: a new connection, or one back after a silence). A
-  beacon's new peer climbs one per contact (or per window, for a beacon faster than the
-  window); a one-off new peer, or a new one in one long session, stays at 0; a peer known
-  since the warm-up is not young. A level, not a count: the same value in every bin (the
-  evidence of the returns so far, which is what grows while a beacon goes on). Two limits
-  keep it to what a beacon is (a host calling one new outside peer back, again and again):
-  a peer inside home_net is never young (a file server's new clients, a workstation's first
-  use of a local server or resolver: 4 false `beaconing` incidents on the synthetic demo), and
-  a peer's first return is not counted (a site visited twice; on the benign honeypot the
-  only returns in 22 h were single ones, and one alone crossed the link's threshold).
+- `young_peer_returns`: of the young peers (outside home_net, first met by the network, any
+  entity of it, less than `history_s` ago and after the entity's own warm-up), the most windows, after the first two, in which one
+  of them had a fresh flow with it (one the entity's previous window did not hold: a new
+  connection, or one back after a silence). It counts the peers of this window, and also
+  those in a regular series of returns, in this window or not: at least two returns, gaps
+  between contacts whose standard deviation is at most half their mean (a clock's is 0,
+  random visits' about their mean), and a silence since the last contact of at most twice
+  that mean. So a beacon's new peer climbs one per contact (or per window, for a beacon
+  faster than the window), and its level holds in the windows between the contacts for as
+  long as the beacon keeps its pace; a popular site visited at random (a workstation's
+  browsing) counts only in the windows that reach it; a one-off new peer, or a new one in one
+  long session, stays at 0; a peer known since the warm-up is not young. A level, not a
+  count: the same value in every bin. Before the level held between contacts, a 600 s beacon
+  showed in one window of ten, and those windows scored like a site visited a few times (71
+  windows to its first alarm); the windows between were scored as benign, though the host was
+  beaconing in every one of them. Held for every series, regular or not, the synthetic demo's
+  browsing workstations carried levels all day, and one opened a false incident. Two more
+  limits keep it to what a beacon is (a host calling one new outside peer back, again and
+  again): a peer inside home_net is never young (its returns are not counted: a file server's
+  new clients, a workstation's first use of a local server or resolver: 4 false `beaconing`
+  incidents on the synthetic demo), and a peer's first return is not counted (a site visited
+  twice; on the benign honeypot the only returns in 22 h were single ones, and one alone
+  crossed the link's threshold). A peer is young by the network's first sighting, not the
+  entity's: the synthetic demo's workstations that come up after the warm-up start checking
+  in with their management agent's cloud service every 5 minutes, a regular series to a peer
+  the host had not met, but the other workstations had used all along (what a beacon hunter
+  calls the destination's prevalence).
 
 Nothing is counted for an entity until its own history
 is `warmup_s` old: at start-up every peer would otherwise be new. A peer or port not seen for
@@ -56,13 +70,18 @@ from detector.contracts import PROTO_TCP, PROTO_UDP
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
 _PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
 _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
+_NETWORK_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
+_TABLES = ("entities", "peers", "ports", "network")
 
 
 class _Table:
-    """uint64 keys, sorted, with first seen, last seen (window ends, ns), returns and owner (the
-    entity's key; 0: not known, a row restored from a checkpoint written before owners) per key."""
+    """uint64 keys, sorted, with first seen, last seen (window ends, ns), returns, owner (the
+    entity's key; 0: not known, a row restored from a checkpoint written before owners), the
+    last return (`back`, ns; first seen before any), the sum of the squared gaps between
+    contacts (`gap_sq`, s^2: first seen, then each return) and when the network first met the
+    key's peer (`met`, ns; first seen where no network-wide sighting is kept) per key."""
 
-    COLUMNS = ("keys", "first", "last", "returns", "owner")
+    COLUMNS = ("keys", "first", "last", "returns", "owner", "back", "gap_sq", "met")
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)
@@ -70,25 +89,32 @@ class _Table:
         self.last = np.zeros(0, np.int64)
         self.returns = np.zeros(0, np.int64)
         self.owner = np.zeros(0, np.uint64)
+        self.back = np.zeros(0, np.int64)
+        self.gap_sq = np.zeros(0, np.float64)
+        self.met = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
     def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray, returned: np.ndarray | None = None,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              met: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
-        `now_ns`: (was new, first seen, returns so far: this sighting counts where `returned`
-        says so), aligned with `keys`."""
+        `now_ns`: (was new, met, returns so far: this sighting counts where `returned` says
+        so), aligned with `keys`. `met` (aligned with keys) is kept for new rows; by default
+        their first sighting, which is what is returned for rows that had none."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
         found[inside] = self.keys[pos[inside]] == keys[inside]
         at = pos[found]
         if returned is not None:
-            self.returns[at] += returned[found]
+            back = at[returned[found]]
+            self.returns[back] += 1
+            self.gap_sq[back] += ((now_ns - self.back[back]) / 1e9) ** 2
+            self.back[back] = now_ns
         self.last[at] = now_ns
-        first = np.full(keys.shape[0], now_ns, np.int64)
-        first[found] = self.first[at]
+        first = np.full(keys.shape[0], now_ns, np.int64) if met is None else met.astype(np.int64)
+        first[found] = self.met[at]
         returns = np.zeros(keys.shape[0], np.int64)
         returns[found] = self.returns[at]
         new = ~found
@@ -102,6 +128,9 @@ class _Table:
             self.last = np.insert(self.last, where, np.full(n, now_ns, np.int64))
             self.returns = np.insert(self.returns, where, np.zeros(n, np.int64))
             self.owner = np.insert(self.owner, where, owners[new][order])
+            self.back = np.insert(self.back, where, np.full(n, now_ns, np.int64))
+            self.gap_sq = np.insert(self.gap_sq, where, np.zeros(n, np.float64))
+            self.met = np.insert(self.met, where, first[new][order])
         return new, first, returns
 
     def forget(self, before_ns: int, max_rows: int) -> None:
@@ -138,25 +167,32 @@ class PeerHistory:
         self._entities = _Table()
         self._peers = _Table()
         self._ports = _Table()
+        self._network = _Table()  # every peer address the network met (no owner): when it first did
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
 
     @property
     def rows(self) -> int:
-        return len(self._entities) + len(self._peers) + len(self._ports)
+        return len(self._entities) + len(self._peers) + len(self._ports) + len(self._network)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
         out = {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
-               for name in ("entities", "peers", "ports") for col in _Table.COLUMNS}
+               for name in _TABLES for col in _Table.COLUMNS}
         return {**out, "last_flows": self._last_flows}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys. A
         checkpoint written before rows had owners gives them none (0): those rows are
-        forgotten after history_s, not when their entity expires."""
-        for name in ("entities", "peers", "ports"):
+        forgotten after history_s, not when their entity expires; one written before the gaps
+        were kept gives its rows no regular series (their levels count only in windows that
+        hold the peer, as before), and one written before the network's table starts it empty."""
+        optional = ("owner", "back", "gap_sq", "met")
+        for name in _TABLES:
             table = _Table()
-            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in _Table.COLUMNS if f"{name}.{col}" in state or col != "owner"}
+            if name == "network" and "network.keys" not in state:
+                setattr(self, f"_{name}", table)
+                continue
+            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in _Table.COLUMNS if f"{name}.{col}" in state or col not in optional}
             n = cols["keys"].shape[0]
             if any(c.ndim != 1 or c.shape[0] != n for c in cols.values()) or (n > 1 and not (cols["keys"][1:] > cols["keys"][:-1]).all()):
                 raise ValueError(f"peer history table {name}: columns of unequal length or keys not sorted")
@@ -166,6 +202,9 @@ class PeerHistory:
                 table.owner = cols["owner"].astype(np.uint64)
             else:  # an entity owns its own row
                 table.owner = table.keys.copy() if name == "entities" else np.zeros(n, np.uint64)
+            table.back = cols["back"].astype(np.int64) if "back" in cols else table.last.copy()
+            table.gap_sq = cols["gap_sq"].astype(np.float64) if "gap_sq" in cols else np.full(n, np.inf)
+            table.met = cols["met"].astype(np.int64) if "met" in cols else table.first.copy()
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
 
@@ -192,7 +231,7 @@ class PeerHistory:
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         before = end_ns - self.history_ns
-        for table in (self._entities, self._peers, self._ports):
+        for table in (self._entities, self._peers, self._ports, self._network):
             table.forget(before, self.max_rows)
         p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
         f_row, f_proto, s_hi, s_lo, d_hi, d_lo, f_sport, f_dport = (np.asarray(c) for c in flows[:8])
@@ -216,15 +255,23 @@ class PeerHistory:
             key = _peer_key(entity_keys[p_row], p_hi, p_lo)
             key, first_row = np.unique(key, return_index=True)
             rows = p_row[first_row]
+            # when the network first met each peer: a peer the other hosts have used for hours
+            # is not young to a host that meets it now (a workstation that starts the day and
+            # its agent's check-ins), whatever the host's own history says
+            address = mix(mix(p_hi[first_row].astype(u64) ^ _NETWORK_SALT) ^ p_lo[first_row].astype(u64))
+            unique_address, which = np.unique(address, return_inverse=True)
+            _, network_met, _ = self._network.touch(unique_address, end_ns, np.zeros(unique_address.shape[0], u64))
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
-            new, first, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=in_sorted(key, np.sort(both_ends)))
+            returned = in_sorted(key, np.sort(both_ends))
+            if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
+                returned &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
+            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met[which])
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
-            young = ~new & counted & (first >= started[rows] + self.warmup_ns) & (end_ns - first < self.history_ns)
-            if self.is_home is not None:
-                young &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
+            young = ~new & counted & (met >= started[rows] + self.warmup_ns) & (end_ns - met < self.history_ns)
             np.maximum.at(out[:, 2], rows[young], np.maximum(returns[young] - 1, 0).astype(np.float32))
+        self._in_series(out[:, 2], entity_keys, active, started, warm, end_ns)
         tcp_udp = np.isin(f_proto.astype(u64), (PROTO_TCP, PROTO_UDP))
         if tcp_udp.any():
             # a flow's service port is the lower of its two: the local port of a reply is an
@@ -237,6 +284,33 @@ class PeerHistory:
             new, _, _ = self._ports.touch(key, end_ns, entity_keys[rows])
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
+
+
+    def _in_series(self, out: np.ndarray, entity_keys: np.ndarray, active: np.ndarray, started: np.ndarray,
+                   warm: np.ndarray, end_ns: int) -> None:
+        """Raise young_peer_returns of the active warm entities in `out` to the most returns
+        (after the first) of their young peers in a regular series, in this window or not: at
+        least two returns, gaps between contacts whose standard deviation is at most half their
+        mean (a clock's is 0, random visits' about their mean), and a silence since the peer
+        was last seen of at most twice that mean."""
+        t = self._peers
+        idx = np.flatnonzero(t.returns >= 2)
+        if idx.size == 0 or active.size == 0:
+            return
+        mean = (t.back[idx] - t.first[idx]) / 1e9 / t.returns[idx]
+        regular = t.gap_sq[idx] / t.returns[idx] - mean**2 <= (mean / 2) ** 2
+        idx, mean = idx[regular], mean[regular]
+        met, last, returns = t.met[idx], t.last[idx], t.returns[idx]
+        order = np.argsort(entity_keys[active])
+        sorted_keys = entity_keys[active][order]
+        pos = np.minimum(np.searchsorted(sorted_keys, t.owner[idx]), sorted_keys.shape[0] - 1)
+        mine = sorted_keys[pos] == t.owner[idx]
+        row = active[order[pos[mine]]]
+        met, last, returns = met[mine], last[mine], returns[mine]
+        mean = mean[mine]
+        young = (warm[row] & (met >= started[row] + self.warmup_ns) & (end_ns - met < self.history_ns)
+                 & ((end_ns - last) / 1e9 <= 2.0 * mean))
+        np.maximum.at(out, row[young], (returns[young] - 1).astype(np.float32))
 
 
 def _peer_key(entity_keys: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

@@ -61,15 +61,67 @@ def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_or_a_long_sessio
         climbs.append(out[0, YOUNG])
         fast.append(out[1, YOUNG])
     assert climbs[0] == 0  # its first contact is a new peer, not a return
-    # its first return is not counted (a site visited twice): from the second on, one per contact
-    assert [k for k, c in enumerate(climbs) if c] == list(range(10, 60, 5))
-    assert [climbs[k] for k in range(10, 60, 5)] == list(range(1, 11))
+    # its first return is not counted (a site visited twice): from the second on, one per
+    # contact, and the level holds in the windows between the contacts
+    assert climbs == [0.0] * 10 + [k // 5 - 1 for k in range(10, 60)]
     assert fast == [0, 0] + list(range(1, 59))
+
+
+def test_a_beacon_that_stops_leaves_its_series_after_twice_its_mean_gap():
+    """The beacon's level holds through a silence up to twice its mean gap between contacts
+    (here 300 s: its last contact at 3,960 s), and is gone past it."""
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)]})
+    for k, t in enumerate(range(660, 660 + 12 * 300, 60)):
+        _window(h, t, {0: [(10, 443)] + ([(99, 443, k)] if k % 5 == 0 else []) + ([(50, 443, 7)] if 20 <= k < 40 else [])})
+    level = {t: _window(h, t, {0: [(10, 443)]})[0, YOUNG] for t in range(4260, 4680, 60)}
+    assert level == {4260: 10, 4320: 10, 4380: 10, 4440: 10, 4500: 10, 4560: 10, 4620: 0}
     # a session that pauses and comes back is fresh again: a return, its first (not counted)...
-    assert _window(h, 660 + 12 * 300 + 60, {0: [(50, 443, 7)]})[0, YOUNG] == 0
+    assert _window(h, 4680, {0: [(50, 443, 7)]})[0, YOUNG] == 0
     # ...and, after another silent window, its second is
-    _window(h, 660 + 12 * 300 + 120, {0: [(10, 443)]})
-    assert _window(h, 660 + 12 * 300 + 180, {0: [(50, 443, 7)]})[0, YOUNG] == 1
+    _window(h, 4740, {0: [(10, 443)]})
+    assert _window(h, 4800, {0: [(50, 443, 7)]})[0, YOUNG] == 1
+
+
+def test_only_a_regular_series_holds_its_level_between_contacts():
+    """A beacon with jitter (gaps of 4-6 windows) holds its level between contacts; a site
+    visited in bursts (gaps of 1 window, then long pauses: about as irregular as random visits)
+    counts only in the windows that reach it, once its first burst (three windows in a row: a
+    series of one window's pace, held for two) is past."""
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)], 1: [(11, 443)]})
+    beacon = {0, 5, 9, 15, 20, 24, 30, 35, 40, 44}
+    site = {0, 1, 2, 14, 15, 16, 17, 33, 34}
+    held, burst = [], []
+    for k, t in enumerate(range(660, 660 + 46 * 60, 60)):
+        out = _window(h, t, {0: [(10, 443)] + ([(99, 443, k)] if k in beacon else []),
+                             1: [(11, 443)] + ([(98, 443, k)] if k in site else [])})
+        held.append(out[0, YOUNG])
+        burst.append(out[1, YOUNG])
+    assert all(held[k] > 0 for k in range(9, 46))  # from its second return on, in every window
+    assert [k for k, level in enumerate(burst) if level] == [2, 3, 4, 14, 15, 16, 17, 33, 34]
+
+
+def test_a_peer_the_network_has_long_known_is_not_young_to_a_host_that_meets_it_late():
+    """Host 1 checks in with an outside service every 5 windows from the start; host 0 starts
+    doing the same after its warm-up: a regular series to a peer new to host 0, but not to the
+    network. The same calls to a peer new to both climb."""
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    levels, fresh = [], []
+    for k, t in enumerate(range(60, 60 + 60 * 60, 60)):
+        contacts = {0: [(10, 443)] + ([(77, 443, k)] if k >= 20 and k % 5 == 0 else []) + ([(88, 443, k)] if k >= 20 and k % 5 == 1 else []),
+                    1: [(11, 443)] + ([(77, 443, k)] if k % 5 == 0 else [])}
+        out = _window(h, t, contacts)
+        levels.append(out[0, YOUNG])
+    assert max(levels) > 0  # the calls to 88, a peer new to the network
+    h2 = PeerHistory(history_s=7200, warmup_s=600)
+    for k, t in enumerate(range(60, 60 + 60 * 60, 60)):
+        contacts = {0: [(10, 443)] + ([(77, 443, k)] if k >= 20 and k % 5 == 0 else []),
+                    1: [(11, 443)] + ([(77, 443, k)] if k % 5 == 0 else [])}
+        fresh.append(_window(h2, t, contacts)[0, YOUNG])
+    assert max(fresh) == 0  # the calls to 77 alone: known to the network since the start
 
 
 def test_a_peer_inside_home_net_is_never_young():
