@@ -245,7 +245,7 @@ def _packets(rows: np.ndarray, count: np.ndarray | None) -> int:
     return int(rows.sum()) if count is None else int(count[rows].sum())
 
 
-def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
+def label_windows(w: Windows, intervals: list[LabelledInterval], levels: list[int] | None = None) -> None:
     n = w.start_ns.shape[0]
     is_host = w.entity_class == "host"
     w.label = np.zeros(n, dtype=bool)
@@ -262,6 +262,32 @@ def label_windows(w: Windows, intervals: list[LabelledInterval]) -> None:
         else:
             w.unlabelled |= hit & is_host
     w.unlabelled &= ~w.label
+    trailing = _trail(w, levels or [])
+    w.trail = trailing
+    w.unlabelled |= trailing
+    w.benign &= ~trailing
+
+
+def _trail(w: Windows, levels: list[int]) -> np.ndarray:
+    """The windows after a positive interval in which the entity still carries a history level
+    out of it, up to its first window without one (or a window it did not have): its packets
+    have ended, but its state has not (a beacon's peer stays in its series for up to twice
+    its period). Neither positive nor negative, as training leaves them out (model.training.trail)."""
+    out = np.zeros(w.start_ns.shape[0], dtype=bool)
+    if not levels or w.benign is None:
+        return out
+    carried = (w.features[:, :, levels] > 0).any(axis=(1, 2))
+    for entity in np.unique(w.entity):
+        rows = np.flatnonzero(w.entity == entity)
+        rows = rows[np.argsort(w.start_ns[rows], kind="stable")]
+        after, prev_end = False, None
+        for r in rows:
+            if not w.benign[r]:
+                after, prev_end = True, w.end_ns[r]
+                continue
+            after = after and prev_end == w.start_ns[r] and bool(carried[r])
+            out[r], prev_end = after, w.end_ns[r]
+    return out
 
 
 def _class_rows(w: Windows, li: LabelledInterval, entity_class: str, visible_only: bool = False) -> np.ndarray:
@@ -359,11 +385,22 @@ def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
         on_window(wb)
 
 
-def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval]) -> None:
+def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval], trailing: set[str]) -> None:
+    """The baselines' training windows: as the model's (model.training.collect), a positive
+    interval's windows are left out, and so is each entity's trail after it (`trailing`: the
+    entities still carrying a history level out of an interval)."""
     if any(wb.window_start_ns < iv.end_ns and wb.window_end_ns > iv.start_ns for iv in positives):
+        trailing.clear()
+        trailing.update(wb.entities)
         return
-    for cls, feats in zip(wb.entity_classes, wb.features, strict=True):
+    levels = [wb.schema.features.index(n) for n in wb.schema.levels]
+    still = set()
+    for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features, strict=True):
+        if name in trailing and levels and (feats[:, levels] > 0).any():
+            still.add(name)
+            continue
         train.setdefault(cls, []).append(feats)
+    trailing.intersection_update(still)
 
 
 # --------------------------------------------------------------------------------------
@@ -407,10 +444,11 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     features = np.zeros((len(records), n_bins, n_feat), dtype=np.float32)
     filled = np.zeros(len(records), dtype=bool)
     train_feats: dict[str, list[np.ndarray]] = {}
+    trailing: set[str] = set()
 
     def on_window(wb: WindowBatch) -> None:
         if plan.split_s is not None and (wb.window_end_ns <= test_lo or wb.window_start_ns >= test_hi):
-            _collect_train(train_feats, wb, positives)
+            _collect_train(train_feats, wb, positives, trailing)
             return
         for name, feats in zip(wb.entities, wb.features, strict=True):
             row = row_of.get((name, _ms(wb.window_start_ns)))
@@ -423,8 +461,9 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records,
                   progress)
     if plan.train_pcaps:
+        train_trailing: set[str] = set()
         _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),
-                      lambda wb: _collect_train(train_feats, wb, positives), flow_records, progress)
+                      lambda wb: _collect_train(train_feats, wb, positives, train_trailing), flow_records, progress)
     if not filled.all():
         raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
     for li in intervals:
@@ -458,7 +497,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
             zs = RobustZScore.fit(np.stack(train_feats[cls]))
             w.scores["zscore"][rows] = zs.score(features[rows])
             baselines_fitted[cls] = len(train_feats[cls])
-    label_windows(w, intervals)
+    label_windows(w, intervals, [bundle.schema.features.index(n) for n in bundle.schema.levels])
     result = {
         "netad_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -551,6 +590,7 @@ def _entity_class_metrics(
         "positives": int(y.sum()),
         "negatives": int((~y).sum()),
         "unlabelled": int((w.unlabelled & (w.entity_class == cls)).sum()),  # type: ignore[operator]
+        "trail": int((w.trail & (w.entity_class == cls)).sum()),  # type: ignore[operator]
         "threshold": round(bundle.classes[cls].threshold.value, 6) if cls in bundle.classes else None,
         "detectors": {},
     }

@@ -168,6 +168,9 @@ def markdown(result: dict) -> str:
                          f" | {m['positives']} | {m['negatives']} |")
     lines += ["", "At the calibrated threshold (LSTM): " + "; ".join(
         f"{cls} TPR {_f(result[cls]['at_threshold']['tpr'])}, FPR {_f(result[cls]['at_threshold']['fpr'], 4)}" for cls in ("global", "host")),
+        "", "Left out as neither positive nor negative (the *trail*): windows after a positive interval in which"
+        " the entity still carries a history level out of it: " + ", ".join(
+            f"{cls} {result[cls].get('trail', 0)}" for cls in ("global", "host")) + ".",
         "", "## Per event class", "",
         "Positives: the class's windows (hosts: its attackers and targets); negatives: benign windows."
         " *visible*: only the intervals in which the capture holds the attack's packets (hosts: only"

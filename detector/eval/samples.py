@@ -43,4 +43,5 @@ class Windows:
     features: np.ndarray  # (rows, bins, features), real units
     label: np.ndarray | None = None
     unlabelled: np.ndarray | None = None
-    benign: np.ndarray | None = None  # overlaps no positive interval at all
+    benign: np.ndarray | None = None  # overlaps no positive interval at all, nor is in one's trail
+    trail: np.ndarray | None = None  # after a positive interval, still carrying its state: unlabelled

@@ -36,7 +36,7 @@ from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
-from detector.model.threshold import Threshold, calibrate
+from detector.model.threshold import MIN_MARGIN, Threshold, calibrate
 from detector.progress import Progress
 
 log = structlog.get_logger()
@@ -44,7 +44,7 @@ log = structlog.get_logger()
 MIN_CLASS_CALIBRATION = 200  # fewer held-out windows than this: calibrate on all classes pooled
 PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much traffic on
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
-THIN_MARGIN = 0.10  # a threshold less than 10 % above the largest held-out benign window: warned
+THIN_MARGIN = MIN_MARGIN  # a threshold less than 10 % above the largest held-out benign window: warned
 BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
 UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
 # an epoch improves on the best only by this share of its validation loss: an absolute step
@@ -111,8 +111,27 @@ def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | Non
             for k, f in ents[name].items():
                 feats[e, k] = f
                 present[e, k] = True
-        out[cls] = _ClassData(feats, present, present & ~excluded[None, :], starts_arr, names)
+        levels = [schema.features.index(n) for n in schema.levels] if schema is not None else []
+        carried = present & (feats[:, :, :, levels] > 0).any(axis=(2, 3)) if levels else np.zeros_like(present)
+        out[cls] = _ClassData(feats, present, present & ~excluded[None, :] & ~trail(excluded, carried), starts_arr, names)
     return out, schema
+
+
+def trail(excluded: np.ndarray, carried: np.ndarray) -> np.ndarray:
+    """bool (entities, windows): the windows after an excluded run (`excluded`, per window) in
+    which the entity still carries a level out of it (`carried`: a history level above 0),
+    up to its first window without one. An excluded interval's packets end, but the state they
+    left does not: a beacon's peer stays in its series for up to twice its period, and those
+    windows, learned as benign, taught the model the beacon and set the threshold over it."""
+    out = np.zeros_like(carried)
+    after = np.zeros(carried.shape[0], dtype=bool)
+    for k in range(excluded.shape[0]):
+        if excluded[k]:
+            after[:] = True
+            continue
+        after &= carried[:, k]
+        out[:, k] = after
+    return out
 
 
 def train(

@@ -194,6 +194,27 @@ def test_window_labels_follow_overlap_and_named_hosts():
     assert "10.0.0.1" == most_relevant_host(w)
 
 
+def test_an_interval_s_trail_is_neither_positive_nor_negative():
+    """After a beacon's last packet its host still carries the peer's level (its series): those
+    windows, up to the host's first window without a level or a window it did not have, are
+    unlabelled and not benign; a level of a host the interval did not touch, or one after the
+    trail ended, is the host's own and stays a negative."""
+    s = 1_000_000_000
+    rows = [(t, "10.0.0.1", "host", 1.0) for t in (0, 10, 20, 30, 40, 50, 60, 80)] + [(t, "10.0.0.2", "host", 1.0) for t in (20, 30)]
+    w = _windows(rows)
+    level = [0, 3, 4, 4, 0, 5, 5, 5, 2, 2]  # 10.0.0.1 at 0..60 and 80 (none at 70); 10.0.0.2 at 20, 30
+    w.features = np.array(level, dtype=np.float32).reshape(-1, 1, 1)
+    ivs = [LabelledInterval(Interval("BEACON", True, 10 * s, 20 * s, ""), ["10.0.0.1"], [])]
+    label_windows(w, ivs, levels=[0])
+    assert w.label.tolist() == [False, True] + [False] * 8
+    assert w.trail.tolist() == [False, False, True, True, False, False, False, False, False, False]
+    assert w.unlabelled.tolist() == w.trail.tolist()
+    assert w.benign.tolist() == [True, False, False, False, True, True, True, True, True, True]
+    # without levels (a schema that carries none) nothing is a trail
+    label_windows(w, ivs)
+    assert not w.trail.any() and w.benign.tolist() == [True, False] + [True] * 8
+
+
 def _packets(rows: list[tuple[float, str, str]]) -> PacketBatch:
     """(ts_s, src, dst) TCP packets."""
     n = len(rows)
