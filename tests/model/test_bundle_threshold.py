@@ -13,7 +13,7 @@ import torch
 from detector.capture.windows import PACKET_SCHEMA
 from detector.errors import ModelError
 from detector.model.bundle import META, WEIGHTS, ModelBundle
-from detector.model.threshold import calibrate
+from detector.model.threshold import MIN_MARGIN, calibrate
 from tests.model.test_scorer import _bundle
 
 
@@ -111,12 +111,27 @@ def test_bounded_tail_is_extrapolated_as_exponential_not_ended_at_the_largest_sc
     lies above every calibration score and says why."""
     rng = np.random.default_rng(5)
     calibration = rng.uniform(0.0, 1.0, 2_000)
-    free = calibrate(calibration, target_false_alarm=1e-4)
+    free = calibrate(calibration, target_false_alarm=1e-3)
     assert "pot" == free.method and 0.0 == free.shape
-    assert "exponential" in free.reason
+    assert "exponential" in free.reason and "raised" not in free.reason
     assert free.value > calibration.max()
-    # exponential above u = q0.98 with mean excess ~0.01: u + 0.01 * ln(0.02 / 1e-4) ~ 1.03
+    # exponential above u = q0.98 with mean excess ~0.01: u + 0.01 * ln(0.02 / 1e-3) ~ 1.01
     assert free.value < 1.1
+
+
+def test_with_fewer_windows_than_one_per_false_alarm_the_threshold_clears_the_largest_by_the_margin():
+    """2,000 windows at a target of 1e-4: not one of them may reach the threshold, and the
+    next day's largest passes today's about every other day, so the threshold is at least
+    MIN_MARGIN over the largest. With 20,000 windows the fit stands (its target puts two of
+    them over the threshold)."""
+    rng = np.random.default_rng(5)
+    few = rng.uniform(0.0, 1.0, 2_000)
+    th = calibrate(few, target_false_alarm=1e-4)
+    assert th.value == pytest.approx(few.max() / (1 - MIN_MARGIN)) and "raised to 10%" in th.reason
+    assert "exponential" in th.reason  # the fit's own reason is kept
+    many = rng.exponential(1.0, 20_000)
+    th = calibrate(many, target_false_alarm=1e-4)
+    assert "raised" not in th.reason and th.value < many.max() / (1 - MIN_MARGIN)
 
 
 def test_heavy_tail_shape_is_capped():
