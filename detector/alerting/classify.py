@@ -211,12 +211,27 @@ def _peers(score: WindowScore) -> list[tuple[str, int, int]]:
     return out
 
 
+def _returning(score: WindowScore) -> str:
+    """The evidence's young peer that keeps coming back (the one with the most `returns`)."""
+    best, most = "", 0
+    for p in (score.evidence or WindowEvidence()).top_peers:
+        ip = as_ip(p.get("ip")) if isinstance(p, dict) else None
+        returns = integer(p.get("returns")) if isinstance(p, dict) else None
+        if ip is not None and ip != as_ip(score.entity) and returns is not None and returns > most:
+            best, most = ip, returns
+    return best
+
+
 def _counterpart(window: _Window) -> str:
     """The peer with the most packets, if it dominates the evidence and carries at least one
     bin's worth of what drives the anomaly (a benign peer beside a spoofed flood does not).
     When only handshakes and counts drive it (SYNs, resets, connections, distinct peers or
     ports: small packets), peers whose packets are bulk-sized are not candidates: a file
     transfer beside a scan has as many packets as the scanner, and is not it."""
+    if window.lead == "young_peer_returns":
+        returning = _returning(window.score)
+        if returning:
+            return returning  # the beacon's peer, named by the window stage even between its contacts
     peers = _peers(window.score)
     if not window.drives(_SIZED):
         peers = [p for p in peers if p[2] <= SMALL_PACKET_BYTES * p[1]]

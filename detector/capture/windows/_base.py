@@ -136,6 +136,7 @@ class EntityWindows:
         self.windows_closed = 0
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
         self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains)
+        self._leads: dict[int, tuple[str, int]] = {}  # the last closed window's (LazyEvidence)
 
     @property
     def entities(self) -> int:
@@ -288,7 +289,8 @@ class EntityWindows:
         names = [ENTITY_GLOBAL] + [self._name(s) for s in alive[1:]]
         classes = ["global"] + ["host"] * (len(alive) - 1)
         self.windows_closed += 1
-        evidence = LazyEvidence(columns, dict(zip(names, alive, strict=True)), self.evidence_top_k) if columns is not None else {}
+        evidence = (LazyEvidence(columns, dict(zip(names, alive, strict=True)), self.evidence_top_k, self._leads)
+                    if columns is not None else {})
         return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)
 
     def _name(self, slot: int) -> str:
@@ -315,6 +317,9 @@ class EntityWindows:
             return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
 
         novelty = self.history.observe(keys, rows(*peers[:3]), rows(*flows[:8]), end_ns)
+        lead_row, level, hi, lo = self.history.lead
+        self._leads = {int(alive[r]): (pair_to_addr(int(h), int(low)), int(v))
+                       for r, v, h, low in zip(lead_row.tolist(), level.tolist(), hi.tolist(), lo.tolist(), strict=True)}
         for k, (name, _) in enumerate(HISTORY_FEATURES):
             if name in fidx:
                 feats[:, :, fidx[name]] = novelty[:, k : k + 1] / (1 if name in HISTORY_LEVELS else self.bins)
@@ -392,8 +397,10 @@ class EntityWindows:
 class LazyEvidence(Mapping):
     """entity -> WindowEvidence, ranked from a window's aggregates only when asked."""
 
-    def __init__(self, columns: dict[str, tuple[np.ndarray, ...]], slots: dict[str, int], top_k: int) -> None:
+    def __init__(self, columns: dict[str, tuple[np.ndarray, ...]], slots: dict[str, int], top_k: int,
+                 leads: dict[int, tuple[str, int]] | None = None) -> None:
         self._columns = columns
+        self._leads = leads or {}  # slot -> the young peer behind its young_peer_returns, and that level
         self._slots = slots
         self._top_k = top_k
         self._cache: dict[str, WindowEvidence] = {}
@@ -436,6 +443,14 @@ class LazyEvidence(Mapping):
             ev.top_peers.append(
                 {"ip": pair_to_addr(peers[1][r], peers[2][r]), "packets": int(peers[3][r]), "bytes": int(peers[4][r])}
             )
+        if slot in self._leads:
+            # the young peer that keeps coming back, named with its returns even in a window
+            # between its contacts (a beacon's level holds there, its packets do not)
+            ip, returns = self._leads[slot]
+            listed = next((p for p in ev.top_peers if p["ip"] == ip), None)
+            if listed is None:
+                ev.top_peers.insert(0, listed := {"ip": ip, "packets": 0, "bytes": 0})
+            listed["returns"] = returns
         ports, rows = self._top("ports", slot)
         for r in rows:
             ev.top_ports.append({"port": int(ports[2][r]), "proto": _proto_name(int(ports[1][r])), "packets": int(ports[3][r])})

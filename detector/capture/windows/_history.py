@@ -79,9 +79,10 @@ class _Table:
     entity's key; 0: not known, a row restored from a checkpoint written before owners), the
     last return (`back`, ns; first seen before any), the sum of the squared gaps between
     contacts (`gap_sq`, s^2: first seen, then each return) and when the network first met the
-    key's peer (`met`, ns; first seen where no network-wide sighting is kept) per key."""
+    key's peer (`met`, ns; first seen where no network-wide sighting is kept) per key, and the
+    peer's address (`hi`, `lo`; 0 where the table keeps none: ports, entities)."""
 
-    COLUMNS = ("keys", "first", "last", "returns", "owner", "back", "gap_sq", "met")
+    COLUMNS = ("keys", "first", "last", "returns", "owner", "back", "gap_sq", "met", "hi", "lo")
 
     def __init__(self) -> None:
         self.keys = np.zeros(0, np.uint64)
@@ -92,16 +93,20 @@ class _Table:
         self.back = np.zeros(0, np.int64)
         self.gap_sq = np.zeros(0, np.float64)
         self.met = np.zeros(0, np.int64)
+        self.hi = np.zeros(0, np.uint64)
+        self.lo = np.zeros(0, np.uint64)
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
     def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray, returned: np.ndarray | None = None,
-              met: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              met: np.ndarray | None = None, addr: tuple[np.ndarray, np.ndarray] | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
         `now_ns`: (was new, met, returns so far: this sighting counts where `returned` says
         so), aligned with `keys`. `met` (aligned with keys) is kept for new rows; by default
-        their first sighting, which is what is returned for rows that had none."""
+        their first sighting, which is what is returned for rows that had none. `addr`: the
+        keys' peer addresses (hi, lo), kept for new rows."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
@@ -131,6 +136,9 @@ class _Table:
             self.back = np.insert(self.back, where, np.full(n, now_ns, np.int64))
             self.gap_sq = np.insert(self.gap_sq, where, np.zeros(n, np.float64))
             self.met = np.insert(self.met, where, first[new][order])
+            hi, lo = (np.zeros(keys.shape[0], np.uint64),) * 2 if addr is None else addr
+            self.hi = np.insert(self.hi, where, np.asarray(hi, np.uint64)[new][order])
+            self.lo = np.insert(self.lo, where, np.asarray(lo, np.uint64)[new][order])
         return new, first, returns
 
     def forget(self, before_ns: int, max_rows: int) -> None:
@@ -169,6 +177,7 @@ class PeerHistory:
         self._ports = _Table()
         self._network = _Table()  # every peer address the network met (no owner): when it first did
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
+        self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
 
     @property
     def rows(self) -> int:
@@ -186,7 +195,7 @@ class PeerHistory:
         forgotten after history_s, not when their entity expires; one written before the gaps
         were kept gives its rows no regular series (their levels count only in windows that
         hold the peer, as before), and one written before the network's table starts it empty."""
-        optional = ("owner", "back", "gap_sq", "met")
+        optional = ("owner", "back", "gap_sq", "met", "hi", "lo")
         for name in _TABLES:
             table = _Table()
             if name == "network" and "network.keys" not in state:
@@ -205,6 +214,7 @@ class PeerHistory:
             table.back = cols["back"].astype(np.int64) if "back" in cols else table.last.copy()
             table.gap_sq = cols["gap_sq"].astype(np.float64) if "gap_sq" in cols else np.full(n, np.inf)
             table.met = cols["met"].astype(np.int64) if "met" in cols else table.first.copy()
+            table.hi, table.lo = (cols[c].astype(np.uint64) if c in cols else np.zeros(n, np.uint64) for c in ("hi", "lo"))
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
 
@@ -227,9 +237,12 @@ class PeerHistory:
         per entity row of the window, any unique key per entity), `peers` (row, addr_hi,
         addr_lo) and `flows` (row, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, as
         the initiator sent them) columns, rows indexing entity_keys. Returns float32
-        (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins)."""
+        (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins).
+        Leaves in `lead` the peer behind each row's young_peer_returns (row, level, addr_hi,
+        addr_lo; level > 0), in this window or not: the beacon an incident should name."""
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
+        self.lead = _NO_LEAD
         before = end_ns - self.history_ns
         for table in (self._entities, self._peers, self._ports, self._network):
             table.forget(before, self.max_rows)
@@ -266,12 +279,18 @@ class PeerHistory:
             returned = in_sorted(key, np.sort(both_ends))
             if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
                 returned &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
-            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met[which])
+            a_hi, a_lo = p_hi[first_row].astype(u64), p_lo[first_row].astype(u64)
+            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met[which],
+                                                  addr=(a_hi, a_lo))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
             young = ~new & counted & (met >= started[rows] + self.warmup_ns) & (end_ns - met < self.history_ns)
-            np.maximum.at(out[:, 2], rows[young], np.maximum(returns[young] - 1, 0).astype(np.float32))
-        self._in_series(out[:, 2], entity_keys, active, started, warm, end_ns)
+            young &= returns >= 2
+            here = (rows[young], returns[young] - 1, a_hi[young], a_lo[young])
+        else:
+            here = _NO_LEAD
+        self.lead = _leads(here, self._in_series(entity_keys, active, started, warm, end_ns))
+        out[self.lead[0], 2] = self.lead[1]
         tcp_udp = np.isin(f_proto.astype(u64), (PROTO_TCP, PROTO_UDP))
         if tcp_udp.any():
             # a flow's service port is the lower of its two: the local port of a reply is an
@@ -286,17 +305,17 @@ class PeerHistory:
         return out
 
 
-    def _in_series(self, out: np.ndarray, entity_keys: np.ndarray, active: np.ndarray, started: np.ndarray,
-                   warm: np.ndarray, end_ns: int) -> None:
-        """Raise young_peer_returns of the active warm entities in `out` to the most returns
-        (after the first) of their young peers in a regular series, in this window or not: at
+    def _in_series(self, entity_keys: np.ndarray, active: np.ndarray, started: np.ndarray, warm: np.ndarray,
+                   end_ns: int) -> tuple[np.ndarray, ...]:
+        """The young peers of the active warm entities in a regular series, in this window or
+        not, as (row, returns after the first, addr_hi, addr_lo): at
         least two returns, gaps between contacts whose standard deviation is at most half their
         mean (a clock's is 0, random visits' about their mean), and a silence since the peer
         was last seen of at most twice that mean."""
         t = self._peers
         idx = np.flatnonzero(t.returns >= 2)
         if idx.size == 0 or active.size == 0:
-            return
+            return _NO_LEAD
         mean = (t.back[idx] - t.first[idx]) / 1e9 / t.returns[idx]
         regular = t.gap_sq[idx] / t.returns[idx] - mean**2 <= (mean / 2) ** 2
         idx, mean = idx[regular], mean[regular]
@@ -310,7 +329,20 @@ class PeerHistory:
         mean = mean[mine]
         young = (warm[row] & (met >= started[row] + self.warmup_ns) & (end_ns - met < self.history_ns)
                  & ((end_ns - last) / 1e9 <= 2.0 * mean))
-        np.maximum.at(out, row[young], (returns[young] - 1).astype(np.float32))
+        at = idx[mine][young]
+        return row[young], returns[young] - 1, t.hi[at], t.lo[at]
+
+
+_NO_LEAD = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+
+
+def _leads(*candidates: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Per entity row, the candidate (row, level, addr_hi, addr_lo) with the highest level."""
+    row, level, hi, lo = (np.concatenate(c) for c in zip(*candidates, strict=True))
+    order = np.lexsort((-level, row))
+    _, first = np.unique(row[order], return_index=True)
+    pick = order[first]
+    return row[pick], level[pick].astype(np.float32), hi[pick].astype(np.uint64), lo[pick].astype(np.uint64)
 
 
 def _peer_key(entity_keys: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

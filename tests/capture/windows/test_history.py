@@ -193,6 +193,34 @@ def test_the_window_stage_fills_the_schema_columns(warmup_s):
     assert first[:, names.index("new_peers")].sum() == (0 if warmup_s else 1)
 
 
+def test_a_window_between_a_beacon_s_contacts_names_its_peer_in_the_evidence():
+    """A host calls a new outside peer every 5 minutes (a new connection each time), after its
+    warm-up, beside its usual traffic; in a window between two calls the evidence names the
+    beacon's peer first, with no packets and its returns, and the classifier takes it as the
+    counterpart of a beaconing window."""
+    from detector.alerting.classify import classify
+    from detector.contracts import FeatureContribution, WindowScore
+
+    agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=7200, history_warmup_s=600)
+    rows = [{"ts_s": t + 1.0, "src": "10.0.0.5", "dst": "192.0.2.80", "sport": 40000, "dport": 443, "flags": 0x18}
+            for t in range(0, 3600, 60)]  # a known peer, every window
+    rows += [{"ts_s": t + 2.0, "src": "10.0.0.5", "dst": "203.0.113.9", "sport": 41000 + t // 300, "dport": 443, "flags": 0x02}
+             for t in range(900, 3600, 300)]  # the beacon, from 15 minutes on
+    batch = make_batch(sorted(rows, key=lambda r: r["ts_s"]))
+    out = agg.push(batch, FlowTable().push(batch)) + agg.flush()
+    between = next(w for w in out if w.window_start_ns == 3060 * S)  # the window after the call at 3,002 s
+    peers = between.evidence["10.0.0.5"].top_peers
+    assert peers[0] == {"ip": "203.0.113.9", "packets": 0, "bytes": 0, "returns": 6}
+    assert peers[1]["ip"] == "192.0.2.80" and "returns" not in peers[1]
+    level = between.features[between.entities.index("10.0.0.5"), :, list(between.schema.features).index("young_peer_returns")]
+    assert (level == 6).all()
+    score = WindowScore(between.window_start_ns, between.window_end_ns, "10.0.0.5", "host", 9.0, 3.0, True, True,
+                        top_features=[FeatureContribution("young_peer_returns", "returns", 0.8, 6.0, 0.1)],
+                        evidence=between.evidence["10.0.0.5"])
+    found = classify(score)
+    assert (found.category, found.originator, found.target) == ("beaconing", "10.0.0.5", "203.0.113.9")
+
+
 def test_state_round_trips_and_bad_state_is_refused():
     """What a checkpoint saves and restores: the restored history counts exactly as the one
     that kept running; unsorted or ragged tables are refused (a damaged checkpoint)."""
