@@ -74,38 +74,36 @@ _NETWORK_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 _TABLES = ("entities", "peers", "ports", "network")
 
 
+_DTYPES = {"keys": np.uint64, "first": np.int64, "last": np.int64, "owner": np.uint64, "returns": np.int64,
+           "back": np.int64, "gap_sq": np.float64, "met": np.int64, "hi": np.uint64, "lo": np.uint64}
+_BASE = ("keys", "first", "last", "owner")
+# a peer row also keeps its returns, its last return (`back`), the sum of its squared gaps
+# between contacts (`gap_sq`, s^2), when the network first met the peer (`met`) and its address
+_PEER_COLUMNS = _BASE + ("returns", "back", "gap_sq", "met", "hi", "lo")
+_NETWORK_COLUMNS = ("keys", "first", "last")
+
+
 class _Table:
-    """uint64 keys, sorted, with first seen, last seen (window ends, ns), returns, owner (the
-    entity's key; 0: not known, a row restored from a checkpoint written before owners), the
-    last return (`back`, ns; first seen before any), the sum of the squared gaps between
-    contacts (`gap_sq`, s^2: first seen, then each return) and when the network first met the
-    key's peer (`met`, ns; first seen where no network-wide sighting is kept) per key, and the
-    peer's address (`hi`, `lo`; 0 where the table keeps none: ports, entities)."""
+    """uint64 keys, sorted, with per key the columns named in `columns` (_DTYPES): first seen,
+    last seen (window ends, ns), owner (the entity's key; 0: not known, a row restored from a
+    checkpoint written before owners) and, for peers, what _PEER_COLUMNS says. Every column
+    is copied on each insertion: a table keeps only what it uses."""
 
-    COLUMNS = ("keys", "first", "last", "returns", "owner", "back", "gap_sq", "met", "hi", "lo")
-
-    def __init__(self) -> None:
-        self.keys = np.zeros(0, np.uint64)
-        self.first = np.zeros(0, np.int64)
-        self.last = np.zeros(0, np.int64)
-        self.returns = np.zeros(0, np.int64)
-        self.owner = np.zeros(0, np.uint64)
-        self.back = np.zeros(0, np.int64)
-        self.gap_sq = np.zeros(0, np.float64)
-        self.met = np.zeros(0, np.int64)
-        self.hi = np.zeros(0, np.uint64)
-        self.lo = np.zeros(0, np.uint64)
+    def __init__(self, columns: tuple[str, ...] = _BASE) -> None:
+        self.columns = columns
+        for col in columns:
+            setattr(self, col, np.zeros(0, _DTYPES[col]))
 
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
-    def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray, returned: np.ndarray | None = None,
+    def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray | None = None, returned: np.ndarray | None = None,
               met: np.ndarray | None = None, addr: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
         `now_ns`: (was new, met, returns so far: this sighting counts where `returned` says
-        so), aligned with `keys`. `met` (aligned with keys) is kept for new rows; by default
-        their first sighting, which is what is returned for rows that had none. `addr`: the
+        so), aligned with `keys`. `met` (aligned with keys) is kept for new rows; by default,
+        and in a table without it, a row's first sighting is what is returned. `addr`: the
         keys' peer addresses (hi, lo), kept for new rows."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
@@ -119,26 +117,22 @@ class _Table:
             self.back[back] = now_ns
         self.last[at] = now_ns
         first = np.full(keys.shape[0], now_ns, np.int64) if met is None else met.astype(np.int64)
-        first[found] = self.met[at]
+        first[found] = (self.met if "met" in self.columns else self.first)[at]
         returns = np.zeros(keys.shape[0], np.int64)
-        returns[found] = self.returns[at]
+        if "returns" in self.columns:
+            returns[found] = self.returns[at]
         new = ~found
         if new.any():
-            new_keys = keys[new]
-            order = np.argsort(new_keys)
-            new_keys, where = new_keys[order], pos[new][order]
-            self.keys = np.insert(self.keys, where, new_keys)
-            n = new_keys.shape[0]
-            self.first = np.insert(self.first, where, np.full(n, now_ns, np.int64))
-            self.last = np.insert(self.last, where, np.full(n, now_ns, np.int64))
-            self.returns = np.insert(self.returns, where, np.zeros(n, np.int64))
-            self.owner = np.insert(self.owner, where, owners[new][order])
-            self.back = np.insert(self.back, where, np.full(n, now_ns, np.int64))
-            self.gap_sq = np.insert(self.gap_sq, where, np.zeros(n, np.float64))
-            self.met = np.insert(self.met, where, first[new][order])
+            order = np.argsort(keys[new])
+            where, n = pos[new][order], int(new.sum())
             hi, lo = (np.zeros(keys.shape[0], np.uint64),) * 2 if addr is None else addr
-            self.hi = np.insert(self.hi, where, np.asarray(hi, np.uint64)[new][order])
-            self.lo = np.insert(self.lo, where, np.asarray(lo, np.uint64)[new][order])
+            values = {"keys": lambda: keys[new][order], "first": lambda: np.full(n, now_ns, np.int64),
+                      "last": lambda: np.full(n, now_ns, np.int64), "owner": lambda: owners[new][order],
+                      "returns": lambda: np.zeros(n, np.int64), "back": lambda: np.full(n, now_ns, np.int64),
+                      "gap_sq": lambda: np.zeros(n, np.float64), "met": lambda: first[new][order],
+                      "hi": lambda: np.asarray(hi, np.uint64)[new][order], "lo": lambda: np.asarray(lo, np.uint64)[new][order]}
+            for col in self.columns:
+                setattr(self, col, np.insert(getattr(self, col), where, values[col]()))
         return new, first, returns
 
     def forget(self, before_ns: int, max_rows: int) -> None:
@@ -159,7 +153,7 @@ class _Table:
 
     def _keep(self, keep: np.ndarray) -> None:
         if not keep.all():
-            for col in self.COLUMNS:
+            for col in self.columns:
                 setattr(self, col, getattr(self, col)[keep])
 
 
@@ -173,9 +167,9 @@ class PeerHistory:
         self.warmup_ns = int(round(warmup_s * 1e9))
         self.max_rows = max_rows
         self._entities = _Table()
-        self._peers = _Table()
+        self._peers = _Table(_PEER_COLUMNS)
         self._ports = _Table()
-        self._network = _Table()  # every peer address the network met (no owner): when it first did
+        self._network = _Table(_NETWORK_COLUMNS)  # every peer address the network met (no owner): when it first did
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
 
@@ -185,8 +179,8 @@ class PeerHistory:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
-        out = {f"{name}.{col}": getattr(getattr(self, f"_{name}"), col)
-               for name in _TABLES for col in _Table.COLUMNS}
+        out = {f"{name}.{col}": getattr(table, col)
+               for name in _TABLES for table in (getattr(self, f"_{name}"),) for col in table.columns}
         return {**out, "last_flows": self._last_flows}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -195,26 +189,19 @@ class PeerHistory:
         forgotten after history_s, not when their entity expires; one written before the gaps
         were kept gives its rows no regular series (their levels count only in windows that
         hold the peer, as before), and one written before the network's table starts it empty."""
-        optional = ("owner", "back", "gap_sq", "met", "hi", "lo")
         for name in _TABLES:
-            table = _Table()
+            table = _Table({"peers": _PEER_COLUMNS, "network": _NETWORK_COLUMNS}.get(name, _BASE))
             if name == "network" and "network.keys" not in state:
                 setattr(self, f"_{name}", table)
                 continue
-            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in _Table.COLUMNS if f"{name}.{col}" in state or col not in optional}
+            cols = {col: np.asarray(state[f"{name}.{col}"]) for col in table.columns if f"{name}.{col}" in state}
+            if not {"keys", "first", "last"} <= cols.keys():
+                raise ValueError(f"peer history table {name}: keys, first or last missing")
             n = cols["keys"].shape[0]
             if any(c.ndim != 1 or c.shape[0] != n for c in cols.values()) or (n > 1 and not (cols["keys"][1:] > cols["keys"][:-1]).all()):
                 raise ValueError(f"peer history table {name}: columns of unequal length or keys not sorted")
-            table.keys = cols["keys"].astype(np.uint64)
-            table.first, table.last, table.returns = (cols[c].astype(np.int64) for c in ("first", "last", "returns"))
-            if "owner" in cols:
-                table.owner = cols["owner"].astype(np.uint64)
-            else:  # an entity owns its own row
-                table.owner = table.keys.copy() if name == "entities" else np.zeros(n, np.uint64)
-            table.back = cols["back"].astype(np.int64) if "back" in cols else table.last.copy()
-            table.gap_sq = cols["gap_sq"].astype(np.float64) if "gap_sq" in cols else np.full(n, np.inf)
-            table.met = cols["met"].astype(np.int64) if "met" in cols else table.first.copy()
-            table.hi, table.lo = (cols[c].astype(np.uint64) if c in cols else np.zeros(n, np.uint64) for c in ("hi", "lo"))
+            for col in table.columns:
+                setattr(table, col, (cols[col] if col in cols else _missing(col, name, cols)).astype(_DTYPES[col]))
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
 
@@ -273,7 +260,7 @@ class PeerHistory:
             # its agent's check-ins), whatever the host's own history says
             address = mix(mix(p_hi[first_row].astype(u64) ^ _NETWORK_SALT) ^ p_lo[first_row].astype(u64))
             unique_address, which = np.unique(address, return_inverse=True)
-            _, network_met, _ = self._network.touch(unique_address, end_ns, np.zeros(unique_address.shape[0], u64))
+            _, network_met, _ = self._network.touch(unique_address, end_ns)
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
             returned = in_sorted(key, np.sort(both_ends))
@@ -331,6 +318,18 @@ class PeerHistory:
                  & ((end_ns - last) / 1e9 <= 2.0 * mean))
         at = idx[mine][young]
         return row[young], returns[young] - 1, t.hi[at], t.lo[at]
+
+
+def _missing(col: str, table: str, cols: dict[str, np.ndarray]) -> np.ndarray:
+    """What a checkpoint written before column `col` gives the rows of `table`."""
+    n = cols["keys"].shape[0]
+    if col == "owner":  # an entity owns its own row; a peer's or port's is not known
+        return cols["keys"].copy() if table == "entities" else np.zeros(n, np.uint64)
+    if col in ("back", "met"):  # no return yet; the network's first sighting: the row's own
+        return cols["last" if col == "back" else "first"].copy()
+    if col == "gap_sq":  # no regular series until it has its own gaps
+        return np.full(n, np.inf)
+    return np.zeros(n, _DTYPES[col])
 
 
 _NO_LEAD = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.uint64))

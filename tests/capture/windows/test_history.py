@@ -240,6 +240,26 @@ def test_state_round_trips_and_bad_state_is_refused():
         PeerHistory(3600, 0).load_state_dict(bad)
 
 
+def test_a_checkpoint_written_before_the_series_loads_its_beacons_count_only_when_they_call():
+    """A checkpoint of schema v3 (no gaps, first sighting by the network or address per peer,
+    no network table): its rows load; a beacon it knew counts again in the windows that hold
+    a contact, not between them, since its gaps are not known; the full state holds it."""
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)]})
+    for k, t in enumerate(range(660, 660 + 30 * 60, 60)):
+        _window(h, t, {0: [(10, 443)] + ([(99, 443, k)] if k % 5 == 0 else [])})
+    new_cols = ("back", "gap_sq", "met", "hi", "lo")
+    old = {k: v for k, v in h.state_dict().items() if not k.startswith("network.") and k.split(".")[-1] not in new_cols}
+    restored, full = PeerHistory(history_s=7200, warmup_s=600), PeerHistory(history_s=7200, warmup_s=600)
+    restored.load_state_dict(old)
+    full.load_state_dict(h.state_dict())
+    between = 660 + 31 * 60  # six windows after its sixth call (five returns)
+    assert _window(restored, between, {0: [(10, 443)]})[0, YOUNG] == 0
+    assert _window(full, between, {0: [(10, 443)]})[0, YOUNG] == 4
+    assert _window(restored, between + 240, {0: [(10, 443), (99, 443, 77)]})[0, YOUNG] == 5  # a contact: its returns
+
+
 def test_a_flood_s_rows_go_when_its_entities_expire_a_warm_host_s_stay():
     """Spoofed home sources, one packet each, are entities whose history never got warm: their
     rows go when they expire (not history_s later). A host with a warm history keeps it
