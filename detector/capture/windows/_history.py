@@ -300,8 +300,12 @@ class PeerHistory:
         mean (a clock's is 0, random visits' about their mean), and a silence since the peer
         was last seen of at most twice that mean."""
         t = self._peers
-        idx = np.flatnonzero(t.returns >= 2)
-        if idx.size == 0 or active.size == 0:
+        if active.size == 0:
+            return _NO_LEAD
+        # the two cheap tests over the whole table first: a flood's spoofed sources that come
+        # back (a replayed flood, one a day) are hundreds of thousands of rows past their youth
+        idx = np.flatnonzero((t.returns >= 2) & (t.met > end_ns - self.history_ns))
+        if idx.size == 0:
             return _NO_LEAD
         mean = (t.back[idx] - t.first[idx]) / 1e9 / t.returns[idx]
         regular = t.gap_sq[idx] / t.returns[idx] - mean**2 <= (mean / 2) ** 2
