@@ -135,7 +135,7 @@ class EntityWindows:
         self.entities_expired = 0
         self.windows_closed = 0
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
-        self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains)
+        self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains, network_key=0)  # `global`: key 0
         self._leads: dict[int, tuple[str, int]] = {}  # the last closed window's (LazyEvidence)
 
     @property
@@ -305,7 +305,7 @@ class EntityWindows:
         """The window's peers and ports into each entity's history; its novelty features out."""
         row_of = np.full(len(self._slot_addr), -1, np.int64)
         row_of[alive] = np.arange(alive.shape[0])
-        keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address: slots are reused, addresses not
+        keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address (`global`: 0): slots are reused, addresses not
         if alive.shape[0] > 1:
             keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:].tolist()])
         empty = np.zeros(0, np.int64)

@@ -14,8 +14,9 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
-- `young_peer_returns`: of the young peers (outside home_net, first met by the network, any
-  entity of it, less than `history_s` ago and after the entity's own warm-up), the most windows, after the first two, in which one
+- `young_peer_returns`: of the young peers (outside home_net, first met by the network, which
+  the window stage's `global` entity sees whole, less than `history_s` ago and after the
+  entity's own warm-up), the most windows, after the first two, in which one
   of them had a fresh flow with it (one the entity's previous window did not hold: a new
   connection, or one back after a silence). It counts the peers of this window, and also
   those in a regular series of returns, in this window or not: at least two returns, gaps
@@ -70,8 +71,7 @@ from detector.contracts import PROTO_TCP, PROTO_UDP
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
 _PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
 _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
-_NETWORK_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
-_TABLES = ("entities", "peers", "ports", "network")
+_TABLES = ("entities", "peers", "ports")
 
 
 _DTYPES = {"keys": np.uint64, "first": np.int64, "last": np.int64, "owner": np.uint64, "returns": np.int64,
@@ -80,7 +80,6 @@ _BASE = ("keys", "first", "last", "owner")
 # a peer row also keeps its returns, its last return (`back`), the sum of its squared gaps
 # between contacts (`gap_sq`, s^2), when the network first met the peer (`met`) and its address
 _PEER_COLUMNS = _BASE + ("returns", "back", "gap_sq", "met", "hi", "lo")
-_NETWORK_COLUMNS = ("keys", "first", "last")
 
 
 class _Table:
@@ -98,13 +97,14 @@ class _Table:
         return int(self.keys.shape[0])
 
     def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray | None = None, returned: np.ndarray | None = None,
-              met: np.ndarray | None = None, addr: tuple[np.ndarray, np.ndarray] | None = None,
+              met: Callable[[np.ndarray], np.ndarray] | None = None, addr: tuple[np.ndarray, np.ndarray] | None = None,
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
         `now_ns`: (was new, met, returns so far: this sighting counts where `returned` says
-        so), aligned with `keys`. `met` (aligned with keys) is kept for new rows; by default,
-        and in a table without it, a row's first sighting is what is returned. `addr`: the
-        keys' peer addresses (hi, lo), kept for new rows."""
+        so), aligned with `keys`. `met(new)` says when the network met the new keys (`new`: a
+        mask over keys), kept for their rows; by default, and in a table without it, a row's
+        first sighting is what is returned. `addr`: the keys' peer addresses (hi, lo), kept for
+        new rows."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
@@ -116,8 +116,10 @@ class _Table:
             self.gap_sq[back] += ((now_ns - self.back[back]) / 1e9) ** 2
             self.back[back] = now_ns
         self.last[at] = now_ns
-        first = np.full(keys.shape[0], now_ns, np.int64) if met is None else met.astype(np.int64)
+        first = np.full(keys.shape[0], now_ns, np.int64)
         first[found] = (self.met if "met" in self.columns else self.first)[at]
+        if met is not None and not found.all():
+            first[~found] = met(~found)
         returns = np.zeros(keys.shape[0], np.int64)
         if "returns" in self.columns:
             returns[found] = self.returns[at]
@@ -161,21 +163,24 @@ class PeerHistory:
     """The per-entity peer and port sets behind HISTORY_FEATURES (see the module's text)."""
 
     def __init__(self, history_s: float, warmup_s: float, max_rows: int = 1_000_000,
-                 is_home: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+                 is_home: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                 network_key: int | None = None) -> None:
         self.is_home = is_home  # (addr_hi, addr_lo) -> inside home_net; None: no peer is
+        # the key of the entity that meets every outside peer of the network (the window
+        # stage's `global`): a peer is young by its first sighting there; None: by the host's
+        self.network_key = None if network_key is None else np.uint64(network_key)
         self.history_ns = int(round(history_s * 1e9))
         self.warmup_ns = int(round(warmup_s * 1e9))
         self.max_rows = max_rows
         self._entities = _Table()
         self._peers = _Table(_PEER_COLUMNS)
         self._ports = _Table()
-        self._network = _Table(_NETWORK_COLUMNS)  # every peer address the network met (no owner): when it first did
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
 
     @property
     def rows(self) -> int:
-        return len(self._entities) + len(self._peers) + len(self._ports) + len(self._network)
+        return len(self._entities) + len(self._peers) + len(self._ports)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
@@ -188,12 +193,9 @@ class PeerHistory:
         checkpoint written before rows had owners gives them none (0): those rows are
         forgotten after history_s, not when their entity expires; one written before the gaps
         were kept gives its rows no regular series (their levels count only in windows that
-        hold the peer, as before), and one written before the network's table starts it empty."""
+        hold the peer, as before)."""
         for name in _TABLES:
-            table = _Table({"peers": _PEER_COLUMNS, "network": _NETWORK_COLUMNS}.get(name, _BASE))
-            if name == "network" and "network.keys" not in state:
-                setattr(self, f"_{name}", table)
-                continue
+            table = _Table(_PEER_COLUMNS if name == "peers" else _BASE)
             cols = {col: np.asarray(state[f"{name}.{col}"]) for col in table.columns if f"{name}.{col}" in state}
             if not {"keys", "first", "last"} <= cols.keys():
                 raise ValueError(f"peer history table {name}: keys, first or last missing")
@@ -231,7 +233,7 @@ class PeerHistory:
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         self.lead = _NO_LEAD
         before = end_ns - self.history_ns
-        for table in (self._entities, self._peers, self._ports, self._network):
+        for table in (self._entities, self._peers, self._ports):
             table.forget(before, self.max_rows)
         p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
         f_row, f_proto, s_hi, s_lo, d_hi, d_lo, f_sport, f_dport = (np.asarray(c) for c in flows[:8])
@@ -255,19 +257,14 @@ class PeerHistory:
             key = _peer_key(entity_keys[p_row], p_hi, p_lo)
             key, first_row = np.unique(key, return_index=True)
             rows = p_row[first_row]
-            # when the network first met each peer: a peer the other hosts have used for hours
-            # is not young to a host that meets it now (a workstation that starts the day and
-            # its agent's check-ins), whatever the host's own history says
-            address = mix(mix(p_hi[first_row].astype(u64) ^ _NETWORK_SALT) ^ p_lo[first_row].astype(u64))
-            unique_address, which = np.unique(address, return_inverse=True)
-            _, network_met, _ = self._network.touch(unique_address, end_ns)
+            a_hi, a_lo = p_hi[first_row].astype(u64), p_lo[first_row].astype(u64)
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
             returned = in_sorted(key, np.sort(both_ends))
             if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
                 returned &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
-            a_hi, a_lo = p_hi[first_row].astype(u64), p_lo[first_row].astype(u64)
-            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met[which],
+            network_met = None if self.network_key is None else (lambda new: self._network_met(a_hi[new], a_lo[new], end_ns))
+            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met,
                                                   addr=(a_hi, a_lo))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
@@ -291,6 +288,17 @@ class PeerHistory:
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
 
+
+    def _network_met(self, hi: np.ndarray, lo: np.ndarray, end_ns: int) -> np.ndarray:
+        """When the network first met each peer (hi, lo): the network entity's own row's first
+        sighting, or this window if it has none. A peer the other hosts have used for hours is
+        not young to a host that meets it now (a workstation that starts the day, and its
+        agent's check-ins), whatever the host's own history says."""
+        t = self._peers
+        key = _peer_key(np.full(hi.shape[0], self.network_key), hi, lo)
+        pos = np.minimum(np.searchsorted(t.keys, key), max(len(t) - 1, 0))
+        known = (t.keys[pos] == key) if len(t) else np.zeros(key.shape[0], bool)
+        return np.where(known, t.first[pos] if len(t) else 0, end_ns)
 
     def _in_series(self, entity_keys: np.ndarray, active: np.ndarray, started: np.ndarray, warm: np.ndarray,
                    end_ns: int) -> tuple[np.ndarray, ...]:

@@ -107,21 +107,21 @@ def test_only_a_regular_series_holds_its_level_between_contacts():
 def test_a_peer_the_network_has_long_known_is_not_young_to_a_host_that_meets_it_late():
     """Host 1 checks in with an outside service every 5 windows from the start; host 0 starts
     doing the same after its warm-up: a regular series to a peer new to host 0, but not to the
-    network. The same calls to a peer new to both climb."""
-    h = PeerHistory(history_s=7200, warmup_s=600)
-    levels, fresh = [], []
-    for k, t in enumerate(range(60, 60 + 60 * 60, 60)):
-        contacts = {0: [(10, 443)] + ([(77, 443, k)] if k >= 20 and k % 5 == 0 else []) + ([(88, 443, k)] if k >= 20 and k % 5 == 1 else []),
-                    1: [(11, 443)] + ([(77, 443, k)] if k % 5 == 0 else [])}
-        out = _window(h, t, contacts)
-        levels.append(out[0, YOUNG])
-    assert max(levels) > 0  # the calls to 88, a peer new to the network
-    h2 = PeerHistory(history_s=7200, warmup_s=600)
-    for k, t in enumerate(range(60, 60 + 60 * 60, 60)):
-        contacts = {0: [(10, 443)] + ([(77, 443, k)] if k >= 20 and k % 5 == 0 else []),
-                    1: [(11, 443)] + ([(77, 443, k)] if k % 5 == 0 else [])}
-        fresh.append(_window(h2, t, contacts)[0, YOUNG])
-    assert max(fresh) == 0  # the calls to 77 alone: known to the network since the start
+    network (row 2, its key the history's network_key, sees every peer, as `global` does).
+    The same calls to a peer new to both climb; without a network entity, youth is the host's."""
+
+    def run(network_key: int | None, beacon: int) -> float:
+        h = PeerHistory(history_s=7200, warmup_s=600, network_key=network_key)
+        top = 0.0
+        for k, t in enumerate(range(60, 60 + 60 * 60, 60)):
+            host0 = [(10, 443)] + ([(beacon, 443, k)] if k >= 20 and k % 5 == 0 else [])
+            host1 = [(11, 443)] + ([(77, 443, k)] if k % 5 == 0 else [])
+            top = max(top, float(_window(h, t, {0: host0, 1: host1, 2: host0 + host1})[0, YOUNG]))
+        return top
+
+    assert run(3, beacon=77) == 0  # known to the network since the start
+    assert run(3, beacon=88) > 0  # new to the network too
+    assert run(None, beacon=77) > 0  # young by the host's own history
 
 
 def test_a_peer_inside_home_net_is_never_young():
