@@ -37,8 +37,9 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   new clients, a workstation's first use of a local server or resolver: 4 false `beaconing`
   incidents on the synthetic demo), and a peer's first return is not counted (a site visited
   twice; on the benign honeypot the only returns in 22 h were single ones, and one alone
-  crossed the link's threshold). A peer is young by the network's first sighting, not the
-  entity's: the synthetic demo's workstations that come up after the warm-up start checking
+  crossed the link's threshold). A peer is young by the network's first sighting (the first
+  sighting of `network_key`'s row for it: the window stage's `global`), not the entity's: the
+  synthetic demo's workstations that come up after the warm-up start checking
   in with their management agent's cloud service every 5 minutes, a regular series to a peer
   the host had not met, but the other workstations had used all along (what a beacon hunter
   calls the destination's prevalence).
