@@ -263,7 +263,7 @@ class PeerHistory:
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
             returned = in_sorted(key, np.sort(both_ends))
             if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
-                returned &= ~self.is_home(p_hi[first_row].astype(u64), p_lo[first_row].astype(u64))
+                returned &= ~self.is_home(a_hi, a_lo)
             network_met = None if self.network_key is None else (lambda new: self._network_met(a_hi[new], a_lo[new], end_ns))
             new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met,
                                                   addr=(a_hi, a_lo))
