@@ -54,6 +54,7 @@ from detector.eval.baselines import RobustZScore, stateless_scores, without_hist
 from detector.eval.samples import LabelledInterval, Windows
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
+from detector.model.training import trail
 from detector.progress import Progress, tracked
 from detector.service.pipeline import Pipeline, input_batches, window_stream
 from detector.service.training import train_from_captures
@@ -280,13 +281,9 @@ def _trail(w: Windows, levels: list[int]) -> np.ndarray:
     for entity in np.unique(w.entity):
         rows = np.flatnonzero(w.entity == entity)
         rows = rows[np.argsort(w.start_ns[rows], kind="stable")]
-        after, prev_end = False, None
-        for r in rows:
-            if not w.benign[r]:
-                after, prev_end = True, w.end_ns[r]
-                continue
-            after = after and prev_end == w.start_ns[r] and bool(carried[r])
-            out[r], prev_end = after, w.end_ns[r]
+        # a window the entity did not have ends its trail: the next one carries nothing in
+        joined = np.r_[False, w.start_ns[rows[1:]] == w.end_ns[rows[:-1]]]
+        out[rows] = trail(~w.benign[rows], (carried[rows] & joined)[None, :])[0]
     return out
 
 
