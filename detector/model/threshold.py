@@ -40,6 +40,8 @@ import numpy as np
 MIN_PEAKS = 20  # peaks for a free tail fit (shape and scale)
 MIN_EXP_PEAKS = 8  # peaks for an exponential tail (scale only)
 MIN_INITIAL_QUANTILE = 0.90
+# the fewest calibration windows with a tail to fit: MIN_EXP_PEAKS above MIN_INITIAL_QUANTILE
+MIN_TAIL_WINDOWS = round(MIN_EXP_PEAKS / (1.0 - MIN_INITIAL_QUANTILE))  # 80
 MAX_SHAPE = 0.5
 MAX_OUTLIER_SHARE = 0.05  # at most this share of the scores is screened (fewer where the tail holds few peaks)
 OUTLIER_ALPHA = 0.01  # each test's level: the gap's probability, or benign windows expected at least that high

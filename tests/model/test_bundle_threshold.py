@@ -239,3 +239,29 @@ def test_accumulated_scores_carry_only_between_consecutive_windows():
     got = _accumulated(scores, 1.0)
     np.testing.assert_allclose(got[0], [0.8, 1.1, 0.1, 0.9, 1.3, np.nan, 0.9])  # 0.8 + 0.3 alarms: spent; gap
     np.testing.assert_allclose(got[1], scores[1])  # never above half: nothing carried
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("windows, source", [(120, "class"), (60, "pooled")])
+def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(windows: int, source: str):
+    """`global` (one entity) beside eight hosts whose traffic varies far more: with 120
+    windows `global`'s threshold comes from its own held-out windows (pooled, it took on the
+    hosts' heavier tail: docs/EVALUATION.md, section xi); with 60, fewer than a tail can be
+    fitted to (MIN_TAIL_WINDOWS), from all classes' pooled."""
+    from detector.contracts import WindowBatch
+    from detector.model.threshold import MIN_TAIL_WINDOWS
+    from detector.model.training import TrainingParams, train
+
+    assert 60 < MIN_TAIL_WINDOWS <= 120
+    rng = np.random.default_rng(3)
+    n_feat, minute = len(PACKET_SCHEMA.features), 60_000_000_000
+    names, classes = ["global"] + [f"10.0.0.{i}" for i in range(1, 9)], ["global"] + ["host"] * 8
+    batches = []
+    for k in range(windows):
+        feats = rng.poisson(5.0, (9, 6, n_feat)).astype(np.float32)
+        feats[1:] *= rng.lognormal(0.0, 1.0, (8, 6, 1)).astype(np.float32)
+        batches.append(WindowBatch(k * minute, (k + 1) * minute, names, classes, feats, PACKET_SCHEMA))
+    bundle = train(batches, TrainingParams(epochs=2, hidden_size=8, validation_block_windows=10), bin_s=10, bins=6)
+    calibration = bundle.training["classes"]["global"]["calibration"]
+    assert calibration.startswith(f"{source}: out-of-fold scores of ")
+    assert calibration.endswith(f" {windows if source == 'class' else 9 * windows} windows")
