@@ -16,17 +16,18 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   destination port and a new service both count, a new ephemeral port does not);
 - `young_peer_returns`: of the young peers (outside home_net, first met by the network, which
   the window stage's `global` entity sees whole, less than `history_s` ago and after the
-  entity's own warm-up), the most windows, after the first two, in which one
-  of them had a fresh flow with it (one the entity's previous window did not hold: a new
-  connection, or one back after a silence). It counts the peers of this window, and also
-  those in a regular series of returns, in this window or not: at least two returns, gaps
-  between contacts whose standard deviation is at most half their mean (a clock's is 0,
-  random visits' about their mean), and a silence since the last contact of at most twice
-  that mean. So a beacon's new peer climbs one per contact (or per window, for a beacon
-  faster than the window), and its level holds in the windows between the contacts for as
-  long as the beacon keeps its pace; a popular site visited at random (a workstation's
-  browsing) counts only in the windows that reach it; a one-off new peer, or a new one in one
-  long session, stays at 0; a peer known since the warm-up is not young. A level, not a
+  entity's own warm-up), the most returns of one of them: windows after its first in which
+  it had a fresh flow with the entity (one the entity's previous window did not hold: a new
+  connection, or one back after a silence). A peer in a regular series of returns counts
+  them all, in this window or not: at least two returns, gaps between contacts whose
+  standard deviation is at most half their mean (a clock's is 0, random visits' about their
+  mean), and a silence since the last contact of at most twice that mean. Any other young
+  peer of this window counts its returns less one. So a beacon's new peer climbs one per
+  contact (or per window, for a beacon faster than the window) from its second return on,
+  and its level holds in the windows between the contacts for as long as the beacon keeps
+  its pace; a popular site visited at random (a workstation's browsing) counts only in the
+  windows that reach it; a one-off new peer, or a new one in one long session, stays at 0; a
+  peer known since the warm-up is not young. A level, not a
   count: the same value in every bin. Before the level held between contacts, a 600 s beacon
   showed in one window of ten, and those windows scored like a site visited a few times (71
   windows to its first alarm); the windows between were scored as benign, though the host was
@@ -35,11 +36,14 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   limits keep it to what a beacon is (a host calling one new outside peer back, again and
   again): a peer inside home_net is never young (its returns are not counted: a file server's
   new clients, a workstation's first use of a local server or resolver: 4 false `beaconing`
-  incidents on the synthetic demo), and a peer's first return is not counted (a site visited
+  incidents on the synthetic demo), and a single return is not counted (a site visited
   twice; on the benign honeypot the only returns in 22 h were single ones, and one alone
-  crossed the link's threshold). A peer is young by the network's first sighting (the first
-  sighting of `network_key`'s row for it: the window stage's `global`), not the entity's: the
-  synthetic demo's workstations that come up after the warm-up start checking
+  crossed the link's threshold). But a series counts its first return once it is one
+  (schema v5; v3 and v4 left it out there too): a 600 s beacon stands at 2 from its third
+  contact, not 1, and at 3 from its fourth (docs/EVALUATION.md, section xi). A peer is
+  young by the network's first sighting (the first sighting of `network_key`'s row for it:
+  the window stage's `global`), not the entity's: the synthetic demo's workstations that
+  come up after the warm-up start checking
   in with their management agent's cloud service every 5 minutes, a regular series to a peer
   the host had not met, but the other workstations had used all along (what a beacon hunter
   calls the destination's prevalence).
@@ -304,7 +308,7 @@ class PeerHistory:
     def _in_series(self, entity_keys: np.ndarray, active: np.ndarray, started: np.ndarray, warm: np.ndarray,
                    end_ns: int) -> tuple[np.ndarray, ...]:
         """The young peers of the active warm entities in a regular series, in this window or
-        not, as (row, returns after the first, addr_hi, addr_lo): at
+        not, as (row, returns, addr_hi, addr_lo): at
         least two returns, gaps between contacts whose standard deviation is at most half their
         mean (a clock's is 0, random visits' about their mean), and a silence since the peer
         was last seen of at most twice that mean."""
@@ -330,7 +334,7 @@ class PeerHistory:
         young = (warm[row] & (met >= started[row] + self.warmup_ns) & (end_ns - met < self.history_ns)
                  & ((end_ns - last) / 1e9 <= 2.0 * mean))
         at = idx[mine][young]
-        return row[young], returns[young] - 1, t.hi[at], t.lo[at]
+        return row[young], returns[young], t.hi[at], t.lo[at]
 
 
 def _missing(col: str, table: str, cols: dict[str, np.ndarray]) -> np.ndarray:

@@ -61,10 +61,10 @@ def test_a_young_peer_that_keeps_coming_back_climbs_a_known_one_or_a_long_sessio
         climbs.append(out[0, YOUNG])
         fast.append(out[1, YOUNG])
     assert climbs[0] == 0  # its first contact is a new peer, not a return
-    # its first return is not counted (a site visited twice): from the second on, one per
-    # contact, and the level holds in the windows between the contacts
-    assert climbs == [0.0] * 10 + [k // 5 - 1 for k in range(10, 60)]
-    assert fast == [0, 0] + list(range(1, 59))
+    # one return alone is not counted (a site visited twice); at the second the peer is in a
+    # regular series, and every return counts: one per contact, held between the contacts
+    assert climbs == [0.0] * 10 + [k // 5 for k in range(10, 60)]
+    assert fast == [0, 0] + list(range(2, 60))
 
 
 def test_a_beacon_that_stops_leaves_its_series_after_twice_its_mean_gap():
@@ -76,7 +76,7 @@ def test_a_beacon_that_stops_leaves_its_series_after_twice_its_mean_gap():
     for k, t in enumerate(range(660, 660 + 12 * 300, 60)):
         _window(h, t, {0: [(10, 443)] + ([(99, 443, k)] if k % 5 == 0 else []) + ([(50, 443, 7)] if 20 <= k < 40 else [])})
     level = {t: _window(h, t, {0: [(10, 443)]})[0, YOUNG] for t in range(4260, 4680, 60)}
-    assert level == {4260: 10, 4320: 10, 4380: 10, 4440: 10, 4500: 10, 4560: 10, 4620: 0}
+    assert level == {4260: 11, 4320: 11, 4380: 11, 4440: 11, 4500: 11, 4560: 11, 4620: 0}
     # a session that pauses and comes back is fresh again: a return, its first (not counted)...
     assert _window(h, 4680, {0: [(50, 443, 7)]})[0, YOUNG] == 0
     # ...and, after another silent window, its second is
@@ -133,7 +133,7 @@ def test_a_peer_inside_home_net_is_never_young():
         _window(h, t, {0: [(10, 443)], 1: [(10, 443)]})
     for k, t in enumerate(range(660, 660 + 10 * 60, 60)):
         out = _window(h, t, {0: [(99, 445, k)], 1: [(98, 443, k)]})
-    assert out[0, YOUNG] == 0 and out[1, YOUNG] == 8
+    assert out[0, YOUNG] == 0 and out[1, YOUNG] == 9
 
 
 def test_forgotten_after_history_s_and_bounded():
@@ -210,10 +210,10 @@ def test_a_window_between_a_beacon_s_contacts_names_its_peer_in_the_evidence():
     out = agg.push(batch, FlowTable().push(batch)) + agg.flush()
     between = next(w for w in out if w.window_start_ns == 3060 * S)  # the window after the call at 3,002 s
     peers = between.evidence["10.0.0.5"].top_peers
-    assert peers[0] == {"ip": "203.0.113.9", "packets": 0, "bytes": 0, "returns": 6}
+    assert peers[0] == {"ip": "203.0.113.9", "packets": 0, "bytes": 0, "returns": 7}
     assert peers[1]["ip"] == "192.0.2.80" and "returns" not in peers[1]
     level = between.features[between.entities.index("10.0.0.5"), :, list(between.schema.features).index("young_peer_returns")]
-    assert (level == 6).all()
+    assert (level == 7).all()
     score = WindowScore(between.window_start_ns, between.window_end_ns, "10.0.0.5", "host", 9.0, 3.0, True, True,
                         top_features=[FeatureContribution("young_peer_returns", "returns", 0.8, 6.0, 0.1)],
                         evidence=between.evidence["10.0.0.5"])
@@ -256,7 +256,7 @@ def test_a_checkpoint_written_before_the_series_loads_its_beacons_count_only_whe
     full.load_state_dict(h.state_dict())
     between = 660 + 31 * 60  # six windows after its sixth call (five returns)
     assert _window(restored, between, {0: [(10, 443)]})[0, YOUNG] == 0
-    assert _window(full, between, {0: [(10, 443)]})[0, YOUNG] == 4
+    assert _window(full, between, {0: [(10, 443)]})[0, YOUNG] == 5
     assert _window(restored, between + 240, {0: [(10, 443), (99, 443, 77)]})[0, YOUNG] == 5  # a contact: its returns
 
 
