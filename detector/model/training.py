@@ -189,6 +189,8 @@ def train(
         th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
         classes[cls] = ClassModel(net, scaler, th)
         summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
+        if source == "pooled":
+            summary[cls]["own_calibration_windows"] = int(np.isfinite(val_scores[cls]).sum())
         pooled = [cls] if source == "class" else sorted(val_scores)
         summary[cls]["threshold_interval"] = threshold_interval([val_scores[c] for c in pooled], params)
         summary[cls]["outliers"] = _outlier_windows(th, {c: (data[c], val_scores[c]) for c in pooled})
@@ -232,6 +234,11 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
         warnings.append(f"{len(outliers)} held-out window(s) far beyond the tail of the others, left out of the calibration: "
                         f"{seen}{', ...' if len(outliers) > 3 else ''}; an attack or a fault in the training span? "
                         f"Check them, and retrain with them in --truth if they are")
+    own = summary.get("own_calibration_windows")
+    if own is not None:
+        warnings.append(f"only {own} held-out windows of this class (< {MIN_TAIL_WINDOWS}), too few for a tail of its own: "
+                        f"its threshold comes from every class's held-out windows pooled, and lies as far from its own "
+                        f"as the other classes' tails are from it; a longer training span gives it its own")
     low, high = summary.get("threshold_interval", (threshold, threshold))
     if high > UNCERTAIN_RATIO * low:
         warnings.append(f"uncertain threshold: resampling the held-out windows puts it anywhere from {low:.4g} to {high:.4g} "

@@ -262,6 +262,11 @@ def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(
         feats[1:] *= rng.lognormal(0.0, 1.0, (8, 6, 1)).astype(np.float32)
         batches.append(WindowBatch(k * minute, (k + 1) * minute, names, classes, feats, PACKET_SCHEMA))
     bundle = train(batches, TrainingParams(epochs=2, hidden_size=8, validation_block_windows=10), bin_s=10, bins=6)
-    calibration = bundle.training["classes"]["global"]["calibration"]
-    assert calibration.startswith(f"{source}: out-of-fold scores of ")
-    assert calibration.endswith(f" {windows if source == 'class' else 9 * windows} windows")
+    summary = bundle.training["classes"]["global"]
+    assert summary["calibration"].startswith(f"{source}: out-of-fold scores of ")
+    assert summary["calibration"].endswith(f" {windows if source == 'class' else 9 * windows} windows")
+    told = [w for w in summary["warnings"] if "too few for a tail of its own" in w]
+    if source == "class":
+        assert told == []
+    else:  # `netad train` says so
+        assert len(told) == 1 and told[0].startswith(f"only {windows} held-out windows of this class")
