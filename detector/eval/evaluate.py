@@ -302,10 +302,12 @@ def _class_rows(w: Windows, li: LabelledInterval, entity_class: str, visible_onl
     return hit
 
 
-def _clusters(w: Windows, intervals: list[LabelledInterval], entity_class: str, window_ns: int, visible_only: bool = False) -> np.ndarray:
+def _clusters(w: Windows, intervals: list[LabelledInterval], entity_class: str, window_ns: int,
+              visible_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap clusters for M.auc_difference: a positive window belongs to the first attack
     interval that makes it positive; every other window to its moment (all entities of one
-    window together, since one moment's traffic moves every host's score)."""
+    window together, since one moment's traffic moves every host's score). With each row's
+    kind, its interval's truth event ("" for a moment): the bootstrap's strata."""
     moment = w.start_ns // window_ns
     clusters = moment - moment.min() + len(intervals)
     assigned = np.zeros(clusters.shape[0], dtype=bool)
@@ -313,16 +315,19 @@ def _clusters(w: Windows, intervals: list[LabelledInterval], entity_class: str, 
         hit = _class_rows(w, li, entity_class, visible_only) & ~assigned
         clusters[hit] = k
         assigned |= hit
-    return clusters
+    events = np.array([li.interval.event for li in intervals] + [""], dtype=object)
+    return clusters, events[np.minimum(clusters, len(intervals))]
 
 
-def _lstm_minus(w: Windows, sel: np.ndarray, pos: np.ndarray, clusters: np.ndarray) -> dict:
-    """LSTM ROC AUC minus each baseline's on the rows `sel` (labels `pos`), with 95% intervals."""
+def _lstm_minus(w: Windows, sel: np.ndarray, pos: np.ndarray, strata: tuple[np.ndarray, np.ndarray]) -> dict:
+    """LSTM ROC AUC minus each baseline's on the rows `sel` (labels `pos`), with 95% intervals
+    (`strata`: each row's cluster and kind, from _clusters)."""
+    clusters, kinds = strata
     out = {}
     for det in DETECTORS[1:]:
         a, b = w.scores["lstm"][sel], w.scores[det][sel]
         ok = a.size and np.all(np.isfinite(b))
-        out[det] = M.auc_difference(a, b, pos[sel], clusters[sel], resamples=BOOTSTRAP_RESAMPLES) if ok else None
+        out[det] = M.auc_difference(a, b, pos[sel], clusters[sel], resamples=BOOTSTRAP_RESAMPLES, kinds=kinds[sel]) if ok else None
     return out
 
 

@@ -134,22 +134,37 @@ def _weighted_auc(group: np.ndarray, label: np.ndarray, weight: np.ndarray, grou
 
 def auc_difference(
     a: np.ndarray, b: np.ndarray, labels: np.ndarray, clusters: np.ndarray, resamples: int = 2000, seed: int = 0,
-    min_clusters: int = 5,
+    min_clusters: int = 5, kinds: np.ndarray | None = None,
 ) -> dict[str, float | int | None] | None:
     """ROC AUC of detector `a` minus that of `b` on the same windows, with a 95% percentile
-    interval from a paired cluster bootstrap: whole clusters (an attack interval's positive
-    windows; a stretch of time's negative windows) are drawn with replacement, positives and
-    negatives apart, and both detectors are scored on each draw. Windows of one attack, or of
-    one minute across hosts, are not independent; resampling them one by one would make the
+    interval from a paired, stratified cluster bootstrap: whole clusters (an attack interval's
+    positive windows; a stretch of time's negative windows) are drawn with replacement within
+    their stratum, and both detectors are scored on each draw. Windows of one attack, or of one
+    minute across hosts, are not independent; resampling them one by one would make the
     interval far too narrow. `clusters`: a non-negative id per row, never shared between a
-    positive and a negative row. With fewer than `min_clusters` positive clusters the
-    interval is None: drawn from one or two attacks it would only restate them. None without
-    both classes."""
+    positive and a negative row. With fewer than `min_clusters` positive clusters the interval
+    is None: drawn from one or two attacks it would only restate them. None without both
+    classes.
+
+    Strata: the negative clusters are one; the positive clusters are stratified by `kinds` (a
+    positive row's kind of attack, e.g. its truth event), since a labelled set's mix of kinds
+    is fixed by whoever built it, not drawn at random: an unstratified draw of ten attacks of
+    which two are beacons leaves out both beacons in (8/10)^10 = 11 % of its draws, sets that no
+    one evaluates, and the interval's lower end is read from them. Kinds with a single
+    cluster are collapsed into one stratum (and with `kinds` None every positive cluster is
+    in it), as survey practice collapses strata of one unit. Each draw takes n_h - 1 of a
+    stratum's n_h clusters and weighs them n_h / (n_h - 1) (Rao and Wu's rescaling
+    bootstrap, J. Am. Stat. Assoc. 83, 1988): the plain bootstrap's variance is (n_h - 1) /
+    n_h of the truth, half of it with two clusters a kind. A collapsed stratum of one cluster
+    is kept whole in every draw (its variance cannot be told) and counted in
+    `fixed_clusters`."""
     sa, y = _checked(a, labels)
     sb, _ = _checked(b, labels)
     c = np.asarray(clusters, dtype=np.int64).reshape(-1)
     if c.shape != y.shape:
         raise ValueError("clusters and labels differ in length")
+    if kinds is not None and np.asarray(kinds).reshape(-1).shape != y.shape:
+        raise ValueError("kinds and labels differ in length")
     if not y.any() or y.all():
         return None
     if np.intersect1d(c[y], c[~y]).size:
@@ -165,18 +180,44 @@ def auc_difference(
     diff = difference(np.ones(y.shape[0]))
     out: dict[str, float | int | None] = {"difference": _round(diff), "ci95_low": None, "ci95_high": None,
                                           "positive_clusters": int(pos_c.size), "negative_clusters": int(neg_c.size),
-                                          "resamples": 0}
+                                          "strata": 0, "fixed_clusters": 0, "resamples": 0}
     if min(pos_c.size, neg_c.size) < min_clusters:
         return out
+    strata = [neg_c, *_positive_strata(cid, y, pos_c, kinds)]
+    drawn = [s for s in strata if s.size > 1]
+    fixed = np.zeros(cid.max() + 1)
+    for s in strata:
+        if s.size == 1:
+            fixed[s] = 1.0
     rng = np.random.default_rng(seed)
     draws = np.empty(resamples)
     for k in range(resamples):
-        count = np.bincount(rng.choice(pos_c, pos_c.size), minlength=cid.max() + 1)
-        count += np.bincount(rng.choice(neg_c, neg_c.size), minlength=cid.max() + 1)
-        draws[k] = difference(count[cid].astype(np.float64))
+        weight = fixed.copy()
+        for s in drawn:
+            weight += np.bincount(rng.choice(s, s.size - 1), minlength=weight.size) * (s.size / (s.size - 1))
+        draws[k] = difference(weight[cid])
     lo, hi = np.percentile(draws, [2.5, 97.5])
-    out.update(ci95_low=_round(lo), ci95_high=_round(hi), resamples=resamples)
+    out.update(ci95_low=_round(lo), ci95_high=_round(hi), strata=len(strata), fixed_clusters=int(sum(s.size == 1 for s in strata)),
+               resamples=resamples)
     return out
+
+
+def _positive_strata(cid: np.ndarray, y: np.ndarray, pos_c: np.ndarray, kinds: np.ndarray | None) -> list[np.ndarray]:
+    """The positive clusters by kind, the kinds of one cluster collapsed into one stratum."""
+    if kinds is None:
+        return [pos_c]
+    kind_of: dict[int, str] = {}
+    for ci, kind in zip(cid[y].tolist(), np.asarray(kinds).reshape(-1)[y].tolist(), strict=True):
+        if kind_of.setdefault(ci, str(kind)) != str(kind):
+            raise ValueError("a positive cluster holds windows of two kinds")
+    by_kind: dict[str, list[int]] = {}
+    for ci in pos_c.tolist():
+        by_kind.setdefault(kind_of[ci], []).append(ci)
+    strata = [np.array(v, dtype=np.int64) for _, v in sorted(by_kind.items()) if len(v) > 1]
+    single = [v[0] for _, v in sorted(by_kind.items()) if len(v) == 1]
+    if single:
+        strata.append(np.array(single, dtype=np.int64))
+    return strata
 
 
 def rate_per_hour(count: int, hours: float) -> float | None:

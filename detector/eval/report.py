@@ -186,8 +186,8 @@ def markdown(result: dict) -> str:
                          f"{_f(a['recall'])} / {_f(v['recall'])} | {aucs(a)} | {aucs(v)} |")
     lines += ["", "## What the carried state is worth", "",
               "LSTM ROC AUC minus each baseline's on the same windows, with a 95% interval from a paired"
-              " cluster bootstrap (attack intervals and moments drawn whole): an interval that holds 0 is a tie;"
-              " fewer than 5 attack intervals give no interval.", "",
+              " cluster bootstrap (attack intervals and moments drawn whole, the attacks within their kind, Rao and Wu's"
+              " rescaling): an interval that holds 0 is a tie; fewer than 5 attack intervals give no interval.", "",
               "*stateless*: the same network with no memory at all (neutral (h, c) every window, no peer history);"
               " *(h, c) reset*: the neutral (h, c) every window, the peer history kept;"
               " *window alone*: the LSTM's score of the window without what the entity's previous window carried in.", "",

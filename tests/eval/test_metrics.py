@@ -119,6 +119,39 @@ def test_auc_difference_is_the_plain_difference_with_an_interval_that_knows_clus
     assert abs(two["difference"] - (M.roc_auc(a, y) - M.roc_auc(b, y))) < 1e-6
 
 
+def test_auc_difference_draws_each_kind_of_attack_within_itself():
+    """Ten attacks of five kinds, two each; `a` wins on both attacks of one kind. Drawn
+    without regard to kind, 11 % of the draws hold neither and the interval's lower end is
+    0; drawn within each kind, every draw holds one of them (weighed twice) and the interval
+    is above 0. A win on one attack of a kind, not the other, still gets an interval that
+    holds 0: the kind's two attacks disagree, and the draw knows it."""
+    rng = np.random.default_rng(5)
+    n_attacks, per_attack, n_moments = 10, 10, 300
+    y = np.r_[np.ones(n_attacks * per_attack, dtype=bool), np.zeros(n_moments, dtype=bool)]
+    attack = np.repeat(np.arange(n_attacks), per_attack)
+    clusters = np.r_[attack, n_attacks + np.arange(n_moments)]
+    kinds = np.r_[np.array(["beacon", "onset", "upload", "scan", "role"])[attack // 2], np.full(n_moments, "")]
+    b = np.r_[rng.normal(0.5, 1.0, n_attacks * per_attack), rng.normal(size=n_moments)].round(1)
+    both = b + 3.0 * (y & (clusters < 2))  # better on the two beacons
+    plain = M.auc_difference(both, b, y, clusters, resamples=1000)
+    strat = M.auc_difference(both, b, y, clusters, resamples=1000, kinds=kinds)
+    assert plain["difference"] == strat["difference"] > 0.05
+    assert plain["ci95_low"] <= 0 < strat["ci95_low"] < strat["difference"] < strat["ci95_high"]
+    assert (6, 0) == (strat["strata"], strat["fixed_clusters"])  # the moments and five kinds
+    one = b + 3.0 * (y & (clusters == 0))  # better on one beacon only
+    d = M.auc_difference(one, b, y, clusters, resamples=1000, kinds=kinds)
+    assert d["difference"] > 0 and d["ci95_low"] <= 0 < d["ci95_high"]
+    # kinds of one attack each are one stratum, drawn as without kinds
+    singles = np.r_[np.array([f"k{i}" for i in range(n_attacks)])[attack], np.full(n_moments, "")]
+    d = M.auc_difference(both, b, y, clusters, resamples=1000, kinds=singles)
+    assert 2 == d["strata"] and d["ci95_low"] <= 0
+    # one kind of one attack beside kinds of two or more: a stratum of one, kept whole
+    d = M.auc_difference(both, b, y, clusters, resamples=200, kinds=np.where(clusters == 9, "beacon", kinds))
+    assert (6, 1) == (d["strata"], d["fixed_clusters"])  # the moments, four kinds drawn, one kept
+    with pytest.raises(ValueError, match="two kinds"):
+        M.auc_difference(both, b, y, clusters, kinds=np.where(np.arange(y.size) == 0, "x", kinds))
+
+
 def test_auc_difference_refuses_mixed_clusters_and_needs_both_classes():
     y = np.array([1, 1, 0, 0], dtype=bool)
     with pytest.raises(ValueError, match="both positive and negative"):
