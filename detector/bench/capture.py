@@ -41,12 +41,13 @@ _REPO_ROOT = Path(__file__).resolve().parents[2]
 Progress = Callable[[str], None]
 
 
-def generate_capture(path: Path, packets: int, seed: int = 7) -> dict[str, Any]:
-    """Write a "bench" profile capture of `packets` frames in a child process; returns
+def generate_capture(path: Path, packets: int, seed: int = 7, span_s: float | None = None) -> dict[str, Any]:
+    """Write a "bench" profile capture of `packets` frames in a child process, spread over
+    about `span_s` seconds of traffic (default: the profile's 300 s); returns
     {"packets", "home_net", "span_s", "seconds"} (seconds: generation wall time)."""
     code = (
         "import json, sys\nfrom pathlib import Path\nfrom detector.synth.generate import generate\n"
-        f"r = generate(Path({str(path)!r}), profile='bench', packets={int(packets)}, seed={int(seed)})\n"
+        f"r = generate(Path({str(path)!r}), profile='bench', packets={int(packets)}, seed={int(seed)}, benign_s={span_s!r})\n"
         "print(json.dumps({'packets': r.packets, 'home_net': r.home_net, 'span_s': r.end_epoch_s - r.start_epoch_s}))\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
@@ -213,6 +214,7 @@ def run_capture_bench(
     scapy_packets: int = 20_000,
     table_flows: int = 2_000_000,
     cpu: int | None = None,
+    span_s: float | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Generate a `packets`-frame bench capture in `workdir` and measure (see the module
@@ -222,7 +224,7 @@ def run_capture_bench(
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"bench-{packets}.pcap"
     say(f"generating {packets:,} packets ...")
-    gen = generate_capture(path, packets)
+    gen = generate_capture(path, packets, span_s=span_s)
     warm = workdir / "warmup.pcap"
     generate_capture(warm, _WARMUP_PACKETS)
 

@@ -86,7 +86,8 @@ def run_workers_bench(path: Path, home_net: str, counts: list[int], repeats: int
 
 
 def format_workers_bench(r: dict[str, Any], capture: dict[str, Any]) -> str:
-    lines = [f"netad bench capture --workers: {capture['packets']:,} packets (home net {capture['home_net']}), "
+    lines = [f"netad bench capture --workers: {capture['packets']:,} packets over {capture['span_s']:.0f} s of traffic "
+             f"({capture['packets'] / max(capture['span_s'], 1e-9):,.0f} pkt/s; home net {capture['home_net']}), "
              f"{r['cpus']} CPUs, load average {r['load_avg_1m']} before, {r['load_avg_1m_after']} after; "
              f"medians of {r['repeats']} runs, worker counts taking turns", ""]
     for n, w in r["per_workers"].items():

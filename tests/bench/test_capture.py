@@ -30,6 +30,7 @@ def capture_result(tmp_path_factory) -> dict:
 def test_bench_capture_counts_every_packet_of_the_generated_capture(capture_result):
     r = capture_result
     assert PACKETS == r["capture"]["packets"]
+    assert r["capture"]["span_s"] > 1  # 3,000 packets of the 300 s profile fill about 2 s
     assert PACKETS == r["parse"]["rows"] + r["parse"]["non_ip"] + r["parse"]["malformed"]
     assert 200 == r["scapy"]["packets_measured"]
     assert 5000 == r["flow_memory"]["measured_flows"]
@@ -58,14 +59,17 @@ def test_bench_capture_text_names_the_pinning_the_scaling_and_the_targets(captur
 
 def test_bench_capture_workers_measures_each_count_in_one_run(tmp_path):
     """--workers 1,2: both counts read every packet into the same windows; each worker's
-    packets add up; the ratio is the quotient of the two rates, the target beside it."""
-    args = ["capture", "--packets", str(PACKETS), "--repeats", "1", "--workers", "1,2", "--workdir", str(tmp_path), "--json"]
+    packets add up; the ratio is the quotient of the two rates, the target beside it.
+    --span-s packs the packets into that many seconds of traffic (a busier link)."""
+    args = ["capture", "--packets", str(PACKETS), "--repeats", "1", "--workers", "1,2", "--span-s", "1",
+            "--workdir", str(tmp_path), "--json"]
     result = CliRunner().invoke(bench, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     one, two = r["per_workers"]["1"], r["per_workers"]["2"]
     assert one["packets"] == two["packets"] == sum(two["worker_packets"]) > 0
     assert one["windows"] == two["windows"]
+    assert 0 < r["capture"]["span_s"] <= 1
     assert r["ratios"]["2_over_1"] == pytest.approx(two["pps"] / one["pps"])
     assert r["target"]["met"] == (r["ratios"]["2_over_1"] >= 1.7)
 
