@@ -52,7 +52,7 @@ def bench() -> None:
               help="Comma-separated counts of capture workers (e.g. 1,2): measure only parse + flows + windows "
                    "with each, in one run, and the ratios to the first.")
 @click.option("--span-s", type=click.FloatRange(min=1.0), default=None,
-              help="Seconds of traffic the packets are spread over (default 300: 3,300 pkt/s for 1 M packets). "
+              help="Seconds of traffic the packets are spread over (default: the profile's 300 s, about 3,600 pkt/s for 1 M packets). "
                    "Windows close once a minute of traffic whatever its rate, so a short span (35 s for 1 M: "
                    "a busy link's rate) measures the per-packet stages with almost no closing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")

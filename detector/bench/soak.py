@@ -59,11 +59,7 @@ def run_soak(cfg: Any, pcaps: list[Path], duration_s: float, report_every_s: flo
     sink = _CountingSink()
     pipeline = Pipeline(cfg, bundle, sinks=[sink])
     first_ns, last_ns = _span(pcaps, cfg.source.batch_packets)
-    window_ns = int(round(cfg.windows.bin_s * 1e9)) * cfg.windows.bins
-    # whole windows, and past the previous pass's last window and lateness: the stream
-    # stays in order and the window grid stays aligned
-    lead_ns = window_ns + int(round(cfg.windows.lateness_s * 1e9))
-    shift_ns = -(-(last_ns - first_ns + lead_ns) // window_ns) * window_ns
+    shift_ns = pass_shift_ns(cfg, first_ns, last_ns)
     started = time.monotonic()
     next_report = started + report_every_s
     samples: list[dict[str, float]] = []
@@ -119,6 +115,15 @@ def soak_verdict(samples: list[dict[str, float]], first_pass_rss: float | None, 
     flat = growth <= max(FLAT_TOLERANCE_MIB, 0.02 * first_pass_rss)
     return (f"rss after the first pass {first_pass_rss:.1f} MiB, at the end {end:.1f} MiB: "
             f"growth {growth:+.1f} MiB over {passes} pass(es) -> {'flat' if flat else 'GROWING'}"), growth, flat
+
+
+def pass_shift_ns(cfg: Any, first_ns: int, last_ns: int) -> int:
+    """How far to shift a replay pass of records at first_ns..last_ns in time: whole windows,
+    past the previous pass's last window and its lateness, so that the stream stays in order
+    and the window grid stays aligned (also bench.workers' timed pass)."""
+    window_ns = int(round(cfg.windows.bin_s * 1e9)) * cfg.windows.bins
+    lead_ns = window_ns + int(round(cfg.windows.lateness_s * 1e9))
+    return -(-(last_ns - first_ns + lead_ns) // window_ns) * window_ns
 
 
 def _span(pcaps: list[Path], batch_packets: int) -> tuple[int, int]:

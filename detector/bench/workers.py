@@ -36,6 +36,7 @@ TARGET_RATIO = 1.7  # issue 22: 2 workers >= 1.7 x one worker on a 2-core machin
 
 def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
     """One warm run (module docstring): an untimed pass, then the timed one, shifted."""
+    from detector.bench.soak import pass_shift_ns
     from detector.capture.packets.pcap import CaptureFile
     from detector.config import Config
     from detector.service.pipeline import build_windowing
@@ -53,9 +54,7 @@ def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
                 first_ns, last_ns = lo if first_ns is None else min(first_ns, lo), hi if last_ns is None else max(last_ns, hi)
             for _ in stages.push(batch):
                 pass
-        window_ns = int(round(cfg.windows.bin_s * 1e9)) * cfg.windows.bins
-        lead_ns = window_ns + int(round(cfg.windows.lateness_s * 1e9))  # past the first pass's last window
-        shift_ns = -(-((last_ns or 0) - (first_ns or 0) + lead_ns) // window_ns) * window_ns
+        shift_ns = pass_shift_ns(cfg, first_ns or 0, last_ns or 0)
         before = stages.worker_stats()
         packets = windows = 0
         cpu0 = time.process_time()
