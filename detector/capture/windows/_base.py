@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -90,6 +91,21 @@ class WindowAcc(Protocol):
     def distinct_counts(self, n_slots: int, bins: int) -> np.ndarray: ...
     def finish(self) -> None: ...
     def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]: ...
+
+
+@dataclass
+class Closing:
+    """A window the clock has closed, up to building its batch (EntityWindows._closing):
+    its aggregates, and the entities it is emitted for (slots, names, history keys) as they
+    were at its close; `slots` is the size of the slot table then."""
+
+    start_ns: int
+    end_ns: int
+    acc: WindowAcc | None
+    alive: np.ndarray
+    names: list[str]
+    keys: np.ndarray
+    slots: int
 
 
 class EntityWindows:
@@ -251,16 +267,23 @@ class EntityWindows:
                     self.windows_skipped += target - self._next_close
                     self._next_close = target
                     continue
-            closed = self._close(self._next_close)
+            w = self._next_close
             self._next_close += 1
-            yield closed
+            yield from self._closed(w)
 
     def _quiet(self, w: int) -> bool:
         """Window w holds nothing and starts an idle period after the last record: no host
         is left to emit it for (all expired), and `global` would only count the silence."""
         return w not in self._open and not self._slot_of and w * self._window_ns >= self._last_data_ns + self._idle_ns
 
-    def _close(self, w: int) -> WindowBatch:
+    def _closed(self, w: int) -> Iterator[WindowBatch]:
+        """Window w is closed: its batch, handed on now (a subclass may hand it on later)."""
+        yield self._built(self._closing(w))
+
+    def _closing(self, w: int) -> Closing:
+        """Window w's closing on the entity side, in the stream's order: entities idle past its
+        end expire (their slots are freed for the records after it), and the entities it is
+        emitted for are fixed, with their names and history keys, while their slots are theirs."""
         start_ns = w * self._window_ns
         end_ns = start_ns + self._window_ns
         self._expire_entities(end_ns)
@@ -268,14 +291,23 @@ class EntityWindows:
         acc = self._open.pop(w, None)
         began = (self._slot_first_ns[: len(self._slot_addr)] < end_ns).tolist()
         alive = [0] + sorted(s for s, a in enumerate(self._slot_addr) if s and a is not None and began[s])
-        alive_arr = np.array(alive, dtype=np.int64)
+        keys = np.zeros(len(alive), np.uint64)  # the entity's address (`global`: 0): slots are reused, addresses not
+        if len(alive) > 1:
+            keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:]])
+        names = [ENTITY_GLOBAL] + [self._name(s) for s in alive[1:]]
+        return Closing(start_ns, end_ns, acc, np.array(alive, dtype=np.int64), names, keys, len(self._slot_addr))
+
+    def _built(self, closing: Closing) -> WindowBatch:
+        """A closing window's batch: its features, what its peers add to the history, its
+        evidence. Closings are built in the order they were made (the history is one stream)."""
+        alive_arr, acc = closing.alive, closing.acc
         fidx = {name: i for i, name in enumerate(self.SCHEMA.features)}
-        feats = np.zeros((len(alive), self.bins, len(self.SCHEMA.features)), dtype=np.float32)
+        feats = np.zeros((alive_arr.shape[0], self.bins, len(self.SCHEMA.features)), dtype=np.float32)
         if acc is not None:
             sums = rows_of(acc.sums, alive_arr)
             for k, name in enumerate(self.SUMS):
                 feats[:, :, fidx[name]] = sums[:, :, k]
-            counts = rows_of(acc.distinct_counts(len(self._slot_addr), self.bins), alive_arr)
+            counts = rows_of(acc.distinct_counts(closing.slots, self.bins), alive_arr)
             for kind, name in enumerate(self.DISTINCT):
                 feats[:, :, fidx[name]] = counts[:, :, kind]
             pk = feats[:, :, fidx["pkts_out"]] + feats[:, :, fidx["pkts_in"]]
@@ -285,13 +317,13 @@ class EntityWindows:
             columns = acc.evidence_columns()
         else:
             columns = None
-        self._remember(alive_arr, columns, end_ns, feats, fidx)
-        names = [ENTITY_GLOBAL] + [self._name(s) for s in alive[1:]]
-        classes = ["global"] + ["host"] * (len(alive) - 1)
+        self._remember(closing, columns, feats, fidx)
+        names = closing.names
+        classes = ["global"] + ["host"] * (len(names) - 1)
         self.windows_closed += 1
-        evidence = (LazyEvidence(columns, dict(zip(names, alive, strict=True)), self.evidence_top_k, self._leads)
+        evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads)
                     if columns is not None else {})
-        return WindowBatch(start_ns, end_ns, names, classes, feats, self.SCHEMA, evidence)
+        return WindowBatch(closing.start_ns, closing.end_ns, names, classes, feats, self.SCHEMA, evidence)
 
     def _name(self, slot: int) -> str:
         """The slot's entity name (its address), formatted once while the entity stays."""
@@ -300,14 +332,12 @@ class EntityWindows:
             name = self._slot_name[slot] = pair_to_addr(*self._slot_addr[slot])  # type: ignore[misc]
         return name
 
-    def _remember(self, alive: np.ndarray, columns: dict[str, tuple[np.ndarray, ...]] | None, end_ns: int,
-                  feats: np.ndarray, fidx: dict[str, int]) -> None:
+    def _remember(self, closing: Closing, columns: dict[str, tuple[np.ndarray, ...]] | None, feats: np.ndarray,
+                  fidx: dict[str, int]) -> None:
         """The window's peers and ports into each entity's history; its novelty features out."""
-        row_of = np.full(len(self._slot_addr), -1, np.int64)
+        alive = closing.alive
+        row_of = np.full(closing.slots, -1, np.int64)
         row_of[alive] = np.arange(alive.shape[0])
-        keys = np.zeros(alive.shape[0], np.uint64)  # the entity's address (`global`: 0): slots are reused, addresses not
-        if alive.shape[0] > 1:
-            keys[1:] = history_keys([self._slot_addr[s] for s in alive[1:].tolist()])
         empty = np.zeros(0, np.int64)
         peers, flows = ((empty,) * 3, (empty,) * 8) if columns is None else (columns["peers"], columns["flows"])
 
@@ -316,7 +346,7 @@ class EntityWindows:
             keep = r >= 0
             return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
 
-        novelty = self.history.observe(keys, rows(*peers[:3]), rows(*flows[:8]), end_ns)
+        novelty = self.history.observe(closing.keys, rows(*peers[:3]), rows(*flows[:8]), closing.end_ns)
         lead_row, level, hi, lo = self.history.lead
         self._leads = {int(alive[r]): (pair_to_addr(int(h), int(low)), int(v))
                        for r, v, h, low in zip(lead_row.tolist(), level.tolist(), hi.tolist(), lo.tolist(), strict=True)}

@@ -18,13 +18,25 @@ its flows and runs the same numba kernels as the one-process path (FlowTable._pu
 kernels.accumulate_window) on them. At a window's close each worker writes that window's
 aggregates into a shared memory of its own (_ring.SharedArrays) and the parent merges them.
 
+A close does not stop the parent. It does the entity side at once, in the stream's order
+(expiry, the entities the window is for: EntityWindows._closing), asks the workers for the
+window's aggregates and reads on; it merges them and builds the window (features, history,
+evidence: EntityWindows._built) when every worker has answered, seen at the start and end of
+each batch, or at the next close, which first builds this one (waiting for it if need be:
+the history takes the windows in order, and each worker has one reply memory). So a window
+is handed on up to a batch after the one that closed it; flush() and advance() hand on
+everything. Before, the parent waited at every close while the workers took the batches it
+was ahead by, then the workers waited while it merged and built: 0.2 to 0.26 s per million
+bench packets at 6 closes, a third of the run.
+
 What this costs and where (bench capture, CPU seconds per million packets; the README's
 workers section has the runs): the parent still parses, finds entity slots per packet and
-closes every window (merge, peer history, evidence): 0.41 to 0.56 s, against 0.61 to 0.85 s
-for one process doing the whole job; each worker 0.24 to 0.33 s. On 2 cores that is more CPU
-in all than one process spends, and 2 workers are slower than one there. With cores to
-spare the parent is the limit, about 1.4x one process with any number of workers. To go
-further the parse and the closing must leave the parent (see the README).
+closes every window (merge, peer history, evidence): 0.43 to 0.57 s, against 0.61 to 0.85 s
+for one process doing the whole job; each worker 0.21 to 0.29 s. That is more CPU in all
+than one process spends (the split's merge, slot columns, ring and hashing, and the same
+work spread over more memory); on 2 cores the three processes share them, and the parent,
+now that it no longer waits at closes, is the limit. To go further the parse and the
+building of windows must leave the parent (see the README).
 
 Why the merge is exact, feature for feature and bit for bit:
 - a flow lives in one worker (both directions hash alike), and its table sweeps at the
@@ -56,6 +68,7 @@ import subprocess
 import sys
 import time
 import weakref
+from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -64,6 +77,7 @@ import numpy as np
 
 from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
+from detector.capture.windows._base import Closing
 from detector.capture.windows._ring import RingSlot, SharedArrays, new_slot_fd
 from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc, tally_rows, windows_of
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch
@@ -218,6 +232,8 @@ class FlowShards:
         self._done = np.frombuffer(mmap.mmap(fds[-1], 8 * workers), dtype=np.int64)
         self._done[:] = -1
         self._seq = -1  # the last batch written
+        self._closing = False  # a "close" sent, its answers not yet taken
+        self._answers: list[Any] | None = None  # the answers to it, taken (the parts still in `replies`)
         # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
         # torch's threads) nor its spawn (which imports the parent's __main__ again)
         spec = {"workers": workers, "ring_fds": fds[:-1], "done_fd": fds[-1], "reply_fds": reply_fds, "flow_kwargs": flow_kwargs,
@@ -261,6 +277,8 @@ class FlowShards:
         if n:
             self._seq += 1
             lagging = [conn for k, conn in enumerate(self._conns) if self._done[k] < self._seq - _RING_SLOTS]
+            if lagging:
+                self._take_answers()
             for conn in lagging:  # a worker still reads the slot to be written: wait for it
                 conn.send(("sync",))
             for conn in lagging:
@@ -272,7 +290,33 @@ class FlowShards:
                 conn.send(msg)
         return FlowAnnotations(np.arange(n, dtype=np.uint64), np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_))
 
+    def request_close(self, w: int) -> None:
+        """Ask every worker for window w's aggregates, and go on: `close_parts()` takes them.
+        A worker answers once it has taken every batch sent before (messages are in order);
+        one close is asked at a time (each worker has one reply memory)."""
+        assert not self._closing, "the parts of the last close were not taken"
+        for conn in self._conns:
+            conn.send(("close", w))
+        self._closing = True
+
+    def close_ready(self) -> bool:
+        """Every worker has answered the close asked (close_parts() will not wait)."""
+        return self._closing and (self._answers is not None or all(conn.poll() for conn in self._conns))
+
+    def close_parts(self) -> list[list[np.ndarray]]:
+        """The asked window's aggregates from each worker that had any (waiting for them):
+        views of the workers' reply memories, valid until the next request_close()."""
+        self._take_answers()
+        answers, self._answers, self._closing = self._answers or [], None, False
+        return [reply.get(*a) for reply, a in zip(self.replies, answers, strict=True) if a is not None]
+
+    def _take_answers(self) -> None:
+        """The answers to an outstanding close, before any other exchange with the workers."""
+        if self._closing and self._answers is None:
+            self._answers = [conn.recv() for conn in self._conns]
+
     def worker_stats(self) -> list[dict[str, float]]:
+        self._take_answers()
         for conn in self._conns:
             conn.send(("stats",))
         return [conn.recv() for conn in self._conns]
@@ -326,6 +370,7 @@ class ShardedWindowAggregator(WindowAggregator):
     def __init__(self, shards: FlowShards, home_net: list[str], **kwargs: Any) -> None:
         super().__init__(home_net, **kwargs)
         self.shards = shards
+        self._pending: Closing | None = None  # the window closed last, waiting for the workers' aggregates
 
     def _new_acc(self, n_slots: int) -> Any:
         return _Touched(n_slots)
@@ -355,18 +400,46 @@ class ShardedWindowAggregator(WindowAggregator):
         for conn in self.shards.conns:
             conn.send(msg)
 
-    def _close(self, w: int) -> WindowBatch:
-        if w in self._open:
-            self._open[w] = self._merged(w)
-        return super()._close(w)
+    def stream(self, batch: PacketBatch, flows: FlowAnnotations) -> Iterator[WindowBatch]:
+        yield from self._answered()
+        yield from super().stream(batch, flows)
+        yield from self._answered()
 
-    def _merged(self, w: int) -> _PacketWindowAcc:
-        """Window w's aggregates from every worker, merged (see the module docstring)."""
-        for conn in self.shards.conns:
-            conn.send(("close", w))
-        answers = [conn.recv() for conn in self.shards.conns]
-        parts = [reply.get(*a) for reply, a in zip(self.shards.replies, answers, strict=True) if a is not None]
-        n_slots = max([len(self._slot_addr)] + [p[0].shape[0] for p in parts])
+    def advance(self, now_ns: int) -> list[WindowBatch]:
+        return super().advance(now_ns) + self._drained()
+
+    def flush(self) -> list[WindowBatch]:
+        return super().flush() + self._drained()
+
+    def _closed(self, w: int) -> Iterator[WindowBatch]:
+        """Window w is closed: the entity side now (expiry, the entities it is for), the
+        workers asked for its aggregates; its batch is built once they answer, while the
+        parent reads on. The window before is built first (waiting for it if need be): the
+        history takes the windows in order."""
+        yield from self._drained()
+        closing = self._closing(w)
+        if closing.acc is None:  # no packets in it: nothing in the workers either
+            yield self._built(closing)
+            return
+        self.shards.request_close(w)
+        self._pending = closing
+
+    def _answered(self) -> list[WindowBatch]:
+        """The pending window's batch, if the workers have answered."""
+        return self._drained() if self._pending is not None and self.shards.close_ready() else []
+
+    def _drained(self) -> list[WindowBatch]:
+        """The pending window's batch, waiting for the workers' answers."""
+        if self._pending is None:
+            return []
+        closing, self._pending = self._pending, None
+        closing.acc = self._merged(closing.slots)
+        return [self._built(closing)]
+
+    def _merged(self, slots: int) -> _PacketWindowAcc:
+        """The asked window's aggregates from every worker, merged (see the module docstring)."""
+        parts = self.shards.close_parts()
+        n_slots = max([slots] + [p[0].shape[0] for p in parts])
         acc = _PacketWindowAcc(n_slots, self.bins)
         acc.sums = np.zeros((n_slots, self.bins, len(self.SUMS)))
         for p in parts:

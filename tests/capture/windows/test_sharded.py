@@ -4,6 +4,8 @@ per-bin partials merged per window, give the windows, evidence and scores of one
 from __future__ import annotations
 
 import io
+import os
+import signal
 import threading
 
 import numpy as np
@@ -183,3 +185,37 @@ def test_two_workers_give_one_workers_windows_through_a_flood_and_its_expiry():
     by_entity = [[(w.window_start_ns, {e: w.features[i].tobytes() for i, e in enumerate(w.entities)}) for w in ws]
                  for ws in (one, two)]
     assert by_entity[0] == by_entity[1]
+
+
+def test_the_parent_reads_on_while_a_worker_still_owes_a_closed_windows_aggregates():
+    """A window's close does not wait for the workers: with one worker stopped (SIGSTOP),
+    the batch that closes a window is taken in and the parent goes on; the window is handed
+    on once the worker answers (SIGCONT), and every window still equals one process's."""
+    cfg, batches = _westermo(), _batches(100)
+    stages1 = build_windowing(cfg, workers=1)
+    pushed = [list(stages1.push(b)) for b in batches]
+    one = [w for ws in pushed for w in ws] + stages1.flush()
+    closes = [len(ws) for ws in pushed]
+    k = next(i for i, n in enumerate(closes) if i > 0 and n == 1)  # a batch that closes one window
+    stages = build_windowing(cfg, workers=2)
+    try:
+        two = [w for b in batches[:k] for w in stages.push(b)]
+        stages.worker_stats()  # both workers have taken every batch so far
+        worker = stages.flows._procs[0]
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            done: list[list[WindowBatch]] = []
+            pushing = threading.Thread(target=lambda: done.append(list(stages.push(batches[k]))), daemon=True)
+            pushing.start()
+            pushing.join(timeout=60)
+            assert done, "the parent waited for a stopped worker at a window's close"
+            assert all(w.window_start_ns < one[len(two) + len(done[0])].window_start_ns for w in done[0])
+            assert len(two) + len(done[0]) < sum(closes[: k + 1])  # the window it closed is not handed on yet
+            two += done[0]
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        two += [w for b in batches[k + 1 :] for w in stages.push(b)] + stages.flush()
+    finally:
+        stages.close()
+    assert [(w.window_start_ns, w.entities, w.features.tobytes()) for w in one] == \
+        [(w.window_start_ns, w.entities, w.features.tobytes()) for w in two]
