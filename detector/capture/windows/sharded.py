@@ -63,6 +63,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -118,9 +119,9 @@ class _Worker:
     """A capture worker's state: its flow table, its open windows' aggregates, and the batch
     of the last "flows" message (its rows of it: `mine`, copied out of the ring)."""
 
-    def __init__(self, index: int, workers: int, ring: list[RingSlot], done: np.ndarray,
+    def __init__(self, index: int, workers: int, ring: list[RingSlot], done: np.ndarray, taken_fd: int,
                  flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
-        self.index, self.workers, self.ring, self.done = index, workers, ring, done
+        self.index, self.workers, self.ring, self.done, self.taken_fd = index, workers, ring, done, taken_fd
         self.bins, self.bin_ns = bins, bin_ns
         self.table = FlowTable(**flow_kwargs)
         self.accs: dict[int, _PacketWindowAcc] = {}
@@ -133,6 +134,7 @@ class _Worker:
     def take_batch(self, seq: int, k: int, n: int, capacity: int, watermark_ns: int) -> None:
         """Batch `seq` is in ring slot k: its flows' rows through the flow table."""
         self.done[self.index] = seq - 1  # every message of the batch before has been handled
+        os.eventfd_write(self.taken_fd, 1)  # wakes the parent if it waits for that batch's ring slot
         slot = self.slot = self.ring[k]
         if slot.capacity < capacity:
             slot.remap(capacity)
@@ -165,13 +167,13 @@ class _Worker:
                     n_slots)
 
 
-def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int], done_fd: int, reply_fd: int,
-                flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
+def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int], done_fd: int, taken_fd: int,
+                reply_fd: int, flow_kwargs: dict[str, Any], bins: int, bin_ns: int) -> None:
     """One capture worker: messages from the parent, in order, until "stop" or EOF."""
     _warm_up(bins, bin_ns)
     ring = [RingSlot(fd, 0, create=False) for fd in ring_fds]
     done = np.frombuffer(mmap.mmap(done_fd, 8 * workers), dtype=np.int64)
-    me = _Worker(index, workers, ring, done, flow_kwargs, bins, bin_ns)
+    me = _Worker(index, workers, ring, done, taken_fd, flow_kwargs, bins, bin_ns)
     reply = SharedArrays(reply_fd)  # a window's aggregates, for the parent to merge
     conn.send(("ready",))
     busy_s = 0.0  # wall time spent on messages (not waiting for them)
@@ -190,8 +192,6 @@ def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int],
         elif kind == "close":
             acc = me.accs.pop(msg[1], None)
             conn.send(None if acc is None else reply.put([acc.sums, _in_use(acc.peers), _in_use(acc.ports), _in_use(acc.flows)]))
-        elif kind == "sync":
-            conn.send(None)
         elif kind == "stats":
             conn.send({**me.table.stats(), "packets": me.packets, "busy_s": busy_s + time.perf_counter() - started,
                        "cpu_s": time.process_time() - cpu0})
@@ -204,6 +204,7 @@ def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int],
 # ---------------------------------------------------------------------------- parent side
 
 _RING_SLOTS = 4  # batches the parent may be ahead of the slowest worker
+_OWED = object()  # a worker's answer to a close, not yet received
 _RING_ROWS = 65536  # each slot's first capacity (grown for a larger batch)
 
 
@@ -221,37 +222,42 @@ class FlowShards:
                  start_timeout_s: float = 120.0) -> None:
         if workers < 2:
             raise ValueError("FlowShards needs at least 2 workers")
+        if _RING_SLOTS < 2:  # a worker marks a batch done when it takes the next: one slot would wait forever
+            raise ValueError("the ring needs at least 2 slots")
         self.workers = workers
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
         fds = [new_slot_fd() for _ in range(_RING_SLOTS + 1)]
         reply_fds = [new_slot_fd() for _ in range(workers)]
+        self._taken = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(workers)]  # a worker took a batch
         self.replies = [SharedArrays(fd) for fd in reply_fds]
         self.ring = [RingSlot(fd, _RING_ROWS, create=True) for fd in fds[:-1]]
         os.ftruncate(fds[-1], 8 * workers)
         self._done = np.frombuffer(mmap.mmap(fds[-1], 8 * workers), dtype=np.int64)
         self._done[:] = -1
         self._seq = -1  # the last batch written
-        self._closing = False  # a "close" sent, its answers not yet taken
-        self._answers: list[Any] | None = None  # the answers to it, taken (the parts still in `replies`)
+        # per worker, its answer to the "close" asked (the parts are in `replies`): _OWED until
+        # taken; [] when no close is asked
+        self._answers: list[Any] = []
         # A fresh interpreter per worker, not multiprocessing's fork (the parent may hold
         # torch's threads) nor its spawn (which imports the parent's __main__ again)
-        spec = {"workers": workers, "ring_fds": fds[:-1], "done_fd": fds[-1], "reply_fds": reply_fds, "flow_kwargs": flow_kwargs,
-                "bins": bins, "bin_ns": int(round(bin_s * 1e9))}
+        spec = {"workers": workers, "ring_fds": fds[:-1], "done_fd": fds[-1], "taken_fds": self._taken, "reply_fds": reply_fds,
+                "flow_kwargs": flow_kwargs, "bins": bins, "bin_ns": int(round(bin_s * 1e9))}
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(_REPO_ROOT), os.environ.get("PYTHONPATH")])))
         try:
             for k in range(workers):
                 parent, child = socket.socketpair()
                 proc = subprocess.Popen([sys.executable, "-m", "detector.capture.windows.sharded", str(child.fileno()),
                                          json.dumps({**spec, "index": k})],
-                                        pass_fds=(child.fileno(), *fds, *reply_fds), env=env, stdin=subprocess.DEVNULL,
+                                        pass_fds=(child.fileno(), *fds, *reply_fds, self._taken[k]), env=env,
+                                        stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL)
                 child.close()
                 self._conns.append(Connection(parent.detach()))
                 self._procs.append(proc)
         finally:
             os.close(fds[-1])  # its map holds the memory; the workers have their own descriptors
-        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs, fds[:-1] + reply_fds)
+        self._finalizer = weakref.finalize(self, _stop, self._conns, self._procs, fds[:-1] + reply_fds + self._taken)
         deadline = time.monotonic() + start_timeout_s
         for conn, proc in zip(self._conns, self._procs, strict=True):  # up, kernels loaded: then the first batch
             if not conn.poll(max(deadline - time.monotonic(), 0.001)):
@@ -276,13 +282,9 @@ class FlowShards:
         n = len(batch)
         if n:
             self._seq += 1
-            lagging = [conn for k, conn in enumerate(self._conns) if self._done[k] < self._seq - _RING_SLOTS]
-            if lagging:
-                self._take_answers()
-            for conn in lagging:  # a worker still reads the slot to be written: wait for it
-                conn.send(("sync",))
-            for conn in lagging:
-                conn.recv()
+            for k in range(self.workers):  # a worker still on the batch in the slot to be written: wait for it
+                while self._done[k] < self._seq - _RING_SLOTS:
+                    self._wait_taken(k)
             slot = self.slot
             slot.write(batch)
             msg = ("flows", self._seq, self._seq % _RING_SLOTS, n, slot.capacity, int(batch.ts_ns.max()))
@@ -290,30 +292,44 @@ class FlowShards:
                 conn.send(msg)
         return FlowAnnotations(np.arange(n, dtype=np.uint64), np.zeros(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_))
 
+    def _wait_taken(self, k: int) -> None:
+        """Until worker k takes its next batch (from the ring: it is done with the one before),
+        not until it has taken every batch sent: the workers keep their queue of batches. On
+        its socket meanwhile: its answer to a close asked, or, if it exits, EOFError."""
+        conn = self._conns[k]
+        readable, _, _ = select.select([self._taken[k], conn], [], [])
+        if conn in readable:
+            if not (self._answers and self._answers[k] is _OWED):
+                raise RuntimeError(f"capture worker {k} sent {conn.recv()!r} unasked")
+            self._answers[k] = conn.recv()
+        if self._taken[k] in readable:
+            os.eventfd_read(self._taken[k])
+
     def request_close(self, w: int) -> None:
         """Ask every worker for window w's aggregates, and go on: `close_parts()` takes them.
         A worker answers once it has taken every batch sent before (messages are in order);
         one close is asked at a time (each worker has one reply memory)."""
-        assert not self._closing, "the parts of the last close were not taken"
+        assert not self._answers, "the parts of the last close were not taken"
         for conn in self._conns:
             conn.send(("close", w))
-        self._closing = True
+        self._answers = [_OWED] * self.workers
 
     def close_ready(self) -> bool:
         """Every worker has answered the close asked (close_parts() will not wait)."""
-        return self._closing and (self._answers is not None or all(conn.poll() for conn in self._conns))
+        return bool(self._answers) and all(a is not _OWED or conn.poll() for a, conn in zip(self._answers, self._conns, strict=True))
 
     def close_parts(self) -> list[list[np.ndarray]]:
         """The asked window's aggregates from each worker that had any (waiting for them):
         views of the workers' reply memories, valid until the next request_close()."""
         self._take_answers()
-        answers, self._answers, self._closing = self._answers or [], None, False
+        answers, self._answers = self._answers, []
         return [reply.get(*a) for reply, a in zip(self.replies, answers, strict=True) if a is not None]
 
     def _take_answers(self) -> None:
         """The answers to an outstanding close, before any other exchange with the workers."""
-        if self._closing and self._answers is None:
-            self._answers = [conn.recv() for conn in self._conns]
+        for k, conn in enumerate(self._conns):
+            if self._answers and self._answers[k] is _OWED:
+                self._answers[k] = conn.recv()
 
     def worker_stats(self) -> list[dict[str, float]]:
         self._take_answers()
@@ -489,6 +505,7 @@ if __name__ == "__main__":  # a worker: python -m detector.capture.windows.shard
     configure("info", "json", stream=sys.stderr)  # stdout is not ours
     _spec = json.loads(sys.argv[2])
     worker_main(Connection(int(sys.argv[1])), _spec["index"], _spec["workers"], _spec["ring_fds"], _spec["done_fd"],
-                _spec["reply_fds"][_spec["index"]], _spec["flow_kwargs"], _spec["bins"], _spec["bin_ns"])
+                _spec["taken_fds"][_spec["index"]], _spec["reply_fds"][_spec["index"]], _spec["flow_kwargs"], _spec["bins"],
+                _spec["bin_ns"])
     sys.stdout.flush()
     os._exit(0)  # nothing left to tidy: skip the interpreter's teardown (a second, on a loaded machine)

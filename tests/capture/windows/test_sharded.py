@@ -74,10 +74,10 @@ def test_two_workers_give_the_windows_and_evidence_of_one():
 
 def test_a_batch_larger_than_the_ring_and_a_worker_behind_it(monkeypatch):
     """The shared-memory ring's slots grow for a batch larger than they are (the workers map
-    them again), and with one slot the parent waits for the workers before it writes the
+    them again), and with two slots the parent waits for the workers before it writes the
     next batch: the windows are still those of one process."""
     monkeypatch.setattr(sharded, "_RING_ROWS", 1000)
-    monkeypatch.setattr(sharded, "_RING_SLOTS", 1)
+    monkeypatch.setattr(sharded, "_RING_SLOTS", 2)
     cfg, batches = _westermo(), _batches()[:3]
     one, one_stats, _ = _windows(cfg, batches, 1)
     two, two_stats, _ = _windows(cfg, batches, 2)
