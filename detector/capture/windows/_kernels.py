@@ -256,3 +256,45 @@ def accumulate_window(
                 )
             flows[r, PACKETS] += np.uint64(1)
     return 3, 0
+
+
+# ---------------------------------------------------------------------------- capture workers' tallies
+
+
+@numba.njit(cache=True)
+def merge_sorted(a, b, added0, added1, seen, words):
+    """Two capture workers' rows of one tally (peers or ports), each sorted by KEY with no
+    key twice, as one such table: rows of a key both hold become one, `added0` and `added1`
+    summed, the seen-bit words OR-ed, the other columns (the key's parts) a's."""
+    out = np.empty((a.shape[0] + b.shape[0], a.shape[1]), dtype=np.uint64)
+    i = j = n = 0
+    while i < a.shape[0] or j < b.shape[0]:
+        if j == b.shape[0] or (i < a.shape[0] and a[i, KEY] < b[j, KEY]):
+            out[n] = a[i]
+            i += 1
+        elif i == a.shape[0] or b[j, KEY] < a[i, KEY]:
+            out[n] = b[j]
+            j += 1
+        else:
+            out[n] = a[i]
+            out[n, added0] += b[j, added0]
+            out[n, added1] += b[j, added1]
+            for w in range(seen, seen + words):
+                out[n, w] |= b[j, w]
+            i += 1
+            j += 1
+        n += 1
+    return out[:n]
+
+
+@numba.njit(cache=True)
+def count_seen(distinct, rows, slot_col, seen, first_kind, bins):
+    """distinct[slot, bin, first_kind + direction] += the rows of that slot with that seen
+    bit: the distinct peers (or ports) of merged tally rows, one row per key."""
+    for r in range(rows.shape[0]):
+        s = rows[r, slot_col]
+        if s >= distinct.shape[0]:
+            continue
+        for bit in range(2 * bins):
+            if (rows[r, seen + (bit >> 6)] >> np.uint64(bit & 63)) & np.uint64(1):
+                distinct[s, bit >> 1, first_kind + (bit & 1)] += 1

@@ -102,8 +102,11 @@ def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: Pa
         acc.add(w, bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
 
-def _in_use(tally: np.ndarray) -> np.ndarray:
-    return tally[tally[:, kernels.PACKETS] != 0]
+def _in_use(tally: np.ndarray, by_key: bool = False) -> np.ndarray:
+    """A tally's rows in use; `by_key`: in the order of their keys (the parent merges the
+    workers' rows in one pass: kernels.merge_sorted)."""
+    rows = tally[tally[:, kernels.PACKETS] != 0]
+    return rows[np.argsort(rows[:, kernels.KEY])] if by_key else rows
 
 
 def _warm_up(bins: int, bin_ns: int) -> None:
@@ -191,7 +194,7 @@ def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int],
             me.accumulate(*msg[1:])
         elif kind == "close":
             acc = me.accs.pop(msg[1], None)
-            conn.send(None if acc is None else reply.put([acc.sums, _in_use(acc.peers), _in_use(acc.ports), _in_use(acc.flows)]))
+            conn.send(None if acc is None else reply.put([acc.sums, _in_use(acc.peers, True), _in_use(acc.ports, True), _in_use(acc.flows)]))
         elif kind == "stats":
             conn.send({**me.table.stats(), "packets": me.packets, "busy_s": busy_s + time.perf_counter() - started,
                        "cpu_s": time.process_time() - cpu0})
@@ -461,42 +464,24 @@ class ShardedWindowAggregator(WindowAggregator):
         for p in parts:
             acc.sums[: p[0].shape[0]] += p[0]
         words = kernels.seen_words(self.bins)
-        acc.peers = _merge_rows([p[1] for p in parts], (kernels.PACKETS, kernels.PEER_BYTES), kernels.PEER_SEEN, words)
-        acc.ports = _merge_rows([p[2] for p in parts], (kernels.PACKETS, kernels.PORT_TCP), kernels.PORT_SEEN, words)
+        acc.peers = _merged_rows([p[1] for p in parts], acc.peers, (kernels.PACKETS, kernels.PEER_BYTES), kernels.PEER_SEEN, words)
+        acc.ports = _merged_rows([p[2] for p in parts], acc.ports, (kernels.PACKETS, kernels.PORT_TCP), kernels.PORT_SEEN, words)
         acc.flows = np.concatenate([p[3] for p in parts]) if parts else acc.flows  # a flow is in one worker only
         acc.distinct = np.zeros((n_slots, self.bins, len(self.DISTINCT)), dtype=np.int64)
-        _count_seen(acc.distinct, acc.peers, kernels.PEER_SLOT, kernels.PEER_SEEN, 0, self.bins)
-        _count_seen(acc.distinct, acc.ports, kernels.PORT_SLOT, kernels.PORT_SEEN, 2, self.bins)
+        kernels.count_seen(acc.distinct, acc.peers, kernels.PEER_SLOT, kernels.PEER_SEEN, 0, self.bins)
+        kernels.count_seen(acc.distinct, acc.ports, kernels.PORT_SLOT, kernels.PORT_SEEN, 2, self.bins)
         return acc
 
 
-def _merge_rows(tables: list[np.ndarray], added: tuple[int, ...], seen: int, words: int) -> np.ndarray:
-    """Tally rows of several workers as one tally's rows: one row per key, `added` columns
-    summed, the seen-bit words OR-ed, the other columns (the key's parts) kept."""
+def _merged_rows(tables: list[np.ndarray], empty: np.ndarray, added: tuple[int, int], seen: int, words: int) -> np.ndarray:
+    """The workers' rows of one tally (each in key order) as one tally's rows, in key order:
+    one row per key (kernels.merge_sorted, a pair at a time); `empty`'s columns if none."""
     if not tables:
-        return np.zeros((0, seen + words), dtype=np.uint64)
-    rows = np.concatenate(tables)
-    if len(tables) == 1 or rows.shape[0] == 0:
-        return rows
-    rows = rows[np.argsort(rows[:, kernels.KEY], kind="stable")]
-    starts = np.flatnonzero(np.concatenate([[True], rows[1:, kernels.KEY] != rows[:-1, kernels.KEY]]))
-    out = rows[starts].copy()
-    for col in added:
-        out[:, col] = np.add.reduceat(rows[:, col], starts)
-    for col in range(seen, seen + words):
-        out[:, col] = np.bitwise_or.reduceat(rows[:, col], starts)
-    return out
-
-
-def _count_seen(distinct: np.ndarray, rows: np.ndarray, slot_col: int, seen: int, first_kind: int, bins: int) -> None:
-    """distinct[slot, bin, first_kind + direction] = rows of that slot with that seen bit."""
-    if rows.shape[0] == 0:
-        return
-    slot = rows[:, slot_col].astype(np.int64)
-    n_slots = distinct.shape[0]
-    for bit in range(2 * bins):
-        has = ((rows[:, seen + (bit >> 6)] >> np.uint64(bit & 63)) & np.uint64(1)).astype(bool)
-        distinct[:, bit >> 1, first_kind + (bit & 1)] = np.bincount(slot[has], minlength=n_slots)[:n_slots]
+        return empty[:0]
+    rows = np.array(tables[0])  # a copy: the workers' reply memories are written again
+    for more in tables[1:]:
+        rows = kernels.merge_sorted(rows, more, added[0], added[1], seen, words)
+    return rows
 
 
 if __name__ == "__main__":  # a worker: python -m detector.capture.windows.sharded FD SPEC
