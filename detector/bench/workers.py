@@ -4,9 +4,10 @@ measured in one run, and the ratio.
 Where this stands: beside the pipeline, like bench.capture (whose generated "bench" capture
 it reads). Each count of workers is run `repeats` times, the counts taking turns (1, 2, 1, 2,
 ...) so that a neighbour's load falls on both alike; the figures are medians. The stages are
-built as service.pipeline builds them (`build_windowing` with `workers`): for N > 1 the
-reader parses and splits by flow in this process and N worker processes hold the flow
-tables and accumulators (capture.windows.sharded). Worker start-up (a fresh interpreter and
+built as service.pipeline builds them (`build_windowing` with `workers`), and the capture
+is read as the offline commands and a replay read it (`capture_batches`: parsed on a thread
+ahead of the stages). For N > 1 this process parses and splits by flow and N worker
+processes hold the flow tables and accumulators (capture.windows.sharded). Worker start-up (a fresh interpreter and
 its numba kernels each) is outside the clock; it is reported on its own.
 
 Each run measures the stages warm, as a daemon runs them after its first minutes: the
@@ -37,9 +38,8 @@ TARGET_RATIO = 1.7  # issue 22: 2 workers >= 1.7 x one worker on a 2-core machin
 def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
     """One warm run (module docstring): an untimed pass, then the timed one, shifted."""
     from detector.bench.soak import pass_shift_ns
-    from detector.capture.packets.pcap import CaptureFile
     from detector.config import Config
-    from detector.service.pipeline import build_windowing
+    from detector.service.pipeline import build_windowing, capture_batches
 
     cfg = Config(home_net=[home_net])
     started = time.perf_counter()
@@ -48,7 +48,7 @@ def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
     startup_s = time.perf_counter() - started
     try:
         first_ns = last_ns = None
-        for batch in CaptureFile(path):  # the warm-up pass
+        for batch in capture_batches([path]):  # the warm-up pass
             if len(batch):
                 lo, hi = int(batch.ts_ns.min()), int(batch.ts_ns.max())
                 first_ns, last_ns = lo if first_ns is None else min(first_ns, lo), hi if last_ns is None else max(last_ns, hi)
@@ -59,7 +59,7 @@ def _run(path: Path, home_net: str, workers: int) -> dict[str, Any]:
         packets = windows = 0
         cpu0 = time.process_time()
         started = time.perf_counter()
-        for batch in CaptureFile(path):
+        for batch in capture_batches([path]):
             packets += len(batch)
             windows += sum(1 for _ in stages.push(dataclasses.replace(batch, ts_ns=batch.ts_ns + shift_ns)))
         windows += len(stages.flush())

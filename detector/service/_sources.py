@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -24,7 +24,7 @@ import structlog
 
 from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
-from detector.capture.packets.pcap import CaptureFile
+from detector.capture.packets.pcap import CaptureFile, read_ahead
 from detector.config import SourceConfig
 from detector.contracts import FlowRecordBatch, PacketBatch
 from detector.errors import ConfigError
@@ -70,7 +70,7 @@ class ReplaySource:
         self._event0: int | None = None
 
     def __iter__(self) -> Iterator[PacketBatch]:
-        for batch in self._resumed(self.capture):
+        for batch in self._resumed(read_ahead(self.capture)):
             if self.stop:
                 return
             if self.speed <= 0 or len(batch) == 0:
@@ -82,7 +82,7 @@ class ReplaySource:
         if self.capture.damage:  # the summary says it too; the journal is where an operator looks
             log.warning("capture_damaged", path=str(self.path), damage=self.capture.damage, packets_read=self.capture.packets)
 
-    def _resumed(self, batches: CaptureFile) -> Iterator[PacketBatch]:
+    def _resumed(self, batches: Iterable[PacketBatch]) -> Iterator[PacketBatch]:
         for batch in batches:
             if self.resume_from_ns is not None and len(batch) and int(batch.ts_ns.min()) < self.resume_from_ns:
                 keep = batch.ts_ns >= self.resume_from_ns

@@ -28,7 +28,7 @@ from detector.alerting.rules import RuleSet
 from detector.capture.clock import EventClock
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.capture.flows import FlowTable
-from detector.capture.packets.pcap import CaptureFile
+from detector.capture.packets.pcap import CaptureFile, read_ahead
 from detector.capture.windows import HomeNet, WindowAggregator
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.windows.sharded import FlowShards, ShardedWindowAggregator
@@ -172,7 +172,7 @@ def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536,
     their summary and exit status."""
     for path in paths:
         capture = CaptureFile(path, batch_packets=batch_packets)
-        yield from capture
+        yield from read_ahead(capture)
         if capture.damage:
             log.warning("capture_damaged", path=str(path), damage=capture.damage, packets_read=capture.packets)
             if damage is not None:

@@ -24,11 +24,13 @@ never kills the daemon").
 
 from __future__ import annotations
 
+import queue
 import struct
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -526,6 +528,49 @@ class _BatchBuilder:
         view = 2 * self.rows >= capacity
         cols = {name: column[: self.rows] if view else column[: self.rows].copy() for name, column in zip(PACKET_COLUMNS, self.columns, strict=True)}
         return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip)
+
+
+def read_ahead(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
+    """`batches` (a CaptureFile) read and parsed on a thread of their own, up to `depth`
+    batches ahead of the consumer, handed on in order. The parse kernels release the GIL, so
+    the next batch is parsed on another core while this one goes through the flow table and
+    the windows: one process took 0.56 s where it took 0.69 s for the million bench packets
+    (2 cores). A reader's error is raised here; closing the iterator early stops the thread.
+    The capture's counters run up to `depth` batches ahead of what was handed on, until the end."""
+    handoff: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                handoff.put(batch)
+        except BaseException as exc:  # handed to the consumer, raised there
+            handoff.put(_ReadFailed(exc))
+        finally:
+            handoff.put(end)
+
+    reader = threading.Thread(target=read, name="netad-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, _ReadFailed):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():  # it may wait to hand on a batch: take them until it is done
+            try:
+                handoff.get(timeout=0.05)
+            except queue.Empty:
+                pass
+
+
+@dataclass
+class _ReadFailed:
+    exc: BaseException
 
 
 def read_capture(path: str | Path, batch_packets: int = 65536) -> PacketBatch:
