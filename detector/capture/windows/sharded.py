@@ -31,12 +31,18 @@ bench packets at 6 closes, a third of the run.
 
 What this costs and where (bench capture, CPU seconds per million packets; the README's
 workers section has the runs): the parent still parses, finds entity slots per packet and
-closes every window (merge, peer history, evidence): 0.43 to 0.57 s, against 0.61 to 0.85 s
-for one process doing the whole job; each worker 0.21 to 0.29 s. That is more CPU in all
-than one process spends (the split's merge, slot columns, ring and hashing, and the same
-work spread over more memory); on 2 cores the three processes share them, and the parent,
-now that it no longer waits at closes, is the limit. To go further the parse and the
-building of windows must leave the parent (see the README).
+closes every window (merge, peer history, evidence): 0.40 to 0.44 s, against 0.64 to 0.68 s
+for one process doing the whole job in one thread; each worker 0.20 to 0.23 s. That is more
+CPU in all than one process spends (the split's slot columns, ring and hashing, the merge,
+and the same work spread over more memory); on 2 cores the three processes share them, and
+the parent, which no longer waits at closes nor for a worker's whole queue, is the limit.
+One process reading ahead on a thread (capture.packets.pcap.read_ahead) comes within 1.07x
+to 1.16x of 2 workers there. To go further the parse and the building of windows must
+leave the parent (see the README).
+
+When the parent is a whole ring ahead of a worker, it waits for that worker to take its
+next batch (an eventfd the worker signals as it does), which says the worker is done with
+the oldest slot; a reply to a message would come only after every batch queued before it.
 
 Why the merge is exact, feature for feature and bit for bit:
 - a flow lives in one worker (both directions hash alike), and its table sweeps at the
