@@ -18,6 +18,9 @@ from detector.capture.flowrecords._netflow_templates import Compiled, address6, 
 from detector.contracts import V4_MAPPED_LO_PREFIX
 
 _U32 = np.int64(1 << 32)
+# The latest systemInitTimeMilliseconds whose times (init + up to 2**32 ms of uptime) still
+# fit int64 nanoseconds (the year 2262); a later one is no system's start, and is unknown.
+MAX_SYSINIT_MS = (2**63 - 1) // 1_000_000 - (1 << 32)
 
 
 @dataclass
@@ -165,7 +168,8 @@ def record_times(c: Compiled, arr: np.ndarray, meta: np.ndarray, facts: Datagram
             relative = exp_ns - before * 1_000_000
             own_init = column(arr, c, "sysinit_ms")
             init = own_init.astype(np.int64) if own_init is not None else facts.sysinit_ms[meta]
-            absolute = np.where(init > 0, (init + up) * 1_000_000, -1)
+            known = (init > 0) & (init <= MAX_SYSINIT_MS)  # (a uint64 of 2**63 or more reads negative)
+            absolute = np.where(known, (np.where(known, init, 0) + up) * 1_000_000, -1)
             t = np.where(facts.version[meta] == 10, absolute, relative)
             t = np.where(t < 0, -1, t)
         ends.append(t)

@@ -44,7 +44,14 @@ from types import TracebackType
 import numpy as np
 import structlog
 
-from detector.capture.flowrecords._netflow_records import DatagramFacts, gather, own_rate, record_columns, reverse_columns
+from detector.capture.flowrecords._netflow_records import (
+    MAX_SYSINIT_MS,
+    DatagramFacts,
+    gather,
+    own_rate,
+    record_columns,
+    reverse_columns,
+)
 from detector.capture.flowrecords._netflow_templates import (
     Compiled,
     TemplateField,
@@ -487,7 +494,7 @@ class NetflowParser:
                     self._sampler_rate[(e, int(sampler[i]))] = float(rate[i])
                 else:
                     self._domain_rate[e] = float(rate[i])
-            if sysinit is not None and sysinit[i] > 0:
+            if sysinit is not None and 0 < sysinit[i] <= MAX_SYSINIT_MS:  # else no time it could be
                 self._sysinit_ms[e] = int(sysinit[i])
 
     def _plausible(self, cols: dict[str, np.ndarray]) -> np.ndarray:

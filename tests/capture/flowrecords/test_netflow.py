@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detector.bench.flows import flows
@@ -189,6 +189,24 @@ def test_ipfix_sampling_per_selector_and_absolute_times():
     assert [(start_ms + 1500) * 10**6] * 3 == b.end_ns.tolist()
 
 
+def test_ipfix_system_init_time_past_what_nanoseconds_hold_is_unknown():
+    """Times in ms of uptime from a systemInitTimeMilliseconds no system could have (2**62:
+    its nanoseconds overflow int64, and wrapped they were a time like any other): the
+    records are read, their times unknown (the export's), as without an init time; an
+    options record that announces 2**63 or more neither crashes the parser nor sets one."""
+    fields = ((8, 4), (12, 4), (22, 4), (21, 4), (2, 8), (1, 8), (4, 1), (160, 8))
+    recs = enc.pack_records(fields, {8: np.full(2, ip("10.0.0.1")), 12: np.full(2, ip("10.0.0.2")), 22: np.full(2, 1000),
+                                     21: np.full(2, 2000), 2: np.array([1, 2]), 1: np.array([100, 200]), 4: np.full(2, 17),
+                                     160: np.array([1 << 62, 1 << 62])}, 2)
+    options = enc.options_template_set(500, scope=[(160, 8)], options=[], ipfix=True)
+    opt_recs = enc.pack_records(((160, 8),), {160: np.array([(1 << 63) + 5], dtype=np.uint64)}, 1)
+    msg = enc.ipfix_message([options, enc.data_set(500, opt_recs), enc.template_set(501, fields, ipfix=True),
+                             enc.data_set(501, recs)], EXPORT_S, sequence=0)
+    b = parse(NetflowParser(), msg)
+    assert [1, 2] == b.packets.tolist()
+    assert [EXPORT_S * 10**9] * 2 == b.start_ns.tolist() == b.end_ns.tolist()
+
+
 def test_ipfix_biflows_become_two_records():
     """RFC 5103 reverse elements: a biflow is split into its two directions."""
     fields = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4), (6, 1), (2, 4, 29305), (1, 4, 29305), (6, 1, 29305))
@@ -295,6 +313,9 @@ def test_damaged_datagrams_are_counted_never_raised(which: int, flips: list[tupl
                           st.sampled_from([1, 2, 3, 4, 5, 7, 8, 16, 65535]), st.sampled_from([0, 0, 29305, 9])),
                 min_size=1, max_size=12),
        st.booleans(), st.booleans(), st.binary(min_size=0, max_size=400))
+# found by this test in CI: an options record's systemInitTimeMilliseconds of 2**63 or more
+# (no int64 holds it) raised OverflowError
+@example(fields=[(160, 8, 0)], ipfix=True, options=True, data=b"\x80\x00\x00\x00\x00")
 def test_any_template_with_any_data_is_read_or_counted(fields, ipfix: bool, options: bool, data: bytes):
     """Fuzz: arbitrary templates (odd lengths, variable-length fields, reverse elements,
     options) followed by arbitrary data never make the parser raise."""
