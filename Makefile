@@ -10,7 +10,7 @@ VAR    ?= var
 # worker so module fixtures are built once; PYTEST_JOBS= runs serially
 PYTEST_JOBS ?= -n 2 --dist loadfile
 
-.PHONY: run test test-fast install install-test demo-data model clean
+.PHONY: run test test-fast fuzz install install-test demo-data model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test: $(VENV)/.installed-test
 # train a model) or root; a few minutes on 2 cores. CI runs `make test`.
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_JOBS) -m "not slow and not root" $(PYTEST_ARGS)
+
+# The property tests (hypothesis) with fresh random examples: `make test` draws the same
+# ones every run. Turn a finding (its falsifying example) into an @example on its test.
+fuzz: $(VENV)/.installed-test
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest $(PYTEST_JOBS) -m hypothesis $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VAR) .pytest_cache

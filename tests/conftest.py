@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from detector.contracts import PACKET_COLUMNS, PacketBatch, addr_to_pair
+
+# The property tests draw the same examples on every run of `make test` ("repeatable"), so
+# that CI passes or fails on the code, not on the draw; `make fuzz` draws new ones each run,
+# where new findings belong. A finding becomes an @example on its test.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("fuzz", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
