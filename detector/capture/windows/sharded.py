@@ -86,7 +86,7 @@ from detector.capture.flows import FlowAnnotations, FlowTable, flow_shards
 from detector.capture.windows import _kernels as kernels
 from detector.capture.windows._base import Closing
 from detector.capture.windows._ring import RingSlot, SharedArrays, new_slot_fd
-from detector.capture.windows.packet import WindowAggregator, _PacketWindowAcc, tally_rows, windows_of
+from detector.capture.windows.packet import WindowAggregator, _key_ordered, _PacketWindowAcc, tally_rows, windows_of
 from detector.contracts import PACKET_COLUMNS, PacketBatch, WindowBatch
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -108,11 +108,8 @@ def _accumulate(accs: dict[int, _PacketWindowAcc], bins: int, bin_ns: int, b: Pa
         acc.add(w, bins, win, abs_bin, b, fl, src_home, dst_home, src_slot, dst_slot)
 
 
-def _in_use(tally: np.ndarray, by_key: bool = False) -> np.ndarray:
-    """A tally's rows in use; `by_key`: in the order of their keys (the parent merges the
-    workers' rows in one pass: kernels.merge_sorted)."""
-    rows = tally[tally[:, kernels.PACKETS] != 0]
-    return rows[np.argsort(rows[:, kernels.KEY])] if by_key else rows
+def _in_use(tally: np.ndarray) -> np.ndarray:
+    return tally[tally[:, kernels.PACKETS] != 0]
 
 
 def _warm_up(bins: int, bin_ns: int) -> None:
@@ -199,8 +196,8 @@ def worker_main(conn: Connection, index: int, workers: int, ring_fds: list[int],
         elif kind == "acc":
             me.accumulate(*msg[1:])
         elif kind == "close":
-            acc = me.accs.pop(msg[1], None)
-            conn.send(None if acc is None else reply.put([acc.sums, _in_use(acc.peers, True), _in_use(acc.ports, True), _in_use(acc.flows)]))
+            acc = me.accs.pop(msg[1], None)  # peers and ports in key order: the parent merges them in one pass
+            conn.send(None if acc is None else reply.put([acc.sums, _key_ordered(acc.peers), _key_ordered(acc.ports), _in_use(acc.flows)]))
         elif kind == "stats":
             conn.send({**me.table.stats(), "packets": me.packets, "busy_s": busy_s + time.perf_counter() - started,
                        "cpu_s": time.process_time() - cpu0})
