@@ -191,6 +191,21 @@ class WindowBatch:
         return len(self.entities)
 
 
+@dataclass(frozen=True)
+class CarriedHistory:
+    """The entities' peer history a window stream ended with (the window stage's
+    PeerHistory.state_dict: named 1-D arrays) and the end of its last window: what a model
+    bundle keeps of its training span, so that the streams it scores start from it."""
+
+    state: dict[str, np.ndarray]
+    ended_ns: int
+
+    def rows(self, table: str) -> int:
+        """Rows of one of its tables (entities, peers, ports)."""
+        keys = self.state.get(f"{table}.keys")
+        return 0 if keys is None else int(keys.shape[0])
+
+
 # --------------------------------------------------------------------------------------
 # Scores: the model's output, one per entity per window.
 # --------------------------------------------------------------------------------------

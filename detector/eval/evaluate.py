@@ -47,7 +47,7 @@ import structlog
 
 from detector import __version__
 from detector.config import Config
-from detector.contracts import FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
+from detector.contracts import CarriedHistory, FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
 from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores, without_history
@@ -381,9 +381,11 @@ def _iso_ns(text: str) -> int:
 
 
 def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch], on_window: Callable[[WindowBatch], None],
-                  flow_records: bool = False, progress: bool = False) -> None:
+                  flow_records: bool = False, progress: bool = False, carried: CarriedHistory | None = None) -> None:
+    """The windows again (for the baselines and the training windows they fit on); over the
+    scored captures from the bundle's peer history, as the score pass, so that they equal its."""
     bar = Progress("eval: baselines", unit="flow records" if flow_records else "packets", enabled=progress)
-    for wb in window_stream(cfg, tracked(batches, bar), flow_records):
+    for wb in window_stream(cfg, tracked(batches, bar), flow_records, carried=carried):
         on_window(wb)
 
 
@@ -461,7 +463,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     batch_size, flow_records = cfg.source.batch_packets, plan.flow_records
     window_ns = int(round(bundle.bin_s * bundle.bins * 1e9))
     _feature_pass(cfg, _tally(input_batches(plan.pcaps, flow_records, batch_size), intervals, window_ns), on_window, flow_records,
-                  progress)
+                  progress, carried=bundle.history)
     if plan.train_pcaps:
         train_trailing: set[str] = set()
         _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),

@@ -4,6 +4,9 @@
     <dir>/model.json          feature schema, window geometry, scalers, thresholds, training
                               summary, versions, the SHA-256 of the weights file and the
                               SHA-256 of this JSON itself (`meta_sha256`, see meta_digest)
+    <dir>/history.safetensors the peer history the training span ended with (CarriedHistory:
+                              each entity's peers and ports, addresses included), which the
+                              streams the bundle scores start from; its SHA-256 in model.json
 
 Written atomically (a sibling temporary directory, fsynced, then renamed over the old one), so
 a crash never leaves half a bundle. Loading verifies both hashes (a corrupted or edited file is
@@ -34,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detector import __version__
-from detector.contracts import FeatureSchema
+from detector.contracts import CarriedHistory, FeatureSchema
 from detector.errors import ModelError
 from detector.model.lstm import LSTMAutoencoder
 from detector.model.meta import (
@@ -44,9 +47,11 @@ from detector.model.meta import (
     META,
     META_DIGEST_KEY,
     WEIGHTS,
+    history_meta,
     integer_in,
     meta_digest,
     number_in,
+    read_history,
     read_meta,
     require_field,
     schema_mismatch,
@@ -75,6 +80,8 @@ class ModelBundle:
     classes: dict[str, ClassModel]
     training: dict[str, Any] = field(default_factory=dict)
     version: str = ""  # short hash of the weights: the model version incidents carry
+    # the peer history the training span ended with: the scored streams start from it
+    history: CarriedHistory | None = None
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -105,6 +112,8 @@ class ModelBundle:
                 },
                 "training": self.training,
             }
+            if self.history is not None:
+                meta["history"] = history_meta(tmp, self.history)
             meta[META_DIGEST_KEY] = meta_digest(meta)
             with open(tmp / META, "w", encoding="utf-8") as fh:
                 json.dump(meta, fh, indent=2)
@@ -189,7 +198,7 @@ class ModelBundle:
             net.eval()
             models[name] = ClassModel(network=net, scaler=scaler, threshold=threshold)
         return cls(schema=schema, bin_s=bin_s, bins=bins, hidden_size=hidden, classes=models, training=training,
-                   version=digest[:12])
+                   version=digest[:12], history=read_history(path, meta))
 
 
 def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Threshold]:

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detector.contracts import FeatureSchema
+import numpy as np
+
+from detector.contracts import CarriedHistory, FeatureSchema
 from detector.errors import ModelError
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+HISTORY = "history.safetensors"  # the training span's peer history (CarriedHistory), when it kept one
 # 2: the decoder's minute-of-hour phase input; 3: model.json carries its own SHA-256. A
 # format-2 bundle (written before) still loads: its values are checked, its JSON cannot be
 FORMAT_VERSION = 3
@@ -74,7 +77,45 @@ def describe(path: str | Path) -> BundleDescription:
     missing = [c for c in classes if not any(t.startswith(f"{c}.") for t in tensors)]
     if missing:
         raise ModelError(f"{weights_path}: no weights for class {', '.join(missing)}")
+    read_history(path, meta)
     return BundleDescription(described, bin_s, bins, classes)
+
+
+def history_meta(path: Path, carried: CarriedHistory) -> dict[str, Any]:
+    """Write the carried history's arrays into the bundle directory `path`; model.json's
+    `history` entry for them (their SHA-256, the end of the training span's last window, rows)."""
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v) for k, v in carried.state.items()}, str(path / HISTORY))
+    return {"sha256": sha256_of(path / HISTORY), "ended_ns": int(carried.ended_ns),
+            "rows": {t: carried.rows(t) for t in ("entities", "peers", "ports")}}
+
+
+def read_history(path: Path, meta: dict[str, Any]) -> CarriedHistory | None:
+    """The peer history the bundle at `path` carries from its training span, its SHA-256
+    checked (None for a bundle without one: trained before bundles kept it)."""
+    described = meta.get("history")
+    if described is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    history_path = path / HISTORY
+    ended_ns = described.get("ended_ns") if isinstance(described, dict) else None
+    if isinstance(ended_ns, bool) or not isinstance(ended_ns, int):
+        raise ModelError(f"{path / META}: invalid bundle: history.ended_ns: {ended_ns!r} is not an integer")
+    if not history_path.is_file():
+        raise ModelError(f"{history_path}: missing (model.json describes a peer history); retrain with `netad train`")
+    if sha256_of(history_path) != described.get("sha256"):
+        raise ModelError(f"{history_path}: SHA-256 mismatch (file corrupted or replaced); refusing to load")
+    try:
+        state = load_file(str(history_path))
+    except (OSError, SafetensorError) as exc:
+        raise ModelError(f"{history_path}: unreadable: {exc}") from None
+    bad = sorted(k for k, v in state.items() if v.ndim != 1)
+    if bad:
+        raise ModelError(f"{history_path}: {', '.join(bad[:3])} not one-dimensional")
+    return CarriedHistory(state, ended_ns)
 
 
 def schema_mismatch(path: str | Path, schema: FeatureSchema, expected: FeatureSchema) -> str | None:

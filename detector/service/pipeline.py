@@ -33,7 +33,17 @@ from detector.capture.windows import HomeNet, WindowAggregator
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.windows.sharded import FlowShards, ShardedWindowAggregator
 from detector.config import Config
-from detector.contracts import ENTITY_GLOBAL, FeatureSchema, FlowRecordBatch, IncidentEvent, PacketBatch, ScoreBatch, WindowBatch, addr_to_pair
+from detector.contracts import (
+    ENTITY_GLOBAL,
+    CarriedHistory,
+    FeatureSchema,
+    FlowRecordBatch,
+    IncidentEvent,
+    PacketBatch,
+    ScoreBatch,
+    WindowBatch,
+    addr_to_pair,
+)
 from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.service._timebounds import TimeBounds
@@ -137,29 +147,50 @@ def build_clock(cfg: Config, flow_records: bool = False) -> EventClock:
     return EventClock(max_ahead_s=cfg.source.max_ahead_s, max_jump_s=max(cfg.source.max_jump_s, lateness_s))
 
 
-def build_windowing(cfg: Config, flow_records: bool = False, workers: int | None = None) -> WindowStages:
+def build_windowing(cfg: Config, flow_records: bool = False, workers: int | None = None,
+                    carried: CarriedHistory | None = None) -> WindowStages:
     """The clock, flow table (none for flow records) and window aggregator of a source.
     Packets with `source.workers` (or `workers`) > 1: the flow table and the per-bin
     accumulators in that many capture worker processes (capture.windows.sharded), merged
-    per window: the same windows as one process."""
+    per window: the same windows as one process. The peer history starts from `carried`
+    (the model bundle's: what its training span ended with), if given."""
     workers = cfg.source.workers if workers is None else workers
     if workers > 1 and not flow_records:
         shards = FlowShards(workers, _flow_table_kwargs(cfg), cfg.windows.bins, cfg.windows.bin_s)
-        sharded = ShardedWindowAggregator(shards, lateness_s=cfg.windows.lateness_s, **_window_kwargs(cfg))
-        return WindowStages(build_clock(cfg, flow_records), shards, sharded)
-    windows = build_aggregator(cfg, flow_records)
-    flows = None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)
-    return WindowStages(build_clock(cfg, flow_records), flows, windows)
+        windows: WindowAggregator | FlowWindowAggregator = ShardedWindowAggregator(
+            shards, lateness_s=cfg.windows.lateness_s, **_window_kwargs(cfg))
+        flows: FlowTable | FlowShards | None = shards
+    else:
+        windows = build_aggregator(cfg, flow_records)
+        flows = None if isinstance(windows, FlowWindowAggregator) else build_flow_table(cfg)
+    stages = WindowStages(build_clock(cfg, flow_records), flows, windows)
+    if carried is not None:
+        try:
+            windows.carry_in(carried)
+        except (KeyError, ValueError) as exc:  # a bundle whose hashes match but whose history does not load
+            stages.close()
+            raise ModelError(f"the model bundle's peer history: {exc}") from None
+    return stages
 
 
-def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
-                  flow_records: bool = False) -> Iterator[WindowBatch]:
-    """Source batches -> closed windows (capture -> flows -> windows), flushed at the end."""
-    stages = build_windowing(cfg, flow_records)
+def window_stream(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch], flow_records: bool = False,
+                  carried: CarriedHistory | None = None,
+                  ended: Callable[[CarriedHistory], None] | None = None) -> Iterator[WindowBatch]:
+    """Source batches -> closed windows (capture -> flows -> windows), flushed at the end;
+    the peer history starts from `carried` (a model bundle's), and `ended` is given the one
+    the stream ended with (training keeps it in the bundle)."""
+    stages = build_windowing(cfg, flow_records, carried=carried)
+    end_ns = None
     try:
         for batch in batches:
-            yield from stages.push(batch)
-        yield from stages.flush()
+            for wb in stages.push(batch):
+                end_ns = wb.window_end_ns
+                yield wb
+        for wb in stages.flush():
+            end_ns = wb.window_end_ns
+            yield wb
+        if ended is not None and end_ns is not None:
+            ended(CarriedHistory(stages.windows.history.state_dict(), end_ns))
     finally:
         stages.close()
 
@@ -312,7 +343,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         cfg = self.cfg
-        self.stages = build_windowing(cfg, self.flow_records)
+        self.stages = build_windowing(cfg, self.flow_records, carried=self.bundle.history)
         self.flows, self.windows = self.stages.flows, self.stages.windows
         if self.bundle.schema != self.windows.schema:
             raise ModelError(f"model {self.bundle.version}: {schema_mismatch(self.bundle.schema, self.windows.schema)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from detector.config import Config
-from detector.contracts import FlowRecordBatch, PacketBatch
+from detector.contracts import CarriedHistory, FlowRecordBatch, PacketBatch
 from detector.errors import TrainingDataError
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
@@ -93,7 +93,8 @@ def train_from_captures(
         if before_first_attack and positives:
             stop_ns = min(iv.start_ns for iv in positives)
     batches = _time_slice(input_batches(pcaps, flow_records, cfg.source.batch_packets, damage), start_s, end_s, stop_ns)
-    windows = list(window_stream(cfg, batches, flow_records))
+    carried: list[CarriedHistory] = []
+    windows = list(window_stream(cfg, batches, flow_records, ended=carried.append))
     if stop_ns is not None:
         windows = [w for w in windows if w.window_end_ns <= stop_ns]
     log.info("training_windows_built", windows=len(windows), captures=[str(p) for p in pcaps])
@@ -106,6 +107,7 @@ def train_from_captures(
                                 "a few hours of benign traffic)") from None
     bundle.training["conn_logs" if flow_records else "captures"] = [str(p) for p in pcaps]
     bundle.training["home_net"] = cfg.home_net
+    bundle.history = carried[0] if carried else None
     bundle.save(out)
     log.info("model_saved", path=str(out), version=bundle.version)
     return bundle

@@ -51,6 +51,36 @@ def test_corrupted_weights_are_refused(tmp_path: Path):
         ModelBundle.load(tmp_path / "m")
 
 
+def test_the_carried_peer_history_round_trips_and_a_replaced_one_is_refused(tmp_path: Path):
+    """The training span's peer history is saved beside the weights, its SHA-256 in model.json:
+    it loads back equal; a history file replaced (or gone) is refused, as replaced weights are."""
+    from detector.capture.windows._history import PeerHistory
+    from detector.contracts import CarriedHistory
+    from detector.model.meta import HISTORY, describe
+
+    h = PeerHistory(3600, 0)
+    keys = np.array([0, 7], np.uint64)
+    peers = (np.array([0, 1]), np.zeros(2, np.uint64), np.array([5, 9], np.uint64))
+    h.observe(keys, peers, (np.zeros(0, np.int64),) * 8, 60 * 10**9)
+    b = _bundle()
+    b.history = CarriedHistory(h.state_dict(), 60 * 10**9)
+    b.save(tmp_path / "m")
+    back = ModelBundle.load(tmp_path / "m")
+    assert back.history is not None and back.history.ended_ns == 60 * 10**9
+    assert back.history.state.keys() == b.history.state.keys()
+    for k, v in b.history.state.items():
+        np.testing.assert_array_equal(back.history.state[k], v)
+    assert back.history.rows("peers") == 2
+    (tmp_path / "m" / HISTORY).write_bytes((tmp_path / "m" / HISTORY).read_bytes()[:-1] + b" ")
+    with pytest.raises(ModelError, match="history.safetensors: SHA-256 mismatch"):
+        ModelBundle.load(tmp_path / "m")
+    with pytest.raises(ModelError, match="history.safetensors: SHA-256 mismatch"):
+        describe(tmp_path / "m")
+    (tmp_path / "m" / HISTORY).unlink()
+    with pytest.raises(ModelError, match="missing"):
+        ModelBundle.load(tmp_path / "m")
+
+
 def test_truncated_metadata_is_refused(tmp_path: Path):
     b = _bundle()
     b.save(tmp_path / "m")

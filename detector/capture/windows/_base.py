@@ -23,6 +23,7 @@ from detector.capture.schemas import HISTORY_FEATURES, HISTORY_LEVELS
 from detector.capture.windows._history import PeerHistory
 from detector.contracts import (
     ENTITY_GLOBAL,
+    CarriedHistory,
     FeatureSchema,
     WindowBatch,
     WindowEvidence,
@@ -157,6 +158,10 @@ class EntityWindows:
     @property
     def entities(self) -> int:
         return 1 + len(self._slot_of)
+
+    def carry_in(self, carried: CarriedHistory) -> None:
+        """Start the peer history from the one a training span ended with (PeerHistory.carry_in)."""
+        self.history.carry_in(carried.state, carried.ended_ns, self._window_ns)
 
     @property
     def slots(self) -> int:

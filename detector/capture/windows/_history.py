@@ -182,6 +182,7 @@ class PeerHistory:
         self._ports = _Table()
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
+        self._carried: tuple[int, int] | None = None  # carry_in's (ended_ns, window_ns), until the first window
 
     @property
     def rows(self) -> int:
@@ -211,10 +212,34 @@ class PeerHistory:
                 setattr(table, col, (cols[col] if col in cols else _missing(col, name, cols)).astype(_DTYPES[col]))
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
+        self._carried = None
+
+    def carry_in(self, state: dict[str, np.ndarray], ended_ns: int, window_ns: int) -> None:
+        """Start from the history another stream ended with at `ended_ns` (the training span's,
+        which a model bundle keeps), as if this stream went on from it: its times move so that
+        `ended_ns` falls where this stream's first window starts (`window_ns` before its end).
+        So a daemon's first hour is not blind: an entity the training span knew is warm from
+        the first window, and its peers and ports are known, not new. Refuses what
+        load_state_dict refuses; a checkpoint loaded after it replaces it."""
+        self.load_state_dict(state)
+        self._carried = (ended_ns, window_ns)
+
+    def _take_carried(self, end_ns: int) -> None:
+        """At the first window (ending at `end_ns`): carry_in's times moved into this stream's."""
+        if self._carried is None:
+            return
+        ended_ns, window_ns = self._carried
+        self._carried = None
+        shift = end_ns - window_ns - ended_ns
+        for table in (self._entities, self._peers, self._ports):
+            for col in ("first", "last", "back", "met"):
+                if col in table.columns:
+                    setattr(table, col, getattr(table, col) + np.int64(shift))
 
     def expire(self, entity_keys: np.ndarray, now_ns: int) -> None:
         """These entities expired at `now_ns` (the window stage gave their slots back): the rows
         of those whose history is not yet warm go now (see the module's text)."""
+        self._take_carried(now_ns)
         keys = np.asarray(entity_keys, np.uint64)
         if not keys.size or not len(self._entities):
             return
@@ -234,6 +259,7 @@ class PeerHistory:
         (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins).
         Leaves in `lead` the peer behind each row's young_peer_returns (row, level, addr_hi,
         addr_lo; level > 0), in this window or not: the beacon an incident should name."""
+        self._take_carried(end_ns)
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         self.lead = _NO_LEAD

@@ -240,6 +240,30 @@ def test_state_round_trips_and_bad_state_is_refused():
         PeerHistory(3600, 0).load_state_dict(bad)
 
 
+def test_a_history_carried_in_goes_on_as_if_its_stream_had_continued_and_a_checkpoint_replaces_it():
+    """A bundle's history (its training span's) carried into a stream that starts days later:
+    the entity is warm from the first window, a peer it knew is not new, one it never used is;
+    exactly what the training stream itself would have said of the same window right after its
+    end. A checkpoint loaded afterwards is taken as it is (its times are the stream's own)."""
+    training = PeerHistory(history_s=3600, warmup_s=600)
+    for t in range(60, 1860, 60):
+        _window(training, t, {0: [(10, 443, 1), (11, 53, t)]})
+    state, ended_ns = training.state_dict(), 1800 * S
+    later = 3 * 86400
+    carried = PeerHistory(history_s=3600, warmup_s=600)
+    carried.carry_in({k: v.copy() for k, v in state.items()}, ended_ns, 60 * S)
+    cold = PeerHistory(history_s=3600, warmup_s=600)
+    contacts = {0: [(10, 443, 1), (50, 8443, 2)]}
+    out = _window(carried, later + 60, contacts)
+    assert out[0, NEW_PEERS] == 1 and out[0, NEW_PORTS] == 1  # peer 50 and port 8443; peer 10 known
+    assert np.array_equal(out, _window(training, 1860, contacts))
+    assert _window(cold, later + 60, contacts)[0].sum() == 0  # a cold start: warming up, nothing counts
+    restored = PeerHistory(history_s=3600, warmup_s=600)
+    restored.carry_in({k: v.copy() for k, v in state.items()}, ended_ns, 60 * S)
+    restored.load_state_dict(training.state_dict())
+    assert np.array_equal(_window(restored, 1920, {0: [(60, 25)]}), _window(training, 1920, {0: [(60, 25)]}))
+
+
 def test_a_checkpoint_written_before_the_series_loads_its_beacons_count_only_when_they_call():
     """A checkpoint of schema v3 (no gaps, first sighting by the network or address per peer,
     no network table): its rows load; a beacon it knew counts again in the windows that hold
