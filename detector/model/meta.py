@@ -91,6 +91,15 @@ def history_meta(path: Path, carried: CarriedHistory) -> dict[str, Any]:
             "rows": {t: carried.rows(t) for t in ("entities", "peers", "ports")}}
 
 
+def carried_history(path: str | Path) -> CarriedHistory | None:
+    """The peer history of the bundle at `path`, read without torch (the Kafka sensor's: it
+    builds windows and loads no model); None where there is no bundle, or it has none."""
+    path = Path(path)
+    if not (path / META).is_file():
+        return None
+    return read_history(path, read_meta(path / META))
+
+
 def read_history(path: Path, meta: dict[str, Any]) -> CarriedHistory | None:
     """The peer history the bundle at `path` carries from its training span, its SHA-256
     checked (None for a bundle without one: trained before bundles kept it)."""

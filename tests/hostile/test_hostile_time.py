@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,13 @@ class _Events:
         self.events.append(event)
 
 
-def _pipeline(s: dict) -> tuple[Pipeline, io.StringIO, _Events]:
+def _pipeline(s: dict, carried: bool = True) -> tuple[Pipeline, io.StringIO, _Events]:
+    """The daemon's stages with the demo model; `carried` False: from a cold peer history, not
+    the one the model's training span ended with (what a silence longer than
+    windows.history_s leaves of it)."""
     out, sink = io.StringIO(), _Events()
-    return Pipeline(s["cfg"], s["bundle"], sinks=[sink], scores_out=out, origin="hostile.pcap"), out, sink
+    bundle = s["bundle"] if carried else replace(s["bundle"], history=None)
+    return Pipeline(s["cfg"], bundle, sinks=[sink], scores_out=out, origin="hostile.pcap"), out, sink
 
 
 def _score(s: dict, batches, built: tuple[Pipeline, io.StringIO, _Events] | None = None) -> tuple[dict, Pipeline, list[dict], list]:
@@ -111,13 +116,14 @@ def test_a_packet_dated_1970_changes_no_score(slice10):
 
 def test_a_thirty_day_gap_is_skipped_and_what_follows_scores_as_a_fresh_replay(slice10):
     """Five minutes, 30 days of silence, five minutes: the windows of the first part score as
-    that part alone, those of the second as that part alone; the silence closes one idle
-    period of windows and skips the 43,000 others."""
+    that part alone, those of the second as that part alone from a cold history (the silence
+    has forgotten every peer, the training span's too); the silence closes one idle period of
+    windows and skips the 43,000 others."""
     s = slice10
     first, second = _minutes(s, 0, 5), _minutes(s, 5, 10)
     ts = s["rec"].ts_ns
     alone_a, _, _, _ = _score(s, _replay(_capture(s, "a.pcap", first, ts[first])))
-    alone_b, _, _, _ = _score(s, _replay(_capture(s, "b.pcap", second, ts[second] + 30 * DAY_NS)))
+    alone_b, _, _, _ = _score(s, _replay(_capture(s, "b.pcap", second, ts[second] + 30 * DAY_NS)), _pipeline(s, carried=False))
     gap = _capture(s, "gap.pcap", np.concatenate([first, second]), np.concatenate([ts[first], ts[second] + 30 * DAY_NS]))
     scores, pipeline, _, _ = _score(s, _replay(gap))
     assert {**alone_a, **alone_b} == {k: scores[k] for k in {**alone_a, **alone_b}}
@@ -128,13 +134,14 @@ def test_a_thirty_day_gap_is_skipped_and_what_follows_scores_as_a_fresh_replay(s
 
 def test_a_flood_of_spoofed_home_sources_leaves_nothing_behind(slice10):
     """3,000 spoofed home_net sources SYN-flood a home host; after a silence longer than the
-    idle time and the history, the benign capture scores as it does alone, and the window
-    stage's slots and the scorer's state bank are back to their size."""
+    idle time and the history, the benign capture scores as it does alone from a cold history
+    (the silence has forgotten the training span's too), and the window stage's slots and the
+    scorer's state bank are back to their size."""
     s = slice10
     index = _minutes(s, 0, 5)
     ts = s["rec"].ts_ns[index]
     benign = _capture(s, "benign.pcap", index, ts)
-    alone, _, _, _ = _score(s, _replay(benign))
+    alone, _, _, _ = _score(s, _replay(benign), _pipeline(s, carried=False))
     flood = spoofed_flood("10.20.0.0/16", 3000, int(ts[0]) - DAY_NS, 2 * MIN_NS, "10.20.0.1")
     built = _pipeline(s)
     pipeline = built[0]

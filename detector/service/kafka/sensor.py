@@ -16,6 +16,7 @@ import structlog
 
 from detector.config import Config
 from detector.contracts import WindowBatch
+from detector.model.meta import carried_history
 from detector.service._sources import build_source
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
@@ -75,7 +76,11 @@ def run_sensor(cfg: Config) -> int:
     lc = Lifecycle(cfg.service, "sensor")
     lc.install_signals()
     publisher = WindowPublisher(cfg)
-    stages = build_windowing(cfg, cfg.source.flow_records)
+    # the windows the scorers' model would see from the daemon: its training span's peer history carried in
+    carried = carried_history(cfg.model.path)
+    log.info("sensor_history", carried_from=str(cfg.model.path) if carried is not None else None,
+             peers=carried.rows("peers") if carried is not None else 0)
+    stages = build_windowing(cfg, cfg.source.flow_records, carried=carried)
     flows, windows = stages.flows, stages.windows
     source = build_source(cfg.source)
 
