@@ -235,6 +235,11 @@ class PeerHistory:
             for col in ("first", "last", "back", "met"):
                 if col in table.columns:
                     setattr(table, col, getattr(table, col) + np.int64(shift))
+        # a carried peer is known, never young: when the network met it says nothing of this
+        # stream (the span may be days old, or a later hour of the day), and a peer met in the
+        # span's last hours came back as a "young" series in the stream's first ones: on the
+        # synthetic demo (trained on its first 4 h, replayed from its start) 14 false beacons
+        self._peers.met = np.minimum(self._peers.met, np.int64(end_ns - window_ns - self.history_ns))
 
     def expire(self, entity_keys: np.ndarray, now_ns: int) -> None:
         """These entities expired at `now_ns` (the window stage gave their slots back): the rows

@@ -264,6 +264,21 @@ def test_a_history_carried_in_goes_on_as_if_its_stream_had_continued_and_a_check
     assert np.array_equal(_window(restored, 1920, {0: [(60, 25)]}), _window(training, 1920, {0: [(60, 25)]}))
 
 
+def test_a_peer_carried_in_is_known_never_young():
+    """A young peer's series in the training span does not go on as one in a stream the span
+    is carried into: when the network met it says nothing there (the synthetic demo, trained
+    on its first 4 h and replayed from its start, opened 14 false beacons without this)."""
+    training = PeerHistory(history_s=3600, warmup_s=600)
+    for k, t in enumerate(range(60, 1860, 60)):
+        _window(training, t, {0: [(10, 443, 1)] + ([(99, 443, k)] if t > 660 and k % 2 == 0 else [])})
+    state = training.state_dict()
+    assert _window(training, 1860, {0: [(10, 443, 1), (99, 443, 77)]})[0, YOUNG] > 0
+    carried = PeerHistory(history_s=3600, warmup_s=600)
+    carried.carry_in(state, 1800 * S, 60 * S)
+    out = _window(carried, 86400 + 60, {0: [(10, 443, 1), (99, 443, 77)]})
+    assert out[0, YOUNG] == 0 and out[0, NEW_PEERS] == 0
+
+
 def test_a_checkpoint_written_before_the_series_loads_its_beacons_count_only_when_they_call():
     """A checkpoint of schema v3 (no gaps, first sighting by the network or address per peer,
     no network table): its rows load; a beacon it knew counts again in the windows that hold
