@@ -61,6 +61,15 @@ def test_a_stream_carried_in_from_the_training_span_counts_new_peers_as_one_stre
     first_hour = [v for (start, _), v in fresh.items() if start + window_ns <= split + HOUR_NS]
     assert first_hour and sum(v.sum() for v in first_hour) == 0  # cold: blind for the warm-up
 
+    # capture workers build a window after the parent has closed the next: the same windows
+    split_cfg = cfg.model_copy(deep=True)
+    split_cfg.source.workers = 2
+    sharded = list(window_stream(split_cfg, _part(pcap, lambda ts: ts >= split), carried=carried[0]))
+    assert [w.window_start_ns for w in sharded] == [w.window_start_ns for w in after]
+    for a, b in zip(after, sharded, strict=True):
+        assert a.entities == b.entities
+        np.testing.assert_array_equal(a.features, b.features)
+
 
 @pytest.mark.slow
 def test_netad_train_puts_the_history_in_the_bundle_and_the_daemon_s_stages_start_from_it(tmp_path):

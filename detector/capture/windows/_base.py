@@ -376,8 +376,9 @@ class EntityWindows:
             self._free.append(s)
             self.entities_expired += 1
             gone.append(addr)
-        if gone:
-            self.history.expire(history_keys(gone), now_ns)
+        # every close, in the stream's order (before the window is built, which capture
+        # workers may do later): a carried-in history takes its times from the first one
+        self.history.expire(history_keys(gone), now_ns)
 
 
     # ---------------------------------------------------------------- shrinking back
