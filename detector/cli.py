@@ -136,6 +136,7 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
         if "margin" in s:
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
+        click.echo(f"          a run of windows adds up above {cm.threshold.allowance:g} of the threshold")
         if "threshold_interval" in s:
             low, high = s["threshold_interval"]
             click.echo(f"          threshold resampled over the held-out windows: {low:.4f} .. {high:.4f} (90 %)")

@@ -523,6 +523,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
             "window_s": window_ns / 1e9,
             "thresholds": {cls: round(cm.threshold.value, 6) for cls, cm in bundle.classes.items()},
             "threshold_methods": {cls: cm.threshold.method for cls, cm in bundle.classes.items()},
+            "allowances": {cls: cm.threshold.allowance for cls, cm in bundle.classes.items()},
             "zscore_training_windows": baselines_fitted,
         },
         "intervals": [_interval_record(li) for li in intervals if li.interval.end_ns > test_lo and li.interval.start_ns < test_hi],

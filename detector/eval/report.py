@@ -151,7 +151,8 @@ def markdown(result: dict) -> str:
         f"- model: {result['model']['version']}"
         f" ({'trained here in ' + str(result['model']['training_s']) + ' s' if result['model']['trained_here'] else 'given'}),"
         f" windows {result['model']['bins']} x {result['model']['bin_s']:g} s, thresholds "
-        + ", ".join(f"{k} {v:.4g} ({result['model']['threshold_methods'][k]})" for k, v in result["model"]["thresholds"].items()),
+        + ", ".join(f"{k} {v:.4g} ({result['model']['threshold_methods'][k]}, runs add up above "
+                    f"{result['model'].get('allowances', {}).get(k, 0.5):g} of it)" for k, v in result["model"]["thresholds"].items()),
         "",
         "## Window-level detection",
         "",

@@ -12,16 +12,16 @@ windows: before that it is scored (the state must warm up) but never anomalous.
 
 A window is anomalous when its accumulated score passes the threshold: its own score plus
 what the entity's previous window carried in. A window that does not alarm carries forward
-what its accumulated score had above half the threshold (so at most half a threshold), into
-the entity's next window only; a window that alarms carries nothing. So one window alarms at
-the threshold, as ever; two in a row at three quarters of it alarm too, and a run at just
-over half of it alarms after a few windows; after an alarm, one quiet window (or a window the
-entity did not have), the entity starts from nothing. This is a CUSUM on the score in
-threshold units with allowance and alarm level both half a threshold, restarted after each
-alarm as a CUSUM is: what alarmed is spent, so the benign windows after an attack are not
-held up by it. Why: a host that changes role or starts talking to new peers shows it over
-consecutive windows each of which stays just under the threshold (docs/EVALUATION.md,
-section vii).
+what its accumulated score had above the class's allowance (a share of the threshold, chosen
+by training: model.training), into the entity's next window only; a window that alarms
+carries nothing. So one window alarms at the threshold, as ever; a run of windows each above
+the allowance adds up, and alarms once its excess over the allowance reaches what the
+threshold lacks; after an alarm, one quiet window (or a window the entity did not have), the
+entity starts from nothing. This is a CUSUM on the score in threshold units, alarm level one
+threshold less the allowance, restarted after each alarm as a CUSUM is: what alarmed is
+spent, so the benign windows after an attack are not held up by it. Why: a host that changes
+role, starts talking to new peers or calls out on a beat shows it over consecutive windows
+each of which stays under the threshold (docs/EVALUATION.md, sections vii and xiv).
 """
 
 from __future__ import annotations
@@ -39,18 +39,17 @@ from detector.model.lstm import PHASE_SLOTS, LSTMAutoencoder, State, phase_of
 from detector.model.scaler import FeatureScaler, TorchScaler
 from detector.model.threshold import calibrate
 
-CARRY_ABOVE = 0.5  # a window that does not alarm carries what its accumulated score has above this many thresholds
 
-
-def accumulate(scores: np.ndarray, carried: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def accumulate(scores: np.ndarray, carried: np.ndarray, threshold: float, allowance: float) -> tuple[np.ndarray, np.ndarray]:
     """Windows' accumulated scores (float64, compared with `threshold`) and what each carries
     into its entity's next window (in thresholds, 0 after an alarm), from their own `scores`
-    and what their entities' previous windows carried in (`carried`, 0 where there was none).
-    The one definition the streaming scorer alarms with and training reads margins with."""
+    and what their entities' previous windows carried in (`carried`, 0 where there was none):
+    what an accumulated score has above `allowance` thresholds. The one definition the
+    streaming scorer alarms with and training calibrates the allowance and reads margins with."""
     limit = np.float64(threshold)
     accumulated = np.asarray(scores, dtype=np.float64) + carried * limit
     if limit > 0:
-        carry = np.maximum(accumulated / limit - CARRY_ABOVE, 0.0)
+        carry = np.maximum(accumulated / limit - allowance, 0.0)
         return accumulated, np.where((accumulated <= limit) & np.isfinite(carry), carry, 0.0)
     return accumulated, np.zeros_like(accumulated)
 
@@ -465,7 +464,8 @@ class StreamingScorer:
             bank.last_ns[slots] = windows.window_end_ns
             ready = bank.seen[slots] > self.warmup_windows
             threshold = np.float32(cm.threshold.value)
-            accumulated, carry = accumulate(res.scores, np.where(follows, bank.carried[slots], 0.0), float(threshold))
+            accumulated, carry = accumulate(res.scores, np.where(follows, bank.carried[slots], 0.0), float(threshold),
+                                            cm.threshold.allowance)
             anomalous = ready & (accumulated > np.float64(threshold))  # with nothing carried: score > threshold, exactly
             bank.carried[slots] = np.where(ready, carry, 0.0)
             out.scores[rows] = res.scores

@@ -76,6 +76,10 @@ class Threshold:
     reason: str = ""  # why the fallback was taken
     n_outliers: int = 0  # the largest calibration scores left out as not benign (see the screen above)
     outliers_from: float | None = None  # the smallest of them
+    # what a window's accumulated score must exceed, in thresholds, to carry the rest into the
+    # entity's next window (model.scorer.accumulate; chosen by model.training.allowance); 0.5
+    # in bundles from before it was chosen
+    allowance: float = 0.5
 
     def as_dict(self) -> dict:
         return asdict(self)

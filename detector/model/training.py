@@ -49,6 +49,14 @@ UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
 # an epoch improves on the best only by this share of its validation loss: an absolute step
 # (it was 1e-4) is always met by a loss still creeping down, and training ran to its cap
 MIN_IMPROVEMENT = 0.01
+# the accumulation's allowances tried, in thresholds, from the most cautious down
+# (model.scorer.accumulate): each class takes the lowest that brings no held-out window
+# nearer its threshold than the highest does (`allowance`). Not below a fifth: a CUSUM's
+# allowance is half the shift it is built to find, and a run of windows under 0.4 of the
+# threshold is what a benign class's ordinary peaks are made of; at a tenth, the held-out
+# windows, a few hours of them, let a window at 0.19 of the threshold tip the next one (0.93)
+# over it on the next day of the honeypot capture (docs/EVALUATION.md, section xiv)
+ALLOWANCES = (0.5, 0.4, 0.3, 0.2)
 
 
 @dataclass
@@ -194,14 +202,20 @@ def train(
         pooled = [cls] if source == "class" else sorted(val_scores)
         summary[cls]["threshold_interval"] = threshold_interval([val_scores[c] for c in pooled], params)
         summary[cls]["outliers"] = _outlier_windows(th, {c: (data[c], val_scores[c]) for c in pooled})
-        # the margin is read on what the threshold will be compared with: the held-out windows'
-        # accumulated scores (model.scorer.accumulate) at this threshold
-        held_out = _accumulated(val_scores[cls], th.value)
+        benign = val_scores[cls].copy()
         if th.n_outliers and th.outliers_from is not None:
-            held_out[val_scores[cls] >= th.outliers_from] = np.nan  # not benign: their own warning says so
+            benign[benign >= th.outliers_from] = np.nan  # not benign: their own warning says so
+        # too few windows of its own for a tail are too few to vouch for a lower allowance:
+        # Westermo's link (62-70 windows, pooled) went from 0.991 to 0.982 ROC AUC on its
+        # visible brute force at 0.2 (docs/EVALUATION.md, section xiv)
+        th.allowance = allowance(benign, th.value) if source == "class" else ALLOWANCES[0]
+        summary[cls]["allowance"] = th.allowance
+        # the margin is read on what the threshold will be compared with: the held-out windows'
+        # accumulated scores (model.scorer.accumulate) at this threshold and allowance
+        held_out = _accumulated(benign, th.value, th.allowance)
         summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
-                 n=th.n_calibration, source=source, reason=th.reason or None,
+                 n=th.n_calibration, source=source, reason=th.reason or None, allowance=th.allowance,
                  interval=[round(v, 4) for v in summary[cls]["threshold_interval"]], outliers=th.n_outliers)
     return ModelBundle(
         schema=schema,
@@ -289,14 +303,32 @@ def _outlier_windows(th: Threshold, pooled: dict[str, tuple[_ClassData, np.ndarr
     return sorted(found, key=lambda o: -o["score"])
 
 
-def _accumulated(scores: np.ndarray, threshold: float) -> np.ndarray:
+def allowance(held_out: np.ndarray, threshold: float) -> float:
+    """The lowest of ALLOWANCES, tried from the highest down, at which no benign held-out window
+    (an (entity, window) matrix of out-of-fold scores, NaN where none) accumulates more than the
+    largest one does at the highest: a lower allowance lets a run of windows each under the
+    threshold add up sooner (a beacon's, a bot's first minutes: docs/EVALUATION.md, section
+    xiv), and the held-out windows say how low it can go before their own runs add up. The
+    margin `netad train` prints is unchanged by it."""
+    if not np.isfinite(held_out).any() or threshold <= 0:
+        return ALLOWANCES[0]
+    reference = np.nanmax(_accumulated(held_out, threshold, ALLOWANCES[0]))
+    chosen = ALLOWANCES[0]
+    for a in ALLOWANCES[1:]:
+        if np.nanmax(_accumulated(held_out, threshold, a)) > reference:
+            break
+        chosen = a
+    return chosen
+
+
+def _accumulated(scores: np.ndarray, threshold: float, allowance: float) -> np.ndarray:
     """Accumulated scores (model.scorer.accumulate) of a (entity, window) matrix of scores, NaN
     where an entity had no scored window: nothing is carried over such a gap, as in the daemon."""
     out = np.full(scores.shape, np.nan)
     carried = np.zeros(scores.shape[0])
     for k in range(scores.shape[1]):
         here = np.isfinite(scores[:, k])
-        out[here, k], carry = accumulate(scores[here, k], carried[here], threshold)
+        out[here, k], carry = accumulate(scores[here, k], carried[here], threshold, allowance)
         carried[:] = 0.0
         carried[here] = carry
     return out

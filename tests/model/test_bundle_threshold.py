@@ -12,14 +12,16 @@ import torch
 
 from detector.capture.windows import PACKET_SCHEMA
 from detector.errors import ModelError
-from detector.model.bundle import META, WEIGHTS, ModelBundle
+from detector.model.bundle import META, WEIGHTS, ModelBundle, meta_digest
 from detector.model.threshold import MIN_MARGIN, calibrate
 from tests.model.test_scorer import _bundle
 
 
 def test_bundle_round_trip(tmp_path: Path):
-    """Weights, scaler and thresholds come back identical; no pickle is written."""
+    """Weights, scaler and thresholds (with the accumulation's allowance) come back identical;
+    no pickle is written."""
     b = _bundle()
+    b.classes["host"].threshold.allowance = 0.2
     b.save(tmp_path / "m")
     assert {META, WEIGHTS} == {p.name for p in (tmp_path / "m").iterdir()}
     back = ModelBundle.load(tmp_path / "m", expected_schema=PACKET_SCHEMA)
@@ -79,6 +81,22 @@ def test_the_carried_peer_history_round_trips_and_a_replaced_one_is_refused(tmp_
     (tmp_path / "m" / HISTORY).unlink()
     with pytest.raises(ModelError, match="missing"):
         ModelBundle.load(tmp_path / "m")
+
+
+def test_an_allowance_out_of_range_is_refused_and_a_missing_one_is_the_old_half(tmp_path: Path):
+    b = _bundle()
+    b.save(tmp_path / "m")
+    meta = tmp_path / "m" / META
+    doc = json.loads(meta.read_text())
+    doc["classes"]["host"]["threshold"]["allowance"] = 1.5
+    doc["meta_sha256"] = meta_digest(doc)
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=r"host\.threshold\.allowance: 1\.5"):
+        ModelBundle.load(tmp_path / "m")
+    del doc["classes"]["host"]["threshold"]["allowance"]  # a bundle from before it was chosen
+    doc["meta_sha256"] = meta_digest(doc)
+    meta.write_text(json.dumps(doc))
+    assert ModelBundle.load(tmp_path / "m").classes["host"].threshold.allowance == 0.5
 
 
 def test_truncated_metadata_is_refused(tmp_path: Path):
@@ -266,9 +284,33 @@ def test_accumulated_scores_carry_only_between_consecutive_windows():
 
     scores = np.array([[0.8, 0.8, 0.1, 0.9, 0.9, np.nan, 0.9],
                        [0.2, 0.3, 0.2, 0.2, 0.2, 0.2, 0.2]])
-    got = _accumulated(scores, 1.0)
+    got = _accumulated(scores, 1.0, 0.5)
     np.testing.assert_allclose(got[0], [0.8, 1.1, 0.1, 0.9, 1.3, np.nan, 0.9])  # 0.8 + 0.3 alarms: spent; gap
     np.testing.assert_allclose(got[1], scores[1])  # never above half: nothing carried
+    low = _accumulated(scores, 1.0, 0.1)  # what is above a tenth is carried
+    np.testing.assert_allclose(low[1], [0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+
+
+def test_the_allowance_is_the_lowest_that_brings_no_held_out_window_nearer_the_threshold():
+    """training.allowance: isolated benign peaks (each followed by quiet windows) let it go
+    down to the lowest tried; a benign run at a third of the threshold holds it where that run
+    does not add up past the largest window; a run at 0.3, beside a peak of 0.6, stops it
+    where the run would pass the peak."""
+    from detector.model.training import ALLOWANCES, allowance
+
+    rng = np.random.default_rng(3)
+    quiet = rng.uniform(0.0, 0.05, size=(2, 400))
+    peaks = quiet.copy()
+    peaks[0, [50, 200, 350]] = [0.7, 0.8, 0.6]
+    assert allowance(peaks, 1.0) == ALLOWANCES[-1] == 0.2
+    run = peaks.copy()
+    run[1, 100:110] = 0.33  # ten windows at a third: at 0.3 they add 0.03 a window, at 0.2 0.13
+    assert allowance(run, 1.0) == 0.3
+    steady = quiet.copy()
+    steady[0, 300] = 0.6
+    steady[1, 10:20] = 0.3  # at 0.2 it carries 0.1 a window: 0.3 + 9 * 0.1 = 1.2, past 0.6
+    assert allowance(steady, 1.0) == 0.3
+    assert allowance(np.full((1, 10), np.nan), 1.0) == 0.5  # nothing held out: the most cautious
 
 
 @pytest.mark.slow
@@ -298,5 +340,6 @@ def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(
     told = [w for w in summary["warnings"] if "too few for a tail of its own" in w]
     if source == "class":
         assert told == []
-    else:  # `netad train` says so
+    else:  # `netad train` says so, and a pooled class keeps the most cautious allowance
         assert len(told) == 1 and told[0].startswith(f"only {windows} held-out windows of this class")
+        assert bundle.classes["global"].threshold.allowance == summary["allowance"] == 0.5

@@ -159,9 +159,10 @@ def _raw_scores(bundle: ModelBundle, seq: np.ndarray, ks: list[int]) -> list[flo
 
 def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
     """A window's accumulated score is its score plus what its entity's previous window
-    carried in: what that window's accumulated score had above half the threshold, nothing if
-    it alarmed. Windows each under the threshold alarm together; with a threshold no window
-    comes near, nothing is carried and accumulated equals the score."""
+    carried in: what that window's accumulated score had above the class's allowance (half
+    the threshold here), nothing if it alarmed. Windows each under the threshold alarm
+    together; with a threshold no window comes near, nothing is carried and accumulated
+    equals the score, unless the allowance is low enough for them to add up."""
     bundle = _bundle()
     seq = np.repeat(_sequence(1, 1), 8, axis=0)  # the same window 8 times: similar scores
     raw = _raw_scores(bundle, seq, list(range(8)))
@@ -187,6 +188,18 @@ def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
     for k in range(8):
         s = quiet.score(_windows(k, ["10.0.0.9"], seq[k]))[0]
         assert s.accumulated == s.score and not s.anomalous
+
+    for cm in bundle.classes.values():  # the class's allowance, as training chose it: a tenth
+        cm.threshold.value, cm.threshold.allowance = 3 * max(raw), 0.1
+    low = StreamingScorer(bundle, device="cpu", warmup_windows=0)
+    got = [low.score(_windows(k, ["10.0.0.9"], seq[k]))[0] for k in range(8)]
+    carried, expected = 0.0, []
+    for s in raw:
+        accumulated = s + carried * np.float32(3 * max(raw))
+        expected.append(accumulated)
+        carried = 0.0 if accumulated > np.float32(3 * max(raw)) else max(accumulated / np.float32(3 * max(raw)) - 0.1, 0.0)
+    assert [g.accumulated for g in got] == pytest.approx(expected, rel=1e-5)
+    assert any(g.anomalous for g in got)  # windows at about a third of it add up
 
 
 def test_nothing_is_carried_over_a_window_the_entity_did_not_have():
