@@ -235,6 +235,9 @@ class WindowScore:
     # the score plus what the entity's previous window carried in (model.scorer): what is
     # compared with the threshold; None: the score itself
     accumulated: float | None = None
+    # what this window carries into its entity's next one, in thresholds (model.scorer): a
+    # run still adding up; 0 after an alarm or when nothing is above the allowance
+    carried: float = 0.0
 
 
 @dataclass
@@ -258,6 +261,7 @@ class ScoreBatch:
     schema: FeatureSchema
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
     accumulated: np.ndarray | None = None  # float32 (n,): WindowScore.accumulated; None: the scores
+    carried: np.ndarray | None = None  # float32 (n,): WindowScore.carried; None: nothing carried
 
     @property
     def compared(self) -> np.ndarray:
@@ -290,6 +294,7 @@ class ScoreBatch:
             top_features=top,
             evidence=self.evidence.get(entity) if anomalous else None,
             accumulated=float(self.compared[i]),
+            carried=0.0 if self.carried is None else float(self.carried[i]),
         )
 
     def __iter__(self) -> Iterator[WindowScore]:

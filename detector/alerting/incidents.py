@@ -2,7 +2,10 @@
 
 The stage after the scorer. One incident per entity per episode: consecutive anomalous
 windows of a host extend one incident instead of opening new ones; `resolve_after_windows`
-quiet windows resolve it. Each transition is an IncidentEvent carrying the incident's stable
+quiet windows resolve it. A window that does not alarm but carries evidence into the next
+(a run still adding up: model.scorer) is not quiet: a beacon's or a slow scan's windows
+alarm every few windows as their accumulated score refills, and each refill would
+otherwise resolve and reopen the incident. Each transition is an IncidentEvent carrying the incident's stable
 id (derived from sensor, entity and the episode's first window, so it is the same after a
 restart that replays or restores the same episode) and a unique event id (what SIEMs
 deduplicate on).
@@ -160,6 +163,9 @@ class IncidentTracker:
             return self._event(inc, "updated", s.window_end_ns)
         state.streak = 0
         if inc is None:
+            return None
+        if s.carried > 0:  # still adding up: the episode goes on
+            inc.quiet = 0
             return None
         inc.quiet += 1
         if inc.quiet < self.resolve_after_windows:

@@ -412,6 +412,7 @@ class StreamingScorer:
         n = len(windows)
         k = min(self.top_features, len(self.features))
         compared = np.zeros(n, np.float32)  # accumulated scores: what each threshold is compared with
+        carried = np.zeros(n, np.float32)  # what each window carries into its entity's next
         out = ScoreBatch(
             window_start_ns=windows.window_start_ns,
             window_end_ns=windows.window_end_ns,
@@ -419,6 +420,7 @@ class StreamingScorer:
             entity_classes=windows.entity_classes,
             scores=np.zeros(n, np.float32),
             accumulated=compared,
+            carried=carried,
             thresholds=np.zeros(n, np.float32),
             anomalous=np.zeros(n, bool),
             ready=np.zeros(n, bool),
@@ -468,6 +470,7 @@ class StreamingScorer:
                                             cm.threshold.allowance)
             anomalous = ready & (accumulated > np.float64(threshold))  # with nothing carried: score > threshold, exactly
             bank.carried[slots] = np.where(ready, carry, 0.0)
+            carried[rows] = bank.carried[slots]
             out.scores[rows] = res.scores
             compared[rows] = accumulated
             out.thresholds[rows] = threshold

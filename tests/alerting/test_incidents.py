@@ -43,6 +43,28 @@ def test_consecutive_windows_extend_one_incident_then_resolve():
     assert ("scan", "originator", ["T1046"]) == (events[0].category, events[0].role, events[0].techniques)
 
 
+def test_windows_still_adding_up_keep_the_incident_open():
+    """A run whose accumulated score refills between alarms (a beacon's, a slow scan's) is one
+    episode: windows that do not alarm but carry evidence into the next are not quiet. The
+    same pattern with nothing carried resolves and opens again."""
+    pattern = [True, False, False, False, True, False, False, False, False]
+
+    def run(carried: float) -> list:
+        tr = IncidentTracker(_rules(), min_windows=1, resolve_after_windows=2, update_every_windows=100)
+        events = []
+        for k, anomalous in enumerate(pattern):
+            adding_up = k in (1, 2, 3)  # the windows between the two alarms
+            events += tr.push([dataclasses.replace(_score(k, anomalous=anomalous), carried=carried if adding_up else 0.0)])
+        return events
+
+    one = run(0.3)
+    assert ["opened", "resolved"] == [e.action for e in one]
+    assert 2 == one[-1].windows  # both alarms in it
+    two = run(0.0)
+    assert ["opened", "resolved", "opened", "resolved"] == [e.action for e in two]
+    assert two[0].incident_id != two[2].incident_id
+
+
 def test_incident_id_is_stable_across_trackers():
     """The same episode gets the same incident id after a restart."""
     a = IncidentTracker(_rules(), observer={"name": "s1"}).push([_score(3)])

@@ -172,13 +172,15 @@ def test_consecutive_windows_under_the_threshold_accumulate_to_an_alarm():
     scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
     got = [scorer.score(_windows(k, ["10.0.0.9"], seq[k]))[0] for k in range(8)]
 
-    carried, expected = 0.0, []
+    carried, expected, carries = 0.0, [], []
     for s in raw:  # the recurrence, written out
         accumulated = s + carried * np.float32(limit)
         expected.append(accumulated)
         carried = 0.0 if accumulated > np.float32(limit) else max(accumulated / np.float32(limit) - 0.5, 0.0)
+        carries.append(carried)
     assert [g.score for g in got] == pytest.approx(raw, rel=1e-6)
     assert [g.accumulated for g in got] == pytest.approx(expected, rel=1e-5)
+    assert [g.carried for g in got] == pytest.approx(carries, rel=1e-4, abs=1e-6)  # what the incidents read
     assert [g.anomalous for g in got] == [a > np.float32(limit) for a in expected]
     assert not any(g.score > g.threshold for g in got) and any(g.anomalous for g in got)
 
