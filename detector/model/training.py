@@ -57,6 +57,11 @@ MIN_IMPROVEMENT = 0.01
 # windows, a few hours of them, let a window at 0.19 of the threshold tip the next one (0.93)
 # over it on the next day of the honeypot capture (docs/EVALUATION.md, section xiv)
 ALLOWANCES = (0.5, 0.4, 0.3, 0.2)
+# and not below what a benign class's windows routinely score: at most one held-out window in
+# a hundred may carry anything. A busy server of the synthetic demo scores 0.26 to 0.36 of its
+# threshold in window after window; at 0.4 two of its larger windows (0.79, then 0.65) added
+# up to a false incident that no held-out window had foretold
+ROUTINE_QUANTILE = 0.99
 
 
 @dataclass
@@ -304,18 +309,21 @@ def _outlier_windows(th: Threshold, pooled: dict[str, tuple[_ClassData, np.ndarr
 
 
 def allowance(held_out: np.ndarray, threshold: float) -> float:
-    """The lowest of ALLOWANCES, tried from the highest down, at which no benign held-out window
-    (an (entity, window) matrix of out-of-fold scores, NaN where none) accumulates more than the
-    largest one does at the highest: a lower allowance lets a run of windows each under the
-    threshold add up sooner (a beacon's, a bot's first minutes: docs/EVALUATION.md, section
-    xiv), and the held-out windows say how low it can go before their own runs add up. The
-    margin `netad train` prints is unchanged by it."""
-    if not np.isfinite(held_out).any() or threshold <= 0:
+    """The lowest of ALLOWANCES, tried from the highest down, that is above the benign held-out
+    windows' ROUTINE_QUANTILE (an (entity, window) matrix of out-of-fold scores, NaN where none)
+    and at which no held-out window accumulates more than the largest one does at the highest:
+    a lower allowance lets a run of windows each under the threshold add up sooner (a
+    beacon's, a bot's first minutes: docs/EVALUATION.md, section xiv), and the held-out windows
+    say how low it can go before their own runs add up. The margin `netad train` prints is
+    unchanged by it."""
+    finite = held_out[np.isfinite(held_out)]
+    if finite.size == 0 or threshold <= 0:
         return ALLOWANCES[0]
+    routine = float(np.quantile(finite, ROUTINE_QUANTILE)) / threshold
     reference = np.nanmax(_accumulated(held_out, threshold, ALLOWANCES[0]))
     chosen = ALLOWANCES[0]
     for a in ALLOWANCES[1:]:
-        if np.nanmax(_accumulated(held_out, threshold, a)) > reference:
+        if a < routine or np.nanmax(_accumulated(held_out, threshold, a)) > reference:
             break
         chosen = a
     return chosen
