@@ -218,9 +218,10 @@ def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Thres
     if not isinstance(threshold, dict):
         raise ValueError(f"{where}.threshold: missing or not an object")
     value = number_in(threshold, "value", f"{where}.threshold.value", low=0.0, high=math.inf)
-    allowance = number_in(threshold, "allowance", f"{where}.threshold.allowance", low=0.0, high=1.0) if "allowance" in threshold else 0.5
+    if "allowance" in threshold:  # absent in bundles from before it was chosen: Threshold's default
+        threshold = {**threshold, "allowance": number_in(threshold, "allowance", f"{where}.threshold.allowance", low=0.0, high=1.0)}
     try:
-        th = Threshold.from_dict({**threshold, "value": value, "allowance": allowance})
+        th = Threshold.from_dict({**threshold, "value": value})
     except TypeError as exc:
         raise ValueError(f"{where}.threshold: {exc}") from None
     return FeatureScaler.from_dict({"center": center, "scale": scale}), th
