@@ -137,6 +137,11 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
         if "margin" in s:
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
         click.echo(f"          a run of windows adds up above {cm.threshold.allowance:g} of the threshold")
+        if cm.scaler.error_scale is not None:
+            scale = cm.scaler.error_scale
+            noisiest = [i for i in sorted(range(len(scale)), key=lambda i: -scale[i])[:3] if scale[i] > 1.0]
+            named = ", ".join(f"{bundle.schema.features[i]} /{scale[i]:.3g}" for i in noisiest) or "none above 1"
+            click.echo(f"          each feature's error counted in units of its held-out error; the noisiest: {named}")
         if "threshold_interval" in s:
             low, high = s["threshold_interval"]
             click.echo(f"          threshold resampled over the held-out windows: {low:.4f} .. {high:.4f} (90 %)")

@@ -58,7 +58,7 @@ from detector.model.meta import (
     sha256_of,
     vector_of,
 )
-from detector.model.scaler import MIN_SCALE, FeatureScaler
+from detector.model.scaler import MIN_ERROR_SCALE, MIN_SCALE, FeatureScaler
 from detector.model.threshold import Threshold
 
 
@@ -214,6 +214,11 @@ def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Thres
     # every fitted scale is floored at MIN_SCALE: below it one count's change reads as an anomaly, and 0 divides by zero
     if min(scale) < MIN_SCALE:
         raise ValueError(f"{where}.scaler.scale: {min(scale)!r} is below {MIN_SCALE} (degenerate)")
+    error_scale = None  # absent in bundles from before it was learned: every feature's error counts as it is
+    if "error_scale" in scaler:
+        error_scale = vector_of(scaler.get("error_scale"), f"{where}.scaler.error_scale", width)
+        if min(error_scale) < MIN_ERROR_SCALE:  # a smaller one would turn one packet into an alarm
+            raise ValueError(f"{where}.scaler.error_scale: {min(error_scale)!r} is below {MIN_ERROR_SCALE}")
     threshold = info.get("threshold")
     if not isinstance(threshold, dict):
         raise ValueError(f"{where}.threshold: missing or not an object")
@@ -224,7 +229,8 @@ def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Thres
         th = Threshold.from_dict({**threshold, "value": value})
     except TypeError as exc:
         raise ValueError(f"{where}.threshold: {exc}") from None
-    return FeatureScaler.from_dict({"center": center, "scale": scale}), th
+    fields = {"center": center, "scale": scale} if error_scale is None else {"center": center, "scale": scale, "error_scale": error_scale}
+    return FeatureScaler.from_dict(fields), th
 
 
 def _fsync_dir(path: Path) -> None:

@@ -159,8 +159,8 @@ def _network(network: LSTMAutoencoder, x: torch.Tensor, state: State, phase: tor
 class WindowErrors:
     """The model's verdict on a batch of windows, before thresholds."""
 
-    scores: np.ndarray  # (batch,) aligned_error per bin and feature, in scaled units
-    feature_error: np.ndarray  # (batch, features) aligned_error
+    scores: np.ndarray  # (batch,) aligned_error per bin and feature, each feature's in its error scale
+    feature_error: np.ndarray  # (batch, features) aligned_error, in scaled units (what the explanation ranks)
     expected: np.ndarray  # (batch, features) reconstruction, real units, mean per bin
 
 
@@ -177,7 +177,7 @@ def reconstruct(
     x = torch.from_numpy(x_np).to(device)
     recon, new_state = _network(network, x, state, phase)
     feature_error = aligned_error(x, recon)
-    scores = feature_error.sum(dim=1) / (x.shape[1] * x.shape[2])
+    scores = (feature_error * torch.from_numpy(scaler.weights()).to(device)).sum(dim=1) / (x.shape[1] * x.shape[2])
     expected = scaler.inverse(recon.float().cpu().numpy()).mean(axis=1)
     return WindowErrors(scores.float().cpu().numpy(), feature_error.float().cpu().numpy(), expected), new_state
 
@@ -208,8 +208,8 @@ def _reconstruct_top(
     recon, new_state = _network(network, x, state, phase)
     recon = recon.float()  # ours to overwrite below (inverse_)
     feature_error = aligned_error(x, recon)
+    scores = (feature_error * scaler.weight).sum(dim=1).cpu().numpy() / np.float32(bins * width)
     total = feature_error.sum(dim=1).cpu().numpy()
-    scores = total / np.float32(bins * width)
     top, largest = _top_features(feature_error.cpu().numpy(), k)
     total[total <= 0] = 1.0
     index = torch.from_numpy(top).to(features.device)

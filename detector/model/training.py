@@ -13,7 +13,7 @@ loss), so a few attack windows hiding in "benign" data do not become normal.
 
 Validation is split in time (blocks spread over the span), scored sequentially with carried
 state exactly as the daemon scores; it drives early stopping. Thresholds are calibrated on
-out-of-fold scores of every benign window (two half-models, see _out_of_fold_scores).
+out-of-fold scores of every benign window (two half-models, see _out_of_fold_errors).
 
 The decoder also gets the window's minute of the hour (lstm.phase_of), so a device's
 periodic job is learned as expected at its minute; it is learned only from at least
@@ -34,7 +34,7 @@ import torch
 from detector.contracts import FeatureSchema, WindowBatch, ns_to_iso
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
-from detector.model.scaler import FeatureScaler
+from detector.model.scaler import FeatureScaler, held_out_error_scale
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
 from detector.model.threshold import MIN_MARGIN, MIN_TAIL_WINDOWS, Threshold, calibrate
 from detector.progress import Progress
@@ -173,7 +173,11 @@ def train(
         if not train_mask.any():
             raise ValueError(f"class {cls}: no benign training windows")
         net, scaler, history = _trained(cd, train_mask, val_mask, params, bins, cls, progress)
-        val_scores[cls] = _out_of_fold_scores(cd, params, bins, cls)
+        # each feature's error counted in what it ordinarily reaches on windows the model did
+        # not learn from (scaler.held_out_error_scale), and the threshold calibrated on scores so counted
+        held_out_errors = _out_of_fold_errors(cd, params, bins, cls)
+        scaler.error_scale = held_out_error_scale(held_out_errors.reshape(-1, held_out_errors.shape[-1]))
+        val_scores[cls] = held_out_scores(held_out_errors, scaler.weights(), bins)
         trained[cls] = (net, scaler)
         summary[cls] = {
             "entities": len(cd.entities),
@@ -348,7 +352,7 @@ def _block_windows(n_w: int, params: TrainingParams) -> int:
     return max(1, min(params.validation_block_windows, n_w // 4 or 1))
 
 
-def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:
+def _out_of_fold_errors(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:
     """Calibration scores: every benign window of the class, each scored by a model that did
     not learn from it (cross-fitting). The windows are cut into blocks of
     `validation_block_windows`, the blocks dealt at random into two halves; a model trained
@@ -366,15 +370,23 @@ def _out_of_fold_scores(cd: _ClassData, params: TrainingParams, bins: int, cls: 
     block = np.arange(n_w) // _block_windows(n_w, params)
     half = np.random.default_rng(params.seed).permutation(block[-1] + 1) % 2
     fold = half[block]
-    out = np.full(cd.present.shape, np.nan, dtype=np.float32)
+    out = np.full((*cd.present.shape, cd.features.shape[-1]), np.nan, dtype=np.float32)
     for k in (0, 1):
         train_mask = cd.usable & (fold != k)[None, :]
         score_mask = cd.usable & (fold == k)[None, :]
         if not train_mask.any() or not score_mask.any():
             continue
         net, scaler, _ = _trained(cd, train_mask, score_mask, params, bins, f"{cls} calibration {k + 1}/2", False)
-        out[score_mask] = _sequential_scores(net, scaler, cd)[score_mask]
-    return out  # (entity, window), NaN where not a usable window
+        errors = np.zeros_like(out)
+        _sequential_scores(net, scaler, cd, errors)
+        out[score_mask] = errors[score_mask]
+    return out  # (entity, window, features), NaN where not a usable window
+
+
+def held_out_scores(errors: np.ndarray, weights: np.ndarray, bins: int) -> np.ndarray:
+    """Window scores (entity, window) from held-out feature errors (entity, window, features),
+    weighted as scorer.reconstruct weighs them; NaN where the errors are."""
+    return ((errors.astype(np.float64) * weights).sum(axis=-1) / (bins * errors.shape[-1])).astype(np.float32)
 
 
 def _trained(cd: _ClassData, train_mask: np.ndarray, val_mask: np.ndarray, params: TrainingParams, bins: int,
@@ -499,9 +511,12 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
     return best_state, history
 
 
-def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData) -> np.ndarray:
+def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData,
+                       errors: np.ndarray | None = None) -> np.ndarray:
     """Scores of every (entity, window), state carried from each entity's first window: the
-    same computation as StreamingScorer, all entities of the class in one batch."""
+    same computation as StreamingScorer, all entities of the class in one batch. `errors`
+    (entity, window, features), if given, gets each window's feature errors (as
+    scorer.reconstruct weighs them)."""
     n_e, n_w = cd.present.shape
     scores = np.zeros((n_e, n_w), dtype=np.float32)
     phase = torch.from_numpy(phase_of(cd.window_start_ns))
@@ -511,7 +526,9 @@ def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassDa
         if rows.size == 0:
             continue
         idx = torch.from_numpy(rows)
-        errors, (h_new, c_new) = reconstruct(net, scaler, cd.features[rows, k], (h[idx], c[idx]), phase[k])
+        result, (h_new, c_new) = reconstruct(net, scaler, cd.features[rows, k], (h[idx], c[idx]), phase[k])
         h[idx], c[idx] = h_new, c_new
-        scores[rows, k] = errors.scores
+        scores[rows, k] = result.scores
+        if errors is not None:
+            errors[rows, k] = result.feature_error
     return scores

@@ -129,6 +129,15 @@ def _center_of(cls: str, value: Callable[[list[float]], list[float]]) -> Callabl
     return change
 
 
+def _error_scale_of(cls: str, value: Callable[[list[float]], list[float]]) -> Callable[[dict[str, Any]], None]:
+    """Set the class's error scale from its scale (a bundle's may have none)."""
+    def change(meta: dict[str, Any]) -> None:
+        scaler = meta["classes"][cls]["scaler"]
+        scaler["error_scale"] = value(scaler["scale"])
+
+    return change
+
+
 @dataclass(frozen=True)
 class Malformed:
     kind: str
@@ -171,6 +180,11 @@ MALFORMED_BUNDLES = [
     Malformed("scale negative", _edit(_scale_of("global", lambda s: [-1.0] * len(s))), "classes.global.scaler.scale: -1.0"),
     Malformed("scale NaN", _edit(_scale_of("host", lambda s: [float("nan")] + s[1:])), "not all finite numbers"),
     Malformed("scaler of the wrong width", _edit(_scale_of("host", lambda s: s[:-1])), "the feature schema has"),
+    Malformed("error scale under its floor", _edit(_error_scale_of("host", lambda s: [0.25] * len(s))),
+              "classes.host.scaler.error_scale: 0.25 is below 1.0"),
+    Malformed("error scale NaN", _edit(_error_scale_of("global", lambda s: [float("nan")] * len(s))),
+              "classes.global.scaler.error_scale: not all finite"),
+    Malformed("error scale of the wrong width", _edit(_set("classes.host.scaler.error_scale", [2.0])), "the feature schema has"),
     Malformed("center infinite", _edit(_center_of("host", lambda c: [float("inf")] + c[1:])), "classes.host.scaler.center: not all finite"),
     Malformed("no scaler", _edit(lambda m: m["classes"]["host"].pop("scaler")), "classes.host.scaler: missing"),
     Malformed("bins 0", _edit(_set("window.bins", 0)), "window.bins: 0"),

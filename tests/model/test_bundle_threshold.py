@@ -22,6 +22,7 @@ def test_bundle_round_trip(tmp_path: Path):
     no pickle is written."""
     b = _bundle()
     b.classes["host"].threshold.allowance = 0.2
+    b.classes["host"].scaler.error_scale = np.linspace(1.0, 9.0, len(PACKET_SCHEMA.features), dtype=np.float32)
     b.save(tmp_path / "m")
     assert {META, WEIGHTS} == {p.name for p in (tmp_path / "m").iterdir()}
     back = ModelBundle.load(tmp_path / "m", expected_schema=PACKET_SCHEMA)
@@ -31,7 +32,9 @@ def test_bundle_round_trip(tmp_path: Path):
             assert k == k2
             assert torch.equal(v, v2)
         np.testing.assert_array_equal(b.classes[cls].scaler.scale, back.classes[cls].scaler.scale)
+        np.testing.assert_array_equal(b.classes[cls].scaler.weights(), back.classes[cls].scaler.weights())
         assert b.classes[cls].threshold == back.classes[cls].threshold
+    assert back.classes["global"].scaler.error_scale is None  # not learned: every error counts as it is
 
 
 def test_bundle_with_other_schema_is_refused(tmp_path: Path):
@@ -97,6 +100,36 @@ def test_an_allowance_out_of_range_is_refused_and_a_missing_one_is_the_old_half(
     doc["meta_sha256"] = meta_digest(doc)
     meta.write_text(json.dumps(doc))
     assert ModelBundle.load(tmp_path / "m").classes["host"].threshold.allowance == 0.5
+
+
+def test_an_error_scale_below_its_floor_is_refused(tmp_path: Path):
+    """An error scale under MIN_ERROR_SCALE would turn one packet of a quiet feature into an
+    alarm: such a bundle is refused, naming the class."""
+    b = _bundle()
+    b.save(tmp_path / "m")
+    meta = tmp_path / "m" / META
+    doc = json.loads(meta.read_text())
+    doc["classes"]["host"]["scaler"]["error_scale"] = [0.5] * len(PACKET_SCHEMA.features)
+    doc["meta_sha256"] = meta_digest(doc)
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=r"host\.scaler\.error_scale: 0\.5 is below 1\.0"):
+        ModelBundle.load(tmp_path / "m")
+
+
+def test_the_error_scale_is_a_high_quantile_of_the_held_out_errors_floored():
+    """Per feature, the 0.999 quantile of the held-out windows' errors, at least one scaled
+    unit; windows not held out (NaN rows) do not count."""
+    from detector.model.scaler import ERROR_QUANTILE, MIN_ERROR_SCALE, held_out_error_scale
+
+    rng = np.random.default_rng(5)
+    errors = np.zeros((5000, 3), np.float32)
+    errors[:, 0] = rng.exponential(4.0, 5000)  # a noisy feature
+    errors[:, 1] = rng.exponential(0.01, 5000)  # one always reconstructed well
+    errors[:100] = np.nan
+    got = held_out_error_scale(errors)
+    assert got[0] == pytest.approx(np.quantile(errors[100:, 0].astype(np.float64), ERROR_QUANTILE), rel=1e-6)
+    assert got[1] == got[2] == MIN_ERROR_SCALE
+    assert (held_out_error_scale(np.full((4, 3), np.nan, np.float32)) == MIN_ERROR_SCALE).all()
 
 
 def test_truncated_metadata_is_refused(tmp_path: Path):
@@ -348,3 +381,6 @@ def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(
     else:  # `netad train` says so, and a pooled class keeps the most cautious allowance
         assert len(told) == 1 and told[0].startswith(f"only {windows} held-out windows of this class")
         assert bundle.classes["global"].threshold.allowance == summary["allowance"] == 0.5
+    for cm in bundle.classes.values():  # each class's errors counted in its held-out error scale
+        assert cm.scaler.error_scale is not None and (cm.scaler.error_scale >= 1.0).all()
+    assert bundle.classes["host"].scaler.error_scale.max() > 1.0  # the hosts' varying volumes

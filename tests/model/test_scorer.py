@@ -274,6 +274,7 @@ def test_scores_and_explanations_equal_reconstruct(n_hosts: int):
     cm = bundle.classes["host"]
     with torch.no_grad():
         cm.network.phase.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
+    cm.scaler.error_scale = np.random.default_rng(4).uniform(1.0, 6.0, N_F).astype(np.float32)  # as training sets it
     names = [f"10.0.{i // 256}.{i % 256}" for i in range(n_hosts)]
     seq = _sequence(3, n_hosts)
     scorer = StreamingScorer(bundle, device="cpu", warmup_windows=0)
@@ -289,6 +290,40 @@ def test_scores_and_explanations_equal_reconstruct(n_hosts: int):
         np.testing.assert_allclose(got.top_share, share, rtol=1e-5)
         np.testing.assert_allclose(got.top_observed, np.take_along_axis(seq[k].mean(axis=1), top, axis=1), rtol=1e-5)
         np.testing.assert_allclose(got.top_expected, np.take_along_axis(errors.expected, top, axis=1), rtol=1e-5)
+
+
+def test_each_feature_error_counts_in_its_held_out_error_scale():
+    """With an error scale, a window's score counts each feature's error divided by it (what
+    the feature's error ordinarily reaches on held-out windows), in the daemon's path and in
+    reconstruct() alike, and training calibrates on the same sums (held_out_scores). The
+    explanation still ranks the features by their error in scaled units: how far each is
+    from what was expected, whatever its error ordinarily is."""
+    from detector.model.training import held_out_scores
+
+    plain, weighted = _bundle(), _bundle()
+    error_scale = np.ones(N_F, np.float32)
+    pkts_in = PACKET_SCHEMA.features.index("pkts_in")
+    error_scale[pkts_in] = 50.0  # a feature the model never reconstructs well
+    weighted.classes["host"].scaler.error_scale = error_scale
+    seq = _sequence(1, 4)
+    seq[0, :, :, pkts_in] *= 40.0
+    names = [f"10.0.0.{i}" for i in range(1, 5)]
+    a = StreamingScorer(plain, device="cpu", warmup_windows=0).score(_windows(0, names, seq[0]))
+    b = StreamingScorer(weighted, device="cpu", warmup_windows=0).score(_windows(0, names, seq[0]))
+    cm = plain.classes["host"]
+    phase = torch.tensor(phase_of(_windows(0, names, seq[0]).window_start_ns))
+    errors, _ = reconstruct(cm.network, cm.scaler, seq[0], cm.network.initial_state(4), phase)
+    expected = held_out_scores(errors.feature_error[None], 1.0 / error_scale, BINS)[0]
+    np.testing.assert_allclose(b.scores, expected, rtol=1e-5)
+    share = errors.feature_error[:, pkts_in] / errors.feature_error.sum(axis=1)
+    np.testing.assert_allclose(b.scores, a.scores - errors.feature_error[:, pkts_in] * (1 - 1 / 50.0) / (BINS * N_F), rtol=1e-4)
+    assert (share > 0.4).all()  # much of the plain score: now divided by 50
+    np.testing.assert_array_equal(a.top_index, b.top_index)  # the same explanation, in the same units
+    np.testing.assert_allclose(a.top_share, b.top_share, rtol=1e-6)
+    assert (b.top_index[:, 0] == pkts_in).all()
+    errors_w, _ = reconstruct(cm.network, weighted.classes["host"].scaler, seq[0], cm.network.initial_state(4), phase)
+    np.testing.assert_allclose(errors_w.scores, b.scores, rtol=1e-5)
+    np.testing.assert_array_equal(errors_w.feature_error, errors.feature_error)
 
 
 @pytest.mark.parametrize("n_hosts", [5, 300])

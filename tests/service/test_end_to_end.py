@@ -51,7 +51,7 @@ def demo(tmp_path_factory) -> dict:
     cfg = d / "netad.yaml"
     cfg.write_text(CONFIG.format(pcap=pcap, model=model, rules=REPO / "rules" / "default.yaml", state=d / "state"))
     netad("synth", "--out", str(pcap), "--truth", str(truth), "--benign-s", "5400", "--attack-s", "3000")
-    netad("train", "-c", str(cfg), "--pcap", str(pcap), "--truth", str(truth), "--before-first-attack", "--out", str(model))
+    trained = netad("train", "-c", str(cfg), "--pcap", str(pcap), "--truth", str(truth), "--before-first-attack", "--out", str(model))
     scores, incidents, findings = d / "scores.jsonl", d / "incidents.jsonl", d / "findings.ocsf.jsonl"
     netad("score", "-c", str(cfg), "--pcap", str(pcap), "--scores", str(scores), "--incidents", str(incidents),
           "--sink", f"jsonl://{findings}?format=ocsf")
@@ -63,6 +63,7 @@ def demo(tmp_path_factory) -> dict:
         "findings": [json.loads(line) for line in findings.read_text().splitlines()],
         "truth": intervals,
         "model": model,
+        "trained": trained.stdout,
     }
 
 
@@ -105,6 +106,24 @@ def test_few_incidents_outside_attack_intervals(demo):
     opened = [i for i in demo["incidents"] if i["event"]["action"] == "incident-opened"]
     outside = [i for i in opened if not any(a - 60e9 <= _ns(i["event"]["start"]) <= b for a, b in attacks)]
     assert len(outside) <= 5, [(i["netad"]["entity"], i["event"]["start"]) for i in outside]
+
+
+def test_train_counts_each_feature_error_in_its_held_out_scale_and_says_so(demo):
+    """Each class's scaler carries the error scale training read off its held-out windows (at
+    least one scaled unit per feature, some of the demo's bursty counts far more), and `netad
+    train` names each class's noisiest features with it."""
+    from detector.model.bundle import ModelBundle
+
+    bundle = ModelBundle.load(demo["model"])
+    for cls, cm in bundle.classes.items():
+        scale = cm.scaler.error_scale
+        assert scale is not None and (scale >= 1.0).all(), cls
+    assert max(float(cm.scaler.error_scale.max()) for cm in bundle.classes.values()) > 1.0
+    told = [line for line in demo["trained"].splitlines() if "counted in units of its held-out error; the noisiest: " in line]
+    assert len(told) == len(bundle.classes)
+    host = bundle.classes["host"].scaler.error_scale
+    noisiest = bundle.schema.features[int(host.argmax())]
+    assert any(f"{noisiest} /{float(host.max()):.3g}" in line for line in told)
 
 
 def test_scores_and_incidents_have_the_documented_shape(demo):
