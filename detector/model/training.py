@@ -353,8 +353,10 @@ def _block_windows(n_w: int, params: TrainingParams) -> int:
 
 
 def _out_of_fold_errors(cd: _ClassData, params: TrainingParams, bins: int, cls: str) -> np.ndarray:
-    """Calibration scores: every benign window of the class, each scored by a model that did
-    not learn from it (cross-fitting). The windows are cut into blocks of
+    """Calibration errors: each feature's window error (scorer.WindowErrors.feature_error) of
+    every benign window of the class, each scored by a model that did not learn from it
+    (cross-fitting); the error scales are read from them and the threshold from the scores
+    they make (held_out_scores). The windows are cut into blocks of
     `validation_block_windows`, the blocks dealt at random into two halves; a model trained
     on one half scores the other, state carried from the first window as in the daemon.
 
@@ -515,8 +517,8 @@ def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassDa
                        errors: np.ndarray | None = None) -> np.ndarray:
     """Scores of every (entity, window), state carried from each entity's first window: the
     same computation as StreamingScorer, all entities of the class in one batch. `errors`
-    (entity, window, features), if given, gets each window's feature errors (as
-    scorer.reconstruct weighs them)."""
+    (entity, window, features), if given, gets each window's feature errors, undivided by
+    the scaler's error scales (scorer.WindowErrors.feature_error)."""
     n_e, n_w = cd.present.shape
     scores = np.zeros((n_e, n_w), dtype=np.float32)
     phase = torch.from_numpy(phase_of(cd.window_start_ns))
