@@ -100,9 +100,7 @@ def calibrate(
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
     if s.shape[0] == 0:
         raise ValueError("no calibration scores")
-    n_out = 0
-    while found := _outliers(s[: s.shape[0] - n_out], s.shape[0]):  # again without them: outliers mask each other
-        n_out += found
+    n_out = _screened(s)
     kept = s[: s.shape[0] - n_out]
     threshold = _calibrate_sorted(kept, target_false_alarm, fallback_quantile, initial_quantile)
     if n_out:
@@ -114,6 +112,22 @@ def calibrate(
             f"windows than one per false alarm allowed, none may reach the threshold"))))
         threshold.value = floor
     return threshold
+
+
+def outliers_from(scores: np.ndarray) -> float | None:
+    """The smallest of the calibration `scores` the screen leaves out as not benign (every
+    score at or above it), or None when it leaves none out."""
+    s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
+    n_out = _screened(s)
+    return float(s[s.shape[0] - n_out]) if n_out else None
+
+
+def _screened(s: np.ndarray) -> int:
+    """How many of the largest of the sorted scores `s` the screen leaves out."""
+    n_out = 0
+    while found := _outliers(s[: s.shape[0] - n_out], s.shape[0]):  # again without them: outliers mask each other
+        n_out += found
+    return n_out
 
 
 def _outliers(s: np.ndarray, n_all: int) -> int:

@@ -132,6 +132,23 @@ def test_the_error_scale_is_a_high_quantile_of_the_held_out_errors_floored():
     assert (held_out_error_scale(np.full((4, 3), np.nan, np.float32)) == MIN_ERROR_SCALE).all()
 
 
+def test_windows_the_screen_leaves_out_do_not_set_the_error_scales():
+    """An attack inside the training span that the truth did not name: its held-out windows,
+    each far above every benign one in one feature, would make that feature's error scale and
+    hide the next attack like it. The threshold's screen, reading the undivided scores, takes
+    exactly them out before the scales are read."""
+    from detector.model.scaler import held_out_error_scale
+    from detector.model.training import _benign_rows
+
+    rng = np.random.default_rng(6)
+    errors = rng.exponential(1.0, (1, 2000, 4)).astype(np.float32)  # (entity, window, feature)
+    errors[0, :2, 3] = np.nan  # windows not held out
+    errors[0, 100:110, 2] = 5000.0  # ten attack windows, all in one feature
+    rows = _benign_rows(errors, bins=6)
+    assert rows.shape == (1988, 4) and (rows[:, 2] < 5000.0).all()
+    assert held_out_error_scale(rows)[2] < 20.0 < held_out_error_scale(errors.reshape(-1, 4))[2]
+
+
 def test_truncated_metadata_is_refused(tmp_path: Path):
     b = _bundle()
     b.save(tmp_path / "m")
