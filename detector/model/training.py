@@ -390,7 +390,7 @@ def _benign_rows(errors: np.ndarray, bins: int) -> np.ndarray:
     from: those the threshold's screen keeps when it reads their undivided scores. An
     attack inside the training span that `--truth` did not name would otherwise set the
     scale of its own features (its SYNs, resets, new peers) and hide the next one like it:
-    with two attacks left in, fold B's held-out scales flagged 3 of 13 attack windows on the
+    with two attacks left in, fold B's held-out scales flagged 4 of 13 attack windows on the
     link at its threshold (docs/EVALUATION.md, section xv)."""
     plain = held_out_scores(errors, np.ones(errors.shape[-1], np.float32), bins)
     cut = outliers_from(plain)
