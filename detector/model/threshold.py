@@ -118,7 +118,7 @@ def outliers_from(scores: np.ndarray) -> float | None:
     """The smallest of the calibration `scores` the screen leaves out as not benign (every
     score at or above it), or None when it leaves none out."""
     s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
-    n_out = _screened(s)
+    n_out = _screened(s) if s.shape[0] else 0  # none held out: calibrate says so, with the span's length
     return float(s[s.shape[0] - n_out]) if n_out else None
 
 
