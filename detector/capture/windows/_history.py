@@ -15,8 +15,10 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not);
 - `young_peer_returns`: of the young peers (outside home_net, first met by the network, which
-  the window stage's `global` entity sees whole, less than `history_s` ago and after the
-  entity's own warm-up), the most returns of one of them: windows after its first in which
+  the window stage's `global` entity sees whole, less than `history_s` ago, after the
+  entity's own warm-up, and after the entity had been watched for at least the peer's
+  longest silence before a return: a peer that calls every 70 minutes, first met 63 minutes
+  into a history, may have called at that beat all along), the most returns of one of them: windows after its first in which
   it had a fresh flow with the entity (one the entity's previous window did not hold: a new
   connection, or one back after a silence). A peer in a regular series of returns counts
   them all, in this window or not: at least two returns, gaps between contacts whose
@@ -80,11 +82,14 @@ _TABLES = ("entities", "peers", "ports")
 
 
 _DTYPES = {"keys": np.uint64, "first": np.int64, "last": np.int64, "owner": np.uint64, "returns": np.int64,
-           "back": np.int64, "gap_sq": np.float64, "met": np.int64, "hi": np.uint64, "lo": np.uint64}
+           "back": np.int64, "gap_sq": np.float64, "silence_max": np.float64, "met": np.int64, "hi": np.uint64,
+           "lo": np.uint64}
 _BASE = ("keys", "first", "last", "owner")
 # a peer row also keeps its returns, its last return (`back`), the sum of its squared gaps
-# between contacts (`gap_sq`, s^2), when the network first met the peer (`met`) and its address
-_PEER_COLUMNS = _BASE + ("returns", "back", "gap_sq", "met", "hi", "lo")
+# between contacts (`gap_sq`, s^2), its longest silence before a return (`silence_max`, s:
+# from the last window that held it), when the network first met the peer (`met`) and its
+# address
+_PEER_COLUMNS = _BASE + ("returns", "back", "gap_sq", "silence_max", "met", "hi", "lo")
 
 
 class _Table:
@@ -103,13 +108,14 @@ class _Table:
 
     def touch(self, keys: np.ndarray, now_ns: int, owners: np.ndarray | None = None, returned: np.ndarray | None = None,
               met: Callable[[np.ndarray], np.ndarray] | None = None, addr: tuple[np.ndarray, np.ndarray] | None = None,
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Record the sighting of unique `keys` (of entities `owners`) in the window ending at
         `now_ns`: (was new, met, returns so far: this sighting counts where `returned` says
-        so), aligned with `keys`. `met(new)` says when the network met the new keys (`new`: a
-        mask over keys), kept for their rows; by default, and in a table without it, a row's
-        first sighting is what is returned. `addr`: the keys' peer addresses (hi, lo), kept for
-        new rows."""
+        so, its longest silence before a return so far in s: 0 in a table without it),
+        aligned with `keys`. `met(new)` says when the network met the new keys (`new`: a mask
+        over keys), kept for their rows; by default, and in a table without it, a row's first
+        sighting is what is returned. `addr`: the keys' peer addresses (hi, lo), kept for new
+        rows."""
         pos = np.searchsorted(self.keys, keys)
         inside = pos < self.keys.shape[0]
         found = np.zeros(keys.shape[0], bool)
@@ -119,6 +125,7 @@ class _Table:
             back = at[returned[found]]
             self.returns[back] += 1
             self.gap_sq[back] += ((now_ns - self.back[back]) / 1e9) ** 2
+            self.silence_max[back] = np.maximum(self.silence_max[back], (now_ns - self.last[back]) / 1e9)
             self.back[back] = now_ns
         self.last[at] = now_ns
         first = np.full(keys.shape[0], now_ns, np.int64)
@@ -126,8 +133,10 @@ class _Table:
         if met is not None and not found.all():
             first[~found] = met(~found)
         returns = np.zeros(keys.shape[0], np.int64)
+        longest = np.zeros(keys.shape[0], np.float64)
         if "returns" in self.columns:
             returns[found] = self.returns[at]
+            longest[found] = self.silence_max[at]
         new = ~found
         if new.any():
             order = np.argsort(keys[new])
@@ -136,11 +145,12 @@ class _Table:
             values = {"keys": lambda: keys[new][order], "first": lambda: np.full(n, now_ns, np.int64),
                       "last": lambda: np.full(n, now_ns, np.int64), "owner": lambda: owners[new][order],
                       "returns": lambda: np.zeros(n, np.int64), "back": lambda: np.full(n, now_ns, np.int64),
-                      "gap_sq": lambda: np.zeros(n, np.float64), "met": lambda: first[new][order],
+                      "gap_sq": lambda: np.zeros(n, np.float64), "silence_max": lambda: np.zeros(n, np.float64),
+                      "met": lambda: first[new][order],
                       "hi": lambda: np.asarray(hi, np.uint64)[new][order], "lo": lambda: np.asarray(lo, np.uint64)[new][order]}
             for col in self.columns:
                 setattr(self, col, np.insert(getattr(self, col), where, values[col]()))
-        return new, first, returns
+        return new, first, returns, longest
 
     def forget(self, before_ns: int, max_rows: int) -> None:
         """Drop keys last seen before `before_ns`, then the least recently seen beyond max_rows."""
@@ -285,7 +295,7 @@ class PeerHistory:
         active = sorted_unique(np.concatenate([p_row, f_row]))
         if active.size == 0:
             return out
-        _, since, _ = self._entities.touch(entity_keys[active], end_ns, entity_keys[active])
+        _, since, _, _ = self._entities.touch(entity_keys[active], end_ns, entity_keys[active])
         started = np.full(n, end_ns, np.int64)
         started[active] = since
         warm = end_ns - started >= self.warmup_ns
@@ -300,11 +310,11 @@ class PeerHistory:
             if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
                 returned &= ~self.is_home(a_hi, a_lo)
             network_met = None if self.network_key is None else (lambda new: self._network_met(a_hi[new], a_lo[new], end_ns))
-            new, met, returns = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned, met=network_met,
-                                                  addr=(a_hi, a_lo))
+            new, met, returns, longest = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned,
+                                                           met=network_met, addr=(a_hi, a_lo))
             counted = warm[rows]
             out[:, 0] = np.bincount(rows[new & counted], minlength=n)
-            young = ~new & counted & (met >= started[rows] + self.warmup_ns) & (end_ns - met < self.history_ns)
+            young = ~new & counted & self._young(met, started[rows], longest, end_ns)
             young &= returns >= 2
             here = (rows[young], returns[young] - 1, a_hi[young], a_lo[young])
         else:
@@ -320,10 +330,23 @@ class PeerHistory:
             key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((f_proto[tcp_udp].astype(u64) << u64(16)) | service))
             key, first_row = np.unique(key, return_index=True)
             rows = q_row[first_row]
-            new, _, _ = self._ports.touch(key, end_ns, entity_keys[rows])
+            new, _, _, _ = self._ports.touch(key, end_ns, entity_keys[rows])
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
 
+
+    def _young(self, met: np.ndarray, started: np.ndarray, longest: np.ndarray, end_ns: int) -> np.ndarray:
+        """Whether peers the network met at `met` are young to entities whose history started
+        at `started`, each silent for at most `longest` s before a return so far: met after
+        the entity's warm-up, less than history_s ago, and after the entity had been watched
+        for at least that longest silence. A peer that calls every 70 minutes, first seen 63
+        minutes into a history, may have called at that beat all along, its last call just
+        before the history began: it is not known to be new. (Fold B's 6 h of honeypot training began 3 minutes before the
+        device's hourly NTP sync: its server became a "young" regular series of 5 returns,
+        and its error on held-out windows gave `young_peer_returns` a scale that hid the
+        beacons: docs/EVALUATION.md, section xvii.)"""
+        watched_s = (met - started) / 1e9
+        return (met >= started + self.warmup_ns) & (end_ns - met < self.history_ns) & (watched_s >= longest)
 
     def _network_met(self, hi: np.ndarray, lo: np.ndarray, end_ns: int) -> np.ndarray:
         """When the network first met each peer (hi, lo): the network entity's own row's first
@@ -354,15 +377,15 @@ class PeerHistory:
         mean = (t.back[idx] - t.first[idx]) / 1e9 / t.returns[idx]
         regular = t.gap_sq[idx] / t.returns[idx] - mean**2 <= (mean / 2) ** 2
         idx, mean = idx[regular], mean[regular]
-        met, last, returns = t.met[idx], t.last[idx], t.returns[idx]
+        met, last, returns, longest = t.met[idx], t.last[idx], t.returns[idx], t.silence_max[idx]
         order = np.argsort(entity_keys[active])
         sorted_keys = entity_keys[active][order]
         pos = np.minimum(np.searchsorted(sorted_keys, t.owner[idx]), sorted_keys.shape[0] - 1)
         mine = sorted_keys[pos] == t.owner[idx]
         row = active[order[pos[mine]]]
-        met, last, returns = met[mine], last[mine], returns[mine]
+        met, last, returns, longest = met[mine], last[mine], returns[mine], longest[mine]
         mean = mean[mine]
-        young = (warm[row] & (met >= started[row] + self.warmup_ns) & (end_ns - met < self.history_ns)
+        young = (warm[row] & self._young(met, started[row], longest, end_ns)
                  & ((end_ns - last) / 1e9 <= 2.0 * mean))
         at = idx[mine][young]
         return row[young], returns[young], t.hi[at], t.lo[at]

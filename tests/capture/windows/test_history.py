@@ -88,20 +88,46 @@ def test_only_a_regular_series_holds_its_level_between_contacts():
     """A beacon with jitter (gaps of 4-6 windows) holds its level between contacts; a site
     visited in bursts (gaps of 1 window, then long pauses: about as irregular as random visits)
     counts only in the windows that reach it, once its first burst (three windows in a row: a
-    series of one window's pace, held for two) is past."""
+    series of one window's pace, held for two) is past. Both were met after 20 minutes of
+    history, longer than the site's longest silence (16 windows): neither can be an old peer
+    whose last call came before the history began."""
     h = PeerHistory(history_s=7200, warmup_s=600)
-    for t in range(60, 660, 60):
+    for t in range(60, 1260, 60):
         _window(h, t, {0: [(10, 443)], 1: [(11, 443)]})
     beacon = {0, 5, 9, 15, 20, 24, 30, 35, 40, 44}
     site = {0, 1, 2, 14, 15, 16, 17, 33, 34}
     held, burst = [], []
-    for k, t in enumerate(range(660, 660 + 46 * 60, 60)):
+    for k, t in enumerate(range(1260, 1260 + 46 * 60, 60)):
         out = _window(h, t, {0: [(10, 443)] + ([(99, 443, k)] if k in beacon else []),
                              1: [(11, 443)] + ([(98, 443, k)] if k in site else [])})
         held.append(out[0, YOUNG])
         burst.append(out[1, YOUNG])
     assert all(held[k] > 0 for k in range(9, 46))  # from its second return on, in every window
     assert [k for k, level in enumerate(burst) if level] == [2, 3, 4, 14, 15, 16, 17, 33, 34]
+
+
+def test_a_series_slower_than_the_history_before_its_first_contact_is_not_young():
+    """A peer calling every 70 minutes, first met 63 minutes into the history, may have
+    called at that beat all along (its last call just before the history began): its
+    returns are not counted. The same beat met after 71 minutes of history climbs, as does a
+    10-minute beacon met at 63 minutes. (A device's hourly NTP sync, first seen 3 minutes
+    after the warm-up of fold B's 6 h of honeypot training, was such a series.)"""
+    h = PeerHistory(history_s=6 * 3600, warmup_s=3600)
+    start = 60
+    hourly = {start + 3780 + k * 4200 for k in range(4)}  # row 0: met at 63 min, every 70 min
+    late = {start + 4260 + k * 4200 for k in range(4)}  # row 1: met at 71 min, every 70 min
+    beacon = {start + 3780 + k * 600 for k in range(20)}  # row 2: met at 63 min, every 10 min
+    levels = {0: [], 1: [], 2: []}
+    for t in range(start, start + 4260 + 3 * 4200 + 60, 60):
+        contacts = {r: [(10 + r, 443)] for r in range(3)}
+        for r, (times, peer) in enumerate(((hourly, 99), (late, 98), (beacon, 97))):
+            if t in times:
+                contacts[r].append((peer, 123, t))
+        out = _window(h, t, contacts)
+        for r in range(3):
+            levels[r].append(out[r, YOUNG])
+    assert max(levels[0]) == 0
+    assert max(levels[1]) == 3 and max(levels[2]) >= 3
 
 
 def test_a_peer_the_network_has_long_known_is_not_young_to_a_host_that_meets_it_late():
