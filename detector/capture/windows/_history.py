@@ -18,12 +18,13 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   the window stage's `global` entity sees whole, less than `history_s` ago, after the
   entity's own warm-up, and after the entity had been watched for at least the peer's
   longest silence before a return: a peer that calls every 70 minutes, first met 63 minutes
-  into a history, may have called at that beat all along), the most returns of one of them: windows after its first in which
-  it had a fresh flow with the entity (one the entity's previous window did not hold: a new
-  connection, or one back after a silence). A peer in a regular series of returns counts
-  them all, in this window or not: at least two returns, gaps between contacts whose
-  standard deviation is at most half their mean (a clock's is 0, random visits' about their
-  mean), and a silence since the last contact of at most twice that mean. Any other young
+  into a history, may have called at that beat all along), the most returns of one of them:
+  windows after its first in which it had a fresh flow with the entity (one the entity's
+  previous window did not hold: a new connection, or one back after a silence). A peer in a
+  regular series of returns counts them all, in this window or not: at least two returns,
+  gaps between contacts whose standard deviation is at most half their mean (a clock's is 0,
+  random visits' about their mean), and a silence since the last contact of at most twice
+  that mean. Any other young
   peer of this window counts its returns less one. So a beacon's new peer climbs one per
   contact (or per window, for a beacon faster than the window) from its second return on,
   and its level holds in the windows between the contacts for as long as the beacon keeps
@@ -341,10 +342,11 @@ class PeerHistory:
         the entity's warm-up, less than history_s ago, and after the entity had been watched
         for at least that longest silence. A peer that calls every 70 minutes, first seen 63
         minutes into a history, may have called at that beat all along, its last call just
-        before the history began: it is not known to be new. (Fold B's 6 h of honeypot training began 3 minutes before the
-        device's hourly NTP sync: its server became a "young" regular series of 5 returns,
-        and its error on held-out windows gave `young_peer_returns` a scale that hid the
-        beacons: docs/EVALUATION.md, section xvii.)"""
+        before the history began: it is not known to be new. (Fold B's 6 h of honeypot
+        training began 8 minutes after the device's NTP sync, which comes about every 70
+        minutes: its server, met 3 minutes after the warm-up, became a "young" regular series
+        of 5 returns, and its error on held-out windows gave `young_peer_returns` a scale
+        that hid the beacons: docs/EVALUATION.md, section xvii.)"""
         watched_s = (met - started) / 1e9
         return (met >= started + self.warmup_ns) & (end_ns - met < self.history_ns) & (watched_s >= longest)
 

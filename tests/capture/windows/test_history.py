@@ -110,8 +110,8 @@ def test_a_series_slower_than_the_history_before_its_first_contact_is_not_young(
     """A peer calling every 70 minutes, first met 63 minutes into the history, may have
     called at that beat all along (its last call just before the history began): its
     returns are not counted. The same beat met after 71 minutes of history climbs, as does a
-    10-minute beacon met at 63 minutes. (A device's hourly NTP sync, first seen 3 minutes
-    after the warm-up of fold B's 6 h of honeypot training, was such a series.)"""
+    10-minute beacon met at 63 minutes. (A device's NTP sync, about every 70 minutes, first
+    seen 3 minutes after the warm-up of fold B's 6 h of honeypot training, was such a series.)"""
     h = PeerHistory(history_s=6 * 3600, warmup_s=3600)
     start = 60
     hourly = {start + 3780 + k * 4200 for k in range(4)}  # row 0: met at 63 min, every 70 min
