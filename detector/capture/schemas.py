@@ -14,7 +14,7 @@ from detector.contracts import FeatureSchema
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
     ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
-    ("new_ports", "ports"),  # TCP/UDP service ports not seen in the last history_s, per bin
+    ("new_ports", "ports"),  # TCP/UDP service ports not used (or not served) in the last history_s, per bin
     # most returns of the outside peers first met within history_s: all of a regular series
     # (held between its contacts), one less for any other
     ("young_peer_returns", "returns"),
@@ -47,7 +47,7 @@ _PACKET_FEATURES: tuple[tuple[str, str], ...] = (
 )
 PACKET_SCHEMA = FeatureSchema(
     name="packet",
-    version=5,
+    version=6,
     features=tuple(n for n, _ in _PACKET_FEATURES),
     units=tuple(u for _, u in _PACKET_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),
@@ -97,7 +97,7 @@ _FLOW_FEATURES: tuple[tuple[str, str], ...] = (
 )
 FLOW_SCHEMA = FeatureSchema(
     name="flow",
-    version=5,
+    version=6,
     features=tuple(n for n, _ in _FLOW_FEATURES),
     units=tuple(u for _, u in _FLOW_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),

@@ -17,10 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from detector.capture._hash import mix
 from detector.capture.flows import community_id_of_pairs
 from detector.capture.schemas import HISTORY_FEATURES, HISTORY_LEVELS
-from detector.capture.windows._history import PeerHistory
+from detector.capture.windows._history import PeerHistory, entity_key
 from detector.contracts import (
     ENTITY_GLOBAL,
     CarriedHistory,
@@ -68,10 +67,9 @@ def emptied(arr: np.ndarray) -> np.ndarray:
 
 
 def history_keys(pairs: list[tuple[int, int]]) -> np.ndarray:
-    """Host entities' keys in the peer history: their addresses hashed (slots are reused,
-    addresses not); never 0, which is `global`'s."""
+    """Host entities' keys in the peer history (_history.entity_key of each address)."""
     arr = np.array(pairs, dtype=np.uint64).reshape(-1, 2)
-    return mix(mix(arr[:, 0]) ^ arr[:, 1]) | np.uint64(1)
+    return entity_key(arr[:, 0], arr[:, 1])
 
 
 def rows_of(arr: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -344,14 +342,14 @@ class EntityWindows:
         row_of = np.full(closing.slots, -1, np.int64)
         row_of[alive] = np.arange(alive.shape[0])
         empty = np.zeros(0, np.int64)
-        peers, flows = ((empty,) * 3, (empty,) * 8) if columns is None else (columns["peers"], columns["flows"])
+        peers, flows = ((empty,) * 3, (empty,) * 10) if columns is None else (columns["peers"], columns["flows"])
 
         def rows(slot_col: np.ndarray, *cols: np.ndarray) -> tuple[np.ndarray, ...]:
             r = row_of[np.asarray(slot_col, np.int64)] if len(slot_col) else empty
             keep = r >= 0
             return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
 
-        novelty = self.history.observe(closing.keys, rows(*peers[:3]), rows(*flows[:8]), closing.end_ns)
+        novelty = self.history.observe(closing.keys, rows(*peers[:3]), rows(*flows[:8], flows[9]), closing.end_ns)
         lead_row, level, hi, lo = self.history.lead
         self._leads = {int(alive[r]): (pair_to_addr(int(h), int(low)), int(v))
                        for r, v, h, low in zip(lead_row.tolist(), level.tolist(), hi.tolist(), lo.tolist(), strict=True)}

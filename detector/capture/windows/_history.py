@@ -13,7 +13,14 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   (a window-level count written into every bin would weigh as many times as there are bins);
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
-  destination port and a new service both count, a new ephemeral port does not);
+  destination port and a new service both count, a new ephemeral port does not), each in its
+  role: a port the entity used (the remote end's), one it served (its own end's, in a flow
+  it answered) and one it was only reached on (its own end's, in a flow it never answered
+  or refused with a reset: a probe) are three facts. Zeek's known_services likewise counts
+  a service once it answered. A workstation that has opened SMB or SSH sessions out all
+  day and starts accepting them (a role change, lateral movement's first hop) serves a port
+  it never served; in one port set it was a port it knew, and so was every port a scan had
+  reached before (schema v6; before, such a role change went unseen here);
 - `young_peer_returns`: of the young peers (outside home_net, first met by the network, which
   the window stage's `global` entity sees whole, less than `history_s` ago, after the
   entity's own warm-up, and after the entity had been watched for at least the peer's
@@ -271,7 +278,8 @@ class PeerHistory:
         """One closed window (every window, in order, empty ones too): `entity_keys` (uint64
         per entity row of the window, any unique key per entity), `peers` (row, addr_hi,
         addr_lo) and `flows` (row, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, as
-        the initiator sent them) columns, rows indexing entity_keys. Returns float32
+        the initiator sent them[, answers: packets the entity sent in it that were no refusal;
+        without it, every flow counts as answered]) columns, rows indexing entity_keys. Returns float32
         (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins).
         Leaves in `lead` the peer behind each row's young_peer_returns (row, level, addr_hi,
         addr_lo; level > 0), in this window or not: the beacon an incident should name."""
@@ -284,6 +292,7 @@ class PeerHistory:
             table.forget(before, self.max_rows)
         p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
         f_row, f_proto, s_hi, s_lo, d_hi, d_lo, f_sport, f_dport = (np.asarray(c) for c in flows[:8])
+        answered = np.asarray(flows[8]) > 0 if len(flows) > 8 else np.ones(f_row.shape[0], bool)
         p_row, f_row = p_row.astype(np.int64), f_row.astype(np.int64)
         # a flow is fresh when the entity's previous window did not hold it: a new connection,
         # or one that came back after a silence (not the next window of a long session)
@@ -325,16 +334,47 @@ class PeerHistory:
         tcp_udp = np.isin(f_proto.astype(u64), (PROTO_TCP, PROTO_UDP))
         if tcp_udp.any():
             # a flow's service port is the lower of its two: the local port of a reply is an
-            # ephemeral one, new for every connection the entity opens, and no news
+            # ephemeral one, new for every connection the entity opens, and no news. It is
+            # served when it is the entity's own end's: a port used and a port served are two
+            # facts (see the module's text)
             q_row = f_row[tcp_udp]
-            service = np.minimum(f_sport[tcp_udp].astype(u64), f_dport[tcp_udp].astype(u64))
-            key = mix(mix(entity_keys[q_row] ^ _PORT_SALT) ^ mix((f_proto[tcp_udp].astype(u64) << u64(16)) | service))
+            q_key = entity_keys[q_row]
+            sport, dport = f_sport[tcp_udp].astype(u64), f_dport[tcp_udp].astype(u64)
+            served = self._served(q_key, s_hi[tcp_udp], s_lo[tcp_udp], d_hi[tcp_udp], d_lo[tcp_udp], sport, dport)
+            # a port the entity served: 1 if it answered, 2 if it only was reached (a probe)
+            role = np.where(served, np.where(answered[tcp_udp], u64(1), u64(2)), u64(0)) << u64(24)
+            service = np.minimum(sport, dport)
+            key = mix(mix(q_key ^ _PORT_SALT) ^ mix(role | (f_proto[tcp_udp].astype(u64) << u64(16)) | service))
             key, first_row = np.unique(key, return_index=True)
             rows = q_row[first_row]
             new, _, _, _ = self._ports.touch(key, end_ns, entity_keys[rows])
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
 
+
+    def _served(self, keys: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray, d_lo: np.ndarray,
+                sport: np.ndarray, dport: np.ndarray) -> np.ndarray:
+        """Whether each flow's entity (`keys`) is the service end of it: its own end's port is
+        the lower one. A host's end is the one whose address hashes to its key (entity_key);
+        any other key (a test's) takes the destination's. The network's (network_key) is the
+        end inside home_net of a flow that crosses it; a flow between two hosts inside is
+        none of its services (whichever packet of it the capture saw first), and with no
+        home_net every flow is one it used."""
+        from_src = entity_key(s_hi, s_lo) == keys
+        local, remote = np.where(from_src, sport, dport), np.where(from_src, dport, sport)
+        served = local < remote
+        if self.network_key is not None:
+            network = keys == self.network_key
+            if self.is_home is None:
+                served[network] = False
+            elif network.any():
+                u64 = np.uint64
+                s_home = self.is_home(s_hi[network].astype(u64), s_lo[network].astype(u64))
+                d_home = self.is_home(d_hi[network].astype(u64), d_lo[network].astype(u64))
+                own = np.where(s_home, sport[network], dport[network])
+                other = np.where(s_home, dport[network], sport[network])
+                served[network] = (s_home != d_home) & (own < other)
+        return served
 
     def _young(self, met: np.ndarray, started: np.ndarray, longest: np.ndarray, end_ns: int) -> np.ndarray:
         """Whether peers the network met at `met` are young to entities whose history started
@@ -415,6 +455,12 @@ def _leads(*candidates: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     _, first = np.unique(row[order], return_index=True)
     pick = order[first]
     return row[pick], level[pick].astype(np.float32), hi[pick].astype(np.uint64), lo[pick].astype(np.uint64)
+
+
+def entity_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """A host entity's key in the history: its address (hi, lo) hashed (the window stage's
+    slots are reused, addresses not); never 0, which the window stage gives `global`."""
+    return mix(mix(np.asarray(hi, np.uint64)) ^ np.asarray(lo, np.uint64)) | np.uint64(1)
 
 
 def _peer_key(entity_keys: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

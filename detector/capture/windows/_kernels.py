@@ -43,9 +43,10 @@ KEY, PACKETS = 0, 1
 PEER_SLOT, PEER_HI, PEER_LO, PEER_BYTES, PEER_SEEN = 2, 3, 4, 5, 6
 # ports of an entity (TCP and UDP): key hash(slot, port); TCP packets (the rest are UDP); seen bits
 PORT_SLOT, PORT_PORT, PORT_TCP, PORT_SEEN = 2, 3, 4, 5
-# flows of an entity: key hash(slot, flow_id); the flow's 5-tuple as its initiator sent it
-FLOW_SLOT, FLOW_SRC_HI, FLOW_SRC_LO, FLOW_DST_HI, FLOW_DST_LO, FLOW_PROTO_PORTS = 2, 3, 4, 5, 6, 7
-FLOW_COLUMNS = 8
+# flows of an entity: key hash(slot, flow_id); the flow's 5-tuple as its initiator sent it;
+# the packets the entity sent in it that were no TCP reset (an answer; a refusal is none)
+FLOW_SLOT, FLOW_SRC_HI, FLOW_SRC_LO, FLOW_DST_HI, FLOW_DST_LO, FLOW_PROTO_PORTS, FLOW_ANSWERS = 2, 3, 4, 5, 6, 7, 8
+FLOW_COLUMNS = 9
 # Cells of a window's `fill` array: rows in use per tally.
 FILL_PEERS, FILL_PORTS, FILL_FLOWS = 0, 1, 2
 
@@ -255,6 +256,8 @@ def accumulate_window(
                     (np.uint64(p) << np.uint64(32)) | (np.uint64(a_port) << np.uint64(16)) | np.uint64(b_port)
                 )
             flows[r, PACKETS] += np.uint64(1)
+            if d == 0 and not (p == PROTO_TCP and (flags & TCP_RST) != 0):
+                flows[r, FLOW_ANSWERS] += np.uint64(1)
     return 3, 0
 
 

@@ -68,7 +68,7 @@ class _WindowAcc:
     distinct_groups: list[np.ndarray] = field(default_factory=list)  # int64 (slot*bins+bin)*4+kind
     peers: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, hi, lo, pkts, bytes
     ports: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, proto, port, pkts
-    flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts
+    flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts, answers
 
     def fit(self, n_slots: int) -> None:
         """Room for `n_slots` entity slots."""
@@ -91,17 +91,18 @@ class _WindowAcc:
 
     def evidence_columns(self) -> dict[str, tuple[np.ndarray, ...]]:
         """Peers (slot, hi, lo, pkts, bytes), ports (slot, proto, port, pkts) and flows (slot,
-        proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, pkts), one row per key (slot and
+        proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, pkts, answers: the packets the
+        slot's entity sent in the flow, in records that were no refusal), one row per key (slot and
         address, slot, protocol and port, slot and flow id), rows in the order of the hash of
         their key columns: the tie-break of the ranking."""
         out = {}
         for name, parts, key_cols, sum_cols in (
             ("peers", self.peers, (0, 1, 2), (3, 4)),
             ("ports", self.ports, (0, 1, 2), (3,)),
-            ("flows", self.flows, (0, 1), (9,)),
+            ("flows", self.flows, (0, 1), (9, 10)),
         ):
             if not parts:
-                out[name] = tuple(np.zeros(0) for _ in range(9))
+                out[name] = tuple(np.zeros(0) for _ in range(10))
                 continue
             cols = [np.concatenate([p[c] for p in parts]) for c in range(len(parts[0]))]
             key = np.zeros(cols[0].shape[0], dtype=np.uint64)
@@ -266,6 +267,9 @@ class FlowWindowAggregator(EntityWindows):
             (proto == PROTO_ICMPV6) & np.isin(icmp_type, (1, 2, 3, 4))
         )
         out = ~is_in
+        # what the entity sent in records that were no refusal (a reset without a SYN: a
+        # server that accepts sends a SYN-ACK), as the packet path's kernel counts answers
+        answers = np.where(out & ~(rst & ((flags & TCP_SYN) == 0)), pk, 0.0)
         cols = {
             "pkts_out": np.where(out, pk, 0.0),
             "pkts_in": np.where(is_in, pk, 0.0),
@@ -317,10 +321,10 @@ class FlowWindowAggregator(EntityWindows):
                 acc.distinct_keys.append(key)
                 acc.distinct_groups.append(g[first])
             self._evidence(acc, s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], pk[sel], by[sel], ported[sel],
-                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel])
+                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel], answers[sel])
 
     @staticmethod
-    def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport) -> None:
+    def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport, answers) -> None:
         """Per-window partials of top peers, ports and flows, in the layout LazyEvidence reduces."""
         key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
@@ -332,7 +336,7 @@ class FlowWindowAggregator(EntityWindows):
         key = _mix(slot.astype(np.uint64) ^ _mix(fid))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         acc.flows.append((slot[first], fid[first], proto[first], s_hi[first], s_lo[first], d_hi[first], d_lo[first],
-                          sport[first], port[first], np.bincount(inv, weights=pk)))
+                          sport[first], port[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=answers)))
 
     # ---------------------------------------------------------------- closing
     def stats(self) -> dict[str, int]:

@@ -121,7 +121,7 @@ class _PacketWindowAcc:
             "flows": (flows[:, k.FLOW_SLOT].astype(as_slot), proto_ports >> np.uint64(32), flows[:, k.FLOW_SRC_HI],
                       flows[:, k.FLOW_SRC_LO], flows[:, k.FLOW_DST_HI], flows[:, k.FLOW_DST_LO],
                       (proto_ports >> np.uint64(16)) & np.uint64(0xFFFF), proto_ports & np.uint64(0xFFFF),
-                      flows[:, k.PACKETS].astype(as_packets)),
+                      flows[:, k.PACKETS].astype(as_packets), flows[:, k.FLOW_ANSWERS].astype(as_packets)),
         }
 
 

@@ -8,7 +8,8 @@ import pytest
 from detector.capture.flows import FlowTable
 from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import WindowAggregator
-from detector.capture.windows._history import PeerHistory
+from detector.capture.windows._history import PeerHistory, entity_key
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.contracts import PROTO_TCP, PROTO_UDP
 from tests.conftest import make_batch
 
@@ -16,11 +17,16 @@ S = 1_000_000_000
 NEW_PEERS, NEW_PORTS, YOUNG = range(3)
 
 
+def _keys(n: int) -> np.ndarray:
+    """The history keys of entity rows 0..n-1, whose addresses are row + 1000."""
+    return entity_key(np.zeros(n, np.uint64), np.arange(n, dtype=np.uint64) + 1000)
+
+
 def _window(history: PeerHistory, end_s: float, contacts: dict[int, list[tuple[int, ...]]], n: int = 3) -> np.ndarray:
     """One window: contacts[entity row] = [(peer, port[, connection]), ...], each a TCP flow
     from the entity (address row + 1000) to the peer, from source port 40000 + connection (a
     flow the previous window held too is the same connection: give it the same number)."""
-    keys = np.arange(1, n + 1, dtype=np.uint64)
+    keys = _keys(n)
     rows = np.array([r for r, cs in contacts.items() for _ in cs], np.int64)
     peer = np.array([c[0] for cs in contacts.values() for c in cs], np.uint64)
     port = np.array([c[1] for cs in contacts.values() for c in cs], np.uint64)
@@ -145,8 +151,9 @@ def test_a_peer_the_network_has_long_known_is_not_young_to_a_host_that_meets_it_
             top = max(top, float(_window(h, t, {0: host0, 1: host1, 2: host0 + host1})[0, YOUNG]))
         return top
 
-    assert run(3, beacon=77) == 0  # known to the network since the start
-    assert run(3, beacon=88) > 0  # new to the network too
+    network = int(_keys(3)[2])
+    assert run(network, beacon=77) == 0  # known to the network since the start
+    assert run(network, beacon=88) > 0  # new to the network too
     assert run(None, beacon=77) > 0  # young by the host's own history
 
 
@@ -217,6 +224,51 @@ def test_the_window_stage_fills_the_schema_columns(warmup_s):
     assert np.allclose(new_peers, 8 / 6) and np.allclose(new_ports, 8 / 6)
     first = out[0].features[out[0].entities.index("10.0.0.5")]
     assert first[:, names.index("new_peers")].sum() == (0 if warmup_s else 1)
+
+
+def _role_change(first_seen: str) -> list[dict]:
+    """Two hosts that SSH out every window for 10 minutes; in the first of them a scanner
+    outside reaches 10.0.0.5 on port 22 (refused: a reset) and on 23 (never answered); at
+    601 s 10.0.0.7 opens an SSH session to 10.0.0.5, which accepts it (the capture saw its
+    `first_seen` packet first). Rows: ts_s, src, dst, sport, dport, flags."""
+    rows = [{"ts_s": t + 1.0, "src": src, "dst": "10.0.0.9", "sport": 40000 + t, "dport": 22, "flags": 0x02}
+            for t in range(0, 600, 60) for src in ("10.0.0.5", "10.0.0.7")]
+    rows += [{"ts_s": 2.0, "src": "203.0.113.5", "dst": "10.0.0.5", "sport": 61000, "dport": 22, "flags": 0x02},
+             {"ts_s": 2.1, "src": "10.0.0.5", "dst": "203.0.113.5", "sport": 22, "dport": 61000, "flags": 0x14},
+             {"ts_s": 3.0, "src": "203.0.113.5", "dst": "10.0.0.5", "sport": 61000, "dport": 23, "flags": 0x02}]
+    request = {"ts_s": 601.0, "src": "10.0.0.7", "dst": "10.0.0.5", "sport": 50000, "dport": 22, "flags": 0x02}
+    reply = {"ts_s": 601.5, "src": "10.0.0.5", "dst": "10.0.0.7", "sport": 22, "dport": 50000, "flags": 0x12}
+    return sorted(rows + ([request, reply] if first_seen == "request" else [reply]), key=lambda r: r["ts_s"])
+
+
+@pytest.mark.parametrize("path", ["packets", "flow records"])
+@pytest.mark.parametrize("first_seen", ["request", "reply"])
+def test_a_host_that_starts_serving_a_port_it_only_used_or_was_probed_on_counts_it_new(first_seen, path):
+    """A workstation that has opened SSH sessions out all along, and refused a scanner's probe
+    of port 22, starts accepting SSH (a role change): 22 is new to it as a port it serves,
+    though not as one it used or was probed on, whichever packet of the session the capture
+    saw first; the client, which used 22 before, counts nothing, and nor does the link (a
+    session inside home_net is no service of the network's). On packets and on flow records
+    (a record per packet: the refusal is a record with RST and no SYN)."""
+    rows = _role_change(first_seen)
+    if path == "packets":
+        agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=3600, history_warmup_s=0)
+        batch = make_batch(rows)
+        out = agg.push(batch, FlowTable().push(batch)) + agg.flush()
+    else:
+        from tests.capture.windows.test_flow import records
+
+        agg = FlowWindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=3600, history_warmup_s=0)
+        out = agg.push(records([{"start_s": r["ts_s"], "proto": 6, **r} for r in rows]))
+        out += agg.flush()
+    names = list(out[0].schema.features)
+
+    def new_ports(window, entity: str) -> float:
+        return float(window.features[window.entities.index(entity)][:, names.index("new_ports")].sum())
+
+    assert new_ports(out[0], "10.0.0.5") == pytest.approx(3.0)  # 22 used, 22 and 23 probed
+    assert new_ports(out[-1], "10.0.0.5") == pytest.approx(1.0)  # 22 served: new
+    assert new_ports(out[-1], "10.0.0.7") == 0.0 and new_ports(out[-1], "global") == 0.0
 
 
 def test_a_window_between_a_beacon_s_contacts_names_its_peer_in_the_evidence():
@@ -356,5 +408,5 @@ def test_a_checkpoint_written_before_owners_loads_its_rows_kept_until_history_s(
     b = PeerHistory(3600, 600)
     b.load_state_dict(old)
     assert not b._peers.owner.any()
-    b.expire(np.array([1], np.uint64), 120 * S)  # entity 1 expires cold: its own row goes, the unowned ones stay
+    b.expire(_keys(1), 120 * S)  # entity 0 expires cold: its own row goes, the unowned ones stay
     assert 0 == len(b._entities) and 1 == len(b._peers) and 1 == len(b._ports)
