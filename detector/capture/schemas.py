@@ -14,7 +14,8 @@ from detector.contracts import FeatureSchema
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
     ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
-    ("new_ports", "ports"),  # TCP/UDP service ports not used (or not served) in the last history_s, per bin
+    # TCP/UDP service ports not seen in their role (used, served, probed) in the last history_s, per bin
+    ("new_ports", "ports"),
     # most returns of the outside peers first met within history_s: all of a regular series
     # (held between its contacts), one less for any other
     ("young_peer_returns", "returns"),
