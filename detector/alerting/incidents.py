@@ -179,11 +179,21 @@ class IncidentTracker:
         if s.entity_class != ENTITY_GLOBAL or not hosts:
             return reading
         ranked = [self.rules.classify(h) for h in sorted(hosts, key=_ratio, reverse=True)]
+        # the sides come from one story: the most anomalous host that names one, a missing
+        # side only from a reading that agrees on the other (a victim's reading without a
+        # source, beside its peers' readings of its replies, once gave "victim -> victim")
+        named = [r for r in ranked if r.originator or r.target] or ranked
+        originator, target = named[0].originator, named[0].target
+        for r in named[1:]:
+            if not originator and r.originator and r.target == target and r.originator != target:
+                originator = r.originator
+            if not target and r.target and r.originator == originator and r.target != originator:
+                target = r.target
         return Classification(
             category=ranked[0].category,
             role=reading.role,
-            originator=next((r.originator for r in ranked if r.originator), ""),
-            target=next((r.target for r in ranked if r.target), ""),
+            originator=originator,
+            target=target,
             techniques=ranked[0].techniques,
         )
 

@@ -176,6 +176,22 @@ def test_link_incident_names_the_dominant_hosts():
     assert ("flood", "", "") == (alone.category, alone.originator, alone.target)
 
 
+def test_link_incident_takes_both_sides_from_one_story():
+    """A host flooded by many peers (no dominant source: its reading names it as the target
+    only) beside one of those peers, whose reading names the flooded host as the originator
+    of the replies it got: the link says who was flooded, never "victim -> victim"."""
+    link = _host(0, "global", [("pkts_out", "packets", 0.9, 400.0)], [("10.0.0.22", 50)], 4.0)
+    peers = [(f"10.0.0.{40 + i}", 30) for i in range(8)]
+    victim = _host(0, "10.0.0.22", [("pkts_in", "packets", 0.9, 400.0)], peers, score=13.0)
+    peer = _host(0, "10.0.0.40", [("bytes_in", "bytes", 0.9, 5e4)], [("10.0.0.22", 60)], score=6.0)
+    tracker = IncidentTracker(_rules())
+    readings = {s.entity: tracker.rules.classify(s) for s in (victim, peer)}
+    assert ("", "10.0.0.22") == (readings["10.0.0.22"].originator, readings["10.0.0.22"].target)
+    assert "10.0.0.22" == readings["10.0.0.40"].originator  # the peer's reading: replies from the victim
+    events = {e.entity: e for e in tracker.push([link, victim, peer])}
+    assert ("", "10.0.0.22") == (events["global"].originator, events["global"].target)
+
+
 def test_category_rules_override_the_builtin_reading(tmp_path: Path):
     """An operator's category rule (optionally only for one role) names the category and its
     techniques; `attack:` remaps a category's techniques; bad technique ids are config errors."""
