@@ -295,6 +295,10 @@ class LiveCapture:
             # Nothing more right now: sleep until the ring hands over a block or it is time
             # to emit. Never inside libpcap: a blocking read would not see `stop`.
             select.select([self._fd], [], [], deadline - now)
+        # stopping: what the ring already holds is read too, so that a SIGTERM loses no packet
+        # the kernel had handed over (a stop seen right after a batch left them unread)
+        while got := self._read_chunk(parts, self.batch_packets):
+            pending += got
         if pending:
             yield self._emit(parts)
 
