@@ -305,6 +305,8 @@ def _list_intervals(list_path: str, benign: Path, tmp_path: Path) -> tuple[list,
 @pytest.mark.parametrize("list_path, capture, split_s", [
     ("docs/eval/honeypot-scenarios.yaml", "iot23-honeypot-4-1/honeypot-4-1.pcap", 43200),
     ("docs/eval/westermo-scenarios.yaml", "westermo/right.pcap", 2700),
+    ("docs/eval/honeypot-scenarios-heldout.yaml", "iot23-honeypot-4-1/honeypot-4-1.pcap", 43200),
+    ("docs/eval/westermo-scenarios-heldout.yaml", "westermo/right.pcap", 2700),
 ])
 def test_docs_lists_put_every_kind_in_both_halves_without_overlap(tmp_path, list_path, capture, split_s):
     """The lists in docs/eval: every kind (and the x100 slow attacks) in both halves of the
