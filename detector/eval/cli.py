@@ -112,7 +112,8 @@ def eval_command(config, pcaps, conn_logs, truth, train_pcaps, train_conn_logs, 
         config_path=config,
     )
     result = evaluate(cfg, plan, progress=sys.stderr.isatty())
-    click.echo(f"{out}/metrics.json, report.md, report.png written (test {result['test']['hours']:.2f} h)")
+    test = result["test"]  # a rate per day read off a few benign hours says little: print those hours beside it
+    click.echo(f"{out}/metrics.json, report.md, report.png written (test {test['hours']:.2f} h, {test['benign_hours']:.2f} h benign)")
     for cls in ("global", "host"):
         m = result[cls]
         aucs = "  ".join(f"{d}={'n/a' if s is None or s['roc_auc'] is None else format(s['roc_auc'], '.4f')}" for d, s in m["detectors"].items())

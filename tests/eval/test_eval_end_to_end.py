@@ -70,9 +70,19 @@ def evaluated(tmp_path_factory) -> Path:
     (d / "netad.yaml").write_text(CONFIG.format(model=d / "unused-model", rules=REPO / "rules" / "default.yaml"))
     netad("splice", "--benign", str(d / "benign.pcap"), "--out", str(d / "spliced.pcap"), "--truth", str(d / "truth.csv"),
           "--attack", f"{MASSCAN_TCP}@5432.1:rewrite-src=203.0.113.7,rewrite-dst=192.168.1.132,event=ATTACK-MASSCAN-TCP")
-    netad("eval", "-c", str(d / "netad.yaml"), "--pcap", str(d / "spliced.pcap"), "--truth", str(d / "truth.csv"),
-          "--train-end-s", "3600", "--out", str(d / "out"))
+    res = netad("eval", "-c", str(d / "netad.yaml"), "--pcap", str(d / "spliced.pcap"), "--truth", str(d / "truth.csv"),
+                "--train-end-s", "3600", "--out", str(d / "out"))
+    (d / "eval.stdout").write_text(res.stdout, encoding="utf-8")
     return d / "out"
+
+
+def test_the_summary_gives_the_benign_hours_its_incident_rates_rest_on(evaluated):
+    """A rate per day read off a few benign hours says little on its own (a short capture's
+    one incident reads as hundreds a day): the summary line prints those hours beside it."""
+    m = json.loads((evaluated / "metrics.json").read_text())
+    first = (evaluated.parent / "eval.stdout").read_text(encoding="utf-8").splitlines()[0]
+    assert f"(test {m['test']['hours']:.2f} h, {m['test']['benign_hours']:.2f} h benign)" in first, first
+    assert 0 < m["test"]["benign_hours"] < m["test"]["hours"]
 
 
 def test_metrics_json_has_the_documented_keys(evaluated):
