@@ -71,13 +71,52 @@ TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 = 1, 6, 17, 58
 
 
+@dataclass(frozen=True)
+class DnsAnswers:
+    """The DNS answers (A and AAAA) a batch of frames carried, one row each, in capture
+    order (capture.packets._dns reads them): when, to which client, which address, and a
+    64-bit key of the registered domain of the name the client asked for (0: none). The
+    window stage's peer history reads them to tell a new address of a domain the host
+    already talks to from a new peer."""
+
+    ts_ns: np.ndarray  # int64
+    client_hi: np.ndarray  # uint64 halves of the client's address, as PACKET_COLUMNS' src/dst
+    client_lo: np.ndarray
+    addr_hi: np.ndarray  # uint64 halves of the answered address
+    addr_lo: np.ndarray
+    domain: np.ndarray  # uint64
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+    @classmethod
+    def empty(cls) -> DnsAnswers:
+        return cls(np.zeros(0, np.int64), *(np.zeros(0, np.uint64) for _ in range(5)))
+
+    @classmethod
+    def concat(cls, parts: list[DnsAnswers]) -> DnsAnswers:
+        parts = [p for p in parts if len(p)]
+        if len(parts) <= 1:
+            return parts[0] if parts else cls.empty()
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _ANSWER_FIELDS))
+
+    def as_tuple(self) -> tuple[np.ndarray, ...]:
+        return tuple(getattr(self, name) for name in _ANSWER_FIELDS)
+
+
+_ANSWER_FIELDS = ("ts_ns", "client_hi", "client_lo", "addr_hi", "addr_lo", "domain")
+_NO_ANSWERS = DnsAnswers.empty()
+
+
 @dataclass
 class PacketBatch:
     """A batch of parsed packets as numpy columns (PACKET_COLUMNS), in capture order.
 
     `malformed` counts frames in this batch's span that could not be parsed as IP (bad
     header lengths, truncated headers); `non_ip` counts well-formed frames that are not IP
-    (ARP, LLDP, ...). Neither has a row.
+    (ARP, LLDP, ...). Neither has a row. `answers` are the DNS answers among its frames:
+    not rows, they go with the batch whole (a selection of rows keeps them, as it keeps the
+    counts).
     """
 
     ts_ns: np.ndarray
@@ -95,6 +134,7 @@ class PacketBatch:
     frag: np.ndarray
     malformed: int = 0
     non_ip: int = 0
+    answers: DnsAnswers = _NO_ANSWERS
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
@@ -102,7 +142,7 @@ class PacketBatch:
     @classmethod
     def empty(cls, malformed: int = 0, non_ip: int = 0) -> PacketBatch:
         cols: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in PACKET_COLUMNS.items()}
-        return cls(**cols, malformed=malformed, non_ip=non_ip)
+        return cls(**cols, malformed=malformed, non_ip=non_ip, answers=_NO_ANSWERS)
 
     @classmethod
     def concat(cls, batches: list[PacketBatch]) -> PacketBatch:
@@ -113,12 +153,13 @@ class PacketBatch:
             **cols,
             malformed=sum(b.malformed for b in batches),
             non_ip=sum(b.non_ip for b in batches),
+            answers=DnsAnswers.concat([b.answers for b in batches]),
         )
 
     def take(self, index: np.ndarray | slice) -> PacketBatch:
-        """Rows selected by a slice, boolean mask or index array (counts stay with the first)."""
+        """Rows selected by a slice, boolean mask or index array (counts and answers stay with it)."""
         cols = {name: getattr(self, name)[index] for name in PACKET_COLUMNS}
-        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip)
+        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip, answers=self.answers)
 
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in PACKET_COLUMNS}

@@ -404,6 +404,8 @@ def parse_frames(
     `malformed` (see the module docstring); nothing in the bytes can make this raise.
     Raises CaptureError for a single link type this parser does not decode.
     """
+    from detector.capture.packets._dns import dns_answers  # it builds on this module's frame parse
+
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     columns = new_columns(offsets.shape[0])
     rows, malformed, non_ip = parse_into(data, offsets, caplens, ts_ns, linktype, columns)
@@ -411,6 +413,7 @@ def parse_frames(
         **{name: column[:rows] for name, column in zip(PACKET_COLUMNS, columns, strict=True)},
         malformed=malformed,
         non_ip=non_ip,
+        answers=dns_answers(data, offsets, caplens, ts_ns, linktype),
     )
 
 
@@ -433,6 +436,20 @@ def parse_into(
     A reader fills a batch's columns group by group through views (column[rows:]), so no
     group needs arrays, a PacketBatch or a concatenation of its own.
     """
+    frames = kernel_frames(data, offsets, caplens, ts_ns, linktype)
+    n = frames[1].shape[0]
+    if len(columns) != len(PACKET_COLUMNS) or min(c.shape[0] for c in columns) < n:  # the kernel does not bounds-check
+        raise ValueError(f"columns must be {len(PACKET_COLUMNS)} arrays (PACKET_COLUMNS) with room for {n} rows")
+    # The kernel's output arguments follow PACKET_COLUMNS' order.
+    rows, malformed, non_ip = _parse_kernel(*frames, *columns)
+    return int(rows), int(malformed), int(non_ip)
+
+
+def kernel_frames(data: np.ndarray, offsets: np.ndarray, caplens: np.ndarray, ts_ns: np.ndarray,
+                  linktype: int | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """parse_frames' arguments as a frame kernel takes them: (data, offsets, caplens, ts_ns,
+    linktypes, per_frame_linktype), contiguous and checked. Raises CaptureError for a single
+    link type this parser does not decode."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = np.frombuffer(data, dtype=np.uint8)
     data = np.ascontiguousarray(data, dtype=np.uint8)
@@ -442,8 +459,6 @@ def parse_into(
     n = offsets.shape[0]
     if caplens.shape != (n,) or ts_ns.shape != (n,):
         raise ValueError(f"offsets, caplens and ts_ns differ in length: {n}, {caplens.shape}, {ts_ns.shape}")
-    if len(columns) != len(PACKET_COLUMNS) or min(c.shape[0] for c in columns) < n:  # the kernel does not bounds-check
-        raise ValueError(f"columns must be {len(PACKET_COLUMNS)} arrays (PACKET_COLUMNS) with room for {n} rows")
     if np.ndim(linktype) == 0:
         if int(linktype) not in SUPPORTED_LINKTYPES:
             raise CaptureError(f"unsupported link type {int(linktype)}; supported: {sorted(SUPPORTED_LINKTYPES)}")
@@ -456,9 +471,7 @@ def parse_into(
         per_frame = True
         if n == 0:
             linktypes = np.array([LINKTYPE_ETHERNET], dtype=np.int64)
-    # The kernel's output arguments follow PACKET_COLUMNS' order.
-    rows, malformed, non_ip = _parse_kernel(data, offsets, caplens, ts_ns, linktypes, per_frame, *columns)
-    return int(rows), int(malformed), int(non_ip)
+    return data, offsets, caplens, ts_ns, linktypes, per_frame
 
 
 # --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from detector.capture._channel import Channel
-from detector.contracts import PacketBatch
+from detector.contracts import DnsAnswers, PacketBatch
 from detector.errors import CaptureError
 
 _REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -71,8 +71,9 @@ def worker_main(conn: Channel, spec: dict[str, Any]) -> int:
             capture.stop = True
         stats = {**capture.stats(), "busy_s": time.process_time() - cpu0, "up_s": time.monotonic() - wall0}
         cols = batch.columns() if len(batch) else None
+        answers = batch.answers.as_tuple() if len(batch.answers) else None
         try:
-            conn.send(("batch", (cols, batch.malformed, batch.non_ip), stats))
+            conn.send(("batch", (cols, batch.malformed, batch.non_ip, answers), stats))
         except OSError:  # the parent is gone
             capture.stop = True
     conn.send(("finished", {**capture.stats(), "busy_s": time.process_time() - cpu0, "up_s": time.monotonic() - wall0}))
@@ -151,12 +152,11 @@ class FanoutCapture:
         if kind == "finished":
             self._stats[k] = body
             return True
-        cols, malformed, non_ip = body
+        cols, malformed, non_ip, answers = body
         self._stats[k] = rest[0]
-        batch = PacketBatch(**cols, malformed=malformed, non_ip=non_ip) if cols is not None else PacketBatch.empty()
-        if cols is None and (malformed or non_ip):
-            batch = PacketBatch(**batch.columns(), malformed=malformed, non_ip=non_ip)
-        parts.append(batch)
+        batch = PacketBatch(**cols) if cols is not None else PacketBatch.empty()
+        parts.append(PacketBatch(**batch.columns(), malformed=malformed, non_ip=non_ip,
+                                 answers=DnsAnswers(*answers) if answers is not None else batch.answers))
         return False
 
     def _merged(self, parts: list[PacketBatch]) -> PacketBatch:
@@ -167,8 +167,8 @@ class FanoutCapture:
         batch = parts[0] if len(parts) == 1 else PacketBatch.concat(parts)
         if len(parts) > 1:
             order = np.argsort(batch.ts_ns, kind="stable")
-            batch = PacketBatch(**{k: v[order] for k, v in batch.columns().items()},
-                                malformed=sum(p.malformed for p in parts), non_ip=sum(p.non_ip for p in parts))
+            batch = PacketBatch(**{k: v[order] for k, v in batch.columns().items()}, malformed=batch.malformed,
+                                non_ip=batch.non_ip, answers=DnsAnswers.concat([p.answers for p in parts]))
         self.packets += len(batch)
         self.malformed += batch.malformed
         self.non_ip += batch.non_ip

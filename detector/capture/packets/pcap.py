@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from detector.capture.packets._dns import dns_answers
 from detector.capture.packets._parse import (
     MAX_BLOCK_BYTES,
     MAX_CAPLEN_BYTES,
@@ -52,7 +53,7 @@ from detector.capture.packets._parse import (
     walk_pcap,
     walk_pcapng,
 )
-from detector.contracts import PACKET_COLUMNS, PacketBatch
+from detector.contracts import PACKET_COLUMNS, DnsAnswers, PacketBatch
 from detector.errors import CaptureError
 
 _INITIAL_BUFFER_BYTES = 16 * 1024 * 1024
@@ -497,7 +498,8 @@ class CaptureFile:
         linktype = walker.frame_linktypes(records.iface[:n])
         rows, malformed, non_ip = parse_into(window.buf, records.offsets[:n], records.caplens[:n], records.ts_ns[:n],
                                              linktype, batch.free())
-        batch.add(n, rows, malformed, non_ip)
+        batch.add(n, rows, malformed, non_ip, dns_answers(window.buf, records.offsets[:n], records.caplens[:n],
+                                                          records.ts_ns[:n], linktype))
         self.packets += n
         self.malformed += malformed
         self.non_ip += non_ip
@@ -511,11 +513,13 @@ class _BatchBuilder:
     def __init__(self, capacity: int) -> None:
         self.columns = new_columns(capacity)
         self.frames = self.rows = self.malformed = self.non_ip = 0
+        self.answers: list[DnsAnswers] = []
 
     def free(self) -> list[np.ndarray]:
         return [column[self.rows :] for column in self.columns]
 
-    def add(self, frames: int, rows: int, malformed: int, non_ip: int) -> None:
+    def add(self, frames: int, rows: int, malformed: int, non_ip: int, answers: DnsAnswers) -> None:
+        self.answers.append(answers)
         self.frames += frames
         self.rows += rows
         self.malformed += malformed
@@ -527,7 +531,7 @@ class _BatchBuilder:
         capacity = self.columns[0].shape[0]
         view = 2 * self.rows >= capacity
         cols = {name: column[: self.rows] if view else column[: self.rows].copy() for name, column in zip(PACKET_COLUMNS, self.columns, strict=True)}
-        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip)
+        return PacketBatch(**cols, malformed=self.malformed, non_ip=self.non_ip, answers=DnsAnswers.concat(self.answers))
 
 
 def read_ahead(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
