@@ -13,7 +13,9 @@ from __future__ import annotations
 from detector.contracts import FeatureSchema
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
-    ("new_peers", "hosts"),  # peers not seen in the last history_s, per bin
+    # peers not seen in the last history_s, per bin; on packets, not an address the DNS
+    # answered for a registered domain the entity talked to within history_s (schema v7)
+    ("new_peers", "hosts"),
     # TCP/UDP service ports not seen in their role (used, served, probed) in the last history_s, per bin
     ("new_ports", "ports"),
     # most returns of the outside peers first met within history_s: all of a regular series
@@ -48,7 +50,7 @@ _PACKET_FEATURES: tuple[tuple[str, str], ...] = (
 )
 PACKET_SCHEMA = FeatureSchema(
     name="packet",
-    version=6,
+    version=7,
     features=tuple(n for n, _ in _PACKET_FEATURES),
     units=tuple(u for _, u in _PACKET_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),

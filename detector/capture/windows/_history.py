@@ -10,7 +10,15 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 
 - `new_peers`: addresses the entity exchanged packets with in this window and not in the
   `history_s` before it, spread evenly over the window's bins like any count of the schema
-  (a window-level count written into every bin would weigh as many times as there are bins);
+  (a window-level count written into every bin would weigh as many times as there are bins).
+  On packets, not an address that the DNS answered (the entity, or for the network any host:
+  `resolve`, from capture.packets._dns) for a name whose registered domain the entity talked
+  to in an earlier window within `history_s`: a cloud service answers its name from a new
+  address every few hours, and that address is no new peer (schema v7; before, the honeypot
+  bridge's first look-up of a new name under a domain it uses hourly opened an incident on
+  both classes in every seed, docs/EVALUATION.md section xx). An address no answer named (an
+  IP literal, a peer that called in, a C2 address hard-coded), or one of a domain new to the
+  entity, counts as before. Flow records carry no DNS: there it is by address alone;
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not), each in its
@@ -79,25 +87,34 @@ import numpy as np
 from detector.capture._hash import mix
 from detector.capture._sets import in_sorted, sorted_unique
 from detector.capture.schemas import HISTORY_FEATURES
-from detector.contracts import PROTO_TCP, PROTO_UDP
+from detector.contracts import PROTO_TCP, PROTO_UDP, DnsAnswers
 
 # an entity's key is hashed with its table's salt before it meets the peer's or port's hash:
 # a plain XOR of two address hashes would give (a, b) and (b, a) one key
 _PEER_SALT = np.uint64(0x2545F4914F6CDD1D)
 _PORT_SALT = np.uint64(0x5BD1E9955BD1E995)
 _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
-_TABLES = ("entities", "peers", "ports")
+_NAME_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
+_DOMAIN_SALT = np.uint64(0x165667B19E3779F9)
+_TABLES = ("entities", "peers", "ports", "names", "domains")
+_NAMED_TABLES = ("names", "domains")  # a checkpoint written before them has neither: they start empty
 
 
 _DTYPES = {"keys": np.uint64, "first": np.int64, "last": np.int64, "owner": np.uint64, "returns": np.int64,
            "back": np.int64, "gap_sq": np.float64, "silence_max": np.float64, "met": np.int64, "hi": np.uint64,
-           "lo": np.uint64}
+           "lo": np.uint64, "domain": np.uint64}
 _BASE = ("keys", "first", "last", "owner")
 # a peer row also keeps its returns, its last return (`back`), the sum of its squared gaps
 # between contacts (`gap_sq`, s^2), its longest silence before a return (`silence_max`, s:
 # from the last window that held it), when the network first met the peer (`met`) and its
 # address
 _PEER_COLUMNS = _BASE + ("returns", "back", "gap_sq", "silence_max", "met", "hi", "lo")
+# a name row: an address the entity (or, for the network, any host) was answered for a name,
+# keyed by (entity, address), with the registered domain of that name; first and last are
+# the answers' own times. A domain row: a registered domain the entity talked to (an address
+# answered for it was its peer), keyed by (entity, domain); last: the window's end
+_NAME_COLUMNS = _BASE + ("domain",)
+_COLUMNS = {"peers": _PEER_COLUMNS, "names": _NAME_COLUMNS}
 
 
 class _Table:
@@ -160,6 +177,41 @@ class _Table:
                 setattr(self, col, np.insert(getattr(self, col), where, values[col]()))
         return new, first, returns, longest
 
+    def put(self, keys: np.ndarray, ts_ns: np.ndarray, owners: np.ndarray, **values: np.ndarray) -> None:
+        """Record `keys` (of entities `owners`, not unique) seen at their own times `ts_ns`: a
+        new key's first and last are its earliest and latest time here, a known key's last
+        moves on; `values` (columns) are each key's latest."""
+        order = np.lexsort((ts_ns, keys))
+        keys, ts_ns, owners = keys[order], ts_ns[order], owners[order]
+        values = {col: np.asarray(v)[order] for col, v in values.items()}
+        ukeys, head, counts = np.unique(keys, return_index=True, return_counts=True)
+        tail = head + counts - 1
+        pos = np.searchsorted(self.keys, ukeys)
+        inside = pos < self.keys.shape[0]
+        found = np.zeros(ukeys.shape[0], bool)
+        found[inside] = self.keys[pos[inside]] == ukeys[inside]
+        at = pos[found]
+        self.last[at] = np.maximum(self.last[at], ts_ns[tail[found]])
+        for col, v in values.items():
+            getattr(self, col)[at] = v[tail[found]]
+        new = ~found
+        if new.any():
+            where = pos[new]
+            fresh = {"keys": ukeys[new], "first": ts_ns[head[new]], "last": ts_ns[tail[new]],
+                     "owner": owners[tail[new]], **{col: v[tail[new]] for col, v in values.items()}}
+            for col in self.columns:
+                setattr(self, col, np.insert(getattr(self, col), where, fresh[col].astype(_DTYPES[col])))
+
+    def get(self, keys: np.ndarray, col: str) -> tuple[np.ndarray, np.ndarray]:
+        """(found, column `col` where found, else 0) for `keys`."""
+        out = np.zeros(keys.shape[0], _DTYPES[col])
+        if not len(self):
+            return np.zeros(keys.shape[0], bool), out
+        pos = np.minimum(np.searchsorted(self.keys, keys), len(self) - 1)
+        found = self.keys[pos] == keys
+        out[found] = getattr(self, col)[pos[found]]
+        return found, out
+
     def forget(self, before_ns: int, max_rows: int) -> None:
         """Drop keys last seen before `before_ns`, then the least recently seen beyond max_rows."""
         keep = self.last >= before_ns
@@ -198,13 +250,15 @@ class PeerHistory:
         self._entities = _Table()
         self._peers = _Table(_PEER_COLUMNS)
         self._ports = _Table()
+        self._names = _Table(_NAME_COLUMNS)
+        self._domains = _Table()
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
         self._carried: tuple[int, int] | None = None  # carry_in's (ended_ns, window_ns), until the first window
 
     @property
     def rows(self) -> int:
-        return len(self._entities) + len(self._peers) + len(self._ports)
+        return sum(len(getattr(self, f"_{name}")) for name in _TABLES)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
@@ -219,7 +273,10 @@ class PeerHistory:
         were kept gives its rows no regular series (their levels count only in windows that
         hold the peer, as before)."""
         for name in _TABLES:
-            table = _Table(_PEER_COLUMNS if name == "peers" else _BASE)
+            table = _Table(_COLUMNS.get(name, _BASE))
+            if name in _NAMED_TABLES and f"{name}.keys" not in state:
+                setattr(self, f"_{name}", table)
+                continue
             cols = {col: np.asarray(state[f"{name}.{col}"]) for col in table.columns if f"{name}.{col}" in state}
             if not {"keys", "first", "last"} <= cols.keys():
                 raise ValueError(f"peer history table {name}: keys, first or last missing")
@@ -249,7 +306,7 @@ class PeerHistory:
         ended_ns, window_ns = self._carried
         self._carried = None
         shift = end_ns - window_ns - ended_ns
-        for table in (self._entities, self._peers, self._ports):
+        for table in self._tables():
             for col in ("first", "last", "back", "met"):
                 if col in table.columns:
                     setattr(table, col, getattr(table, col) + np.int64(shift))
@@ -270,8 +327,28 @@ class PeerHistory:
         pos = np.minimum(np.searchsorted(table.keys, keys), len(table) - 1)
         known = table.keys[pos] == keys
         cold = keys[known][now_ns - table.first[pos[known]] < self.warmup_ns]
-        for t in (self._entities, self._peers, self._ports):
+        for t in self._tables():
             t.drop_owners(cold)
+
+    def _tables(self) -> list[_Table]:
+        return [getattr(self, f"_{name}") for name in _TABLES]
+
+    def resolve(self, answers: DnsAnswers) -> None:
+        """DNS answers the capture read (capture.packets._dns): each answered address, for its
+        client and for the network, stands for the registered domain of the name asked, from
+        the answer's time on. `observe` counts a peer standing for a domain the entity already
+        talks to as no new peer (see the module's text)."""
+        named = answers.domain != 0
+        if not named.any():
+            return
+        hi, lo, domain, ts = (c[named] for c in (answers.addr_hi, answers.addr_lo, answers.domain, answers.ts_ns))
+        owners = [entity_key(answers.client_hi[named], answers.client_lo[named])]
+        if self.network_key is not None:
+            owners.append(np.full(hi.shape[0], self.network_key, np.uint64))
+        n = len(owners)
+        owner = np.concatenate(owners)
+        self._names.put(_peer_key(owner ^ _NAME_SALT, np.tile(hi, n), np.tile(lo, n)), np.tile(ts, n).astype(np.int64),
+                        owner, domain=np.tile(domain, n))
 
     def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], flows: Sequence[np.ndarray],
                 end_ns: int) -> np.ndarray:
@@ -288,7 +365,7 @@ class PeerHistory:
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         self.lead = _NO_LEAD
         before = end_ns - self.history_ns
-        for table in (self._entities, self._peers, self._ports):
+        for table in self._tables():
             table.forget(before, self.max_rows)
         p_row, p_hi, p_lo = (np.asarray(c) for c in peers[:3])
         f_row, f_proto, s_hi, s_lo, d_hi, d_lo, f_sport, f_dport = (np.asarray(c) for c in flows[:8])
@@ -323,7 +400,8 @@ class PeerHistory:
             new, met, returns, longest = self._peers.touch(key, end_ns, entity_keys[rows], returned=returned,
                                                            met=network_met, addr=(a_hi, a_lo))
             counted = warm[rows]
-            out[:, 0] = np.bincount(rows[new & counted], minlength=n)
+            out[:, 0] = np.bincount(rows[new & ~self._named_known(entity_keys[rows], a_hi, a_lo, end_ns) & counted],
+                                    minlength=n)
             young = ~new & counted & self._young(met, started[rows], longest, end_ns)
             young &= returns >= 2
             here = (rows[young], returns[young] - 1, a_hi[young], a_lo[young])
@@ -351,6 +429,27 @@ class PeerHistory:
             out[:, 1] = np.bincount(rows[new & warm[rows]], minlength=n)
         return out
 
+
+    def _named_known(self, keys: np.ndarray, hi: np.ndarray, lo: np.ndarray, end_ns: int) -> np.ndarray:
+        """Per peer row (entity `keys`, address hi/lo) of a window ending at `end_ns`: whether
+        the address stands for a registered domain the entity talked to in an earlier window
+        within history_s (a cloud service's new address, not a new peer); and each named
+        row's domain is talked to now."""
+        if not len(self._names):
+            return np.zeros(keys.shape[0], bool)
+        n_key = _peer_key(keys ^ _NAME_SALT, hi, lo)
+        found, domain = self._names.get(n_key, "domain")
+        _, first = self._names.get(n_key, "first")
+        named = found & (first < end_ns)  # answered before the window ended
+        known = np.zeros(keys.shape[0], bool)
+        if named.any():
+            d_key = mix(mix(keys[named] ^ _DOMAIN_SALT) ^ domain[named])
+            known[named], _ = self._domains.get(d_key, "last")
+            now = np.full(d_key.shape[0], end_ns, np.int64)
+            self._domains.put(d_key, now, keys[named])
+            # an address in use keeps its name (a client reuses an answer as long as it likes)
+            self._names.put(n_key[named], now, keys[named], domain=domain[named])
+        return known
 
     def _served(self, keys: np.ndarray, s_hi: np.ndarray, s_lo: np.ndarray, d_hi: np.ndarray, d_lo: np.ndarray,
                 sport: np.ndarray, dport: np.ndarray) -> np.ndarray:

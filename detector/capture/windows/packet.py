@@ -270,6 +270,8 @@ class WindowAggregator(EntityWindows):
             return self._push_part(batch.take(cut), FlowAnnotations(flows.flow_id[cut], flows.new_flow[cut],
                                                                     flows.from_initiator[cut]))
 
+        if len(batch.answers):  # time-stamped: a window closed later sees only those before its end
+            self.history.resolve(batch.answers)
         if n:
             yield from self._ingest(batch.ts_ns, part)
 

@@ -10,7 +10,7 @@ from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import WindowAggregator
 from detector.capture.windows._history import PeerHistory, entity_key
 from detector.capture.windows.flow import FlowWindowAggregator
-from detector.contracts import PROTO_TCP, PROTO_UDP
+from detector.contracts import PROTO_TCP, PROTO_UDP, DnsAnswers
 from tests.conftest import make_batch
 
 S = 1_000_000_000
@@ -410,3 +410,61 @@ def test_a_checkpoint_written_before_owners_loads_its_rows_kept_until_history_s(
     assert not b._peers.owner.any()
     b.expire(_keys(1), 120 * S)  # entity 0 expires cold: its own row goes, the unowned ones stay
     assert 0 == len(b._entities) and 1 == len(b._peers) and 1 == len(b._ports)
+
+
+def _answers(ts_s: float, client_row: int, peers: list[int], domain: int) -> DnsAnswers:
+    """DNS answers at ts_s: each peer address (as _window's peers) answered to entity row
+    `client_row` (address row + 1000) for a name under registered domain key `domain`."""
+    n = len(peers)
+    return DnsAnswers(np.full(n, int(ts_s * S), np.int64), np.zeros(n, np.uint64), np.full(n, client_row + 1000, np.uint64),
+                      np.zeros(n, np.uint64), np.array(peers, np.uint64), np.full(n, domain, np.uint64))
+
+
+def test_a_new_address_of_a_domain_the_host_talks_to_is_no_new_peer():
+    """A cloud service answers its name from a new address every few hours: a peer standing
+    for a registered domain the entity talked to before (within history_s) is not new. A new
+    address of a new domain is, so is one no answer named, and so is one of a domain last
+    talked to longer than history_s ago. The network (`global`) is judged by any host's
+    answers."""
+    h = PeerHistory(history_s=3600, warmup_s=600, network_key=0)
+    keys = np.concatenate([np.zeros(1, np.uint64), _keys(3)[1:]])  # row 0: the network
+
+    def window(end_s: float, contacts: dict[int, list[int]]) -> np.ndarray:
+        rows = np.array([r for r, ps in contacts.items() for _ in ps], np.int64)
+        peer = np.array([p for ps in contacts.values() for p in ps], np.uint64)
+        zero = np.zeros(rows.shape[0], np.uint64)
+        src = np.where(rows == 0, np.uint64(1001), rows.astype(np.uint64) + 1000)  # the network's flows are host 1's
+        flows = (rows, np.full(rows.shape[0], PROTO_TCP, np.uint64), zero, src, zero, peer, np.full(rows.shape[0], 40000, np.uint64),
+                 np.full(rows.shape[0], 443, np.uint64))
+        return h.observe(keys, (rows, zero, peer), flows, int(end_s * S))
+
+    h.resolve(_answers(30, 1, [10], domain=7))  # host 1 (address 1001) asks for a name under domain 7
+    for t in range(60, 660, 60):  # and talks to its address through the warm-up, as the network does
+        window(t, {0: [10], 1: [10]})
+    h.resolve(_answers(650, 1, [11], domain=7))  # a new address for domain 7
+    h.resolve(_answers(655, 1, [12], domain=8))  # an address of a domain never talked to
+    h.resolve(_answers(700, 1, [14], domain=7))  # answered only after the next window ends
+    out = window(660, {0: [11, 12, 13, 14], 1: [11, 12, 13, 14]})  # 13: no answer named it
+    assert (out[0, NEW_PEERS], out[1, NEW_PEERS]) == (3, 3)  # 12, 13 and 14; not 11
+    # two hours without domain 8: a new address of it is new again (the name rows are forgotten too)
+    for t in range(720, 720 + 7200, 600):
+        window(t, {1: [10]})
+    h.resolve(_answers(7950, 1, [20], domain=8))
+    h.resolve(_answers(7955, 1, [21], domain=7))
+    out = window(7980, {1: [20, 21]})
+    assert out[1, NEW_PEERS] == 1  # 20; 21 is domain 7's, talked to every window
+
+
+def test_names_survive_a_checkpoint_and_an_old_one_loads_without_them():
+    h = PeerHistory(history_s=3600, warmup_s=0)
+    h.resolve(_answers(30, 0, [10], domain=7))
+    _window(h, 60, {0: [(10, 443)]})
+    state = h.state_dict()
+    assert len(state["names.keys"]) == 1 and len(state["domains.keys"]) == 1
+    again = PeerHistory(history_s=3600, warmup_s=0)
+    again.load_state_dict(state)
+    again.resolve(_answers(90, 0, [11], domain=7))
+    assert _window(again, 120, {0: [(11, 443)]})[0, NEW_PEERS] == 0
+    old = {k: v for k, v in state.items() if not k.startswith(("names.", "domains."))}  # written before names
+    again.load_state_dict(old)
+    assert again.rows == len(old["entities.keys"]) + len(old["peers.keys"]) + len(old["ports.keys"])
