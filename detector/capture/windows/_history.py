@@ -255,6 +255,7 @@ class PeerHistory:
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
         self._carried: tuple[int, int] | None = None  # carry_in's (ended_ns, window_ns), until the first window
+        self._unshifted: list[DnsAnswers] = []  # answers that came before that window
 
     @property
     def rows(self) -> int:
@@ -288,6 +289,9 @@ class PeerHistory:
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
         self._carried = None
+        pending, self._unshifted = self._unshifted, []
+        for answers in pending:
+            self.resolve(answers)
 
     def carry_in(self, state: dict[str, np.ndarray], ended_ns: int, window_ns: int) -> None:
         """Start from the history another stream ended with at `ended_ns` (the training span's,
@@ -296,8 +300,10 @@ class PeerHistory:
         So a daemon's first hour is not blind: an entity the training span knew is warm from
         the first window, and its peers and ports are known, not new. Refuses what
         load_state_dict refuses; a checkpoint loaded after it replaces it."""
+        pending, self._unshifted = self._unshifted, []
         self.load_state_dict(state)
         self._carried = (ended_ns, window_ns)
+        self._unshifted = pending
 
     def _take_carried(self, end_ns: int) -> None:
         """At the first window (ending at `end_ns`): carry_in's times moved into this stream's."""
@@ -315,6 +321,9 @@ class PeerHistory:
         # span's last hours came back as a "young" series in the stream's first ones: on the
         # synthetic demo (trained on its first 4 h, replayed from its start) 14 false beacons
         self._peers.met = np.minimum(self._peers.met, np.int64(end_ns - window_ns - self.history_ns))
+        for answers in self._unshifted:
+            self.resolve(answers)
+        self._unshifted = []
 
     def expire(self, entity_keys: np.ndarray, now_ns: int) -> None:
         """These entities expired at `now_ns` (the window stage gave their slots back): the rows
@@ -340,6 +349,9 @@ class PeerHistory:
         talks to as no new peer (see the module's text)."""
         named = answers.domain != 0
         if not named.any():
+            return
+        if self._carried is not None:  # a carried history's times move at the first window: these are this stream's
+            self._unshifted.append(answers)
             return
         hi, lo, domain, ts = (c[named] for c in (answers.addr_hi, answers.addr_lo, answers.domain, answers.ts_ns))
         owners = [entity_key(answers.client_hi[named], answers.client_lo[named])]

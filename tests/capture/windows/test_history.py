@@ -468,3 +468,16 @@ def test_names_survive_a_checkpoint_and_an_old_one_loads_without_them():
     old = {k: v for k, v in state.items() if not k.startswith(("names.", "domains."))}  # written before names
     again.load_state_dict(old)
     assert again.rows == len(old["entities.keys"]) + len(old["peers.keys"]) + len(old["ports.keys"])
+
+
+def test_answers_before_a_carried_historys_first_window_keep_their_own_times():
+    """A stream that starts from a carried history (a bundle's) and gets its first batch's
+    answers before its first window closes: those answers are the stream's, not the carried
+    span's, and do not move with it (a replay reads a whole small capture as one batch)."""
+    trained = PeerHistory(history_s=3600, warmup_s=0)
+    trained.resolve(_answers(99_930, 0, [10], domain=7))
+    _window(trained, 99_960, {0: [(10, 443)]})
+    stream = PeerHistory(history_s=3600, warmup_s=0)
+    stream.carry_in(trained.state_dict(), ended_ns=100_000 * S, window_ns=60 * S)
+    stream.resolve(_answers(30, 0, [11], domain=7))  # domain 7's new address, before the first window
+    assert _window(stream, 60, {0: [(11, 443)]})[0, NEW_PEERS] == 0
