@@ -9,8 +9,8 @@ address every few hours, and each new address is a "new peer" to a history kept 
 (docs/EVALUATION.md, section xix: the honeypot bridge's 08:02 look-up of a new name under
 `philips.com`, which it talks to every hour, opened an incident on both classes in every
 seed). The answers a host received say which name an address stands for. This module reads
-them off the wire, beside the frame parse: one more pass over the same frames, in numba,
-that stops at the UDP header of every frame but DNS responses from port 53.
+them off the wire, beside the frame parse: the parse notes which frames come from UDP port
+53 (parse_into's `dns_at`), and a numba kernel reads the DNS messages of those alone.
 
 What is read, and what is not:
 - a response (QR 1, opcode 0, RCODE 0) with exactly one question, whose name is a plain
@@ -163,9 +163,15 @@ def _answers_kernel(data, offsets, caplens, ts_ns, linktypes, per_frame_linktype
 
 
 def dns_answers(data: np.ndarray, offsets: np.ndarray, caplens: np.ndarray, ts_ns: np.ndarray,
-                linktype: int | np.ndarray) -> DnsAnswers:
+                linktype: int | np.ndarray, at: np.ndarray | None = None) -> DnsAnswers:
     """The DNS answers among the frames data[offsets[i] : offsets[i] + caplens[i]] (the
-    arguments of parse_frames). Nothing in the bytes can make this raise."""
+    arguments of parse_frames), or only among frames `at` (parse_into's UDP/53 frames: the
+    parse has walked them all once already). Nothing in the bytes can make this raise."""
+    if at is not None:
+        if not len(at):
+            return DnsAnswers.empty()
+        offsets, caplens, ts_ns = (np.asarray(c)[at] for c in (offsets, caplens, ts_ns))
+        linktype = linktype if np.ndim(linktype) == 0 else np.asarray(linktype)[at]
     frames = kernel_frames(data, offsets, caplens, ts_ns, linktype)
     data, n = frames[0], frames[1].shape[0]
     parts, frame, cap = [], 0, 256

@@ -331,9 +331,13 @@ def _parse_kernel(
     out_flags: np.ndarray,
     out_vlan: np.ndarray,
     out_frag: np.ndarray,
-) -> tuple[int, int, int]:
-    """Fill the output columns (PACKET_COLUMNS order); returns (rows, malformed, non_ip)."""
+    out_dns: np.ndarray,
+) -> tuple[int, int, int, int]:
+    """Fill the output columns (PACKET_COLUMNS order), and out_dns with the indices of the
+    frames from UDP port 53 (where capture.packets._dns looks for answers); returns (rows,
+    malformed, non_ip, dns frames)."""
     size = data.shape[0]
+    n_dns = 0
     rows = 0
     malformed = 0
     non_ip = 0
@@ -385,7 +389,10 @@ def _parse_kernel(
         out_vlan[rows] = vlan
         out_frag[rows] = frag
         rows += 1
-    return rows, malformed, non_ip
+        if proto == 17 and sport == 53:
+            out_dns[n_dns] = i
+            n_dns += 1
+    return rows, malformed, non_ip, n_dns
 
 
 def parse_frames(
@@ -408,12 +415,12 @@ def parse_frames(
 
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     columns = new_columns(offsets.shape[0])
-    rows, malformed, non_ip = parse_into(data, offsets, caplens, ts_ns, linktype, columns)
+    rows, malformed, non_ip, dns_at = parse_into(data, offsets, caplens, ts_ns, linktype, columns)
     return PacketBatch(
         **{name: column[:rows] for name, column in zip(PACKET_COLUMNS, columns, strict=True)},
         malformed=malformed,
         non_ip=non_ip,
-        answers=dns_answers(data, offsets, caplens, ts_ns, linktype),
+        answers=dns_answers(data, offsets, caplens, ts_ns, linktype, at=dns_at),
     )
 
 
@@ -429,9 +436,10 @@ def parse_into(
     ts_ns: np.ndarray,
     linktype: int | np.ndarray,
     columns: list[np.ndarray],
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, np.ndarray]:
     """parse_frames, writing the rows into `columns` (PACKET_COLUMNS order, each with room
-    for one row per frame) from their index 0; returns (rows, malformed, non_ip).
+    for one row per frame) from their index 0; returns (rows, malformed, non_ip, the indices
+    of the frames from UDP port 53: dns_answers' `at`, so it need not walk every frame again).
 
     A reader fills a batch's columns group by group through views (column[rows:]), so no
     group needs arrays, a PacketBatch or a concatenation of its own.
@@ -441,8 +449,9 @@ def parse_into(
     if len(columns) != len(PACKET_COLUMNS) or min(c.shape[0] for c in columns) < n:  # the kernel does not bounds-check
         raise ValueError(f"columns must be {len(PACKET_COLUMNS)} arrays (PACKET_COLUMNS) with room for {n} rows")
     # The kernel's output arguments follow PACKET_COLUMNS' order.
-    rows, malformed, non_ip = _parse_kernel(*frames, *columns)
-    return int(rows), int(malformed), int(non_ip)
+    dns_at = np.empty(n, np.int64)
+    rows, malformed, non_ip, n_dns = _parse_kernel(*frames, *columns, dns_at)
+    return int(rows), int(malformed), int(non_ip), dns_at[:n_dns]
 
 
 def kernel_frames(data: np.ndarray, offsets: np.ndarray, caplens: np.ndarray, ts_ns: np.ndarray,

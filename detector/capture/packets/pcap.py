@@ -496,10 +496,10 @@ class CaptureFile:
 
     def _emit(self, window: _FileWindow, records: _Records, n: int, walker: _Walker, pos: int, batch: _BatchBuilder) -> None:
         linktype = walker.frame_linktypes(records.iface[:n])
-        rows, malformed, non_ip = parse_into(window.buf, records.offsets[:n], records.caplens[:n], records.ts_ns[:n],
-                                             linktype, batch.free())
+        rows, malformed, non_ip, dns_at = parse_into(window.buf, records.offsets[:n], records.caplens[:n],
+                                                     records.ts_ns[:n], linktype, batch.free())
         batch.add(n, rows, malformed, non_ip, dns_answers(window.buf, records.offsets[:n], records.caplens[:n],
-                                                          records.ts_ns[:n], linktype))
+                                                          records.ts_ns[:n], linktype, at=dns_at))
         self.packets += n
         self.malformed += malformed
         self.non_ip += non_ip
