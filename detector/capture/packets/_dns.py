@@ -25,18 +25,16 @@ What is read, and what is not:
   mDNS/LLMNR (port 5353/5355, not a resolver's answers). A message that breaks any bound
   yields what it gave before the break, and never a crash.
 
-The registered domain of each name (`registered_domain`, from the public-suffix list with
-its private part, so `x.cloudfront.net` and `y.cloudfront.net` stay apart) is read in Python,
+The registered domain of each name (capture.names, from the public-suffix list with its
+private part, so `x.cloudfront.net` and `y.cloudfront.net` stay apart) is read in Python,
 once per distinct name of a batch: a batch holds few answers.
 """
 
 from __future__ import annotations
 
-import hashlib
-from functools import lru_cache
-
 import numpy as np
 
+from detector.capture.names import MAX_ANSWERS, domain_key
 from detector.capture.packets._parse import (
     _BY_VERSION,
     _V4,
@@ -50,8 +48,6 @@ from detector.capture.packets._parse import (
     kernel_frames,
 )
 from detector.contracts import DnsAnswers
-
-MAX_ANSWERS = 8  # per response: a client connects to one of the first few
 
 
 @_jit
@@ -200,25 +196,5 @@ def _wire_name(wire: bytes) -> str:
         return ""
 
 
-@lru_cache(maxsize=65536)
 def _domain_key(wire: bytes) -> int:
-    domain = registered_domain(_wire_name(wire))
-    if not domain:
-        return 0
-    return int.from_bytes(hashlib.blake2b(domain.encode("ascii"), digest_size=8).digest(), "little") | 1
-
-
-@lru_cache(maxsize=1)
-def _suffixes():
-    from publicsuffixlist import PublicSuffixList  # its bundled list: nothing is fetched
-
-    return PublicSuffixList()
-
-
-def registered_domain(name: str) -> str | None:
-    """The registered domain of a host name (the public suffix and one label more, private
-    suffixes included: `a.b.philips.com` -> `philips.com`, `x.cloudfront.net` itself), or
-    None for a suffix alone, an empty name or an address written as a name."""
-    if not name or name.replace(".", "").isdigit():
-        return None
-    return _suffixes().privatesuffix(name.rstrip("."))
+    return domain_key(_wire_name(wire))

@@ -12,7 +12,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from detector.capture.packets._dns import MAX_ANSWERS, dns_answers, registered_domain
+from detector.capture.names import registered_domain
+from detector.capture.packets._dns import MAX_ANSWERS, dns_answers
 from detector.capture.packets.pcap import CaptureFile, read_records
 from detector.contracts import DnsAnswers, addr_to_pair
 from tests.conftest import shared_file
