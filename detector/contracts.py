@@ -486,6 +486,7 @@ class FlowRecordBatch:
     sampling: np.ndarray
     malformed: int = 0
     exporters: dict[int, Exporter] = field(default_factory=dict)
+    answers: DnsAnswers = _NO_ANSWERS  # DNS answers beside the records (a Zeek dns.log's), as PacketBatch's
 
     def __len__(self) -> int:
         return int(self.start_ns.shape[0])
@@ -493,7 +494,7 @@ class FlowRecordBatch:
     @classmethod
     def empty(cls, malformed: int = 0) -> FlowRecordBatch:
         cols: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in FLOW_RECORD_COLUMNS.items()}
-        return cls(**cols, malformed=malformed, exporters={})
+        return cls(**cols, malformed=malformed, exporters={}, answers=_NO_ANSWERS)
 
     @classmethod
     def from_columns(cls, columns: dict[str, np.ndarray], malformed: int = 0,
@@ -510,7 +511,7 @@ class FlowRecordBatch:
                 cols[name] = np.full(n, defaults[name], dtype=dt)
             else:
                 raise KeyError(f"flow record column {name!r} is missing")
-        return cls(**cols, malformed=malformed, exporters=dict(exporters or {}))
+        return cls(**cols, malformed=malformed, exporters=dict(exporters or {}), answers=_NO_ANSWERS)
 
     @classmethod
     def concat(cls, batches: list[FlowRecordBatch]) -> FlowRecordBatch:
@@ -520,12 +521,13 @@ class FlowRecordBatch:
         exporters: dict[int, Exporter] = {}
         for b in batches:
             exporters.update(b.exporters)
-        return cls(**cols, malformed=sum(b.malformed for b in batches), exporters=exporters)
+        return cls(**cols, malformed=sum(b.malformed for b in batches), exporters=exporters,
+                   answers=DnsAnswers.concat([b.answers for b in batches]))
 
     def take(self, index: np.ndarray | slice) -> FlowRecordBatch:
-        """Rows selected by a slice, boolean mask or index array (counts stay with the first)."""
+        """Rows selected by a slice, boolean mask or index array (counts and answers stay with it)."""
         cols = {name: getattr(self, name)[index] for name in FLOW_RECORD_COLUMNS}
-        return FlowRecordBatch(**cols, malformed=self.malformed, exporters=self.exporters)
+        return FlowRecordBatch(**cols, malformed=self.malformed, exporters=self.exporters, answers=self.answers)
 
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in FLOW_RECORD_COLUMNS}

@@ -100,7 +100,7 @@ _FLOW_FEATURES: tuple[tuple[str, str], ...] = (
 )
 FLOW_SCHEMA = FeatureSchema(
     name="flow",
-    version=6,
+    version=7,
     features=tuple(n for n, _ in _FLOW_FEATURES),
     units=tuple(u for _, u in _FLOW_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),

@@ -57,6 +57,8 @@ _COUNTERS = {
     "time_jumps": ("netad_time_jumps", "Jumps ahead in event time believed (a replay's quiet gaps)"),
     "windows_skipped": ("netad_windows_skipped", "Empty windows of a long silence skipped"),
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
+    "dns_answers": ("netad_zeek_dns_answers", "DNS answers read from the Zeek dns.log beside the conn.log"),
+    "dns_malformed": ("netad_zeek_dns_malformed_lines", "Lines of the Zeek dns.log that could not be parsed"),
     # Kafka roles (service.kafka): the sensor's publishing, the scorer's consuming
     "windows_published": ("netad_kafka_windows_published", "Entity windows handed to the Kafka producer"),
     "bytes_published": ("netad_kafka_bytes_published", "Bytes of entity windows handed to the Kafka producer"),

@@ -93,7 +93,7 @@ class CheckpointMeta:
 
     source: dict[str, Any] = field(default_factory=dict)  # service._sources.source_identity
     resume_ns: int | None = None  # end of the last window scored (a replay resumes there)
-    position: Any = None  # a followed conn.log: the file and offset after the last line read
+    position: Any = None  # a followed conn.log: the file and offset after the last line read (its dns.log's: `dns`)
     replay_complete: bool = False
     model: ModelRef = field(default_factory=ModelRef)
 
@@ -230,8 +230,11 @@ def _checked_meta(doc: dict[str, Any]) -> CheckpointMeta:
         raise ValueError(f"meta.resume_ns: {doc['resume_ns']!r} is not a time in ns")
     if not isinstance(doc.get("replay_complete", False), bool):
         raise ValueError("meta.replay_complete: not true or false")
-    position = doc.get("position")
-    if position is not None and not (isinstance(position, dict) and all(_int(position.get(k)) for k in ("device", "inode", "offset"))):
+    def _file_position(value: Any) -> bool:
+        return isinstance(value, dict) and all(_int(value.get(k)) for k in ("device", "inode", "offset"))
+
+    position = doc.get("position")  # the conn.log's, with the dns.log's beside it as `dns`
+    if position is not None and not (_file_position(position) and (position.get("dns") is None or _file_position(position["dns"]))):
         raise ValueError(f"meta.position: {position!r} is not a file position (device, inode, offset)")
     model = doc.get("model") or {}
     if not isinstance(model, dict) or not all(v is None or isinstance(v, str) for v in model.values()):

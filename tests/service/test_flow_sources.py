@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from detector.capture.flowrecords.zeeklog import DNS_FIELDS
 from detector.capture.packets.pcap import read_records
 from detector.capture.packets.pcapwriter import write_pcap
 from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
@@ -251,27 +252,44 @@ def _flow_records(port: int, metric: str = "netad_flow_records") -> float:
     return families[metric][0].value if metric in families else 0.0
 
 
+def _recent_answers(n: int, first: int) -> str:
+    """n DNS look-ups of the device, answered half a minute ago, as Zeek's dns.log has them."""
+    ts = time.time() - 30.0
+    return "".join("\t".join([f"{ts + 0.01 * i:.6f}", f"Cdns{first + i:05d}", DEVICE, str(40000 + first + i), "192.168.1.1", "53",
+                               "udp", "4711", "0.010000", f"n{first + i}.example.com", "1", "C_INTERNET", "1", "A", "0", "NOERROR",
+                               "F", "F", "T", "T", "0", f"cdn.example.net,198.51.100.{(first + i) % 250}", "60.000000,60.000000",
+                               "F"]) + "\n" for i in range(n))
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path):
     """source zeek, follow, from_end: the first start skips what the log already held; a stop
     checkpoints where the reading stood; what Zeek writes while netad is down is read at the
-    next start (from_end no longer applies), and nothing is read twice."""
+    next start (from_end no longer applies), and nothing is read twice. The same for the
+    dns.log Zeek writes beside it, whose answers name the peers."""
     log = tmp_path / "conn.log"
+    dns = tmp_path / "dns.log"
     header = [ln for ln in honeypot["train"].read_text(errors="replace").splitlines()[:20] if ln.startswith("#")]
     log.write_text("\n".join(header) + "\n" + _recent_lines(3, 0))  # there before netad's first start: skipped
+    dns.write_text("#separator \\x09\n#set_separator\t,\n#unset_field\t-\n#path\tdns\n#fields\t" + "\t".join(DNS_FIELDS) + "\n"
+                   + _recent_answers(2, 0))
     cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True, "from_end": True},
                   service={"metrics_address": "127.0.0.1:0"})
 
-    def run(lines_while_running: int, first: int, records_at_stop: int) -> DaemonProcess:
+    def run(lines_while_running: int, first: int, records_at_stop: int, answers_at_stop: int) -> DaemonProcess:
         d = DaemonProcess(cfg)
         try:
             _, started = d.wait_log("metrics_started", timeout_s=60)
             port = int(started["address"].rsplit(":", 1)[1])
             d.wait_log("daemon_started", timeout_s=60)
+            with open(dns, "a") as fh:
+                fh.write(_recent_answers(lines_while_running, first))
             with open(log, "a") as fh:
                 fh.write(_recent_lines(lines_while_running, first))
             wait_until(lambda: _flow_records(port) >= records_at_stop, 30, f"{records_at_stop} flow records")
+            wait_until(lambda: _flow_records(port, "netad_zeek_dns_answers") >= answers_at_stop, 30, f"{answers_at_stop} answers")
+            assert answers_at_stop == _flow_records(port, "netad_zeek_dns_answers")  # none read twice
             d.signal(signal.SIGTERM)
             assert 0 == d.wait(60), d.tail()
         finally:
@@ -280,15 +298,19 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
         assert records_at_stop == stopped["flow_records"], d.tail()
         return d
 
-    first = run(4, 100, records_at_stop=8)
+    first = run(4, 100, records_at_stop=8, answers_at_stop=4)
     assert not first.events("zeek_log_resumed")
     position = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]["position"]
     assert log.stat().st_size == position["offset"] and log.stat().st_ino == position["inode"]
+    assert dns.stat().st_size == position["dns"]["offset"] and dns.stat().st_ino == position["dns"]["inode"]
     with open(log, "a") as fh:  # netad is down
         fh.write(_recent_lines(5, 200))
-    second = run(2, 300, records_at_stop=2 * (5 + 2))
-    _, resumed = second.wait_log("zeek_log_resumed", timeout_s=1)
-    assert position["offset"] == resumed["offset"] and resumed["backlog_bytes"] > 0
+    with open(dns, "a") as fh:
+        fh.write(_recent_answers(5, 200))
+    second = run(2, 300, records_at_stop=2 * (5 + 2), answers_at_stop=5 + 2)
+    resumed = second.events("zeek_log_resumed")
+    assert {str(log), str(dns)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
+    assert position["offset"] == next(e["offset"] for e in resumed if e["path"] == str(log))
 
 
 def _free_udp_port() -> int:

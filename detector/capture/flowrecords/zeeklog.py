@@ -1,9 +1,15 @@
-"""Zeek conn.log reader: a growing (or finished) conn.log -> FlowRecordBatch.
+"""Zeek conn.log reader: a growing (or finished) conn.log -> FlowRecordBatch, with the DNS
+answers of the dns.log beside it.
 
 Where this stands: a source at the head of the flow-record path (see capture.flowrecords),
 for sites that already run Zeek::
 
     conn.log (TSV or JSON) --> ZeekConnLog --> FlowRecordBatch --> FlowWindowAggregator
+    dns.log  (TSV or JSON) -------^            (.answers: DnsAnswers, for the peer history)
+
+The dns.log is read as capture.packets._dns reads answers off the wire (DnsLogParser), in
+step with the conn.log's record times when replayed and as Zeek appends to it when
+followed, by the same file reading (rotation, truncation, resume) as the conn.log.
 
 Both of Zeek's log formats are read: TSV with its `#fields` header (the separator, unset
 and empty markers are taken from the header; extra columns such as IoT-23's labels are
@@ -41,22 +47,26 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import numpy as np
 import structlog
 
-from detector.contracts import V4_MAPPED_LO_PREFIX, Exporter, FlowRecordBatch, addr_to_pair
+from detector.capture.names import MAX_ANSWERS, domain_key
+from detector.contracts import V4_MAPPED_LO_PREFIX, DnsAnswers, Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import CaptureError
 
 log = structlog.get_logger()
 
 # conn.log's columns when a file has no header (Zeek with LogAscii::include_meta=F)
-DEFAULT_FIELDS = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
-                  "conn_state local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts "
-                  "resp_ip_bytes tunnel_parents").split()
+DEFAULT_FIELDS = tuple(("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes "
+                        "conn_state local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts "
+                        "resp_ip_bytes tunnel_parents").split())
+# dns.log's, likewise
+DNS_FIELDS = tuple(("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto trans_id rtt query qclass qclass_name qtype "
+                    "qtype_name rcode rcode_name AA TC RD RA Z answers TTLs rejected").split())
 _REQUIRED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto")
 _PROTO = {b"tcp": 6, b"udp": 17, b"icmp": 1, b"sctp": 132}
 # history letters (upper case: originator) -> TCP flags; Q is SYN with FIN or RST: only SYN is sure
@@ -65,27 +75,26 @@ _ADDR_CACHE_MAX = 1 << 16
 _MAX_DURATION_S = 10 * 365 * 86400.0  # longer is a damaged line (and would overflow int64 ns)
 
 
-class ConnLogParser:
-    """Complete conn.log lines -> FlowRecordBatch; keeps the TSV header between calls."""
+class _LogParser:
+    """Complete lines of one Zeek log -> what a subclass makes of them; keeps the TSV header
+    (separator, set separator, unset marker, fields) between calls."""
 
-    def __init__(self, exporter: Exporter | None = None) -> None:
-        self.exporter = exporter or Exporter(name="zeek", address=None)
-        self.separator = b"\t"
-        self.unset = b"-"
-        self.fields: list[str] = list(DEFAULT_FIELDS)
-        self.json: bool | None = None  # decided by the first data line
+    default_fields: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
         self.lines = 0  # data lines read, malformed ones included
         self.malformed = 0
-        self._addr: dict[bytes, tuple[int, int]] = {}
-        self._history: dict[bytes, tuple[int, int]] = {}
+        self.reset()
 
     def reset(self) -> None:
         """A new file starts (rotation, truncation): its header comes again."""
-        self.separator, self.unset, self.fields, self.json = b"\t", b"-", list(DEFAULT_FIELDS), None
+        self.separator, self.set_separator, self.unset = b"\t", b",", b"-"
+        self.fields: list[str] = list(self.default_fields)
+        self.json: bool | None = None  # decided by the first data line
 
-    def feed(self, chunk: bytes) -> FlowRecordBatch:
+    def feed(self, chunk: bytes) -> Any:
         """Parse complete lines (the caller keeps a trailing partial line for later)."""
-        parts: list[FlowRecordBatch] = []
+        parts = []
         malformed_before = self.malformed
         if chunk.startswith(b"#") or b"\n#" in chunk:
             run: list[bytes] = []
@@ -101,10 +110,7 @@ class ConnLogParser:
                 parts.append(self._data(b"\n".join(run)))
         else:
             parts.append(self._data(chunk))
-        batch = FlowRecordBatch.concat([p for p in parts if len(p)]) if parts else FlowRecordBatch.empty()
-        batch.malformed = self.malformed - malformed_before
-        batch.exporters = {0: self.exporter} if len(batch) else {}
-        return batch
+        return self._joined(parts, self.malformed - malformed_before)
 
     def _header(self, line: bytes) -> None:
         key, _, value = line.partition(b" " if line.startswith(b"#separator") else self.separator)
@@ -113,11 +119,37 @@ class ConnLogParser:
                 self.separator = value.strip().decode("unicode_escape").encode("latin-1") or b"\t"
             except (UnicodeDecodeError, UnicodeEncodeError):
                 self.malformed += 1
+        elif key == b"#set_separator":
+            self.set_separator = value or b","
         elif key == b"#unset_field":
             self.unset = value
         elif key == b"#fields":
             self.fields = [f.decode("utf-8", "replace") for f in value.split(self.separator)]
             self.json = False
+
+    def _data(self, text: bytes) -> Any:
+        raise NotImplementedError
+
+    def _joined(self, parts: list[Any], malformed: int) -> Any:
+        raise NotImplementedError
+
+
+class ConnLogParser(_LogParser):
+    """Complete conn.log lines -> FlowRecordBatch."""
+
+    default_fields = DEFAULT_FIELDS
+
+    def __init__(self, exporter: Exporter | None = None) -> None:
+        super().__init__()
+        self.exporter = exporter or Exporter(name="zeek", address=None)
+        self._addr: dict[bytes, tuple[int, int]] = {}
+        self._history: dict[bytes, tuple[int, int]] = {}
+
+    def _joined(self, parts: list[FlowRecordBatch], malformed: int) -> FlowRecordBatch:
+        batch = FlowRecordBatch.concat([p for p in parts if len(p)]) if parts else FlowRecordBatch.empty()
+        batch.malformed = malformed
+        batch.exporters = {0: self.exporter} if len(batch) else {}
+        return batch
 
     # ------------------------------------------------------------------ TSV
     def _data(self, text: bytes) -> FlowRecordBatch:
@@ -290,6 +322,109 @@ class ConnLogParser:
         return cached
 
 
+class DnsLogParser(_LogParser):
+    """Complete dns.log lines -> DnsAnswers, as capture.packets._dns reads them off the wire:
+    for each successful response (`rcode` 0), each of its `answers` that is an address (an
+    A or AAAA record: the CNAME names and TXT texts among them are not), at most MAX_ANSWERS,
+    with the client (`id.orig_h`), the time (`ts`, the query's) and the registered domain of
+    `query`. mDNS and LLMNR (responder port 5353, 5355) are not a resolver's answers. A line
+    that does not parse is counted in `malformed`, never raised."""
+
+    default_fields = DNS_FIELDS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._addr: dict[str, tuple[int, int] | None] = {}
+
+    def _joined(self, parts: list[DnsAnswers], malformed: int) -> DnsAnswers:
+        return DnsAnswers.concat(parts)
+
+    def _data(self, text: bytes) -> DnsAnswers:
+        lines = [ln for ln in text.strip(b"\n").split(b"\n") if ln.strip()]
+        if not lines:
+            return DnsAnswers.empty()
+        if self.json is None:
+            self.json = lines[0].lstrip().startswith(b"{")
+        self.lines += len(lines)
+        rows = self._json_rows(lines) if self.json else self._tsv_rows(lines)
+        out: list[tuple[int, int, int, int, int, int]] = []
+        for ts, client, port, query, rcode, answers in rows:
+            try:
+                ts_ns = round(float(_json_value("ts", ts)) * 1e6) * 1000  # Zeek writes microseconds
+                c = self._pair(client) if client is not None else None
+                if c is None or not -9e18 < ts_ns < 9e18:
+                    raise ValueError(client)
+            except (ValueError, OverflowError):
+                self.malformed += 1
+                continue
+            if str(rcode) != "0" or str(port) in ("5353", "5355") or not query or not answers:
+                continue
+            domain = domain_key(query)
+            found = 0
+            for answer in answers:
+                pair = self._pair(answer)
+                if pair is not None:
+                    out.append((ts_ns, *c, *pair, domain))
+                    found += 1
+                    if found == MAX_ANSWERS:
+                        break
+        if not out:
+            return DnsAnswers.empty()
+        cols = list(zip(*out, strict=True))
+        return DnsAnswers(np.array(cols[0], np.int64), *(np.array(c, np.uint64) for c in cols[1:]))
+
+    def _tsv_rows(self, lines: list[bytes]) -> Iterator[tuple[Any, ...]]:
+        index = {f: i for i, f in enumerate(self.fields)}
+        if any(f not in index for f in ("ts", "id.orig_h", "query", "answers")):
+            self.malformed += len(lines)
+            return
+        n, unset, sets = len(self.fields), self.unset, self.set_separator
+        i_ts, i_client, i_query, i_answers = index["ts"], index["id.orig_h"], index["query"], index["answers"]
+        i_port, i_rcode = index.get("id.resp_p"), index.get("rcode")
+        for line in lines:
+            t = line.split(self.separator)
+            if len(t) != n:
+                self.malformed += 1
+                continue
+            answers = t[i_answers]
+            query = t[i_query]
+            yield (t[i_ts].decode("latin-1"), t[i_client].decode("latin-1"),
+                   t[i_port].decode("latin-1") if i_port is not None else "",
+                   "" if query in (unset, b"(empty)") else query.decode("utf-8", "replace"),
+                   t[i_rcode].decode("latin-1") if i_rcode is not None else "0",
+                   [] if answers in (unset, b"(empty)") else answers.decode("latin-1").split(sets.decode("latin-1")))
+
+    def _json_rows(self, lines: list[bytes]) -> Iterator[tuple[Any, ...]]:
+        for ln in lines:
+            try:
+                obj = json.loads(ln)
+            except ValueError:
+                obj = None
+            if not isinstance(obj, dict):
+                self.malformed += 1
+                continue
+            nested = obj.get("id") if isinstance(obj.get("id"), dict) else {}
+            answers = obj.get("answers")
+            yield (obj.get("ts"), obj.get("id.orig_h", nested.get("orig_h")), obj.get("id.resp_p", nested.get("resp_p")),
+                   obj.get("query") if isinstance(obj.get("query"), str) else "", obj.get("rcode", 0),
+                   [a for a in answers if isinstance(a, str)] if isinstance(answers, list) else [])
+
+    def _pair(self, text: str) -> tuple[int, int] | None:
+        """An address's (hi, lo), or None for text that is not one (a name, a TXT string)."""
+        if text in self._addr:
+            return self._addr[text]
+        pair = None
+        if 2 <= len(text) <= 45 and not text.strip("0123456789abcdefABCDEF.:"):
+            try:
+                pair = addr_to_pair(text)
+            except ValueError:
+                pair = None
+        if len(self._addr) >= _ADDR_CACHE_MAX:
+            self._addr.clear()
+        self._addr[text] = pair
+        return pair
+
+
 _WANTED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration", "history",
            "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")
 
@@ -422,40 +557,26 @@ def _numbers(col: np.ndarray, unset: bytes, dtype: type) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------------------
 
 
-class ZeekConnLog:
-    """Iterator of FlowRecordBatch from a conn.log; with `follow`, a live one (see above).
+class _ZeekFile:
+    """One Zeek log file read in whole lines through a parser (see the module's docstring):
+    opened, resumed from a position, followed across rotation and truncation."""
 
-    Without `follow` iteration ends at the end of the file. Raises CaptureError when the
-    file cannot be opened. `stop` ends iteration within `poll_s`.
-    """
-
-    def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
-                 read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
-                 resume_at: dict | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path, parser: _LogParser, empty: Callable[[], Any], follow: bool, read_bytes: int,
+                 from_end: bool = False, resume_at: dict | None = None) -> None:
+        self.path = path
+        self.parser = parser
+        self.empty = empty
         self.follow = follow
-        self.poll_s = poll_s
-        self.batch_records = batch_records
         self.read_bytes = read_bytes
-        self.from_end = from_end
-        # live only: a record may end at most this far past our clock. One corrupt line
-        # dated years ahead would otherwise carry the watermark there (and every window
-        # in between would close at once)
-        self.max_clock_skew_s = max_clock_skew_s
-        self.kind = "live" if follow else "replay"  # as the daemon's sources say (service._sources.Source)
-        self.identity = {"type": "zeek", "path": str(self.path.resolve())}
-        self.stop = False
         self.rotations = 0
         self.truncations = 0
-        self.future_records = 0
-        self.parser = ConnLogParser(Exporter(name=str(self.path), address=None))
         self._file: IO[bytes] | None = None
         self._inode: tuple[int, int] | None = None
         self._pos = 0
         self._partial = b""
-        self._open(initial=True, resume_at=resume_at)
+        self._open(initial=True, resume_at=resume_at, from_end=from_end)
 
-    def _open(self, initial: bool = False, resume_at: dict | None = None) -> None:
+    def _open(self, initial: bool = False, resume_at: dict | None = None, from_end: bool = False) -> None:
         try:
             if self.path.suffix == ".gz" and not self.follow:
                 self._file = gzip.open(self.path, "rb")
@@ -473,12 +594,12 @@ class ZeekConnLog:
             return
         if resume_at is not None:
             self._resume(resume_at)
-        elif self.from_end:
+        elif from_end:
             self._skip_to_end()
 
     def position(self) -> dict[str, int] | None:
-        """Where a restart picks up (`resume_at`): the file and the offset after the last whole
-        line handed on. None for a gzip file (read whole, never resumed)."""
+        """Where a restart picks up: the file and the offset after the last whole line
+        handed on. None for a gzip file (read whole, never resumed)."""
         if self._inode is None:
             return None
         return {"device": self._inode[0], "inode": self._inode[1], "offset": self._pos - len(self._partial)}
@@ -515,73 +636,31 @@ class ZeekConnLog:
                 self._file.readline()
         self._pos = self._file.tell()
 
-    def __iter__(self) -> Iterator[FlowRecordBatch]:
+    def read(self) -> tuple[bool, Any]:
+        """The next read: whether any bytes came, and what their whole lines gave."""
         if self._file is None:
             raise CaptureError(f"{self.path}: the Zeek log is closed")
-        try:
-            yield from self._batches()
-        finally:
-            self.close()
-
-    def _batches(self) -> Iterator[FlowRecordBatch]:
-        parts: list[FlowRecordBatch] = []
-        pending = 0
-        deadline = time.monotonic() + self.poll_s
-        while not self.stop:
-            data = self._read()
-            if data:
-                batch = self._lines(data)
-                if len(batch) or batch.malformed:
-                    parts.append(batch)
-                    pending += len(batch)
-            elif not self.follow:
-                break
-            else:
-                tail = self._check_rotation()
-                if len(tail) or tail.malformed:
-                    parts.append(tail)
-                    pending += len(tail)
-            now = time.monotonic()
-            if pending >= self.batch_records or (self.follow and now >= deadline):
-                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty()
-                parts, pending = [], 0
-                deadline = now + self.poll_s
-            elif self.follow and not data:
-                time.sleep(min(self.poll_s / 4, max(0.0, deadline - now)))
-        if self._partial and not self.follow:  # the last line had no newline
-            parts.append(self.parser.feed(self._partial + b"\n"))
-            self._partial = b""
-        if parts:
-            yield FlowRecordBatch.concat(parts)
-
-    def _read(self) -> bytes:
-        assert self._file is not None
         data = self._file.read(self.read_bytes)
         self._pos += len(data)
-        return data
-
-    def _lines(self, data: bytes) -> FlowRecordBatch:
+        if not data:
+            return False, self.empty()
         data = self._partial + data
         cut = data.rfind(b"\n")
         if cut < 0:
             self._partial = data
-            return FlowRecordBatch.empty()
+            return True, self.empty()
         self._partial = data[cut + 1 :]
-        batch = self.parser.feed(data[: cut + 1])
-        if self.follow and len(batch):
-            future = batch.end_ns > time.time_ns() + int(self.max_clock_skew_s * 1e9)
-            if future.any():
-                self.future_records += int(future.sum())
-                log.warning("zeek_records_dropped", path=str(self.path), reason="ending in the future", records=int(future.sum()))
-                kept = batch.take(~future)
-                kept.malformed = batch.malformed
-                batch = kept
-        return batch
+        return True, self.parser.feed(data[: cut + 1])
 
-    def _check_rotation(self) -> FlowRecordBatch:
+    def finish(self) -> Any:
+        """A finished file's last line, when it had no newline."""
+        tail, self._partial = self._partial, b""
+        return self.parser.feed(tail + b"\n") if tail else self.empty()
+
+    def at_end(self) -> Any:
         """At the end of the file: has the path moved on to a new file, or been truncated?
         Returns the old file's last line when it had no newline (it never will now)."""
-        tail = FlowRecordBatch.empty()
+        tail = self.empty()
         if self._inode is None:
             return tail
         try:
@@ -589,8 +668,7 @@ class ZeekConnLog:
         except OSError:
             return tail  # rotated away and not created again yet: keep the old file
         if (st.st_dev, st.st_ino) != self._inode:
-            if self._partial:
-                tail = self.parser.feed(self._partial + b"\n")
+            tail = self.finish()
             self.rotations += 1
             log.info("zeek_log_rotated", path=str(self.path), lines=self.parser.lines)
             self.close()
@@ -605,14 +683,172 @@ class ZeekConnLog:
             self.parser.reset()
         return tail
 
-    def stats(self) -> dict[str, int]:
-        return {"lines": self.parser.lines, "malformed": self.parser.malformed, "rotations": self.rotations,
-                "truncations": self.truncations, "future_records": self.future_records}
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def dns_log_beside(conn_log: Path) -> Path:
+    """Where Zeek writes the DNS log of a conn.log: the same folder and name, `dns` for
+    `conn` (current/conn.log -> current/dns.log; conn.00:00:00-01:00:00.log.gz ->
+    dns.00:00:00-01:00:00.log.gz)."""
+    name = conn_log.name
+    return conn_log.with_name("dns" + name[4:] if name.startswith("conn") else "dns.log")
+
+
+class ZeekConnLog:
+    """Iterator of FlowRecordBatch from a conn.log; with `follow`, a live one (see above).
+
+    Each batch carries, as `answers`, the DNS answers of the dns.log that Zeek writes beside
+    the conn.log (dns_log_beside; `dns_log` names another, None reads none): the window
+    stage's peer history names each peer by them, as it does with the answers a capture
+    reads off the wire. Replayed, the DNS log is read in step with the conn.log's record
+    times; followed, as Zeek appends to it (it may appear later than the conn.log).
+
+    Without `follow` iteration ends at the end of the file. Raises CaptureError when the
+    file cannot be opened. `stop` ends iteration within `poll_s`.
+    """
+
+    def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
+                 read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
+                 resume_at: dict | None = None, dns_log: str | Path | None | Literal["beside"] = "beside") -> None:
+        self.path = Path(path)
+        self.follow = follow
+        self.poll_s = poll_s
+        self.batch_records = batch_records
+        # live only: a record may end at most this far past our clock. One corrupt line
+        # dated years ahead would otherwise carry the watermark there (and every window
+        # in between would close at once)
+        self.max_clock_skew_s = max_clock_skew_s
+        self.kind = "live" if follow else "replay"  # as the daemon's sources say (service._sources.Source)
+        self.identity = {"type": "zeek", "path": str(self.path.resolve())}
+        self.stop = False
+        self.future_records = 0
+        self.parser = ConnLogParser(Exporter(name=str(self.path), address=None))
+        self._conn = _ZeekFile(self.path, self.parser, FlowRecordBatch.empty, follow, read_bytes, from_end, resume_at)
+        self.dns_path = dns_log_beside(self.path) if dns_log == "beside" else Path(dns_log) if dns_log else None
+        self.dns_parser = DnsLogParser()
+        self.dns_answers = 0
+        self._dns: _ZeekFile | None = None
+        self._dns_resume = (resume_at or {}).get("dns")
+        self._dns_from_end = from_end
+        self._dns_seen_ns = -(1 << 62)  # the newest answer read so far (replay reads up to the conn records' time)
+        self._open_dns()
+        if self.dns_path is not None and self._dns is None and not follow:
+            self.dns_path = None  # a finished conn.log with no DNS log beside it: peers by address
+
+    def _open_dns(self) -> None:
+        if self.dns_path is None or self._dns is not None or not self.dns_path.exists():
+            return
+        try:
+            self._dns = _ZeekFile(self.dns_path, self.dns_parser, DnsAnswers.empty, self.follow, self._conn.read_bytes,
+                                  self._dns_from_end, self._dns_resume)
+        except CaptureError as exc:  # the conn.log is read all the same: peers by address
+            log.warning("zeek_dns_log_unreadable", path=str(self.dns_path), reason=str(exc))
+            self.dns_path = None
+            return
+        log.info("zeek_dns_log", path=str(self.dns_path), use="peers named by their DNS answers")
+
+    def position(self) -> dict[str, Any] | None:
+        """Where a restart picks up (`resume_at`): the conn.log's position (its file and the
+        offset after the last whole line handed on), with the DNS log's as `dns`. None for a
+        gzip file (read whole, never resumed)."""
+        at: dict[str, Any] | None = self._conn.position()
+        dns = self._dns.position() if self._dns is not None else None
+        if at is not None and dns is not None:
+            at["dns"] = dns
+        return at
+
+    def __iter__(self) -> Iterator[FlowRecordBatch]:
+        if self._conn._file is None:
+            raise CaptureError(f"{self.path}: the Zeek log is closed")
+        try:
+            yield from self._batches()
+        finally:
+            self.close()
+
+    def _batches(self) -> Iterator[FlowRecordBatch]:
+        parts: list[FlowRecordBatch] = []
+        pending = 0
+        deadline = time.monotonic() + self.poll_s
+        while not self.stop:
+            came, batch = self._conn.read()
+            if came:
+                batch = self._in_time(batch)
+            elif not self.follow:
+                break
+            else:
+                batch = self._conn.at_end()
+            if len(batch) or batch.malformed:
+                parts.append(batch)
+                pending += len(batch)
+            now = time.monotonic()
+            if pending >= self.batch_records or (self.follow and now >= deadline):
+                yield self._named(FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty())
+                parts, pending = [], 0
+                deadline = now + self.poll_s
+            elif self.follow and not came:
+                time.sleep(min(self.poll_s / 4, max(0.0, deadline - now)))
+        if not self.follow:
+            parts.append(self._conn.finish())
+        parts = [p for p in parts if len(p) or p.malformed]
+        if parts:
+            yield self._named(FlowRecordBatch.concat(parts))
+
+    def _in_time(self, batch: FlowRecordBatch) -> FlowRecordBatch:
+        """Live only: the records not ending in the future (see max_clock_skew_s)."""
+        if self.follow and len(batch):
+            future = batch.end_ns > time.time_ns() + int(self.max_clock_skew_s * 1e9)
+            if future.any():
+                self.future_records += int(future.sum())
+                log.warning("zeek_records_dropped", path=str(self.path), reason="ending in the future", records=int(future.sum()))
+                kept = batch.take(~future)
+                kept.malformed = batch.malformed
+                batch = kept
+        return batch
+
+    def _named(self, batch: FlowRecordBatch) -> FlowRecordBatch:
+        """The batch with the DNS answers read up to it: followed, all that Zeek has written;
+        replayed, up to the batch's newest record time (a read more: an answer is kept with
+        its own time, and a window sees only the answers before its end)."""
+        self._open_dns()
+        if self._dns is None:
+            return batch
+        parts: list[DnsAnswers] = []
+        newest = int(batch.end_ns.max()) if len(batch) else None
+        while self.follow or (newest is not None and self._dns_seen_ns <= newest):
+            came, answers = self._dns.read()
+            if not came:
+                answers = self._dns.at_end() if self.follow else self._dns.finish()
+            if len(answers):
+                parts.append(answers)
+                self._dns_seen_ns = max(self._dns_seen_ns, int(answers.ts_ns.max()))
+            if not came:
+                break
+        answers = DnsAnswers.concat(parts)
+        self.dns_answers += len(answers)
+        if len(answers):
+            batch.answers = DnsAnswers.concat([batch.answers, answers])
+        return batch
+
+    @property
+    def rotations(self) -> int:
+        return self._conn.rotations
+
+    @property
+    def truncations(self) -> int:
+        return self._conn.truncations
+
+    def stats(self) -> dict[str, int]:
+        return {"lines": self.parser.lines, "malformed": self.parser.malformed, "rotations": self.rotations,
+                "truncations": self.truncations, "future_records": self.future_records,
+                "dns_answers": self.dns_answers, "dns_malformed": self.dns_parser.malformed}
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._dns is not None:
+            self._dns.close()
 
     def __enter__(self) -> ZeekConnLog:
         return self

@@ -11,14 +11,15 @@ set lives here, bounded, and the model reads three numbers derived from it per w
 - `new_peers`: addresses the entity exchanged packets with in this window and not in the
   `history_s` before it, spread evenly over the window's bins like any count of the schema
   (a window-level count written into every bin would weigh as many times as there are bins).
-  On packets, not an address that the DNS answered (the entity, or for the network any host:
-  `resolve`, from capture.packets._dns) for a name whose registered domain the entity talked
+  Not an address that the DNS answered (the entity, or for the network any host: `resolve`,
+  from capture.packets._dns on packets, from Zeek's dns.log on its records) for a name whose registered domain the entity talked
   to in an earlier window within `history_s`: a cloud service answers its name from a new
   address every few hours, and that address is no new peer (schema v7; before, the honeypot
   bridge's first look-up of a new name under a domain it uses hourly opened an incident on
   both classes in every seed, docs/EVALUATION.md section xx). An address no answer named (an
   IP literal, a peer that called in, a C2 address hard-coded), or one of a domain new to the
-  entity, counts as before. Flow records carry no DNS: there it is by address alone;
+  entity, counts as before. NetFlow/IPFIX records carry no DNS: there it is by address
+  alone (packet schema v7, flow schema v7);
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not), each in its
@@ -343,7 +344,7 @@ class PeerHistory:
         return [getattr(self, f"_{name}") for name in _TABLES]
 
     def resolve(self, answers: DnsAnswers) -> None:
-        """DNS answers the capture read (capture.packets._dns): each answered address, for its
+        """DNS answers the capture read (capture.packets._dns, or a Zeek dns.log): each answered address, for its
         client and for the network, stands for the registered domain of the name asked, from
         the answer's time on. `observe` counts a peer standing for a domain the entity already
         talks to as no new peer (see the module's text)."""

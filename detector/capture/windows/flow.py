@@ -191,6 +191,8 @@ class FlowWindowAggregator(EntityWindows):
         def part(a: int, b: int) -> Iterator[WindowBatch]:
             return self._push_part(batch if (a, b) == (0, n) else batch.take(slice(a, b)))
 
+        if len(batch.answers):  # time-stamped: a window closed later sees only those before its end
+            self.history.resolve(batch.answers)
         if n:
             yield from self._ingest(np.maximum(batch.end_ns, batch.start_ns), part)
 

@@ -8,7 +8,8 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,20 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+@contextmanager
+def following(log: ZeekConnLog) -> Iterator[list[FlowRecordBatch]]:
+    """The batches a followed log hands on, gathered by a thread until the block ends."""
+    got: list[FlowRecordBatch] = []
+    thread = threading.Thread(target=lambda: got.extend(log))
+    thread.start()
+    try:
+        yield got
+    finally:
+        log.stop = True
+        thread.join(5)
+    assert not thread.is_alive()
+
+
 def test_follow_reads_appends_rotation_and_truncation(tmp_path: Path):
     """A live log: appended lines (even one written in two pieces), a rotation (the path
     names a new file: the old one is read to its end first), a truncation (the file got
@@ -190,10 +205,7 @@ def test_follow_reads_appends_rotation_and_truncation(tmp_path: Path):
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(ts=1))
     log = ZeekConnLog(path, follow=True, poll_s=0.05)
-    got: list[FlowRecordBatch] = []
-    thread = threading.Thread(target=lambda: got.extend(log))
-    thread.start()
-    try:
+    with following(log) as got:
         def starts() -> list[int]:
             return [int(s // 10**9) for b in got for s in b.start_ns[::2].tolist()]
 
@@ -216,27 +228,16 @@ def test_follow_reads_appends_rotation_and_truncation(tmp_path: Path):
             f.write(HEADER + line(ts=6) + line(ts=time.time() + 86400 * 365))  # a corrupt time, a year ahead
         wait_for(lambda: [1, 2, 3, 4, 5, 6] == starts() and log.future_records == 2)
         wait_for(lambda: len(got[-1]) == 0)  # idle: empty batches keep the daemon's clock
-    finally:
-        log.stop = True
-        thread.join(5)
-    assert not thread.is_alive()
 
 
 def test_from_end_skips_what_was_already_there(tmp_path: Path):
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(ts=1) + line(ts=2)[:15])  # Zeek is in the middle of a line
-    log = ZeekConnLog(path, follow=True, poll_s=0.05, from_end=True)
-    got: list[FlowRecordBatch] = []
-    thread = threading.Thread(target=lambda: got.extend(log))
-    thread.start()
-    try:
+    with following(ZeekConnLog(path, follow=True, poll_s=0.05, from_end=True)) as got:
         with open(path, "ab") as f:
             f.write(line(ts=2)[15:] + line(ts=7))
         wait_for(lambda: sum(len(b) for b in got) >= 2)
         time.sleep(0.1)
-    finally:
-        log.stop = True
-        thread.join(5)
     assert [7, 7] == [int(s // 10**9) for b in got for s in b.start_ns.tolist()]
 
 
@@ -247,14 +248,8 @@ def test_a_restart_resumes_at_the_position_of_the_last_reader(tmp_path: Path):
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(ts=1) + line(ts=2) + line(ts=3)[:12])
     first = ZeekConnLog(path, follow=True, poll_s=0.05)
-    got: list[FlowRecordBatch] = []
-    thread = threading.Thread(target=lambda: got.extend(first))
-    thread.start()
-    try:
+    with following(first) as got:
         wait_for(lambda: sum(len(b) for b in got) == 4)
-    finally:
-        first.stop = True
-        thread.join(5)
     at = first.position()
     assert len(HEADER + line(ts=1) + line(ts=2)) == at["offset"]
     with open(path, "ab") as f:  # what Zeek writes while nobody reads
