@@ -19,7 +19,7 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   both classes in every seed, docs/EVALUATION.md section xx). An address no answer named (an
   IP literal, a peer that called in, a C2 address hard-coded), or one of a domain new to the
   entity, counts as before. NetFlow/IPFIX records carry no DNS: there it is by address
-  alone (packet schema v7, flow schema v7);
+  alone (packet schema v7, flow schema v7 with the dns.log);
 - `new_ports`: TCP/UDP service ports likewise, a flow's service port being the lower of its
   two (the remote port of a connection it opened, the local port of one it accepted: a new
   destination port and a new service both count, a new ephemeral port does not), each in its
@@ -55,7 +55,11 @@ set lives here, bounded, and the model reads three numbers derived from it per w
   limits keep it to what a beacon is (a host calling one new outside peer back, again and
   again): a peer inside home_net is never young (its returns are not counted: a file server's
   new clients, a workstation's first use of a local server or resolver: 4 false `beaconing`
-  incidents on the synthetic demo), and a single return is not counted (a site visited
+  incidents on the synthetic demo), nor is a multicast group or the broadcast address (a
+  device's SSDP or mDNS announcements are no calls to one party: Zeek logs the honeypot
+  bridge's SSDP to 239.255.255.250 as a new connection after each minute of quiet, and its
+  returns held the flow path's `young_peer_returns` at 5 to 7 for hours, schema v8; see
+  docs/EVALUATION.md section xxi), and a single return is not counted (a site visited
   twice; on the benign honeypot the only returns in 22 h were single ones, and one alone
   crossed the link's threshold). But a series counts its first return once it is one
   (schema v5; v3 and v4 left it out there too): a 600 s beacon stands at 2 from its third
@@ -407,6 +411,7 @@ class PeerHistory:
             both_ends = np.concatenate([_peer_key(entity_keys[f_row[fresh]], s_hi[fresh], s_lo[fresh]),
                                         _peer_key(entity_keys[f_row[fresh]], d_hi[fresh], d_lo[fresh])])
             returned = in_sorted(key, np.sort(both_ends))
+            returned &= ~group_address(a_hi, a_lo)  # nor is a multicast group: many hosts' announcements
             if self.is_home is not None:  # a peer inside home_net is never young: its returns are not counted
                 returned &= ~self.is_home(a_hi, a_lo)
             network_met = None if self.network_key is None else (lambda new: self._network_met(a_hi[new], a_lo[new], end_ns))
@@ -567,6 +572,15 @@ def _leads(*candidates: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     _, first = np.unique(row[order], return_index=True)
     pick = order[first]
     return row[pick], level[pick].astype(np.float32), hi[pick].astype(np.uint64), lo[pick].astype(np.uint64)
+
+
+def group_address(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Whether each (hi, lo) address is a group's, not a host's: IPv4 multicast (224.0.0.0/4)
+    or the limited broadcast, IPv6 multicast (ff00::/8)."""
+    hi, lo = hi.astype(np.uint64), lo.astype(np.uint64)
+    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
+    v4_group = v4 & (((lo & np.uint64(0xF0000000)) == np.uint64(0xE0000000)) | ((lo & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFFFFFF)))
+    return v4_group | (~v4 & ((hi >> np.uint64(56)) == np.uint64(0xFF)))
 
 
 def entity_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

@@ -8,9 +8,9 @@ import pytest
 from detector.capture.flows import FlowTable
 from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import WindowAggregator
-from detector.capture.windows._history import PeerHistory, entity_key
+from detector.capture.windows._history import PeerHistory, entity_key, group_address
 from detector.capture.windows.flow import FlowWindowAggregator
-from detector.contracts import PROTO_TCP, PROTO_UDP, DnsAnswers
+from detector.contracts import PROTO_TCP, PROTO_UDP, DnsAnswers, addr_to_pair
 from tests.conftest import make_batch
 
 S = 1_000_000_000
@@ -167,6 +167,24 @@ def test_a_peer_inside_home_net_is_never_young():
     for k, t in enumerate(range(660, 660 + 10 * 60, 60)):
         out = _window(h, t, {0: [(99, 445, k)], 1: [(98, 443, k)]})
     assert out[0, YOUNG] == 0 and out[1, YOUNG] == 9
+
+
+def test_a_multicast_group_or_the_broadcast_address_is_never_young():
+    """A device's SSDP or mDNS announcements go to a group, not to a party that answers: a
+    flow to it that comes back after each silence (as Zeek logs SSDP, a new connection after
+    a minute of quiet) is no beacon. The same contacts to a host's address outside climb."""
+    ssdp, broadcast = (int(np.uint64(addr_to_pair(a)[1])) for a in ("239.255.255.250", "255.255.255.255"))
+    h = PeerHistory(history_s=7200, warmup_s=600)
+    for t in range(60, 660, 60):
+        _window(h, t, {0: [(10, 443)], 1: [(10, 443)], 2: [(10, 443)]})
+    outside = int(np.uint64(addr_to_pair("198.51.100.7")[1]))
+    for k, t in enumerate(range(660, 660 + 10 * 60, 60)):
+        out = _window(h, t, {0: [(ssdp, 1900, k)], 1: [(broadcast, 67, k)], 2: [(outside, 1900, k)]})
+    assert (out[0, YOUNG], out[1, YOUNG], out[2, YOUNG]) == (0, 0, 9)
+    pairs = [addr_to_pair(a) for a in ("224.0.0.251", "239.255.255.250", "255.255.255.255", "ff02::fb", "ff05::1:3",
+                                       "223.255.255.255", "240.0.0.1", "192.168.1.255", "fe80::1", "2001:db8::ff")]
+    hi, lo = (np.array(c, np.uint64) for c in zip(*pairs, strict=True))
+    assert group_address(hi, lo).tolist() == [True] * 5 + [False] * 5
 
 
 def test_forgotten_after_history_s_and_bounded():
