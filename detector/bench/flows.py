@@ -12,7 +12,8 @@ measures in the same run, as medians of a few repetitions, flow records per seco
       records received per second of receiving, with the datagrams the kernel dropped
       (the sender is faster than any receiver: this finds the ceiling);
   (c) the conn.log reader: `ZeekConnLog` over the TSV and the JSON file (two records per
-      answered connection);
+      answered connection), and over the TSV with a dns.log beside it (a look-up for every
+      4th connection, two addresses each: the answers are read in step with the records);
   (d) FlowWindowAggregator on the parsed records (10 s bins, 6 per window).
 
 The measuring process is pinned to one CPU (the sender of (b) to another when there is one).
@@ -98,6 +99,27 @@ def write_conn_log(path: Path, connections: int, as_json: bool, seed: int = 7) -
                 f.write("\t".join(row) + "\n")
 
 
+def write_dns_log(path: Path, connections: int, seed: int = 7) -> int:
+    """A synthetic dns.log beside that conn.log: a look-up for every 4th connection, over the
+    same 10 minutes, each answered by a CNAME and two addresses as CDNs answer; returns how
+    many addresses it holds."""
+    rng = np.random.default_rng(seed + 1)
+    n = connections // 4
+    ts = _START_MS / 1000 + np.sort(rng.random(n) * 600)
+    fields = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto trans_id rtt query qclass qclass_name qtype "
+              "qtype_name rcode rcode_name AA TC RD RA Z answers TTLs rejected").split()
+    with open(path, "w", encoding="ascii") as f:
+        f.write("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tdns\n")
+        f.write("#fields\t" + "\t".join(fields) + "\n")
+        for i in range(n):
+            name = f"api{i % 5000}.service{i % 700}.example.com"
+            answers = f"edge{i % 300}.cdn.example.net,198.51.{(i * 7) & 255}.{(i * 13) & 255},203.0.113.{i & 255}"
+            f.write("\t".join((f"{ts[i]:.6f}", f"D{i:017d}", f"10.0.{(i >> 8) & 15}.{i & 255}", str(1024 + i % 60000),
+                               "10.0.0.53", "53", "udp", str(i & 0xFFFF), "0.004", name, "1", "C_INTERNET", "1", "A", "0",
+                               "NOERROR", "F", "F", "T", "T", "0", answers, "60.0,60.0,60.0", "F")) + "\n")
+    return 2 * n
+
+
 def _median_rate(run: Callable[[], tuple[int, float]], repeats: int) -> dict[str, float]:
     rates, counts = [], []
     for _ in range(repeats):
@@ -160,12 +182,18 @@ def _udp_collect(datagrams: list[bytes], offered_records: int, workdir: Path, cp
             "lost_records_pct": 100.0 * (1 - got / expected)}
 
 
-def _read_log(path: Path) -> tuple[int, float]:
+def _read_log(path: Path, answers: list[int] | None = None) -> tuple[int, float]:
+    """Records read from a conn.log, and the time; the DNS answers read with them into `answers`."""
     from detector.capture.flowrecords.zeeklog import ZeekConnLog
 
     started = time.perf_counter()
-    n = sum(len(b) for b in ZeekConnLog(path))
-    return n, time.perf_counter() - started
+    n = got = 0
+    for b in ZeekConnLog(path):
+        n, got = n + len(b), got + len(b.answers)
+    seconds = time.perf_counter() - started
+    if answers is not None:
+        answers.append(got)
+    return n, seconds
 
 
 def _aggregate(batch) -> tuple[int, float]:
@@ -194,6 +222,10 @@ def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = T
     tsv, js = workdir / "conn.log", workdir / "conn.json.log"
     write_conn_log(tsv, connections, as_json=False)
     write_conn_log(js, connections, as_json=True)
+    named = workdir / "named" / "conn.log"  # the same conn.log, with Zeek's dns.log beside it
+    named.parent.mkdir()
+    os.link(tsv, named)
+    answers = write_dns_log(named.with_name("dns.log"), connections)
     _parse_all(v9[:2048])  # warm-up: imports, numpy paths
     allowed = sorted(os.sched_getaffinity(0))
     result: dict[str, Any] = {"records": records, "repeats": repeats, "target_records_per_s": TARGET_RECORDS_PER_S,
@@ -206,6 +238,10 @@ def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = T
         result["parse_ipfix"] = _median_rate(lambda: _parse_all(ipfix), repeats)
         say("conn.log reader, TSV ...")
         result["zeek_tsv"] = _median_rate(lambda: _read_log(tsv), repeats)
+        say("conn.log reader, TSV, with its dns.log ...")
+        read: list[int] = []
+        result["zeek_tsv_dns"] = {**_median_rate(lambda: _read_log(named, read), repeats), "answers": answers,
+                                  "answers_read": min(read)}
         say("conn.log reader, JSON ...")
         result["zeek_json"] = _median_rate(lambda: _read_log(js), repeats)
         parsed = NetflowParser().parse(ipfix, ["192.0.2.1"] * len(ipfix))
@@ -235,6 +271,7 @@ def format_flows_bench(r: dict[str, Any]) -> str:
         line("parser, NetFlow v9 (direct, 1024 datagrams/call)", "parse_v9"),
         line("parser, IPFIX (direct, 1024 datagrams/call)", "parse_ipfix"),
         line("conn.log reader, TSV", "zeek_tsv"),
+        line(f"conn.log reader, TSV, with a dns.log ({r['zeek_tsv_dns']['answers']:,} answers)", "zeek_tsv_dns"),
         line("conn.log reader, JSON", "zeek_json"),
         line("FlowWindowAggregator (IPFIX records)", "aggregate_ipfix_records"),
         line("FlowWindowAggregator (conn.log records)", "aggregate_zeek_records"),
