@@ -405,7 +405,8 @@ class DnsLogParser(_LogParser):
                 continue
             nested = obj.get("id") if isinstance(obj.get("id"), dict) else {}
             answers = obj.get("answers")
-            yield (obj.get("ts"), obj.get("id.orig_h", nested.get("orig_h")), obj.get("id.resp_p", nested.get("resp_p")),
+            client = obj.get("id.orig_h", nested.get("orig_h"))
+            yield (obj.get("ts"), client if isinstance(client, str) else None, obj.get("id.resp_p", nested.get("resp_p")),
                    obj.get("query") if isinstance(obj.get("query"), str) else "", obj.get("rcode", 0),
                    [a for a in answers if isinstance(a, str)] if isinstance(answers, list) else [])
 

@@ -5,11 +5,14 @@ the honeypot's real conn.log and the DNS answers of the same capture."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.capture.flowrecords.zeeklog import DNS_FIELDS, DnsLogParser, ZeekConnLog, dns_log_beside
 from detector.capture.names import MAX_ANSWERS, domain_key
@@ -102,6 +105,36 @@ def test_bad_lines_are_counted_and_the_good_ones_kept():
     got = json_parser.feed(dns_json(20.0, "10.0.0.5", "a.example.com", ["192.0.2.1"]) + b"{not json\n[1, 2]\n"
                            + dns_json(23.0, "10.0.0.5", "a.example.com", ["192.0.2.5", "999.1.2.3"]))
     assert ["192.0.2.1", "192.0.2.5"] == [r[2] for r in rows(got)] and 2 == json_parser.malformed
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.lists(st.sampled_from(["-", "", "(empty)", "0", "3", "1e400", "nan", "53", "5353", "10.0.0.1", "::1", "a.example.com",
+                              "x,10.0.0.2,::ffff:1.2.3.4", "TXT 5 hello", "999.1.1.1", ",,,", "é", "{}"]),
+             min_size=0, max_size=26).map("\t".join),
+    st.dictionaries(st.sampled_from(["ts", "id.orig_h", "id", "id.resp_p", "query", "rcode", "answers"]),
+                    st.one_of(st.none(), st.integers(-5, 10**20), st.floats(), st.text(max_size=8),
+                              st.lists(st.text(max_size=8), max_size=3), st.dictionaries(st.text(max_size=3), st.integers()))
+                    ).map(json.dumps)), max_size=8),
+       st.booleans())
+def test_any_dns_line_is_read_or_counted(lines: list[str], with_header: bool):
+    """Fuzz: odd values in every field, TSV or JSON, after a header or none: answers (each an
+    address, at most MAX_ANSWERS a line) or malformed counts, never an exception."""
+    parser = DnsLogParser()
+    got = parser.feed((DNS_HEADER if with_header else b"") + "\n".join(lines).encode("utf-8") + b"\n")
+    assert len(got) <= MAX_ANSWERS * len(lines)
+    assert parser.malformed <= parser.lines
+
+
+def test_a_rotated_hour_s_gzip_pair_is_read_together(tmp_path: Path):
+    """Zeek's archive: conn.<hours>.log.gz beside dns.<hours>.log.gz, read whole."""
+    conn, times = _conn_and_dns(tmp_path, n=20)
+    hours = "00:00:00-01:00:00"
+    (tmp_path / f"conn.{hours}.log.gz").write_bytes(gzip.compress(conn.read_bytes()))
+    (tmp_path / f"dns.{hours}.log.gz").write_bytes(gzip.compress((tmp_path / "dns.log").read_bytes()))
+    log = ZeekConnLog(tmp_path / f"conn.{hours}.log.gz")
+    assert times == [t / 1e9 for b in log for t in b.answers.ts_ns.tolist()]
+    assert log.position() is None  # a gzip file is read whole, never resumed
 
 
 def test_the_dns_log_is_the_one_zeek_writes_beside_the_conn_log():
