@@ -733,9 +733,12 @@ class ZeekConnLog:
         self.dns_answers = 0
         self._dns: _ZeekFile | None = None
         self._dns_resume = (resume_at or {}).get("dns")
-        self._dns_from_end = from_end
+        # from_end skips what a dns.log held at the first start; after a restart (a position)
+        # one that has none yet, and one that appears later, are news from their top
+        self._dns_from_end = from_end and resume_at is None
         self._dns_seen_ns = -(1 << 62)  # the newest answer read so far (replay reads up to the conn records' time)
         self._open_dns()
+        self._dns_from_end, self._dns_resume = False, None
         if self.dns_path is not None and self._dns is None and not follow:
             self.dns_path = None  # a finished conn.log with no DNS log beside it: peers by address
 

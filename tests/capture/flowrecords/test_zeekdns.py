@@ -175,11 +175,13 @@ def test_a_replayed_conn_log_carries_the_dns_log_s_answers_in_step_with_its_reco
 
 def test_a_followed_dns_log_that_appears_late_is_read_and_a_restart_reads_on_from_its_position(tmp_path: Path):
     conn = tmp_path / "conn.log"
-    conn.write_bytes(HEADER + line(ts=1))
+    conn.write_bytes(HEADER + line(ts=1)[:10])
     dns = tmp_path / "dns.log"
-    log = ZeekConnLog(conn, follow=True, poll_s=0.05)
+    log = ZeekConnLog(conn, follow=True, poll_s=0.05, from_end=True)  # from_end: a dns.log that comes later is all news
     with following(log) as got:
-        wait_for(lambda: sum(len(b) for b in got) == 2)
+        with open(conn, "ab") as f:
+            f.write(line(ts=1)[10:] + line(ts=1.5))
+        wait_for(lambda: sum(len(b) for b in got) == 2)  # the half line it started at is skipped
         dns.write_bytes(DNS_HEADER + dns_line(2, "10.0.0.5", "a.example.com", ["192.0.2.1"]))  # Zeek's first look-up
         wait_for(lambda: sum(len(b.answers) for b in got) == 1)
         with open(dns, "ab") as f:
