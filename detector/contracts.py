@@ -85,23 +85,31 @@ class DnsAnswers:
     addr_hi: np.ndarray  # uint64 halves of the answered address
     addr_lo: np.ndarray
     domain: np.ndarray  # uint64
+    # each domain key's registered domain as text, for the evidence an analyst reads
+    names: Mapping[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
 
     @classmethod
     def empty(cls) -> DnsAnswers:
-        return cls(np.zeros(0, np.int64), *(np.zeros(0, np.uint64) for _ in range(5)))
+        u = np.zeros(0, np.uint64)
+        return cls(np.zeros(0, np.int64), u, u, u, u, u)
 
     @classmethod
     def concat(cls, parts: list[DnsAnswers]) -> DnsAnswers:
         parts = [p for p in parts if len(p)]
         if len(parts) <= 1:
             return parts[0] if parts else cls.empty()
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in _ANSWER_FIELDS))
+        names: dict[int, str] = {}
+        for p in parts:
+            names.update(p.names)
+        columns = {name: np.concatenate([getattr(p, name) for p in parts]) for name in _ANSWER_FIELDS}
+        return cls(**columns, names=names)
 
-    def as_tuple(self) -> tuple[np.ndarray, ...]:
-        return tuple(getattr(self, name) for name in _ANSWER_FIELDS)
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The columns, then the names: what DnsAnswers(*t) takes back (a pipe carries it)."""
+        return (*(getattr(self, name) for name in _ANSWER_FIELDS), dict(self.names))
 
 
 _ANSWER_FIELDS = ("ts_ns", "client_hi", "client_lo", "addr_hi", "addr_lo", "domain")
@@ -208,7 +216,7 @@ class FeatureSchema:
 class WindowEvidence:
     """What an analyst pivots on: the entity's busiest peers, ports and flows in the window."""
 
-    top_peers: list[dict[str, Any]] = field(default_factory=list)  # {"ip", "packets", "bytes"}
+    top_peers: list[dict[str, Any]] = field(default_factory=list)  # {"ip", "packets", "bytes"[, "returns"][, "domain"]}
     top_ports: list[dict[str, Any]] = field(default_factory=list)  # {"port", "proto", "packets"}
     top_flows: list[dict[str, Any]] = field(default_factory=list)  # {"community_id", "src", ...}
 

@@ -109,6 +109,16 @@ def _peer_ips(event: IncidentEvent) -> list[str]:
     return [ip for ip in (as_ip(p) for p in peers) if ip is not None]
 
 
+def _peer_domains(event: IncidentEvent) -> dict[str, str]:
+    """Each listed peer's registered domain (the DNS answered its address for it), by address."""
+    out: dict[str, str] = {}
+    for p in event.evidence.top_peers[:MAX_LIST_ITEMS]:
+        ip = as_ip(p.get("ip")) if isinstance(p, dict) else None
+        if ip is not None and isinstance(p.get("domain"), str) and p["domain"]:
+            out[ip] = one_line(p["domain"], 253)
+    return out
+
+
 def _community_ids(event: IncidentEvent) -> list[str]:
     flows = [f for f in event.evidence.top_flows[:MAX_LIST_ITEMS] if isinstance(f, dict)]
     return [one_line(f["community_id"]) for f in flows if f.get("community_id")]
@@ -257,12 +267,16 @@ def to_ecs(event: IncidentEvent) -> dict[str, Any]:
     doc["observer"], labels = _ecs_observer(event.observer)
     if labels:
         doc["labels"] = labels
+    domains = _peer_domains(event)
     if source_ip:
-        doc["source"] = {"ip": source_ip}
+        doc["source"] = {"ip": source_ip, **({"registered_domain": domains[source_ip]} if source_ip in domains else {})}
     if destination_ip:
-        doc["destination"] = {"ip": destination_ip}
+        doc["destination"] = {"ip": destination_ip,
+                              **({"registered_domain": domains[destination_ip]} if destination_ip in domains else {})}
     if related:
         doc["related"] = {"ip": related}
+    if domains:
+        doc.setdefault("related", {})["hosts"] = list(dict.fromkeys(domains.values()))
     threat = _ecs_threat(event)
     if threat:
         doc["threat"] = threat

@@ -32,9 +32,15 @@ def registered_domain(name: str) -> str | None:
 
 
 @lru_cache(maxsize=65536)
-def domain_key(name: str) -> int:
-    """A name's registered domain as the 64-bit key DnsAnswers.domain holds (odd: 0 is none)."""
+def registered(name: str) -> tuple[int, str | None]:
+    """A name's registered domain as the 64-bit key DnsAnswers.domain holds (odd: 0 is none),
+    and as text (DnsAnswers.names)."""
     domain = registered_domain(name)
     if not domain:
-        return 0
-    return int.from_bytes(hashlib.blake2b(domain.encode("ascii", "replace"), digest_size=8).digest(), "little") | 1
+        return 0, None
+    return int.from_bytes(hashlib.blake2b(domain.encode("ascii", "replace"), digest_size=8).digest(), "little") | 1, domain
+
+
+def named_answers(keys: list[int], names: list[str | None]) -> dict[int, str]:
+    """The names a batch's answers carry: each key's registered domain, once."""
+    return {k: n for k, n in zip(keys, names, strict=True) if k and n}

@@ -54,7 +54,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import structlog
 
-from detector.capture.names import MAX_ANSWERS, domain_key
+from detector.capture.names import MAX_ANSWERS, registered
 from detector.contracts import V4_MAPPED_LO_PREFIX, DnsAnswers, Exporter, FlowRecordBatch, addr_to_pair
 from detector.errors import CaptureError
 
@@ -348,6 +348,7 @@ class DnsLogParser(_LogParser):
         self.lines += len(lines)
         rows = self._json_rows(lines) if self.json else self._tsv_rows(lines)
         out: list[tuple[int, int, int, int, int, int]] = []
+        names: dict[int, str] = {}
         for ts, client, port, query, rcode, answers in rows:
             try:
                 ts_ns = round(float(_json_value("ts", ts)) * 1e6) * 1000  # Zeek writes microseconds
@@ -359,7 +360,9 @@ class DnsLogParser(_LogParser):
                 continue
             if str(rcode) != "0" or str(port) in ("5353", "5355") or not query or not answers:
                 continue
-            domain = domain_key(query)
+            domain, name = registered(query)
+            if domain and name:
+                names[domain] = name
             found = 0
             for answer in answers:
                 pair = self._pair(answer)
@@ -371,7 +374,7 @@ class DnsLogParser(_LogParser):
         if not out:
             return DnsAnswers.empty()
         cols = list(zip(*out, strict=True))
-        return DnsAnswers(np.array(cols[0], np.int64), *(np.array(c, np.uint64) for c in cols[1:]))
+        return DnsAnswers(np.array(cols[0], np.int64), *(np.array(c, np.uint64) for c in cols[1:]), names=names)
 
     def _tsv_rows(self, lines: list[bytes]) -> Iterator[tuple[Any, ...]]:
         index = {f: i for i, f in enumerate(self.fields)}

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from detector.capture.names import MAX_ANSWERS, domain_key
+from detector.capture.names import MAX_ANSWERS, named_answers, registered
 from detector.capture.packets._parse import (
     _BY_VERSION,
     _V4,
@@ -177,9 +177,10 @@ def dns_answers(data: np.ndarray, offsets: np.ndarray, caplens: np.ndarray, ts_n
         rows, frame = _answers_kernel(*frames, frame, *out)
         rows = int(rows)
         if rows:
-            names = [bytes(data[a:a + k]) for a, k in zip(out[5][:rows].tolist(), out[6][:rows].tolist(), strict=True)]
-            domain = np.array([_domain_key(name) for name in names], np.uint64)
-            parts.append(DnsAnswers(*(o[:rows].copy() for o in out[:5]), domain))
+            wires = [bytes(data[a:a + k]) for a, k in zip(out[5][:rows].tolist(), out[6][:rows].tolist(), strict=True)]
+            keys, names = zip(*(registered(_wire_name(w)) for w in wires), strict=True)
+            parts.append(DnsAnswers(*(o[:rows].copy() for o in out[:5]), np.array(keys, np.uint64),
+                                    names=named_answers(list(keys), list(names))))
         cap *= 4
     return DnsAnswers.concat(parts)
 
@@ -196,5 +197,3 @@ def _wire_name(wire: bytes) -> str:
         return ""
 
 
-def _domain_key(wire: bytes) -> int:
-    return domain_key(_wire_name(wire))

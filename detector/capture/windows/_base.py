@@ -324,7 +324,9 @@ class EntityWindows:
         names = closing.names
         classes = ["global"] + ["host"] * (len(names) - 1)
         self.windows_closed += 1
-        evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads)
+        key_of = dict(zip(alive_arr.tolist(), closing.keys.tolist(), strict=True))
+        evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads,
+                                 lambda slot, hi, lo: self.history.domains_of(key_of[slot], hi, lo))
                     if columns is not None else {})
         return WindowBatch(closing.start_ns, closing.end_ns, names, classes, feats, self.SCHEMA, evidence)
 
@@ -432,9 +434,11 @@ class LazyEvidence(Mapping):
     """entity -> WindowEvidence, ranked from a window's aggregates only when asked."""
 
     def __init__(self, columns: dict[str, tuple[np.ndarray, ...]], slots: dict[str, int], top_k: int,
-                 leads: dict[int, tuple[str, int]] | None = None) -> None:
+                 leads: dict[int, tuple[str, int]] | None = None,
+                 domains: Callable[[int, np.ndarray, np.ndarray], list[str | None]] | None = None) -> None:
         self._columns = columns
         self._leads = leads or {}  # slot -> the young peer behind its young_peer_returns, and that level
+        self._domains = domains  # (slot, addr_hi, addr_lo) -> the domain the DNS answered each address for
         self._slots = slots
         self._top_k = top_k
         self._cache: dict[str, WindowEvidence] = {}
@@ -473,10 +477,12 @@ class LazyEvidence(Mapping):
     def _build(self, slot: int) -> WindowEvidence:
         ev = WindowEvidence()
         peers, rows = self._top("peers", slot)
+        addrs: list[tuple[int, int]] = []  # each listed peer's (hi, lo)
         for r in rows:
             ev.top_peers.append(
                 {"ip": pair_to_addr(peers[1][r], peers[2][r]), "packets": int(peers[3][r]), "bytes": int(peers[4][r])}
             )
+            addrs.append((int(peers[1][r]), int(peers[2][r])))
         if slot in self._leads:
             # the young peer that keeps coming back, named with its returns even in a window
             # between its contacts (a beacon's level holds there, its packets do not)
@@ -484,7 +490,13 @@ class LazyEvidence(Mapping):
             listed = next((p for p in ev.top_peers if p["ip"] == ip), None)
             if listed is None:
                 ev.top_peers.insert(0, listed := {"ip": ip, "packets": 0, "bytes": 0})
+                addrs.insert(0, addr_to_pair(ip))
             listed["returns"] = returns
+        if self._domains is not None and addrs:  # the registered domain the DNS answered each peer for
+            hi, lo = (np.array(c, np.uint64) for c in zip(*addrs, strict=True))
+            for p, domain in zip(ev.top_peers, self._domains(slot, hi, lo), strict=True):
+                if domain is not None:
+                    p["domain"] = domain
         ports, rows = self._top("ports", slot)
         for r in rows:
             ev.top_ports.append({"port": int(ports[2][r]), "proto": _proto_name(int(ports[1][r])), "packets": int(ports[3][r])})

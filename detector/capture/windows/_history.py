@@ -102,6 +102,7 @@ _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
 _NAME_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 _DOMAIN_SALT = np.uint64(0x165667B19E3779F9)
 _TABLES = ("entities", "peers", "ports", "names", "domains")
+_MAX_DOMAIN_NAMES = 1 << 16  # texts of registered domains kept for the evidence (tens of bytes each)
 _NAMED_TABLES = ("names", "domains")  # a checkpoint written before them has neither: they start empty
 
 
@@ -261,6 +262,7 @@ class PeerHistory:
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
         self._carried: tuple[int, int] | None = None  # carry_in's (ended_ns, window_ns), until the first window
         self._unshifted: list[DnsAnswers] = []  # answers that came before that window
+        self.domain_names: dict[int, str] = {}  # domain key -> registered domain, most recently answered last
 
     @property
     def rows(self) -> int:
@@ -352,6 +354,11 @@ class PeerHistory:
         client and for the network, stands for the registered domain of the name asked, from
         the answer's time on. `observe` counts a peer standing for a domain the entity already
         talks to as no new peer (see the module's text)."""
+        for key, name in answers.names.items():  # the text of each domain, for the evidence
+            self.domain_names.pop(key, None)
+            self.domain_names[key] = name
+        while len(self.domain_names) > _MAX_DOMAIN_NAMES:  # the least recently answered go
+            del self.domain_names[next(iter(self.domain_names))]
         named = answers.domain != 0
         if not named.any():
             return
@@ -366,6 +373,17 @@ class PeerHistory:
         owner = np.concatenate(owners)
         self._names.put(_peer_key(owner ^ _NAME_SALT, np.tile(hi, n), np.tile(lo, n)), np.tile(ts, n).astype(np.int64),
                         owner, domain=np.tile(domain, n))
+
+    def domains_of(self, key: int, hi: np.ndarray, lo: np.ndarray) -> list[str | None]:
+        """The registered domain each address (hi, lo) was answered for, to the entity `key`
+        (for the network, to any host), as text; None where no answer named it or its text is
+        not known (answered before a restart: the names table is checkpointed, the texts not)."""
+        if not len(self._names) or not self.domain_names or not len(hi):
+            return [None] * len(hi)
+        keys = np.full(len(hi), key, np.uint64)
+        found, domain = self._names.get(_peer_key(keys ^ _NAME_SALT, np.asarray(hi, np.uint64), np.asarray(lo, np.uint64)),
+                                        "domain")
+        return [self.domain_names.get(d) if f else None for f, d in zip(found.tolist(), domain.tolist(), strict=True)]
 
     def observe(self, entity_keys: np.ndarray, peers: Sequence[np.ndarray], flows: Sequence[np.ndarray],
                 end_ns: int) -> np.ndarray:

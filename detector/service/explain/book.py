@@ -170,6 +170,8 @@ class Entry:
             merged["packets"] = int((number(merged["packets"]) or 0) + (number(p.get("packets")) or 0))
             merged["bytes"] = int((number(merged["bytes"]) or 0) + (number(p.get("bytes")) or 0))
             merged["weight"] = round(float(merged["weight"]) + 1.0 / (1 + rank), 6)
+            if isinstance(p.get("domain"), str) and p["domain"]:  # the domain the DNS answered it for
+                merged["domain"] = p["domain"]
         for rank, p in enumerate(p for p in ports if isinstance(p, dict)):
             key = f"{p.get('proto', '')}/{p.get('port', '')}"
             merged = self.ports.setdefault(key, {"port": p.get("port"), "proto": p.get("proto"), "packets": 0, "weight": 0.0})

@@ -177,8 +177,9 @@ def render_incident(x: Explanation, history_s: float = 0.0) -> str:
                           esc(f.get("proto")), esc(fmt(f.get("packets"))), esc(fmt(f.get("windows"))), esc(when(f.get("first"))),
                           esc(when(f.get("last"))), esc(f.get("cause"))] for f in flows[:30]),
                         numeric=(3, 4)) if flows else "<p class=\"note\">No evidence flows.</p>"
-    peers = _table(["peer", "packets", "bytes"], ([esc(p.get("ip")), esc(fmt(p.get("packets"))), esc(fmt(p.get("bytes")))]
-                                                  for p in e.ranked_peers()[:15]), numeric=(1, 2))
+    peers = _table(["peer", "domain (DNS)", "packets", "bytes"],
+                   ([esc(p.get("ip")), esc(p.get("domain", "")), esc(fmt(p.get("packets"))), esc(fmt(p.get("bytes")))]
+                    for p in e.ranked_peers()[:15]), numeric=(2, 3))
     ports = _table(["port", "proto", "packets"], ([esc(p.get("port")), esc(p.get("proto")), esc(fmt(p.get("packets")))]
                                                   for p in e.ranked_ports()[:15]), numeric=(0, 2))
     windows = _table(["window end (UTC)", "score", "threshold", "top features: observed / expected"],

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.capture.flowrecords.zeeklog import DNS_FIELDS, DnsLogParser, ZeekConnLog, dns_log_beside
-from detector.capture.names import MAX_ANSWERS, domain_key
+from detector.capture.names import MAX_ANSWERS, registered
 from detector.capture.schemas import FLOW_SCHEMA
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.contracts import DnsAnswers, pair_to_addr
@@ -52,7 +52,7 @@ def dns_json(ts: float, client: str, query: str, answers: list[str] | None, rcod
 
 def rows(a: DnsAnswers) -> list[tuple[float, str, str, int]]:
     return [(t / 1e9, pair_to_addr(ch, cl), pair_to_addr(ah, al), d) for t, ch, cl, ah, al, d
-            in zip(*(c.tolist() for c in a.as_tuple()), strict=True)]
+            in zip(*(c.tolist() for c in a.as_tuple()[:6]), strict=True)]
 
 
 # the same responses in both formats: (ts, client, query, answers, rcode, port)
@@ -66,10 +66,10 @@ RESPONSES = [
     (16.0, "fe80::1", "d111.cloudfront.net", [f"198.51.100.{i}" for i in range(1, 11)], 0, 53),  # more than 8
 ]
 EXPECTED = [
-    (10.5, "10.0.0.5", "52.51.133.171", domain_key("philips.com")),
-    (10.5, "10.0.0.5", "52.212.88.21", domain_key("philips.com")),
-    (11.0, "10.0.0.5", "2001:db8::5", domain_key("philips.com")),
-    *[(16.0, "fe80::1", f"198.51.100.{i}", domain_key("d111.cloudfront.net")) for i in range(1, MAX_ANSWERS + 1)],
+    (10.5, "10.0.0.5", "52.51.133.171", registered("philips.com")[0]),
+    (10.5, "10.0.0.5", "52.212.88.21", registered("philips.com")[0]),
+    (11.0, "10.0.0.5", "2001:db8::5", registered("philips.com")[0]),
+    *[(16.0, "fe80::1", f"198.51.100.{i}", registered("d111.cloudfront.net")[0]) for i in range(1, MAX_ANSWERS + 1)],
 ]
 
 
@@ -82,7 +82,7 @@ def test_the_answers_are_the_addresses_of_successful_resolver_responses():
     got = parser.feed(text)
     assert EXPECTED == rows(got)
     assert (len(RESPONSES), 0) == (parser.lines, parser.malformed)
-    assert domain_key("philips.com") != domain_key("d111.cloudfront.net") != domain_key("d222.cloudfront.net")
+    assert registered("philips.com")[0] != registered("d111.cloudfront.net")[0] != registered("d222.cloudfront.net")[0]
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -99,7 +99,7 @@ def test_bad_lines_are_counted_and_the_good_ones_kept():
            dns_line(22.0, "10.0.0.5", "a.example.com", ["192.0.2.3"]).replace(b"22.000000", b"soon", 1),
            dns_line(1e300, "10.0.0.5", "a.example.com", ["192.0.2.4"])]
     got = parser.feed(DNS_HEADER + bad[0] + good + b"".join(bad[1:]))
-    assert [(20.0, "10.0.0.5", "192.0.2.1", domain_key("example.com"))] == rows(got)
+    assert [(20.0, "10.0.0.5", "192.0.2.1", registered("example.com")[0])] == rows(got)
     assert (5, 4) == (parser.lines, parser.malformed)
     json_parser = DnsLogParser()
     got = json_parser.feed(dns_json(20.0, "10.0.0.5", "a.example.com", ["192.0.2.1"]) + b"{not json\n[1, 2]\n"
@@ -222,11 +222,13 @@ def test_the_honeypot_s_flow_windows_name_its_peers_by_the_dns_log(tmp_path: Pat
     266 answers the packet path reads, and the bridge's new peers of the day fall from 8 to
     2. At 08:02 on the second day it looked up a new name under philips.com, a domain it
     talks to every hour, and opened sessions to its two new AWS addresses: by address three
-    new peers in that window, by name none."""
+    new peers in that window, by name none, and the evidence names both philips.com's."""
     conn = tmp_path / "conn.log"
     conn.write_bytes(shared_file(IOT23).read_bytes())
     expected_answers = _honeypot_dns_log(tmp_path / "dns.log")
     assert 266 == expected_answers
+
+    named_at_0802: dict[str, str | None] = {}
 
     def new_peers(**kw) -> tuple[dict[str, float], ZeekConnLog]:
         agg = FlowWindowAggregator(home_net=["192.168.1.0/24"], bin_s=10, bins=6, lateness_s=600)
@@ -238,10 +240,14 @@ def test_the_honeypot_s_flow_windows_name_its_peers_by_the_dns_log(tmp_path: Pat
                 n = float(w.features[w.entities.index("192.168.1.132")][:, NEW_PEERS].sum())
                 stamp = time.strftime("%d %H:%M", time.gmtime(w.window_start_ns / 1e9))
                 per_window[stamp] = per_window.get(stamp, 0) + n
+                if stamp == "26 08:02":
+                    named_at_0802.update({p["ip"]: p.get("domain") for p in w.evidence["192.168.1.132"].top_peers})
         return per_window, log
 
     by_address, _ = new_peers(dns_log=None)
+    assert not any(named_at_0802.values())
     by_name, log = new_peers()
+    assert {"52.51.133.171": "philips.com", "52.212.88.21": "philips.com"}.items() <= named_at_0802.items()  # the evidence
     assert expected_answers == log.stats()["dns_answers"]
     assert (8, 2) == (sum(by_address.values()), sum(by_name.values()))
     assert (3, 0) == (by_address["26 08:02"], by_name["26 08:02"])

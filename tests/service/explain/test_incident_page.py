@@ -88,7 +88,7 @@ def _hostile_entry() -> Entry:
     entry = Entry(incident_id=h, scope=h, events=3, ecs=ecs)
     entry.flows = {h: {"community_id": h, "src": h, "dst": h, "sport": h, "dport": h, "proto": h, "packets": h, "windows": h,
                        "first": h, "last": h, "cause": h, "weight": 1.0}}
-    entry.peers = {h: {"ip": h, "packets": h, "bytes": h, "weight": 1.0}}
+    entry.peers = {h: {"ip": h, "domain": h, "packets": h, "bytes": h, "weight": 1.0}}
     entry.ports = {h: {"port": h, "proto": h, "packets": h, "weight": 1.0}}
     entry.windows = [{"end": h, "score": h, "threshold": h, "top_features": [{"name": h, "observed": h, "expected": h}]}]
     return entry
@@ -96,7 +96,7 @@ def _hostile_entry() -> Entry:
 
 def test_hostile_strings_in_every_field_of_both_pages_are_escaped():
     """Entity, category, severity, times, scores, feature names and units, observed and
-    expected values, flows (Community ID, addresses, ports, protocol, times, cause), peers,
+    expected values, flows (Community ID, addresses, ports, protocol, times, cause), peers (and their domains),
     ports, windows, ATT&CK, observer labels, the summary and the raw ECS event: each holding
     markup, quotes and control characters, none of it becomes markup."""
     entry = _hostile_entry()
