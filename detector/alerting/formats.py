@@ -423,12 +423,16 @@ def to_cef(event: IncidentEvent) -> str:
         ("externalId", None, event.event_id, MAX_VALUE_CHARS),
     ]
     # CEF's src and dst are IPv4 only; c6a2 and c6a3 are the conventional IPv6 fields
-    for ip, v4_key, v6_key, v6_label in ((source_ip, "src", "c6a2", "Source IPv6 Address"),
-                                         (destination_ip, "dst", "c6a3", "Destination IPv6 Address")):
+    domains = _peer_domains(event)
+    for ip, v4_key, v6_key, v6_label, dns_key in ((source_ip, "src", "c6a2", "Source IPv6 Address", "sourceDnsDomain"),
+                                                  (destination_ip, "dst", "c6a3", "Destination IPv6 Address",
+                                                   "destinationDnsDomain")):
         if ip and ipaddress.ip_address(ip).version == 4:
             pairs.append((v4_key, None, ip, 64))
         elif ip:
             pairs.append((v6_key, v6_label, ip, 64))
+        if ip in domains:  # the registered domain the DNS answered that address for
+            pairs.append((dns_key, None, domains[ip], 255))
     pairs += [
         ("cs1", "incidentId", event.incident_id, MAX_VALUE_CHARS),
         ("cs2", "entity", event.entity, MAX_VALUE_CHARS),
