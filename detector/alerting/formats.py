@@ -542,7 +542,7 @@ def to_ocsf(event: IncidentEvent) -> dict[str, Any]:
         doc["resources"] = [{"uid": target, "type": "IP Address"}]
     if observables:
         doc["observables"] = observables
-    pair = _ocsf_endpoints(originator, target)
+    pair = _ocsf_endpoints(originator, target, _peer_domains(event))
     flows = [e for e in (_ocsf_evidence(f) for f in event.evidence.top_flows[:MAX_LIST_ITEMS]) if e]
     evidences = ([pair] if pair else []) + flows
     if evidences:
@@ -592,13 +592,13 @@ def _ocsf_named(uid: str, name: str) -> dict[str, str]:
     return {"uid": uid, "name": name} if name else {"uid": uid}
 
 
-def _ocsf_endpoints(originator: str | None, target: str | None) -> dict[str, Any] | None:
-    """The originator -> target pair as an evidence artifact: the remote side is the other."""
+def _ocsf_endpoints(originator: str | None, target: str | None, domains: dict[str, str]) -> dict[str, Any] | None:
+    """The originator -> target pair as an evidence artifact: the remote side is the other
+    (with the registered domain the DNS answered its address for, when there is one)."""
     out: dict[str, Any] = {}
-    if originator:
-        out["src_endpoint"] = {"ip": originator}
-    if target:
-        out["dst_endpoint"] = {"ip": target}
+    for key, ip in (("src_endpoint", originator), ("dst_endpoint", target)):
+        if ip:
+            out[key] = {"ip": ip, **({"domain": domains[ip]} if ip in domains else {})}
     return out or None
 
 

@@ -297,7 +297,8 @@ def test_ecs_ip_fields_hold_only_addresses(make_event: Factory) -> None:
 def test_a_peer_s_registered_domain_goes_where_ecs_keeps_it(make_event: Factory) -> None:
     """The domain the DNS answered a peer's address for (the evidence's `domain`) is the
     peer end's `registered_domain` and one of `related.hosts` in ECS, its
-    `destinationDnsDomain` (or `sourceDnsDomain`) in CEF; an address no answer named has
+    `destinationDnsDomain` (or `sourceDnsDomain`) in CEF, the endpoint's `domain` in OCSF; an
+    address no answer named has
     none, and text that is not a domain stays one line."""
     event = make_event(0, entity="10.20.1.33", originator="10.20.1.33", target="52.51.133.171", evidence=WindowEvidence(
         top_peers=[{"ip": "52.51.133.171", "domain": "philips.com"}, {"ip": "10.20.1.7"},
@@ -310,6 +311,9 @@ def test_a_peer_s_registered_domain_goes_where_ecs_keeps_it(make_event: Factory)
     assert "hosts" not in formats.to_ecs(make_event(0)).get("related", {})
     _, ext = parse_cef(formats.to_cef(event))  # CEF's own key for it
     assert ("52.51.133.171", "philips.com") == (ext["dst"], ext["destinationDnsDomain"]) and "sourceDnsDomain" not in ext
+    ocsf = formats.to_ocsf(event)  # and OCSF's network endpoint's
+    assert {"ip": "52.51.133.171", "domain": "philips.com"} == ocsf["evidences"][0]["dst_endpoint"]
+    assert [] == validate_ocsf(ocsf)
 
 
 def test_target_is_the_destination_and_its_attacker_the_source(make_event: Factory) -> None:
