@@ -297,9 +297,8 @@ def test_ecs_ip_fields_hold_only_addresses(make_event: Factory) -> None:
 def test_a_peer_s_registered_domain_goes_where_ecs_keeps_it(make_event: Factory) -> None:
     """The domain the DNS answered a peer's address for (the evidence's `domain`) is the
     peer end's `registered_domain` and one of `related.hosts` in ECS, its
-    `destinationDnsDomain` (or `sourceDnsDomain`) in CEF, the endpoint's `domain` in OCSF; an
-    address no answer named has
-    none, and text that is not a domain stays one line."""
+    `destinationDnsDomain` (or `sourceDnsDomain`) in CEF, the endpoint's `domain` in OCSF;
+    an address no answer named has none, and text that is not a domain stays one line."""
     event = make_event(0, entity="10.20.1.33", originator="10.20.1.33", target="52.51.133.171", evidence=WindowEvidence(
         top_peers=[{"ip": "52.51.133.171", "domain": "philips.com"}, {"ip": "10.20.1.7"},
                    {"ip": "52.212.88.21", "domain": "philips.com"}, {"ip": "2.16.60.82", "domain": "meethue.com\nx"}]))
