@@ -102,7 +102,7 @@ _FLOW_SALT = np.uint64(0x9E3779B97F4A7C15)
 _NAME_SALT = np.uint64(0xC2B2AE3D27D4EB4F)
 _DOMAIN_SALT = np.uint64(0x165667B19E3779F9)
 _TABLES = ("entities", "peers", "ports", "names", "domains")
-_MAX_DOMAIN_NAMES = 1 << 16  # texts of registered domains kept for the evidence (tens of bytes each)
+_MAX_DOMAIN_NAMES = 1 << 16  # texts of registered domains kept for the evidence (tens of bytes each; checkpointed)
 _NAMED_TABLES = ("names", "domains")  # a checkpoint written before them has neither: they start empty
 
 
@@ -272,7 +272,11 @@ class PeerHistory:
         """The tables as named arrays (a checkpoint's): a restart keeps what each entity knows."""
         out = {f"{name}.{col}": getattr(table, col)
                for name in _TABLES for table in (getattr(self, f"_{name}"),) for col in table.columns}
-        return {**out, "last_flows": self._last_flows}
+        # the domains' texts, for the evidence: their keys, and the texts one per line
+        keys = np.fromiter(self.domain_names.keys(), np.uint64, len(self.domain_names))
+        text = "\n".join(n.replace("\n", " ") for n in self.domain_names.values()).encode("utf-8")
+        return {**out, "last_flows": self._last_flows, "domain_names.keys": keys,
+                "domain_names.text": np.frombuffer(text, np.uint8).copy()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Put state_dict's tables back; refuses arrays of the wrong kind or unsorted keys. A
@@ -295,6 +299,7 @@ class PeerHistory:
                 setattr(table, col, (cols[col] if col in cols else _missing(col, name, cols)).astype(_DTYPES[col]))
             setattr(self, f"_{name}", table)
         self._last_flows = sorted_unique(np.asarray(state["last_flows"]).astype(np.uint64))
+        self.domain_names = _domain_names(state)
         self._carried = None
         pending, self._unshifted = self._unshifted, []
         for answers in pending:
@@ -377,7 +382,7 @@ class PeerHistory:
     def domains_of(self, key: int, hi: np.ndarray, lo: np.ndarray) -> list[str | None]:
         """The registered domain each address (hi, lo) was answered for, to the entity `key`
         (for the network, to any host), as text; None where no answer named it or its text is
-        not known (answered before a restart: the names table is checkpointed, the texts not)."""
+        not known (kept for the most recently answered _MAX_DOMAIN_NAMES domains)."""
         if not len(self._names) or not self.domain_names or not len(hi):
             return [None] * len(hi)
         keys = np.full(len(hi), key, np.uint64)
@@ -590,6 +595,21 @@ def _leads(*candidates: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     _, first = np.unique(row[order], return_index=True)
     pick = order[first]
     return row[pick], level[pick].astype(np.float32), hi[pick].astype(np.uint64), lo[pick].astype(np.uint64)
+
+
+def _domain_names(state: dict[str, np.ndarray]) -> dict[int, str]:
+    """state_dict's domain texts back (none in a checkpoint written before them)."""
+    if "domain_names.keys" not in state:
+        return {}
+    keys = np.asarray(state["domain_names.keys"]).astype(np.uint64).tolist()
+    try:
+        texts = bytes(np.asarray(state.get("domain_names.text", np.zeros(0, np.uint8))).astype(np.uint8)).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("peer history: domain texts are not UTF-8") from None
+    names = texts.split("\n") if keys else []
+    if len(names) != len(keys):
+        raise ValueError(f"peer history: {len(keys)} domain keys but {len(names)} texts")
+    return dict(zip(keys, names, strict=True))
 
 
 def group_address(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

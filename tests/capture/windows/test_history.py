@@ -435,7 +435,8 @@ def _answers(ts_s: float, client_row: int, peers: list[int], domain: int) -> Dns
     `client_row` (address row + 1000) for a name under registered domain key `domain`."""
     n = len(peers)
     return DnsAnswers(np.full(n, int(ts_s * S), np.int64), np.zeros(n, np.uint64), np.full(n, client_row + 1000, np.uint64),
-                      np.zeros(n, np.uint64), np.array(peers, np.uint64), np.full(n, domain, np.uint64))
+                      np.zeros(n, np.uint64), np.array(peers, np.uint64), np.full(n, domain, np.uint64),
+                      names={domain: f"d{domain}.example"})
 
 
 def test_a_new_address_of_a_domain_the_host_talks_to_is_no_new_peer():
@@ -483,6 +484,10 @@ def test_names_survive_a_checkpoint_and_an_old_one_loads_without_them():
     again.load_state_dict(state)
     again.resolve(_answers(90, 0, [11], domain=7))
     assert _window(again, 120, {0: [(11, 443)]})[0, NEW_PEERS] == 0
+    assert again.domains_of(int(_keys(1)[0]), np.array([0, 0], np.uint64), np.array([10, 12], np.uint64)) == ["d7.example", None]
+    broken = {**state, "domain_names.text": np.frombuffer(b"a\nb", np.uint8)}  # two texts for one key
+    with pytest.raises(ValueError, match="1 domain keys but 2 texts"):
+        PeerHistory(history_s=3600, warmup_s=0).load_state_dict(broken)
     old = {k: v for k, v in state.items() if not k.startswith(("names.", "domains."))}  # written before names
     again.load_state_dict(old)
     assert again.rows == len(old["entities.keys"]) + len(old["peers.keys"]) + len(old["ports.keys"])
