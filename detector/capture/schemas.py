@@ -13,19 +13,18 @@ from __future__ import annotations
 from detector.contracts import FeatureSchema
 
 HISTORY_FEATURES: tuple[tuple[str, str], ...] = (
-    # peers not seen in the last history_s, in the window's last bin (schema v9); not an address the DNS answered (a
+    # peers not seen in the last history_s, per bin; not an address the DNS answered (a
     # capture's answers, a Zeek dns.log's) for a registered domain the entity talked to
     # within history_s (schema v7)
     ("new_peers", "hosts"),
-    # TCP/UDP service ports not seen in their role (used, served, probed) in the last history_s,
-    # in the window's last bin (schema v9)
+    # TCP/UDP service ports not seen in their role (used, served, probed) in the last history_s, per bin
     ("new_ports", "ports"),
     # most returns of the outside peers first met within history_s: all of a regular series
     # (held between its contacts), one less for any other; a multicast group or the
     # broadcast address is no peer of this kind (schema v8)
     ("young_peer_returns", "returns"),
 )
-HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the others, whole, in the last (v9)
+HISTORY_LEVELS = frozenset({"young_peer_returns"})  # the same in every bin; the others spread over them
 
 
 # The feature schema: what one time bin of one entity looks like. "out" is traffic the
@@ -53,7 +52,7 @@ _PACKET_FEATURES: tuple[tuple[str, str], ...] = (
 )
 PACKET_SCHEMA = FeatureSchema(
     name="packet",
-    version=9,
+    version=8,
     features=tuple(n for n, _ in _PACKET_FEATURES),
     units=tuple(u for _, u in _PACKET_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),
@@ -103,7 +102,7 @@ _FLOW_FEATURES: tuple[tuple[str, str], ...] = (
 )
 FLOW_SCHEMA = FeatureSchema(
     name="flow",
-    version=9,
+    version=8,
     features=tuple(n for n, _ in _FLOW_FEATURES),
     units=tuple(u for _, u in _FLOW_FEATURES),
     levels=tuple(sorted(HISTORY_LEVELS)),

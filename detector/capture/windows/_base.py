@@ -357,11 +357,7 @@ class EntityWindows:
                        for r, v, h, low in zip(lead_row.tolist(), level.tolist(), hi.tolist(), lo.tolist(), strict=True)}
         for k, (name, _) in enumerate(HISTORY_FEATURES):
             if name in fidx:
-                if name in HISTORY_LEVELS:
-                    feats[:, :, fidx[name]] = novelty[:, k : k + 1]
-                else:  # a count, whole, in the bin where the history judges it: the window's last
-                    feats[:, :, fidx[name]] = 0.0
-                    feats[:, -1, fidx[name]] = novelty[:, k]
+                feats[:, :, fidx[name]] = novelty[:, k : k + 1] / (1 if name in HISTORY_LEVELS else self.bins)
 
     def _expire_entities(self, now_ns: int) -> None:
         n = len(self._slot_addr)

@@ -9,11 +9,8 @@ local port no one ever reached), or a beacon (one new peer that keeps coming bac
 set lives here, bounded, and the model reads three numbers derived from it per window:
 
 - `new_peers`: addresses the entity exchanged packets with in this window and not in the
-  `history_s` before it, counted whole in the window's last bin, where the history judges
-  them (schema v9). Before, a window's count was spread evenly over its bins, and the
-  scaler's log1p of a sixth of a peer in each bin weighed a new peer or port about a third as
-  much as one flow in its bin: a host that served a port for the first time (a role change)
-  added at most a seventh of a threshold (docs/EVALUATION.md, section xxii).
+  `history_s` before it, spread evenly over the window's bins like any count of the schema
+  (a window-level count written into every bin would weigh as many times as there are bins).
   Not an address that the DNS answered (the entity, or for the network any host: `resolve`,
   from capture.packets._dns on packets, from Zeek's dns.log on its records) for a name whose registered domain the entity talked
   to in an earlier window within `history_s`: a cloud service answers its name from a new
@@ -400,7 +397,7 @@ class PeerHistory:
         addr_lo) and `flows` (row, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, as
         the initiator sent them[, answers: packets the entity sent in it that were no refusal;
         without it, every flow counts as answered]) columns, rows indexing entity_keys. Returns float32
-        (entities, 3): HISTORY_FEATURES per window (the caller puts counts in the window's last bin).
+        (entities, 3): HISTORY_FEATURES per window (the caller spreads counts over the bins).
         Leaves in `lead` the peer behind each row's young_peer_returns (row, level, addr_hi,
         addr_lo; level > 0), in this window or not: the beacon an incident should name."""
         self._take_carried(end_ns)
