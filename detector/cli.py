@@ -151,6 +151,11 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
         h = bundle.history
         click.echo(f"  peer history carried into scoring: {h.rows('entities'):,} entities, {h.rows('peers'):,} peers, "
                    f"{h.rows('ports'):,} ports (the training span's last {cfg.windows.history_s / 3600:g} h)")
+    warmup_s = bundle.training["history_warmup_s"]
+    if warmup_s < cfg.windows.history_warmup_s:
+        click.echo(f"  new peers and ports counted from {warmup_s / 60:.1f} min into each host's history, not "
+                   f"{cfg.windows.history_warmup_s / 60:g} min (windows.history_warmup_s): at most a quarter of the "
+                   "training span, so the model learns what those inputs read")
     _exit_if_damaged(damage, "trained on")
 
 
