@@ -11,8 +11,8 @@ model's span ended with (the bundle's), so an entity the span knew is warm once 
 is that old, an hour by default, and from then on its windows count new peers and ports. A
 span shorter than the warm-up never counted one: the model learned those inputs as always 0
 and read every later count as an anomaly of the whole window. The synthetic office of the
-test suite, trained on 26 minutes, opened 19 incidents on it, 6 of them on benign
-workstations once their histories warmed; with the warm-up cut to a quarter of the span, 7,
+test suite, trained on 25 minutes, opened 19 incidents on it, 8 of them benign (6 on
+workstations once their histories warmed); with the warm-up cut to a quarter of the span, 7,
 none of them benign (docs/EVALUATION.md, section xxiii).
 """
 
