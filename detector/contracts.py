@@ -264,7 +264,9 @@ class CarriedHistory:
 class FeatureContribution:
     name: str
     unit: str
-    share: float  # this feature's share of the window's reconstruction error, 0..1
+    # this feature's share of what was counted: in top_features, of the window's score (each
+    # feature's error divided by its error scale); in deviations, of the undivided error; 0..1
+    share: float
     observed: float  # mean per bin over the window, real units
     expected: float  # the model's reconstruction of it, real units
 
@@ -279,7 +281,7 @@ class WindowScore:
     threshold: float
     anomalous: bool
     ready: bool  # False while the entity is warming up: never alerted on
-    top_features: list[FeatureContribution]
+    top_features: list[FeatureContribution]  # what the score counted most: the explanation
     evidence: WindowEvidence | None = None
     # the score plus what the entity's previous window carried in (model.scorer): what is
     # compared with the threshold; None: the score itself
@@ -287,6 +289,15 @@ class WindowScore:
     # what this window carries into its entity's next one, in thresholds (model.scorer): a
     # run still adding up; 0 after an alarm or when nothing is above the allowance
     carried: float = 0.0
+    # the features furthest from what was expected, in scaled units, however rare each one's
+    # errors are: which way the traffic moved, what the categories and rules read (a rare
+    # feature leads the score's ranking more often than it says what happened); None: top_features
+    deviations: list[FeatureContribution] | None = None
+
+    @property
+    def moved(self) -> list[FeatureContribution]:
+        """The features furthest from what was expected (deviations, else top_features)."""
+        return self.top_features if self.deviations is None else self.deviations
 
 
 @dataclass
@@ -303,7 +314,7 @@ class ScoreBatch:
     thresholds: np.ndarray  # float32 (n,)
     anomalous: np.ndarray  # bool (n,)
     ready: np.ndarray  # bool (n,)
-    top_index: np.ndarray  # int (n, k): feature indices by error share, largest first
+    top_index: np.ndarray  # int (n, k): feature indices by share of the score, largest first
     top_share: np.ndarray  # float32 (n, k)
     top_observed: np.ndarray  # float32 (n, k), real units, mean per bin
     top_expected: np.ndarray  # float32 (n, k)
@@ -311,6 +322,11 @@ class ScoreBatch:
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
     accumulated: np.ndarray | None = None  # float32 (n,): WindowScore.accumulated; None: the scores
     carried: np.ndarray | None = None  # float32 (n,): WindowScore.carried; None: nothing carried
+    # WindowScore.deviations, as the top_* columns (share: of the undivided error); None: none
+    deviation_index: np.ndarray | None = None
+    deviation_share: np.ndarray | None = None
+    deviation_observed: np.ndarray | None = None
+    deviation_expected: np.ndarray | None = None
 
     @property
     def compared(self) -> np.ndarray:
@@ -321,14 +337,11 @@ class ScoreBatch:
         return len(self.entities)
 
     def __getitem__(self, i: int) -> WindowScore:
-        names, units = self.schema.features, self.schema.units
-        top = [
-            FeatureContribution(names[k], units[k], float(sh), float(ob), float(ex))
-            for k, sh, ob, ex in zip(
-                self.top_index[i].tolist(), self.top_share[i].tolist(), self.top_observed[i].tolist(), self.top_expected[i].tolist(),
-                strict=True,
-            )
-        ]
+        top = self._contributions(self.top_index, self.top_share, self.top_observed, self.top_expected, i)
+        deviations = None
+        if self.deviation_index is not None:
+            deviations = self._contributions(self.deviation_index, self.deviation_share, self.deviation_observed,
+                                             self.deviation_expected, i)
         anomalous = bool(self.anomalous[i])
         entity = self.entities[i]
         return WindowScore(
@@ -344,7 +357,16 @@ class ScoreBatch:
             evidence=self.evidence.get(entity) if anomalous else None,
             accumulated=float(self.compared[i]),
             carried=0.0 if self.carried is None else float(self.carried[i]),
+            deviations=deviations,
         )
+
+    def _contributions(self, index: np.ndarray, share: np.ndarray | None, observed: np.ndarray | None,
+                       expected: np.ndarray | None, i: int) -> list[FeatureContribution]:
+        names, units = self.schema.features, self.schema.units
+        assert share is not None and observed is not None and expected is not None
+        return [FeatureContribution(names[k], units[k], float(sh), float(ob), float(ex))
+                for k, sh, ob, ex in zip(index[i].tolist(), share[i].tolist(), observed[i].tolist(), expected[i].tolist(),
+                                         strict=True)]
 
     def __iter__(self) -> Iterator[WindowScore]:
         return (self[i] for i in range(len(self)))

@@ -1,7 +1,8 @@
 """What an anomalous window says happened: the entity's role, its counterpart, the category.
 
-Where it stands: in the alerting stage, between the scorer's explanation of a window (its top
-features, in real units, and its evidence: busiest peers, ports and flows) and the incident
+Where it stands: in the alerting stage, between the scorer's reading of a window (the features
+furthest from what was expected, `WindowScore.moved`, in real units, and its evidence:
+busiest peers, ports and flows) and the incident
 lifecycle (incidents.py), which calls it through the rules (rules.py: an operator's category
 rules and ATT&CK mapping come first). The formats put the result on the sides SIEM content
 reads: the originator as `source`, the target as `destination`.
@@ -130,7 +131,7 @@ class _Window:
 
     @property
     def lead(self) -> str:
-        return self.score.top_features[0].name if self.score.top_features else ""
+        return self.score.moved[0].name if self.score.moved else ""
 
     def observed(self, name: str) -> float:
         c = self.drivers.get(name)
@@ -168,7 +169,7 @@ def _role_of(window: _Window) -> Role:
     """Originator or target: by the features' shares, else by the side of its flows the entity
     serves, else originator (it is the entity whose own behaviour changed)."""
     weight: dict[Role, float] = {ORIGINATOR: 0.0, TARGET: 0.0}
-    for c in window.score.top_features:
+    for c in window.score.moved:
         role, strength = lean(c.name)
         share = finite(c.share, 6)
         if role is not None and share is not None and share > 0:
@@ -183,7 +184,7 @@ def _role_of(window: _Window) -> Role:
 
 
 def _parse(score: WindowScore) -> _Window:
-    window = _Window(score, drivers={c.name: c for c in score.top_features})
+    window = _Window(score, drivers={c.name: c for c in score.moved})
     entity = as_ip(score.entity)
     evidence = score.evidence or WindowEvidence()
     for f in evidence.top_flows:
@@ -241,7 +242,7 @@ def _counterpart(window: _Window) -> str:
     ip, packets, _ = max(peers, key=lambda p: p[1])
     if packets < DOMINANT_SHARE * total:
         return ""
-    counted = [window.observed(c.name) for c in window.score.top_features if c.unit in ("packets", "flows")]
+    counted = [window.observed(c.name) for c in window.score.moved if c.unit in ("packets", "flows")]
     if counted and packets < max(counted):
         return ""
     return ip

@@ -45,7 +45,7 @@ class Match(_Strict):
     cidr: list[str] = Field(default_factory=list)  # host inside any of these networks
     ports: list[int] = Field(default_factory=list)  # a top port of the window's evidence
     proto: Literal["tcp", "udp", "icmp", "ipv6-icmp"] | None = None
-    features: list[str] = Field(default_factory=list)  # the top contributing feature is one of these
+    features: list[str] = Field(default_factory=list)  # the feature furthest from what was expected (WindowScore.moved) is one of these
 
     @field_validator("cidr")
     @classmethod
@@ -72,7 +72,7 @@ class Match(_Strict):
             if self.proto and not any(p["proto"] == self.proto for p in top):
                 return False
         if self.features:
-            if not score.top_features or score.top_features[0].name not in self.features:
+            if not score.moved or score.moved[0].name not in self.features:
                 return False
         return True
 
@@ -178,7 +178,7 @@ class RuleSet(_Strict):
         """The built-in reading of an anomalous window, with the operator's category rules
         and ATT&CK mapping applied over it."""
         found = classify(score)
-        names = [c.name for c in score.top_features[:2]]
+        names = [c.name for c in score.moved[:2]]
         for rule in self.categories:
             if any(n in rule.features for n in names) and rule.role in (None, found.role):
                 techniques = rule.techniques if rule.techniques is not None else self.techniques_of(rule.category)

@@ -160,7 +160,7 @@ class WindowErrors:
     """The model's verdict on a batch of windows, before thresholds."""
 
     scores: np.ndarray  # (batch,) aligned_error per bin and feature, each feature's in its error scale
-    feature_error: np.ndarray  # (batch, features) aligned_error, in scaled units (what the explanation ranks)
+    feature_error: np.ndarray  # (batch, features) aligned_error, in scaled units, undivided (the error scales are read from it)
     expected: np.ndarray  # (batch, features) reconstruction, real units, mean per bin
 
 
@@ -184,14 +184,21 @@ def reconstruct(
 
 @dataclass
 class _Explained:
-    """The streaming scorer's share of a reconstruction: scores, and the k features with the
-    largest error share with their observed and expected means (real units)."""
+    """The streaming scorer's share of a reconstruction: scores; the k features with the
+    largest share of the score (each error divided by its error scale, as the score counts
+    it: the explanation); the k furthest from what was expected (the undivided errors in
+    scaled units: what the categories read); each with its observed and expected means (real
+    units)."""
 
     scores: np.ndarray  # (batch,)
     top_index: np.ndarray  # (batch, k)
     top_share: np.ndarray  # (batch, k)
     top_observed: np.ndarray  # (batch, k)
     top_expected: np.ndarray  # (batch, k)
+    deviation_index: np.ndarray  # (batch, k)
+    deviation_share: np.ndarray  # (batch, k)
+    deviation_observed: np.ndarray  # (batch, k)
+    deviation_expected: np.ndarray  # (batch, k)
 
 
 @torch.inference_mode()
@@ -207,16 +214,26 @@ def _reconstruct_top(
     x = scaler.transform(features)
     recon, new_state = _network(network, x, state, phase)
     recon = recon.float()  # ours to overwrite below (inverse_)
-    feature_error = aligned_error(x, recon)
-    scores = (feature_error * scaler.weight).sum(dim=1).cpu().numpy() / np.float32(bins * width)
-    total = feature_error.sum(dim=1).cpu().numpy()
-    top, largest = _top_features(feature_error.cpu().numpy(), k)
-    total[total <= 0] = 1.0
-    index = torch.from_numpy(top).to(features.device)
-    observed = features.mean(dim=1).gather(1, index)
-    expected = scaler.inverse_(recon, index).mean(dim=1)
-    explained = _Explained(scores, top, largest / total[:, None], observed.cpu().numpy(), expected.cpu().numpy())
+    error = aligned_error(x, recon)
+    counted = error * scaler.weight
+    scores = counted.sum(dim=1).cpu().numpy() / np.float32(bins * width)
+    top, top_share = _shares(counted.cpu().numpy(), k)
+    deviation, deviation_share = _shares(error.cpu().numpy(), k)
+    index = torch.from_numpy(np.concatenate([top, deviation], axis=1)).to(features.device)
+    observed = features.mean(dim=1).gather(1, index).cpu().numpy()
+    expected = scaler.inverse_(recon, index).mean(dim=1).cpu().numpy()
+    explained = _Explained(scores, top, top_share, observed[:, :k], expected[:, :k],
+                           deviation, deviation_share, observed[:, k:], expected[:, k:])
     return explained, new_state
+
+
+def _shares(err: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row's errors (batch, features): their indices and their shares
+    of the row's total."""
+    total = err.sum(axis=1)
+    total[total <= 0] = 1.0
+    top, largest = _top_features(err, k)
+    return top, largest / total[:, None]
 
 
 SCORING_STEP = 2048  # windows through the network at once, at most
@@ -428,6 +445,10 @@ class StreamingScorer:
             top_share=np.zeros((n, k), np.float32),
             top_observed=np.zeros((n, k), np.float32),
             top_expected=np.zeros((n, k), np.float32),
+            deviation_index=np.zeros((n, k), np.int64),
+            deviation_share=np.zeros((n, k), np.float32),
+            deviation_observed=np.zeros((n, k), np.float32),
+            deviation_expected=np.zeros((n, k), np.float32),
             schema=self.bundle.schema,
             evidence=windows.evidence,
         )
@@ -481,6 +502,8 @@ class StreamingScorer:
             out.top_share[rows] = res.top_share
             out.top_observed[rows] = res.top_observed
             out.top_expected[rows] = res.top_expected
+            for column in ("deviation_index", "deviation_share", "deviation_observed", "deviation_expected"):
+                getattr(out, column)[rows] = getattr(res, column)
         return out
 
     def _scaler(self, cls: str, cm: ClassModel) -> TorchScaler:

@@ -8,6 +8,7 @@ are built from what each behaviour drives.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -97,6 +98,22 @@ DEMO: dict[str, tuple[WindowScore, tuple[str, str, str, str]]] = {
         ("flood", "target", "", "10.20.0.6"),
     ),
 }
+
+
+def test_the_categories_read_what_moved_furthest_not_what_the_score_counted_most() -> None:
+    """The explanation ranks the features by what the score counted of each (divided by each
+    one's error scale), which lifts a rare feature: a brute-forced host's few resets from its
+    attacker lead it, and read as the peers' refusals they make the host the originator. The
+    categories read the undivided ranking (`deviations`): the sessions it received."""
+    victim, expected = DEMO["ssh_victim"]
+    counted = [FeatureContribution("rst_in", "packets", 0.55, 4.667, 0.045),
+               FeatureContribution("syn_in", "packets", 0.12, 18.5, 0.864),
+               FeatureContribution("young_peer_returns", "windows", 0.1, 1.0, 0.0)]
+    explained = dataclasses.replace(victim, top_features=counted, deviations=victim.top_features)
+    assert expected == _reading(classify(explained))
+    assert explained.moved is victim.top_features
+    read_as_counted = dataclasses.replace(victim, top_features=counted, deviations=None)
+    assert ("brute-force", "originator") == _reading(classify(read_as_counted))[:2]
 
 
 def _reading(c: Classification) -> tuple[str, str, str, str]:

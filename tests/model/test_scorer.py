@@ -269,7 +269,9 @@ def test_explanation_in_real_units():
 def test_scores_and_explanations_equal_reconstruct(n_hosts: int):
     """The daemon's path (torch end to end, only the top features scaled back) gives what
     reconstruct() and a stable sort over all features give, within float32 rounding; the
-    window's minute of the hour reaches the decoder as in training."""
+    window's minute of the hour reaches the decoder as in training. The explanation ranks the
+    features by their share of the score (each error divided by its error scale), the
+    deviations by the undivided errors."""
     bundle = _bundle()
     cm = bundle.classes["host"]
     with torch.no_grad():
@@ -283,21 +285,27 @@ def test_scores_and_explanations_equal_reconstruct(n_hosts: int):
         wb = _windows(k, names, seq[k])
         got = scorer.score(wb)
         errors, state = reconstruct(cm.network, cm.scaler, seq[k], state, torch.tensor(phase_of(wb.window_start_ns)))
-        top = np.argsort(-errors.feature_error, axis=1, kind="stable")[:, :3]
-        share = np.take_along_axis(errors.feature_error, top, axis=1) / errors.feature_error.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(got.scores, errors.scores, rtol=1e-5)
-        np.testing.assert_array_equal(got.top_index, top)
-        np.testing.assert_allclose(got.top_share, share, rtol=1e-5)
-        np.testing.assert_allclose(got.top_observed, np.take_along_axis(seq[k].mean(axis=1), top, axis=1), rtol=1e-5)
-        np.testing.assert_allclose(got.top_expected, np.take_along_axis(errors.expected, top, axis=1), rtol=1e-5)
+        counted = errors.feature_error / cm.scaler.error_scale
+        for prefix, error in (("top", counted), ("deviation", errors.feature_error)):
+            top = np.argsort(-error, axis=1, kind="stable")[:, :3]
+            share = np.take_along_axis(error, top, axis=1) / error.sum(axis=1, keepdims=True)
+            np.testing.assert_array_equal(getattr(got, f"{prefix}_index"), top)
+            np.testing.assert_allclose(getattr(got, f"{prefix}_share"), share, rtol=1e-5)
+            np.testing.assert_allclose(getattr(got, f"{prefix}_observed"), np.take_along_axis(seq[k].mean(axis=1), top, axis=1),
+                                       rtol=1e-5)
+            np.testing.assert_allclose(getattr(got, f"{prefix}_expected"), np.take_along_axis(errors.expected, top, axis=1),
+                                       rtol=1e-5)
+        assert (got.top_index != got.deviation_index).any()  # the error scales reorder them: the two are told apart
 
 
 def test_each_feature_error_counts_in_its_held_out_error_scale():
     """With an error scale, a window's score counts each feature's error divided by it (what
     the feature's error ordinarily reaches on held-out windows), in the daemon's path and in
     reconstruct() alike, and training calibrates on the same sums (held_out_scores). The
-    explanation still ranks the features by their error in scaled units: how far each is
-    from what was expected, whatever its error ordinarily is."""
+    explanation ranks the features by what the score counted of each, so the divided
+    feature drops out of it; the deviations still rank them by their error in scaled units:
+    how far each is from what was expected, whatever its error ordinarily is."""
     from detector.model.training import held_out_scores
 
     plain, weighted = _bundle(), _bundle()
@@ -318,9 +326,14 @@ def test_each_feature_error_counts_in_its_held_out_error_scale():
     share = errors.feature_error[:, pkts_in] / errors.feature_error.sum(axis=1)
     np.testing.assert_allclose(b.scores, a.scores - errors.feature_error[:, pkts_in] * (1 - 1 / 50.0) / (BINS * N_F), rtol=1e-4)
     assert (share > 0.4).all()  # much of the plain score: now divided by 50
-    np.testing.assert_array_equal(a.top_index, b.top_index)  # the same explanation, in the same units
-    np.testing.assert_allclose(a.top_share, b.top_share, rtol=1e-6)
-    assert (b.top_index[:, 0] == pkts_in).all()
+    np.testing.assert_array_equal(a.deviation_index, b.deviation_index)  # the same deviations, in the same units
+    np.testing.assert_allclose(a.deviation_share, b.deviation_share, rtol=1e-6)
+    assert (b.deviation_index[:, 0] == pkts_in).all()
+    assert (a.top_index[:, 0] == pkts_in).all()  # undivided, it leads the score ...
+    assert not (b.top_index == pkts_in).any()  # ... divided by 50, it is not among what the score counted most
+    explained = b[0]
+    assert "pkts_in" == explained.moved[0].name != explained.top_features[0].name
+    assert sum(c.share for c in explained.top_features) <= 1.0
     errors_w, _ = reconstruct(cm.network, weighted.classes["host"].scaler, seq[0], cm.network.initial_state(4), phase)
     np.testing.assert_allclose(errors_w.scores, b.scores, rtol=1e-5)
     np.testing.assert_array_equal(errors_w.feature_error, errors.feature_error)
