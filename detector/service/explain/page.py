@@ -166,7 +166,7 @@ def render_incident(x: Explanation, history_s: float = 0.0) -> str:
                 f" width=\"960\" height=\"340\"><figcaption class=\"note\">{esc(caption)}</figcaption></figure>")
 
     features = _table(["feature", "unit", f"observed ({x.per_bin})", f"expected ({x.per_bin})", "observed / expected",
-                       "share of the anomaly"],
+                       "share of the score"],
                       ([esc(f.get("name")), esc(f.get("unit")), esc(fmt(f.get("observed"))), esc(fmt(f.get("expected"))),
                         esc(ratio(f.get("observed"), f.get("expected"))), esc(_pct(f.get("share")))] for f in e.top_features),
                       numeric=(2, 3, 4, 5))
