@@ -11,8 +11,9 @@ device, without a round trip through numpy.
 error of each feature ordinarily reaches on windows it did not learn from: a window's score
 counts each feature's error in those units (model.scorer), so a feature the model always
 reconstructs well (new peers, RSTs) is not outweighed by one it never does (the packet and
-flow counts of a bursty device). The explanation still ranks features by their error in
-scaled units: how far each is from what was expected.
+flow counts of a bursty device). The explanation ranks the features by what the score
+counted of each; the incident categories read their undivided error in scaled units: how
+far each is from what was expected (WindowScore.deviations).
 """
 
 from __future__ import annotations
