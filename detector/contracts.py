@@ -445,6 +445,16 @@ class IncidentEvent:
     originator: str = ""
     target: str = ""
     techniques: list[str] = field(default_factory=list)  # MITRE ATT&CK ids, e.g. T1046, T1498.002
+    # the peak window's own score, which top_features share out; `score` is what was compared
+    # with the threshold: that plus what a run of windows before it carried in (a slow attack
+    # or a host's new role adds up over windows that each stay under it). None: not known (an
+    # event from before it was kept), read as `score`
+    window_score: float | None = None
+
+    @property
+    def added_up(self) -> bool:
+        """The peak window alone stayed under the threshold: the run of windows before it crossed."""
+        return self.window_score is not None and self.window_score <= self.threshold < self.score
 
 
 def ns_to_iso(ns: int) -> str:

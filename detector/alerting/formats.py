@@ -148,6 +148,8 @@ def summary(event: IncidentEvent) -> str:
     """One line for a human: who, what kind, and the feature that stood out most."""
     who = "link" if event.entity_class == "global" else f"{event.entity_class} {event.entity}"
     category = (event.category or "anomaly") + _story(event)
+    if event.added_up and event.action != "resolved":
+        category += "; added up over windows each under the threshold"
     detail = ""
     if event.top_features:
         top = event.top_features[0]
@@ -183,7 +185,9 @@ def to_console(event: IncidentEvent) -> str:
     who = "link" if event.entity_class == "global" else event.entity
     text = (
         f"{ns_to_iso(event.emitted_ns)} {event.action.upper():<8} {event.severity:<8} {who:<16} "
-        f"{event.category:<16} score {_fmt_number(event.score)} (threshold {_fmt_number(event.threshold)})"
+        f"{event.category:<16} score {_fmt_number(event.score)}"
+        f"{f' (its window {_fmt_number(event.window_score)})' if event.added_up else ''}"
+        f" (threshold {_fmt_number(event.threshold)})"
         f"{': ' + features if features else ''}  [{event.incident_id[:8]}]"
     )
     return one_line(text, MAX_MESSAGE_CHARS)
@@ -197,6 +201,7 @@ def _netad_block(event: IncidentEvent) -> dict[str, Any]:
         "entity": clean_text(event.entity),
         "entity_class": clean_text(event.entity_class),
         "score": finite(event.score, 6),
+        "window_score": finite(event.window_score if event.window_score is not None else event.score, 6),
         "threshold": finite(event.threshold, 6),
         "windows": integer(event.windows),
         "severity": clean_text(event.severity),

@@ -61,6 +61,9 @@ class _Open:
     originator: str = ""
     target: str = ""
     techniques: list[str] = field(default_factory=list)
+    # the peak window's own score, which its explanation shares out; peak_score is what was
+    # compared with the threshold (accumulated); None in a checkpoint from before it was kept
+    peak_window_score: float | None = None
 
     def read(self, reading: Classification) -> None:
         self.category, self.role = reading.category, reading.role
@@ -153,6 +156,7 @@ class IncidentTracker:
             if _compared(s) > inc.peak_score:
                 news = news or _compared(s) >= 1.5 * inc.peak_score
                 inc.peak_score = _compared(s)
+                inc.peak_window_score = s.score
                 inc.top_features = s.top_features
                 inc.read(self._read(s, hosts))
                 if s.evidence is not None:
@@ -208,6 +212,7 @@ class IncidentTracker:
             last_seen_ns=s.window_end_ns,
             windows=windows,
             peak_score=_compared(s),
+            peak_window_score=s.score,
             threshold=s.threshold,
             severity=self.rules.severity_of(_compared(s), s.threshold),
             category="",
@@ -233,6 +238,7 @@ class IncidentTracker:
             severity_score=SEVERITY_SCORE[inc.severity],
             category=inc.category,
             score=inc.peak_score,
+            window_score=inc.peak_window_score,
             threshold=inc.threshold,
             windows=inc.windows,
             top_features=list(inc.top_features),

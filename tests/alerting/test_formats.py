@@ -198,6 +198,7 @@ def _inputs(make_event: Factory) -> dict[str, IncidentEvent]:
     new_service = make_event(
         6, incident_id="inc-20240601-10.20.0.9-3c3c", entity="10.20.0.9", category="new-service", severity="medium",
         severity_score=50, top_features=_features(("new_ports", "ports", 0.5, 2.0, 0.1), ("flows_in", "flows", 0.3, 6.0, 1.0)),
+        score=4.2, window_score=2.6,  # flagged on what its run of windows added up: this one alone is under 3.1
         evidence=WindowEvidence(top_peers=[{"ip": "10.20.1.5", "packets": 90, "bytes": 12000}],
                                 top_ports=[{"port": 4444, "proto": "tcp", "packets": 90}]),
         role="target", originator="10.20.1.5", target="10.20.0.9", techniques=["T1021"],

@@ -82,11 +82,23 @@ def test_min_windows_delays_opening():
 
 def test_an_incident_opened_by_accumulation_reports_what_alarmed():
     """A window under its threshold alone that alarmed with what its previous window carried
-    in (model.scorer): the incident's score is the accumulated one, never under the threshold."""
+    in (model.scorer): the incident's score is the accumulated one, never under the threshold;
+    its window's own score, which the explanation shares out, goes with it, and the summary
+    says the windows added up. A later window that crosses alone replaces both."""
+    from detector.alerting.formats import summary, to_ecs
+
     window = dataclasses.replace(_score(0, score=0.8), accumulated=1.15)
-    opened = IncidentTracker(_rules()).push([window])
+    tracker = IncidentTracker(_rules(), update_every_windows=1)
+    opened = tracker.push([window])
     assert ["opened"] == [e.action for e in opened]
     assert opened[0].score == 1.15 and opened[0].score > opened[0].threshold
+    assert opened[0].window_score == 0.8 and opened[0].added_up
+    assert "added up over windows each under the threshold" in summary(opened[0])
+    assert 0.8 == to_ecs(opened[0])["netad"]["window_score"]
+    crossed = tracker.push([_score(1, score=3.0)])
+    assert ["updated"] == [e.action for e in crossed]
+    assert crossed[0].window_score == crossed[0].score == 3.0 and not crossed[0].added_up
+    assert "added up" not in summary(crossed[0])
 
 
 def test_severity_from_score_ratio():

@@ -94,6 +94,15 @@ class Entry:
         return number(dig(self.ecs, "netad.threshold"))
 
     @property
+    def window_alone(self) -> float | None:
+        """The peak window's own score where it stayed under the threshold and the run of
+        windows before it crossed (IncidentEvent.added_up); None otherwise."""
+        window, score, threshold = number(dig(self.ecs, "netad.window_score")), self.score, self.threshold
+        if window is None or score is None or threshold is None or not window <= threshold < score:
+            return None
+        return window
+
+    @property
     def first_seen(self) -> str:
         return str(dig(self.ecs, "event.start", ""))
 

@@ -108,6 +108,13 @@ def ratio(observed: Any, expected: Any) -> str:
     return f"{o / e:,.1f}x"
 
 
+def added_up(e: Entry) -> str:
+    """What the peak score says when a run of windows crossed the threshold and its peak window
+    alone did not: ", its window alone 0.139: the windows before it added up"; "" otherwise."""
+    window = e.window_alone
+    return "" if window is None else f", its window alone {fmt(window)}: the windows before it added up"
+
+
 def fmt(value: Any) -> str:
     """A number for a reader: 3 significant digits, thousands grouped; '' if not a number."""
     x = number(value)

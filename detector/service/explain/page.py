@@ -22,7 +22,7 @@ from typing import Any
 
 from detector.contracts import ns_to_iso
 from detector.service.explain.book import Entry, dig
-from detector.service.explain.explanation import Explanation, fmt, iso, ratio
+from detector.service.explain.explanation import Explanation, added_up, fmt, iso, ratio
 
 PREFIX = "/incidents"
 HEADERS = {
@@ -130,7 +130,7 @@ def render_incident(x: Explanation, history_s: float = 0.0) -> str:
         ("entity", esc(_who(e))),
         ("category", esc(e.category)),
         ("severity", f"{_severity(e)} ({esc(fmt(dig(e.ecs, 'event.severity')))})"),
-        ("peak score", f"{esc(fmt(e.score))} against a threshold of {esc(fmt(e.threshold))} ({esc(ratio(e.score, e.threshold))})"),
+        ("peak score", f"{esc(fmt(e.score))} against a threshold of {esc(fmt(e.threshold))} ({esc(ratio(e.score, e.threshold))}){esc(added_up(e))}"),
         ("first seen", esc(when(e.first_seen))),
         ("last seen", esc(when(e.last_seen))),
         ("anomalous windows", esc(fmt(e.anomalous_windows))),

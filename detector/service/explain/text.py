@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from detector.service.explain.book import dig
-from detector.service.explain.explanation import Explanation, fmt, iso, ratio
+from detector.service.explain.explanation import Explanation, added_up, fmt, iso, ratio
 
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
@@ -43,7 +43,7 @@ def render_text(x: Explanation, png: str | None = None, flows: int = 10) -> str:
              + (f", {term(roles['role'])}" if roles["role"] else "")
              + (f": {term(roles['originator'] or '?')} -> {term(roles['target'] or '?')}" if roles["originator"] or roles["target"] else ""),
              f"  severity {term(e.severity)} ({term(fmt(dig(e.ecs, 'event.severity')))}), peak score {term(fmt(e.score))} against a "
-             f"threshold of {term(fmt(e.threshold))} ({term(ratio(e.score, e.threshold))})",
+             f"threshold of {term(fmt(e.threshold))} ({term(ratio(e.score, e.threshold))}){term(added_up(e))}",
              f"  first seen {term(e.first_seen)}, last seen {term(e.last_seen)}; {term(fmt(e.anomalous_windows))} anomalous windows, "
              f"{term(fmt(e.events))} events (latest: {term(dig(e.ecs, 'event.action', ''))})"]
     techniques = x.techniques()

@@ -253,3 +253,21 @@ def test_the_terminal_explanation_prints_hostile_values_inert():
         assert bad not in out
     assert out.count("<script>alert(1)</script>") >= 10
     out.encode("utf-8")  # printable: no lone surrogate left
+
+
+def test_a_peak_window_under_the_threshold_says_the_windows_before_it_added_up():
+    """An incident flagged on what a run of windows added up shows its peak window's own
+    score beside the accumulated one, on the page and in `netad explain`; one whose window
+    crossed alone does not."""
+    from detector.service.explain.text import render_text
+
+    def entry(window_score: float) -> Entry:
+        return Entry("inc-1", "s", ecs={"event": {"action": "incident-opened"},
+                                        "netad": {"incident_id": "inc-1", "entity": "10.0.0.1", "score": 0.231,
+                                                  "window_score": window_score, "threshold": 0.179}})
+
+    said = "its window alone 0.139: the windows before it added up"
+    added = Explanation(entry(0.139), Series.empty())
+    assert said in P.render_incident(added) and said in render_text(added)
+    alone = Explanation(entry(0.231), Series.empty())
+    assert "added up" not in P.render_incident(alone) and "added up" not in render_text(alone)
