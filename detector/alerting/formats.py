@@ -449,6 +449,7 @@ def to_cef(event: IncidentEvent) -> str:
         ("cn2", "severityScore", integer(event.severity_score), 32),
         ("cfp1", "score", finite(event.score, 6), 32),
         ("cfp2", "threshold", finite(event.threshold, 6), 32),
+        ("cfp3", "windowScore", None if event.window_score is None else finite(event.window_score, 6), 32),
         ("flexString1", "attackTechniques", ",".join(t.id for t in _techniques(event)), 1023),
         ("flexString2", "role", event.role, 32),
         ("dvchost", None, event.observer.get("hostname", ""), MAX_VALUE_CHARS),
