@@ -154,7 +154,7 @@ class IncidentBoard:
                 top = scores.top_index[:, 0] if scores.top_index.shape[1] else np.full(len(scores), -1)
                 observed = scores.top_observed[:, 0] if scores.top_observed.shape[1] else np.zeros(len(scores))
                 expected = scores.top_expected[:, 0] if scores.top_expected.shape[1] else np.zeros(len(scores))
-                self.history.add(scores.window_end_ns, scope, scores.entities, scores.scores, scores.thresholds, scores.anomalous,
+                self.history.add(scores.window_end_ns, scope, scores.entities, scores.compared, scores.thresholds, scores.anomalous,
                                  scores.ready, top, observed, expected)
                 self._history_dirty = True
             for event in events:
@@ -191,7 +191,8 @@ class IncidentBoard:
                     "expected": round(float(ex), 3)}
                    for k, sh, ob, ex in zip(scores.top_index[i].tolist(), scores.top_share[i].tolist(), scores.top_observed[i].tolist(),
                                             scores.top_expected[i].tolist(), strict=True)]
-            entry.add_window(P.window_row(scores.window_end_ns, float(scores.scores[i]), float(scores.thresholds[i]), top))
+            entry.add_window(P.window_row(scores.window_end_ns, float(scores.scores[i]), float(scores.compared[i]),
+                                          float(scores.thresholds[i]), top))
             self._dirty = True
 
     # ------------------------------------------------------------------ the page (HTTP threads)

@@ -159,7 +159,8 @@ def series_from_scores(lines: Iterable[str], scope: str, entity: str, horizon_s:
         top = doc.get("top_features") or []
         first = top[0] if isinstance(top, list) and top and isinstance(top[0], dict) else {}
         flags = (ANOMALOUS if doc.get("anomalous") else 0) | (READY if doc.get("ready") else 0)
-        rows.append((end, number(doc.get("score")) or float("nan"), number(doc.get("threshold")) or float("nan"), flags,
+        compared = doc.get("accumulated", doc.get("score"))  # what the threshold was compared with, as the daemon's history keeps
+        rows.append((end, number(compared) or float("nan"), number(doc.get("threshold")) or float("nan"), flags,
                      str(first.get("name", "")), number(first.get("observed")) or float("nan"),
                      number(first.get("expected")) or float("nan")))
     rows.sort(key=lambda r: r[0])

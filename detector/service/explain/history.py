@@ -35,7 +35,7 @@ from detector.service.explain.book import atomic_file
 COLUMNS: dict[str, Any] = {
     "end_s": np.uint32,  # window end, s since the epoch (UTC)
     "entity": np.uint32,  # interned name (scope and entity)
-    "score": np.float32,
+    "score": np.float32,  # what was compared with the threshold: the window's score plus what its run carried in
     "threshold": np.float32,
     "flags": np.uint8,  # ANOMALOUS | READY
     "top": np.uint8,  # index of the window's top feature in `features`; NO_FEATURE if none

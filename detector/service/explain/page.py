@@ -182,11 +182,13 @@ def render_incident(x: Explanation, history_s: float = 0.0) -> str:
                     for p in e.ranked_peers()[:15]), numeric=(2, 3))
     ports = _table(["port", "proto", "packets"], ([esc(p.get("port")), esc(p.get("proto")), esc(fmt(p.get("packets")))]
                                                   for p in e.ranked_ports()[:15]), numeric=(0, 2))
-    windows = _table(["window end (UTC)", "score", "threshold", "top features: observed / expected"],
-                     ([esc(when(w.get("end"))), esc(fmt(w.get("score"))), esc(fmt(w.get("threshold"))),
+    windows = _table(["window end (UTC)", "score", "with what earlier windows carried in", "threshold",
+                      "top features: observed / expected"],
+                     ([esc(when(w.get("end"))), esc(fmt(w.get("score"))), esc(fmt(w.get("accumulated", w.get("score")))),
+                       esc(fmt(w.get("threshold"))),
                        esc("; ".join(f"{f.get('name')} {fmt(f.get('observed'))} / {fmt(f.get('expected'))}"
                                      for f in w.get("top_features", []) if isinstance(f, dict)))]
-                      for w in reversed(e.windows[-60:])), numeric=(1, 2)) if e.windows else ""
+                      for w in reversed(e.windows[-60:])), numeric=(1, 2, 3)) if e.windows else ""
     raw = json.dumps(e.ecs, indent=2, ensure_ascii=False, sort_keys=False, default=str)
     title = f"{e.category or 'anomaly'} on {_who(e)}"
     body = (f"<p><a href=\"{PREFIX}\">\u2190 all incidents</a></p><h1>{esc(title)}</h1>{dl}"
@@ -218,7 +220,9 @@ def _pct(value: Any) -> str:
         return ""
 
 
-def window_row(end_ns: int, score: float, threshold: float, top: list[dict[str, Any]]) -> dict[str, Any]:
-    """An anomalous window as the incident page lists it."""
-    return {"end": ns_to_iso(end_ns), "score": round(score, 6),
+def window_row(end_ns: int, score: float, accumulated: float, threshold: float, top: list[dict[str, Any]]) -> dict[str, Any]:
+    """An anomalous window as the incident page lists it: its own score, which its top
+    features share out, and what was compared with the threshold (the score plus what the
+    windows before it carried in)."""
+    return {"end": ns_to_iso(end_ns), "score": round(score, 6), "accumulated": round(accumulated, 6),
             "threshold": round(threshold, 6), "top_features": top}

@@ -48,7 +48,7 @@ def timeline_png(series: Series, entity: str, incident_start_s: float | None, in
             ax.axvspan(float(date2num(_utc(incident_start_s))), float(date2num(_utc(max(incident_end_s, incident_start_s + 1)))),
                        color="tab:orange", alpha=0.25, lw=0, label="incident")
         if len(series):
-            ax.plot(times, score, color="tab:blue", lw=1.3, label="window score")
+            ax.plot(times, score, color="tab:blue", lw=1.3, label="score, with what earlier windows carried in")
             ax.step(times, threshold, where="post", color="tab:red", ls="--", lw=1.1, label="threshold")
             hot = (np.asarray(series.flags) & ANOMALOUS) != 0
             if hot.any():

@@ -90,7 +90,8 @@ def _hostile_entry() -> Entry:
                        "first": h, "last": h, "cause": h, "weight": 1.0}}
     entry.peers = {h: {"ip": h, "domain": h, "packets": h, "bytes": h, "weight": 1.0}}
     entry.ports = {h: {"port": h, "proto": h, "packets": h, "weight": 1.0}}
-    entry.windows = [{"end": h, "score": h, "threshold": h, "top_features": [{"name": h, "observed": h, "expected": h}]}]
+    entry.windows = [{"end": h, "score": h, "accumulated": h, "threshold": h,
+                      "top_features": [{"name": h, "observed": h, "expected": h}]}]
     return entry
 
 
@@ -271,3 +272,23 @@ def test_a_peak_window_under_the_threshold_says_the_windows_before_it_added_up()
     assert said in P.render_incident(added) and said in render_text(added)
     alone = Explanation(entry(0.231), Series.empty())
     assert "added up" not in P.render_incident(alone) and "added up" not in render_text(alone)
+
+
+def test_a_window_flagged_on_what_its_run_carried_in_is_drawn_and_listed_with_it(tmp_path: Path):
+    """Through the board: a window that scored 1.5 alone, under its threshold of 2, flagged
+    with 2.6 carried in. The timeline's history keeps what was compared with the threshold,
+    as its anomalous mark says; the incident's window list keeps both."""
+    import dataclasses
+
+    board = _board(tmp_path)
+    scoring = SimpleNamespace(causes=CauseRanker())
+    batch = dataclasses.replace(_scores("10.0.0.1", 1.5, 3 * 60 * 10**9), anomalous=np.array([True]),
+                                accumulated=np.array([2.6], np.float32))
+    board._on_window(scoring, "sensor-1", SimpleNamespace(), batch,  # type: ignore[arg-type]
+                     [_event("10.0.0.1", "opened", "new-service", {"name": "sensor-1"}, "inc-run", minute=3)])
+    x = board.explanation("inc-run")
+    assert x is not None
+    assert [2.6] == [round(float(v), 3) for v in x.series.score]
+    assert {"score": 1.5, "accumulated": 2.6} == {k: x.entry.windows[-1][k] for k in ("score", "accumulated")}
+    page = board.handle("/incidents/inc-run", {}, "127.0.0.1").body.decode()
+    assert "with what earlier windows carried in" in page and ">2.6<" in page and ">1.5<" in page
