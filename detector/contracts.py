@@ -454,7 +454,13 @@ class IncidentEvent:
     @property
     def added_up(self) -> bool:
         """The peak window alone stayed under the threshold: the run of windows before it crossed."""
-        return self.window_score is not None and self.window_score <= self.threshold < self.score
+        return added_up(self.window_score, self.threshold, self.score)
+
+
+def added_up(window_score: float | None, threshold: float | None, score: float | None) -> bool:
+    """A window whose own score stayed at or under its threshold, flagged on what the windows
+    before it carried in (`score`, the accumulated one, above it). False where one is unknown."""
+    return window_score is not None and threshold is not None and score is not None and window_score <= threshold < score
 
 
 def ns_to_iso(ns: int) -> str:

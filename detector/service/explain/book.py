@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from detector.contracts import added_up
+
 MAX_INCIDENTS = 500
 MAX_FLOWS = 50
 MAX_WINDOWS = 240
@@ -97,10 +99,8 @@ class Entry:
     def window_alone(self) -> float | None:
         """The peak window's own score where it stayed under the threshold and the run of
         windows before it crossed (IncidentEvent.added_up); None otherwise."""
-        window, score, threshold = number(dig(self.ecs, "netad.window_score")), self.score, self.threshold
-        if window is None or score is None or threshold is None or not window <= threshold < score:
-            return None
-        return window
+        window = number(dig(self.ecs, "netad.window_score"))
+        return window if added_up(window, self.threshold, self.score) else None
 
     @property
     def first_seen(self) -> str:
