@@ -10,7 +10,7 @@ import textwrap
 # thread runs (each one's handler runs in the main thread, possibly inside another's), then
 # take() once, as a Lifecycle does when it installs its own handlers.
 _STORM = textwrap.dedent("""
-    import os, signal, threading, time
+    import os, signal, threading
     from detector.service import _held_reload as held
     held.hold()
     assert held.take() is False
