@@ -221,6 +221,26 @@ class WindowEvidence:
     top_flows: list[dict[str, Any]] = field(default_factory=list)  # {"community_id", "src", ...}
 
 
+@dataclass(frozen=True)
+class LinkHosts:
+    """What the link's (`global`) window holds of its home hosts: enough for the scorer to
+    tell whether one host's doing, and nothing new to it, is what made the link rise
+    (model.scorer leaves such a link alarm to that host). Made by the window stage, which
+    sees every host of the window; travels with the link's window, over Kafka too
+    (service.wire), so that every scorer that scores the link decides alike.
+
+    A host's value of a feature is its window mean in both directions added (`x_out` plus
+    `x_in`: the link's "out" holds its hosts' conversations with each other), or of the
+    feature itself where it has no other direction; NaN for a ratio (the mean packet size),
+    which is explained by what explains the sums it is the ratio of. A host is *known* in a
+    window when its history is past its warm-up and it met nothing new in the window (no
+    peer or port its history did not know, no young peer coming back)."""
+
+    hosts: list[str]  # known hosts: for each feature, the known host with the most of it (each once)
+    known: np.ndarray  # float32 (len(hosts), features): their values
+    news: np.ndarray  # float32 (features,): the values of the home hosts not known in the window, summed
+
+
 @dataclass
 class WindowBatch:
     """Closed windows [start, end) of several entities, each a sequence of time bins.
@@ -235,6 +255,10 @@ class WindowBatch:
     features: np.ndarray  # float32 (n_entities, n_bins, n_features)
     schema: FeatureSchema
     evidence: Mapping[str, WindowEvidence] = field(default_factory=dict)
+    # what the link's window holds of its home hosts (the window stage's; the scorer reads
+    # it when the link alarms); None: not known (a window stage that saw no host, windows
+    # read back from a retraining store)
+    link_hosts: LinkHosts | None = None
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -293,6 +317,9 @@ class WindowScore:
     # errors are: which way the traffic moved, what the categories and rules read (a rare
     # feature leads the score's ranking more often than it says what happened); None: top_features
     deviations: list[FeatureContribution] | None = None
+    # a link window over its threshold that one host explains, left to that host's own score
+    # (model.scorer): the host; None: not left
+    left_to: str | None = None
 
     @property
     def moved(self) -> list[FeatureContribution]:
@@ -327,6 +354,8 @@ class ScoreBatch:
     deviation_share: np.ndarray | None = None
     deviation_observed: np.ndarray | None = None
     deviation_expected: np.ndarray | None = None
+    # row -> the host a link alarm was left to (model.scorer._leave_to_hosts): WindowScore.left_to
+    left_to: dict[int, str] = field(default_factory=dict)
 
     @property
     def compared(self) -> np.ndarray:
@@ -358,6 +387,7 @@ class ScoreBatch:
             accumulated=float(self.compared[i]),
             carried=0.0 if self.carried is None else float(self.carried[i]),
             deviations=deviations,
+            left_to=self.left_to.get(i),
         )
 
     def _contributions(self, index: np.ndarray, share: np.ndarray | None, observed: np.ndarray | None,
@@ -385,12 +415,14 @@ class ScoreBatch:
                       self.anomalous.tolist(), self.ready.tolist(), self.top_index.tolist(), self.top_share.tolist(),
                       self.top_observed.tolist(), self.top_expected.tolist(), strict=True)
         lines = []
-        for entity, cls, score, accumulated, threshold, anomalous, ready, index, share, observed, expected in columns:
+        for i, (entity, cls, score, accumulated, threshold, anomalous, ready, index, share, observed, expected) in enumerate(columns):
             top = [{"name": names[k], "unit": units[k], "share": num(sh, 4), "observed": num(ob, 3), "expected": num(ex, 3)}
                    for k, sh, ob, ex in zip(index, share, observed, expected, strict=True)]
             body = {"entity": entity, "entity_class": cls, "score": num(score, 6), "accumulated": num(accumulated, 6),
                     "threshold": num(threshold, 6),
                     "anomalous": anomalous, "ready": ready, "top_features": top}
+            if i in self.left_to:
+                body["left_to"] = self.left_to[i]
             lines.append(head + "," + json.dumps(body, separators=(",", ":"), allow_nan=False)[1:] + "\n")
         return "".join(lines)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from detector.contracts import ScoreBatch, WindowBatch
+from detector.contracts import ENTITY_GLOBAL, ScoreBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import PHASE_SLOTS, LSTMAutoencoder, State, phase_of
 from detector.model.scaler import FeatureScaler, TorchScaler
@@ -234,6 +234,46 @@ def _shares(err: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     total[total <= 0] = 1.0
     top, largest = _top_features(err, k)
     return top, largest / total[:, None]
+
+
+def _leave_to_hosts(out: ScoreBatch, windows: WindowBatch) -> None:
+    """A link alarm that one host's doing explains, where that host met nothing new, is the
+    host's to judge. Where the link's window alarms on its own score, and in each of the
+    features its score counted most (`top_features`) that rose above what was expected:
+    - one known host (LinkHosts: history past its warm-up, nothing new to it in the window)
+      sent and received at least the rise: without it the link would not have risen;
+    - the home hosts that met something new, or whose history is still warming up, sent and
+      received less than the rise: without them it still would have;
+    the link's window is not anomalous and names the host (`left_to`). The host's own window,
+    scored against its own history, alarms or not.
+    What is new to a host is news the link may carry: a device's first contacts with the
+    outside can be unheard of on a link that never sees any, and ordinary in a host class
+    pooled over busy hosts. What a host has always done, at a minute the link finds odd, is
+    its own model's to judge. A busy host that met nothing new does not take a link alarm
+    that another host's news raised. A feature the link fell in (traffic that did not come),
+    or a ratio of others, is asked of no host; a link with no other feature among its top
+    ones is left to no one, nor is an alarm on what the link's windows added up (its
+    evidence lies in windows before this one), nor traffic no home host had. The inputs
+    travel with the link's window (the window stage makes them), so every scorer of the
+    link, the daemon's or a Kafka role's, decides alike."""
+    hosts = windows.link_hosts
+    if hosts is None or not hosts.hosts or not out.anomalous.any():
+        return
+    links = np.flatnonzero(out.anomalous & (np.asarray(out.entity_classes) == ENTITY_GLOBAL) & (out.compared <= out.scores))
+    for row in links.tolist():
+        index = out.top_index[row]
+        rise = out.top_observed[row].astype(np.float64) - out.top_expected[row]
+        asked = (rise > 0) & np.isfinite(hosts.news[index])
+        if not asked.any():
+            continue
+        index, rise = index[asked], rise[asked]
+        if (hosts.news[index] >= rise).any():
+            continue
+        covers = (hosts.known[:, index] >= rise).all(axis=1)
+        if covers.any():
+            best = int(np.argmax(np.where(covers, (hosts.known[:, index] / rise).min(axis=1), -np.inf)))
+            out.anomalous[row] = False
+            out.left_to[row] = hosts.hosts[best]
 
 
 SCORING_STEP = 2048  # windows through the network at once, at most
@@ -504,6 +544,7 @@ class StreamingScorer:
             out.top_expected[rows] = res.top_expected
             for column in ("deviation_index", "deviation_share", "deviation_observed", "deviation_expected"):
                 getattr(out, column)[rows] = getattr(res, column)
+        _leave_to_hosts(out, windows)
         return out
 
     def _scaler(self, cls: str, cm: ClassModel) -> TorchScaler:

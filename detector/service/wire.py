@@ -20,8 +20,12 @@ Entity window record, little-endian (the message value; the key is `sensor/entit
     ...     4*B*F features, float32, bin-major (bin 0's features, then bin 1's...)
     ...     4     evidence length (uint32), then that many bytes of compact JSON
                   ({"top_peers": [...], "top_ports": [...], "top_flows": [...]}; 0 = none)
+    ...     2     (version 2) the link's hosts (contracts.LinkHosts): their count K (uint16;
+                  0xFFFF = none, every entity but the link), then K strings as above (the
+                  hosts), then 4*(K+1)*F float32: the K hosts' values, then the news row
 
-A window of 6 bins x 16 features with typical evidence is about 0.8 KiB.
+A window of 6 bins x 16 features with typical evidence is about 0.8 KiB. A version 1 record
+(no hosts) is read as one whose link hosts are not known.
 
 Entity state record (the value on the compacted state topic, key `sensor/entity`; an
 empty value is a tombstone), little-endian:
@@ -48,16 +52,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.contracts import WindowEvidence
+from detector.contracts import LinkHosts, WindowEvidence
 
 WINDOW_MAGIC = b"NWIN"
-WINDOW_VERSION = 1
+WINDOW_VERSION = 2
 STATE_MAGIC = b"NSTA"
 STATE_VERSION = 1
 _HEADER = struct.Struct("<4sHHqqHH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _STATE = struct.Struct("<4sHHHqqI")
+_NO_HOSTS = 0xFFFF
 
 
 class WireError(ValueError):
@@ -77,6 +82,7 @@ class WindowRecord:
     window_end_ns: int
     features: np.ndarray  # float32 (bins, features)
     evidence: WindowEvidence | None
+    link_hosts: LinkHosts | None = None  # the link's window only
 
     @property
     def key(self) -> bytes:
@@ -106,6 +112,17 @@ def encode_window(rec: WindowRecord) -> bytes:
     parts.append(feats.tobytes())
     evidence = b"" if rec.evidence is None else json.dumps(asdict(rec.evidence), separators=(",", ":")).encode()
     parts += [_U32.pack(len(evidence)), evidence]
+    hosts = rec.link_hosts
+    if hosts is None:
+        parts.append(_U16.pack(_NO_HOSTS))
+        return b"".join(parts)
+    if len(hosts.hosts) >= _NO_HOSTS:
+        raise WireError(f"too many link hosts for a window record: {len(hosts.hosts)}")
+    parts.append(_U16.pack(len(hosts.hosts)))
+    for name in hosts.hosts:
+        raw = name.encode()
+        parts += [_U16.pack(len(raw)), raw]
+    parts.append(np.ascontiguousarray(np.vstack([hosts.known.reshape(-1, n_features), hosts.news[None]]), dtype="<f4").tobytes())
     return b"".join(parts)
 
 
@@ -115,8 +132,8 @@ def decode_window(data: bytes) -> WindowRecord:
         magic, version, schema_version, start_ns, end_ns, bins, n_features = _HEADER.unpack_from(view, 0)
         if magic != WINDOW_MAGIC:
             raise WireError("not a netad window record (bad magic)")
-        if version != WINDOW_VERSION:
-            raise WireError(f"window record format version {version}; this netad reads {WINDOW_VERSION}")
+        if version not in (1, WINDOW_VERSION):
+            raise WireError(f"window record format version {version}; this netad reads 1 and {WINDOW_VERSION}")
         pos = _HEADER.size
         texts = []
         for _ in range(6):
@@ -133,14 +150,38 @@ def decode_window(data: bytes) -> WindowRecord:
         pos += size
         (n,) = _U32.unpack_from(view, pos)
         pos += 4
-        if pos + n != len(view):
+        if pos + n > len(view) or (version == 1 and pos + n != len(view)):
             raise WireError("window record has a wrong evidence length")
-        evidence = WindowEvidence(**json.loads(bytes(view[pos:]))) if n else None
+        evidence = WindowEvidence(**json.loads(bytes(view[pos : pos + n]))) if n else None
+        pos += n
+        hosts = None if version == 1 else _link_hosts(view, pos, n_features)
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
         raise WireError(f"damaged window record: {exc}") from None
     sensor, hostname, interface, entity, entity_class, schema_name = texts
     return WindowRecord(sensor, hostname, interface, entity, entity_class, schema_name, schema_version, start_ns, end_ns,
-                        features, evidence)
+                        features, evidence, hosts)
+
+
+def _link_hosts(view: memoryview, pos: int, n_features: int) -> LinkHosts | None:
+    """A version 2 record's tail from `pos`: its link hosts, or None."""
+    (k,) = _U16.unpack_from(view, pos)
+    pos += 2
+    if k == _NO_HOSTS:
+        if pos != len(view):
+            raise WireError("window record has bytes after its end")
+        return None
+    names = []
+    for _ in range(k):
+        (n,) = _U16.unpack_from(view, pos)
+        pos += 2
+        if pos + n > len(view):
+            raise WireError("window record cut short")
+        names.append(bytes(view[pos : pos + n]).decode())
+        pos += n
+    if pos + 4 * (k + 1) * n_features != len(view):
+        raise WireError("window record has a wrong link hosts length")
+    values = np.frombuffer(view[pos:], dtype="<f4").reshape(k + 1, n_features).astype(np.float32)
+    return LinkHosts(names, values[:k], values[k])
 
 
 @dataclass

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import PACKET_SCHEMA
-from detector.contracts import WindowBatch
+from detector.capture.windows._base import link_hosts_of
+from detector.contracts import LinkHosts, ScoreBatch, WindowBatch
 from detector.model import scorer as scorer_module
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
@@ -381,3 +385,108 @@ def test_cuda_scores_match_cpu_within_tolerance():
         a = cpu.score(_windows(k, names, seq[k])).scores
         b = gpu.score(_windows(k, names, seq[k])).scores
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _link_and_hosts(bundle: ModelBundle, hosts: list[float]) -> ScoreBatch:
+    """One window: the link at 1,000 in every feature and bin, beside hosts at the levels
+    given, each warm with nothing new to it (history features 0), as the window stage hands
+    them on; the link alarms (threshold 0), no host does."""
+    bundle.classes["global"].threshold.value = 0.0
+    bundle.classes["host"].threshold.value = 1e9
+    feats = np.stack([np.full((BINS, N_F), 1000.0)] + [np.full((BINS, N_F), v) for v in hosts]).astype(np.float32)
+    feats[1:, :, [PACKET_SCHEMA.features.index(n) for n, _ in HISTORY_FEATURES]] = 0.0
+    names = ["global"] + [f"10.0.0.{i + 1}" for i in range(len(hosts))]
+    windows = _windows(0, names, feats)
+    windows.link_hosts = link_hosts_of(feats, names, PACKET_SCHEMA, np.ones(len(names), bool))
+    return StreamingScorer(bundle, device="cpu", warmup_windows=0).score(windows)
+
+
+def test_a_link_alarm_that_one_host_explains_is_left_to_that_host():
+    """The link rose in every feature its score counted most. Where one host alone sent and
+    received at least each rise, the link's window is not anomalous and names the host,
+    whose own window alarms or not on its own score; where two hosts share it, no one host
+    explains it and the link alarms."""
+    one = _link_and_hosts(_bundle(), [5000.0, 0.0])
+    assert (one.top_observed[0] > one.top_expected[0]).all()
+    assert not one.anomalous[0]
+    assert "10.0.0.1" == one[0].left_to
+    assert json.loads(one.jsonl().splitlines()[0])["left_to"] == "10.0.0.1"
+    assert [None, None] == [one[1].left_to, one[2].left_to]
+
+    shared = _link_and_hosts(_bundle(), [300.0, 300.0])
+    assert shared.anomalous[0]
+    assert shared[0].left_to is None
+    assert "left_to" not in json.loads(shared.jsonl().splitlines()[0])
+
+
+def test_the_window_stage_hands_on_the_known_host_with_the_most_of_each_feature_and_the_rest_as_news():
+    """A host's value is its window mean in both directions added; a ratio is no host's to
+    add up (NaN); a host is known when its history is warm and nothing was new to it; the
+    known host with the most of some feature is handed on once, with all its values, and
+    what the other hosts had is summed as news."""
+    names = PACKET_SCHEMA.features
+    f = {n: names.index(n) for n in ("pkts_out", "pkts_in", "bytes_out", "bytes_in", "mean_pkt_bytes", "new_peers")}
+    feats = np.zeros((5, BINS, N_F), np.float32)
+    feats[1, :, f["pkts_out"]], feats[1, :, f["pkts_in"]] = 10.0, 5.0  # known, the most packets
+    feats[2, :, f["bytes_in"]] = 9000.0  # known, the most bytes
+    feats[3, :, f["pkts_out"]], feats[3, :, f["new_peers"]] = 100.0, 1 / BINS  # met a new peer
+    feats[4, :, f["pkts_in"]] = 7.0  # still warming up
+    feats[1:, :, f["mean_pkt_bytes"]] = 60.0
+    hosts = link_hosts_of(feats, ["global", "a", "b", "c", "d"], PACKET_SCHEMA, np.array([True, True, True, True, False]))
+    assert ["a", "b"] == hosts.hosts
+    assert hosts.known[0, f["pkts_out"]] == hosts.known[0, f["pkts_in"]] == 15.0
+    assert hosts.known[1, f["bytes_out"]] == 9000.0
+    assert hosts.news[f["pkts_in"]] == 107.0 and hosts.news[f["new_peers"]] == pytest.approx(1 / BINS)
+    assert np.isnan(hosts.known[:, f["mean_pkt_bytes"]]).all() and np.isnan(hosts.news[f["mean_pkt_bytes"]])
+    nobody = link_hosts_of(feats, ["global", "a", "b", "c", "d"], PACKET_SCHEMA, np.zeros(5, bool))
+    assert [] == nobody.hosts and nobody.known.shape == (0, N_F)
+
+
+def _one_link_alarm(observed: list[float], expected: list[float], known: dict[str, float] | None,
+                    news: dict[str, float] | None = None, carried_in: float = 0.0,
+                    top: tuple[str, str] = ("pkts_out", "ports_out")) -> ScoreBatch:
+    """A scored window of the link, alarming, its top features (`top`) at `observed`
+    against `expected` (`carried_in` added to its score by the windows before), with one
+    known host whose values are `known` (None: the link's hosts not known) and the other
+    hosts' `news`."""
+    names = PACKET_SCHEMA.features
+    index = np.array([[names.index(n) for n in top]] * 2)
+    windows = _windows(0, ["global", "10.0.0.1"], np.zeros((2, BINS, N_F), np.float32))
+    if known is not None:
+        row, rest = np.zeros((1, N_F), np.float32), np.zeros(N_F, np.float32)
+        for values, target in ((known, row[0]), (news or {}, rest)):
+            for name, value in values.items():
+                target[names.index(name)] = value
+        row[:, names.index("mean_pkt_bytes")] = rest[names.index("mean_pkt_bytes")] = np.nan
+        windows.link_hosts = LinkHosts(["10.0.0.1"], row, rest)
+    scores = np.ones(2, np.float32)
+    batch = ScoreBatch(windows.window_start_ns, windows.window_end_ns, windows.entities, windows.entity_classes,
+                       scores=scores, thresholds=np.full(2, 0.5, np.float32), anomalous=np.array([True, False]),
+                       ready=np.ones(2, bool), top_index=index, top_share=np.full((2, 2), 0.5, np.float32),
+                       top_observed=np.array([observed] * 2, np.float32), top_expected=np.array([expected] * 2, np.float32),
+                       schema=PACKET_SCHEMA, accumulated=scores + np.float32(carried_in))
+    scorer_module._leave_to_hosts(batch, windows)
+    return batch
+
+
+def test_a_known_host_explains_the_links_rise_unless_the_news_could():
+    """A known host that sent and received at least the link's rise in each feature that
+    rose explains it; where the hosts that met something new had as much, the rise may be
+    theirs, and the link keeps its alarm however busy the known host (a server that met
+    nothing new does not take a workstation's new peer). A feature the link fell in, or a
+    ratio, is asked of no host; a link that only fell, an alarm on what the link's windows
+    added up, and a link whose hosts are not known are left to no one."""
+    answered = {"pkts_out": 30.0, "ports_out": 4.0}  # out and in added (link_hosts_of)
+    assert "10.0.0.1" == _one_link_alarm([27.0, 4.0], [2.0, 1.0], answered)[0].left_to
+    assert "10.0.0.1" == _one_link_alarm([27.0, 4.0], [2.0, 1.0], answered, {"pkts_out": 24.0, "ports_out": 2.9})[0].left_to
+    busy = {"pkts_out": 5000.0, "ports_out": 40.0}
+    for news in ({"pkts_out": 25.0}, {"ports_out": 3.0}):
+        assert _one_link_alarm([27.0, 4.0], [2.0, 1.0], busy, news).anomalous[0]
+    assert _one_link_alarm([27.0, 4.0], [2.0, 1.0], {"pkts_out": 20.0, "ports_out": 4.0}).anomalous[0]  # 20 < a rise of 25
+    assert "10.0.0.1" == _one_link_alarm([27.0, 0.0], [2.0, 1.0], {"pkts_out": 30.0}, {"ports_out": 9.0})[0].left_to  # ports fell
+    ratio = ("pkts_out", "mean_pkt_bytes")
+    assert "10.0.0.1" == _one_link_alarm([27.0, 900.0], [2.0, 80.0], answered, top=ratio)[0].left_to
+    assert _one_link_alarm([1.0, 900.0], [2.0, 80.0], answered, top=ratio).anomalous[0]  # only the ratio rose
+    for kept in (_one_link_alarm([1.0, 0.0], [2.0, 1.0], answered), _one_link_alarm([27.0, 4.0], [2.0, 1.0], answered, carried_in=0.2),
+                 _one_link_alarm([27.0, 4.0], [2.0, 1.0], None)):
+        assert kept.anomalous[0] and kept[0].left_to is None

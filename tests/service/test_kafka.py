@@ -22,7 +22,7 @@ import torch
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.contracts import WindowEvidence
+from detector.contracts import LinkHosts, WindowEvidence
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, encode_window
 from tests.service._daemon import DaemonProcess, base_config, netad, write_config
 
@@ -253,9 +253,29 @@ def test_window_record_round_trip_and_damage():
     back = decode_window(data)
     assert back.key == b"s1/10.20.0.5" and back.evidence == ev and back.schema_version == 3
     np.testing.assert_array_equal(back.features, feats)
+    assert back.link_hosts is None
     for bad in (data[:-1], data[:20], b"XXXX" + data[4:], data[:4] + b"\x09\x00" + data[6:], data + b"x"):
         with pytest.raises(WireError):
             decode_window(bad)
+    # the link's window carries its hosts (contracts.LinkHosts), NaN (a ratio) included
+    known = np.arange(2 * 16, dtype=np.float32).reshape(2, 16)
+    news = np.full(16, 3.5, np.float32)
+    news[15] = np.nan
+    link = WindowRecord("s1", "host-1", "eth0", "global", "global", "packet", 3, 10**18, 10**18 + 60 * 10**9, feats, None,
+                        LinkHosts(["10.20.0.5", "10.20.0.9"], known, news))
+    data = encode_window(link)
+    hosts = decode_window(data).link_hosts
+    assert ["10.20.0.5", "10.20.0.9"] == hosts.hosts
+    np.testing.assert_array_equal(hosts.known, known)
+    np.testing.assert_array_equal(hosts.news, news)
+    for bad in (data[:-1], data[:-4 * 16], data + b"x"):
+        with pytest.raises(WireError):
+            decode_window(bad)
+    # a version 1 record, a sensor's from before the hosts: read, its hosts not known
+    v1 = encode_window(rec)[:-2]
+    v1 = v1[:4] + b"\x01\x00" + v1[6:]
+    old = decode_window(v1)
+    assert old.evidence == ev and old.link_hosts is None
     with pytest.raises(WireError):
         decode_state(b"\x00" * 16)
     state = EntityState("host", torch.rand(8), torch.rand(8), 5, 10**18, None, "v1", carried=0.25)

@@ -24,11 +24,38 @@ from detector.contracts import (
     ENTITY_GLOBAL,
     CarriedHistory,
     FeatureSchema,
+    LinkHosts,
     WindowBatch,
     WindowEvidence,
     addr_to_pair,
     pair_to_addr,
 )
+
+RATIOS = frozenset({"mean_pkt_bytes"})  # features that are a ratio of others: no host's to add up
+
+
+def link_hosts_of(feats: np.ndarray, names: list[str], schema: FeatureSchema, warm: np.ndarray) -> LinkHosts:
+    """What a window's link (row 0) holds of its home hosts (the rows after it): its
+    `feats` (entities, bins, features) with the novelty features filled, `warm` (entities,)
+    whether each entity's history is past its warm-up (PeerHistory.warm). See LinkHosts."""
+    where = {name: i for i, name in enumerate(schema.features)}
+    means = feats[1:].mean(axis=1, dtype=np.float64)
+    values = means.copy()
+    for name, i in where.items():
+        other = name[:-4] + "_in" if name.endswith("_out") else name[:-3] + "_out" if name.endswith("_in") else ""
+        if other in where:
+            values[:, i] += means[:, where[other]]
+    ratio = [where[n] for n in RATIOS if n in where]
+    values[:, ratio] = np.nan
+    novel = [where[n] for n, _ in HISTORY_FEATURES if n in where]
+    known = np.asarray(warm[1:], bool) & ~(means[:, novel] > 0).any(axis=1)
+    news = values[~known].sum(axis=0)
+    rows = np.flatnonzero(known)
+    if rows.size:
+        mine = np.where(np.isnan(values[rows]), -np.inf, values[rows])
+        lead = mine.argmax(axis=0)[mine.max(axis=0) > 0]  # the known host with the most of each feature
+        rows = rows[np.unique(lead)]
+    return LinkHosts([names[1 + r] for r in rows.tolist()], values[rows].astype(np.float32), news.astype(np.float32))
 
 
 class HomeNet:
@@ -328,7 +355,8 @@ class EntityWindows:
         evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads,
                                  lambda slot, hi, lo: self.history.domains_of(key_of[slot], hi, lo))
                     if columns is not None else {})
-        return WindowBatch(closing.start_ns, closing.end_ns, names, classes, feats, self.SCHEMA, evidence)
+        return WindowBatch(closing.start_ns, closing.end_ns, names, classes, feats, self.SCHEMA, evidence,
+                           link_hosts=link_hosts_of(feats, names, self.SCHEMA, self.history.warm))
 
     def _name(self, slot: int) -> str:
         """The slot's entity name (its address), formatted once while the entity stays."""

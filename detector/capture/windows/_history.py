@@ -260,6 +260,7 @@ class PeerHistory:
         self._domains = _Table()
         self._last_flows = np.zeros(0, np.uint64)  # the previous window's flows (keys)
         self.lead: tuple[np.ndarray, ...] = _NO_LEAD  # observe's: who is behind young_peer_returns
+        self.warm = np.zeros(0, bool)  # observe's: per entity row, whether its history is past its warm-up
         self._carried: tuple[int, int] | None = None  # carry_in's (ended_ns, window_ns), until the first window
         self._unshifted: list[DnsAnswers] = []  # answers that came before that window
         self.domain_names: dict[int, str] = {}  # domain key -> registered domain, most recently answered last
@@ -404,6 +405,7 @@ class PeerHistory:
         n = entity_keys.shape[0]
         out = np.zeros((n, len(HISTORY_FEATURES)), np.float32)
         self.lead = _NO_LEAD
+        self.warm = np.zeros(n, bool)
         before = end_ns - self.history_ns
         for table in self._tables():
             table.forget(before, self.max_rows)
@@ -426,6 +428,7 @@ class PeerHistory:
         started = np.full(n, end_ns, np.int64)
         started[active] = since
         warm = end_ns - started >= self.warmup_ns
+        self.warm = warm
         if p_row.size:
             key = _peer_key(entity_keys[p_row], p_hi, p_lo)
             key, first_row = np.unique(key, return_index=True)

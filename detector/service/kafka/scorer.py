@@ -289,7 +289,8 @@ class ScorerRole:
                 continue
             wb = WindowBatch(start_ns, end_ns, [r.entity for _, r in items], [r.entity_class for _, r in items],
                              np.stack([r.features for _, r in items]), schema,
-                             {r.entity: r.evidence for _, r in items if r.evidence is not None})
+                             {r.entity: r.evidence for _, r in items if r.evidence is not None},
+                             next((r.link_hosts for _, r in items if r.link_hosts is not None), None))
             scoring.process(wb)
             for part, r in items:
                 self.owner[(sensor, r.entity)] = (part, r.entity_class)

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from detector.config import Config
-from detector.contracts import WindowBatch
+from detector.contracts import ENTITY_GLOBAL, WindowBatch
 from detector.model.meta import carried_history
 from detector.service._sources import build_source
 from detector.service.kafka import check_topics, client_config
@@ -55,7 +55,7 @@ class WindowPublisher:
                 evidence = None
             rec = WindowRecord(self.observer["name"], self.observer["hostname"], self.observer["interface"], entity,
                                wb.entity_classes[i], schema.name, schema.version, wb.window_start_ns, wb.window_end_ns,
-                               wb.features[i], evidence)
+                               wb.features[i], evidence, wb.link_hosts if wb.entity_classes[i] == ENTITY_GLOBAL else None)
             value = encode_window(rec)
             while True:
                 try:

@@ -242,6 +242,13 @@ def test_the_window_stage_fills_the_schema_columns(warmup_s):
     assert np.allclose(new_peers, 8 / 6) and np.allclose(new_ports, 8 / 6)
     first = out[0].features[out[0].entities.index("10.0.0.5")]
     assert first[:, names.index("new_peers")].sum() == (0 if warmup_s else 1)
+    # the link's window says which hosts met nothing new (the scorer reads it): the host
+    # is known once its history is warm and its first peer is no longer new, and not in
+    # the window of its eight new peers, where it is the link's news
+    pkts = names.index("pkts_out")
+    known = [w.link_hosts.hosts == ["10.0.0.5"] for w in out if "10.0.0.5" in w.entities]
+    assert known == [False] * (2 if warmup_s else 1) + [True] * (8 if warmup_s else 9) + [False]
+    assert last.link_hosts.news[pkts] == host[:, pkts].mean() + host[:, names.index("pkts_in")].mean() > 0
 
 
 def _role_change(first_seen: str) -> list[dict]:
