@@ -134,15 +134,7 @@ def decode_window(data: bytes) -> WindowRecord:
             raise WireError("not a netad window record (bad magic)")
         if version not in (1, WINDOW_VERSION):
             raise WireError(f"window record format version {version}; this netad reads 1 and {WINDOW_VERSION}")
-        pos = _HEADER.size
-        texts = []
-        for _ in range(6):
-            (n,) = _U16.unpack_from(view, pos)
-            pos += 2
-            if pos + n > len(view):
-                raise WireError("window record cut short")
-            texts.append(bytes(view[pos : pos + n]).decode())
-            pos += n
+        texts, pos = _strings(view, _HEADER.size, 6)
         size = 4 * bins * n_features
         if pos + size + 4 > len(view):
             raise WireError("window record cut short")
@@ -162,6 +154,19 @@ def decode_window(data: bytes) -> WindowRecord:
                         features, evidence, hosts)
 
 
+def _strings(view: memoryview, pos: int, count: int) -> tuple[list[str], int]:
+    """`count` strings from `pos`, each a uint16 byte length then UTF-8; and where they end."""
+    texts = []
+    for _ in range(count):
+        (n,) = _U16.unpack_from(view, pos)
+        pos += 2
+        if pos + n > len(view):
+            raise WireError("window record cut short")
+        texts.append(bytes(view[pos : pos + n]).decode())
+        pos += n
+    return texts, pos
+
+
 def _link_hosts(view: memoryview, pos: int, n_features: int) -> LinkHosts | None:
     """A version 2 record's tail from `pos`: its link hosts, or None."""
     (k,) = _U16.unpack_from(view, pos)
@@ -170,14 +175,7 @@ def _link_hosts(view: memoryview, pos: int, n_features: int) -> LinkHosts | None
         if pos != len(view):
             raise WireError("window record has bytes after its end")
         return None
-    names = []
-    for _ in range(k):
-        (n,) = _U16.unpack_from(view, pos)
-        pos += 2
-        if pos + n > len(view):
-            raise WireError("window record cut short")
-        names.append(bytes(view[pos : pos + n]).decode())
-        pos += n
+    names, pos = _strings(view, pos, k)
     if pos + 4 * (k + 1) * n_features != len(view):
         raise WireError("window record has a wrong link hosts length")
     values = np.frombuffer(view[pos:], dtype="<f4").reshape(k + 1, n_features).astype(np.float32)
