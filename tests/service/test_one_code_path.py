@@ -61,6 +61,12 @@ def _scores(path: Path) -> dict[tuple[str, str], float]:
     return out
 
 
+def _left(path: Path) -> dict[tuple[str, str], str]:
+    """(entity, window start) -> the host a link alarm was left to (model.scorer)."""
+    rows = (json.loads(line) for line in path.read_text().splitlines())
+    return {(r["entity"], r["window_start"]): r["left_to"] for r in rows if "left_to" in r}
+
+
 def _event_ids(path: Path) -> list[str]:
     return sorted(json.loads(line)["event"]["id"] for line in path.read_text().splitlines()) if path.exists() else []
 
@@ -78,12 +84,16 @@ def _run_sensor(started: list, config: Path) -> None:
 
 def test_daemon_score_and_kafka_roles_give_the_same_scores_and_incident_ids(demo, kafka_cluster, tmp_path, started):
     """A replay by the daemon, `netad score`, and a Kafka sensor + scorer on one capture give
-    the same score for every entity window and the same incident event ids."""
+    the same score for every entity window, leave the same link alarms to the same hosts
+    (the Kafka scorer scores the link apart from its hosts, from what its record carries),
+    and give the same incident event ids."""
     reference_cfg = _config(demo, tmp_path, "score")
     netad("score", "-c", str(reference_cfg), "--pcap", str(demo["pcap"]), "--scores", str(tmp_path / "score-scores.jsonl"),
           "--incidents", str(tmp_path / "score-incidents.jsonl"))
     reference, reference_ids = _scores(tmp_path / "score-scores.jsonl"), _event_ids(tmp_path / "score-incidents.jsonl")
     assert reference and reference_ids
+    left = _left(tmp_path / "score-scores.jsonl")
+    assert left, "the demo's brute force holds a link alarm left to its target: this test compares that decision too"
 
     daemon = _start(started, _config(demo, tmp_path, "daemon"))
     assert 0 == daemon.wait(300), daemon.tail()
@@ -97,6 +107,7 @@ def test_daemon_score_and_kafka_roles_give_the_same_scores_and_incident_ids(demo
         scores = _scores(tmp_path / f"{name}-scores.jsonl")
         assert reference.keys() == scores.keys(), name
         np.testing.assert_allclose([scores[k] for k in reference], list(reference.values()), rtol=1e-5, atol=1e-6, err_msg=name)
+        assert left == _left(tmp_path / f"{name}-scores.jsonl"), name
         assert reference_ids == _event_ids(tmp_path / f"{name}-incidents.jsonl"), name
 
 
