@@ -259,6 +259,11 @@ class WindowBatch:
     # it when the link alarms); None: not known (a window stage that saw no host, windows
     # read back from a retraining store)
     link_hosts: LinkHosts | None = None
+    # host -> the one other home host that started every flow the host had in the window,
+    # where the host started none and both are known (their histories past the warm-up,
+    # nothing new to either): a host that only answered another's requests (the window
+    # stage's; model.scorer leaves such a host's alarm to the requester)
+    requested_by: Mapping[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entities)
@@ -317,8 +322,8 @@ class WindowScore:
     # errors are: which way the traffic moved, what the categories and rules read (a rare
     # feature leads the score's ranking more often than it says what happened); None: top_features
     deviations: list[FeatureContribution] | None = None
-    # a link window over its threshold that one host explains, left to that host's own score
-    # (model.scorer): the host; None: not left
+    # a window over its threshold that another home host's doing explains, left to that
+    # host's own score (model.scorer): the host; None: not left
     left_to: str | None = None
 
     @property
@@ -354,7 +359,7 @@ class ScoreBatch:
     deviation_share: np.ndarray | None = None
     deviation_observed: np.ndarray | None = None
     deviation_expected: np.ndarray | None = None
-    # row -> the host a link alarm was left to (model.scorer._leave_to_hosts): WindowScore.left_to
+    # row -> the host an alarm was left to (model.scorer._leave_to_hosts): WindowScore.left_to
     left_to: dict[int, str] = field(default_factory=dict)
 
     @property

@@ -237,8 +237,19 @@ def _shares(err: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _leave_to_hosts(out: ScoreBatch, windows: WindowBatch) -> None:
-    """A link alarm that one host's doing explains, where that host met nothing new, is the
-    host's to judge. Where the link's window alarms on its own score, and in each of the
+    """An alarm that another home host's doing explains, where nothing was new to either, is
+    that host's to judge.
+
+    A host that only answered another home host's requests (WindowBatch.requested_by: that
+    host started every flow it had in the window, it started none, and both are known) is
+    not anomalous on its own score, and names the requester (`left_to`): a gateway
+    answering a device's look-ups at a minute it is always quiet answers for the device,
+    whose own window, scored against its own history, alarms or not. A host with a requester
+    that met something new (a peer, a port), or with requests from two hosts, or from
+    outside, keeps its alarm.
+
+    A link alarm that one host's doing explains, where that host met nothing new, is the
+    host's to judge too. Where the link's window alarms on its own score, and in each of the
     features its score counted most (`top_features`) that rose above what was expected:
     - one known host (LinkHosts: history past its warm-up, nothing new to it in the window)
       sent and received at least the rise: without it the link would not have risen;
@@ -253,14 +264,25 @@ def _leave_to_hosts(out: ScoreBatch, windows: WindowBatch) -> None:
     that another host's news raised. A feature the link fell in (traffic that did not come),
     or a ratio of others, is asked of no host; a link with no other feature among its top
     ones is left to no one, nor is an alarm on what the link's windows added up (its
-    evidence lies in windows before this one), nor traffic no home host had. The inputs
-    travel with the link's window (the window stage makes them), so every scorer of the
-    link, the daemon's or a Kafka role's, decides alike."""
-    hosts = windows.link_hosts
-    if hosts is None or not hosts.hosts or not out.anomalous.any():
+    evidence lies in windows before this one), nor traffic no home host had.
+    The window stage makes what this reads and it travels with the windows (a host's
+    requester with the host's window, the link's hosts with the link's), so every scorer, the
+    daemon's or a Kafka role's, decides alike."""
+    if not out.anomalous.any():
         return
-    links = np.flatnonzero(out.anomalous & (np.asarray(out.entity_classes) == ENTITY_GLOBAL) & (out.compared <= out.scores))
-    for row in links.tolist():
+    own = np.flatnonzero(out.anomalous & (out.compared <= out.scores))  # alarms on their own scores
+    if windows.requested_by:
+        for row in own.tolist():
+            requester = windows.requested_by.get(out.entities[row])
+            if requester is not None:
+                out.anomalous[row] = False
+                out.left_to[row] = requester
+    hosts = windows.link_hosts
+    if hosts is None or not hosts.hosts:
+        return
+    for row in own.tolist():
+        if out.entity_classes[row] != ENTITY_GLOBAL:
+            continue
         index = out.top_index[row]
         rise = out.top_observed[row].astype(np.float64) - out.top_expected[row]
         asked = (rise > 0) & np.isfinite(hosts.news[index])

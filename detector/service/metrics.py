@@ -39,7 +39,7 @@ _COUNTERS = {
     "windows_closed": ("netad_windows_closed", "Windows closed"),
     "entity_windows": ("netad_windows_scored", "Entity windows scored"),
     "anomalous_windows": ("netad_anomalous_windows", "Entity windows above threshold"),
-    "link_alarms_left": ("netad_link_alarms_left_to_hosts", "Link windows over the threshold left to the one host that explains them"),
+    "alarms_left": ("netad_alarms_left_to_hosts", "Windows over the threshold left to the home host whose doing they were"),
     # flow-record sources (netflow, zeek): the windows' and the sources' own counters
     "flow_records": ("netad_flow_records", "Flow records processed"),
     "late_records": ("netad_late_flow_records", "Flow records wholly in windows already closed"),

@@ -434,7 +434,7 @@ class Pipeline:
             "non_ip": self.non_ip,
             "entity_windows": self.scoring.entity_windows,
             "anomalous_windows": self.scoring.anomalous_windows,
-            "link_alarms_left": self.scoring.link_alarms_left,
+            "alarms_left": self.scoring.alarms_left,
             "incidents_opened": self.scoring.count("opened"),
             "incidents_open": self.scoring.tracker.open_incidents,
             "entity_slots": self.windows.slots,

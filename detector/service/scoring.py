@@ -104,7 +104,7 @@ class Scoring:
         self.watchers: list[ScoringWatcher] = []
         self.entity_windows = 0
         self.anomalous_windows = 0
-        self.link_alarms_left = 0  # link windows over threshold left to the one host that explains them
+        self.alarms_left = 0  # windows over the threshold left to the home host whose doing they were (model.scorer)
         self.events: Counter[tuple[str, str]] = Counter()  # (action, severity)
         self.opened_by_entity: Counter[str] = Counter()
         self.last_window_end_ns: int | None = None
@@ -117,7 +117,7 @@ class Scoring:
             self.on_scored(window, scores, time.perf_counter() - started)
         self.entity_windows += len(scores)
         self.anomalous_windows += int(np.count_nonzero(scores.anomalous))
-        self.link_alarms_left += len(scores.left_to)
+        self.alarms_left += len(scores.left_to)
         if self.scores_out is not None:
             self.scores_out.write(scores.jsonl(**self.score_fields))
         events = self.tracker.push(scores)

@@ -20,12 +20,14 @@ Entity window record, little-endian (the message value; the key is `sensor/entit
     ...     4*B*F features, float32, bin-major (bin 0's features, then bin 1's...)
     ...     4     evidence length (uint32), then that many bytes of compact JSON
                   ({"top_peers": [...], "top_ports": [...], "top_flows": [...]}; 0 = none)
+    ...     ...   (version 2) a string as above: the host whose requests were all this host
+                  answered (WindowBatch.requested_by; empty: none)
     ...     2     (version 2) the link's hosts (contracts.LinkHosts): their count K (uint16;
                   0xFFFF = none, every entity but the link), then K strings as above (the
                   hosts), then 4*(K+1)*F float32: the K hosts' values, then the news row
 
 A window of 6 bins x 16 features with typical evidence is about 0.8 KiB. A version 1 record
-(no hosts) is read as one whose link hosts are not known.
+is read as one with no requester and whose link hosts are not known.
 
 Entity state record (the value on the compacted state topic, key `sensor/entity`; an
 empty value is a tombstone), little-endian:
@@ -83,6 +85,7 @@ class WindowRecord:
     features: np.ndarray  # float32 (bins, features)
     evidence: WindowEvidence | None
     link_hosts: LinkHosts | None = None  # the link's window only
+    requested_by: str = ""  # a host's: WindowBatch.requested_by ("": none)
 
     @property
     def key(self) -> bytes:
@@ -112,6 +115,8 @@ def encode_window(rec: WindowRecord) -> bytes:
     parts.append(feats.tobytes())
     evidence = b"" if rec.evidence is None else json.dumps(asdict(rec.evidence), separators=(",", ":")).encode()
     parts += [_U32.pack(len(evidence)), evidence]
+    requester = rec.requested_by.encode()
+    parts += [_U16.pack(len(requester)), requester]
     hosts = rec.link_hosts
     if hosts is None:
         parts.append(_U16.pack(_NO_HOSTS))
@@ -146,12 +151,12 @@ def decode_window(data: bytes) -> WindowRecord:
             raise WireError("window record has a wrong evidence length")
         evidence = WindowEvidence(**json.loads(bytes(view[pos : pos + n]))) if n else None
         pos += n
-        hosts = None if version == 1 else _link_hosts(view, pos, n_features)
+        requester, hosts = ("", None) if version == 1 else _requester_and_link_hosts(view, pos, n_features)
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
         raise WireError(f"damaged window record: {exc}") from None
     sensor, hostname, interface, entity, entity_class, schema_name = texts
     return WindowRecord(sensor, hostname, interface, entity, entity_class, schema_name, schema_version, start_ns, end_ns,
-                        features, evidence, hosts)
+                        features, evidence, hosts, requester)
 
 
 def _strings(view: memoryview, pos: int, count: int) -> tuple[list[str], int]:
@@ -167,19 +172,20 @@ def _strings(view: memoryview, pos: int, count: int) -> tuple[list[str], int]:
     return texts, pos
 
 
-def _link_hosts(view: memoryview, pos: int, n_features: int) -> LinkHosts | None:
-    """A version 2 record's tail from `pos`: its link hosts, or None."""
+def _requester_and_link_hosts(view: memoryview, pos: int, n_features: int) -> tuple[str, LinkHosts | None]:
+    """A version 2 record's tail from `pos`: its requester and its link hosts (or None)."""
+    (requester,), pos = _strings(view, pos, 1)
     (k,) = _U16.unpack_from(view, pos)
     pos += 2
     if k == _NO_HOSTS:
         if pos != len(view):
             raise WireError("window record has bytes after its end")
-        return None
+        return requester, None
     names, pos = _strings(view, pos, k)
     if pos + 4 * (k + 1) * n_features != len(view):
         raise WireError("window record has a wrong link hosts length")
     values = np.frombuffer(view[pos:], dtype="<f4").reshape(k + 1, n_features).astype(np.float32)
-    return LinkHosts(names, values[:k], values[k])
+    return requester, LinkHosts(names, values[:k], values[k])
 
 
 @dataclass

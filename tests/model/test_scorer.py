@@ -10,7 +10,7 @@ import torch
 
 from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import PACKET_SCHEMA
-from detector.capture.windows._base import link_hosts_of
+from detector.capture.windows._base import history_keys, known_rows, link_hosts_of, requested_by_of
 from detector.contracts import LinkHosts, ScoreBatch, WindowBatch
 from detector.model import scorer as scorer_module
 from detector.model.bundle import ClassModel, ModelBundle
@@ -432,7 +432,9 @@ def test_the_window_stage_hands_on_the_known_host_with_the_most_of_each_feature_
     feats[3, :, f["pkts_out"]], feats[3, :, f["new_peers"]] = 100.0, 1 / BINS  # met a new peer
     feats[4, :, f["pkts_in"]] = 7.0  # still warming up
     feats[1:, :, f["mean_pkt_bytes"]] = 60.0
-    hosts = link_hosts_of(feats, ["global", "a", "b", "c", "d"], PACKET_SCHEMA, np.array([True, True, True, True, False]))
+    known = known_rows(feats, PACKET_SCHEMA, np.array([True, True, True, True, False]))
+    assert [True, True, True, False, False] == known.tolist()
+    hosts = link_hosts_of(feats, ["global", "a", "b", "c", "d"], PACKET_SCHEMA, known)
     assert ["a", "b"] == hosts.hosts
     assert hosts.known[0, f["pkts_out"]] == hosts.known[0, f["pkts_in"]] == 15.0
     assert hosts.known[1, f["bytes_out"]] == 9000.0
@@ -490,3 +492,53 @@ def test_a_known_host_explains_the_links_rise_unless_the_news_could():
     for kept in (_one_link_alarm([1.0, 0.0], [2.0, 1.0], answered), _one_link_alarm([27.0, 4.0], [2.0, 1.0], answered, carried_in=0.2),
                  _one_link_alarm([27.0, 4.0], [2.0, 1.0], None)):
         assert kept.anomalous[0] and kept[0].left_to is None
+
+
+def test_a_host_that_only_answered_another_known_host_leaves_its_alarm_to_it():
+    """A host whose every flow in the window another known home host started (its
+    requester, WindowBatch.requested_by) is not anomalous on its own score and names the
+    requester; an alarm on what its windows added up stays, and so does any host's alarm
+    without a requester."""
+    bundle = _bundle()
+    bundle.classes["host"].threshold.value = 0.0
+    names = ["global", "10.0.0.1", "10.0.0.53"]
+    windows = _windows(0, names, np.full((3, BINS, N_F), 5.0, np.float32))
+    windows.requested_by = {"10.0.0.53": "10.0.0.1"}
+    out = StreamingScorer(bundle, device="cpu", warmup_windows=0).score(windows)
+    assert [True, False] == out.anomalous[1:].tolist()
+    assert [None, "10.0.0.1"] == [out[1].left_to, out[2].left_to]
+    assert json.loads(out.jsonl().splitlines()[2])["left_to"] == "10.0.0.1"
+
+    batch = ScoreBatch(windows.window_start_ns, windows.window_end_ns, names, windows.entity_classes,
+                       scores=np.ones(3, np.float32), thresholds=np.full(3, 0.5, np.float32), anomalous=np.ones(3, bool),
+                       ready=np.ones(3, bool), top_index=np.zeros((3, 1), np.int64), top_share=np.ones((3, 1), np.float32),
+                       top_observed=np.ones((3, 1), np.float32), top_expected=np.ones((3, 1), np.float32),
+                       schema=PACKET_SCHEMA, accumulated=np.array([1.0, 1.0, 1.3], np.float32))
+    scorer_module._leave_to_hosts(batch, windows)
+    assert batch.anomalous.all() and not batch.left_to  # 10.0.0.53's alarm added up over its windows
+
+
+def test_the_window_stage_names_the_one_known_host_whose_requests_a_host_only_answered():
+    """Per host: the one other home host that started every flow it had, where it started
+    none and both are known; none where two hosts asked, where the host asked too, where the
+    requester came from outside or where either is not known."""
+    keys = history_keys([(0, 0x0A000001), (0, 0x0A000035), (0, 0x0A000002)])
+    keys = np.concatenate([np.zeros(1, np.uint64), keys])  # the link's key is 0
+    names = ["global", "10.0.0.1", "10.0.0.53", "10.0.0.2"]
+    known = np.ones(4, bool)
+    addr = {1: 0x0A000001, 2: 0x0A000035, 3: 0x0A000002, 9: 0x08080808}
+
+    def flows(*pairs):  # (entity row, initiator)
+        rows = np.array([r for r, _ in pairs], np.int64)
+        return rows, np.zeros(len(pairs), np.uint64), np.array([addr[i] for _, i in pairs], np.uint64)
+
+    answered = flows((1, 1), (2, 1), (1, 1), (2, 1))  # .1 asks .53 twice
+    assert {"10.0.0.53": "10.0.0.1"} == requested_by_of(keys, *answered, names, known)
+    assert {} == requested_by_of(keys, *answered, names, np.array([True, False, True, True]))  # .1 met something new
+    assert {} == requested_by_of(keys, *answered, names, np.array([True, True, False, True]))  # .53 did
+    assert {} == requested_by_of(keys, *flows((1, 1), (2, 1), (3, 3), (2, 3)), names, known)  # two hosts asked
+    assert {} == requested_by_of(keys, *flows((1, 1), (2, 1), (2, 2)), names, known)  # .53 asked too
+    assert {} == requested_by_of(keys, *flows((2, 9)), names, known)  # from outside
+    # .1, which asked, answered .2 too: it is no answerer; .53 and .2 both answered .1 alone
+    assert {"10.0.0.53": "10.0.0.1"} == requested_by_of(keys, *flows((1, 1), (2, 1), (1, 3), (3, 3)), names, known)
+    assert {"10.0.0.53": "10.0.0.1", "10.0.0.2": "10.0.0.1"} == requested_by_of(keys, *flows((1, 1), (2, 1), (3, 1)), names, known)

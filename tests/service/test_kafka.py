@@ -265,17 +265,26 @@ def test_window_record_round_trip_and_damage():
                         LinkHosts(["10.20.0.5", "10.20.0.9"], known, news))
     data = encode_window(link)
     hosts = decode_window(data).link_hosts
+    assert "" == decode_window(data).requested_by
     assert ["10.20.0.5", "10.20.0.9"] == hosts.hosts
     np.testing.assert_array_equal(hosts.known, known)
     np.testing.assert_array_equal(hosts.news, news)
     for bad in (data[:-1], data[:-4 * 16], data + b"x"):
         with pytest.raises(WireError):
             decode_window(bad)
+    # a host's window names the one host whose requests it only answered
+    asked = WindowRecord("s1", "host-1", "eth0", "10.20.0.1", "host", "packet", 3, 10**18, 10**18 + 60 * 10**9, feats, ev,
+                         None, "10.20.0.5")
+    data = encode_window(asked)
+    assert "10.20.0.5" == decode_window(data).requested_by and decode_window(data).evidence == ev
+    for bad in (data[:-1], data[:-3], data + b"x"):
+        with pytest.raises(WireError):
+            decode_window(bad)
     # a version 1 record, a sensor's from before the hosts: read, its hosts not known
-    v1 = encode_window(rec)[:-2]
+    v1 = encode_window(rec)[:-4]
     v1 = v1[:4] + b"\x01\x00" + v1[6:]
     old = decode_window(v1)
-    assert old.evidence == ev and old.link_hosts is None
+    assert old.evidence == ev and old.link_hosts is None and old.requested_by == ""
     with pytest.raises(WireError):
         decode_state(b"\x00" * 16)
     state = EntityState("host", torch.rand(8), torch.rand(8), 5, 10**18, None, "v1", carried=0.25)

@@ -34,10 +34,18 @@ from detector.contracts import (
 RATIOS = frozenset({"mean_pkt_bytes"})  # features that are a ratio of others: no host's to add up
 
 
-def link_hosts_of(feats: np.ndarray, names: list[str], schema: FeatureSchema, warm: np.ndarray) -> LinkHosts:
-    """What a window's link (row 0) holds of its home hosts (the rows after it): its
-    `feats` (entities, bins, features) with the novelty features filled, `warm` (entities,)
-    whether each entity's history is past its warm-up (PeerHistory.warm). See LinkHosts."""
+def known_rows(feats: np.ndarray, schema: FeatureSchema, warm: np.ndarray) -> np.ndarray:
+    """Per entity row of a window (`feats`: entities, bins, features, the novelty features
+    filled), whether it is *known* in the window: its history past its warm-up (`warm`,
+    PeerHistory.warm) and nothing new to it (no peer or port its history did not know, no
+    young peer coming back)."""
+    novel = [schema.features.index(n) for n, _ in HISTORY_FEATURES if n in schema.features]
+    return np.asarray(warm, bool) & ~(feats[:, :, novel] > 0).any(axis=(1, 2))
+
+
+def link_hosts_of(feats: np.ndarray, names: list[str], schema: FeatureSchema, known: np.ndarray) -> LinkHosts:
+    """What a window's link (row 0) holds of its home hosts (the rows after it): `feats`
+    (entities, bins, features), `known` (entities,: known_rows). See LinkHosts."""
     where = {name: i for i, name in enumerate(schema.features)}
     means = feats[1:].mean(axis=1, dtype=np.float64)
     values = means.copy()
@@ -47,8 +55,7 @@ def link_hosts_of(feats: np.ndarray, names: list[str], schema: FeatureSchema, wa
             values[:, i] += means[:, where[other]]
     ratio = [where[n] for n in RATIOS if n in where]
     values[:, ratio] = np.nan
-    novel = [where[n] for n, _ in HISTORY_FEATURES if n in where]
-    known = np.asarray(warm[1:], bool) & ~(means[:, novel] > 0).any(axis=1)
+    known = np.asarray(known[1:], bool)
     news = values[~known].sum(axis=0)
     rows = np.flatnonzero(known)
     if rows.size:
@@ -56,6 +63,31 @@ def link_hosts_of(feats: np.ndarray, names: list[str], schema: FeatureSchema, wa
         lead = mine.argmax(axis=0)[mine.max(axis=0) > 0]  # the known host with the most of each feature
         rows = rows[np.unique(lead)]
     return LinkHosts([names[1 + r] for r in rows.tolist()], values[rows].astype(np.float32), news.astype(np.float32))
+
+
+def requested_by_of(keys: np.ndarray, flow_rows: np.ndarray, src_hi: np.ndarray, src_lo: np.ndarray, names: list[str],
+                    known: np.ndarray) -> dict[str, str]:
+    """Host -> the one other home host that started every flow the host had in the window,
+    where the host started none and both are known (known_rows): a host that only answered
+    another's requests. `keys`: the window's entity keys (history keys of the hosts' addresses,
+    0 for the link); the window's flows per entity row (`flow_rows`) with their initiators'
+    addresses (`src_hi`, `src_lo`). See WindowBatch.requested_by."""
+    n = keys.shape[0]
+    if flow_rows.size == 0 or n < 3:
+        return {}
+    order = np.argsort(keys)
+    ordered = keys[order]
+    src = entity_key(src_hi, src_lo)
+    at = np.minimum(np.searchsorted(ordered, src), n - 1)
+    src_row = np.where(ordered[at] == src, order[at], -1)  # -1: an initiator that is no host of this window
+    rows = np.asarray(flow_rows, np.int64)
+    low, high = np.full(n, n, np.int64), np.full(n, -1, np.int64)
+    np.minimum.at(low, rows, src_row)
+    np.maximum.at(high, rows, src_row)
+    one = (low == high) & (low > 0) & (low != np.arange(n))
+    one[0] = False
+    return {names[r]: names[q] for r, q in zip(np.flatnonzero(one).tolist(), low[one].tolist(), strict=True)
+            if known[r] and known[q]}
 
 
 class HomeNet:
@@ -179,6 +211,7 @@ class EntityWindows:
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
         self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains, network_key=0)  # `global`: key 0
         self._leads: dict[int, tuple[str, int]] = {}  # the last closed window's (LazyEvidence)
+        self._initiators: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3  # _remember's: its flows' rows and initiators
 
     @property
     def entities(self) -> int:
@@ -355,8 +388,10 @@ class EntityWindows:
         evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads,
                                  lambda slot, hi, lo: self.history.domains_of(key_of[slot], hi, lo))
                     if columns is not None else {})
+        known = known_rows(feats, self.SCHEMA, self.history.warm)
         return WindowBatch(closing.start_ns, closing.end_ns, names, classes, feats, self.SCHEMA, evidence,
-                           link_hosts=link_hosts_of(feats, names, self.SCHEMA, self.history.warm))
+                           link_hosts=link_hosts_of(feats, names, self.SCHEMA, known),
+                           requested_by=requested_by_of(closing.keys, *self._initiators, names, known))
 
     def _name(self, slot: int) -> str:
         """The slot's entity name (its address), formatted once while the entity stays."""
@@ -379,7 +414,9 @@ class EntityWindows:
             keep = r >= 0
             return (r[keep],) + tuple(np.asarray(c)[keep] for c in cols)
 
-        novelty = self.history.observe(closing.keys, rows(*peers[:3]), rows(*flows[:8], flows[9]), closing.end_ns)
+        flow_rows = rows(*flows[:8], flows[9])
+        self._initiators = flow_rows[:1] + flow_rows[2:4]  # each flow's entity row and initiator (hi, lo)
+        novelty = self.history.observe(closing.keys, rows(*peers[:3]), flow_rows, closing.end_ns)
         lead_row, level, hi, lo = self.history.lead
         self._leads = {int(alive[r]): (pair_to_addr(int(h), int(low)), int(v))
                        for r, v, h, low in zip(lead_row.tolist(), level.tolist(), hi.tolist(), lo.tolist(), strict=True)}

@@ -290,7 +290,8 @@ class ScorerRole:
             wb = WindowBatch(start_ns, end_ns, [r.entity for _, r in items], [r.entity_class for _, r in items],
                              np.stack([r.features for _, r in items]), schema,
                              {r.entity: r.evidence for _, r in items if r.evidence is not None},
-                             next((r.link_hosts for _, r in items if r.link_hosts is not None), None))
+                             next((r.link_hosts for _, r in items if r.link_hosts is not None), None),
+                             {r.entity: r.requested_by for _, r in items if r.requested_by})
             scoring.process(wb)
             for part, r in items:
                 self.owner[(sensor, r.entity)] = (part, r.entity_class)

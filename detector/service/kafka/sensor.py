@@ -55,7 +55,8 @@ class WindowPublisher:
                 evidence = None
             rec = WindowRecord(self.observer["name"], self.observer["hostname"], self.observer["interface"], entity,
                                wb.entity_classes[i], schema.name, schema.version, wb.window_start_ns, wb.window_end_ns,
-                               wb.features[i], evidence, wb.link_hosts if wb.entity_classes[i] == ENTITY_GLOBAL else None)
+                               wb.features[i], evidence, wb.link_hosts if wb.entity_classes[i] == ENTITY_GLOBAL else None,
+                               wb.requested_by.get(entity, ""))
             value = encode_window(rec)
             while True:
                 try:

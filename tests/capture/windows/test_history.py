@@ -511,3 +511,21 @@ def test_answers_before_a_carried_historys_first_window_keep_their_own_times():
     stream.carry_in(trained.state_dict(), ended_ns=100_000 * S, window_ns=60 * S)
     stream.resolve(_answers(30, 0, [11], domain=7))  # domain 7's new address, before the first window
     assert _window(stream, 60, {0: [(11, 443)]})[0, NEW_PEERS] == 0
+
+
+def test_the_window_stage_names_the_host_whose_requests_a_host_only_answered():
+    """A device asks the home gateway for names every window, and the gateway asks no one:
+    once both histories are warm and nothing is new to either, each window names the device
+    as the gateway's requester (WindowBatch.requested_by, which the scorer leaves the
+    gateway's alarm to); not in the window where the gateway also asks a resolver outside."""
+    agg = WindowAggregator(["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=0, history_s=3600, history_warmup_s=120)
+    rows = []
+    for t in range(0, 600, 60):
+        rows += [{"ts_s": t + 1.0, "src": "10.0.0.5", "dst": "10.0.0.1", "sport": 40000 + t, "dport": 53, "proto": 17},
+                 {"ts_s": t + 1.1, "src": "10.0.0.1", "dst": "10.0.0.5", "sport": 53, "dport": 40000 + t, "proto": 17}]
+    rows += [{"ts_s": 541.05, "src": "10.0.0.1", "dst": "192.0.2.53", "sport": 5353, "dport": 53, "proto": 17}]
+    batch = make_batch(rows)
+    out = [w for w in agg.push(batch, FlowTable().push(batch)) + agg.flush() if "10.0.0.1" in w.entities]
+    asked = [dict(w.requested_by) for w in out]
+    # two windows of warm-up, seven answered, and the last, where the gateway asked outside
+    assert asked == [{}] * 2 + [{"10.0.0.1": "10.0.0.5"}] * 7 + [{}]
