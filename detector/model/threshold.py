@@ -27,6 +27,15 @@ Last, a floor: with fewer calibration windows than one per false alarm allowed (
 them. A light tail fitted on a few thousand windows put the synthetic demo's host threshold
 1.3 % over its largest held-out window, and the DNS server's ordinary windows of that size
 opened three incidents.
+
+What a model is deployed with is `bagged`: the median of the thresholds the same rule gives on
+block-bootstrap resamples of the calibration windows (model.training.bootstrap_thresholds),
+floored as above. A tail read from a few dozen peaks moves with each of them: its shape
+most (one seed's host tail held as exponential, the next seed's fitted at xi = 0.2, for
+thresholds 30 % apart on the same traffic). Aggregating over resamples (Breiman's bagging)
+keeps the estimate's centre and halves what one peak can move it: over three seeds and four
+training spans of the 22 h honeypot, the spread of a class's threshold between seeds fell
+from 18 % to 12 % of its mean (docs/EVALUATION.md, section xxvii).
 """
 
 from __future__ import annotations
@@ -105,13 +114,40 @@ def calibrate(
     threshold = _calibrate_sorted(kept, target_false_alarm, fallback_quantile, initial_quantile)
     if n_out:
         threshold.n_outliers, threshold.outliers_from = n_out, float(s[s.shape[0] - n_out])
+    _floored(threshold, kept, target_false_alarm)
+    return threshold
+
+
+def bagged(threshold: Threshold, resampled: np.ndarray, scores: np.ndarray) -> Threshold:
+    """`threshold` (calibrate's, on the calibration `scores`) with its value replaced by the
+    median of `resampled` (the thresholds calibrate gives on resamples of the same scores),
+    floored as calibrate floors it; `reason` keeps the sample's own value. Unchanged where
+    nothing was resampled."""
+    resampled = np.asarray(resampled, dtype=np.float64)
+    resampled = resampled[np.isfinite(resampled)]
+    if resampled.size == 0:
+        return threshold
+    own = threshold.value
+    s = np.sort(np.asarray(scores, dtype=np.float64)[np.isfinite(scores)])
+    kept = s[s < threshold.outliers_from] if threshold.n_outliers and threshold.outliers_from is not None else s
+    threshold.value = float(np.median(resampled))
+    threshold.reason = "; ".join(filter(None, (threshold.reason, (
+        f"the median of {resampled.size} resamples' thresholds (the sample's own: {own:.4g})"))))
+    if kept.size:
+        _floored(threshold, kept, threshold.target_false_alarm)
+    return threshold
+
+
+def _floored(threshold: Threshold, kept: np.ndarray, target_false_alarm: float) -> None:
+    """Raises `threshold` to MIN_MARGIN over the largest of the sorted calibration scores
+    `kept` (the screen's outliers left out) where they are fewer than one per false alarm
+    allowed, and says so."""
     floor = float(kept[-1]) / (1.0 - MIN_MARGIN)
     if kept.shape[0] * target_false_alarm < 1.0 and threshold.value < floor:
         threshold.reason = "; ".join(filter(None, (threshold.reason, (
             f"raised to {MIN_MARGIN:.0%} over the largest of {kept.shape[0]} windows ({float(kept[-1]):.4g}): with fewer "
             f"windows than one per false alarm allowed, none may reach the threshold"))))
         threshold.value = floor
-    return threshold
 
 
 def outliers_from(scores: np.ndarray) -> float | None:

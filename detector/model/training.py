@@ -36,7 +36,7 @@ from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler, held_out_error_scale
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
-from detector.model.threshold import MIN_MARGIN, MIN_TAIL_WINDOWS, Threshold, calibrate, outliers_from
+from detector.model.threshold import MIN_MARGIN, MIN_TAIL_WINDOWS, Threshold, bagged, calibrate, outliers_from
 from detector.progress import Progress
 
 log = structlog.get_logger()
@@ -209,7 +209,10 @@ def train(
         if source == "pooled":
             summary[cls]["own_calibration_windows"] = int(np.isfinite(val_scores[cls]).sum())
         pooled = [cls] if source == "class" else sorted(val_scores)
-        summary[cls]["threshold_interval"] = threshold_interval([val_scores[c] for c in pooled], params)
+        resampled = bootstrap_thresholds([val_scores[c] for c in pooled], params)
+        summary[cls]["threshold_interval"] = interval_of(resampled)
+        summary[cls]["threshold_of_the_sample"] = th.value
+        bagged(th, resampled, scores)  # the resamples' median: steadier than the one sample's (model.threshold)
         summary[cls]["outliers"] = _outlier_windows(th, {c: (data[c], val_scores[c]) for c in pooled})
         benign = val_scores[cls].copy()
         if th.n_outliers and th.outliers_from is not None:
@@ -275,9 +278,25 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
 
 def threshold_interval(matrices: list[np.ndarray], params: TrainingParams, resamples: int = BOOTSTRAP_RESAMPLES,
                        ) -> tuple[float, float]:
+    """The 5 % and 95 % points of bootstrap_thresholds."""
+    return interval_of(bootstrap_thresholds(matrices, params, resamples))
+
+
+def interval_of(values: np.ndarray) -> tuple[float, float]:
+    """The 5 % and 95 % points of resampled thresholds (NaN, NaN for none)."""
+    if not values.size:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [0.05, 0.95])
+    return float(low), float(high)
+
+
+def bootstrap_thresholds(matrices: list[np.ndarray], params: TrainingParams, resamples: int = BOOTSTRAP_RESAMPLES,
+                         ) -> np.ndarray:
     """How much a class's threshold owes to which benign windows happened to be held out: the
-    5 % and 95 % points of the thresholds calibrated, by the same rule, on `resamples` block
-    bootstraps of the out-of-fold `matrices` ((entity, window) scores, NaN where none). Blocks
+    thresholds calibrated, by the same rule, on `resamples` block bootstraps of the
+    out-of-fold `matrices` ((entity, window) scores, NaN where none); their median is the
+    threshold a model is deployed with (threshold.bagged), their 5 % and 95 % points the
+    interval `netad train` reports. Blocks
     of `validation_block_windows` consecutive windows are drawn with replacement (all entities
     of a block together), so that a burst of benign peaks stays one draw: its windows are not
     independent. It measures the calibration's sampling spread, not the training's: a network
@@ -293,10 +312,7 @@ def threshold_interval(matrices: list[np.ndarray], params: TrainingParams, resam
         drawn = np.concatenate([m[:, columns][np.isfinite(m[:, columns])] for m in matrices])
         if drawn.size:
             values.append(calibrate(drawn, params.target_false_alarm, params.threshold_quantile).value)
-    if not values:
-        return float("nan"), float("nan")
-    low, high = np.quantile(values, [0.05, 0.95])
-    return float(low), float(high)
+    return np.asarray(values, np.float64)
 
 
 def _outlier_windows(th: Threshold, pooled: dict[str, tuple[_ClassData, np.ndarray]]) -> list[dict]:

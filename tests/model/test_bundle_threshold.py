@@ -401,3 +401,37 @@ def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(
     for cm in bundle.classes.values():  # each class's errors counted in its held-out error scale
         assert cm.scaler.error_scale is not None and (cm.scaler.error_scale >= 1.0).all()
     assert bundle.classes["host"].scaler.error_scale.max() > 1.0  # the hosts' varying volumes
+
+
+def test_the_deployed_threshold_is_the_median_of_the_resamples_floored_and_steadier_than_one_samples():
+    """bagged: the median of the resampled thresholds, never under MIN_MARGIN over the largest
+    calibration window where they are fewer than one per false alarm, the sample's own value
+    kept in `reason`. Over independent samples of one heavy-ish benign tail (700 held-out
+    windows each, half a day's), the median of the resamples lands nearer the tail's true
+    1e-4 quantile than each sample's own fit (root mean square, relative: 0.17-0.19 against
+    0.23-0.59 over four draws of the samples), and moves less from sample to sample."""
+    from copy import deepcopy
+
+    from detector.model.threshold import bagged
+    from detector.model.training import TrainingParams, bootstrap_thresholds
+
+    draw = np.random.default_rng(0)
+    population = draw.lognormal(0.0, 0.5, 5_000_000) * (1.0 + draw.pareto(6.0, 5_000_000))
+    rng = np.random.default_rng(11)
+    true = float(np.quantile(population, 1.0 - 1e-4))
+    own, median = [], []
+    for _ in range(12):
+        scores = rng.lognormal(0.0, 0.5, 700) * (1.0 + rng.pareto(6.0, 700))
+        th = calibrate(scores)
+        resampled = bootstrap_thresholds([scores[None, :]], TrainingParams(), resamples=60)
+        b = bagged(deepcopy(th), resampled, scores)
+        assert b.value == pytest.approx(max(float(np.median(resampled)), scores.max() / (1.0 - MIN_MARGIN)))
+        assert f"the sample's own: {th.value:.4g}" in b.reason
+        own.append(th.value)
+        median.append(b.value)
+    def error(values: list[float]) -> float:
+        return float(np.sqrt(np.mean((np.asarray(values) / true - 1.0) ** 2)))
+
+    assert error(median) < error(own)
+    assert np.std(median) / np.mean(median) < np.std(own) / np.mean(own)
+    assert bagged(deepcopy(th), np.array([]), scores).value == th.value  # nothing resampled: the sample's own
