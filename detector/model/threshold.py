@@ -30,12 +30,12 @@ opened three incidents.
 
 What a model is deployed with is `bagged`: the median of the thresholds the same rule gives on
 block-bootstrap resamples of the calibration windows (model.training.bootstrap_thresholds),
-floored as above. A tail read from a few dozen peaks moves with each of them: its shape
-most (one seed's host tail held as exponential, the next seed's fitted at xi = 0.2, for
-thresholds 30 % apart on the same traffic). Aggregating over resamples (Breiman's bagging)
-keeps the estimate's centre and halves what one peak can move it: over three seeds and four
-training spans of the 22 h honeypot, the spread of a class's threshold between seeds fell
-from 18 % to 12 % of its mean (docs/EVALUATION.md, section xxvii).
+floored as above. A tail read from a few dozen peaks moves with each of them, its shape
+most (on the same traffic, one seed's host tail held as exponential and the next seed's
+fitted at xi = 0.2: thresholds 27 % apart). The median over resamples (Breiman's bagging)
+moves less with any one peak: over three seeds and four training spans of the 22 h
+honeypot, the spread of a class's threshold between seeds fell from 18 % to 12 % of its
+mean (docs/EVALUATION.md, section xxvii).
 """
 
 from __future__ import annotations

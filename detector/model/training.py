@@ -276,12 +276,6 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
     return {"largest_held_out": largest, "margin": margin, "warnings": warnings}
 
 
-def threshold_interval(matrices: list[np.ndarray], params: TrainingParams, resamples: int = BOOTSTRAP_RESAMPLES,
-                       ) -> tuple[float, float]:
-    """The 5 % and 95 % points of bootstrap_thresholds."""
-    return interval_of(bootstrap_thresholds(matrices, params, resamples))
-
-
 def interval_of(values: np.ndarray) -> tuple[float, float]:
     """The 5 % and 95 % points of resampled thresholds (NaN, NaN for none)."""
     if not values.size:

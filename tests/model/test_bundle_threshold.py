@@ -307,14 +307,14 @@ def test_outlier_windows_are_named_and_warned_and_kept_out_of_the_margin():
 def test_threshold_interval_covers_the_threshold_and_narrows_with_more_held_out_windows():
     """The block bootstrap of the held-out windows brackets the threshold calibrated on all of
     them, and a hundred times more windows narrow it (to within 30 %); a wide one is warned."""
-    from detector.model.training import TrainingParams, _margin_and_warnings, threshold_interval
+    from detector.model.training import TrainingParams, _margin_and_warnings, bootstrap_thresholds, interval_of
 
     rng = np.random.default_rng(4)
     ratios = []
     for n_windows in (200, 20_000):
         scores = rng.lognormal(0.0, 0.6, (2, n_windows))  # two entities' out-of-fold scores
         scores[0, ::7] = np.nan  # windows an entity did not have
-        low, high = threshold_interval([scores], TrainingParams())
+        low, high = interval_of(bootstrap_thresholds([scores], TrainingParams()))
         assert low <= calibrate(scores[np.isfinite(scores)]).value <= high
         ratios.append(high / low)
     assert ratios[1] < 1.3 < ratios[0]
@@ -429,6 +429,7 @@ def test_the_deployed_threshold_is_the_median_of_the_resamples_floored_and_stead
         assert f"the sample's own: {th.value:.4g}" in b.reason
         own.append(th.value)
         median.append(b.value)
+
     def error(values: list[float]) -> float:
         return float(np.sqrt(np.mean((np.asarray(values) / true - 1.0) ** 2)))
 
