@@ -136,6 +136,9 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
         if "margin" in s:
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")
+        if "false_alarms_per_day" in s:
+            click.echo(f"          {s['entities_per_window']:g} entities a window: {s['false_alarms_per_day']:.3g} false alarms "
+                       f"a day expected at the target {cm.threshold.target_false_alarm:g} per entity window")
         click.echo(f"          a run of windows adds up above {cm.threshold.allowance:g} of the threshold")
         if cm.scaler.error_scale is not None:
             scale = cm.scaler.error_scale

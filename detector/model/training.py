@@ -46,6 +46,10 @@ MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `ne
 THIN_MARGIN = MIN_MARGIN  # a threshold less than 10 % above the largest held-out benign window: warned
 BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
 UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
+# the target_false_alarm is per entity window: a class whose entities have more windows a day
+# than this many per false alarm allowed is warned (with 60 s windows and the default 1e-4, a
+# class of seven hosts; the Westermo captures' 10 s windows and 4.5 hosts: 3.9 a day)
+MAX_FALSE_ALARMS_PER_DAY = 1.0
 # an epoch improves on the best only by this share of its validation loss: an absolute step
 # (it was 1e-4) is always met by a loss still creeping down, and training ran to its cap
 MIN_IMPROVEMENT = 0.01
@@ -179,8 +183,13 @@ def train(
         scaler.error_scale = held_out_error_scale(_benign_rows(held_out_errors, bins))
         val_scores[cls] = held_out_scores(held_out_errors, scaler.weights(), bins)
         trained[cls] = (net, scaler)
+        entities_per_window = float(cd.present.sum()) / n_w
         summary[cls] = {
             "entities": len(cd.entities),
+            "entities_per_window": round(entities_per_window, 3),
+            # what the target means for this class: false alarms (windows over the threshold) a
+            # day, every entity window of the training span's density alarming at the target rate
+            "false_alarms_per_day": params.target_false_alarm * entities_per_window * 86_400.0 / (bin_s * bins),
             "windows": int(cd.present.sum()),
             "train_windows": int(train_mask.sum()),
             "validation_windows": int(val_mask.sum()),
@@ -269,6 +278,13 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
     if high > UNCERTAIN_RATIO * low:
         warnings.append(f"uncertain threshold: resampling the held-out windows puts it anywhere from {low:.4g} to {high:.4g} "
                         f"(90 %), the tail it is read from rests on a few dozen windows; a longer training span narrows it")
+    per_day = summary.get("false_alarms_per_day", 0.0)
+    if per_day > MAX_FALSE_ALARMS_PER_DAY:
+        wanted = params.target_false_alarm * MAX_FALSE_ALARMS_PER_DAY / per_day
+        warnings.append(f"{per_day:.3g} false alarms a day expected: the target ({params.target_false_alarm:g}, "
+                        f"training.target_false_alarm) is per entity window, and this class has "
+                        f"{summary['entities_per_window']:g} entities in a window on average; "
+                        f"set it to {wanted:.2g} for one a day")
     if summary["epochs"] >= params.epochs:
         warnings.append(f"training ran to its cap of {params.epochs} epochs without early stopping (training.epochs)")
     for w in warnings:

@@ -403,6 +403,40 @@ def test_a_class_is_calibrated_on_its_own_windows_where_they_have_a_tail_to_fit(
     assert bundle.classes["host"].scaler.error_scale.max() > 1.0  # the hosts' varying volumes
 
 
+@pytest.mark.parametrize("target", [1e-4, 1e-3])
+def test_training_says_how_many_false_alarms_a_day_each_class_expects_and_warns_over_one(target: float):
+    """training.target_false_alarm is a probability per entity window, so a class alarms as
+    often as it has entity windows: four hosts in every 60 s window and four more in every
+    other are six a window, 8,640 host windows a day. `netad train` says what the target
+    comes to (0.864 false alarms a day at 1e-4, 8.64 at 1e-3: warned, with the target that
+    would give one) and `global`, one window a minute, 0.144 or 1.44."""
+    from detector.contracts import WindowBatch
+    from detector.model.training import TrainingParams, train
+
+    rng = np.random.default_rng(5)
+    n_feat, minute = len(PACKET_SCHEMA.features), 60_000_000_000
+    batches = []
+    for k in range(100):
+        hosts = [f"10.0.0.{i}" for i in range(1, 9 if k % 2 == 0 else 5)]
+        feats = rng.poisson(5.0, (1 + len(hosts), 6, n_feat)).astype(np.float32)
+        batches.append(WindowBatch(k * minute, (k + 1) * minute, ["global"] + hosts, ["global"] + ["host"] * len(hosts),
+                                   feats, PACKET_SCHEMA))
+    params = TrainingParams(epochs=1, hidden_size=8, validation_block_windows=10, target_false_alarm=target)
+    summary = train(batches, params, bin_s=10, bins=6).training["classes"]
+    host, link = summary["host"], summary["global"]
+    assert host["entities_per_window"] == 6.0 and link["entities_per_window"] == 1.0
+    assert host["false_alarms_per_day"] == pytest.approx(target * 6 * 1440)
+    assert link["false_alarms_per_day"] == pytest.approx(target * 1440)
+    told = {cls: [w for w in s["warnings"] if "false alarms a day expected" in w] for cls, s in summary.items()}
+    if target == 1e-4:
+        assert told == {"global": [], "host": []}
+    else:
+        assert told["host"] == ["8.64 false alarms a day expected: the target (0.001, training.target_false_alarm) is per "
+                                "entity window, and this class has 6 entities in a window on average; set it to "
+                                "0.00012 for one a day"]
+        assert told["global"][0].startswith("1.44 false alarms a day expected") and "set it to 0.00069 for one" in told["global"][0]
+
+
 def test_the_deployed_threshold_is_the_median_of_the_resamples_floored_and_steadier_than_one_samples():
     """bagged: the median of the resampled thresholds, never under MIN_MARGIN over the largest
     calibration window where they are fewer than one per false alarm, the sample's own value

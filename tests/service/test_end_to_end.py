@@ -126,6 +126,20 @@ def test_train_counts_each_feature_error_in_its_held_out_scale_and_says_so(demo)
     assert any(f"{noisiest} /{float(host.max()):.3g}" in line for line in told)
 
 
+def test_train_says_how_many_false_alarms_a_day_each_class_expects(demo):
+    """`netad train` prints, per class, its entities per window and the false alarms a day its
+    target comes to, as the bundle's training summary records them."""
+    from detector.model.bundle import ModelBundle
+
+    bundle = ModelBundle.load(demo["model"])
+    lines = demo["trained"].splitlines()
+    for cls, s in bundle.training["classes"].items():
+        said = (f"{s['entities_per_window']:g} entities a window: {s['false_alarms_per_day']:.3g} false alarms a day "
+                f"expected at the target {bundle.classes[cls].threshold.target_false_alarm:g} per entity window")
+        assert sum(said in line for line in lines) == 1, (cls, said)
+    assert bundle.training["classes"]["host"]["entities_per_window"] > 1.0
+
+
 def test_scores_and_incidents_have_the_documented_shape(demo):
     """Window-score lines and ECS incidents carry the fields the design promises."""
     s = demo["scores"][0]
