@@ -183,14 +183,15 @@ def train(
         scaler.error_scale = held_out_error_scale(_benign_rows(held_out_errors, bins))
         val_scores[cls] = held_out_scores(held_out_errors, scaler.weights(), bins)
         trained[cls] = (net, scaler)
-        entities_per_window = float(cd.present.sum()) / n_w
+        entity_windows = int(cd.present.sum())
+        entities_per_window = entity_windows / n_w
         summary[cls] = {
             "entities": len(cd.entities),
             "entities_per_window": round(entities_per_window, 3),
             # what the target means for this class: false alarms (windows over the threshold) a
             # day, every entity window of the training span's density alarming at the target rate
             "false_alarms_per_day": params.target_false_alarm * entities_per_window * 86_400.0 / (bin_s * bins),
-            "windows": int(cd.present.sum()),
+            "windows": entity_windows,
             "train_windows": int(train_mask.sum()),
             "validation_windows": int(val_mask.sum()),
             "excluded_windows": int((cd.present & ~cd.usable).sum()),
