@@ -134,9 +134,12 @@ def live(packets: int, pps_steps: str, topspeed: bool, stages: str, step_s: floa
 @click.option("--hidden", type=click.IntRange(min=2), default=32, show_default=True, help="LSTM state size.")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per figure (median).")
 @click.option("--hosts", type=click.IntRange(min=1), default=2000, show_default=True, help="Hosts for the latency figure.")
+@click.option("--members", type=click.IntRange(min=1, max=16), default=1, show_default=True,
+              help="Networks per class (training.members).")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, as_json: bool) -> None:
+def model(threads: int, device: str, hidden: int, repeats: int, hosts: int, members: int, as_json: bool) -> None:
     """Scoring throughput with carried state vs re-reading history, latency, training rate."""
     from detector.bench.model import main as model_main
 
-    click.echo(model_main(json_out=as_json, threads=threads, device=device, hidden=hidden, repeats=repeats, hosts=hosts))
+    click.echo(model_main(json_out=as_json, threads=threads, device=device, hidden=hidden, repeats=repeats, hosts=hosts,
+                          members=members))

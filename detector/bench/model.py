@@ -42,15 +42,19 @@ class _Setup:
     features: np.ndarray  # (windows, entities, bins, features)
 
 
-def _setup(hidden: int, bins: int, entities: int, windows: int, seed: int = 0) -> _Setup:
+def _setup(hidden: int, bins: int, entities: int, windows: int, seed: int = 0, members: int = 1) -> _Setup:
     rng = np.random.default_rng(seed)
     n_f = len(PACKET_SCHEMA.features)
     feats = rng.gamma(2.0, 20.0, size=(windows, entities, bins, n_f)).astype(np.float32)
     torch.manual_seed(seed)
     scaler = FeatureScaler.fit(feats[: min(windows, 4)])
-    th = Threshold(1e9, "quantile", 1e-4, 0.0, None, None, 0, 0)
-    net = LSTMAutoencoder(n_f, hidden, bins).eval()
-    return _Setup(ModelBundle(PACKET_SCHEMA, 10.0, bins, hidden, {"host": ClassModel(net, scaler, th)}), feats)
+
+    def threshold() -> Threshold:
+        return Threshold(1e9, "quantile", 1e-4, 0.0, None, None, 0, 0)
+
+    own = [ClassModel(LSTMAutoencoder(n_f, hidden, bins).eval(), scaler, threshold()) for _ in range(members)]
+    host = ClassModel(own[0].network, scaler, threshold(), members=own if members > 1 else [])
+    return _Setup(ModelBundle(PACKET_SCHEMA, 10.0, bins, hidden, {"host": host}, members=members), feats)
 
 
 def _batches(setup: _Setup, n: int) -> list[WindowBatch]:
@@ -89,17 +93,20 @@ def _stateless_rate(setup: _Setup, n: int, history: int, device: str, min_s: flo
     """Same context without carried state: re-encode the last `history` windows each time."""
     cm = setup.bundle.classes["host"]
     dev = resolve_device(device)
-    cm.network.to(dev)
+    members = cm.members or [cm]
+    for m in members:
+        m.network.to(dev)
     feats = setup.features[:, :n]
     w, bins = feats.shape[0], feats.shape[2]
     done, t0 = 0, time.perf_counter()
     while True:
         for k in range(history, w):
             hist = feats[k - history : k].transpose(1, 0, 2, 3).reshape(n, history * bins, -1)
-            x = torch.from_numpy(cm.scaler.transform(hist)).to(dev)
-            with torch.no_grad():
-                _, (h, c) = cm.network.encoder(x)
-            reconstruct(cm.network, cm.scaler, feats[k], (h[0], c[0]))
+            for m in members:  # every member re-reads the history, as every member carries its state
+                x = torch.from_numpy(m.scaler.transform(hist)).to(dev)
+                with torch.no_grad():
+                    _, (h, c) = m.network.encoder(x)
+                reconstruct(m.network, m.scaler, feats[k], (h[0], c[0]))
             done += n
         elapsed = time.perf_counter() - t0
         if elapsed >= min_s:
@@ -119,10 +126,10 @@ def _latency_ms(setup: _Setup, n: int, device: str, closes: int) -> tuple[float,
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: int) -> float:
+def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: int, members: int = 1) -> float:
     setup = _setup(hidden, bins, entities, windows, seed=1)
     batches = _batches(setup, entities)
-    params = TrainingParams(hidden_size=hidden, epochs=epochs, patience=epochs + 1, threads=0)
+    params = TrainingParams(hidden_size=hidden, epochs=epochs, patience=epochs + 1, threads=0, members=members)
     t0 = time.perf_counter()
     bundle = train(batches, params, 10.0, bins)
     elapsed = time.perf_counter() - t0
@@ -131,10 +138,11 @@ def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: 
 
 
 def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bins: int = 6, repeats: int = 3,
-                    min_s: float = 1.0, history_windows: int = 10, hosts: int = 2000) -> dict:
+                    min_s: float = 1.0, history_windows: int = 10, hosts: int = 2000, members: int = 1) -> dict:
     torch.set_num_threads(threads)
-    setup = _setup(hidden, bins, 1024, 12)
-    result: dict = {"threads": threads, "device": device, "hidden_size": hidden, "bins": bins, "repeats": repeats}
+    setup = _setup(hidden, bins, 1024, 12, members=members)
+    result: dict = {"threads": threads, "device": device, "hidden_size": hidden, "bins": bins, "repeats": repeats,
+                    "members": members}
     carried, carried_1, stateless = {}, {}, {}
     for n in (1, 64, 1024):
         carried[n] = statistics.median(_carried_rate(setup, n, device, min_s) for _ in range(repeats))
@@ -149,10 +157,10 @@ def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bin
     result["stateless_windows_per_s"] = {str(k): round(v) for k, v in stateless.items()}
     result["stateless_history_windows"] = history_windows
     result["carried_over_stateless"] = {str(k): round(carried[k] / stateless[k], 2) for k in carried}
-    lat_setup = _setup(hidden, bins, hosts, 8, seed=2)
+    lat_setup = _setup(hidden, bins, hosts, 8, seed=2, members=members)
     p50s, p99s = zip(*(_latency_ms(lat_setup, hosts, device, 100) for _ in range(repeats)), strict=True)
     result["latency_ms_at_hosts"] = {"hosts": hosts, "p50": round(statistics.median(p50s), 3), "p99": round(statistics.median(p99s), 3)}
-    result["training_windows_per_s"] = round(statistics.median(_training_rate(hidden, bins, 64, 200, 2) for _ in range(repeats)))
+    result["training_windows_per_s"] = round(statistics.median(_training_rate(hidden, bins, 64, 200, 2, members) for _ in range(repeats)))
     result["targets"] = {"carried_1024": TARGET_BATCH_1024, "p99_ms": TARGET_P99_MS}
     return result
 
@@ -160,7 +168,7 @@ def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bin
 def format_model_bench(r: dict) -> str:
     lines = [
         f"netad bench model: {r['device']}, {r['threads']} torch thread(s), hidden {r['hidden_size']}, {r['bins']} bins/window, "
-        f"median of {r['repeats']}",
+        f"{r.get('members', 1)} member(s) per class, median of {r['repeats']}",
         f"{'batch':>8} {'carried (win/s)':>16} {'carried, 1 thread':>18} "
         f"{'stateless, ' + str(r['stateless_history_windows']) + ' windows of history':>36} {'ratio':>7}",
     ]

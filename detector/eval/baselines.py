@@ -79,6 +79,8 @@ def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: n
     """(windows,) reconstruction errors of the trained network with the neutral initial state
     for every window: the daemon's computation (`reconstruct`, with the windows' phase)
     minus the carried (h, c); `without_history(features)` takes the peer history too."""
+    if model.members:  # each member's, combined as the scorer combines them
+        return np.asarray(model.in_thresholds([stateless_scores(m, features, window_start_ns) for m in model.members]))
     out = np.zeros(features.shape[0], dtype=np.float64)
     net = model.network
     for lo in range(0, features.shape[0], _CHUNK_WINDOWS):

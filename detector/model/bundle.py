@@ -1,6 +1,8 @@
 """Model bundle I/O: a directory with safetensors weights and a JSON description. Never pickle.
 
-    <dir>/model.safetensors   one LSTMAutoencoder per entity class, keys "<class>.<param>"
+    <dir>/model.safetensors   one LSTMAutoencoder per entity class, keys "<class>.<param>"; a
+                              class of several members (ClassModel.members): the first
+                              member's as these, member i's as "<class>#<i>.<param>"
     <dir>/model.json          feature schema, window geometry, scalers, thresholds, training
                               summary, versions, the SHA-256 of the weights file and the
                               SHA-256 of this JSON itself (`meta_sha256`, see meta_digest)
@@ -44,6 +46,7 @@ from detector.model.meta import (
     FORMAT_VERSION,
     MAX_BINS,
     MAX_HIDDEN_SIZE,
+    MAX_MEMBERS,
     META,
     META_DIGEST_KEY,
     WEIGHTS,
@@ -64,11 +67,32 @@ from detector.model.threshold import Threshold
 
 @dataclass
 class ClassModel:
-    """The model of one entity class (global, host): shared weights, its scaler and threshold."""
+    """The model of one entity class (global, host): shared weights, its scaler and threshold.
+
+    A class of several members (`members`, all of them, the first one's network and scaler
+    being `network` and `scaler`) is an ensemble: networks trained alike from their own seeds,
+    each with its own error scales and threshold. Its window score is the members' mean score
+    in their own thresholds, times the class's `threshold` (the members' mean): see
+    `in_thresholds`."""
 
     network: LSTMAutoencoder
     scaler: FeatureScaler
     threshold: Threshold
+    members: list[ClassModel] = field(default_factory=list)
+
+    def in_thresholds(self, member_scores: list[Any]) -> Any:
+        """The class's window scores from its members' (one array per member, each in its own
+        units): the mean of each member's score over its own threshold, in the class's
+        threshold. A class of one member: its scores as they are."""
+        if not self.members:
+            return member_scores[0]
+        share = sum(s / m.threshold.value for s, m in zip(member_scores, self.members, strict=True)) / len(self.members)
+        return share * self.members_threshold()
+
+    def members_threshold(self) -> float:
+        """The mean of the members' thresholds: the unit the class's scores are in (and its
+        threshold, as trained; a threshold refit moves the threshold, not the unit)."""
+        return sum(m.threshold.value for m in self.members) / len(self.members) if self.members else self.threshold.value
 
 
 @dataclass
@@ -82,6 +106,12 @@ class ModelBundle:
     version: str = ""  # short hash of the weights: the model version incidents carry
     # the peer history the training span ended with: the scored streams start from it
     history: CarriedHistory | None = None
+    members: int = 1  # networks per class (ClassModel.members); each entity carries hidden_size per member
+
+    @property
+    def state_size(self) -> int:
+        """The width of an entity's carried (h, c): every member's state side by side."""
+        return self.hidden_size * self.members
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -89,9 +119,10 @@ class ModelBundle:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             tensors = {
-                f"{cls}.{name}": t.detach().cpu().contiguous()
+                f"{_member_key(cls, i)}.{name}": t.detach().cpu().contiguous()
                 for cls, cm in self.classes.items()
-                for name, t in cm.network.state_dict().items()
+                for i, member in enumerate(cm.members or [cm])
+                for name, t in member.network.state_dict().items()
             }
             save_file(tensors, str(tmp / WEIGHTS))
             digest = sha256_of(tmp / WEIGHTS)
@@ -106,8 +137,11 @@ class ModelBundle:
                 "schema": self.schema.as_dict(),
                 "window": {"bin_s": self.bin_s, "bins": self.bins},
                 "hidden_size": self.hidden_size,
+                "members": self.members,
                 "classes": {
-                    cls: {"scaler": cm.scaler.as_dict(), "threshold": cm.threshold.as_dict()}
+                    cls: {"scaler": cm.scaler.as_dict(), "threshold": cm.threshold.as_dict(),
+                          **({"members": [{"scaler": m.scaler.as_dict(), "threshold": m.threshold.as_dict()}
+                                          for m in cm.members]} if cm.members else {})}
                     for cls, cm in self.classes.items()
                 },
                 "training": self.training,
@@ -164,6 +198,7 @@ class ModelBundle:
             bin_s = number_in(window, "bin_s", "window.bin_s", low=0.0, high=86_400.0)
             bins = integer_in(window, "bins", "window.bins", 1, MAX_BINS)
             hidden = integer_in(meta, "hidden_size", "hidden_size", 2, MAX_HIDDEN_SIZE)
+            members = integer_in(meta, "members", "members", 1, MAX_MEMBERS) if "members" in meta else 1
             training = require_field(meta, "training", dict) if "training" in meta else {}
             described = require_field(meta, "classes", dict)
             if not described:
@@ -173,6 +208,7 @@ class ModelBundle:
                 raise ValueError(f"classes: no model for {', '.join(missing)} (it has {', '.join(sorted(described))});"
                                  " the config scores these entities: retrain with this config")
             parts = {name: _class_parts(name, info, len(schema.features)) for name, info in described.items()}
+            member_parts = {name: _member_parts(name, info, len(schema.features), members) for name, info in described.items()}
         except ValueError as exc:
             raise ModelError(f"{meta_path}: invalid bundle: {exc}") from None
         try:
@@ -181,24 +217,50 @@ class ModelBundle:
             raise ModelError(f"{weights_path}: unreadable weights: {exc}") from None
         models = {}
         for name, (scaler, threshold) in parts.items():
-            net = LSTMAutoencoder(len(schema.features), hidden, bins)
-            prefix = f"{name}."
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            try:
-                net.load_state_dict(state)
-            except RuntimeError as exc:  # torch: "Error(s) in loading state_dict for ...:" then what does not fit
-                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-                reason = lines[1] if len(lines) > 1 else (lines[0] if lines else repr(exc))
-                raise ModelError(f"{weights_path}: class {name}: the weights do not fit a {hidden}-unit model of "
-                                 f"{len(schema.features)} features over {bins} bins: {reason}") from None
-            bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-            if bad:
-                more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-                raise ModelError(f"{weights_path}: class {name}: weights {', '.join(sorted(bad)[:3])}{more} are not finite")
-            net.eval()
-            models[name] = ClassModel(network=net, scaler=scaler, threshold=threshold)
+            nets = [_network_of(tensors, weights_path, _member_key(name, i), len(schema.features), hidden, bins)
+                    for i in range(members)]
+            own = [ClassModel(network=net, scaler=s, threshold=t) for net, (s, t) in zip(nets, member_parts[name], strict=False)]
+            models[name] = ClassModel(network=nets[0], scaler=own[0].scaler if own else scaler, threshold=threshold, members=own)
         return cls(schema=schema, bin_s=bin_s, bins=bins, hidden_size=hidden, classes=models, training=training,
-                   version=digest[:12], history=read_history(path, meta))
+                   version=digest[:12], history=read_history(path, meta), members=members)
+
+
+def _member_key(cls: str, member: int) -> str:
+    """The weights' key prefix of one member of a class: the class's name for the first."""
+    return cls if member == 0 else f"{cls}#{member}"
+
+
+def _network_of(tensors: dict[str, torch.Tensor], weights_path: Path, prefix: str, features: int, hidden: int,
+                bins: int) -> LSTMAutoencoder:
+    """The network whose weights are keyed "<prefix>.<param>", checked to fit and be finite."""
+    net = LSTMAutoencoder(features, hidden, bins)
+    state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{prefix}.")}
+    name = prefix.replace("#", " member ")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:  # torch: "Error(s) in loading state_dict for ...:" then what does not fit
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 else (lines[0] if lines else repr(exc))
+        raise ModelError(f"{weights_path}: class {name}: the weights do not fit a {hidden}-unit model of "
+                         f"{features} features over {bins} bins: {reason}") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelError(f"{weights_path}: class {name}: weights {', '.join(sorted(bad)[:3])}{more} are not finite")
+    net.eval()
+    return net
+
+
+def _member_parts(name: str, info: dict, width: int, members: int) -> list[tuple[FeatureScaler, Threshold]]:
+    """A class's members' scalers and thresholds (none for a class of one member), checked."""
+    if members == 1:
+        if "members" in info:
+            raise ValueError(f"classes.{name}.members: present, but the bundle's `members` is 1")
+        return []
+    described = info.get("members")
+    if not isinstance(described, list) or len(described) != members:
+        raise ValueError(f"classes.{name}.members: needs a list of {members} members' scalers and thresholds")
+    return [_class_parts(f"{name}.members[{i}]", m, width) for i, m in enumerate(described)]
 
 
 def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Threshold]:

@@ -32,6 +32,7 @@ FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)
 META_DIGEST_KEY = "meta_sha256"
 MAX_HIDDEN_SIZE = 1024  # training.hidden_size's bound
+MAX_MEMBERS = 16  # training.members' bound
 MAX_BINS = 256  # windows.bins' bound
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on its JSON header
 

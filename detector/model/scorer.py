@@ -359,12 +359,13 @@ def _features_tensor(features: np.ndarray, device: torch.device) -> torch.Tensor
 class _StateBank:
     """(h, c) per entity slot of one entity class, bounded, on the model's device."""
 
-    def __init__(self, network: LSTMAutoencoder, device: torch.device, max_entities: int) -> None:
+    def __init__(self, network: LSTMAutoencoder, device: torch.device, max_entities: int, members: int = 1) -> None:
         self.network = network
+        self.members = members  # each entity's row holds every member's state side by side
         self.device = device
         self.max_entities = max_entities
         self.capacity = min(16, max_entities)
-        self.h, self.c = network.initial_state(self.capacity, device)
+        self.h, self.c = self._neutral(self.capacity)
         self.slot_of: dict[str, int] = {}
         self.seen = np.zeros(self.capacity, dtype=np.int64)  # windows scored per slot
         self.last_ns = np.zeros(self.capacity, dtype=np.int64)  # end of the last window scored
@@ -400,15 +401,19 @@ class _StateBank:
             victim = next(k for k, v in self.slot_of.items() if v == slot)
             del self.slot_of[victim]
             self.evicted += 1
-        h0, c0 = self.network.initial_state(1, self.device)
-        self.h[slot], self.c[slot] = h0[0], c0[0]
+        self.h[slot], self.c[slot] = 0.0, 0.0  # the neutral state (LSTMAutoencoder.initial_state)
         self.seen[slot] = 0
         self.carried[slot] = 0.0
         self.slot_of[name] = slot
         return slot
 
-    def _grow(self, capacity: int) -> None:
+    def _neutral(self, capacity: int) -> State:
+        """`capacity` rows of the neutral state, every member's."""
         h, c = self.network.initial_state(capacity, self.device)
+        return (h, c) if self.members == 1 else (h.repeat(1, self.members), c.repeat(1, self.members))
+
+    def _grow(self, capacity: int) -> None:
+        h, c = self._neutral(capacity)
         h[: self.capacity], c[: self.capacity] = self.h, self.c
         self.h, self.c = h, c
         self.seen = np.concatenate([self.seen, np.zeros(capacity - self.capacity, dtype=np.int64)])
@@ -430,7 +435,7 @@ class _StateBank:
         names = list(self.slot_of)
         keep = torch.as_tensor([self.slot_of[n] for n in names], dtype=torch.int64, device=self.device)
         capacity = min(self.max_entities, max(16, 1 << (2 * len(names)).bit_length()))
-        h, c = self.network.initial_state(capacity, self.device)
+        h, c = self._neutral(capacity)
         h[: len(names)], c[: len(names)] = self.h.index_select(0, keep), self.c.index_select(0, keep)
         rows = keep.cpu().numpy()
         for array in ("seen", "last_ns", "carried"):
@@ -468,12 +473,13 @@ class StreamingScorer:
         self.units = bundle.schema.units
         self._models: dict[str, ClassModel] = {}
         self._banks: dict[str, _StateBank] = {}
-        self._scalers: dict[str, tuple[FeatureScaler, TorchScaler]] = {}
+        self._scalers: dict[tuple[str, int], tuple[FeatureScaler, TorchScaler]] = {}
         for cls, cm in bundle.classes.items():
             cm.network.to(self.device).eval()
             self._models[cls] = cm
-            self._scalers[cls] = (cm.scaler, cm.scaler.to_torch(self.device))
-            self._banks[cls] = _StateBank(cm.network, self.device, max_entities)
+            for member in cm.members:
+                member.network.to(self.device).eval()
+            self._banks[cls] = _StateBank(cm.network, self.device, max_entities, len(cm.members) or 1)
         # the decoder's phase inputs (the windows' minute of the hour, as in training), made once
         self._phases = torch.arange(PHASE_SLOTS, device=self.device).unbind()
         self._next_expiry_ns = 0
@@ -540,8 +546,7 @@ class StreamingScorer:
             idx = torch.from_numpy(slots).to(self.device)
             state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
             feats = _features_tensor(windows.features[rows], self.device)
-            with _autocast(self.device, self.precision):
-                res, (h, c) = _reconstruct_in_steps(cm.network, self._scaler(cls, cm), feats, state, phase, k)
+            res, (h, c) = self._reconstruct(cls, cm, feats, state, phase, k)
             bank.h.index_copy_(0, idx, h.to(bank.h.dtype))
             bank.c.index_copy_(0, idx, c.to(bank.c.dtype))
             follows = bank.last_ns[slots] == windows.window_start_ns  # the entity's previous window was the one before
@@ -569,13 +574,39 @@ class StreamingScorer:
         _leave_to_hosts(out, windows)
         return out
 
-    def _scaler(self, cls: str, cm: ClassModel) -> TorchScaler:
-        """The class's scaler as tensors on the device, rebuilt if the bundle's scaler was
+    def _reconstruct(self, cls: str, cm: ClassModel, feats: torch.Tensor, state: State, phase: torch.Tensor,
+                     k: int) -> tuple[_Explained, State]:
+        """The class's verdict on its windows and the states they leave: its network's, or
+        with several members each member's from its own columns of the state, the scores
+        combined as ClassModel.in_thresholds combines them, and each window explained by the
+        member that found it the most unusual (the largest score in its own threshold)."""
+        members = cm.members or [cm]
+        width = cm.network.hidden_size
+        results, hs, cs = [], [], []
+        for i, member in enumerate(members):
+            columns = slice(i * width, (i + 1) * width)
+            own = state if len(members) == 1 else (state[0][:, columns].contiguous(), state[1][:, columns].contiguous())
+            with _autocast(self.device, self.precision):
+                res, (h, c) = _reconstruct_in_steps(member.network, self._scaler(cls, i, member.scaler), feats, own, phase, k)
+            results.append(res)
+            hs.append(h)
+            cs.append(c)
+        if len(members) == 1:
+            return results[0], (hs[0], cs[0])
+        share = np.stack([r.scores / np.float32(m.threshold.value) for r, m in zip(results, members, strict=True)])
+        judge = share.argmax(axis=0)  # (batch,) the member each window's explanation comes from
+        rows = np.arange(judge.shape[0])
+        explained = _Explained(*(np.stack([getattr(r, f.name) for r in results])[judge, rows] for f in fields(_Explained)))
+        explained.scores = np.asarray(cm.in_thresholds([r.scores for r in results]), np.float32)
+        return explained, (torch.cat(hs, dim=1), torch.cat(cs, dim=1))
+
+    def _scaler(self, cls: str, member: int, scaler: FeatureScaler) -> TorchScaler:
+        """A member's scaler as tensors on the device, rebuilt if the bundle's scaler was
         replaced since."""
-        source, cached = self._scalers[cls]
-        if source is not cm.scaler:
-            cached = cm.scaler.to_torch(self.device)
-            self._scalers[cls] = (cm.scaler, cached)
+        source, cached = self._scalers.get((cls, member), (None, None))
+        if source is not scaler or cached is None:
+            cached = scaler.to_torch(self.device)
+            self._scalers[(cls, member)] = (scaler, cached)
         return cached
 
     # ------------------------------------------------------------ thresholds

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
@@ -44,6 +44,7 @@ log = structlog.get_logger()
 PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much traffic on
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
 THIN_MARGIN = MIN_MARGIN  # a threshold less than 10 % above the largest held-out benign window: warned
+MEMBER_SEED_STEP = 7919  # members' seeds apart by this prime (member_seed)
 BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
 UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
 # the target_false_alarm is per entity window: a class whose entities have more windows a day
@@ -71,6 +72,7 @@ ROUTINE_QUANTILE = 0.99
 @dataclass
 class TrainingParams:
     hidden_size: int = 32
+    members: int = 1
     epochs: int = 30
     learning_rate: float = 3e-3
     batch_streams: int = 256
@@ -158,14 +160,54 @@ def train(
     exclude: list[tuple[int, int]] | None = None,
     progress: bool = False,
 ) -> ModelBundle:
-    """Train one model per entity class and calibrate its threshold."""
-    torch.manual_seed(params.seed)
-    np.random.seed(params.seed)
+    """Train one model per entity class and calibrate its threshold; with `params.members`
+    above 1, that many per class, each from its own seed (member_seed), combined as
+    ClassModel.members says."""
     set_torch_threads(params.threads)
     data, schema = collect(windows, exclude)
     if not data or schema is None:
         raise ValueError("no windows to train on: is the capture empty or outside home_net?")
     started = time.monotonic()
+    members = [_member(data, replace(params, seed=member_seed(params.seed, i)), bin_s, bins, progress)
+               for i in range(params.members)]
+    classes, summary = members[0].classes, members[0].summary
+    if params.members > 1:
+        classes, summary = _ensemble(members, params)
+    return ModelBundle(
+        schema=schema,
+        bin_s=bin_s,
+        bins=bins,
+        hidden_size=params.hidden_size,
+        classes=classes,
+        training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
+        members=params.members,
+    )
+
+
+def member_seed(seed: int, member: int) -> int:
+    """The seed of a class's `member`-th network: the configured seed for the first (a model
+    of one member is the model it always was), then apart by a prime, so that the members of
+    seeds 7, 8 and 9 share no seed."""
+    return (seed + MEMBER_SEED_STEP * member) % 2**32
+
+
+@dataclass
+class _Member:
+    """One network per class, trained and calibrated on its own: the models, the training
+    summary, and per class the out-of-fold scores of the held-out windows (entity, window;
+    NaN where none) and those the calibration kept as benign (the screen's outliers NaN)."""
+
+    classes: dict[str, ClassModel]
+    summary: dict[str, dict]
+    held_out: dict[str, np.ndarray]
+    benign: dict[str, np.ndarray]
+    pooled: dict[str, bool]
+
+
+def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, bins: int, progress: bool) -> _Member:
+    """Train and calibrate one network per class from `params.seed`."""
+    torch.manual_seed(params.seed)
+    np.random.seed(params.seed)
     trained: dict[str, tuple[LSTMAutoencoder, FeatureScaler]] = {}
     val_scores: dict[str, np.ndarray] = {}
     summary: dict[str, dict] = {}
@@ -202,6 +244,8 @@ def train(
             "validation": f"every {int(round(1 / params.validation_fraction))}th block of {params.validation_block_windows} windows",
         }
     classes: dict[str, ClassModel] = {}
+    benign_of: dict[str, np.ndarray] = {}
+    pooled_of: dict[str, bool] = {}
     for cls, (net, scaler) in trained.items():
         scores = val_scores[cls][np.isfinite(val_scores[cls])]
         # a class is calibrated on its own scores wherever they have a tail to fit; pooled
@@ -230,6 +274,7 @@ def train(
         # too few windows of its own for a tail are too few to vouch for a lower allowance:
         # Westermo's link (62-70 windows, pooled) went from 0.991 to 0.982 ROC AUC on its
         # visible brute force at 0.2 (docs/EVALUATION.md, section xiv)
+        benign_of[cls], pooled_of[cls] = benign, source == "pooled"
         th.allowance = allowance(benign, th.value) if source == "class" else ALLOWANCES[0]
         summary[cls]["allowance"] = th.allowance
         # the margin is read on what the threshold will be compared with: the held-out windows'
@@ -239,14 +284,43 @@ def train(
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  n=th.n_calibration, source=source, reason=th.reason or None, allowance=th.allowance,
                  interval=[round(v, 4) for v in summary[cls]["threshold_interval"]], outliers=th.n_outliers)
-    return ModelBundle(
-        schema=schema,
-        bin_s=bin_s,
-        bins=bins,
-        hidden_size=params.hidden_size,
-        classes=classes,
-        training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
-    )
+    return _Member(classes, summary, val_scores, benign_of, pooled_of)
+
+
+def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str, ClassModel], dict[str, dict]]:
+    """The classes of several members: each class's threshold the mean of its members', its
+    held-out windows scored as the scorer will score them (ClassModel.in_thresholds), and the
+    allowance and margin read from those, as for one member."""
+    classes: dict[str, ClassModel] = {}
+    summary: dict[str, dict] = {}
+    for cls in members[0].classes:
+        own = [m.classes[cls] for m in members]
+        first = own[0]
+        value = float(np.mean([m.threshold.value for m in own]))
+        th = Threshold(value=value, method="members", target_false_alarm=params.target_false_alarm,
+                       initial=0.0, shape=None, scale=None, n_calibration=first.threshold.n_calibration,
+                       n_peaks=0, reason=f"the mean of {len(own)} members' thresholds, each window scored by its members' "
+                                         f"mean score in their own thresholds")
+        cm = ClassModel(first.network, first.scaler, th, members=own)
+        benign = cm.in_thresholds([m.benign[cls] for m in members])  # NaN where any member's screen left it out
+        pooled = any(m.pooled[cls] for m in members)
+        th.allowance = allowance(benign, th.value) if not pooled else ALLOWANCES[0]
+        s = {k: v for k, v in members[0].summary[cls].items() if k not in ("threshold_interval", "threshold_of_the_sample")}
+        s["allowance"] = th.allowance
+        s["members"] = [{"seed": member_seed(params.seed, i), "threshold": m.threshold.value,
+                         "threshold_interval": members[i].summary[cls].get("threshold_interval"),
+                         "epochs": members[i].summary[cls]["epochs"],
+                         "best_validation_loss": members[i].summary[cls]["best_validation_loss"]}
+                        for i, m in enumerate(own)]
+        s["epochs"] = max(members[i].summary[cls]["epochs"] for i in range(len(own)))
+        s["outliers"] = sorted({(o["entity"], o["window_start"]): o for m in members for o in m.summary[cls]["outliers"]}.values(),
+                               key=lambda o: -o["score"])
+        held_out = _accumulated(benign, th.value, th.allowance)
+        s.update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], s, params))
+        classes[cls], summary[cls] = cm, s
+        log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
+                 members=[round(m.threshold.value, 4) for m in own], allowance=th.allowance)
+    return classes, summary
 
 
 def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summary: dict, params: TrainingParams) -> dict:

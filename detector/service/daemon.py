@@ -514,10 +514,10 @@ class Daemon:
         """Hidden states and open incidents back in place; the replay position to resume at."""
         scoring, meta = self.scoring, checkpoint.meta
         sizes = {s.hidden_size for s in checkpoint.states.values()}
-        if meta.model.version == scoring.bundle.version and sizes - {scoring.bundle.hidden_size}:
+        if meta.model.version == scoring.bundle.version and sizes - {scoring.bundle.state_size}:
             raise CheckpointError(f"hidden states of size {sorted(sizes)}, but the model {meta.model.version} "
-                                  f"they were written with has {scoring.bundle.hidden_size}")
-        if sizes <= {scoring.bundle.hidden_size}:
+                                  f"they were written with has {scoring.bundle.state_size}")
+        if sizes <= {scoring.bundle.state_size}:
             scoring.load_entity_states(checkpoint.states)
             entities = checkpoint.entities
         else:

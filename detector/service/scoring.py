@@ -169,7 +169,7 @@ class Scoring:
         (same feature schema and state size: the entities' memory carries over)."""
         old = self.scorer
         scorer = build_scorer(self.cfg, bundle)
-        kept = bundle.schema == old.bundle.schema and bundle.hidden_size == old.bundle.hidden_size
+        kept = bundle.schema == old.bundle.schema and bundle.state_size == old.bundle.state_size
         if kept:
             scorer.load_state_dict(old.state_dict())
         self.scorer, self.bundle = scorer, bundle

@@ -40,6 +40,7 @@ def training_params(cfg: Config) -> TrainingParams:
     t = cfg.training
     return TrainingParams(
         hidden_size=t.hidden_size,
+        members=t.members,
         epochs=t.epochs,
         learning_rate=t.learning_rate,
         batch_streams=t.batch_streams,

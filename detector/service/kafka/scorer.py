@@ -413,7 +413,7 @@ class ScorerRole:
         return self._load_states(partition, latest)
 
     def _load_states(self, partition: int, latest: dict[bytes, bytes | None]) -> int:
-        hidden = self.bundle.hidden_size
+        hidden = self.bundle.state_size
         latest_ns = time.time_ns() + int(MAX_FUTURE_S * 1e9)
         grouped: dict[tuple[str, str], list[tuple[str, EntityState]]] = defaultdict(list)
         for key, value in latest.items():
