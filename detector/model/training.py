@@ -280,7 +280,9 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
         # the margin is read on what the threshold will be compared with: the held-out windows'
         # accumulated scores (model.scorer.accumulate) at this threshold and allowance
         held_out = _accumulated(benign, th.value, th.allowance)
-        summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params))
+        # a member's own margin is its class's business only where it is the class's only member
+        summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params,
+                                                 announce=params.members == 1))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  n=th.n_calibration, source=source, reason=th.reason or None, allowance=th.allowance,
                  interval=[round(v, 4) for v in summary[cls]["threshold_interval"]], outliers=th.n_outliers)
@@ -323,7 +325,8 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
     return classes, summary
 
 
-def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summary: dict, params: TrainingParams) -> dict:
+def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summary: dict, params: TrainingParams,
+                         announce: bool = True) -> dict:
     """What an operator must know before trusting a class's threshold: the largest held-out
     benign window (out-of-fold score) and the margin the threshold leaves above it, and
     warnings for a short training span, a thin margin and training that hit its epoch cap.
@@ -362,7 +365,7 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
                         f"set it to {wanted:.2g} for one a day")
     if summary["epochs"] >= params.epochs:
         warnings.append(f"training ran to its cap of {params.epochs} epochs without early stopping (training.epochs)")
-    for w in warnings:
+    for w in warnings if announce else []:
         log.warning("training_warning", entity_class=cls, warning=w)
     return {"largest_held_out": largest, "margin": margin, "warnings": warnings}
 

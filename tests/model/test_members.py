@@ -1,0 +1,178 @@
+"""A class of several members (training.members, model.bundle.ClassModel.members): networks
+trained from their own seeds, each calibrated on its own, a window scored by the members' mean
+score in their own thresholds. What it must keep: each member scores as it would alone (its
+own columns of the carried state), the explanation is one member's in real units, the bundle
+round trip, the twins' scores combined alike, malformed members refused, and a model of one
+member is the model it always was."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detector.errors import ModelError
+from detector.eval.baselines import stateless_scores
+from detector.model.bundle import META, ClassModel, ModelBundle
+from detector.model.scorer import StreamingScorer
+from detector.model.training import TrainingParams, member_seed, train
+from tests.hostile._hostile import _edit, _set
+from tests.model.test_scorer import _bundle, _sequence, _windows
+
+THRESHOLDS = (5.0, 7.0, 9.0)
+
+
+def _members(hidden: int = 16) -> tuple[ModelBundle, list[ModelBundle]]:
+    """A bundle of three members, and each member as a bundle of its own."""
+    alone = []
+    for i, t in enumerate(THRESHOLDS):
+        b = _bundle(seed=10 + i, hidden=hidden)
+        for cm in b.classes.values():
+            cm.threshold.value = t
+        alone.append(b)
+    classes = {}
+    for cls in alone[0].classes:
+        own = [copy.deepcopy(b.classes[cls]) for b in alone]
+        th = copy.deepcopy(own[0].threshold)
+        th.value = float(np.mean(THRESHOLDS))
+        classes[cls] = ClassModel(own[0].network, own[0].scaler, th, members=own)
+    first = alone[0]
+    return ModelBundle(first.schema, first.bin_s, first.bins, hidden, classes, members=3), alone
+
+
+def test_a_window_scores_the_members_mean_score_in_their_own_thresholds_and_each_member_carries_its_own_state():
+    together, alone = _members()
+    seq = _sequence(6, 3)
+    entities = ["global", "10.0.0.1", "10.0.0.2"]
+    scorer = StreamingScorer(together, device="cpu", warmup_windows=0)
+    singles = [StreamingScorer(b, device="cpu", warmup_windows=0) for b in alone]
+    for k in range(6):
+        out = scorer.score(_windows(k, entities, seq[k]))
+        each = [s.score(_windows(k, entities, seq[k])) for s in singles]
+        share = np.mean([e.scores / t for e, t in zip(each, THRESHOLDS, strict=True)], axis=0)
+        np.testing.assert_allclose(out.scores, share * np.mean(THRESHOLDS), rtol=1e-5)
+        judge = np.argmax([e.scores / t for e, t in zip(each, THRESHOLDS, strict=True)], axis=0)
+        for row, j in enumerate(judge):  # the explanation: the member that found the window most unusual, in real units
+            np.testing.assert_array_equal(out.top_index[row], each[j].top_index[row])
+            np.testing.assert_allclose(out.top_expected[row], each[j].top_expected[row], rtol=1e-6)
+            np.testing.assert_allclose(out.deviation_observed[row], each[j].deviation_observed[row], rtol=1e-6)
+    held = scorer.state_dict()["host"]
+    assert held["h"].shape == (2, 3 * 16)  # every member's state side by side
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(held["h"][:, i * 16 : (i + 1) * 16], single.state_dict()["host"]["h"])
+        torch.testing.assert_close(held["c"][:, i * 16 : (i + 1) * 16], single.state_dict()["host"]["c"])
+
+
+def test_a_class_of_members_alarms_where_its_combined_score_passes_its_threshold():
+    together, _ = _members()
+    seq = _sequence(4, 2)
+    scorer = StreamingScorer(together, device="cpu", warmup_windows=0)
+    scores = [scorer.score(_windows(k, ["global", "10.0.0.1"], seq[k])).scores for k in range(4)]
+    for cm in together.classes.values():  # a threshold under every score: every window alarms
+        cm.threshold.value = float(np.min(scores)) / 2
+    out = scorer.score(_windows(4, ["global", "10.0.0.1"], seq[0]))
+    assert out.anomalous.all()
+    assert (out.thresholds == np.float32(together.classes["host"].threshold.value)).all()
+
+
+def test_a_threshold_refit_moves_the_threshold_not_the_scores():
+    together, _ = _members()
+    seq = _sequence(3, 1)
+    a = StreamingScorer(together, device="cpu", warmup_windows=0)
+    b = StreamingScorer(copy.deepcopy(together), device="cpu", warmup_windows=0)
+    b.bundle.classes["global"].threshold.value *= 3  # as refresh_thresholds would
+    for k in range(3):
+        np.testing.assert_array_equal(a.score(_windows(k, ["global"], seq[k])).scores,
+                                      b.score(_windows(k, ["global"], seq[k])).scores)
+
+
+def test_a_bundle_of_members_round_trips_and_the_twins_combine_alike(tmp_path: Path):
+    together, alone = _members()
+    path = together.save(tmp_path / "model")
+    meta = json.loads((path / META).read_text())
+    assert 3 == meta["members"] and [5.0, 7.0, 9.0] == [m["threshold"]["value"] for m in meta["classes"]["host"]["members"]]
+    back = ModelBundle.load(path, classes=("global", "host"))
+    assert 3 == back.members and 48 == back.state_size
+    seq = _sequence(4, 2)
+    s1, s2 = StreamingScorer(together, device="cpu"), StreamingScorer(back, device="cpu")
+    for k in range(4):
+        w = _windows(k, ["global", "10.0.0.1"], seq[k])
+        np.testing.assert_array_equal(s1.score(w).scores, s2.score(w).scores)
+    starts = np.full(2, 1_700_000_000_000_000_000, dtype=np.int64)
+    each = [stateless_scores(b.classes["host"], seq[0], starts) for b in alone]
+    np.testing.assert_allclose(stateless_scores(back.classes["host"], seq[0], starts),
+                               np.mean([e / t for e, t in zip(each, THRESHOLDS, strict=True)], axis=0) * np.mean(THRESHOLDS),
+                               rtol=1e-5)
+
+
+def _drop_member_weights(bundle: Path) -> None:
+    """The second member's weights gone, both hashes made to match (as an editor would)."""
+    from safetensors.torch import load_file, save_file
+
+    from detector.model.bundle import WEIGHTS
+    from detector.model.meta import sha256_of
+    from tests.hostile._hostile import _meta, _write_meta
+
+    tensors = {k: v for k, v in load_file(str(bundle / WEIGHTS)).items() if not k.startswith("host#1.")}
+    save_file(tensors, str(bundle / WEIGHTS))
+    meta = _meta(bundle)
+    meta["weights_sha256"] = sha256_of(bundle / WEIGHTS)
+    _write_meta(bundle, meta, rehash=True)
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_edit(_set("members", 2)), "classes.global.members: needs a list of 2"),
+    (_edit(_set("members", 99)), "members: 99"),
+    (_edit(lambda m: m["classes"]["host"].pop("members")), "classes.host.members: needs a list of 3"),
+    (_edit(_set("classes.host.members", {"a": 1})), "classes.host.members: needs a list of 3"),
+    (_edit(lambda m: m["classes"]["host"]["members"][2]["threshold"].update(value=float("nan"))),
+     "classes.host.members[2].threshold.value: nan"),
+    (_edit(lambda m: m["classes"]["host"]["members"][1].pop("scaler")), "classes.host.members[1].scaler: missing"),
+    (_drop_member_weights, "class host member 1: the weights do not fit"),
+], ids=["count another", "count huge", "members missing", "members not a list", "member threshold NaN",
+        "member scaler missing", "member weights missing"])
+def test_a_malformed_member_is_refused_with_the_file_and_the_reason(tmp_path: Path, damage, reason: str):
+    path = _members()[0].save(tmp_path / "model")
+    damage(path)
+    with pytest.raises(ModelError, match="invalid bundle|weights") as refused:
+        ModelBundle.load(path, classes=("global", "host"))
+    assert reason in str(refused.value)
+
+
+def test_members_in_a_bundle_of_one_are_refused(tmp_path: Path):
+    path = _bundle().save(tmp_path / "model")
+    _edit(_set("classes.host.members", []))(path)
+    with pytest.raises(ModelError, match="classes.host.members: present, but the bundle's `members` is 1"):
+        ModelBundle.load(path)
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[ModelBundle, ModelBundle]:
+    """The same windows trained with one member and with two (a few epochs: seconds)."""
+    from detector.bench.model import _batches, _setup
+
+    batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
+    params = dict(hidden_size=16, epochs=2, validation_block_windows=5)
+    return (train(batches, TrainingParams(**params), 10.0, 6), train(batches, TrainingParams(**params, members=2), 10.0, 6))
+
+
+def test_training_members_calibrates_each_and_the_class_on_their_combined_held_out_scores(trained):
+    one, two = trained
+    cm = two.classes["host"]
+    assert 2 == len(cm.members) and 2 == two.members and "members" == cm.threshold.method
+    assert cm.threshold.value == pytest.approx(np.mean([m.threshold.value for m in cm.members]))
+    summary = two.training["classes"]["host"]
+    assert [7, member_seed(7, 1)] == [m["seed"] for m in summary["members"]] and member_seed(7, 1) != 8
+    assert {"margin", "largest_held_out", "allowance"} <= summary.keys()
+    # the first member is the model one member would be: the same seed, the same windows
+    first, single = cm.members[0], one.classes["host"]
+    for (name, a), (_, b) in zip(first.network.state_dict().items(), single.network.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+    assert first.threshold.value == single.threshold.value
+    assert not one.classes["host"].members and 1 == one.members
+    second = cm.members[1].network.state_dict()["encoder.weight_hh_l0"]
+    assert not torch.equal(second, single.network.state_dict()["encoder.weight_hh_l0"])
