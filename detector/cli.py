@@ -135,7 +135,7 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
         click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
         if cm.members:
-            click.echo(f"          {len(cm.members)} members, each window scored by their mean score in their own thresholds: "
+            click.echo(f"          {len(cm.members)} members, each window scored by their median score in their own thresholds: "
                        + ", ".join(f"{m['threshold']:.4f} (seed {m['seed']})" for m in s.get("members", [])))
         if "margin" in s:
             click.echo(f"          largest held-out benign window {s['largest_held_out']:.4f}, margin {s['margin']:.1%}")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -71,9 +72,11 @@ class ClassModel:
 
     A class of several members (`members`, all of them, the first one's network and scaler
     being `network` and `scaler`) is an ensemble: networks trained alike from their own seeds,
-    each with its own error scales and threshold. Its window score is the members' mean score
-    in their own thresholds, times the class's `threshold` (the members' mean): see
-    `in_thresholds`."""
+    each with its own error scales and threshold. Its window score is the members' median score
+    in their own thresholds, times the mean of those thresholds (the class's `threshold` as
+    trained): see `in_thresholds`. The median, not the mean: one member whose calibration
+    failed (a threshold 4.8 times too low, docs/EVALUATION.md section xxx) moves a mean of
+    three by a third of its error and a median not at all."""
 
     network: LSTMAutoencoder
     scaler: FeatureScaler
@@ -82,12 +85,12 @@ class ClassModel:
 
     def in_thresholds(self, member_scores: list[Any]) -> Any:
         """The class's window scores from its members' (one array per member, each in its own
-        units): the mean of each member's score over its own threshold, in the class's
-        threshold. A class of one member: its scores as they are."""
+        units): the median of each member's score over its own threshold, in the unit of the
+        class's threshold (members_threshold). A class of one member: its scores as they are."""
         if not self.members:
             return member_scores[0]
-        share = sum(s / m.threshold.value for s, m in zip(member_scores, self.members, strict=True)) / len(self.members)
-        return share * self.members_threshold()
+        shares = [s / m.threshold.value for s, m in zip(member_scores, self.members, strict=True)]
+        return np.median(np.stack(shares), axis=0) * self.members_threshold()
 
     def members_threshold(self) -> float:
         """The mean of the members' thresholds: the unit the class's scores are in (and its

@@ -578,8 +578,9 @@ class StreamingScorer:
                      k: int) -> tuple[_Explained, State]:
         """The class's verdict on its windows and the states they leave: its network's, or
         with several members each member's from its own columns of the state, the scores
-        combined as ClassModel.in_thresholds combines them, and each window explained by the
-        member that found it the most unusual (the largest score in its own threshold)."""
+        combined as ClassModel.in_thresholds combines them (their median), and each window
+        explained by its median member (the higher middle one of an even number): the member
+        whose reading the score is."""
         members = cm.members or [cm]
         width = cm.network.hidden_size
         results, hs, cs = [], [], []
@@ -594,7 +595,7 @@ class StreamingScorer:
         if len(members) == 1:
             return results[0], (hs[0], cs[0])
         share = np.stack([r.scores / np.float32(m.threshold.value) for r, m in zip(results, members, strict=True)])
-        judge = share.argmax(axis=0)  # (batch,) the member each window's explanation comes from
+        judge = np.argsort(share, axis=0, kind="stable")[len(members) // 2]  # (batch,) the member that explains each window
         rows = np.arange(judge.shape[0])
         explained = _Explained(*(np.stack([getattr(r, f.name) for r in results])[judge, rows] for f in fields(_Explained)))
         explained.scores = np.asarray(cm.in_thresholds([r.scores for r in results]), np.float32)

@@ -302,7 +302,7 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
         th = Threshold(value=value, method="members", target_false_alarm=params.target_false_alarm,
                        initial=0.0, shape=None, scale=None, n_calibration=first.threshold.n_calibration,
                        n_peaks=0, reason=f"the mean of {len(own)} members' thresholds, each window scored by its members' "
-                                         f"mean score in their own thresholds")
+                                         f"median score in their own thresholds")
         cm = ClassModel(first.network, first.scaler, th, members=own)
         benign = cm.in_thresholds([m.benign[cls] for m in members])  # NaN where any member's screen left it out
         pooled = any(m.pooled[cls] for m in members)
