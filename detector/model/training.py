@@ -304,7 +304,10 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
                        n_peaks=0, reason=f"the mean of {len(own)} members' thresholds, each window scored by its members' "
                                          f"median score in their own thresholds")
         cm = ClassModel(first.network, first.scaler, th, members=own)
-        benign = cm.in_thresholds([m.benign[cls] for m in members])  # NaN where any member's screen left it out
+        # a window is left out where most members' screens left it out: one member's screen
+        # is outvoted as its scores are (fold B 6 h seed 10's cut 14 benign windows, section xxx)
+        screened = sum((np.isnan(m.benign[cls]) & np.isfinite(m.held_out[cls])).astype(np.int64) for m in members)
+        benign = np.where(2 * screened > len(members), np.nan, cm.in_thresholds([m.held_out[cls] for m in members]))
         pooled = any(m.pooled[cls] for m in members)
         th.allowance = allowance(benign, th.value) if not pooled else ALLOWANCES[0]
         s = {k: v for k, v in members[0].summary[cls].items() if k not in ("threshold_interval", "threshold_of_the_sample")}
@@ -315,10 +318,24 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
                          "best_validation_loss": members[i].summary[cls]["best_validation_loss"]}
                         for i, m in enumerate(own)]
         s["epochs"] = max(members[i].summary[cls]["epochs"] for i in range(len(own)))
-        s["outliers"] = sorted({(o["entity"], o["window_start"]): o for m in members for o in m.summary[cls]["outliers"]}.values(),
-                               key=lambda o: -o["score"])
+        votes: dict[tuple[str, str], list[dict]] = {}
+        for m in members:
+            for o in m.summary[cls]["outliers"]:
+                votes.setdefault((o["entity"], o["window_start"]), []).append(o)
+        s["outliers"] = sorted((v[0] for v in votes.values() if 2 * len(v) > len(members)), key=lambda o: -o["score"])
         held_out = _accumulated(benign, th.value, th.allowance)
         s.update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], s, params))
+        for i, m in enumerate(own):  # what one member's calibration met, that the median outvotes
+            seed, (low, high) = member_seed(params.seed, i), members[i].summary[cls]["threshold_interval"]
+            notes = []
+            if m.threshold.n_outliers:
+                notes.append(f"member {i} (seed {seed}) left {m.threshold.n_outliers} held-out window(s) out of its "
+                             f"calibration as outliers (from {m.threshold.outliers_from:.4g}); the members' median outvotes one member")
+            if high > UNCERTAIN_RATIO * low:
+                notes.append(f"member {i} (seed {seed}): its threshold resampled lies anywhere from {low:.4g} to {high:.4g} (90 %)")
+            for note in notes:
+                log.warning("training_warning", entity_class=cls, warning=note)
+            s["warnings"] += notes
         classes[cls], summary[cls] = cm, s
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  members=[round(m.threshold.value, 4) for m in own], allowance=th.allowance)

@@ -193,3 +193,36 @@ def test_training_members_calibrates_each_and_the_class_on_their_combined_held_o
     assert not one.classes["host"].members and 1 == one.members
     second = cm.members[1].network.state_dict()["encoder.weight_hh_l0"]
     assert not torch.equal(second, single.network.state_dict()["encoder.weight_hh_l0"])
+
+
+def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leave_a_window_out():
+    """Held-out windows one member's screen left out still count in the class's margin (the
+    median outvotes that member, as it does its scores), and training says which member left
+    what out; a window most members left out stays out."""
+    from detector.model.threshold import Threshold
+    from detector.model.training import _ensemble, _Member
+
+    rng = np.random.default_rng(0)
+    held = rng.uniform(0.5, 1.0, size=(1, 400))
+    held[0, 10] = 3.0  # a benign mode one member's screen cut
+    held[0, 20] = 50.0  # something every member's screen cut
+    members = []
+    for i in range(3):
+        th = Threshold(4.0, "pot", 1e-4, 1.0, 0.0, 0.1, 400, 20)
+        benign = held.copy()
+        benign[0, 20] = np.nan
+        if i == 0:
+            benign[0, 10] = np.nan
+            th.n_outliers, th.outliers_from = 2, 3.0
+        outliers = [{"entity": "global", "window_start": "t20", "score": 50.0}] + (
+            [{"entity": "global", "window_start": "t10", "score": 3.0}] if i == 0 else [])
+        summary = {"outliers": outliers, "threshold_interval": (3.9, 4.1), "epochs": 5, "best_validation_loss": 0.1,
+                   "train_start": 0, "train_end": int(48 * 3.6e12), "entities_per_window": 1.0, "false_alarms_per_day": 0.1}
+        cm = ClassModel(torch.nn.Module(), None, th)  # type: ignore[arg-type]
+        members.append(_Member({"global": cm}, {"global": summary}, {"global": held.copy()}, {"global": benign}, {"global": False}))
+    _, summary = _ensemble(members, TrainingParams(members=3))
+    s = summary["global"]
+    assert 3.0 == pytest.approx(s["largest_held_out"])  # the window one member cut counts
+    assert ["t20"] == [o["window_start"] for o in s["outliers"]]
+    assert any(w.startswith("member 0 (seed 7) left 2 held-out window(s) out") for w in s["warnings"])
+    assert not any(w.startswith("member 1") for w in s["warnings"])
