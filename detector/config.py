@@ -175,7 +175,9 @@ class ModelConfig(_Strict):
 
 class TrainingConfig(_Strict):
     hidden_size: int = Field(32, ge=2, le=1024)
-    members: int = Field(1, ge=1, le=16)  # networks per entity class, each from its own seed (model.bundle.ClassModel)
+    # networks per entity class, each from its own seed and calibrated on its own; a window
+    # scores their median in their own thresholds (model.bundle.ClassModel, docs/EVALUATION.md xxx)
+    members: int = Field(3, ge=1, le=16)
     epochs: int = Field(30, ge=1, le=100_000)
     learning_rate: float = Field(3e-3, gt=0, le=10.0)
     batch_streams: int = Field(256, ge=1, le=_MAX_COUNT)
