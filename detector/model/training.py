@@ -325,12 +325,14 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
         s["outliers"] = sorted((v[0] for v in votes.values() if 2 * len(v) > len(members)), key=lambda o: -o["score"])
         held_out = _accumulated(benign, th.value, th.allowance)
         s.update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], s, params))
-        for i, cm_i in enumerate(own):  # what one member's calibration met, that the median outvotes
+        for i in range(len(own)):  # what one member's calibration met, that the median outvotes
             seed, (low, high) = member_seed(params.seed, i), members[i].summary[cls]["threshold_interval"]
             notes = []
-            if cm_i.threshold.n_outliers:
-                notes.append(f"member {i} (seed {seed}) left {cm_i.threshold.n_outliers} held-out window(s) out of its "
-                             f"calibration as outliers (from {cm_i.threshold.outliers_from:.4g}); the members' median outvotes one member")
+            alone = [o for o in members[i].summary[cls]["outliers"] if o not in s["outliers"]]  # most members kept them
+            if alone:
+                notes.append(f"member {i} (seed {seed}) left {len(alone)} held-out window(s) out of its calibration as "
+                             f"outliers, from {min(o['score'] for o in alone):.4g}, that most members kept; the members' "
+                             f"median outvotes it")
             if high > UNCERTAIN_RATIO * low:
                 notes.append(f"member {i} (seed {seed}): its threshold resampled lies anywhere from {low:.4g} to {high:.4g} (90 %)")
             for note in notes:
