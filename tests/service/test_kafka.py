@@ -391,7 +391,7 @@ def test_poison_and_future_dated_windows_are_refused_and_genuine_ones_scored(dem
     role._score([(0, rec("10.20.0.5", 3))])
     assert scoring.scorer.last_scored_ns("host", ["10.20.0.5"])[0] == start + 4 * window and role.counts["duplicates_skipped"] == 0
     # a state saved after a far-future window (by a scorer before this check) is not restored
-    hidden = role.bundle.hidden_size
+    hidden = role.bundle.state_size  # every member's state side by side
     poisoned = EntityState("host", torch.zeros(hidden), torch.zeros(hidden), 5, start + ten_years * window, None, role.bundle.version)
     genuine = EntityState("host", torch.zeros(hidden), torch.zeros(hidden), 5, start, None, role.bundle.version)
     assert 1 == role._load_states(0, {b"s2/10.20.0.9": encode_state(poisoned), b"s2/10.20.0.10": encode_state(genuine)})
