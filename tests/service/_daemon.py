@@ -54,7 +54,9 @@ def base_config(directory: Path, pcap: Path, model: Path, **overrides: Any) -> d
         "home_net": ["10.20.0.0/16"],
         "source": {"type": "pcap", "path": str(pcap), "speed": SPEED},
         "model": {"path": str(model), "device": "cpu"},
-        "training": {"epochs": 3},
+        # one network per class: the daemon's tests are about the daemon, and three (the
+        # default) cost the suite a minute; test_end_to_end trains and runs the default
+        "training": {"epochs": 3, "members": 1},
         "incidents": {"rules": [str(REPO / "rules" / "default.yaml")]},
         "sinks": [{"url": f"jsonl://{directory / 'incidents.jsonl'}"}],
         "outputs": {"scores": None, "summary": False},
