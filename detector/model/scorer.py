@@ -27,7 +27,9 @@ each of which stays under the threshold (docs/EVALUATION.md, sections vii and xi
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -201,6 +203,43 @@ class _Explained:
     deviation_expected: np.ndarray  # (batch, k)
 
 
+@dataclass
+class _Reading:
+    """One network's reading of a batch of windows, before any explanation: its
+    reconstruction (scaled units, float32, ours to overwrite), each feature's aligned_error
+    undivided and as the score counts it (divided by its error scale), the scores, and the
+    states the windows leave."""
+
+    recon: torch.Tensor  # (batch, bins, features)
+    error: torch.Tensor  # (batch, features)
+    counted: torch.Tensor  # (batch, features)
+    scores: np.ndarray  # (batch,)
+    state: State
+
+
+def _read(network: LSTMAutoencoder, scaler: TorchScaler, x: torch.Tensor, state: State, phase: torch.Tensor) -> _Reading:
+    """`network`'s reading of windows `x` (batch, bins, features), already scaled."""
+    recon, new_state = _network(network, x, state, phase)
+    recon = recon.float()  # ours to overwrite (inverse_)
+    error = aligned_error(x, recon)
+    counted = error * scaler.weight
+    scores = counted.sum(dim=1).cpu().numpy() / np.float32(x.shape[1] * x.shape[2])
+    return _Reading(recon, error, counted, scores, new_state)
+
+
+def _explain(features: torch.Tensor, reading: _Reading, scaler: TorchScaler, k: int) -> _Explained:
+    """A reading's scores and explanations: the k features with the largest share of the
+    score, the k furthest from what was expected, each with its observed and expected means
+    in real units (only the 2k picked go through the inverse). Overwrites reading.recon."""
+    top, top_share = _shares(reading.counted.cpu().numpy(), k)
+    deviation, deviation_share = _shares(reading.error.cpu().numpy(), k)
+    index = torch.from_numpy(np.concatenate([top, deviation], axis=1)).to(features.device)
+    observed = features.mean(dim=1).gather(1, index).cpu().numpy()
+    expected = scaler.inverse_(reading.recon, index).mean(dim=1).cpu().numpy()
+    return _Explained(reading.scores, top, top_share, observed[:, :k], expected[:, :k],
+                      deviation, deviation_share, observed[:, k:], expected[:, k:])
+
+
 @torch.inference_mode()
 def _reconstruct_top(
     network: LSTMAutoencoder, scaler: TorchScaler, features: torch.Tensor, state: State, phase: torch.Tensor, k: int
@@ -210,21 +249,54 @@ def _reconstruct_top(
     torch, intermediate tensors are reused, and only the k explained features go through the
     inverse. Around an LSTM this small the numpy version's copies and full-width passes took
     as long as the network itself (batch 1024, one thread)."""
-    bins, width = features.shape[1], features.shape[2]
-    x = scaler.transform(features)
-    recon, new_state = _network(network, x, state, phase)
-    recon = recon.float()  # ours to overwrite below (inverse_)
-    error = aligned_error(x, recon)
-    counted = error * scaler.weight
-    scores = counted.sum(dim=1).cpu().numpy() / np.float32(bins * width)
-    top, top_share = _shares(counted.cpu().numpy(), k)
-    deviation, deviation_share = _shares(error.cpu().numpy(), k)
-    index = torch.from_numpy(np.concatenate([top, deviation], axis=1)).to(features.device)
-    observed = features.mean(dim=1).gather(1, index).cpu().numpy()
-    expected = scaler.inverse_(recon, index).mean(dim=1).cpu().numpy()
-    explained = _Explained(scores, top, top_share, observed[:, :k], expected[:, :k],
-                           deviation, deviation_share, observed[:, k:], expected[:, k:])
-    return explained, new_state
+    reading = _read(network, scaler, scaler.transform(features), state, phase)
+    return _explain(features, reading, scaler, k), reading.state
+
+
+@torch.inference_mode()
+def _reconstruct_members(
+    cm: ClassModel, scalers: list[TorchScaler], features: torch.Tensor, state: State, phase: torch.Tensor, k: int
+) -> tuple[_Explained, State]:
+    """_reconstruct_top for a class of several members: each member reads the windows from
+    its own columns of the carried state; the scores are combined as ClassModel.in_thresholds
+    combines them (their median), and each window is explained by its median member (the
+    higher middle one of an even number): the member whose reading the score is. Only that
+    member's reading of a window is explained: scoring every member's explanation and
+    keeping one cost a three-member class a fifth of its time (`netad bench model
+    --members 3`). Members whose scalers map features alike (those trained on the same
+    windows do) share one scaled copy of the windows."""
+    members = cm.members
+    width = cm.network.hidden_size
+    readings: list[_Reading] = []
+    scaled: list[tuple[TorchScaler, torch.Tensor]] = []
+    for i, (member, scaler) in enumerate(zip(members, scalers, strict=True)):
+        x = next((x for s, x in scaled if _same_map(s, scaler)), None)
+        if x is None:
+            x = scaler.transform(features)
+            scaled.append((scaler, x))
+        columns = slice(i * width, (i + 1) * width)
+        own = (state[0][:, columns].contiguous(), state[1][:, columns].contiguous())
+        readings.append(_read(member.network, scaler, x, own, phase))
+    share = np.stack([r.scores / np.float32(m.threshold.value) for r, m in zip(readings, members, strict=True)])
+    judge = np.argsort(share, axis=0, kind="stable")[len(members) // 2]  # (batch,) the member that explains each window
+    pick = torch.from_numpy(judge).to(features.device)
+    rows = torch.arange(pick.shape[0], device=features.device)
+    def judged(name: str) -> torch.Tensor:
+        return torch.stack([getattr(r, name) for r in readings])[pick, rows]
+
+    chosen = _Reading(judged("recon"), judged("error"), judged("counted"),
+                      np.asarray(cm.in_thresholds([r.scores for r in readings]), np.float32),
+                      (torch.cat([r.state[0] for r in readings], dim=1), torch.cat([r.state[1] for r in readings], dim=1)))
+    if len(scaled) == 1:
+        inverse = scalers[0]
+    else:  # each window's judge's own map (per row, broadcast over the bins)
+        inverse = TorchScaler(torch.stack([s.center for s in scalers])[pick].unsqueeze(1),
+                              torch.stack([s.scale for s in scalers])[pick].unsqueeze(1), scalers[0].weight)
+    return _explain(features, chosen, inverse, k), chosen.state
+
+
+def _same_map(a: TorchScaler, b: TorchScaler) -> bool:
+    return a is b or (torch.equal(a.center, b.center) and torch.equal(a.scale, b.scale))
 
 
 def _shares(err: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -301,12 +373,14 @@ def _leave_to_hosts(out: ScoreBatch, windows: WindowBatch) -> None:
 SCORING_STEP = 2048  # windows through the network at once, at most
 
 
-def _reconstruct_in_steps(
-    network: LSTMAutoencoder, scaler: TorchScaler, features: torch.Tensor, state: State, phase: torch.Tensor, k: int
-) -> tuple[_Explained, State]:
-    """_reconstruct_top over at most SCORING_STEP windows at a time, the same figures (each
-    window's row is computed on its own: bit for bit on CPU, 9,000 windows in steps against
-    at once). What one step allocates is bounded however many entities a flood makes: the
+_Reconstruct = Callable[[torch.Tensor, State, torch.Tensor], tuple[_Explained, State]]
+
+
+def _reconstruct_in_steps(reconstruct: _Reconstruct, features: torch.Tensor, state: State, phase: torch.Tensor) -> tuple[_Explained, State]:
+    """reconstruct(features, state, phase) (_reconstruct_top or _reconstruct_members) over at
+    most SCORING_STEP windows at a time, the same figures (each window's row is computed on
+    its own: bit for bit on CPU, 9,000 windows in steps against at once). What one step
+    allocates is bounded however many entities a flood makes: the
     32,000 windows of a flood's closed window at once were a stack of 15-100 MB tensors, and
     glibc left its heap at that high-water mark with its free pages scattered, which the
     traffic after the flood touched again (issue 19's flood bench on the 5 h demo, one-pass
@@ -315,12 +389,12 @@ def _reconstruct_in_steps(
     that flood, one pass each)."""
     n = features.shape[0]
     if n <= SCORING_STEP:
-        return _reconstruct_top(network, scaler, features, state, phase, k)
+        return reconstruct(features, state, phase)
     steps, hs, cs = [], [], []
     for a in range(0, n, SCORING_STEP):
         b = min(a + SCORING_STEP, n)
         phases = phase if phase.dim() == 0 else phase[a:b]
-        res, (h, c) = _reconstruct_top(network, scaler, features[a:b], (state[0][a:b], state[1][a:b]), phases, k)
+        res, (h, c) = reconstruct(features[a:b], (state[0][a:b], state[1][a:b]), phases)
         steps.append(res)
         hs.append(h)
         cs.append(c)
@@ -577,29 +651,15 @@ class StreamingScorer:
     def _reconstruct(self, cls: str, cm: ClassModel, feats: torch.Tensor, state: State, phase: torch.Tensor,
                      k: int) -> tuple[_Explained, State]:
         """The class's verdict on its windows and the states they leave: its network's, or
-        with several members each member's from its own columns of the state, the scores
-        combined as ClassModel.in_thresholds combines them (their median), and each window
-        explained by its median member (the higher middle one of an even number): the member
-        whose reading the score is."""
-        members = cm.members or [cm]
-        width = cm.network.hidden_size
-        results, hs, cs = [], [], []
-        for i, member in enumerate(members):
-            columns = slice(i * width, (i + 1) * width)
-            own = state if len(members) == 1 else (state[0][:, columns].contiguous(), state[1][:, columns].contiguous())
-            with _autocast(self.device, self.precision):
-                res, (h, c) = _reconstruct_in_steps(member.network, self._scaler(cls, i, member.scaler), feats, own, phase, k)
-            results.append(res)
-            hs.append(h)
-            cs.append(c)
-        if len(members) == 1:
-            return results[0], (hs[0], cs[0])
-        share = np.stack([r.scores / np.float32(m.threshold.value) for r, m in zip(results, members, strict=True)])
-        judge = np.argsort(share, axis=0, kind="stable")[len(members) // 2]  # (batch,) the member that explains each window
-        rows = np.arange(judge.shape[0])
-        explained = _Explained(*(np.stack([getattr(r, f.name) for r in results])[judge, rows] for f in fields(_Explained)))
-        explained.scores = np.asarray(cm.in_thresholds([r.scores for r in results]), np.float32)
-        return explained, (torch.cat(hs, dim=1), torch.cat(cs, dim=1))
+        its members' combined (_reconstruct_members)."""
+        reconstruct: _Reconstruct
+        if cm.members:
+            scalers = [self._scaler(cls, i, m.scaler) for i, m in enumerate(cm.members)]
+            reconstruct = functools.partial(_reconstruct_members, cm, scalers, k=k)
+        else:
+            reconstruct = functools.partial(_reconstruct_top, cm.network, self._scaler(cls, 0, cm.scaler), k=k)
+        with _autocast(self.device, self.precision):
+            return _reconstruct_in_steps(reconstruct, feats, state, phase)
 
     def _scaler(self, cls: str, member: int, scaler: FeatureScaler) -> TorchScaler:
         """A member's scaler as tensors on the device, rebuilt if the bundle's scaler was

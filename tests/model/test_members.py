@@ -26,13 +26,18 @@ from tests.model.test_scorer import _bundle, _sequence, _windows
 THRESHOLDS = (5.0, 7.0, 9.0)
 
 
-def _members(hidden: int = 16) -> tuple[ModelBundle, list[ModelBundle]]:
-    """A bundle of three members, and each member as a bundle of its own."""
+def _members(hidden: int = 16, one_map: bool = False) -> tuple[ModelBundle, list[ModelBundle]]:
+    """A bundle of three members, and each member as a bundle of its own. one_map: the
+    members' scalers map features alike, as those trained on the same windows do, each with
+    its own error scales."""
     alone = []
     for i, t in enumerate(THRESHOLDS):
         b = _bundle(seed=10 + i, hidden=hidden)
-        for cm in b.classes.values():
+        for cls, cm in b.classes.items():
             cm.threshold.value = t
+            if one_map:
+                cm.scaler = copy.deepcopy(alone[0].classes[cls].scaler) if alone else cm.scaler
+                cm.scaler.error_scale = np.linspace(1.0, 2.0 + i, cm.scaler.center.shape[0]).astype(np.float32)
         alone.append(b)
     classes = {}
     for cls in alone[0].classes:
@@ -44,8 +49,9 @@ def _members(hidden: int = 16) -> tuple[ModelBundle, list[ModelBundle]]:
     return ModelBundle(first.schema, first.bin_s, first.bins, hidden, classes, members=3), alone
 
 
-def test_a_window_scores_the_members_median_score_in_their_own_thresholds_and_each_member_carries_its_own_state():
-    together, alone = _members()
+@pytest.mark.parametrize("one_map", [False, True], ids=["own maps", "one map"])
+def test_a_window_scores_the_members_median_score_in_their_own_thresholds_and_each_member_carries_its_own_state(one_map: bool):
+    together, alone = _members(one_map=one_map)
     seq = _sequence(6, 3)
     entities = ["global", "10.0.0.1", "10.0.0.2"]
     scorer = StreamingScorer(together, device="cpu", warmup_windows=0)
