@@ -33,6 +33,7 @@ def westermo(tmp_path_factory) -> dict:
     d = tmp_path_factory.mktemp("westermo")
     cfg = load_config(REPO / "configs" / "westermo.yaml", env={})
     cfg.training.epochs = 15
+    cfg.training.members = 1  # the detection of one network; three (the default) cost the suite 50 s here, and test_end_to_end trains them
     train_from_captures(cfg, [pcap], d / "model", truth=truth, end_s=2700)
     score_captures(cfg, [pcap], model_dir=d / "model", scores=d / "scores.jsonl")
     scores = [json.loads(line) for line in (d / "scores.jsonl").read_text().splitlines()]
