@@ -261,9 +261,9 @@ def _reconstruct_members(
     its own columns of the carried state; the scores are combined as ClassModel.in_thresholds
     combines them (their median), and each window is explained by its median member (the
     higher middle one of an even number): the member whose reading the score is. Only that
-    member's reading of a window is explained: scoring every member's explanation and
-    keeping one cost a three-member class a fifth of its time (`netad bench model
-    --members 3`). Members whose scalers map features alike (those trained on the same
+    member's reading of a window is explained: explaining every member's and keeping one
+    cost a three-member class about a third of its time (`netad bench model --members 3`,
+    docs/EVALUATION.md section xxxi). Members whose scalers map features alike (those trained on the same
     windows do) share one scaled copy of the windows."""
     members = cm.members
     width = cm.network.hidden_size
@@ -281,6 +281,7 @@ def _reconstruct_members(
     judge = np.argsort(share, axis=0, kind="stable")[len(members) // 2]  # (batch,) the member that explains each window
     pick = torch.from_numpy(judge).to(features.device)
     rows = torch.arange(pick.shape[0], device=features.device)
+
     def judged(name: str) -> torch.Tensor:
         return torch.stack([getattr(r, name) for r in readings])[pick, rows]
 
