@@ -22,10 +22,17 @@ PHASE_MIN_HOURS of traffic (before that it stays neutral).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
+import multiprocessing
+import os
+import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, MutableMapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import structlog
@@ -45,6 +52,10 @@ PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much t
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
 THIN_MARGIN = MIN_MARGIN  # a threshold less than 10 % above the largest held-out benign window: warned
 MEMBER_SEED_STEP = 7919  # members' seeds apart by this prime (member_seed)
+# a member training in a process of its own holds the windows pickled to it, their scaled
+# copy and its lanes: about this many copies of the class grids (member_workers)
+WORKER_COPIES = 4
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
 UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
 # the target_false_alarm is per entity window: a class whose entities have more windows a day
@@ -159,17 +170,22 @@ def train(
     bins: int,
     exclude: list[tuple[int, int]] | None = None,
     progress: bool = False,
+    workers: int | None = None,
 ) -> ModelBundle:
     """Train one model per entity class and calibrate its threshold; with `params.members`
     above 1, that many per class, each from its own seed (member_seed), combined as
-    ClassModel.members says."""
+    ClassModel.members says. The members train in `workers` processes at once (None: as many
+    as member_workers allows); the model is the same whichever the number."""
     set_torch_threads(params.threads)
     data, schema = collect(windows, exclude)
     if not data or schema is None:
         raise ValueError("no windows to train on: is the capture empty or outside home_net?")
     started = time.monotonic()
-    members = [_member(data, replace(params, seed=member_seed(params.seed, i)), bin_s, bins, progress)
-               for i in range(params.members)]
+    each = [replace(params, seed=member_seed(params.seed, i)) for i in range(params.members)]
+    if workers is None:
+        workers = member_workers(params.members, params.threads, sum(cd.features.nbytes for cd in data.values()))
+    members = _members_at_once(data, each, bin_s, bins, progress, workers) if workers > 1 and len(each) > 1 else \
+        [_member(data, p, bin_s, bins, progress) for p in each]
     classes, summary = members[0].classes, members[0].summary
     if params.members > 1:
         classes, summary = _ensemble(members, params)
@@ -189,6 +205,83 @@ def member_seed(seed: int, member: int) -> int:
     of one member is the model it always was), then apart by a prime, so that the members of
     seeds 7, 8 and 9 share no seed."""
     return (seed + MEMBER_SEED_STEP * member) % 2**32
+
+
+def member_workers(members: int, threads: int, data_bytes: int) -> int:
+    """How many members may train at once, each in a process of its own: as many as the CPUs
+    this process may run on hold at `threads` torch threads apiece (0: torch's own count), and
+    as fit in half the free memory at WORKER_COPIES copies of the windows apiece. One in a
+    daemonic process (the daemon's retraining child), which may not start processes: it runs
+    at nice 10 beside the capture and the scoring, and takes only what they leave."""
+    if members < 2 or multiprocessing.current_process().daemon:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    per_worker = threads if threads > 0 else torch.get_num_threads()
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
+    fit = free // (2 * WORKER_COPIES * data_bytes) if free > 0 and data_bytes > 0 else members
+    return int(max(1, min(members, cpus // max(1, per_worker), fit)))
+
+
+def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bin_s: float, bins: int, progress: bool,
+                     workers: int) -> list[_Member]:
+    """The members trained in `workers` spawned processes (fresh interpreters: no copy of a
+    daemon's threads or locks, nor torch's thread pool, which a fork does not survive). Each
+    member seeds torch and numpy from its own seed first (_member), so it is the network it
+    would be in this process. What a member logs comes back with it and is logged here, in the
+    members' order, as one process would have logged it."""
+    done: list[tuple[_Member, list[dict]]] = []
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_started, initargs=(os.getpid(),))
+    try:
+        with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
+            # a worker takes the torch threads this process has (where params.threads is 0, a
+            # fresh interpreter would take one per core, each worker all of them)
+            threads = torch.get_num_threads()
+            futures = [pool.submit(_member_in_worker, data, p, bin_s, bins, threads) for p in each]
+            for f in futures:
+                done.append(f.result())
+                bar.update(1)
+    except BaseException:
+        # Ctrl-C, a member's error, a worker killed: the others stop now, not when their
+        # member is trained (shutdown waits for running work); terminate_workers from Python 3.14
+        stop = getattr(pool, "terminate_workers", None)
+        if stop is not None:
+            stop()
+        else:
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    for _, events in done:
+        for event in events:
+            getattr(log, event.pop("level"))(event.pop("event"), **event)
+    return [m for m, _ in done]
+
+
+def _worker_started(parent: int) -> None:
+    """A worker leaves Ctrl-C to the process that started it (which stops the workers), and
+    is killed when that process ends, however it ends (a `netad train` killed leaves no member
+    training on: Linux's PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+def _member_in_worker(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, bins: int,
+                      threads: int) -> tuple[_Member, list[dict]]:
+    """One member in a worker process, and what it logged (each event's dict, its level in `level`)."""
+    events: list[dict] = []
+
+    def keep(_logger: object, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        events.append({**event, "level": "warning" if level == "warn" else level})
+        raise structlog.DropEvent
+
+    structlog.configure(processors=[keep], wrapper_class=structlog.BoundLogger, cache_logger_on_first_use=False)
+    set_torch_threads(threads)
+    return _member(data, params, bin_s, bins, progress=False), events
 
 
 @dataclass

@@ -232,3 +232,60 @@ def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leav
     assert ["t20"] == [o["window_start"] for o in s["outliers"]]
     assert any(w.startswith("member 0 (seed 7) left 1 held-out window(s) out") for w in s["warnings"])  # t10, not t20
     assert not any(w.startswith("member 1") for w in s["warnings"])
+
+
+def test_members_trained_at_once_in_processes_are_the_members_trained_one_after_another():
+    """Members trained in spawned worker processes (training.member_workers) are the very
+    networks trained one after another in this process, and training logs the same lines in
+    the same order: the workers change when the members train, not what they are."""
+    from structlog.testing import capture_logs
+
+    from detector.bench.model import _batches, _setup
+
+    batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
+    params = TrainingParams(hidden_size=16, epochs=2, validation_block_windows=5, members=3)
+    with capture_logs() as one_by_one_logs:
+        one_by_one = train(batches, params, 10.0, 6, workers=1)
+    with capture_logs() as at_once_logs:
+        at_once = train(batches, params, 10.0, 6, workers=2)
+    for cls, cm in one_by_one.classes.items():
+        other = at_once.classes[cls]
+        assert 3 == len(cm.members) == len(other.members) and cm.threshold.value == other.threshold.value
+        for a, b in zip(cm.members, other.members, strict=True):
+            for (name, wa), (_, wb) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
+                assert torch.equal(wa, wb), name
+            assert a.threshold == b.threshold and np.array_equal(a.scaler.error_scale, b.scaler.error_scale)
+    assert one_by_one.training["classes"] == at_once.training["classes"]
+    assert one_by_one_logs == at_once_logs and any(e["event"] == "class_trained" for e in at_once_logs)
+
+
+def _workers_in_a_daemonic_process(queue) -> None:
+    from detector.model.training import member_workers
+
+    queue.put(member_workers(3, 1, 1))
+
+
+def test_members_train_at_once_on_the_cpus_and_memory_there_are_and_one_by_one_in_a_daemonic_process(monkeypatch):
+    """As many workers as the CPUs this process may run on hold at the torch threads each
+    takes, as fit in half the free memory, and one in a daemonic process (the daemon's
+    retraining child), which may not start any."""
+    import multiprocessing
+    import os
+
+    from detector.model.training import WORKER_COPIES, member_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    assert 3 == member_workers(3, 1, 1 << 20) and 1 == member_workers(1, 1, 1 << 20)
+    assert 2 == member_workers(3, 4, 1 << 20) and 1 == member_workers(3, 8, 1 << 20)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 1 == member_workers(3, 1, free // (2 * WORKER_COPIES))  # one copy per worker fills half of it
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0})
+    assert 1 == member_workers(3, 1, 1 << 20)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_workers_in_a_daemonic_process, args=(queue,), daemon=True)
+    child.start()
+    try:
+        assert 1 == queue.get(timeout=120)
+    finally:
+        child.join(timeout=30)
