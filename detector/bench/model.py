@@ -8,7 +8,8 @@ Measured side by side in one run, medians of repetitions (the machine is shared 
   carried state, the encoder must re-read the entity's last `history_windows` windows from
   scratch every time;
 - latency of one window close at 2,000 active hosts (p50, p99);
-- training windows/s (model.training.train on synthetic windows).
+- training windows/s (model.training.train on synthetic windows); with members, beside it
+  the members trained one after another in this process, as the daemon's retraining does.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from detector.model.lstm import LSTMAutoencoder
 from detector.model.scaler import FeatureScaler
 from detector.model.scorer import StreamingScorer, reconstruct, resolve_device
 from detector.model.threshold import Threshold
-from detector.model.training import TrainingParams, train
+from detector.model.training import TrainingParams, member_workers, train
 
 TARGET_BATCH_1024 = 300_000  # entity-windows/s
 TARGET_P99_MS = 10.0
@@ -126,12 +127,13 @@ def _latency_ms(setup: _Setup, n: int, device: str, closes: int) -> tuple[float,
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: int, members: int = 1) -> float:
+def _training_rate(hidden: int, bins: int, entities: int, windows: int, epochs: int, members: int = 1,
+                   workers: int | None = None) -> float:
     setup = _setup(hidden, bins, entities, windows, seed=1)
     batches = _batches(setup, entities)
     params = TrainingParams(hidden_size=hidden, epochs=epochs, patience=epochs + 1, threads=0, members=members)
     t0 = time.perf_counter()
-    bundle = train(batches, params, 10.0, bins)
+    bundle = train(batches, params, 10.0, bins, workers=workers)
     elapsed = time.perf_counter() - t0
     epochs_run = bundle.training["classes"]["host"]["epochs"]
     return entities * windows * epochs_run / elapsed
@@ -160,7 +162,18 @@ def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bin
     lat_setup = _setup(hidden, bins, hosts, 8, seed=2, members=members)
     p50s, p99s = zip(*(_latency_ms(lat_setup, hosts, device, 100) for _ in range(repeats)), strict=True)
     result["latency_ms_at_hosts"] = {"hosts": hosts, "p50": round(statistics.median(p50s), 3), "p99": round(statistics.median(p99s), 3)}
-    result["training_windows_per_s"] = round(statistics.median(_training_rate(hidden, bins, 64, 200, 2, members) for _ in range(repeats)))
+    # the members train in as many processes at once as member_workers allows; beside it,
+    # in the same rounds, one after another in this process (the daemon's retraining child)
+    workers = member_workers(members, 0, 1)
+    at_once, one_by_one = [], []
+    for _ in range(repeats):
+        at_once.append(_training_rate(hidden, bins, 64, 200, 2, members))
+        if workers > 1:
+            one_by_one.append(_training_rate(hidden, bins, 64, 200, 2, members, workers=1))
+    result["training_windows_per_s"] = round(statistics.median(at_once))
+    result["training_workers"] = workers
+    if one_by_one:
+        result["training_windows_per_s_one_by_one"] = round(statistics.median(one_by_one))
     result["targets"] = {"carried_1024": TARGET_BATCH_1024, "p99_ms": TARGET_P99_MS}
     return result
 
@@ -183,7 +196,10 @@ def format_model_bench(r: dict) -> str:
         f"(target p99 <= {r['targets']['p99_ms']:.0f} ms: {'met' if lat['p99'] <= r['targets']['p99_ms'] else 'MISSED'})",
         f"batch 1024 with carried state: {c1024:,} entity-windows/s (target >= {target:,}: {'met' if c1024 >= target else 'MISSED'}); "
         f"on 1 thread (the daemon's default): {c1024_1:,} ({'met' if c1024_1 >= target else 'MISSED'})",
-        f"training: {r['training_windows_per_s']:,} windows/s (epochs x windows / wall time, validation included)",
+        f"training: {r['training_windows_per_s']:,} windows/s (epochs x windows / wall time, validation included)"
+        + (f", the members in {r['training_workers']} processes at once; one after another: "
+           f"{r['training_windows_per_s_one_by_one']:,} ({r['training_windows_per_s'] / r['training_windows_per_s_one_by_one']:.2f}x)"
+           if "training_windows_per_s_one_by_one" in r else ""),
     ]
     return "\n".join(lines)
 
