@@ -83,10 +83,11 @@ class Sink:
         self._thread: threading.Thread | None = None
         if spool is not None:
             self._pending.extend(_Pending(seq, None) for seq in spool.backlog())
+        backlog = len(self._pending)  # counted before the sender may start on it
+        if spool is not None:
             self._thread = threading.Thread(target=self._run, name=f"netad-sink-{name}", daemon=True)
             self._thread.start()
-        log.info("sink_started", sink=name, url=self.display_url, spooled=spool is not None,
-                 backlog=len(self._pending))
+        log.info("sink_started", sink=name, url=self.display_url, spooled=spool is not None, backlog=backlog)
 
     # ---------------------------------------------------------------- the pipeline's side
 
