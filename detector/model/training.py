@@ -184,6 +184,8 @@ def train(
     each = [replace(params, seed=member_seed(params.seed, i)) for i in range(params.members)]
     if workers is None:
         workers = member_workers(params.members, params.threads, sum(cd.features.nbytes for cd in data.values()))
+    if len(each) > 1:
+        log.info("members_training", members=len(each), at_once=min(workers, len(each)))
     members = _members_at_once(data, each, bin_s, bins, progress, workers) if workers > 1 and len(each) > 1 else \
         [_member(data, p, bin_s, bins, progress) for p in each]
     classes, summary = members[0].classes, members[0].summary
