@@ -81,10 +81,10 @@ class Sink:
         self._last_failure_log = 0.0
         self._random = random.Random()
         self._thread: threading.Thread | None = None
+        backlog = 0
         if spool is not None:
             self._pending.extend(_Pending(seq, None) for seq in spool.backlog())
-        backlog = len(self._pending)  # counted before the sender may start on it
-        if spool is not None:
+            backlog = len(self._pending)  # counted before the sender may start on it
             self._thread = threading.Thread(target=self._run, name=f"netad-sink-{name}", daemon=True)
             self._thread.start()
         log.info("sink_started", sink=name, url=self.display_url, spooled=spool is not None, backlog=backlog)
