@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,9 +53,12 @@ PHASE_MIN_HOURS = 3  # the minute-of-hour input is learned only from this much t
 MIN_SPAN_HOURS = 24.0  # less than a day of training has not seen the night: `netad train` warns
 THIN_MARGIN = MIN_MARGIN  # a threshold less than 10 % above the largest held-out benign window: warned
 MEMBER_SEED_STEP = 7919  # members' seeds apart by this prime (member_seed)
-# a member training in a process of its own holds the windows pickled to it, their scaled
-# copy and its lanes: about this many copies of the class grids (member_workers)
-WORKER_COPIES = 4
+# what a member training in a process of its own holds (member_workers): an interpreter with
+# torch and the training (445 MB measured, with 0.9 MB of windows), and about this many copies
+# of the class grids (the windows pickled to it, their scaled copy, its lanes, the half-models'):
+# 834 MB with 43.8 MB of windows, 1,165-1,217 MB with 87.6 MB, two members in two workers
+WORKER_BASE_BYTES = 450 << 20
+WORKER_COPIES = 9
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 BOOTSTRAP_RESAMPLES = 200  # block bootstraps of the held-out windows for the threshold's interval
 UNCERTAIN_RATIO = 2.0  # the interval's top more than twice its bottom: warned
@@ -212,16 +216,27 @@ def member_seed(seed: int, member: int) -> int:
 def member_workers(members: int, threads: int, data_bytes: int) -> int:
     """How many members may train at once, each in a process of its own: as many as the CPUs
     this process may run on hold at `threads` torch threads apiece (0: torch's own count), and
-    as fit in half the free memory at WORKER_COPIES copies of the windows apiece. One in a
+    as fit in half the available memory at WORKER_BASE_BYTES and WORKER_COPIES copies of the
+    windows apiece. One in a
     daemonic process (the daemon's retraining child), which may not start processes: it runs
     at nice 10 beside the capture and the scoring, and takes only what they leave."""
     if members < 2 or multiprocessing.current_process().daemon:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_worker = threads if threads > 0 else torch.get_num_threads()
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0
-    fit = free // (2 * WORKER_COPIES * data_bytes) if free > 0 and data_bytes > 0 else members
+    fit = _available_memory() // 2 // (WORKER_BASE_BYTES + WORKER_COPIES * data_bytes)
     return int(max(1, min(members, cpus // max(1, per_worker), fit)))
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to new processes without swapping (MemAvailable: the free
+    memory and the page cache the kernel can reclaim), or the free memory where there is no
+    /proc/meminfo."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bin_s: float, bins: int, progress: bool,
