@@ -31,6 +31,7 @@ import signal
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,9 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
     daemon's threads or locks, nor torch's thread pool, which a fork does not survive). Each
     member seeds torch and numpy from its own seed first (_member), so it is the network it
     would be in this process. What a member logs comes back with it and is logged here, in the
-    members' order, as one process would have logged it."""
-    done: list[tuple[_Member, list[dict]]] = []
+    members' order, as one process would have logged it. Members whose worker died are
+    trained here, one after another."""
+    done: list[tuple[_Member, list[dict]] | None] = [None] * len(each)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_started, initargs=(os.getpid(),))
     try:
@@ -255,25 +257,39 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
             # fresh interpreter would take one per core, each worker all of them)
             threads = torch.get_num_threads()
             futures = [pool.submit(_member_in_worker, data, p, bin_s, bins, threads) for p in each]
-            for f in futures:
-                done.append(f.result())
+            for i, f in enumerate(futures):
+                with contextlib.suppress(BrokenProcessPool):
+                    done[i] = f.result()
                 bar.update(1)
     except BaseException:
-        # Ctrl-C, a member's error, a worker killed: the others stop now, not when their
-        # member is trained (shutdown waits for running work); terminate_workers from Python 3.14
-        stop = getattr(pool, "terminate_workers", None)
-        if stop is not None:
-            stop()
-        else:
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        _stop_workers(pool)
         raise
     pool.shutdown()
-    for _, events in done:
+    lost = [i for i, d in enumerate(done) if d is None]
+    if lost:
+        # a worker died (the kernel's OOM killer, a signal) and the pool with it: the members
+        # it had not returned are trained here, one after another, the networks they would be there
+        log.warning("member_workers_lost", members=lost, reason="a worker process died (out of memory? a signal)",
+                    action="training these members in this process, one after another")
+    members = []
+    for i, p in enumerate(each):
+        member, events = done[i] or (_member(data, p, bin_s, bins, progress), [])
         for event in events:
             getattr(log, event.pop("level"))(event.pop("event"), **event)
-    return [m for m, _ in done]
+        members.append(member)
+    return members
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Ctrl-C, a member's error: the other workers stop now, not when their member is trained
+    (shutdown waits for running work); terminate_workers from Python 3.14."""
+    stop = getattr(pool, "terminate_workers", None)
+    if stop is not None:
+        stop()
+    else:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _worker_started(parent: int) -> None:

@@ -234,32 +234,94 @@ def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leav
     assert not any(w.startswith("member 1") for w in s["warnings"])
 
 
-def test_members_trained_at_once_in_processes_are_the_members_trained_one_after_another():
+THREE = TrainingParams(hidden_size=16, epochs=2, validation_block_windows=5, members=3)
+
+
+@pytest.fixture(scope="module")
+def three_one_by_one() -> tuple[list, ModelBundle, list[dict]]:
+    """Windows, and three members trained on them one after another in this process, with
+    what training logged."""
+    from structlog.testing import capture_logs
+
+    from detector.bench.model import _batches, _setup
+
+    batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
+    with capture_logs() as logs:
+        bundle = train(batches, THREE, 10.0, 6, workers=1)
+    return batches, bundle, logs
+
+
+def _same_members(one: ModelBundle, other: ModelBundle) -> None:
+    for cls, cm in one.classes.items():
+        theirs = other.classes[cls]
+        assert 3 == len(cm.members) == len(theirs.members) and cm.threshold.value == theirs.threshold.value
+        for a, b in zip(cm.members, theirs.members, strict=True):
+            for (name, wa), (_, wb) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
+                assert torch.equal(wa, wb), name
+            assert a.threshold == b.threshold and np.array_equal(a.scaler.error_scale, b.scaler.error_scale)
+    assert one.training["classes"] == other.training["classes"]
+
+
+def test_members_trained_at_once_in_processes_are_the_members_trained_one_after_another(three_one_by_one):
     """Members trained in spawned worker processes (training.member_workers) are the very
     networks trained one after another in this process, and training logs the same lines in
     the same order (after the first, which says how many trained at once): the workers change
     when the members train, not what they are."""
     from structlog.testing import capture_logs
 
-    from detector.bench.model import _batches, _setup
-
-    batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
-    params = TrainingParams(hidden_size=16, epochs=2, validation_block_windows=5, members=3)
-    with capture_logs() as one_by_one_logs:
-        one_by_one = train(batches, params, 10.0, 6, workers=1)
+    batches, one_by_one, one_by_one_logs = three_one_by_one
     with capture_logs() as at_once_logs:
-        at_once = train(batches, params, 10.0, 6, workers=2)
-    for cls, cm in one_by_one.classes.items():
-        other = at_once.classes[cls]
-        assert 3 == len(cm.members) == len(other.members) and cm.threshold.value == other.threshold.value
-        for a, b in zip(cm.members, other.members, strict=True):
-            for (name, wa), (_, wb) in zip(a.network.state_dict().items(), b.network.state_dict().items(), strict=True):
-                assert torch.equal(wa, wb), name
-            assert a.threshold == b.threshold and np.array_equal(a.scaler.error_scale, b.scaler.error_scale)
-    assert one_by_one.training["classes"] == at_once.training["classes"]
+        at_once = train(batches, THREE, 10.0, 6, workers=2)
+    _same_members(one_by_one, at_once)
     said = {"event": "members_training", "members": 3, "log_level": "info"}
     assert {**said, "at_once": 1} == one_by_one_logs[0] and {**said, "at_once": 2} == at_once_logs[0]
     assert one_by_one_logs[1:] == at_once_logs[1:] and any(e["event"] == "class_trained" for e in at_once_logs)
+
+
+def _member_workers_of(parent: int) -> list[int]:
+    """The pids of `parent`'s multiprocessing workers (not its resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_a_member_whose_worker_is_killed_is_trained_here_the_same_network(three_one_by_one):
+    """A worker killed (the OOM killer's SIGKILL) breaks the pool: training says which members
+    it lost and trains them in this process, and the model is the one trained one after another."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from structlog.testing import capture_logs
+
+    batches, one_by_one, _ = three_one_by_one
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            for pid in _member_workers_of(os.getpid())[:1]:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    with capture_logs() as logs:
+        survived = train(batches, THREE, 10.0, 6, workers=2)
+    killer.join()
+    assert killed, "no worker to kill"
+    lost = [e for e in logs if e["event"] == "member_workers_lost"]
+    assert 1 == len(lost) and lost[0]["members"] and "warning" == lost[0]["log_level"]
+    _same_members(one_by_one, survived)
 
 
 def _workers_in_a_daemonic_process(queue) -> None:
