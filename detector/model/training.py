@@ -218,9 +218,9 @@ def member_workers(members: int, threads: int, data_bytes: int) -> int:
     """How many members may train at once, each in a process of its own: as many as the CPUs
     this process may run on hold at `threads` torch threads apiece (0: torch's own count), and
     as fit in half the available memory at WORKER_BASE_BYTES and WORKER_COPIES copies of the
-    windows apiece. One in a
-    daemonic process (the daemon's retraining child), which may not start processes: it runs
-    at nice 10 beside the capture and the scoring, and takes only what they leave."""
+    windows apiece. One in a daemonic process (the daemon's retraining child), which may not
+    start processes: it runs at nice 10 beside the capture and the scoring, and takes only
+    what they leave."""
     if members < 2 or multiprocessing.current_process().daemon:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
