@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ import structlog
 import torch
 
 from detector.contracts import FeatureSchema, WindowBatch, ns_to_iso
+from detector.model._memory import available_memory
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler, held_out_error_scale
@@ -225,19 +225,8 @@ def member_workers(members: int, threads: int, data_bytes: int) -> int:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     per_worker = threads if threads > 0 else torch.get_num_threads()
-    fit = _available_memory() // 2 // (WORKER_BASE_BYTES + WORKER_COPIES * data_bytes)
+    fit = available_memory() // 2 // (WORKER_BASE_BYTES + WORKER_COPIES * data_bytes)
     return int(max(1, min(members, cpus // max(1, per_worker), fit)))
-
-
-def _available_memory() -> int:
-    """Bytes of memory available to new processes without swapping (MemAvailable: the free
-    memory and the page cache the kernel can reclaim), or the free memory where there is no
-    /proc/meminfo."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bin_s: float, bins: int, progress: bool,
