@@ -218,9 +218,9 @@ def member_workers(members: int, threads: int, data_bytes: int) -> int:
     """How many members may train at once, each in a process of its own: as many as the CPUs
     this process may run on hold at `threads` torch threads apiece (0: torch's own count), and
     as fit in half the available memory at WORKER_BASE_BYTES and WORKER_COPIES copies of the
-    windows apiece. One in a daemonic process (the daemon's retraining child), which may not
-    start processes: it runs at nice 10 beside the capture and the scoring, and takes only
-    what they leave."""
+    windows apiece. One in a daemonic process, which may not start processes. The daemon's
+    retraining child is not one: its workers inherit its nice 10, and take only what the
+    capture and the scoring leave."""
     if members < 2 or multiprocessing.current_process().daemon:
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -239,7 +239,7 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
     trained here, one after another."""
     done: list[tuple[_Member, list[dict]] | None] = [None] * len(each)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_started, initargs=(os.getpid(),))
+                               initializer=end_with_parent, initargs=(os.getpid(),))
     try:
         with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
             # a worker takes the torch threads this process has (where params.threads is 0, a
@@ -281,10 +281,10 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _worker_started(parent: int) -> None:
-    """A worker leaves Ctrl-C to the process that started it (which stops the workers), and
-    is killed when that process ends, however it ends (a `netad train` killed leaves no member
-    training on: Linux's PR_SET_PDEATHSIG)."""
+def end_with_parent(parent: int) -> None:
+    """This process leaves Ctrl-C to `parent`, the process that started it (which stops it),
+    and is killed when `parent` ends, however it ends (Linux's PR_SET_PDEATHSIG): a `netad
+    train` killed leaves no member training on, nor a daemon killed its retraining."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

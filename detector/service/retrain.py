@@ -6,7 +6,9 @@ normal by being retrained on). When the `retrain` job is due, the ring is writte
 (npz, no pickle) and a child process is spawned (multiprocessing 'spawn': a fresh
 interpreter, no copy of the daemon's threads, locks or sockets) that runs at nice 10:
 
-  1. trains a candidate with model.training.train on the older windows (1 - HOLDOUT),
+  1. trains a candidate with model.training.train on the older windows (1 - HOLDOUT), its
+     members at once in processes of their own (at nice 10 too) where the CPUs and the memory
+     allow, as `netad train` does,
   2. writes it as a bundle to state_dir/models/<version> (atomically, as every bundle),
   3. scores the newest HOLDOUT windows with both the running model and the candidate, each
      through a StreamingScorer with state carried from the first buffered window (exactly
@@ -28,7 +30,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -154,11 +155,13 @@ def false_alarm_rate(bundle: Any, windows: list[WindowBatch], held_from: int, sc
     return (flagged / rows if rows else 0.0), rows
 
 
-def _child_main(request: dict[str, Any]) -> None:
+def _child_main(request: dict[str, Any], daemon_pid: int) -> None:
     """Entry point of the spawned process: train, save, validate, write result.json."""
-    os.nice(10)  # the capture and scoring keep the CPU; training takes what is left
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C on a terminal is for the daemon; it stops us
+    os.nice(10)  # the capture and scoring keep the CPU; training (its member workers too) takes what is left
     from detector.logging import configure
+    from detector.model.training import end_with_parent
+
+    end_with_parent(daemon_pid)  # Ctrl-C on a terminal is for the daemon, which stops us; a daemon killed kills us
 
     configure(request["log_level"], "json")
     structlog.contextvars.bind_contextvars(process="retrain")  # on every line, training's own too
@@ -272,7 +275,9 @@ class Retrainer:
         request = dict(request, windows_path=str(windows_path), models_dir=str(self.models_dir),
                        result_path=str(self._result_path))
         ctx = multiprocessing.get_context("spawn")
-        self._process = ctx.Process(target=_child_main, args=(request,), name="netad-retrain", daemon=True)
+        # not daemonic, so that it may train the members in processes of their own; every way
+        # out of the daemon stops it (stop()), and it dies with the daemon (end_with_parent)
+        self._process = ctx.Process(target=_child_main, args=(request, os.getpid()), name="netad-retrain")
         self._process.start()
         log.info("retrain_spawned", pid=self._process.pid, windows=n, buffer_mb=round(ring.nbytes / 2**20, 1))
         return "started"

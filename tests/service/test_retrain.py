@@ -13,6 +13,7 @@ import pytest
 
 from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import ScoreBatch, WindowBatch
+from detector.model.training import member_workers
 from detector.service.retrain import RetrainResult, WindowRing, load_windows, verdict
 from tests.service._daemon import DaemonProcess, base_config, write_config
 
@@ -72,15 +73,18 @@ def test_verdict_swaps_only_a_candidate_that_is_not_worse():
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
-    """retrain_interval_s > 0: a child process at nice 10 trains on the buffered windows,
-    writes a bundle to state_dir/models/<version>, and the daemon swaps it in (or rejects it)
-    between batches; with a swap, a restart comes back with the retrained model."""
+    """retrain_interval_s > 0: a child process at nice 10 trains on the buffered windows, its
+    two members at once in worker processes of its own where the CPUs allow, writes a bundle
+    to state_dir/models/<version>, and the daemon swaps it in (or rejects it) between
+    batches; with a swap, a restart comes back with the retrained model. The demo's model has
+    one member and the config asks for two: a swap to another state size starts the
+    entities' states afresh."""
     # The replay must outlast the child: at the end of its source the daemon stops and
     # cancels a retrain still running. At SPEED the demo's hour took 30 s, and a child that
     # imports torch, trains and scores twice on a slow day ran past it (no outcome, a 240 s
     # wait). At 12x real time it lasts 300 s, more than the wait; the test goes on at the
     # outcome either way.
-    cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 12.0},
+    cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 12.0}, training={"members": 2},
                       service={"retrain_interval_s": 3, "retrain_min_windows": 8})
     config = write_config(tmp_path / "netad.yaml", cfg)
     d = DaemonProcess(config)
@@ -93,14 +97,27 @@ def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
         # Shown at nice 10, the child is given back its share: on a 2-core machine whose other
         # test worker keeps both cores busy, a nice-10 process gets a sliver of the CPU (its
         # ~4 s of work took 145-260 s in loaded suite runs). Only root may lower a nice value.
-        if nice is not None and os.geteuid() == 0:
-            with contextlib.suppress(ProcessLookupError):
-                os.setpriority(os.PRIO_PROCESS, spawned["pid"], 0)
+        # Its member workers, started after this, inherit the nice value it has then.
+        lowered = nice is not None and os.geteuid() == 0
+        if lowered:
+            _renice_tree(spawned["pid"])
+        _, members = d.wait_log("members_training", timeout_s=120)
+        assert "retrain" == members["process"] and 2 == members["members"]
+        # as many at once as the CPUs and memory here allow: 2 on a machine of 2 cores or more
+        assert member_workers(2, 1, 0) == members["at_once"]
+        workers: set[int] = set()
+        if members["at_once"] > 1:  # the child's worker processes, seen while they train
+            workers = _children_of(spawned["pid"])
+            if lowered:
+                _renice_tree(spawned["pid"])  # any worker started before the child was lowered
         i, outcome = d.log.wait_for(lambda r: r.get("event") in ("model_swapped", "model_rejected", "retrain_cancelled"),
                                     timeout_s=240, what="the retrain outcome")
         assert outcome["event"] != "retrain_cancelled", "the daemon stopped before the retrain ended"
         assert outcome["held_out_rows"] > 0
+        if members["at_once"] > 1:
+            assert len(workers) >= 2, f"the members trained at once, yet the child started {len(workers)} processes"
         if outcome["event"] == "model_swapped":
+            assert outcome["states_kept"] is False  # one member's states do not fit two
             assert (tmp_path / "state" / "models" / outcome["new_version"] / "model.json").is_file()
             d.wait_log("checkpoint_saved", timeout_s=10, start=i)
         d.signal(signal.SIGTERM)
@@ -118,6 +135,39 @@ def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
             again.kill()
 
 
+def _children(pid: int) -> set[int]:
+    """The processes `pid` started that are running (/proc/<pid>/task/*/children)."""
+    out: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out.update(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
+def _children_of(pid: int, timeout_s: float = 240.0) -> set[int]:
+    """Every child process of `pid` seen until it ends, but multiprocessing's resource
+    tracker (a spawned process's helper, not a worker)."""
+    import time
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        for child in _children(pid) - seen:
+            with contextlib.suppress(OSError):
+                if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
+                    seen.add(child)
+        time.sleep(0.05)
+    return seen
+
+
+def _renice_tree(pid: int) -> None:
+    """`pid` and the processes it started back to nice 0."""
+    for p in {pid, *_children(pid)}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PROCESS, p, 0)
+
+
 def _nice_of(pid: int) -> int | None:
     """The nice value of a running process (None if it is already gone)."""
     try:
@@ -125,3 +175,63 @@ def _nice_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(fields[16])  # field 19 of proc(5), counted after the command name
+
+
+_ORPHAN = """
+import multiprocessing, os, sys, time
+from detector.service import retrain
+
+def sleeper(request, parent):
+    from detector.model.training import end_with_parent
+    end_with_parent(parent)
+    print("child", os.getpid(), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    retrain._child_main = sleeper  # the retraining child's start, without the training
+    r = retrain.Retrainer(sys.argv[1])
+    ring = retrain.WindowRing(10, 1 << 20)
+    print("outcome", r.start(ring, 0, {}), flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_daemon_killed_takes_its_retraining_child_with_it(tmp_path):
+    """The retraining child is not daemonic (so that it may start member workers); a daemon
+    killed outright (SIGKILL, the OOM killer) takes it along instead of leaving it training:
+    Retrainer.start's child, with its entry point replaced by one that only sleeps."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "daemon.py"
+    script.write_text(_ORPHAN)
+    repo = Path(__file__).resolve().parents[2]
+    with subprocess.Popen([sys.executable, str(script), str(tmp_path / "state")], cwd=repo, stdout=subprocess.PIPE,
+                          text=True, env={**os.environ, "PYTHONPATH": str(repo)}) as proc:
+        try:
+            assert proc.stdout is not None
+            said = {}  # its own lines, among the log's
+            for line in proc.stdout:
+                word, _, rest = line.strip().partition(" ")
+                said[word] = rest
+                if "child" in said:
+                    break
+            assert "started" == said["outcome"]
+            child = int(said["child"])
+            assert _state_of(child) not in (None, "Z")
+            proc.kill()
+            proc.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while _state_of(child) not in (None, "Z") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _state_of(child) in (None, "Z"), "the retraining child outlived its daemon"
+        finally:
+            proc.kill()
+
+
+def _state_of(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
