@@ -9,7 +9,8 @@ Measured side by side in one run, medians of repetitions (the machine is shared 
   scratch every time;
 - latency of one window close at 2,000 active hosts (p50, p99);
 - training windows/s (model.training.train on synthetic windows); with members, beside it
-  the members trained one after another in this process, as the daemon's retraining does.
+  the members trained one after another in this process, as on one CPU, or where the memory
+  leaves room for one worker.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def run_model_bench(threads: int = 2, device: str = "cpu", hidden: int = 32, bin
     p50s, p99s = zip(*(_latency_ms(lat_setup, hosts, device, 100) for _ in range(repeats)), strict=True)
     result["latency_ms_at_hosts"] = {"hosts": hosts, "p50": round(statistics.median(p50s), 3), "p99": round(statistics.median(p99s), 3)}
     # the members train in as many processes at once as member_workers allows; beside it,
-    # in the same rounds, one after another in this process (the daemon's retraining child)
+    # in the same rounds, one after another in this process (one CPU, or room for one worker)
     workers = member_workers(members, 0, 1)
     at_once, one_by_one = [], []
     for _ in range(repeats):
