@@ -236,16 +236,25 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
     member seeds torch and numpy from its own seed first (_member), so it is the network it
     would be in this process. What a member logs comes back with it and is logged here, in the
     members' order, as one process would have logged it. Members whose worker died are
-    trained here, one after another."""
+    trained here, one after another, and all of them where no worker can start (no semaphore
+    for the pool's queues, as with a read-only /dev/shm; a process that cannot be started)."""
     done: list[tuple[_Member, list[dict]] | None] = [None] * len(each)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=end_with_parent, initargs=(os.getpid(),))
+    pool = None
+    try:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=end_with_parent, initargs=(os.getpid(),))
+        # a worker takes the torch threads this process has (where params.threads is 0, a
+        # fresh interpreter would take one per core, each worker all of them)
+        threads = torch.get_num_threads()
+        futures = [pool.submit(_member_in_worker, data, p, bin_s, bins, threads) for p in each]  # the workers start
+    except (OSError, NotImplementedError) as exc:
+        if pool is not None:
+            _stop_workers(pool)
+        log.warning("member_workers_unavailable", reason=f"{type(exc).__name__}: {exc}",
+                    action="training the members in this process, one after another")
+        return [_member(data, p, bin_s, bins, progress) for p in each]
     try:
         with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
-            # a worker takes the torch threads this process has (where params.threads is 0, a
-            # fresh interpreter would take one per core, each worker all of them)
-            threads = torch.get_num_threads()
-            futures = [pool.submit(_member_in_worker, data, p, bin_s, bins, threads) for p in each]
             for i, f in enumerate(futures):
                 with contextlib.suppress(BrokenProcessPool):
                     done[i] = f.result()

@@ -353,3 +353,50 @@ def test_members_train_at_once_on_the_cpus_and_memory_there_are_and_one_by_one_i
         assert 1 == queue.get(timeout=120)
     finally:
         child.join(timeout=30)
+
+
+_NO_SEMAPHORES = """
+import json
+from structlog.testing import capture_logs
+from detector.bench.model import _batches, _setup
+from detector.model.training import train
+from tests.model.test_members import THREE, _same_members
+
+batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
+with capture_logs() as logs:
+    fallback = train(batches, THREE, 10.0, 6, workers=2)
+_same_members(train(batches, THREE, 10.0, 6, workers=1), fallback)
+print(json.dumps(logs[:2]))
+"""
+
+
+def _can_unshare_mounts() -> bool:
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return 0 == subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+def test_members_train_here_where_no_worker_can_start(tmp_path):
+    """Where worker processes cannot be had (here /dev/shm read-only in a mount namespace of
+    its own, so no semaphore for the pool's queues), training says so and trains the members
+    in its own process, the same networks, where it used to fail."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    script = tmp_path / "no_semaphores.py"
+    script.write_text(_NO_SEMAPHORES)
+    shell = f"mount -t tmpfs -o ro tmpfs /dev/shm && exec {sys.executable} {script}"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell], cwd=repo,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert 0 == done.returncode, done.stderr[-2000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"event": "members_training", "members": 3, "at_once": 2, "log_level": "info"} == first
+    assert "member_workers_unavailable" == second["event"] and "warning" == second["log_level"]
+    assert "Read-only file system" in second["reason"]
