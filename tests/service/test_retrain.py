@@ -215,7 +215,7 @@ def test_a_daemon_killed_takes_its_retraining_child_with_it(tmp_path):
             for line in proc.stdout:
                 word, _, rest = line.strip().partition(" ")
                 said[word] = rest
-                if "child" in said:
+                if "child" in said and "outcome" in said:
                     break
             assert "started" == said["outcome"]
             child = int(said["child"])
