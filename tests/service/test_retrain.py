@@ -107,9 +107,7 @@ def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
         assert member_workers(2, 1, 0) == members["at_once"]
         workers: set[int] = set()
         if members["at_once"] > 1:  # the child's worker processes, seen while they train
-            workers = _children_of(spawned["pid"])
-            if lowered:
-                _renice_tree(spawned["pid"])  # any worker started before the child was lowered
+            workers = _children_of(spawned["pid"], renice=lowered)
         i, outcome = d.log.wait_for(lambda r: r.get("event") in ("model_swapped", "model_rejected", "retrain_cancelled"),
                                     timeout_s=240, what="the retrain outcome")
         assert outcome["event"] != "retrain_cancelled", "the daemon stopped before the retrain ended"
@@ -145,9 +143,10 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-def _children_of(pid: int, timeout_s: float = 240.0) -> set[int]:
+def _children_of(pid: int, renice: bool, timeout_s: float = 240.0) -> set[int]:
     """Every child process of `pid` seen until it ends, but multiprocessing's resource
-    tracker (a spawned process's helper, not a worker)."""
+    tracker (a spawned process's helper, not a worker); with `renice`, each back to nice 0 as
+    it is seen (one started before `pid` was lowered kept its nice 10)."""
     import time
 
     seen: set[int] = set()
@@ -157,6 +156,8 @@ def _children_of(pid: int, timeout_s: float = 240.0) -> set[int]:
             with contextlib.suppress(OSError):
                 if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes():
                     seen.add(child)
+                if renice:
+                    os.setpriority(os.PRIO_PROCESS, child, 0)
         time.sleep(0.05)
     return seen
 
@@ -164,7 +165,7 @@ def _children_of(pid: int, timeout_s: float = 240.0) -> set[int]:
 def _renice_tree(pid: int) -> None:
     """`pid` and the processes it started back to nice 0."""
     for p in {pid, *_children(pid)}:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, p, 0)
 
 
