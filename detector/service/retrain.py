@@ -30,6 +30,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -162,6 +163,10 @@ def _child_main(request: dict[str, Any], daemon_pid: int) -> None:
     from detector.model.training import end_with_parent
 
     end_with_parent(daemon_pid)  # Ctrl-C on a terminal is for the daemon, which stops us; a daemon killed kills us
+    # the daemon stops us with SIGTERM: as an exit, so that training stops its member workers
+    # and hands back their pool's semaphores (killed outright, the child left them to
+    # multiprocessing's resource tracker, which said so on the daemon's stderr, not in JSON)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
 
     configure(request["log_level"], "json")
     structlog.contextvars.bind_contextvars(process="retrain")  # on every line, training's own too
@@ -177,6 +182,10 @@ def _child_main(request: dict[str, Any], daemon_pid: int) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result), encoding="utf-8")
     os.replace(tmp, out)
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _train_and_validate(request: dict[str, Any], clog: Any) -> dict[str, Any]:
@@ -305,7 +314,7 @@ class Retrainer:
             if proc.is_alive():
                 proc.kill()
                 proc.join(1.0)
-            log.info("retrain_cancelled", pid=proc.pid)
+            log.info("retrain_cancelled", pid=proc.pid, exitcode=proc.exitcode)
 
     def discard(self, path: str) -> None:
         """Remove a rejected candidate (unless it is the bundle in use by coincidence)."""

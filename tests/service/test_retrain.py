@@ -236,3 +236,44 @@ def _state_of(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return None
+
+
+def test_a_retrain_stopped_while_its_members_train_stops_their_workers_and_hands_back_the_semaphores(tmp_path, capfd):
+    """Retrainer.stop (the daemon's shutdown) sends the child SIGTERM while its member workers
+    train: the child exits (143) through training's own teardown, which stops the workers and
+    hands back their pool's semaphores. Killed outright, it left them to multiprocessing's
+    resource tracker, which warned of "leaked semaphore objects" on the daemon's stderr: a
+    line that is not JSON in a JSON log."""
+    import time
+
+    from detector.bench.model import _batches, _setup
+    from detector.model.training import TrainingParams, train
+    from detector.service.retrain import Retrainer
+
+    windows = _batches(_setup(16, 6, 64, 200, seed=3), 64)
+    params = TrainingParams(hidden_size=16, epochs=2, members=1, threads=1)
+    current = train(windows[:20], params, 10.0, 6).save(tmp_path / "current")
+    ring = WindowRing(1000, 1 << 30)
+    for wb in windows:
+        ring.add(wb, _scores(wb, [False] * len(wb)))
+    long_training = TrainingParams(hidden_size=16, epochs=200, patience=300, members=2, threads=1)
+    request = {"current_model": str(current), "params": {**long_training.__dict__}, "bin_s": 10.0, "bins": 6,
+               "log_level": "warning", "scorer": {"warmup_windows": 0, "max_entities": 1000, "entity_idle_s": 3600.0}}
+    retrainer = Retrainer(tmp_path / "state")
+    assert "started" == retrainer.start(ring, 8, request)
+    child = retrainer._process
+    assert child is not None and child.pid is not None
+    deadline = time.monotonic() + 120
+    workers: set[int] = set()
+    while len(workers) < 2 and time.monotonic() < deadline and child.is_alive():
+        for c in _children(child.pid):
+            with contextlib.suppress(OSError):
+                if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes():
+                    workers.add(c)
+        time.sleep(0.1)
+    assert len(workers) >= 2, "the child's member workers never started"
+    time.sleep(1.0)  # into their training
+    retrainer.stop(timeout_s=30.0)
+    assert 143 == child.exitcode
+    time.sleep(1.0)  # the resource tracker, had anything been left to it, says so as it ends
+    assert "leaked semaphore" not in capfd.readouterr().err
