@@ -239,20 +239,24 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
     trained here, one after another, and all of them where no worker can start (no semaphore
     for the pool's queues, as with a read-only /dev/shm; a process that cannot be started)."""
     done: list[tuple[_Member, list[dict]] | None] = [None] * len(each)
-    pool = None
+    pool, futures = None, []
     try:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=end_with_parent, initargs=(os.getpid(),))
         # a worker takes the torch threads this process has (where params.threads is 0, a
         # fresh interpreter would take one per core, each worker all of them)
         threads = torch.get_num_threads()
-        futures = [pool.submit(_member_in_worker, data, p, bin_s, bins, threads) for p in each]  # the workers start
+        for p in each:  # the workers start as the members are handed out
+            futures.append(pool.submit(_member_in_worker, data, p, bin_s, bins, threads))
+    except BrokenProcessPool:
+        pass  # a worker died before every member was handed out: those not handed out are lost (below)
     except (OSError, NotImplementedError) as exc:
         if pool is not None:
             _stop_workers(pool)
         log.warning("member_workers_unavailable", reason=f"{type(exc).__name__}: {exc}",
                     action="training the members in this process, one after another")
         return [_member(data, p, bin_s, bins, progress) for p in each]
+    assert pool is not None
     try:
         with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
             for i, f in enumerate(futures):

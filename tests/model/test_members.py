@@ -324,6 +324,34 @@ def test_a_member_whose_worker_is_killed_is_trained_here_the_same_network(three_
     _same_members(one_by_one, survived)
 
 
+def test_a_worker_lost_before_every_member_was_handed_out_leaves_the_rest_to_this_process(three_one_by_one, monkeypatch):
+    """The pool breaks while the members are still being handed out (a worker killed as it
+    starts: the next submit raises BrokenProcessPool): the members handed out come back from
+    the workers, the others are trained here, and the model is the one trained one after
+    another. A full suite once hit this order in the test above, and training failed."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    from structlog.testing import capture_logs
+
+    batches, one_by_one, _ = three_one_by_one
+    submit = ProcessPoolExecutor.submit
+    calls: list[int] = []
+
+    def breaks_after_the_first(self, fn, /, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "submit", breaks_after_the_first)
+    with capture_logs() as logs:
+        survived = train(batches, THREE, 10.0, 6, workers=2)
+    lost = [e for e in logs if e["event"] == "member_workers_lost"]
+    assert 1 == len(lost) and [1, 2] == lost[0]["members"]
+    _same_members(one_by_one, survived)
+
+
 def _workers_in_a_daemonic_process(queue) -> None:
     from detector.model.training import member_workers
 
