@@ -256,6 +256,10 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
         log.warning("member_workers_unavailable", reason=f"{type(exc).__name__}: {exc}",
                     action="training the members in this process, one after another")
         return [_member(data, p, bin_s, bins, progress) for p in each]
+    except BaseException:  # Ctrl-C while the workers start: they stop now, not with this process
+        if pool is not None:
+            _stop_workers(pool)
+        raise
     assert pool is not None
     try:
         with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
