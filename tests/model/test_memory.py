@@ -96,6 +96,8 @@ def test_member_workers_in_a_real_memory_cgroup_fit_its_limit_not_the_machines()
     group = where / f"netad-test-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
+        if not (group / limit_file).exists():  # v2 with memory not in the parent's cgroup.subtree_control
+            pytest.skip(f"no {limit_file} in a new group under {where}")
         (group / limit_file).write_text(str(GIB))
         code = ("from detector.model.training import member_workers; from detector.model._memory import cgroup_room; "
                 "print(member_workers(3, 1, 1), cgroup_room())")
