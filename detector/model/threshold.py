@@ -242,6 +242,52 @@ def _heaviest_plausible_tail(peaks: np.ndarray, limit: float, censored: int) -> 
     return float(_SHAPES[j]), float(sigma[int(loglik[:, j].argmax()), 0])
 
 
+# scipy's penalty in a fit's objective for each point off the support (or of a non-finite log
+# density): 100 times the log of the largest float
+_OFF_SUPPORT = float(np.log(np.finfo(float).max)) * 100
+
+
+def _pareto_nnlf(shape: float, scale: float, peaks: np.ndarray) -> float:
+    """The generalised Pareto's negative log-likelihood of `peaks` (location 0), penalised
+    where a point is off the support as scipy.stats penalises it: genpareto.fit's own
+    objective, in the same operations, without scipy's generic dispatch around them (which
+    took about three quarters of a calibration's time)."""
+    if not math.isfinite(shape) or scale <= 0:
+        return math.inf
+    from scipy import special
+    z = peaks / scale
+    n_log_scale = len(z) * np.log(scale)
+    inside = (0.0 <= z) & (z <= (-1.0 / shape if shape < 0 else math.inf))
+    off = z.size - int(np.count_nonzero(inside))
+    if off:
+        z = z[inside]
+    log_density = -special.xlog1py(shape + 1.0, shape * z) / shape if shape != 0 else -z
+    finite = np.isfinite(log_density)
+    off += finite.size - int(np.count_nonzero(finite))
+    return float(-np.sum(log_density[finite]) + off * _OFF_SUPPORT + n_log_scale)
+
+
+def _fit_pareto(peaks: np.ndarray, shape: float | None = None) -> tuple[float, float]:
+    """(shape, scale) of the generalised Pareto fitted to `peaks` by maximum likelihood,
+    location 0, the shape held at `shape` if given: genpareto.fit itself (its start, its
+    Nelder-Mead, its checks) searching _pareto_nnlf, so the same fit, bit for bit on scipy
+    1.17 (tests/model/test_threshold.py), 3.3 times faster (a calibration's 200 bootstrap
+    resamples fit a tail each)."""
+    from scipy import optimize, stats
+
+    def objective(theta: np.ndarray, x: np.ndarray) -> float:
+        return _pareto_nnlf(theta[0], theta[1], x) if shape is None else _pareto_nnlf(shape, theta[0], x)
+
+    def search(_func: object, x0: np.ndarray, args: tuple = (), disp: int = 0) -> np.ndarray:  # genpareto.fit's optimizer, on our objective
+        return optimize.fmin(objective, x0, args=args, disp=disp)
+
+    if shape is None:
+        xi, _, sigma = stats.genpareto.fit(peaks, floc=0.0, optimizer=search)
+        return float(xi), float(sigma)
+    _, _, sigma = stats.genpareto.fit(peaks, f0=shape, floc=0.0, optimizer=search)
+    return shape, float(sigma)
+
+
 def _calibrate_sorted(s: np.ndarray, target_false_alarm: float, fallback_quantile: float, initial_quantile: float,
                       ) -> Threshold:
     """The peaks-over-threshold calibration of sorted, finite scores `s`."""
@@ -263,7 +309,7 @@ def _calibrate_sorted(s: np.ndarray, target_false_alarm: float, fallback_quantil
         note = f"{peaks.shape[0]} peaks (< {MIN_PEAKS}): exponential tail"
         return _threshold(0.0, float(peaks.mean()), u, n, peaks.shape[0], target_false_alarm, quantile, note, base)
     try:
-        xi, _, sigma = stats.genpareto.fit(peaks, floc=0.0)
+        xi, sigma = _fit_pareto(peaks)
         note = ""
         if xi < 0.0:
             # a bounded tail fitted on a few dozen peaks ends right at the largest calibration
@@ -274,7 +320,7 @@ def _calibrate_sorted(s: np.ndarray, target_false_alarm: float, fallback_quantil
         elif xi > MAX_SHAPE:
             # a tail this heavy (infinite variance) is contamination or too few samples; its
             # own extrapolation is absurd, the largest score seen is too low: cap the shape
-            _, _, sigma = stats.genpareto.fit(peaks, f0=MAX_SHAPE, floc=0.0)
+            _, sigma = _fit_pareto(peaks, MAX_SHAPE)
             xi, note = MAX_SHAPE, f"tail too heavy (xi={xi:.2f}), shape capped at {MAX_SHAPE}"
     except Exception as exc:  # scipy raises a variety of fit errors
         return Threshold(quantile, "quantile", shape=None, scale=None, reason=f"tail fit failed: {exc}", **base)

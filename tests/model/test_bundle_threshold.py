@@ -243,6 +243,28 @@ def test_heavy_tail_shape_is_capped():
     assert th.value > np.quantile(calibration, 0.999)
 
 
+def test_the_tail_fit_is_scipys_genpareto_fit():
+    """The calibration's own objective gives genpareto.fit's answer, free and with the shape
+    held: on light, exponential, heavy and bounded tails (points at the end of their
+    support, where scipy's penalty decides), with ties, from 8 to 400 peaks."""
+    from scipy import stats
+
+    from detector.model.threshold import MAX_SHAPE, _fit_pareto
+
+    rng = np.random.default_rng(11)
+    fits = 0
+    for shape in (-0.9, -0.4, 0.0, 0.2, 0.8):
+        for n in (8, 30, 400):
+            peaks = stats.genpareto.rvs(shape, scale=rng.uniform(0.01, 5.0), size=n, random_state=rng)
+            for sample in (peaks, np.round(peaks, 1) + 0.05):
+                xi, _, sigma = stats.genpareto.fit(sample, floc=0.0)
+                np.testing.assert_allclose(_fit_pareto(sample), (xi, sigma), rtol=1e-9)
+                _, _, held = stats.genpareto.fit(sample, f0=MAX_SHAPE, floc=0.0)
+                np.testing.assert_allclose(_fit_pareto(sample, MAX_SHAPE), (MAX_SHAPE, held), rtol=1e-9)
+                fits += 2
+    assert 60 == fits
+
+
 def test_training_reports_margin_and_warns_of_short_span_thin_margin_and_epoch_cap():
     """The margin is the threshold's distance above the largest held-out benign window; a span
     under a day, a margin under 10 % and training that hit its epoch cap each give a warning."""
