@@ -30,7 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -237,7 +237,8 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
     would be in this process. What a member logs comes back with it and is logged here, in the
     members' order, as one process would have logged it. Members whose worker died are
     trained here, one after another, and all of them where no worker can start (no semaphore
-    for the pool's queues, as with a read-only /dev/shm; a process that cannot be started)."""
+    for the pool's queues, as with a read-only /dev/shm; a process or a thread that cannot be
+    started, as under a cgroup's pids.max)."""
     done: list[tuple[_Member, list[dict]] | None] = [None] * len(each)
     pool, futures = None, []
     try:
@@ -250,7 +251,10 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
             futures.append(pool.submit(_member_in_worker, data, p, bin_s, bins, threads))
     except BrokenProcessPool:
         pass  # a worker died before every member was handed out: those not handed out are lost (below)
-    except (OSError, NotImplementedError) as exc:
+    except (OSError, NotImplementedError, RuntimeError) as exc:
+        # OSError: no semaphore for the pool's queues (a read-only /dev/shm), no process to
+        # fork; RuntimeError: no thread for the pool's manager ("can't start new thread": a
+        # cgroup's pids.max, systemd's TasksMax=, reached); BrokenProcessPool, above, is one too
         if pool is not None:
             _stop_workers(pool)
         log.warning("member_workers_unavailable", reason=f"{type(exc).__name__}: {exc}",
@@ -261,21 +265,27 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
             _stop_workers(pool)
         raise
     assert pool is not None
+    broken = ""  # why the pool broke, where it did
     try:
         with Progress("train members", total=len(each), unit="members", enabled=progress) as bar:
             for i, f in enumerate(futures):
-                with contextlib.suppress(BrokenProcessPool):
-                    done[i] = f.result()
+                try:
+                    done[i] = _result(pool, f)
+                except BrokenProcessPool as exc:
+                    broken = broken or str(exc)
                 bar.update(1)
     except BaseException:
         _stop_workers(pool)
         raise
-    pool.shutdown()
     lost = [i for i, d in enumerate(done) if d is None]
-    if lost:
-        # a worker died (the kernel's OOM killer, a signal) and the pool with it: the members
-        # it had not returned are trained here, one after another, the networks they would be there
-        log.warning("member_workers_lost", members=lost, reason="a worker process died (out of memory? a signal)",
+    if not lost:
+        pool.shutdown()
+    else:
+        # a worker died (the kernel's OOM killer, a signal) and the pool with it, or the pool's
+        # manager thread did, which leaves its workers waiting: they stop, and the members not
+        # returned are trained here, one after another, the networks they would be there
+        _stop_workers(pool)
+        log.warning("member_workers_lost", members=lost, reason=broken or "the pool broke while the members were handed out",
                     action="training these members in this process, one after another")
     members = []
     for i, p in enumerate(each):
@@ -284,6 +294,20 @@ def _members_at_once(data: dict[str, _ClassData], each: list[TrainingParams], bi
             getattr(log, event.pop("level"))(event.pop("event"), **event)
         members.append(member)
     return members
+
+
+def _result(pool: ProcessPoolExecutor, future: Future) -> Any:
+    """future.result(), or BrokenProcessPool where the pool's manager thread has died with the
+    future still pending: it hands the members to the workers and their results back, and it
+    dies where it cannot start the call queue's feeder thread (a cgroup's pids.max reached
+    while the members are handed out), which left training waiting for ever."""
+    while True:
+        try:
+            return future.result(timeout=1.0)
+        except TimeoutError:
+            manager = getattr(pool, "_executor_manager_thread", None)
+            if manager is not None and not manager.is_alive() and not future.done():
+                raise BrokenProcessPool("the pool's manager thread died") from None
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:

@@ -428,3 +428,82 @@ def test_members_train_here_where_no_worker_can_start(tmp_path):
     assert {"event": "members_training", "members": 3, "at_once": 2, "log_level": "info"} == first
     assert "member_workers_unavailable" == second["event"] and "warning" == second["log_level"]
     assert "Read-only file system" in second["reason"]
+
+
+_FEW_TASKS = """
+import json, os, sys
+from pathlib import Path
+from structlog.testing import capture_logs
+from detector.bench.model import _batches, _setup
+from detector.model.training import train
+from tests.model.test_members import THREE, _same_members
+
+batches = _batches(_setup(16, 6, 6, 60, seed=3), 6)
+one_by_one = train(batches, THREE, 10.0, 6, workers=1)  # this process's own threads start here, outside the limit
+group, room = Path(sys.argv[1]), int(sys.argv[2])
+(group / "cgroup.procs").write_text(str(os.getpid()))
+(group / "pids.max").write_text(str(int((group / "pids.current").read_text()) + room))
+with capture_logs() as logs:
+    at_once = train(batches, THREE, 10.0, 6, workers=2)
+_same_members(one_by_one, at_once)
+print(json.dumps([e for e in logs if e["event"].startswith("member_workers")]))
+"""
+
+
+def _pids_hierarchy() -> Path | None:
+    """Where a pids cgroup can be made on this machine (v2 with the controller, or v1), or None."""
+    import os
+
+    if os.geteuid() != 0:
+        return None
+    v2 = Path("/sys/fs/cgroup")
+    if (v2 / "cgroup.controllers").is_file() and "pids" in (v2 / "cgroup.controllers").read_text().split():
+        return v2
+    return Path("/sys/fs/cgroup/pids") if Path("/sys/fs/cgroup/pids/cgroup.procs").is_file() else None
+
+
+@pytest.mark.skipif(_pids_hierarchy() is None, reason="needs root and a writable pids cgroup hierarchy")
+def test_members_train_where_the_tasks_run_out_as_the_workers_start(tmp_path):
+    """A process that may start no more tasks than a few (a cgroup's pids.max, systemd's
+    TasksMax=) as its member workers start: the pool then cannot start its manager thread
+    (which raised "can't start new thread" out of training), a worker process, or, a few
+    tasks later, its call queue's feeder thread (which killed the manager thread, and
+    training waited for ever). Training says so and trains the members here, the same
+    networks. With room for 0 and 3 more tasks, each in a pids group of its own."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    repo = Path(__file__).resolve().parents[2]
+    script = tmp_path / "few_tasks.py"
+    script.write_text(_FEW_TASKS)
+    groups = [_pids_hierarchy() / f"netad-test-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    for group in groups:
+        group.mkdir()
+    runs: list[subprocess.Popen] = []
+    try:
+        if not (groups[0] / "pids.max").exists():  # v2 with pids not in the parent's cgroup.subtree_control
+            pytest.skip(f"no pids.max in a new group under {groups[0].parent}")
+        runs += [subprocess.Popen([sys.executable, str(script), str(group), str(room)], cwd=repo, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(repo)})
+                for group, room in zip(groups, (0, 3), strict=True)]
+        for run in runs:
+            out, err = run.communicate(timeout=300)
+            assert 0 == run.returncode, err[-2000:]
+            said = json.loads(out.strip().splitlines()[-1])
+            assert 1 == len(said) and said[0]["event"] in ("member_workers_unavailable", "member_workers_lost")
+            assert "warning" == said[0]["log_level"] and said[0]["reason"]
+    finally:
+        for run in runs:
+            run.kill()
+            run.wait()
+        for group in groups:
+            for _ in range(50):  # its last workers may still be exiting
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    import time
+
+                    time.sleep(0.1)
