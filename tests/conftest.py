@@ -30,6 +30,17 @@ def shared_file(relative: str) -> Path:
     return path
 
 
+def can_unshare_mounts() -> bool:
+    """Whether this process may make a private mount namespace (root and unshare(1)): the
+    tests that mount a read-only or a full file system do it there, not on this machine."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return 0 == subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -235,7 +235,30 @@ class Sink:
         finally:
             self._transport.close()
             if self._spool is not None:
+                self._spool_what_memory_holds()
                 self._spool.close()
+
+    def _spool_what_memory_holds(self) -> None:
+        """As the sink stops: the events still pending that the spool could not take when they
+        came (a full disk: publish kept them in memory) are written to it now, for the next run;
+        those it still cannot take are lost, and said so, each by its event_id."""
+        assert self._spool is not None
+        with self._cond:
+            held = [entry for entry in self._pending if entry.seq is None and entry.event is not None]
+        lost = []
+        for entry in held:
+            try:
+                entry.seq = self._spool.append(entry.event)  # type: ignore[arg-type]
+            except (OSError, TypeError, ValueError):
+                lost.append(entry.event_id)
+        if lost:
+            with self._cond:
+                self._failed += len(lost)
+            log.error("sink_events_lost", sink=self.name, events=len(lost), event_ids=lost,
+                      reason="neither delivered nor written to the spool (a full disk?) before the sink stopped")
+        elif held:
+            log.info("sink_events_spooled", sink=self.name, events=len(held),
+                     reason="kept in memory when the spool could not be written; the next run delivers them")
 
     def _prepare(self, batch: list[_Pending]) -> tuple[list[_Pending], list[bytes]]:
         """Load and encode a batch; what cannot be read or encoded is dead-lettered here."""

@@ -58,6 +58,7 @@ from detector.model.meta import (
     read_history,
     read_meta,
     require_field,
+    save_safetensors,
     schema_mismatch,
     sha256_of,
     vector_of,
@@ -127,7 +128,7 @@ class ModelBundle:
                 for i, member in enumerate(cm.members or [cm])
                 for name, t in member.network.state_dict().items()
             }
-            save_file(tensors, str(tmp / WEIGHTS))
+            save_safetensors(save_file, tensors, tmp / WEIGHTS)
             digest = sha256_of(tmp / WEIGHTS)
             self.version = digest[:12]
             meta = {

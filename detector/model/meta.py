@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +83,25 @@ def describe(path: str | Path) -> BundleDescription:
     return BundleDescription(described, bin_s, bins, classes)
 
 
+def save_safetensors(save: Callable[[Any, str], Any], tensors: Mapping[str, Any], path: Path) -> None:
+    """`save(tensors, path)`, a safetensors writer (torch's or numpy's), whose I/O errors (a
+    full disk) come out as OSError: safetensors raises its own SafetensorError, which callers
+    that keep going where a file cannot be written (the daemon's checkpoint) did not catch,
+    and a daemon stopping on a full disk ended in its traceback before its sinks' flush."""
+    from safetensors import SafetensorError
+
+    try:
+        save(tensors, str(path))
+    except SafetensorError as exc:
+        raise OSError(f"{path}: {exc}") from exc
+
+
 def history_meta(path: Path, carried: CarriedHistory) -> dict[str, Any]:
     """Write the carried history's arrays into the bundle directory `path`; model.json's
     `history` entry for them (their SHA-256, the end of the training span's last window, rows)."""
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in carried.state.items()}, str(path / HISTORY))
+    save_safetensors(save_file, {k: np.ascontiguousarray(v) for k, v in carried.state.items()}, path / HISTORY)
     return {"sha256": sha256_of(path / HISTORY), "ended_ns": int(carried.ended_ns),
             "rows": {t: carried.rows(t) for t in ("entities", "peers", "ports")}}
 

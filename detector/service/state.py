@@ -38,6 +38,7 @@ from safetensors.numpy import save_file as save_arrays
 from safetensors.torch import load_file, save_file
 
 from detector.errors import CheckpointError, ConfigError
+from detector.model.meta import save_safetensors
 
 STATE_JSON = "state.json"
 LOCK_NAME = ".lock"
@@ -140,10 +141,11 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
             tensors[f"{cls}.c"] = entry.c.contiguous()
             banks[cls] = {"entities": entry.entities, "seen": entry.seen, "last_ns": entry.last_ns, "carried": entry.carried}
         if tensors:
-            save_file(tensors, str(tmp / STATE_TENSORS))
+            save_safetensors(save_file, tensors, tmp / STATE_TENSORS)
             _fsync(tmp / STATE_TENSORS)  # safetensors closes the file unsynced: on disk before the rename
         if checkpoint.history is not None:
-            save_arrays({k: np.ascontiguousarray(v) for k, v in checkpoint.history.items()}, str(tmp / HISTORY_ARRAYS))
+            save_safetensors(save_arrays, {k: np.ascontiguousarray(v) for k, v in checkpoint.history.items()},
+                             tmp / HISTORY_ARRAYS)
             _fsync(tmp / HISTORY_ARRAYS)
         doc = {"format": FORMAT, "written_at": time.time(), "meta": checkpoint.meta.as_json(), "banks": banks,
                "incidents": checkpoint.incidents}

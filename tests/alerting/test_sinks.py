@@ -348,6 +348,31 @@ def test_restart_delivers_backlog_first_in_order(tmp_path: Path, make_event: Fac
     assert tcp_receiver.received(15) == [e.event_id for e in events]
 
 
+def test_events_the_spool_could_not_take_are_spooled_as_the_sink_stops(tmp_path: Path, make_event: Factory,
+                                                                       tcp_receiver: TcpReceiver) -> None:
+    """Events published while the spool cannot be written (here its directory moved away; on
+    a daemon, a full disk) wait in memory. The sink stops with its collector still down: the
+    spool is tried again, takes them, and the next run delivers them. Before, they were lost
+    at exit without a word (tests/service/test_full_disk.py has a disk that stays full)."""
+    spool_dir = tmp_path / "spool"
+    sink = build_sink(f"syslog+tcp://127.0.0.1:{_free_port()}?{FAST}", spool_dir=spool_dir, name="siem")
+    away = tmp_path / "away"
+    (spool_dir / "siem").rename(away)
+    events = [make_event(i) for i in range(3)]
+    with structlog.testing.capture_logs() as logs:
+        for event in events:
+            sink.publish(event)
+        away.rename(spool_dir / "siem")
+        sink.close(0.2)
+    assert 3 == sum(e["event"] == "spool_write_failed" for e in logs)
+    assert [3] == [e["events"] for e in logs if e["event"] == "sink_events_spooled"]
+    assert len(spooled_files(spool_dir, sink)) == 3
+    second = build_sink(f"syslog+tcp://127.0.0.1:{tcp_receiver.port}?{FAST}", spool_dir=spool_dir, name="siem")
+    assert second.flush(10.0)
+    second.close()
+    assert tcp_receiver.received(3) == [e.event_id for e in events]
+
+
 def test_one_spool_one_sender(tmp_path: Path) -> None:
     """Two live sinks on one spool directory would deliver everything twice: refused."""
     sink = build_sink("syslog+tcp://127.0.0.1:9?backoff_s=1", spool_dir=tmp_path)

@@ -20,6 +20,7 @@ from detector.eval.baselines import stateless_scores
 from detector.model.bundle import META, ClassModel, ModelBundle
 from detector.model.scorer import StreamingScorer
 from detector.model.training import TrainingParams, member_seed, train
+from tests.conftest import can_unshare_mounts
 from tests.hostile._hostile import _edit, _set
 from tests.model.test_scorer import _bundle, _sequence, _windows
 
@@ -398,17 +399,7 @@ print(json.dumps(logs[:2]))
 """
 
 
-def _can_unshare_mounts() -> bool:
-    import os
-    import shutil
-    import subprocess
-
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    return 0 == subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode
-
-
-@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
 def test_members_train_here_where_no_worker_can_start(tmp_path):
     """Where worker processes cannot be had (here /dev/shm read-only in a mount namespace of
     its own, so no semaphore for the pool's queues), training says so and trains the members

@@ -1,0 +1,63 @@
+"""A full disk under the daemon's state directory: a daemon that runs for months meets one.
+
+The daemon runs in a mount namespace of its own (unshare(1)) with its state directory on a
+tmpfs of 1 MiB, filled but for 8 KiB before it starts: no checkpoint fits, nor any sink's
+spool. It must keep scoring, stop cleanly (exit 0, every stderr line JSON), and lose no
+incident without saying which."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, can_unshare_mounts
+from tests.service._daemon import base_config, free_port, read_events, write_config
+
+_FULL_DISK = """
+set -e
+mount -t tmpfs -o size=1m tmpfs "$STATE"
+dd if=/dev/zero of="$STATE/filler" bs=4k 2>/dev/null || true
+truncate -s -8k "$STATE/filler"
+exec "$PYTHON" -m detector.cli run -c "$CONFIG"
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_incident_it_could_not_keep(
+        tmp_path: Path, demo: dict):
+    """The replay runs to its end. The checkpoints fail, each said in a line, the last one at
+    shutdown too, where safetensors' own error used to end the daemon in a traceback (exit
+    1) before its sinks were flushed. The syslog sink, whose collector is down, cannot spool
+    what it holds (its spool is on the full disk) and keeps it in memory; as it stops, it
+    tries the spool again and names, by event_id, every incident it could keep nowhere:
+    exactly those the jsonl sink (on another disk) wrote."""
+    state = tmp_path / "state"
+    state.mkdir()
+    incidents = tmp_path / "incidents.jsonl"
+    cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 0.0}, state_dir=str(state),
+                      service={"checkpoint_interval_s": 1},
+                      sinks=[{"url": f"jsonl://{incidents}"}, {"url": f"syslog+tcp://127.0.0.1:{free_port()}"}])
+    config = write_config(tmp_path / "netad.yaml", cfg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "NETAD_"))}
+    env.update(STATE=str(state), CONFIG=str(config), PYTHON=sys.executable)
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _FULL_DISK], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    lines = done.stderr.splitlines()
+    assert 0 == done.returncode, "\n".join(lines[-20:])
+    log = [json.loads(line) for line in lines]  # every line JSON: no traceback
+    events = {e["event"] for e in log}
+    assert "spool_write_failed" in events and "daemon_stopped" in events
+    failed = [e for e in log if e["event"] == "checkpoint_save_failed"]
+    assert 1 == len(failed) and "No space left on device" in failed[0]["reason"]
+    kept = [e["event"]["id"] for e in read_events(incidents)]
+    assert kept, "the demo opens incidents"
+    lost = [e for e in log if e["event"] == "sink_events_lost"]
+    assert 1 == len(lost) and "error" == lost[0]["level"]
+    assert sorted(kept) == sorted(lost[0]["event_ids"]) and len(kept) == lost[0]["events"]
