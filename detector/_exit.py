@@ -1,7 +1,7 @@
 """Exit codes of the command line, in one place: only CLI entry points use this module.
 78 (EX_CONFIG) for a bad config, rule file, truth file, model bundle or state directory;
 66 (EX_NOINPUT) for an unreadable capture; 65 (EX_DATAERR) for training input that cannot
-make a model (too short a capture)."""
+make a model (too short a capture); 73 (EX_CANTCREAT) for a model bundle that cannot be written."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import NoReturn
 
 import click
 
-from detector.errors import CaptureError, ConfigError, ModelError, TrainingDataError
+from detector.errors import CaptureError, ConfigError, ModelError, OutputError, TrainingDataError
 
 EX_CONFIG = 78
 EX_NOINPUT = 66
 EX_DATAERR = 65
+EX_CANTCREAT = 73
 
 
 class InputFile(click.Path):
@@ -50,6 +51,9 @@ def errors_to_exit_codes(fn):
         except TrainingDataError as exc:
             click.echo(f"netad: {exc}", err=True)
             sys.exit(EX_DATAERR)
+        except OutputError as exc:
+            click.echo(f"netad: {exc}", err=True)
+            sys.exit(EX_CANTCREAT)
 
     return wrapper
 

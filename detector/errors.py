@@ -26,3 +26,8 @@ class TrainingDataError(NetadError):
 
 class CaptureError(NetadError):
     """A source cannot be opened or read (missing file, unknown link type, no permission)."""
+
+
+class OutputError(NetadError):
+    """What a command was to write cannot be written (a full disk, no permission, a read-only
+    file system), found only once there is something to write: the CLI exits 73 (EX_CANTCREAT)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +35,28 @@ def shared_file(relative: str) -> Path:
 def can_unshare_mounts() -> bool:
     """Whether this process may make a private mount namespace (root and unshare(1)): the
     tests that mount a read-only or a full file system do it there, not on this machine."""
-    import shutil
-    import subprocess
-
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
     return 0 == subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True).returncode
+
+
+_FULL_DISK = """
+set -e
+mount -t tmpfs -o size=1m tmpfs "$FULL_DISK"
+dd if=/dev/zero of="$FULL_DISK/filler" bs=4k 2>/dev/null || true
+truncate -s "-$FULL_DISK_LEAVE" "$FULL_DISK/filler"
+exec "$@"
+"""
+
+
+def on_a_full_disk(directory: Path, argv: list[str], leave_bytes: int = 0, env: dict[str, str] | None = None,
+                   timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    """`argv` run in a mount namespace of its own (can_unshare_mounts) with a 1 MiB tmpfs on
+    `directory`, filled but for `leave_bytes`: a full disk there, and only for that process."""
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _FULL_DISK, "sh", *argv],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+                          env={**(os.environ if env is None else env), "FULL_DISK": str(directory),
+                               "FULL_DISK_LEAVE": str(leave_bytes)})
 
 
 @pytest.fixture

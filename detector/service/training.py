@@ -25,7 +25,7 @@ import structlog
 
 from detector.config import Config
 from detector.contracts import CarriedHistory, FlowRecordBatch, PacketBatch, WindowBatch
-from detector.errors import TrainingDataError
+from detector.errors import OutputError, TrainingDataError
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
 from detector.service.pipeline import input_batches, window_stream
@@ -137,6 +137,9 @@ def train_from_captures(
     bundle.training["home_net"] = cfg.home_net
     bundle.training["history_warmup_s"] = warmup_s
     bundle.history = carried[0] if carried else None
-    bundle.save(out)
+    try:
+        bundle.save(out)
+    except OSError as exc:  # after minutes of training: one line that says why, not a traceback
+        raise OutputError(f"{out}: the trained model could not be written: {exc}") from exc
     log.info("model_saved", path=str(out), version=bundle.version)
     return bundle

@@ -1,5 +1,6 @@
 """`netad train` on input that cannot make a model (a capture too short, nothing left after
-the time slice) ends in one clear line and exit 65 (EX_DATAERR), never a traceback."""
+the time slice) ends in one clear line and exit 65 (EX_DATAERR), and a model it cannot write
+in one clear line and exit 73 (EX_CANTCREAT), never a traceback."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import can_unshare_mounts, on_a_full_disk
 from tests.hostile._hostile import assert_no_traceback, netad_cli
 from tests.service._daemon import write_config
 
 EX_DATAERR = 65
+EX_CANTCREAT = 73
 
 pytestmark = pytest.mark.slow  # each case runs netad (and trains what it can)
 
@@ -55,3 +58,25 @@ def test_train_on_a_capture_cut_mid_record_writes_the_model_says_so_and_exits_65
     assert f"netad: {cut}: truncated: the record at byte" in res.stderr and "trained on what came before it" in res.stderr
     assert "capture_damaged" in res.stderr
     assert (out / "model.json").is_file() and f"written to {out}" in res.stdout
+
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+def test_train_whose_model_cannot_be_written_exits_73_with_the_path_and_the_reason(tmp_path: Path, demo):
+    """--out on a full disk (a tmpfs filled, in a mount namespace of its own), found only once
+    the model is trained: one line with the path and the disk's reason, exit 73 (EX_CANTCREAT),
+    no half bundle. It was a traceback and exit 1."""
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = write_config(tmp_path / "train.yaml", {"home_net": ["10.20.0.0/16"], "model": {"device": "cpu"},
+                                                    "training": {"epochs": 1, "members": 1}, "logging": {"format": "json"}})
+    out = disk / "model"
+    args = ["train", "-c", str(config), "--pcap", str(demo["pcap"]), "--truth", str(demo["truth"]), "--before-first-attack",
+            "--out", str(out)]
+    res = on_a_full_disk(disk, [sys.executable, "-m", "detector.cli", *args])
+    assert EX_CANTCREAT == res.returncode, res.stderr[-3000:]
+    assert_no_traceback(res.stdout, res.stderr)
+    assert f"netad: {out}: the trained model could not be written: " in res.stderr and "No space left on device" in res.stderr

@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, can_unshare_mounts
+from tests.conftest import can_unshare_mounts, on_a_full_disk
 from tests.service._daemon import base_config, free_port, read_events, write_config
-
-_FULL_DISK = """
-set -e
-mount -t tmpfs -o size=1m tmpfs "$STATE"
-dd if=/dev/zero of="$STATE/filler" bs=4k 2>/dev/null || true
-truncate -s -8k "$STATE/filler"
-exec "$PYTHON" -m detector.cli run -c "$CONFIG"
-"""
 
 
 @pytest.mark.slow
@@ -46,9 +37,7 @@ def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_inc
                       sinks=[{"url": f"jsonl://{incidents}"}, {"url": f"syslog+tcp://127.0.0.1:{free_port()}"}])
     config = write_config(tmp_path / "netad.yaml", cfg)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "NETAD_"))}
-    env.update(STATE=str(state), CONFIG=str(config), PYTHON=sys.executable)
-    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _FULL_DISK], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = on_a_full_disk(state, [sys.executable, "-m", "detector.cli", "run", "-c", str(config)], leave_bytes=8192, env=env)
     lines = done.stderr.splitlines()
     assert 0 == done.returncode, "\n".join(lines[-20:])
     log = [json.loads(line) for line in lines]  # every line JSON: no traceback
