@@ -306,7 +306,10 @@ class Daemon:
                     J.THRESHOLD_REFRESH: self._refresh_thresholds, J.RETRAIN: self._start_retrain}
         try:
             outcome = handlers[name]()
-        except Exception as exc:  # a failing job (disk full, a bug) must not stop the capture; it shows in metrics
+        except OSError as exc:  # a full disk, a state directory gone: the operator's to mend, said without a traceback
+            log.error("job_failed", job=name, error=repr(exc))
+            outcome = "failed"
+        except Exception as exc:  # a bug: it must not stop the capture either; it shows in metrics
             log.error("job_failed", job=name, error=repr(exc), exc_info=True)
             outcome = "failed"
         self.jobs.record(name, outcome)

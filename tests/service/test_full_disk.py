@@ -23,7 +23,7 @@ from tests.service._daemon import base_config, free_port, read_events, write_con
 @pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
 def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_incident_it_could_not_keep(
         tmp_path: Path, demo: dict):
-    """The replay runs to its end. The checkpoints fail, each said in a line, the last one at
+    """The replay runs to its end. The checkpoints fail, each said in one line, the last one at
     shutdown too, where safetensors' own error used to end the daemon in a traceback (exit
     1) before its sinks were flushed. The syslog sink, whose collector is down, cannot spool
     what it holds (its spool is on the full disk) and keeps it in memory; as it stops, it
@@ -32,7 +32,7 @@ def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_inc
     state = tmp_path / "state"
     state.mkdir()
     incidents = tmp_path / "incidents.jsonl"
-    cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 0.0}, state_dir=str(state),
+    cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 360.0}, state_dir=str(state),
                       service={"checkpoint_interval_s": 1},
                       sinks=[{"url": f"jsonl://{incidents}"}, {"url": f"syslog+tcp://127.0.0.1:{free_port()}"}])
     config = write_config(tmp_path / "netad.yaml", cfg)
@@ -43,6 +43,9 @@ def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_inc
     log = [json.loads(line) for line in lines]  # every line JSON: no traceback
     events = {e["event"] for e in log}
     assert "spool_write_failed" in events and "daemon_stopped" in events
+    jobs = [e for e in log if e["event"] == "job_failed"]  # the scheduled checkpoints: a line each, no traceback
+    assert jobs and all("checkpoint" == e["job"] and "No space left on device" in e["error"] and "exception" not in e
+                        for e in jobs)
     failed = [e for e in log if e["event"] == "checkpoint_save_failed"]
     assert 1 == len(failed) and "No space left on device" in failed[0]["reason"]
     kept = [e["event"]["id"] for e in read_events(incidents)]
