@@ -271,7 +271,7 @@ def _fit_pareto(peaks: np.ndarray, shape: float | None = None) -> tuple[float, f
     """(shape, scale) of the generalised Pareto fitted to `peaks` by maximum likelihood,
     location 0, the shape held at `shape` if given: genpareto.fit itself (its start, its
     Nelder-Mead, its checks) searching _pareto_nnlf, so the same fit, bit for bit on scipy
-    1.17 (tests/model/test_threshold.py), 3.3 times faster (a calibration's 200 bootstrap
+    1.17 (tests/model/test_bundle_threshold.py), 3.3 times faster (a calibration's 200 bootstrap
     resamples fit a tail each)."""
     from scipy import optimize, stats
 
