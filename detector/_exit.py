@@ -1,11 +1,13 @@
 """Exit codes of the command line, in one place: only CLI entry points use this module.
 78 (EX_CONFIG) for a bad config, rule file, truth file, model bundle or state directory;
 66 (EX_NOINPUT) for an unreadable capture; 65 (EX_DATAERR) for training input that cannot
-make a model (too short a capture); 73 (EX_CANTCREAT) for a model bundle that cannot be written."""
+make a model (too short a capture); 73 (EX_CANTCREAT) for output that cannot be written (a
+model bundle; a full disk or quota, a read-only file system under any output)."""
 
 from __future__ import annotations
 
 import atexit
+import errno
 import functools
 import os
 import sys
@@ -20,6 +22,8 @@ EX_CONFIG = 78
 EX_NOINPUT = 66
 EX_DATAERR = 65
 EX_CANTCREAT = 73
+# errors only a write meets: a disk or a quota full, a read-only file system
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 class InputFile(click.Path):
@@ -53,6 +57,11 @@ def errors_to_exit_codes(fn):
             sys.exit(EX_DATAERR)
         except OutputError as exc:
             click.echo(f"netad: {exc}", err=True)
+            sys.exit(EX_CANTCREAT)
+        except OSError as exc:
+            if exc.errno not in _CANNOT_WRITE:
+                raise
+            click.echo(f"netad: cannot write: {exc}", err=True)
             sys.exit(EX_CANTCREAT)
 
     return wrapper

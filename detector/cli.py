@@ -217,6 +217,7 @@ def _exit_if_damaged(damage: dict[str, str], done: str) -> None:
 @click.option("--start-epoch", "start_epoch_s", type=float, default=1_700_000_040.0, show_default=True,
               help="Timestamp of the first packet (the default is minute-aligned, so windows are whole).")
 @click.option("--snaplen", type=int, default=None, help="Cut frames to this many bytes (>= 64).")
+@_errors_to_exit_codes
 def synth(out, truth, profile, seed, benign_s, attack_s, packets, hosts, start_epoch_s, snaplen) -> None:
     """Generate a capture of a small office network with injected attacks (and their truth)."""
     from detector.synth.generate import generate

@@ -1,6 +1,7 @@
 """`netad train` on input that cannot make a model (a capture too short, nothing left after
 the time slice) ends in one clear line and exit 65 (EX_DATAERR), and a model it cannot write
-in one clear line and exit 73 (EX_CANTCREAT), never a traceback."""
+in one clear line and exit 73 (EX_CANTCREAT), never a traceback; so does any command's
+output on a full disk."""
 
 from __future__ import annotations
 
@@ -80,3 +81,25 @@ def test_train_whose_model_cannot_be_written_exits_73_with_the_path_and_the_reas
     assert EX_CANTCREAT == res.returncode, res.stderr[-3000:]
     assert_no_traceback(res.stdout, res.stderr)
     assert f"netad: {out}: the trained model could not be written: " in res.stderr and "No space left on device" in res.stderr
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+@pytest.mark.parametrize("command", ["synth", "score"])
+def test_a_command_whose_output_meets_a_full_disk_exits_73_with_the_reason(tmp_path: Path, demo, command: str):
+    """`netad synth --out` and `netad score --scores` on a full disk (ENOSPC, as a full quota
+    or a read-only file system would be): one line with the reason, exit 73, where each ended
+    in a traceback and exit 1."""
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = write_config(tmp_path / "score.yaml", {"home_net": ["10.20.0.0/16"], "model": {"device": "cpu"},
+                                                    "logging": {"format": "json"}})
+    args = {"synth": ["synth", "--out", str(disk / "office.pcap"), "--benign-s", "60", "--attack-s", "0"],
+            "score": ["score", "-c", str(config), "--model", str(demo["model"]), "--pcap", str(demo["pcap"]),
+                      "--scores", str(disk / "scores.jsonl")]}[command]
+    res = on_a_full_disk(disk, [sys.executable, "-m", "detector.cli", *args], leave_bytes=8192)
+    assert EX_CANTCREAT == res.returncode, res.stderr[-3000:]
+    assert_no_traceback(res.stdout, res.stderr)
+    assert "netad: cannot write: [Errno 28] No space left on device" == res.stderr.strip().splitlines()[-1]
