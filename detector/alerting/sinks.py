@@ -14,7 +14,10 @@ event_id, which is what SIEMs deduplicate on.
 
 Without a spool directory (offline commands), and always for the local jsonl and stdout
 sinks, delivery is synchronous: a file write is flushed and fsynced before publish returns,
-which is as durable as a spool on the same disk would be.
+which is as durable as a spool on the same disk would be. A local sink whose file cannot take
+an event (a full disk) holds it in memory, with those after it, and writes them in order once
+it can: at the next event, at the daemon's heartbeat, or as the sink stops; what it still
+holds then is lost, and named.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Sink:
         self._cond = threading.Condition()
         self._send_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
+        self._held: deque[IncidentEvent] = deque()  # a local sink's events its file could not take yet
         self._delivered = self._failed = self._retries = self._dead_lettered = 0
         self._disabled = False
         self._closed = self._stopping = self._kick = False
@@ -97,7 +101,7 @@ class Sink:
             return {
                 "delivered": self._delivered,
                 "failed": self._failed,  # events given up on: dead-lettered, or lost without a spool
-                "backlog": len(self._pending),
+                "backlog": len(self._pending) + len(self._held),
                 "disabled": self._disabled,
                 "retries": self._retries,  # failed delivery attempts
                 "dead_lettered": self._dead_lettered,
@@ -127,6 +131,9 @@ class Sink:
         events are still pending when timeout_s runs out (they stay spooled), or as soon as
         that attempt fails on a disabled sink: an endpoint that refuses everything (bad token,
         wrong path) will not change its mind within a shutdown's timeout."""
+        if self._thread is None:
+            self.write_held()
+            return not self._held
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._kick = True
@@ -150,6 +157,8 @@ class Sink:
                 return
             self._closed = True
         if self._thread is None:
+            self.write_held()
+            self._lose_held()
             self._transport.close()
             log.info("sink_closed", sink=self.name, delivered=self._delivered, failed=self._failed)
             return
@@ -168,12 +177,17 @@ class Sink:
     # ---------------------------------------------------------------- without a spool
 
     def _deliver_now(self, event: IncidentEvent) -> None:
+        if self._transport.local:
+            with self._send_lock:
+                self._held.append(event)
+                self._write_held()
+            return
         try:
             record = self._encoder(event)
         except Exception as exc:  # an encoder bug on odd input must not stop the pipeline
             self._give_up(event.event_id, f"encoding failed: {exc!r}")
             return
-        attempts = 1 if self._transport.local else _SYNC_ATTEMPTS
+        attempts = _SYNC_ATTEMPTS
         delay_s = self._backoff_s
         for attempt in range(attempts):
             try:
@@ -194,6 +208,65 @@ class Sink:
                 with self._cond:
                     self._delivered += 1
                 return
+
+    def write_held(self) -> None:
+        """Write what a local sink holds, oldest first (the daemon's heartbeat: a disk freed in
+        a quiet hour does not wait for the next incident)."""
+        if self._held:
+            with self._send_lock:
+                self._write_held()
+
+    def _write_held(self) -> None:
+        """Under _send_lock. Each held event in turn, until the file refuses one: that one and
+        those after it stay held, in order, up to _MEMORY_EVENTS; beyond, the newest are given up."""
+        written = 0
+        while self._held:
+            event = self._held[0]
+            try:
+                record = self._encoder(event)
+            except Exception as exc:  # an encoder bug on odd input must not stop the pipeline
+                self._held.popleft()
+                self._give_up(event.event_id, f"encoding failed: {exc!r}")
+                continue
+            try:
+                self._transport.send([record])
+            except DeliveryError as exc:
+                self._on_write_failed(exc)
+                break
+            self._held.popleft()
+            written += 1
+        with self._cond:
+            self._delivered += written
+        while len(self._held) > _MEMORY_EVENTS:
+            self._give_up(self._held.pop().event_id, f"not written, and {_MEMORY_EVENTS} events already wait in memory")
+        if written and not self._held and self._failing_since is not None:
+            log.info("sink_recovered", sink=self.name, outage_s=round(time.monotonic() - self._failing_since, 3),
+                     failed_attempts=self._failed_attempts, written=written)
+            self._failing_since, self._failed_attempts = None, 0
+
+    def _on_write_failed(self, exc: DeliveryError) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._retries += 1
+        self._failed_attempts += 1
+        if self._failing_since is None:
+            self._failing_since = self._last_failure_log = now
+            log.error("sink_write_failed", sink=self.name, error=str(exc), held=len(self._held),
+                      reason="kept in memory; written in order at the next event, the heartbeat or the sink's stop")
+        elif now - self._last_failure_log >= _STILL_FAILING_LOG_S:
+            self._last_failure_log = now
+            log.warning("sink_write_still_failing", sink=self.name, error=str(exc), held=len(self._held),
+                        failed_attempts=self._failed_attempts, outage_s=round(now - self._failing_since, 3))
+
+    def _lose_held(self) -> None:
+        """As a local sink stops: what its file never took is lost, said so, each by its event_id."""
+        lost = [event.event_id for event in self._held]
+        self._held.clear()
+        if lost:
+            with self._cond:
+                self._failed += len(lost)
+            log.error("sink_events_lost", sink=self.name, events=len(lost), event_ids=lost,
+                      reason="not written before the sink stopped (a full disk?)")
 
     def _give_up(self, event_id: str, reason: str) -> None:
         with self._cond:
@@ -401,6 +474,11 @@ class SinkSet:
         deadline = time.monotonic() + timeout_s
         for sink in self.sinks:
             sink.close(max(0.0, deadline - time.monotonic()))
+
+    def write_held(self) -> None:
+        """Local sinks write what a full disk made them hold (Sink.write_held)."""
+        for sink in self.sinks:
+            sink.write_held()
 
     def stats(self) -> dict[str, dict[str, int | bool]]:
         return {sink.name: sink.stats for sink in self.sinks}

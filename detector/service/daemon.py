@@ -334,6 +334,7 @@ class Daemon:
         return "ok"
 
     def _heartbeat(self) -> str:
+        self.sinks.write_held()
         sinks = self.sinks.stats()
         log.info("heartbeat", uptime_s=round(self.lifecycle.uptime_s), model_version=self.scoring.bundle.version,
                  sink_backlog=sum(int(s["backlog"]) for s in sinks.values()), retrain_buffer_windows=len(self.ring),

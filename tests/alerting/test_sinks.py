@@ -28,6 +28,7 @@ from detector.alerting._spool import event_to_json
 from detector.alerting.sinks import Sink, SinkSet, build_sink
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
+from tests.conftest import can_unshare_mounts, on_a_full_disk
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = "backoff_s=0.05&backoff_max_s=0.3&timeout_s=2"
@@ -266,6 +267,70 @@ def test_jsonl_relative_path_and_outside_rotation(tmp_path: Path, make_event: Fa
     sink.close()
     assert (tmp_path / "var/rotated.jsonl").read_text().startswith("CEF:0|")
     assert "evt-00001" in (tmp_path / "var/incidents.jsonl").read_text()
+
+
+_JSONL_ON_A_FULL_DISK = r"""
+import json, os, sys
+from pathlib import Path
+import structlog.testing
+sys.path.insert(0, "tests/alerting")
+from conftest import _make_event
+from detector.alerting.sinks import SinkSet, build_sink
+
+disk = Path(os.environ["FULL_DISK"])
+path = disk / "incidents.jsonl"
+events = [_make_event(i) for i in range(10)]
+
+
+def fill(name):
+    fd = os.open(disk / name, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(4096)):
+            pass
+    except OSError:
+        pass
+    os.close(fd)
+
+
+with structlog.testing.capture_logs() as logs:
+    sinks = SinkSet([build_sink(f"jsonl:{path}")])
+    for event in events[:6]:
+        sinks.publish(event)
+    held = next(iter(sinks.stats().values()))["backlog"]
+    os.truncate(disk / "filler", 0)  # the operator frees the disk; no incident comes
+    sinks.write_held()  # the daemon's heartbeat
+    for event in events[6:8]:
+        sinks.publish(event)
+    fill("more")  # full again, to the end
+    for event in events[8:]:
+        sinks.publish(event)
+    sinks.close()
+print(json.dumps({"held": held, "logs": logs, "lines": path.read_text().splitlines()}, default=str))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
+def test_a_jsonl_file_on_a_full_disk_holds_its_events_and_writes_them_whole_once_it_can(tmp_path: Path) -> None:
+    """A page of room: two events fit and the third is written in part. Before, that half line
+    stayed, the next event written ran on from it (one broken line for two events), and each
+    event the disk refused was given up at once: four lost while the disk was full, though
+    it was freed minutes later. Now the half line is cut off, the refused events wait in
+    memory and are written in order once the disk has room (here at the heartbeat, with no
+    new incident), and those the disk never takes are named as the sink stops."""
+    done = on_a_full_disk(tmp_path, [sys.executable, "-c", _JSONL_ON_A_FULL_DISK], leave_bytes=4096)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    ids = [f"evt-{i:05d}-0b6f2c" for i in range(10)]
+    written = [json.loads(line)["event"]["id"] for line in out["lines"]]  # every line whole JSON
+    assert written == ids[:8]
+    assert out["held"] == 4
+    logged = [(e["event"], e.get("held"), e.get("written"), e.get("event_ids")) for e in out["logs"]
+              if e["event"] != "sink_started"]
+    assert logged == [("sink_write_failed", 1, None, None), ("sink_recovered", None, 4, None),
+                      ("sink_write_failed", 1, None, None), ("sink_events_lost", None, None, ids[8:]),
+                      ("sink_closed", None, None, None)]
+    assert [(e["delivered"], e["failed"]) for e in out["logs"] if e["event"] == "sink_closed"] == [(8, 2)]
 
 
 def test_stdout_writes_one_line_per_event(capsys: pytest.CaptureFixture[str], make_event: Factory) -> None:
