@@ -61,7 +61,8 @@ def errors_to_exit_codes(fn):
         except OSError as exc:
             if exc.errno not in _CANNOT_WRITE:
                 raise
-            click.echo(f"netad: cannot write: {exc}", err=True)
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"netad: {where}cannot write: {exc.strerror or exc}", err=True)
             sys.exit(EX_CANTCREAT)
 
     return wrapper

@@ -48,7 +48,7 @@ import structlog
 from detector import __version__
 from detector.config import Config
 from detector.contracts import CarriedHistory, FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
-from detector.errors import ConfigError
+from detector.errors import ConfigError, naming
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores, without_history
 from detector.eval.samples import LabelledInterval, Windows
@@ -57,6 +57,7 @@ from detector.model.scorer import set_torch_threads
 from detector.model.training import trail
 from detector.progress import Progress, tracked
 from detector.service.pipeline import Pipeline, input_batches, window_stream
+from detector.service.scoring import ScoresFile
 from detector.service.training import train_from_captures
 from detector.truth import Interval, load_truth
 
@@ -356,12 +357,13 @@ def _score_pass(
     """The daemon's stages over the test captures; returns the test windows' score records
     and the incidents opened in the test part."""
     collector = _Collector()
-    with open(scores_path, "w", encoding="utf-8") as fh:
-        pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=fh, flow_records=flow_records)
-        bar = Progress("eval: score", unit="flow records" if flow_records else "packets", enabled=progress)
-        for batch in tracked(input_batches(pcaps, flow_records, cfg.source.batch_packets), bar):
-            pipeline.push(batch)
-        pipeline.finish()
+    scores_out = ScoresFile(scores_path, append=False)
+    pipeline = Pipeline(cfg, bundle, sinks=[collector], scores_out=scores_out, flow_records=flow_records)
+    bar = Progress("eval: score", unit="flow records" if flow_records else "packets", enabled=progress)
+    for batch in tracked(input_batches(pcaps, flow_records, cfg.source.batch_packets), bar):
+        pipeline.push(batch)
+    pipeline.finish()
+    scores_out.close()  # OutputError (exit 73) when the disk dropped lines: the metrics read them back
     records = []
     with open(scores_path, encoding="utf-8") as fh:
         for line in fh:
@@ -540,7 +542,8 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     for cls in ENTITY_CLASSES:
         result[cls] = _entity_class_metrics(w, cls, test_intervals, incidents, bundle, window_ns, benign_hours)
     result["most_relevant_host"] = most_relevant_host(w)
-    (plan.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with naming(plan.out / "metrics.json"):
+        (plan.out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_report(plan.out, result, w, intervals, incidents)
     return result
 

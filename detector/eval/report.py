@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from detector.errors import naming
 from detector.eval import metrics as M
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ _NAMES = {"lstm": "LSTM-AE, carried state, accumulated", "stateless_ae": "same A
 
 def write_report(out: Path, result: dict, w: Windows, intervals: list[LabelledInterval], incidents: list[IncidentEvent]) -> None:
     _plot(out / "report.png", result, w, intervals, incidents)
-    (out / "report.md").write_text(markdown(result), encoding="utf-8")
+    with naming(out / "report.md"):
+        (out / "report.md").write_text(markdown(result), encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------

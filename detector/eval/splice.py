@@ -51,7 +51,7 @@ import numpy as np
 from detector.capture.packets.pcap import RawRecords, read_records
 from detector.capture.packets.pcapwriter import write_pcap
 from detector.contracts import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, pair_to_addr
-from detector.errors import CaptureError, ConfigError
+from detector.errors import CaptureError, ConfigError, naming
 from detector.truth import COLUMNS, load_truth
 
 if TYPE_CHECKING:
@@ -542,7 +542,7 @@ def write_truth(path: Path, attacks: list[InsertedAttack], t0_ns: int, benign_tr
     row per inserted attack, then one per inserted behaviour, with exact times (offsets from
     the benign capture's first packet, and epoch seconds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with naming(path), open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(COLUMNS)
         if benign_truth is not None:

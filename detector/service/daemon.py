@@ -39,7 +39,7 @@ import structlog
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import ScoreBatch, WindowBatch, ns_to_iso
-from detector.errors import CheckpointError, ModelError, NetadError
+from detector.errors import CheckpointError, ModelError, NetadError, OutputError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -50,7 +50,7 @@ from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import Pipeline, time_lines
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
-from detector.service.scoring import Scoring, check_device
+from detector.service.scoring import ScoresFile, Scoring, check_device
 from detector.service.state import (
     Checkpoint,
     CheckpointMeta,
@@ -153,16 +153,20 @@ class Daemon:
 
     def _new_pipeline(self, cfg: Config, bundle: ModelBundle, resuming: bool) -> None:
         """The stages after the source, and the window-scores file they write to."""
-        if self.scores_out is not None:
-            self.scores_out.close()
-            self.scores_out = None
+        self._close_scores()
         if cfg.outputs.scores is not None:
-            cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
             # a replay started over rewrites its scores; one resumed, or a live link, adds to them
-            appending = resuming or is_live(cfg.source)
-            self.scores_out = open(cfg.outputs.scores, "a" if appending else "w", encoding="utf-8")
+            self.scores_out = ScoresFile(cfg.outputs.scores, append=resuming or is_live(cfg.source))
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
                                  flow_records=cfg.source.flow_records, live=is_live(cfg.source))
+
+    def _close_scores(self) -> None:
+        if self.scores_out is not None:
+            scores, self.scores_out = self.scores_out, None
+            try:
+                scores.close()
+            except OutputError as exc:  # scoring went on without them: said, not fatal
+                log.error("scores_lines_dropped", path=str(scores.path), lines=scores.lines_dropped, reason=str(exc))
 
     def _loop(self) -> str:
         """Batches until the source ends or a signal stops it; returns why it ended.
@@ -220,8 +224,7 @@ class Daemon:
         delivered = sinks.flush(timeout_s=max(0.0, deadline - time.monotonic()))
         left = {name: s["backlog"] for name, s in sinks.stats().items() if s["backlog"]}
         sinks.close(timeout_s=max(0.0, deadline - time.monotonic()))
-        if self.scores_out is not None:
-            self.scores_out.close()
+        self._close_scores()
         elapsed_s = self.lifecycle.uptime_s
         log.info("daemon_stopped", reason=reason, seconds=round(elapsed_s, 2), windows_drained=windows,
                  sinks_drained=delivered, left_in_spool=left, rule_drops=dict(self.scoring.tracker.dropped),

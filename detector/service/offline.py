@@ -15,7 +15,7 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.progress import Progress
 from detector.service.pipeline import Pipeline, input_batches
-from detector.service.scoring import check_device
+from detector.service.scoring import ScoresFile, check_device
 
 STDOUT = "-"  # an output path that means standard output
 
@@ -47,8 +47,7 @@ def score_captures(
     if scores is not None and str(scores) == STDOUT:
         scores_out = sys.stdout
     elif scores is not None:
-        Path(scores).parent.mkdir(parents=True, exist_ok=True)
-        scores_out = open(scores, "w", encoding="utf-8")
+        scores_out = ScoresFile(scores, append=False)
     bar = Progress("score", unit="flow records" if flow_records else "packets")  # on a terminal only (stderr)
     try:
         pipeline = Pipeline(cfg, bundle, sinks=[sink_set], scores_out=scores_out, flow_records=flow_records,

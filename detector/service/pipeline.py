@@ -48,7 +48,7 @@ from detector.errors import ModelError
 from detector.model.bundle import ModelBundle
 from detector.service._timebounds import TimeBounds
 from detector.service.heap import HEAP
-from detector.service.scoring import IncidentSink, Scoring, ScoringThread
+from detector.service.scoring import IncidentSink, ScoresFile, Scoring, ScoringThread
 
 log = structlog.get_logger()
 
@@ -330,7 +330,7 @@ class Pipeline:
     cfg: Config
     bundle: ModelBundle
     sinks: list[IncidentSink] = field(default_factory=list)
-    scores_out: IO[str] | None = None
+    scores_out: IO[str] | ScoresFile | None = None
     rules: RuleSet | None = None
     # called after each closed window is scored: (window, its scores, seconds the scorer took)
     on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None

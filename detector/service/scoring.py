@@ -16,25 +16,121 @@ applied on SIGHUP without another line here; `swap_model` changes the model betw
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 import numpy as np
+import structlog
 import torch
 
 from detector.alerting.incidents import IncidentTracker
 from detector.alerting.rules import RuleSet, load_rules
 from detector.config import Config, IncidentsConfig
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch
-from detector.errors import ConfigError
+from detector.errors import ConfigError, OutputError
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
 from detector.service.explain.evidence import CauseRanker
 from detector.service.state import EntityStates
+
+log = structlog.get_logger()
+
+_SCORES_BUFFER = 1 << 20  # characters of score lines held before they are written
+
+
+class ScoresFile:
+    """The window-score JSON lines (`outputs.scores`, `--scores`): a side output of scoring,
+    which a disk that refuses it (full, a quota, read-only) must not stop. The daemon, the
+    Kafka scorer, `netad score` and `netad eval` write through this one class.
+
+    Lines are held until flush() or 1 MiB, then written in one append. A write that fails
+    drops the lines it held, counted, and cuts off the file what the disk took of them, so
+    that the file stays whole lines; the first failure of an outage and the end of one are
+    logged with the path (`scores_write_failed`, `scores_write_recovered`). The window's
+    incidents go on regardless. Before, the failed write raised out of the scoring stage,
+    ahead of the window's incidents: a daemon whose scores file sat on a full disk stopped
+    at its first window, exit 73, with no incident delivered, and again at every restart.
+    `netad score` and `netad eval` score to the end and then say what was dropped: close()
+    raises OutputError (exit 73), the daemon's close() logs it."""
+
+    def __init__(self, path: str | Path, *, append: bool) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)  # O_APPEND: a cut-back ends the file
+        try:
+            self._fd = os.open(self.path, flags, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot write the window scores: {exc.strerror or exc}") from None
+        self._held: list[str] = []
+        self._held_chars = 0
+        self.lines_dropped = 0
+        self._outage: int | None = None  # lines_dropped when the ongoing outage began
+        self.error: str | None = None  # the reason of the first failure
+
+    def write(self, text: str) -> None:
+        self._held.append(text)
+        self._held_chars += len(text)
+        if self._held_chars >= _SCORES_BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        data = "".join(self._held).encode("utf-8")
+        self._held, self._held_chars = [], 0
+        end = None
+        try:
+            end = os.fstat(self._fd).st_size
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            if end is not None:
+                try:
+                    os.ftruncate(self._fd, end)  # shrinking takes no space
+                except OSError:
+                    pass
+            self._dropped(data.count(b"\n"), exc)
+            return
+        if self._outage is not None:
+            log.info("scores_write_recovered", path=str(self.path), lines_dropped=self.lines_dropped - self._outage)
+            self._outage = None
+
+    def sync(self) -> None:
+        """flush() and fsync (the Kafka scorer, before it commits the windows' offsets)."""
+        self.flush()
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._dropped(0, exc)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        """Write what is held and close. OutputError when lines were dropped on the way."""
+        if self._fd < 0:
+            return
+        self.flush()
+        os.close(self._fd)
+        self._fd = -1
+        if self.lines_dropped:
+            raise OutputError(f"{self.path}: {self.lines_dropped:,} window-score lines could not be written: {self.error}")
+
+    def _dropped(self, lines: int, exc: OSError) -> None:
+        self.lines_dropped += lines
+        if self.error is None:
+            self.error = exc.strerror or repr(exc)
+        if self._outage is None:
+            self._outage = self.lines_dropped - lines
+            log.error("scores_write_failed", path=str(self.path), error=exc.strerror or repr(exc), lines_dropped=lines,
+                      reason="the window scores are dropped while the disk refuses them; scoring and incidents go on")
 
 
 class IncidentSink(Protocol):
@@ -81,7 +177,7 @@ class Scoring:
         observer: dict[str, str],
         rules: RuleSet | None = None,
         sinks: Iterable[IncidentSink] = (),
-        scores_out: IO[str] | None = None,
+        scores_out: IO[str] | ScoresFile | None = None,
         score_fields: Mapping[str, str] | None = None,
         on_scored: Callable[[WindowBatch, ScoreBatch, float], None] | None = None,
         annotate: Callable[[IncidentEvent], None] | None = None,

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.capture.packets.pcapwriter import write_pcap
+from detector.errors import naming
 from detector.progress import Progress
 from detector.synth import _benign as benign
 from detector.synth import _events as events
@@ -297,7 +298,7 @@ def _write_truth(path: Path, labelled: list[tuple[AttackInterval, int, int]], st
         q = -(-value_ns // unit) if up else value_ns // unit
         return f"{q // 10**decimals}.{q % 10**decimals:0{decimals}d}"
 
-    with path.open("w", newline="") as f:
+    with naming(path), path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(TRUTH_HEADER)
         for interval, first, last in labelled:

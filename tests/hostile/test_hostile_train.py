@@ -88,8 +88,8 @@ def test_train_whose_model_cannot_be_written_exits_73_with_the_path_and_the_reas
 @pytest.mark.parametrize("command", ["synth", "score"])
 def test_a_command_whose_output_meets_a_full_disk_exits_73_with_the_reason(tmp_path: Path, demo, command: str):
     """`netad synth --out` and `netad score --scores` on a full disk (ENOSPC, as a full quota
-    or a read-only file system would be): one line with the reason, exit 73, where each ended
-    in a traceback and exit 1."""
+    or a read-only file system would be): one line with the file and the reason, exit 73,
+    where each ended in a traceback and exit 1 (and then in a line without the file)."""
     import sys
 
     disk = tmp_path / "disk"
@@ -102,4 +102,7 @@ def test_a_command_whose_output_meets_a_full_disk_exits_73_with_the_reason(tmp_p
     res = on_a_full_disk(disk, [sys.executable, "-m", "detector.cli", *args], leave_bytes=8192)
     assert EX_CANTCREAT == res.returncode, res.stderr[-3000:]
     assert_no_traceback(res.stdout, res.stderr)
-    assert "netad: cannot write: [Errno 28] No space left on device" == res.stderr.strip().splitlines()[-1]
+    said = {"synth": f"netad: {disk / 'office.pcap'}: cannot write: No space left on device",
+            "score": f"netad: {disk / 'scores.jsonl'}: "}[command]  # then how many lines, and the reason
+    assert res.stderr.strip().splitlines()[-1].startswith(said), res.stderr[-3000:]
+    assert res.stderr.strip().endswith("No space left on device")

@@ -14,12 +14,15 @@ of each frame and let the payload be zeros.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from detector.errors import naming
 
 LINKTYPE_ETHERNET = 1
 MAGIC_MICROSECOND = 0xA1B2C3D4
@@ -84,16 +87,15 @@ def write_pcap(
 
     own_file = not hasattr(path, "write")
     stream: BinaryIO = open(path, "wb") if own_file else path  # type: ignore[arg-type,assignment]
-    try:
+    with naming(path if own_file else getattr(stream, "name", "the pcap stream")), contextlib.ExitStack() as owned:
+        if own_file:
+            owned.callback(stream.close)  # its last write (a full disk) is named too
         written = stream.write(global_header(linktype=linktype, snaplen=snaplen, nanosecond=nanosecond))
         for lo, hi in _chunks(caplen):
             chunk = _chunk_bytes(
                 seconds[lo:hi], fraction[lo:hi], caplen[lo:hi], wire[lo:hi], frames, offsets[lo:hi], copy_len[lo:hi]
             )
             written += stream.write(chunk)
-    finally:
-        if own_file:
-            stream.close()
     return written
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import structlog
@@ -24,7 +24,7 @@ import torch
 from detector.alerting.rules import RuleSet, load_rules
 from detector.config import Config
 from detector.contracts import WindowBatch
-from detector.errors import NetadError
+from detector.errors import NetadError, OutputError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -33,7 +33,7 @@ from detector.service.explain.board import IncidentBoard
 from detector.service.heap import HEAP
 from detector.service.kafka import POLL_S, KafkaDeliveryError, check_topics, client_config
 from detector.service.lifecycle import Lifecycle
-from detector.service.scoring import Scoring, check_device, incident_settings_of
+from detector.service.scoring import ScoresFile, Scoring, check_device, incident_settings_of
 from detector.service.state import EntityStates
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, entity_key
 
@@ -65,7 +65,7 @@ class ScorerRole:
         self.assigned: set[int] = set()
         self.commit_pending = False  # the last offset commit failed: retried when the topic is quiet
         self.lag: int | None = None  # windows behind, summed over the assigned partitions (librdkafka statistics)
-        self.scores_out: IO[str] | None = None
+        self.scores_out: ScoresFile | None = None
         self.board: IncidentBoard | None = None  # the incident page's records, of every sensor's entities
 
     # ---------------------------------------------------------------- lifecycle
@@ -83,8 +83,7 @@ class ScorerRole:
         self.board = IncidentBoard.start(cfg, lc, self.bundle.schema, live=True, resume_ns=None, scope="")
         lc.serve_metrics(self._stats)
         if cfg.outputs.scores is not None:
-            cfg.outputs.scores.parent.mkdir(parents=True, exist_ok=True)
-            self.scores_out = open(cfg.outputs.scores, "a", encoding="utf-8")
+            self.scores_out = ScoresFile(cfg.outputs.scores, append=True)
         self.state_producer = Producer(client_config(kafka, {"linger.ms": 5}, {"enable.idempotence": True}))
         self.partitions = check_topics(self.state_producer, kafka)
         self.state_reader = Consumer(client_config(kafka, {}, {"group.id": f"{kafka.group_id}.state-restore",
@@ -113,7 +112,11 @@ class ScorerRole:
             self.sinks.flush(timeout_s=cfg.service.shutdown_timeout_s)
             self.sinks.close(timeout_s=1.0)
             if self.scores_out is not None:
-                self.scores_out.close()
+                try:
+                    self.scores_out.close()
+                except OutputError as exc:  # scoring went on without them: said, not fatal
+                    log.error("scores_lines_dropped", path=str(self.scores_out.path), lines=self.scores_out.lines_dropped,
+                              reason=str(exc))
             self.state_reader.close()
             log.info("scorer_stopped", seconds=round(time.monotonic() - started, 2), **self._counters())
             lc.close()
@@ -214,8 +217,7 @@ class ScorerRole:
                 log.warning("kafka_window_malformed", partition=msg.partition(), offset=msg.offset(), reason=str(exc))
         touched = self._score(records)
         if self.scores_out is not None:
-            self.scores_out.flush()
-            os.fsync(self.scores_out.fileno())
+            self.scores_out.sync()
         self._save_states(touched)
         self._commit()
 
