@@ -264,6 +264,8 @@ class Retrainer:
         self.models_dir = Path(state_dir) / "models"
         self.work_dir = Path(state_dir) / "retrain"
         self._process: multiprocessing.process.BaseProcess | None = None
+        self._started_s = 0.0
+        self._due_while_running = 0  # retrainings that fell due while the child still ran
         self._result_path = self.work_dir / "result.json"
 
     @property
@@ -271,9 +273,21 @@ class Retrainer:
         return self._process is not None
 
     def start(self, ring: WindowRing, min_windows: int, request: dict[str, Any]) -> str:
-        """The job's outcome: started, or why not."""
+        """The job's outcome: started, or why not. A child still running when a retraining
+        falls due has had a whole interval, where training on a day's windows takes minutes:
+        that is said; one still running at the next has hung (a lock, a stopped process, a
+        file system that does not answer), and without a deadline it kept every later
+        retraining away for good, each skipped as busy. It is stopped, and a fresh one starts."""
         if self._process is not None:
-            return "skipped_busy"
+            self._due_while_running += 1
+            running_s = round(time.monotonic() - self._started_s, 1)
+            if self._due_while_running < 2:
+                log.warning("retrain_overdue", pid=self._process.pid, running_s=running_s,
+                            reason="still running as the next retraining fell due; stopped if it still runs at the one after")
+                return "skipped_busy"
+            log.error("retrain_timed_out", pid=self._process.pid, running_s=running_s,
+                      reason="still running two retraining intervals after it started: stopped, and a fresh one started")
+            self.stop()
         if len(ring) < min_windows:
             return "skipped_too_few_windows"
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +302,7 @@ class Retrainer:
         # out of the daemon stops it (stop()), and it dies with the daemon (end_with_parent)
         self._process = ctx.Process(target=_child_main, args=(request, os.getpid()), name="netad-retrain")
         self._process.start()
+        self._started_s, self._due_while_running = time.monotonic(), 0
         log.info("retrain_spawned", pid=self._process.pid, windows=n, buffer_mb=round(ring.nbytes / 2**20, 1))
         return "started"
 

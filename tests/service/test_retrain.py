@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog.testing
 
 from detector.capture.windows import PACKET_SCHEMA
 from detector.contracts import ScoreBatch, WindowBatch
@@ -277,3 +278,43 @@ def test_a_retrain_stopped_while_its_members_train_stops_their_workers_and_hands
     assert 143 == child.exitcode
     time.sleep(1.0)  # the resource tracker, had anything been left to it, says so as it ends
     assert "leaked semaphore" not in capfd.readouterr().err
+
+
+def _hangs(request, parent):
+    """A retraining child that hangs: it neither trains nor exits (stopped, as by SIGSTOP)."""
+    from detector.model.training import end_with_parent
+
+    end_with_parent(parent)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def test_a_retraining_child_still_running_two_retrainings_later_is_stopped_and_a_fresh_one_started(tmp_path, monkeypatch):
+    """A hung child kept every later retraining away, each skipped as busy, for as long as the
+    daemon ran. The first retraining due while it runs says so (`retrain_overdue`); the
+    second stops it (`retrain_timed_out`: SIGTERM, then SIGKILL, which a stopped process
+    cannot ignore) and starts a fresh child."""
+    import time
+
+    from detector.service import retrain
+
+    monkeypatch.setattr(retrain, "_child_main", _hangs)
+    retrainer = retrain.Retrainer(tmp_path / "state")
+    ring = WindowRing(10, 1 << 20)
+    with structlog.testing.capture_logs() as logs:
+        assert "started" == retrainer.start(ring, 0, {})
+        hung = retrainer._process
+        assert hung is not None and hung.pid is not None
+        deadline = time.monotonic() + 60
+        while _state_of(hung.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state_of(hung.pid) == "T", "the child never hung"
+        assert "skipped_busy" == retrainer.start(ring, 0, {})
+        assert hung.is_alive() and retrainer.poll() is None
+        assert "started" == retrainer.start(ring, 0, {})
+        fresh = retrainer._process
+        assert fresh is not None and fresh is not hung
+        assert hung.exitcode == -signal.SIGKILL
+        retrainer.stop(timeout_s=1.0)
+    said = [e["event"] for e in logs]
+    assert said == ["retrain_spawned", "retrain_overdue", "retrain_timed_out", "retrain_cancelled", "retrain_spawned",
+                    "retrain_cancelled"], said
