@@ -37,9 +37,9 @@ from typing import Any
 import structlog
 
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
-from detector.config import Config
+from detector.config import Config, key_location
 from detector.contracts import ScoreBatch, WindowBatch, ns_to_iso
-from detector.errors import CheckpointError, ModelError, NetadError, OutputError
+from detector.errors import CheckpointError, ConfigError, ModelError, NetadError, OutputError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -156,7 +156,10 @@ class Daemon:
         self._close_scores()
         if cfg.outputs.scores is not None:
             # a replay started over rewrites its scores; one resumed, or a live link, adds to them
-            self.scores_out = ScoresFile(cfg.outputs.scores, append=resuming or is_live(cfg.source))
+            try:
+                self.scores_out = ScoresFile(cfg.outputs.scores, append=resuming or is_live(cfg.source))
+            except OutputError as exc:  # a path that cannot be made: the config's to mend (78, no restart)
+                raise ConfigError(f"{key_location(self.config_path, ('outputs', 'scores'))}: {exc}") from None
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
                                  flow_records=cfg.source.flow_records, live=is_live(cfg.source))
 

@@ -2,8 +2,8 @@
 starting it, as `suricata -T` does: the config and its rule files, the source (the capture
 file is readable, the interface exists), the model bundle (there, intact, made for this
 config's source and windows and entity classes), the sinks (their URLs parse and their hosts
-resolve, a jsonl file can be written) and the state directory (the spools, checkpoints and
-models go there: writable).
+resolve, a jsonl file can be written), the state directory (the spools, checkpoints and
+models go there: writable) and the window scores' file (writable).
 
 Where it stands: in service, the one layer that sees every stage. It creates nothing (no
 file, no directory, no socket), sends nothing, and imports no torch or scipy, so it answers
@@ -47,6 +47,9 @@ def check(cfg: Config, path: str | Path | None) -> list[str]:
         problems += _model(cfg)
         problems += _sinks(cfg)
     problems += _state_dir(cfg)
+    problem = unwritable(cfg.outputs.scores) if cfg.outputs.scores is not None and cfg.role != "sensor" else None
+    if problem:
+        problems.append((("outputs", "scores"), problem))
     return lines + [f"{key_location(path, key)}: {reason}" for key, reason in problems]
 
 

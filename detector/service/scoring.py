@@ -61,12 +61,13 @@ class ScoresFile:
 
     def __init__(self, path: str | Path, *, append: bool) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)  # O_APPEND: a cut-back ends the file
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, flags, 0o644)
         except OSError as exc:
-            raise OutputError(f"{self.path}: cannot write the window scores: {exc.strerror or exc}") from None
+            where = f"{exc.filename}: " if exc.filename not in (None, str(self.path)) else ""  # a directory on the way
+            raise OutputError(f"{self.path}: cannot write the window scores: {where}{exc.strerror or exc}") from None
         self._held: list[str] = []
         self._held_chars = 0
         self.lines_dropped = 0

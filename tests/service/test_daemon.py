@@ -157,6 +157,19 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path, demo, start)
     assert 0 == first.wait(timeout_s=30)
 
 
+def test_a_window_scores_file_that_cannot_be_made_exits_78_naming_the_key(tmp_path, demo, start):
+    """outputs.scores under a file: a config error (78, which the unit does not restart),
+    said with the config's line, the path and why. It ended in a traceback from the mkdir."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    config = _config(tmp_path, demo, outputs={"scores": str(blocker / "scores.jsonl"), "summary": False})
+    d = start(config)
+    assert 78 == d.wait(timeout_s=60)
+    said = "".join(d.stderr)
+    assert "Traceback" not in said
+    assert f"outputs.scores: {blocker}/scores.jsonl: cannot write the window scores: {blocker}: " in said
+
+
 def test_sighup_with_new_rules_takes_effect_from_the_next_window(tmp_path, demo, start):
     """Rules changed on disk + SIGHUP: from the next window on, the new allow rule drops every
     anomalous window, so only `resolved` events follow, though the model still flags the

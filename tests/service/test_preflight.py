@@ -84,8 +84,9 @@ def test_the_default_config_on_a_fresh_clone_names_the_capture_and_model_to_make
 
 def test_a_missing_interface_model_and_unwritable_paths_exit_78_naming_each_key(tmp_path: Path) -> None:
     """An interface that does not exist, a model directory that does not, a state directory
-    under a file and a jsonl sink under it: each named by key and line; nothing created
-    (the jsonl sink's directory was created by check-config before)."""
+    under a file, a jsonl sink and the window scores' file under it: each named by key and
+    line; nothing created (the jsonl sink's directory was created by check-config before).
+    The scores' file went unchecked, and `netad run` ended in a traceback at its mkdir."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
     config = tmp_path / "netad.yaml"
@@ -95,12 +96,14 @@ def test_a_missing_interface_model_and_unwritable_paths_exit_78_naming_each_key(
         "incidents": {"rules": [str(REPO / "rules" / "default.yaml")]},
         "sinks": [{"url": f"jsonl://{tmp_path}/new/dir/incidents.jsonl"}, {"url": f"jsonl://{blocker}/incidents.jsonl"}],
         "state_dir": str(blocker / "state"),
+        "outputs": {"scores": str(blocker / "scores.jsonl")},
     }, sort_keys=False))
     before = _tree(tmp_path)
     code, problems, _ = _check(config)
     assert 78 == code
     keys = [line.split(": ")[1] for line in problems]  # file:line: key: reason
-    assert ["source.interface", "model.path", "sinks[1].url", "state_dir"] == keys, problems
+    assert ["source.interface", "model.path", "sinks[1].url", "state_dir", "outputs.scores"] == keys, problems
+    assert problems[4] == f"{config}:14: outputs.scores: {blocker}/scores.jsonl: {blocker} is not a directory"
     assert problems[0].startswith(f"{config}:3: source.interface: no network interface 'netad-nope0' on this machine")
     assert f"{blocker}/incidents.jsonl: {blocker} is not a directory" in problems[2]
     assert before == _tree(tmp_path)

@@ -22,9 +22,9 @@ import structlog
 import torch
 
 from detector.alerting.rules import RuleSet, load_rules
-from detector.config import Config
+from detector.config import Config, key_location
 from detector.contracts import WindowBatch
-from detector.errors import NetadError, OutputError
+from detector.errors import ConfigError, NetadError, OutputError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -83,7 +83,10 @@ class ScorerRole:
         self.board = IncidentBoard.start(cfg, lc, self.bundle.schema, live=True, resume_ns=None, scope="")
         lc.serve_metrics(self._stats)
         if cfg.outputs.scores is not None:
-            self.scores_out = ScoresFile(cfg.outputs.scores, append=True)
+            try:
+                self.scores_out = ScoresFile(cfg.outputs.scores, append=True)
+            except OutputError as exc:  # a path that cannot be made: the config's to mend (78, no restart)
+                raise ConfigError(f"{key_location(self.config_path, ('outputs', 'scores'))}: {exc}") from None
         self.state_producer = Producer(client_config(kafka, {"linger.ms": 5}, {"enable.idempotence": True}))
         self.partitions = check_topics(self.state_producer, kafka)
         self.state_reader = Consumer(client_config(kafka, {}, {"group.id": f"{kafka.group_id}.state-restore",
