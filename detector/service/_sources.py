@@ -148,7 +148,7 @@ class LiveSource:
 
     def stats(self) -> dict[str, int]:
         st = self.capture.stats()
-        return {"kernel_drops": st["kernel_drops"], "interface_drops": st["interface_drops"]}
+        return {"kernel_drops": st["kernel_drops"], "interface_drops": st["interface_drops"], "interface_lost": st["interface_lost"]}
 
     def worker_stats(self) -> list[dict[str, float]]:
         """Per capture worker: frames, kernel and interface drops, busy (CPU) seconds; [] for one."""

@@ -31,6 +31,7 @@ _COUNTERS = {
     "non_ip": ("netad_non_ip_packets", "Well-formed non-IP frames skipped"),
     "kernel_drops": ("netad_kernel_drops", "Packets dropped by the kernel before capture"),
     "interface_drops": ("netad_interface_drops", "Packets dropped by the interface"),
+    "interface_lost": ("netad_capture_interface_lost", "Times the capture interface went down or away (captured again once back)"),
     "flows_created": ("netad_flows_created", "Flows opened"),
     "flow_evictions": ("netad_flow_evictions", "Flows evicted because the table was full"),
     "entities_expired": ("netad_entities_expired", "Host entities expired after being idle"),

@@ -182,7 +182,8 @@ class FanoutCapture:
     def stats(self) -> dict[str, int]:
         per = self.worker_stats()
         out = {k: int(sum(s.get(k, 0) for s in per)) for k in ("packets", "kernel_drops", "interface_drops")}
-        return {**out, "malformed": self.malformed, "non_ip": self.non_ip}
+        lost = max((int(s.get("interface_lost", 0)) for s in per), default=0)  # every worker sees each loss
+        return {**out, "interface_lost": lost, "malformed": self.malformed, "non_ip": self.non_ip}
 
     def close(self) -> None:
         for conn in self._conns:

@@ -44,6 +44,17 @@ How packets travel, and why:
 
 Opening errors (no such interface, no permission, bad BPF filter, unsupported link type)
 raise CaptureError at construction, with what to do about them.
+
+An interface that goes down or away while it is captured (a cable pulled, `ip link set
+down`, a USB or hot-plugged NIC removed, a VM's NIC detached: libpcap says "The interface
+went down") does not end the capture. It is logged (`capture_interface_lost`), the handle is
+closed, and the capture tries to open the interface again every `_REOPEN_S`, saying so every
+minute it stays away (`capture_interface_still_lost`) and when it is back
+(`capture_interface_back`, with the seconds it was lost); meanwhile empty batches go on
+coming every `poll_s`, so windows close on the wall clock as on an idle link. Before, the
+error ended the iteration and the daemon with it (exit 1), and every restart failed while
+the link stayed down. Suricata's AF_PACKET source does the same (it reopens a socket whose
+interface went down). The kernel and interface drops are counted over every handle.
 """
 
 from __future__ import annotations
@@ -75,6 +86,8 @@ _MAX_FRAMES_PER_CALL = 4096
 # packet can wait in the kernel on a slow link.
 _RING_BLOCK_TIMEOUT_MS = 50
 _STATS_INTERVAL_S = 1.0
+_REOPEN_S = 1.0  # how often an interface that went down or away is tried again
+_STILL_LOST_LOG_S = 60.0  # how often one still away is said again
 
 # pcap_activate() results (pcap/pcap.h); negative ones are errors.
 _PCAP_ERROR_NO_SUCH_DEVICE = -5
@@ -195,8 +208,13 @@ class LiveCapture:
         self.non_ip = 0
         self.kernel_drops = 0  # ps_drop: the ring was full, the reader fell behind
         self.interface_drops = 0  # ps_ifdrop: dropped by the interface/driver
+        self.interface_lost = 0  # times the interface went down or away while captured
+        self._pcap_error = _pcapy().PcapError
         self._handle = self._open()
         self._fd = self._handle.getfd()
+        self._drops_before = (0, 0)  # kernel and interface drops of the handles before this one
+        self._lost_since: float | None = None  # monotonic time the interface was lost, while it is
+        self._next_reopen_s = self._last_lost_log_s = 0.0
         self._buffer = _FrameBuffer(_FRAME_BUFFER_BYTES, min(self.batch_packets, _MAX_FRAMES_PER_CALL * 16))
         self._last_stats_s = time.monotonic()
 
@@ -280,11 +298,16 @@ class LiveCapture:
         pending = 0  # frames in `parts` and in the frame buffer
         deadline = time.monotonic() + self.poll_s
         while not self.stop:
-            while pending < self.batch_packets:
-                got = self._read_chunk(parts, self.batch_packets - pending)
-                if not got:
-                    break
-                pending += got
+            if self._handle is None:
+                self._reopen()
+            try:
+                while self._handle is not None and pending < self.batch_packets:
+                    got = self._read_chunk(parts, self.batch_packets - pending)
+                    if not got:
+                        break
+                    pending += got
+            except self._pcap_error as exc:  # the interface went down or away
+                self._lose(parts, str(exc))
             now = time.monotonic()
             if pending >= self.batch_packets or now >= deadline:
                 yield self._emit(parts)
@@ -294,13 +317,51 @@ class LiveCapture:
                 continue
             # Nothing more right now: sleep until the ring hands over a block or it is time
             # to emit. Never inside libpcap: a blocking read would not see `stop`.
-            select.select([self._fd], [], [], deadline - now)
+            if self._handle is not None:
+                select.select([self._fd], [], [], deadline - now)
+            else:
+                time.sleep(max(0.0, min(deadline, self._next_reopen_s) - now))
         # stopping: what the ring already holds is read too, so that a SIGTERM loses no packet
         # the kernel had handed over (a stop seen right after a batch left them unread)
-        while got := self._read_chunk(parts, self.batch_packets):
-            pending += got
+        try:
+            while self._handle is not None and (got := self._read_chunk(parts, self.batch_packets)):
+                pending += got
+        except self._pcap_error as exc:
+            self._lose(parts, str(exc))
         if pending:
             yield self._emit(parts)
+
+    def _lose(self, parts: list[PacketBatch], reason: str) -> None:
+        """The interface went down or away: the frames already read are kept (parsed now, in
+        this handle's link type), the handle closed, and the interface tried again from now on."""
+        if self._buffer.frames:
+            parts.append(self._buffer.parse(self.linktype))
+        self._poll_stats(force=True)
+        self._drops_before = (self.kernel_drops, self.interface_drops)
+        self.close()
+        self.interface_lost += 1
+        self._lost_since = self._last_lost_log_s = time.monotonic()
+        self._next_reopen_s = self._lost_since + _REOPEN_S
+        log.warning("capture_interface_lost", interface=self.interface, reason=reason, packets=self.packets,
+                    action=f"windows close on the clock meanwhile; opened again once it is back (tried every {_REOPEN_S:g} s)")
+
+    def _reopen(self) -> None:
+        now = time.monotonic()
+        if now < self._next_reopen_s:
+            return
+        self._next_reopen_s = now + _REOPEN_S
+        assert self._lost_since is not None
+        try:
+            handle = self._open()
+        except CaptureError as exc:
+            if now - self._last_lost_log_s >= _STILL_LOST_LOG_S:
+                self._last_lost_log_s = now
+                log.warning("capture_interface_still_lost", interface=self.interface, reason=str(exc),
+                            lost_s=round(now - self._lost_since, 1))
+            return
+        self._handle, self._fd = handle, handle.getfd()
+        log.info("capture_interface_back", interface=self.interface, lost_s=round(now - self._lost_since, 1))
+        self._lost_since = None
 
     def _read_chunk(self, parts: list[PacketBatch], room: int) -> int:
         """Move up to `room` frames from the ring into the frame buffer; returns how many."""
@@ -333,7 +394,11 @@ class LiveCapture:
         if self._handle is None or (not force and now - self._last_stats_s < _STATS_INTERVAL_S):
             return
         self._last_stats_s = now
-        _received, kernel, interface = self._handle.stats()
+        try:
+            _received, kernel, interface = self._handle.stats()
+        except self._pcap_error:  # the interface just went away: the next read says so (_lose)
+            return
+        kernel, interface = kernel + self._drops_before[0], interface + self._drops_before[1]
         if (kernel, interface) != (self.kernel_drops, self.interface_drops):
             log.warning(
                 "capture_drops_changed",
@@ -347,12 +412,14 @@ class LiveCapture:
             self.kernel_drops, self.interface_drops = kernel, interface
 
     def stats(self) -> dict[str, int]:
-        """Counters so far: frames received, kernel and interface drops, malformed, non-IP."""
+        """Counters so far: frames received, kernel and interface drops, times the interface
+        was lost, malformed, non-IP."""
         self._poll_stats(force=True)
         return {
             "packets": self.packets,
             "kernel_drops": self.kernel_drops,
             "interface_drops": self.interface_drops,
+            "interface_lost": self.interface_lost,
             "malformed": self.malformed,
             "non_ip": self.non_ip,
         }
