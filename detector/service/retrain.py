@@ -257,6 +257,28 @@ def verdict(result: RetrainResult) -> tuple[bool, str]:
                    f"{result.far_current:.4f} for the running model")
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds used by `pid` and the processes under it (its member workers), those it
+    has waited for included (proc(5): utime, stime, cutime, cstime); None once it is gone."""
+    if pid is None:
+        return None
+    ticks, todo, seen = 0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += sum(int(f) for f in fields[11:15])
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError, IndexError):
+            if current == pid:
+                return None
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Retrainer:
     """Starts, polls and stops the retraining child; one at a time."""
 
@@ -265,7 +287,7 @@ class Retrainer:
         self.work_dir = Path(state_dir) / "retrain"
         self._process: multiprocessing.process.BaseProcess | None = None
         self._started_s = 0.0
-        self._due_while_running = 0  # retrainings that fell due while the child still ran
+        self._cpu_at_last_due: float | None = None  # the child's CPU seconds when a retraining last fell due as it ran
         self._result_path = self.work_dir / "result.json"
 
     @property
@@ -274,19 +296,22 @@ class Retrainer:
 
     def start(self, ring: WindowRing, min_windows: int, request: dict[str, Any]) -> str:
         """The job's outcome: started, or why not. A child still running when a retraining
-        falls due has had a whole interval, where training on a day's windows takes minutes:
-        that is said; one still running at the next has hung (a lock, a stopped process, a
-        file system that does not answer), and without a deadline it kept every later
-        retraining away for good, each skipped as busy. It is stopped, and a fresh one starts."""
+        falls due is left to work while it works: its CPU time (with its member workers') is
+        noted, and said (`retrain_overdue`). One that has used no CPU since the last time a
+        retraining fell due has hung (a deadlock, a stopped process, a file system that does
+        not answer): it is stopped, and a fresh one starts (`retrain_hung`). Without that, a
+        hung child kept every later retraining away for good, each skipped as busy. No time
+        limit: a large ring on a slow machine may train for longer than the interval."""
         if self._process is not None:
-            self._due_while_running += 1
             running_s = round(time.monotonic() - self._started_s, 1)
-            if self._due_while_running < 2:
-                log.warning("retrain_overdue", pid=self._process.pid, running_s=running_s,
-                            reason="still running as the next retraining fell due; stopped if it still runs at the one after")
+            cpu_s = _cpu_seconds(self._process.pid)
+            if cpu_s is None or self._cpu_at_last_due is None or cpu_s > self._cpu_at_last_due:
+                self._cpu_at_last_due = cpu_s
+                log.warning("retrain_overdue", pid=self._process.pid, running_s=running_s, cpu_s=cpu_s,
+                            reason="still running as the next retraining fell due; stopped if it uses no CPU until the one after")
                 return "skipped_busy"
-            log.error("retrain_timed_out", pid=self._process.pid, running_s=running_s,
-                      reason="still running two retraining intervals after it started: stopped, and a fresh one started")
+            log.error("retrain_hung", pid=self._process.pid, running_s=running_s, cpu_s=cpu_s,
+                      reason="no CPU used since the last retraining fell due: stopped, and a fresh one started")
             self.stop()
         if len(ring) < min_windows:
             return "skipped_too_few_windows"
@@ -302,7 +327,7 @@ class Retrainer:
         # out of the daemon stops it (stop()), and it dies with the daemon (end_with_parent)
         self._process = ctx.Process(target=_child_main, args=(request, os.getpid()), name="netad-retrain")
         self._process.start()
-        self._started_s, self._due_while_running = time.monotonic(), 0
+        self._started_s, self._cpu_at_last_due = time.monotonic(), None
         log.info("retrain_spawned", pid=self._process.pid, windows=n, buffer_mb=round(ring.nbytes / 2**20, 1))
         return "started"
 

@@ -288,33 +288,61 @@ def _hangs(request, parent):
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def test_a_retraining_child_still_running_two_retrainings_later_is_stopped_and_a_fresh_one_started(tmp_path, monkeypatch):
-    """A hung child kept every later retraining away, each skipped as busy, for as long as the
-    daemon ran. The first retraining due while it runs says so (`retrain_overdue`); the
-    second stops it (`retrain_timed_out`: SIGTERM, then SIGKILL, which a stopped process
-    cannot ignore) and starts a fresh child."""
+def _works_slowly(request, parent):
+    """A retraining child that works (it uses CPU) for longer than a retraining interval."""
+    from detector.model.training import end_with_parent
+
+    end_with_parent(parent)
+    while True:
+        sum(range(100_000))
+
+
+def _started_and_due_twice(retrain, retrainer, ring, state: str):
+    """Start a child, wait until /proc says it is in `state`, then let two more retrainings
+    fall due, a second apart; the child and the two outcomes."""
     import time
 
+    assert "started" == retrainer.start(ring, 0, {})
+    child = retrainer._process
+    assert child is not None and child.pid is not None
+    deadline = time.monotonic() + 60
+    while _state_of(child.pid) != state and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _state_of(child.pid) == state
+    outcomes = [retrainer.start(ring, 0, {})]
+    time.sleep(1.0)
+    outcomes.append(retrainer.start(ring, 0, {}))
+    return child, outcomes
+
+
+def test_a_retraining_child_that_hangs_is_stopped_and_a_fresh_one_started_one_that_works_is_left(tmp_path, monkeypatch):
+    """A hung child kept every later retraining away, each skipped as busy, for as long as the
+    daemon ran. Now a retraining that falls due while the child runs notes the CPU the child
+    (with its workers) has used, and says so (`retrain_overdue`); at the next, a child that
+    used none since has hung: it is stopped (`retrain_hung`: SIGTERM, then SIGKILL, which a
+    stopped process cannot ignore) and a fresh one starts. A child that works on is left,
+    however long it takes: a first try that stopped any child still running two intervals on
+    stopped the daemon test's retraining (a 3 s interval) before it could end."""
     from detector.service import retrain
 
-    monkeypatch.setattr(retrain, "_child_main", _hangs)
-    retrainer = retrain.Retrainer(tmp_path / "state")
     ring = WindowRing(10, 1 << 20)
+    monkeypatch.setattr(retrain, "_child_main", _hangs)
+    retrainer = retrain.Retrainer(tmp_path / "hangs")
     with structlog.testing.capture_logs() as logs:
-        assert "started" == retrainer.start(ring, 0, {})
-        hung = retrainer._process
-        assert hung is not None and hung.pid is not None
-        deadline = time.monotonic() + 60
-        while _state_of(hung.pid) != "T" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _state_of(hung.pid) == "T", "the child never hung"
-        assert "skipped_busy" == retrainer.start(ring, 0, {})
-        assert hung.is_alive() and retrainer.poll() is None
-        assert "started" == retrainer.start(ring, 0, {})
-        fresh = retrainer._process
-        assert fresh is not None and fresh is not hung
-        assert hung.exitcode == -signal.SIGKILL
+        hung, outcomes = _started_and_due_twice(retrain, retrainer, ring, "T")
+        assert ["skipped_busy", "started"] == outcomes
+        assert hung.exitcode == -signal.SIGKILL and retrainer._process is not hung
         retrainer.stop(timeout_s=1.0)
     said = [e["event"] for e in logs]
-    assert said == ["retrain_spawned", "retrain_overdue", "retrain_timed_out", "retrain_cancelled", "retrain_spawned",
+    assert said == ["retrain_spawned", "retrain_overdue", "retrain_hung", "retrain_cancelled", "retrain_spawned",
                     "retrain_cancelled"], said
+
+    monkeypatch.setattr(retrain, "_child_main", _works_slowly)
+    retrainer = retrain.Retrainer(tmp_path / "works")
+    with structlog.testing.capture_logs() as logs:
+        working, outcomes = _started_and_due_twice(retrain, retrainer, ring, "R")
+        assert ["skipped_busy", "skipped_busy"] == outcomes
+        assert working.is_alive() and retrainer._process is working
+        retrainer.stop(timeout_s=1.0)
+    overdue = [e for e in logs if e["event"] == "retrain_overdue"]
+    assert 2 == len(overdue) and overdue[1]["cpu_s"] > overdue[0]["cpu_s"]
