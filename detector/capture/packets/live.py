@@ -51,7 +51,9 @@ went down") does not end the capture. It is logged (`capture_interface_lost`), t
 closed, and the capture tries to open the interface again every `_REOPEN_S`, saying so every
 minute it stays away (`capture_interface_still_lost`) and when it is back
 (`capture_interface_back`, with the seconds it was lost); meanwhile empty batches go on
-coming every `poll_s`, so windows close on the wall clock as on an idle link. Before, the
+coming every `poll_s`, so windows close on the wall clock as on an idle link. An interface
+that is there but down when the capture starts is waited for the same way; one that is not
+there at all is still a CaptureError (a name mistyped). Before, the
 error ended the iteration and the daemon with it (exit 1), and every restart failed while
 the link stayed down. Suricata's AF_PACKET source does the same (it reopens a socket whose
 interface went down). The kernel and interface drops are counted over every handle.
@@ -169,6 +171,10 @@ class _FrameBuffer:
         return batch
 
 
+class _InterfaceDown(CaptureError):
+    """The interface is there but down: at start, waited for as if lost while captured."""
+
+
 class LiveCapture:
     """Iterator of PacketBatch from a live interface, through libpcap.
 
@@ -210,13 +216,20 @@ class LiveCapture:
         self.interface_drops = 0  # ps_ifdrop: dropped by the interface/driver
         self.interface_lost = 0  # times the interface went down or away while captured
         self._pcap_error = _pcapy().PcapError
-        self._handle = self._open()
-        self._fd = self._handle.getfd()
+        self._closed = False
         self._drops_before = (0, 0)  # kernel and interface drops of the handles before this one
         self._lost_since: float | None = None  # monotonic time the interface was lost, while it is
         self._next_reopen_s = self._last_lost_log_s = 0.0
         self._buffer = _FrameBuffer(_FRAME_BUFFER_BYTES, min(self.batch_packets, _MAX_FRAMES_PER_CALL * 16))
         self._last_stats_s = time.monotonic()
+        self.linktype = -1  # the interface's, once opened
+        self._handle: Any = None
+        self._fd = -1
+        try:
+            self._handle = self._open()
+            self._fd = self._handle.getfd()
+        except _InterfaceDown as exc:  # there, but down (a cable unplugged at boot): waited for, as once lost
+            self._lose([], str(exc))
 
     # ---------------------------------------------------------------- opening
     def _open(self) -> Any:
@@ -233,7 +246,7 @@ class LiveCapture:
             raise CaptureError(f"interface {name!r}: cannot open: {exc}") from None
         if status < 0:
             handle.close()
-            raise CaptureError(self._activate_error(name, status))
+            raise (_InterfaceDown if status == _PCAP_ERROR_IFACE_NOT_UP else CaptureError)(self._activate_error(name, status))
         try:
             if self.bpf:
                 handle.setfilter(self.bpf)
@@ -285,7 +298,7 @@ class LiveCapture:
 
     # ---------------------------------------------------------------- reading
     def __iter__(self) -> Iterator[PacketBatch]:
-        if self._handle is None:
+        if self._closed:
             raise CaptureError(f"interface {self.interface!r}: the capture is closed")
         try:
             yield from self._batches()
@@ -338,7 +351,7 @@ class LiveCapture:
             parts.append(self._buffer.parse(self.linktype))
         self._poll_stats(force=True)
         self._drops_before = (self.kernel_drops, self.interface_drops)
-        self.close()
+        self._close_handle()
         self.interface_lost += 1
         self._lost_since = self._last_lost_log_s = time.monotonic()
         self._next_reopen_s = self._lost_since + _REOPEN_S
@@ -426,6 +439,10 @@ class LiveCapture:
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
+        self._closed = True
+        self._close_handle()
+
+    def _close_handle(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None

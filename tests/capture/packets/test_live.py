@@ -179,9 +179,9 @@ import json, os, sys
 import structlog.testing
 from detector.capture.packets.live import LiveCapture
 
-capture = LiveCapture(sys.argv[1], poll_s=0.1, buffer_mb=4)
 batches = []  # (rows, whether the interface was lost as it came)
 with structlog.testing.capture_logs() as logs:
+    capture = LiveCapture(sys.argv[1], poll_s=0.1, buffer_mb=4)
     print("ready", flush=True)
     for batch in capture:
         batches.append((len(batch), capture._handle is None))
@@ -192,11 +192,13 @@ print(json.dumps({"logs": logs, "batches": batches, "stats": capture.stats()}), 
 
 
 def test_an_interface_that_goes_down_or_away_is_captured_again_once_it_is_back(tmp_path):
-    """`ip link set down` and then the veth pair deleted and made again (a NIC pulled and put
-    back): each time libpcap says "The interface went down". That error ended the capture
-    (and the daemon, whose every restart then failed while the link stayed down). Now the
-    capture says so, goes on handing out empty batches (windows close on the clock), opens
-    the interface again once it is back, and the frames sent after that all arrive."""
+    """Down as the capture starts (a cable unplugged at boot), then up; `ip link set down`;
+    then the veth pair deleted and made again (a NIC pulled and put back). Each time libpcap
+    said "The interface went down", which ended the capture (and the daemon, whose every
+    restart then failed while the link stayed down), and an interface down at the start was a
+    CaptureError. Now the capture says so, goes on handing out empty batches (windows close on
+    the clock), opens the interface again once it is back, and the frames sent after that all
+    arrive."""
     _skip_unless_capture_possible(("ip", "tcpreplay"))
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
@@ -208,32 +210,35 @@ def test_an_interface_that_goes_down_or_away_is_captured_again_once_it_is_back(t
     told = tmp_path / "stop"
     with VethNamespace("netad-test") as ns:
         ip = ["ip", "-n", ns.name, "link"]
+        subprocess.run([*ip, "set", ns.capture_iface, "down"], check=True)  # a cable unplugged at boot
         with subprocess.Popen(ns.exec_argv([sys.executable, "-c", _CAPTURE_UNTIL_TOLD, ns.capture_iface, str(told)]),
                               cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO))) as proc:
             assert proc.stdout is not None
-            assert "ready" == proc.stdout.readline().strip()
-            subprocess.run([*ip, "set", ns.capture_iface, "down"], check=True)
-            time.sleep(2.5)
-            subprocess.run([*ip, "set", ns.capture_iface, "up"], check=True)
-            time.sleep(2.5)
-            subprocess.run([*ip, "del", ns.capture_iface], check=True)  # both ends go
-            time.sleep(2.5)
-            ns._setup()  # the pair made again, with the same names
-            time.sleep(2.5)
-            sent = subprocess.run(ns.exec_argv(["tcpreplay", "-i", ns.send_iface, str(frames)]), capture_output=True,
-                                  text=True, timeout=60)
-            assert sent.returncode == 0, sent.stderr
-            time.sleep(1.0)
-            told.touch()
+            try:  # a failure on the way must not leave the capture waiting to be told
+                assert "ready" == proc.stdout.readline().strip()  # the interface is down: started all the same
+                for step in (["set", ns.capture_iface, "up"], ["set", ns.capture_iface, "down"],
+                             ["set", ns.capture_iface, "up"], ["del", ns.capture_iface]):  # del: both ends go
+                    time.sleep(2.5)
+                    subprocess.run([*ip, *step], check=True)
+                time.sleep(2.5)
+                ns._setup()  # the pair made again, with the same names
+                time.sleep(2.5)
+                sent = subprocess.run(ns.exec_argv(["tcpreplay", "-i", ns.send_iface, str(frames)]), capture_output=True,
+                                      text=True, timeout=60)
+                assert sent.returncode == 0, sent.stderr
+                time.sleep(1.0)
+            finally:
+                told.touch()
             out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     result = json.loads(out.strip().splitlines()[-1])
     said = [e["event"] for e in result["logs"] if e["event"].startswith("capture_interface")]
-    assert said == ["capture_interface_lost", "capture_interface_back"] * 2, result["logs"]
-    assert all("went down" in e["reason"] for e in result["logs"] if e["event"] == "capture_interface_lost")
+    assert said == ["capture_interface_lost", "capture_interface_back"] * 3, result["logs"]
+    reasons = [e["reason"] for e in result["logs"] if e["event"] == "capture_interface_lost"]
+    assert f"interface '{ns.capture_iface}' is down" in reasons[0] and all("went down" in r for r in reasons[1:])
     assert any(lost for _, lost in result["batches"]), "no batch came while the interface was away"
     assert 50 == sum(rows for rows, _ in result["batches"])  # nothing else is sent on the pair
-    assert 2 == result["stats"]["interface_lost"]
+    assert 3 == result["stats"]["interface_lost"]
 
 
 # --------------------------------------------------------------- replay over a veth pair
