@@ -38,7 +38,7 @@ import structlog
 
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config, key_location
-from detector.contracts import ScoreBatch, WindowBatch, ns_to_iso
+from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import CheckpointError, ConfigError, ModelError, NetadError, OutputError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
@@ -132,6 +132,7 @@ class Daemon:
 
     def _build(self, cfg: Config, bundle: ModelBundle, checkpoint: Checkpoint | None) -> None:
         self.scores_out = None
+        self._incidents_unsaved = False  # incident events since the last checkpoint
         svc = cfg.service
         self.ring = WindowRing(svc.retrain_buffer_windows, int(svc.retrain_buffer_mb * 2**20))
         self._new_pipeline(cfg, bundle, resuming=checkpoint is not None)
@@ -162,6 +163,17 @@ class Daemon:
                 raise ConfigError(f"{key_location(self.config_path, ('outputs', 'scores'))}: {exc}") from None
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
                                  flow_records=cfg.source.flow_records, live=is_live(cfg.source))
+        self.pipeline.scoring.watchers.append(self._on_incident_events)
+
+    def _on_incident_events(self, _window: WindowBatch, _scores: ScoreBatch, events: list[IncidentEvent]) -> None:
+        """The scoring thread: a window that told the sinks of an incident asks for a checkpoint
+        at once, so that a restart after a crash (SIGKILL, the OOM killer, a power cut) comes
+        back with every incident the SIEM has heard of. Until the next periodic checkpoint (a
+        minute by default), a live link's restart forgot it: the SIEM kept an incident that
+        was never updated or resolved, and the same behaviour opened a second one."""
+        if events:
+            self._incidents_unsaved = True
+            self.jobs.request(J.CHECKPOINT)
 
     def _close_scores(self) -> None:
         if self.scores_out is not None:
@@ -308,7 +320,8 @@ class Daemon:
 
     # ---------------------------------------------------------------- scheduled jobs
     def _run_job(self, name: str) -> None:
-        handlers = {J.CHECKPOINT: lambda: self._checkpoint("scheduled"), J.HEARTBEAT: self._heartbeat,
+        handlers = {J.CHECKPOINT: lambda: self._checkpoint("incident_events" if self._incidents_unsaved else "scheduled"),
+                    J.HEARTBEAT: self._heartbeat,
                     J.THRESHOLD_REFRESH: self._refresh_thresholds, J.RETRAIN: self._start_retrain}
         try:
             outcome = handlers[name]()
@@ -323,6 +336,7 @@ class Daemon:
 
     def _checkpoint(self, why: str, replay_complete: bool = False) -> str:
         started = time.perf_counter()
+        self._incidents_unsaved = False  # what follows saves them (or says it could not)
         meta = CheckpointMeta(
             source=self.source.identity if self.source is not None else {},
             resume_ns=self.pipeline.last_window_end_ns,

@@ -1,6 +1,7 @@
 """State survives a SIGKILL: hidden states and open incidents come back from the checkpoint
-(the same incident ids go on), and events that were spooled for an unreachable SIEM are
-delivered once it is back.
+(the same incident ids go on: a window that emits incident events is checkpointed at once,
+not at the next periodic checkpoint), and events that were spooled for an unreachable SIEM
+are delivered once it is back.
 
 The proof for incidents: an incident opened before the kill receives an `updated` event
 after the restart, and no second `opened` for it (a daemon that forgot its incidents would
@@ -42,7 +43,8 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         # incidents stay open through the whole capture, so one opened before the kill
         # is still open when its entity is anomalous again after the restart
         incidents={"resolve_after_windows": 1000},
-        service={"checkpoint_interval_s": 0.5},
+        # no periodic checkpoint within the test: the incident's window asks for one itself
+        service={"checkpoint_interval_s": 3600},
         sinks=[{"url": f"jsonl://{jsonl}", "name": "record"},
                {"url": f"syslog+tcp://127.0.0.1:{port}?backoff_s=0.1&backoff_max_s=0.5", "name": "siem"}],
     )
@@ -57,9 +59,10 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
         opened = wait_until(lambda: [e for e in _opened(read_events(jsonl)).values() if e["netad"]["entity"] == "global"],
                             timeout_s=60, what="an incident of `global` to open")[0]
         opened_window_end = opened["event"]["end"]
-        # a checkpoint that covers the window the incident opened in
+        # a checkpoint that covers the window the incident opened in, asked for by its events
         first.log.wait_for(lambda r: r.get("event") == "checkpoint_saved" and r["open_incidents"] >= 1
-                           and (r["window_end"] or "") >= opened_window_end, timeout_s=10, what="a checkpoint")
+                           and (r["window_end"] or "") >= opened_window_end and r["reason"] == "incident_events",
+                           timeout_s=10, what="a checkpoint")
         first.kill()  # SIGKILL: no drain, no final checkpoint, sinks cut off
         before = read_events(jsonl)
         opened_before = _opened(before)
