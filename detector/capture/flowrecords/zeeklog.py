@@ -673,10 +673,20 @@ class _ZeekFile:
             return tail  # rotated away and not created again yet: keep the old file
         if (st.st_dev, st.st_ino) != self._inode:
             tail = self.finish()
+            old, lines = self._file, self.parser.lines
+            try:
+                self._open()
+            except CaptureError as exc:  # gone again, or not a file netad may read: kept at the old file's end
+                if self._file is not old and self._file is not None:
+                    self._file.close()
+                self._file = old
+                log.warning("zeek_log_reopen_failed", path=str(self.path), reason=str(exc),
+                            action="tried again at the next poll; the old file stays open at its end")
+                return tail
+            assert old is not None
+            old.close()
             self.rotations += 1
-            log.info("zeek_log_rotated", path=str(self.path), lines=self.parser.lines)
-            self.close()
-            self._open()
+            log.info("zeek_log_rotated", path=str(self.path), lines=lines)
         elif st.st_size < self._pos:
             self.truncations += 1
             log.info("zeek_log_truncated", path=str(self.path), size=st.st_size, position=self._pos)

@@ -230,6 +230,31 @@ def test_follow_reads_appends_rotation_and_truncation(tmp_path: Path):
         wait_for(lambda: len(got[-1]) == 0)  # idle: empty batches keep the daemon's clock
 
 
+def test_a_rotated_path_that_cannot_be_opened_yet_is_tried_again(tmp_path: Path):
+    """The path names something else than the file being read (a rotation), and that cannot
+    be opened yet: here a directory, as a file rotated away again before it could be opened,
+    or one made without read permission, would be. The CaptureError that raised out of the
+    reading ended the daemon; now it is said, the old file is kept at its end, and the new
+    one is read once it can be."""
+    import structlog.testing
+
+    path = tmp_path / "conn.log"
+    path.write_bytes(HEADER + line(ts=1))
+    log = ZeekConnLog(path, follow=True, poll_s=0.05)
+    with structlog.testing.capture_logs() as logs, following(log) as got:
+        def starts() -> list[int]:
+            return [int(s // 10**9) for b in got for s in b.start_ns[::2].tolist()]
+
+        wait_for(lambda: [1] == starts())
+        path.rename(tmp_path / "conn.2024-01-01.log")
+        path.mkdir()
+        wait_for(lambda: any(e["event"] == "zeek_log_reopen_failed" for e in logs))
+        path.rmdir()
+        path.write_bytes(HEADER + line(ts=5))
+        wait_for(lambda: [1, 5] == starts())
+    assert 1 == log.rotations
+
+
 def test_from_end_skips_what_was_already_there(tmp_path: Path):
     path = tmp_path / "conn.log"
     path.write_bytes(HEADER + line(ts=1) + line(ts=2)[:15])  # Zeek is in the middle of a line
