@@ -1,11 +1,5 @@
 """Errors that library code raises; only the CLI entry point turns them into exit codes."""
 
-from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator
-from pathlib import Path
-
 
 class NetadError(Exception):
     """Base of netad's own errors."""
@@ -38,14 +32,3 @@ class OutputError(NetadError):
     """What a command was to write cannot be written (a full disk, no permission, a read-only
     file system), found only once there is something to write: the CLI exits 73 (EX_CANTCREAT)."""
 
-
-@contextlib.contextmanager
-def naming(path: str | Path) -> Iterator[None]:
-    """An OSError raised inside that names no file is given `path`: a write to a file already
-    open (a full disk) names none, and "No space left on device" alone does not say where."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None:
-            exc.filename = str(path)
-        raise

@@ -16,6 +16,8 @@ import socket
 import sys
 from pathlib import Path
 
+from detector.files import append_whole
+
 
 class DeliveryError(Exception):
     """The records were not accepted, and trying again later may work (connection refused,
@@ -108,7 +110,6 @@ class JsonlTransport(Transport):
         self._fd = -1
         self._inode = -1
         self._size = 0
-        self._torn = False  # a half line could not be cut off the file's end
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,30 +153,13 @@ class JsonlTransport(Transport):
                 self._current()
                 if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
                     self._rotate()
-                end = os.fstat(self._fd).st_size  # where this line starts (O_APPEND: at the end)
-                data = b"\n" + line if self._torn else line
-                view = memoryview(data)
-                try:
-                    while view:  # os.write may write less than asked (signals, full pipes)
-                        view = view[os.write(self._fd, view) :]
-                except OSError:
-                    self._cut_back(end)
-                    raise
-                self._size, self._torn = end + len(data), False
+                append_whole(self._fd, line)  # or nothing of it: a full disk leaves no half line
+                self._size += len(line)
             if self.fsync:
                 os.fsync(self._fd)
         except OSError as exc:
             self.close()
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
-
-    def _cut_back(self, end: int) -> None:
-        """A write that failed part way (a full disk takes what fits) leaves half a line, which
-        would run into the next one and break the file for whoever reads it line by line: the
-        file is cut back to where the line began, so that it is written whole when retried."""
-        try:
-            os.ftruncate(self._fd, end)  # shrinking takes no space
-        except OSError:
-            self._torn = True  # should it fail all the same, the next line starts on a line of its own
 
     def close(self) -> None:
         if self._fd >= 0:

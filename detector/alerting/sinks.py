@@ -187,9 +187,8 @@ class Sink:
         except Exception as exc:  # an encoder bug on odd input must not stop the pipeline
             self._give_up(event.event_id, f"encoding failed: {exc!r}")
             return
-        attempts = _SYNC_ATTEMPTS
         delay_s = self._backoff_s
-        for attempt in range(attempts):
+        for attempt in range(_SYNC_ATTEMPTS):
             try:
                 with self._send_lock:  # a transport serves one caller at a time
                     self._transport.send([record])
@@ -199,7 +198,7 @@ class Sink:
             except DeliveryError as exc:
                 with self._cond:
                     self._retries += 1
-                if attempt + 1 == attempts:
+                if attempt + 1 == _SYNC_ATTEMPTS:
                     self._give_up(event.event_id, str(exc))
                     return
                 time.sleep(min(delay_s, self._backoff_max_s))

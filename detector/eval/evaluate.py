@@ -48,10 +48,11 @@ import structlog
 from detector import __version__
 from detector.config import Config
 from detector.contracts import CarriedHistory, FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
-from detector.errors import ConfigError, naming
+from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores, without_history
 from detector.eval.samples import LabelledInterval, Windows
+from detector.files import naming
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.model.training import trail

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from detector.errors import naming
 from detector.eval import metrics as M
+from detector.files import naming
 
 if TYPE_CHECKING:
     from detector.contracts import IncidentEvent

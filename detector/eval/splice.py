@@ -51,7 +51,8 @@ import numpy as np
 from detector.capture.packets.pcap import RawRecords, read_records
 from detector.capture.packets.pcapwriter import write_pcap
 from detector.contracts import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, pair_to_addr
-from detector.errors import CaptureError, ConfigError, naming
+from detector.errors import CaptureError, ConfigError
+from detector.files import naming
 from detector.truth import COLUMNS, load_truth
 
 if TYPE_CHECKING:

@@ -37,9 +37,9 @@ from typing import Any
 import structlog
 
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
-from detector.config import Config, key_location
+from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
-from detector.errors import CheckpointError, ConfigError, ModelError, NetadError, OutputError
+from detector.errors import CheckpointError, ModelError, NetadError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -50,7 +50,7 @@ from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import Pipeline, time_lines
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
-from detector.service.scoring import ScoresFile, Scoring, check_device
+from detector.service.scoring import Scoring, check_device, close_scores, open_scores
 from detector.service.state import (
     Checkpoint,
     CheckpointMeta,
@@ -154,13 +154,9 @@ class Daemon:
 
     def _new_pipeline(self, cfg: Config, bundle: ModelBundle, resuming: bool) -> None:
         """The stages after the source, and the window-scores file they write to."""
-        self._close_scores()
-        if cfg.outputs.scores is not None:
-            # a replay started over rewrites its scores; one resumed, or a live link, adds to them
-            try:
-                self.scores_out = ScoresFile(cfg.outputs.scores, append=resuming or is_live(cfg.source))
-            except OutputError as exc:  # a path that cannot be made: the config's to mend (78, no restart)
-                raise ConfigError(f"{key_location(self.config_path, ('outputs', 'scores'))}: {exc}") from None
+        close_scores(self.scores_out)
+        # a replay started over rewrites its scores; one resumed, or a live link, adds to them
+        self.scores_out = open_scores(cfg, self.config_path, append=resuming or is_live(cfg.source))
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
                                  flow_records=cfg.source.flow_records, live=is_live(cfg.source))
         self.pipeline.scoring.watchers.append(self._on_incident_events)
@@ -174,14 +170,6 @@ class Daemon:
         if events:
             self._incidents_unsaved = True
             self.jobs.request(J.CHECKPOINT)
-
-    def _close_scores(self) -> None:
-        if self.scores_out is not None:
-            scores, self.scores_out = self.scores_out, None
-            try:
-                scores.close()
-            except OutputError as exc:  # scoring went on without them: said, not fatal
-                log.error("scores_lines_dropped", path=str(scores.path), lines=scores.lines_dropped, reason=str(exc))
 
     def _loop(self) -> str:
         """Batches until the source ends or a signal stops it; returns why it ended.
@@ -239,7 +227,8 @@ class Daemon:
         delivered = sinks.flush(timeout_s=max(0.0, deadline - time.monotonic()))
         left = {name: s["backlog"] for name, s in sinks.stats().items() if s["backlog"]}
         sinks.close(timeout_s=max(0.0, deadline - time.monotonic()))
-        self._close_scores()
+        close_scores(self.scores_out)
+        self.scores_out = None
         elapsed_s = self.lifecycle.uptime_s
         log.info("daemon_stopped", reason=reason, seconds=round(elapsed_s, 2), windows_drained=windows,
                  sinks_drained=delivered, left_in_spool=left, rule_drops=dict(self.scoring.tracker.dropped),

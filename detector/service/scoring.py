@@ -31,9 +31,10 @@ import torch
 
 from detector.alerting.incidents import IncidentTracker
 from detector.alerting.rules import RuleSet, load_rules
-from detector.config import Config, IncidentsConfig
+from detector.config import Config, IncidentsConfig, key_location
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch
 from detector.errors import ConfigError, OutputError
+from detector.files import append_whole
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
 from detector.service.explain.evidence import CauseRanker
@@ -85,18 +86,9 @@ class ScoresFile:
             return
         data = "".join(self._held).encode("utf-8")
         self._held, self._held_chars = [], 0
-        end = None
         try:
-            end = os.fstat(self._fd).st_size
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            append_whole(self._fd, data)  # or nothing of it: the file stays whole lines
         except OSError as exc:
-            if end is not None:
-                try:
-                    os.ftruncate(self._fd, end)  # shrinking takes no space
-                except OSError:
-                    pass
             self._dropped(data.count(b"\n"), exc)
             return
         if self._outage is not None:
@@ -132,6 +124,28 @@ class ScoresFile:
             self._outage = self.lines_dropped - lines
             log.error("scores_write_failed", path=str(self.path), error=exc.strerror or repr(exc), lines_dropped=lines,
                       reason="the window scores are dropped while the disk refuses them; scoring and incidents go on")
+
+
+def open_scores(cfg: Config, config_path: str | None, append: bool) -> ScoresFile | None:
+    """The daemon's and the Kafka scorer's `outputs.scores` (None when not set). A path that
+    cannot be made is the config's to mend: ConfigError with its line (78, not restarted)."""
+    if cfg.outputs.scores is None:
+        return None
+    try:
+        return ScoresFile(cfg.outputs.scores, append=append)
+    except OutputError as exc:
+        raise ConfigError(f"{key_location(config_path, ('outputs', 'scores'))}: {exc}") from None
+
+
+def close_scores(scores: ScoresFile | None) -> None:
+    """The daemon's and the Kafka scorer's: lines the disk dropped are said as it stops, not
+    fatal (scoring went on without them)."""
+    if scores is None:
+        return
+    try:
+        scores.close()
+    except OutputError as exc:
+        log.error("scores_lines_dropped", path=str(scores.path), lines=scores.lines_dropped, reason=str(exc))
 
 
 class IncidentSink(Protocol):

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from detector.capture.packets.pcapwriter import write_pcap
-from detector.errors import naming
+from detector.files import naming
 from detector.progress import Progress
 from detector.synth import _benign as benign
 from detector.synth import _events as events

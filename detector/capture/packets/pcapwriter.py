@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from detector.errors import naming
+from detector.files import naming
 
 LINKTYPE_ETHERNET = 1
 MAGIC_MICROSECOND = 0xA1B2C3D4

@@ -22,9 +22,9 @@ import structlog
 import torch
 
 from detector.alerting.rules import RuleSet, load_rules
-from detector.config import Config, key_location
+from detector.config import Config
 from detector.contracts import WindowBatch
-from detector.errors import ConfigError, NetadError, OutputError
+from detector.errors import NetadError
 from detector.logging import configure
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
@@ -33,7 +33,7 @@ from detector.service.explain.board import IncidentBoard
 from detector.service.heap import HEAP
 from detector.service.kafka import POLL_S, KafkaDeliveryError, check_topics, client_config
 from detector.service.lifecycle import Lifecycle
-from detector.service.scoring import ScoresFile, Scoring, check_device, incident_settings_of
+from detector.service.scoring import ScoresFile, Scoring, check_device, close_scores, incident_settings_of, open_scores
 from detector.service.state import EntityStates
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, entity_key
 
@@ -82,11 +82,7 @@ class ScorerRole:
         self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
         self.board = IncidentBoard.start(cfg, lc, self.bundle.schema, live=True, resume_ns=None, scope="")
         lc.serve_metrics(self._stats)
-        if cfg.outputs.scores is not None:
-            try:
-                self.scores_out = ScoresFile(cfg.outputs.scores, append=True)
-            except OutputError as exc:  # a path that cannot be made: the config's to mend (78, no restart)
-                raise ConfigError(f"{key_location(self.config_path, ('outputs', 'scores'))}: {exc}") from None
+        self.scores_out = open_scores(cfg, self.config_path, append=True)
         self.state_producer = Producer(client_config(kafka, {"linger.ms": 5}, {"enable.idempotence": True}))
         self.partitions = check_topics(self.state_producer, kafka)
         self.state_reader = Consumer(client_config(kafka, {}, {"group.id": f"{kafka.group_id}.state-restore",
@@ -114,12 +110,7 @@ class ScorerRole:
             self.consumer.close()  # leaves the group: its partitions move now, not after the session timeout
             self.sinks.flush(timeout_s=cfg.service.shutdown_timeout_s)
             self.sinks.close(timeout_s=1.0)
-            if self.scores_out is not None:
-                try:
-                    self.scores_out.close()
-                except OutputError as exc:  # scoring went on without them: said, not fatal
-                    log.error("scores_lines_dropped", path=str(self.scores_out.path), lines=self.scores_out.lines_dropped,
-                              reason=str(exc))
+            close_scores(self.scores_out)
             self.state_reader.close()
             log.info("scorer_stopped", seconds=round(time.monotonic() - started, 2), **self._counters())
             lc.close()
