@@ -34,6 +34,11 @@ class EndpointError(DeliveryError):
     and retries slowly so that a fix on the other side is picked up without a restart."""
 
 
+class ReaderGone(DeliveryError):
+    """Standard output's reader closed it (`netad score --incidents - | head -1`): no later
+    record can be written there, and nothing is wrong with the records."""
+
+
 class RejectedError(Exception):
     """The endpoint refused these records themselves (HTTP 400/413/422, a datagram too big):
     retrying them can never work. A batch is retried one by one; a single record is moved to
@@ -182,5 +187,7 @@ class StdoutTransport(Transport):
                 except UnicodeEncodeError:  # a stdout that is not UTF-8 (LANG=C in old setups)
                     stream.write(text.encode("ascii", "backslashreplace").decode("ascii") + "\n")
             stream.flush()
+        except BrokenPipeError as exc:
+            raise ReaderGone("standard output's reader closed it") from exc
         except (OSError, ValueError) as exc:  # ValueError: write to a closed stream
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc

@@ -33,7 +33,7 @@ from pathlib import Path
 import structlog
 
 from detector.alerting._spool import Spool, SpoolBusyError, SpoolRecordError
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport
+from detector.alerting._transport import DeliveryError, EndpointError, ReaderGone, RejectedError, Transport
 from detector.alerting._transport import unwritable as unwritable  # check-config's, with the sinks' own check
 from detector.alerting._urls import SinkSpec, parse_sink_url, redact_url
 from detector.contracts import IncidentEvent
@@ -76,6 +76,7 @@ class Sink:
         self._send_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         self._held: deque[IncidentEvent] = deque()  # a local sink's events its file could not take yet
+        self.reader_gone = False  # stdout's reader closed it: nothing more can be written there
         self._delivered = self._failed = self._retries = self._dead_lettered = 0
         self._disabled = False
         self._closed = self._stopping = self._kick = False
@@ -219,7 +220,7 @@ class Sink:
         """Under _send_lock. Each held event in turn, until the file refuses one: that one and
         those after it stay held, in order, up to _MEMORY_EVENTS; beyond, the newest are given up."""
         written = 0
-        while self._held:
+        while self._held and not self.reader_gone:
             event = self._held[0]
             try:
                 record = self._encoder(event)
@@ -229,6 +230,11 @@ class Sink:
                 continue
             try:
                 self._transport.send([record])
+            except ReaderGone as exc:
+                self.reader_gone = True
+                log.warning("sink_reader_gone", sink=self.name, error=str(exc), held=len(self._held),
+                            reason="no later event can be written to it")
+                break
             except DeliveryError as exc:
                 self._on_write_failed(exc)
                 break
@@ -264,8 +270,11 @@ class Sink:
         if lost:
             with self._cond:
                 self._failed += len(lost)
-            log.error("sink_events_lost", sink=self.name, events=len(lost), event_ids=lost,
-                      reason="not written before the sink stopped (a full disk?)")
+            # a reader that closed stdout chose to (`| head`); a file that refused its lines did not
+            said = log.warning if self.reader_gone else log.error
+            why = "its reader had closed it" if self.reader_gone else "a full disk?"
+            said("sink_events_lost", sink=self.name, events=len(lost), event_ids=lost,
+                 reason=f"not written before the sink stopped ({why})")
 
     def _give_up(self, event_id: str, reason: str) -> None:
         with self._cond:

@@ -1,11 +1,14 @@
 """`netad score` wiring: replay captures (or Zeek conn.logs) as fast as possible through the daemon's stages.
 
 `-` for the incidents or the scores means standard output (ECS or window-score JSON lines),
-so that a replay pipes into jq; the logs are on stderr (detector.logging).
+so that a replay pipes into jq; the logs are on stderr (detector.logging). Once standard
+output's reader closes it (`| head -1`), scoring stops, as any Unix filter does, and the
+command exits 1 with nothing more said (click's way with EPIPE, the same for either output).
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -55,6 +58,8 @@ def score_captures(
         for batch in input_batches(pcaps, flow_records, cfg.source.batch_packets, damage):
             pipeline.push(batch)
             bar.update(len(batch))
+            if any(sink.reader_gone for sink in sink_set):  # `--incidents - | head -1` has what it asked for
+                raise BrokenPipeError(errno.EPIPE, "standard output's reader closed it")
         pipeline.finish()
     finally:
         bar.close()

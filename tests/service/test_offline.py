@@ -83,3 +83,32 @@ def test_scores_on_stdout(demo, tmp_path: Path):
     assert scores and all({"entity", "score", "threshold", "window_start"} <= s.keys() for s in scores)
     both = _score("-c", cfg, "--pcap", str(demo["pcap"]), "--scores", "-", "--incidents", "-")
     assert 2 == both.returncode and "only one of --scores and --incidents" in both.stderr
+
+
+@pytest.mark.parametrize("output", ["--incidents", "--scores"])
+def test_a_reader_that_closes_stdout_stops_the_scoring_quietly(demo, tmp_path: Path, output: str):
+    """`netad score --incidents - | head -1`: once the reader has closed the pipe, scoring
+    stops, as any Unix filter does, and exits 1 (click's way with EPIPE) with no traceback;
+    the events the pipe could not take are said once, as a warning, not as each one lost.
+    Before, an incident reader that left made the command score to the end and log every
+    later incident as lost at error level, then exit 0."""
+    cfg = str(write_config(tmp_path / "score.yaml", base_config(tmp_path, demo["pcap"], demo["model"])))
+    with subprocess.Popen([sys.executable, "-m", "detector.cli", "score", "-c", cfg, "--pcap", str(demo["pcap"]),
+                           output, "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())  # `head -1`: one whole line, then the pipe is closed
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        assert 1 == proc.wait(timeout=600), stderr[-3000:]
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr[-3000:]
+    assert not any(line.startswith("packets=") for line in stderr.splitlines())  # stopped: no summary of a whole run
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    if output == "--incidents":
+        assert "alert" == first["event"]["kind"]
+        gone = [e for e in logs if e["event"] == "sink_reader_gone"]
+        assert 1 == len(gone) and "warning" == gone[0]["level"]
+        assert not [e for e in logs if e["level"] == "error"], logs
+        lost = [e for e in logs if e["event"] == "sink_events_lost"]
+        assert all("its reader had closed it" in e["reason"] for e in lost)
+    else:
+        assert {"entity", "score", "threshold"} <= first.keys()
