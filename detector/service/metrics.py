@@ -6,6 +6,13 @@ counters (`Pipeline.stats()`, a Kafka role's counters) that the process's run lo
 the scoring-latency histogram is observed as windows are scored. Served by a small threaded
 HTTP server on the configured address (off by default), which also serves the pages mounted
 on it (`mount`: the incident page, service.explain.board) from their own handlers.
+
+The server is reachable by whatever can reach its address (a Prometheus on another host, a
+vulnerability scanner, a load balancer's half-open checks), so what a client can hold is
+bounded: a connection that sends nothing for HTTP_TIMEOUT_S is closed, and past
+HTTP_CONNECTIONS at once a new one is closed unanswered (counted, and logged once a minute).
+Before, every idle connection held a thread of the daemon for as long as the client kept it:
+300 idle clients, 300 threads more, until the service's task limit stopped the daemon's own.
 """
 
 from __future__ import annotations
@@ -19,7 +26,15 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Histogram, Info, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -179,8 +194,46 @@ def build_info() -> dict[str, str]:
     return {"version": __version__, "python": platform.python_version(), "torch": torch}
 
 
+HTTP_TIMEOUT_S = 10.0  # a client that sends nothing for this long is closed
+HTTP_CONNECTIONS = 128  # connections served at once: scrapes, probes, an analyst's pages, with room to spare
+_REFUSED_LOG_S = 60.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `slots` connections at once: past it, a connection is
+    closed as soon as it is accepted, and `on_refused` is told."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], slots: int,
+                 on_refused: Callable[[str], None]) -> None:
+        self._slots = threading.BoundedSemaphore(slots)
+        self._on_refused = on_refused
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self._on_refused(str(client_address[0]))
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread to serve it (RuntimeError: can't start new thread)
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class Metrics:
     """The registry, the latency histogram and the HTTP endpoint."""
+
+    http_timeout_s = HTTP_TIMEOUT_S
+    http_connections = HTTP_CONNECTIONS
 
     def __init__(self, stats: Callable[[], dict], stall_after_s: float = 60.0) -> None:
         self.registry = CollectorRegistry()
@@ -198,6 +251,11 @@ class Metrics:
         self.stall_after_s = stall_after_s
         self.ready = False
         self.last_progress = time.monotonic()
+        self.http_refused = Counter("netad_http_connections_refused",
+                                    f"Connections closed unanswered: {self.http_connections} were being served",
+                                    registry=self.registry)
+        self._refused_logged = -_REFUSED_LOG_S
+        self._refused_since_log = 0
         self._server: ThreadingHTTPServer | None = None
         self._pages: dict[str, PageHandler] = {}
 
@@ -223,6 +281,8 @@ class Metrics:
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = metrics.http_timeout_s  # per read and write: an idle client is closed
+
             def do_GET(self):  # noqa: N802 (http.server's name)
                 page = metrics._page(self.path)
                 if page is not None:
@@ -260,10 +320,20 @@ class Metrics:
             def log_message(self, *_args):  # keep scrapes out of the application log
                 pass
 
-        self._server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, self.http_connections,
+                                      self._refused)
         threading.Thread(target=self._server.serve_forever, name="netad-metrics", daemon=True).start()
         return self._server.server_address[:2]
+
+    def _refused(self, client: str) -> None:
+        self.http_refused.inc()
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= _REFUSED_LOG_S:
+            log.warning("http_connections_refused", refused=self._refused_since_log, last_client=client,
+                        reason=f"{self.http_connections} connections were being served; "
+                               f"one that sends nothing is closed after {self.http_timeout_s:g} s")
+            self._refused_logged, self._refused_since_log = now, 0
 
     def close(self) -> None:
         if self._server is not None:
