@@ -70,6 +70,7 @@ def test_unit_exposure_is_at_most_2_5(unit, tmp_path):
 def test_unit_says_what_the_daemon_relies_on(unit):
     d = _directives((REPO / "systemd" / unit).read_text())
     assert ["notify"] == d["Type"]
+    assert "time-sync.target" in d["After"][0].split()  # a live capture is dated by the system clock
     assert ["60"] == d["WatchdogSec"]
     assert ["on-failure"] == d["Restart"]
     assert ["78"] == d["RestartPreventExitStatus"]
