@@ -30,14 +30,19 @@ walk over records is one numba loop per batch.
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
 
 import numba
 import numpy as np
+import structlog
 
 from detector.contracts import FlowRecordBatch, PacketBatch
 
+log = structlog.get_logger()
+
 JUMP_CONFIRM_RECORDS = 8  # consistent records that make a jump ahead believed (replay)
+WALL_STEP_S = 2.0  # a change of the wall clock against the monotonic one that is a step, not drift
 
 IN, AHEAD, BEHIND, HELD = 0, 1, 2, 3
 
@@ -180,3 +185,32 @@ class EventClock:
 
     def stats(self) -> dict[str, int]:
         return {"records_ahead_of_time": self.ahead, "records_behind_time": self.behind, "time_jumps": self.jumps}
+
+
+class WallClock:
+    """The wall clock a live source is judged by, and its windows closed by, with its steps
+    said. A live capture's packets are dated by this clock: stepped back (NTP correcting a
+    clock that ran ahead, an admin's `date -s`), netad's time stays ahead of the packets'
+    until the clock is back where it was, and each packet meanwhile is late for a window
+    already closed. That is logged once, with the step, where before only the late-packet
+    counter rose. A step ahead (or a suspend) closes the windows in between, empty."""
+
+    def __init__(self, time_ns=time.time_ns, monotonic_ns=time.monotonic_ns) -> None:
+        self._time_ns, self._monotonic_ns = time_ns, monotonic_ns
+        self._offset_ns: int | None = None
+        self.steps_back = 0
+
+    def now_ns(self) -> int:
+        wall = self._time_ns()
+        offset = wall - self._monotonic_ns()
+        last, self._offset_ns = self._offset_ns, offset
+        if last is not None and abs(offset - last) > WALL_STEP_S * 1e9:
+            step_s = round((offset - last) / 1e9, 3)
+            if step_s < 0:
+                self.steps_back += 1
+                log.warning("wall_clock_stepped_back", step_s=step_s,
+                            reason=f"a live capture is dated by this clock: for about {-step_s:.0f} s its packets "
+                                   "fall in windows already closed and are dropped as late (netad_late_packets)")
+            else:
+                log.info("wall_clock_stepped_ahead", step_s=step_s, reason="the windows in between close empty")
+        return wall

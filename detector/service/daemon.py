@@ -270,7 +270,7 @@ class Daemon:
         if self.source is None or self.source.kind != "live":
             self._progressed(now)
             return
-        wall_ns = time.time_ns()
+        wall_ns = self.pipeline.wall.now_ns()
         self.pipeline.advance(wall_ns)
         window_ns = int(round(self.cfg.windows.bin_s * 1e9)) * self.cfg.windows.bins
         due_end_ns = (wall_ns - int(round(self.pipeline.windows.lateness_s * 1e9))) // window_ns * window_ns

@@ -15,7 +15,6 @@ from a FlowWindowAggregator under FLOW_SCHEMA; everything after the windows is t
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 import structlog
 
 from detector.alerting.rules import RuleSet
-from detector.capture.clock import EventClock
+from detector.capture.clock import EventClock, WallClock
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.capture.flows import FlowTable
 from detector.capture.packets.pcap import CaptureFile, read_ahead
@@ -357,6 +356,7 @@ class Pipeline:
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
         sharded = isinstance(self.windows, ShardedWindowAggregator)
         self.scoring_thread = ScoringThread() if sharded else None
+        self.wall = WallClock()  # a live source's: read for each batch, its steps said
         self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self._publish,
                                       lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
         self.packets = 0  # for flow records: the packets they report
@@ -389,7 +389,7 @@ class Pipeline:
             self.bytes += int(batch.ip_len.sum())
             self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        self._score(self.stages.push(batch, time.time_ns() if self.live else None))
+        self._score(self.stages.push(batch, self.wall.now_ns() if self.live else None))
         self.time_bounds.check()
         self.stages.hand_back_memory()
 
@@ -439,4 +439,5 @@ class Pipeline:
             "incidents_open": self.scoring.tracker.open_incidents,
             "entity_slots": self.windows.slots,
             **self.stages.stats(),
+            **({"wall_clock_steps_back": self.wall.steps_back} if self.live else {}),
         }

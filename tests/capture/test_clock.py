@@ -5,8 +5,9 @@ a live source's records are judged by the wall clock too."""
 from __future__ import annotations
 
 import numpy as np
+import structlog
 
-from detector.capture.clock import JUMP_CONFIRM_RECORDS, EventClock
+from detector.capture.clock import JUMP_CONFIRM_RECORDS, WALL_STEP_S, EventClock, WallClock
 from detector.contracts import FlowRecordBatch
 from tests.conftest import make_batch
 
@@ -90,3 +91,29 @@ def test_live_records_ahead_of_the_wall_clock_are_refused_per_exporter():
     assert {("ahead", 2): 2} == clock.refused_by
     assert 0 == len(clock.admit(_packets([T0 - 2 * 3600.0]), now_ns=now_ns))  # behind the watermark by more than max_jump_s
     assert 1 == clock.behind
+
+
+def test_a_step_of_the_wall_clock_is_said_once_with_its_size_and_drift_is_not():
+    """A live capture is dated by the wall clock: a step back (NTP correcting a clock that
+    ran ahead) makes its packets late until the clock is back where it was, and is said;
+    drift of the two clocks under WALL_STEP_S is not a step. (The machine's own clock cannot
+    be stepped in a test: the clocks are given.)"""
+    wall, mono = [1_000 * 10**9], [50 * 10**9]
+
+    def tick(wall_s: float, mono_s: float) -> int:
+        wall[0] += int(wall_s * 1e9)
+        mono[0] += int(mono_s * 1e9)
+        return clock.now_ns()
+
+    clock = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
+    with structlog.testing.capture_logs() as logs:
+        assert 1_000 * 10**9 == clock.now_ns()
+        tick(1.0, 1.0)
+        tick(1.0 + 0.9 * WALL_STEP_S, 1.0)  # drift, or a slow read: not a step
+        stepped_at = tick(1.0 - 1800.0, 1.0)
+        tick(1.0, 1.0)
+        tick(600.0, 1.0)
+    assert 1_000 * 10**9 + int((3.0 + 0.9 * WALL_STEP_S - 1800.0) * 1e9) == stepped_at  # the clock's time, as it is
+    said = [(e["event"], e["log_level"], e["step_s"]) for e in logs]
+    assert [("wall_clock_stepped_back", "warning", -1800.0), ("wall_clock_stepped_ahead", "info", 599.0)] == said
+    assert 1 == clock.steps_back
