@@ -72,7 +72,7 @@ _COUNTERS = {
     "records_ahead_of_time": ("netad_records_ahead_of_time", "Records dated too far ahead (of the wall clock, or of the watermark unconfirmed)"),
     "records_behind_time": ("netad_records_behind_time", "Records dated too far behind the watermark"),
     "time_jumps": ("netad_time_jumps", "Jumps ahead in event time believed (a replay's quiet gaps)"),
-    "wall_clock_steps_back": ("netad_wall_clock_steps_back", "Steps back of the wall clock a live capture is dated by (its packets late until it is back)"),
+    "wall_clock_steps_back": ("netad_wall_clock_steps_back", "Steps back of the wall clock a live capture is dated by"),
     "windows_skipped": ("netad_windows_skipped", "Empty windows of a long silence skipped"),
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
     "dns_answers": ("netad_zeek_dns_answers", "DNS answers read from the Zeek dns.log beside the conn.log"),
