@@ -16,7 +16,7 @@ import socket
 import sys
 from pathlib import Path
 
-from detector.files import append_whole
+from detector.files import AppendFile
 
 
 class DeliveryError(Exception):
@@ -112,33 +112,15 @@ class JsonlTransport(Transport):
         self.max_bytes = max_bytes
         self.backups = backups
         self.fsync = fsync
-        self._fd = -1
-        self._inode = -1
-        self._size = 0
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        stat = os.fstat(self._fd)
-        self._inode, self._size = stat.st_ino, stat.st_size
+        self._file = AppendFile(path, 0o640)
 
     def open(self) -> None:
         """Open (and create) the file now: a path that cannot be written is a configuration
         error at start-up, not an incident lost at the first write."""
-        self._current()
+        self._file.current()
 
     def check(self) -> str | None:
         return unwritable(self.path)
-
-    def _current(self) -> None:
-        if self._fd >= 0:
-            try:
-                if os.stat(self.path).st_ino == self._inode:
-                    return
-            except FileNotFoundError:
-                pass
-            self.close()
-        self._open()
 
     def _rotate(self) -> None:
         self.close()
@@ -149,27 +131,24 @@ class JsonlTransport(Transport):
             if older.exists():
                 os.replace(older, self.path.with_name(f"{self.path.name}.{index + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._open()
+        self._file.open()
 
     def send(self, records: list[bytes]) -> None:
         try:
             for record in records:
                 line = record + b"\n"
-                self._current()
-                if self.max_bytes and self._size > 0 and self._size + len(line) > self.max_bytes:
+                self._file.current()  # a file moved away by logrotate: a new one, its size from 0
+                if self.max_bytes and self._file.size > 0 and self._file.size + len(line) > self.max_bytes:
                     self._rotate()
-                append_whole(self._fd, line)  # or nothing of it: a full disk leaves no half line
-                self._size += len(line)
+                self._file.append(line)  # or nothing of it: a full disk leaves no half line
             if self.fsync:
-                os.fsync(self._fd)
+                os.fsync(self._file.current())
         except OSError as exc:
             self.close()
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._file.close()
 
 
 class StdoutTransport(Transport):

@@ -34,7 +34,7 @@ from detector.alerting.rules import RuleSet, load_rules
 from detector.config import Config, IncidentsConfig, key_location
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch
 from detector.errors import ConfigError, OutputError
-from detector.files import append_whole
+from detector.files import AppendFile
 from detector.model.bundle import ModelBundle
 from detector.model.scorer import StreamingScorer
 from detector.service.explain.evidence import CauseRanker
@@ -58,17 +58,20 @@ class ScoresFile:
     ahead of the window's incidents: a daemon whose scores file sat on a full disk stopped
     at its first window, exit 73, with no incident delivered, and again at every restart.
     `netad score` and `netad eval` score to the end and then say what was dropped: close()
-    raises OutputError (exit 73), the daemon's close() logs it."""
+    raises OutputError (exit 73), the daemon's close() logs it. A file an outside logrotate
+    moved away or deleted is followed (files.AppendFile): the next flush writes a new file at
+    the path. Before, the daemon wrote on into the rotated file (or a deleted one) for as long
+    as it ran, and the path stayed empty."""
 
     def __init__(self, path: str | Path, *, append: bool) -> None:
         self.path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)  # O_APPEND: a cut-back ends the file
+        self._file = AppendFile(self.path, 0o644, truncate=not append)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, flags, 0o644)
+            self._file.open()
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename not in (None, str(self.path)) else ""  # a directory on the way
             raise OutputError(f"{self.path}: cannot write the window scores: {where}{exc.strerror or exc}") from None
+        self._closed = False
         self._held: list[str] = []
         self._held_chars = 0
         self.lines_dropped = 0
@@ -87,7 +90,7 @@ class ScoresFile:
         data = "".join(self._held).encode("utf-8")
         self._held, self._held_chars = [], 0
         try:
-            append_whole(self._fd, data)  # or nothing of it: the file stays whole lines
+            self._file.append(data)  # or nothing of it: the file stays whole lines
         except OSError as exc:
             self._dropped(data.count(b"\n"), exc)
             return
@@ -99,20 +102,17 @@ class ScoresFile:
         """flush() and fsync (the Kafka scorer, before it commits the windows' offsets)."""
         self.flush()
         try:
-            os.fsync(self._fd)
+            os.fsync(self._file.current())
         except OSError as exc:
             self._dropped(0, exc)
 
-    def fileno(self) -> int:
-        return self._fd
-
     def close(self) -> None:
         """Write what is held and close. OutputError when lines were dropped on the way."""
-        if self._fd < 0:
+        if self._closed:
             return
         self.flush()
-        os.close(self._fd)
-        self._fd = -1
+        self._file.close()
+        self._closed = True
         if self.lines_dropped:
             raise OutputError(f"{self.path}: {self.lines_dropped:,} window-score lines could not be written: {self.error}")
 
