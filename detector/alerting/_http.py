@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from detector.alerting import formats
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, TlsFiles, Transport, unresolvable
 from detector.contracts import IncidentEvent
 
 HEC_SOURCETYPE = "netad:incident"
@@ -74,13 +74,13 @@ class HttpTransport(Transport):
     a webhook gets one record per request (batch_max = 1)."""
 
     def __init__(self, *, scheme: str, host: str, port: int | None, path: str, headers: dict[str, str],
-                 timeout_s: float, batch_max: int = 1, ssl_context: ssl.SSLContext | None = None,
+                 timeout_s: float, batch_max: int = 1, tls: TlsFiles | None = None,
                  ack_path: str | None = None, ack_timeout_s: float = 60.0) -> None:
         self.scheme, self.host, self.port, self.path = scheme, host, port, path or "/"
         self.headers = dict(headers)
         self.timeout_s = timeout_s
         self.batch_max = batch_max
-        self.ssl_context = ssl_context
+        self.tls = tls
         self.ack_path = ack_path  # HEC's /services/collector/ack: set when indexer acknowledgement is on
         self.ack_timeout_s = ack_timeout_s
         self._conn: http.client.HTTPConnection | None = None
@@ -92,7 +92,7 @@ class HttpTransport(Transport):
         if self._conn is None:
             if self.scheme == "https":
                 self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout_s, context=self.ssl_context
+                    self.host, self.port, timeout=self.timeout_s, context=self.tls.context() if self.tls else None
                 )
             else:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)

@@ -15,11 +15,10 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-from pathlib import Path
 
 import structlog
 
-from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, Transport, unresolvable
+from detector.alerting._transport import DeliveryError, EndpointError, RejectedError, TlsFiles, Transport, unresolvable
 
 log = structlog.get_logger()
 
@@ -31,20 +30,6 @@ UDP_MAX_BYTES = 2048
 def frame(record: bytes) -> bytes:
     """RFC 6587 octet-counting: "<length> <message>"."""
     return b"%d %s" % (len(record), record)
-
-
-def tls_context(*, ca_file: Path | None, insecure: bool, cert_file: Path | None = None,
-                key_file: Path | None = None) -> ssl.SSLContext:
-    """Client context: the system trust store, or `ca_file` (e.g. a self-signed receiver's
-    certificate); `insecure` skips verification (tests, labs). A client certificate is sent
-    when given, for receivers that authenticate senders (rsyslog's x509/name)."""
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if cert_file:
-        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-    return context
 
 
 class SyslogUdpTransport(Transport):
@@ -87,11 +72,11 @@ class SyslogStreamTransport(Transport):
 
     batch_max = 100
 
-    def __init__(self, host: str, port: int, *, timeout_s: float, ssl_context: ssl.SSLContext | None = None,
+    def __init__(self, host: str, port: int, *, timeout_s: float, tls: TlsFiles | None = None,
                  sink_name: str = "") -> None:
         self.host, self.port = host, port
         self.timeout_s = timeout_s
-        self.ssl_context = ssl_context
+        self.tls = tls
         self.sink_name = sink_name
         self._sock: socket.socket | None = None
         self._connections = 0
@@ -104,11 +89,11 @@ class SyslogStreamTransport(Transport):
             raw = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
         except OSError as exc:
             raise DeliveryError(f"connect {self.host}:{self.port}: {type(exc).__name__}: {exc}") from exc
-        if self.ssl_context is None:
+        if self.tls is None:
             sock = raw
         else:
             try:
-                sock = self.ssl_context.wrap_socket(raw, server_hostname=self.host)
+                sock = self.tls.context().wrap_socket(raw, server_hostname=self.host)
             except ssl.SSLCertVerificationError as exc:
                 raw.close()
                 raise EndpointError(f"TLS certificate of {self.host}:{self.port} not trusted: {exc.verify_message}") from exc
@@ -117,7 +102,7 @@ class SyslogStreamTransport(Transport):
                 raise DeliveryError(f"TLS handshake with {self.host}:{self.port}: {type(exc).__name__}: {exc}") from exc
         self._connections += 1
         event = "sink_connected" if self._connections == 1 else "sink_reconnected"
-        log.info(event, sink=self.sink_name, peer=f"{self.host}:{self.port}", tls=self.ssl_context is not None)
+        log.info(event, sink=self.sink_name, peer=f"{self.host}:{self.port}", tls=self.tls is not None)
         return sock
 
     def _peer_closed(self, sock: socket.socket) -> bool:

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 from pathlib import Path
 
+import structlog
+
 from detector.files import AppendFile
+
+log = structlog.get_logger()
 
 
 class DeliveryError(Exception):
@@ -149,6 +154,73 @@ class JsonlTransport(Transport):
 
     def close(self) -> None:
         self._file.close()
+
+
+def tls_context(*, ca_file: Path | None, insecure: bool, cert_file: Path | None = None,
+                key_file: Path | None = None) -> ssl.SSLContext:
+    """Client context: the system trust store, or `ca_file` (e.g. a self-signed receiver's
+    certificate); `insecure` skips verification (tests, labs). A client certificate is sent
+    when given, for receivers that authenticate senders (rsyslog's x509/name)."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return context
+
+
+class TlsFiles:
+    """A client TLS context read from files that are renewed while netad runs for months: a
+    short-lived client certificate (a day with step-ca, 90 days with ACME), or the receiver's
+    self-signed certificate pinned as `ca=` and replaced. `context()`, called for each new
+    connection, reads the files again once any of them changed (device, inode, size,
+    mtime), and says so (`sink_tls_reloaded`). Files that cannot be read or do not match
+    (a renewal half written, a key without its certificate yet) keep the last good context,
+    said once per change (`sink_tls_files_unusable`). Before, the files were read once, as the
+    sink was built, and a SIGHUP keeps a sink whose URL did not change: only a restart took a
+    renewed certificate, and the sink stayed disabled or refused until then.
+    The first read raises (OSError, ValueError): the config's error at start-up."""
+
+    def __init__(self, *, ca_file: Path | None, insecure: bool, cert_file: Path | None = None,
+                 key_file: Path | None = None, sink_name: str = "") -> None:
+        self._files = (ca_file, cert_file, key_file)
+        self._insecure = insecure
+        self.sink_name = sink_name
+        self._stamp = self._stamps()
+        self._context = tls_context(ca_file=ca_file, insecure=insecure, cert_file=cert_file, key_file=key_file)
+        self.reloads = 0
+
+    def _stamps(self) -> tuple[tuple[int, ...] | None, ...]:
+        out: list[tuple[int, ...] | None] = []
+        for path in self._files:
+            if path is None:
+                out.append(None)
+                continue
+            try:
+                st = path.stat()
+            except OSError:
+                out.append((-1,))
+                continue
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def context(self) -> ssl.SSLContext:
+        stamp = self._stamps()
+        if stamp == self._stamp:
+            return self._context
+        self._stamp = stamp
+        ca_file, cert_file, key_file = self._files
+        try:
+            self._context = tls_context(ca_file=ca_file, insecure=self._insecure, cert_file=cert_file, key_file=key_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.warning("sink_tls_files_unusable", sink=self.sink_name, error=str(exc),
+                        files=[str(f) for f in self._files if f is not None],
+                        reason="the last good certificates are kept until the files change again")
+            return self._context
+        self.reloads += 1
+        log.info("sink_tls_reloaded", sink=self.sink_name, files=[str(f) for f in self._files if f is not None])
+        return self._context
 
 
 class StdoutTransport(Transport):

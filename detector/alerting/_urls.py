@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import ssl
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +35,8 @@ from detector import __version__
 from detector.alerting import formats
 from detector.alerting._http import HEC_SOURCETYPE, HttpTransport, hec_record
 from detector.alerting._kafka import KafkaTransport
-from detector.alerting._syslog import UDP_MAX_BYTES, SyslogStreamTransport, SyslogUdpTransport, tls_context
-from detector.alerting._transport import JsonlTransport, StdoutTransport, Transport
+from detector.alerting._syslog import UDP_MAX_BYTES, SyslogStreamTransport, SyslogUdpTransport
+from detector.alerting._transport import JsonlTransport, StdoutTransport, TlsFiles, Transport
 from detector.contracts import IncidentEvent
 from detector.errors import ConfigError
 
@@ -237,8 +236,8 @@ def _syslog(scheme: str, host: str, port: int | None, fmt: str, params: _Params,
     if udp:
         transport = SyslogUdpTransport(host, port, max_bytes)
     else:
-        context = _tls(params) if scheme == "syslog+tls" else None
-        transport = SyslogStreamTransport(host, port, timeout_s=timeout_s, ssl_context=context, sink_name=name)
+        tls = _tls(params, name) if scheme == "syslog+tls" else None
+        transport = SyslogStreamTransport(host, port, timeout_s=timeout_s, tls=tls, sink_name=name)
     pid = str(os.getpid())
 
     def encode(event: IncidentEvent) -> bytes:
@@ -260,13 +259,14 @@ def _kafka(parts: SplitResult, fmt: str, params: _Params, timeout_s: float,
     return transport, _text_encoder(fmt, {"hostname": local_host, "procid": str(os.getpid())}), f"kafka-{topic}"
 
 
-def _tls(params: _Params) -> ssl.SSLContext:
+def _tls(params: _Params, sink_name: str) -> TlsFiles:
     key = params.file("key")
     cert = params.file("cert")
     if key and not cert:
         raise _BadUrl("key= without cert=")
     try:
-        return tls_context(ca_file=params.file("ca"), insecure=params.flag("insecure"), cert_file=cert, key_file=key)
+        return TlsFiles(ca_file=params.file("ca"), insecure=params.flag("insecure"), cert_file=cert, key_file=key,
+                        sink_name=sink_name)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise _BadUrl(f"TLS setup: {exc}") from None
 
@@ -275,7 +275,8 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
           timeout_s: float, local_host: str) -> tuple[Transport, Callable[[IncidentEvent], bytes], str]:
     webhook = scheme.startswith("webhook+")
     http_scheme = scheme.removeprefix("webhook+")
-    context = _tls(params) if http_scheme == "https" else None
+    name = f"webhook-{host}-{port or ''}{parts.path}" if webhook else f"hec-{host}-{port or ''}"
+    tls = _tls(params, name) if http_scheme == "https" else None
     token = params.text("token")
     path = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
     headers = {"User-Agent": f"netad/{__version__}"}
@@ -285,8 +286,8 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
         if token:
             headers["Authorization"] = f"Bearer {token}"
         transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                                  timeout_s=timeout_s, batch_max=1, ssl_context=context)
-        return transport, _text_encoder(fmt, syslog_options), f"webhook-{host}-{port or ''}{parts.path}"
+                                  timeout_s=timeout_s, batch_max=1, tls=tls)
+        return transport, _text_encoder(fmt, syslog_options), name
     if "/services/collector" not in parts.path:
         raise _BadUrl("an http(s) sink is Splunk HEC (.../services/collector); for other endpoints use webhook+http(s)://")
     if not token:
@@ -308,6 +309,6 @@ def _http(scheme: str, host: str, port: int | None, parts: SplitResult, fmt: str
                           **syslog_options)
 
     transport = HttpTransport(scheme=http_scheme, host=host, port=port, path=path, headers=headers,
-                              timeout_s=timeout_s, batch_max=batch, ssl_context=context,
+                              timeout_s=timeout_s, batch_max=batch, tls=tls,
                               ack_path=ack_path, ack_timeout_s=ack_timeout_s)
-    return transport, encode, f"hec-{host}-{port or ''}"
+    return transport, encode, name

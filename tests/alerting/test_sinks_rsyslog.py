@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from detector.alerting import formats
 from detector.alerting.sinks import build_sink
@@ -255,3 +257,38 @@ def test_tls_refuses_an_untrusted_receiver_then_delivers_after_the_fix(rsyslog: 
     insecure.publish(make_event(1, event_id="tls-fix-001"))
     insecure.close()
     assert set(rsyslog.wait_for({"tls-fix-000", "tls-fix-001"})) == {"tls-fix-000", "tls-fix-001"}
+
+
+def test_a_pinned_certificate_replaced_on_disk_is_taken_at_the_next_connection(rsyslog: Rsyslog, tmp_path: Path,
+                                                                              make_event: Factory) -> None:
+    """`ca=` names a file that holds another certificate than the receiver's (the receiver
+    was given a new one): the sink is disabled and spools. The operator puts the receiver's
+    new certificate in that file; the same sink, neither rebuilt nor reloaded, reads it at its
+    next connection and delivers the backlog, and says so. Before, the file was read once as
+    the sink was built, and a SIGHUP keeps a sink whose URL did not change: only a restart
+    took it, the sink disabled until then."""
+    assert OPENSSL is not None
+    pinned = tmp_path / "receiver.pem"
+    subprocess.run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(tmp_path / "old-key.pem"), "-out", str(pinned), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True, timeout=30)
+    with structlog.testing.capture_logs() as logs:
+        sink = build_sink(f"syslog+tls://127.0.0.1:{rsyslog.tls_port}?ca={pinned}&{FAST}", spool_dir=tmp_path / "spool")
+        try:
+            sink.publish(make_event(0, event_id="tls-renewed-000"))
+            deadline = time.monotonic() + 5
+            while not sink.stats["disabled"] and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert sink.stats["disabled"] and 0 == sink.stats["delivered"]
+            pinned.write_text("-----BEGIN CERTIFICATE-----\nMIIB")  # a renewal caught half written
+            assert not sink.flush(5.0)  # the last good file's context is kept, and the sink stays disabled
+            renewed = tmp_path / "renewed.pem"  # written whole, then moved in, as a renewal tool does
+            renewed.write_bytes(rsyslog.cert.read_bytes())
+            os.replace(renewed, pinned)
+            assert sink.flush(10.0), sink.stats
+            assert 1 == sink.stats["delivered"]
+        finally:
+            sink.close()
+    assert ["tls-renewed-000"] == list(rsyslog.wait_for({"tls-renewed-000"}))
+    said = [e["event"] for e in logs if e["event"].startswith("sink_tls")]
+    assert ["sink_tls_files_unusable", "sink_tls_reloaded"] == said  # each once, though retried meanwhile
