@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from detector import __version__
+from detector import __version__, jitcache
 from detector._exit import EX_DATAERR, InputFile, errors_to_exit_codes, without_teardown
 from detector._lazy import LazyGroup
 from detector.errors import ConfigError
@@ -66,6 +66,7 @@ LAZY_COMMANDS = {
 @click.version_option(__version__, prog_name="netad")
 def main() -> None:
     """netad: network-traffic anomaly detection with a streaming LSTM autoencoder."""
+    jitcache.repair()  # before any compiled kernel runs
 
 
 @main.command()

@@ -15,6 +15,8 @@ import sys
 
 import structlog
 
+from detector import jitcache
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -36,3 +38,8 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    if jitcache.REMOVED:  # found as the command line started, before logging was set up
+        structlog.get_logger().warning("jit_cache_repaired", removed=list(jitcache.REMOVED),
+                                       reason="cache files of compiled kernels that could not be read (an interrupted "
+                                              "write, a disk error) were removed; their kernels are compiled again")
+        jitcache.REMOVED.clear()
