@@ -21,8 +21,11 @@ the history: a temporary file beside the target, fsynced, renamed over it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,7 +299,7 @@ class ScoreHistory:
     @classmethod
     def from_file(cls, path: Path) -> ScoreHistory:
         """A history holding what a `save` wrote, whatever its schema (`netad explain`)."""
-        with np.load(path, allow_pickle=False) as data:
+        with _npz(path) as data:
             meta = json.loads(str(data["meta"]))
         if not isinstance(meta, dict):
             raise ValueError(f"{path}: not a score history")
@@ -310,7 +313,7 @@ class ScoreHistory:
         """Rows a `save` wrote appended, those ending after `until_s` left out (a replay
         resumed there). ValueError (OSError) for a file that is not one, or was written for
         another feature schema. Returns the rows restored."""
-        with np.load(path, allow_pickle=False) as data:
+        with _npz(path) as data:
             meta = json.loads(str(data["meta"]))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise ValueError(f"history format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT}")
@@ -340,6 +343,19 @@ class ScoreHistory:
         self._write(rows, k)
         self._compact()
         return k
+
+
+@contextlib.contextmanager
+def _npz(path: Path) -> Iterator[Any]:
+    """np.load of a saved history, with what a damaged file raises (a bad block, a file cut
+    short: zipfile.BadZipFile, EOFError, zlib.error) said as the ValueError the callers take
+    for a history that cannot be used. Before, the daemon that restored such a file exited 1,
+    and again at every restart systemd made."""
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:  # np.load leaves its own file open on a broken zip
+            yield data
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise ValueError(f"{path}: damaged: {type(exc).__name__}: {exc}") from None
 
 
 def _put_array(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:

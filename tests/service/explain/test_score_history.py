@@ -86,3 +86,25 @@ def test_with_50000_hosts_the_history_costs_what_the_readme_says():
     assert m["traced_bytes"] <= 128 * MiB
     assert m["nbytes"] <= 128 * MiB
     assert 90 <= m["minutes_kept"] <= 98
+
+
+@pytest.mark.parametrize("damage", ["cut in half", "cut after its first bytes", "empty", "a block zeroed"])
+def test_a_damaged_history_file_is_a_value_error_the_daemon_and_explain_take_as_unusable(tmp_path: Path, damage: str):
+    """A bad block or a file cut short raises what np.load raises for a broken zip
+    (BadZipFile, EOFError); the daemon's restore and `netad explain` take a ValueError as "not
+    used, start fresh". Before, the daemon that restored such a file exited 1, at every
+    restart systemd made (probed: rc 1, a BadZipFile traceback)."""
+    h = ScoreHistory(history_s=1e9, max_bytes=8 * MiB, features=FEATURES, units=("packets",) * 3, bin_s=10)
+    for minute in range(50):
+        _add(h, minute, ["global", "10.0.0.1"])
+    path = tmp_path / "history.npz"
+    h.save(path)
+    data = bytearray(path.read_bytes())
+    damaged = {"cut in half": data[: len(data) // 2], "cut after its first bytes": data[:30], "empty": b"",
+               "a block zeroed": data[:64] + bytes(512) + data[576:]}[damage]
+    path.write_bytes(bytes(damaged))
+    back = ScoreHistory(history_s=1e9, max_bytes=8 * MiB, features=FEATURES, units=("packets",) * 3)
+    with pytest.raises(ValueError):
+        back.restore(path)
+    with pytest.raises(ValueError):
+        ScoreHistory.from_file(path)
