@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from detector.alerting._transport import DeliveryError, EndpointError, Transport, unresolvable
+from detector.logging import library_logger
 
 BATCH_MAX = 500
 
@@ -42,7 +43,8 @@ class KafkaTransport(Transport):
             from confluent_kafka import Producer
 
             self._producer = Producer({"linger.ms": 5, **self.client, "bootstrap.servers": self.servers,
-                                       "enable.idempotence": True, "message.timeout.ms": max(int(self.timeout_s * 1000), 1000)})
+                                       "enable.idempotence": True, "message.timeout.ms": max(int(self.timeout_s * 1000), 1000),
+                                       "logger": library_logger("netad.kafka", "kafka_client_said")})
         return self._producer
 
     def send(self, records: list[bytes]) -> None:

@@ -15,7 +15,6 @@ nothing, and the run loop reaches the next gap between batches within POLL_S.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import threading
 import time
 
@@ -24,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from detector.config import ServiceConfig
+from detector.logging import library_logger
 from detector.model.scorer import StreamingScorer
 
 log = structlog.get_logger()
@@ -56,27 +56,12 @@ def refresh_thresholds(scorer: StreamingScorer, adapt: bool, target_false_alarm:
     return {cls: round(float(v), 6) for cls, v in scorer.thresholds().items()}
 
 
-class _ToStructlog(logging.Handler):
-    """APScheduler logs through the standard library; its warnings (a missed run, a job that
-    raised) become one JSON event per line like every other log line of the daemon."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        log.warning("scheduler_warned", logger=record.name, message=record.getMessage())
-
-
-def _route_scheduler_logs() -> None:
-    logger = logging.getLogger("apscheduler")
-    if not any(isinstance(h, _ToStructlog) for h in logger.handlers):
-        logger.addHandler(_ToStructlog(level=logging.WARNING))
-    logger.setLevel(logging.WARNING)  # its INFO lines ("Running job ...") would drown the log
-    logger.propagate = False
-
-
 class JobBoard:
     """The schedule (on APScheduler's thread) and the due list (taken by the run loop)."""
 
     def __init__(self, intervals: dict[str, float]) -> None:
-        _route_scheduler_logs()
+        # its INFO lines ("Running job ...") would drown the log; its warnings (a missed run, a job that raised) are said
+        library_logger("apscheduler", "scheduler_warned")
         self._scheduler = BackgroundScheduler(timezone=dt.UTC)
         self._lock = threading.Lock()
         self._due: list[str] = []

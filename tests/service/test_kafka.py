@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.contracts import LinkHosts, WindowEvidence
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, encode_window
-from tests.service._daemon import DaemonProcess, base_config, netad, write_config
+from tests.service._daemon import DaemonProcess, base_config, free_port, netad, write_config
 
 pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
 PARTITIONS = 4  # what the mock cluster gives an auto-created topic
@@ -397,3 +397,29 @@ def test_poison_and_future_dated_windows_are_refused_and_genuine_ones_scored(dem
     assert 1 == role._load_states(0, {b"s2/10.20.0.9": encode_state(poisoned), b"s2/10.20.0.10": encode_state(genuine)})
     assert role.counts["states_discarded"] == 1
     assert role.sensors["s2"].scorer.last_scored_ns("host", ["10.20.0.9", "10.20.0.10"]).tolist() == [-1, start]
+
+
+def test_librdkafka_s_lines_are_json_events_and_a_repeated_one_is_said_once_a_minute(capfd):
+    """A Kafka client of netad's (client_config) with no broker to reach: librdkafka's own
+    log lines (`%3|...|FAIL|rdkafka#producer-1|...` on stderr, not JSON: a broker down for an
+    hour wrote thousands of them into the daemon's JSON log) come as `kafka_client_said`
+    events, each distinct line once, its repeats within the minute counted, not written."""
+    import structlog
+    from confluent_kafka import Producer
+
+    from detector.config import KafkaConfig
+    from detector.service.kafka import client_config
+
+    dead = free_port()  # nothing listens there: each reconnection fails alike
+    settings = client_config(KafkaConfig(bootstrap_servers=f"127.0.0.1:{dead}"),
+                             {"reconnect.backoff.ms": 10, "reconnect.backoff.max.ms": 50})
+    with structlog.testing.capture_logs() as logs:
+        producer = Producer(settings)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            producer.poll(0.05)
+        del producer
+    said = [e for e in logs if e["event"] == "kafka_client_said"]
+    assert said and all(f"127.0.0.1:{dead}" in e["message"] for e in said)
+    assert len({e["message"] for e in said}) == len(said)  # each line once within the minute
+    assert "rdkafka" not in capfd.readouterr().err  # nothing of librdkafka's own printing

@@ -44,10 +44,12 @@ running (its capture and windows need a restart): it says so and goes on.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from detector.config import Config, KafkaConfig
 from detector.errors import ConfigError, NetadError
+from detector.logging import library_logger
 
 POLL_S = 0.2
 
@@ -59,7 +61,14 @@ class KafkaDeliveryError(NetadError):
 def client_config(kafka: KafkaConfig, defaults: dict[str, Any] | None = None, forced: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings: our defaults, then the config's `kafka.client`, then what this
     role cannot work without."""
-    return {**(defaults or {}), "bootstrap.servers": kafka.bootstrap_servers, **kafka.client, **(forced or {})}
+    return {**(defaults or {}), "bootstrap.servers": kafka.bootstrap_servers, **kafka.client, **(forced or {}),
+            "logger": kafka_logger()}
+
+
+def kafka_logger() -> logging.Logger:
+    """Where librdkafka's log lines go (confluent-kafka's `logger`, served by poll): JSON
+    events `kafka_client_said`, a repeated one once a minute (detector.logging)."""
+    return library_logger("netad.kafka", "kafka_client_said")
 
 
 def check_topics(client: Any, kafka: KafkaConfig) -> int:

@@ -25,6 +25,8 @@ from detector.service.wire import WindowRecord, encode_window
 
 log = structlog.get_logger()
 
+_FAILURE_LOG_S = 60.0  # windows the broker never took: said at most this often, with the count
+
 
 class WindowPublisher:
     """Closed WindowBatches -> one record per entity on the windows topic."""
@@ -41,11 +43,21 @@ class WindowPublisher:
         self.published = 0
         self.failed = 0
         self.bytes = 0
+        self._failure_said_at = -_FAILURE_LOG_S
+        self._failures_said = 0
 
     def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self.failed += 1
-            log.error("kafka_window_not_delivered", error=str(err))
+        """librdkafka's report on a record (from poll). A broker away for longer than
+        message.timeout.ms fails every window queued meanwhile: said once a minute with the
+        count, not once per window (thousands a minute on a large network)."""
+        if err is None:
+            return
+        self.failed += 1
+        now = time.monotonic()
+        if now - self._failure_said_at >= _FAILURE_LOG_S:
+            log.error("kafka_windows_not_delivered", windows=self.failed - self._failures_said, total=self.failed,
+                      error=str(err))
+            self._failure_said_at, self._failures_said = now, self.failed
 
     def publish(self, wb: WindowBatch) -> None:
         schema = wb.schema
