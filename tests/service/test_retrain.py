@@ -86,11 +86,11 @@ def test_daemon_retrains_in_a_niced_child_and_swaps_the_model(demo, tmp_path):
     # wait). At 12x real time it lasts 300 s, more than the wait; the test goes on at the
     # outcome either way.
     cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 12.0}, training={"members": 2},
-                      service={"retrain_interval_s": 3, "retrain_min_windows": 8})
+                      service={"retrain_interval_s": 3, "retrain_min_windows": 4})
     config = write_config(tmp_path / "netad.yaml", cfg)
     d = DaemonProcess(config)
     try:
-        _, started = d.wait_log("retrain_started", timeout_s=150)  # 8 windows of replay (40 s), then the child's start
+        _, started = d.wait_log("retrain_started", timeout_s=150)  # 4 windows of replay (20 s), then the child's start
         spawned = d.events("retrain_spawned")[-1]
         nice = _nice_of(spawned["pid"])
         assert nice in (None, 10), f"the retraining child runs at nice {nice}"
