@@ -195,10 +195,11 @@ class WallClock:
     already closed. That is logged once, with the step, where before only the late-packet
     counter rose. A step ahead (or a suspend) closes the windows in between, empty."""
 
-    def __init__(self, time_ns=time.time_ns, monotonic_ns=time.monotonic_ns) -> None:
+    def __init__(self, time_ns=time.time_ns, monotonic_ns=time.monotonic_ns, on_step_back=None) -> None:
         self._time_ns, self._monotonic_ns = time_ns, monotonic_ns
         self._offset_ns: int | None = None
         self.steps_back = 0
+        self.on_step_back = on_step_back  # called with the step (s, negative) after it is said
 
     def now_ns(self) -> int:
         wall = self._time_ns()
@@ -211,6 +212,8 @@ class WallClock:
                 log.warning("wall_clock_stepped_back", step_s=step_s,
                             reason=f"a live capture is dated by this clock: for about {-step_s:.0f} s its packets "
                                    "fall in windows already closed and are dropped as late (netad_late_packets)")
+                if self.on_step_back is not None:
+                    self.on_step_back(step_s)
             else:
                 log.info("wall_clock_stepped_ahead", step_s=step_s, reason="the windows in between close empty")
         return wall

@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from detector.capture.clock import WallClock
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
@@ -108,6 +109,7 @@ class Daemon:
         self.previous_model_path: Path | None = None
         set_torch_threads(cfg.model.threads)
         self.jobs = J.JobBoard(J.job_intervals(cfg.service))
+        self.wall = WallClock(on_step_back=self.jobs.restart_schedule)  # read between batches, and for a live source's
         self.retrainer = Retrainer(cfg.state_dir)
         self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
         try:
@@ -158,7 +160,7 @@ class Daemon:
         # a replay started over rewrites its scores; one resumed, or a live link, adds to them
         self.scores_out = open_scores(cfg, self.config_path, append=resuming or is_live(cfg.source))
         self.pipeline = Pipeline(cfg, bundle, sinks=[self.sinks], scores_out=self.scores_out, on_scored=self._on_scored,
-                                 flow_records=cfg.source.flow_records, live=is_live(cfg.source))
+                                 flow_records=cfg.source.flow_records, live=is_live(cfg.source), wall=self.wall)
         self.pipeline.scoring.watchers.append(self._on_incident_events)
 
     def _on_incident_events(self, _window: WindowBatch, _scores: ScoreBatch, events: list[IncidentEvent]) -> None:
@@ -195,6 +197,7 @@ class Daemon:
         return f"signal:{self.lifecycle.stop_signal}" if self.lifecycle.stop else "source_ended"
 
     def _between_batches(self, now: float) -> None:
+        self.wall.now_ns()  # a step back of the clock reschedules the jobs, whatever the source
         reload, due, result = self.lifecycle.take_reload(), self.jobs.take_due(), self.retrainer.poll()
         if reload or due or result is not None:
             self.pipeline.settle()  # what follows reads or changes the Scoring stage's state

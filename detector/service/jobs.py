@@ -91,6 +91,20 @@ class JobBoard:
                                     args=[name], id=name, name=name, replace_existing=True, coalesce=True,
                                     max_instances=1, misfire_grace_time=max(1, int(seconds)))
 
+    def restart_schedule(self, step_s: float) -> None:
+        """The wall clock stepped back by -step_s: every job counts its interval from now.
+        APScheduler 3 keeps its schedule on the wall clock, so each next run stayed where it
+        was, that much further away: a step back of an hour held every checkpoint, heartbeat
+        and retraining back by an hour."""
+        for name, seconds in self.intervals.items():
+            self._scheduler.reschedule_job(name, trigger=IntervalTrigger(seconds=seconds, timezone=dt.UTC))
+        log.warning("jobs_rescheduled", step_s=step_s, jobs=sorted(self.intervals),
+                    reason="the wall clock stepped back; each job's interval is counted from now")
+
+    def next_runs(self) -> dict[str, dt.datetime]:
+        """Each job's next run as APScheduler holds it (tests, diagnostics)."""
+        return {job.id: job.next_run_time for job in self._scheduler.get_jobs()}
+
     def reschedule(self, intervals: dict[str, float]) -> list[str]:
         """Apply new intervals (a config reload); returns the jobs whose schedule changed."""
         changed = sorted(n for n in set(intervals) | set(self.intervals) if intervals.get(n) != self.intervals.get(n))

@@ -339,6 +339,8 @@ class Pipeline:
     live: bool = False
     # what the packets come from (a capture file, an interface), named in records-out-of-time incidents
     origin: str = ""
+    # the wall clock a live source is judged by (the daemon's, which its job schedule follows too)
+    wall: WallClock = field(default_factory=WallClock)
 
     def __post_init__(self) -> None:
         cfg = self.cfg
@@ -356,7 +358,6 @@ class Pipeline:
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)
         sharded = isinstance(self.windows, ShardedWindowAggregator)
         self.scoring_thread = ScoringThread() if sharded else None
-        self.wall = WallClock()  # a live source's: read for each batch, its steps said
         self.time_bounds = TimeBounds(self.stages.clock, self._origin_name, self._publish,
                                       lambda: self.scoring.observer, lambda: self.scoring.bundle.version)
         self.packets = 0  # for flow records: the packets they report

@@ -73,3 +73,34 @@ def test_notifier_watchdog_only_for_this_process(tmp_path):
         fields = dict(line.split("=", 1) for line in server.recv(1024).decode().splitlines())
         n.close()
     assert "1" == fields["RELOADING"] and int(fields["MONOTONIC_USEC"]) > 0
+
+
+def test_a_step_back_of_the_wall_clock_counts_every_job_s_interval_from_now():
+    """APScheduler 3 keeps its schedule on the wall clock: after the clock steps back an
+    hour, each job's next run is an hour further away (here set so, as the step leaves it;
+    the machine's clock is not stepped in a test). The daemon's WallClock sees the step and
+    the schedule starts again from now: the next checkpoint in a minute, not in an hour."""
+    import datetime as dt
+
+    import structlog
+
+    from detector.capture.clock import WallClock
+
+    board = JobBoard({CHECKPOINT: 60, HEARTBEAT: 30})
+    board.start()
+    try:
+        now = dt.datetime.now(dt.UTC)
+        for name in (CHECKPOINT, HEARTBEAT):
+            board._scheduler.modify_job(name, next_run_time=now + dt.timedelta(hours=1))
+        wall, mono = [5_000 * 10**9], [10**9]
+        clock = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0], on_step_back=board.restart_schedule)
+        clock.now_ns()
+        wall[0] -= 3600 * 10**9
+        with structlog.testing.capture_logs() as logs:
+            clock.now_ns()
+        runs = board.next_runs()
+        assert runs[CHECKPOINT] - now <= dt.timedelta(seconds=61) and runs[HEARTBEAT] - now <= dt.timedelta(seconds=31)
+        assert ["wall_clock_stepped_back", "jobs_rescheduled"] == [e["event"] for e in logs]
+        assert -3600.0 == logs[1]["step_s"]
+    finally:
+        board.shutdown()
