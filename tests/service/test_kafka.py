@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from detector.contracts import LinkHosts, WindowEvidence
 from detector.service.wire import EntityState, WindowRecord, WireError, decode_state, decode_window, encode_state, encode_window
+from tests.conftest import REPO
 from tests.service._daemon import DaemonProcess, base_config, free_port, netad, write_config
 
 pytestmark = pytest.mark.slow  # `demo`: the session's demo capture and model (tests/conftest.py)
@@ -423,3 +424,41 @@ def test_librdkafka_s_lines_are_json_events_and_a_repeated_one_is_said_once_a_mi
     assert said and all(f"127.0.0.1:{dead}" in e["message"] for e in said)
     assert len({e["message"] for e in said}) == len(said)  # each line once within the minute
     assert "rdkafka" not in capfd.readouterr().err  # nothing of librdkafka's own printing
+
+
+def test_a_sensor_whose_broker_is_gone_drops_what_its_full_queue_cannot_take_and_goes_on(tmp_path: Path):
+    """The broker goes away and librdkafka's local queue fills (here 5 records): a window's
+    records wait at most a second for room, then are dropped, counted and said once, and
+    publish() returns, so capture, the watchdog's heartbeat and SIGTERM go on. Before, the
+    sensor waited in publish() for as long as the broker was away."""
+    import subprocess
+    import sys
+
+    import structlog
+
+    from detector.capture.windows import PACKET_SCHEMA
+    from detector.config import load_config
+    from detector.contracts import WindowBatch
+    from detector.service.kafka.sensor import WindowPublisher
+
+    mock = subprocess.Popen([sys.executable, "-m", "detector.bench._kafka_mock", "1", "netad.windows", "netad.state"],
+                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert mock.stdout is not None
+        bootstrap = mock.stdout.readline().strip()
+        config = write_config(tmp_path / "sensor.yaml", {"role": "sensor", "kafka": {
+            "bootstrap_servers": bootstrap, "client": {"queue.buffering.max.messages": 5, "message.timeout.ms": 600000}}})
+        publisher = WindowPublisher(load_config(str(config)))
+    finally:
+        mock.kill()
+        mock.wait(timeout=10)
+        for pipe in (mock.stdin, mock.stdout):
+            pipe.close()  # type: ignore[union-attr]
+    n = 40
+    window = WindowBatch(0, 60 * 10**9, [f"10.20.0.{i}" for i in range(n)], ["host"] * n,
+                         np.zeros((n, 6, len(PACKET_SCHEMA.features)), np.float32), PACKET_SCHEMA)
+    with structlog.testing.capture_logs() as logs:
+        publisher.publish(window)  # returns (the old one never did: the test's timeout would end it)
+    assert 5 == publisher.published and n - 5 == publisher.failed
+    said = [e for e in logs if e["event"] == "kafka_windows_not_delivered"]
+    assert 1 == len(said) and "queue is full" in said[0]["error"]

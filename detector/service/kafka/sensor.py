@@ -26,6 +26,7 @@ from detector.service.wire import WindowRecord, encode_window
 log = structlog.get_logger()
 
 _FAILURE_LOG_S = 60.0  # windows the broker never took: said at most this often, with the count
+_QUEUE_WAIT_S = 1.0  # a record waits this long at most for room in librdkafka's full queue
 
 
 class WindowPublisher:
@@ -50,17 +51,20 @@ class WindowPublisher:
         """librdkafka's report on a record (from poll). A broker away for longer than
         message.timeout.ms fails every window queued meanwhile: said once a minute with the
         count, not once per window (thousands a minute on a large network)."""
-        if err is None:
-            return
+        if err is not None:
+            self._not_delivered(str(err))
+
+    def _not_delivered(self, error: str) -> None:
         self.failed += 1
         now = time.monotonic()
         if now - self._failure_said_at >= _FAILURE_LOG_S:
             log.error("kafka_windows_not_delivered", windows=self.failed - self._failures_said, total=self.failed,
-                      error=str(err))
+                      error=error)
             self._failure_said_at, self._failures_said = now, self.failed
 
     def publish(self, wb: WindowBatch) -> None:
         schema = wb.schema
+        deadline = time.monotonic() + _QUEUE_WAIT_S  # for the whole window's records
         for i, entity in enumerate(wb.entities):
             evidence = wb.evidence.get(entity)
             if evidence is not None and not (evidence.top_peers or evidence.top_ports or evidence.top_flows):
@@ -70,15 +74,29 @@ class WindowPublisher:
                                wb.features[i], evidence, wb.link_hosts if wb.entity_classes[i] == ENTITY_GLOBAL else None,
                                wb.requested_by.get(entity, ""))
             value = encode_window(rec)
-            while True:
-                try:
-                    self.producer.produce(self.topic, value, rec.key)
-                    break
-                except BufferError:  # the local queue is full: the broker is the bottleneck, wait for it
-                    self.producer.poll(0.1)
+            if not self._produce(rec.key, value, deadline):
+                deadline = 0.0  # the queue stayed full: the rest of this window is dropped without waiting
+                continue
             self.published += 1
             self.bytes += len(value)
         self.producer.poll(0)
+
+    def _produce(self, key: bytes, value: bytes, deadline: float) -> bool:
+        """Queue one record. A full local queue (the broker slower than the link, or away for
+        long enough that librdkafka's queue filled) is waited on until `deadline` (a window's
+        records share _QUEUE_WAIT_S), the broker's acknowledgements served meanwhile; past it
+        the record is dropped, counted and said with the others the broker never took. Before,
+        the sensor waited for as long as the broker was away: no capture, no heartbeat for
+        systemd's watchdog, no SIGTERM."""
+        while True:
+            try:
+                self.producer.produce(self.topic, value, key)
+                return True
+            except BufferError:
+                if time.monotonic() >= deadline:
+                    self._not_delivered("the local queue is full (librdkafka's queue.buffering.max.messages)")
+                    return False
+                self.producer.poll(0.1)
 
     def flush(self, timeout_s: float) -> int:
         """Wait for the broker's acknowledgements; returns how many are still unacknowledged."""
