@@ -49,7 +49,6 @@ class AppendFile:
     def __init__(self, path: Path, mode: int, truncate: bool = False) -> None:
         self.path = path
         self.mode = mode
-        self.reopened = 0  # times the path was found moved away and opened again
         self._truncate = truncate
         self._fd = -1
         self._id: tuple[int, int] = (-1, -1)
@@ -76,7 +75,6 @@ class AppendFile:
             except FileNotFoundError:
                 pass
             self.close()
-            self.reopened += 1
         self.open()
         return self._fd
 
@@ -84,6 +82,11 @@ class AppendFile:
         """append_whole to the current file: all of `data`, or an OSError and none of it."""
         append_whole(self.current(), data)
         self.size += len(data)
+
+    def sync(self) -> None:
+        """fsync the file last written (not one a rotation has put at the path since)."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -147,7 +147,7 @@ class JsonlTransport(Transport):
                     self._rotate()
                 self._file.append(line)  # or nothing of it: a full disk leaves no half line
             if self.fsync:
-                os.fsync(self._file.current())
+                self._file.sync()
         except OSError as exc:
             self.close()
             raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc

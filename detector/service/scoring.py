@@ -16,7 +16,6 @@ applied on SIGHUP without another line here; `swap_model` changes the model betw
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -102,7 +101,7 @@ class ScoresFile:
         """flush() and fsync (the Kafka scorer, before it commits the windows' offsets)."""
         self.flush()
         try:
-            os.fsync(self._file.current())
+            self._file.sync()
         except OSError as exc:
             self._dropped(0, exc)
 
