@@ -189,7 +189,6 @@ class TlsFiles:
         self.sink_name = sink_name
         self._stamp = self._stamps()
         self._context = tls_context(ca_file=ca_file, insecure=insecure, cert_file=cert_file, key_file=key_file)
-        self.reloads = 0
 
     def _stamps(self) -> tuple[tuple[int, ...] | None, ...]:
         out: list[tuple[int, ...] | None] = []
@@ -218,7 +217,6 @@ class TlsFiles:
                         files=[str(f) for f in self._files if f is not None],
                         reason="the last good certificates are kept until the files change again")
             return self._context
-        self.reloads += 1
         log.info("sink_tls_reloaded", sink=self.sink_name, files=[str(f) for f in self._files if f is not None])
         return self._context
 

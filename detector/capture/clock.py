@@ -211,7 +211,8 @@ class WallClock:
                 self.steps_back += 1
                 log.warning("wall_clock_stepped_back", step_s=step_s,
                             reason=f"a live capture is dated by this clock: for about {-step_s:.0f} s its packets "
-                                   "fall in windows already closed and are dropped as late (netad_late_packets)")
+                                   "fall in windows already closed and are dropped as late (netad_late_packets); "
+                                   "scheduled jobs count their intervals from now")
                 if self.on_step_back is not None:
                     self.on_step_back(step_s)
             else:
