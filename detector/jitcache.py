@@ -52,9 +52,7 @@ def repair() -> list[str]:
             if path.is_file() and not _readable(path):
                 try:
                     path.unlink()
-                except FileNotFoundError:
-                    continue
-                except OSError:  # read-only: numba cannot write it there either
+                except OSError:  # gone meanwhile, or read-only (numba cannot write it there either)
                     continue
                 removed.append(str(path))
     REMOVED.extend(removed)

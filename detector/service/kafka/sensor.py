@@ -26,7 +26,7 @@ from detector.service.wire import WindowRecord, encode_window
 log = structlog.get_logger()
 
 _FAILURE_LOG_S = 60.0  # windows the broker never took: said at most this often, with the count
-_QUEUE_WAIT_S = 1.0  # a record waits this long at most for room in librdkafka's full queue
+_QUEUE_WAIT_S = 1.0  # a window's records wait this long at most, in all, for room in librdkafka's full queue
 
 
 class WindowPublisher:
