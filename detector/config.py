@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -312,10 +314,11 @@ class Config(_Strict):
 def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate. Raises ConfigError."""
     env = dict(os.environ) if env is None else env
+    overrides = env_overrides(env)
     if path is None:
-        return validate_yaml_data(Config, _apply_env({}, env), None, "<defaults>")
+        return validate_yaml_data(Config, _apply_env({}, overrides), None, "<defaults>", overrides)
     data, root = read_yaml(path)
-    return validate_yaml_data(Config, _apply_env(data, env), root, str(path))
+    return validate_yaml_data(Config, _apply_env(data, overrides), root, str(path), overrides)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -373,27 +376,37 @@ def read_yaml(path: str | Path) -> tuple[dict[str, Any], yaml.Node | None]:
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_yaml_data(model: type[M], data: dict[str, Any], root: yaml.Node | None, label: str) -> M:
-    """Validate against a pydantic model; errors name file:line and the key path."""
+def validate_yaml_data(model: type[M], data: dict[str, Any], root: yaml.Node | None, label: str,
+                       overrides: Overrides | None = None) -> M:
+    """Validate against a pydantic model; errors name file:line and the key path, or the
+    environment variable (`overrides`) that set the key."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = err["loc"]
-            line = _line_of(root, loc)
-            prefix = f"{label}:{line}" if line else label
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{prefix}: {_format_loc(loc)}: {msg}")
+            lines.append(f"{_where(label, root, loc, overrides or {})}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
 
-def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """NETAD_KEY (top-level keys: NETAD_HOME_NET, NETAD_STATE_DIR) and NETAD_SECTION__KEY
-    override the file; values are YAML (`NETAD_HOME_NET='[10.0.0.0/8, fd00::/8]'`; a list key
-    also takes a comma-separated string). A NETAD_ variable that names no config key is a
-    ConfigError, not silently ignored (a typo must not leave the file's value in force).
-    NETAD_TEST_* is left to the test suite."""
+@dataclass(frozen=True)
+class _Override:
+    variable: str  # NETAD_SECTION__KEY
+    kind: str  # what the key holds (_key_kind)
+    raw: str  # the variable's value
+
+
+Overrides = dict[tuple[str, ...], _Override]  # the config keys the environment sets, by key path
+
+
+def env_overrides(env: Mapping[str, str]) -> Overrides:
+    """NETAD_KEY (top-level keys: NETAD_HOME_NET, NETAD_STATE_DIR) and NETAD_SECTION__KEY:
+    the keys they override. A NETAD_ variable that names no config key is a ConfigError, not
+    silently ignored (a typo must not leave the file's value in force). NETAD_TEST_* is left
+    to the test suite."""
+    out: Overrides = {}
     for key, raw in sorted(env.items()):
         if not key.startswith(ENV_PREFIX) or key.startswith(ENV_PREFIX + "TEST_"):
             continue
@@ -401,11 +414,34 @@ def _apply_env(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         kind = _key_kind(path)
         if kind is None:
             raise ConfigError(f"environment: {key}: no config key {'.'.join(path)} (NETAD_KEY or NETAD_SECTION__KEY)")
+        out[tuple(path)] = _Override(key, kind, raw)
+    return out
+
+
+def _where(label: str, root: yaml.Node | None, loc: tuple[Any, ...], overrides: Overrides) -> str:
+    """Where key `loc` was set: `environment: NETAD_X: key` when a variable set it (or a key
+    above it), else `file:line: key` (`file: key` where the file has no line for it). An
+    error about a key whose value a variable set below it (a section's own check) names the
+    file's line and the variables."""
+    key = _format_loc(loc)
+    for path, override in overrides.items():
+        if tuple(loc[: len(path)]) == path:
+            return f"environment: {override.variable}: {key}"
+    line = _line_of(root, loc)
+    where = f"{label}:{line}: {key}" if line else f"{label}: {key}"
+    below = [o.variable for path, o in overrides.items() if tuple(path[: len(loc)]) == tuple(loc)]
+    return f"{where} (with {', '.join(below)} from the environment)" if below else where
+
+
+def _apply_env(data: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """Each override in `data` (the file's): values are YAML (`NETAD_HOME_NET='[10.0.0.0/8,
+    fd00::/8]'`; a list key also takes a comma-separated string)."""
+    for path, override in overrides.items():
         try:
-            value = _load_yaml(raw)
+            value = _load_yaml(override.raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"environment: {key}: invalid YAML value: {exc}") from None
-        if kind == "list" and isinstance(value, str):
+            raise ConfigError(f"environment: {override.variable}: invalid YAML value: {exc}") from None
+        if override.kind == "list" and isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         node = data
         for part in path[:-1]:
@@ -470,11 +506,19 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def key_location(path: str | Path | None, loc: tuple[Any, ...]) -> str:
+def key_location(path: str | Path | None, loc: tuple[Any, ...], env: Mapping[str, str] | None = None) -> str:
     """`file:line: key` of a key of a config file, for messages about a valid config's values
     (check-config: a model or capture that is not there); the line of the nearest enclosing
-    key the file has, or just `file: key` for a value left to its default."""
+    key the file has, or just `file: key` for a value left to its default; `environment:
+    NETAD_X: key` for a key the environment (os.environ unless `env`) set, as load_config
+    reads it."""
     label = str(path) if path is not None else "<defaults>"
+    try:
+        overrides = env_overrides(os.environ if env is None else env)
+    except ConfigError:  # load_config refused the environment before any value was checked
+        overrides = {}
+    if any(tuple(loc[: len(p)]) == p for p in overrides):
+        return _where(label, None, loc, overrides)
     root = None
     if path is not None:
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import load_config
+from detector.config import key_location, load_config
 from detector.errors import ConfigError
 from tests.conftest import REPO
 
@@ -111,6 +111,37 @@ def test_an_environment_override_of_no_key_is_refused(tmp_path: Path, name: str)
     """A NETAD_ variable that names no config key is a ConfigError naming it, not silently ignored."""
     with pytest.raises(ConfigError, match=f"environment: {name}: no config key"):
         load_config(None, env={name: "1"})
+
+
+def test_a_bad_value_from_the_environment_names_the_variable_not_the_file(tmp_path: Path):
+    """A value the environment set and the schema refuses is blamed on its variable: the
+    file's line holds a good value, and an operator reading `c.yaml:1` would look there. A
+    section's own check of a key the environment set below it names the file and the
+    variable; keys the file set keep their file:line."""
+    p = tmp_path / "c.yaml"
+    p.write_text("home_net: [10.20.0.0/16]\nwindows:\n  entity_idle_s: 60\nkafka:\n  client:\n    acks: all\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(p, env={"NETAD_HOME_NET": "notanet", "NETAD_WINDOWS__ENTITY_IDLE_S": "soon"})
+    lines = str(err.value).splitlines()
+    assert 2 == len(lines), lines
+    assert lines[0].startswith("environment: NETAD_HOME_NET: home_net: Value error, [0] 'notanet' is not a network")
+    assert lines[1].startswith("environment: NETAD_WINDOWS__ENTITY_IDLE_S: windows.entity_idle_s: Input should be a valid number")
+    with pytest.raises(ConfigError, match=rf"^{p}:6: kafka.client \(with NETAD_KAFKA__CLIENT__SASL.PASSWORD from the "
+                                          r"environment\): Value error, 'credential:nope'"):
+        load_config(p, env={"NETAD_KAFKA__CLIENT__SASL.PASSWORD": "credential:nope"})
+    p.write_text("windows:\n  entity_idle_s: soon\n")
+    with pytest.raises(ConfigError, match=rf"^{p}:2: windows.entity_idle_s: Input should be a valid number"):
+        load_config(p, env={"NETAD_HOME_NET": "10.0.0.0/8"})
+
+
+def test_a_key_the_environment_set_is_located_in_the_environment(tmp_path: Path):
+    """check-config's messages about a valid config's values (a model that is not there)
+    name the variable that set the key, as load_config's own errors do."""
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  path: var/model\n")
+    assert "environment: NETAD_MODEL__PATH: model.path" == key_location(p, ("model", "path"), env={"NETAD_MODEL__PATH": "/x"})
+    assert f"{p}:2: model.path" == key_location(p, ("model", "path"), env={"NETAD_MODEL__DEVICE": "cpu"})
+    assert "environment: NETAD_SINKS: sinks[1].url" == key_location(p, ("sinks", 1, "url"), env={"NETAD_SINKS": "[]"})
 
 
 def test_default_home_net_is_the_private_ranges():

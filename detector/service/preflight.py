@@ -56,8 +56,10 @@ def check(cfg: Config, path: str | Path | None) -> list[str]:
 def _source(cfg: Config) -> list[Problem]:
     src = cfg.source
     if src.type == "interface":
+        if not src.interface:
+            return [(("source", "interface"), "source.type interface needs an interface")]
         try:
-            socket.if_nametoindex(src.interface or "")
+            socket.if_nametoindex(src.interface)
         except OSError:
             have = ", ".join(name for _, name in socket.if_nameindex())
             return [(("source", "interface"), f"no network interface {src.interface!r} on this machine (it has: {have})")]

@@ -109,6 +109,20 @@ def test_a_missing_interface_model_and_unwritable_paths_exit_78_naming_each_key(
     assert before == _tree(tmp_path)
 
 
+def test_keys_the_environment_set_are_named_by_their_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NETAD_SOURCE__TYPE=interface` over a pcap config, and a model path from the
+    environment: the interface it lacks is said as such (it was "no network interface None"),
+    and the model's problem names NETAD_MODEL__PATH, not the file's line with its good path."""
+    config = passing_config(tmp_path)
+    monkeypatch.setenv("NETAD_SOURCE__TYPE", "interface")
+    monkeypatch.setenv("NETAD_MODEL__PATH", str(tmp_path / "no-model"))
+    code, problems, _ = _check(config)
+    assert 78 == code
+    assert [f"{config}:2: source.interface: source.type interface needs an interface",
+            f"environment: NETAD_MODEL__PATH: model.path: no model bundle at {tmp_path}/no-model"] == \
+        [line.split(": train one")[0] for line in problems]
+
+
 def test_a_model_for_other_windows_or_another_kind_of_input_is_named(tmp_path: Path, model: Path) -> None:
     """A packet model under a Zeek source, or with other windows than the config's, is what
     `run` refuses: check-config says it first, with what to do."""
