@@ -154,6 +154,8 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
             click.echo(f"          threshold resampled over the held-out windows: {low:.4f} .. {high:.4f} (90 %)")
         for warning in s.get("warnings", []):
             click.echo(f"          warning: {warning}")
+    for warning in bundle.training.get("warnings", []):
+        click.echo(f"  warning: {warning}")
     if bundle.history is not None:
         h = bundle.history
         click.echo(f"  peer history carried into scoring: {h.rows('entities'):,} entities, {h.rows('peers'):,} peers, "

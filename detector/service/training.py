@@ -24,7 +24,7 @@ from pathlib import Path
 import structlog
 
 from detector.config import Config
-from detector.contracts import CarriedHistory, FlowRecordBatch, PacketBatch, WindowBatch
+from detector.contracts import ENTITY_GLOBAL, CarriedHistory, FlowRecordBatch, PacketBatch, WindowBatch
 from detector.errors import OutputError, TrainingDataError
 from detector.model.bundle import ModelBundle
 from detector.model.training import TrainingParams, train
@@ -135,6 +135,12 @@ def train_from_captures(
                                 "a few hours of benign traffic)") from None
     bundle.training["conn_logs" if flow_records else "captures"] = [str(p) for p in pcaps]
     bundle.training["home_net"] = cfg.home_net
+    if set(bundle.classes) <= {ENTITY_GLOBAL}:  # a first run's home_net that misses the network
+        warning = (f"no host of home_net ({', '.join(cfg.home_net)}) in the training span: the model scores the link "
+                   "only, and no host will ever have an incident; set home_net (or NETAD_HOME_NET) to the networks "
+                   "your hosts are on")
+        log.warning("training_warning", entity_class="host", warning=warning)
+        bundle.training["warnings"] = [warning]
     bundle.training["history_warmup_s"] = warmup_s
     bundle.history = carried[0] if carried else None
     try:

@@ -62,6 +62,25 @@ def test_train_on_a_capture_cut_mid_record_writes_the_model_says_so_and_exits_65
 
 
 
+def test_train_with_a_home_net_that_holds_no_host_says_only_the_link_was_learned(tmp_path: Path, demo):
+    """A first run whose home_net misses the capture's network learns the link alone: the model
+    is written (the link is still scored), and `netad train` says that no host will ever be
+    scored and what to set, on stdout and in its log. Before, it printed the link's line and
+    nothing about hosts."""
+    config = write_config(tmp_path / "train.yaml", {"home_net": ["172.31.0.0/16"], "model": {"device": "cpu"},
+                                                    "training": {"epochs": 1, "members": 1}, "logging": {"format": "json"}})
+    out = tmp_path / "model"
+    res = netad_cli("train", "-c", str(config), "--pcap", str(demo["pcap"]), "--end-s", "3600", "--out", str(out))
+    assert 0 == res.returncode, res.stderr
+    assert_no_traceback(res.stdout, res.stderr)
+    warning = ("no host of home_net (172.31.0.0/16) in the training span: the model scores the link only, and no host "
+               "will ever have an incident")
+    assert f"  warning: {warning}" in res.stdout
+    assert '"event": "training_warning"' in res.stderr and warning in res.stderr
+    classes = [line.split()[0] for line in res.stdout.splitlines() if line.startswith("  ") and line[2] != " " and " entities " in line]
+    assert ["global"] == classes, res.stdout
+
+
 @pytest.mark.root
 @pytest.mark.skipif(not can_unshare_mounts(), reason="needs root and unshare(1) for a private mount namespace")
 def test_train_whose_model_cannot_be_written_exits_73_with_the_path_and_the_reason(tmp_path: Path, demo):
