@@ -51,6 +51,29 @@ def _check_networks(value: list[str]) -> list[str]:
     return value
 
 
+def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[str]) -> str | None:
+    """Why a model trained with home_net `trained` cannot read windows built with `home_net`;
+    None where they name the same networks (in any order or spelling) or the model did not
+    record its own (a bundle older than the record). Windows are built by which addresses
+    home_net holds: which hosts are entities, what the link sends and receives, which peers
+    are new to the network. The 1 h demo's link, read by a model trained with another
+    home_net, alarmed in 59 of its 60 windows (none with its own)."""
+    if trained is None:
+        return None
+
+    def networks(value: list[str] | tuple[str, ...]) -> set[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+        try:
+            return {ipaddress.ip_network(net, strict=False) for net in value}
+        except (TypeError, ValueError):
+            return None
+
+    if networks(trained) == networks(home_net):
+        return None
+    return (f"the model was trained with home_net {', '.join(map(str, trained))} and this config has "
+            f"{', '.join(home_net)}: a window counts traffic in and out of home_net, so the model would read every "
+            "window against other networks than it learned; retrain with this config, or set home_net back")
+
+
 CREDENTIAL = "credential:"  # a value `credential:NAME` is the file NAME of systemd's $CREDENTIALS_DIRECTORY
 _CREDENTIAL_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from detector.config import key_location, load_config
+from detector.config import home_net_change, key_location, load_config
 from detector.errors import ConfigError
 from tests.conftest import REPO
 
@@ -142,6 +142,18 @@ def test_a_key_the_environment_set_is_located_in_the_environment(tmp_path: Path)
     assert "environment: NETAD_MODEL__PATH: model.path" == key_location(p, ("model", "path"), env={"NETAD_MODEL__PATH": "/x"})
     assert f"{p}:2: model.path" == key_location(p, ("model", "path"), env={"NETAD_MODEL__DEVICE": "cpu"})
     assert "environment: NETAD_SINKS: sinks[1].url" == key_location(p, ("sinks", 1, "url"), env={"NETAD_SINKS": "[]"})
+
+
+def test_a_model_trained_with_other_home_networks_is_named_and_the_same_ones_in_other_words_are_not():
+    """home_net_change: the same networks in another order or spelling (a host bit set, as
+    ip_network(strict=False) reads it) are no change; a bundle that recorded none is not
+    judged; other networks are, naming both."""
+    assert home_net_change(["10.20.0.0/16", "fd00::/8"], ["fd00::/8", "10.20.1.0/16"]) is None
+    assert home_net_change(None, ["10.0.0.0/8"]) is None
+    change = home_net_change(["172.31.0.0/16"], ["10.20.0.0/16"])
+    assert change is not None and change.startswith("the model was trained with home_net 172.31.0.0/16 and this "
+                                                    "config has 10.20.0.0/16: ")
+    assert home_net_change(["10.20.0.0/16"], ["10.20.0.0/16", "192.168.0.0/16"]) is not None  # a network added
 
 
 def test_default_home_net_is_the_private_ranges():

@@ -46,6 +46,7 @@ class BundleDescription:
     bin_s: float
     bins: int
     classes: tuple[str, ...]
+    home_net: tuple[str, ...] | None = None  # the networks it was trained with (None: not recorded)
 
 
 def describe(path: str | Path) -> BundleDescription:
@@ -80,7 +81,21 @@ def describe(path: str | Path) -> BundleDescription:
     if missing:
         raise ModelError(f"{weights_path}: no weights for class {', '.join(missing)}")
     read_history(path, meta)
-    return BundleDescription(described, bin_s, bins, classes)
+    return BundleDescription(described, bin_s, bins, classes, _home_net(meta))
+
+
+def _home_net(meta: dict[str, Any]) -> tuple[str, ...] | None:
+    training = meta.get("training")
+    trained = training.get("home_net") if isinstance(training, dict) else None
+    return tuple(trained) if isinstance(trained, list) and all(isinstance(n, str) for n in trained) else None
+
+
+def trained_home_net(path: str | Path) -> tuple[str, ...] | None:
+    """The home_net the bundle at `path` was trained with, read without torch (the Kafka
+    sensor's, which builds the windows the scorers' model reads); None where there is no
+    bundle or it recorded none."""
+    path = Path(path)
+    return _home_net(read_meta(path / META)) if (path / META).is_file() else None
 
 
 def save_safetensors(save: Callable[[Any, str], Any], tensors: Mapping[str, Any], path: Path) -> None:

@@ -23,7 +23,7 @@ import structlog
 
 from detector.alerting.rules import RuleSet, load_rules
 from detector.alerting.sinks import Sink, SinkSet, build_sink, parse_sink_url
-from detector.config import Config, load_config
+from detector.config import Config, home_net_change, load_config
 from detector.contracts import FeatureSchema
 from detector.errors import ConfigError, ModelError
 from detector.model.bundle import ModelBundle
@@ -149,6 +149,9 @@ def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet
         if (bundle.bin_s, bundle.bins) != (running.windows.bin_s, running.windows.bins):
             raise ModelError(f"{new.model.path}: trained on windows of {bundle.bins} x {bundle.bin_s} s bins, "
                              f"the daemon runs {running.windows.bins} x {running.windows.bin_s} s")
+        change = home_net_change(bundle.training.get("home_net"), running.home_net)
+        if change:
+            raise ModelError(f"{new.model.path}: {change.replace('this config has', 'the daemon runs')}")
     # what needs a restart keeps running as it is until then
     keep_model = {k: getattr(running.model, k) for k in _RESTART_MODEL_KEYS if hasattr(running.model, k)}
     effective = new.model_copy(

@@ -31,7 +31,7 @@ from detector.capture.packets.pcap import CaptureFile, read_ahead
 from detector.capture.windows import HomeNet, WindowAggregator
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.capture.windows.sharded import FlowShards, ShardedWindowAggregator
-from detector.config import Config
+from detector.config import Config, home_net_change
 from detector.contracts import (
     ENTITY_GLOBAL,
     CarriedHistory,
@@ -353,6 +353,9 @@ class Pipeline:
                 f"model trained on windows of {self.bundle.bins} x {self.bundle.bin_s} s bins, "
                 f"config has {cfg.windows.bins} x {cfg.windows.bin_s} s; retrain or fix windows.*"
             )
+        change = home_net_change(self.bundle.training.get("home_net"), cfg.home_net)
+        if change:
+            raise ModelError(f"model {self.bundle.version}: {change}")
         self.exporters = ExporterIndex(cfg.home_net, 2 * cfg.windows.max_entities) if self.flows is None else None
         self.scoring = Scoring(cfg, self.bundle, observer_of(cfg), rules=self.rules, sinks=self.sinks, scores_out=self.scores_out,
                                on_scored=self.on_scored, annotate=self._add_exporter if self.exporters is not None else None)

@@ -21,9 +21,9 @@ from typing import Any
 from detector.alerting.rules import load_rules
 from detector.alerting.sinks import parse_sink_url, unwritable
 from detector.capture.schemas import FLOW_SCHEMA, PACKET_SCHEMA
-from detector.config import FLOW_RECORD_SOURCES, Config, key_location
+from detector.config import FLOW_RECORD_SOURCES, Config, home_net_change, key_location
 from detector.errors import ConfigError, ModelError
-from detector.model.meta import describe, schema_mismatch
+from detector.model.meta import describe, schema_mismatch, trained_home_net
 
 # the feature schema a source's windows have (capture.windows: PACKET_SCHEMA, FLOW_SCHEMA)
 _SCHEMA_OF_SOURCE = {"pcap": "packet", "interface": "packet", "netflow": "flow", "zeek": "flow"}
@@ -46,6 +46,10 @@ def check(cfg: Config, path: str | Path | None) -> list[str]:
     if cfg.role != "sensor":  # a sensor publishes windows: the scorers hold the model
         problems += _model(cfg)
         problems += _sinks(cfg)
+    else:  # ... which reads them as the home_net it was trained with counted them
+        change = home_net_change(trained_home_net(cfg.model.path), cfg.home_net)
+        if change:
+            problems.append((("home_net",), f"{change} (model {cfg.model.path})"))
     problems += _state_dir(cfg)
     problem = unwritable(cfg.outputs.scores) if cfg.outputs.scores is not None and cfg.role != "sensor" else None
     if problem:
@@ -101,6 +105,9 @@ def _model(cfg: Config) -> list[Problem]:
     if missing:
         problems.append((key, f"no model for entity class {', '.join(missing)} (it has {', '.join(bundle.classes)}); "
                               "this config scores them: retrain with this config"))
+    change = home_net_change(bundle.home_net, cfg.home_net)
+    if change:
+        problems.append((("home_net",), f"{change} (model {cfg.model.path})"))
     if (bundle.bin_s, bundle.bins) != (cfg.windows.bin_s, cfg.windows.bins):
         key_w = ("windows", "bins") if bundle.bins != cfg.windows.bins else ("windows", "bin_s")
         problems.append((key_w, f"the model was trained on windows of {bundle.bins} x {bundle.bin_s:g} s bins, "

@@ -62,7 +62,7 @@ def test_train_on_a_capture_cut_mid_record_writes_the_model_says_so_and_exits_65
 
 
 
-def test_train_with_a_home_net_that_holds_no_host_says_only_the_link_was_learned(tmp_path: Path, demo):
+def test_train_with_a_home_net_that_holds_no_host_says_only_the_link_was_learned_and_scoring_with_another_is_refused(tmp_path: Path, demo):
     """A first run whose home_net misses the capture's network learns the link alone: the model
     is written (the link is still scored), and `netad train` says that no host will ever be
     scored and what to set, on stdout and in its log. Before, it printed the link's line and
@@ -79,6 +79,17 @@ def test_train_with_a_home_net_that_holds_no_host_says_only_the_link_was_learned
     assert '"event": "training_warning"' in res.stderr and warning in res.stderr
     classes = [line.split()[0] for line in res.stdout.splitlines() if line.startswith("  ") and line[2] != " " and " entities " in line]
     assert ["global"] == classes, res.stdout
+    # home_net fixed afterwards: this model counted the link's traffic against 172.31/16, and
+    # read against 10.20/16 the demo's link alarmed in 59 of its 60 windows; scoring and
+    # check-config refuse it (78) and say to retrain
+    fixed = write_config(tmp_path / "fixed.yaml", {"home_net": ["10.20.0.0/16"], "model": {"device": "cpu", "path": str(out)},
+                                                   "source": {"type": "pcap", "path": str(demo["pcap"])}})
+    for args in (["score", "-c", str(fixed), "--pcap", str(demo["pcap"]), "--model", str(out)], ["check-config", "-c", str(fixed)]):
+        res = netad_cli(*args)
+        assert 78 == res.returncode, res.stderr
+        assert_no_traceback(res.stdout, res.stderr)
+        assert "the model was trained with home_net 172.31.0.0/16 and this config has 10.20.0.0/16: " in res.stderr
+        assert "retrain with this config, or set home_net back" in res.stderr
 
 
 @pytest.mark.root

@@ -310,6 +310,27 @@ def test_missing_topic_is_a_config_error(demo, kafka_cluster, tmp_path):
     assert "kafka.state_topic" in res.stderr and "netad.no-such-state" in res.stderr
 
 
+def test_a_sensor_whose_home_net_is_not_the_model_s_is_refused_before_it_publishes(demo, tmp_path):
+    """The scorers' model reads a sensor's windows: a sensor whose home_net is not the one the
+    model (its model.path, whose peer history it carries) was trained with exits 78 naming
+    both, before any broker is asked; check-config says the same."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = _config(demo, tmp_path, "other-net", "sensor", "127.0.0.1:9")  # no broker: refused before one is asked
+    cfg = yaml.safe_load(path.read_text())
+    cfg["home_net"] = ["192.168.0.0/16"]
+    path.write_text(yaml.safe_dump(cfg))
+    for command in ("run", "check-config"):
+        res = subprocess.run([sys.executable, "-m", "detector.cli", command, "-c", str(path)], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 78, res.stderr[-2000:]
+        assert "the model was trained with home_net 10.20.0.0/16 and this config has 192.168.0.0/16" in res.stderr
+        assert "Traceback" not in res.stderr
+
+
 class _Consumer:
     """A consumer whose commits answer as told (a rebalance cannot be timed on the mock cluster)."""
 

@@ -65,3 +65,33 @@ def test_same_name_new_url_takes_over_the_spool(tmp_path, current):
             old_siem.publish(None)  # type: ignore[arg-type]
     finally:
         new.sinks[1].close(timeout_s=0.1)
+
+
+def test_a_new_model_trained_with_other_home_networks_is_refused_and_the_sinks_are_left(tmp_path, current):
+    """SIGHUP to a model.path whose model was trained with another home_net: refused
+    (ModelError, the daemon logs reload_failed and keeps its model) before any sink is
+    reconciled, as a model of other windows is; the same networks in the daemon's spelling
+    are taken."""
+    import yaml
+
+    from detector.capture.windows import PACKET_SCHEMA
+    from detector.config import load_config
+    from detector.errors import ModelError
+    from detector.service._reload import plan_reload
+    from tests.model.test_scorer import _bundle
+
+    running = load_config(None, env={"NETAD_HOME_NET": "10.20.0.0/16", "NETAD_STATE_DIR": str(tmp_path / "state")})
+    config = tmp_path / "netad.yaml"
+    for trained, refused in ((["172.31.0.0/16"], True), (["10.20.7.0/16"], False)):
+        bundle = _bundle()
+        bundle.training["home_net"] = trained
+        model = bundle.save(tmp_path / f"model-{trained[0].replace('/', '_')}")
+        config.write_text(yaml.safe_dump({"home_net": ["10.20.0.0/16"], "model": {"path": str(model)},
+                                          "state_dir": str(tmp_path / "state"),
+                                          "sinks": [{"url": s.url, "name": s.name} for s in current]}))
+        if refused:
+            with pytest.raises(ModelError, match=r"trained with home_net 172\.31\.0\.0/16 and the daemon runs 10\.20\.0\.0/16"):
+                plan_reload(str(config), running, current, [], PACKET_SCHEMA)
+        else:
+            plan = plan_reload(str(config), running, current, [], PACKET_SCHEMA)
+            assert plan.bundle is not None and [] == plan.retired  # the same sinks, kept

@@ -14,9 +14,10 @@ from typing import Any
 
 import structlog
 
-from detector.config import Config
+from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch
-from detector.model.meta import carried_history
+from detector.errors import ModelError
+from detector.model.meta import carried_history, trained_home_net
 from detector.service._sources import build_source
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
@@ -104,6 +105,9 @@ class WindowPublisher:
 
 
 def run_sensor(cfg: Config) -> int:
+    change = home_net_change(trained_home_net(cfg.model.path), cfg.home_net)
+    if change:  # the scorers' model would read this sensor's windows against other networks
+        raise ModelError(f"{cfg.model.path}: {change}")
     lc = Lifecycle(cfg.service, "sensor")
     lc.install_signals()
     publisher = WindowPublisher(cfg)
