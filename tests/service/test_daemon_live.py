@@ -16,6 +16,7 @@ from tests.service._daemon import DaemonProcess, NotifySocket, base_config, neta
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 WINDOWS = {"bin_s": 1.0, "bins": 2, "lateness_s": 0.5}  # 2 s windows: the test sees several close
+HOME_NET = ["10.20.0.0/16", "127.0.0.0/8"]  # the office it trains on, and lo it captures (a model runs with its own)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def model(tmp_path_factory):
     d = tmp_path_factory.mktemp("live-model")
     pcap = d / "benign.pcap"
     netad("synth", "--out", str(pcap), "--benign-s", "300", "--attack-s", "0")
-    cfg = base_config(d, pcap, d / "model", windows=WINDOWS)
+    cfg = base_config(d, pcap, d / "model", windows=WINDOWS, home_net=HOME_NET)
     write_config(d / "train.yaml", cfg)
     netad("train", "-c", str(d / "train.yaml"), "--pcap", str(pcap), "--out", str(d / "model"))
     return d / "model"
@@ -44,7 +45,7 @@ def _send_udp(n: int) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model, workers):
     """Also with 2 capture workers on a fanout group and 2 flow workers (source.workers)."""
-    cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=["127.0.0.0/8"],
+    cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=HOME_NET,
                       source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None,
                               "workers": workers},
                       service={"heartbeat_interval_s": 0.5})
