@@ -72,6 +72,10 @@ def explain(incident_id: str, config: str | None, state_dir: str | None, inciden
         events = events or (c_events if c_events is not None and c_events.exists() else None)
         scores = scores or (c_scores if c_scores is not None and c_scores.exists() else None)
     if state is None and events is None:
+        if config:  # it said where: the daemon it names has written nothing there yet
+            looked = [f"state_dir {c_state}"] + ([f"jsonl sink {c_events}"] if c_events is not None else [])
+            _fail(f"{config}: no incidents to explain: {' and '.join(looked)} "
+                  f"{'are' if len(looked) > 1 else 'is'} not there (has the daemon run with this config?)", EX_NOINPUT)
         raise click.UsageError("say where the incidents are: --state-dir DIR, --incidents FILE or -c CONFIG")
     entry, history = _find(incident_id, state, events)
     if entry is None:

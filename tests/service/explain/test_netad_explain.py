@@ -62,7 +62,7 @@ def test_explain_the_demos_port_scan(demo, scored):
 
 def test_explain_takes_a_config_and_says_what_is_missing(scored, tmp_path):
     """-c CONFIG finds the jsonl sink and the scores; an unknown id exits 1, a missing file 66,
-    no source at all is a usage error (2)."""
+    no source at all is a usage error (2), a config whose files are not there yet 66."""
     first = json.loads(scored["incidents"].read_text().splitlines()[0])["netad"]["incident_id"]
     res = _explain(first, "-c", str(scored["config"]), "--png", str(tmp_path / "t.png"))
     assert 0 == res.returncode, res.stderr
@@ -70,3 +70,11 @@ def test_explain_takes_a_config_and_says_what_is_missing(scored, tmp_path):
     assert 1 == _explain("ffffffff-nope", "--incidents", str(scored["incidents"])).returncode
     assert 66 == _explain(first, "--incidents", str(tmp_path / "missing.jsonl")).returncode
     assert 2 == _explain(first).returncode
+    # a config whose daemon has written nothing yet: 66 naming where it looked, not the usage
+    # error that asked for -c when -c was given
+    fresh = tmp_path / "fresh.yaml"
+    fresh.write_text(f"state_dir: {tmp_path / 'nothing-yet'}\nsinks: [{{url: 'jsonl://{tmp_path}/none.jsonl'}}]\n")
+    res = _explain(first, "-c", str(fresh))
+    assert 66 == res.returncode, res.stderr
+    assert (f"netad: {fresh}: no incidents to explain: state_dir {tmp_path / 'nothing-yet'} and jsonl sink "
+            f"{tmp_path}/none.jsonl are not there (has the daemon run with this config?)") in res.stderr
