@@ -561,6 +561,21 @@ def _numbers(col: np.ndarray, unset: bytes, dtype: type) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------------------
 
 
+_CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
+
+
+def _refuse_a_capture(path: Path, file: IO[bytes]) -> None:
+    """A pcap or pcapng capture given as a Zeek log is said as such: read as text, its lines
+    were all malformed and training ended in "no windows to train on", naming home_net."""
+    try:
+        head = file.peek(4)[:4]  # type: ignore[attr-defined]  # BufferedReader and GzipFile both peek
+    except OSError:
+        return  # a damaged gzip: the read says so
+    if head in _CAPTURE_MAGICS:
+        file.close()
+        raise CaptureError(f"{path}: a pcap or pcapng capture, not a Zeek log: give it with --pcap (source.type pcap)")
+
+
 class _ZeekFile:
     """One Zeek log file read in whole lines through a parser (see the module's docstring):
     opened, resumed from a position, followed across rotation and truncation."""
@@ -591,6 +606,8 @@ class _ZeekFile:
                 self._inode = (st.st_dev, st.st_ino)
         except OSError as exc:
             raise CaptureError(f"{self.path}: cannot open the Zeek log: {exc.strerror or exc}") from None
+        if initial:
+            _refuse_a_capture(self.path, self._file)
         self._pos = 0
         self._partial = b""
         self.parser.reset()

@@ -343,7 +343,16 @@ def _open_walker(path: Path) -> tuple[_Walker, tuple[int, ...]]:
     for endian in "<>":
         if len(head) >= 4 and struct.unpack(endian + "I", head[:4])[0] in (_PCAP_MAGIC_USEC, _PCAP_MAGIC_NSEC):
             return _pcap_walker(path, head, endian)
-    raise CaptureError(f"{path}: not a pcap or pcapng file (starts with {head[:4].hex() or 'nothing'})")
+    raise CaptureError(f"{path}: not a pcap or pcapng file (starts with {head[:4].hex() or 'nothing'}){_what_else(head)}")
+
+
+def _what_else(head: bytes) -> str:
+    """What a file given as a capture seems to be instead, as a hint for the message."""
+    if head.startswith((b"#separator", b"#fields")) or head.lstrip()[:2] == b'{"':
+        return ": it reads as a Zeek log; give it with --conn-log (source.type zeek)"
+    if head[:2] == b"\x1f\x8b":
+        return ": it is gzip-compressed; decompress it first (gunzip)"
+    return ""
 
 
 def _pcap_walker(path: Path, head: bytes, endian: str) -> tuple[_Walker, tuple[int, ...]]:

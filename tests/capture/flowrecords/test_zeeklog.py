@@ -113,6 +113,20 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path):
         ZeekConnLog(tmp_path / "nope.log")
 
 
+@pytest.mark.parametrize("name, content", [
+    ("c.pcap", b"\xd4\xc3\xb2\xa1" + bytes(20)),
+    ("c.pcapng", b"\x0a\x0d\x0d\x0a" + bytes(20)),
+    ("c.pcap.gz", gzip.compress(b"\xa1\xb2\xc3\xd4" + bytes(20))),
+])
+def test_a_capture_given_as_a_zeek_log_is_named_as_one(tmp_path: Path, name: str, content: bytes):
+    """Read as text, a capture's lines were all malformed, and `netad train --conn-log` ended
+    in "no windows to train on: is the capture empty or outside home_net?"."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CaptureError, match="a pcap or pcapng capture, not a Zeek log: give it with --pcap"):
+        ZeekConnLog(path)
+
+
 def plain_reading(path: Path) -> list[tuple]:
     """The slow, obvious twin: split each line, look fields up by name, two directions."""
     fields: list[str] = []

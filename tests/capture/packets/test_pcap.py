@@ -10,6 +10,7 @@ batching) and fuzz both layers with hypothesis.
 from __future__ import annotations
 
 import os
+import gzip
 import struct
 from pathlib import Path
 from typing import Any
@@ -636,7 +637,10 @@ def test_read_records_gives_the_records_as_written(tmp_path: Path) -> None:
     [
         (None, "no such capture file"),
         (b"", "not a pcap or pcapng file"),
-        (b"hello, this is text\n" * 3, "not a pcap or pcapng file"),
+        (b"hello, this is text\n" * 3, "not a pcap or pcapng file \\(starts with 68656c6c\\)$"),
+        (b"#separator \\x09\n#fields\tts\n", "it reads as a Zeek log; give it with --conn-log"),
+        (b'{"ts":1540469302.5,"uid":"C1"}\n', "it reads as a Zeek log; give it with --conn-log"),
+        (gzip.compress(b"\xd4\xc3\xb2\xa1" + bytes(20)), "it is gzip-compressed; decompress it first"),
         (b"\xd4\xc3\xb2\xa1\x02\x00", "truncated pcap header"),
         (struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 105), "link type 105 is not supported"),
         (struct.pack("<IHHiIII", 0xA1B2C3D4, 9, 4, 0, 0, 65535, 1), "unsupported pcap version 9"),
