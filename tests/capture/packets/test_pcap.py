@@ -9,8 +9,8 @@ batching) and fuzz both layers with hypothesis.
 
 from __future__ import annotations
 
-import os
 import gzip
+import os
 import struct
 from pathlib import Path
 from typing import Any
