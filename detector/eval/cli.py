@@ -56,6 +56,8 @@ def splice_command(benign: str, attacks: tuple[str, ...], attack_list: str | Non
     for b in res.behaviours:
         click.echo(f"  {b.event:<28} +{(b.start_ns - res.start_ns) / 1e9:>10.3f}s .. +{(b.end_ns - res.start_ns) / 1e9:>10.3f}s "
                    f"{b.packets:>7,} packets {b.description.split(' kind=')[0]}")
+    for warning in res.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.command("eval")

@@ -177,6 +177,8 @@ class SpliceResult:
     linktype: int
     attacks: list[InsertedAttack] = field(default_factory=list)
     behaviours: list[InsertedBehaviour] = field(default_factory=list)  # from a scenario list
+    # what the output holds that its maker likely did not mean (splice_warnings), one line each
+    warnings: list[str] = field(default_factory=list)
 
 
 def event_name(path: Path) -> str:
@@ -529,7 +531,43 @@ def splice(
     if benign_truth is not None:
         load_truth(benign_truth)  # refuse a malformed file before copying it
     write_truth(truth, inserted, t0, benign_truth, behaviours)
-    return SpliceResult(out, truth, len(base), int(ts.shape[0]), t0, base.linktype, inserted, behaviours)
+    return SpliceResult(out, truth, len(base), int(ts.shape[0]), t0, base.linktype, inserted, behaviours,
+                        splice_warnings(benign, base, inserted, behaviours))
+
+
+def splice_warnings(benign: Path, base: RawRecords, attacks: list[InsertedAttack], behaviours: list[InsertedBehaviour]) -> list[str]:
+    """An attack or behaviour that starts after the benign capture's last packet has no
+    benign traffic around it (an offset in minutes given in seconds, or the reverse); an
+    attack whose target address the benign capture never holds hits no host of it (its
+    victim left as the attack capture had it: rewrite-dst=IP puts it on one)."""
+    out: list[str] = []
+    t0, last = int(base.ts_ns.min()), int(base.ts_ns.max())
+    for event, start_ns in [(a.event, a.start_ns) for a in attacks] + [(b.event, b.start_ns) for b in behaviours]:
+        if start_ns > last:
+            out.append(f"{event} starts at +{(start_ns - t0) / 1e9:,.0f} s, {(start_ns - last) / 1e9:,.0f} s after the "
+                       f"benign capture's last packet (+{(last - t0) / 1e9:,.0f} s): no benign traffic around it")
+    seen: np.ndarray | None = None
+    for a in attacks:
+        try:
+            target = ipaddress.ip_address(a.target)
+        except ValueError:
+            continue
+        if target.version != 4:
+            continue
+        if seen is None:
+            seen = _ipv4_addresses(base)
+        if not np.isin(int(target), seen):
+            out.append(f"{a.event}: its target {a.target} is no address of {benign}, so the attack hits no host of it: "
+                       "give rewrite-dst=IP (one of the capture's hosts)")
+    return out
+
+
+def _ipv4_addresses(rec: RawRecords) -> np.ndarray:
+    """Every IPv4 address (source or destination) in `rec`'s whole IPv4 headers, unique."""
+    l3, ethertype = _network_layer(rec, rec.linktype)
+    at = l3[(l3 >= 0) & (ethertype == 0x0800) & (l3 + 20 <= rec.offsets + rec.caplens)]
+    words = [_be16(rec.data, at + k) for k in (12, 14, 16, 18)]
+    return np.unique(np.concatenate([(words[0] << 16) | words[1], (words[2] << 16) | words[3]]))
 
 
 def description(a: InsertedAttack) -> str:

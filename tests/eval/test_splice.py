@@ -204,3 +204,27 @@ def test_attack_spec_syntax():
             AttackSpec.parse(bad)
     assert "ATTACK-TCP-SYNFLOOD-SPOOFED" == event_name(SYNFLOOD)
     assert "ATTACK-TCP-0-1000" == event_name(MASSCAN_TCP)
+
+
+def test_an_attack_after_the_benign_capture_or_on_no_host_of_it_is_warned_of(spliced, tmp_path):
+    """Offsets are seconds: an attack put past the benign capture's last packet has no benign
+    traffic around it; an attack whose victim is left as its own capture had it hits no host
+    of the benign one. Each is said (`netad splice` prints `warning:` lines on stderr); the
+    splice above, on the honeypot's hosts and inside its span, has nothing to say."""
+    assert [] == spliced["res"].warnings
+    benign = read_records(SSH_BRUTE)  # a small benign capture of its own
+    span_s = (int(benign.ts_ns.max()) - int(benign.ts_ns.min())) / 1e9
+    host = next(p[IP].dst for p in _packets(SSH_BRUTE) if IP in p)
+    res = splice(SSH_BRUTE, [AttackSpec.parse(f"{SYNFLOOD}@{span_s + 3600:.0f}:event=LATE"),
+                             AttackSpec.parse(f"{MASSCAN_TCP}@1:rewrite-dst={host},event=ON-A-HOST")],
+                 tmp_path / "w.pcap", tmp_path / "w.csv")
+    assert 2 == len(res.warnings), res.warnings
+    assert res.warnings[0].startswith("LATE starts at +") and "after the benign capture's last packet" in res.warnings[0]
+    assert res.warnings[1] == (f"LATE: its target 10.10.10.10 is no address of {SSH_BRUTE}, so the attack hits no host of it: "
+                               "give rewrite-dst=IP (one of the capture's hosts)")
+
+
+def _packets(path: Path) -> list:
+    from scapy.utils import rdpcap
+
+    return list(rdpcap(str(path), count=20))
