@@ -75,6 +75,7 @@ class SinkSpec:
     encoder: Callable[[IncidentEvent], bytes]
     backoff_s: float
     backoff_max_s: float
+    file: Path | None = None  # the file a jsonl sink writes (sinks on one file clash)
 
 
 def redact_url(url: str) -> str:
@@ -188,7 +189,8 @@ def _parse(url: str, name: str | None) -> SinkSpec:
     if name is not None and (not name or name in (".", "..") or _safe_name(name) != name):
         raise _BadUrl(f"name {name!r} must be letters, digits and . _ + - (it names the spool directory)")
     return SinkSpec(name=name or _safe_name(default_name), transport=transport, encoder=encoder,
-                    backoff_s=backoff_s, backoff_max_s=backoff_max_s)
+                    backoff_s=backoff_s, backoff_max_s=backoff_max_s,
+                    file=transport.path if isinstance(transport, JsonlTransport) else None)
 
 
 def _text_encoder(fmt: str, syslog_options: dict[str, str]) -> Callable[[IncidentEvent], bytes]:

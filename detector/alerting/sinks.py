@@ -492,6 +492,38 @@ class SinkSet:
         return {sink.name: sink.stats for sink in self.sinks}
 
 
+def sink_clashes(wanted: list[tuple[str, str | None]], scores: Path | None) -> list[tuple[int | None, str]]:
+    """What `run` refuses in the sinks together, each URL valid on its own: (the index of the
+    sink, or None for outputs.scores, and why). Two sinks of one name (a URL names its sink
+    where `name:` does not) would share the spool the name is given: two identical URLs
+    delivered each event twice. Two jsonl sinks on one file would write each event into it
+    twice, and outputs.scores on a jsonl sink's file would mix window scores into the
+    incident events a SIEM reads from it. URLs that do not parse are left to _sink_name."""
+    out: list[tuple[int | None, str]] = []
+    names: dict[str, int] = {}
+    files: dict[Path, int] = {}
+    for i, (url, name) in enumerate(wanted):
+        try:
+            spec = parse_sink_url(url, name=name)
+        except ConfigError:
+            continue
+        spec.transport.close()
+        if spec.name in names:
+            out.append((i, f"named {spec.name!r}, as sinks[{names[spec.name]}] is (a URL names its sink where `name:` "
+                           "does not): two sinks of one name would share one spool and deliver each event twice; remove "
+                           "one, or give one a `name:`"))
+        names.setdefault(spec.name, i)
+        path = spec.file.resolve() if spec.file is not None else None
+        if path is not None and path in files:
+            out.append((i, f"writes {path}, as sinks[{files[path]}] does: each event would be written there twice"))
+        if path is not None:
+            files.setdefault(path, i)
+    if scores is not None and scores.resolve() in files:
+        out.append((None, f"{scores} is the file of sinks[{files[scores.resolve()]}] (jsonl): the window scores would be "
+                          "mixed into the incident events read from it; give them a file of their own"))
+    return out
+
+
 def build_sink(url: str, *, spool_dir: Path | None = None, name: str | None = None) -> Sink:
     """A started sink for `url` (see _urls.py for the forms). With spool_dir, network sinks
     spool to spool_dir/<name>/ and deliver in the background; the name defaults to one

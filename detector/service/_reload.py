@@ -22,7 +22,7 @@ from pathlib import Path
 import structlog
 
 from detector.alerting.rules import RuleSet, load_rules
-from detector.alerting.sinks import Sink, SinkSet, build_sink, parse_sink_url
+from detector.alerting.sinks import Sink, SinkSet, build_sink, parse_sink_url, sink_clashes
 from detector.config import Config, home_net_change, load_config
 from detector.contracts import FeatureSchema
 from detector.errors import ConfigError, ModelError
@@ -52,8 +52,16 @@ def wanted_sinks(cfg: Config, extra_urls: list[str]) -> list[tuple[str, str | No
     return [(s.url, s.name or None) for s in cfg.sinks] + [(u, None) for u in extra_urls]
 
 
-def build_sinks(wanted: list[tuple[str, str | None]], spool_dir: Path | None) -> SinkSet:
-    """Every sink or none: if one fails, those already built are closed."""
+def _refuse_clashes(wanted: list[tuple[str, str | None]], scores: Path | None) -> None:
+    clashes = sink_clashes(wanted, scores)
+    if clashes:
+        raise ConfigError("\n".join(f"{'outputs.scores' if i is None else f'sinks[{i}]'}: {why}" for i, why in clashes))
+
+
+def build_sinks(wanted: list[tuple[str, str | None]], spool_dir: Path | None, scores: Path | None = None) -> SinkSet:
+    """Every sink or none (none where they clash: sink_clashes, with outputs.scores at
+    `scores`); if one fails, those already built are closed."""
+    _refuse_clashes(wanted, scores)
     built: list[Sink] = []
     try:
         for i, (url, name) in enumerate(wanted):
@@ -78,13 +86,13 @@ def _sink_name(url: str, name: str | None, index: int) -> str:
     return spec.name
 
 
-def reconcile_sinks(current: SinkSet, wanted: list[tuple[str, str | None]], spool_dir: Path | None) -> tuple[SinkSet, list[Sink]]:
+def reconcile_sinks(current: SinkSet, wanted: list[tuple[str, str | None]], spool_dir: Path | None,
+                    scores: Path | None = None) -> tuple[SinkSet, list[Sink]]:
     """(the new SinkSet, the current sinks to retire after the swap). Raises ConfigError
-    with the current sinks untouched (but see the module docstring for renamed spools)."""
+    with the current sinks untouched (but see the module docstring for renamed spools), also
+    where the wanted sinks clash (sink_clashes, with outputs.scores at `scores`)."""
     names = [_sink_name(url, name, i) for i, (url, name) in enumerate(wanted)]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ConfigError(f"sinks: two sinks are named {dup!r}; give one a different name")
+    _refuse_clashes(wanted, scores)
     have = {s.name: s for s in current}
     keep = {n for n, (url, _) in zip(names, wanted, strict=True) if n in have and have[n].url == url}
     retire = [s for s in current if s.name not in keep]
@@ -163,5 +171,5 @@ def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet
         }
     )
     spool_dir = running.state_dir / "spool"
-    sinks, retired = reconcile_sinks(current_sinks, wanted_sinks(new, extra_urls), spool_dir)
+    sinks, retired = reconcile_sinks(current_sinks, wanted_sinks(new, extra_urls), spool_dir, running.outputs.scores)
     return ReloadPlan(effective, rules, sinks, retired, bundle, restart)

@@ -111,7 +111,7 @@ class Daemon:
         self.jobs = J.JobBoard(J.job_intervals(cfg.service))
         self.wall = WallClock(on_step_back=self.jobs.restart_schedule)  # read between batches, and for a live source's
         self.retrainer = Retrainer(cfg.state_dir)
-        self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
+        self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool", cfg.outputs.scores)
         try:
             self._build(cfg, bundle, checkpoint)
         except BaseException:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.alerting.rules import load_rules
-from detector.alerting.sinks import parse_sink_url, unwritable
+from detector.alerting.sinks import parse_sink_url, sink_clashes, unwritable
 from detector.capture.schemas import FLOW_SCHEMA, PACKET_SCHEMA
 from detector.config import FLOW_RECORD_SOURCES, Config, home_net_change, key_location
 from detector.errors import ConfigError, ModelError
@@ -127,6 +127,9 @@ def _sinks(cfg: Config) -> list[Problem]:
         problem = spec.transport.check()
         if problem:
             problems.append((key, problem))
+    wanted = [(sink.url, sink.name or None) for sink in cfg.sinks]
+    for index, why in sink_clashes(wanted, cfg.outputs.scores):
+        problems.append((("outputs", "scores") if index is None else ("sinks", index, "url"), why))
     return problems
 
 

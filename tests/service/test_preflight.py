@@ -123,6 +123,30 @@ def test_keys_the_environment_set_are_named_by_their_variables(tmp_path: Path, m
         [line.split(": train one")[0] for line in problems]
 
 
+def test_sinks_that_clash_are_named_as_run_refuses_them(tmp_path: Path) -> None:
+    """Two identical URLs (one name, one spool: each event twice; `run` refused it, and
+    check-config said ok), two named jsonl sinks on one file, and window scores on a jsonl
+    sink's file (mixed into the incident events): each named by key and line."""
+    config = passing_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    incidents = tmp_path / "out" / "incidents.jsonl"
+    cfg["sinks"] = [{"url": f"jsonl://{incidents}"}, {"url": f"jsonl://{incidents}"},
+                    {"url": f"jsonl://{tmp_path}/out/../out/incidents.jsonl", "name": "again"}]
+    cfg["outputs"] = {"scores": str(incidents)}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, problems, _ = _check(config)
+    assert 78 == code
+    assert [f"{config}:{n}: {key}" for n, key in ((11, "sinks[1].url"), (11, "sinks[1].url"), (12, "sinks[2].url"),
+                                                   (16, "outputs.scores"))] == [": ".join(p.split(": ")[:2]) for p in problems], problems
+    assert "named 'jsonl-" in problems[0] and "as sinks[0] is" in problems[0]
+    assert problems[1].endswith(f"writes {incidents}, as sinks[0] does: each event would be written there twice")
+    assert problems[2].endswith(f"writes {incidents}, as sinks[0] does: each event would be written there twice")
+    assert f"{incidents} is the file of sinks[0] (jsonl): the window scores would be mixed" in problems[3]
+    cfg["sinks"], cfg["outputs"] = cfg["sinks"][:1], {"scores": str(tmp_path / "out" / "scores.jsonl")}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert (0, []) == _check(config)[:2]
+
+
 def test_a_model_for_other_windows_or_another_kind_of_input_is_named(tmp_path: Path, model: Path) -> None:
     """A packet model under a Zeek source, or with other windows than the config's, is what
     `run` refuses: check-config says it first, with what to do."""

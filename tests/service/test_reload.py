@@ -47,8 +47,10 @@ def test_a_bad_url_changes_nothing(tmp_path, current):
     wanted = [(s.url, s.name) for s in current] + [("syslog+tcp://127.0.0.1:9?colour=blue", "c")]
     with pytest.raises(ConfigError, match=r"sinks\[2\].*colour"):
         reconcile_sinks(current, wanted, tmp_path / "spool")
-    with pytest.raises(ConfigError, match="two sinks are named"):
+    with pytest.raises(ConfigError, match=r"sinks\[1\]: named 'x', as sinks\[0\] is"):
         reconcile_sinks(current, [(current.sinks[0].url, "x"), (f"jsonl://{tmp_path / 'c.jsonl'}", "x")], tmp_path / "spool")
+    with pytest.raises(ConfigError, match=r"outputs.scores: .*a.jsonl is the file of sinks\[0\]"):
+        reconcile_sinks(current, [(s.url, s.name) for s in current], tmp_path / "spool", scores=tmp_path / "a.jsonl")
     assert not any(s.stats["disabled"] for s in current)
     assert (tmp_path / "spool" / "siem" / ".lock").exists()
 
@@ -95,3 +97,15 @@ def test_a_new_model_trained_with_other_home_networks_is_refused_and_the_sinks_a
         else:
             plan = plan_reload(str(config), running, current, [], PACKET_SCHEMA)
             assert plan.bundle is not None and [] == plan.retired  # the same sinks, kept
+
+
+def test_sinks_that_clash_are_refused_at_start_before_any_is_built(tmp_path):
+    """The daemon's and the Kafka scorer's build_sinks: two jsonl sinks on one file (each
+    event written twice), or the window scores on a sink's file, refused before anything is
+    opened or spooled."""
+    out = tmp_path / "out" / "incidents.jsonl"
+    with pytest.raises(ConfigError, match=r"sinks\[1\]: writes .*incidents.jsonl, as sinks\[0\] does"):
+        build_sinks([(f"jsonl://{out}", "a"), (f"jsonl://{tmp_path}/out/./incidents.jsonl", "b")], tmp_path / "spool")
+    with pytest.raises(ConfigError, match=r"outputs.scores: .*incidents.jsonl is the file of sinks\[0\]"):
+        build_sinks([(f"jsonl://{out}", None), ("syslog+tcp://127.0.0.1:9", None)], tmp_path / "spool", scores=out)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "spool").exists()

@@ -79,7 +79,7 @@ class ScorerRole:
         set_torch_threads(cfg.model.threads)
         self.bundle = ModelBundle.load(cfg.model.path)
         self.rules: RuleSet = load_rules(cfg.incidents.rules)
-        self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool")
+        self.sinks = build_sinks(wanted_sinks(cfg, self.extra_sinks), cfg.state_dir / "spool", cfg.outputs.scores)
         self.board = IncidentBoard.start(cfg, lc, self.bundle.schema, live=True, resume_ns=None, scope="")
         lc.serve_metrics(self._stats)
         self.scores_out = open_scores(cfg, self.config_path, append=True)
