@@ -586,6 +586,18 @@ class _ReadFailed:
     exc: BaseException
 
 
+def first_timestamp_ns(path: str | Path, batch_packets: int = 1024) -> int | None:
+    """The time of the first IP packet of the capture at `path` (None when it has none, or
+    cannot be read: reading it says why), read a batch at a time until there is one."""
+    try:
+        for batch in CaptureFile(path, batch_packets=batch_packets):
+            if len(batch):
+                return int(batch.ts_ns.min())
+    except CaptureError:
+        return None
+    return None
+
+
 def read_capture(path: str | Path, batch_packets: int = 65536) -> PacketBatch:
     """The whole file as one PacketBatch (tests, small files). Damage is not reported here:
     use CaptureFile to see it."""
