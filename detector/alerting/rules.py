@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
@@ -82,13 +83,28 @@ class AllowRule(Match):
 
 
 class Schedule(_Strict):
-    """Daily UTC time-of-day window, optionally on some weekdays (0=Monday)."""
+    """Daily time-of-day window, optionally on some weekdays (0=Monday), read in `timezone`:
+    UTC by default, or an IANA zone (Europe/Berlin), whose clock a maintenance window keeps
+    across daylight saving (a UTC schedule for a 01:00 local backup is an hour off half the
+    year)."""
 
     start: dt.time
     end: dt.time
     weekdays: list[int] = Field(default_factory=lambda: list(range(7)))
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: an IANA name such as Europe/Berlin or America/New_York "
+                             "(from the machine's tz database, /usr/share/zoneinfo: Debian's tzdata)") from None
+        return value
 
     def active(self, when: dt.datetime) -> bool:
+        when = when.astimezone(zoneinfo.ZoneInfo(self.timezone))
         if when.weekday() not in self.weekdays:
             return False
         t = when.time()

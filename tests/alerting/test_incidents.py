@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,27 @@ def test_allow_and_suppress_rules_drop_windows(tmp_path: Path):
     assert [] == tr.push([_score(0, "10.0.0.6")])
     assert 1 == len(tr.push([_score(0, "10.0.0.7")]))
     assert {"allow:scanner": 1, "suppress:backup": 1} == dict(tr.dropped)
+
+
+def test_a_schedule_in_a_time_zone_keeps_its_local_hours_across_daylight_saving(tmp_path: Path):
+    """A nightly backup at 01:00-03:00 Berlin time, Monday to Friday: 00:30 UTC in winter
+    (CET, UTC+1) and 23:30 UTC the evening before in summer (CEST, UTC+2), each weekday
+    read in Berlin; 02:30 UTC in summer is 04:30 there, outside. A zone that is no IANA name
+    is the rule file's error with its line."""
+    from detector.alerting.rules import Schedule
+
+    backup = Schedule(start=dt.time(1), end=dt.time(3), weekdays=[0, 1, 2, 3, 4], timezone="Europe/Berlin")
+    utc = dt.UTC
+    assert backup.active(dt.datetime(2026, 1, 13, 0, 30, tzinfo=utc))  # Tuesday 01:30 CET
+    assert not backup.active(dt.datetime(2026, 1, 13, 2, 30, tzinfo=utc))  # 03:30 CET
+    assert backup.active(dt.datetime(2026, 7, 13, 23, 30, tzinfo=utc))  # Tuesday 01:30 CEST, Monday in UTC
+    assert not backup.active(dt.datetime(2026, 7, 14, 2, 30, tzinfo=utc))  # 04:30 CEST
+    assert not backup.active(dt.datetime(2026, 7, 18, 23, 30, tzinfo=utc))  # Sunday 01:30 CEST, a Saturday in UTC
+    assert Schedule(start=dt.time(1), end=dt.time(3)).active(dt.datetime(2026, 7, 14, 1, 30, tzinfo=utc))  # UTC by default
+    f = tmp_path / "r.yaml"
+    f.write_text("suppress:\n  - name: backup\n    schedule: {start: '01:00', end: '03:00', timezone: Europe/Berlinn}\n")
+    with pytest.raises(ConfigError, match=rf"{f}:3: suppress\[0\]\.schedule\.timezone: Value error, unknown time zone 'Europe/Berlinn'"):
+        load_rules([f])
 
 
 def test_rule_file_errors_name_file_and_line(tmp_path: Path):
