@@ -24,6 +24,7 @@ import structlog
 
 from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
+from detector.capture.packets.bpf import bpf_problem
 from detector.capture.packets.pcap import CaptureFile, read_ahead
 from detector.config import SourceConfig
 from detector.contracts import FlowRecordBatch, PacketBatch
@@ -191,6 +192,9 @@ def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at
     elif not cfg.interface:
         raise ConfigError("source.interface: required when source.type is interface")
     else:
+        problem = bpf_problem(cfg.bpf, cfg.snaplen)
+        if problem:
+            raise ConfigError(f"source.bpf: {problem}")
         return LiveSource(cfg)
     source.identity = source_identity(cfg)  # as configured: a port 0 or a relative path still matches
     return source

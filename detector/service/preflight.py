@@ -20,9 +20,10 @@ from typing import Any
 
 from detector.alerting.rules import load_rules
 from detector.alerting.sinks import parse_sink_url, sink_clashes, unwritable
+from detector.capture.packets.bpf import bpf_problem
 from detector.capture.schemas import FLOW_SCHEMA, PACKET_SCHEMA
 from detector.config import FLOW_RECORD_SOURCES, Config, home_net_change, key_location
-from detector.errors import ConfigError, ModelError
+from detector.errors import CaptureError, ConfigError, ModelError
 from detector.model.meta import describe, schema_mismatch, trained_home_net
 
 # the feature schema a source's windows have (capture.windows: PACKET_SCHEMA, FLOW_SCHEMA)
@@ -67,7 +68,11 @@ def _source(cfg: Config) -> list[Problem]:
         except OSError:
             have = ", ".join(name for _, name in socket.if_nameindex())
             return [(("source", "interface"), f"no network interface {src.interface!r} on this machine (it has: {have})")]
-        return []
+        try:
+            problem = bpf_problem(src.bpf, src.snaplen)
+        except CaptureError as exc:  # no libpcap binding: `run` says the same
+            problem = str(exc)
+        return [(("source", "bpf"), problem)] if problem else []
     if src.type in ("pcap", "zeek"):
         if src.path is None:
             return [(("source", "path"), f"source.type {src.type} needs a path")]

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from detector.capture.packets.pcapwriter import global_header
 from detector.capture.windows import PACKET_SCHEMA
 from detector.cli import main
+from detector.errors import ConfigError
 from tests.conftest import REPO
 from tests.model.test_scorer import _bundle
 
@@ -143,6 +144,28 @@ def test_sinks_that_clash_are_named_as_run_refuses_them(tmp_path: Path) -> None:
     assert problems[2].endswith(f"writes {incidents}, as sinks[0] does: each event would be written there twice")
     assert f"{incidents} is the file of sinks[0] (jsonl): the window scores would be mixed" in problems[3]
     cfg["sinks"], cfg["outputs"] = cfg["sinks"][:1], {"scores": str(tmp_path / "out" / "scores.jsonl")}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert (0, []) == _check(config)[:2]
+
+
+def test_a_bpf_filter_that_does_not_compile_is_the_config_s_to_mend(tmp_path: Path) -> None:
+    """check-config compiles source.bpf (it said ok), and the daemon refuses it as a config
+    error (78) before it opens the capture: opening it with the filter exited 66, which
+    systemd restarts."""
+    pytest.importorskip("pcapy")
+    from detector.config import load_config
+    from detector.service._sources import build_source
+
+    config = passing_config(tmp_path)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["source"] = {"type": "interface", "interface": "lo", "bpf": "tcp port 99999 and"}
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    code, problems, _ = _check(config)
+    assert 78 == code
+    assert [f"{config}:4: source.bpf: 'tcp port 99999 and' does not compile: illegal port number 99999 > 65535"] == problems
+    with pytest.raises(ConfigError, match=r"^source.bpf: 'tcp port 99999 and' does not compile"):
+        build_source(load_config(config).source)
+    cfg["source"]["bpf"] = "udp port 9"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert (0, []) == _check(config)[:2]
 
