@@ -561,6 +561,8 @@ def _numbers(col: np.ndarray, unset: bytes, dtype: type) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------------------
 
 
+# pcap (µs and ns, either byte order) and pcapng's section header: the capture layer's own
+# magics (capture.packets.pcap), which this layer may not import (pyproject's layers)
 _CAPTURE_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 
 
