@@ -310,9 +310,19 @@ def _result(pool: ProcessPoolExecutor, future: Future) -> Any:
                 raise BrokenProcessPool("the pool's manager thread died") from None
 
 
+_MANAGER_JOIN_S = 5.0  # how long the stop waits for the pool's manager thread to end
+
+
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Ctrl-C, a member's error: the other workers stop now, not when their member is trained
-    (shutdown waits for running work); terminate_workers from Python 3.14."""
+    """Ctrl-C, a member's error, the daemon's SIGTERM to its retraining: the other workers stop
+    now, not when their member is trained (shutdown waits for running work);
+    terminate_workers from Python 3.14. The pool's manager thread is then waited for: it
+    closes its wake-up pipe as it ends, and the interpreter's exit wakes every pool's
+    (concurrent.futures' _python_exit), which checks the pipe is open and then writes to it.
+    A manager still closing it between the two made the write fail (EBADF): the retraining
+    child stopped by SIGTERM exited 1, with a traceback on the daemon's stderr, not 143
+    (tests/service/test_retrain.py, once in a fresh clone's full suite)."""
+    manager = getattr(pool, "_executor_manager_thread", None)  # shutdown drops the pool's reference
     stop = getattr(pool, "terminate_workers", None)
     if stop is not None:
         stop()
@@ -320,6 +330,8 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             process.terminate()
     pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None and manager.is_alive():  # not started where no thread could be (a task limit)
+        manager.join(_MANAGER_JOIN_S)
 
 
 def end_with_parent(parent: int) -> None:

@@ -498,3 +498,25 @@ def test_members_train_where_the_tasks_run_out_as_the_workers_start(tmp_path):
                     import time
 
                     time.sleep(0.1)
+
+
+def test_stopping_the_workers_waits_for_the_pool_s_manager_to_close_its_pipe():
+    """_stop_workers (Ctrl-C, the daemon's SIGTERM to its retraining) returns once the pool's
+    manager thread has ended, its wake-up pipe closed. Returning at once left the manager
+    closing the pipe while the interpreter's exit wrote to it: the retraining child exited 1
+    with an EBADF traceback instead of 143 (once, in a fresh clone's full suite)."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from detector.model.training import _stop_workers
+
+    pool = ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 30) for _ in range(2)]
+    while not all(f.running() for f in futures):
+        time.sleep(0.05)
+    manager, wakeup = pool._executor_manager_thread, pool._executor_manager_thread_wakeup
+    assert manager is not None and manager.is_alive()
+    _stop_workers(pool)
+    assert not manager.is_alive()
+    assert wakeup._closed  # the exit hook skips a closed pipe
