@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -102,14 +103,28 @@ def _one_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def demo(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Path]:
     """The demo capture and the model trained on its benign part (tests/service/_daemon.py:
-    `netad synth` + `netad train`), built once per test session and shared, read-only, by
-    every test that replays it ({"pcap", "truth", "model", "dir"}). Only slow tests use it.
-    tests/service/test_end_to_end.py keeps its own, longer demo."""
+    `netad synth` + `netad train`), built once per test run and shared, read-only, by every
+    test that replays it ({"pcap", "truth", "model", "dir"}). Only slow tests use it.
+    tests/service/test_end_to_end.py keeps its own, longer demo. Under pytest-xdist the
+    workers share one build, the first to need it building it under a lock in the run's
+    common temporary directory (pytest-xdist's documented way): each worker built its own,
+    10 s of a 10-minute suite."""
+    from filelock import FileLock
+
     from tests.service._daemon import build_demo
 
-    return build_demo(tmp_path_factory.mktemp("demo"))
+    if worker_id == "master":  # not under xdist
+        return build_demo(tmp_path_factory.mktemp("demo"))
+    shared = tmp_path_factory.getbasetemp().parent
+    built = shared / "demo" / "built.json"
+    with FileLock(str(shared / "demo.lock")):
+        if not built.is_file():
+            (shared / "demo").mkdir(exist_ok=True)
+            paths = build_demo(shared / "demo")
+            built.write_text(json.dumps({k: str(v) for k, v in paths.items()}))
+    return {k: Path(v) for k, v in json.loads(built.read_text()).items()}
 
 
 @pytest.fixture
