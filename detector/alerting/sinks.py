@@ -495,9 +495,9 @@ class SinkSet:
 def sink_clashes(wanted: list[tuple[str, str | None]], scores: Path | None) -> list[tuple[int | None, str]]:
     """What `run` refuses in the sinks together, each URL valid on its own: (the index of the
     sink, or None for outputs.scores, and why). Two sinks of one name (a URL names its sink
-    where `name:` does not) would share the spool the name is given: two identical URLs
-    delivered each event twice. Two jsonl sinks on one file would write each event into it
-    twice, and outputs.scores on a jsonl sink's file would mix window scores into the
+    where `name:` does not) would share the spool the name is given (SinkSet refused them
+    too, after building them, and check-config had not seen it). Two jsonl sinks on one file
+    would write each event into it twice, and outputs.scores on a jsonl sink's file would mix window scores into the
     incident events a SIEM reads from it. URLs that do not parse are left to _sink_name."""
     out: list[tuple[int | None, str]] = []
     names: dict[str, int] = {}
