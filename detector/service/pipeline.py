@@ -225,7 +225,7 @@ def capture_batches(paths: Iterable[str | Path], batch_packets: int = 65536,
 def _in_time_order(paths: list[str | Path]) -> list[str | Path]:
     """Captures in the order of their first packets: given as a shell glob lists rotated
     ones (tcpdump -C: capture.pcap1 ... capture.pcap10) out of order, and each capture after
-    a later one was all late (the demo's 5 h in three parts, the second given last: 129,948
+    a later one was all late (a 1 h demo in three parts, the second given last: 129,948
     packets dropped and other incidents). Said when the order changes (`captures_reordered`);
     the same capture given twice keeps its places."""
     if len(paths) < 2:

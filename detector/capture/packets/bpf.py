@@ -9,8 +9,9 @@ from detector.errors import CaptureError
 def bpf_problem(bpf: str, snaplen: int) -> str | None:
     """Why BPF filter `bpf` does not compile (libpcap's words), or None; compiled for
     Ethernet, opening nothing. A filter that does not compile is the config's to mend (exit
-    78): opening the capture with it exited 66, and systemd restarted the daemon again and
-    again. Raises CaptureError without a libpcap binding, as a live capture does."""
+    78): opening the capture with it exited 66, which the unit (Restart=on-failure, only 78
+    kept from restarting) restarts every 5 s. Raises CaptureError without a libpcap binding,
+    as a live capture does."""
     if not bpf:
         return None
     try:
