@@ -51,13 +51,14 @@ def _check_networks(value: list[str]) -> list[str]:
     return value
 
 
-def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[str]) -> str | None:
+def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[str], ours: str = "this config has") -> str | None:
     """Why a model trained with home_net `trained` cannot read windows built with `home_net`;
     None where they name the same networks (in any order or spelling) or the model did not
     record its own (a bundle older than the record). Windows are built by which addresses
     home_net holds: which hosts are entities, what the link sends and receives, which peers
     are new to the network. The 1 h demo's link, read by a model trained with another
-    home_net, alarmed in 59 of its 60 windows (none with its own)."""
+    home_net, alarmed in 59 of its 60 windows (none with its own). `ours` names whose
+    home_net it is ("the daemon runs", on a reload)."""
     if trained is None:
         return None
 
@@ -69,7 +70,7 @@ def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[
 
     if networks(trained) == networks(home_net):
         return None
-    return (f"the model was trained with home_net {', '.join(map(str, trained))} and this config has "
+    return (f"the model was trained with home_net {', '.join(map(str, trained))} and {ours} "
             f"{', '.join(home_net)}: a window counts traffic in and out of home_net, so the model would read every "
             "window against other networks than it learned; retrain with this config, or set home_net back")
 

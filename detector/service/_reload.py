@@ -157,9 +157,9 @@ def plan_reload(config_path: str | None, running: Config, current_sinks: SinkSet
         if (bundle.bin_s, bundle.bins) != (running.windows.bin_s, running.windows.bins):
             raise ModelError(f"{new.model.path}: trained on windows of {bundle.bins} x {bundle.bin_s} s bins, "
                              f"the daemon runs {running.windows.bins} x {running.windows.bin_s} s")
-        change = home_net_change(bundle.training.get("home_net"), running.home_net)
+        change = home_net_change(bundle.training.get("home_net"), running.home_net, ours="the daemon runs")
         if change:
-            raise ModelError(f"{new.model.path}: {change.replace('this config has', 'the daemon runs')}")
+            raise ModelError(f"{new.model.path}: {change}")
     # what needs a restart keeps running as it is until then
     keep_model = {k: getattr(running.model, k) for k in _RESTART_MODEL_KEYS if hasattr(running.model, k)}
     effective = new.model_copy(
