@@ -33,8 +33,10 @@ def test_a_daemon_on_a_full_disk_keeps_scoring_stops_cleanly_and_names_every_inc
     state = tmp_path / "state"
     state.mkdir()
     incidents = tmp_path / "incidents.jsonl"
+    # shutdown_timeout_s: the syslog sink, whose collector is down, holds its events until the
+    # deadline; 4 s leave room to try its spool and name the lost, without the 20 s default
     cfg = base_config(tmp_path, demo["pcap"], demo["model"], source={"speed": 360.0}, state_dir=str(state),
-                      service={"checkpoint_interval_s": 1}, outputs={"scores": str(state / "scores.jsonl")},
+                      service={"checkpoint_interval_s": 1, "shutdown_timeout_s": 4}, outputs={"scores": str(state / "scores.jsonl")},
                       sinks=[{"url": f"jsonl://{incidents}"}, {"url": f"syslog+tcp://127.0.0.1:{free_port()}"}])
     config = write_config(tmp_path / "netad.yaml", cfg)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_", "NETAD_"))}
