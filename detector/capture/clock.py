@@ -30,6 +30,7 @@ walk over records is one numba loop per batch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TypeVar
 
@@ -43,6 +44,7 @@ log = structlog.get_logger()
 
 JUMP_CONFIRM_RECORDS = 8  # consistent records that make a jump ahead believed (replay)
 WALL_STEP_S = 2.0  # a change of the wall clock against the monotonic one that is a step, not drift
+SLEW = 0.01  # how fast netad gives back the time it kept after a step back of the wall clock (WallClock)
 
 IN, AHEAD, BEHIND, HELD = 0, 1, 2, 3
 
@@ -188,33 +190,61 @@ class EventClock:
 
 
 class WallClock:
-    """The wall clock a live source is judged by, and its windows closed by, with its steps
-    said. A live capture's packets are dated by this clock: stepped back (NTP correcting a
-    clock that ran ahead, an admin's `date -s`), netad's time stays ahead of the packets'
-    until the clock is back where it was, and each packet meanwhile is late for a window
-    already closed. That is logged once, with the step, where before only the late-packet
-    counter rose. A step ahead (or a suspend) closes the windows in between, empty."""
+    """The time a live source is judged by, and its windows closed by: the wall clock, with
+    its steps said, and a step back absorbed. A live capture's packets are dated by the wall
+    clock. Stepped back by S seconds (NTP correcting a clock that ran ahead, an admin's
+    `date -s`), its packets would fall S seconds behind windows already closed, and for S
+    seconds every one was dropped as late (a 30-minute step: half an hour of the link
+    unseen). Instead netad's time keeps going from where it was: now_ns() is the wall clock
+    plus `ahead_ns` (S at the step), and date() moves a live capture's packets by as much, so
+    no window closes twice and no packet is late. netad gives the step back at SLEW of the
+    time that passes (a minute in 100), as NTP slews a clock: windows then hold 1 % more of
+    the wire's time, and a 30-minute step is gone in 50 hours, incidents dated by netad's
+    time until then. A step ahead first takes back what is still held; the rest of it (or a
+    suspend) closes the windows in between, empty. Flow records keep their exporters' time
+    (not this clock's): only their judgement against the present (`max_ahead_s`) and the
+    closing of a quiet link's windows read netad's time, which is why it must not step back."""
 
     def __init__(self, time_ns=time.time_ns, monotonic_ns=time.monotonic_ns, on_step_back=None) -> None:
         self._time_ns, self._monotonic_ns = time_ns, monotonic_ns
         self._offset_ns: int | None = None
+        self._monotonic_last: int | None = None
+        self.ahead_ns = 0  # netad's time minus the wall clock's: what is left of the steps back
         self.steps_back = 0
         self.on_step_back = on_step_back  # called with the step (s, negative) after it is said
 
     def now_ns(self) -> int:
-        wall = self._time_ns()
-        offset = wall - self._monotonic_ns()
+        wall, monotonic = self._time_ns(), self._monotonic_ns()
+        offset = wall - monotonic
         last, self._offset_ns = self._offset_ns, offset
+        if self.ahead_ns and self._monotonic_last is not None:
+            self.ahead_ns = max(0, self.ahead_ns - int(SLEW * (monotonic - self._monotonic_last)))
+        self._monotonic_last = monotonic
         if last is not None and abs(offset - last) > WALL_STEP_S * 1e9:
-            step_s = round((offset - last) / 1e9, 3)
-            if step_s < 0:
+            step_ns = offset - last
+            step_s = round(step_ns / 1e9, 3)
+            if step_ns < 0:
                 self.steps_back += 1
-                log.warning("wall_clock_stepped_back", step_s=step_s,
-                            reason=f"a live capture is dated by this clock: for about {-step_s:.0f} s its packets "
-                                   "fall in windows already closed and are dropped as late (netad_late_packets); "
-                                   "scheduled jobs count their intervals from now")
+                self.ahead_ns -= step_ns
+                log.warning("wall_clock_stepped_back", step_s=step_s, ahead_s=round(self.ahead_ns / 1e9, 3),
+                            reason=f"a live capture is dated by this clock: netad keeps its own time going and dates "
+                                   f"the packets {self.ahead_ns / 1e9:.0f} s later, so none is late; it gives that "
+                                   f"back at {SLEW:.0%} of the time that passes; scheduled jobs count their "
+                                   "intervals from now")
                 if self.on_step_back is not None:
                     self.on_step_back(step_s)
             else:
-                log.info("wall_clock_stepped_ahead", step_s=step_s, reason="the windows in between close empty")
-        return wall
+                taken = min(self.ahead_ns, step_ns)
+                self.ahead_ns -= taken
+                log.info("wall_clock_stepped_ahead", step_s=step_s, ahead_s=round(self.ahead_ns / 1e9, 3),
+                         reason="the windows in between close empty" if step_ns > taken
+                         else "it takes back time netad kept after a step back")
+        return wall + self.ahead_ns
+
+    def date(self, batch: Batch) -> Batch:
+        """A live source's batch in netad's time (now_ns() first: it sees the steps). Packets
+        move by `ahead_ns`, their DNS answers with them; flow records keep their exporters'."""
+        if not self.ahead_ns or not isinstance(batch, PacketBatch) or (not len(batch) and not len(batch.answers)):
+            return batch
+        answers = dataclasses.replace(batch.answers, ts_ns=batch.answers.ts_ns + self.ahead_ns)
+        return dataclasses.replace(batch, ts_ns=batch.ts_ns + self.ahead_ns, answers=answers)

@@ -422,7 +422,11 @@ class Pipeline:
             self.bytes += int(batch.ip_len.sum())
             self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        self._score(self.stages.push(batch, self.wall.now_ns() if self.live else None))
+        if self.live:  # in netad's time, which a step back of the wall clock does not move back
+            now_ns = self.wall.now_ns()
+            self._score(self.stages.push(self.wall.date(batch), now_ns))
+        else:
+            self._score(self.stages.push(batch, None))
         self.time_bounds.check()
         self.stages.hand_back_memory()
 

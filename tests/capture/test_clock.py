@@ -5,9 +5,10 @@ a live source's records are judged by the wall clock too."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import structlog
 
-from detector.capture.clock import JUMP_CONFIRM_RECORDS, WALL_STEP_S, EventClock, WallClock
+from detector.capture.clock import JUMP_CONFIRM_RECORDS, SLEW, WALL_STEP_S, EventClock, WallClock
 from detector.contracts import FlowRecordBatch
 from tests.conftest import make_batch
 
@@ -95,9 +96,10 @@ def test_live_records_ahead_of_the_wall_clock_are_refused_per_exporter():
 
 def test_a_step_of_the_wall_clock_is_said_once_with_its_size_and_drift_is_not():
     """A live capture is dated by the wall clock: a step back (NTP correcting a clock that
-    ran ahead) makes its packets late until the clock is back where it was, and is said;
-    drift of the two clocks under WALL_STEP_S is not a step. (The machine's own clock cannot
-    be stepped in a test: the clocks are given.)"""
+    ran ahead) is said, and netad's time goes on from where it was, ahead of the clock by
+    the step, which it gives back at SLEW of the time that passes; a step ahead takes back
+    first what is still held. Drift of the two clocks under WALL_STEP_S is not a step. (The
+    machine's own clock cannot be stepped in a test: the clocks are given.)"""
     wall, mono = [1_000 * 10**9], [50 * 10**9]
 
     def tick(wall_s: float, mono_s: float) -> int:
@@ -109,11 +111,62 @@ def test_a_step_of_the_wall_clock_is_said_once_with_its_size_and_drift_is_not():
     with structlog.testing.capture_logs() as logs:
         assert 1_000 * 10**9 == clock.now_ns()
         tick(1.0, 1.0)
-        tick(1.0 + 0.9 * WALL_STEP_S, 1.0)  # drift, or a slow read: not a step
+        before = tick(1.0 + 0.9 * WALL_STEP_S, 1.0)  # drift, or a slow read: not a step
         stepped_at = tick(1.0 - 1800.0, 1.0)
-        tick(1.0, 1.0)
+        assert 1800 * 10**9 == clock.ahead_ns
+        assert before + 10**9 == stepped_at  # netad's time went on a second, not back half an hour
+        assert stepped_at + 10**9 - int(SLEW * 1e9) == tick(1.0, 1.0)  # it gives the step back at SLEW
+        tick(600.0, 1.0)  # a step ahead: taken out of what netad still holds, nothing closes empty
+        assert (1800 - 599 - 2 * SLEW) * 1e9 == pytest.approx(clock.ahead_ns, abs=1)
+        tick(1_200_000.0, 1_200_000.0)  # 1,201 s at SLEW: given back in full
+        assert 0 == clock.ahead_ns and wall[0] == clock.now_ns()
         tick(600.0, 1.0)
-    assert 1_000 * 10**9 + int((3.0 + 0.9 * WALL_STEP_S - 1800.0) * 1e9) == stepped_at  # the clock's time, as it is
     said = [(e["event"], e["log_level"], e["step_s"]) for e in logs]
-    assert [("wall_clock_stepped_back", "warning", -1800.0), ("wall_clock_stepped_ahead", "info", 599.0)] == said
+    assert [("wall_clock_stepped_back", "warning", -1800.0), ("wall_clock_stepped_ahead", "info", 599.0),
+            ("wall_clock_stepped_ahead", "info", 599.0)] == said
+    assert ["it takes back time netad kept after a step back", "the windows in between close empty"] == [
+        e["reason"] for e in logs[1:]]
     assert 1 == clock.steps_back
+
+
+def _live_link(clock: WallClock, wall: list[int], mono: list[int], step_back_s: float, dated: bool) -> tuple[list, dict]:
+    """Ten minutes of a live link (a packet each way every second, dated by the wall clock
+    as a capture dates them) through the daemon's windowing stages, the wall clock stepped
+    back by `step_back_s` after five; each batch given in netad's time (`dated`) or in the
+    clock's. Returns the windows closed and the stages' counters."""
+    from detector.config import Config
+    from detector.service.pipeline import build_windowing
+
+    stages = build_windowing(Config(home_net=["10.20.0.0/16"]))
+    closed = []
+    for second in range(600):
+        if second == 300:
+            wall[0] -= int(step_back_s * 1e9)
+        wall[0] += 10**9
+        mono[0] += 10**9
+        now = wall[0] / 1e9
+        batch = make_batch([{"ts_s": now - 0.5, "src": "10.20.0.5", "dst": "192.0.2.7", "sport": 40000, "dport": 443},
+                            {"ts_s": now - 0.25, "src": "192.0.2.7", "dst": "10.20.0.5", "sport": 443, "dport": 40000}])
+        now_ns = clock.now_ns()
+        closed += stages.push(clock.date(batch) if dated else batch, now_ns)
+    closed += stages.flush()
+    return closed, stages.stats()
+
+
+def test_a_live_link_loses_no_packet_when_the_wall_clock_steps_back():
+    """Stepped back by 30 minutes five minutes in: dated in netad's time, every packet is in
+    a window and the windows follow on minute after minute; dated by the clock as it is (as
+    netad did), the last five minutes of the link were dropped as late."""
+    start = 1_700_000_000 * 10**9
+    wall, mono = [start], [10**9]
+    clock = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
+    windows, stats = _live_link(clock, wall, mono, 1800.0, dated=True)
+    assert 0 == stats["late_packets"] and 0 == stats["records_behind_time"]
+    starts = sorted({w.window_start_ns for w in windows})
+    assert all(b - a == 60 * 10**9 for a, b in zip(starts, starts[1:], strict=False))
+    assert len(starts) >= 10 and starts[-1] > start + 9 * 60 * 10**9  # on after the step, not half an hour back
+
+    wall, mono = [start], [10**9]
+    undated = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
+    _, stats = _live_link(undated, wall, mono, 1800.0, dated=False)
+    assert 599 <= stats["late_packets"] + stats["records_behind_time"] <= 600  # the five minutes after the step

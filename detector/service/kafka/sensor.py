@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from detector.capture.clock import WallClock
 from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch
 from detector.errors import ModelError
@@ -141,12 +142,14 @@ def run_sensor(cfg: Config) -> int:
     lc.serve_metrics(stats)
     lc.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
     log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
+    wall = WallClock()  # netad's time for a live source, as the daemon's Pipeline keeps it
     for batch in source:
         items += len(batch)
-        for wb in stages.push(batch, time.time_ns() if live else None):
+        now_ns = wall.now_ns() if live else None
+        for wb in stages.push(wall.date(batch) if live else batch, now_ns):
             publisher.publish(wb)
-        if len(batch) == 0 and live:
-            for wb in windows.advance(time.time_ns()):  # a quiet link: windows close on the wall clock
+        if len(batch) == 0 and now_ns is not None:
+            for wb in windows.advance(now_ns):  # a quiet link: windows close on netad's time
                 publisher.publish(wb)
         stages.hand_back_memory()
         now = time.monotonic()
