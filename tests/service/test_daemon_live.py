@@ -36,17 +36,26 @@ def model(tmp_path_factory):
     return d / "model"
 
 
-def _send_udp(n: int) -> None:
+def _closed_udp_port() -> int:
+    """A UDP port nothing listens on, this test's own: tests/capture/packets/test_live.py
+    captures lo's UDP to port 9 too, and under pytest-xdist it may run at the same time."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _send_udp(n: int, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(n):
-            s.sendto(b"netad-test %d" % i, ("127.0.0.1", 9))
+            s.sendto(b"netad-test %d" % i, ("127.0.0.1", port))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_path, model, workers):
     """Also with 2 capture workers on a fanout group and 2 flow workers (source.workers)."""
+    port = _closed_udp_port()
     cfg = base_config(tmp_path, tmp_path / "unused.pcap", model, windows=WINDOWS, home_net=HOME_NET,
-                      source={"type": "interface", "interface": "lo", "bpf": "udp port 9", "promisc": False, "path": None,
+                      source={"type": "interface", "interface": "lo", "bpf": f"udp port {port}", "promisc": False, "path": None,
                               "workers": workers},
                       service={"heartbeat_interval_s": 0.5})
     config = write_config(tmp_path / "netad.yaml", cfg)
@@ -56,7 +65,7 @@ def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_pat
         ready = notify.wait_for("READY", "1", timeout_s=60)
         _, started = d.wait_log("daemon_started", timeout_s=5)
         assert {"type": "interface", "interface": "lo"} == started["source"]
-        _send_udp(20)
+        _send_udp(20, port)
         time.sleep(1.0)
         i, first = d.wait_log("heartbeat", timeout_s=5, start=len(d.log.snapshot()))
         assert first["packets"] >= 20
@@ -70,7 +79,7 @@ def test_live_windows_close_on_the_wall_clock_and_the_partial_one_drains(tmp_pat
         # that it is still open at SIGTERM even on a loaded machine: 2.5 s, not 0-2.5 s
         span_s = WINDOWS["bin_s"] * WINDOWS["bins"]
         time.sleep(span_s - time.time() % span_s + 0.02)
-        _send_udp(5)
+        _send_udp(5, port)
         time.sleep(0.3)
         d.signal(signal.SIGTERM)
         assert 0 == d.wait(timeout_s=30)
