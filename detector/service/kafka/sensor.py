@@ -127,11 +127,13 @@ def run_sensor(cfg: Config) -> int:
     if lc.stop:  # a signal while starting
         source.stop = True
     live = source.kind == "live"
+    wall = WallClock()  # netad's time for a live source, as the daemon's Pipeline keeps it
     items = 0
 
     def stats() -> dict:
         counters = {**stages.stats(), **source.stats(),
-                    "windows_published": publisher.published, "bytes_published": publisher.bytes, "publish_failures": publisher.failed}
+                    "windows_published": publisher.published, "bytes_published": publisher.bytes, "publish_failures": publisher.failed,
+                    **({"wall_clock_steps_back": wall.steps_back} if live else {})}
         if flows is not None:
             counters["packets"] = items
         return {"pipeline": counters}
@@ -142,7 +144,6 @@ def run_sensor(cfg: Config) -> int:
     lc.serve_metrics(stats)
     lc.ready(status=f"sensor: {source.kind} -> {cfg.kafka.windows_topic}")
     log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
-    wall = WallClock()  # netad's time for a live source, as the daemon's Pipeline keeps it
     for batch in source:
         items += len(batch)
         now_ns = wall.now_ns() if live else None
