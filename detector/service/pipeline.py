@@ -93,11 +93,17 @@ class WindowStages:
     windows: WindowAggregator | FlowWindowAggregator
     slots_high: int = 0  # the most entity slots since memory was last handed back
 
-    def push(self, batch: PacketBatch | FlowRecordBatch, now_ns: int | None = None) -> Iterator[WindowBatch]:
+    def push(self, batch: PacketBatch | FlowRecordBatch, wall: WallClock | None = None) -> Iterator[WindowBatch]:
         """One source batch through the stages, handing on each window it closes as it
-        closes (consume it whole: the window stage takes the batch in as it goes); `now_ns`:
-        the wall clock, for a live source. A window is scored before the next is built: a
-        batch of a sparse capture can close dozens of windows, each holding every entity."""
+        closes (consume it whole: the window stage takes the batch in as it goes); `wall`:
+        a live source's clock, whose time (netad's: a step back of the wall clock does not
+        move it back) the records are judged by and a live capture's packets dated in. A
+        window is scored before the next is built: a batch of a sparse capture can close
+        dozens of windows, each holding every entity."""
+        now_ns = None
+        if wall is not None:
+            now_ns = wall.now_ns()
+            batch = wall.date(batch)
         windows = self.windows
         if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
             return windows.stream(self.clock.admit(batch, now_ns))
@@ -422,11 +428,7 @@ class Pipeline:
             self.bytes += int(batch.ip_len.sum())
             self.non_ip += batch.non_ip
         self.malformed += batch.malformed
-        if self.live:  # in netad's time, which a step back of the wall clock does not move back
-            now_ns = self.wall.now_ns()
-            self._score(self.stages.push(self.wall.date(batch), now_ns))
-        else:
-            self._score(self.stages.push(batch, None))
+        self._score(self.stages.push(batch, self.wall if self.live else None))
         self.time_bounds.check()
         self.stages.hand_back_memory()
 

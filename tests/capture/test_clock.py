@@ -129,11 +129,20 @@ def test_a_step_of_the_wall_clock_is_said_once_with_its_size_and_drift_is_not():
     assert 1 == clock.steps_back
 
 
-def _live_link(clock: WallClock, wall: list[int], mono: list[int], step_back_s: float, dated: bool) -> tuple[list, dict]:
+class _ClockAsItIs(WallClock):
+    """What netad read before: the wall clock's time as it is, the packets as captured."""
+
+    def now_ns(self) -> int:
+        return super().now_ns() - self.ahead_ns
+
+    def date(self, batch):
+        return batch
+
+
+def _live_link(clock: WallClock, wall: list[int], mono: list[int], step_back_s: float) -> tuple[list, dict]:
     """Ten minutes of a live link (a packet each way every second, dated by the wall clock
     as a capture dates them) through the daemon's windowing stages, the wall clock stepped
-    back by `step_back_s` after five; each batch given in netad's time (`dated`) or in the
-    clock's. Returns the windows closed and the stages' counters."""
+    back by `step_back_s` after five. Returns the windows closed and the stages' counters."""
     from detector.config import Config
     from detector.service.pipeline import build_windowing
 
@@ -147,8 +156,7 @@ def _live_link(clock: WallClock, wall: list[int], mono: list[int], step_back_s: 
         now = wall[0] / 1e9
         batch = make_batch([{"ts_s": now - 0.5, "src": "10.20.0.5", "dst": "192.0.2.7", "sport": 40000, "dport": 443},
                             {"ts_s": now - 0.25, "src": "192.0.2.7", "dst": "10.20.0.5", "sport": 443, "dport": 40000}])
-        now_ns = clock.now_ns()
-        closed += stages.push(clock.date(batch) if dated else batch, now_ns)
+        closed += stages.push(batch, clock)
     closed += stages.flush()
     return closed, stages.stats()
 
@@ -160,13 +168,13 @@ def test_a_live_link_loses_no_packet_when_the_wall_clock_steps_back():
     start = 1_700_000_000 * 10**9
     wall, mono = [start], [10**9]
     clock = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
-    windows, stats = _live_link(clock, wall, mono, 1800.0, dated=True)
+    windows, stats = _live_link(clock, wall, mono, 1800.0)
     assert 0 == stats["late_packets"] and 0 == stats["records_behind_time"]
     starts = sorted({w.window_start_ns for w in windows})
     assert all(b - a == 60 * 10**9 for a, b in zip(starts, starts[1:], strict=False))
     assert len(starts) >= 10 and starts[-1] > start + 9 * 60 * 10**9  # on after the step, not half an hour back
 
     wall, mono = [start], [10**9]
-    undated = WallClock(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
-    _, stats = _live_link(undated, wall, mono, 1800.0, dated=False)
+    as_it_is = _ClockAsItIs(time_ns=lambda: wall[0], monotonic_ns=lambda: mono[0])
+    _, stats = _live_link(as_it_is, wall, mono, 1800.0)
     assert 599 <= stats["late_packets"] + stats["records_behind_time"] <= 600  # the five minutes after the step

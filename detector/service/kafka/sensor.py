@@ -146,11 +146,10 @@ def run_sensor(cfg: Config) -> int:
     log.info("sensor_started", source=source.identity, topic=cfg.kafka.windows_topic, bootstrap=cfg.kafka.bootstrap_servers)
     for batch in source:
         items += len(batch)
-        now_ns = wall.now_ns() if live else None
-        for wb in stages.push(wall.date(batch) if live else batch, now_ns):
+        for wb in stages.push(batch, wall if live else None):
             publisher.publish(wb)
-        if len(batch) == 0 and now_ns is not None:
-            for wb in windows.advance(now_ns):  # a quiet link: windows close on netad's time
+        if len(batch) == 0 and live:
+            for wb in windows.advance(wall.now_ns()):  # a quiet link: windows close on netad's time
                 publisher.publish(wb)
         stages.hand_back_memory()
         now = time.monotonic()
