@@ -70,8 +70,8 @@ def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[
 
     if networks(trained) == networks(home_net):
         return None
-    return (f"the model was trained with home_net {', '.join(map(str, trained))} and {ours} "
-            f"{', '.join(home_net)}: a window counts traffic in and out of home_net, so the model would read every "
+    return (f"the model was trained with home_net {', '.join(map(str, trained)) or '[] (none)'} and {ours} "
+            f"{', '.join(home_net) or '[] (none)'}: a window counts traffic in and out of home_net, so the model would read every "
             "window against other networks than it learned; retrain with this config, or set home_net back")
 
 

@@ -86,6 +86,8 @@ _COUNTERS = {
     "invalid_records": ("netad_kafka_invalid_windows",
                         "Window records decoded but refused: unknown entity class, wrong window length, bad features, dated ahead of the clock"),
     "schema_mismatch": ("netad_kafka_schema_mismatch_windows", "Window records of another feature schema than the model's"),
+    "home_net_mismatch": ("netad_kafka_home_net_mismatch_windows",
+                          "Window records of a sensor whose home_net is not the one the model was trained with"),
     "consume_errors": ("netad_kafka_consume_errors", "Errors while consuming"),
     "commit_failures": ("netad_kafka_commit_failures", "Offset commits that failed (a rebalance got in between)"),
     "states_saved": ("netad_kafka_states_saved", "Entity states written to the state topic"),

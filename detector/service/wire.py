@@ -9,7 +9,7 @@ Entity window record, little-endian (the message value; the key is `sensor/entit
 
     offset  size  field
     0       4     magic b"NWIN"
-    4       2     format version (1)
+    4       2     format version (3)
     6       2     feature schema version
     8       8     window start, ns since the epoch (int64)
     16      8     window end, ns (int64)
@@ -22,12 +22,17 @@ Entity window record, little-endian (the message value; the key is `sensor/entit
                   ({"top_peers": [...], "top_ports": [...], "top_flows": [...]}; 0 = none)
     ...     ...   (version 2) a string as above: the host whose requests were all this host
                   answered (WindowBatch.requested_by; empty: none)
+    ...     2     (version 3) the sensor's home_net: its count of networks N (uint16; 0xFFFF =
+                  not known), then N strings as above, as its config names them. A scorer
+                  refuses the windows of a sensor whose networks are not its model's
     ...     2     (version 2) the link's hosts (contracts.LinkHosts): their count K (uint16;
                   0xFFFF = none, every entity but the link), then K strings as above (the
                   hosts), then 4*(K+1)*F float32: the K hosts' values, then the news row
 
 A window of 6 bins x 16 features with typical evidence is about 0.8 KiB. A version 1 record
-is read as one with no requester and whose link hosts are not known.
+is read as one with no requester and whose link hosts are not known; a version 1 or 2 record
+as one whose sensor's home_net is not known (not checked: a scorer upgraded before its
+sensors reads their windows as before).
 
 Entity state record (the value on the compacted state topic, key `sensor/entity`; an
 empty value is a tombstone), little-endian:
@@ -57,14 +62,14 @@ import torch
 from detector.contracts import LinkHosts, WindowEvidence
 
 WINDOW_MAGIC = b"NWIN"
-WINDOW_VERSION = 2
+WINDOW_VERSION = 3
 STATE_MAGIC = b"NSTA"
 STATE_VERSION = 1
 _HEADER = struct.Struct("<4sHHqqHH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _STATE = struct.Struct("<4sHHHqqI")
-_NO_HOSTS = 0xFFFF
+_NONE = 0xFFFF  # a count that stands for None (no link hosts, a home_net not known)
 
 
 class WireError(ValueError):
@@ -86,6 +91,7 @@ class WindowRecord:
     evidence: WindowEvidence | None
     link_hosts: LinkHosts | None = None  # the link's window only
     requested_by: str = ""  # a host's: WindowBatch.requested_by ("": none)
+    home_net: tuple[str, ...] | None = None  # the sensor's networks (None: a record from before version 3)
 
     @property
     def key(self) -> bytes:
@@ -108,27 +114,36 @@ def encode_window(rec: WindowRecord) -> bytes:
     parts = [_HEADER.pack(WINDOW_MAGIC, WINDOW_VERSION, rec.schema_version, rec.window_start_ns, rec.window_end_ns,
                           bins, n_features)]
     for text in (rec.sensor, rec.hostname, rec.interface, rec.entity, rec.entity_class, rec.schema_name):
-        raw = text.encode()
-        if len(raw) > 0xFFFF:
-            raise WireError(f"string too long for a window record: {len(raw)} bytes")
-        parts += [_U16.pack(len(raw)), raw]
+        parts += _string(text)
     parts.append(feats.tobytes())
     evidence = b"" if rec.evidence is None else json.dumps(asdict(rec.evidence), separators=(",", ":")).encode()
     parts += [_U32.pack(len(evidence)), evidence]
-    requester = rec.requested_by.encode()
-    parts += [_U16.pack(len(requester)), requester]
+    networks = rec.home_net or ()
+    if len(networks) >= _NONE:
+        raise WireError(f"too many home_net networks for a window record: {len(networks)}")
+    parts += _string(rec.requested_by)
+    parts.append(_U16.pack(len(networks) if rec.home_net is not None else _NONE))
+    for network in networks:
+        parts += _string(network)
     hosts = rec.link_hosts
     if hosts is None:
-        parts.append(_U16.pack(_NO_HOSTS))
+        parts.append(_U16.pack(_NONE))
         return b"".join(parts)
-    if len(hosts.hosts) >= _NO_HOSTS:
+    if len(hosts.hosts) >= _NONE:
         raise WireError(f"too many link hosts for a window record: {len(hosts.hosts)}")
     parts.append(_U16.pack(len(hosts.hosts)))
     for name in hosts.hosts:
-        raw = name.encode()
-        parts += [_U16.pack(len(raw)), raw]
+        parts += _string(name)
     parts.append(np.ascontiguousarray(np.vstack([hosts.known.reshape(-1, n_features), hosts.news[None]]), dtype="<f4").tobytes())
     return b"".join(parts)
+
+
+def _string(text: str) -> list[bytes]:
+    """A string as a record holds it: a uint16 byte length, then UTF-8."""
+    raw = text.encode()
+    if len(raw) > 0xFFFF:
+        raise WireError(f"string too long for a window record: {len(raw)} bytes")
+    return [_U16.pack(len(raw)), raw]
 
 
 def decode_window(data: bytes) -> WindowRecord:
@@ -137,8 +152,8 @@ def decode_window(data: bytes) -> WindowRecord:
         magic, version, schema_version, start_ns, end_ns, bins, n_features = _HEADER.unpack_from(view, 0)
         if magic != WINDOW_MAGIC:
             raise WireError("not a netad window record (bad magic)")
-        if version not in (1, WINDOW_VERSION):
-            raise WireError(f"window record format version {version}; this netad reads 1 and {WINDOW_VERSION}")
+        if version not in (1, 2, WINDOW_VERSION):
+            raise WireError(f"window record format version {version}; this netad reads 1 to {WINDOW_VERSION}")
         texts, pos = _strings(view, _HEADER.size, 6)
         size = 4 * bins * n_features
         if pos + size + 4 > len(view):
@@ -151,12 +166,12 @@ def decode_window(data: bytes) -> WindowRecord:
             raise WireError("window record has a wrong evidence length")
         evidence = WindowEvidence(**json.loads(bytes(view[pos : pos + n]))) if n else None
         pos += n
-        requester, hosts = ("", None) if version == 1 else _requester_and_link_hosts(view, pos, n_features)
+        requester, home_net, hosts = ("", None, None) if version == 1 else _tail(view, pos, n_features, version)
     except (struct.error, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
         raise WireError(f"damaged window record: {exc}") from None
     sensor, hostname, interface, entity, entity_class, schema_name = texts
     return WindowRecord(sensor, hostname, interface, entity, entity_class, schema_name, schema_version, start_ns, end_ns,
-                        features, evidence, hosts, requester)
+                        features, evidence, hosts, requester, home_net)
 
 
 def _strings(view: memoryview, pos: int, count: int) -> tuple[list[str], int]:
@@ -172,20 +187,28 @@ def _strings(view: memoryview, pos: int, count: int) -> tuple[list[str], int]:
     return texts, pos
 
 
-def _requester_and_link_hosts(view: memoryview, pos: int, n_features: int) -> tuple[str, LinkHosts | None]:
-    """A version 2 record's tail from `pos`: its requester and its link hosts (or None)."""
+def _tail(view: memoryview, pos: int, n_features: int, version: int) -> tuple[str, tuple[str, ...] | None, LinkHosts | None]:
+    """A version 2 or 3 record's tail from `pos`: its requester, its sensor's home_net (None:
+    not known) and its link hosts (or None)."""
     (requester,), pos = _strings(view, pos, 1)
+    home_net: tuple[str, ...] | None = None
+    if version >= 3:
+        (n,) = _U16.unpack_from(view, pos)
+        pos += 2
+        if n != _NONE:
+            networks, pos = _strings(view, pos, n)
+            home_net = tuple(networks)
     (k,) = _U16.unpack_from(view, pos)
     pos += 2
-    if k == _NO_HOSTS:
+    if k == _NONE:
         if pos != len(view):
             raise WireError("window record has bytes after its end")
-        return requester, None
+        return requester, home_net, None
     names, pos = _strings(view, pos, k)
     if pos + 4 * (k + 1) * n_features != len(view):
         raise WireError("window record has a wrong link hosts length")
     values = np.frombuffer(view[pos:], dtype="<f4").reshape(k + 1, n_features).astype(np.float32)
-    return requester, LinkHosts(names, values[:k], values[k])
+    return requester, home_net, LinkHosts(names, values[:k], values[k])
 
 
 @dataclass

@@ -281,11 +281,22 @@ def test_window_record_round_trip_and_damage():
     for bad in (data[:-1], data[:-3], data + b"x"):
         with pytest.raises(WireError):
             decode_window(bad)
+    # a sensor's home_net: as its config names them, none at all (the link alone) not the same as not known
+    for networks in (("10.0.0.0/8", "fc00::/7"), ()):
+        assert networks == decode_window(encode_window(dataclasses.replace(asked, home_net=networks))).home_net
+    assert decode_window(encode_window(asked)).home_net is None
+    # a version 2 record, a sensor's from before its home_net: read, its home_net not known
+    v3 = encode_window(dataclasses.replace(asked, home_net=("10.0.0.0/8",)))
+    v2 = v3[:4] + b"\x02\x00" + v3[6:-(2 + 2 + 2 + len("10.0.0.0/8"))] + b"\xff\xff"
+    old = decode_window(v2)
+    assert old.home_net is None and old.requested_by == "10.20.0.5" and old.evidence == ev
+    with pytest.raises(WireError):
+        decode_window(v3[:4] + b"\x02\x00" + v3[6:])  # a version 3 tail read as version 2's
     # a version 1 record, a sensor's from before the hosts: read, its hosts not known
-    v1 = encode_window(rec)[:-4]
+    v1 = encode_window(rec)[:-6]
     v1 = v1[:4] + b"\x01\x00" + v1[6:]
     old = decode_window(v1)
-    assert old.evidence == ev and old.link_hosts is None and old.requested_by == ""
+    assert old.evidence == ev and old.link_hosts is None and old.requested_by == "" and old.home_net is None
     with pytest.raises(WireError):
         decode_state(b"\x00" * 16)
     state = EntityState("host", torch.rand(8), torch.rand(8), 5, 10**18, None, "v1", carried=0.25)
@@ -419,6 +430,42 @@ def test_poison_and_future_dated_windows_are_refused_and_genuine_ones_scored(dem
     assert 1 == role._load_states(0, {b"s2/10.20.0.9": encode_state(poisoned), b"s2/10.20.0.10": encode_state(genuine)})
     assert role.counts["states_discarded"] == 1
     assert role.sensors["s2"].scorer.last_scored_ns("host", ["10.20.0.9", "10.20.0.10"]).tolist() == [-1, start]
+
+
+def test_the_windows_of_a_sensor_of_other_networks_are_refused_and_said_once(demo):
+    """A sensor checks home_net against the model at its own model.path, which may not be the
+    scorers' model, or may be absent. Its records carry its home_net (wire version 3): the
+    scorer counts and skips the windows of a sensor counted with other networks (the demo's
+    link read so alarmed in 59 of 60 windows), says so once per sensor, and scores the same
+    networks in another spelling, and a record from before its sensor said them."""
+    from structlog.testing import capture_logs
+
+    from detector.config import load_config
+    from detector.model.bundle import ModelBundle
+    from detector.service.kafka.scorer import ScorerRole
+
+    role = ScorerRole(load_config(None))
+    role.bundle = ModelBundle.load(demo["model"])
+    assert role.bundle.training["home_net"] == ["10.20.0.0/16"]
+    role.rules, role.sinks = None, _Published()
+    width, bins = len(role.bundle.schema.features), role.bundle.bins
+    window = int(role.bundle.bin_s * 1e9) * bins
+    start = 1_700_000_000 * 10**9 // window * window
+
+    def rec(sensor: str, home_net: tuple[str, ...] | None, k: int = 0) -> tuple[int, WindowRecord]:
+        s = start + k * window
+        return 0, WindowRecord(sensor, "h", "eth0", "10.20.0.5", "host", role.bundle.schema.name, role.bundle.schema.version,
+                               s, s + window, np.ones((bins, width), np.float32), None, home_net=home_net)
+
+    with capture_logs() as logs:
+        touched = role._score([rec("home", ("192.168.0.0/16",), k) for k in range(3)]
+                              + [rec("all", ()), rec("spelt", ("10.20.1.7/16",)), rec("v2", None), rec("same", ("10.20.0.0/16",))])
+    assert role.counts["home_net_mismatch"] == 4 and role.counts["invalid_records"] == 0
+    assert set(touched) == {("spelt", "10.20.0.5"), ("v2", "10.20.0.5"), ("same", "10.20.0.5")}
+    said = [e for e in logs if e["event"] == "kafka_sensor_home_net_mismatch"]
+    assert [e["sensor"] for e in said] == ["home", "all"]
+    assert "trained with home_net 10.20.0.0/16 and sensor 'home' has 192.168.0.0/16" in said[0]["reason"]
+    assert role._counters()["home_net_mismatch"] == 4
 
 
 def test_librdkafka_s_lines_are_json_events_and_a_repeated_one_is_said_once_a_minute(capfd):

@@ -1,5 +1,6 @@
 """The Kafka wire format (service.wire) as a property: every window record a sensor can write
-reads back as written, the link's hosts and a host's requester included, and every record
+reads back as written, the link's hosts, a host's requester and the sensor's home_net
+included (none, or no network, is not the same as not known), and every record
 cut short, or with bytes after its end, is refused with WireError, never another exception."""
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _records(draw: st.DrawFn) -> WindowRecord:
         table = np.array(values, np.float32).reshape(k + 1, width)
         hosts = LinkHosts(draw(st.lists(_TEXT, min_size=k, max_size=k)), table[:k], table[k])
     return WindowRecord(draw(_TEXT), draw(_TEXT), draw(_TEXT), draw(_TEXT), draw(_TEXT), draw(_TEXT), draw(st.integers(0, 0xFFFF)),
-                        draw(st.integers(0, 2**62)), draw(st.integers(0, 2**62)), features, evidence, hosts, draw(_TEXT))
+                        draw(st.integers(0, 2**62)), draw(st.integers(0, 2**62)), features, evidence, hosts, draw(_TEXT),
+                        draw(st.none() | st.tuples() | st.lists(_TEXT, max_size=4).map(tuple)))
 
 
 @settings(max_examples=300, deadline=None)
@@ -40,7 +42,7 @@ def test_every_window_record_reads_back_and_every_damaged_one_is_refused(rec, da
         rec.sensor, rec.hostname, rec.interface, rec.entity, rec.entity_class, rec.schema_name)
     assert (back.schema_version, back.window_start_ns, back.window_end_ns) == (rec.schema_version, rec.window_start_ns, rec.window_end_ns)
     np.testing.assert_array_equal(back.features, rec.features)
-    assert back.evidence == rec.evidence and back.requested_by == rec.requested_by
+    assert back.evidence == rec.evidence and back.requested_by == rec.requested_by and back.home_net == rec.home_net
     if rec.link_hosts is None:
         assert back.link_hosts is None
     else:

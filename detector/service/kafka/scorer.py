@@ -22,7 +22,7 @@ import structlog
 import torch
 
 from detector.alerting.rules import RuleSet, load_rules
-from detector.config import Config
+from detector.config import Config, home_net_change
 from detector.contracts import WindowBatch
 from detector.errors import NetadError
 from detector.logging import configure
@@ -47,7 +47,7 @@ _RESTORE_TIMEOUT_S = 60.0  # reading one partition of the state topic must finis
 # later window of its entity look already scored
 MAX_FUTURE_S = 3600.0
 
-_SCORER_COUNTERS = ("duplicates_skipped", "malformed_records", "invalid_records", "schema_mismatch",
+_SCORER_COUNTERS = ("duplicates_skipped", "malformed_records", "invalid_records", "schema_mismatch", "home_net_mismatch",
                     "consume_errors", "commit_failures", "states_saved", "states_restored", "states_discarded", "malformed_states")
 
 
@@ -63,6 +63,7 @@ class ScorerRole:
         # every counter from 0, so that /metrics shows each from the start
         self.counts: dict[str, int] = defaultdict(int, dict.fromkeys(_SCORER_COUNTERS, 0))
         self.assigned: set[int] = set()
+        self.home_nets: dict[tuple[str, tuple[str, ...] | None], str | None] = {}  # (sensor, its home_net) -> why not, or None
         self.commit_pending = False  # the last offset commit failed: retried when the topic is quiet
         self.lag: int | None = None  # windows behind, summed over the assigned partitions (librdkafka statistics)
         self.scores_out: ScoresFile | None = None
@@ -264,6 +265,8 @@ class ScorerRole:
                     log.error("kafka_window_schema_mismatch", sensor=rec.sensor, window_schema=f"{rec.schema_name} v{rec.schema_version}",
                               model_schema=f"{schema.name} v{schema.version}", bins=rec.features.shape[0], count=self.counts["schema_mismatch"])
                 continue
+            if rec.home_net is not None and self._home_net_change(rec) is not None:
+                continue
             why = self._invalid(rec, latest_ns)
             if why is not None:
                 # a record no window stage could have made, or one dated ahead of the clock: scored,
@@ -293,6 +296,25 @@ class ScorerRole:
                 self.owner[(sensor, r.entity)] = (part, r.entity_class)
                 touched[(sensor, r.entity)] = part
         return touched
+
+    def _home_net_change(self, rec: WindowRecord) -> str | None:
+        """Why the model cannot read this record's window: its sensor counted it with other
+        home_net networks than the model was trained with (config.home_net_change), or None.
+        Such a window is counted and skipped, as a sensor with that config is refused at its
+        start when its own model.path holds this model; the sensor's model may be another, or
+        none. Said at once for each sensor and networks, then every 10,000th window."""
+        key = (rec.sensor, rec.home_net)
+        if key not in self.home_nets:
+            change = home_net_change(self.bundle.training.get("home_net"), list(rec.home_net or ()), f"sensor {rec.sensor!r} has")
+            self.home_nets[key] = change
+            if change is not None:
+                log.error("kafka_sensor_home_net_mismatch", sensor=rec.sensor, reason=change)
+        change = self.home_nets[key]
+        if change is not None:
+            self.counts["home_net_mismatch"] += 1
+            if self.counts["home_net_mismatch"] % 10_000 == 0:
+                log.error("kafka_sensor_home_net_mismatch", sensor=rec.sensor, reason=change, count=self.counts["home_net_mismatch"])
+        return change
 
     def _invalid(self, rec: WindowRecord, latest_ns: int) -> str | None:
         """Why a decoded window cannot be scored, or None: an entity class the model has no

@@ -40,6 +40,7 @@ class WindowPublisher:
         self.cfg = cfg
         self.topic = cfg.kafka.windows_topic
         self.observer = observer_of(cfg)
+        self.home_net = tuple(cfg.home_net)  # in every record: a scorer checks it against its model's
         self.producer = Producer(client_config(cfg.kafka, {"linger.ms": 20, "compression.type": "lz4"},
                                                {"enable.idempotence": True, "on_delivery": self._delivered}))
         check_topics(self.producer, cfg.kafka)
@@ -74,7 +75,7 @@ class WindowPublisher:
             rec = WindowRecord(self.observer["name"], self.observer["hostname"], self.observer["interface"], entity,
                                wb.entity_classes[i], schema.name, schema.version, wb.window_start_ns, wb.window_end_ns,
                                wb.features[i], evidence, wb.link_hosts if wb.entity_classes[i] == ENTITY_GLOBAL else None,
-                               wb.requested_by.get(entity, ""))
+                               wb.requested_by.get(entity, ""), self.home_net)
             value = encode_window(rec)
             if not self._produce(rec.key, value, deadline):
                 deadline = 0.0  # the queue stayed full: the rest of this window is dropped without waiting
