@@ -59,6 +59,7 @@ _COUNTERS = {
     # flow-record sources (netflow, zeek): the windows' and the sources' own counters
     "flow_records": ("netad_flow_records", "Flow records processed"),
     "late_records": ("netad_late_flow_records", "Flow records wholly in windows already closed"),
+    "late_bytes": ("netad_late_flow_bytes", "Bytes of flow records' parts in windows already closed (dropped)"),
     "entity_overflow_records": ("netad_entity_overflow_flow_records", "Flow record contributions of hosts that found no entity slot"),
     "datagrams": ("netad_netflow_datagrams", "NetFlow/IPFIX datagrams received"),
     "datagrams_malformed": ("netad_netflow_datagrams_malformed", "NetFlow/IPFIX datagrams with damage"),
@@ -77,6 +78,11 @@ _COUNTERS = {
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
     "dns_answers": ("netad_zeek_dns_answers", "DNS answers read from the Zeek dns.log beside the conn.log"),
     "dns_malformed": ("netad_zeek_dns_malformed_lines", "Lines of the Zeek dns.log that could not be parsed"),
+    "long_lines": ("netad_zeek_long_connection_lines", "Lines of the Zeek long-connections log (conn_long.log) read"),
+    "long_malformed": ("netad_zeek_long_connection_malformed_lines",
+                       "Lines of the Zeek long-connections log that could not be parsed or named no connection (uid)"),
+    "long_forgotten": ("netad_zeek_long_connections_forgotten",
+                       "Long connections forgotten while open (more at once than are held): their next line counts from their start"),
     # Kafka roles (service.kafka): the sensor's publishing, the scorer's consuming
     "windows_published": ("netad_kafka_windows_published", "Entity windows handed to the Kafka producer"),
     "bytes_published": ("netad_kafka_bytes_published", "Bytes of entity windows handed to the Kafka producer"),
@@ -96,6 +102,7 @@ _COUNTERS = {
 _GAUGES = {
     "active_flows": ("netad_active_flows", "Flows tracked now"),
     "entities": ("netad_entities", "Entities tracked now"),
+    "long_open": ("netad_zeek_long_connections_open", "Long connections Zeek logs as they go, open now"),
     "incidents_open": ("netad_incidents_open", "Incidents open now"),
     "partitions_assigned": ("netad_kafka_partitions_assigned", "Partitions of the windows topic this scorer owns"),
     "consumer_lag": ("netad_kafka_consumer_lag", "Window records not yet consumed on this scorer's partitions"),

@@ -235,8 +235,9 @@ def _checked_meta(doc: dict[str, Any]) -> CheckpointMeta:
     def _file_position(value: Any) -> bool:
         return isinstance(value, dict) and all(_int(value.get(k)) for k in ("device", "inode", "offset"))
 
-    position = doc.get("position")  # the conn.log's, with the dns.log's beside it as `dns`
-    if position is not None and not (_file_position(position) and (position.get("dns") is None or _file_position(position["dns"]))):
+    position = doc.get("position")  # the conn.log's, with the dns.log's and the conn_long.log's beside it as `dns`, `long`
+    if position is not None and not (_file_position(position) and all(position.get(k) is None or _file_position(position[k])
+                                                                      for k in ("dns", "long"))):
         raise ValueError(f"meta.position: {position!r} is not a file position (device, inode, offset)")
     model = doc.get("model") or {}
     if not isinstance(model, dict) or not all(v is None or isinstance(v, str) for v in model.values()):

@@ -246,6 +246,13 @@ def _recent_lines(n: int, first: int) -> str:
                                "4300", "-   benign   -"]) + "\n" for i in range(n))
 
 
+def _long_line(totals: tuple[int, int, int, int]) -> str:
+    """A line of Zeek's conn_long.log: the device's SSH session of the last hour, its totals so far."""
+    start = time.time() - 3600.0
+    return "\t".join([f"{start:.6f}", "Cssh00001", DEVICE, "41022", "198.51.100.22", "22", "tcp", "ssh", "3570.000000", "-", "-",
+                      "S1", "-", "-", "0", "ShADad", *map(str, totals), "-"]) + "\n"
+
+
 def _flow_records(port: int, metric: str = "netad_flow_records") -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     families = {f.name: f.samples for f in text_string_to_metric_families(body)}
@@ -267,17 +274,21 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     """source zeek, follow, from_end: the first start skips what the log already held; a stop
     checkpoints where the reading stood; what Zeek writes while netad is down is read at the
     next start (from_end no longer applies), and nothing is read twice. The same for the
-    dns.log Zeek writes beside it, whose answers name the peers."""
+    dns.log Zeek writes beside it, whose answers name the peers, and the conn_long.log, whose
+    lines are the parts of a long connection (two records each, both directions)."""
     log = tmp_path / "conn.log"
     dns = tmp_path / "dns.log"
+    long = tmp_path / "conn_long.log"
     header = [ln for ln in honeypot["train"].read_text(errors="replace").splitlines()[:20] if ln.startswith("#")]
     log.write_text("\n".join(header) + "\n" + _recent_lines(3, 0))  # there before netad's first start: skipped
+    long.write_text("\n".join(header).replace("#path\tconn", "#path\tconn_long") + "\n" + _long_line((50, 5000, 40, 20000)))
     dns.write_text("#separator \\x09\n#set_separator\t,\n#unset_field\t-\n#path\tdns\n#fields\t" + "\t".join(DNS_FIELDS) + "\n"
                    + _recent_answers(2, 0))
     cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True, "from_end": True},
                   service={"metrics_address": "127.0.0.1:0"})
 
-    def run(lines_while_running: int, first: int, records_at_stop: int, answers_at_stop: int) -> DaemonProcess:
+    def run(lines_while_running: int, first: int, records_at_stop: int, answers_at_stop: int, long_lines: int,
+            long_totals: tuple[int, int, int, int]) -> DaemonProcess:
         d = DaemonProcess(cfg)
         try:
             _, started = d.wait_log("metrics_started", timeout_s=60)
@@ -285,11 +296,16 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
             d.wait_log("daemon_started", timeout_s=60)
             with open(dns, "a") as fh:
                 fh.write(_recent_answers(lines_while_running, first))
+            with open(long, "a") as fh:
+                fh.write(_long_line(long_totals))
             with open(log, "a") as fh:
                 fh.write(_recent_lines(lines_while_running, first))
             wait_until(lambda: _flow_records(port) >= records_at_stop, 30, f"{records_at_stop} flow records")
             wait_until(lambda: _flow_records(port, "netad_zeek_dns_answers") >= answers_at_stop, 30, f"{answers_at_stop} answers")
             assert answers_at_stop == _flow_records(port, "netad_zeek_dns_answers")  # none read twice
+            wait_until(lambda: _flow_records(port, "netad_zeek_long_connection_lines") >= long_lines, 30, f"{long_lines} long lines")
+            assert (long_lines, 1) == (_flow_records(port, "netad_zeek_long_connection_lines"),
+                                       _flow_records(port, "netad_zeek_long_connections_open"))
             d.signal(signal.SIGTERM)
             assert 0 == d.wait(60), d.tail()
         finally:
@@ -298,18 +314,21 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
         assert records_at_stop == stopped["flow_records"], d.tail()
         return d
 
-    first = run(4, 100, records_at_stop=8, answers_at_stop=4)
+    first = run(4, 100, records_at_stop=2 * (4 + 1), answers_at_stop=4, long_lines=1, long_totals=(100, 10_000, 80, 40_000))
     assert not first.events("zeek_log_resumed")
     position = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]["position"]
     assert log.stat().st_size == position["offset"] and log.stat().st_ino == position["inode"]
     assert dns.stat().st_size == position["dns"]["offset"] and dns.stat().st_ino == position["dns"]["inode"]
+    assert long.stat().st_size == position["long"]["offset"] and long.stat().st_ino == position["long"]["inode"]
     with open(log, "a") as fh:  # netad is down
         fh.write(_recent_lines(5, 200))
     with open(dns, "a") as fh:
         fh.write(_recent_answers(5, 200))
-    second = run(2, 300, records_at_stop=2 * (5 + 2), answers_at_stop=5 + 2)
+    with open(long, "a") as fh:
+        fh.write(_long_line((150, 15_000, 120, 60_000)))
+    second = run(2, 300, records_at_stop=2 * (5 + 2 + 2), answers_at_stop=5 + 2, long_lines=2, long_totals=(200, 20_000, 160, 80_000))
     resumed = second.events("zeek_log_resumed")
-    assert {str(log), str(dns)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
+    assert {str(log), str(dns), str(long)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
     assert position["offset"] == next(e["offset"] for e in resumed if e["path"] == str(log))
 
 

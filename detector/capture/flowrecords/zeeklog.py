@@ -1,15 +1,19 @@
 """Zeek conn.log reader: a growing (or finished) conn.log -> FlowRecordBatch, with the DNS
-answers of the dns.log beside it.
+answers of the dns.log beside it and the long connections of the conn_long.log beside it.
 
 Where this stands: a source at the head of the flow-record path (see capture.flowrecords),
 for sites that already run Zeek::
 
-    conn.log (TSV or JSON) --> ZeekConnLog --> FlowRecordBatch --> FlowWindowAggregator
-    dns.log  (TSV or JSON) -------^            (.answers: DnsAnswers, for the peer history)
+    conn.log      (TSV or JSON) --> ZeekConnLog --> FlowRecordBatch --> FlowWindowAggregator
+    conn_long.log (TSV or JSON) -------^  (the parts of long connections: LongConnections)
+    dns.log       (TSV or JSON) -------^  (.answers: DnsAnswers, for the peer history)
 
 The dns.log is read as capture.packets._dns reads answers off the wire (DnsLogParser), in
 step with the conn.log's record times when replayed and as Zeek appends to it when
-followed, by the same file reading (rotation, truncation, resume) as the conn.log.
+followed, by the same file reading (rotation, truncation, resume) as the conn.log. The
+long-connections log (Zeek's long-connections package, or activecm's open_conn.log) is read
+the same way, its lines merged into the conn.log's by time; each is counted as the part of
+its connection since the line before (LongConnections).
 
 Both of Zeek's log formats are read: TSV with its `#fields` header (the separator, unset
 and empty markers are taken from the header; extra columns such as IoT-23's labels are
@@ -47,7 +51,9 @@ import itertools
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -134,28 +140,113 @@ class _LogParser:
         raise NotImplementedError
 
 
+@dataclass
+class Connections:
+    """Parsed conn.log lines, one row per connection (what a line says of it), before they
+    become records: `uid` is Zeek's connection id (b"" where the log has none). Counts are
+    what the line says: a conn_long.log line's are the connection's totals so far
+    (LongConnections makes them the part since the line before)."""
+
+    uid: np.ndarray  # bytes
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    o_hi: np.ndarray
+    o_lo: np.ndarray
+    r_hi: np.ndarray
+    r_lo: np.ndarray
+    o_port: np.ndarray
+    r_port: np.ndarray
+    proto: np.ndarray
+    orig_pkts: np.ndarray
+    resp_pkts: np.ndarray
+    orig_ip_bytes: np.ndarray
+    resp_ip_bytes: np.ndarray
+    o_flags: np.ndarray
+    r_flags: np.ndarray
+    malformed: int = 0
+
+    def __len__(self) -> int:
+        return int(self.start_ns.shape[0])
+
+    @classmethod
+    def empty(cls, malformed: int = 0) -> Connections:
+        cols = {f.name: np.zeros(0, np.uint64 if f.name.endswith(("_hi", "_lo")) else np.int64)
+                for f in fields(cls) if f.name not in ("uid", "malformed")}
+        return cls(uid=np.zeros(0, np.bytes_), **cols, malformed=malformed)
+
+    @classmethod
+    def concat(cls, parts: list[Connections]) -> Connections:
+        kept = [p for p in parts if len(p)]
+        malformed = sum(p.malformed for p in parts)
+        if not kept:
+            return cls.empty(malformed)
+        if len(kept) == 1:
+            return replace(kept[0], malformed=malformed)
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in kept]) for f in fields(cls) if f.name != "malformed"},
+                   malformed=malformed)
+
+    def take(self, rows: np.ndarray) -> Connections:
+        return Connections(**{f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "malformed"})
+
+    @property
+    def _answered(self) -> np.ndarray:
+        return (self.resp_pkts > 0) | (self.resp_ip_bytes > 0)
+
+    @property
+    def n_records(self) -> int:
+        """How many records these connections make (records())."""
+        return len(self) + int(self._answered.sum())
+
+    def records(self) -> FlowRecordBatch:
+        """Each connection as up to two unidirectional records (the module's docstring):
+        originator -> responder, then responder -> originator where it sent anything."""
+        n = len(self)
+        rev = self._answered
+        fwd_i, rev_i = np.arange(n), np.flatnonzero(rev)
+        # forward then reverse of each connection, in log order
+        order = np.argsort(np.concatenate([fwd_i * 2, rev_i * 2 + 1]), kind="stable")
+
+        def both(a_fwd: np.ndarray, a_rev: np.ndarray) -> np.ndarray:
+            return np.concatenate([a_fwd[fwd_i], a_rev[rev_i]])[order]
+
+        icmp = (self.proto == 1) | (self.proto == 58)  # no code in conn.log: 0
+        out = {
+            "start_ns": both(self.start_ns, self.start_ns),
+            "end_ns": both(self.end_ns, self.end_ns),
+            "src_hi": both(self.o_hi, self.r_hi),
+            "src_lo": both(self.o_lo, self.r_lo),
+            "dst_hi": both(self.r_hi, self.o_hi),
+            "dst_lo": both(self.r_lo, self.o_lo),
+            "sport": both(self.o_port, self.r_port) & 0xFFFF,
+            "dport": both(np.where(icmp, 0, self.r_port), np.where(icmp, 0, self.o_port)) & 0xFFFF,
+            "proto": both(self.proto, self.proto),
+            "packets": np.maximum(both(self.orig_pkts, self.resp_pkts), 0),
+            "bytes": np.maximum(both(self.orig_ip_bytes, self.resp_ip_bytes), 0),
+            "tcp_flags": both(self.o_flags, self.r_flags),
+        }
+        return FlowRecordBatch.from_columns(out, malformed=self.malformed)
+
+
 class ConnLogParser(_LogParser):
-    """Complete conn.log lines -> FlowRecordBatch."""
+    """Complete conn.log (or conn_long.log) lines -> Connections."""
 
     default_fields = DEFAULT_FIELDS
 
-    def __init__(self, exporter: Exporter | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.exporter = exporter or Exporter(name="zeek", address=None)
         self._addr: dict[bytes, tuple[int, int]] = {}
         self._history: dict[bytes, tuple[int, int]] = {}
 
-    def _joined(self, parts: list[FlowRecordBatch], malformed: int) -> FlowRecordBatch:
-        batch = FlowRecordBatch.concat([p for p in parts if len(p)]) if parts else FlowRecordBatch.empty()
-        batch.malformed = malformed
-        batch.exporters = {0: self.exporter} if len(batch) else {}
-        return batch
+    def _joined(self, parts: list[Connections], malformed: int) -> Connections:
+        conns = Connections.concat(parts)
+        conns.malformed = malformed
+        return conns
 
     # ------------------------------------------------------------------ TSV
-    def _data(self, text: bytes) -> FlowRecordBatch:
+    def _data(self, text: bytes) -> Connections:
         text = text.strip(b"\n")
         if not text:
-            return FlowRecordBatch.empty()
+            return Connections.empty()
         if self.json is None:
             self.json = text.lstrip().startswith(b"{")
         self.lines += text.count(b"\n") + 1
@@ -167,7 +258,7 @@ class ConnLogParser(_LogParser):
                 index.setdefault(name, i)
         if any(name not in index for name in _REQUIRED):
             self.malformed += text.count(b"\n") + 1
-            return FlowRecordBatch.empty()
+            return Connections.empty()
         wanted = {name: i for name, i in index.items() if name in _WANTED}
         cols = _split_columns(text + b"\n", self.separator, len(self.fields), wanted)
         if cols is None:  # some lines have the wrong number of fields: keep the others
@@ -176,12 +267,12 @@ class ConnLogParser(_LogParser):
             kept = [t for t in (ln.split(sep) for ln in lines) if len(t) == nf]
             self.malformed += sum(1 for ln in lines if ln) - len(kept)
             if not kept:
-                return FlowRecordBatch.empty()
+                return Connections.empty()
             cols = {name: np.array([t[i] for t in kept], dtype=np.bytes_) for name, i in wanted.items()}
-        return self._records(cols)
+        return self._connections(cols)
 
     # ------------------------------------------------------------------ JSON
-    def _json(self, text: bytes) -> FlowRecordBatch:
+    def _json(self, text: bytes) -> Connections:
         lines = [ln for ln in text.split(b"\n") if ln.strip()]
         try:  # one parse for the whole chunk; line by line only when some line is bad
             objs = json.loads(b"[" + b",".join(lines) + b"]")
@@ -203,7 +294,7 @@ class ConnLogParser(_LogParser):
                     obj[f"id.{k}"] = v
             good.append(obj)
         if not good:
-            return FlowRecordBatch.empty()
+            return Connections.empty()
         cols: dict[str, np.ndarray] = {}
         for name in _WANTED:
             values = list(map(dict.get, good, itertools.repeat(name, len(good))))  # no Python step per line
@@ -214,10 +305,10 @@ class ConnLogParser(_LogParser):
                     cols[name] = np.array(values, dtype=np.float64)
                 except (ValueError, TypeError):  # ISO 8601 times, numbers as strings
                     cols[name] = np.array([_json_value(name, v) for v in values], dtype=np.bytes_)
-        return self._records(cols)
+        return self._connections(cols)
 
-    # ------------------------------------------------------------------ columns -> records
-    def _records(self, cols: dict[str, np.ndarray]) -> FlowRecordBatch:
+    # ------------------------------------------------------------------ columns -> connections
+    def _connections(self, cols: dict[str, np.ndarray]) -> Connections:
         n = cols["ts"].shape[0]
         bad = np.zeros(n, dtype=bool)
         ts, b = _numbers(cols["ts"], self.unset, np.float64)
@@ -238,7 +329,6 @@ class ConnLogParser(_LogParser):
             proto[cols["proto"] == value] = _PROTO.get(value.lower(), 0)
         v6 = (o_hi != 0) | ((o_lo >> np.uint64(32)) != np.uint64(0xFFFF))
         proto = np.where((proto == 1) & v6, 58, proto)
-        icmp = (proto == 1) | (proto == 58)  # no code in conn.log: 0
         counts = {}
         for name in ("orig_pkts", "resp_pkts", "orig_ip_bytes", "resp_ip_bytes"):
             counts[name] = np.zeros(n, np.int64)
@@ -254,31 +344,13 @@ class ConnLogParser(_LogParser):
                 o_flags[sel], r_flags[sel] = of, rf
         tcp = proto == 6
         o_flags, r_flags = np.where(tcp, o_flags, 0), np.where(tcp, r_flags, 0)
-        self.malformed += int(bad.sum())
-        ok = ~bad
-        rev = ok & ((counts["resp_pkts"] > 0) | (counts["resp_ip_bytes"] > 0))
-        fwd_i, rev_i = np.flatnonzero(ok), np.flatnonzero(rev)
-        # forward then reverse of each connection, in log order
-        order = np.argsort(np.concatenate([fwd_i * 2, rev_i * 2 + 1]), kind="stable")
-
-        def both(a_fwd: np.ndarray, a_rev: np.ndarray) -> np.ndarray:
-            return np.concatenate([a_fwd[fwd_i], a_rev[rev_i]])[order]
-
-        out = {
-            "start_ns": both(start_ns, start_ns),
-            "end_ns": both(end_ns, end_ns),
-            "src_hi": both(o_hi, r_hi),
-            "src_lo": both(o_lo, r_lo),
-            "dst_hi": both(r_hi, o_hi),
-            "dst_lo": both(r_lo, o_lo),
-            "sport": both(o_port, r_port) & 0xFFFF,
-            "dport": both(np.where(icmp, 0, r_port), np.where(icmp, 0, o_port)) & 0xFFFF,
-            "proto": both(proto, proto),
-            "packets": np.maximum(both(counts["orig_pkts"], counts["resp_pkts"]), 0),
-            "bytes": np.maximum(both(counts["orig_ip_bytes"], counts["resp_ip_bytes"]), 0),
-            "tcp_flags": both(o_flags, r_flags),
-        }
-        return FlowRecordBatch.from_columns(out)
+        uid = cols["uid"] if "uid" in cols else np.full(n, b"", dtype=np.bytes_)
+        uid = np.where(uid == self.unset, b"", uid)
+        n_bad = int(bad.sum())
+        self.malformed += n_bad
+        conns = Connections(uid, start_ns, end_ns, o_hi, o_lo, r_hi, r_lo, o_port, r_port, proto, counts["orig_pkts"],
+                            counts["resp_pkts"], counts["orig_ip_bytes"], counts["resp_ip_bytes"], o_flags, r_flags)
+        return conns.take(np.flatnonzero(~bad)) if n_bad else conns
 
     def _addresses(self, col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Address text -> (hi, lo) columns and where it did not parse. Dotted quads are
@@ -429,11 +501,11 @@ class DnsLogParser(_LogParser):
         return pair
 
 
-_WANTED = ("ts", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration", "history",
+_WANTED = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto", "duration", "history",
            "orig_pkts", "orig_ip_bytes", "resp_pkts", "resp_ip_bytes")
 
 
-_TEXT_FIELDS = ("id.orig_h", "id.resp_h", "proto", "history")
+_TEXT_FIELDS = ("uid", "id.orig_h", "id.resp_h", "proto", "history")
 
 
 def _text_array(values: list[Any]) -> np.ndarray:
@@ -722,6 +794,82 @@ class _ZeekFile:
             self._file = None
 
 
+class LongConnections:
+    """What has been counted of each connection Zeek logs as it goes, by its uid.
+
+    Zeek writes a connection to conn.log when it ends. A long one (an SSH session, a tunnel,
+    an upload over hours) is then one line whose volume is spread over its whole span, and
+    the parts in windows already closed are dropped as late: a window saw only its last
+    `flow_lateness_s` of it. Zeek's long-connections package (conn_long.log) logs such a
+    connection as it goes, each line with its totals so far; activecm's open-connections
+    (open_conn.log) likewise. Each of those lines, and the conn.log line that ends the
+    connection, is counted here as the part since the line before: its span starts where
+    the counted one ended, its packets and bytes are the totals less what was counted.
+    A line that adds nothing (an idle connection) is not counted but moves the start on.
+
+    A part counts as a flow in its first bin, as a NetFlow exporter's active timeout makes
+    a long flow several records. At most `max_open` connections are held (the oldest
+    forgotten first, counted): a forgotten one's next line counts from its start again.
+    """
+
+    def __init__(self, max_open: int = 1 << 18) -> None:
+        self.open: OrderedDict[bytes, tuple[int, int, int, int, int]] = OrderedDict()  # uid -> (until_ns, 4 totals)
+        self.max_open = max_open
+        self.forgotten = 0
+        self.unnamed = 0  # conn_long lines without a uid (cannot be told apart: dropped, counted)
+
+    def count(self, conns: Connections, interim: np.ndarray) -> Connections:
+        """`conns` in time order, `interim` marking the lines written while their connection
+        went on: each as the part not counted before (the class's docstring)."""
+        if not interim.any() and not self.open:
+            return conns
+        uids = conns.uid.tolist()
+        going = {uids[i] for i in np.flatnonzero(interim).tolist()}  # logged as they go in this batch, or before
+        held = interim | np.fromiter((u in self.open or u in going for u in uids), dtype=bool, count=len(uids))
+        keep = np.ones(len(conns), dtype=bool)
+        start, totals = conns.start_ns.copy(), [conns.orig_pkts.copy(), conns.resp_pkts.copy(),
+                                                 conns.orig_ip_bytes.copy(), conns.resp_ip_bytes.copy()]
+        o_flags, r_flags = conns.o_flags.copy(), conns.r_flags.copy()
+        end = conns.end_ns
+        # in time order (a line written as its connection went on before the one that ends it)
+        for i in sorted(np.flatnonzero(held).tolist(), key=lambda i: (int(end[i]), not interim[i])):
+            uid = uids[i]
+            if not uid:
+                keep[i] = False
+                self.unnamed += 1
+                continue
+            now = [int(t[i]) for t in totals]
+            prev = self.open.pop(uid, None)
+            if prev is not None:  # a part after the first: from where the counted one ended
+                start[i] = max(int(start[i]), prev[0])
+                for t, new, old in zip(totals, now, prev[1:], strict=True):
+                    t[i] = max(new - old, 0)
+                o_flags[i] &= ~0x02  # no SYN: it opened before
+                r_flags[i] &= ~0x02
+                now = [max(new, old) for new, old in zip(now, prev[1:], strict=True)]
+            if interim[i]:
+                until = max(int(end[i]), prev[0] if prev is not None else 0)
+                self.open[uid] = (until, *now)
+                if len(self.open) > self.max_open:
+                    self.open.popitem(last=False)
+                    self.forgotten += 1
+                if prev is not None and not any(int(t[i]) for t in totals):
+                    keep[i] = False  # idle since the line before: nothing to count
+        counted = replace(conns, start_ns=start, orig_pkts=totals[0], resp_pkts=totals[1], orig_ip_bytes=totals[2],
+                          resp_ip_bytes=totals[3], o_flags=o_flags, r_flags=r_flags)
+        return counted if keep.all() else replace(counted.take(keep), malformed=conns.malformed)
+
+
+def long_log_beside(conn_log: Path) -> list[Path]:
+    """Where Zeek writes the long connections of a conn.log, in the order looked for: the
+    same folder, `conn_long` (Zeek's long-connections package) or `open_conn` (activecm's
+    open-connections) for `conn` (conn.log -> conn_long.log; conn.00:00:00-01:00:00.log.gz
+    -> conn_long.00:00:00-01:00:00.log.gz)."""
+    name = conn_log.name
+    rest = name[4:] if name.startswith("conn") else ".log"
+    return [conn_log.with_name(stem + rest) for stem in ("conn_long", "open_conn")]
+
+
 def dns_log_beside(conn_log: Path) -> Path:
     """Where Zeek writes the DNS log of a conn.log: the same folder and name, `dns` for
     `conn` (current/conn.log -> current/dns.log; conn.00:00:00-01:00:00.log.gz ->
@@ -745,7 +893,8 @@ class ZeekConnLog:
 
     def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
                  read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
-                 resume_at: dict | None = None, dns_log: str | Path | None | Literal["beside"] = "beside") -> None:
+                 resume_at: dict | None = None, dns_log: str | Path | None | Literal["beside"] = "beside",
+                 long_log: str | Path | None | Literal["beside"] = "beside") -> None:
         self.path = Path(path)
         self.follow = follow
         self.poll_s = poll_s
@@ -758,8 +907,18 @@ class ZeekConnLog:
         self.identity = {"type": "zeek", "path": str(self.path.resolve())}
         self.stop = False
         self.future_records = 0
-        self.parser = ConnLogParser(Exporter(name=str(self.path), address=None))
-        self._conn = _ZeekFile(self.path, self.parser, FlowRecordBatch.empty, follow, read_bytes, from_end, resume_at)
+        self.exporter = Exporter(name=str(self.path), address=None)
+        self.parser = ConnLogParser()
+        self._conn = _ZeekFile(self.path, self.parser, Connections.empty, follow, read_bytes, from_end, resume_at)
+        # the long connections Zeek logs as they go (LongConnections), read in step as the dns.log is
+        self.long_paths = long_log_beside(self.path) if long_log == "beside" else [Path(long_log)] if long_log else []
+        self.long_parser = ConnLogParser()
+        self.ledger = LongConnections()
+        self._long: _ZeekFile | None = None
+        self._long_held = Connections.empty()  # replay: lines read past the conn.log's newest record, for the next batch
+        self._open_long(resume_at=(resume_at or {}).get("long"), from_end=from_end and resume_at is None)
+        if self._long is None and not follow:
+            self.long_paths = []  # a finished conn.log with no long log beside it
         self.dns_path = dns_log_beside(self.path) if dns_log == "beside" else Path(dns_log) if dns_log else None
         self.dns_parser = DnsLogParser()
         self.dns_answers = 0
@@ -786,14 +945,34 @@ class ZeekConnLog:
             return
         log.info("zeek_dns_log", path=str(self.dns_path), use="peers named by their DNS answers")
 
+    def _open_long(self, resume_at: dict | None = None, from_end: bool = False) -> None:
+        if self._long is not None:
+            return
+        path = next((p for p in self.long_paths if p.exists()), None)
+        if path is None:
+            return
+        try:
+            self._long = _ZeekFile(path, self.long_parser, Connections.empty, self.follow, self._conn.read_bytes, from_end,
+                                   resume_at)
+        except CaptureError as exc:  # the conn.log is read all the same: long connections counted when they end
+            log.warning("zeek_long_log_unreadable", path=str(path), reason=str(exc))
+            self.long_paths = []
+            return
+        log.info("zeek_long_log", path=str(path), use="long connections counted as they go")
+
     def position(self) -> dict[str, Any] | None:
         """Where a restart picks up (`resume_at`): the conn.log's position (its file and the
-        offset after the last whole line handed on), with the DNS log's as `dns`. None for a
-        gzip file (read whole, never resumed)."""
+        offset after the last whole line handed on), with the DNS log's as `dns` and the long
+        connections' as `long`. None for a gzip file (read whole, never resumed). A restart
+        forgets what was counted of the connections still open: the next line of each
+        counts from its start, and its parts in closed windows are late."""
         at: dict[str, Any] | None = self._conn.position()
-        dns = self._dns.position() if self._dns is not None else None
-        if at is not None and dns is not None:
-            at["dns"] = dns
+        if at is None:
+            return None
+        for key, file in (("dns", self._dns), ("long", self._long)):
+            where = file.position() if file is not None else None
+            if where is not None:
+                at[key] = where
         return at
 
     def __iter__(self) -> Iterator[FlowRecordBatch]:
@@ -805,32 +984,79 @@ class ZeekConnLog:
             self.close()
 
     def _batches(self) -> Iterator[FlowRecordBatch]:
-        parts: list[FlowRecordBatch] = []
+        parts: list[Connections] = []
         pending = 0
         deadline = time.monotonic() + self.poll_s
         while not self.stop:
-            came, batch = self._conn.read()
-            if came:
-                batch = self._in_time(batch)
-            elif not self.follow:
-                break
-            else:
-                batch = self._conn.at_end()
-            if len(batch) or batch.malformed:
-                parts.append(batch)
-                pending += len(batch)
+            came, conns = self._conn.read()
+            if not came:
+                if not self.follow:
+                    break
+                conns = self._conn.at_end()
+            if len(conns) or conns.malformed:
+                parts.append(conns)
+                pending += conns.n_records
             now = time.monotonic()
             if pending >= self.batch_records or (self.follow and now >= deadline):
-                yield self._named(FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty())
+                yield self._batch(Connections.concat(parts))
                 parts, pending = [], 0
                 deadline = now + self.poll_s
             elif self.follow and not came:
                 time.sleep(min(self.poll_s / 4, max(0.0, deadline - now)))
         if not self.follow:
             parts.append(self._conn.finish())
-        parts = [p for p in parts if len(p) or p.malformed]
-        if parts:
-            yield self._named(FlowRecordBatch.concat(parts))
+        conns = Connections.concat(parts)
+        if len(conns) or conns.malformed or len(self._long_held) or self._long is not None:
+            batch = self._batch(conns, last=True)
+            if len(batch) or batch.malformed:
+                yield batch
+
+    def _batch(self, conns: Connections, last: bool = False) -> FlowRecordBatch:
+        """The conn.log's connections, with the long connections' lines of their time merged
+        in (each counted as the part not counted before: LongConnections), as records,
+        named by the DNS answers of their time."""
+        conns, interim = self._with_long(conns, last)
+        batch = self._in_time(self.ledger.count(conns, interim).records())
+        batch.exporters = {0: self.exporter} if len(batch) else {}
+        return self._named(batch)
+
+    def _with_long(self, conns: Connections, last: bool) -> tuple[Connections, np.ndarray]:
+        """`conns` with the long log's lines of their time merged in by time, and which rows
+        those are. Followed: all that Zeek has written. Replayed: the lines up to the newest
+        of `conns` (read on until one is past it; those past are held for the next batch),
+        and all of them at the end (`last`)."""
+        self._open_long()
+        if self._long is None and not len(self._long_held):
+            return conns, np.zeros(len(conns), dtype=bool)
+        newest = int(conns.end_ns.max()) if len(conns) else None
+        parts = [self._long_held]
+        while self._long is not None:
+            if not (self.follow or last) and (newest is None or (len(parts[-1]) and int(parts[-1].end_ns.max()) > newest)):
+                break
+            came, lines = self._long.read()
+            if not came:
+                lines = self._long.at_end() if self.follow else self._long.finish()
+            parts.append(lines)
+            if not came:
+                break
+        lines = Connections.concat(parts)
+        lines = lines.take(np.argsort(lines.end_ns, kind="stable"))
+        if not (self.follow or last):
+            later = lines.end_ns > (newest if newest is not None else -(1 << 62))
+            self._long_held, lines = lines.take(np.flatnonzero(later)), lines.take(np.flatnonzero(~later))
+        else:
+            self._long_held = Connections.empty()
+        lines.malformed = 0
+        if not len(lines):
+            return conns, np.zeros(len(conns), dtype=bool)
+        # each long line goes before the first conn.log line that ends after it (the log's
+        # order kept: lateness is judged against the records before)
+        at = np.searchsorted(np.maximum.accumulate(conns.end_ns), lines.end_ns, side="right") if len(conns) else \
+            np.zeros(len(lines), np.int64)
+        order = np.argsort(np.concatenate([np.arange(len(conns)) * 2 + 1, at * 2]), kind="stable")
+        merged = Connections.concat([conns, lines]).take(order)
+        merged.malformed = conns.malformed
+        return merged, np.concatenate([np.zeros(len(conns), bool), np.ones(len(lines), bool)])[order]
 
     def _in_time(self, batch: FlowRecordBatch) -> FlowRecordBatch:
         """Live only: the records not ending in the future (see max_clock_skew_s)."""
@@ -879,12 +1105,15 @@ class ZeekConnLog:
     def stats(self) -> dict[str, int]:
         return {"lines": self.parser.lines, "malformed": self.parser.malformed, "rotations": self.rotations,
                 "truncations": self.truncations, "future_records": self.future_records,
-                "dns_answers": self.dns_answers, "dns_malformed": self.dns_parser.malformed}
+                "dns_answers": self.dns_answers, "dns_malformed": self.dns_parser.malformed,
+                "long_lines": self.long_parser.lines, "long_malformed": self.long_parser.malformed + self.ledger.unnamed,
+                "long_open": len(self.ledger.open), "long_forgotten": self.ledger.forgotten}
 
     def close(self) -> None:
         self._conn.close()
-        if self._dns is not None:
-            self._dns.close()
+        for file in (self._dns, self._long):
+            if file is not None:
+                file.close()
 
     def __enter__(self) -> ZeekConnLog:
         return self

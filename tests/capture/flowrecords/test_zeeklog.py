@@ -22,6 +22,7 @@ from detector.capture.windows import FLOW_SCHEMA, PACKET_SCHEMA
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.contracts import FlowRecordBatch, addr_to_pair, pair_to_addr
 from detector.errors import CaptureError, ModelError
+from tests.capture.flowrecords._zeek_long import conn_log_rows
 from tests.conftest import shared_file
 
 HEADER = ("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n#open\t2024-01-01-00-00-00\n"
@@ -129,15 +130,8 @@ def test_a_capture_given_as_a_zeek_log_is_named_as_one(tmp_path: Path, name: str
 
 def plain_reading(path: Path) -> list[tuple]:
     """The slow, obvious twin: split each line, look fields up by name, two directions."""
-    fields: list[str] = []
     out = []
-    for raw in path.read_text().splitlines():
-        if raw.startswith("#fields"):
-            fields = [n for f in raw.split("\t")[1:] for n in f.split()[:1]]
-            continue
-        if raw.startswith("#") or not raw:
-            continue
-        v = dict(zip(fields, raw.split("\t"), strict=True))
+    for v in conn_log_rows(path):
         start = round(float(v["ts"]) * 1e6) * 1000
         end = start + round(float(0 if v["duration"] == "-" else v["duration"]) * 1e6) * 1000
         o, r = v["id.orig_h"], v["id.resp_h"]
