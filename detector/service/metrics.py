@@ -81,6 +81,8 @@ _COUNTERS = {
     "long_lines": ("netad_zeek_long_connection_lines", "Lines of the Zeek long-connections log (conn_long.log) read"),
     "long_malformed": ("netad_zeek_long_connection_malformed_lines",
                        "Lines of the Zeek long-connections log that could not be parsed or named no connection (uid)"),
+    "long_after_end": ("netad_zeek_long_connection_lines_after_end",
+                       "Long-connection lines read after the conn.log line that ended their connection (counted there)"),
     "long_forgotten": ("netad_zeek_long_connections_forgotten",
                        "Long connections forgotten while open (more at once than are held): their next line counts from their start"),
     # Kafka roles (service.kafka): the sensor's publishing, the scorer's consuming

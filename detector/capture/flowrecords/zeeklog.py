@@ -810,19 +810,37 @@ class LongConnections:
     A part counts as a flow in its first bin, as a NetFlow exporter's active timeout makes
     a long flow several records. At most `max_open` connections are held (the oldest
     forgotten first, counted): a forgotten one's next line counts from its start again.
+
+    Zeek buffers each log on its own, so a live conn_long.log line can be read after the
+    conn.log line that ended its connection: all it holds was counted then. The uids of the
+    last `max_ended` connections that ended after at least LONG_S are kept, and such a line
+    is dropped (counted, `after_end`), not counted twice.
     """
 
-    def __init__(self, max_open: int = 1 << 18) -> None:
+    LONG_S = 60.0  # no long-connections log writes a line sooner (the package's default first line: 10 min)
+
+    def __init__(self, max_open: int = 1 << 18, max_ended: int = 1 << 16) -> None:
         self.open: OrderedDict[bytes, tuple[int, int, int, int, int]] = OrderedDict()  # uid -> (until_ns, 4 totals)
-        self.max_open = max_open
+        self.ended: OrderedDict[bytes, None] = OrderedDict()  # uids of long connections whose conn.log line was counted
+        self.max_open, self.max_ended = max_open, max_ended
         self.forgotten = 0
         self.unnamed = 0  # conn_long lines without a uid (cannot be told apart: dropped, counted)
+        self.after_end = 0  # conn_long lines read after their connection's conn.log line (dropped, counted)
 
     def count(self, conns: Connections, interim: np.ndarray) -> Connections:
         """`conns` in time order, `interim` marking the lines written while their connection
         went on: each as the part not counted before (the class's docstring)."""
-        if not interim.any() and not self.open:
+        ended = np.flatnonzero(~interim & (conns.end_ns - conns.start_ns >= int(self.LONG_S * 1e9)) & (conns.uid != b""))
+        if not interim.any() and not self.open and not ended.shape[0]:
             return conns
+        counted = self._count(conns, interim) if interim.any() or self.open else conns
+        for uid in conns.uid[ended].tolist():
+            self.ended[uid] = None
+            if len(self.ended) > self.max_ended:
+                self.ended.popitem(last=False)
+        return counted
+
+    def _count(self, conns: Connections, interim: np.ndarray) -> Connections:
         uids = conns.uid.tolist()
         going = {uids[i] for i in np.flatnonzero(interim).tolist()}  # logged as they go in this batch, or before
         held = interim | np.fromiter((u in self.open or u in going for u in uids), dtype=bool, count=len(uids))
@@ -834,9 +852,12 @@ class LongConnections:
         # in time order (a line written as its connection went on before the one that ends it)
         for i in sorted(np.flatnonzero(held).tolist(), key=lambda i: (int(end[i]), not interim[i])):
             uid = uids[i]
-            if not uid:
+            if not uid or (interim[i] and uid in self.ended):
                 keep[i] = False
-                self.unnamed += 1
+                if uid:
+                    self.after_end += 1
+                else:
+                    self.unnamed += 1
                 continue
             now = [int(t[i]) for t in totals]
             prev = self.open.pop(uid, None)
@@ -1107,7 +1128,8 @@ class ZeekConnLog:
                 "truncations": self.truncations, "future_records": self.future_records,
                 "dns_answers": self.dns_answers, "dns_malformed": self.dns_parser.malformed,
                 "long_lines": self.long_parser.lines, "long_malformed": self.long_parser.malformed + self.ledger.unnamed,
-                "long_open": len(self.ledger.open), "long_forgotten": self.ledger.forgotten}
+                "long_open": len(self.ledger.open), "long_forgotten": self.ledger.forgotten,
+                "long_after_end": self.ledger.after_end}
 
     def close(self) -> None:
         self._conn.close()

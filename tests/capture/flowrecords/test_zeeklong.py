@@ -141,6 +141,20 @@ def test_at_most_max_open_connections_are_held_and_a_forgotten_one_counts_from_i
     assert final.orig_pkts.tolist() == [30, 20] and list(ledger.open) == [b"C"]
 
 
+def test_a_long_log_line_read_after_its_connection_ended_is_not_counted_twice():
+    """Zeek buffers its logs one by one: a live conn_long.log line can come after the conn.log
+    line that ended its connection, which counted all of it (the whole, or the rest)."""
+    ledger = LongConnections()
+    first = ledger.count(_connections([("A", 0, 600, 10), ("B", 0, 600, 10)]), np.array([True, True]))
+    assert first.orig_pkts.tolist() == [10, 10]
+    ended = ledger.count(_connections([("A", 0, 1800, 30), ("C", 0, 1800, 40), ("D", 0, 30, 2)]), np.array([False, False, False]))
+    assert ended.orig_pkts.tolist() == [20, 40, 2] and ended.start_ns.tolist() == [600 * 10**9, 0, 0]
+    late = ledger.count(_connections([("A", 0, 1200, 25), ("C", 0, 1200, 30), ("D", 0, 20, 1), ("B", 0, 1200, 15)]),
+                        np.array([True, True, True, True]))
+    assert late.orig_pkts.tolist() == [1, 5]  # D ended too soon to be known as long; B goes on
+    assert ledger.after_end == 2 and list(ledger.open) == [b"D", b"B"]
+
+
 def test_a_followed_long_log_is_read_as_zeek_appends_and_a_restart_reads_on_from_its_position(tmp_path: Path):
     """Live: the long log's lines come as Zeek writes them, each the part since the one
     before; the conn.log's line ends the connection. A restart reads on from the position
