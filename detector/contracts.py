@@ -534,6 +534,7 @@ FLOW_RECORD_COLUMNS: dict[str, type] = {
     "tcp_flags": np.uint8,  # OR of the TCP flags of those packets (0 when not TCP or unknown)
     "exporter": np.uint32,  # key into FlowRecordBatch.exporters
     "sampling": np.uint32,  # the sampling rate applied to packets/bytes (1 = unsampled)
+    "continued": np.bool_,  # a later part of a connection reported before (Zeek's long connections): it opens no flow
 }
 
 
@@ -567,6 +568,7 @@ class FlowRecordBatch:
     tcp_flags: np.ndarray
     exporter: np.ndarray
     sampling: np.ndarray
+    continued: np.ndarray
     malformed: int = 0
     exporters: dict[int, Exporter] = field(default_factory=dict)
     answers: DnsAnswers = _NO_ANSWERS  # DNS answers beside the records (a Zeek dns.log's), as PacketBatch's
@@ -583,9 +585,9 @@ class FlowRecordBatch:
     def from_columns(cls, columns: dict[str, np.ndarray], malformed: int = 0,
                      exporters: dict[int, Exporter] | None = None) -> FlowRecordBatch:
         """A batch from arrays of any integer dtype (cast to the column types); a missing
-        `sampling` is 1, a missing `exporter` 0."""
+        `sampling` is 1, a missing `exporter` 0, a missing `continued` False."""
         n = int(np.asarray(columns["start_ns"]).shape[0])
-        defaults = {"sampling": 1, "exporter": 0, "tcp_flags": 0}
+        defaults = {"sampling": 1, "exporter": 0, "tcp_flags": 0, "continued": False}
         cols: dict[str, np.ndarray] = {}
         for name, dt in FLOW_RECORD_COLUMNS.items():
             if name in columns:

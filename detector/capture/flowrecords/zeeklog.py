@@ -163,6 +163,7 @@ class Connections:
     resp_ip_bytes: np.ndarray
     o_flags: np.ndarray
     r_flags: np.ndarray
+    continued: np.ndarray  # bool: a later part of a connection counted before (LongConnections)
     malformed: int = 0
 
     def __len__(self) -> int:
@@ -171,8 +172,8 @@ class Connections:
     @classmethod
     def empty(cls, malformed: int = 0) -> Connections:
         cols = {f.name: np.zeros(0, np.uint64 if f.name.endswith(("_hi", "_lo")) else np.int64)
-                for f in fields(cls) if f.name not in ("uid", "malformed")}
-        return cls(uid=np.zeros(0, np.bytes_), **cols, malformed=malformed)
+                for f in fields(cls) if f.name not in ("uid", "continued", "malformed")}
+        return cls(uid=np.zeros(0, np.bytes_), **cols, continued=np.zeros(0, bool), malformed=malformed)
 
     @classmethod
     def concat(cls, parts: list[Connections]) -> Connections:
@@ -223,6 +224,7 @@ class Connections:
             "packets": np.maximum(both(self.orig_pkts, self.resp_pkts), 0),
             "bytes": np.maximum(both(self.orig_ip_bytes, self.resp_ip_bytes), 0),
             "tcp_flags": both(self.o_flags, self.r_flags),
+            "continued": both(self.continued, self.continued),
         }
         return FlowRecordBatch.from_columns(out, malformed=self.malformed)
 
@@ -349,7 +351,8 @@ class ConnLogParser(_LogParser):
         n_bad = int(bad.sum())
         self.malformed += n_bad
         conns = Connections(uid, start_ns, end_ns, o_hi, o_lo, r_hi, r_lo, o_port, r_port, proto, counts["orig_pkts"],
-                            counts["resp_pkts"], counts["orig_ip_bytes"], counts["resp_ip_bytes"], o_flags, r_flags)
+                            counts["resp_pkts"], counts["orig_ip_bytes"], counts["resp_ip_bytes"], o_flags, r_flags,
+                            np.zeros(n, dtype=bool))
         return conns.take(np.flatnonzero(~bad)) if n_bad else conns
 
     def _addresses(self, col: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -807,8 +810,8 @@ class LongConnections:
     the counted one ended, its packets and bytes are the totals less what was counted.
     A line that adds nothing (an idle connection) is not counted but moves the start on.
 
-    A part counts as a flow in its first bin, as a NetFlow exporter's active timeout makes
-    a long flow several records. At most `max_open` connections are held (the oldest
+    A part after the first is `continued`: it opens no flow (the connection counts as one, as
+    on the packet path, not once per line) and carries no SYN. At most `max_open` connections are held (the oldest
     forgotten first, counted): a forgotten one's next line counts from its start again.
 
     Zeek buffers each log on its own, so a live conn_long.log line can be read after the
@@ -847,7 +850,7 @@ class LongConnections:
         keep = np.ones(len(conns), dtype=bool)
         start, totals = conns.start_ns.copy(), [conns.orig_pkts.copy(), conns.resp_pkts.copy(),
                                                  conns.orig_ip_bytes.copy(), conns.resp_ip_bytes.copy()]
-        o_flags, r_flags = conns.o_flags.copy(), conns.r_flags.copy()
+        o_flags, r_flags, continued = conns.o_flags.copy(), conns.r_flags.copy(), conns.continued.copy()
         end = conns.end_ns
         # in time order (a line written as its connection went on before the one that ends it)
         for i in sorted(np.flatnonzero(held).tolist(), key=lambda i: (int(end[i]), not interim[i])):
@@ -865,8 +868,9 @@ class LongConnections:
                 start[i] = max(int(start[i]), prev[0])
                 for t, new, old in zip(totals, now, prev[1:], strict=True):
                     t[i] = max(new - old, 0)
-                o_flags[i] &= ~0x02  # no SYN: it opened before
+                o_flags[i] &= ~0x02  # no SYN, no flow: it opened before
                 r_flags[i] &= ~0x02
+                continued[i] = True
                 now = [max(new, old) for new, old in zip(now, prev[1:], strict=True)]
             if interim[i]:
                 until = max(int(end[i]), prev[0] if prev is not None else 0)
@@ -877,7 +881,7 @@ class LongConnections:
                 if prev is not None and not any(int(t[i]) for t in totals):
                     keep[i] = False  # idle since the line before: nothing to count
         counted = replace(conns, start_ns=start, orig_pkts=totals[0], resp_pkts=totals[1], orig_ip_bytes=totals[2],
-                          resp_ip_bytes=totals[3], o_flags=o_flags, r_flags=r_flags)
+                          resp_ip_bytes=totals[3], o_flags=o_flags, r_flags=r_flags, continued=continued)
         return counted if keep.all() else replace(counted.take(keep), malformed=conns.malformed)
 
 

@@ -10,7 +10,8 @@ is not a packet:
   the share of the record's duration that falls in it (a record inside one bin puts
   everything there; a record with start == end is a point in time);
 - its flow count (and syn-only count) goes to the bin where it starts, its RST to the bin
-  where it ends;
+  where it ends; a record that continues one reported before (`continued`: a later part
+  of a Zeek long connection) counts no flow;
 - distinct peers and ports of a bin are those of the records active in that bin.
 
 Time is event time. The watermark is the newest record END seen: records are exported when
@@ -259,7 +260,7 @@ class FlowWindowAggregator(EntityWindows):
         pk = b.packets[r].astype(np.float64) * share
         by = b.bytes[r].astype(np.float64) * share
         proto, flags = b.proto[r], b.tcp_flags[r]
-        opens = (k == 0) & (s_r >= lo[r])  # the record starts in this bin (not before the cut)
+        opens = (k == 0) & (s_r >= lo[r]) & ~b.continued[r]  # the record starts in this bin (not before the cut) a flow
         closes = k == nb[r] - 1
         tcp = proto == PROTO_TCP
         syn_only = tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)

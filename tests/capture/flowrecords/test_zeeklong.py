@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from detector.capture.flowrecords.zeeklog import DEFAULT_FIELDS, Connections, LongConnections, ZeekConnLog, long_log_beside
+from detector.capture.windows import FLOW_SCHEMA
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.contracts import FlowRecordBatch, addr_to_pair
 from tests.capture.flowrecords._zeek_long import HEADER_LONG, write_long_log
@@ -82,8 +83,10 @@ def _parts(batch: FlowRecordBatch, sport: int) -> list[tuple[float, float, int, 
 def test_each_line_of_a_long_connection_is_the_part_since_the_line_before(tmp_path: Path, json_lines: bool, read_bytes: int):
     """The session's parts: from its start to 10 minutes, 10 to 20, the idle line of 30 not
     counted (the next part, 20 to 40, spreads over the time since the last packet counted),
-    and the conn.log's line the rest, to the end. Each part holds what the totals added since the part before; they add up to the
-    conn.log's totals; the first opens the connection (SYN), the later ones do not. Read in
+    and the conn.log's line the rest, to the end. Each part holds what the totals added since
+    the part before; they add up to the conn.log's totals; the first opens the connection
+    (SYN, a flow), the later ones continue it: the session and the short connection beside
+    it are the host's two flows. Read in
     one piece or a line at a time, in Zeek's TSV or JSON, the same; the line without a uid
     is counted, not read."""
     conn = _write(tmp_path, json_lines)
@@ -98,6 +101,12 @@ def test_each_line_of_a_long_connection_is_the_part_since_the_line_before(tmp_pa
     assert (sum(r[2] for r in back), sum(r[3] for r in back)) == FINAL[3:5]
     syn = [bool(flags & 0x02) for *_, flags in out]
     assert syn == [True, False, False, False] and out[-1][4] & 0x01  # the conn.log's FIN, on the last part
+    assert batch.continued[batch.sport == 40000].tolist() == [False, True, True, True]
+    # so the session is one flow, as on the packet path, not one per line
+    agg = FlowWindowAggregator(home_net=["10.0.0.0/8"], bin_s=10, bins=6, lateness_s=7200)
+    windows = [w for w in agg.push(batch)] + agg.flush()
+    flows_out = FLOW_SCHEMA.features.index("flows_out")
+    assert 2 == sum(float(w.features[w.entities.index("10.0.0.5"), :, flows_out].sum()) for w in windows if "10.0.0.5" in w.entities)
     short = np.flatnonzero(batch.dport == 443)
     assert 1 == short.shape[0] and int(batch.bytes[short[0]]) == 400  # a connection of the conn.log alone, as it was
     stats = log.stats()
@@ -128,7 +137,7 @@ def _connections(rows: list[tuple[str, float, float, int]]) -> Connections:
                        np.array([int(r[1] * 1e9) for r in rows]), np.array([int(r[2] * 1e9) for r in rows]),
                        np.full(n, hi, np.uint64), np.full(n, lo, np.uint64), np.full(n, hi, np.uint64), np.full(n, lo + 1, np.uint64),
                        z + 40000, z + 22, z + 6, np.array([r[3] for r in rows]), z, np.array([r[3] * 100 for r in rows]), z,
-                       z + 0x12, z + 0x12)
+                       z + 0x12, z + 0x12, np.zeros(n, bool))
 
 
 def test_at_most_max_open_connections_are_held_and_a_forgotten_one_counts_from_its_start():
