@@ -12,8 +12,10 @@ measures in the same run, as medians of a few repetitions, flow records per seco
       records received per second of receiving, with the datagrams the kernel dropped
       (the sender is faster than any receiver: this finds the ceiling);
   (c) the conn.log reader: `ZeekConnLog` over the TSV and the JSON file (two records per
-      answered connection), and over the TSV with a dns.log beside it (a look-up for every
-      4th connection, two addresses each: the answers are read in step with the records);
+      answered connection), over the TSV with a dns.log beside it (a look-up for every
+      4th connection, two addresses each: the answers are read in step with the records),
+      and over the TSV with a conn_long.log beside it (every 10th connection logged twice as
+      it went: merged in by time, each line counted as the part since the one before);
   (d) FlowWindowAggregator on the parsed records (10 s bins, 6 per window).
 
 The measuring process is pinned to one CPU (the sender of (b) to another when there is one).
@@ -68,11 +70,15 @@ def build_datagrams(records: int, ipfix: bool, seed: int = 7) -> list[bytes]:
     return out
 
 
+def _connection_times(rng: np.random.Generator, connections: int) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic conn.log's connection starts (over 10 minutes) and durations, drawn first."""
+    return _START_MS / 1000 + np.sort(rng.random(connections) * 600), rng.exponential(2.0, connections)
+
+
 def write_conn_log(path: Path, connections: int, as_json: bool, seed: int = 7) -> None:
     """A synthetic conn.log: mostly answered TCP/UDP connections, some unanswered attempts."""
     rng = np.random.default_rng(seed)
-    ts = _START_MS / 1000 + np.sort(rng.random(connections) * 600)
-    dur = rng.exponential(2.0, connections)
+    ts, dur = _connection_times(rng, connections)
     proto = rng.choice(np.array(["tcp", "tcp", "udp"]), connections)
     hist = np.where(proto == "tcp", rng.choice(np.array(["ShADadFf", "S", "ShAdDaFf", "Sr"]), connections), "Dd")
     op, rp = rng.integers(1, 20, connections), rng.integers(0, 20, connections)
@@ -97,6 +103,28 @@ def write_conn_log(path: Path, connections: int, as_json: bool, seed: int = 7) -
                 f.write(json.dumps({k: v for k, v in obj.items() if v != "-"}) + "\n")
             else:
                 f.write("\t".join(row) + "\n")
+
+
+def write_long_log(path: Path, connections: int, seed: int = 7) -> int:
+    """A synthetic conn_long.log beside that conn.log (Zeek's long-connections package): every
+    10th connection also logged twice as it went, at a third and two thirds of its duration,
+    with those shares of its totals; returns how many lines it holds."""
+    ts, dur = _connection_times(np.random.default_rng(seed), connections)
+    fields = ("ts uid id.orig_h id.orig_p id.resp_h id.resp_p proto service duration orig_bytes resp_bytes conn_state "
+              "local_orig local_resp missed_bytes history orig_pkts orig_ip_bytes resp_pkts resp_ip_bytes tunnel_parents").split()
+    lines = []
+    for i in range(0, connections, 10):
+        for part in (1, 2):
+            lines.append((ts[i] + dur[i] * part / 3, "\t".join((
+                f"{ts[i]:.6f}", f"C{i:017d}", f"10.0.{(i >> 8) & 15}.{i & 255}", str(1024 + i % 60000),
+                f"198.51.{(i * 7) & 255}.{(i * 13) & 255}", str(443 if i % 3 else 53), "tcp", "-", f"{dur[i] * part / 3:.6f}",
+                "0", "0", "S1", "-", "-", "0", "ShADad", str(part * 4), str(part * 240), str(part * 3), str(part * 1500), "-"))))
+    lines.sort(key=lambda line: line[0])
+    with open(path, "w", encoding="ascii") as f:
+        f.write("#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn_long\n")
+        f.write("#fields\t" + "\t".join(fields) + "\n")
+        f.writelines(text + "\n" for _, text in lines)
+    return len(lines)
 
 
 def write_dns_log(path: Path, connections: int, seed: int = 7) -> int:
@@ -226,6 +254,10 @@ def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = T
     named.parent.mkdir()
     os.link(tsv, named)
     answers = write_dns_log(named.with_name("dns.log"), connections)
+    long = workdir / "long" / "conn.log"  # and with a long-connections log beside it
+    long.parent.mkdir()
+    os.link(tsv, long)
+    long_lines = write_long_log(long.with_name("conn_long.log"), connections)
     _parse_all(v9[:2048])  # warm-up: imports, numpy paths
     allowed = sorted(os.sched_getaffinity(0))
     result: dict[str, Any] = {"records": records, "repeats": repeats, "target_records_per_s": TARGET_RECORDS_PER_S,
@@ -242,6 +274,8 @@ def run_flows_bench(records: int, workdir: Path, repeats: int = 3, udp: bool = T
         read: list[int] = []
         result["zeek_tsv_dns"] = {**_median_rate(lambda: _read_log(named, read), repeats), "answers": answers,
                                   "answers_read": min(read)}
+        say("conn.log reader, TSV, with its conn_long.log ...")
+        result["zeek_tsv_long"] = {**_median_rate(lambda: _read_log(long), repeats), "long_lines": long_lines}
         say("conn.log reader, JSON ...")
         result["zeek_json"] = _median_rate(lambda: _read_log(js), repeats)
         parsed = NetflowParser().parse(ipfix, ["192.0.2.1"] * len(ipfix))
@@ -272,6 +306,7 @@ def format_flows_bench(r: dict[str, Any]) -> str:
         line("parser, IPFIX (direct, 1024 datagrams/call)", "parse_ipfix"),
         line("conn.log reader, TSV", "zeek_tsv"),
         line(f"conn.log reader, TSV, with a dns.log ({r['zeek_tsv_dns']['answers']:,} answers)", "zeek_tsv_dns"),
+        line(f"conn.log reader, TSV, with a conn_long.log ({r['zeek_tsv_long']['long_lines']:,} lines)", "zeek_tsv_long"),
         line("conn.log reader, JSON", "zeek_json"),
         line("FlowWindowAggregator (IPFIX records)", "aggregate_ipfix_records"),
         line("FlowWindowAggregator (conn.log records)", "aggregate_zeek_records"),

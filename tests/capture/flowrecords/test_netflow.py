@@ -519,5 +519,7 @@ def test_bench_flows_runs_end_to_end():
     assert 10_000 == r["parse_v9"]["records"] == r["parse_ipfix"]["records"] == r["udp_ipfix"]["offered"]
     assert r["zeek_tsv"]["records"] == r["zeek_json"]["records"] == r["zeek_tsv_dns"]["records"] > 5_000  # one or two per connection
     assert 2 * (5_000 // 4) == r["zeek_tsv_dns"]["answers"] == r["zeek_tsv_dns"]["answers_read"]  # the dns.log read whole
+    # two parts more of each of 500 connections, one record each at least
+    assert 1_000 == r["zeek_tsv_long"]["long_lines"] and r["zeek_tsv_long"]["records"] >= r["zeek_tsv"]["records"] + 1_000
     assert r["udp_ipfix"]["records"] > 0
     assert all(r[k]["records_per_s"] > 0 for k in ("parse_v9", "parse_ipfix", "zeek_tsv", "zeek_json", "aggregate_ipfix_records"))
