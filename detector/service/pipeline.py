@@ -25,7 +25,7 @@ import structlog
 
 from detector.alerting.rules import RuleSet
 from detector.capture.clock import EventClock, WallClock
-from detector.capture.flowrecords.zeeklog import ZeekConnLog
+from detector.capture.flowrecords.zeeklog import LongConnections, ZeekConnLog
 from detector.capture.flows import FlowTable
 from detector.capture.packets.pcap import CaptureFile, first_timestamp_ns, read_ahead
 from detector.capture.windows import HomeNet, WindowAggregator
@@ -245,8 +245,12 @@ def _in_time_order(paths: list[str | Path]) -> list[str | Path]:
 
 
 def conn_log_batches(paths: Iterable[str | Path], batch_records: int = 65536) -> Iterator[FlowRecordBatch]:
+    """The records of conn.logs read one after another (Zeek's hourly logs). A connection
+    logged as it went in one hour's conn_long.log and ended in the next hour's conn.log is
+    counted once: the logs share what was counted of each (LongConnections)."""
+    ledger = LongConnections()
     for path in paths:
-        yield from ZeekConnLog(path, batch_records=batch_records)
+        yield from ZeekConnLog(path, batch_records=batch_records, ledger=ledger)
 
 
 def input_batches(paths: Iterable[str | Path], flow_records: bool, batch_size: int = 65536,

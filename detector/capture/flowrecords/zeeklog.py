@@ -808,11 +808,12 @@ class LongConnections:
     (open_conn.log) likewise. Each of those lines, and the conn.log line that ends the
     connection, is counted here as the part since the line before: its span starts where
     the counted one ended, its packets and bytes are the totals less what was counted.
-    A line that adds nothing (an idle connection) is not counted but moves the start on.
+    A line that adds nothing (an idle connection) is not counted.
 
     A part after the first is `continued`: it opens no flow (the connection counts as one, as
-    on the packet path, not once per line) and carries no SYN. At most `max_open` connections are held (the oldest
-    forgotten first, counted): a forgotten one's next line counts from its start again.
+    on the packet path, not once per line) and carries no SYN. At most `max_open`
+    connections are held (the oldest forgotten first, counted): a forgotten one's next line
+    counts from its start again.
 
     Zeek buffers each log on its own, so a live conn_long.log line can be read after the
     conn.log line that ended its connection: all it holds was counted then. The uids of the
@@ -845,7 +846,7 @@ class LongConnections:
 
     def _count(self, conns: Connections, interim: np.ndarray) -> Connections:
         uids = conns.uid.tolist()
-        going = {uids[i] for i in np.flatnonzero(interim).tolist()}  # logged as they go in this batch, or before
+        going = {uids[i] for i in np.flatnonzero(interim).tolist()}  # logged as they go in this batch
         held = interim | np.fromiter((u in self.open or u in going for u in uids), dtype=bool, count=len(uids))
         keep = np.ones(len(conns), dtype=bool)
         start, totals = conns.start_ns.copy(), [conns.orig_pkts.copy(), conns.resp_pkts.copy(),
@@ -919,7 +920,7 @@ class ZeekConnLog:
     def __init__(self, path: str | Path, follow: bool = False, poll_s: float = 0.2, batch_records: int = 65536,
                  read_bytes: int = 1 << 20, from_end: bool = False, max_clock_skew_s: float = 300.0,
                  resume_at: dict | None = None, dns_log: str | Path | None | Literal["beside"] = "beside",
-                 long_log: str | Path | None | Literal["beside"] = "beside") -> None:
+                 long_log: str | Path | None | Literal["beside"] = "beside", ledger: LongConnections | None = None) -> None:
         self.path = Path(path)
         self.follow = follow
         self.poll_s = poll_s
@@ -938,7 +939,7 @@ class ZeekConnLog:
         # the long connections Zeek logs as they go (LongConnections), read in step as the dns.log is
         self.long_paths = long_log_beside(self.path) if long_log == "beside" else [Path(long_log)] if long_log else []
         self.long_parser = ConnLogParser()
-        self.ledger = LongConnections()
+        self.ledger = ledger if ledger is not None else LongConnections()  # shared by the hourly logs of one reading
         self._long: _ZeekFile | None = None
         self._long_held = Connections.empty()  # replay: lines read past the conn.log's newest record, for the next batch
         self._open_long(resume_at=(resume_at or {}).get("long"), from_end=from_end and resume_at is None)

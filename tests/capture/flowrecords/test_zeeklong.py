@@ -122,6 +122,24 @@ def test_without_a_long_log_a_connection_is_one_record_per_direction_as_before(t
     assert [(0, 3600, 500, 52_000)] == [(a, b, p, n) for a, b, p, n, _ in _parts(batch, 40000)]
 
 
+def test_a_connection_across_zeek_s_hourly_logs_is_counted_once(tmp_path: Path):
+    """Zeek rotates its logs every hour: the session's lines of the first 20 minutes in one
+    hour's conn_long.log, the rest and its end in the next hour's. Read one after another
+    (`netad train --conn-log conn.*.log`), the two logs share what was counted: the session's
+    totals are the conn.log's, not more."""
+    from detector.service.pipeline import conn_log_batches
+
+    first, second = tmp_path / "conn.00:00:00-01:00:00.log", tmp_path / "conn.01:00:00-02:00:00.log"
+    first.write_bytes(HEADER + conn_line("Cshort", T0 + 100, 2.0, 6, 400, 5, 3000, oport=40001, rport=443))
+    long_log_beside(first)[0].write_bytes(HEADER_LONG + b"".join(conn_line("Clong", T0, *line) for line in SESSION[:2]))
+    second.write_bytes(HEADER + conn_line("Clong", T0, *FINAL, history="ShADadFf"))
+    long_log_beside(second)[0].write_bytes(HEADER_LONG + b"".join(conn_line("Clong", T0, *line) for line in SESSION[2:]))
+    batch = FlowRecordBatch.concat(list(conn_log_batches([first, second])))
+    out = _parts(batch, 40000)
+    assert (sum(r[2] for r in out), sum(r[3] for r in out)) == FINAL[1:3]
+    assert [(a, b) for a, b, *_ in out] == [(0, 600), (600, 1200), (1200, 2400), (2400, 3600)]
+
+
 def test_the_long_log_is_the_one_zeek_writes_beside_the_conn_log():
     assert [Path("/z/current/conn_long.log"), Path("/z/current/open_conn.log")] == long_log_beside(Path("/z/current/conn.log"))
     assert Path("/z/2024-01-01/conn_long.00:00:00-01:00:00.log.gz") == long_log_beside(
