@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.capture.flowrecords.zeeklog import DEFAULT_FIELDS, Connections, LongConnections, ZeekConnLog, long_log_beside
 from detector.capture.windows import FLOW_SCHEMA
@@ -166,6 +168,47 @@ def test_at_most_max_open_connections_are_held_and_a_forgotten_one_counts_from_i
     final = ledger.count(_connections([("A", 0, 900, 30), ("B", 0, 900, 30)]), np.array([False, False]))
     assert final.start_ns.tolist() == [0, 610 * 10**9]  # A from its start, all 30 packets; B since its line
     assert final.orig_pkts.tolist() == [30, 20] and list(ledger.open) == [b"C"]
+
+
+@st.composite
+def _sessions(draw: st.DrawFn) -> tuple[list[tuple[str, float, float, int, bool]], list[int]]:
+    """Connections logged as they went, then ended: (uid, start, end, orig packets so far,
+    interim) lines in the time order a replay reads them, and where the batches are cut."""
+    lines = []
+    for k in range(draw(st.integers(1, 5))):
+        start = draw(st.integers(0, 1000))
+        ends = sorted(draw(st.lists(st.integers(1, 5000), min_size=1, max_size=6)))
+        totals = sorted(draw(st.lists(st.integers(0, 1000), min_size=len(ends), max_size=len(ends))))
+        lines += [(f"C{k}", start, start + e, t, i < len(ends) - 1) for i, (e, t) in enumerate(zip(ends, totals, strict=True))]
+    lines.sort(key=lambda line: (line[2], not line[4]))
+    return lines, sorted(draw(st.lists(st.integers(0, len(lines)), max_size=4)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_sessions())
+def test_a_connection_s_parts_add_up_to_its_totals_and_follow_each_other(sessions):
+    """However the lines fall into batches: each connection's parts add up to the totals its
+    conn.log line says, span it from its start to its end without overlapping (an idle
+    line's span is left out), and only the first opens it."""
+    lines, cuts = sessions
+    ledger = LongConnections()
+    parts: dict[str, list[tuple[int, int, int, bool]]] = {}
+    for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True):
+        chunk = lines[a:b]
+        if not chunk:
+            continue
+        counted = ledger.count(_connections([(u, s, e, t) for u, s, e, t, _ in chunk]), np.array([i for *_, i in chunk]))
+        for uid, s, e, t, c in zip(counted.uid.tolist(), counted.start_ns.tolist(), counted.end_ns.tolist(),
+                                    counted.orig_pkts.tolist(), counted.continued.tolist(), strict=True):
+            parts.setdefault(uid.decode(), []).append((s, e, t, c))
+    assert not ledger.open
+    for uid in {u for u, *_ in lines}:
+        final = next(line for line in lines if line[0] == uid and not line[4])
+        got = parts[uid]
+        assert sum(t for _, _, t, _ in got) == final[3]
+        assert got[0][0] == int(final[1] * 1e9) and got[-1][1] == int(final[2] * 1e9)
+        assert all(got[i][1] <= got[i + 1][0] for i in range(len(got) - 1))
+        assert [c for *_, c in got] == [False] + [True] * (len(got) - 1)
 
 
 def test_a_long_log_line_read_after_its_connection_ended_is_not_counted_twice():
