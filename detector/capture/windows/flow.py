@@ -260,7 +260,7 @@ class FlowWindowAggregator(EntityWindows):
         pk = b.packets[r].astype(np.float64) * share
         by = b.bytes[r].astype(np.float64) * share
         proto, flags = b.proto[r], b.tcp_flags[r]
-        opens = (k == 0) & (s_r >= lo[r]) & ~b.continued[r]  # the record starts in this bin (not before the cut) a flow
+        opens = (k == 0) & (s_r >= lo[r]) & ~b.continued[r]  # a flow starts in this bin (not before the cut, not a later part)
         closes = k == nb[r] - 1
         tcp = proto == PROTO_TCP
         syn_only = tcp & ((flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
