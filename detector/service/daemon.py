@@ -149,6 +149,8 @@ class Daemon:
                 self._new_pipeline(cfg, bundle, resuming=False)
         resume_at = checkpoint.meta.position if checkpoint and cfg.source.type == "zeek" else None
         self.source = build_source(cfg.source, resume_from_ns=resume_ns, resume_at=resume_at)
+        if checkpoint is not None and checkpoint.long_connections is not None and isinstance(self.source, ZeekConnLog):
+            self._restore_long_connections(self.source, checkpoint.long_connections)
         if self.lifecycle.stop:  # a signal while starting: the source did not exist to be told
             self.source.stop = True
         self.board = attach_board(cfg, self.pipeline.scoring, self.lifecycle, live=is_live(cfg.source))  # the incident page's records
@@ -338,7 +340,8 @@ class Daemon:
             model=ModelRef(str(self.model_path), self.scoring.bundle.version, self.base_version),
         )
         checkpoint = Checkpoint(self.scoring.entity_states(), self.scoring.tracker.state_dict(), meta,
-                                history=self.pipeline.windows.history.state_dict())
+                                history=self.pipeline.windows.history.state_dict(),
+                                long_connections=self.source.ledger.state_dict() if isinstance(self.source, ZeekConnLog) else None)
         save_checkpoint(self.cfg.state_dir / CHECKPOINT_DIR, checkpoint)
         log.info("checkpoint_saved", reason=why, entities=checkpoint.entities, open_incidents=checkpoint.open_incidents,
                  window_end=ns_to_iso(meta.resume_ns) if meta.resume_ns else None,
@@ -549,6 +552,21 @@ class Daemon:
         log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents, history_rows=history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, written_for_model=meta.model.version)
         return resume_ns
+
+    @staticmethod
+    def _restore_long_connections(source: ZeekConnLog, state: dict) -> None:
+        """What was counted of the connections Zeek logs as they go, back in the conn.log's
+        reader: their next lines count from where the counted ones ended, not again from
+        their start (the parts before would be late, and counted twice in the windows still
+        open). One that cannot be read back is let go: those connections count from their
+        start, as before there was a checkpoint of them."""
+        try:
+            source.ledger.load_state_dict(state)
+        except ValueError as exc:
+            log.warning("checkpoint_long_connections_discarded", reason=str(exc),
+                        consequence="the open long connections' next lines count from their start")
+            return
+        log.info("long_connections_restored", open=len(source.ledger.open), ended=len(source.ledger.ended))
 
     # ---------------------------------------------------------------- the replay's summary
     def _print_summary(self, elapsed_s: float, source: Source) -> None:

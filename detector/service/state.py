@@ -5,7 +5,8 @@ incidents it writes and reads back as typed records (EntityStates, Checkpoint); 
 scorer keeps the same EntityStates in its state topic instead (service.wire).
 
 Hidden states of every entity (safetensors), each entity's peer history (the window stage's,
-safetensors), open incidents and the daemon's meta (which
+safetensors), what a followed conn.log's reader counted of the long connections still open
+(capture.flowrecords.zeeklog.LongConnections, safetensors), open incidents and the daemon's meta (which
 source, where a replay stands or where a followed conn.log was read to, which model; JSON), written atomically: a temporary directory
 is filled, every file in it and the directory fsynced, then renamed over the previous
 checkpoint, so a SIGKILL or a power cut at any moment leaves either the old or the new
@@ -44,6 +45,7 @@ STATE_JSON = "state.json"
 LOCK_NAME = ".lock"
 STATE_TENSORS = "hidden.safetensors"
 HISTORY_ARRAYS = "history.safetensors"  # the window stage's peer history (capture.windows._history)
+LONG_CONNECTIONS_ARRAYS = "long_connections.safetensors"  # a conn.log reader's LongConnections
 FORMAT = 1
 
 
@@ -118,6 +120,7 @@ class Checkpoint:
     incidents: dict[str, Any]
     meta: CheckpointMeta = field(default_factory=CheckpointMeta)
     history: dict[str, np.ndarray] | None = None  # PeerHistory.state_dict(); None in one written before it
+    long_connections: dict[str, np.ndarray] | None = None  # LongConnections.state_dict(); None: no conn.log read, or before it
     path: Path | None = field(default=None, compare=False)  # the directory it was read from
 
     @property
@@ -147,6 +150,10 @@ def save_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
             save_safetensors(save_arrays, {k: np.ascontiguousarray(v) for k, v in checkpoint.history.items()},
                              tmp / HISTORY_ARRAYS)
             _fsync(tmp / HISTORY_ARRAYS)
+        if checkpoint.long_connections is not None:
+            save_safetensors(save_arrays, {k: np.ascontiguousarray(v) for k, v in checkpoint.long_connections.items()},
+                             tmp / LONG_CONNECTIONS_ARRAYS)
+            _fsync(tmp / LONG_CONNECTIONS_ARRAYS)
         doc = {"format": FORMAT, "written_at": time.time(), "meta": checkpoint.meta.as_json(), "banks": banks,
                "incidents": checkpoint.incidents}
         with open(tmp / STATE_JSON, "w", encoding="utf-8") as fh:
@@ -197,10 +204,7 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
         tensors = load_file(str(found / STATE_TENSORS)) if (found / STATE_TENSORS).is_file() else {}
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{found / STATE_TENSORS}: unreadable: {exc}") from None
-    try:
-        history = load_arrays(str(found / HISTORY_ARRAYS)) if (found / HISTORY_ARRAYS).is_file() else None
-    except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"{found / HISTORY_ARRAYS}: unreadable: {exc}") from None
+    history, long_connections = (_arrays(found / name) for name in (HISTORY_ARRAYS, LONG_CONNECTIONS_ARRAYS))
     try:
         banks, incidents = _dict(doc, "banks"), _dict(doc, "incidents")
         states = {cls: _entity_states(cls, bank, tensors) for cls, bank in banks.items()}
@@ -210,7 +214,14 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
         meta = _checked_meta(_dict(doc, "meta") if "meta" in doc else {})
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{found}: {exc}") from None
-    return Checkpoint(states, incidents, meta, history=history, path=found)
+    return Checkpoint(states, incidents, meta, history=history, long_connections=long_connections, path=found)
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        return load_arrays(str(path)) if path.is_file() else None
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from None
 
 
 def _dict(doc: dict[str, Any], key: str) -> dict[str, Any]:

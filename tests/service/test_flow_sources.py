@@ -275,7 +275,8 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     checkpoints where the reading stood; what Zeek writes while netad is down is read at the
     next start (from_end no longer applies), and nothing is read twice. The same for the
     dns.log Zeek writes beside it, whose answers name the peers, and the conn_long.log, whose
-    lines are the parts of a long connection (two records each, both directions)."""
+    lines are the parts of a long connection (two records each, both directions): what was
+    counted of it is in the checkpoint, so its lines after the restart count on from there."""
     log = tmp_path / "conn.log"
     dns = tmp_path / "dns.log"
     long = tmp_path / "conn_long.log"
@@ -306,6 +307,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
             wait_until(lambda: _flow_records(port, "netad_zeek_long_connection_lines") >= long_lines, 30, f"{long_lines} long lines")
             assert (long_lines, 1) == (_flow_records(port, "netad_zeek_long_connection_lines"),
                                        _flow_records(port, "netad_zeek_long_connections_open"))
+            d.late_bytes = _flow_records(port, "netad_late_flow_bytes")
             d.signal(signal.SIGTERM)
             assert 0 == d.wait(60), d.tail()
         finally:
@@ -330,6 +332,10 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     resumed = second.events("zeek_log_resumed")
     assert {str(log), str(dns), str(long)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
     assert position["offset"] == next(e["offset"] for e in resumed if e["path"] == str(log))
+    # the long connection's next lines count from where the checkpoint left it, not from its
+    # start an hour ago, as its first line did (whose parts before netad started are late)
+    assert [1] == [e["open"] for e in second.events("long_connections_restored")]
+    assert first.late_bytes > 0 and 0 == second.late_bytes
 
 
 def _free_udp_port() -> int:

@@ -69,6 +69,31 @@ def test_checkpoint_round_trips_the_peer_history(tmp_path):
     assert load_checkpoint(tmp_path / "old").history is None
 
 
+def test_checkpoint_round_trips_what_was_counted_of_long_connections(tmp_path):
+    """A conn.log reader's LongConnections comes back whole, uids of any length and order
+    kept; one that cannot be read back is refused with the reason, and the ledger it was to
+    fill is left as it was; a checkpoint written without one reads as None."""
+    from detector.capture.flowrecords.zeeklog import LongConnections
+
+    ledger = LongConnections()
+    ledger.open.update({b"CHhAvVGS1DHFjwGM9": (5 * 10**18, 1, 2, 3, 4), b"C1": (7, 0, 0, 10**12, 0)})
+    ledger.ended.update(dict.fromkeys([b"Cq", b"CmES5u32sYpV7JYN"]))
+    save_checkpoint(tmp_path / "checkpoint", Checkpoint(_scorer_state(1), {}, CheckpointMeta(), long_connections=ledger.state_dict()))
+    back = LongConnections()
+    back.load_state_dict(load_checkpoint(tmp_path / "checkpoint").long_connections)
+    assert list(ledger.open.items()) == list(back.open.items()) and list(ledger.ended) == list(back.ended)
+    bad = {**ledger.state_dict(), "open.totals": np.zeros((2, 3), np.int64)}
+    with pytest.raises(ValueError, match="wrong shape"):
+        back.load_state_dict(bad)
+    with pytest.raises(ValueError, match="ended.uid missing"):
+        back.load_state_dict({k: v for k, v in ledger.state_dict().items() if k != "ended.uid"})
+    with pytest.raises(ValueError, match="repeated uid"):
+        back.load_state_dict({**ledger.state_dict(), "open.uid": np.zeros((2, 3), np.uint8) + 67})
+    assert list(ledger.open.items()) == list(back.open.items())
+    save_checkpoint(tmp_path / "old", Checkpoint(_scorer_state(1), {}, CheckpointMeta()))
+    assert load_checkpoint(tmp_path / "old").long_connections is None
+
+
 def test_a_crash_between_the_two_renames_leaves_the_old_checkpoint_usable(tmp_path):
     save_checkpoint(tmp_path / "checkpoint", Checkpoint(_scorer_state(2), {}, CheckpointMeta(resume_ns=1)))
     os.rename(tmp_path / "checkpoint", tmp_path / ".checkpoint.old")  # as if killed right after it

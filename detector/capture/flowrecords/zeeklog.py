@@ -885,6 +885,50 @@ class LongConnections:
                           resp_ip_bytes=totals[3], o_flags=o_flags, r_flags=r_flags, continued=continued)
         return counted if keep.all() else replace(counted.take(keep), malformed=conns.malformed)
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """What was counted, as named arrays (a checkpoint's, beside the reading's position):
+        a restart counts each open connection's next line from where the last counted one
+        ended, not from its start. Oldest first, as held."""
+        until_totals = np.array(list(self.open.values()), np.int64).reshape(len(self.open), 5)
+        return {"open.uid": _uid_rows(self.open), "open.until_ns": until_totals[:, 0].copy(),
+                "open.totals": until_totals[:, 1:].copy(), "ended.uid": _uid_rows(self.ended)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Put state_dict's arrays back; ValueError for arrays of the wrong kind (this ledger
+        is then left as it was)."""
+        try:
+            uids, until, totals, ended = (np.asarray(state[k]) for k in ("open.uid", "open.until_ns", "open.totals", "ended.uid"))
+        except KeyError as exc:
+            raise ValueError(f"long connections: {exc.args[0]} missing") from None
+        n = until.shape[0] if until.ndim == 1 else -1
+        if not (uids.ndim == 2 and uids.shape[0] == n and uids.dtype == np.uint8 and totals.shape == (n, 4)
+                and ended.ndim == 2 and ended.dtype == np.uint8 and until.dtype.kind == totals.dtype.kind == "i"):
+            raise ValueError(f"long connections: arrays of the wrong shape or kind (uid {uids.shape} {uids.dtype}, until "
+                             f"{until.shape} {until.dtype}, totals {totals.shape} {totals.dtype}, ended {ended.shape} {ended.dtype})")
+        if n and (until.min() < 0 or totals.min() < 0):
+            raise ValueError("long connections: a negative time or total")
+        open_uids, ended_uids = _uids_of(uids), _uids_of(ended)
+        if b"" in open_uids or b"" in ended_uids or len(set(open_uids)) != n:
+            raise ValueError("long connections: an empty or repeated uid")
+        rows = np.concatenate([until[:, None], totals], axis=1).astype(np.int64).tolist()
+        self.open = OrderedDict((uid, tuple(row)) for uid, row in zip(open_uids, rows, strict=True))
+        self.ended = OrderedDict.fromkeys(ended_uids)
+        while len(self.open) > self.max_open:
+            self.open.popitem(last=False)
+            self.forgotten += 1
+        while len(self.ended) > self.max_ended:
+            self.ended.popitem(last=False)
+
+
+def _uid_rows(uids: OrderedDict[bytes, Any]) -> np.ndarray:
+    """Zeek uids as rows of bytes, NUL-padded (safetensors holds numbers, not strings)."""
+    packed = np.array(list(uids), dtype=np.bytes_) if uids else np.zeros(0, "S1")
+    return packed.view(np.uint8).reshape(len(uids), packed.dtype.itemsize).copy()
+
+
+def _uids_of(rows: np.ndarray) -> list[bytes]:
+    return np.ascontiguousarray(rows).view(f"S{rows.shape[1]}").ravel().tolist() if rows.shape[1] else [b""] * rows.shape[0]
+
 
 def long_log_beside(conn_log: Path) -> list[Path]:
     """Where Zeek writes the long connections of a conn.log, in the order looked for: the
@@ -989,9 +1033,11 @@ class ZeekConnLog:
     def position(self) -> dict[str, Any] | None:
         """Where a restart picks up (`resume_at`): the conn.log's position (its file and the
         offset after the last whole line handed on), with the DNS log's as `dns` and the long
-        connections' as `long`. None for a gzip file (read whole, never resumed). A restart
-        forgets what was counted of the connections still open: the next line of each
-        counts from its start, and its parts in closed windows are late."""
+        connections' as `long`. None for a gzip file (read whole, never resumed). What
+        was counted of the connections still open goes beside it (`ledger.state_dict()`,
+        taken between batches as this is): put back, the next line of each counts from where
+        the counted one ended. Were the two a batch apart they would still agree: a line read
+        again adds nothing (its totals were counted), and one skipped counts with the next."""
         at: dict[str, Any] | None = self._conn.position()
         if at is None:
             return None

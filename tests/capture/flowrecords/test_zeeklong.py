@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,16 +185,26 @@ def _sessions(draw: st.DrawFn) -> tuple[list[tuple[str, float, float, int, bool]
     return lines, sorted(draw(st.lists(st.integers(0, len(lines)), max_size=4)))
 
 
+def _restarted(ledger: LongConnections) -> LongConnections:
+    """A ledger as a restart has it: through a checkpoint's arrays, as safetensors bytes."""
+    again = LongConnections()
+    again.load_state_dict(safetensors.numpy.load(safetensors.numpy.save(ledger.state_dict())))
+    return again
+
+
 @settings(max_examples=200, deadline=None)
-@given(_sessions())
-def test_a_connection_s_parts_add_up_to_its_totals_and_follow_each_other(sessions):
-    """However the lines fall into batches: each connection's parts add up to the totals its
+@given(_sessions(), st.lists(st.booleans(), min_size=5, max_size=5))
+def test_a_connection_s_parts_add_up_to_its_totals_and_follow_each_other(sessions, restarts):
+    """However the lines fall into batches, and with a restart between any two of them (what
+    was counted kept in the checkpoint): each connection's parts add up to the totals its
     conn.log line says, span it from its start to its end without overlapping (an idle
     line's span is left out), and only the first opens it."""
     lines, cuts = sessions
     ledger = LongConnections()
     parts: dict[str, list[tuple[int, int, int, bool]]] = {}
-    for a, b in zip([0, *cuts], [*cuts, len(lines)], strict=True):
+    for a, b, restart in zip([0, *cuts], [*cuts, len(lines)], restarts, strict=False):
+        if restart:
+            ledger = _restarted(ledger)
         chunk = lines[a:b]
         if not chunk:
             continue
@@ -228,8 +239,9 @@ def test_a_long_log_line_read_after_its_connection_ended_is_not_counted_twice():
 def test_a_followed_long_log_is_read_as_zeek_appends_and_a_restart_reads_on_from_its_position(tmp_path: Path):
     """Live: the long log's lines come as Zeek writes them, each the part since the one
     before; the conn.log's line ends the connection. A restart reads on from the position
-    (what Zeek wrote while netad was down), and holds nothing of the connections counted
-    before it: the next line of one counts from its start."""
+    (what Zeek wrote while netad was down) with what was counted of the connections still
+    open (the checkpoint's arrays): the next line of one counts from where it stood. Without
+    them it counts from its start."""
     now = time.time() - 7200
     conn, longs = tmp_path / "conn.log", tmp_path / "conn_long.log"
     conn.write_bytes(HEADER)
@@ -248,19 +260,22 @@ def test_a_followed_long_log_is_read_as_zeek_appends_and_a_restart_reads_on_from
             f.write(conn_line("Cssh", now, 1200.0, 250, 25_000, 200, 100_000))
         wait_for(lambda: [(0, 100), (600, 150)] == parts())
         assert 1 == log.stats()["long_open"]
-    at = log.position()
+    at, ledger = log.position(), _restarted(log.ledger)
     assert longs.stat().st_size == at["long"]["offset"]
     with open(longs, "ab") as f:  # what Zeek writes while netad is down
         f.write(conn_line("Cssh", now, 1800.0, 300, 30_000, 240, 120_000))
-    with following(ZeekConnLog(conn, follow=True, poll_s=0.05, resume_at=at)) as again:
-        wait_for(lambda: sum(len(b) for b in again) >= 2)
-        with open(conn, "ab") as f:
-            f.write(conn_line("Cssh", now, 2400.0, 400, 40_000, 300, 150_000))
-        wait_for(lambda: sum(len(b) for b in again) >= 4)
-        time.sleep(0.2)  # and no more come
-    b = FlowRecordBatch.concat(list(again))
-    rows = np.flatnonzero(b.sport == 40000)
-    assert [(0, 300), (1800, 100)] == [(round(b.start_ns[i] / 1e9 - now), int(b.packets[i])) for i in rows]
+    for kept, counted in ((ledger, [(1200, 50), (1800, 100)]), (None, [(0, 300), (1800, 100)])):
+        with open(conn, "r+b") as f:
+            f.truncate(at["offset"])  # as the checkpoint found it
+        with following(ZeekConnLog(conn, follow=True, poll_s=0.05, resume_at=at, ledger=kept)) as again:
+            wait_for(lambda: sum(len(b) for b in again) >= 2)
+            with open(conn, "ab") as f:
+                f.write(conn_line("Cssh", now, 2400.0, 400, 40_000, 300, 150_000))
+            wait_for(lambda: sum(len(b) for b in again) >= 4)
+            time.sleep(0.2)  # and no more come
+        b = FlowRecordBatch.concat(list(again))
+        rows = np.flatnonzero(b.sport == 40000)
+        assert counted == [(round(b.start_ns[i] / 1e9 - now), int(b.packets[i])) for i in rows]
 
 
 @pytest.mark.shared_data
