@@ -17,7 +17,7 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -28,7 +28,8 @@ from detector.capture.packets.bpf import bpf_problem
 from detector.capture.packets.pcap import CaptureFile, read_ahead
 from detector.config import SourceConfig
 from detector.contracts import FlowRecordBatch, PacketBatch
-from detector.errors import ConfigError
+from detector.errors import CheckpointError, ConfigError
+from detector.service.state import CHECKPOINT_DIR, Checkpoint, checkpoint_in_use, load_checkpoint, set_aside
 
 log = structlog.get_logger()
 
@@ -171,19 +172,57 @@ def is_live(cfg: SourceConfig) -> bool:
     return cfg.type in ("interface", "netflow") or (cfg.type == "zeek" and cfg.follow)
 
 
-def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at: dict | None = None) -> Source:
+def resumable_checkpoint(state_dir: Path, cfg: SourceConfig) -> Checkpoint | None:
+    """The last checkpoint under `state_dir` (the daemon's or a Kafka sensor's), if it was
+    written for this source and is worth resuming; one that cannot be read is moved aside
+    (the process starts fresh)."""
+    directory = state_dir / CHECKPOINT_DIR
+    try:
+        checkpoint = load_checkpoint(directory)
+    except CheckpointError as exc:
+        set_aside(checkpoint_in_use(directory), str(exc))
+        return None
+    if checkpoint is None:
+        return None
+    meta = checkpoint.meta
+    if meta.source != source_identity(cfg):
+        log.info("checkpoint_ignored", reason="written for another source", checkpoint_source=meta.source)
+        return None
+    if meta.replay_complete:
+        log.info("checkpoint_ignored", reason="that replay had ended; it starts over")
+        return None
+    if cfg.type == "zeek" and not cfg.follow:
+        # a conn.log is in the order connections ended, not started: no position to resume at
+        log.info("checkpoint_ignored", reason="a conn.log read to its end cannot resume midway; it starts over")
+        return None
+    return checkpoint
+
+
+def reading_point(source: Source | None) -> tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]:
+    """What a checkpoint keeps of a followed conn.log's reading: where it stands
+    (ZeekConnLog.position) and what was counted of its long connections still open
+    (LongConnections.state_dict); None, None for any other source."""
+    if not isinstance(source, ZeekConnLog):
+        return None, None
+    return source.position(), source.ledger.state_dict()
+
+
+def build_source(cfg: SourceConfig, resume: Checkpoint | None = None) -> Source:
     """The configured source, opened (a live capture or collector is up when this returns).
     Raises ConfigError for an incomplete source section, CaptureError when it cannot be
-    opened. Where a checkpoint left off: `resume_from_ns` for capture files, `resume_at`
-    (ZeekConnLog.position) for a followed conn.log."""
+    opened. Where a checkpoint (`resume`: resumable_checkpoint's) left off: a capture file
+    at the end of the last window it covered, a followed conn.log at its position, with what
+    was counted of its long connections still open."""
     source: Source
     if cfg.type in ("pcap", "zeek") and cfg.path is None:
         raise ConfigError(f"source.path: required when source.type is {cfg.type}")
     if cfg.type == "pcap":
-        return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume_from_ns)
+        return ReplaySource(cfg.path, cfg.speed, cfg.batch_packets, resume_from_ns=resume.meta.resume_ns if resume else None)
     if cfg.type == "zeek":
         source = ZeekConnLog(cfg.path, follow=cfg.follow, from_end=cfg.from_end, poll_s=POLL_S, batch_records=cfg.batch_packets,
-                             resume_at=resume_at)
+                             resume_at=resume.meta.position if resume else None)
+        if resume is not None and resume.long_connections is not None:
+            _restore_long_connections(source, resume.long_connections)
     elif cfg.type == "netflow":
         parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters,
                                export_window_s=(cfg.max_ahead_s, cfg.max_jump_s))
@@ -198,3 +237,18 @@ def build_source(cfg: SourceConfig, resume_from_ns: int | None = None, resume_at
         return LiveSource(cfg)
     source.identity = source_identity(cfg)  # as configured: a port 0 or a relative path still matches
     return source
+
+
+def _restore_long_connections(source: ZeekConnLog, state: dict[str, np.ndarray]) -> None:
+    """What was counted of the connections Zeek logs as they go, back in the conn.log's
+    reader: their next lines count from where the counted ones ended, not again from their
+    start (the parts before would be late, and counted twice in the windows still open). One
+    that cannot be read back is let go: those connections count from their start, as before
+    there was a checkpoint of them."""
+    try:
+        source.ledger.load_state_dict(state)
+    except ValueError as exc:
+        log.warning("checkpoint_long_connections_discarded", reason=str(exc),
+                    consequence="the open long connections' next lines count from their start")
+        return
+    log.info("long_connections_restored", open=len(source.ledger.open), ended=len(source.ledger.ended))

@@ -37,7 +37,6 @@ from typing import Any
 import structlog
 
 from detector.capture.clock import WallClock
-from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import CheckpointError, ModelError, NetadError
@@ -46,26 +45,17 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service import jobs as J
 from detector.service._reload import ReloadPlan, build_sinks, plan_reload, retire_sinks, wanted_sinks
-from detector.service._sources import ReplaySource, Source, build_source, is_live, source_identity
+from detector.service._sources import ReplaySource, Source, build_source, is_live, reading_point, resumable_checkpoint
 from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import Pipeline, time_lines
 from detector.service.retrain import Retrainer, RetrainResult, WindowRing, verdict
 from detector.service.scoring import Scoring, check_device, close_scores, open_scores
-from detector.service.state import (
-    Checkpoint,
-    CheckpointMeta,
-    ModelRef,
-    checkpoint_in_use,
-    load_checkpoint,
-    move_aside,
-    save_checkpoint,
-)
+from detector.service.state import CHECKPOINT_DIR, Checkpoint, CheckpointMeta, ModelRef, save_checkpoint, set_aside
 from detector.service.training import training_params
 
 log = structlog.get_logger()
 
-CHECKPOINT_DIR = "checkpoint"
 _SCORES_FLUSH_S = 1.0
 _SOURCE_DRAIN_S = 2.0  # after a stop signal, the longest a source may go on handing over batches
 
@@ -102,7 +92,7 @@ class Daemon:
         cfg, lc = self.cfg, self.lifecycle
         check_device(cfg.model.device)
         lc.lock_state_dir(cfg.state_dir)
-        checkpoint = self._read_checkpoint()
+        checkpoint = resumable_checkpoint(cfg.state_dir, cfg.source)
         base = ModelBundle.load(cfg.model.path, classes=cfg.entity_classes)
         self.base_version = base.version
         bundle, self.model_path = self._choose_model(base, checkpoint.meta if checkpoint else CheckpointMeta())
@@ -138,19 +128,15 @@ class Daemon:
         svc = cfg.service
         self.ring = WindowRing(svc.retrain_buffer_windows, int(svc.retrain_buffer_mb * 2**20))
         self._new_pipeline(cfg, bundle, resuming=checkpoint is not None)
-        resume_ns = None
         if checkpoint is not None:
             try:
-                resume_ns = self._restore(checkpoint)
+                self._restore(checkpoint)
             except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as exc:
                 # half of it may be in place already: the stages are built again, empty
-                self._set_aside(checkpoint.path, f"cannot be restored: {exc!r}")
+                set_aside(checkpoint.path, f"cannot be restored: {exc!r}")
                 checkpoint = None
                 self._new_pipeline(cfg, bundle, resuming=False)
-        resume_at = checkpoint.meta.position if checkpoint and cfg.source.type == "zeek" else None
-        self.source = build_source(cfg.source, resume_from_ns=resume_ns, resume_at=resume_at)
-        if checkpoint is not None and checkpoint.long_connections is not None and isinstance(self.source, ZeekConnLog):
-            self._restore_long_connections(self.source, checkpoint.long_connections)
+        self.source = build_source(cfg.source, resume=checkpoint)
         if self.lifecycle.stop:  # a signal while starting: the source did not exist to be told
             self.source.stop = True
         self.board = attach_board(cfg, self.pipeline.scoring, self.lifecycle, live=is_live(cfg.source))  # the incident page's records
@@ -331,17 +317,17 @@ class Daemon:
     def _checkpoint(self, why: str, replay_complete: bool = False) -> str:
         started = time.perf_counter()
         self._incidents_unsaved = False  # what follows saves them (or says it could not)
+        # a followed conn.log: the file and offset after the last line read (a restart reads on from there)
+        position, long_connections = reading_point(self.source)
         meta = CheckpointMeta(
             source=self.source.identity if self.source is not None else {},
             resume_ns=self.pipeline.last_window_end_ns,
-            # a followed conn.log: the file and offset after the last line read (a restart reads on from there)
-            position=self.source.position() if isinstance(self.source, ZeekConnLog) else None,
+            position=position,
             replay_complete=replay_complete,
             model=ModelRef(str(self.model_path), self.scoring.bundle.version, self.base_version),
         )
         checkpoint = Checkpoint(self.scoring.entity_states(), self.scoring.tracker.state_dict(), meta,
-                                history=self.pipeline.windows.history.state_dict(),
-                                long_connections=self.source.ledger.state_dict() if isinstance(self.source, ZeekConnLog) else None)
+                                history=self.pipeline.windows.history.state_dict(), long_connections=long_connections)
         save_checkpoint(self.cfg.state_dir / CHECKPOINT_DIR, checkpoint)
         log.info("checkpoint_saved", reason=why, entities=checkpoint.entities, open_incidents=checkpoint.open_incidents,
                  window_end=ns_to_iso(meta.resume_ns) if meta.resume_ns else None,
@@ -478,42 +464,6 @@ class Daemon:
             log.warning("config_restart_required", keys=plan.restart_required)
 
     # ---------------------------------------------------------------- checkpoint restore
-    def _read_checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint, if it belongs to this source and is worth resuming; one that
-        cannot be read is moved aside (the daemon starts fresh)."""
-        directory = self.cfg.state_dir / CHECKPOINT_DIR
-        try:
-            checkpoint = load_checkpoint(directory)
-        except CheckpointError as exc:
-            self._set_aside(checkpoint_in_use(directory), str(exc))
-            return None
-        if checkpoint is None:
-            return None
-        meta = checkpoint.meta
-        if meta.source != source_identity(self.cfg.source):
-            log.info("checkpoint_ignored", reason="written for another source", checkpoint_source=meta.source)
-            return None
-        if meta.replay_complete:
-            log.info("checkpoint_ignored", reason="that replay had ended; it starts over")
-            return None
-        if self.cfg.source.type == "zeek" and not self.cfg.source.follow:
-            # a conn.log is in the order connections ended, not started: no position to resume at
-            log.info("checkpoint_ignored", reason="a conn.log read to its end cannot resume midway; it starts over")
-            return None
-        return checkpoint
-
-    def _set_aside(self, path: Path | None, reason: str) -> None:
-        """An unusable checkpoint out of the way, kept for a post-mortem; the daemon starts fresh."""
-        if path is None:
-            return
-        try:
-            moved = move_aside(path)
-        except OSError as exc:  # the next checkpoint replaces it all the same
-            log.warning("checkpoint_unusable", path=str(path), reason=reason, moved_aside=False, error=str(exc))
-            return
-        log.warning("checkpoint_moved_aside", path=str(path), moved_to=str(moved), reason=reason,
-                    consequence="starting fresh: no hidden states, open incidents or replay position restored")
-
     def _choose_model(self, base: ModelBundle, meta: CheckpointMeta) -> tuple[ModelBundle, Path]:
         """The configured model, or the retrained one the checkpoint names, as long as it
         was retrained from the configured one (a newly deployed model.path wins)."""
@@ -529,8 +479,9 @@ class Daemon:
                 return bundle, path
         return base, Path(self.cfg.model.path)
 
-    def _restore(self, checkpoint: Checkpoint) -> int | None:
-        """Hidden states and open incidents back in place; the replay position to resume at."""
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        """Hidden states, open incidents and the peer history back in place (the source
+        resumes from the checkpoint as build_source opens it)."""
         scoring, meta = self.scoring, checkpoint.meta
         sizes = {s.hidden_size for s in checkpoint.states.values()}
         if meta.model.version == scoring.bundle.version and sizes - {scoring.bundle.state_size}:
@@ -551,22 +502,6 @@ class Daemon:
             scoring.last_window_end_ns = resume_ns
         log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents, history_rows=history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, written_for_model=meta.model.version)
-        return resume_ns
-
-    @staticmethod
-    def _restore_long_connections(source: ZeekConnLog, state: dict) -> None:
-        """What was counted of the connections Zeek logs as they go, back in the conn.log's
-        reader: their next lines count from where the counted ones ended, not again from
-        their start (the parts before would be late, and counted twice in the windows still
-        open). One that cannot be read back is let go: those connections count from their
-        start, as before there was a checkpoint of them."""
-        try:
-            source.ledger.load_state_dict(state)
-        except ValueError as exc:
-            log.warning("checkpoint_long_connections_discarded", reason=str(exc),
-                        consequence="the open long connections' next lines count from their start")
-            return
-        log.info("long_connections_restored", open=len(source.ledger.open), ended=len(source.ledger.ended))
 
     # ---------------------------------------------------------------- the replay's summary
     def _print_summary(self, elapsed_s: float, source: Source) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_arrays
@@ -41,6 +42,9 @@ from safetensors.torch import load_file, save_file
 from detector.errors import CheckpointError, ConfigError
 from detector.model.meta import save_safetensors
 
+log = structlog.get_logger()
+
+CHECKPOINT_DIR = "checkpoint"  # under state_dir
 STATE_JSON = "state.json"
 LOCK_NAME = ".lock"
 STATE_TENSORS = "hidden.safetensors"
@@ -297,6 +301,20 @@ def move_aside(directory: Path, now: dt.datetime | None = None) -> Path:
     os.rename(directory, target)
     _fsync(directory.parent)
     return target
+
+
+def set_aside(path: Path | None, reason: str) -> None:
+    """An unusable checkpoint out of the way, kept for a post-mortem (move_aside), said with
+    the reason; the process starts fresh."""
+    if path is None:
+        return
+    try:
+        moved = move_aside(path)
+    except OSError as exc:  # the next checkpoint replaces it all the same
+        log.warning("checkpoint_unusable", path=str(path), reason=reason, moved_aside=False, error=str(exc))
+        return
+    log.warning("checkpoint_moved_aside", path=str(path), moved_to=str(moved), reason=reason,
+                consequence="starting fresh: no hidden states, open incidents or replay position restored")
 
 
 class StateDirBusyError(Exception):
