@@ -203,6 +203,62 @@ def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_clust
     assert ref_events and events == set(ref_events), "an incident event was lost or invented"
 
 
+def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(demo, kafka_cluster, tmp_path):
+    """A sensor stopped midway (SIGTERM) checkpoints its peer history and where its replay
+    stood; started again it resumes there with that history (not the model bundle's) and
+    publishes only the windows it had not: between the two runs each window once, and a
+    scorer scores them as the all-in-one path does."""
+    cluster = kafka_cluster
+    reference, _ = _reference(demo, tmp_path)
+    config = _config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0, metrics=True)
+    first = DaemonProcess(config)
+    try:
+        _wait(lambda: _metrics(first).get("netad_kafka_windows_published_total", 0) >= len(reference) // 4, 60,
+              "a quarter of the windows published")
+        first.signal(signal.SIGTERM)
+        assert first.wait(30) == 0, first.tail()
+    finally:
+        first.kill()
+    _, stopped = first.wait_log("sensor_stopped")
+    assert 0 < stopped["windows_published"] < len(reference) // 2 and stopped["not_delivered"] == 0
+    _, saved = first.wait_log("checkpoint_saved", reason="shutdown")
+    assert saved["history_rows"] > 0
+    second = DaemonProcess(config)
+    try:
+        assert second.wait(120) == 0, second.tail()
+    finally:
+        second.kill()
+    _, restored = second.wait_log("checkpoint_restored")
+    assert restored["history_rows"] == saved["history_rows"] and restored["resume_at"] is not None
+    _, history = second.wait_log("sensor_history")
+    assert history["from_checkpoint"] and history["carried_from"] is None
+    _, ended = second.wait_log("sensor_stopped")
+    assert stopped["windows_published"] + ended["windows_published"] == len(reference), "a window published twice or never"
+
+    scorer = DaemonProcess(_config(demo, tmp_path, "a", "scorer", cluster, metrics=True))
+    try:
+        _wait(lambda: len(_scores(tmp_path / "a-scores.jsonl")) == len(reference), 120, "every window scored")
+        _wait(lambda: _metrics(scorer).get("netad_windows_scored_total") == len(reference), 30, "the scorer's count")
+        assert 0 == _metrics(scorer)["netad_kafka_duplicate_windows_total"]
+        scorer.signal(signal.SIGTERM)
+        assert scorer.wait(30) == 0, scorer.tail()
+    finally:
+        scorer.kill()
+    scores = _scores(tmp_path / "a-scores.jsonl")
+    assert scores.keys() == reference.keys() and all(len(v) == 1 for v in scores.values())
+    # the windows the first run published are the reference's; after the resume point a flow
+    # open across the stop is seen from its middle (the flow table is not checkpointed), so
+    # a few scores move, by less than 1 % of the threshold (scores are in thresholds). With
+    # the model bundle's history instead of its own, 225 of 1,620 moved, one by 1.03: the
+    # incident of 10.20.0.22 at 22:58 was not seen
+    resumed = restored["resume_at"]
+    first_run = [k for k in reference if k[1] < resumed]  # ISO 8601 times of one form, in order as text
+    assert first_run and all(scores[k] == reference[k] or np.isclose(scores[k][0], reference[k][0], rtol=1e-5, atol=1e-6)
+                             for k in first_run)
+    moved = max(abs(scores[k][0] - reference[k][0]) for k in reference)
+    assert moved < 0.05, f"a score moved by {moved:.3f} of its threshold after the sensor's restart"
+
+
 def test_sighup_reloads_a_scorer_and_leaves_a_sensor_running(demo, kafka_cluster, tmp_path):
     """A scorer reloads on SIGHUP as the daemon does: a bad file is refused and it goes on;
     a good one adds a sink, which then gets every incident event, and keeps the model, whose

@@ -5,6 +5,14 @@ the Kafka producer where the scorer would be; the scorer role (kafka.scorer) tak
 there. It runs under the same process lifecycle as the daemon (service.lifecycle): signals,
 a second SIGINT's exit, the hard-exit timer, metrics and systemd notify. A sensor has nothing
 it can change while running: SIGHUP is answered with `config_reload_ignored`.
+
+What a restart must not forget is checkpointed under `state_dir` as the daemon's is
+(service.state; the sensor holds the directory's lock): each entity's peer history, where
+a replay stood (the end of the last window published) or a followed conn.log was read to,
+with what was counted of its long connections. Every `service.checkpoint_interval_s` and
+at shutdown. Without it a restarted sensor began again from the model bundle's history
+(every peer met since training new again) and read a followed conn.log from its top, or,
+with `from_end`, lost what Zeek wrote while it was down.
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ import structlog
 
 from detector.capture.clock import WallClock
 from detector.config import Config, home_net_change
-from detector.contracts import ENTITY_GLOBAL, WindowBatch
+from detector.contracts import ENTITY_GLOBAL, WindowBatch, ns_to_iso
 from detector.errors import ModelError
 from detector.model.meta import carried_history, trained_home_net
-from detector.service._sources import build_source
+from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
-from detector.service.pipeline import build_windowing, observer_of
+from detector.service.pipeline import WindowStages, build_windowing, observer_of
+from detector.service.state import CHECKPOINT_DIR, Checkpoint, CheckpointMeta, save_checkpoint
 from detector.service.wire import WindowRecord, encode_window
 
 log = structlog.get_logger()
@@ -106,20 +115,74 @@ class WindowPublisher:
         return self.producer.flush(timeout_s)
 
 
+class SensorCheckpoint:
+    """The sensor's checkpoint (see the module's docstring): the daemon's form, with no
+    hidden states or incidents (the scorers keep those)."""
+
+    def __init__(self, cfg: Config, stages: WindowStages) -> None:
+        self.directory = cfg.state_dir / CHECKPOINT_DIR
+        self.interval_s = cfg.service.checkpoint_interval_s
+        self.stages = stages
+        self.last_window_end_ns: int | None = None  # of the windows published: where a replay resumes
+        self._due = time.monotonic() + self.interval_s
+
+    def published(self, wb: WindowBatch) -> None:
+        self.last_window_end_ns = max(self.last_window_end_ns or wb.window_end_ns, wb.window_end_ns)
+
+    def restore(self, checkpoint: Checkpoint) -> None:
+        """Its peer history in place of the model bundle's; the source resumes as build_source opens it."""
+        history = self.stages.windows.history
+        if checkpoint.history is not None:
+            history.load_state_dict(checkpoint.history)
+        self.last_window_end_ns = checkpoint.meta.resume_ns
+        resume_ns = checkpoint.meta.resume_ns
+        log.info("checkpoint_restored", history_rows=history.rows, resume_at=ns_to_iso(resume_ns) if resume_ns else None,
+                 position=checkpoint.meta.position)
+
+    def due(self, now: float) -> bool:
+        return now >= self._due
+
+    def save(self, source: Source, why: str, replay_complete: bool = False) -> None:
+        """Between batches (the reading's position and the windows agree there). A failure (a
+        full disk) is said, and the sensor goes on: the next one may fit."""
+        started = time.perf_counter()
+        self._due = time.monotonic() + self.interval_s
+        position, long_connections = reading_point(source)
+        meta = CheckpointMeta(source=source.identity, resume_ns=self.last_window_end_ns, position=position,
+                              replay_complete=replay_complete)
+        try:
+            save_checkpoint(self.directory, Checkpoint({}, {}, meta, history=self.stages.windows.history.state_dict(),
+                                                       long_connections=long_connections))
+        except (OSError, ValueError) as exc:
+            log.error("checkpoint_save_failed", reason=why, error=repr(exc))
+            return
+        log.info("checkpoint_saved", reason=why, history_rows=self.stages.windows.history.rows,
+                 seconds=round(time.perf_counter() - started, 4))
+
+
 def run_sensor(cfg: Config) -> int:
     change = home_net_change(trained_home_net(cfg.model.path), cfg.home_net)
     if change:  # the scorers' model would read this sensor's windows against other networks
         raise ModelError(f"{cfg.model.path}: {change}")
     lc = Lifecycle(cfg.service, "sensor")
+    lc.lock_state_dir(cfg.state_dir)
     lc.install_signals()
     publisher = WindowPublisher(cfg)
+    resume = resumable_checkpoint(cfg.state_dir, cfg.source)
     # the windows the scorers' model would see from the daemon: its training span's peer history carried in
-    carried = carried_history(cfg.model.path)
+    carried = carried_history(cfg.model.path) if resume is None or resume.history is None else None
     log.info("sensor_history", carried_from=str(cfg.model.path) if carried is not None else None,
-             peers=carried.rows("peers") if carried is not None else 0)
+             peers=carried.rows("peers") if carried is not None else 0, from_checkpoint=carried is None and resume is not None)
     stages = build_windowing(cfg, cfg.source.flow_records, carried=carried)
     flows, windows = stages.flows, stages.windows
-    source = build_source(cfg.source)
+    checkpoint = SensorCheckpoint(cfg, stages)
+    if resume is not None:
+        checkpoint.restore(resume)
+    source = build_source(cfg.source, resume=resume)
+
+    def publish(wb: WindowBatch) -> None:
+        publisher.publish(wb)
+        checkpoint.published(wb)
 
     def stop_source() -> None:  # a signal handler
         source.stop = True
@@ -148,22 +211,30 @@ def run_sensor(cfg: Config) -> int:
     for batch in source:
         items += len(batch)
         for wb in stages.push(batch, wall if live else None):
-            publisher.publish(wb)
+            publish(wb)
         if len(batch) == 0 and live:
             for wb in windows.advance(wall.now_ns()):  # a quiet link: windows close on netad's time
-                publisher.publish(wb)
+                publish(wb)
         stages.hand_back_memory()
         now = time.monotonic()
         lc.progressed(now)
         if lc.take_reload():
             log.info("config_reload_ignored", reason="a sensor's capture and windows change only with a restart")
+        if checkpoint.due(now):
+            checkpoint.save(source, "scheduled")
         lc.tick(now, status)
         if lc.stop:
             break
     lc.stopping("signal" if lc.stop else "source_ended")
     if not lc.stop or live:
         for wb in stages.flush():
-            publisher.publish(wb)
+            publish(wb)
+    elif windows.watermark_ns is not None:
+        # a replay stopped midway, as the daemon drains it: the windows its watermark has
+        # passed; a restart resumes at the partial window's start and sees that one whole
+        for wb in windows.advance(windows.watermark_ns + int(round(windows.lateness_s * 1e9))):
+            publish(wb)
+    checkpoint.save(source, "shutdown", replay_complete=not lc.stop)
     left = publisher.flush(cfg.service.shutdown_timeout_s)
     log.info("sensor_stopped", reason="signal" if lc.stop else "source_ended",
              **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
