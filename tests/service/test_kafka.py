@@ -250,7 +250,7 @@ def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(d
     # open across the stop is seen from its middle (the flow table is not checkpointed), so
     # a few scores move, by less than 1 % of the threshold (scores are in thresholds). With
     # the model bundle's history instead of its own, 225 of 1,620 moved, one by 1.03: the
-    # incident of 10.20.0.22 at 22:58 was not seen
+    # three windows of 10.20.0.22 over its threshold at 22:58-23:00 fell under it
     resumed = restored["resume_at"]
     first_run = [k for k in reference if k[1] < resumed]  # ISO 8601 times of one form, in order as text
     assert first_run and all(scores[k] == reference[k] or np.isclose(scores[k][0], reference[k][0], rtol=1e-5, atol=1e-6)
