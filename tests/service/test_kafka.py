@@ -259,6 +259,32 @@ def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(d
     assert moved < 0.05, f"a score moved by {moved:.3f} of its threshold after the sensor's restart"
 
 
+def test_a_sensor_whose_checkpoint_cannot_be_put_back_starts_fresh(demo, kafka_cluster, tmp_path):
+    """A checkpoint for the sensor's capture whose peer history does not load (another
+    netad's tables, a damaged file) is moved aside, said, and the sensor starts as a new
+    one: the bundle's history, the capture from its start (the checkpoint's resume point,
+    past the capture's end, is not used)."""
+    from detector.service.state import CHECKPOINT_DIR, Checkpoint, CheckpointMeta, save_checkpoint
+
+    config = _config(demo, tmp_path, "sensor", "sensor", kafka_cluster)
+    state = tmp_path / "state-sensor"
+    save_checkpoint(state / CHECKPOINT_DIR, Checkpoint({}, {}, CheckpointMeta(
+        source={"type": "pcap", "path": str(Path(demo["pcap"]).resolve())}, resume_ns=2 * 10**18),
+        history={"peers.keys": np.arange(3, dtype=np.uint64)}))
+    sensor = DaemonProcess(config)
+    try:
+        assert sensor.wait(120) == 0, sensor.tail()
+    finally:
+        sensor.kill()
+    _, moved = sensor.wait_log("checkpoint_moved_aside")
+    assert "peer history table" in moved["reason"] and Path(moved["moved_to"]).is_dir()
+    _, history = sensor.wait_log("sensor_history")
+    assert not history["from_checkpoint"] and history["carried_from"] == str(demo["model"])
+    assert not sensor.events("checkpoint_restored")
+    _, stopped = sensor.wait_log("sensor_stopped")
+    assert stopped["windows_published"] > 0 and stopped["not_delivered"] == 0
+
+
 def test_sighup_reloads_a_scorer_and_leaves_a_sensor_running(demo, kafka_cluster, tmp_path):
     """A scorer reloads on SIGHUP as the daemon does: a bad file is refused and it goes on;
     a good one adds a sink, which then gets every incident event, and keeps the model, whose

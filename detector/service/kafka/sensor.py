@@ -31,7 +31,7 @@ from detector.service._sources import Source, build_source, reading_point, resum
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import WindowStages, build_windowing, observer_of
-from detector.service.state import CHECKPOINT_DIR, Checkpoint, CheckpointMeta, save_checkpoint
+from detector.service.state import CHECKPOINT_DIR, Checkpoint, CheckpointMeta, save_checkpoint, set_aside
 from detector.service.wire import WindowRecord, encode_window
 
 log = structlog.get_logger()
@@ -130,14 +130,11 @@ class SensorCheckpoint:
         self.last_window_end_ns = max(self.last_window_end_ns or wb.window_end_ns, wb.window_end_ns)
 
     def restore(self, checkpoint: Checkpoint) -> None:
-        """Its peer history in place of the model bundle's; the source resumes as build_source opens it."""
-        history = self.stages.windows.history
-        if checkpoint.history is not None:
-            history.load_state_dict(checkpoint.history)
-        self.last_window_end_ns = checkpoint.meta.resume_ns
-        resume_ns = checkpoint.meta.resume_ns
-        log.info("checkpoint_restored", history_rows=history.rows, resume_at=ns_to_iso(resume_ns) if resume_ns else None,
-                 position=checkpoint.meta.position)
+        """Where the last one stood (its peer history is in the stages: _windowing; the
+        source resumes as build_source opens it)."""
+        resume_ns = self.last_window_end_ns = checkpoint.meta.resume_ns
+        log.info("checkpoint_restored", history_rows=self.stages.windows.history.rows,
+                 resume_at=ns_to_iso(resume_ns) if resume_ns else None, position=checkpoint.meta.position)
 
     def due(self, now: float) -> bool:
         return now >= self._due
@@ -160,6 +157,28 @@ class SensorCheckpoint:
                  seconds=round(time.perf_counter() - started, 4))
 
 
+def _windowing(cfg: Config, resume: Checkpoint | None) -> tuple[WindowStages, Checkpoint | None]:
+    """The window stages, with the peer history of the last checkpoint (a restart's own), or
+    else the model bundle's: the windows the scorers' model would see from the daemon, its
+    training span's history carried in. A checkpoint whose history cannot be put back is
+    moved aside, and the sensor starts fresh (the checkpoint returned is then None)."""
+    if resume is not None and resume.history is not None:
+        stages = build_windowing(cfg, cfg.source.flow_records)
+        try:
+            stages.windows.history.load_state_dict(resume.history)
+        except (KeyError, TypeError, ValueError) as exc:
+            stages.close()
+            set_aside(resume.path, f"cannot be restored: {exc!r}")
+            resume = None
+        else:
+            log.info("sensor_history", carried_from=None, from_checkpoint=True, rows=stages.windows.history.rows)
+            return stages, resume
+    carried = carried_history(cfg.model.path)
+    log.info("sensor_history", carried_from=str(cfg.model.path) if carried is not None else None, from_checkpoint=False,
+             peers=carried.rows("peers") if carried is not None else 0)
+    return build_windowing(cfg, cfg.source.flow_records, carried=carried), resume
+
+
 def run_sensor(cfg: Config) -> int:
     change = home_net_change(trained_home_net(cfg.model.path), cfg.home_net)
     if change:  # the scorers' model would read this sensor's windows against other networks
@@ -168,12 +187,7 @@ def run_sensor(cfg: Config) -> int:
     lc.lock_state_dir(cfg.state_dir)
     lc.install_signals()
     publisher = WindowPublisher(cfg)
-    resume = resumable_checkpoint(cfg.state_dir, cfg.source)
-    # the windows the scorers' model would see from the daemon: its training span's peer history carried in
-    carried = carried_history(cfg.model.path) if resume is None or resume.history is None else None
-    log.info("sensor_history", carried_from=str(cfg.model.path) if carried is not None else None,
-             peers=carried.rows("peers") if carried is not None else 0, from_checkpoint=carried is None and resume is not None)
-    stages = build_windowing(cfg, cfg.source.flow_records, carried=carried)
+    stages, resume = _windowing(cfg, resumable_checkpoint(cfg.state_dir, cfg.source))
     flows, windows = stages.flows, stages.windows
     checkpoint = SensorCheckpoint(cfg, stages)
     if resume is not None:
