@@ -98,6 +98,16 @@ def _metrics(d: DaemonProcess) -> dict[str, float]:
     return {s.name: s.value for samples in _families(d).values() for s in samples if not s.labels}
 
 
+def _ran(config: Path) -> DaemonProcess:
+    """A role run to its end (a sensor's replay), exit 0."""
+    d = DaemonProcess(config)
+    try:
+        assert d.wait(120) == 0, d.tail()
+    finally:
+        d.kill()
+    return d
+
+
 def _merged(*paths: Path) -> dict[tuple[str, str], list[float]]:
     out: dict[tuple[str, str], list[float]] = {}
     for p in paths:
@@ -223,11 +233,7 @@ def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(d
     assert 0 < stopped["windows_published"] < len(reference) // 2 and stopped["not_delivered"] == 0
     _, saved = first.wait_log("checkpoint_saved", reason="shutdown")
     assert saved["history_rows"] > 0
-    second = DaemonProcess(config)
-    try:
-        assert second.wait(120) == 0, second.tail()
-    finally:
-        second.kill()
+    second = _ran(config)
     _, restored = second.wait_log("checkpoint_restored")
     assert restored["history_rows"] == saved["history_rows"] and restored["resume_at"] is not None
     _, history = second.wait_log("sensor_history")
@@ -271,11 +277,7 @@ def test_a_sensor_whose_checkpoint_cannot_be_put_back_starts_fresh(demo, kafka_c
     save_checkpoint(state / CHECKPOINT_DIR, Checkpoint({}, {}, CheckpointMeta(
         source={"type": "pcap", "path": str(Path(demo["pcap"]).resolve())}, resume_ns=2 * 10**18),
         history={"peers.keys": np.arange(3, dtype=np.uint64)}))
-    sensor = DaemonProcess(config)
-    try:
-        assert sensor.wait(120) == 0, sensor.tail()
-    finally:
-        sensor.kill()
+    sensor = _ran(config)
     _, moved = sensor.wait_log("checkpoint_moved_aside")
     assert "peer history table" in moved["reason"] and Path(moved["moved_to"]).is_dir()
     _, history = sensor.wait_log("sensor_history")
