@@ -69,7 +69,7 @@ class _WindowAcc:
     distinct_groups: list[np.ndarray] = field(default_factory=list)  # int64 (slot*bins+bin)*4+kind
     peers: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, hi, lo, pkts, bytes
     ports: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, proto, port, pkts
-    flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts, answers
+    flows: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # slot, flow_id, 5-tuple, pkts, answers, reply, start
 
     def fit(self, n_slots: int) -> None:
         """Room for `n_slots` entity slots."""
@@ -109,12 +109,37 @@ class _WindowAcc:
             key = np.zeros(cols[0].shape[0], dtype=np.uint64)
             for c in key_cols:
                 key = _mix(key ^ cols[c].astype(np.uint64))
-            _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            if name == "flows":  # a flow is its initiator's (_initiator_first), whichever batch brought which direction
+                first, inv = _initiator_first(key, cols[11], cols[12])
+            else:
+                _, first, inv = np.unique(key, return_index=True, return_inverse=True)
             reduced = [c[first] for c in cols]
             for c in sum_cols:
                 reduced[c] = np.bincount(inv, weights=cols[c])
-            out[name] = tuple(reduced[:1] + reduced[2:]) if name == "flows" else tuple(reduced)  # no flow_id
+            out[name] = tuple(reduced[:1] + reduced[2:11]) if name == "flows" else tuple(reduced)  # no flow_id, reply, start
         return out
+
+
+def _initiator_first(key: np.ndarray, reply: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each distinct key (an entity's direction-free flow), the row of the record that
+    the flow's initiator sent (the flow's src and dst, as the packet path's flow table has
+    them), and each row's group, groups in the order of their keys (np.unique's).
+
+    A flow record does not say which side began: a Zeek connection's two records start at
+    the same time, a NetFlow reply a round trip later, and the rows of an entity come its
+    own records first. So a record is a reply when its source port is the lower of the two
+    (a server answers from its service port; for ICMP, the echo reply's type 0 against the
+    request's 8), and of the rest the earliest is the initiator's, then the first to come.
+    Before, a host's own record came first, so a host that only answered another's
+    requests (a home gateway's DNS) was taken to have started them (WindowBatch.requested_by)."""
+    order = np.lexsort((start, reply, key))  # stable: the first to come among equals
+    ks = key[order]
+    head = np.empty(ks.shape[0], dtype=bool)
+    head[:1] = True
+    head[1:] = ks[1:] != ks[:-1]
+    inv = np.empty(order.shape[0], dtype=np.int64)
+    inv[order] = np.cumsum(head) - 1
+    return order[head], inv
 
 
 
@@ -324,10 +349,11 @@ class FlowWindowAggregator(EntityWindows):
                 acc.distinct_keys.append(key)
                 acc.distinct_groups.append(g[first])
             self._evidence(acc, s, peer_hi[sel], peer_lo[sel], proto[sel], port[sel], pk[sel], by[sel], ported[sel],
-                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel], answers[sel])
+                           fid[sel], s_hi[sel], s_lo[sel], d_hi[sel], d_lo[sel], b.sport[r][sel], answers[sel], s_r[sel])
 
     @staticmethod
-    def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport, answers) -> None:
+    def _evidence(acc, slot, peer_hi, peer_lo, proto, port, pk, by, ported, fid, s_hi, s_lo, d_hi, d_lo, sport, answers,
+                  start) -> None:
         """Per-window partials of top peers, ports and flows, in the layout LazyEvidence reduces."""
         key = _mix(slot.astype(np.uint64) ^ _mix(peer_hi ^ _mix(peer_lo)))
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
@@ -337,9 +363,11 @@ class FlowWindowAggregator(EntityWindows):
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         acc.ports.append((pslot[first], pproto[first], pport[first], np.bincount(inv, weights=pk[ported])))
         key = _mix(slot.astype(np.uint64) ^ _mix(fid))
-        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        reply = sport < port  # see _initiator_first
+        first, inv = _initiator_first(key, reply, start)
         acc.flows.append((slot[first], fid[first], proto[first], s_hi[first], s_lo[first], d_hi[first], d_lo[first],
-                          sport[first], port[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=answers)))
+                          sport[first], port[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=answers),
+                          reply[first], start[first]))
 
     # ---------------------------------------------------------------- closing
     def stats(self) -> dict[str, int]:
