@@ -287,6 +287,39 @@ def test_a_sensor_whose_checkpoint_cannot_be_put_back_starts_fresh(demo, kafka_c
     assert stopped["windows_published"] > 0 and stopped["not_delivered"] == 0
 
 
+def test_a_sensor_checkpoints_only_what_the_broker_acknowledged(demo, tmp_path, capfd):
+    """A checkpoint past a window the broker never acknowledged would have a restart skip
+    it (the broker away, then a SIGKILL): while some are unacknowledged the last checkpoint
+    stays, and the next one, all acknowledged, replaces it."""
+    from detector.config import load_config
+    from detector.service.kafka.sensor import SensorCheckpoint
+    from detector.service.pipeline import build_windowing
+    from detector.service.state import CHECKPOINT_DIR, load_checkpoint
+
+    class Publisher:
+        waiting = 2
+
+        def flush(self, timeout_s: float) -> int:
+            return self.waiting
+
+    class Source:
+        identity = {"type": "pcap", "path": "x.pcap"}
+
+    cfg = load_config(_config(demo, tmp_path, "sensor", "sensor", "127.0.0.1:9"))
+    stages = build_windowing(cfg)
+    try:
+        checkpoint, publisher = SensorCheckpoint(cfg, stages), Publisher()
+        checkpoint.last_window_end_ns = 60 * 10**9
+        checkpoint.save(Source(), publisher, "scheduled")  # type: ignore[arg-type]
+        assert load_checkpoint(cfg.state_dir / CHECKPOINT_DIR) is None
+        assert "checkpoint_deferred" in (said := capfd.readouterr().out) and "windows_not_acknowledged=2" in said
+        publisher.waiting, checkpoint.last_window_end_ns = 0, 120 * 10**9
+        checkpoint.save(Source(), publisher, "scheduled")  # type: ignore[arg-type]
+        assert 120 * 10**9 == load_checkpoint(cfg.state_dir / CHECKPOINT_DIR).meta.resume_ns
+    finally:
+        stages.close()
+
+
 def test_sighup_reloads_a_scorer_and_leaves_a_sensor_running(demo, kafka_cluster, tmp_path):
     """A scorer reloads on SIGHUP as the daemon does: a bad file is refused and it goes on;
     a good one adds a sink, which then gets every incident event, and keeps the model, whose

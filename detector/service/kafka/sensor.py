@@ -38,6 +38,7 @@ log = structlog.get_logger()
 
 _FAILURE_LOG_S = 60.0  # windows the broker never took: said at most this often, with the count
 _QUEUE_WAIT_S = 1.0  # a window's records wait this long at most, in all, for room in librdkafka's full queue
+_ACKED_S = 1.0  # a checkpoint waits this long at most for the broker to acknowledge the windows before it
 
 
 class WindowPublisher:
@@ -139,11 +140,21 @@ class SensorCheckpoint:
     def due(self, now: float) -> bool:
         return now >= self._due
 
-    def save(self, source: Source, why: str, replay_complete: bool = False) -> None:
-        """Between batches (the reading's position and the windows agree there). A failure (a
-        full disk) is said, and the sensor goes on: the next one may fit."""
+    def save(self, source: Source, publisher: WindowPublisher, why: str, flush_s: float = _ACKED_S,
+             replay_complete: bool = False) -> None:
+        """Between batches (the reading's position and the windows agree there), once the
+        broker has acknowledged every window published (within `flush_s`): a checkpoint past
+        a window the broker then lost (a SIGKILL, the broker away) would have the restart skip
+        it. When some are not acknowledged, the last checkpoint stays (a restart publishes
+        again from there: a scorer skips what it already scored). A failure (a full disk) is
+        said, and the sensor goes on: the next one may fit."""
         started = time.perf_counter()
         self._due = time.monotonic() + self.interval_s
+        waiting = publisher.flush(flush_s)
+        if waiting:
+            log.warning("checkpoint_deferred", reason=why, windows_not_acknowledged=waiting,
+                        consequence="a restart would publish again from the last checkpoint")
+            return
         position, long_connections = reading_point(source)
         meta = CheckpointMeta(source=source.identity, resume_ns=self.last_window_end_ns, position=position,
                               replay_complete=replay_complete)
@@ -235,7 +246,7 @@ def run_sensor(cfg: Config) -> int:
         if lc.take_reload():
             log.info("config_reload_ignored", reason="a sensor's capture and windows change only with a restart")
         if checkpoint.due(now):
-            checkpoint.save(source, "scheduled")
+            checkpoint.save(source, publisher, "scheduled")
         lc.tick(now, status)
         if lc.stop:
             break
@@ -248,8 +259,8 @@ def run_sensor(cfg: Config) -> int:
         # passed; a restart resumes at the partial window's start and sees that one whole
         for wb in windows.advance(windows.watermark_ns + int(round(windows.lateness_s * 1e9))):
             publish(wb)
-    checkpoint.save(source, "shutdown", replay_complete=not lc.stop)
     left = publisher.flush(cfg.service.shutdown_timeout_s)
+    checkpoint.save(source, publisher, "shutdown", flush_s=0.0, replay_complete=not lc.stop)
     log.info("sensor_stopped", reason="signal" if lc.stop else "source_ended",
              **({"packets": items} if flows is not None else {}),  # flow records: counted by the aggregator
              windows_published=publisher.published, bytes_published=publisher.bytes, not_delivered=publisher.failed + left,
