@@ -333,11 +333,20 @@ class ScorerRole:
 
     def _not_yet_scored(self, scoring: Scoring, items: list, end_ns: int) -> list:
         """Drop windows this scorer (or the state it restored) has already scored: a
-        redelivery after a crash between saving states and committing offsets."""
+        redelivery after a crash between saving states and committing offsets. And a window
+        of the same entity that came twice within what this cycle took (a sensor that
+        published it again after a restart from its checkpoint, read in one poll with the
+        first): the first is scored, the other skipped as a duplicate. Both were scored before,
+        the entity's state carried through its own window twice."""
         by_class: dict[str, list[int]] = defaultdict(list)
-        for i, (_, r) in enumerate(items):
-            by_class[r.entity_class].append(i)
         keep = np.ones(len(items), bool)
+        seen: set[str] = set()
+        for i, (_, r) in enumerate(items):
+            if r.entity in seen:
+                keep[i] = False
+                continue
+            seen.add(r.entity)
+            by_class[r.entity_class].append(i)
         for cls, rows in by_class.items():
             last = scoring.scorer.last_scored_ns(cls, [items[i][1].entity for i in rows])
             keep[np.asarray(rows)[last >= end_ns]] = False
