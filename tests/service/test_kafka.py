@@ -213,39 +213,50 @@ def test_killed_scorer_partitions_continue_from_restored_state(demo, kafka_clust
     assert ref_events and events == set(ref_events), "an incident event was lost or invented"
 
 
-def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(demo, kafka_cluster, tmp_path):
-    """A sensor stopped midway (SIGTERM) checkpoints its peer history and where its replay
-    stood; started again it resumes there with that history (not the model bundle's) and
-    publishes only the windows it had not: between the two runs each window once, and a
-    scorer scores them as the all-in-one path does."""
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_restarted_sensor_resumes_where_it_stopped_with_its_own_peer_history(demo, kafka_cluster, tmp_path, stop):
+    """A sensor stopped midway checkpoints its peer history and where its replay stood (at
+    SIGTERM; killed, its last checkpoint, every second here, stands); started again it
+    resumes there with that history (not the model bundle's) and publishes the windows it
+    had not: stopped, each window once; killed, those since the checkpoint again, which the
+    scorer skips. Each window is scored once, as the all-in-one path scores it."""
     cluster = kafka_cluster
     reference, _ = _reference(demo, tmp_path)
     config = _config(demo, tmp_path, "sensor", "sensor", cluster, speed=300.0, metrics=True)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["service"]["checkpoint_interval_s"] = 1.0
+    write_config(config, cfg)
     first = DaemonProcess(config)
     try:
         _wait(lambda: _metrics(first).get("netad_kafka_windows_published_total", 0) >= len(reference) // 4, 60,
               "a quarter of the windows published")
-        first.signal(signal.SIGTERM)
-        assert first.wait(30) == 0, first.tail()
+        if stop == "SIGKILL":
+            first.wait_log("checkpoint_saved", timeout_s=10, reason="scheduled")
+            first.kill()
+        else:
+            first.signal(signal.SIGTERM)
+            assert first.wait(30) == 0, first.tail()
     finally:
         first.kill()
-    _, stopped = first.wait_log("sensor_stopped")
-    assert 0 < stopped["windows_published"] < len(reference) // 2 and stopped["not_delivered"] == 0
-    _, saved = first.wait_log("checkpoint_saved", reason="shutdown")
-    assert saved["history_rows"] > 0
+    saved = [e for e in first.events("checkpoint_saved")]
+    assert saved and saved[-1]["history_rows"] > 0 and saved[-1]["reason"] == ("shutdown" if stop == "SIGTERM" else "scheduled")
     second = _ran(config)
     _, restored = second.wait_log("checkpoint_restored")
-    assert restored["history_rows"] == saved["history_rows"] and restored["resume_at"] is not None
+    assert restored["history_rows"] == saved[-1]["history_rows"] and restored["resume_at"] is not None
     _, history = second.wait_log("sensor_history")
     assert history["from_checkpoint"] and history["carried_from"] is None
     _, ended = second.wait_log("sensor_stopped")
-    assert stopped["windows_published"] + ended["windows_published"] == len(reference), "a window published twice or never"
+    if stop == "SIGTERM":
+        _, stopped = first.wait_log("sensor_stopped")
+        assert 0 < stopped["windows_published"] < len(reference) // 2 and stopped["not_delivered"] == 0
+        assert stopped["windows_published"] + ended["windows_published"] == len(reference), "a window published twice or never"
 
     scorer = DaemonProcess(_config(demo, tmp_path, "a", "scorer", cluster, metrics=True))
     try:
         _wait(lambda: len(_scores(tmp_path / "a-scores.jsonl")) == len(reference), 120, "every window scored")
         _wait(lambda: _metrics(scorer).get("netad_windows_scored_total") == len(reference), 30, "the scorer's count")
-        assert 0 == _metrics(scorer)["netad_kafka_duplicate_windows_total"]
+        if stop == "SIGTERM":  # killed, what it published after its checkpoint comes again, and is skipped
+            assert 0 == _metrics(scorer)["netad_kafka_duplicate_windows_total"]
         scorer.signal(signal.SIGTERM)
         assert scorer.wait(30) == 0, scorer.tail()
     finally:
@@ -540,6 +551,10 @@ def test_poison_and_future_dated_windows_are_refused_and_genuine_ones_scored(dem
     assert scoring.scorer.last_scored_ns("host", ["10.20.0.5"])[0] == start + 3 * window  # the genuine window 2, not the future one
     role._score([(0, rec("10.20.0.5", 3))])
     assert scoring.scorer.last_scored_ns("host", ["10.20.0.5"])[0] == start + 4 * window and role.counts["duplicates_skipped"] == 0
+    # a window published again (a sensor restarted from its checkpoint) in the same poll as the first: scored once
+    scored = scoring.entity_windows
+    role._score([(0, rec("10.20.0.5", 4)), (0, rec("10.20.0.7", 4)), (0, rec("10.20.0.5", 4))])
+    assert scoring.entity_windows - scored == 2 and role.counts["duplicates_skipped"] == 1
     # a state saved after a far-future window (by a scorer before this check) is not restored
     hidden = role.bundle.state_size  # every member's state side by side
     poisoned = EntityState("host", torch.zeros(hidden), torch.zeros(hidden), 5, start + ten_years * window, None, role.bundle.version)
