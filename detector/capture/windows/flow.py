@@ -132,14 +132,19 @@ def _initiator_first(key: np.ndarray, reply: np.ndarray, start: np.ndarray) -> t
     request's 8), and of the rest the earliest is the initiator's, then the first to come.
     Before, a host's own record came first, so a host that only answered another's
     requests (a home gateway's DNS) was taken to have started them (WindowBatch.requested_by)."""
-    order = np.lexsort((start, reply, key))  # stable: the first to come among equals
-    ks = key[order]
-    head = np.empty(ks.shape[0], dtype=bool)
-    head[:1] = True
-    head[1:] = ks[1:] != ks[:-1]
-    inv = np.empty(order.shape[0], dtype=np.int64)
-    inv[order] = np.cumsum(head) - 1
-    return order[head], inv
+    if key.shape[0] == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    _, inv = np.unique(key, return_inverse=True)
+    inv = inv.ravel()
+    groups = int(inv.max()) + 1
+    start = np.asarray(start, np.int64)
+    rank = (np.asarray(reply, np.int64) << 62) | (start - start.min())  # a reply after all others, then by start
+    best = np.full(groups, np.iinfo(np.int64).max)
+    np.minimum.at(best, inv, rank)
+    rows = np.flatnonzero(rank == best[inv])
+    first = np.full(groups, key.shape[0], np.int64)
+    np.minimum.at(first, inv[rows], rows)  # the first to come among equals
+    return first, inv
 
 
 
