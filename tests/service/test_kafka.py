@@ -301,20 +301,21 @@ def test_a_sensor_whose_checkpoint_cannot_be_put_back_starts_fresh(demo, kafka_c
 def test_a_sensor_checkpoints_only_what_the_broker_acknowledged(demo, tmp_path, capfd):
     """A checkpoint past a window the broker never acknowledged would have a restart skip
     it (the broker away, then a SIGKILL): while some are unacknowledged the last checkpoint
-    stays, and the next one, all acknowledged, replaces it."""
+    stays, and the next one, all acknowledged, replaces it. A replay's window that the broker
+    dropped holds its resume point back; a live link's, which cannot be read again, does not."""
     from detector.config import load_config
     from detector.service.kafka.sensor import SensorCheckpoint
     from detector.service.pipeline import build_windowing
     from detector.service.state import CHECKPOINT_DIR, load_checkpoint
 
     class Publisher:
-        waiting = 2
+        waiting, failed = 2, 0
 
         def flush(self, timeout_s: float) -> int:
             return self.waiting
 
     class Source:
-        identity = {"type": "pcap", "path": "x.pcap"}
+        identity, kind = {"type": "pcap", "path": "x.pcap"}, "replay"
 
     cfg = load_config(_config(demo, tmp_path, "sensor", "sensor", "127.0.0.1:9"))
     stages = build_windowing(cfg)
@@ -327,6 +328,13 @@ def test_a_sensor_checkpoints_only_what_the_broker_acknowledged(demo, tmp_path, 
         publisher.waiting, checkpoint.last_window_end_ns = 0, 120 * 10**9
         checkpoint.save(Source(), publisher, "scheduled")  # type: ignore[arg-type]
         assert 120 * 10**9 == load_checkpoint(cfg.state_dir / CHECKPOINT_DIR).meta.resume_ns
+        # a replay's window the broker dropped: the resume point stays before it; a live link's moves on
+        publisher.failed, checkpoint.last_window_end_ns = 1, 180 * 10**9
+        checkpoint.save(Source(), publisher, "scheduled")  # type: ignore[arg-type]
+        assert 120 * 10**9 == load_checkpoint(cfg.state_dir / CHECKPOINT_DIR).meta.resume_ns
+        Source.kind = "live"
+        checkpoint.save(Source(), publisher, "scheduled")  # type: ignore[arg-type]
+        assert 180 * 10**9 == load_checkpoint(cfg.state_dir / CHECKPOINT_DIR).meta.resume_ns
     finally:
         stages.close()
 

@@ -146,13 +146,16 @@ class SensorCheckpoint:
         broker has acknowledged every window published (within `flush_s`): a checkpoint past
         a window the broker then lost (a SIGKILL, the broker away) would have the restart skip
         it. When some are not acknowledged, the last checkpoint stays (a restart publishes
-        again from there: a scorer skips what it already scored). A failure (a full disk) is
-        said, and the sensor goes on: the next one may fit."""
+        again from there: a scorer skips what it already scored); a replay's too once the
+        broker refused or dropped one of its windows (`failed`): a restart publishes it again,
+        where a live link's could not be read again. A failure (a full disk) is said, and the
+        sensor goes on: the next one may fit."""
         started = time.perf_counter()
         self._due = time.monotonic() + self.interval_s
         waiting = publisher.flush(flush_s)
-        if waiting:
-            log.warning("checkpoint_deferred", reason=why, windows_not_acknowledged=waiting,
+        lost = publisher.failed if source.kind == "replay" else 0
+        if waiting or lost:
+            log.warning("checkpoint_deferred", reason=why, windows_not_acknowledged=waiting, windows_not_delivered=lost,
                         consequence="a restart would publish again from the last checkpoint")
             return
         position, long_connections = reading_point(source)
