@@ -270,13 +270,16 @@ def _recent_answers(n: int, first: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path):
+@pytest.mark.parametrize("role", ["all-in-one", "sensor"])
+def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path, role, request):
     """source zeek, follow, from_end: the first start skips what the log already held; a stop
     checkpoints where the reading stood; what Zeek writes while netad is down is read at the
     next start (from_end no longer applies), and nothing is read twice. The same for the
     dns.log Zeek writes beside it, whose answers name the peers, and the conn_long.log, whose
     lines are the parts of a long connection (two records each, both directions): what was
-    counted of it is in the checkpoint, so its lines after the restart count on from there."""
+    counted of it is in the checkpoint, so its lines after the restart count on from there.
+    The daemon, and a Kafka sensor (which checkpoints the same reading under its state_dir)."""
+    kafka = {"role": "sensor", "kafka": {"bootstrap_servers": request.getfixturevalue("kafka_cluster")}} if role == "sensor" else {}
     log = tmp_path / "conn.log"
     dns = tmp_path / "dns.log"
     long = tmp_path / "conn_long.log"
@@ -286,7 +289,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     dns.write_text("#separator \\x09\n#set_separator\t,\n#unset_field\t-\n#path\tdns\n#fields\t" + "\t".join(DNS_FIELDS) + "\n"
                    + _recent_answers(2, 0))
     cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True, "from_end": True},
-                  service={"metrics_address": "127.0.0.1:0"})
+                  service={"metrics_address": "127.0.0.1:0"}, **kafka)
 
     def run(lines_while_running: int, first: int, records_at_stop: int, answers_at_stop: int, long_lines: int,
             long_totals: tuple[int, int, int, int]) -> DaemonProcess:
@@ -294,7 +297,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
         try:
             _, started = d.wait_log("metrics_started", timeout_s=60)
             port = int(started["address"].rsplit(":", 1)[1])
-            d.wait_log("daemon_started", timeout_s=60)
+            d.wait_log("sensor_started" if kafka else "daemon_started", timeout_s=60)
             with open(dns, "a") as fh:
                 fh.write(_recent_answers(lines_while_running, first))
             with open(long, "a") as fh:
@@ -312,7 +315,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
             assert 0 == d.wait(60), d.tail()
         finally:
             d.kill()
-        _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+        _, stopped = d.wait_log("sensor_stopped" if kafka else "daemon_stopped", timeout_s=1)
         assert records_at_stop == stopped["flow_records"], d.tail()
         return d
 
