@@ -235,11 +235,11 @@ class Daemon:
         only the windows its watermark has passed: a restart resumes it at the partial
         window's start and so sees that window whole."""
         before = self.pipeline.windows.windows_closed
-        watermark_ns = self.pipeline.windows.watermark_ns
+        passed_ns = self.pipeline.windows.passed_ns
         if reason == "source_ended" or (self.source is not None and self.source.kind == "live"):
             self.pipeline.finish()
-        elif watermark_ns is not None:
-            self.pipeline.advance(watermark_ns + int(round(self.pipeline.windows.lateness_s * 1e9)))
+        elif passed_ns is not None:
+            self.pipeline.advance(passed_ns)
         self.pipeline.settle()
         return self.pipeline.windows.windows_closed - before
 

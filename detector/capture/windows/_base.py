@@ -250,6 +250,13 @@ class EntityWindows:
         self._slot_of[addr] = slot
         return slot
 
+    @property
+    def passed_ns(self) -> int | None:
+        """The time a replay stopped midway closes its windows up to (advance): those its
+        watermark has passed, not the partial one, which a restart resumed at its start sees
+        whole. None before any record."""
+        return None if self.watermark_ns is None else self.watermark_ns + self._lateness_ns
+
     def advance(self, now_ns: int) -> list[WindowBatch]:
         """Close windows by the clock (a quiet link or exporter): time `now_ns` has passed.
         Every window is closed, the empty ones of a long silence too: a live daemon shows

@@ -257,10 +257,8 @@ def run_sensor(cfg: Config) -> int:
     if not lc.stop or live:
         for wb in stages.flush():
             publish(wb)
-    elif windows.watermark_ns is not None:
-        # a replay stopped midway, as the daemon drains it: the windows its watermark has
-        # passed; a restart resumes at the partial window's start and sees that one whole
-        for wb in windows.advance(windows.watermark_ns + int(round(windows.lateness_s * 1e9))):
+    elif windows.passed_ns is not None:  # a replay stopped midway, as the daemon drains it
+        for wb in windows.advance(windows.passed_ns):
             publish(wb)
     left = publisher.flush(cfg.service.shutdown_timeout_s)
     checkpoint.save(source, publisher, "shutdown", flush_s=0.0, replay_complete=not lc.stop)
