@@ -21,6 +21,7 @@ import numba
 import numpy as np
 from communityid import CommunityID, FlowTuple
 
+from detector.capture._addr import group_address_jit
 from detector.capture._hash import mix_jit as _mix
 from detector.capture._pages import drop_pages_after
 from detector.contracts import (
@@ -98,6 +99,29 @@ def _remove(pos, index, mask, hashes, keys_u64, keys_u16, keys_u8, vals_i64, val
     return n_flows - 1
 
 
+@numba.njit(cache=True, inline="always")
+def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo) -> bool:
+    """Whether the packet that opens a flow's row came from the flow's responder: the table
+    met the flow midway (a capture or a restart that began in it, a flow back after its idle
+    timeout) and its first packet was the server's. As Zeek orients a connection it meets
+    midway: a TCP segment that opens no connection (SYN-ACK, any other with ACK set, a RST) or a
+    UDP datagram sent from the lower port of the two is the server's, the lower port being the
+    service's (as the flow path reads a record and the history a flow's service); an ICMP echo
+    reply is the replier's. A pure SYN, and a probe without ACK (FIN, NULL, Xmas), is its
+    sender's, whatever its ports; and a group address (multicast, broadcast) began nothing."""
+    if group_address_jit(d_hi, d_lo):
+        return False
+    if p == 6:
+        return (flags & 0x14) != 0 and sp < dp  # ACK or RST: an answer, a session's or a refusal
+    if p == 17:
+        return sp < dp
+    if p == 1:
+        return icmp_type == 0  # echo reply
+    if p == 58:
+        return icmp_type == 129  # echo reply
+    return False
+
+
 @numba.njit(cache=True)
 def _push(
     src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ip_len, tcp_flags, vlan, ts_ns,
@@ -147,16 +171,17 @@ def _push(
             slot = (slot + 1) & mask
         t = ts_ns[i]
         flags = tcp_flags[i]
+        pure_syn = p == 6 and (flags & 0x12) == 0x02
+        carried = -1  # a flow cut at the active timeout goes on with its initiator
         if pos >= 0:
             st = state[pos]
             finished = (st & _RST) != 0 or ((st & _FIN_A) != 0 and (st & _FIN_B) != 0)
-            pure_syn = p == 6 and (flags & 0x12) == 0x02
             p_idle = idle_ns[2] if p == 6 else (idle_ns[1] if p == 17 else idle_ns[0])
-            if (
-                (finished and pure_syn)
-                or t - vals_i64[pos, 1] > p_idle
-                or t - vals_i64[pos, 0] > active_ns
-            ):
+            timed_out = t - vals_i64[pos, 1] > p_idle
+            cut = t - vals_i64[pos, 0] > active_ns
+            if (finished and pure_syn) or timed_out or cut:
+                if cut and not timed_out and not pure_syn:
+                    carried = np.int64(st & _INIT_IS_A)
                 n_flows = _remove(pos, index, mask, hashes, keys_u64, keys_u16, keys_u8, vals_i64, vals_u64, state, n_flows)
                 ended += 1
                 pos = -1
@@ -188,7 +213,13 @@ def _push(
             vals_u64[pos, 0] = _mix(h ^ _mix(np.uint64(t)))
             vals_u64[pos, 1] = np.uint64(0)
             vals_u64[pos, 2] = np.uint64(0)
-            state[pos] = _INIT_IS_A if src_is_a else np.uint8(0)
+            if carried >= 0:
+                init_a = carried != 0
+            elif _from_responder(p, flags, sp, dp, sport[i], d_hi, d_lo):
+                init_a = not src_is_a
+            else:
+                init_a = src_is_a
+            state[pos] = _INIT_IS_A if init_a else np.uint8(0)
             next_id += np.uint64(1)
             created = True
         st = state[pos]

@@ -52,6 +52,78 @@ def test_idle_timeout_per_protocol():
     assert [True, True, True, False] == ann.new_flow.tolist()
 
 
+def test_a_flow_met_midway_is_its_clients():
+    """The table met these flows midway (a capture or a restart begun in them): a segment with
+    ACK set, or a datagram, from the lower port of the two, or an echo reply, is the server's,
+    so the flow is its peer's. A pure SYN and a probe without ACK are their sender's whatever
+    their ports (a scan from source port 53 is the scanner's), and a group address began nothing."""
+    ACK_PSH, FIN, ECHO_REPLY = 0x18, 0x01, 0
+    rows = [
+        # (first packet seen, the flow's initiator is its sender)
+        ({"src": "1.1.1.1", "dst": "10.0.0.1", "sport": 443, "dport": 40000, "flags": ACK_PSH}, False),
+        ({"src": "1.1.1.1", "dst": "10.0.0.2", "sport": 443, "dport": 40000, "flags": SYNACK}, False),
+        ({"src": "10.0.0.3", "dst": "1.1.1.1", "sport": 40000, "dport": 443, "flags": ACK_PSH}, True),
+        ({"src": "8.8.8.8", "dst": "10.0.0.4", "sport": 53, "dport": 40000, "proto": 17}, False),
+        ({"src": "10.0.0.5", "dst": "8.8.8.8", "sport": 40000, "dport": 53, "proto": 17}, True),
+        ({"src": "10.0.0.66", "dst": "10.0.0.6", "sport": 53, "dport": 40000, "flags": SYN}, True),
+        ({"src": "10.0.0.66", "dst": "10.0.0.7", "sport": 53, "dport": 40000, "flags": FIN}, True),
+        ({"src": "10.0.0.1", "dst": "255.255.255.255", "sport": 67, "dport": 68, "proto": 17}, True),
+        ({"src": "10.0.0.1", "dst": "ff02::fb", "sport": 53, "dport": 5353, "proto": 17}, True),
+        ({"src": "10.0.0.8", "dst": "10.0.0.9", "sport": 123, "dport": 123, "proto": 17}, True),
+        ({"src": "10.0.0.10", "dst": "10.0.0.11", "sport": ECHO_REPLY, "dport": 0, "proto": 1}, False),
+        ({"src": "10.0.0.12", "dst": "10.0.0.13", "sport": 8, "dport": 0, "proto": 1}, True),
+    ]
+    first = [dict(r, ts_s=1 + i) for i, (r, _) in enumerate(rows)]
+    answer = [dict(r, ts_s=20 + i, src=r["dst"], dst=r["src"], sport=r["dport"], dport=r["sport"],
+                   flags=ACK_PSH if r.get("proto", 6) == 6 else 0)
+              for i, (r, _) in enumerate(rows) if r["dst"] not in ("255.255.255.255", "ff02::fb")]
+    ft = FlowTable()
+    opened, answered = ft.push(make_batch(first)), ft.push(make_batch(answer))
+    assert opened.new_flow.all() and not answered.new_flow.any()
+    assert [sender for _, sender in rows] == opened.from_initiator.tolist()
+    assert [not sender for r, sender in rows if r["dst"] not in ("255.255.255.255", "ff02::fb")] == (
+        answered.from_initiator.tolist())
+
+
+def test_a_flow_cut_at_the_active_timeout_keeps_its_initiator():
+    """A long session cut at the active timeout goes on as a new flow of the same initiator,
+    whoever speaks first after the cut (the server's push here)."""
+    t = [
+        {"ts_s": 0, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 8883, "flags": SYN},
+        {"ts_s": 0.1, "src": "1.1.1.1", "dst": "10.0.0.1", "sport": 8883, "dport": 40000, "flags": SYNACK},
+        {"ts_s": 50, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 8883, "flags": ACK},
+        {"ts_s": 101, "src": "1.1.1.1", "dst": "10.0.0.1", "sport": 8883, "dport": 40000, "flags": ACK},
+        {"ts_s": 102, "src": "10.0.0.1", "dst": "1.1.1.1", "sport": 40000, "dport": 8883, "flags": ACK},
+    ]
+    ann = FlowTable(active_timeout_s=100).push(make_batch(t))
+    assert [True, False, False, True, False] == ann.new_flow.tolist()
+    assert [True, False, True, False, True] == ann.from_initiator.tolist()
+
+
+def test_a_real_capture_met_midway_names_the_same_initiators():
+    """Westermo's TCP sessions, each read from the packet after its handshake on (as a restart
+    or a capture begun midway meets them), are given the initiators the whole capture gives
+    them: the first packet left is the server's in part of them (taking the first packet's
+    sender as the initiator, as the table did, gets those wrong)."""
+    from detector.capture.packets.pcap import CaptureFile
+
+    batch = next(iter(CaptureFile(shared_file("westermo/right.pcap"), batch_packets=200_000)))
+    tcp = batch.take(np.flatnonzero(batch.proto == 6))
+    whole = FlowTable().push(tcp)
+    # each flow's packets from a drawn one on, past its SYN and SYN-ACK
+    order = np.argsort(whole.flow_id, kind="stable")
+    ids = whole.flow_id[order]
+    start = np.searchsorted(ids, ids)
+    nth, size = np.arange(ids.size) - start, np.searchsorted(ids, ids, side="right") - start
+    cut = 2 + (np.random.default_rng(0).random(ids.size)[start] * np.maximum(size - 2, 0)).astype(np.int64)
+    later = np.sort(order[nth >= cut])
+    midway = FlowTable().push(tcp.take(later))
+    first = midway.new_flow
+    server_first = first & (tcp.sport[later] < tcp.dport[later])
+    assert server_first.sum() > 100 and (first & ~server_first).sum() > 100
+    assert midway.from_initiator.tolist() == whole.from_initiator[later].tolist()
+
+
 def _flood(n: int, seed: int = 0) -> PacketBatch:
     rng = np.random.default_rng(seed)
     cols = {k: np.zeros(n, dtype=d) for k, d in PACKET_COLUMNS.items()}

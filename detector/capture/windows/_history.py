@@ -89,6 +89,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from detector.capture._addr import group_address
 from detector.capture._hash import mix
 from detector.capture._sets import in_sorted, sorted_unique
 from detector.capture.schemas import HISTORY_FEATURES
@@ -613,15 +614,6 @@ def _domain_names(state: dict[str, np.ndarray]) -> dict[int, str]:
     if len(names) != len(keys):
         raise ValueError(f"peer history: {len(keys)} domain keys but {len(names)} texts")
     return dict(zip(keys, names, strict=True))
-
-
-def group_address(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Whether each (hi, lo) address is a group's, not a host's: IPv4 multicast (224.0.0.0/4)
-    or the limited broadcast, IPv6 multicast (ff00::/8)."""
-    hi, lo = hi.astype(np.uint64), lo.astype(np.uint64)
-    v4 = (hi == 0) & ((lo >> np.uint64(32)) == np.uint64(0xFFFF))
-    v4_group = v4 & (((lo & np.uint64(0xF0000000)) == np.uint64(0xE0000000)) | ((lo & np.uint64(0xFFFFFFFF)) == np.uint64(0xFFFFFFFF)))
-    return v4_group | (~v4 & ((hi >> np.uint64(56)) == np.uint64(0xFF)))
 
 
 def entity_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:

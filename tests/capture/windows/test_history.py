@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from detector.capture._addr import group_address
 from detector.capture.flows import FlowTable
 from detector.capture.schemas import HISTORY_FEATURES
 from detector.capture.windows import WindowAggregator
-from detector.capture.windows._history import PeerHistory, entity_key, group_address
+from detector.capture.windows._history import PeerHistory, entity_key
 from detector.capture.windows.flow import FlowWindowAggregator
 from detector.contracts import PROTO_TCP, PROTO_UDP, DnsAnswers, addr_to_pair
 from tests.conftest import make_batch
