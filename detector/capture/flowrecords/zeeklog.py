@@ -37,8 +37,12 @@ is read to its end first) and truncation (the file got shorter: read again from 
 and hands on an EMPTY batch every `poll_s` while nothing comes, so the daemon keeps its
 clock. `position()` is where a restart picks up (the file's device and inode, and the offset
 after the last whole line handed on); `resume_at` takes it back: the same file, at least as
-long, is read on from that offset (what Zeek wrote while netad was down is scored), a file
-rotated or truncated since is read from its top (all of it is newer than the position).
+long, is read on from that offset (what Zeek wrote while netad was down is scored). A file
+rotated since is looked for beside the path (Zeek renames what it rotates there, or into a
+folder there such as log-queue/): found, it is read on from the offset, then the new file
+from its top; not found (compressed, moved away, deleted), the new file is read from its top
+and the warning says the rest of the old one is not read. A file truncated since is read
+from its top (all of it is newer than the position).
 A live record that ends past our clock (plus `max_clock_skew_s`) is dropped and counted.
 Lines that do not parse are counted in `malformed`, never raised.
 """
@@ -653,6 +657,28 @@ def _refuse_a_capture(path: Path, file: IO[bytes]) -> None:
         raise CaptureError(f"{path}: a pcap or pcapng capture, not a Zeek log: give it with --pcap (source.type pcap)")
 
 
+def _renamed(path: Path, at: dict) -> Path | None:
+    """The file a position (device, inode) is in, found renamed beside `path`: in its directory
+    or a directory in it (Zeek renames a log it rotates there, conn.2026-12-07-09-00-00.log, or
+    into log-queue/ before zeek-archiver takes it). None where it is not there: compressed
+    (a new file), moved elsewhere, or deleted."""
+    wanted = (at.get("device"), at.get("inode"))
+
+    def listed(folder: str | Path) -> list[os.DirEntry]:
+        with os.scandir(folder) as entries:
+            return list(entries)
+
+    try:
+        entries = listed(path.parent)
+        entries += [e for d in entries if d.is_dir(follow_symlinks=False) for e in listed(d.path)]
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and (entry.stat(follow_symlinks=False).st_dev, entry.inode()) == wanted:
+                return Path(entry.path)
+    except OSError:
+        return None
+    return None
+
+
 class _ZeekFile:
     """One Zeek log file read in whole lines through a parser (see the module's docstring):
     opened, resumed from a position, followed across rotation and truncation."""
@@ -706,14 +732,47 @@ class _ZeekFile:
         assert self._file is not None and self._inode is not None
         size = os.fstat(self._file.fileno()).st_size
         offset = at.get("offset")
+        if self.follow and (at.get("device"), at.get("inode")) != self._inode and isinstance(offset, int):
+            rotated = _renamed(self.path, at)
+            if rotated is not None:
+                self._read_rotated_first(rotated, offset)
+                return
         if (at.get("device"), at.get("inode")) != self._inode or not isinstance(offset, int) or not 0 <= offset <= size:
+            rotated_away = (at.get("device"), at.get("inode")) != self._inode
             log.warning("zeek_log_resumed_from_top", path=str(self.path), size=size,
-                        reason="rotated or truncated since the checkpoint: all of it is newer")
+                        reason=("rotated since the checkpoint, and the file it was in is not beside it (moved away, "
+                                "compressed or deleted): what Zeek wrote to it past the position is not read"
+                                if rotated_away else "truncated since the checkpoint: all of it is newer"))
             return
         self._read_header()
         self._file.seek(offset)
         self._pos = offset
         log.info("zeek_log_resumed", path=str(self.path), offset=offset, backlog_bytes=size - offset)
+
+    def _read_rotated_first(self, rotated: Path, offset: int) -> None:
+        """The file the checkpoint's position is in was rotated away while netad was down
+        (renamed beside the path, as Zeek rotates): read on in it from the position, then, at
+        its end, the path's new file from its top (at_end: a rotation)."""
+        assert self._file is not None
+        try:
+            old = open(rotated, "rb")  # noqa: SIM115 - kept open while read
+        except OSError as exc:
+            log.warning("zeek_log_resumed_from_top", path=str(self.path), rotated=str(rotated),
+                        reason=f"the file it was in cannot be opened: {exc.strerror or exc}")
+            return
+        st = os.fstat(old.fileno())
+        if offset > st.st_size:
+            old.close()
+            log.warning("zeek_log_resumed_from_top", path=str(self.path), rotated=str(rotated),
+                        reason="the file it was in is shorter than the position")
+            return
+        self._file.close()
+        self._file, self._inode = old, (st.st_dev, st.st_ino)
+        self._read_header()
+        self._file.seek(offset)
+        self._pos = offset
+        log.info("zeek_log_resumed_in_rotated_file", path=str(self.path), rotated=str(rotated), offset=offset,
+                 backlog_bytes=st.st_size - offset)
 
     def _read_header(self) -> None:
         """Feed the parser the header lines at the top of the file (TSV; JSON has none)."""

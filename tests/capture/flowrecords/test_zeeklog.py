@@ -305,6 +305,44 @@ def test_a_restart_resumes_at_the_position_of_the_last_reader(tmp_path: Path):
     assert [6] == starts(read_all(path, from_end=True, resume_at=at_now)[0])
 
 
+@pytest.mark.parametrize("rotated_to", ["conn.2024-01-01-01-00-00.log", "log-queue/conn__2024-01-01-01-00-00__.log"])
+def test_a_log_rotated_while_netad_was_down_is_read_to_its_end_first(tmp_path: Path, rotated_to: str):
+    """Zeek went on writing while netad was down, then rotated the log (renamed it beside the
+    path, or into log-queue/ there, and began a new one). A restart reads on in the rotated
+    file from the position (what Zeek wrote to it is scored, once), then the new file from its
+    top, as a rotation met while following; the position moves into the new file. Where the
+    rotated file is gone (compressed, deleted), the new file is read from its top and the
+    warning says what is not read."""
+    import structlog.testing
+
+    path = tmp_path / "conn.log"
+    path.write_bytes(HEADER + line(ts=1) + line(ts=2))
+    first = ZeekConnLog(path, follow=True, poll_s=0.05)
+    with following(first) as got:
+        wait_for(lambda: sum(len(b) for b in got) == 4)
+    at = first.position()
+    with open(path, "ab") as f:  # what Zeek writes while nobody reads, before it rotates the file
+        f.write(line(ts=3) + line(ts=4))
+    rotated = tmp_path / rotated_to
+    rotated.parent.mkdir(exist_ok=True)
+    path.rename(rotated)
+    path.write_bytes(HEADER + line(ts=5))
+    with structlog.testing.capture_logs() as logs:
+        resumed = ZeekConnLog(path, follow=True, poll_s=0.05, resume_at=at)
+    with following(resumed) as got:
+        wait_for(lambda: sum(len(b) for b in got) == 6)
+        time.sleep(0.2)
+    assert [3, 4, 5] == [int(s // 10**9) for b in got for s in b.start_ns[::2].tolist()]
+    assert 1 == resumed.rotations and 0 == resumed.parser.malformed
+    assert {"inode": path.stat().st_ino, "offset": path.stat().st_size} == {k: resumed.position()[k] for k in ("inode", "offset")}
+    assert any(e["event"] == "zeek_log_resumed_in_rotated_file" and e["rotated"] == str(rotated) for e in logs)
+
+    rotated.unlink()  # compressed into the archive: a new file, the position's inode is gone
+    with structlog.testing.capture_logs() as logs:
+        assert [5] == [int(s // 10**9) for s in read_all(path, resume_at=at)[0].start_ns[::2].tolist()]
+    assert any(e["event"] == "zeek_log_resumed_from_top" and "not read" in e["reason"] for e in logs)
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_iot23_conn_log_trains_and_scores_end_to_end(tmp_path: Path):
