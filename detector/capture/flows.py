@@ -104,17 +104,19 @@ def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo) -> bool:
     """Whether the packet that opens a flow's row came from the flow's responder: the table
     met the flow midway (a capture or a restart that began in it, a flow back after its idle
     timeout) and its first packet was the server's. As Zeek orients a connection it meets
-    midway: a TCP segment that opens no connection (SYN-ACK, any other with ACK set, a RST) or a
-    UDP datagram sent from the lower port of the two is the server's, the lower port being the
-    service's (as the flow path reads a record and the history a flow's service); an ICMP echo
-    reply is the replier's. A pure SYN, and a probe without ACK (FIN, NULL, Xmas), is its
-    sender's, whatever its ports; and a group address (multicast, broadcast) began nothing."""
+    midway: a TCP segment that opens no connection (SYN-ACK, any other with ACK set, a RST) or
+    a UDP datagram sent from the lower port of the two is the server's, the lower port being
+    the service's (as the flow path reads a record and the history a flow's service); for UDP
+    only towards a port past the well-known ones (between two of those, DHCPv6's client 546
+    and server 547, the first datagram is the client's). An ICMP echo reply is the replier's.
+    A pure SYN, and a probe without ACK (FIN, NULL, Xmas), is its sender's whatever its ports;
+    and a group address (multicast, broadcast) began nothing."""
     if group_address_jit(d_hi, d_lo):
         return False
     if p == 6:
         return (flags & 0x14) != 0 and sp < dp  # ACK or RST: an answer, a session's or a refusal
     if p == 17:
-        return sp < dp
+        return sp < dp and dp >= 1024  # two well-known ports (DHCPv6's client 546, server 547) say nothing
     if p == 1:
         return icmp_type == 0  # echo reply
     if p == 58:

@@ -70,6 +70,7 @@ def test_a_flow_met_midway_is_its_clients():
         ({"src": "10.0.0.1", "dst": "255.255.255.255", "sport": 67, "dport": 68, "proto": 17}, True),
         ({"src": "10.0.0.1", "dst": "ff02::fb", "sport": 53, "dport": 5353, "proto": 17}, True),
         ({"src": "10.0.0.8", "dst": "10.0.0.9", "sport": 123, "dport": 123, "proto": 17}, True),
+        ({"src": "fe80::1", "dst": "2001:db8::547", "sport": 546, "dport": 547, "proto": 17}, True),
         ({"src": "10.0.0.10", "dst": "10.0.0.11", "sport": ECHO_REPLY, "dport": 0, "proto": 1}, False),
         ({"src": "10.0.0.12", "dst": "10.0.0.13", "sport": 8, "dport": 0, "proto": 1}, True),
     ]
