@@ -274,7 +274,8 @@ def _recent_answers(n: int, first: int) -> str:
 def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path, role, request):
     """source zeek, follow, from_end: the first start skips what the log already held; a stop
     checkpoints where the reading stood; what Zeek writes while netad is down is read at the
-    next start (from_end no longer applies), and nothing is read twice. The same for the
+    next start (from_end no longer applies), the rest of a conn.log Zeek rotated meanwhile
+    first, then the new one, and nothing is read twice. The same for the
     dns.log Zeek writes beside it, whose answers name the peers, and the conn_long.log, whose
     lines are the parts of a long connection (two records each, both directions): what was
     counted of it is in the checkpoint, so its lines after the restart count on from there.
@@ -325,16 +326,23 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     assert log.stat().st_size == position["offset"] and log.stat().st_ino == position["inode"]
     assert dns.stat().st_size == position["dns"]["offset"] and dns.stat().st_ino == position["dns"]["inode"]
     assert long.stat().st_size == position["long"]["offset"] and long.stat().st_ino == position["long"]["inode"]
-    with open(log, "a") as fh:  # netad is down
+    with open(log, "a") as fh:  # netad is down: Zeek writes on, then rotates the conn.log
         fh.write(_recent_lines(5, 200))
+    rotated = tmp_path / "conn.2026-12-07-10-00-00.log"
+    log.rename(rotated)
+    log.write_text("\n".join(header) + "\n" + _recent_lines(1, 250))
     with open(dns, "a") as fh:
         fh.write(_recent_answers(5, 200))
     with open(long, "a") as fh:
         fh.write(_long_line((150, 15_000, 120, 60_000)))
-    second = run(2, 300, records_at_stop=2 * (5 + 2 + 2), answers_at_stop=5 + 2, long_lines=2, long_totals=(200, 20_000, 160, 80_000))
+    second = run(2, 300, records_at_stop=2 * (5 + 1 + 2 + 2), answers_at_stop=5 + 2, long_lines=2,
+                 long_totals=(200, 20_000, 160, 80_000))
     resumed = second.events("zeek_log_resumed")
-    assert {str(log), str(dns), str(long)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
-    assert position["offset"] == next(e["offset"] for e in resumed if e["path"] == str(log))
+    assert {str(dns), str(long)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
+    # the rotated conn.log read on from the position, then the new one from its top
+    [in_rotated] = second.events("zeek_log_resumed_in_rotated_file")
+    assert (str(log), str(rotated), position["offset"]) == (in_rotated["path"], in_rotated["rotated"], in_rotated["offset"])
+    assert second.events("zeek_log_rotated")
     # the long connection's next lines count from where the checkpoint left it, not from its
     # start an hour ago, as its first line did (whose parts before netad started are late)
     assert [1] == [e["open"] for e in second.events("long_connections_restored")]
