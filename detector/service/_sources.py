@@ -198,13 +198,16 @@ def resumable_checkpoint(state_dir: Path, cfg: SourceConfig) -> Checkpoint | Non
     return checkpoint
 
 
-def reading_point(source: Source | None) -> tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]:
-    """What a checkpoint keeps of a followed conn.log's reading: where it stands
-    (ZeekConnLog.position) and what was counted of its long connections still open
-    (LongConnections.state_dict); None, None for any other source."""
+def reading_point(source: Source | None, before_ns: int | None = None) -> tuple[dict[str, Any] | None,
+                                                                             dict[str, np.ndarray] | None]:
+    """What a checkpoint keeps of a followed conn.log's reading (ZeekConnLog.reading_point):
+    where a restart picks up, with what was counted there of its long connections still open
+    (LongConnections.state_dict); with `before_ns`, the end of the last window the checkpoint
+    covers, a point before the records of the windows after it, which a restart builds whole
+    again. None, None for any other source."""
     if not isinstance(source, ZeekConnLog):
         return None, None
-    return source.position(), source.ledger.state_dict()
+    return source.reading_point(before_ns)
 
 
 def build_source(cfg: SourceConfig, resume: Checkpoint | None = None) -> Source:

@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from detector.capture.clock import WallClock
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import CheckpointError, ModelError, NetadError
@@ -230,15 +231,18 @@ class Daemon:
         return 0
 
     def _drain(self, reason: str) -> int:
-        """Close the windows in flight; returns how many. A live source (or a replay that
+        """Close the windows in flight; returns how many. A live link (or a replay that
         ended) closes them all, the last partial one too. A replay stopped midway closes
         only the windows its watermark has passed: a restart resumes it at the partial
-        window's start and so sees that window whole."""
+        window's start and so sees that window whole. A followed conn.log closes none: those
+        due closed on the wall clock, and a restart reads the records of the others again
+        (from its reading_point) and builds them whole."""
         before = self.pipeline.windows.windows_closed
         passed_ns = self.pipeline.windows.passed_ns
-        if reason == "source_ended" or (self.source is not None and self.source.kind == "live"):
+        rereads = getattr(self.source, "rereads", False)
+        if reason == "source_ended" or (self.source is not None and self.source.kind == "live" and not rereads):
             self.pipeline.finish()
-        elif passed_ns is not None:
+        elif passed_ns is not None and not rereads:
             self.pipeline.advance(passed_ns)
         self.pipeline.settle()
         return self.pipeline.windows.windows_closed - before
@@ -317,8 +321,9 @@ class Daemon:
     def _checkpoint(self, why: str, replay_complete: bool = False) -> str:
         started = time.perf_counter()
         self._incidents_unsaved = False  # what follows saves them (or says it could not)
-        # a followed conn.log: the file and offset after the last line read (a restart reads on from there)
-        position, long_connections = reading_point(self.source)
+        # a followed conn.log: the point before the records of the windows not yet scored (a
+        # restart reads on from there and builds those windows whole)
+        position, long_connections = reading_point(self.source, self.pipeline.last_window_end_ns)
         meta = CheckpointMeta(
             source=self.source.identity if self.source is not None else {},
             resume_ns=self.pipeline.last_window_end_ns,
@@ -497,9 +502,13 @@ class Daemon:
         history = self.pipeline.windows.history
         if checkpoint.history is not None:
             history.load_state_dict(checkpoint.history)  # what each entity knows of its peers: not 1 h of warm-up again
-        resume_ns = meta.resume_ns if self.cfg.source.type == "pcap" else None
+        rereads = self.cfg.source.type == "zeek" and self.cfg.source.follow and meta.position is not None
+        resume_ns = meta.resume_ns if self.cfg.source.type == "pcap" or rereads else None
         if resume_ns is not None:
             scoring.last_window_end_ns = resume_ns
+            windows = self.pipeline.windows
+            if rereads and isinstance(windows, FlowWindowAggregator):
+                windows.resume_at(resume_ns, meta.position.get("read_to_ns"))  # the conn.log read again from before them
         log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents, history_rows=history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, written_for_model=meta.model.version)
 

@@ -60,6 +60,8 @@ _COUNTERS = {
     "flow_records": ("netad_flow_records", "Flow records processed"),
     "late_records": ("netad_late_flow_records", "Flow records wholly in windows already closed"),
     "late_bytes": ("netad_late_flow_bytes", "Bytes of flow records' parts in windows already closed (dropped)"),
+    "records_read_again": ("netad_flow_records_read_again",
+                           "Flow records a restart read again wholly for windows the run before had closed"),
     "entity_overflow_records": ("netad_entity_overflow_flow_records", "Flow record contributions of hosts that found no entity slot"),
     "datagrams": ("netad_netflow_datagrams", "NetFlow/IPFIX datagrams received"),
     "datagrams_malformed": ("netad_netflow_datagrams_malformed", "NetFlow/IPFIX datagrams with damage"),

@@ -254,6 +254,9 @@ def _checked_meta(doc: dict[str, Any]) -> CheckpointMeta:
     if position is not None and not (_file_position(position) and all(position.get(k) is None or _file_position(position[k])
                                                                       for k in ("dns", "long"))):
         raise ValueError(f"meta.position: {position!r} is not a file position (device, inode, offset)")
+    read_to = position.get("read_to_ns") if isinstance(position, dict) else None
+    if read_to is not None and (not isinstance(read_to, int) or isinstance(read_to, bool)):
+        raise ValueError(f"meta.position.read_to_ns: {read_to!r} is not a time in ns")
     model = doc.get("model") or {}
     if not isinstance(model, dict) or not all(v is None or isinstance(v, str) for v in model.values()):
         raise ValueError("meta.model: not an object of strings")

@@ -237,10 +237,10 @@ def test_daemon_reads_a_conn_log_to_its_end_as_score_does(honeypot, tmp_path):
     assert {"type": "zeek", "path": str(honeypot["scan"].resolve())} == meta["source"] and meta["replay_complete"]
 
 
-def _recent_lines(n: int, first: int) -> str:
-    """n finished connections of the device to a web server, ended half a minute ago (a live
-    log's freshest lines): each is two flow records."""
-    ts = time.time() - 30.0
+def _recent_lines(n: int, first: int, ago_s: float = 30.0) -> str:
+    """n finished connections of the device to a web server, ended `ago_s` ago (half a
+    minute: a live log's freshest lines): each is two flow records."""
+    ts = time.time() - ago_s
     return "".join("\t".join([f"{ts + 0.01 * i:.6f}", f"Cweb{first + i:05d}", DEVICE, str(50000 + first + i), "93.184.216.34", "443",
                                "tcp", "ssl", "1.000000", "500", "4000", "SF", "-", "-", "0", "ShADadFf", "8", "820", "7",
                                "4300", "-   benign   -"]) + "\n" for i in range(n))
@@ -273,13 +273,15 @@ def _recent_answers(n: int, first: int) -> str:
 @pytest.mark.parametrize("role", ["all-in-one", "sensor"])
 def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path, role, request):
     """source zeek, follow, from_end: the first start skips what the log already held; a stop
-    checkpoints where the reading stood; what Zeek writes while netad is down is read at the
-    next start (from_end no longer applies), the rest of a conn.log Zeek rotated meanwhile
-    first, then the new one, and nothing is read twice. The same for the
-    dns.log Zeek writes beside it, whose answers name the peers, and the conn_long.log, whose
-    lines are the parts of a long connection (two records each, both directions): what was
-    counted of it is in the checkpoint, so its lines after the restart count on from there.
-    The daemon, and a Kafka sensor (which checkpoints the same reading under its state_dir)."""
+    closes the windows the watermark passed and checkpoints the reading point before the
+    records of those it left open, which the next start reads again (from_end no longer
+    applies) with what Zeek wrote while netad was down: the rest of a conn.log Zeek rotated
+    meanwhile first, then the new one. The same for the dns.log Zeek writes beside it, whose
+    answers name the peers, and the conn_long.log, whose lines are the parts of a long
+    connection (two records each, both directions): what was counted of it at the reading
+    point is in the checkpoint, so its lines count on from there, and nothing read again is
+    late. The daemon, and a Kafka sensor (which checkpoints the same reading under its
+    state_dir)."""
     kafka = {"role": "sensor", "kafka": {"bootstrap_servers": request.getfixturevalue("kafka_cluster")}} if role == "sensor" else {}
     log = tmp_path / "conn.log"
     dns = tmp_path / "dns.log"
@@ -293,12 +295,17 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
                   service={"metrics_address": "127.0.0.1:0"}, **kafka)
 
     def run(lines_while_running: int, first: int, records_at_stop: int, answers_at_stop: int, long_lines: int,
-            long_totals: tuple[int, int, int, int]) -> DaemonProcess:
+            long_totals: tuple[int, int, int, int], closed_first: int = 0) -> DaemonProcess:
         d = DaemonProcess(cfg)
         try:
             _, started = d.wait_log("metrics_started", timeout_s=60)
             port = int(started["address"].rsplit(":", 1)[1])
             d.wait_log("sensor_started" if kafka else "daemon_started", timeout_s=60)
+            if closed_first:  # lines of 20 minutes ago, whose windows close on the wall clock before the rest comes
+                with open(log, "a") as fh:
+                    fh.write(_recent_lines(closed_first, first - 50, ago_s=1200.0))
+                wait_until(lambda: _flow_records(port) >= 2 * closed_first, 30, "the old lines")
+                wait_until(lambda: _flow_records(port, "netad_windows_closed") >= 1, 30, "their window closed")
             with open(dns, "a") as fh:
                 fh.write(_recent_answers(lines_while_running, first))
             with open(long, "a") as fh:
@@ -307,7 +314,7 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
                 fh.write(_recent_lines(lines_while_running, first))
             wait_until(lambda: _flow_records(port) >= records_at_stop, 30, f"{records_at_stop} flow records")
             wait_until(lambda: _flow_records(port, "netad_zeek_dns_answers") >= answers_at_stop, 30, f"{answers_at_stop} answers")
-            assert answers_at_stop == _flow_records(port, "netad_zeek_dns_answers")  # none read twice
+            assert answers_at_stop == _flow_records(port, "netad_zeek_dns_answers")  # none read twice in a run
             wait_until(lambda: _flow_records(port, "netad_zeek_long_connection_lines") >= long_lines, 30, f"{long_lines} long lines")
             assert (long_lines, 1) == (_flow_records(port, "netad_zeek_long_connection_lines"),
                                        _flow_records(port, "netad_zeek_long_connections_open"))
@@ -320,12 +327,18 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
         assert records_at_stop == stopped["flow_records"], d.tail()
         return d
 
-    first = run(4, 100, records_at_stop=2 * (4 + 1), answers_at_stop=4, long_lines=1, long_totals=(100, 10_000, 80, 40_000))
+    at_start = {path.name: path.stat().st_size for path in (log, dns, long)}
+    first = run(4, 100, records_at_stop=2 * (2 + 4 + 1), answers_at_stop=4, long_lines=1, long_totals=(100, 10_000, 80, 40_000),
+                closed_first=2)
     assert not first.events("zeek_log_resumed")
-    position = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]["position"]
-    assert log.stat().st_size == position["offset"] and log.stat().st_ino == position["inode"]
-    assert dns.stat().st_size == position["dns"]["offset"] and dns.stat().st_ino == position["dns"]["inode"]
-    assert long.stat().st_size == position["long"]["offset"] and long.stat().st_ino == position["long"]["inode"]
+    # the stop closed the windows the watermark had passed (the old lines'); the rest stay open,
+    # so the checkpoint picks up before their records: after the old lines, before the rest
+    meta = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]
+    position = meta["position"]
+    assert meta["resume_ns"] is not None and position["read_to_ns"] > meta["resume_ns"]
+    assert (at_start[log.name] + len(_recent_lines(2, 50, ago_s=1200.0)), log.stat().st_ino) == (position["offset"], position["inode"])
+    assert (at_start[dns.name], dns.stat().st_ino) == (position["dns"]["offset"], position["dns"]["inode"])
+    assert (at_start[long.name], long.stat().st_ino) == (position["long"]["offset"], position["long"]["inode"])
     with open(log, "a") as fh:  # netad is down: Zeek writes on, then rotates the conn.log
         fh.write(_recent_lines(5, 200))
     rotated = tmp_path / "conn.2026-12-07-10-00-00.log"
@@ -335,7 +348,9 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
         fh.write(_recent_answers(5, 200))
     with open(long, "a") as fh:
         fh.write(_long_line((150, 15_000, 120, 60_000)))
-    second = run(2, 300, records_at_stop=2 * (5 + 1 + 2 + 2), answers_at_stop=5 + 2, long_lines=2,
+    # read again: the first run's four recent lines, its long line and its answers (their
+    # windows were open); then what came while netad was down and while it runs
+    second = run(2, 300, records_at_stop=2 * ((4 + 1) + (5 + 1 + 1) + (2 + 1)), answers_at_stop=4 + 5 + 2, long_lines=3,
                  long_totals=(200, 20_000, 160, 80_000))
     resumed = second.events("zeek_log_resumed")
     assert {str(dns), str(long)} == {e["path"] for e in resumed} and all(e["backlog_bytes"] > 0 for e in resumed)
@@ -343,9 +358,12 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     [in_rotated] = second.events("zeek_log_resumed_in_rotated_file")
     assert (str(log), str(rotated), position["offset"]) == (in_rotated["path"], in_rotated["rotated"], in_rotated["offset"])
     assert second.events("zeek_log_rotated")
-    # the long connection's next lines count from where the checkpoint left it, not from its
-    # start an hour ago, as its first line did (whose parts before netad started are late)
-    assert [1] == [e["open"] for e in second.events("long_connections_restored")]
+    _, stopped = second.wait_log("sensor_stopped" if kafka else "daemon_stopped", timeout_s=1)
+    assert stopped["records_read_again"] == 0  # read again, but none wholly in the windows the first run closed
+    # what was counted of the long connection where the reading picks up: nothing yet (its
+    # line came after the old lines); read again, its parts before the windows the first run
+    # closed are not news, and not late
+    assert [0] == [e["open"] for e in second.events("long_connections_restored")]
     assert first.late_bytes > 0 and 0 == second.late_bytes
 
 

@@ -35,8 +35,11 @@ protocols and histories are parsed once per distinct value. Following a live log
 reads what Zeek appends, notices rotation (the path now names another inode: the old file
 is read to its end first) and truncation (the file got shorter: read again from the top),
 and hands on an EMPTY batch every `poll_s` while nothing comes, so the daemon keeps its
-clock. `position()` is where a restart picks up (the file's device and inode, and the offset
-after the last whole line handed on); `resume_at` takes it back: the same file, at least as
+clock. `position()` is where the reading stands (the file's device and inode, and the offset
+after the last whole line handed on); `reading_point(before)` is where a restart picks up:
+the last such position where every record handed on had ended before the windows not yet
+closed, whose records are so read again and those windows built whole. `resume_at` takes
+it back: the same file, at least as
 long, is read on from that offset (what Zeek wrote while netad was down is scored). A file
 rotated since is looked for beside the path (Zeek renames what it rotates there, or into a
 folder there such as log-queue/): found, it is read on from the offset, then the new file
@@ -1007,6 +1010,9 @@ def dns_log_beside(conn_log: Path) -> Path:
     return conn_log.with_name("dns" + name[4:] if name.startswith("conn") else "dns.log")
 
 
+_MAX_MARKS = 4096  # reading points kept between checkpoints (ZeekConnLog._mark)
+
+
 class ZeekConnLog:
     """Iterator of FlowRecordBatch from a conn.log; with `follow`, a live one (see above).
 
@@ -1033,6 +1039,11 @@ class ZeekConnLog:
         # in between would close at once)
         self.max_clock_skew_s = max_clock_skew_s
         self.kind = "live" if follow else "replay"  # as the daemon's sources say (service._sources.Source)
+        # followed, what it handed on can be read again: a restart picks up at a reading point
+        # (reading_point) from before the windows still open, so they are built whole again
+        self.rereads = follow
+        self._marks: list[tuple[int, dict[str, Any] | None, dict[str, np.ndarray]]] = []  # (newest before, position, ledger)
+        self._newest_ns = -(1 << 62)  # the newest record time handed on (the window stage's watermark)
         self.identity = {"type": "zeek", "path": str(self.path.resolve())}
         self.stop = False
         self.future_records = 0
@@ -1106,11 +1117,50 @@ class ZeekConnLog:
                 at[key] = where
         return at
 
+    def reading_point(self, before_ns: int | None = None) -> tuple[dict[str, Any] | None, dict[str, np.ndarray]]:
+        """Where a restart picks up, and what was counted of the long connections there
+        (`resume_at`, `ledger.load_state_dict`). Followed, with `before_ns` (the end of the
+        last window the checkpoint covers; None: none closed yet): the last point between
+        batches where every record handed on had ended before it (None: where the reading
+        began), so that a restart builds the windows from there on whole again (a crash lost
+        them, a stop left them open), reading the records before them again only for their
+        parts in them. What was counted of the long connections goes with that point, and
+        the newest record time read by now (`read_to_ns`: which records a restart reads
+        again, FlowWindowAggregator.resume_at). Otherwise the position now."""
+        marks = self._marks
+        if not marks:
+            return self.position(), self.ledger.state_dict()
+        while before_ns is not None and len(marks) >= 2 and marks[1][0] < before_ns:
+            marks.pop(0)  # a later checkpoint picks up no earlier than this one
+        if before_ns is None:  # no window closed yet: all that was read is read again
+            before_ns = marks[0][0] + 1
+        if marks[0][0] >= before_ns or marks[0][1] is None:  # cannot be: the reading's first point has no record before it
+            return self.position(), self.ledger.state_dict()
+        # with the newest record time read by now: the records a restart reads again end by then
+        return {**marks[0][1], "read_to_ns": self._newest_ns}, marks[0][2]
+
+    def _mark(self) -> None:
+        """A point between batches a restart may pick up at (reading_point): the newest record
+        time handed on, the position, what was counted of the long connections."""
+        if not self.rereads:
+            return
+        at = self.position()
+        if self._marks and self._marks[-1][1] == at:
+            return  # nothing read since (an idle poll)
+        self._marks.append((self._newest_ns, at, self.ledger.state_dict()))
+        if len(self._marks) > _MAX_MARKS:  # no checkpoint takes them: thinned, the first kept
+            self._marks = self._marks[:1] + self._marks[2::2]
+
     def __iter__(self) -> Iterator[FlowRecordBatch]:
         if self._conn._file is None:
             raise CaptureError(f"{self.path}: the Zeek log is closed")
         try:
-            yield from self._batches()
+            self._mark()  # where this reading began (a ledger a restart put back is in it)
+            for batch in self._batches():
+                if len(batch):
+                    self._newest_ns = max(self._newest_ns, int(np.maximum(batch.end_ns, batch.start_ns).max()))
+                self._mark()
+                yield batch
         finally:
             self.close()
 

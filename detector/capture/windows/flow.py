@@ -176,6 +176,21 @@ class FlowWindowAggregator(EntityWindows):
         self.late_packets = 0.0  # packets (and bytes) of the parts of records in closed windows
         self.late_bytes = 0.0
         self.entity_overflow = 0  # record contributions of hosts that found no free entity slot
+        self.read_again = 0  # records a restart read again wholly for windows it had closed (resume_at)
+        self._closed_before_ns: int | None = None  # resume_at's: windows before it were closed by the run before
+        self._read_to_ns = 0  # resume_at's: records ending by then were read by the run before
+
+    def resume_at(self, closed_before_ns: int, read_to_ns: int | None = None) -> None:
+        """A restart that reads its records again from a point before the windows it left
+        open (a followed conn.log: ZeekConnLog.reading_point): the windows before
+        `closed_before_ns` (a window's end) were closed and scored by the run before, so the
+        parts in them of the records it had read (those ending by `read_to_ns`, the newest
+        record time it had read) are no news and no loss: dropped, not counted late (a record
+        wholly in them counts in `read_again`). The parts there of records new to this run
+        (a connection that ended later, or that Zeek wrote late) are late, as ever."""
+        self._next_close = closed_before_ns // self._window_ns
+        self._closed_before_ns = closed_before_ns
+        self._read_to_ns = closed_before_ns if read_to_ns is None else read_to_ns
 
     # ---------------------------------------------------------------- entity slots
 
@@ -245,13 +260,26 @@ class FlowWindowAggregator(EntityWindows):
         point = end == start
         late = np.where(point, start < cut, end <= cut)
         lo = np.maximum(start, cut)
-        dur = (end - start).astype(np.float64)
-        late_share = np.where(point, 0.0, (lo - start) / np.where(point, 1.0, dur))
+        dur = np.where(point, 1.0, (end - start).astype(np.float64))
+
+        def share_before(t: np.ndarray) -> np.ndarray:  # of each record, the part before t
+            return np.where(point, (start < t).astype(np.float64), (np.clip(t, start, end) - start) / dur)
+
+        late_share = share_before(cut)
+        lost, started_late = late, start < cut  # what counts as late: the parts of records in closed windows
+        closed = self._closed_before_ns
+        if closed is not None:  # a restart's records read again: their parts before `closed` were counted
+            read = end <= self._read_to_ns
+            again_cut = np.where(read, np.minimum(cut, closed), start)
+            again = read & np.where(point, start < again_cut, end <= again_cut)
+            late_share = late_share - share_before(again_cut)
+            self.read_again += int(again.sum())
+            lost, started_late = late & ~again, started_late & ~(read & (start < closed))
         pk, by = batch.packets.astype(np.float64), batch.bytes.astype(np.float64)
-        self.late_records += int(late.sum())
-        self.late_starts += int((~late & (start < cut)).sum())
-        self.late_packets += float(pk[late].sum() + (pk * late_share)[~late].sum())
-        self.late_bytes += float(by[late].sum() + (by * late_share)[~late].sum())
+        self.late_records += int(lost.sum())
+        self.late_starts += int((~late & started_late).sum())
+        self.late_packets += float((pk * late_share).sum())
+        self.late_bytes += float((by * late_share).sum())
         rows = np.flatnonzero(~late)
         if rows.shape[0]:
             self._accumulate(batch, rows, start, end, lo, point)
@@ -385,6 +413,7 @@ class FlowWindowAggregator(EntityWindows):
             "late_record_starts": self.late_starts,
             "late_packets": int(round(self.late_packets)),
             "late_bytes": int(round(self.late_bytes)),
+            "records_read_again": self.read_again,
             "windows_closed": self.windows_closed,
             "windows_skipped": self.windows_skipped,
         }

@@ -8,8 +8,9 @@ it can change while running: SIGHUP is answered with `config_reload_ignored`.
 
 What a restart must not forget is checkpointed under `state_dir` as the daemon's is
 (service.state; the sensor holds the directory's lock): each entity's peer history, where
-a replay stood (the end of the last window published) or a followed conn.log was read to,
-with what was counted of its long connections. Every `service.checkpoint_interval_s` and
+a replay stood (the end of the last window published) or where a followed conn.log is read
+again from (before the records of the windows not yet published: a stop leaves those open,
+and the restart builds them whole), with what was counted of its long connections there. Every `service.checkpoint_interval_s` and
 at shutdown. Without it a restarted sensor began again from the model bundle's history
 (every peer met since training new again) and read a followed conn.log from its top, or,
 with `from_end`, lost what Zeek wrote while it was down.
@@ -23,6 +24,7 @@ from typing import Any
 import structlog
 
 from detector.capture.clock import WallClock
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch, ns_to_iso
 from detector.errors import ModelError
@@ -130,10 +132,14 @@ class SensorCheckpoint:
     def published(self, wb: WindowBatch) -> None:
         self.last_window_end_ns = max(self.last_window_end_ns or wb.window_end_ns, wb.window_end_ns)
 
-    def restore(self, checkpoint: Checkpoint) -> None:
+    def restore(self, checkpoint: Checkpoint, rereads: bool) -> None:
         """Where the last one stood (its peer history is in the stages: _windowing; the
-        source resumes as build_source opens it)."""
+        source resumes as build_source opens it; a followed conn.log from a point before the
+        windows it left open, `rereads`: those before stay closed)."""
         resume_ns = self.last_window_end_ns = checkpoint.meta.resume_ns
+        windows = self.stages.windows
+        if rereads and resume_ns is not None and isinstance(windows, FlowWindowAggregator):
+            windows.resume_at(resume_ns, checkpoint.meta.position.get("read_to_ns"))
         log.info("checkpoint_restored", history_rows=self.stages.windows.history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, position=checkpoint.meta.position)
 
@@ -158,7 +164,7 @@ class SensorCheckpoint:
             log.warning("checkpoint_deferred", reason=why, windows_not_acknowledged=waiting, windows_not_delivered=lost,
                         consequence="a restart would publish again from the last checkpoint")
             return
-        position, long_connections = reading_point(source)
+        position, long_connections = reading_point(source, self.last_window_end_ns)
         meta = CheckpointMeta(source=source.identity, resume_ns=self.last_window_end_ns, position=position,
                               replay_complete=replay_complete)
         try:
@@ -205,7 +211,7 @@ def run_sensor(cfg: Config) -> int:
     flows, windows = stages.flows, stages.windows
     checkpoint = SensorCheckpoint(cfg, stages)
     if resume is not None:
-        checkpoint.restore(resume)
+        checkpoint.restore(resume, rereads=cfg.source.type == "zeek" and cfg.source.follow and resume.meta.position is not None)
     source = build_source(cfg.source, resume=resume)
 
     def publish(wb: WindowBatch) -> None:
@@ -254,10 +260,11 @@ def run_sensor(cfg: Config) -> int:
         if lc.stop:
             break
     lc.stopping("signal" if lc.stop else "source_ended")
-    if not lc.stop or live:
+    rereads = getattr(source, "rereads", False)  # a followed conn.log: a restart builds the windows left open
+    if not lc.stop or (live and not rereads):
         for wb in stages.flush():
             publish(wb)
-    elif windows.passed_ns is not None:  # a replay stopped midway, as the daemon drains it
+    elif windows.passed_ns is not None and not rereads:  # a replay stopped midway, as the daemon drains it
         for wb in windows.advance(windows.passed_ns):
             publish(wb)
     left = publisher.flush(cfg.service.shutdown_timeout_s)

@@ -343,6 +343,108 @@ def test_a_log_rotated_while_netad_was_down_is_read_to_its_end_first(tmp_path: P
     assert any(e["event"] == "zeek_log_resumed_from_top" and "not read" in e["reason"] for e in logs)
 
 
+def _follow_to_end(log: ZeekConnLog, path: Path, agg: FlowWindowAggregator) -> list:
+    """Windows `agg` closes while `log` reads what `path` holds (followed: the reader is left
+    at the end, as a daemon is between batches)."""
+    windows, it = [], iter(log)
+    while log.position()["offset"] < path.stat().st_size:
+        windows += agg.push(next(it))
+    return windows
+
+
+def test_the_reading_point_is_before_the_records_of_the_windows_not_closed(tmp_path: Path):
+    """reading_point(before): the last point between batches where every record handed on
+    had ended before `before` (the end of the last window closed), with the newest record
+    time read by now; None (no window closed yet): where the reading began. A replay has
+    no reading points: its position now."""
+    path = tmp_path / "conn.log"
+    path.write_bytes(HEADER)
+    log = ZeekConnLog(path, follow=True, poll_s=0.01)
+    it, offsets = iter(log), [0]  # where the reading began: its top
+    for ts in (100, 200, 400):  # each a batch of its own: one connection of 2 s
+        with open(path, "ab") as f:
+            f.write(line(ts=ts))
+        while log.position()["offset"] < path.stat().st_size:
+            next(it)
+        offsets.append(path.stat().st_size)
+    s = 10**9
+    point = {before: log.reading_point(before) for before in (None, 102 * s, 102 * s + 1, 350 * s)}
+    assert [p[0]["offset"] for p in point.values()] == [offsets[0], offsets[0], offsets[1], offsets[2]]
+    assert {402 * s} == {p[0]["read_to_ns"] for p in point.values()}
+    assert log.reading_point(500 * s)[0]["offset"] == offsets[3] == log.position()["offset"]
+    it.close()
+    replay = ZeekConnLog(path)
+    list(replay)
+    assert replay.reading_point(150 * s)[0] == replay.position() and "read_to_ns" not in replay.position()
+
+
+@pytest.mark.shared_data
+def test_a_restart_of_a_followed_log_builds_the_windows_it_left_open_whole(tmp_path: Path):
+    """IoT-23's conn.log followed, the daemon's way: the reader stopped (a crash, or a stop
+    that closes only the windows the watermark passed) with windows still open. Picked up at
+    the reading point before those windows' records (reading_point, with the end of the last
+    window closed) and the window stage told which windows were closed (resume_at), every
+    window after is what one uninterrupted reading gives, and nothing read again counts as
+    late. Picked up at the position after the last line read (the code before), the windows
+    left open lose the records read before the stop."""
+    lines = shared_file(IOT23).read_bytes().splitlines(keepends=True)
+    header = [ln for ln in lines if ln.startswith(b"#")]
+    body = [ln for ln in lines if not ln.startswith(b"#")]
+    whole, path = tmp_path / "whole.log", tmp_path / "conn.log"
+    whole.write_bytes(b"".join(header + body))
+
+    def aggregator() -> FlowWindowAggregator:
+        return FlowWindowAggregator(home_net=["192.168.1.0/24"], bin_s=60, bins=5, lateness_s=600)
+
+    reference = aggregator()
+    want = _follow_to_end(ZeekConnLog(whole, follow=True, poll_s=0.01, batch_records=16, read_bytes=4096, dns_log=None), whole, reference)
+    want += reference.flush()
+    path.write_bytes(b"".join(header + body[: len(body) // 2]))  # Zeek has written half of it
+    first_agg = aggregator()
+    first = ZeekConnLog(path, follow=True, poll_s=0.01, batch_records=16, read_bytes=4096, dns_log=None)
+    before = _follow_to_end(first, path, first_agg)
+    closed = before[-1].window_end_ns
+    assert first_agg.watermark_ns > closed and first.position() != first.reading_point(closed)[0]
+    points = {"reading point": first.reading_point(closed)[0], "position": first.position()}
+    assert 0 < points["reading point"]["offset"] < points["position"]["offset"]
+    history = first_agg.history.state_dict()
+    with open(path, "ab") as f:  # Zeek writes on while netad is down
+        f.write(b"".join(body[len(body) // 2:]))
+
+    def restarted(at: dict, resume: bool) -> tuple[list, FlowWindowAggregator]:
+        agg = aggregator()
+        agg.history.load_state_dict(history)
+        if resume:
+            agg.resume_at(closed, at["read_to_ns"])
+        log = ZeekConnLog(path, follow=True, poll_s=0.01, batch_records=16, read_bytes=4096, dns_log=None, resume_at=at)
+        return _follow_to_end(log, path, agg) + agg.flush(), agg
+
+    def by_end(windows: list) -> dict:
+        return {w.window_end_ns: (w.entities, w.features) for w in windows if w.window_end_ns > closed}
+
+    def same(end: int, entities: list[str], features: np.ndarray) -> bool:
+        """The window as the uninterrupted reading has it. A host silent since the restart is
+        not listed until it speaks again (the entity table starts empty, as after a replay's
+        restart): its row there must be all zeros."""
+        ref_entities, ref_features = expected[end]
+        rows = [ref_entities.index(e) for e in entities if e in ref_entities]
+        unlisted = [i for i, e in enumerate(ref_entities) if e not in entities]
+        return (len(rows) == len(entities) and np.allclose(features, ref_features[rows], rtol=1e-5, atol=1e-6)
+                and not ref_features[unlisted].any())
+
+    expected = by_end(want)
+    got, agg = restarted(points["reading point"], resume=True)
+    assert by_end(before) == {} and expected.keys() == by_end(got).keys()
+    assert all(same(end, e, f) for end, (e, f) in by_end(got).items())
+    # what was read again is not late; what is late is what one reading finds late
+    assert agg.read_again > 0 and (reference.late_starts, reference.late_records) == (
+        first_agg.late_starts + agg.late_starts, first_agg.late_records + agg.late_records)
+    assert np.isclose(reference.late_bytes, first_agg.late_bytes + agg.late_bytes)
+    old, _ = restarted(points["position"], resume=False)
+    lost = [end for end, (e, f) in by_end(old).items() if not same(end, e, f)]
+    assert lost, "the position after the last line read lost nothing: this test shows nothing"
+
+
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_iot23_conn_log_trains_and_scores_end_to_end(tmp_path: Path):
