@@ -892,6 +892,7 @@ class LongConnections:
         self.forgotten = 0
         self.unnamed = 0  # conn_long lines without a uid (cannot be told apart: dropped, counted)
         self.after_end = 0  # conn_long lines read after their connection's conn.log line (dropped, counted)
+        self.changes = 0  # counts the calls that may have changed what is held (a reading point's snapshot is reused until then)
 
     def count(self, conns: Connections, interim: np.ndarray) -> Connections:
         """`conns` in time order, `interim` marking the lines written while their connection
@@ -899,6 +900,7 @@ class LongConnections:
         ended = np.flatnonzero(~interim & (conns.end_ns - conns.start_ns >= int(self.LONG_S * 1e9)) & (conns.uid != b""))
         if not interim.any() and not self.open and not ended.shape[0]:
             return conns
+        self.changes += 1
         counted = self._count(conns, interim) if interim.any() or self.open else conns
         for uid in conns.uid[ended].tolist():
             self.ended[uid] = None
@@ -975,6 +977,7 @@ class LongConnections:
         rows = np.concatenate([until[:, None], totals], axis=1).astype(np.int64).tolist()
         self.open = OrderedDict((uid, tuple(row)) for uid, row in zip(open_uids, rows, strict=True))
         self.ended = OrderedDict.fromkeys(ended_uids)
+        self.changes += 1
         while len(self.open) > self.max_open:
             self.open.popitem(last=False)
             self.forgotten += 1
@@ -1010,7 +1013,15 @@ def dns_log_beside(conn_log: Path) -> Path:
     return conn_log.with_name("dns" + name[4:] if name.startswith("conn") else "dns.log")
 
 
-_MAX_MARKS = 4096  # reading points kept between checkpoints (ZeekConnLog._mark)
+_MARK_SPACING_NS = 10 * 10**9  # of record time between two reading points (ZeekConnLog._mark)
+_MAX_MARKS = 512  # reading points kept between checkpoints, and the bytes of their ledgers' states
+_MAX_MARK_BYTES = 64 << 20
+
+
+def _nbytes(marks: list) -> int:
+    """The memory the reading points' ledger states hold (each once)."""
+    states = {id(m[2]): m[2] for m in marks}
+    return sum(a.nbytes for state in states.values() for a in state.values())
 
 
 class ZeekConnLog:
@@ -1042,7 +1053,8 @@ class ZeekConnLog:
         # followed, what it handed on can be read again: a restart picks up at a reading point
         # (reading_point) from before the windows still open, so they are built whole again
         self.rereads = follow
-        self._marks: list[tuple[int, dict[str, Any] | None, dict[str, np.ndarray]]] = []  # (newest before, position, ledger)
+        # reading points: (newest record time before, position, ledger state, ledger.changes then)
+        self._marks: list[tuple[int, dict[str, Any] | None, dict[str, np.ndarray], int]] = []
         self._newest_ns = -(1 << 62)  # the newest record time handed on (the window stage's watermark)
         self.identity = {"type": "zeek", "path": str(self.path.resolve())}
         self.stop = False
@@ -1144,12 +1156,18 @@ class ZeekConnLog:
         time handed on, the position, what was counted of the long connections."""
         if not self.rereads:
             return
-        at = self.position()
-        if self._marks and self._marks[-1][1] == at:
+        at, marks = self.position(), self._marks
+        if marks and marks[-1][1] == at:
             return  # nothing read since (an idle poll)
-        self._marks.append((self._newest_ns, at, self.ledger.state_dict()))
-        if len(self._marks) > _MAX_MARKS:  # no checkpoint takes them: thinned, the first kept
-            self._marks = self._marks[:1] + self._marks[2::2]
+        changes = self.ledger.changes
+        ledger = marks[-1][2] if marks and marks[-1][3] == changes else self.ledger.state_dict()
+        mark = (self._newest_ns, at, ledger, changes)
+        if len(marks) >= 2 and self._newest_ns - marks[-2][0] < _MARK_SPACING_NS:
+            marks[-1] = mark  # one point per _MARK_SPACING_NS of record time: a restart reads that much more at most
+        else:
+            marks.append(mark)
+        while len(marks) > 2 and (len(marks) > _MAX_MARKS or _nbytes(marks) > _MAX_MARK_BYTES):
+            self._marks = marks = marks[:1] + marks[2::2]  # thinned (no checkpoint takes them), the first kept
 
     def __iter__(self) -> Iterator[FlowRecordBatch]:
         if self._conn._file is None:

@@ -5,6 +5,7 @@ on and scored end to end under the flow schema."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import threading
 import time
@@ -376,6 +377,28 @@ def test_the_reading_point_is_before_the_records_of_the_windows_not_closed(tmp_p
     replay = ZeekConnLog(path)
     list(replay)
     assert replay.reading_point(150 * s)[0] == replay.position() and "read_to_ns" not in replay.position()
+
+
+def test_reading_points_are_bounded_and_share_an_unchanged_ledger(tmp_path: Path):
+    """A log read for hours with no checkpoint to take its reading points keeps at most 512,
+    thinned with the first kept (a reading point is safe however early); a point closer than
+    10 s of record time to the one before the last replaces the last (two points per 10 s at
+    most); an unchanged long-connection count is held once."""
+    path = tmp_path / "conn.log"
+    path.write_bytes(HEADER)
+    with ZeekConnLog(path, follow=True) as log:
+        offsets = itertools.count()
+        log.position = lambda: {"device": 0, "inode": 0, "offset": next(offsets)}  # a new point at each batch
+        for i in range(5000):
+            log._newest_ns = i * 4 * 10**9  # a batch every 4 s of record time
+            log._mark()
+            if i == 99:  # 400 s read
+                assert len(log._marks) <= 2 * 400 // 10 + 1
+        marks = log._marks
+        assert len(marks) <= 512 and marks[0][0] == 0 and len({id(m[2]) for m in marks}) == 1
+        assert all(b[0] - a[0] >= 10 * 10**9 for a, b in zip(marks, marks[2:], strict=False))
+        at, _ = log.reading_point(10_000 * 10**9)
+        assert at["offset"] < 2500 and at["read_to_ns"] == 4999 * 4 * 10**9
 
 
 @pytest.mark.shared_data
