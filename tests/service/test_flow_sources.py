@@ -367,6 +367,55 @@ def test_daemon_following_a_conn_log_reads_on_after_a_restart(honeypot, tmp_path
     assert first.late_bytes > 0 and 0 == second.late_bytes
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_a_killed_daemon_following_a_conn_log_reads_again_what_its_open_windows_held(honeypot, tmp_path):
+    """SIGKILL, with the periodic checkpoint its last word: that checkpoint's reading point is
+    after the lines whose window had closed and before those of the window still open, so
+    the restart reads those again (and builds their window whole) and nothing is late."""
+    log = tmp_path / "conn.log"
+    header = [ln for ln in honeypot["train"].read_text(errors="replace").splitlines()[:20] if ln.startswith("#")]
+    log.write_text("\n".join(header) + "\n")
+    cfg = _config(tmp_path, honeypot["model"], source={"type": "zeek", "path": str(log), "follow": True},
+                  service={"metrics_address": "127.0.0.1:0", "checkpoint_interval_s": 1})
+
+    def started(d: DaemonProcess) -> int:
+        _, up = d.wait_log("metrics_started", timeout_s=60)
+        d.wait_log("daemon_started", timeout_s=60)
+        return int(up["address"].rsplit(":", 1)[1])
+
+    old, recent = _recent_lines(2, 0, ago_s=1200.0), _recent_lines(3, 10)
+    d = DaemonProcess(cfg)
+    try:
+        port = started(d)
+        with open(log, "a") as fh:
+            fh.write(old)
+        wait_until(lambda: _flow_records(port, "netad_windows_closed") >= 1 and _flow_records(port) == 4, 30, "the old lines' window")
+        with open(log, "a") as fh:
+            fh.write(recent)
+        wait_until(lambda: _flow_records(port) == 10, 30, "the recent lines")
+        saved = len(d.events("checkpoint_saved"))
+        wait_until(lambda: len(d.events("checkpoint_saved")) > saved, 30, "a checkpoint after them")
+        d.signal(signal.SIGKILL)
+        assert -signal.SIGKILL == d.wait(30)
+    finally:
+        d.kill()
+    meta = json.loads((tmp_path / "state" / "checkpoint" / "state.json").read_text())["meta"]
+    reading_point = len(("\n".join(header) + "\n" + old).encode())
+    assert reading_point == meta["position"]["offset"] < log.stat().st_size
+    assert meta["position"]["read_to_ns"] > meta["resume_ns"]
+    again = DaemonProcess(cfg)
+    try:
+        port = started(again)
+        wait_until(lambda: _flow_records(port) == 6, 30, "the recent lines read again")
+        _, resumed = again.wait_log("zeek_log_resumed", timeout_s=1)
+        assert reading_point == resumed["offset"] and 0 == _flow_records(port, "netad_late_flow_bytes")
+        again.signal(signal.SIGTERM)
+        assert 0 == again.wait(60), again.tail()
+    finally:
+        again.kill()
+
+
 def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
