@@ -231,17 +231,20 @@ class Daemon:
         return 0
 
     def _drain(self, reason: str) -> int:
-        """Close the windows in flight; returns how many. A live link (or a replay that
-        ended) closes them all, the last partial one too. A replay stopped midway closes
-        only the windows its watermark has passed: a restart resumes it at the partial
-        window's start and so sees that window whole. A followed conn.log closes none: those
-        due closed on the wall clock, and a restart reads the records of the others again
-        (from its reading_point) and builds them whole."""
+        """Close the windows in flight; returns how many. A replay that ended closes them all,
+        the last partial one too; a live link those it was watched through (a last one it
+        stopped inside is not scored: its empty tail would read as the link falling quiet).
+        A replay stopped midway closes only the windows its watermark has passed: a restart
+        resumes it at the partial window's start and so sees that window whole. A followed
+        conn.log closes none: those due closed on the wall clock, and a restart reads the
+        records of the others again (from its reading_point) and builds them whole."""
         before = self.pipeline.windows.windows_closed
         passed_ns = self.pipeline.windows.passed_ns
         rereads = getattr(self.source, "rereads", False)
-        if reason == "source_ended" or (self.source is not None and self.source.kind == "live" and not rereads):
+        if reason == "source_ended":
             self.pipeline.finish()
+        elif self.source is not None and self.source.kind == "live" and not rereads:
+            self.pipeline.stop()  # not a last window the link was not watched to the end of
         elif passed_ns is not None and not rereads:
             self.pipeline.advance(passed_ns)
         self.pipeline.settle()

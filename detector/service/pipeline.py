@@ -131,6 +131,11 @@ class WindowStages:
         self.clock.finish()
         return self.windows.flush()
 
+    def stop(self) -> list[WindowBatch]:
+        """A live source stopped: close the windows it was watched through (EntityWindows.stop)."""
+        self.clock.finish()
+        return self.windows.stop()
+
     def stats(self) -> dict[str, int]:
         return {**self.clock.stats(), **(self.flows.stats() if self.flows is not None else {}), **self.windows.stats()}
 
@@ -443,7 +448,15 @@ class Pipeline:
 
     def finish(self) -> None:
         """The source ended: close every open window, and see them scored."""
-        self._score(self.stages.flush())
+        self._end(self.stages.flush())
+
+    def stop(self) -> None:
+        """A live source stopped: close the windows it was watched through (WindowStages.stop),
+        and see them scored."""
+        self._end(self.stages.stop())
+
+    def _end(self, closed: Iterable[WindowBatch]) -> None:
+        self._score(closed)
         self.time_bounds.finish()
         self.settle()
 

@@ -416,4 +416,5 @@ class FlowWindowAggregator(EntityWindows):
             "records_read_again": self.read_again,
             "windows_closed": self.windows_closed,
             "windows_skipped": self.windows_skipped,
+            "windows_partial": self.windows_partial,
         }

@@ -319,6 +319,7 @@ class WindowAggregator(EntityWindows):
             "late_packets": self.late_packets,
             "windows_closed": self.windows_closed,
             "windows_skipped": self.windows_skipped,
+            "windows_partial": self.windows_partial,
         }
 
 

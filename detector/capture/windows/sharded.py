@@ -433,6 +433,9 @@ class ShardedWindowAggregator(WindowAggregator):
     def flush(self) -> list[WindowBatch]:
         return super().flush() + self._drained()
 
+    def stop(self) -> list[WindowBatch]:
+        return super().stop() + self._drained()
+
     def _closed(self, w: int) -> Iterator[WindowBatch]:
         """Window w is closed: the entity side now (expiry, the entities it is for), the
         workers asked for its aggregates; its batch is built once they answer, while the

@@ -262,7 +262,7 @@ def run_sensor(cfg: Config) -> int:
     lc.stopping("signal" if lc.stop else "source_ended")
     rereads = getattr(source, "rereads", False)  # a followed conn.log: a restart builds the windows left open
     if not lc.stop or (live and not rereads):
-        for wb in stages.flush():
+        for wb in stages.flush() if not lc.stop else stages.stop():  # a live link: not a last window it stopped inside
             publish(wb)
     elif windows.passed_ns is not None and not rereads:  # a replay stopped midway, as the daemon drains it
         for wb in windows.advance(windows.passed_ns):

@@ -63,6 +63,23 @@ def test_bins_and_windows_follow_event_time():
     assert ["global", "10.0.0.1"] == windows[1].entities
 
 
+@pytest.mark.parametrize("last_s", [25.0, 55.0])
+def test_a_live_stop_lets_go_a_last_window_it_came_into_before_its_last_bin(last_s):
+    """stop() (a live link's): the window the link was watched through to its last bin is
+    scored, one it stopped inside earlier is let go and counted; flush() (a replay's end)
+    scores both."""
+    rows = [{"ts_s": t, "src": "10.0.0.5", "dst": "10.0.0.9", "sport": 40000, "dport": 80, "flags": SYN}
+            for t in (1.0, 30.0, 61.0, 61.0 + last_s - 1.0)]
+    for end in ("stop", "flush"):
+        agg = WindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=0)
+        b = make_batch(rows)
+        out = agg.push(b, FlowTable().push(b))
+        out += getattr(agg, end)()
+        kept = end == "flush" or last_s - 1.0 >= 50.0
+        assert [60, 120][: 1 + kept] == [w.window_end_ns // 10**9 for w in out]
+        assert agg.windows_partial == (0 if kept else 1)
+
+
 def test_inbound_traffic_counts_as_in_for_the_link():
     """Traffic from outside to a home host is 'in' for global and for the host."""
     rows = [{"ts_s": 1, "src": "203.0.113.7", "dst": "10.0.0.3", "sport": 5555, "dport": 443, "ip_len": 100}]
