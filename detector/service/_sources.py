@@ -26,6 +26,7 @@ from detector.capture.flowrecords.netflow import NetflowCollector, NetflowParser
 from detector.capture.flowrecords.zeeklog import ZeekConnLog
 from detector.capture.packets.bpf import bpf_problem
 from detector.capture.packets.pcap import CaptureFile, read_ahead
+from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import SourceConfig
 from detector.contracts import FlowRecordBatch, PacketBatch
 from detector.errors import CheckpointError, ConfigError
@@ -38,6 +39,7 @@ POLL_S = 0.2  # the longest the run loop waits for a batch (live idle poll, repl
 
 class Source(Protocol):
     kind: str  # "replay" or "live"
+    rereads: bool  # live, and what it handed on can be read again after a restart (a followed conn.log)
     identity: dict[str, str]  # what a checkpoint records to recognise the same source
     stop: bool
 
@@ -56,6 +58,7 @@ class ReplaySource:
     """
 
     kind = "replay"
+    rereads = False
 
     def __init__(self, path: Path, speed: float = 0.0, batch_packets: int = 65536,
                  resume_from_ns: int | None = None, poll_s: float = POLL_S) -> None:
@@ -125,6 +128,7 @@ class LiveSource:
     (capture.packets.fanout.FanoutCapture), each with a ring of `buffer_mb`."""
 
     kind = "live"
+    rereads = False
 
     def __init__(self, cfg: SourceConfig, poll_s: float = POLL_S) -> None:
         from detector.capture.packets.fanout import FanoutCapture
@@ -208,6 +212,18 @@ def reading_point(source: Source | None, before_ns: int | None = None) -> tuple[
     if not isinstance(source, ZeekConnLog):
         return None, None
     return source.reading_point(before_ns)
+
+
+def resume_windows(windows: object, cfg: SourceConfig, checkpoint: Checkpoint) -> bool:
+    """A followed conn.log is read again from its checkpoint's reading point: its window
+    stage is told which windows the run before closed (FlowWindowAggregator.resume_at).
+    Returns whether it was (the daemon's and the sensor's restores)."""
+    meta = checkpoint.meta
+    if not (cfg.type == "zeek" and cfg.follow and meta.position is not None and meta.resume_ns is not None
+            and isinstance(windows, FlowWindowAggregator)):
+        return False
+    windows.resume_at(meta.resume_ns, meta.position.get("read_to_ns"))
+    return True
 
 
 def build_source(cfg: SourceConfig, resume: Checkpoint | None = None) -> Source:

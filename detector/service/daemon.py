@@ -37,7 +37,6 @@ from typing import Any
 import structlog
 
 from detector.capture.clock import WallClock
-from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import Config
 from detector.contracts import IncidentEvent, ScoreBatch, WindowBatch, ns_to_iso
 from detector.errors import CheckpointError, ModelError, NetadError
@@ -46,7 +45,15 @@ from detector.model.bundle import ModelBundle
 from detector.model.scorer import set_torch_threads
 from detector.service import jobs as J
 from detector.service._reload import ReloadPlan, build_sinks, plan_reload, retire_sinks, wanted_sinks
-from detector.service._sources import ReplaySource, Source, build_source, is_live, reading_point, resumable_checkpoint
+from detector.service._sources import (
+    ReplaySource,
+    Source,
+    build_source,
+    is_live,
+    reading_point,
+    resumable_checkpoint,
+    resume_windows,
+)
 from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import Pipeline, time_lines
@@ -240,7 +247,7 @@ class Daemon:
         records of the others again (from its reading_point) and builds them whole."""
         before = self.pipeline.windows.windows_closed
         passed_ns = self.pipeline.windows.passed_ns
-        rereads = getattr(self.source, "rereads", False)
+        rereads = self.source is not None and self.source.rereads
         if reason == "source_ended":
             self.pipeline.finish()
         elif self.source is not None and self.source.kind == "live" and not rereads:
@@ -505,13 +512,10 @@ class Daemon:
         history = self.pipeline.windows.history
         if checkpoint.history is not None:
             history.load_state_dict(checkpoint.history)  # what each entity knows of its peers: not 1 h of warm-up again
-        rereads = self.cfg.source.type == "zeek" and self.cfg.source.follow and meta.position is not None
+        rereads = resume_windows(self.pipeline.windows, self.cfg.source, checkpoint)
         resume_ns = meta.resume_ns if self.cfg.source.type == "pcap" or rereads else None
         if resume_ns is not None:
             scoring.last_window_end_ns = resume_ns
-            windows = self.pipeline.windows
-            if rereads and isinstance(windows, FlowWindowAggregator):
-                windows.resume_at(resume_ns, meta.position.get("read_to_ns"))  # the conn.log read again from before them
         log.info("checkpoint_restored", entities=entities, open_incidents=scoring.tracker.open_incidents, history_rows=history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, written_for_model=meta.model.version)
 

@@ -542,6 +542,7 @@ class NetflowCollector:
         self.poll_s = poll_s
         self.parser = parser if parser is not None else NetflowParser()
         self.kind = "live"  # as the daemon's sources say (service._sources.Source)
+        self.rereads = False  # a datagram is read once
         self.stop = False
         self.kernel_drops = 0
         self._v6 = ":" in bind_address

@@ -24,12 +24,11 @@ from typing import Any
 import structlog
 
 from detector.capture.clock import WallClock
-from detector.capture.windows.flow import FlowWindowAggregator
 from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch, ns_to_iso
 from detector.errors import ModelError
 from detector.model.meta import carried_history, trained_home_net
-from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint
+from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint, resume_windows
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import WindowStages, build_windowing, observer_of
@@ -126,20 +125,19 @@ class SensorCheckpoint:
         self.directory = cfg.state_dir / CHECKPOINT_DIR
         self.interval_s = cfg.service.checkpoint_interval_s
         self.stages = stages
+        self.source_cfg = cfg.source
         self.last_window_end_ns: int | None = None  # of the windows published: where a replay resumes
         self._due = time.monotonic() + self.interval_s
 
     def published(self, wb: WindowBatch) -> None:
         self.last_window_end_ns = max(self.last_window_end_ns or wb.window_end_ns, wb.window_end_ns)
 
-    def restore(self, checkpoint: Checkpoint, rereads: bool) -> None:
+    def restore(self, checkpoint: Checkpoint) -> None:
         """Where the last one stood (its peer history is in the stages: _windowing; the
         source resumes as build_source opens it; a followed conn.log from a point before the
-        windows it left open, `rereads`: those before stay closed)."""
+        windows it left open: those before stay closed, resume_windows)."""
         resume_ns = self.last_window_end_ns = checkpoint.meta.resume_ns
-        windows = self.stages.windows
-        if rereads and resume_ns is not None and isinstance(windows, FlowWindowAggregator):
-            windows.resume_at(resume_ns, checkpoint.meta.position.get("read_to_ns"))
+        resume_windows(self.stages.windows, self.source_cfg, checkpoint)
         log.info("checkpoint_restored", history_rows=self.stages.windows.history.rows,
                  resume_at=ns_to_iso(resume_ns) if resume_ns else None, position=checkpoint.meta.position)
 
@@ -211,7 +209,7 @@ def run_sensor(cfg: Config) -> int:
     flows, windows = stages.flows, stages.windows
     checkpoint = SensorCheckpoint(cfg, stages)
     if resume is not None:
-        checkpoint.restore(resume, rereads=cfg.source.type == "zeek" and cfg.source.follow and resume.meta.position is not None)
+        checkpoint.restore(resume)
     source = build_source(cfg.source, resume=resume)
 
     def publish(wb: WindowBatch) -> None:
@@ -260,7 +258,7 @@ def run_sensor(cfg: Config) -> int:
         if lc.stop:
             break
     lc.stopping("signal" if lc.stop else "source_ended")
-    rereads = getattr(source, "rereads", False)  # a followed conn.log: a restart builds the windows left open
+    rereads = source.rereads  # a followed conn.log: a restart builds the windows left open
     if not lc.stop or (live and not rereads):
         for wb in stages.flush() if not lc.stop else stages.stop():  # a live link: not a last window it stopped inside
             publish(wb)
