@@ -226,6 +226,19 @@ def resume_windows(windows: object, cfg: SourceConfig, checkpoint: Checkpoint) -
     return True
 
 
+def watched_from(source: Source, now_ns: int) -> int | None:
+    """When `source` began watching, for its window stage (EntityWindows.watch_from): a live
+    interface's capture, just opened, at `now_ns` (netad's time); a capture resumed from a
+    checkpoint at its resume point, the end of the windows the run before scored. None for
+    a capture replayed from its start (its first packet says), a followed conn.log (what it
+    reads again builds the windows it left open whole: resume_windows) and a NetFlow
+    collector (an exporter reports flows it watched before the collector opened; what it
+    exported before then is lost, which no record says: not done)."""
+    if isinstance(source, LiveSource):
+        return now_ns
+    return source.resume_from_ns if isinstance(source, ReplaySource) else None
+
+
 def build_source(cfg: SourceConfig, resume: Checkpoint | None = None) -> Source:
     """The configured source, opened (a live capture or collector is up when this returns).
     Raises ConfigError for an incomplete source section, CaptureError when it cannot be

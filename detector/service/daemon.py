@@ -53,6 +53,7 @@ from detector.service._sources import (
     reading_point,
     resumable_checkpoint,
     resume_windows,
+    watched_from,
 )
 from detector.service.explain.board import attach_board
 from detector.service.lifecycle import Lifecycle
@@ -122,7 +123,7 @@ class Daemon:
         source = self.source
         assert source is not None  # _build made it
         lc.ready(status=f"{source.kind} started, model {bundle.version}")
-        log.info("daemon_started", source=source.identity, model=str(self.model_path),
+        log.info("daemon_started", source=source.identity, watched_from_ns=self.watched_from_ns, model=str(self.model_path),
                  model_version=bundle.version, sinks=[s.name for s in self.sinks], pid=os.getpid(),
                  jobs=self.jobs.intervals, watchdog_interval_s=lc.notifier.watchdog_interval_s)
 
@@ -145,6 +146,9 @@ class Daemon:
                 checkpoint = None
                 self._new_pipeline(cfg, bundle, resuming=False)
         self.source = build_source(cfg.source, resume=checkpoint)
+        self.watched_from_ns = watched_from(self.source, self.wall.now_ns())
+        if self.watched_from_ns is not None:
+            self.pipeline.windows.watch_from(self.watched_from_ns)  # not a first window it was not watched from the start of
         if self.lifecycle.stop:  # a signal while starting: the source did not exist to be told
             self.source.stop = True
         self.board = attach_board(cfg, self.pipeline.scoring, self.lifecycle, live=is_live(cfg.source))  # the incident page's records
@@ -238,8 +242,9 @@ class Daemon:
         return 0
 
     def _drain(self, reason: str) -> int:
-        """Close the windows in flight; returns how many. A replay that ended closes them all,
-        the last partial one too; a live link those it was watched through (a last one it
+        """Close the windows in flight; returns how many. A replay that ended closes them all
+        (a capture's: but a last one it ended inside, WindowStages.flush); a live link those
+        it was watched through (a last one it
         stopped inside is not scored: its empty tail would read as the link falling quiet).
         A replay stopped midway closes only the windows its watermark has passed: a restart
         resumes it at the partial window's start and so sees that window whole. A followed

@@ -213,7 +213,8 @@ class EntityWindows:
         self.entities_expired = 0
         self.windows_closed = 0
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
-        self.windows_partial = 0  # a last window a live source stopped inside, before its last bin: not scored (stop)
+        self.windows_partial = 0  # windows not watched from their first bin to their last: not handed on (stop, watch_from)
+        self._watched_from_ns: int | None = None  # when the source began watching (watch_from)
         self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains, network_key=0)  # `global`: key 0
         self._leads: dict[int, tuple[str, int]] = {}  # the last closed window's (LazyEvidence)
         self._initiators: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3  # _remember's: its flows' rows and initiators
@@ -270,26 +271,41 @@ class EntityWindows:
         self.watermark_ns = now_ns if self.watermark_ns is None else max(self.watermark_ns, now_ns)
         yield from self._close_until(self.watermark_ns - self._lateness_ns, skip_quiet)
 
+    def watch_from(self, start_ns: int) -> None:
+        """The source began watching at `start_ns`: a live link's capture opened then, a
+        resumed replay goes on from there. A window it came into after its first bin is
+        built (its peers join the history) but not handed on, and counted in
+        `windows_partial`: its bins before the start are empty because nothing was watched,
+        and scored they read as the link springing to life (`make run`'s office demo begun
+        20 or 40 s into a minute scored its link at 15 and 30 times its threshold there; a
+        live restart, whose restored entities are past their warm-up, alerted on it).
+        Without it, every window is handed on (a replay's stages say where its capture
+        began: WindowStages.push)."""
+        self._watched_from_ns = start_ns
+
+    @property
+    def watched_from_ns(self) -> int | None:
+        return self._watched_from_ns
+
     def flush(self) -> list[WindowBatch]:
-        """Close every open window (the end of a replay)."""
-        if not self._open:
-            return []
-        last = max(self._open)
-        return list(self._close_until((last + 1) * self._window_ns, skip_quiet=True))
+        """Close every open window (flow records' end; a capture's ends at stop: WindowStages.flush)."""
+        return self._close_open(whole=True)
 
     def stop(self) -> list[WindowBatch]:
-        """A live source stopped: close the windows it was watched through, as flush does,
-        but let go the last one when the stop came before its last bin. Its bins past the
-        stop are empty because nothing was watched, not because the network fell silent,
-        and scored they read as the link going quiet (the 1 h office demo cut 20 or 40 s
-        into a minute scored its link at 45 and 23 times its threshold in that window, 0.23
-        uncut: a false incident at every restart). Counted in `windows_partial`. (A replay's
-        end keeps flush: a capture shorter than a window is still scored.)"""
+        """A live source stopped: close the windows it was watched through, and let go the
+        last one when the stop came before its last bin. Its bins past the stop are empty
+        because nothing was watched, not because the network fell silent, and scored they
+        read as the link going quiet (the 1 h office demo cut 20 or 40 s into a minute
+        scored its link at 45 and 23 times its threshold in that window, 0.23 uncut: a
+        false incident at every restart). Counted in `windows_partial`."""
+        return self._close_open(whole=False)
+
+    def _close_open(self, whole: bool) -> list[WindowBatch]:
         if not self._open:
             return []
         last = max(self._open)
-        if self.watermark_ns is None or self.watermark_ns >= (last + 1) * self._window_ns - self._bin_ns:
-            return self.flush()
+        if whole or self.watermark_ns is None or self.watermark_ns >= (last + 1) * self._window_ns - self._bin_ns:
+            return list(self._close_until((last + 1) * self._window_ns, skip_quiet=True))
         closed = list(self._close_until(last * self._window_ns, skip_quiet=True))
         self._open.pop(last, None)
         self._next_close = max(self._next_close or 0, last + 1)
@@ -372,7 +388,17 @@ class EntityWindows:
 
     def _closed(self, w: int) -> Iterator[WindowBatch]:
         """Window w is closed: its batch, handed on now (a subclass may hand it on later)."""
-        yield self._built(self._closing(w))
+        yield from self._handed(self._closing(w))
+
+    def _handed(self, closing: Closing) -> list[WindowBatch]:
+        """A closed window's batch, built (the history takes every window, in order) and
+        handed on if it was watched from its first bin (watch_from)."""
+        batch = self._built(closing)
+        if self._watched_from_ns is not None and closing.start_ns + self._bin_ns <= self._watched_from_ns:
+            self.windows_partial += 1
+            return []
+        self.windows_closed += 1
+        return [batch]
 
     def _closing(self, w: int) -> Closing:
         """Window w's closing on the entity side, in the stream's order: entities idle past its
@@ -414,7 +440,6 @@ class EntityWindows:
         self._remember(closing, columns, feats, fidx)
         names = closing.names
         classes = ["global"] + ["host"] * (len(names) - 1)
-        self.windows_closed += 1
         key_of = dict(zip(alive_arr.tolist(), closing.keys.tolist(), strict=True))
         evidence = (LazyEvidence(columns, dict(zip(names, alive_arr.tolist(), strict=True)), self.evidence_top_k, self._leads,
                                  lambda slot, hi, lo: self.history.domains_of(key_of[slot], hi, lo))

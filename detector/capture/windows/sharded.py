@@ -444,7 +444,7 @@ class ShardedWindowAggregator(WindowAggregator):
         yield from self._drained()
         closing = self._closing(w)
         if closing.acc is None:  # no packets in it: nothing in the workers either
-            yield self._built(closing)
+            yield from self._handed(closing)
             return
         self.shards.request_close(w)
         self._pending = closing
@@ -459,7 +459,7 @@ class ShardedWindowAggregator(WindowAggregator):
             return []
         closing, self._pending = self._pending, None
         closing.acc = self._merged(closing.slots)
-        return [self._built(closing)]
+        return self._handed(closing)
 
     def _merged(self, slots: int) -> _PacketWindowAcc:
         """The asked window's aggregates from every worker, merged (see the module docstring)."""

@@ -28,7 +28,7 @@ from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch, ns_to_iso
 from detector.errors import ModelError
 from detector.model.meta import carried_history, trained_home_net
-from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint, resume_windows
+from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint, resume_windows, watched_from
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import WindowStages, build_windowing, observer_of
@@ -211,6 +211,10 @@ def run_sensor(cfg: Config) -> int:
     if resume is not None:
         checkpoint.restore(resume)
     source = build_source(cfg.source, resume=resume)
+    live = source.kind == "live"
+    wall = WallClock()  # netad's time for a live source, as the daemon's Pipeline keeps it
+    if (start_ns := watched_from(source, wall.now_ns())) is not None:
+        windows.watch_from(start_ns)  # not a first window the link was not watched from the start of
 
     def publish(wb: WindowBatch) -> None:
         publisher.publish(wb)
@@ -222,8 +226,6 @@ def run_sensor(cfg: Config) -> int:
     lc.on_stop = stop_source
     if lc.stop:  # a signal while starting
         source.stop = True
-    live = source.kind == "live"
-    wall = WallClock()  # netad's time for a live source, as the daemon's Pipeline keeps it
     items = 0
 
     def stats() -> dict:

@@ -66,8 +66,8 @@ def test_bins_and_windows_follow_event_time():
 @pytest.mark.parametrize("last_s", [25.0, 55.0])
 def test_a_live_stop_lets_go_a_last_window_it_came_into_before_its_last_bin(last_s):
     """stop() (a live link's): the window the link was watched through to its last bin is
-    scored, one it stopped inside earlier is let go and counted; flush() (a replay's end)
-    scores both."""
+    scored, one it stopped inside earlier is let go and counted; the aggregator's flush()
+    closes both (the flow records' end; a capture's stages stop: WindowStages.flush)."""
     rows = [{"ts_s": t, "src": "10.0.0.5", "dst": "10.0.0.9", "sport": 40000, "dport": 80, "flags": SYN}
             for t in (1.0, 30.0, 61.0, 61.0 + last_s - 1.0)]
     for end in ("stop", "flush"):
@@ -78,6 +78,64 @@ def test_a_live_stop_lets_go_a_last_window_it_came_into_before_its_last_bin(last
         kept = end == "flush" or last_s - 1.0 >= 50.0
         assert [60, 120][: 1 + kept] == [w.window_end_ns // 10**9 for w in out]
         assert agg.windows_partial == (0 if kept else 1)
+
+
+def _stages(**windows):
+    from detector.config import Config
+    from detector.service.pipeline import build_windowing
+
+    return build_windowing(Config(home_net=["10.0.0.0/24"], windows={"bin_s": 10, "bins": 6, "lateness_s": 0, **windows}))
+
+
+def _contacts(times, peer="198.51.100.7"):
+    return [{"ts_s": t, "src": "10.0.0.5", "dst": peer, "sport": 40000, "dport": 443, "flags": SYN} for t in times]
+
+
+@pytest.mark.parametrize(("times", "handed", "partial"), [
+    ((5.0, 70.0, 119.0), [0, 60], 0),  # from the first bin of a window to the last bin of another
+    ((25.0, 70.0, 130.0, 205.0), [60, 120], 2),  # begun 25 s into a window, ended 25 s into one
+    ((9.5, 70.0, 170.0), [0, 60, 120], 0),  # the first packet in the first bin; the last on the last bin's start
+    ((10.0, 70.0, 169.5), [60], 2),  # the first on the second bin's start; the last in the bin before the last
+])
+def test_a_capture_hands_on_the_windows_it_watched_from_their_first_bin_to_their_last(times, handed, partial):
+    """A capture's stages (WindowStages: replays, training, eval) hand on the windows the
+    capture watched whole, from the bin of its first packet to that of its last. A window
+    it begins or ends inside, past the first bin or before the last, is let go and counted:
+    its bins outside the capture are empty because nothing was watched."""
+    stages = _stages()
+    b = make_batch(_contacts(times))
+    out = list(stages.push(b)) + stages.flush()
+    assert handed == [w.window_start_ns // 10**9 for w in out]
+    assert partial == stages.windows.windows_partial
+    assert len(handed) == stages.windows.windows_closed
+
+
+def test_a_window_let_go_at_the_start_still_feeds_the_history():
+    """The first window, let go, is built all the same: a peer the host met in it is no new
+    peer in the next window (as it is when the capture holds nothing of that first window)."""
+    new_peers = PACKET_SCHEMA.features.index("new_peers")
+    seen = []
+    for times in ((25.0, 65.0, 119.0), (65.0, 119.0)):
+        stages = _stages(history_warmup_s=0)
+        b = make_batch(_contacts(times))
+        out = list(stages.push(b)) + stages.flush()
+        assert [60] == [w.window_start_ns // 10**9 for w in out]
+        seen.append(float(out[0].features[out[0].entities.index("10.0.0.5")][:, new_peers].sum()))
+    assert seen[0] == 0.0 and seen[1] > 0.0
+
+
+@pytest.mark.parametrize(("started_s", "handed"), [(5.0, [0, 60]), (15.0, [60])])
+def test_a_live_link_s_first_window_is_handed_on_only_if_it_was_watched_from_its_first_bin(started_s, handed):
+    """A live link watched from `started_s` (watch_from: the daemon's and the sensor's, as the
+    capture opens) whose first packet comes 25 s into the window: watched from its first bin,
+    the window is whole, its quiet start the link's own; begun later, it is let go (on a
+    restart, whose restored entities are past their warm-up, it alerted)."""
+    stages = _stages()
+    stages.windows.watch_from(int(started_s * 1e9))
+    b = make_batch(_contacts((25.0, 70.0, 119.0)))
+    out = list(stages.push(b)) + stages.stop()
+    assert handed == [w.window_start_ns // 10**9 for w in out]
+    assert (1 if len(handed) == 1 else 0) == stages.windows.windows_partial
 
 
 def test_inbound_traffic_counts_as_in_for_the_link():
