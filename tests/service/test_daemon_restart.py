@@ -97,3 +97,50 @@ def test_sigkill_then_restart_restores_incidents_and_delivers_the_spool(tmp_path
                 d.kill()
         if receiver is not None:
             receiver.close()
+
+
+def test_a_live_restart_inside_a_minute_lets_its_first_window_go(tmp_path, demo):
+    """A live link stopped at a minute's end and started again 20 s into the next (in
+    process: the first run's hidden states and peer history restored, as the daemon's
+    checkpoint does). Told where it began watching (watch_from, as the daemon tells it when
+    its capture opens), the restart lets that minute go, counted, and opens no incident.
+    Told the minute's start instead, as netad took it before, the same minute, its first
+    20 s empty, is scored against restored states past their warm-up: the link alarms on a
+    benign minute."""
+    from detector.capture.packets.pcap import CaptureFile
+    from detector.config import load_config
+    from detector.eval.evaluate import _Collector
+    from detector.model.bundle import ModelBundle
+    from detector.service.pipeline import Pipeline
+
+    cfg = load_config(write_config(tmp_path / "netad.yaml", base_config(tmp_path, demo["pcap"], demo["model"])))
+    bundle = ModelBundle.load(demo["model"])
+    packets = [b for b in CaptureFile(demo["pcap"]) if len(b)]
+    t0 = min(int(b.ts_ns.min()) for b in packets)
+    assert 0 == t0 % (60 * 10**9)  # the demo begins on a minute
+
+    def part(lo_s: float, hi_s: float) -> list:
+        cut = [b.take((b.ts_ns >= t0 + lo_s * 1e9) & (b.ts_ns < t0 + hi_s * 1e9)) for b in packets]
+        return [b for b in cut if len(b)]
+
+    def run(batches: list, restored: Pipeline | None = None, watched_from_ns: int | None = None) -> tuple[Pipeline, list]:
+        sink = _Collector()
+        pipeline = Pipeline(cfg, bundle, sinks=[sink])
+        if restored is not None:
+            pipeline.scoring.load_entity_states(restored.scoring.entity_states())
+            pipeline.windows.history.load_state_dict(restored.windows.history.state_dict())
+        if watched_from_ns is not None:
+            pipeline.windows.watch_from(watched_from_ns)
+        for batch in batches:
+            pipeline.push(batch)
+        pipeline.stop()
+        return pipeline, sink.opened
+
+    first, opened = run(part(0, 600))  # benign: the model was trained on these minutes
+    assert [] == opened and 0 == first.windows.windows_partial
+    second = part(620, 900)
+    told, opened_told = run(second, first, watched_from_ns=t0 + 620 * 10**9)
+    whole, opened_whole = run(second, first, watched_from_ns=t0 + 600 * 10**9)
+    assert [] == opened_told and 1 == told.windows.windows_partial
+    assert (told.windows.windows_closed + 1, 0) == (whole.windows.windows_closed, whole.windows.windows_partial)
+    assert [t0 + 600 * 10**9] == sorted({e.first_seen_ns for e in opened_whole}), "the artefact this guards against"
