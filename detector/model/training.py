@@ -184,7 +184,7 @@ def train(
     set_torch_threads(params.threads)
     data, schema = collect(windows, exclude)
     if not data or schema is None:
-        raise ValueError("no windows to train on: is the capture empty, shorter than one whole window, or outside home_net?")
+        raise ValueError("no windows to train on: is the capture empty or outside home_net?")
     started = time.monotonic()
     each = [replace(params, seed=member_seed(params.seed, i)) for i in range(params.members)]
     if workers is None:

@@ -98,16 +98,24 @@ def _contacts(times, peer="198.51.100.7"):
     ((10.0, 70.0, 169.5), [60], 2),  # the first on the second bin's start; the last in the bin before the last
 ])
 def test_a_capture_hands_on_the_windows_it_watched_from_their_first_bin_to_their_last(times, handed, partial):
-    """A capture's stages (WindowStages: replays, training, eval) hand on the windows the
-    capture watched whole, from the bin of its first packet to that of its last. A window
-    it begins or ends inside, past the first bin or before the last, is let go and counted:
-    its bins outside the capture are empty because nothing was watched."""
+    """A scored capture's stages (WindowStages: the daemon's replay, `netad score`, eval's
+    scoring) hand on the windows the capture watched whole, from the bin of its first packet
+    to that of its last. A window it begins or ends inside, past the first bin or before the
+    last, is let go and counted: its bins outside the capture are empty because nothing was
+    watched. Training's (window_stream) keep every window (WindowStages.every_window)."""
     stages = _stages()
     b = make_batch(_contacts(times))
     out = list(stages.push(b)) + stages.flush()
     assert handed == [w.window_start_ns // 10**9 for w in out]
     assert partial == stages.windows.windows_partial
     assert len(handed) == stages.windows.windows_closed
+    # training's windows (window_stream): every one, the partial ones too
+    from detector.config import Config
+    from detector.service.pipeline import window_stream
+
+    cfg = Config(home_net=["10.0.0.0/24"], windows={"bin_s": 10, "bins": 6, "lateness_s": 0})
+    every = [w.window_start_ns // 10**9 for w in window_stream(cfg, [make_batch(_contacts(times))])]
+    assert list(range(int(times[0]) // 60 * 60, int(times[-1]) // 60 * 60 + 60, 60)) == every
 
 
 def test_a_window_let_go_at_the_start_still_feeds_the_history():
