@@ -243,9 +243,9 @@ class Daemon:
 
     def _drain(self, reason: str) -> int:
         """Close the windows in flight; returns how many. A replay that ended closes them all
-        (a capture's: but a last one it ended inside, WindowStages.flush); a live link those
-        it was watched through (a last one it
-        stopped inside is not scored: its empty tail would read as the link falling quiet).
+        (a capture's but a last one it ended inside: WindowStages.flush); a live link those
+        it was watched through (a last one it stopped inside is not scored: its empty tail
+        would read as the link falling quiet).
         A replay stopped midway closes only the windows its watermark has passed: a restart
         resumes it at the partial window's start and so sees that window whole. A followed
         conn.log closes none: those due closed on the wall clock, and a restart reads the
