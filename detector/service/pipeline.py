@@ -94,8 +94,8 @@ class WindowStages:
     slots_high: int = 0  # the most entity slots since memory was last handed back
     # hand on every window, a capture's partial first and last too (training's window_stream).
     # Scoring lets them go (push, flush); training keeps them: without the honeypot's
-    # partial first window, fold A's 6 h models calibrated lower host thresholds in 4 of 4
-    # seeds and opened 7 more benign incidents, for a reason not yet understood (EVALUATION xli)
+    # partial first window, scored cold in calibration, fold A's 6 h models calibrated lower
+    # host thresholds in 4 of 4 seeds and opened 6 more benign incidents (EVALUATION xli)
     every_window: bool = False
 
     def push(self, batch: PacketBatch | FlowRecordBatch, wall: WallClock | None = None) -> Iterator[WindowBatch]:
