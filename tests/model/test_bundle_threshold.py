@@ -492,3 +492,36 @@ def test_the_deployed_threshold_is_the_median_of_the_resamples_floored_and_stead
     assert error(median) < error(own)
     assert np.std(median) / np.mean(median) < np.std(own) / np.mean(own)
     assert bagged(deepcopy(th), np.array([]), scores).value == th.value  # nothing resampled: the sample's own
+
+
+def test_the_margin_is_read_on_the_windows_the_daemon_may_alert_on_not_an_entity_s_first():
+    """An entity's first window is scored from the neutral state and never alerted on
+    (model.warmup_windows >= 1). Here each entity's first window is 1.6 times its usual
+    traffic, so it is its class's largest held-out score (and not so far beyond the rest
+    that the screen leaves it out); the margin `netad train` reports, and its thin-margin
+    warning, read the largest of the others."""
+    from detector.contracts import WindowBatch
+    from detector.model.training import TrainingParams, _accumulated, _member, collect
+
+    rng = np.random.default_rng(4)
+    n_feat, minute = len(PACKET_SCHEMA.features), 60_000_000_000
+    names, classes = ["global"] + [f"10.0.0.{i}" for i in range(1, 5)], ["global"] + ["host"] * 4
+    batches = []
+    for k in range(120):
+        here = [0, 1, 2] + ([3, 4] if k >= 30 else [])  # two hosts first seen in window 30
+        feats = rng.poisson(5.0, (len(here), 6, n_feat)).astype(np.float32)
+        if k in (0, 30):
+            feats[[i for i, e in enumerate(here) if (k == 0) == (e < 3)]] *= 1.6
+        batches.append(WindowBatch(k * minute, (k + 1) * minute, [names[e] for e in here], [classes[e] for e in here],
+                                   feats, PACKET_SCHEMA))
+    data, _ = collect(batches)
+    member = _member(data, TrainingParams(epochs=2, hidden_size=8, validation_block_windows=10, members=1), 10.0, 6, False)
+    for cls in ("global", "host"):
+        first, benign = member.first[cls], member.benign[cls]
+        np.testing.assert_array_equal(first.sum(axis=1), 1)  # one first window per entity, however late it came
+        th = member.classes[cls].threshold
+        every = _accumulated(benign, th.value, th.allowance)
+        others = _accumulated(np.where(first, np.nan, benign), th.value, th.allowance)
+        assert np.nanmax(every) == np.nanmax(every[first]) > np.nanmax(others)  # the bursts: the largest
+        assert float(np.nanmax(others)) == member.summary[cls]["largest_held_out"]
+        assert member.summary[cls]["margin"] == (th.value - np.nanmax(others)) / th.value

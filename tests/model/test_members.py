@@ -205,7 +205,8 @@ def test_training_members_calibrates_each_and_the_class_on_their_combined_held_o
 def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leave_a_window_out():
     """Held-out windows one member's screen left out still count in the class's margin (the
     median outvotes that member, as it does its scores), and training says which member left
-    what out; a window most members left out stays out."""
+    what out; a window most members left out stays out. The entity's first window, scored
+    cold and never alerted on, is not in the margin."""
     from detector.model.threshold import Threshold
     from detector.model.training import _ensemble, _Member
 
@@ -213,6 +214,9 @@ def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leav
     held = rng.uniform(0.5, 1.0, size=(1, 400))
     held[0, 10] = 3.0  # a benign mode one member's screen cut
     held[0, 20] = 50.0  # something every member's screen cut
+    held[0, 0] = 3.5  # the entity's first window
+    first = np.zeros_like(held, dtype=bool)
+    first[0, 0] = True
     members = []
     for i in range(3):
         th = Threshold(4.0, "pot", 1e-4, 1.0, 0.0, 0.1, 400, 20)
@@ -226,7 +230,8 @@ def test_one_members_screen_is_outvoted_and_said_while_most_members_screens_leav
         summary = {"outliers": outliers, "threshold_interval": (3.9, 4.1), "epochs": 5, "best_validation_loss": 0.1,
                    "train_start": 0, "train_end": int(48 * 3.6e12), "entities_per_window": 1.0, "false_alarms_per_day": 0.1}
         cm = ClassModel(torch.nn.Module(), None, th)  # type: ignore[arg-type]
-        members.append(_Member({"global": cm}, {"global": summary}, {"global": held.copy()}, {"global": benign}, {"global": False}))
+        members.append(_Member({"global": cm}, {"global": summary}, {"global": held.copy()}, {"global": benign}, {"global": False},
+                               {"global": first}))
     _, summary = _ensemble(members, TrainingParams(members=3))
     s = summary["global"]
     assert 3.0 == pytest.approx(s["largest_held_out"])  # the window one member cut counts
