@@ -642,8 +642,8 @@ def _accumulated(scores: np.ndarray, threshold: float, allowance: float) -> np.n
 
 
 def _first_windows(present: np.ndarray) -> np.ndarray:
-    """Each entity's first window (entity, window): scored from the neutral state, and never
-    alerted on (`model.warmup_windows`, at least 1)."""
+    """Each entity's first window (entity, window): scored from the neutral state, and not
+    alerted on while `model.warmup_windows` is 1 or more (the default 1)."""
     return present & (np.cumsum(present, axis=1) == 1)
 
 

@@ -496,7 +496,7 @@ def test_the_deployed_threshold_is_the_median_of_the_resamples_floored_and_stead
 
 def test_the_margin_is_read_on_the_windows_the_daemon_may_alert_on_not_an_entity_s_first():
     """An entity's first window is scored from the neutral state and never alerted on
-    (model.warmup_windows >= 1). Here each entity's first window is 1.6 times its usual
+    (model.warmup_windows 1, the default). Here each entity's first window is 1.6 times its usual
     traffic, so it is its class's largest held-out score (and not so far beyond the rest
     that the screen leaves it out); the margin `netad train` reports, and its thin-margin
     warning, read the largest of the others."""
