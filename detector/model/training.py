@@ -649,11 +649,12 @@ def _first_windows(present: np.ndarray) -> np.ndarray:
 
 def _alertable(scores: np.ndarray, first: np.ndarray) -> np.ndarray:
     """Held-out `scores` (entity, window) of the windows the daemon may alert on: each
-    entity's `first` (_first_windows) NaN. The margin `netad train` reports is read on these. Its threshold is
-    still calibrated on every held-out window, the first too: counted, that cold window lifts
-    the threshold (the honeypot's, begun 37 s into a minute, was each class's largest
-    held-out score), and left out, fold A's 6 h runs opened six benign incidents where they
-    had opened one (docs/EVALUATION.md, section xlii)."""
+    entity's `first` (_first_windows) NaN. The margin `netad train` reports is read on
+    these. The threshold is still calibrated on every held-out window, the first too:
+    counted, a cold first window lifts it (the honeypot's, 23 s of a minute, was the largest
+    held-out `global` score of each member of fold A's 6 h model), and left out, fold A's
+    6 h runs opened six benign incidents where they had opened one (docs/EVALUATION.md,
+    section xlii)."""
     return np.where(first, np.nan, scores)
 
 
