@@ -534,7 +534,8 @@ def _margin_and_warnings(cls: str, threshold: float, held_out: np.ndarray, summa
                         f"window ({largest:.4g}); a benign burst like it may alarm")
     outliers = summary.get("outliers", [])
     if outliers:
-        seen = ", ".join(f"{o['entity']} at {o['window_start']} ({o['score']:.4g})" for o in outliers[:3])
+        seen = ", ".join(f"{o['entity']} at {o['window_start']} ({o['score']:.4g}"
+                         f"{', its first window, scored cold' if o.get('first') else ''})" for o in outliers[:3])
         warnings.append(f"{len(outliers)} held-out window(s) far beyond the tail of the others, left out of the calibration: "
                         f"{seen}{', ...' if len(outliers) > 3 else ''}; an attack or a fault in the training span? "
                         f"Check them, and retrain with them in --truth if they are")
@@ -596,14 +597,17 @@ def bootstrap_thresholds(matrices: list[np.ndarray], params: TrainingParams, res
 
 def _outlier_windows(th: Threshold, pooled: dict[str, tuple[_ClassData, np.ndarray]]) -> list[dict]:
     """The held-out windows the calibration left out as outliers (threshold.calibrate's
-    screen: scores from `th.outliers_from` up), largest first: entity, window start, score."""
+    screen: scores from `th.outliers_from` up), largest first: entity, window start, score,
+    and whether it is the entity's first window (`first`: scored from the neutral state,
+    which alone can put a window there)."""
     if not th.n_outliers or th.outliers_from is None:
         return []
     found = []
     for cd, scores in pooled.values():
+        first = _first_windows(cd.present)
         for e, w in zip(*np.nonzero(np.isfinite(scores) & (scores >= th.outliers_from)), strict=True):
             found.append({"entity": cd.entities[e], "window_start": ns_to_iso(int(cd.window_start_ns[w])),
-                          "score": round(float(scores[e, w]), 4)})
+                          "score": round(float(scores[e, w]), 4), "first": bool(first[e, w])})
     return sorted(found, key=lambda o: -o["score"])
 
 

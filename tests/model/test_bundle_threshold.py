@@ -309,21 +309,26 @@ def test_the_screen_leaves_heavy_benign_tails_alone():
 
 
 def test_outlier_windows_are_named_and_warned_and_kept_out_of_the_margin():
+    """The warning names each window the screen left out; one that is its entity's first,
+    scored cold, is said to be."""
     from detector.model.threshold import Threshold
     from detector.model.training import TrainingParams, _ClassData, _margin_and_warnings, _outlier_windows
 
     minute = 60_000_000_000
-    scores = np.array([[0.1, 0.2, 50.0, np.nan], [0.3, 80.0, 0.2, 0.1]], dtype=np.float32)
-    cd = _ClassData(features=np.zeros((2, 4, 6, 1), np.float32), present=np.ones((2, 4), bool),
+    scores = np.array([[0.1, 0.2, 50.0, np.nan], [np.nan, 80.0, 0.2, 0.1]], dtype=np.float32)
+    present = np.ones((2, 4), bool)
+    present[1, 0] = False  # 10.0.0.2 is first seen in the window the screen leaves out
+    cd = _ClassData(features=np.zeros((2, 4, 6, 1), np.float32), present=present,
                     usable=np.ones((2, 4), bool), window_start_ns=np.arange(4) * minute, entities=["10.0.0.1", "10.0.0.2"])
     th = Threshold(2.0, "pot", 1e-4, 0.5, 0.0, 0.1, 8, 3, n_outliers=2, outliers_from=50.0)
     found = _outlier_windows(th, {"host": (cd, scores)})
-    assert [("10.0.0.2", "1970-01-01T00:01:00.000Z", 80.0), ("10.0.0.1", "1970-01-01T00:02:00.000Z", 50.0)] == [
-        (o["entity"], o["window_start"], o["score"]) for o in found]
+    assert [("10.0.0.2", "1970-01-01T00:01:00.000Z", 80.0, True), ("10.0.0.1", "1970-01-01T00:02:00.000Z", 50.0, False)] == [
+        (o["entity"], o["window_start"], o["score"], o["first"]) for o in found]
     summary = {"train_start": 0, "train_end": 30 * 60 * minute, "epochs": 12, "outliers": found}
     warned = _margin_and_warnings("host", 2.0, np.array([0.3]), summary, TrainingParams())
     assert 1 == len(warned["warnings"]) and warned["warnings"][0].startswith("2 held-out window(s) far beyond")
-    assert "10.0.0.2 at 1970-01-01T00:01:00.000Z (80)" in warned["warnings"][0]
+    assert ("10.0.0.2 at 1970-01-01T00:01:00.000Z (80, its first window, scored cold), "
+            "10.0.0.1 at 1970-01-01T00:02:00.000Z (50);") in warned["warnings"][0]
 
 
 def test_threshold_interval_covers_the_threshold_and_narrows_with_more_held_out_windows():
