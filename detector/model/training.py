@@ -646,9 +646,15 @@ def _accumulated(scores: np.ndarray, threshold: float, allowance: float) -> np.n
 
 
 def _first_windows(present: np.ndarray) -> np.ndarray:
-    """Each entity's first window (entity, window): scored from the neutral state, and not
-    alerted on while `model.warmup_windows` is 1 or more (the default 1)."""
-    return present & (np.cumsum(present, axis=1) == 1)
+    """The windows (entity, window) each entity is met cold in: its first, and its first
+    after a window it was absent from. The window stage emits a row for every entity it
+    still tracks, its silent windows too (all zeros), so an absent window is one after the
+    entity expired (`windows.entity_idle_s`); the scorer then drops its state too, and meets
+    it again from the neutral state, as new. Scored cold, and not alerted on while
+    `model.warmup_windows` is 1 or more (the default 1)."""
+    before = np.zeros_like(present)
+    before[:, 1:] = present[:, :-1]
+    return present & ~before
 
 
 def _alertable(scores: np.ndarray, first: np.ndarray) -> np.ndarray:
@@ -745,33 +751,35 @@ def validation_windows(n_windows: int, fraction: float, block: int) -> np.ndarra
 
 def _lanes(cd: _ClassData, mask: np.ndarray, params: TrainingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut each entity's windows into lanes: (lanes, warmup + lane_windows, bins, features),
-    the loss mask and the windows' phases (lanes, warmup + lane_windows)."""
+    the loss mask and the windows' phases (lanes, warmup + lane_windows). Lanes run within
+    each stretch of windows the entity was present in, from its first window cold
+    (_first_windows), as the scorer meets it: an entity back after it expired starts from
+    the neutral state, not from its state before, nor through its absent windows as zeros."""
     L, W = params.lane_windows, params.warmup_windows
     feats, masks, phases = [], [], []
     phase = phase_of(cd.window_start_ns)
-    n_w = cd.window_start_ns.shape[0]
+    starts = _first_windows(cd.present)
     for e in range(cd.features.shape[0]):
-        idx = np.flatnonzero(cd.present[e])
-        if idx.size == 0:
-            continue
-        first, last = int(idx[0]), int(idx[-1]) + 1
-        for s in range(first, last, L):
-            lo = max(first, s - W)
-            hi = min(last, s + L, n_w)
-            m = mask[e, lo:hi].copy()
-            m[: s - lo] = False
-            if not m.any():
-                continue
-            pad = (W + L) - (hi - lo)
-            f = cd.features[e, lo:hi]
-            p = phase[lo:hi]
-            if pad:
-                f = np.concatenate([f, np.zeros((pad,) + f.shape[1:], np.float32)])
-                m = np.concatenate([m, np.zeros(pad, bool)])
-                p = np.concatenate([p, np.zeros(pad, np.int64)])
-            feats.append(f)
-            masks.append(m)
-            phases.append(p)
+        for first in np.flatnonzero(starts[e]).tolist():
+            absent = np.flatnonzero(~cd.present[e, first:])
+            last = first + int(absent[0]) if absent.size else cd.present.shape[1]
+            for s in range(first, last, L):
+                lo = max(first, s - W)
+                hi = min(last, s + L)
+                m = mask[e, lo:hi].copy()
+                m[: s - lo] = False
+                if not m.any():
+                    continue
+                pad = (W + L) - (hi - lo)
+                f = cd.features[e, lo:hi]
+                p = phase[lo:hi]
+                if pad:
+                    f = np.concatenate([f, np.zeros((pad,) + f.shape[1:], np.float32)])
+                    m = np.concatenate([m, np.zeros(pad, bool)])
+                    p = np.concatenate([p, np.zeros(pad, np.int64)])
+                feats.append(f)
+                masks.append(m)
+                phases.append(p)
     if not feats:
         return np.zeros((0, W + L) + cd.features.shape[2:], np.float32), np.zeros((0, W + L), bool), np.zeros((0, W + L), np.int64)
     return np.stack(feats), np.stack(masks), np.stack(phases)
@@ -844,7 +852,8 @@ def _fit(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData, train_mask
 
 def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassData,
                        errors: np.ndarray | None = None) -> np.ndarray:
-    """Scores of every (entity, window), state carried from each entity's first window: the
+    """Scores of every (entity, window), state carried from each entity's first window, and
+    from the neutral state again where it is met after it expired (_first_windows): the
     same computation as StreamingScorer, all entities of the class in one batch. `errors`
     (entity, window, features), if given, gets each window's feature errors, undivided by
     the scaler's error scales (scorer.WindowErrors.feature_error)."""
@@ -852,10 +861,14 @@ def _sequential_scores(net: LSTMAutoencoder, scaler: FeatureScaler, cd: _ClassDa
     scores = np.zeros((n_e, n_w), dtype=np.float32)
     phase = torch.from_numpy(phase_of(cd.window_start_ns))
     h, c = net.initial_state(n_e)
+    cold = _first_windows(cd.present)
     for k in range(n_w):
         rows = np.flatnonzero(cd.present[:, k])
         if rows.size == 0:
             continue
+        back = torch.from_numpy(np.flatnonzero(cold[:, k]))
+        if back.numel():  # met again after it expired: from the neutral state, as the scorer meets it
+            h[back], c[back] = 0.0, 0.0
         idx = torch.from_numpy(rows)
         result, (h_new, c_new) = reconstruct(net, scaler, cd.features[rows, k], (h[idx], c[idx]), phase[k])
         h[idx], c[idx] = h_new, c_new
