@@ -416,6 +416,7 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
     classes: dict[str, ClassModel] = {}
     benign_of: dict[str, np.ndarray] = {}
     pooled_of: dict[str, bool] = {}
+    first_of = {cls: _first_windows(cd.present) for cls, cd in data.items()}
     for cls, (net, scaler) in trained.items():
         scores = val_scores[cls][np.isfinite(val_scores[cls])]
         # a class is calibrated on its own scores wherever they have a tail to fit; pooled
@@ -450,15 +451,14 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
         # the margin is read on what the threshold will be compared with: the held-out windows'
         # accumulated scores (model.scorer.accumulate) at this threshold and allowance, of the
         # windows the daemon may alert on
-        held_out = _accumulated(_alertable(benign, _first_windows(data[cls].present)), th.value, th.allowance)
+        held_out = _accumulated(_alertable(benign, first_of[cls]), th.value, th.allowance)
         # a member's own margin is its class's business only where it is the class's only member
         summary[cls].update(_margin_and_warnings(cls, th.value, held_out[np.isfinite(held_out)], summary[cls], params,
                                                  announce=params.members == 1))
         log.info("threshold_calibrated", entity_class=cls, value=round(th.value, 4), method=th.method,
                  n=th.n_calibration, source=source, reason=th.reason or None, allowance=th.allowance,
                  interval=[round(v, 4) for v in summary[cls]["threshold_interval"]], outliers=th.n_outliers)
-    return _Member(classes, summary, val_scores, benign_of, pooled_of,
-                   {cls: _first_windows(cd.present) for cls, cd in data.items()})
+    return _Member(classes, summary, val_scores, benign_of, pooled_of, first_of)
 
 
 def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str, ClassModel], dict[str, dict]]:
