@@ -232,8 +232,9 @@ def watched_from(source: Source, now_ns: int) -> int | None:
     checkpoint at its resume point, the end of the windows the run before scored. None for
     a capture replayed from its start (its first packet says), a followed conn.log (what it
     reads again builds the windows it left open whole: resume_windows) and a NetFlow
-    collector (an exporter reports flows it watched before the collector opened; what it
-    exported before then is lost, which no record says: not done)."""
+    collector (an exporter reports flows it watched before the collector opened: its
+    records say from when they are whole, by their sequence numbers,
+    FlowRecordBatch.watched_from_ns)."""
     if isinstance(source, LiveSource):
         return now_ns
     return source.resume_from_ns if isinstance(source, ReplaySource) else None

@@ -111,6 +111,8 @@ class WindowStages:
             batch = wall.date(batch)
         windows = self.windows
         if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
+            if batch.watched_from_ns is not None and not self.every_window:
+                self._watch_from(batch.watched_from_ns)
             return windows.stream(self.clock.admit(batch, now_ns))
         if isinstance(windows, WindowAggregator) and self.flows is not None and isinstance(batch, PacketBatch):
             batch = self.clock.admit(batch, now_ns)
@@ -119,6 +121,15 @@ class WindowStages:
             return windows.stream(batch, self.flows.push(batch))
         wanted = "flow records" if self.flows is None else "packets"
         raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+
+    def _watch_from(self, start_ns: int) -> None:
+        """Flow records whole only from `start_ns` (an exporter whose exports before then were
+        lost: FlowRecordBatch.watched_from_ns): the windows before it are let go, as a live
+        capture's before it opened. Only until the first window is handed on: an exporter met
+        later had never been heard, so the windows scored before it came lacked it alike."""
+        windows = self.windows
+        if windows.windows_closed == 0 and start_ns > (windows.watched_from_ns or start_ns - 1):
+            windows.watch_from(start_ns)
 
     def hand_back_memory(self) -> None:
         """After each batch (its windows consumed): when the entity tables shrank back to a

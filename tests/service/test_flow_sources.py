@@ -491,6 +491,102 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
     assert {"type": "netflow", "address": "127.0.0.1", "port": str(port)} == meta["source"]
 
 
+@needs_softflowd
+@pytest.mark.shared_data
+def test_windows_before_an_exporter_was_heard_whole_are_let_go(honeypot, tmp_path):
+    """softflowd exports the honeypot capture (its table kept small, so it exports as the
+    capture's clock goes on). Scored from its fourth datagram on, as by a collector that
+    opened after the first three (netad started or restarted while the exporter ran): its
+    sequence numbers say three were missed, so the windows before the fourth's export time
+    are let go (counted), where the records heard put flows in them that were short of
+    the lost ones; those after it are scored as from a collector that heard everything. An
+    exporter first heard later, past its own first export, lets go nothing more: windows
+    were scored before it came."""
+    import io
+
+    from detector.capture.flowrecords.netflow import NetflowParser
+    from detector.config import load_config
+    from detector.service.pipeline import Pipeline
+    from detector.synth import netflow as enc
+    from tests.capture.flowrecords._softflowd import softflowd_datagrams
+
+    datagrams = softflowd_datagrams(shared_file(PCAP), ["-v", "10", "-m", "64"], tmp_path)
+    cfg, bundle = load_config(_config(tmp_path, honeypot["model"])), ModelBundle.load(honeypot["model"])
+    whole_from_ns = int.from_bytes(datagrams[3][4:8], "big") * 10**9
+
+    def scored(heard: list[bytes]) -> tuple[set[tuple[str, int]], dict[str, int]]:
+        out = io.StringIO()
+        pipeline, parser = Pipeline(cfg, bundle, scores_out=out, flow_records=True), NetflowParser()
+        for i in range(0, len(heard), 4):  # a few datagrams at a time, as a collector hands them on
+            part = heard[i : i + 4]
+            pipeline.push(parser.parse(part, ["127.0.0.1" if d[:2] == b"\x00\x0a" else "127.0.0.2" for d in part]))
+        pipeline.finish()
+        return {(s["entity"], _iso_ns(s["window_start"])) for s in map(json.loads, out.getvalue().splitlines())}, pipeline.stats()
+
+    before = NetflowParser().parse(datagrams[3:], ["127.0.0.1"] * (len(datagrams) - 3))
+    assert whole_from_ns == before.watched_from_ns
+    assert (before.start_ns < whole_from_ns - 60 * 10**9).sum() > 0  # what was heard put flows in earlier windows
+    every, every_stats = scored(datagrams)
+    heard, heard_stats = scored(datagrams[3:])
+    assert 0 == every_stats["windows_partial"] and heard_stats["windows_partial"] >= 1
+    assert heard and all(start + 60 * 10**9 > whole_from_ns for _, start in heard)
+    assert {w for w in every if w[1] >= whole_from_ns} == {w for w in heard if w[1] >= whole_from_ns}
+    # another exporter, first heard half-way through and past its first export
+    middle = len(datagrams) // 2
+    middle_s = int.from_bytes(datagrams[middle][4:8], "big")
+    recs = np.zeros(1, enc.V5_DTYPE)
+    recs["src"], recs["dst"], recs["dport"], recs["packets"] = addr_to_pair(DEVICE)[1] & 0xFFFFFFFF, 0x5DB8D822, 443, 3
+    recs["proto"], recs["last"], recs["first"] = 6, 10**9 - 1000, 10**9 - 2000
+    other = enc.v5_datagram(recs, middle_s, 0, uptime_ms=10**9, sequence=70_000)
+    joined, joined_stats = scored(datagrams[3:middle] + [other] + datagrams[middle:])
+    assert joined_stats["windows_partial"] == heard_stats["windows_partial"]
+    assert {w for w in heard if w[0] == "global"} == {w for w in joined if w[0] == "global"}
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_a_collector_opened_while_its_exporter_ran_scores_the_windows_it_heard_whole(honeypot, tmp_path):
+    """The daemon as a collector, whose exporter had exported 5,000 flows before the first
+    datagram it heard (netad started or restarted under a running router): the window that
+    datagram was exported in is let go, with those before it, counted in
+    netad_windows_partial, and the windows after it are scored. Before, that window was scored short of every flow that ended in it
+    before the collector opened: on a restart, with its entities past their warm-up."""
+    port = _free_udp_port()
+    cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
+                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
+    now = int(time.time())
+    first_s = now - 1800 - now % WINDOW_S + 150  # half an hour ago, mid-window: the windows close on the wall clock
+    peers = [f"93.184.216.{i}" for i in range(1, 9)]
+    datagrams = [_v5([(DEVICE, peers[(i + j) % 8], 443, 10 + j) for j in range(6)], first_s + 60 * i, [5.0 + 8 * j for j in range(6)],
+                     5000 + 6 * i) for i in range(12)]
+    d = DaemonProcess(cfg)
+    try:
+        _, started = d.wait_log("metrics_started", timeout_s=60)
+        metrics_port = int(started["address"].rsplit(":", 1)[1])
+        d.wait_log("daemon_started", timeout_s=30)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in datagrams:
+                sock.sendto(datagram, ("127.0.0.1", port))
+        _, missed = d.wait_log("netflow_exports_missed", timeout_s=10)
+        windows = {first_s - 150 + k * WINDOW_S for k in range(3)}
+
+        def device_windows() -> set[int] | None:
+            got = {_iso_ns(s["window_start"]) // 10**9 for s in _scores(tmp_path / "scores.jsonl") if s["entity"] == DEVICE}
+            return got if got >= windows - {first_s - 150} else None
+
+        scored = wait_until(device_windows, 30, "the device's windows after the first export heard (closed on the wall clock)")
+        # the window the first export heard came in, and the two before it that the stage opens
+        # for records up to its lateness (600 s) late
+        assert 3 == _flow_records(metrics_port, "netad_windows_partial")
+        d.signal(signal.SIGTERM)
+        assert 0 == d.wait(30), d.tail()
+    finally:
+        d.kill()
+    assert (5000, first_s) == (missed["sequence"], missed["whole_from"])
+    assert first_s - 150 not in scored
+    assert 72 == d.wait_log("daemon_stopped", timeout_s=1)[1]["flow_records"]
+
+
 # ---------------------------------------------------------------------- the wiring's parts
 
 

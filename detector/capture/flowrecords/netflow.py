@@ -157,6 +157,9 @@ class NetflowParser:
         self._sampler_rate: dict[tuple[int, int], float] = {}
         self._sysinit_ms: dict[int, int] = {}
         self._sequence: dict[tuple[int, int], tuple[int, int]] = {}
+        # the latest export time of an exporter's first datagram heard that was not its first
+        # export: what it exported before was lost, so its records are whole only from then on
+        self.watched_from_ns: int | None = None
         self._pending: deque[tuple[tuple[int, int, int], bytes, tuple[int, int, int, int, int]]] = deque()
         self._pending_keys: dict[tuple[int, int, int], int] = {}
         self._pending_bytes = 0
@@ -267,7 +270,7 @@ class NetflowParser:
         rate = sampling & 0x3FFF  # the top two bits are the sampling mode
         meta = work.add_meta(5, secs * 1_000_000_000 + min(nsecs, 999_999_999), uptime, exp, rate if rate > 1 else 0)
         self._add_records(work, _V5, data[_V5_HEADER : _V5_HEADER + count * _V5_RECORD], count, meta)
-        self._check_sequence(exp, 5, seq, count)
+        self._check_sequence(exp, 5, seq, count, secs)
 
     def _v9(self, data: memoryview, address: str, work: _Work) -> None:
         if len(data) < _V9_HEADER:
@@ -280,7 +283,7 @@ class NetflowParser:
             return None
         meta = work.add_meta(9, secs * 1_000_000_000, uptime, exp, 0)
         self._sets(data, _V9_HEADER, exp, 9, meta, work, address)
-        self._check_sequence(exp, 9, seq, 1)
+        self._check_sequence(exp, 9, seq, 1, secs)
 
     def _ipfix(self, data: memoryview, address: str, work: _Work) -> None:
         if len(data) < _IPFIX_HEADER:
@@ -295,7 +298,7 @@ class NetflowParser:
             return None
         meta = work.add_meta(10, secs * 1_000_000_000, 0, exp, 0)
         n_data = self._sets(data[:length], _IPFIX_HEADER, exp, 10, meta, work, address)
-        self._check_sequence(exp, 10, seq, n_data)
+        self._check_sequence(exp, 10, seq, n_data, secs)
 
     def _sets(self, data: memoryview, pos: int, exp: int, version: int, meta: int, work: _Work, address: str) -> int:
         """Walk the flow sets; returns the data records found (-1 when some waited for a template)."""
@@ -410,11 +413,13 @@ class NetflowParser:
         self._pending = keep
         self._pending_keys.pop(key, None)
 
-    def _check_sequence(self, exp: int, version: int, seq: int, n_records: int) -> None:
+    def _check_sequence(self, exp: int, version: int, seq: int, n_records: int, export_s: int) -> None:
         """v9 counts export packets, v5 and IPFIX count records (IPFIX: before this message,
         though softflowd counts this one too: both are accepted)."""
         key = (exp, version)
         last = self._sequence.get(key)
+        if last is None:
+            self._first_heard(exp, version, seq, n_records, export_s)
         if last is not None and n_records >= 0 and last[1] >= 0:  # -1: some records waited for a template
             last_seq, last_n = last
             diff = (seq - last_seq) & 0xFFFFFFFF
@@ -436,10 +441,27 @@ class NetflowParser:
                                 similar_not_logged=held)
         self._sequence[key] = (seq, n_records)
 
+    def _first_heard(self, exp: int, version: int, seq: int, n_records: int, export_s: int) -> None:
+        """An exporter's first datagram heard: its sequence number says whether it exported
+        before (v5 counts flows and v9 export packets from 0, IPFIX data records from 0;
+        softflowd starts v9 at 1 and counts an IPFIX message's own records). If it did, the
+        collector opened while it was exporting (netad started or restarted, or the exporter
+        was pointed here) and what it exported before was lost: the flows it had watched end
+        before this export, so its records are whole from the export's time on
+        (`watched_from_ns`, which the window stage reads as a live capture's opening). No
+        record says which earlier windows they were missing from."""
+        first = 1 if version == 9 else max(n_records, 0)
+        if seq <= first:
+            return
+        export_ns = export_s * 1_000_000_000
+        self.watched_from_ns = max(self.watched_from_ns or export_ns, export_ns)
+        log.info("netflow_exports_missed", exporter=self.exporters[exp].name, sequence=seq,
+                 unit="datagrams" if version == 9 else "records", whole_from=export_s)
+
     # ------------------------------------------------------------------ extraction
     def _extract(self, work: _Work) -> FlowRecordBatch:
         if not work.groups:
-            return FlowRecordBatch.empty(malformed=work.malformed)
+            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns)
         exporter = np.asarray(work.exporter, dtype=np.int64)
         groups = list(work.groups.values())
         for c, runs in groups:  # options first: they say how to read the data
@@ -466,7 +488,7 @@ class NetflowParser:
             if c.has("rev_packets") or c.has("rev_bytes"):
                 parts.append(reverse_columns(c, arr, cols))
         if not parts:  # only options records came
-            return FlowRecordBatch.empty(malformed=work.malformed)
+            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         keep = self._plausible(merged)
         order = np.argsort(merged.pop("order")[keep], kind="stable")
@@ -475,7 +497,8 @@ class NetflowParser:
         out = {k: v[keep][order] for k, v in merged.items()}
         self.counters["records"] += int(order.shape[0])
         present = np.unique(out["exporter"]).tolist() if order.shape[0] else []
-        return FlowRecordBatch.from_columns(out, malformed=work.malformed, exporters={e: self.exporters[e] for e in present})
+        return FlowRecordBatch.from_columns(out, malformed=work.malformed, exporters={e: self.exporters[e] for e in present},
+                                            watched_from_ns=self.watched_from_ns)
 
     def _options(self, c: Compiled, runs: list, exporter: np.ndarray) -> None:
         """Options records: sampling rates (per sampler id or domain-wide), system init time."""
@@ -601,7 +624,7 @@ class NetflowCollector:
                     pending += len(batch)
             now = time.monotonic()
             if pending >= self.batch_records or now >= deadline:
-                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty()
+                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty(watched_from_ns=self.parser.watched_from_ns)
                 parts, pending = [], 0
                 deadline = now + self.poll_s
                 self._poll_drops()

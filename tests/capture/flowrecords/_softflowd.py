@@ -26,3 +26,20 @@ def run_softflowd(capture: Path, port: int, args: list[str], cwd: Path, timeout_
     found = re.search(r"Flows exported: \d+ \((\d+) records\)", done.stdout)
     assert found is not None, done.stdout
     return done.stdout, int(found.group(1))
+
+
+def softflowd_datagrams(capture: Path, args: list[str], cwd: Path) -> list[bytes]:
+    """What softflowd exports of `capture` (run_softflowd), as the datagrams it sent, in order."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
+        sock.bind(("127.0.0.1", 0))
+        run_softflowd(capture, sock.getsockname()[1], args, cwd)
+        sock.settimeout(0.5)
+        datagrams = []
+        try:
+            while True:
+                datagrams.append(sock.recv(65535))
+        except TimeoutError:
+            return datagrams

@@ -24,7 +24,7 @@ from detector.capture.packets.pcap import read_capture, read_records
 from detector.contracts import Exporter, FlowRecordBatch, addr_to_pair, pair_to_addr
 from detector.errors import CaptureError
 from detector.synth import netflow as enc
-from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd
+from tests.capture.flowrecords._softflowd import needs_softflowd, run_softflowd, softflowd_datagrams
 from tests.conftest import shared_file
 
 EXPORTER = "192.0.2.254"
@@ -253,6 +253,47 @@ def test_sequence_gaps_and_reordering_are_counted():
     assert 5 == parser.counters["records"]  # counted, never dropped for their order
 
 
+def test_an_exporter_first_heard_past_its_first_export_is_whole_from_then_on():
+    """The first datagram heard from an exporter says by its sequence number whether it had
+    exported before; if so, what it exported then was lost, and its records are whole only
+    from this datagram's export time (FlowRecordBatch.watched_from_ns). Each version counts
+    from 0 (v5 flows, v9 export packets, IPFIX data records); softflowd starts v9 at 1 and
+    counts an IPFIX message's own records, as the test below shows with it."""
+    tmpl = enc.template_set(256, V9, ipfix=False)
+    assert parse(NetflowParser(), v9([tmpl, enc.data_set(256, v9_records(2))], seq=1)).watched_from_ns is None
+    late = NetflowParser()
+    b = parse(late, v9([tmpl, enc.data_set(256, v9_records(2))], seq=40_001))
+    assert EXPORT_S * 10**9 == b.watched_from_ns
+    later = enc.v9_datagram([tmpl, enc.data_set(256, v9_records(2))], EXPORT_S + 60, 160_000, 40_002, 0)
+    assert EXPORT_S * 10**9 == parse(late, later).watched_from_ns  # a datagram after the first moves nothing
+    recs = np.zeros(3, enc.V5_DTYPE)
+    recs["last"], recs["first"], recs["packets"] = 90_000, 89_000, 1
+    for seq, whole_from in ((0, None), (3, None), (4, EXPORT_S * 10**9)):
+        assert whole_from == parse(NetflowParser(), enc.v5_datagram(recs, EXPORT_S, 0, 100_000, seq)).watched_from_ns
+    # a second exporter, first heard later and past its first export, moves it on; one heard
+    # from its first export does not
+    parser = NetflowParser()
+    parse(parser, enc.v5_datagram(recs, EXPORT_S, 0, 100_000, 0))
+    assert parser.parse([enc.v5_datagram(recs, EXPORT_S + 30, 0, 130_000, 0)], ["192.0.2.7"]).watched_from_ns is None
+    assert (EXPORT_S + 90) * 10**9 == parser.parse([enc.v5_datagram(recs, EXPORT_S + 90, 0, 190_000, 700)],
+                                                   ["192.0.2.8"]).watched_from_ns
+
+
+@needs_softflowd
+@pytest.mark.shared_data
+@pytest.mark.parametrize("version", ["5", "9", "10"])
+def test_softflowd_heard_from_its_later_exports_is_whole_from_the_first_heard(version: str, tmp_path: Path):
+    """softflowd exporting a capture (its table kept small, so it exports as the capture's
+    clock goes on): a collector that heard every datagram has all it watched; one that
+    opened after its first exports (the datagrams from the fourth on) knows it missed them,
+    from softflowd's own sequence numbers, and is whole from the fourth's export time."""
+    datagrams = softflowd_datagrams(shared_file("iot23-honeypot-4-1/honeypot-4-1.pcap"), ["-v", version, "-m", "64"], tmp_path)
+    assert len(datagrams) > 20
+    assert NetflowParser().parse(datagrams, [EXPORTER] * len(datagrams)).watched_from_ns is None
+    export_s = int.from_bytes(datagrams[3][4:8] if version == "10" else datagrams[3][8:12], "big")
+    assert export_s * 10**9 == NetflowParser().parse(datagrams[3:], [EXPORTER] * (len(datagrams) - 3)).watched_from_ns
+
+
 def test_records_with_impossible_times_are_dropped_and_counted():
     """A record cannot end long after it was exported, nor start weeks before."""
     parser = NetflowParser(max_clock_skew_s=60, max_record_age_s=86400)
@@ -477,6 +518,7 @@ def test_softflowd_export_matches_the_packet_path(capture: str, version: list[st
     assert len(ref) == len(got)
     assert (flows if "-b" in version else len(ref)) == records  # biflows: one record per flow, split by the collector
     assert 0 == coll.stats()["datagrams_malformed"] and 0 == coll.stats()["kernel_drops"]
+    assert got.watched_from_ns is None  # its first export heard was its first: nothing it watched was lost
     seen = set()
     keys = zip(got.src_hi.tolist(), got.src_lo.tolist(), got.dst_hi.tolist(), got.dst_lo.tolist(), got.sport.tolist(),
                got.dport.tolist(), got.proto.tolist(), strict=True)
