@@ -99,8 +99,11 @@ def _remove(pos, index, mask, hashes, keys_u64, keys_u16, keys_u8, vals_i64, val
     return n_flows - 1
 
 
+_DNS_HEADER = 12  # bytes: the smallest DNS message (a header alone)
+
+
 @numba.njit(cache=True, inline="always")
-def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo) -> bool:
+def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo, s_hi, s_lo, ip_len) -> bool:
     """Whether the packet that opens a flow's row came from the flow's responder: the table
     met the flow midway (a capture or a restart that began in it, a flow back after its idle
     timeout) and its first packet was the server's. As Zeek orients a connection it meets
@@ -108,7 +111,10 @@ def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo) -> bool:
     a UDP datagram sent from the lower port of the two is the server's, the lower port being
     the service's (as the flow path reads a record and the history a flow's service); for UDP
     only towards a port past the well-known ones (between two of those, DHCPv6's client 546
-    and server 547, the first datagram is the client's). An ICMP echo reply is the replier's.
+    and server 547, the first datagram is the client's), and not from port 53 with less
+    payload than a DNS header: that is no answer but a probe sent from port 53 (nmap
+    --source-port 53: a UDP scan, mostly empty datagrams, past firewalls that let DNS
+    answers in). An ICMP echo reply is the replier's.
     A pure SYN, and a probe without ACK (FIN, NULL, Xmas), is its sender's whatever its ports;
     and a group address (multicast, broadcast) began nothing."""
     if group_address_jit(d_hi, d_lo):
@@ -116,6 +122,10 @@ def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo) -> bool:
     if p == 6:
         return (flags & 0x14) != 0 and sp < dp  # ACK or RST: an answer, a session's or a refusal
     if p == 17:
+        if sp == 53:
+            ip_header = 20 if s_hi == 0 and (s_lo >> np.uint64(32)) == np.uint64(0xFFFF) else 40
+            if np.int64(ip_len) - ip_header - 8 < _DNS_HEADER:
+                return False
         return sp < dp and dp >= 1024  # two well-known ports (DHCPv6's client 546, server 547) say nothing
     if p == 1:
         return icmp_type == 0  # echo reply
@@ -217,7 +227,7 @@ def _push(
             vals_u64[pos, 2] = np.uint64(0)
             if carried >= 0:
                 init_a = carried != 0
-            elif _from_responder(p, flags, sp, dp, sport[i], d_hi, d_lo):
+            elif _from_responder(p, flags, sp, dp, sport[i], d_hi, d_lo, s_hi, s_lo, ip_len[i]):
                 init_a = not src_is_a
             else:
                 init_a = src_is_a

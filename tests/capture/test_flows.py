@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from detector.capture.flows import FlowTable, community_id
+from detector.capture.packets.pcap import read_capture
 from detector.contracts import PACKET_COLUMNS, PacketBatch
 from tests.conftest import make_batch, shared_file
 
@@ -56,7 +57,8 @@ def test_a_flow_met_midway_is_its_clients():
     """The table met these flows midway (a capture or a restart begun in them): a segment with
     ACK set, or a datagram, from the lower port of the two, or an echo reply, is the server's,
     so the flow is its peer's. A pure SYN and a probe without ACK are their sender's whatever
-    their ports (a scan from source port 53 is the scanner's), and a group address began nothing."""
+    their ports (a scan from source port 53 is the scanner's), so is a datagram from port 53
+    too short to hold a DNS header, and a group address began nothing."""
     ACK_PSH, FIN, ECHO_REPLY = 0x18, 0x01, 0
     rows = [
         # (first packet seen, the flow's initiator is its sender)
@@ -67,6 +69,12 @@ def test_a_flow_met_midway_is_its_clients():
         ({"src": "10.0.0.5", "dst": "8.8.8.8", "sport": 40000, "dport": 53, "proto": 17}, True),
         ({"src": "10.0.0.66", "dst": "10.0.0.6", "sport": 53, "dport": 40000, "flags": SYN}, True),
         ({"src": "10.0.0.66", "dst": "10.0.0.7", "sport": 53, "dport": 40000, "flags": FIN}, True),
+        # from UDP port 53, less payload than a DNS header: a probe, not an answer
+        ({"src": "10.0.0.66", "dst": "10.0.0.14", "sport": 53, "dport": 40000, "proto": 17, "ip_len": 28}, True),
+        ({"src": "10.0.0.66", "dst": "10.0.0.15", "sport": 53, "dport": 40000, "proto": 17, "ip_len": 39}, True),
+        ({"src": "8.8.8.8", "dst": "10.0.0.16", "sport": 53, "dport": 40000, "proto": 17, "ip_len": 40}, False),
+        ({"src": "2001:db8::66", "dst": "2001:db8::14", "sport": 53, "dport": 40000, "proto": 17, "ip_len": 48}, True),
+        ({"src": "2001:db8::53", "dst": "2001:db8::16", "sport": 53, "dport": 40000, "proto": 17, "ip_len": 60}, False),
         ({"src": "10.0.0.1", "dst": "255.255.255.255", "sport": 67, "dport": 68, "proto": 17}, True),
         ({"src": "10.0.0.1", "dst": "ff02::fb", "sport": 53, "dport": 5353, "proto": 17}, True),
         ({"src": "10.0.0.8", "dst": "10.0.0.9", "sport": 123, "dport": 123, "proto": 17}, True),
@@ -84,6 +92,27 @@ def test_a_flow_met_midway_is_its_clients():
     assert [sender for _, sender in rows] == opened.from_initiator.tolist()
     assert [not sender for r, sender in rows if r["dst"] not in ("255.255.255.255", "ff02::fb")] == (
         answered.from_initiator.tolist())
+
+
+def test_a_udp_scan_from_source_port_53_is_the_scanners_and_dns_answers_stay_the_servers():
+    """The ESnet masscan UDP scan (1,001 probes from one port to ports 0-1000, 997 of them
+    empty) sent from source port 53 to ports 40,000-41,000, as nmap --source-port 53 sends
+    it past firewalls that let DNS answers in: each probe opens a flow of the scanner's,
+    but for the four that carry a payload as long as a DNS message's, which read as answers.
+    Before, all 1,001 were read as answers, and their flows as the target's, begun towards
+    the scanner's port 53. The honeypot's real DNS answers, none shorter than a DNS header,
+    are still each the server's answer in its client's flow."""
+    scan = read_capture(shared_file("attacks/esnet/udp_0_1000_20190821.pcap"))
+    scan.sport[:] = 53
+    scan.dport[:] += 40_000
+    opened = FlowTable().push(scan)
+    assert 1001 == int(opened.new_flow.sum())
+    payload = scan.ip_len.astype(np.int64) - 28
+    assert opened.from_initiator.tolist() == (payload < 12).tolist() and 997 == int(opened.from_initiator.sum())
+    benign = read_capture(shared_file("iot23-honeypot-4-1/honeypot-4-1.pcap"))
+    answers = (benign.proto == 17) & (benign.sport == 53) & (benign.dport >= 1024)
+    assert 191 == int(answers.sum())
+    assert not FlowTable().push(benign).from_initiator[answers].any()
 
 
 def test_a_flow_cut_at_the_active_timeout_keeps_its_initiator():
