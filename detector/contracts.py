@@ -555,7 +555,9 @@ class FlowRecordBatch:
     into records (a datagram, a flow set or a log line); it has no row. `watched_from_ns`:
     the source's records are whole only from this time on, when it knows they are not
     before it (a NetFlow/IPFIX exporter whose first export the collector heard was not its
-    first: what it exported before then was lost; NetflowParser), else None."""
+    first: what it exported before then was lost; NetflowParser), else None.
+    `reporting_lag_ns`: how long after a packet the source has reported it at the most (a
+    NetFlow/IPFIX exporter: its records' export time less their start), else None."""
 
     start_ns: np.ndarray
     end_ns: np.ndarray
@@ -576,18 +578,21 @@ class FlowRecordBatch:
     exporters: dict[int, Exporter] = field(default_factory=dict)
     answers: DnsAnswers = _NO_ANSWERS  # DNS answers beside the records (a Zeek dns.log's), as PacketBatch's
     watched_from_ns: int | None = None
+    reporting_lag_ns: int | None = None
 
     def __len__(self) -> int:
         return int(self.start_ns.shape[0])
 
     @classmethod
-    def empty(cls, malformed: int = 0, watched_from_ns: int | None = None) -> FlowRecordBatch:
+    def empty(cls, malformed: int = 0, watched_from_ns: int | None = None, reporting_lag_ns: int | None = None) -> FlowRecordBatch:
         cols: dict[str, np.ndarray] = {name: np.zeros(0, dtype=dt) for name, dt in FLOW_RECORD_COLUMNS.items()}
-        return cls(**cols, malformed=malformed, exporters={}, answers=_NO_ANSWERS, watched_from_ns=watched_from_ns)
+        return cls(**cols, malformed=malformed, exporters={}, answers=_NO_ANSWERS, watched_from_ns=watched_from_ns,
+                   reporting_lag_ns=reporting_lag_ns)
 
     @classmethod
     def from_columns(cls, columns: dict[str, np.ndarray], malformed: int = 0,
-                     exporters: dict[int, Exporter] | None = None, watched_from_ns: int | None = None) -> FlowRecordBatch:
+                     exporters: dict[int, Exporter] | None = None, watched_from_ns: int | None = None,
+                     reporting_lag_ns: int | None = None) -> FlowRecordBatch:
         """A batch from arrays of any integer dtype (cast to the column types); a missing
         `sampling` is 1, a missing `exporter` 0, a missing `continued` False."""
         n = int(np.asarray(columns["start_ns"]).shape[0])
@@ -601,7 +606,7 @@ class FlowRecordBatch:
             else:
                 raise KeyError(f"flow record column {name!r} is missing")
         return cls(**cols, malformed=malformed, exporters=dict(exporters or {}), answers=_NO_ANSWERS,
-                   watched_from_ns=watched_from_ns)
+                   watched_from_ns=watched_from_ns, reporting_lag_ns=reporting_lag_ns)
 
     @classmethod
     def concat(cls, batches: list[FlowRecordBatch]) -> FlowRecordBatch:
@@ -612,14 +617,16 @@ class FlowRecordBatch:
         for b in batches:
             exporters.update(b.exporters)
         watched = [b.watched_from_ns for b in batches if b.watched_from_ns is not None]
+        lags = [b.reporting_lag_ns for b in batches if b.reporting_lag_ns is not None]
         return cls(**cols, malformed=sum(b.malformed for b in batches), exporters=exporters,
-                   answers=DnsAnswers.concat([b.answers for b in batches]), watched_from_ns=max(watched, default=None))
+                   answers=DnsAnswers.concat([b.answers for b in batches]), watched_from_ns=max(watched, default=None),
+                   reporting_lag_ns=max(lags, default=None))
 
     def take(self, index: np.ndarray | slice) -> FlowRecordBatch:
         """Rows selected by a slice, boolean mask or index array (counts and answers stay with it)."""
         cols = {name: getattr(self, name)[index] for name in FLOW_RECORD_COLUMNS}
         return FlowRecordBatch(**cols, malformed=self.malformed, exporters=self.exporters, answers=self.answers,
-                               watched_from_ns=self.watched_from_ns)
+                               watched_from_ns=self.watched_from_ns, reporting_lag_ns=self.reporting_lag_ns)
 
     def columns(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in FLOW_RECORD_COLUMNS}

@@ -92,6 +92,7 @@ class WindowStages:
     flows: FlowTable | FlowShards | None
     windows: WindowAggregator | FlowWindowAggregator
     slots_high: int = 0  # the most entity slots since memory was last handed back
+    reporting_lag_ns: int = 0  # the longest the source took to report a packet (FlowRecordBatch.reporting_lag_ns)
     # hand on every window, a capture's partial first and last too (training's window_stream).
     # Scoring lets them go (push, flush); training keeps them: without the honeypot's
     # partial first window, scored cold in calibration, fold A's 6 h models calibrated lower
@@ -113,6 +114,8 @@ class WindowStages:
         if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
             if batch.watched_from_ns is not None and not self.every_window:
                 self._watch_from(batch.watched_from_ns)
+            if batch.reporting_lag_ns is not None:
+                self.reporting_lag_ns = max(self.reporting_lag_ns, batch.reporting_lag_ns)
             return windows.stream(self.clock.admit(batch, now_ns))
         if isinstance(windows, WindowAggregator) and self.flows is not None and isinstance(batch, PacketBatch):
             batch = self.clock.admit(batch, now_ns)
@@ -157,9 +160,11 @@ class WindowStages:
         return self.windows.flush() if self.flows is None or self.every_window else self.windows.stop()
 
     def stop(self) -> list[WindowBatch]:
-        """A live source stopped: close the windows it was watched through (EntityWindows.stop)."""
+        """A live source stopped: close the windows it was watched through (EntityWindows.stop)
+        and reported (a NetFlow exporter's: those that ended more than its reporting lag
+        before the stop; what it owes for the others it sends to a collector no longer there)."""
         self.clock.finish()
-        return self.windows.stop()
+        return self.windows.stop(self.reporting_lag_ns)
 
     def stats(self) -> dict[str, int]:
         return {**self.clock.stats(), **(self.flows.stats() if self.flows is not None else {}), **self.windows.stats()}

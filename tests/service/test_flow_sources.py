@@ -587,6 +587,42 @@ def test_a_collector_opened_while_its_exporter_ran_scores_the_windows_it_heard_w
     assert 72 == d.wait_log("daemon_stopped", timeout_s=1)[1]["flow_records"]
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_a_collector_stopped_lets_go_the_windows_its_exporter_still_owed_records_for(honeypot, tmp_path):
+    """The exporter reports a flow up to about five minutes after its first packet (as a
+    router with that active timeout does), and the daemon stops (SIGTERM): the window that
+    ended last is still owed records that will now never come, and is let go, where it was
+    scored short of them; the window before it, which the exporter had reported whole, is
+    scored. Both were still open: 600 s of lateness."""
+    port = _free_udp_port()
+    cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
+                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
+    now_s = int(time.time())
+    last_s = (now_s - 10) // WINDOW_S * WINDOW_S - WINDOW_S  # the window that ended last: [last_s, last_s + 300)
+    peers = [f"93.184.216.{i}" for i in range(1, 9)]
+    # the window before it, reported 30 s after it ended; then the last one, reported now
+    before = _v5([(DEVICE, peers[j], 443, 10 + j) for j in range(6)], last_s + 30, [40.0 + 40 * j for j in range(6)], 0)
+    last = _v5([(DEVICE, peers[j + 2], 443, 10 + j) for j in range(6)], now_s, [now_s - last_s - 20.0 - 40 * j for j in range(6)], 6)
+    d = DaemonProcess(cfg)
+    try:
+        _, started = d.wait_log("metrics_started", timeout_s=60)
+        metrics_port = int(started["address"].rsplit(":", 1)[1])
+        d.wait_log("daemon_started", timeout_s=30)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for datagram in (before, last):
+                sock.sendto(datagram, ("127.0.0.1", port))
+        wait_until(lambda: _flow_records(metrics_port) >= 12, 30, "the records")
+        d.signal(signal.SIGTERM)
+        assert 0 == d.wait(30), d.tail()
+    finally:
+        d.kill()
+    _, stopped = d.wait_log("daemon_stopped", timeout_s=1)
+    scored = {_iso_ns(s["window_start"]) // 10**9 for s in _scores(tmp_path / "scores.jsonl") if s["entity"] == DEVICE}
+    assert last_s - WINDOW_S in scored and last_s not in scored, (last_s, scored)
+    assert (1, 0) == (stopped["windows_partial"], stopped["late_records"])
+
+
 # ---------------------------------------------------------------------- the wiring's parts
 
 

@@ -160,6 +160,10 @@ class NetflowParser:
         # the latest export time of an exporter's first datagram heard that was not its first
         # export: what it exported before was lost, so its records are whole only from then on
         self.watched_from_ns: int | None = None
+        # the longest an exporter took to report a flow: a record's export time less its
+        # start (a flow's first packet, or where its last export cut it). At a stop, the
+        # windows that ended less than this before it may still be owed records
+        self.reporting_lag_ns: int | None = None
         self._pending: deque[tuple[tuple[int, int, int], bytes, tuple[int, int, int, int, int]]] = deque()
         self._pending_keys: dict[tuple[int, int, int], int] = {}
         self._pending_bytes = 0
@@ -461,7 +465,8 @@ class NetflowParser:
     # ------------------------------------------------------------------ extraction
     def _extract(self, work: _Work) -> FlowRecordBatch:
         if not work.groups:
-            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns)
+            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns,
+                                         reporting_lag_ns=self.reporting_lag_ns)
         exporter = np.asarray(work.exporter, dtype=np.int64)
         groups = list(work.groups.values())
         for c, runs in groups:  # options first: they say how to read the data
@@ -488,17 +493,21 @@ class NetflowParser:
             if c.has("rev_packets") or c.has("rev_bytes"):
                 parts.append(reverse_columns(c, arr, cols))
         if not parts:  # only options records came
-            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns)
+            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns,
+                                         reporting_lag_ns=self.reporting_lag_ns)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         keep = self._plausible(merged)
         order = np.argsort(merged.pop("order")[keep], kind="stable")
+        if keep.any():
+            lag = int((merged["export_ns"][keep] - merged["start_ns"][keep]).max())
+            self.reporting_lag_ns = max(self.reporting_lag_ns or 0, lag, 0)
         for key in ("export_ns", "rate"):
             merged.pop(key)
         out = {k: v[keep][order] for k, v in merged.items()}
         self.counters["records"] += int(order.shape[0])
         present = np.unique(out["exporter"]).tolist() if order.shape[0] else []
         return FlowRecordBatch.from_columns(out, malformed=work.malformed, exporters={e: self.exporters[e] for e in present},
-                                            watched_from_ns=self.watched_from_ns)
+                                            watched_from_ns=self.watched_from_ns, reporting_lag_ns=self.reporting_lag_ns)
 
     def _options(self, c: Compiled, runs: list, exporter: np.ndarray) -> None:
         """Options records: sampling rates (per sampler id or domain-wide), system init time."""
@@ -624,7 +633,8 @@ class NetflowCollector:
                     pending += len(batch)
             now = time.monotonic()
             if pending >= self.batch_records or now >= deadline:
-                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty(watched_from_ns=self.parser.watched_from_ns)
+                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty(
+                    watched_from_ns=self.parser.watched_from_ns, reporting_lag_ns=self.parser.reporting_lag_ns)
                 parts, pending = [], 0
                 deadline = now + self.poll_s
                 self._poll_drops()

@@ -291,25 +291,31 @@ class EntityWindows:
         """Close every open window (flow records' end; a capture's ends at stop: WindowStages.flush)."""
         return self._close_open(whole=True)
 
-    def stop(self) -> list[WindowBatch]:
+    def stop(self, owed_ns: int = 0) -> list[WindowBatch]:
         """A live source stopped: close the windows it was watched through, and let go the
         last one when the stop came before its last bin. Its bins past the stop are empty
         because nothing was watched, not because the network fell silent, and scored they
         read as the link going quiet (the 1 h office demo cut 20 or 40 s into a minute
         scored its link at 45 and 23 times its threshold in that window, 0.23 uncut: a
-        false incident at every restart). Counted in `windows_partial`."""
-        return self._close_open(whole=False)
+        false incident at every restart). Counted in `windows_partial`.
+        `owed_ns`: how long the source takes to report what it watched (a NetFlow
+        exporter's reporting lag): the windows that ended less than that before the stop
+        are still owed records that will never come, and are let go the same way."""
+        return self._close_open(whole=False, owed_ns=owed_ns)
 
-    def _close_open(self, whole: bool) -> list[WindowBatch]:
+    def _close_open(self, whole: bool, owed_ns: int = 0) -> list[WindowBatch]:
         if not self._open:
             return []
         last = max(self._open)
-        if whole or self.watermark_ns is None or self.watermark_ns >= (last + 1) * self._window_ns - self._bin_ns:
-            return list(self._close_until((last + 1) * self._window_ns, skip_quiet=True))
-        closed = list(self._close_until(last * self._window_ns, skip_quiet=True))
-        self._open.pop(last, None)
+        limit = (last + 1) * self._window_ns
+        if not whole and self.watermark_ns is not None:  # whole: those reported to their last bin
+            limit = min(limit, (self.watermark_ns - owed_ns + self._bin_ns) // self._window_ns * self._window_ns)
+        closed = list(self._close_until(limit, skip_quiet=True))
+        for w in [w for w in self._open if w * self._window_ns >= limit]:
+            self._open.pop(w)
+        partial = max(0, last + 1 - (self._next_close or 0))
         self._next_close = max(self._next_close or 0, last + 1)
-        self.windows_partial += 1
+        self.windows_partial += partial
         return closed
 
     def _ingest(self, times: np.ndarray, push_part: Callable[[int, int], Iterator[WindowBatch]]) -> Iterator[WindowBatch]:

@@ -433,8 +433,8 @@ class ShardedWindowAggregator(WindowAggregator):
     def flush(self) -> list[WindowBatch]:
         return super().flush() + self._drained()
 
-    def stop(self) -> list[WindowBatch]:
-        return super().stop() + self._drained()
+    def stop(self, owed_ns: int = 0) -> list[WindowBatch]:
+        return super().stop(owed_ns) + self._drained()
 
     def _closed(self, w: int) -> Iterator[WindowBatch]:
         """Window w is closed: the entity side now (expiry, the entities it is for), the

@@ -279,6 +279,19 @@ def test_an_exporter_first_heard_past_its_first_export_is_whole_from_then_on():
                                                    ["192.0.2.8"]).watched_from_ns
 
 
+def test_the_reporting_lag_is_the_longest_an_exporter_took_to_report_a_flow():
+    """Each record's export time less its start, the largest met so far: how long after a
+    packet the exporter may still report it (its active timeout for a long flow)."""
+    parser = NetflowParser()
+    assert parse(parser, v9([enc.template_set(256, V9, ipfix=False)])).reporting_lag_ns is None
+    recs = np.zeros(2, enc.V5_DTYPE)
+    recs["src"], recs["dst"], recs["packets"] = ip("10.0.0.5"), ip("192.0.2.1"), 1
+    recs["first"], recs["last"] = [100_000 - 65_000, 100_000 - 3_000], [100_000 - 5_000, 100_000 - 2_000]
+    assert 65 * 10**9 == parse(parser, enc.v5_datagram(recs, EXPORT_S, 0, 100_000, 0)).reporting_lag_ns
+    recs["first"] = 100_000 - 20_000
+    assert 65 * 10**9 == parse(parser, enc.v5_datagram(recs, EXPORT_S + 60, 0, 100_000, 2)).reporting_lag_ns
+
+
 @needs_softflowd
 @pytest.mark.shared_data
 @pytest.mark.parametrize("version", ["5", "9", "10"])

@@ -171,6 +171,22 @@ def test_advance_closes_windows_on_a_quiet_exporter():
     assert 0 == closed[1].features.sum()  # empty windows too
 
 
+def test_a_stop_lets_go_the_windows_the_exporter_still_owed_records_for():
+    """A live collector stopped at 250 s, its exporter reporting flows up to 95 s after their
+    first packet: the windows that ended more than that before the stop (up to 155 s, a bin
+    of tolerance as at a live stop) are scored, those after are let go (counted), since the
+    records they were owed go to a collector no longer there. Without a lag (packets), only
+    the window the stop came into is let go; with one past the lateness, every open one."""
+    rows = [{"start_s": t, "src": "10.0.0.1", "dst": "8.8.8.8"} for t in (5, 70, 130, 185, 245)]
+    for owed_s, scored, partial in ((95, [0, 60], 3), (0, [0, 60, 120, 180], 1), (200, [0], 4), (400, [], 6)):
+        agg = FlowWindowAggregator(home_net=["10.0.0.0/24"], bin_s=10, bins=6, lateness_s=300)
+        before = agg.push(records(rows)) + agg.advance(250 * 10**9)
+        assert [-300, -240, -180, -120] == [w.window_start_ns // 10**9 for w in before]  # due by -50 s: before any record
+        stopped = agg.stop(owed_s * 10**9)
+        assert scored == [w.window_start_ns // 10**9 for w in stopped if w.window_start_ns >= 0], owed_s
+        assert partial == agg.windows_partial, owed_s
+
+
 def test_entity_table_is_bounded():
     rows = [{"start_s": 1, "src": f"10.0.0.{i}", "dst": "8.8.8.8"} for i in range(1, 11)]
     agg, windows = run(rows, max_entities=3)
