@@ -491,6 +491,23 @@ def test_daemon_collects_ipfix_from_softflowd_and_alerts_on_the_scan(honeypot, t
     assert {"type": "netflow", "address": "127.0.0.1", "port": str(port)} == meta["source"]
 
 
+def _collector_config(directory: Path, model: Path) -> tuple[Path, int]:
+    """A daemon collecting NetFlow/IPFIX on a free loopback port (returned), metrics on."""
+    port = _free_udp_port()
+    return _config(directory, model, service={"metrics_address": "127.0.0.1:0"},
+                   source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]}), port
+
+
+def _exported(d: DaemonProcess, port: int, datagrams: list[bytes]) -> int:
+    """Once the collector daemon `d` is up, the datagrams sent to it; returns its metrics port."""
+    _, started = d.wait_log("metrics_started", timeout_s=60)
+    d.wait_log("daemon_started", timeout_s=30)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram in datagrams:
+            sock.sendto(datagram, ("127.0.0.1", port))
+    return int(started["address"].rsplit(":", 1)[1])
+
+
 @needs_softflowd
 @pytest.mark.shared_data
 def test_windows_before_an_exporter_was_heard_whole_are_let_go(honeypot, tmp_path):
@@ -551,9 +568,7 @@ def test_a_collector_opened_while_its_exporter_ran_scores_the_windows_it_heard_w
     datagram was exported in is let go, with those before it, counted in
     netad_windows_partial, and the windows after it are scored. Before, that window was scored short of every flow that ended in it
     before the collector opened: on a restart, with its entities past their warm-up."""
-    port = _free_udp_port()
-    cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
-                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
+    cfg, port = _collector_config(tmp_path, honeypot["model"])
     now = int(time.time())
     first_s = now - 1800 - now % WINDOW_S + 150  # half an hour ago, mid-window: the windows close on the wall clock
     peers = [f"93.184.216.{i}" for i in range(1, 9)]
@@ -561,12 +576,7 @@ def test_a_collector_opened_while_its_exporter_ran_scores_the_windows_it_heard_w
                      5000 + 6 * i) for i in range(12)]
     d = DaemonProcess(cfg)
     try:
-        _, started = d.wait_log("metrics_started", timeout_s=60)
-        metrics_port = int(started["address"].rsplit(":", 1)[1])
-        d.wait_log("daemon_started", timeout_s=30)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for datagram in datagrams:
-                sock.sendto(datagram, ("127.0.0.1", port))
+        metrics_port = _exported(d, port, datagrams)
         _, missed = d.wait_log("netflow_exports_missed", timeout_s=10)
         windows = {first_s - 150 + k * WINDOW_S for k in range(3)}
 
@@ -595,9 +605,7 @@ def test_a_collector_stopped_lets_go_the_windows_its_exporter_still_owed_records
     ended last is still owed records that will now never come, and is let go, where it was
     scored short of them; the window before it, which the exporter had reported whole, is
     scored. Both were still open: 600 s of lateness."""
-    port = _free_udp_port()
-    cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
-                  source={"type": "netflow", "bind_address": "127.0.0.1", "port": port, "allowed_exporters": ["127.0.0.0/8"]})
+    cfg, port = _collector_config(tmp_path, honeypot["model"])
     now_s = int(time.time())
     last_s = (now_s - 10) // WINDOW_S * WINDOW_S - WINDOW_S  # the window that ended last: [last_s, last_s + 300)
     peers = [f"93.184.216.{i}" for i in range(1, 9)]
@@ -606,12 +614,7 @@ def test_a_collector_stopped_lets_go_the_windows_its_exporter_still_owed_records
     last = _v5([(DEVICE, peers[j + 2], 443, 10 + j) for j in range(6)], now_s, [now_s - last_s - 20.0 - 40 * j for j in range(6)], 6)
     d = DaemonProcess(cfg)
     try:
-        _, started = d.wait_log("metrics_started", timeout_s=60)
-        metrics_port = int(started["address"].rsplit(":", 1)[1])
-        d.wait_log("daemon_started", timeout_s=30)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for datagram in (before, last):
-                sock.sendto(datagram, ("127.0.0.1", port))
+        metrics_port = _exported(d, port, [before, last])
         wait_until(lambda: _flow_records(metrics_port) >= 12, 30, "the records")
         d.signal(signal.SIGTERM)
         assert 0 == d.wait(30), d.tail()
