@@ -77,7 +77,7 @@ _COUNTERS = {
     "time_jumps": ("netad_time_jumps", "Jumps ahead in event time believed (a replay's quiet gaps)"),
     "wall_clock_steps_back": ("netad_wall_clock_steps_back", "Steps back of the wall clock a live capture is dated by"),
     "windows_skipped": ("netad_windows_skipped", "Empty windows of a long silence skipped"),
-    "windows_partial": ("netad_windows_partial", "Windows not watched from their first bin to their last (a start or stop inside them): not scored"),
+    "windows_partial": ("netad_windows_partial", "Windows not watched or reported whole (a start or stop inside them, an exporter's records lost or owed): not scored"),
     "rotations": ("netad_zeek_log_rotations", "Zeek log rotations followed"),
     "dns_answers": ("netad_zeek_dns_answers", "DNS answers read from the Zeek dns.log beside the conn.log"),
     "dns_malformed": ("netad_zeek_dns_malformed_lines", "Lines of the Zeek dns.log that could not be parsed"),

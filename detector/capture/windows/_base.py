@@ -213,7 +213,7 @@ class EntityWindows:
         self.entities_expired = 0
         self.windows_closed = 0
         self.windows_skipped = 0  # empty windows of a long silence, skipped (a quiet capture's gap)
-        self.windows_partial = 0  # windows not watched from their first bin to their last: not handed on (stop, watch_from)
+        self.windows_partial = 0  # windows not watched or reported whole: not handed on (stop, watch_from)
         self._watched_from_ns: int | None = None  # when the source began watching (watch_from)
         self.history = PeerHistory(history_s, history_warmup_s, is_home=self._home.contains, network_key=0)  # `global`: key 0
         self._leads: dict[int, tuple[str, int]] = {}  # the last closed window's (LazyEvidence)
