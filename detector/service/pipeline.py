@@ -93,6 +93,7 @@ class WindowStages:
     windows: WindowAggregator | FlowWindowAggregator
     slots_high: int = 0  # the most entity slots since memory was last handed back
     reporting_lag_ns: int = 0  # the longest the source took to report a packet (FlowRecordBatch.reporting_lag_ns)
+    lag_warned_ns: int = 0  # the reporting lag last warned of, past the lateness (_lag_grew)
     # hand on every window, a capture's partial first and last too (training's window_stream).
     # Scoring lets them go (push, flush); training keeps them: without the honeypot's
     # partial first window, scored cold in calibration, fold A's 6 h models calibrated lower
@@ -114,8 +115,8 @@ class WindowStages:
         if isinstance(windows, FlowWindowAggregator) and isinstance(batch, FlowRecordBatch):
             if batch.watched_from_ns is not None and not self.every_window:
                 self._watch_from(batch.watched_from_ns)
-            if batch.reporting_lag_ns is not None:
-                self.reporting_lag_ns = max(self.reporting_lag_ns, batch.reporting_lag_ns)
+            if batch.reporting_lag_ns is not None and batch.reporting_lag_ns > self.reporting_lag_ns:
+                self._lag_grew(batch.reporting_lag_ns)
             return windows.stream(self.clock.admit(batch, now_ns))
         if isinstance(windows, WindowAggregator) and self.flows is not None and isinstance(batch, PacketBatch):
             batch = self.clock.admit(batch, now_ns)
@@ -124,6 +125,22 @@ class WindowStages:
             return windows.stream(batch, self.flows.push(batch))
         wanted = "flow records" if self.flows is None else "packets"
         raise TypeError(f"these stages were built for {wanted}, not {type(batch).__name__}")
+
+    def _lag_grew(self, lag_ns: int) -> None:
+        """The exporters report flows later than before. Past the windows' lateness, the
+        parts of a flow in windows already closed are dropped as late (`late_packets`): a
+        router's default active timeout of 30 minutes against 90 s of lateness loses most
+        of every long flow, and only a counter said so. Warned once, and again each time
+        the lag reaches twice what was last warned of."""
+        lateness_ns = self.windows.lateness_ns
+        if lag_ns > lateness_ns and lag_ns >= 2 * self.lag_warned_ns:
+            self.lag_warned_ns = lag_ns
+            log.warning("flows_reported_past_lateness", reporting_lag_s=round(lag_ns / 1e9, 1),
+                        flow_lateness_s=round(lateness_ns / 1e9, 1),
+                        reason="the exporters report flows this long after they began (their active timeout): the parts "
+                               "of a flow in windows closed by then are dropped as late; set windows.flow_lateness_s to "
+                               "at least this, or the exporters' active timeout under it")
+        self.reporting_lag_ns = lag_ns
 
     def _watch_from(self, start_ns: int) -> None:
         """Flow records whole only from `start_ns` (an exporter whose exports before then were

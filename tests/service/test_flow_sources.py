@@ -626,6 +626,29 @@ def test_a_collector_stopped_lets_go_the_windows_its_exporter_still_owed_records
     assert (1, 0) == (stopped["windows_partial"], stopped["late_records"])
 
 
+def test_flows_reported_later_than_the_lateness_are_warned_once_and_again_as_the_lag_doubles():
+    """A router's default active timeout (30 min) against the windows' lateness (90 s): most
+    of every long flow lands in windows already closed and is dropped as late. The stage
+    says so, with what to set, when the exporters' reporting lag first passes the lateness
+    and each time it reaches twice what it last warned of; a lag under the lateness says
+    nothing."""
+    from structlog.testing import capture_logs
+
+    from detector.config import Config
+    from detector.service.pipeline import build_windowing
+
+    stages = build_windowing(Config(home_net=["10.0.0.0/8"]), flow_records=True)
+    empty = FlowRecordBatch.from_columns({k: np.zeros(0, np.int64) for k in ("start_ns", "end_ns", "src_hi", "src_lo", "dst_hi",
+                                                                             "dst_lo", "sport", "dport", "proto", "packets", "bytes")})
+    with capture_logs() as logs:
+        for lag_s in (60, 75, 1800, 1900, 2600, 3500, 3700, 4000):
+            empty.reporting_lag_ns = lag_s * 10**9
+            list(stages.push(empty))
+    warned = [e for e in logs if e["event"] == "flows_reported_past_lateness"]
+    assert [(1800.0, 90.0), (3700.0, 90.0)] == [(e["reporting_lag_s"], e["flow_lateness_s"]) for e in warned]
+    assert "windows.flow_lateness_s" in warned[0]["reason"] and 4000 * 10**9 == stages.reporting_lag_ns  # kept for the stop
+
+
 # ---------------------------------------------------------------------- the wiring's parts
 
 

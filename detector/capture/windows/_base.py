@@ -253,6 +253,11 @@ class EntityWindows:
         return slot
 
     @property
+    def lateness_ns(self) -> int:
+        """How late records may come: a window closes this long after its end."""
+        return self._lateness_ns
+
+    @property
     def passed_ns(self) -> int | None:
         """The time a replay stopped midway closes its windows up to (advance): those its
         watermark has passed, not the partial one, which a restart resumed at its start sees
