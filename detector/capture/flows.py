@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from communityid import CommunityID, FlowTuple
 
-from detector.capture._addr import group_address_jit
+from detector.capture._addr import dns_probe_jit, group_address_jit
 from detector.capture._hash import mix_jit as _mix
 from detector.capture._pages import drop_pages_after
 from detector.contracts import (
@@ -99,9 +99,6 @@ def _remove(pos, index, mask, hashes, keys_u64, keys_u16, keys_u8, vals_i64, val
     return n_flows - 1
 
 
-_DNS_HEADER = 12  # bytes: the smallest DNS message (a header alone)
-
-
 @numba.njit(cache=True, inline="always")
 def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo, s_hi, s_lo, ip_len) -> bool:
     """Whether the packet that opens a flow's row came from the flow's responder: the table
@@ -122,10 +119,8 @@ def _from_responder(p, flags, sp, dp, icmp_type, d_hi, d_lo, s_hi, s_lo, ip_len)
     if p == 6:
         return (flags & 0x14) != 0 and sp < dp  # ACK or RST: an answer, a session's or a refusal
     if p == 17:
-        if sp == 53:
-            ip_header = 20 if s_hi == 0 and (s_lo >> np.uint64(32)) == np.uint64(0xFFFF) else 40
-            if np.int64(ip_len) - ip_header - 8 < _DNS_HEADER:
-                return False
+        if dns_probe_jit(p, sp, s_hi, s_lo, np.int64(ip_len), 1):
+            return False
         return sp < dp and dp >= 1024  # two well-known ports (DHCPv6's client 546, server 547) say nothing
     if p == 1:
         return icmp_type == 0  # echo reply

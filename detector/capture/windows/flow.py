@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from detector.capture._addr import dns_probe
 from detector.capture._hash import mix as _mix
 from detector.capture.schemas import FLOW_SCHEMA
 from detector.capture.windows._base import EntityWindows, emptied, grown
@@ -110,7 +111,7 @@ class _WindowAcc:
             for c in key_cols:
                 key = _mix(key ^ cols[c].astype(np.uint64))
             if name == "flows":  # a flow is its initiator's (_initiator_first), whichever batch brought which direction
-                first, inv = _initiator_first(key, cols[11], cols[12])
+                first, inv = _initiator_first(key, cols[11], cols[12], cols[9])
             else:
                 _, first, inv = np.unique(key, return_index=True, return_inverse=True)
             reduced = [c[first] for c in cols]
@@ -120,7 +121,7 @@ class _WindowAcc:
         return out
 
 
-def _initiator_first(key: np.ndarray, reply: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _initiator_first(key: np.ndarray, reply: np.ndarray, start: np.ndarray, packets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each distinct key (an entity's direction-free flow), the row of the record that
     the flow's initiator sent (the flow's src and dst, as the packet path's flow table has
     them), and each row's group, groups in the order of their keys (np.unique's).
@@ -129,16 +130,22 @@ def _initiator_first(key: np.ndarray, reply: np.ndarray, start: np.ndarray) -> t
     the same time, a NetFlow reply a round trip later, and the rows of an entity come its
     own records first. So a record is a reply when its source port is the lower of the two
     (a server answers from its service port; for ICMP, the echo reply's type 0 against the
-    request's 8), and of the rest the earliest is the initiator's, then the first to come.
-    Before, a host's own record came first, so a host that only answered another's
-    requests (a home gateway's DNS) was taken to have started them (WindowBatch.requested_by)."""
+    request's 8; a datagram from port 53 too short to be DNS is no answer, capture._addr's
+    dns_probe), and of the rest the earliest is the initiator's, then the first to come; a
+    record of no packets comes after those with some (a side that sent nothing began
+    nothing: Zeek writes the originator's record whatever it sent, and a connection it
+    turned round by its `likely_server_ports`, such as a probe sent from port 53, has the
+    originator silent). Before, a host's own record came first, so a host that only
+    answered another's requests (a home gateway's DNS) was taken to have started them
+    (WindowBatch.requested_by)."""
     if key.shape[0] == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     _, inv = np.unique(key, return_inverse=True)
     inv = inv.ravel()
     groups = int(inv.max()) + 1
     start = np.asarray(start, np.int64)
-    rank = (np.asarray(reply, np.int64) << 62) | (start - start.min())  # a reply after all others, then by start
+    silent = np.asarray(packets) <= 0
+    rank = (np.asarray(reply, np.int64) << 62) | (silent.astype(np.int64) << 61) | (start - start.min())  # replies last, silent ones before them
     best = np.full(groups, np.iinfo(np.int64).max)
     np.minimum.at(best, inv, rank)
     rows = np.flatnonzero(rank == best[inv])
@@ -396,8 +403,8 @@ class FlowWindowAggregator(EntityWindows):
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
         acc.ports.append((pslot[first], pproto[first], pport[first], np.bincount(inv, weights=pk[ported])))
         key = _mix(slot.astype(np.uint64) ^ _mix(fid))
-        reply = sport < port  # see _initiator_first
-        first, inv = _initiator_first(key, reply, start)
+        reply = (sport < port) & ~dns_probe(proto, sport, s_hi, s_lo, by, pk)  # see _initiator_first
+        first, inv = _initiator_first(key, reply, start, pk)
         acc.flows.append((slot[first], fid[first], proto[first], s_hi[first], s_lo[first], d_hi[first], d_lo[first],
                           sport[first], port[first], np.bincount(inv, weights=pk), np.bincount(inv, weights=answers),
                           reply[first], start[first]))

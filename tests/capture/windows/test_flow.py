@@ -234,6 +234,22 @@ def test_a_flow_is_its_initiator_s_in_both_of_its_hosts_evidence(order: str):
             ("10.0.0.1", "192.0.2.9"): ("10.0.0.1", "192.0.2.9")} == flows
 
 
+def test_a_connection_zeek_turned_round_is_the_side_that_spoke_and_a_probe_from_port_53_is_no_answer():
+    """Zeek turns round a connection it meets by its `likely_server_ports` (53/udp is one),
+    and writes the originator's record whatever it sent. A DNS answer whose question came
+    before the log (the client silent, the server's one datagram of 69 bytes) stays the
+    client's flow. A probe sent from port 53 (one datagram of 28 bytes, the target silent)
+    is the prober's: before, the silent target's record came first, and the flow was the
+    target's, begun towards the prober's port 53."""
+    asked = {"start_s": 1, "src": "10.0.0.5", "dst": "192.0.2.53", "sport": 40000, "dport": 53, "packets": 0, "bytes": 0}
+    answered = {"start_s": 1, "src": "192.0.2.53", "dst": "10.0.0.5", "sport": 53, "dport": 40000, "packets": 1, "bytes": 69}
+    probed = {"start_s": 2, "src": "10.0.0.6", "dst": "203.0.113.53", "sport": 40001, "dport": 53, "packets": 0, "bytes": 0}
+    probe = {"start_s": 2, "src": "203.0.113.53", "dst": "10.0.0.6", "sport": 53, "dport": 40001, "packets": 1, "bytes": 28}
+    _, windows = run([asked, answered, probed, probe])
+    flows = {e: [(f["src"], f["dst"]) for f in windows[0].evidence[e].top_flows] for e in ("10.0.0.5", "10.0.0.6")}
+    assert {"10.0.0.5": [("10.0.0.5", "192.0.2.53")], "10.0.0.6": [("203.0.113.53", "10.0.0.6")]} == flows
+
+
 @pytest.mark.shared_data
 def test_the_honeypot_s_gateway_only_answered_the_bridge_on_the_flow_path_too():
     """IoT-23's own conn.log: the home gateway 192.168.1.1 only ever answers the Hue bridge's
