@@ -458,6 +458,8 @@ class NetflowParser:
         if seq <= first:
             return
         export_ns = export_s * 1_000_000_000
+        if self.export_window_s is not None:  # live: never past its arrival (a clock ahead would hide windows heard whole)
+            export_ns = min(export_ns, time.time_ns())
         self.watched_from_ns = max(self.watched_from_ns or export_ns, export_ns)
         log.info("netflow_exports_missed", exporter=self.exporters[exp].name, sequence=seq,
                  unit="datagrams" if version == 9 else "records", whole_from=export_s)

@@ -270,6 +270,12 @@ def test_an_exporter_first_heard_past_its_first_export_is_whole_from_then_on():
     recs["last"], recs["first"], recs["packets"] = 90_000, 89_000, 1
     for seq, whole_from in ((0, None), (3, None), (4, EXPORT_S * 10**9)):
         assert whole_from == parse(NetflowParser(), enc.v5_datagram(recs, EXPORT_S, 0, 100_000, seq)).watched_from_ns
+    # live, an export time ahead of the wall clock (as far as export_window_s lets in) counts
+    # from the datagram's arrival: a clock ahead must not hide windows the collector heard whole
+    live = NetflowParser(export_window_s=(300.0, 3600.0))
+    before_ns = time.time_ns()
+    ahead = live.parse([enc.v5_datagram(recs, int(time.time()) + 240, 0, 100_000, 4)], [EXPORTER]).watched_from_ns
+    assert ahead is not None and before_ns <= ahead <= time.time_ns()
     # a second exporter, first heard later and past its first export, moves it on; one heard
     # from its first export does not
     parser = NetflowParser()
