@@ -148,7 +148,7 @@ class WindowStages:
         capture's before it opened. Only until the first window is handed on: an exporter met
         later had never been heard, so the windows scored before it came lacked it alike."""
         windows = self.windows
-        if windows.windows_closed == 0 and start_ns > (windows.watched_from_ns or start_ns - 1):
+        if windows.windows_closed == 0 and (windows.watched_from_ns is None or start_ns > windows.watched_from_ns):
             windows.watch_from(start_ns)
 
     def hand_back_memory(self) -> None:

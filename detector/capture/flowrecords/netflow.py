@@ -190,7 +190,13 @@ class NetflowParser:
             if work.damaged:  # what parsed before the damage is kept; the datagram counts once
                 work.malformed += 1
                 self.counters["datagrams_malformed"] += 1
-        return self._extract(work)
+        return self.told(self._extract(work))
+
+    def told(self, batch: FlowRecordBatch) -> FlowRecordBatch:
+        """`batch` with what the exporters' datagrams told of the whole stream so far: from
+        when its records are whole (watched_from_ns) and how late they come (reporting_lag_ns)."""
+        batch.watched_from_ns, batch.reporting_lag_ns = self.watched_from_ns, self.reporting_lag_ns
+        return batch
 
     def _malformed(self, work: _Work, address: str, reason: str) -> None:
         work.damaged = True
@@ -462,13 +468,12 @@ class NetflowParser:
             export_ns = min(export_ns, time.time_ns())
         self.watched_from_ns = max(self.watched_from_ns or export_ns, export_ns)
         log.info("netflow_exports_missed", exporter=self.exporters[exp].name, sequence=seq,
-                 unit="datagrams" if version == 9 else "records", whole_from=export_s)
+                 unit="datagrams" if version == 9 else "records", whole_from=export_ns // 1_000_000_000)
 
     # ------------------------------------------------------------------ extraction
     def _extract(self, work: _Work) -> FlowRecordBatch:
         if not work.groups:
-            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns,
-                                         reporting_lag_ns=self.reporting_lag_ns)
+            return FlowRecordBatch.empty(malformed=work.malformed)
         exporter = np.asarray(work.exporter, dtype=np.int64)
         groups = list(work.groups.values())
         for c, runs in groups:  # options first: they say how to read the data
@@ -495,8 +500,7 @@ class NetflowParser:
             if c.has("rev_packets") or c.has("rev_bytes"):
                 parts.append(reverse_columns(c, arr, cols))
         if not parts:  # only options records came
-            return FlowRecordBatch.empty(malformed=work.malformed, watched_from_ns=self.watched_from_ns,
-                                         reporting_lag_ns=self.reporting_lag_ns)
+            return FlowRecordBatch.empty(malformed=work.malformed)
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         keep = self._plausible(merged)
         order = np.argsort(merged.pop("order")[keep], kind="stable")
@@ -508,8 +512,7 @@ class NetflowParser:
         out = {k: v[keep][order] for k, v in merged.items()}
         self.counters["records"] += int(order.shape[0])
         present = np.unique(out["exporter"]).tolist() if order.shape[0] else []
-        return FlowRecordBatch.from_columns(out, malformed=work.malformed, exporters={e: self.exporters[e] for e in present},
-                                            watched_from_ns=self.watched_from_ns, reporting_lag_ns=self.reporting_lag_ns)
+        return FlowRecordBatch.from_columns(out, malformed=work.malformed, exporters={e: self.exporters[e] for e in present})
 
     def _options(self, c: Compiled, runs: list, exporter: np.ndarray) -> None:
         """Options records: sampling rates (per sampler id or domain-wide), system init time."""
@@ -635,8 +638,7 @@ class NetflowCollector:
                     pending += len(batch)
             now = time.monotonic()
             if pending >= self.batch_records or now >= deadline:
-                yield FlowRecordBatch.concat(parts) if parts else FlowRecordBatch.empty(
-                    watched_from_ns=self.parser.watched_from_ns, reporting_lag_ns=self.parser.reporting_lag_ns)
+                yield FlowRecordBatch.concat(parts) if parts else self.parser.told(FlowRecordBatch.empty())
                 parts, pending = [], 0
                 deadline = now + self.poll_s
                 self._poll_drops()
