@@ -24,7 +24,10 @@ numpy structured-array view (capture._netflow_templates, capture._netflow_record
 parse, records with impossible times. Data that arrives before its template (a collector
 started after the exporter sent its templates) is BUFFERED, up to `max_pending_bytes` over all
 exporters, and parsed when the template comes; what overflows the buffer is dropped and
-counted (`flowsets_dropped_no_template`). Sequence numbers are checked per exporter and
+counted (`flowsets_dropped_no_template`), and the records are whole only from its export
+time on (`watched_from_ns`, as for exports never heard). A restart need not wait for the
+templates: `state_dict` gives each exporter's templates and options (sampling, boot time)
+for the daemon's checkpoint, and `load_state_dict` puts them back. Sequence numbers are checked per exporter and
 domain: gaps (lost datagrams) and datagrams that arrive out of order are counted.
 """
 
@@ -157,6 +160,8 @@ class NetflowParser:
         self._sampler_rate: dict[tuple[int, int], float] = {}
         self._sysinit_ms: dict[int, int] = {}
         self._sequence: dict[tuple[int, int], tuple[int, int]] = {}
+        self._restored: set[tuple[int, int, int]] = set()  # templates a checkpoint gave, not yet sent again (load_state_dict)
+        self._restored_options: set[int] = set()  # exporters whose sampling and boot time a checkpoint gave
         # the latest export time of an exporter's first datagram heard that was not its first
         # export: what it exported before was lost, so its records are whole only from then on
         self.watched_from_ns: int | None = None
@@ -344,29 +349,34 @@ class NetflowParser:
         return ok
 
     def _define(self, key: tuple[int, int, int], fields: tuple[TemplateField, ...], options: bool, v9_scope: bool, work: _Work) -> None:
+        self._restored.discard(key)  # the exporter's own word now
         old = self._templates.get(key)
         if old is not None and old.fields == fields and old.options == options:
             self.counters["templates_refreshed"] += 1
             self._templates.move_to_end(key)
         else:
-            ck = (fields, options, v9_scope)
-            c = self._compiled.get(ck)
-            if c is None:
-                if len(self._compiled) > 4 * self.max_templates:
-                    self._compiled.clear()
-                c = self._compiled[ck] = compile_template(fields, options, v9_scope)
-            self._templates[key] = c
-            self._templates.move_to_end(key)
+            c = self._install(key, fields, options, v9_scope)
             self.counters["templates_changed" if old is not None else "templates_added"] += 1
             if self._throttle(f"template:{key}") is not None:
                 log.info("netflow_template_changed" if old is not None else "netflow_template_added",
                          exporter=self.exporters[key[0]].name, version=key[1], template_id=key[2], fields=len(fields),
                          options=options, record_bytes=c.record_len)
-            while len(self._templates) > self.max_templates:
-                self._templates.popitem(last=False)
-                self.counters["templates_evicted"] += 1
         if self._pending_keys.get(key):
             self._release_pending(key, work)
+
+    def _install(self, key: tuple[int, int, int], fields: tuple[TemplateField, ...], options: bool, v9_scope: bool) -> Compiled:
+        ck = (fields, options, v9_scope)
+        c = self._compiled.get(ck)
+        if c is None:
+            if len(self._compiled) > 4 * self.max_templates:
+                self._compiled.clear()
+            c = self._compiled[ck] = compile_template(fields, options, v9_scope)
+        self._templates[key] = c
+        self._templates.move_to_end(key)
+        while len(self._templates) > self.max_templates:
+            self._restored.discard(self._templates.popitem(last=False)[0])
+            self.counters["templates_evicted"] += 1
+        return c
 
     def _withdraw(self, exp: int, version: int, tid: int) -> None:
         keys = [k for k in self._templates if k[0] == exp and k[1] == version and (k[2] == tid or tid in (2, 3))]
@@ -400,10 +410,19 @@ class NetflowParser:
         self._pending_bytes += len(body) + _PENDING_OVERHEAD
         self.counters["flowsets_waiting_template"] += 1
         while self._pending_bytes > self.max_pending_bytes and self._pending:
-            old_key, old_body, _ = self._pending.popleft()
+            old_key, old_body, old_meta = self._pending.popleft()
             self._pending_bytes -= len(old_body) + _PENDING_OVERHEAD
             self._pending_keys[old_key] -= 1
             self.counters["flowsets_dropped_no_template"] += 1
+            # its records are lost, as an export never heard: the flows in it ended before its
+            # export, so the windows before then are not whole (a collector opened under a busy
+            # exporter whose template refresh is minutes away)
+            whole_from = self._whole_from(old_meta[1])
+            held = self._throttle(f"dropped:{old_key[0]}")
+            if held is not None:
+                log.warning("netflow_flowsets_dropped", exporter=self.exporters[old_key[0]].name, template_id=old_key[2],
+                            reason="no template came before the buffer filled", max_pending_bytes=self.max_pending_bytes,
+                            whole_from=whole_from // 1_000_000_000, similar_not_logged=held)
         held = self._throttle(f"unknown_template:{key}")
         if held is not None:
             log.warning("netflow_template_unknown", exporter=self.exporters[key[0]].name, version=key[1], template_id=key[2],
@@ -462,13 +481,21 @@ class NetflowParser:
         record says which earlier windows they were missing from."""
         first = 1 if version == 9 else max(n_records, 0)
         if seq <= first:
+            self._forget_restored(exp)
             return
-        export_ns = export_s * 1_000_000_000
-        if self.export_window_s is not None:  # live: never past its arrival (a clock ahead would hide windows heard whole)
-            export_ns = min(export_ns, time.time_ns())
-        self.watched_from_ns = max(self.watched_from_ns or export_ns, export_ns)
+        export_ns = self._whole_from(export_s * 1_000_000_000)
         log.info("netflow_exports_missed", exporter=self.exporters[exp].name, sequence=seq,
                  unit="datagrams" if version == 9 else "records", whole_from=export_ns // 1_000_000_000)
+
+    def _whole_from(self, export_ns: int) -> int:
+        """The records are whole only from `export_ns` on (the export time of a datagram
+        whose earlier exports, or whose own records, were lost): watched_from_ns moves
+        there, and never back. Live, never past now (a clock ahead would hide windows heard
+        whole). Returns the time taken."""
+        if self.export_window_s is not None:
+            export_ns = min(export_ns, time.time_ns())
+        self.watched_from_ns = max(self.watched_from_ns or export_ns, export_ns)
+        return export_ns
 
     # ------------------------------------------------------------------ extraction
     def _extract(self, work: _Work) -> FlowRecordBatch:
@@ -555,6 +582,82 @@ class NetflowParser:
     def stats(self) -> dict[str, int]:
         return {**self.counters, "templates": len(self._templates), "exporters": len(self.exporters),
                 "pending_bytes": self._pending_bytes}
+
+    # ------------------------------------------------------------------ across a restart
+    def state_dict(self) -> dict[str, list[dict]]:
+        """What a restart needs to read its exporters' next datagrams at once: each exporter's
+        templates and what its options records said (sampling rates, boot time), by its
+        address and domain, as JSON. Without them, a collector restarted under running
+        exporters holds (and past `max_pending_bytes` drops) their data until each sends its
+        templates again: every 16 datagrams for softflowd, minutes for a router (pmacct's
+        nfacctd keeps them in its `nfacctd_templates_file` for the same reason)."""
+        exporters = []
+        for (address, domain), eid in self._exporter_ids.items():
+            templates = [{"version": version, "id": tid, "options": c.options,
+                          "fields": [[f.ie, f.length, f.enterprise, int(f.scope)] for f in c.fields]}
+                         for (e, version, tid), c in self._templates.items() if e == eid]
+            samplers = [[sid, rate] for (e, sid), rate in self._sampler_rate.items() if e == eid]
+            exporters.append({"address": address, "domain": domain, "templates": templates, "samplers": samplers,
+                              "domain_rate": self._domain_rate.get(eid), "sysinit_ms": self._sysinit_ms.get(eid)})
+        return {"exporters": exporters}
+
+    def load_state_dict(self, state: dict[str, list[dict]]) -> int:
+        """state_dict's exporters back, as if each had just sent them; returns the templates
+        put back. Raises ValueError (nothing kept) when `state` is not state_dict's form.
+        An exporter's own templates replace them as they come; one that shows by its
+        sequence number that it has started afresh voids all it said before
+        (_forget_restored). Exporters not allowed (`allowed_exporters`) are left out."""
+        try:
+            entries = [(str(e["address"]), int(e["domain"]),
+                        [(int(t["version"]), int(t["id"]), bool(t["options"]),
+                          tuple(TemplateField(int(ie), int(ln), int(ent), bool(scope)) for ie, ln, ent, scope in t["fields"]))
+                         for t in e["templates"]],
+                        [(int(sid), float(rate)) for sid, rate in e["samplers"]],
+                        None if e["domain_rate"] is None else float(e["domain_rate"]),
+                        None if e["sysinit_ms"] is None else int(e["sysinit_ms"]))
+                       for e in state["exporters"]]
+            for _, _, templates, *_ in entries:  # compiled here, so a field list that cannot be read refuses it all
+                for version, _, options, fields in templates:
+                    if (fields, options, version == 9) not in self._compiled:
+                        self._compiled[(fields, options, version == 9)] = compile_template(fields, options, version == 9)
+        except (KeyError, TypeError, ValueError, struct.error) as exc:
+            raise ValueError(f"not a NetFlow parser's state: {exc!r}") from None
+        restored = 0
+        for address, domain, templates, samplers, domain_rate, sysinit_ms in entries:
+            eid = self._exporter(address, domain)
+            if eid is None:
+                continue
+            for version, tid, options, fields in templates:
+                self._install((eid, version, tid), fields, options, version == 9)
+                self._restored.add((eid, version, tid))
+                restored += 1
+            for sid, rate in samplers:
+                self._sampler_rate[(eid, sid)] = rate
+            if domain_rate is not None:
+                self._domain_rate[eid] = domain_rate
+            if sysinit_ms is not None:
+                self._sysinit_ms[eid] = sysinit_ms
+            self._restored_options.add(eid)
+        return restored
+
+    def _forget_restored(self, exp: int) -> None:
+        """An exporter first heard at its first export has just started: the templates and
+        options a checkpoint gave for it were its last run's. Those its first datagram did
+        not define again go, with its sampling and boot time (its datagrams say them again;
+        data that comes first waits for them, as on a fresh collector)."""
+        keys = [k for k in self._restored if k[0] == exp]
+        for k in keys:
+            self._templates.pop(k, None)
+            self._restored.discard(k)
+        if exp in self._restored_options:
+            self._restored_options.discard(exp)
+            self._domain_rate.pop(exp, None)
+            self._sysinit_ms.pop(exp, None)
+            for k in [k for k in self._sampler_rate if k[0] == exp]:
+                del self._sampler_rate[k]
+        if keys:
+            log.info("netflow_restored_templates_dropped", exporter=self.exporters[exp].name, templates=len(keys),
+                     reason="the exporter started afresh")
 
 
 # --------------------------------------------------------------------------------------

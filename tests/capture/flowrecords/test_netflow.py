@@ -129,6 +129,77 @@ def test_the_buffer_for_data_without_template_is_bounded():
     assert parser.counters["flowsets_dropped_no_template"] >= 10
 
 
+def test_data_dropped_for_want_of_its_template_is_lost_and_the_records_are_whole_only_after_it():
+    """A collector opened under an exporter whose template refresh is far off: its data
+    waits, and what overflows the buffer is lost as an export never heard is. Its flows
+    ended before its export, so the records are whole only from the export time of the
+    last data dropped (FlowRecordBatch.watched_from_ns); what waited and was read once the
+    template came moves nothing."""
+    parser = NetflowParser(max_pending_bytes=1000)
+    sent = [enc.v9_datagram([enc.data_set(256, v9_records(uptime_ms=100_000 + 10_000 * i))], EXPORT_S + 10 * i,
+                            100_000 + 10_000 * i, 1 + i) for i in range(8)]
+    first = parse(parser, *sent[:2])
+    assert (0, None) == (len(first), first.watched_from_ns)  # waiting, nothing lost yet
+    parse(parser, *sent[2:])
+    dropped = parser.counters["flowsets_dropped_no_template"]
+    assert 0 < dropped < 8
+    b = parse(parser, enc.v9_datagram([enc.template_set(256, V9, ipfix=False)], EXPORT_S + 80, 180_000, 9))
+    assert 3 * (8 - dropped) == len(b)  # the rest read with their own datagrams' clocks
+    assert (EXPORT_S + 10 * (dropped - 1)) * 10**9 == b.watched_from_ns
+    assert sorted({(EXPORT_S + 10 * i - 4) * 10**9 for i in range(dropped, 8)}) == np.unique(b.start_ns).tolist()
+
+
+def test_a_parser_given_another_s_state_reads_at_once_what_that_one_could():
+    """state_dict / load_state_dict: the templates and options (sampling) one parser learnt,
+    through JSON, let a fresh one (a restarted collector) read data sent without them, as
+    the first would; the exporter's own templates replace them as they come. An exporter
+    whose sequence number says it started afresh voids them: its data waits for its new
+    templates, as on a fresh collector."""
+    first = NetflowParser()
+    options = enc.options_template_set(257, scope=[(1, 4)], options=[(34, 4), (35, 1)], ipfix=False)
+    opt_rec = enc.data_set(257, enc.pack_records(((1, 4), (34, 4), (35, 1)), {34: np.array([100]), 35: np.array([1])}, 1))
+    short = ((8, 4), (12, 4), (2, 4))
+    rec = enc.pack_records(short, {8: np.array([ip("10.0.0.9")]), 12: np.array([ip("10.0.0.1")]), 2: np.array([5])}, 1)
+    parse(first, v9([enc.template_set(256, V9, ipfix=False), options, opt_rec, enc.template_set(300, short, ipfix=False)],
+                    seq=7))
+    state = json.loads(json.dumps(first.state_dict()))
+    later = v9([enc.data_set(256, v9_records()), enc.data_set(300, rec)], seq=90)
+    restarted = NetflowParser()
+    assert 3 == restarted.load_state_dict(state)
+    b, own = parse(restarted, later), parse(first, later)
+    assert 4 == len(b)
+    for name in ("packets", "bytes", "sampling", "start_ns", "src_lo", "dst_lo"):
+        assert getattr(own, name).tolist() == getattr(b, name).tolist(), name
+    assert [100] * 4 == b.sampling.tolist()  # the domain's sampling, as the options record said
+    assert 0 == restarted.counters["flowsets_waiting_template"]
+    # the exporter's own template replaces the one given
+    replaced = enc.pack_records(((8, 4), (12, 4), (1, 4)), {8: np.array([ip("10.0.0.9")]), 12: np.array([ip("10.0.0.1")]),
+                                                            1: np.array([999])}, 1)
+    b = parse(restarted, v9([enc.template_set(300, ((8, 4), (12, 4), (1, 4)), ipfix=False), enc.data_set(300, replaced)], seq=91))
+    assert [999 * 100] == b.bytes.tolist()
+    # an exporter that restarted too (v9 counts export packets from 1 at softflowd) sends its
+    # templates first: what it said before and did not say again is void, its data waits
+    fresh = NetflowParser()
+    fresh.load_state_dict(state)
+    b = parse(fresh, v9([enc.template_set(256, V9, ipfix=False), enc.data_set(256, v9_records())], seq=1))
+    assert [1] * 3 == b.sampling.tolist()  # its sampling not said again
+    assert 0 == len(parse(fresh, v9([enc.data_set(300, rec)], seq=2)))
+    assert 1 == fresh.counters["flowsets_waiting_template"]
+    # another collector's exporters, outside the allowed networks, are left out
+    assert 0 == NetflowParser(allowed_exporters=["198.51.100.0/24"]).load_state_dict(state)
+
+
+@pytest.mark.parametrize("state", [{}, {"exporters": [{"address": "192.0.2.1"}]}, {"exporters": "x"},
+                                   {"exporters": [{"address": "192.0.2.1", "domain": 0, "samplers": [], "domain_rate": None,
+                                                   "sysinit_ms": None, "templates": [{"version": 9, "id": 256,
+                                                                                      "options": False, "fields": [[8]]}]}]}])
+def test_a_state_not_of_a_parser_is_refused_whole(state: dict):
+    parser = NetflowParser()
+    with pytest.raises(ValueError, match="not a NetFlow parser's state"):
+        parser.load_state_dict(state)
+    assert (0, 0) == (parser.stats()["templates"], parser.stats()["exporters"])
+
+
 def test_template_refresh_and_replacement():
     """The same template again is a refresh; other fields under the same id replace it."""
     parser = NetflowParser()
@@ -311,6 +382,34 @@ def test_softflowd_heard_from_its_later_exports_is_whole_from_the_first_heard(ve
     assert NetflowParser().parse(datagrams, [EXPORTER] * len(datagrams)).watched_from_ns is None
     export_s = int.from_bytes(datagrams[3][4:8] if version == "10" else datagrams[3][8:12], "big")
     assert export_s * 10**9 == NetflowParser().parse(datagrams[3:], [EXPORTER] * (len(datagrams) - 3)).watched_from_ns
+
+
+@needs_softflowd
+@pytest.mark.shared_data
+@pytest.mark.parametrize("version", ["9", "10"])
+def test_softflowd_read_on_after_a_restart_with_the_templates_it_had(version: str, tmp_path: Path):
+    """softflowd sends its templates every 16 datagrams. A collector restarted after its 20th
+    with the templates the run before learnt (state_dict, through JSON) reads every record
+    of the 21st on at once, the same records as the run that never stopped; one restarted
+    without them holds the 21st to the 32nd until the templates come again."""
+    datagrams = softflowd_datagrams(shared_file("iot23-honeypot-4-1/honeypot-4-1.pcap"), ["-v", version, "-m", "64"], tmp_path)
+    before, after = datagrams[:20], datagrams[20:]
+    running = NetflowParser()
+    running.parse(before, [EXPORTER] * len(before))
+    restarted = NetflowParser()
+    assert restarted.load_state_dict(json.loads(json.dumps(running.state_dict()))) > 0
+    fields = ("start_ns", "end_ns", "src_lo", "dst_lo", "sport", "dport", "proto", "packets", "bytes", "tcp_flags")
+    parts = [restarted.parse([d], [EXPORTER]) for d in after[:12]]  # each as it comes
+    assert all(len(b) for b in parts)
+    rest = restarted.parse(after[12:], [EXPORTER] * len(after[12:]))
+    own = running.parse(after, [EXPORTER] * len(after))
+    read = FlowRecordBatch.concat([*parts, rest])
+    for name in fields:
+        assert getattr(own, name).tolist() == getattr(read, name).tolist(), name
+    assert 0 == restarted.counters["flowsets_waiting_template"]
+    fresh = NetflowParser()
+    assert 0 == sum(len(fresh.parse([d], [EXPORTER])) for d in after[:12])
+    assert 12 == fresh.counters["flowsets_waiting_template"]
 
 
 def test_records_with_impossible_times_are_dropped_and_counted():
