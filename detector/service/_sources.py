@@ -214,6 +214,13 @@ def reading_point(source: Source | None, before_ns: int | None = None) -> tuple[
     return source.reading_point(before_ns)
 
 
+def exporters_state(source: Source | None) -> dict[str, Any] | None:
+    """What a checkpoint keeps of a NetFlow collector's exporters (NetflowParser.state_dict):
+    their templates and sampling, so that a restart reads their next datagrams at once. None
+    for any other source."""
+    return source.parser.state_dict() if isinstance(source, NetflowCollector) else None
+
+
 def resume_windows(windows: object, cfg: SourceConfig, checkpoint: Checkpoint) -> bool:
     """A followed conn.log is read again from its checkpoint's reading point: its window
     stage is told which windows the run before closed (FlowWindowAggregator.resume_at).
@@ -259,6 +266,8 @@ def build_source(cfg: SourceConfig, resume: Checkpoint | None = None) -> Source:
     elif cfg.type == "netflow":
         parser = NetflowParser(default_sampling_rate=cfg.default_sampling_rate, allowed_exporters=cfg.allowed_exporters,
                                export_window_s=(cfg.max_ahead_s, cfg.max_jump_s))
+        if resume is not None and resume.meta.exporters is not None:
+            _restore_exporters(parser, resume.meta.exporters)
         source = NetflowCollector(cfg.bind_address, cfg.port, buffer_mb=cfg.buffer_mb, batch_records=cfg.batch_packets,
                                   poll_s=POLL_S, parser=parser)
     elif not cfg.interface:
@@ -285,3 +294,17 @@ def _restore_long_connections(source: ZeekConnLog, state: dict[str, np.ndarray])
                     consequence="the open long connections' next lines count from their start")
         return
     log.info("long_connections_restored", open=len(source.ledger.open), ended=len(source.ledger.ended))
+
+
+def _restore_exporters(parser: NetflowParser, state: dict[str, Any]) -> None:
+    """The exporters' templates and sampling as the run before knew them, back in the
+    collector's parser: their data is read from the first datagram on, not held until each
+    sends its templates again. What cannot be read back is let go: the collector learns
+    them as a fresh one does."""
+    try:
+        restored = parser.load_state_dict(state)
+    except ValueError as exc:
+        log.warning("checkpoint_exporters_discarded", reason=str(exc),
+                    consequence="data waits for each exporter to send its templates again")
+        return
+    log.info("netflow_templates_restored", exporters=len(parser.exporters), templates=restored)

@@ -49,6 +49,7 @@ from detector.service._sources import (
     ReplaySource,
     Source,
     build_source,
+    exporters_state,
     is_live,
     reading_point,
     resumable_checkpoint,
@@ -343,6 +344,7 @@ class Daemon:
             source=self.source.identity if self.source is not None else {},
             resume_ns=self.pipeline.last_window_end_ns,
             position=position,
+            exporters=exporters_state(self.source),
             replay_complete=replay_complete,
             model=ModelRef(str(self.model_path), self.scoring.bundle.version, self.base_version),
         )

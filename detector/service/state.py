@@ -103,6 +103,7 @@ class CheckpointMeta:
     position: Any = None  # a followed conn.log: the file and offset after the last line read (its dns.log's: `dns`)
     replay_complete: bool = False
     model: ModelRef = field(default_factory=ModelRef)
+    exporters: Any = None  # a NetFlow collector's: its exporters' templates and sampling (NetflowParser.state_dict)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -257,6 +258,9 @@ def _checked_meta(doc: dict[str, Any]) -> CheckpointMeta:
     read_to = position.get("read_to_ns") if isinstance(position, dict) else None
     if read_to is not None and (not isinstance(read_to, int) or isinstance(read_to, bool)):
         raise ValueError(f"meta.position.read_to_ns: {read_to!r} is not a time in ns")
+    exporters = doc.get("exporters")
+    if exporters is not None and not (isinstance(exporters, dict) and isinstance(exporters.get("exporters"), list)):
+        raise ValueError("meta.exporters: not a list of NetFlow exporters")
     model = doc.get("model") or {}
     if not isinstance(model, dict) or not all(v is None or isinstance(v, str) for v in model.values()):
         raise ValueError("meta.model: not an object of strings")

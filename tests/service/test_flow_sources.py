@@ -626,6 +626,64 @@ def test_a_collector_stopped_lets_go_the_windows_its_exporter_still_owed_records
     assert (1, 0) == (stopped["windows_partial"], stopped["late_records"])
 
 
+@pytest.mark.slow
+@pytest.mark.shared_data
+@pytest.mark.parametrize("role", ["all-in-one", "sensor"])
+def test_a_restarted_collector_reads_its_exporter_at_once_with_the_templates_it_had(honeypot, tmp_path, role, request):
+    """A v9 exporter sends its template once, then data only (as a router does between
+    template refreshes, minutes apart). The collector (the daemon, or a Kafka sensor) is
+    stopped and started again: its checkpoint kept the exporter's template, so the data
+    sent after the restart is read at once. Without it, the data waits for the next
+    template (as the same restart with the checkpoint's templates taken out shows)."""
+    from detector.synth import netflow as enc
+    from tests.capture.flowrecords.test_netflow import V9, v9_records
+
+    kafka = {"role": "sensor", "kafka": {"bootstrap_servers": request.getfixturevalue("kafka_cluster")}} if role == "sensor" else {}
+    cfg, port = _collector_config(tmp_path, honeypot["model"])
+    if kafka:
+        cfg = _config(tmp_path, honeypot["model"], service={"metrics_address": "127.0.0.1:0"},
+                      source={"type": "netflow", "bind_address": "127.0.0.1", "port": port,
+                              "allowed_exporters": ["127.0.0.0/8"]}, **kafka)
+
+    def exported(seq: int, template: bool) -> bytes:  # now, its three flows ended a second ago
+        sets = [enc.template_set(256, V9, ipfix=False)] if template else []
+        return enc.v9_datagram([*sets, enc.data_set(256, v9_records(uptime_ms=100_000 + seq))], int(time.time()), 100_000 + seq, seq)
+
+    def run(datagram: bytes) -> tuple[DaemonProcess, float]:
+        d = DaemonProcess(cfg)
+        try:
+            _, started = d.wait_log("metrics_started", timeout_s=60)
+            metrics_port = int(started["address"].rsplit(":", 1)[1])
+            d.wait_log("sensor_started" if kafka else "daemon_started", timeout_s=60)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.sendto(datagram, ("127.0.0.1", port))
+            wait_until(lambda: _flow_records(metrics_port, "netad_netflow_datagrams") >= 1, 30, "the datagram")
+            time.sleep(1.0)  # a batch of records is handed on within poll_s (0.2 s)
+            records = _flow_records(metrics_port)
+            d.signal(signal.SIGTERM)
+            assert 0 == d.wait(60), d.tail()
+        finally:
+            d.kill()
+        return d, records
+
+    first, records = run(exported(1, template=True))
+    assert 3 == records
+    state = tmp_path / "state" / "checkpoint" / "state.json"
+    kept = json.loads(state.read_text())
+    assert [256] == [t["id"] for e in kept["meta"]["exporters"]["exporters"] for t in e["templates"]], first.tail()
+    restarted, records = run(exported(2, template=False))
+    assert 3 == records, restarted.tail()
+    _, restored = restarted.wait_log("netflow_templates_restored", timeout_s=1)
+    assert 1 == restored["templates"]
+    if kafka:
+        return  # the control below is the daemon's alone: the same code reads both checkpoints
+    kept["meta"]["exporters"] = None  # a checkpoint without them, as before they were kept
+    state.write_text(json.dumps(kept))
+    without, records = run(exported(3, template=False))
+    assert 0 == records, without.tail()
+    without.wait_log("netflow_template_unknown", timeout_s=1)
+
+
 def test_flows_reported_later_than_the_lateness_are_warned_once_and_again_as_the_lag_doubles():
     """A router's default active timeout (30 min) against the windows' lateness (90 s): most
     of every long flow lands in windows already closed and is dropped as late. The stage
@@ -675,6 +733,28 @@ def test_sources_of_each_type_have_their_own_identity(tmp_path):
         assert "live" == followed.kind
     with pytest.raises(ConfigError, match="source.path: required when source.type is zeek"):
         build_source(SourceConfig(type="zeek"))
+
+
+def test_a_collector_built_from_a_checkpoint_has_its_exporters_templates_or_starts_without_them():
+    """build_source puts a checkpoint's exporters back in the collector's parser; what it
+    cannot read back is let go, said, and the collector starts as a fresh one."""
+    from structlog.testing import capture_logs
+
+    from detector.capture.flowrecords.netflow import NetflowParser
+    from detector.service.state import Checkpoint, CheckpointMeta
+    from detector.synth import netflow as enc
+    from tests.capture.flowrecords.test_netflow import V9
+
+    learnt = NetflowParser()
+    learnt.parse([enc.v9_datagram([enc.template_set(256, V9, ipfix=False)], int(time.time()), 100_000, 1)], ["127.0.0.1"])
+    cfg = SourceConfig(type="netflow", bind_address="127.0.0.1", port=0)
+    for exporters, templates in ((learnt.state_dict(), 1), ({"exporters": [{"address": "127.0.0.1"}]}, 0)):
+        with capture_logs() as logs:
+            collector = build_source(cfg, resume=Checkpoint({}, {}, CheckpointMeta(exporters=exporters)))
+        collector.close()
+        assert templates == collector.parser.stats()["templates"]
+        said = {e["event"] for e in logs}
+        assert ("netflow_templates_restored" if templates else "checkpoint_exporters_discarded") in said
 
 
 def test_incidents_name_the_exporter_that_reported_the_host():

@@ -28,7 +28,7 @@ from detector.config import Config, home_net_change
 from detector.contracts import ENTITY_GLOBAL, WindowBatch, ns_to_iso
 from detector.errors import ModelError
 from detector.model.meta import carried_history, trained_home_net
-from detector.service._sources import Source, build_source, reading_point, resumable_checkpoint, resume_windows, watched_from
+from detector.service._sources import Source, build_source, exporters_state, reading_point, resumable_checkpoint, resume_windows, watched_from
 from detector.service.kafka import check_topics, client_config
 from detector.service.lifecycle import Lifecycle
 from detector.service.pipeline import WindowStages, build_windowing, observer_of
@@ -164,6 +164,7 @@ class SensorCheckpoint:
             return
         position, long_connections = reading_point(source, self.last_window_end_ns)
         meta = CheckpointMeta(source=source.identity, resume_ns=self.last_window_end_ns, position=position,
+                              exporters=exporters_state(source),
                               replay_complete=replay_complete)
         try:
             save_checkpoint(self.directory, Checkpoint({}, {}, meta, history=self.stages.windows.history.state_dict(),
