@@ -649,7 +649,7 @@ def test_a_restarted_collector_reads_its_exporter_at_once_with_the_templates_it_
         sets = [enc.template_set(256, V9, ipfix=False)] if template else []
         return enc.v9_datagram([*sets, enc.data_set(256, v9_records(uptime_ms=100_000 + seq))], int(time.time()), 100_000 + seq, seq)
 
-    def run(datagram: bytes) -> tuple[DaemonProcess, float]:
+    def run(datagram: bytes, read: bool = True) -> tuple[DaemonProcess, float]:
         d = DaemonProcess(cfg)
         try:
             _, started = d.wait_log("metrics_started", timeout_s=60)
@@ -658,7 +658,10 @@ def test_a_restarted_collector_reads_its_exporter_at_once_with_the_templates_it_
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.sendto(datagram, ("127.0.0.1", port))
             wait_until(lambda: _flow_records(metrics_port, "netad_netflow_datagrams") >= 1, 30, "the datagram")
-            time.sleep(1.0)  # a batch of records is handed on within poll_s (0.2 s)
+            if read:
+                wait_until(lambda: _flow_records(metrics_port) >= 3, 30, "its records")
+            else:
+                time.sleep(1.0)  # a batch of records would be handed on within poll_s (0.2 s)
             records = _flow_records(metrics_port)
             d.signal(signal.SIGTERM)
             assert 0 == d.wait(60), d.tail()
@@ -679,7 +682,7 @@ def test_a_restarted_collector_reads_its_exporter_at_once_with_the_templates_it_
         return  # the control below is the daemon's alone: the same code reads both checkpoints
     kept["meta"]["exporters"] = None  # a checkpoint without them, as before they were kept
     state.write_text(json.dumps(kept))
-    without, records = run(exported(3, template=False))
+    without, records = run(exported(3, template=False), read=False)
     assert 0 == records, without.tail()
     without.wait_log("netflow_template_unknown", timeout_s=1)
 
