@@ -43,6 +43,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import structlog
@@ -584,10 +585,12 @@ class NetflowParser:
                 "pending_bytes": self._pending_bytes}
 
     # ------------------------------------------------------------------ across a restart
-    def state_dict(self) -> dict[str, list[dict]]:
+    def state_dict(self) -> dict[str, Any]:
         """What a restart needs to read its exporters' next datagrams at once: each exporter's
         templates and what its options records said (sampling rates, boot time), by its
-        address and domain, as JSON. Without them, a collector restarted under running
+        address and domain, as JSON; and how late they report (reporting_lag_ns), so that a
+        stop soon after the restart lets go the windows they still owe records for, as the
+        run before would have. Without the templates, a collector restarted under running
         exporters holds (and past `max_pending_bytes` drops) their data until each sends its
         templates again: every 16 datagrams for softflowd, minutes for a router (pmacct's
         nfacctd keeps them in its `nfacctd_templates_file` for the same reason)."""
@@ -599,9 +602,9 @@ class NetflowParser:
             samplers = [[sid, rate] for (e, sid), rate in self._sampler_rate.items() if e == eid]
             exporters.append({"address": address, "domain": domain, "templates": templates, "samplers": samplers,
                               "domain_rate": self._domain_rate.get(eid), "sysinit_ms": self._sysinit_ms.get(eid)})
-        return {"exporters": exporters}
+        return {"exporters": exporters, "reporting_lag_ns": self.reporting_lag_ns}
 
-    def load_state_dict(self, state: dict[str, list[dict]]) -> int:
+    def load_state_dict(self, state: dict[str, Any]) -> int:
         """state_dict's exporters back, as if each had just sent them; returns the templates
         put back. Raises ValueError (nothing kept) when `state` is not state_dict's form.
         An exporter's own templates replace them as they come; one that shows by its
@@ -616,12 +619,17 @@ class NetflowParser:
                         None if e["domain_rate"] is None else float(e["domain_rate"]),
                         None if e["sysinit_ms"] is None else int(e["sysinit_ms"]))
                        for e in state["exporters"]]
+            lag = state.get("reporting_lag_ns")
+            if lag is not None and (not isinstance(lag, int) or isinstance(lag, bool) or lag < 0):
+                raise ValueError(f"reporting_lag_ns {lag!r} is no duration in ns")
             for _, _, templates, *_ in entries:  # compiled here, so a field list that cannot be read refuses it all
                 for version, _, options, fields in templates:
                     if (fields, options, version == 9) not in self._compiled:
                         self._compiled[(fields, options, version == 9)] = compile_template(fields, options, version == 9)
         except (KeyError, TypeError, ValueError, struct.error) as exc:
             raise ValueError(f"not a NetFlow parser's state: {exc!r}") from None
+        if lag is not None:
+            self.reporting_lag_ns = max(self.reporting_lag_ns or 0, lag)
         restored = 0
         for address, domain, templates, samplers, domain_rate, sysinit_ms in entries:
             eid = self._exporter(address, domain)

@@ -160,14 +160,16 @@ def test_a_parser_given_another_s_state_reads_at_once_what_that_one_could():
     opt_rec = enc.data_set(257, enc.pack_records(((1, 4), (34, 4), (35, 1)), {34: np.array([100]), 35: np.array([1])}, 1))
     short = ((8, 4), (12, 4), (2, 4))
     rec = enc.pack_records(short, {8: np.array([ip("10.0.0.9")]), 12: np.array([ip("10.0.0.1")]), 2: np.array([5])}, 1)
-    parse(first, v9([enc.template_set(256, V9, ipfix=False), options, opt_rec, enc.template_set(300, short, ipfix=False)],
-                    seq=7))
+    long_flows = v9_records(over={22: np.full(3, 100_000 - 60_000)})  # begun a minute before their export
+    parse(first, v9([enc.template_set(256, V9, ipfix=False), options, opt_rec, enc.template_set(300, short, ipfix=False),
+                     enc.data_set(256, long_flows)], seq=7))
     state = json.loads(json.dumps(first.state_dict()))
     later = v9([enc.data_set(256, v9_records()), enc.data_set(300, rec)], seq=90)
     restarted = NetflowParser()
     assert 3 == restarted.load_state_dict(state)
     b, own = parse(restarted, later), parse(first, later)
     assert 4 == len(b)
+    assert 60 * 10**9 == own.reporting_lag_ns == b.reporting_lag_ns  # how late the exporter reports, as known before
     for name in ("packets", "bytes", "sampling", "start_ns", "src_lo", "dst_lo"):
         assert getattr(own, name).tolist() == getattr(b, name).tolist(), name
     assert [100] * 4 == b.sampling.tolist()  # the domain's sampling, as the options record said
@@ -190,6 +192,7 @@ def test_a_parser_given_another_s_state_reads_at_once_what_that_one_could():
 
 
 @pytest.mark.parametrize("state", [{}, {"exporters": [{"address": "192.0.2.1"}]}, {"exporters": "x"},
+                                   {"exporters": [], "reporting_lag_ns": -5},
                                    {"exporters": [{"address": "192.0.2.1", "domain": 0, "samplers": [], "domain_rate": None,
                                                    "sysinit_ms": None, "templates": [{"version": 9, "id": 256,
                                                                                       "options": False, "fields": [[8]]}]}]}])
