@@ -594,14 +594,18 @@ class NetflowParser:
         exporters holds (and past `max_pending_bytes` drops) their data until each sends its
         templates again: every 16 datagrams for softflowd, minutes for a router (pmacct's
         nfacctd keeps them in its `nfacctd_templates_file` for the same reason)."""
-        exporters = []
-        for (address, domain), eid in self._exporter_ids.items():
-            templates = [{"version": version, "id": tid, "options": c.options,
-                          "fields": [[f.ie, f.length, f.enterprise, int(f.scope)] for f in c.fields]}
-                         for (e, version, tid), c in self._templates.items() if e == eid]
-            samplers = [[sid, rate] for (e, sid), rate in self._sampler_rate.items() if e == eid]
-            exporters.append({"address": address, "domain": domain, "templates": templates, "samplers": samplers,
-                              "domain_rate": self._domain_rate.get(eid), "sysinit_ms": self._sysinit_ms.get(eid)})
+        # one pass over each table (a checkpoint is taken after every window with incident
+        # events: up to max_exporters times max_templates, or 65,536 samplers, must not be walked per exporter)
+        templates: dict[int, list[dict]] = {}
+        for (e, version, tid), c in self._templates.items():
+            templates.setdefault(e, []).append({"version": version, "id": tid, "options": c.options,
+                                                "fields": [[f.ie, f.length, f.enterprise, int(f.scope)] for f in c.fields]})
+        samplers: dict[int, list[list]] = {}
+        for (e, sid), rate in self._sampler_rate.items():
+            samplers.setdefault(e, []).append([sid, rate])
+        exporters = [{"address": address, "domain": domain, "templates": templates.get(eid, []), "samplers": samplers.get(eid, []),
+                      "domain_rate": self._domain_rate.get(eid), "sysinit_ms": self._sysinit_ms.get(eid)}
+                     for (address, domain), eid in self._exporter_ids.items()]
         return {"exporters": exporters, "reporting_lag_ns": self.reporting_lag_ns}
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
