@@ -186,6 +186,27 @@ def test_too_few_peaks_falls_back_to_quantile_and_says_why():
     assert "peaks" in th.reason
 
 
+def test_a_rejected_tail_fit_falls_back_to_the_targets_own_quantile_where_the_windows_can_read_it():
+    """100,000 windows (a few hundred hosts' six hours) whose scores come in steps (identical
+    hosts score alike): the fit's check rejects the tail, and the fallback is the empirical
+    quantile at the 1e-4 target, not the 0.999 quantile that let ten times as many windows
+    of the same traffic over it (docs/EVALUATION.md xlviii)."""
+    rng = np.random.default_rng(3)
+
+    def scores(n: int) -> np.ndarray:
+        return np.round(rng.pareto(4.0, n) / 0.3) * 0.3
+
+    calibration = scores(100_000)
+    th = calibrate(calibration, target_false_alarm=1e-4)
+    assert "quantile" == th.method and "poor tail fit" in th.reason and 0 == th.n_outliers
+    assert (calibration > th.value).mean() <= 1e-4
+    fresh = scores(5_000_000)
+    assert 0.5e-4 <= (fresh > th.value).mean() <= 2e-4
+    assert (fresh > np.quantile(calibration, 0.999)).mean() >= 5e-4
+    # a looser target than the configured quantile keeps the configured one
+    assert calibrate(calibration, target_false_alarm=1e-2).value == pytest.approx(np.quantile(calibration, 0.999))
+
+
 def test_a_few_hours_of_calibration_get_an_exponential_tail_not_their_maximum():
     """150 windows (2.5 h of 1-minute windows): the initial quantile goes down to 0.90 and the
     15 peaks above it are fitted as an exponential tail. Over 200 such calibrations the median
