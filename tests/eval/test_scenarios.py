@@ -330,3 +330,35 @@ def test_docs_lists_put_every_kind_in_both_halves_without_overlap(tmp_path, list
     assert (every, every) == (halves["A"], halves["B"])
     ordered = sorted(truth, key=lambda iv: iv.start_ns)
     assert all(a.end_ns <= b.start_ns for a, b in zip(ordered, ordered[1:], strict=False))
+
+
+
+def test_the_office_list_puts_each_instance_on_its_own_workstation_in_the_test_half_with_peers_the_office_never_uses():
+    """docs/eval/office-scenarios.yaml (docs/EVALUATION.md section xlix) is read into a 9 GB
+    capture no test builds; what it must hold of the office `netad synth --hosts 200 --seed 3`
+    makes is checked here: every actor and internal peer a host of it, one instance per
+    workstation, every outside peer outside the ranges it talks to, each instance inside the
+    test half of its 12 h (offsets 21,600 to 43,200 s; an x100 slow attack lasts under 25 min)."""
+    import ipaddress
+
+    from detector.synth._network import ip_str, make_network, rng_for
+
+    office = load_scenario_list(REPO / "docs/eval/office-scenarios.yaml")
+    net = make_network("demo", 200, rng_for(3, "network"))
+    workstations = {ip_str(int(a)) for a in net.workstations}
+    lan = workstations | {ip_str(int(a)) for a in net.servers} | {ip_str(net.gateway)}
+    roles = (net.upstream_ntp, net.cloud_agent, net.backup_peer, net.ssh_attacker, net.remote_admin, *net.upstream_dns.tolist())
+    talked_to = [ipaddress.ip_address(ip_str(int(a))) for a in (*net.external.tolist(), *roles)]
+    actors = [s.host for s in office.scenarios] + [a.rewrite_dst for a in office.attacks]
+    assert len(actors) == len(set(actors)) and set(actors) <= workstations
+    outside: list[str] = [str(a.rewrite_src) for a in office.attacks]
+    for s in office.scenarios:
+        p = s.params
+        inside = (p["peers"] if s.kind == "role_change" else []) + p.get("internal_peers", []) + ([p["dns"]] if p.get("dns") else [])
+        assert set(inside) <= lan, s
+        outside += ([p["peer"]] if "peer" in p else []) + p.get("ntp", [])
+        if s.kind == "onset":
+            assert not any(a in ipaddress.ip_network(p["peer_net"]) for a in talked_to), s
+        assert 21600 <= s.offset_s and s.offset_s + p["duration_s"] <= 43200, s
+    assert not {ipaddress.ip_address(a) for a in outside} & set(talked_to) and not set(outside) & lan
+    assert all(100 == a.slow and 21600 <= a.offset_s <= 43200 - 25 * 60 for a in office.attacks)
