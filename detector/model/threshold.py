@@ -5,8 +5,9 @@ SPOT (Siffer et al., KDD 2017): scores above a high initial quantile `u` are mod
 generalised Pareto distribution, and the threshold is the score whose exceedance
 probability is the configured target (e.g. 1e-4 per window). The fit is checked; when it is
 poor the threshold falls back to the empirical quantile at the target (at least the
-configured `fallback_quantile`), and the calibration says so (`method`). The fitted shape is kept within [0, MAX_SHAPE]: the extrapolation is never
-lighter than exponential nor heavier than xi = 0.5, and `reason` says when it was held there.
+configured `fallback_quantile`), and the calibration says so (`method`). The fitted shape
+is kept within [0, MAX_SHAPE]: the extrapolation is never lighter than exponential nor
+heavier than xi = 0.5, and `reason` says when it was held there.
 A few hours of training give a few hundred calibration windows: the initial quantile is
 lowered (to 0.90 at the lowest) until the tail holds MIN_PEAKS, and with fewer peaks than that
 (but MIN_EXP_PEAKS at least) the tail is fitted as an exponential, its one parameter being
