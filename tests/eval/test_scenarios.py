@@ -332,7 +332,6 @@ def test_docs_lists_put_every_kind_in_both_halves_without_overlap(tmp_path, list
     assert all(a.end_ns <= b.start_ns for a, b in zip(ordered, ordered[1:], strict=False))
 
 
-
 def test_the_office_list_puts_each_instance_on_its_own_workstation_in_the_test_half_with_peers_the_office_never_uses():
     """docs/eval/office-scenarios.yaml (docs/EVALUATION.md section xlix) is read into a 9 GB
     capture no test builds; what it must hold of the office `netad synth --hosts 200 --seed 3`
