@@ -135,6 +135,8 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
         s = summary[cls]
         click.echo(f"  {cls:<7} {s['entities']:>5} entities {s['train_windows']:>7} train / {s['validation_windows']:>6} validation windows, "
                    f"threshold {cm.threshold.value:.4f} ({cm.threshold.method}{', ' + cm.threshold.reason if cm.threshold.reason else ''})")
+        if cls in bundle.host_groups:
+            click.echo(f"          a host group: the hosts of {', '.join(bundle.host_groups[cls])} (training.host_groups)")
         if cm.members:
             click.echo(f"          {len(cm.members)} members, each window scored by their median score in their own thresholds: "
                        + ", ".join(f"{m['threshold']:.4f} (seed {m['seed']})" for m in s.get("members", [])))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,7 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from detector.contracts import ENTITY_GLOBAL
+from detector.contracts import ENTITY_GLOBAL, ENTITY_HOST
 from detector.errors import ConfigError
 
 ENV_PREFIX = "NETAD_"
@@ -49,6 +50,30 @@ def _check_networks(value: list[str]) -> list[str]:
         except ValueError as exc:
             raise ValueError(f"[{i}] {net!r} is not a network: {exc}") from None
     return value
+
+
+_RESERVED_CLASSES = frozenset({ENTITY_GLOBAL, ENTITY_HOST})
+
+
+def check_groups(groups: Mapping[str, Sequence[str]]) -> None:
+    """Raise ValueError where `groups` cannot be host groups: a reserved or odd name, a
+    network that does not parse, or a network in two groups (which one would a host be in?)."""
+    seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    for name, nets in groups.items():
+        if name in _RESERVED_CLASSES or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+            raise ValueError(f"{name!r}: a group's name is a letter, then letters, digits, '-' or '_', and not "
+                             f"{' or '.join(sorted(_RESERVED_CLASSES))}")
+        if not nets:
+            raise ValueError(f"{name}: no networks")
+        for i, text in enumerate(nets):
+            try:
+                net = ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{name}[{i}]: {text!r} is not a network: {exc}") from None
+            other = next((o for o, n in seen if n.version == net.version and n.overlaps(net) and o != name), None)
+            if other is not None:
+                raise ValueError(f"{name}[{i}]: {text} overlaps a network of group {other!r}: a host is in one group")
+            seen.append((name, net))
 
 
 def home_net_change(trained: list[str] | tuple[str, ...] | None, home_net: list[str], ours: str = "this config has") -> str | None:
@@ -212,6 +237,15 @@ class TrainingConfig(_Strict):
     trim_fraction: float = Field(0.02, ge=0, lt=0.5)
     threshold_quantile: float = Field(0.999, gt=0.5, lt=1.0)
     target_false_alarm: float = Field(1e-4, gt=0, lt=0.5)
+    # home hosts modelled apart, each group an entity class with its own networks and
+    # thresholds (model.groups): name -> networks inside home_net, like Suricata's $HTTP_SERVERS
+    host_groups: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("host_groups")
+    @classmethod
+    def _host_groups(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        check_groups(value)
+        return value
 
 
 class IncidentsConfig(_Strict):
@@ -314,6 +348,20 @@ class Config(_Strict):
     def _networks(cls, value: list[str]) -> list[str]:
         return _check_networks(value)
 
+    @field_validator("training")
+    @classmethod
+    def _groups_at_home(cls, value: TrainingConfig, info: ValidationInfo) -> TrainingConfig:
+        """A host group's networks lie inside home_net: only there are hosts entities."""
+        home_net = info.data.get("home_net", [])
+        home = [ipaddress.ip_network(n, strict=False) for n in home_net]
+        for name, nets in value.host_groups.items():
+            for i, text in enumerate(nets):
+                net = ipaddress.ip_network(text, strict=False)
+                if not any(net.version == h.version and net.subnet_of(h) for h in home):  # type: ignore[arg-type]
+                    raise ValueError(f"training.host_groups.{name}[{i}]: {text} is not inside home_net "
+                                     f"({', '.join(home_net) or 'none'}): its addresses are no hosts of their own")
+        return value
+
     @field_validator("state_dir")
     @classmethod
     def _state_dir(cls, value: Path) -> Path:
@@ -329,7 +377,7 @@ class Config(_Strict):
     def entity_classes(self) -> tuple[str, ...]:
         """The entity classes this config scores, each needing its model in the bundle: the
         link (always) and, with home networks, their hosts."""
-        return (ENTITY_GLOBAL, "host") if self.home_net else (ENTITY_GLOBAL,)
+        return (ENTITY_GLOBAL, ENTITY_HOST) if self.home_net else (ENTITY_GLOBAL,)
 
 
 # --------------------------------------------------------------------------------------

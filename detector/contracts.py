@@ -177,7 +177,8 @@ class PacketBatch:
 # Windows: the aggregator's output. All entities whose window closed at the same moment.
 # --------------------------------------------------------------------------------------
 
-ENTITY_GLOBAL = "global"
+ENTITY_GLOBAL = "global"  # the link-wide entity's name and class
+ENTITY_HOST = "host"  # a home host's class, as the window stage names it (model.groups may name another)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from detector.alerting._text import (
     one_line,
 )
 from detector.alerting.classify import CATEGORIES, ORIGINATOR, TARGET
-from detector.contracts import IncidentEvent, WindowEvidence, ns_to_iso
+from detector.contracts import ENTITY_GLOBAL, IncidentEvent, WindowEvidence, ns_to_iso
 
 FORMATS = ("ecs", "cef", "ocsf", "rfc5424", "console")
 MSG_FORMATS = ("ecs", "cef", "ocsf")  # what an RFC 5424 message may carry as its MSG
@@ -79,7 +79,7 @@ _HOSTNAME = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](
 _OCSF_STATUS = {"opened": (1, "New"), "updated": (2, "In Progress"), "resolved": (4, "Resolved")}
 
 def _entity_ip(event: IncidentEvent) -> str | None:
-    return as_ip(event.entity) if event.entity_class == "host" else None
+    return as_ip(event.entity) if event.entity_class != ENTITY_GLOBAL else None
 
 
 def sides(event: IncidentEvent) -> tuple[str | None, str | None]:

@@ -47,13 +47,24 @@ import structlog
 
 from detector import __version__
 from detector.config import Config
-from detector.contracts import CarriedHistory, FlowRecordBatch, IncidentEvent, PacketBatch, WindowBatch, addr_to_pair, ns_to_iso
+from detector.contracts import (
+    ENTITY_GLOBAL,
+    ENTITY_HOST,
+    CarriedHistory,
+    FlowRecordBatch,
+    IncidentEvent,
+    PacketBatch,
+    WindowBatch,
+    addr_to_pair,
+    ns_to_iso,
+)
 from detector.errors import ConfigError
 from detector.eval import metrics as M
 from detector.eval.baselines import RobustZScore, stateless_scores, without_history
 from detector.eval.samples import LabelledInterval, Windows
 from detector.files import naming
 from detector.model.bundle import ModelBundle
+from detector.model.groups import HostGroups
 from detector.model.scorer import set_torch_threads
 from detector.model.training import trail
 from detector.progress import Progress, tracked
@@ -392,17 +403,20 @@ def _feature_pass(cfg: Config, batches: Iterable[PacketBatch | FlowRecordBatch],
         on_window(wb)
 
 
-def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval], trailing: set[str]) -> None:
-    """The baselines' training windows: as the model's (model.training.collect), a positive
-    interval's windows are left out, and so is each entity's trail after it (`trailing`: the
-    entities still carrying a history level out of an interval)."""
+def _collect_train(train: dict[str, list[np.ndarray]], wb: WindowBatch, positives: list[Interval], trailing: set[str],
+                   groups: HostGroups) -> None:
+    """The baselines' training windows: as the model's (model.training.collect), per class (a
+    host group's hosts in its own), a positive interval's windows are left out, and so is each
+    entity's trail after it (`trailing`: the entities still carrying a history level out of
+    an interval)."""
     if any(wb.window_start_ns < iv.end_ns and wb.window_end_ns > iv.start_ns for iv in positives):
         trailing.clear()
         trailing.update(wb.entities)
         return
     levels = [wb.schema.features.index(n) for n in wb.schema.levels]
     still = set()
-    for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features, strict=True):
+    classes = groups.classes(wb.entities, wb.entity_classes) if groups else wb.entity_classes
+    for name, cls, feats in zip(wb.entities, classes, wb.features, strict=True):
         if name in trailing and levels and (feats[:, levels] > 0).any():
             still.add(name)
             continue
@@ -452,10 +466,11 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     filled = np.zeros(len(records), dtype=bool)
     train_feats: dict[str, list[np.ndarray]] = {}
     trailing: set[str] = set()
+    groups = HostGroups(bundle.host_groups)
 
     def on_window(wb: WindowBatch) -> None:
         if plan.split_s is not None and (wb.window_end_ns <= test_lo or wb.window_start_ns >= test_hi):
-            _collect_train(train_feats, wb, positives, trailing)
+            _collect_train(train_feats, wb, positives, trailing, groups)
             return
         for name, feats in zip(wb.entities, wb.features, strict=True):
             row = row_of.get((name, _ms(wb.window_start_ns)))
@@ -470,7 +485,7 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
     if plan.train_pcaps:
         train_trailing: set[str] = set()
         _feature_pass(cfg, input_batches(plan.train_pcaps, flow_records, batch_size),
-                      lambda wb: _collect_train(train_feats, wb, positives, train_trailing), flow_records, progress)
+                      lambda wb: _collect_train(train_feats, wb, positives, train_trailing, groups), flow_records, progress)
     if not filled.all():
         raise RuntimeError(f"eval: {int((~filled).sum())} scored windows were not rebuilt by the feature pass")
     for li in intervals:
@@ -493,9 +508,9 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         if det not in _FROM_RECORDS:
             w.scores[det] = np.full(len(records), np.nan)
     baselines_fitted: dict[str, int] = {}
-    for cls in ENTITY_CLASSES:
+    for cls in bundle.classes:  # each model class's own baselines: a host group's too
         rows = np.flatnonzero(w.entity_class == cls)
-        if rows.size == 0 or cls not in bundle.classes:
+        if rows.size == 0:
             continue
         no_history = without_history(features[rows], bundle.schema)
         w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], no_history, w.start_ns[rows])
@@ -504,6 +519,8 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
             zs = RobustZScore.fit(np.stack(train_feats[cls]))
             w.scores["zscore"][rows] = zs.score(features[rows])
             baselines_fitted[cls] = len(train_feats[cls])
+    # measured per kind of entity (ENTITY_CLASSES): every host group's windows are hosts'
+    w.entity_class = np.where(w.entity_class == ENTITY_GLOBAL, ENTITY_GLOBAL, ENTITY_HOST)
     label_windows(w, intervals, [bundle.schema.features.index(n) for n in bundle.schema.levels])
     result = {
         "netad_version": __version__,
@@ -655,7 +672,7 @@ def _entity_class_metrics(
         detections.append({"event": li.interval.event, "start": ns_to_iso(li.interval.start_ns), "visible": li.visible,
                            "hosts": sorted(li.hosts), **d})
     out["detection"] = detections
-    mine = [e for e in incidents if e.entity_class == cls]
+    mine = [e for e in incidents if (e.entity_class == ENTITY_GLOBAL) == (cls == ENTITY_GLOBAL)]
     benign_inc = [e for e in mine if not any(
         e.first_seen_ns < li.interval.end_ns and e.first_seen_ns + window_ns > li.interval.start_ns for li in intervals)]
     per_hour = M.rate_per_hour(len(benign_inc), benign_hours)

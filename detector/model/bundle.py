@@ -5,7 +5,8 @@
                               member's as these, member i's as "<class>#<i>.<param>"
     <dir>/model.json          feature schema, window geometry, scalers, thresholds, training
                               summary, versions, the SHA-256 of the weights file and the
-                              SHA-256 of this JSON itself (`meta_sha256`, see meta_digest)
+                              SHA-256 of this JSON itself (`meta_sha256`, see meta_digest),
+                              and the host groups it was trained with (model.groups), if any
     <dir>/history.safetensors the peer history the training span ended with (CarriedHistory:
                               each entity's peers and ports, addresses included), which the
                               streams the bundle scores start from; its SHA-256 in model.json
@@ -40,6 +41,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from detector import __version__
+from detector.config import check_groups
 from detector.contracts import CarriedHistory, FeatureSchema
 from detector.errors import ModelError
 from detector.model.lstm import LSTMAutoencoder
@@ -111,6 +113,8 @@ class ModelBundle:
     # the peer history the training span ended with: the scored streams start from it
     history: CarriedHistory | None = None
     members: int = 1  # networks per class (ClassModel.members); each entity carries hidden_size per member
+    # home hosts modelled apart (model.groups): group -> networks, each group a class of `classes`
+    host_groups: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def state_size(self) -> int:
@@ -150,6 +154,8 @@ class ModelBundle:
                 },
                 "training": self.training,
             }
+            if self.host_groups:
+                meta["host_groups"] = self.host_groups
             if self.history is not None:
                 meta["history"] = history_meta(tmp, self.history)
             meta[META_DIGEST_KEY] = meta_digest(meta)
@@ -209,8 +215,11 @@ class ModelBundle:
                 raise ValueError("classes: none (a bundle holds at least one entity class's model)")
             missing = [c for c in classes if c not in described]
             if missing:
-                raise ValueError(f"classes: no model for {', '.join(missing)} (it has {', '.join(sorted(described))});"
-                                 " the config scores these entities: retrain with this config")
+                why = ("every home host of its training span was in a host group, and a host outside them would go "
+                       "unscored: leave hosts outside the groups (model.groups)" if "host_groups" in meta and
+                       missing == ["host"] else "the config scores these entities: retrain with this config")
+                raise ValueError(f"classes: no model for {', '.join(missing)} (it has {', '.join(sorted(described))}); {why}")
+            host_groups = _host_groups(meta, described)
             parts = {name: _class_parts(name, info, len(schema.features)) for name, info in described.items()}
             member_parts = {name: _member_parts(name, info, len(schema.features), members) for name, info in described.items()}
         except ValueError as exc:
@@ -226,7 +235,20 @@ class ModelBundle:
             own = [ClassModel(network=net, scaler=s, threshold=t) for net, (s, t) in zip(nets, member_parts[name], strict=False)]
             models[name] = ClassModel(network=nets[0], scaler=own[0].scaler if own else scaler, threshold=threshold, members=own)
         return cls(schema=schema, bin_s=bin_s, bins=bins, hidden_size=hidden, classes=models, training=training,
-                   version=digest[:12], history=read_history(path, meta), members=members)
+                   version=digest[:12], history=read_history(path, meta), members=members, host_groups=host_groups)
+
+
+def _host_groups(meta: dict[str, Any], classes: dict[str, Any]) -> dict[str, list[str]]:
+    """The bundle's host groups (model.groups), checked: each names its networks and has its
+    class's model. Raises ValueError."""
+    groups = require_field(meta, "host_groups", dict) if "host_groups" in meta else {}
+    if not all(isinstance(nets, list) and all(isinstance(n, str) for n in nets) for nets in groups.values()):
+        raise ValueError("host_groups: each group is a list of networks")
+    check_groups(groups)
+    missing = [name for name in groups if name not in classes]
+    if missing:
+        raise ValueError(f"host_groups: no model for {', '.join(missing)}")
+    return {str(name): list(nets) for name, nets in groups.items()}
 
 
 def _member_key(cls: str, member: int) -> str:

@@ -35,8 +35,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from detector.contracts import ENTITY_GLOBAL, ScoreBatch, WindowBatch
+from detector.contracts import ENTITY_GLOBAL, ENTITY_HOST, ScoreBatch, WindowBatch
 from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.groups import HostGroups
 from detector.model.lstm import PHASE_SLOTS, LSTMAutoencoder, State, phase_of
 from detector.model.scaler import FeatureScaler, TorchScaler
 from detector.model.threshold import calibrate
@@ -546,6 +547,7 @@ class StreamingScorer:
         self.adapt_samples = adapt_samples
         self.features = bundle.schema.features
         self.units = bundle.schema.units
+        self._groups = HostGroups(bundle.host_groups)  # a group's hosts are its class's (model.groups)
         self._models: dict[str, ClassModel] = {}
         self._banks: dict[str, _StateBank] = {}
         self._scalers: dict[tuple[str, int], tuple[FeatureScaler, TorchScaler]] = {}
@@ -570,6 +572,7 @@ class StreamingScorer:
 
     def score(self, windows: WindowBatch) -> ScoreBatch:
         n = len(windows)
+        entity_classes = self._groups.classes(windows.entities, windows.entity_classes) if self._groups else windows.entity_classes
         k = min(self.top_features, len(self.features))
         compared = np.zeros(n, np.float32)  # accumulated scores: what each threshold is compared with
         carried = np.zeros(n, np.float32)  # what each window carries into its entity's next
@@ -577,7 +580,7 @@ class StreamingScorer:
             window_start_ns=windows.window_start_ns,
             window_end_ns=windows.window_end_ns,
             entities=windows.entities,
-            entity_classes=windows.entity_classes,
+            entity_classes=entity_classes,
             scores=np.zeros(n, np.float32),
             accumulated=compared,
             carried=carried,
@@ -604,8 +607,8 @@ class StreamingScorer:
                 bank.expire(windows.window_end_ns - idle_ns)
             self._next_expiry_ns = windows.window_end_ns + idle_ns // 8
         phase = self._phases[phase_of(windows.window_start_ns)]
-        kinds = set(windows.entity_classes)
-        classes = np.asarray(windows.entity_classes) if len(kinds) > 1 else None
+        kinds = set(entity_classes)
+        classes = np.asarray(entity_classes) if len(kinds) > 1 else None
         for cls in sorted(kinds):
             cm = self._models.get(cls)
             if cm is None:
@@ -706,46 +709,81 @@ class StreamingScorer:
         """Hidden states by entity, for checkpoints (restored by load_state_dict)."""
         return {cls: self.states_of(cls, list(bank.slot_of)) for cls, bank in self._banks.items()}
 
+    def _banked(self, cls: str, names: list[str]) -> dict[str, list[int]]:
+        """The positions of `names` (entities of the window stage's class `cls`) by the class
+        whose bank holds them: a host group's hosts are in their group's (model.groups)."""
+        if not self._groups or cls != ENTITY_HOST:
+            return {cls: list(range(len(names)))}
+        out: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            out.setdefault(self._groups.class_of(name), []).append(i)
+        return out
+
     def states_of(self, cls: str, names: list[str]) -> dict:
         """The states of some entities of one class (those it holds), in state_dict's form."""
-        bank = self._banks[cls]
-        names = [n for n in names if n in bank.slot_of]
-        slots = np.array([bank.slot_of[n] for n in names], dtype=np.int64)
-        idx = torch.from_numpy(slots).to(self.device)
-        return {
-            "entities": names,
-            "h": bank.h.index_select(0, idx).cpu(),
-            "c": bank.c.index_select(0, idx).cpu(),
-            "seen": bank.seen[slots].tolist(),
-            "last_ns": bank.last_ns[slots].tolist(),
-            "carried": bank.carried[slots].tolist(),
-        }
+        parts = []
+        for own, rows in self._banked(cls, names).items():
+            bank = self._banks.get(own)
+            if bank is not None:
+                held = [names[i] for i in rows if names[i] in bank.slot_of]
+                slots = np.array([bank.slot_of[n] for n in held], dtype=np.int64)
+                idx = torch.from_numpy(slots).to(self.device)
+                parts.append({
+                    "entities": held,
+                    "h": bank.h.index_select(0, idx).cpu(),
+                    "c": bank.c.index_select(0, idx).cpu(),
+                    "seen": bank.seen[slots].tolist(),
+                    "last_ns": bank.last_ns[slots].tolist(),
+                    "carried": bank.carried[slots].tolist(),
+                })
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            raise KeyError(cls)
+        return {key: torch.cat([p[key] for p in parts]) if key in ("h", "c") else [v for p in parts for v in p[key]]
+                for key in parts[0]}
 
     def last_scored_ns(self, cls: str, names: list[str]) -> np.ndarray:
         """End of the last window scored per entity; -1 for an entity it does not hold."""
-        bank = self._banks.get(cls)
-        if bank is None:
-            return np.full(len(names), -1, dtype=np.int64)
-        return np.array([bank.last_ns[s] if (s := bank.slot_of.get(n)) is not None else -1 for n in names], dtype=np.int64)
+        out = np.full(len(names), -1, dtype=np.int64)
+        for own, rows in self._banked(cls, names).items():
+            bank = self._banks.get(own)
+            if bank is not None:
+                for i in rows:
+                    if (s := bank.slot_of.get(names[i])) is not None:
+                        out[i] = bank.last_ns[s]
+        return out
 
     def forget(self, cls: str, names: list[str]) -> None:
         """Let go of some entities' states (their partition moved to another scorer)."""
-        bank = self._banks.get(cls)
-        if bank is not None:
-            bank.free.extend(bank.slot_of.pop(n) for n in names if n in bank.slot_of)
+        for own, rows in self._banked(cls, names).items():
+            bank = self._banks.get(own)
+            if bank is not None:
+                bank.free.extend(bank.slot_of.pop(names[i]) for i in rows if names[i] in bank.slot_of)
 
     def load_state_dict(self, data: dict[str, dict]) -> None:
         """Put states back (merged: entities not in `data` keep theirs)."""
-        for cls, entry in data.items():
-            bank = self._banks.get(cls)
-            if bank is None:
-                continue
-            names = entry["entities"]
-            slots = bank.slots(names, 0)
-            idx = torch.from_numpy(slots).to(self.device)
-            bank.h.index_copy_(0, idx, entry["h"].to(self.device, bank.h.dtype))
-            bank.c.index_copy_(0, idx, entry["c"].to(self.device, bank.c.dtype))
-            bank.seen[slots] = np.asarray(entry["seen"], dtype=np.int64)
-            bank.last_ns[slots] = np.asarray(entry["last_ns"], dtype=np.int64)
-            carried = entry.get("carried")  # None in a state from before accumulation: nothing carried
-            bank.carried[slots] = 0.0 if carried is None else np.asarray(carried, dtype=np.float64)
+        for cls, whole in data.items():
+            for own, rows in self._banked(cls, list(whole["entities"])).items():
+                bank = self._banks.get(own)
+                if bank is not None and rows:
+                    self._load_bank(bank, _rows_of(whole, rows) if len(rows) < len(whole["entities"]) else whole)
+
+    def _load_bank(self, bank: _StateBank, entry: dict) -> None:
+        names = entry["entities"]
+        slots = bank.slots(names, 0)
+        idx = torch.from_numpy(slots).to(self.device)
+        bank.h.index_copy_(0, idx, entry["h"].to(self.device, bank.h.dtype))
+        bank.c.index_copy_(0, idx, entry["c"].to(self.device, bank.c.dtype))
+        bank.seen[slots] = np.asarray(entry["seen"], dtype=np.int64)
+        bank.last_ns[slots] = np.asarray(entry["last_ns"], dtype=np.int64)
+        carried = entry.get("carried")  # None in a state from before accumulation: nothing carried
+        bank.carried[slots] = 0.0 if carried is None else np.asarray(carried, dtype=np.float64)
+
+
+def _rows_of(entry: dict, rows: list[int]) -> dict:
+    """Some rows of a state_dict entry (states_of's form), in their order."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return {key: (value.index_select(0, index) if isinstance(value, torch.Tensor)
+                  else None if value is None else [value[i] for i in rows])
+            for key, value in entry.items()}

@@ -42,6 +42,7 @@ import torch
 from detector.contracts import FeatureSchema, WindowBatch, ns_to_iso
 from detector.model._memory import available_memory
 from detector.model.bundle import ClassModel, ModelBundle
+from detector.model.groups import HostGroups
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler, held_out_error_scale
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
@@ -103,6 +104,7 @@ class TrainingParams:
     patience: int = 6
     validation_block_windows: int = 30
     threads: int = 1
+    host_groups: dict[str, list[str]] = field(default_factory=dict)  # model.groups: home hosts modelled apart
 
 
 @dataclass
@@ -116,8 +118,10 @@ class _ClassData:
     entities: list[str] = field(default_factory=list)
 
 
-def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | None = None) -> tuple[dict[str, _ClassData], FeatureSchema | None]:
-    """Arrange window batches per entity class as (entity, window) grids."""
+def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | None = None,
+            groups: HostGroups | None = None) -> tuple[dict[str, _ClassData], FeatureSchema | None]:
+    """Arrange window batches per entity class as (entity, window) grids; a host of one of
+    `groups` in its group's class."""
     exclude = exclude or []
     starts: list[int] = []
     rows: dict[str, dict[str, dict[int, np.ndarray]]] = {}
@@ -126,7 +130,8 @@ def collect(windows: Iterable[WindowBatch], exclude: list[tuple[int, int]] | Non
         schema = wb.schema
         k = len(starts)
         starts.append(wb.window_start_ns)
-        for name, cls, feats in zip(wb.entities, wb.entity_classes, wb.features, strict=True):
+        classes = groups.classes(wb.entities, wb.entity_classes) if groups else wb.entity_classes
+        for name, cls, feats in zip(wb.entities, classes, wb.features, strict=True):
             rows.setdefault(cls, {}).setdefault(name, {})[k] = feats
     starts_arr = np.asarray(starts, dtype=np.int64)
     if starts_arr.size == 0:
@@ -182,7 +187,7 @@ def train(
     ClassModel.members says. The members train in `workers` processes at once (None: as many
     as member_workers allows); the model is the same whichever the number."""
     set_torch_threads(params.threads)
-    data, schema = collect(windows, exclude)
+    data, schema = collect(windows, exclude, HostGroups(params.host_groups))
     if not data or schema is None:
         raise ValueError("no windows to train on: is the capture empty or outside home_net?")
     started = time.monotonic()
@@ -204,6 +209,7 @@ def train(
         classes=classes,
         training={"params": params.__dict__, "classes": summary, "seconds": round(time.monotonic() - started, 2)},
         members=params.members,
+        host_groups={name: nets for name, nets in params.host_groups.items() if name in classes},
     )
 
 

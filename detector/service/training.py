@@ -50,6 +50,7 @@ def training_params(cfg: Config) -> TrainingParams:
         threshold_quantile=t.threshold_quantile,
         target_false_alarm=t.target_false_alarm,
         threads=cfg.model.threads,
+        host_groups=t.host_groups,
     )
 
 
@@ -141,6 +142,12 @@ def train_from_captures(
                    "your hosts are on")
         log.warning("training_warning", entity_class="host", warning=warning)
         bundle.training["warnings"] = [warning]
+    for name, nets in cfg.training.host_groups.items():
+        if name not in bundle.host_groups:  # model.groups: its hosts are scored as hosts
+            warning = (f"no host of host group {name} ({', '.join(nets)}) in the training span: the group has no model, and "
+                       "its hosts are scored with the other hosts'")
+            log.warning("training_warning", entity_class=name, warning=warning)
+            bundle.training.setdefault("warnings", []).append(warning)
     bundle.training["history_warmup_s"] = warmup_s
     bundle.history = carried[0] if carried else None
     try:
