@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 from detector import __version__
 from detector.config import check_groups
-from detector.contracts import CarriedHistory, FeatureSchema
+from detector.contracts import ENTITY_HOST, CarriedHistory, FeatureSchema
 from detector.errors import ModelError
 from detector.model.lstm import LSTMAutoencoder
 from detector.model.meta import (
@@ -217,7 +217,7 @@ class ModelBundle:
             if missing:
                 why = ("every home host of its training span was in a host group, and a host outside them would go "
                        "unscored: leave hosts outside the groups (model.groups)" if "host_groups" in meta and
-                       missing == ["host"] else "the config scores these entities: retrain with this config")
+                       missing == [ENTITY_HOST] else "the config scores these entities: retrain with this config")
                 raise ValueError(f"classes: no model for {', '.join(missing)} (it has {', '.join(sorted(described))}); {why}")
             host_groups = _host_groups(meta, described)
             parts = {name: _class_parts(name, info, len(schema.features)) for name, info in described.items()}
