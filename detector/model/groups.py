@@ -35,8 +35,7 @@ class HostGroups:
     """The class of each home host's window under `groups` (group name -> networks)."""
 
     def __init__(self, groups: Mapping[str, Sequence[str]]) -> None:
-        self.groups = {name: list(nets) for name, nets in groups.items()}
-        self._nets = [(name, ipaddress.ip_network(net, strict=False)) for name, nets in self.groups.items() for net in nets]
+        self._nets = [(name, ipaddress.ip_network(net, strict=False)) for name, nets in groups.items() for net in nets]
         self._memo: dict[str, str] = {}
 
     def __bool__(self) -> bool:
