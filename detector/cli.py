@@ -146,6 +146,12 @@ def train(config, pcaps, conn_logs, out, truth, before_first_attack, start_s, en
             click.echo(f"          {s['entities_per_window']:g} entities a window: {s['false_alarms_per_day']:.3g} false alarms "
                        f"a day expected at the target {cm.threshold.target_false_alarm:g} per entity window")
         click.echo(f"          a run of windows adds up above {cm.threshold.allowance:g} of the threshold")
+        levelled = [(m.threshold.levels, f" (member {i})" if cm.members else "") for i, m in enumerate(cm.members or [cm])]
+        if any(levels for levels, _ in levelled):  # model.levels
+            click.echo("          hosts judged in their own level, busier than the class's: "
+                       + ", ".join(f"{len(levels)}{member}, up to x{max(levels.values(), default=1.0):.3g}"
+                                   f"{' (' + max(levels, key=levels.__getitem__) + ')' if levels else ''}"
+                                   for levels, member in levelled))
         if cm.scaler.error_scale is not None:
             scale = cm.scaler.error_scale
             noisiest = [i for i in sorted(range(len(scale)), key=lambda i: -scale[i])[:3] if scale[i] > 1.0]

@@ -75,12 +75,15 @@ def without_history(features: np.ndarray, schema: FeatureSchema) -> np.ndarray:
     return out
 
 
-def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: np.ndarray) -> np.ndarray:
+def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: np.ndarray,
+                     entities: list[str] | None = None) -> np.ndarray:
     """(windows,) reconstruction errors of the trained network with the neutral initial state
-    for every window: the daemon's computation (`reconstruct`, with the windows' phase)
+    for every window: the daemon's computation (`reconstruct`, with the windows' phase, each
+    score in its entity's own level: model.levels, where `entities` names the windows')
     minus the carried (h, c); `without_history(features)` takes the peer history too."""
     if model.members:  # each member's, combined as the scorer combines them
-        return np.asarray(model.in_thresholds([stateless_scores(m, features, window_start_ns) for m in model.members]))
+        return np.asarray(model.in_thresholds([stateless_scores(m, features, window_start_ns, entities)
+                                               for m in model.members]))
     out = np.zeros(features.shape[0], dtype=np.float64)
     net = model.network
     for lo in range(0, features.shape[0], _CHUNK_WINDOWS):
@@ -89,4 +92,5 @@ def stateless_scores(model: ClassModel, features: np.ndarray, window_start_ns: n
         phase = torch.from_numpy(phase_of(window_start_ns[lo : lo + _CHUNK_WINDOWS])).to(device)
         errors, _ = reconstruct(net, model.scaler, chunk, net.initial_state(chunk.shape[0], device), phase)
         out[lo : lo + chunk.shape[0]] = errors.scores
-    return out
+    levels = None if entities is None else model.levels_of(entities)
+    return out if levels is None else out / levels[0]

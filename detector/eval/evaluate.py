@@ -513,8 +513,9 @@ def evaluate(cfg: Config, plan: EvalPlan, progress: bool = False) -> dict:
         if rows.size == 0:
             continue
         no_history = without_history(features[rows], bundle.schema)
-        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], no_history, w.start_ns[rows])
-        w.scores["reset_hc"][rows] = stateless_scores(bundle.classes[cls], features[rows], w.start_ns[rows])
+        entities = w.entity[rows].tolist()  # each judged in its own level, as the daemon judges it (model.levels)
+        w.scores["stateless_ae"][rows] = stateless_scores(bundle.classes[cls], no_history, w.start_ns[rows], entities)
+        w.scores["reset_hc"][rows] = stateless_scores(bundle.classes[cls], features[rows], w.start_ns[rows], entities)
         if train_feats.get(cls):
             zs = RobustZScore.fit(np.stack(train_feats[cls]))
             w.scores["zscore"][rows] = zs.score(features[rows])

@@ -95,6 +95,14 @@ class ClassModel:
         shares = [s / m.threshold.value for s, m in zip(member_scores, self.members, strict=True)]
         return np.median(np.stack(shares), axis=0) * self.members_threshold()
 
+    def levels_of(self, entities: list[str]) -> np.ndarray | None:
+        """Each member's level (model.levels) of each of `entities` (members or 1, entities),
+        float32, 1 where it has none; None where no member has any (nothing to divide)."""
+        own = self.members or [self]
+        if not any(m.threshold.levels for m in own):
+            return None
+        return np.array([[m.threshold.levels.get(e, 1.0) for e in entities] for m in own], dtype=np.float32)
+
     def members_threshold(self) -> float:
         """The mean of the members' thresholds: the unit the class's scores are in (and its
         threshold, as trained; a threshold refit moves the threshold, not the unit)."""
@@ -313,6 +321,12 @@ def _class_parts(name: str, info: Any, width: int) -> tuple[FeatureScaler, Thres
     value = number_in(threshold, "value", f"{where}.threshold.value", low=0.0, high=math.inf)
     if "allowance" in threshold:  # absent in bundles from before it was chosen: Threshold's default
         threshold = {**threshold, "allowance": number_in(threshold, "allowance", f"{where}.threshold.allowance", low=0.0, high=1.0)}
+    if "levels" in threshold:  # absent in bundles from before levels were read (model.levels): none
+        levels = threshold["levels"]
+        if not isinstance(levels, dict):
+            raise ValueError(f"{where}.threshold.levels: not an object of entities' levels")
+        threshold = {**threshold, "levels": {str(e): number_in(levels, e, f"{where}.threshold.levels[{e}]", low=1.0, high=math.inf)
+                                             for e in levels}}
     try:
         th = Threshold.from_dict({**threshold, "value": value})
     except TypeError as exc:

@@ -243,20 +243,25 @@ def _explain(features: torch.Tensor, reading: _Reading, scaler: TorchScaler, k: 
 
 @torch.inference_mode()
 def _reconstruct_top(
-    network: LSTMAutoencoder, scaler: TorchScaler, features: torch.Tensor, state: State, phase: torch.Tensor, k: int
+    network: LSTMAutoencoder, scaler: TorchScaler, features: torch.Tensor, state: State, phase: torch.Tensor,
+    levels: np.ndarray | None, k: int
 ) -> tuple[_Explained, State]:
     """reconstruct() for the streaming scorer, equal to it within float32 rounding: features
     (batch, bins, features) in real units arrive as a tensor on the state's device and stay in
     torch, intermediate tensors are reused, and only the k explained features go through the
     inverse. Around an LSTM this small the numpy version's copies and full-width passes took
-    as long as the network itself (batch 1024, one thread)."""
+    as long as the network itself (batch 1024, one thread). `levels` (1, batch): each
+    window's entity's level (model.levels), its score divided by it; None: none has one."""
     reading = _read(network, scaler, scaler.transform(features), state, phase)
+    if levels is not None:
+        reading.scores = reading.scores / levels[0]
     return _explain(features, reading, scaler, k), reading.state
 
 
 @torch.inference_mode()
 def _reconstruct_members(
-    cm: ClassModel, scalers: list[TorchScaler], features: torch.Tensor, state: State, phase: torch.Tensor, k: int
+    cm: ClassModel, scalers: list[TorchScaler], features: torch.Tensor, state: State, phase: torch.Tensor,
+    levels: np.ndarray | None, k: int
 ) -> tuple[_Explained, State]:
     """_reconstruct_top for a class of several members: each member reads the windows from
     its own columns of the carried state; the scores are combined as ClassModel.in_thresholds
@@ -265,7 +270,8 @@ def _reconstruct_members(
     member's reading of a window is explained: explaining every member's and keeping one
     cost a three-member class about a third of its time (`netad bench model --members 3`,
     docs/EVALUATION.md section xxxi). Members whose scalers map features alike (those trained on the same
-    windows do) share one scaled copy of the windows."""
+    windows do) share one scaled copy of the windows. `levels` (members, batch): each member's
+    level of each window's entity (model.levels), its score divided by it first."""
     members = cm.members
     width = cm.network.hidden_size
     readings: list[_Reading] = []
@@ -278,6 +284,8 @@ def _reconstruct_members(
         columns = slice(i * width, (i + 1) * width)
         own = (state[0][:, columns].contiguous(), state[1][:, columns].contiguous())
         readings.append(_read(member.network, scaler, x, own, phase))
+        if levels is not None:
+            readings[-1].scores = readings[-1].scores / levels[i]
     share = np.stack([r.scores / np.float32(m.threshold.value) for r, m in zip(readings, members, strict=True)])
     judge = np.argsort(share, axis=0, kind="stable")[len(members) // 2]  # (batch,) the member that explains each window
     pick = torch.from_numpy(judge).to(features.device)
@@ -375,11 +383,12 @@ def _leave_to_hosts(out: ScoreBatch, windows: WindowBatch) -> None:
 SCORING_STEP = 2048  # windows through the network at once, at most
 
 
-_Reconstruct = Callable[[torch.Tensor, State, torch.Tensor], tuple[_Explained, State]]
+_Reconstruct = Callable[[torch.Tensor, State, torch.Tensor, np.ndarray | None], tuple[_Explained, State]]
 
 
-def _reconstruct_in_steps(reconstruct: _Reconstruct, features: torch.Tensor, state: State, phase: torch.Tensor) -> tuple[_Explained, State]:
-    """reconstruct(features, state, phase) (_reconstruct_top or _reconstruct_members) over at
+def _reconstruct_in_steps(reconstruct: _Reconstruct, features: torch.Tensor, state: State, phase: torch.Tensor,
+                          levels: np.ndarray | None) -> tuple[_Explained, State]:
+    """reconstruct(features, state, phase, levels) (_reconstruct_top or _reconstruct_members) over at
     most SCORING_STEP windows at a time, the same figures (each window's row is computed on
     its own: bit for bit on CPU, 9,000 windows in steps against at once). What one step
     allocates is bounded however many entities a flood makes: the
@@ -391,12 +400,13 @@ def _reconstruct_in_steps(reconstruct: _Reconstruct, features: torch.Tensor, sta
     that flood, one pass each)."""
     n = features.shape[0]
     if n <= SCORING_STEP:
-        return reconstruct(features, state, phase)
+        return reconstruct(features, state, phase, levels)
     steps, hs, cs = [], [], []
     for a in range(0, n, SCORING_STEP):
         b = min(a + SCORING_STEP, n)
         phases = phase if phase.dim() == 0 else phase[a:b]
-        res, (h, c) = reconstruct(features[a:b], (state[0][a:b], state[1][a:b]), phases)
+        res, (h, c) = reconstruct(features[a:b], (state[0][a:b], state[1][a:b]), phases,
+                                  None if levels is None else levels[:, a:b])
         steps.append(res)
         hs.append(h)
         cs.append(c)
@@ -624,7 +634,7 @@ class StreamingScorer:
             idx = torch.from_numpy(slots).to(self.device)
             state = (bank.h.index_select(0, idx), bank.c.index_select(0, idx))
             feats = _features_tensor(windows.features[rows], self.device)
-            res, (h, c) = self._reconstruct(cls, cm, feats, state, phase, k)
+            res, (h, c) = self._reconstruct(cls, cm, feats, state, phase, cm.levels_of(names), k)
             bank.h.index_copy_(0, idx, h.to(bank.h.dtype))
             bank.c.index_copy_(0, idx, c.to(bank.c.dtype))
             follows = bank.last_ns[slots] == windows.window_start_ns  # the entity's previous window was the one before
@@ -653,9 +663,10 @@ class StreamingScorer:
         return out
 
     def _reconstruct(self, cls: str, cm: ClassModel, feats: torch.Tensor, state: State, phase: torch.Tensor,
-                     k: int) -> tuple[_Explained, State]:
+                     levels: np.ndarray | None, k: int) -> tuple[_Explained, State]:
         """The class's verdict on its windows and the states they leave: its network's, or
-        its members' combined (_reconstruct_members)."""
+        its members' combined (_reconstruct_members); each score in its entity's own level
+        (`levels`, ClassModel.levels_of)."""
         reconstruct: _Reconstruct
         if cm.members:
             scalers = [self._scaler(cls, i, m.scaler) for i, m in enumerate(cm.members)]
@@ -663,7 +674,7 @@ class StreamingScorer:
         else:
             reconstruct = functools.partial(_reconstruct_top, cm.network, self._scaler(cls, 0, cm.scaler), k=k)
         with _autocast(self.device, self.precision):
-            return _reconstruct_in_steps(reconstruct, feats, state, phase)
+            return _reconstruct_in_steps(reconstruct, feats, state, phase, levels)
 
     def _scaler(self, cls: str, member: int, scaler: FeatureScaler) -> TorchScaler:
         """A member's scaler as tensors on the device, rebuilt if the bundle's scaler was

@@ -42,7 +42,7 @@ mean (docs/EVALUATION.md, section xxvii).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TypedDict
 
 import numpy as np
@@ -90,6 +90,10 @@ class Threshold:
     # entity's next window (model.scorer.accumulate; chosen by model.training.allowance); 0.5
     # in bundles from before it was chosen
     allowance: float = 0.5
+    # the hosts whose own ordinary level of score is above the class's, by name, and by how
+    # much: their scores are divided by it before this threshold judges them (model.levels);
+    # empty in bundles from before levels were read
+    levels: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -43,6 +43,7 @@ from detector.contracts import FeatureSchema, WindowBatch, ns_to_iso
 from detector.model._memory import available_memory
 from detector.model.bundle import ClassModel, ModelBundle
 from detector.model.groups import HostGroups
+from detector.model.levels import cross_fitted, levels_by_entity, levels_of
 from detector.model.lstm import LSTMAutoencoder, phase_of
 from detector.model.scaler import FeatureScaler, held_out_error_scale
 from detector.model.scorer import accumulate, reconstruct, set_torch_threads
@@ -386,6 +387,7 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
     np.random.seed(params.seed)
     trained: dict[str, tuple[LSTMAutoencoder, FeatureScaler]] = {}
     val_scores: dict[str, np.ndarray] = {}
+    levels: dict[str, dict[str, float]] = {}
     summary: dict[str, dict] = {}
     for cls, cd in sorted(data.items()):
         n_w = cd.window_start_ns.shape[0]
@@ -399,7 +401,11 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
         # not learn from (scaler.held_out_error_scale), and the threshold calibrated on scores so counted
         held_out_errors = _out_of_fold_errors(cd, params, bins, cls)
         scaler.error_scale = held_out_error_scale(_benign_rows(held_out_errors, bins))
-        val_scores[cls] = held_out_scores(held_out_errors, scaler.weights(), bins)
+        raw = held_out_scores(held_out_errors, scaler.weights(), bins)
+        # each host's scores in its own level where that is above the class's (model.levels):
+        # the bundle keeps the levels of every held-out window, the calibration the cross-fitted
+        levels[cls] = levels_by_entity(cd.entities, levels_of(raw))
+        val_scores[cls] = cross_fitted(raw, halves(n_w, params))
         trained[cls] = (net, scaler)
         entity_windows = int(cd.present.sum())
         entities_per_window = entity_windows / n_w
@@ -413,6 +419,9 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
             "train_windows": int(train_mask.sum()),
             "validation_windows": int(val_mask.sum()),
             "excluded_windows": int((cd.present & ~cd.usable).sum()),
+            # the hosts judged in their own level (model.levels), and the largest of those levels
+            "own_levels": len(levels[cls]),
+            "largest_level": max(levels[cls].values(), default=1.0),
             "epochs": len(history),
             "best_validation_loss": float(min(h["val"] for h in history)),
             "train_start": int(cd.window_start_ns[0]),
@@ -435,6 +444,7 @@ def _member(data: dict[str, _ClassData], params: TrainingParams, bin_s: float, b
         if scores.shape[0] < MIN_TAIL_WINDOWS:
             scores, source = np.concatenate([v[np.isfinite(v)] for v in val_scores.values()]), "pooled"
         th = calibrate(scores, params.target_false_alarm, params.threshold_quantile)
+        th.levels = levels[cls]
         classes[cls] = ClassModel(net, scaler, th)
         summary[cls]["calibration"] = f"{source}: out-of-fold scores of {scores.shape[0]} windows"
         if source == "pooled":
@@ -493,6 +503,8 @@ def _ensemble(members: list[_Member], params: TrainingParams) -> tuple[dict[str,
         s["members"] = [{"seed": member_seed(params.seed, i), "threshold": m.threshold.value,
                          "threshold_interval": members[i].summary[cls].get("threshold_interval"),
                          "epochs": members[i].summary[cls]["epochs"],
+                         "own_levels": members[i].summary[cls].get("own_levels", 0),
+                         "largest_level": members[i].summary[cls].get("largest_level", 1.0),
                          "best_validation_loss": members[i].summary[cls]["best_validation_loss"]}
                         for i, m in enumerate(own)]
         s["epochs"] = max(members[i].summary[cls]["epochs"] for i in range(len(own)))
@@ -696,10 +708,7 @@ def _out_of_fold_errors(cd: _ClassData, params: TrainingParams, bins: int, cls: 
     in-sample 0.999 quantile of `global` was 0.4 while held-out windows reached 1.9). Each
     half-model learned from about half the data, so its errors run a little higher than the
     deployed model's: the threshold errs on the quiet side."""
-    n_w = cd.window_start_ns.shape[0]
-    block = np.arange(n_w) // _block_windows(n_w, params)
-    half = np.random.default_rng(params.seed).permutation(block[-1] + 1) % 2
-    fold = half[block]
+    fold = halves(cd.window_start_ns.shape[0], params)
     out = np.full((*cd.present.shape, cd.features.shape[-1]), np.nan, dtype=np.float32)
     for k in (0, 1):
         train_mask = cd.usable & (fold != k)[None, :]
@@ -711,6 +720,13 @@ def _out_of_fold_errors(cd: _ClassData, params: TrainingParams, bins: int, cls: 
         _sequential_scores(net, scaler, cd, errors)
         out[score_mask] = errors[score_mask]
     return out  # (entity, window, features), NaN where not a usable window
+
+
+def halves(n_w: int, params: TrainingParams) -> np.ndarray:
+    """The half (0 or 1) of the training span each of its `n_w` windows is scored in by
+    _out_of_fold_errors: blocks of _block_windows dealt at random from `params.seed`."""
+    block = np.arange(n_w) // _block_windows(n_w, params)
+    return (np.random.default_rng(params.seed).permutation(block[-1] + 1) % 2)[block]
 
 
 def _benign_rows(errors: np.ndarray, bins: int) -> np.ndarray:
