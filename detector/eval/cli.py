@@ -121,4 +121,8 @@ def eval_command(config, pcaps, conn_logs, truth, train_pcaps, train_conn_logs, 
         aucs = "  ".join(f"{d}={'n/a' if s is None or s['roc_auc'] is None else format(s['roc_auc'], '.4f')}" for d, s in m["detectors"].items())
         inc = m["incidents"]
         per_day = "n/a" if inc["per_day"] is None else format(inc["per_day"], ".2f")
-        click.echo(f"  {cls:<6} ROC AUC {aucs}  benign incidents {inc['benign']} ({per_day}/day)")
+        untouched = inc.get("untouched_hosts")
+        on_untouched = "" if untouched is None else (
+            f"; on hosts no interval names, over the whole test span: {untouched['benign']} "
+            f"({'n/a' if untouched['per_day'] is None else format(untouched['per_day'], '.2f')}/day)")
+        click.echo(f"  {cls:<6} ROC AUC {aucs}  benign incidents {inc['benign']} ({per_day}/day){on_untouched}")

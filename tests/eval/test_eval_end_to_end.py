@@ -85,6 +85,22 @@ def test_the_summary_gives_the_benign_hours_its_incident_rates_rest_on(evaluated
     assert 0 < m["test"]["benign_hours"] < m["test"]["hours"]
 
 
+def test_host_incidents_on_hosts_no_interval_names_are_counted_over_the_whole_test_span(evaluated):
+    """The benign hours leave out every host's incident while any interval runs: the hosts no
+    interval names are benign all through the test span, and their incidents are counted
+    there, per day of the test span, and printed."""
+    m = json.loads((evaluated / "metrics.json").read_text())
+    untouched = m["host"]["incidents"]["untouched_hosts"]
+    named = {h for iv in m["intervals"] for h in iv.get("hosts", [])} | {"192.168.1.132"}
+    assert untouched["benign"] == len(untouched["list"])
+    assert not {i["entity"] for i in untouched["list"]} & named
+    assert untouched["per_day"] == pytest.approx(untouched["benign"] / m["test"]["hours"] * 24, abs=1e-5)
+    assert "untouched_hosts" not in m["global"]["incidents"]
+    host_line = [line for line in (evaluated.parent / "eval.stdout").read_text(encoding="utf-8").splitlines()
+                 if line.lstrip().startswith("host ")][0]
+    assert f"on hosts no interval names, over the whole test span: {untouched['benign']} (" in host_line, host_line
+
+
 def test_metrics_json_has_the_documented_keys(evaluated):
     """metrics.json carries every key docs/EVALUATION.md documents, for both entity classes
     and all five detectors, and the spliced attack is one positive test interval."""
